@@ -1,0 +1,633 @@
+/**
+ * SRP information unit codec (T10 SRP r16a layouts as in Linux include/scsi/srp.h, SRP-2 immediate
+ * data as in ib_srp/ib_srpt).
+ *
+ * Pure functions over (Buffer, offset): encoders write into a caller buffer (or a fresh one) and
+ * return the written view; decoders read [offset, offset + length) and never look outside it.
+ * Decoders accept trailing bytes after the fixed part (receive buffers and IB CM private data are
+ * padded) but never trust a length field that points past the end. Decoders return subarray views
+ * of the input for variable data (CDB, sense, immediate data): copy anything kept after the
+ * receive buffer is reused. On malformed input they throw SrpDecodeError and nothing else.
+ *
+ * Tags are opaque 64-bit values echoed by the peer; they are carried as bigint read big-endian.
+ * req_lim_delta is a signed 32-bit field (the spec allows a target to take credits back).
+ */
+import {
+  SRP_AER_REQ, SRP_AER_REQ_LEN, SRP_AER_RSP, SRP_AER_RSP_LEN, SRP_CMD, SRP_CMD_LEN, SRP_CRED_REQ,
+  SRP_CRED_REQ_LEN, SRP_CRED_RSP, SRP_CRED_RSP_LEN, SRP_DATA_DESC_DIRECT, SRP_DATA_DESC_IMM,
+  SRP_DATA_DESC_INDIRECT, SRP_DIRECT_BUF_LEN, SRP_IMM_BUF_LEN, SRP_INDIRECT_BUF_LEN, SRP_I_LOGOUT,
+  SRP_I_LOGOUT_LEN, SRP_LOGIN_REJ, SRP_LOGIN_REJ_LEN, SRP_LOGIN_REQ, SRP_LOGIN_REQ_LEN,
+  SRP_LOGIN_REQ_RDMA_LEN, SRP_LOGIN_RSP, SRP_LOGIN_RSP_LEN, SRP_MAX_ADD_CDB_LEN, SRP_NO_DATA_DESC,
+  SRP_RSP, SRP_RSP_FLAG_RSPVALID, SRP_RSP_FLAG_SNSVALID, SRP_RSP_LEN, SRP_TSK_MGMT, SRP_TSK_MGMT_LEN,
+  SRP_T_LOGOUT, SRP_T_LOGOUT_LEN, nameOfSrpOpcode,
+} from './srp-constants.js';
+
+/** The only exception a decoder throws: the input is not a valid IU of the expected kind. */
+export class SrpDecodeError extends Error {
+  constructor(
+    message: string,
+    /** opcode byte of the offending IU, if one could be read */
+    readonly opcode: number | undefined,
+  ) {
+    super(message);
+    this.name = 'SrpDecodeError';
+  }
+}
+
+/* ------------------------------------------------------------------ types */
+
+export interface SrpLoginReq {
+  tag: bigint;
+  reqItIuLen: number;
+  reqBufFmt: number;
+  reqFlags: number;
+  /** SRP-2: where immediate data starts inside an SRP_CMD (0 when not requested) */
+  immDataOffset: number;
+  initiatorPortId: Buffer; // 16 bytes
+  targetPortId: Buffer; // 16 bytes
+}
+export interface SrpLoginRsp {
+  reqLimDelta: number;
+  tag: bigint;
+  maxItIuLen: number;
+  maxTiIuLen: number;
+  bufFmt: number;
+  rspFlags: number;
+}
+export interface SrpLoginRej {
+  reason: number;
+  tag: bigint;
+  bufFmt: number;
+}
+export interface SrpILogout {
+  tag: bigint;
+}
+export interface SrpTLogout {
+  solNot: number;
+  reason: number;
+  tag: bigint;
+}
+export interface SrpTskMgmt {
+  solNot: number;
+  tag: bigint;
+  lun: bigint;
+  func: number;
+  taskTag: bigint;
+}
+/** struct srp_direct_buf: one registered memory segment. */
+export interface SrpDirectBuf {
+  va: bigint;
+  key: number;
+  len: number;
+}
+/** A data buffer descriptor of an SRP_CMD (one per direction). */
+export type SrpDataDesc =
+  | { format: 'none' }
+  | { format: 'direct'; buf: SrpDirectBuf }
+  /**
+   * table describes the whole descriptor table in initiator memory (len = 16 × total count);
+   * descs are the ones carried inside the IU (may be fewer: "external" table).
+   */
+  | { format: 'indirect'; table: SrpDirectBuf; totalLen: number; descs: SrpDirectBuf[] }
+  /** SRP-2 immediate data (data-out only): the bytes travel inside the IU at immDataOffset. */
+  | { format: 'imm'; data: Buffer };
+
+export interface SrpCmd {
+  solNot: number;
+  tag: bigint;
+  lun: bigint;
+  taskAttr: number;
+  /** up to 16 + SRP_MAX_ADD_CDB_LEN bytes; shorter CDBs are zero padded to 16 */
+  cdb: Buffer;
+  dataOut: SrpDataDesc;
+  dataIn: SrpDataDesc;
+}
+export interface SrpRsp {
+  solNot: number;
+  reqLimDelta: number;
+  tag: bigint;
+  /** residual flags (DOOVER/DOUNDER/DIOVER/DIUNDER); RSPVALID/SNSVALID follow the data given */
+  flags: number;
+  status: number;
+  dataOutResCnt: number;
+  dataInResCnt: number;
+  responseData?: Buffer;
+  sense?: Buffer;
+}
+export interface SrpCredReq {
+  solNot: number;
+  reqLimDelta: number;
+  tag: bigint;
+}
+export interface SrpCredRsp {
+  tag: bigint;
+}
+export interface SrpAerReq {
+  solNot: number;
+  reqLimDelta: number;
+  tag: bigint;
+  lun: bigint;
+  sense: Buffer;
+}
+export interface SrpAerRsp {
+  tag: bigint;
+}
+
+/** Any decoded IU, discriminated by its opcode name. */
+export type SrpIu =
+  | ({ type: 'SRP_LOGIN_REQ' } & SrpLoginReq)
+  | ({ type: 'SRP_LOGIN_RSP' } & SrpLoginRsp)
+  | ({ type: 'SRP_LOGIN_REJ' } & SrpLoginRej)
+  | ({ type: 'SRP_I_LOGOUT' } & SrpILogout)
+  | ({ type: 'SRP_T_LOGOUT' } & SrpTLogout)
+  | ({ type: 'SRP_TSK_MGMT' } & SrpTskMgmt)
+  | ({ type: 'SRP_CMD' } & SrpCmd)
+  | ({ type: 'SRP_RSP' } & SrpRsp)
+  | ({ type: 'SRP_CRED_REQ' } & SrpCredReq)
+  | ({ type: 'SRP_CRED_RSP' } & SrpCredRsp)
+  | ({ type: 'SRP_AER_REQ' } & SrpAerReq)
+  | ({ type: 'SRP_AER_RSP' } & SrpAerRsp);
+
+/** Negotiated per-channel parameters some IUs need to be (de)coded. */
+export interface SrpCodecContext {
+  /** SRP-2 immediate data offset granted at login; required for SRP_DATA_DESC_IMM. */
+  immDataOffset?: number;
+}
+
+/* ---------------------------------------------------------------- helpers */
+
+function out(len: number, buf: Buffer | undefined, offset: number): Buffer {
+  if (!buf) return Buffer.alloc(len);
+  if (offset < 0 || offset + len > buf.length) throw new RangeError(`encode: ${len} bytes do not fit at offset ${offset}`);
+  const view = buf.subarray(offset, offset + len);
+  view.fill(0);
+  return view;
+}
+function portId(b: Buffer, what: string): Buffer {
+  if (b.length !== 16) throw new RangeError(`${what} must be 16 bytes, got ${b.length}`);
+  return b;
+}
+function u32(v: number, what: string): number {
+  if (!Number.isInteger(v) || v < 0 || v > 0xffffffff) throw new RangeError(`${what} out of range: ${v}`);
+  return v;
+}
+/** Checks the view length and opcode; returns the bounded view. */
+function view(buf: Buffer, offset: number, length: number | undefined, opcode: number, min: number): Buffer {
+  if (!Number.isInteger(offset) || offset < 0 || offset > buf.length) {
+    throw new SrpDecodeError(`${nameOfSrpOpcode(opcode)}: offset ${offset} outside buffer of ${buf.length}`, undefined);
+  }
+  const len = length ?? buf.length - offset;
+  if (!Number.isInteger(len) || len < 0 || offset + len > buf.length) {
+    throw new SrpDecodeError(`${nameOfSrpOpcode(opcode)}: length ${len} at ${offset} exceeds buffer of ${buf.length}`, undefined);
+  }
+  const v = buf.subarray(offset, offset + len);
+  if (v.length < 1) throw new SrpDecodeError(`${nameOfSrpOpcode(opcode)}: empty IU`, undefined);
+  if (v[0] !== opcode) {
+    throw new SrpDecodeError(`expected ${nameOfSrpOpcode(opcode)}, got ${nameOfSrpOpcode(v[0]!)}`, v[0]);
+  }
+  if (v.length < min) {
+    throw new SrpDecodeError(`${nameOfSrpOpcode(opcode)}: ${v.length} bytes, needs at least ${min}`, opcode);
+  }
+  return v;
+}
+
+/* ------------------------------------------------------------ LOGIN_REQ */
+
+/** struct srp_login_req (64 bytes, IB CM REQ private data). */
+export function encodeLoginReq(m: SrpLoginReq, buf?: Buffer, offset = 0): Buffer {
+  const b = out(SRP_LOGIN_REQ_LEN, buf, offset);
+  b[0] = SRP_LOGIN_REQ;
+  b.writeBigUInt64BE(m.tag, 8);
+  b.writeUInt32BE(u32(m.reqItIuLen, 'req_it_iu_len'), 16);
+  b.writeUInt16BE(m.reqBufFmt, 24);
+  b[26] = m.reqFlags;
+  b.writeUInt16BE(m.immDataOffset, 28);
+  portId(m.initiatorPortId, 'initiator_port_id').copy(b, 32);
+  portId(m.targetPortId, 'target_port_id').copy(b, 48);
+  return b;
+}
+export function decodeLoginReq(buf: Buffer, offset = 0, length?: number): SrpLoginReq {
+  const b = view(buf, offset, length, SRP_LOGIN_REQ, SRP_LOGIN_REQ_LEN);
+  return {
+    tag: b.readBigUInt64BE(8),
+    reqItIuLen: b.readUInt32BE(16),
+    reqBufFmt: b.readUInt16BE(24),
+    reqFlags: b[26]!,
+    immDataOffset: b.readUInt16BE(28),
+    initiatorPortId: b.subarray(32, 48),
+    targetPortId: b.subarray(48, 64),
+  };
+}
+
+/**
+ * struct srp_login_req_rdma (56 bytes, RDMA/CM private data). Same content, reserved bytes removed
+ * and fields reordered: tag, req_buf_fmt, req_flags, opcode, req_it_iu_len, port ids, imm offset.
+ * Note the opcode is at byte 11, not byte 0.
+ */
+export function encodeLoginReqRdma(m: SrpLoginReq, buf?: Buffer, offset = 0): Buffer {
+  const b = out(SRP_LOGIN_REQ_RDMA_LEN, buf, offset);
+  b.writeBigUInt64BE(m.tag, 0);
+  b.writeUInt16BE(m.reqBufFmt, 8);
+  b[10] = m.reqFlags;
+  b[11] = SRP_LOGIN_REQ;
+  b.writeUInt32BE(u32(m.reqItIuLen, 'req_it_iu_len'), 12);
+  portId(m.initiatorPortId, 'initiator_port_id').copy(b, 16);
+  portId(m.targetPortId, 'target_port_id').copy(b, 32);
+  b.writeUInt16BE(m.immDataOffset, 48);
+  return b;
+}
+export function decodeLoginReqRdma(buf: Buffer, offset = 0, length?: number): SrpLoginReq {
+  if (offset < 0 || offset > buf.length) throw new SrpDecodeError(`srp_login_req_rdma: bad offset ${offset}`, undefined);
+  const len = length ?? buf.length - offset;
+  if (len < 0 || offset + len > buf.length) throw new SrpDecodeError(`srp_login_req_rdma: length ${len} exceeds buffer`, undefined);
+  if (len < SRP_LOGIN_REQ_RDMA_LEN) {
+    throw new SrpDecodeError(`srp_login_req_rdma: ${len} bytes, needs ${SRP_LOGIN_REQ_RDMA_LEN}`, len > 11 ? buf[offset + 11] : undefined);
+  }
+  const b = buf.subarray(offset, offset + len);
+  if (b[11] !== SRP_LOGIN_REQ) {
+    throw new SrpDecodeError(`srp_login_req_rdma: opcode byte is ${nameOfSrpOpcode(b[11]!)}`, b[11]);
+  }
+  return {
+    tag: b.readBigUInt64BE(0),
+    reqBufFmt: b.readUInt16BE(8),
+    reqFlags: b[10]!,
+    reqItIuLen: b.readUInt32BE(12),
+    initiatorPortId: b.subarray(16, 32),
+    targetPortId: b.subarray(32, 48),
+    immDataOffset: b.readUInt16BE(48),
+  };
+}
+
+/* ------------------------------------------------------- LOGIN_RSP / REJ */
+
+export function encodeLoginRsp(m: SrpLoginRsp, buf?: Buffer, offset = 0): Buffer {
+  const b = out(SRP_LOGIN_RSP_LEN, buf, offset);
+  b[0] = SRP_LOGIN_RSP;
+  b.writeInt32BE(m.reqLimDelta, 4);
+  b.writeBigUInt64BE(m.tag, 8);
+  b.writeUInt32BE(u32(m.maxItIuLen, 'max_it_iu_len'), 16);
+  b.writeUInt32BE(u32(m.maxTiIuLen, 'max_ti_iu_len'), 20);
+  b.writeUInt16BE(m.bufFmt, 24);
+  b[26] = m.rspFlags;
+  return b;
+}
+export function decodeLoginRsp(buf: Buffer, offset = 0, length?: number): SrpLoginRsp {
+  const b = view(buf, offset, length, SRP_LOGIN_RSP, SRP_LOGIN_RSP_LEN);
+  return {
+    reqLimDelta: b.readInt32BE(4),
+    tag: b.readBigUInt64BE(8),
+    maxItIuLen: b.readUInt32BE(16),
+    maxTiIuLen: b.readUInt32BE(20),
+    bufFmt: b.readUInt16BE(24),
+    rspFlags: b[26]!,
+  };
+}
+
+export function encodeLoginRej(m: SrpLoginRej, buf?: Buffer, offset = 0): Buffer {
+  const b = out(SRP_LOGIN_REJ_LEN, buf, offset);
+  b[0] = SRP_LOGIN_REJ;
+  b.writeUInt32BE(u32(m.reason, 'reason'), 4);
+  b.writeBigUInt64BE(m.tag, 8);
+  b.writeUInt16BE(m.bufFmt, 24);
+  return b;
+}
+export function decodeLoginRej(buf: Buffer, offset = 0, length?: number): SrpLoginRej {
+  const b = view(buf, offset, length, SRP_LOGIN_REJ, SRP_LOGIN_REJ_LEN);
+  return { reason: b.readUInt32BE(4), tag: b.readBigUInt64BE(8), bufFmt: b.readUInt16BE(24) };
+}
+
+/* ------------------------------------------------------------- LOGOUTS */
+
+export function encodeILogout(m: SrpILogout, buf?: Buffer, offset = 0): Buffer {
+  const b = out(SRP_I_LOGOUT_LEN, buf, offset);
+  b[0] = SRP_I_LOGOUT;
+  b.writeBigUInt64BE(m.tag, 8);
+  return b;
+}
+export function decodeILogout(buf: Buffer, offset = 0, length?: number): SrpILogout {
+  const b = view(buf, offset, length, SRP_I_LOGOUT, SRP_I_LOGOUT_LEN);
+  return { tag: b.readBigUInt64BE(8) };
+}
+
+export function encodeTLogout(m: SrpTLogout, buf?: Buffer, offset = 0): Buffer {
+  const b = out(SRP_T_LOGOUT_LEN, buf, offset);
+  b[0] = SRP_T_LOGOUT;
+  b[1] = m.solNot;
+  b.writeUInt32BE(u32(m.reason, 'reason'), 4);
+  b.writeBigUInt64BE(m.tag, 8);
+  return b;
+}
+export function decodeTLogout(buf: Buffer, offset = 0, length?: number): SrpTLogout {
+  const b = view(buf, offset, length, SRP_T_LOGOUT, SRP_T_LOGOUT_LEN);
+  return { solNot: b[1]!, reason: b.readUInt32BE(4), tag: b.readBigUInt64BE(8) };
+}
+
+/* ------------------------------------------------------------ TSK_MGMT */
+
+export function encodeTskMgmt(m: SrpTskMgmt, buf?: Buffer, offset = 0): Buffer {
+  const b = out(SRP_TSK_MGMT_LEN, buf, offset);
+  b[0] = SRP_TSK_MGMT;
+  b[1] = m.solNot;
+  b.writeBigUInt64BE(m.tag, 8);
+  b.writeBigUInt64BE(m.lun, 20);
+  b[30] = m.func;
+  b.writeBigUInt64BE(m.taskTag, 32);
+  return b;
+}
+export function decodeTskMgmt(buf: Buffer, offset = 0, length?: number): SrpTskMgmt {
+  const b = view(buf, offset, length, SRP_TSK_MGMT, SRP_TSK_MGMT_LEN);
+  return {
+    solNot: b[1]!,
+    tag: b.readBigUInt64BE(8),
+    lun: b.readBigUInt64BE(20),
+    func: b[30]!,
+    taskTag: b.readBigUInt64BE(32),
+  };
+}
+
+/* ----------------------------------------------------------------- CMD */
+
+function descFormat(d: SrpDataDesc): number {
+  switch (d.format) {
+    case 'none': return SRP_NO_DATA_DESC;
+    case 'direct': return SRP_DATA_DESC_DIRECT;
+    case 'indirect': return SRP_DATA_DESC_INDIRECT;
+    case 'imm': return SRP_DATA_DESC_IMM;
+  }
+}
+/** Bytes the descriptor itself occupies in the IU (immediate data bytes excluded). */
+function descLen(d: SrpDataDesc): number {
+  switch (d.format) {
+    case 'none': return 0;
+    case 'direct': return SRP_DIRECT_BUF_LEN;
+    case 'indirect': return SRP_INDIRECT_BUF_LEN + SRP_DIRECT_BUF_LEN * d.descs.length;
+    case 'imm': return SRP_IMM_BUF_LEN;
+  }
+}
+function writeDirect(b: Buffer, at: number, d: SrpDirectBuf): void {
+  b.writeBigUInt64BE(d.va, at);
+  b.writeUInt32BE(u32(d.key, 'rkey'), at + 8);
+  b.writeUInt32BE(u32(d.len, 'len'), at + 12);
+}
+function readDirect(b: Buffer, at: number): SrpDirectBuf {
+  return { va: b.readBigUInt64BE(at), key: b.readUInt32BE(at + 8), len: b.readUInt32BE(at + 12) };
+}
+function writeDesc(b: Buffer, at: number, d: SrpDataDesc): void {
+  switch (d.format) {
+    case 'none': return;
+    case 'direct': writeDirect(b, at, d.buf); return;
+    case 'indirect':
+      writeDirect(b, at, d.table);
+      b.writeUInt32BE(u32(d.totalLen, 'total len'), at + 16);
+      d.descs.forEach((x, i) => writeDirect(b, at + SRP_INDIRECT_BUF_LEN + i * SRP_DIRECT_BUF_LEN, x));
+      return;
+    case 'imm': b.writeUInt32BE(d.data.length, at); return;
+  }
+}
+
+/** Additional CDB length as carried in byte 31 (a multiple of 4 bytes, bits 7:2). */
+function addCdbLenFor(cdbLen: number): number {
+  return cdbLen > 16 ? (cdbLen - 16 + 3) & ~3 : 0;
+}
+
+/** Length of the encoded SRP_CMD (including immediate data). */
+export function cmdLength(m: SrpCmd, ctx: SrpCodecContext = {}): number {
+  const descEnd = SRP_CMD_LEN + addCdbLenFor(m.cdb.length) + descLen(m.dataOut) + descLen(m.dataIn);
+  if (m.dataOut.format === 'imm') return immOffset(ctx, descEnd) + m.dataOut.data.length;
+  return descEnd;
+}
+function immOffset(ctx: SrpCodecContext, descEnd: number): number {
+  const off = ctx.immDataOffset;
+  if (off === undefined) throw new RangeError('immediate data needs the negotiated immDataOffset');
+  if (off < descEnd) throw new RangeError(`immDataOffset ${off} overlaps descriptors ending at ${descEnd}`);
+  return off;
+}
+
+/**
+ * struct srp_cmd: fixed 48 bytes, additional CDB, then the data-out descriptor, then the data-in
+ * descriptor (buf_fmt: data-out format in the high nibble). Immediate data sits at the
+ * negotiated imm_data_offset. Descriptor counts follow ib_srp: set for indirect, 0 otherwise.
+ */
+export function encodeCmd(m: SrpCmd, ctx: SrpCodecContext = {}, buf?: Buffer, offset = 0): Buffer {
+  if (m.cdb.length < 1 || m.cdb.length > 16 + SRP_MAX_ADD_CDB_LEN) throw new RangeError(`CDB length ${m.cdb.length}`);
+  if (m.dataIn.format === 'imm') throw new RangeError('immediate data is data-out only');
+  const total = cmdLength(m, ctx);
+  const b = out(total, buf, offset);
+  const addCdb = addCdbLenFor(m.cdb.length);
+  b[0] = SRP_CMD;
+  b[1] = m.solNot;
+  b[5] = (descFormat(m.dataOut) << 4) | descFormat(m.dataIn);
+  b[6] = m.dataOut.format === 'indirect' ? m.dataOut.descs.length : 0;
+  b[7] = m.dataIn.format === 'indirect' ? m.dataIn.descs.length : 0;
+  b.writeBigUInt64BE(m.tag, 8);
+  b.writeBigUInt64BE(m.lun, 20);
+  b[29] = m.taskAttr & 0x7;
+  b[31] = addCdb;
+  m.cdb.copy(b, 32);
+  let at = SRP_CMD_LEN + addCdb;
+  writeDesc(b, at, m.dataOut);
+  at += descLen(m.dataOut);
+  writeDesc(b, at, m.dataIn);
+  if (m.dataOut.format === 'imm') m.dataOut.data.copy(b, ctx.immDataOffset!);
+  return b;
+}
+
+function readDesc(
+  b: Buffer, at: number, fmt: number, cnt: number, dir: 'data-out' | 'data-in', ctx: SrpCodecContext,
+): { desc: SrpDataDesc; len: number } {
+  const need = (n: number) => {
+    if (at + n > b.length) throw new SrpDecodeError(`SRP_CMD: ${dir} descriptor needs ${n} bytes at ${at}, IU is ${b.length}`, SRP_CMD);
+  };
+  switch (fmt) {
+    case SRP_NO_DATA_DESC:
+      return { desc: { format: 'none' }, len: 0 };
+    case SRP_DATA_DESC_DIRECT:
+      need(SRP_DIRECT_BUF_LEN);
+      return { desc: { format: 'direct', buf: readDirect(b, at) }, len: SRP_DIRECT_BUF_LEN };
+    case SRP_DATA_DESC_INDIRECT: {
+      const len = SRP_INDIRECT_BUF_LEN + cnt * SRP_DIRECT_BUF_LEN;
+      need(len);
+      const descs: SrpDirectBuf[] = [];
+      for (let i = 0; i < cnt; i++) descs.push(readDirect(b, at + SRP_INDIRECT_BUF_LEN + i * SRP_DIRECT_BUF_LEN));
+      return { desc: { format: 'indirect', table: readDirect(b, at), totalLen: b.readUInt32BE(at + 16), descs }, len };
+    }
+    case SRP_DATA_DESC_IMM: {
+      if (dir === 'data-in') throw new SrpDecodeError('SRP_CMD: immediate data descriptor for data-in', SRP_CMD);
+      need(SRP_IMM_BUF_LEN);
+      const dataLen = b.readUInt32BE(at);
+      const off = ctx.immDataOffset;
+      if (off === undefined || off === 0) throw new SrpDecodeError('SRP_CMD: immediate data not negotiated on this channel', SRP_CMD);
+      if (off < at + SRP_IMM_BUF_LEN) throw new SrpDecodeError(`SRP_CMD: imm_data_offset ${off} overlaps descriptors`, SRP_CMD);
+      if (off + dataLen > b.length) {
+        throw new SrpDecodeError(`SRP_CMD: ${dataLen} bytes of immediate data at ${off} exceed IU of ${b.length}`, SRP_CMD);
+      }
+      return { desc: { format: 'imm', data: b.subarray(off, off + dataLen) }, len: SRP_IMM_BUF_LEN };
+    }
+    default:
+      throw new SrpDecodeError(`SRP_CMD: unsupported ${dir} descriptor format ${fmt}`, SRP_CMD);
+  }
+}
+
+export function decodeCmd(buf: Buffer, offset = 0, length?: number, ctx: SrpCodecContext = {}): SrpCmd {
+  const b = view(buf, offset, length, SRP_CMD, SRP_CMD_LEN);
+  const addCdb = b[31]! & 0xfc;
+  if (SRP_CMD_LEN + addCdb > b.length) {
+    throw new SrpDecodeError(`SRP_CMD: additional CDB of ${addCdb} bytes exceeds IU of ${b.length}`, SRP_CMD);
+  }
+  const cdb = b.subarray(32, 48 + addCdb);
+  let at = SRP_CMD_LEN + addCdb;
+  const o = readDesc(b, at, b[5]! >> 4, b[6]!, 'data-out', ctx);
+  at += o.len;
+  const i = readDesc(b, at, b[5]! & 0xf, b[7]!, 'data-in', ctx);
+  return {
+    solNot: b[1]!,
+    tag: b.readBigUInt64BE(8),
+    lun: b.readBigUInt64BE(20),
+    taskAttr: b[29]! & 0x7,
+    cdb,
+    dataOut: o.desc,
+    dataIn: i.desc,
+  };
+}
+
+/* ----------------------------------------------------------------- RSP */
+
+export function rspLength(m: Pick<SrpRsp, 'responseData' | 'sense'>): number {
+  return SRP_RSP_LEN + (m.responseData?.length ?? 0) + (m.sense?.length ?? 0);
+}
+/** struct srp_rsp: 36 bytes, then response data, then sense data. */
+export function encodeRsp(m: SrpRsp, buf?: Buffer, offset = 0): Buffer {
+  const b = out(rspLength(m), buf, offset);
+  const respLen = m.responseData?.length ?? 0;
+  const senseLen = m.sense?.length ?? 0;
+  b[0] = SRP_RSP;
+  b[1] = m.solNot;
+  b.writeInt32BE(m.reqLimDelta, 4);
+  b.writeBigUInt64BE(m.tag, 8);
+  b[18] = (m.flags & ~(SRP_RSP_FLAG_RSPVALID | SRP_RSP_FLAG_SNSVALID))
+    | (m.responseData ? SRP_RSP_FLAG_RSPVALID : 0) | (m.sense ? SRP_RSP_FLAG_SNSVALID : 0);
+  b[19] = m.status;
+  b.writeUInt32BE(u32(m.dataOutResCnt, 'data_out_res_cnt'), 20);
+  b.writeUInt32BE(u32(m.dataInResCnt, 'data_in_res_cnt'), 24);
+  b.writeUInt32BE(senseLen, 28);
+  b.writeUInt32BE(respLen, 32);
+  m.responseData?.copy(b, SRP_RSP_LEN);
+  m.sense?.copy(b, SRP_RSP_LEN + respLen);
+  return b;
+}
+/**
+ * The length fields are only meaningful with their valid flag (RSPVALID / SNSVALID); a list that
+ * would run past the end of the IU is an error, not something to clamp.
+ */
+export function decodeRsp(buf: Buffer, offset = 0, length?: number): SrpRsp {
+  const b = view(buf, offset, length, SRP_RSP, SRP_RSP_LEN);
+  const flags = b[18]!;
+  const senseLen = flags & SRP_RSP_FLAG_SNSVALID ? b.readUInt32BE(28) : 0;
+  const respLen = flags & SRP_RSP_FLAG_RSPVALID ? b.readUInt32BE(32) : 0;
+  if (SRP_RSP_LEN + respLen + senseLen > b.length) {
+    throw new SrpDecodeError(
+      `SRP_RSP: response data ${respLen} + sense ${senseLen} bytes exceed IU of ${b.length}`, SRP_RSP);
+  }
+  const m: SrpRsp = {
+    solNot: b[1]!,
+    reqLimDelta: b.readInt32BE(4),
+    tag: b.readBigUInt64BE(8),
+    flags,
+    status: b[19]!,
+    dataOutResCnt: b.readUInt32BE(20),
+    dataInResCnt: b.readUInt32BE(24),
+  };
+  if (flags & SRP_RSP_FLAG_RSPVALID) m.responseData = b.subarray(SRP_RSP_LEN, SRP_RSP_LEN + respLen);
+  if (flags & SRP_RSP_FLAG_SNSVALID) m.sense = b.subarray(SRP_RSP_LEN + respLen, SRP_RSP_LEN + respLen + senseLen);
+  return m;
+}
+
+/* ------------------------------------------------------ CRED / AER */
+
+export function encodeCredReq(m: SrpCredReq, buf?: Buffer, offset = 0): Buffer {
+  const b = out(SRP_CRED_REQ_LEN, buf, offset);
+  b[0] = SRP_CRED_REQ;
+  b[1] = m.solNot;
+  b.writeInt32BE(m.reqLimDelta, 4);
+  b.writeBigUInt64BE(m.tag, 8);
+  return b;
+}
+export function decodeCredReq(buf: Buffer, offset = 0, length?: number): SrpCredReq {
+  const b = view(buf, offset, length, SRP_CRED_REQ, SRP_CRED_REQ_LEN);
+  return { solNot: b[1]!, reqLimDelta: b.readInt32BE(4), tag: b.readBigUInt64BE(8) };
+}
+export function encodeCredRsp(m: SrpCredRsp, buf?: Buffer, offset = 0): Buffer {
+  const b = out(SRP_CRED_RSP_LEN, buf, offset);
+  b[0] = SRP_CRED_RSP;
+  b.writeBigUInt64BE(m.tag, 8);
+  return b;
+}
+export function decodeCredRsp(buf: Buffer, offset = 0, length?: number): SrpCredRsp {
+  const b = view(buf, offset, length, SRP_CRED_RSP, SRP_CRED_RSP_LEN);
+  return { tag: b.readBigUInt64BE(8) };
+}
+
+/** struct srp_aer_req: 36 bytes then sense data. */
+export function encodeAerReq(m: SrpAerReq, buf?: Buffer, offset = 0): Buffer {
+  const b = out(SRP_AER_REQ_LEN + m.sense.length, buf, offset);
+  b[0] = SRP_AER_REQ;
+  b[1] = m.solNot;
+  b.writeInt32BE(m.reqLimDelta, 4);
+  b.writeBigUInt64BE(m.tag, 8);
+  b.writeBigUInt64BE(m.lun, 20);
+  b.writeUInt32BE(m.sense.length, 28);
+  m.sense.copy(b, SRP_AER_REQ_LEN);
+  return b;
+}
+export function decodeAerReq(buf: Buffer, offset = 0, length?: number): SrpAerReq {
+  const b = view(buf, offset, length, SRP_AER_REQ, SRP_AER_REQ_LEN);
+  const senseLen = b.readUInt32BE(28);
+  if (SRP_AER_REQ_LEN + senseLen > b.length) {
+    throw new SrpDecodeError(`SRP_AER_REQ: sense ${senseLen} bytes exceed IU of ${b.length}`, SRP_AER_REQ);
+  }
+  return {
+    solNot: b[1]!,
+    reqLimDelta: b.readInt32BE(4),
+    tag: b.readBigUInt64BE(8),
+    lun: b.readBigUInt64BE(20),
+    sense: b.subarray(SRP_AER_REQ_LEN, SRP_AER_REQ_LEN + senseLen),
+  };
+}
+export function encodeAerRsp(m: SrpAerRsp, buf?: Buffer, offset = 0): Buffer {
+  const b = out(SRP_AER_RSP_LEN, buf, offset);
+  b[0] = SRP_AER_RSP;
+  b.writeBigUInt64BE(m.tag, 8);
+  return b;
+}
+export function decodeAerRsp(buf: Buffer, offset = 0, length?: number): SrpAerRsp {
+  const b = view(buf, offset, length, SRP_AER_RSP, SRP_AER_RSP_LEN);
+  return { tag: b.readBigUInt64BE(8) };
+}
+
+/* ---------------------------------------------------------- dispatcher */
+
+/**
+ * Decodes any IU that travels on an established channel or in CM private data, by its opcode
+ * byte (the 56-byte RDMA/CM login request has no opcode at byte 0: use decodeLoginReqRdma).
+ */
+export function decodeIu(buf: Buffer, offset = 0, length?: number, ctx: SrpCodecContext = {}): SrpIu {
+  if (!Number.isInteger(offset) || offset < 0 || offset >= buf.length) {
+    throw new SrpDecodeError(`IU: offset ${offset} outside buffer of ${buf.length}`, undefined);
+  }
+  const op = buf[offset]!;
+  switch (op) {
+    case SRP_LOGIN_REQ: return { type: 'SRP_LOGIN_REQ', ...decodeLoginReq(buf, offset, length) };
+    case SRP_LOGIN_RSP: return { type: 'SRP_LOGIN_RSP', ...decodeLoginRsp(buf, offset, length) };
+    case SRP_LOGIN_REJ: return { type: 'SRP_LOGIN_REJ', ...decodeLoginRej(buf, offset, length) };
+    case SRP_I_LOGOUT: return { type: 'SRP_I_LOGOUT', ...decodeILogout(buf, offset, length) };
+    case SRP_T_LOGOUT: return { type: 'SRP_T_LOGOUT', ...decodeTLogout(buf, offset, length) };
+    case SRP_TSK_MGMT: return { type: 'SRP_TSK_MGMT', ...decodeTskMgmt(buf, offset, length) };
+    case SRP_CMD: return { type: 'SRP_CMD', ...decodeCmd(buf, offset, length, ctx) };
+    case SRP_RSP: return { type: 'SRP_RSP', ...decodeRsp(buf, offset, length) };
+    case SRP_CRED_REQ: return { type: 'SRP_CRED_REQ', ...decodeCredReq(buf, offset, length) };
+    case SRP_CRED_RSP: return { type: 'SRP_CRED_RSP', ...decodeCredRsp(buf, offset, length) };
+    case SRP_AER_REQ: return { type: 'SRP_AER_REQ', ...decodeAerReq(buf, offset, length) };
+    case SRP_AER_RSP: return { type: 'SRP_AER_RSP', ...decodeAerRsp(buf, offset, length) };
+    default: throw new SrpDecodeError(`unknown IU type ${nameOfSrpOpcode(op)}`, op);
+  }
+}
