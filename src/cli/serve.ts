@@ -1,0 +1,92 @@
+/**
+ * `srp-nbd serve`: export a RAM disk or a file over NBD on a unix socket
+ * and/or TCP, for testing, benchmarks and clients such as qemu or nbdcopy.
+ */
+import { parseArgs } from 'node:util';
+import type { Backend } from '../nbd/backend.js';
+import { FileBackend } from '../nbd/file-backend.js';
+import { MemoryBackend } from '../nbd/memory-backend.js';
+import { NbdServer } from '../nbd/server.js';
+import { createLogger } from '../util/log.js';
+import { parseSize } from '../util/size.js';
+
+export const SERVE_USAGE = `usage: srp-nbd serve (--memory SIZE | --file PATH) [--unix PATH] [--tcp [HOST:]PORT]
+                     [--name NAME] [--read-only] [--block-size N] [--log-level LEVEL]
+
+  --memory SIZE      serve a sparse RAM disk of SIZE bytes (suffixes K, M, G, T)
+  --file PATH        serve an existing regular file
+  --unix PATH        listen on a unix socket (mode 0600)
+  --tcp [HOST:]PORT  listen on TCP (HOST defaults to 127.0.0.1; PORT 0 picks one)
+  --name NAME        export name (default "srp-nbd"; "" also reaches it)
+  --read-only        refuse writes with EPERM
+  --block-size N     minimum block size to advertise and enforce (default 1)
+  --log-level LEVEL  trace, debug, info, warn, error (default info)
+
+Without --unix or --tcp the server listens on TCP 127.0.0.1:10809.
+Prints one line per listener ("listening on unix:PATH" / "listening on tcp:HOST:PORT")
+and runs until SIGINT or SIGTERM.
+`;
+
+export async function serve(argv: string[]): Promise<number> {
+  const { values } = parseArgs({
+    args: argv,
+    options: {
+      memory: { type: 'string' },
+      file: { type: 'string' },
+      unix: { type: 'string' },
+      tcp: { type: 'string' },
+      name: { type: 'string', default: 'srp-nbd' },
+      'read-only': { type: 'boolean', default: false },
+      'block-size': { type: 'string', default: '1' },
+      'log-level': { type: 'string' },
+      help: { type: 'boolean', short: 'h' },
+    },
+    strict: true,
+  });
+  if (values.help) {
+    process.stdout.write(SERVE_USAGE);
+    return 0;
+  }
+  if ((values.memory === undefined) === (values.file === undefined)) {
+    throw new UsageError('serve: give exactly one of --memory SIZE or --file PATH');
+  }
+  const minimumBlockSize = parseSize(values['block-size']!);
+  const readOnly = values['read-only']!;
+  const backend: Backend =
+    values.memory !== undefined
+      ? new MemoryBackend({ size: parseSize(values.memory), readOnly, minimumBlockSize })
+      : await FileBackend.open(values.file!, { readOnly, minimumBlockSize });
+
+  const logger = createLogger(values['log-level']);
+  const server = new NbdServer({ logger });
+  server.addExport(values.name!, backend);
+  if (values.unix !== undefined) {
+    await server.listenUnix(values.unix);
+    process.stdout.write(`listening on unix:${values.unix}\n`);
+  }
+  if (values.tcp !== undefined || values.unix === undefined) {
+    const { host, port } = parseHostPort(values.tcp ?? '10809');
+    const bound = await server.listenTcp(port, host);
+    process.stdout.write(`listening on tcp:${host}:${bound}\n`);
+  }
+  logger.info({ export: values.name, size: backend.size, readOnly }, 'serving');
+  await new Promise<void>((resolve) => {
+    process.once('SIGINT', resolve);
+    process.once('SIGTERM', resolve);
+  });
+  await server.close();
+  return 0;
+}
+
+/** Parses "[HOST:]PORT"; IPv6 hosts are written in brackets: "[::1]:10809". */
+export function parseHostPort(text: string): { host: string; port: number } {
+  const m = /^(?:\[([^\]]+)\]:|([^:]+):)?(\d+)$/.exec(text);
+  const port = m ? Number(m[3]) : NaN;
+  if (!m || port > 65535) throw new UsageError(`invalid --tcp '${text}' (expected [HOST:]PORT with PORT 0..65535)`);
+  return { host: m[1] ?? m[2] ?? '127.0.0.1', port };
+}
+
+/** A command-line mistake: printed with the usage hint, exit status 2. */
+export class UsageError extends Error {
+  override readonly name = 'UsageError';
+}

@@ -1,0 +1,697 @@
+/**
+ * One NBD client connection: the fixed-newstyle handshake and then the
+ * transmission phase, or the transmission phase alone (what the kernel NBD
+ * driver speaks on a socketpair after netlink CONNECT).
+ *
+ * Input is parsed as it arrives, without concatenating chunks: headers are
+ * decoded in place when a chunk holds them whole, a WRITE payload is copied
+ * once, straight into its destination (the backend's writeTarget() or a
+ * pooled buffer). Requests run concurrently and complete out of order;
+ * replies issued in the same tick leave in one corked write.
+ *
+ * Errors the protocol can answer (bad range, alignment, flags, unknown
+ * command, backend failure) are answered and logged once per kind; errors
+ * that break framing (wrong magic, oversized option) end the connection
+ * cleanly after in-flight requests have been answered. Nothing a client
+ * sends can throw out of this class.
+ */
+import type { Socket } from 'node:net';
+import type { Logger } from 'pino';
+import { type Backend, toNbdErrno } from './backend.js';
+import { BufferPool } from './buffer-pool.js';
+import type { InputSink } from './socket-input.js';
+import {
+  NbdDecodeError,
+  type NbdRequest,
+  NBD_OPTION_HEADER_SIZE,
+  decodeInfoRequest,
+  decodeOptionHeader,
+  decodeRequest,
+  encodeExportNameReply,
+  encodeGreeting,
+  encodeInfoBlockSize,
+  encodeInfoExport,
+  encodeInfoString,
+  encodeOptionReply,
+  encodeRepServer,
+  encodeStructuredError,
+  writeSimpleReply,
+  writeStructuredReply,
+} from './codec.js';
+import * as C from './nbd-constants.js';
+
+/** Where the server finds exports by name. */
+export interface ExportRegistry {
+  /** The export for a name; "" means the default export. */
+  lookup(name: string): { name: string; backend: Backend } | undefined;
+  /** Every export, for NBD_OPT_LIST. */
+  list(): { name: string; backend: Backend }[];
+}
+
+export interface ConnectionOptions {
+  logger: Logger;
+  pool: BufferPool;
+  /** Most requests in flight before the connection stops reading (default 256). */
+  maxInFlight?: number;
+  /** Reply bytes queued in the socket before the connection stops reading (default 64 MiB). */
+  maxQueuedReplyBytes?: number;
+  /** A client still negotiating after this long is disconnected (default 30 s; 0 = never). */
+  handshakeTimeoutMs?: number;
+}
+
+export interface ConnectionStats {
+  requests: number;
+  bytesRead: number;
+  bytesWritten: number;
+  errors: number;
+}
+
+/**
+ * A connection's byte source: a socket delivering 'data' events, or a
+ * function that builds a socket reading through the connection (InputSink).
+ */
+export type SocketSource = Socket | ((sink: InputSink) => Socket);
+
+const STAGING_SIZE = 256 * 1024;
+/** Payload bytes still expected above which reads go straight into the payload. */
+const DIRECT_READ_MIN = 64 * 1024;
+
+type Phase =
+  | 'client-flags'
+  | 'option-header'
+  | 'option-data'
+  | 'request-header'
+  | 'payload'
+  | 'discard'
+  | 'stopped';
+
+const MAX_OPTIONS = 64;
+const NBD_CMD_FLAGS_KNOWN =
+  C.NBD_CMD_FLAG_FUA | C.NBD_CMD_FLAG_NO_HOLE | C.NBD_CMD_FLAG_DF | C.NBD_CMD_FLAG_REQ_ONE | C.NBD_CMD_FLAG_FAST_ZERO;
+
+/** A validation failure: the NBD errno and the reason logged for it. */
+interface Refusal {
+  errno: number;
+  reason: string;
+}
+
+export class NbdConnection implements InputSink {
+  readonly stats: ConnectionStats = { requests: 0, bytesRead: 0, bytesWritten: 0, errors: 0 };
+  /** Resolves once the socket is closed and every request has completed. */
+  readonly closed: Promise<void>;
+
+  private phase: Phase;
+  private backend: Backend | undefined;
+  private exportName = '';
+  private transmissionFlags = 0;
+  private structuredReplies = false;
+  private noZeroes = false;
+  private optionCount = 0;
+
+  /* Partial-frame assembly: `fill` collects exactly `fill.length` bytes. */
+  private fill: Buffer = Buffer.allocUnsafe(C.NBD_REQUEST_SIZE);
+  private fillPos = 0;
+  private fillNeed = 0;
+  private readonly headerBuf = Buffer.allocUnsafe(C.NBD_REQUEST_SIZE);
+  private readonly req: NbdRequest = { magic: 0, flags: 0, type: 0, cookieHi: 0, cookieLo: 0, offset: 0, length: 0 };
+  private optionCode = 0;
+  /** Current WRITE payload being received, its request and whether it came from the pool. */
+  private payload: Buffer | undefined;
+  private payloadPooled = false;
+  private payloadReq: NbdRequest | undefined;
+  private discardLeft = 0;
+
+  private inFlight = 0;
+  private paused = false;
+  private corked = false;
+  private draining = false;
+  private socketClosed = false;
+  private resolveClosed!: () => void;
+  private handshakeTimer: NodeJS.Timeout | undefined;
+  private readonly logged = new Map<string, number>();
+  private readonly maxInFlight: number;
+  private readonly maxQueuedReplyBytes: number;
+
+  private readonly socket: Socket;
+  /** Where reads land while headers are parsed (onread mode); payloads may be read elsewhere. */
+  private readonly staging = Buffer.allocUnsafe(STAGING_SIZE);
+
+  private constructor(
+    source: SocketSource,
+    private readonly registry: ExportRegistry | undefined,
+    private readonly opts: ConnectionOptions,
+    fixedExport: { name: string; backend: Backend } | undefined,
+  ) {
+    this.closed = new Promise((resolve) => (this.resolveClosed = resolve));
+    this.maxInFlight = opts.maxInFlight ?? 256;
+    this.maxQueuedReplyBytes = opts.maxQueuedReplyBytes ?? 64 * 1024 * 1024;
+    const socket = typeof source === 'function' ? source(this) : source;
+    this.socket = socket;
+    if (typeof source !== 'function') socket.on('data', (chunk: Buffer) => this.onInput(chunk));
+    socket.setNoDelay?.(true);
+    socket.on('error', (err: NodeJS.ErrnoException) => {
+      // A peer that hangs up while replies are queued is routine, not a problem worth a warning.
+      if (err.code === 'EPIPE' || err.code === 'ECONNRESET') opts.logger.debug({ err }, 'peer closed the connection');
+      else this.logOnce('socket', 'socket error', err);
+    });
+    socket.on('end', () => {
+      this.noteTruncation();
+      this.stopReading();
+    });
+    socket.on('close', () => this.onSocketClose());
+    socket.on('drain', () => this.maybeResume());
+    if (fixedExport) {
+      this.enterTransmission(fixedExport.name, fixedExport.backend);
+      this.phase = 'request-header';
+    } else {
+      this.phase = 'client-flags';
+      this.expect(4);
+      this.socket.write(encodeGreeting(C.NBD_FLAG_FIXED_NEWSTYLE | C.NBD_FLAG_NO_ZEROES));
+      const ms = opts.handshakeTimeoutMs ?? 30_000;
+      if (ms > 0) {
+        this.handshakeTimer = setTimeout(() => this.fatal('handshake-timeout', `no export chosen within ${ms} ms`), ms);
+        this.handshakeTimer.unref();
+      }
+    }
+    socket.resume();
+  }
+
+  /** Serves a socket from the first byte: greeting, option haggling, then transmission. */
+  static handshake(socket: SocketSource, registry: ExportRegistry, opts: ConnectionOptions): NbdConnection {
+    return new NbdConnection(socket, registry, opts, undefined);
+  }
+
+  /** Serves the transmission phase only, on a socket whose handshake happened elsewhere (kernel NBD). */
+  static transmission(socket: SocketSource, name: string, backend: Backend, opts: ConnectionOptions): NbdConnection {
+    return new NbdConnection(socket, undefined, opts, { name, backend });
+  }
+
+  /** The export this connection is serving, once chosen. */
+  get export(): string | undefined {
+    return this.backend ? this.exportName : undefined;
+  }
+
+  /** Ends the connection: stops reading, lets in-flight requests answer, then closes. */
+  close(): void {
+    this.stopReading();
+  }
+
+  /* ---------------------------------------------------------------- input */
+
+  private expect(n: number): void {
+    if (this.fill.length < n) this.fill = Buffer.allocUnsafe(n);
+    this.fillPos = 0;
+    this.fillNeed = n;
+  }
+
+  /** InputSink: the next read lands in the WRITE payload itself when much of it is still to come. */
+  nextReadBuffer(): Buffer {
+    if (this.phase === 'payload') {
+      const left = this.payload!.length - this.fillPos;
+      if (left >= DIRECT_READ_MIN) return this.payload!.subarray(this.fillPos);
+    }
+    return this.staging;
+  }
+
+  /** InputSink: bytes from the socket, consumed synchronously. */
+  onInput(chunk: Buffer): void {
+    if (this.phase !== 'stopped') this.cork();
+    let pos = 0;
+    try {
+      while (pos < chunk.length && this.phase !== 'stopped') {
+        switch (this.phase) {
+          case 'request-header':
+            // Fast path: a whole header in the chunk is decoded in place.
+            if (this.fillPos === 0 && chunk.length - pos >= C.NBD_REQUEST_SIZE) {
+              decodeRequest(chunk, pos, this.req);
+              pos += C.NBD_REQUEST_SIZE;
+              this.onRequest();
+            } else {
+              pos = this.collect(chunk, pos, this.headerBuf, C.NBD_REQUEST_SIZE);
+              if (this.fillPos === C.NBD_REQUEST_SIZE) {
+                this.fillPos = 0;
+                decodeRequest(this.headerBuf, 0, this.req);
+                this.onRequest();
+              }
+            }
+            break;
+          case 'payload': {
+            const dst = this.payload!;
+            const n = Math.min(dst.length - this.fillPos, chunk.length - pos);
+            // Skipped when the socket read straight into the payload (see nextReadBuffer).
+            if (chunk.buffer !== dst.buffer || chunk.byteOffset + pos !== dst.byteOffset + this.fillPos) {
+              chunk.copy(dst, this.fillPos, pos, pos + n);
+            }
+            this.fillPos += n;
+            pos += n;
+            if (this.fillPos === dst.length) this.onPayload();
+            break;
+          }
+          case 'discard': {
+            const n = Math.min(this.discardLeft, chunk.length - pos);
+            this.discardLeft -= n;
+            pos += n;
+            if (this.discardLeft === 0) this.phase = 'request-header';
+            break;
+          }
+          default:
+            pos = this.collect(chunk, pos, this.fill, this.fillNeed);
+            if (this.fillPos === this.fillNeed) {
+              this.fillPos = 0;
+              this.onHandshakeFrame(this.fill.subarray(0, this.fillNeed));
+            }
+        }
+      }
+    } catch (err) {
+      // A bug, never a client's doing: stop this connection, keep the server.
+      this.fatal('internal', 'internal error while parsing input', err);
+    }
+  }
+
+  /** Copies from chunk into dst until `need` bytes are there; returns the new chunk position. */
+  private collect(chunk: Buffer, pos: number, dst: Buffer, need: number): number {
+    const n = Math.min(need - this.fillPos, chunk.length - pos);
+    chunk.copy(dst, this.fillPos, pos, pos + n);
+    this.fillPos += n;
+    return pos + n;
+  }
+
+  /* ------------------------------------------------------------ handshake */
+
+  private onHandshakeFrame(frame: Buffer): void {
+    switch (this.phase) {
+      case 'client-flags': {
+        const flags = frame.readUInt32BE(0);
+        const known = C.NBD_FLAG_C_FIXED_NEWSTYLE | C.NBD_FLAG_C_NO_ZEROES;
+        if ((flags & ~known) !== 0) return this.fatal('client-flags', `unknown client flags 0x${flags.toString(16)}`);
+        this.noZeroes = (flags & C.NBD_FLAG_C_NO_ZEROES) !== 0;
+        this.phase = 'option-header';
+        this.expect(NBD_OPTION_HEADER_SIZE);
+        return;
+      }
+      case 'option-header': {
+        const h = decodeOptionHeader(frame);
+        if (h.magic !== C.IHAVEOPT) return this.fatal('option-magic', `wrong option magic 0x${h.magic.toString(16)}`);
+        if (++this.optionCount > MAX_OPTIONS) return this.fatal('option-count', `more than ${MAX_OPTIONS} options`);
+        this.optionCode = h.option;
+        if (h.length > C.NBD_MAX_OPTION_SIZE) {
+          this.optionReply(C.NBD_REP_ERR_TOO_BIG, `option of ${h.length} bytes exceeds ${C.NBD_MAX_OPTION_SIZE}`);
+          return this.fatal('option-size', `${C.nameOfNbdOpt(h.option)} with ${h.length} bytes of data`);
+        }
+        if (h.length === 0) return this.onOption(Buffer.alloc(0));
+        this.phase = 'option-data';
+        this.expect(h.length);
+        return;
+      }
+      case 'option-data':
+        return this.onOption(Buffer.from(frame)); // copied: the fill buffer is reused
+    }
+  }
+
+  private nextOption(): void {
+    if (this.phase === 'stopped' || this.backend) return;
+    this.phase = 'option-header';
+    this.expect(NBD_OPTION_HEADER_SIZE);
+  }
+
+  private onOption(data: Buffer): void {
+    const opt = this.optionCode;
+    switch (opt) {
+      case C.NBD_OPT_EXPORT_NAME: {
+        const name = data.toString('utf8');
+        const found = this.registry!.lookup(name);
+        if (!found) return this.fatal('unknown-export', `NBD_OPT_EXPORT_NAME for unknown export '${name}'`);
+        this.enterTransmission(found.name, found.backend);
+        this.socket.write(encodeExportNameReply(found.backend.size, this.transmissionFlags, this.noZeroes));
+        this.phase = 'request-header';
+        return;
+      }
+      case C.NBD_OPT_ABORT:
+        this.optionReply(C.NBD_REP_ACK);
+        return this.stopReading();
+      case C.NBD_OPT_LIST:
+        if (data.length !== 0) this.optionReply(C.NBD_REP_ERR_INVALID, 'NBD_OPT_LIST carries no data');
+        else {
+          for (const e of this.registry!.list()) this.optionReply(C.NBD_REP_SERVER, encodeRepServer(e.name));
+          this.optionReply(C.NBD_REP_ACK);
+        }
+        return this.nextOption();
+      case C.NBD_OPT_STRUCTURED_REPLY:
+        if (data.length !== 0) this.optionReply(C.NBD_REP_ERR_INVALID, 'NBD_OPT_STRUCTURED_REPLY carries no data');
+        else if (this.structuredReplies) this.optionReply(C.NBD_REP_ERR_INVALID, 'structured replies already negotiated');
+        else {
+          this.structuredReplies = true;
+          this.optionReply(C.NBD_REP_ACK);
+        }
+        return this.nextOption();
+      case C.NBD_OPT_INFO:
+      case C.NBD_OPT_GO:
+        return this.onInfoOrGo(opt, data);
+      default:
+        this.opts.logger.debug({ option: C.nameOfNbdOpt(opt) }, 'unsupported option refused');
+        this.optionReply(C.NBD_REP_ERR_UNSUP, `${C.nameOfNbdOpt(opt)} is not supported`);
+        return this.nextOption();
+    }
+  }
+
+  private onInfoOrGo(opt: number, data: Buffer): void {
+    let request;
+    try {
+      request = decodeInfoRequest(data);
+    } catch (err) {
+      if (!(err instanceof NbdDecodeError)) throw err;
+      this.optionReply(C.NBD_REP_ERR_INVALID, err.message);
+      return this.nextOption();
+    }
+    const found = this.registry!.lookup(request.name);
+    if (!found) {
+      this.optionReply(C.NBD_REP_ERR_UNKNOWN, `unknown export '${request.name}'`);
+      return this.nextOption();
+    }
+    const b = found.backend;
+    this.optionReply(C.NBD_REP_INFO, encodeInfoExport(b.size, this.flagsFor(b)));
+    for (const type of new Set(request.requests)) {
+      if (type === C.NBD_INFO_NAME) this.optionReply(C.NBD_REP_INFO, encodeInfoString(C.NBD_INFO_NAME, found.name));
+      else if (type === C.NBD_INFO_DESCRIPTION && b.description) {
+        this.optionReply(C.NBD_REP_INFO, encodeInfoString(C.NBD_INFO_DESCRIPTION, b.description));
+      }
+    }
+    // Sent whether asked or not: clients must honour the constraints they were told.
+    const bs = b.blockSize;
+    this.optionReply(C.NBD_REP_INFO, encodeInfoBlockSize(bs.minimum, bs.preferred, bs.maximum));
+    this.optionReply(C.NBD_REP_ACK);
+    if (opt === C.NBD_OPT_GO) {
+      this.enterTransmission(found.name, b);
+      this.phase = 'request-header';
+    } else {
+      this.nextOption();
+    }
+  }
+
+  private optionReply(type: number, data?: Buffer | string): void {
+    const payload = typeof data === 'string' ? Buffer.from(data, 'utf8') : data;
+    this.socket.write(encodeOptionReply(this.optionCode, type, payload));
+  }
+
+  private flagsFor(b: Backend): number {
+    let f = C.NBD_FLAG_HAS_FLAGS;
+    if (b.readOnly) f |= C.NBD_FLAG_READ_ONLY;
+    if (b.canFlush) f |= C.NBD_FLAG_SEND_FLUSH;
+    if (b.canFua && !b.readOnly) f |= C.NBD_FLAG_SEND_FUA;
+    if (b.canTrim && !b.readOnly) f |= C.NBD_FLAG_SEND_TRIM;
+    if (b.canWriteZeroes && !b.readOnly) f |= C.NBD_FLAG_SEND_WRITE_ZEROES;
+    if (b.canMultiConn) f |= C.NBD_FLAG_CAN_MULTI_CONN;
+    return f;
+  }
+
+  private enterTransmission(name: string, backend: Backend): void {
+    if (this.handshakeTimer) clearTimeout(this.handshakeTimer);
+    this.exportName = name;
+    this.backend = backend;
+    this.transmissionFlags = this.flagsFor(backend);
+    this.opts.logger.debug({ export: name, structured: this.structuredReplies }, 'transmission phase');
+  }
+
+  /* --------------------------------------------------------- transmission */
+
+  private onRequest(): void {
+    const r = this.req;
+    if (r.magic !== C.NBD_REQUEST_MAGIC) {
+      return this.fatal('request-magic', `wrong request magic 0x${r.magic.toString(16)}`);
+    }
+    this.stats.requests++;
+    if (r.type === C.NBD_CMD_DISC) return this.stopReading();
+    const refusal = this.validate(r);
+    if (r.type === C.NBD_CMD_WRITE) {
+      if (refusal) {
+        // The payload still follows: skip it so framing holds.
+        this.refuse(r, refusal);
+        this.discardLeft = r.length;
+        this.phase = r.length > 0 ? 'discard' : 'request-header';
+        return;
+      }
+      const target = this.backend!.writeTarget?.(r.offset, r.length);
+      this.payloadPooled = target === undefined;
+      this.payload = target ?? this.opts.pool.acquire(r.length);
+      this.payloadReq = { ...r };
+      this.fillPos = 0;
+      this.phase = 'payload';
+      return;
+    }
+    if (refusal) return this.refuse(r, refusal);
+    this.dispatch({ ...r }, undefined, false);
+  }
+
+  private onPayload(): void {
+    const payload = this.payload!;
+    const req = this.payloadReq!;
+    const pooled = this.payloadPooled;
+    this.payload = undefined;
+    this.payloadReq = undefined;
+    this.fillPos = 0;
+    this.phase = 'request-header';
+    this.dispatch(req, payload, pooled);
+  }
+
+  /**
+   * Checks a request against the export and the protocol; returns why it is
+   * refused, or undefined. Pure: no I/O, no state change (nbdkit's validate_request).
+   */
+  private validate(r: NbdRequest): Refusal | undefined {
+    const b = this.backend!;
+    const name = C.nameOfNbdCmd(r.type);
+    if ((r.flags & ~NBD_CMD_FLAGS_KNOWN) !== 0) return { errno: C.NBD_EINVAL, reason: `${name}: unknown flags 0x${r.flags.toString(16)}` };
+    if ((r.flags & C.NBD_CMD_FLAG_NO_HOLE) && r.type !== C.NBD_CMD_WRITE_ZEROES) {
+      return { errno: C.NBD_EINVAL, reason: `${name}: NO_HOLE is only valid on NBD_CMD_WRITE_ZEROES` };
+    }
+    // DF, REQ_ONE and FAST_ZERO belong to features this server does not advertise.
+    if (r.flags & (C.NBD_CMD_FLAG_DF | C.NBD_CMD_FLAG_REQ_ONE | C.NBD_CMD_FLAG_FAST_ZERO)) {
+      return { errno: C.NBD_EINVAL, reason: `${name}: flag 0x${r.flags.toString(16)} not negotiated` };
+    }
+    if ((r.flags & C.NBD_CMD_FLAG_FUA) && !(this.transmissionFlags & C.NBD_FLAG_SEND_FUA)) {
+      return { errno: C.NBD_EINVAL, reason: `${name}: FUA not negotiated` };
+    }
+    switch (r.type) {
+      case C.NBD_CMD_READ:
+      case C.NBD_CMD_WRITE:
+        if (r.length > b.blockSize.maximum) {
+          return { errno: C.NBD_EINVAL, reason: `${name}: length ${r.length} exceeds the maximum ${b.blockSize.maximum}` };
+        }
+        break;
+      case C.NBD_CMD_FLUSH:
+        if (!b.canFlush) return { errno: C.NBD_EINVAL, reason: `${name}: not supported by this export` };
+        if (r.offset !== 0 || r.length !== 0) return { errno: C.NBD_EINVAL, reason: `${name}: offset and length must be 0` };
+        return undefined;
+      case C.NBD_CMD_TRIM:
+        if (!b.canTrim) return { errno: C.NBD_EINVAL, reason: `${name}: not supported by this export` };
+        break;
+      case C.NBD_CMD_WRITE_ZEROES:
+        if (!b.canWriteZeroes) return { errno: C.NBD_EINVAL, reason: `${name}: not supported by this export` };
+        break;
+      default:
+        return { errno: C.NBD_EINVAL, reason: `unknown command ${name}` };
+    }
+    if (r.type !== C.NBD_CMD_READ && b.readOnly) return { errno: C.NBD_EPERM, reason: `${name}: export is read-only` };
+    if (r.length === 0) return { errno: C.NBD_EINVAL, reason: `${name}: zero length` };
+    if (r.offset + r.length > b.size) {
+      const errno = r.type === C.NBD_CMD_WRITE || r.type === C.NBD_CMD_WRITE_ZEROES ? C.NBD_ENOSPC : C.NBD_EINVAL;
+      return { errno, reason: `${name}: offset ${r.offset} + length ${r.length} is beyond the export size ${b.size}` };
+    }
+    const min = b.blockSize.minimum;
+    if (r.offset % min !== 0 || r.length % min !== 0) {
+      return { errno: C.NBD_EINVAL, reason: `${name}: offset ${r.offset} or length ${r.length} not aligned to ${min}` };
+    }
+    return undefined;
+  }
+
+  private refuse(r: NbdRequest, refusal: Refusal): void {
+    this.stats.errors++;
+    this.logOnce(`refuse-${r.type}-${refusal.errno}`, refusal.reason);
+    this.replyError(r.type, r.cookieHi, r.cookieLo, refusal.errno, refusal.reason);
+  }
+
+  /** Runs a validated request against the backend and answers it when it completes. */
+  private dispatch(r: NbdRequest, payload: Buffer | undefined, pooled: boolean): void {
+    const b = this.backend!;
+    const fua = (r.flags & C.NBD_CMD_FLAG_FUA) !== 0;
+    let reply: Buffer | undefined;
+    let dataOffset = 0;
+    let result: void | Promise<void> = undefined;
+    this.inFlight++;
+    if (this.inFlight >= this.maxInFlight) this.pause();
+    try {
+      switch (r.type) {
+        case C.NBD_CMD_READ:
+          dataOffset = this.structuredReplies ? C.NBD_STRUCTURED_REPLY_SIZE + 8 : C.NBD_SIMPLE_REPLY_SIZE;
+          reply = this.opts.pool.acquire(dataOffset + r.length);
+          result = b.read(r.offset, reply.subarray(dataOffset));
+          break;
+        case C.NBD_CMD_WRITE:
+          result = b.write(r.offset, payload!, fua);
+          break;
+        case C.NBD_CMD_FLUSH:
+          result = b.flush();
+          break;
+        case C.NBD_CMD_TRIM:
+          result = b.trim(r.offset, r.length, fua);
+          break;
+        case C.NBD_CMD_WRITE_ZEROES:
+          result = b.writeZeroes(r.offset, r.length, fua, (r.flags & C.NBD_CMD_FLAG_NO_HOLE) !== 0);
+          break;
+      }
+    } catch (err) {
+      result = Promise.reject(err);
+    }
+    const done = (err: unknown): void => {
+      this.inFlight--;
+      if (payload && pooled) this.opts.pool.release(payload);
+      if (err === undefined) this.replyOk(r, reply);
+      else {
+        if (reply) this.opts.pool.release(reply);
+        this.stats.errors++;
+        const errno = toNbdErrno(err);
+        this.logOnce(`backend-${r.type}-${errno}`, `${C.nameOfNbdCmd(r.type)} at ${r.offset} failed`, err);
+        this.replyError(r.type, r.cookieHi, r.cookieLo, errno, err instanceof Error ? err.message : String(err));
+      }
+      this.afterCompletion();
+    };
+    if (result && typeof (result as Promise<void>).then === 'function') {
+      (result as Promise<void>).then(() => done(undefined), (err: unknown) => done(err ?? new Error('backend failed')));
+    } else {
+      done(undefined);
+    }
+  }
+
+  private replyOk(r: NbdRequest, reply: Buffer | undefined): void {
+    if (r.type === C.NBD_CMD_READ) {
+      const buf = reply!;
+      if (this.structuredReplies) {
+        writeStructuredReply(buf, 0, C.NBD_REPLY_FLAG_DONE, C.NBD_REPLY_TYPE_OFFSET_DATA, r.cookieHi, r.cookieLo, 8 + r.length);
+        buf.writeUInt32BE(Math.floor(r.offset / 2 ** 32), C.NBD_STRUCTURED_REPLY_SIZE);
+        buf.writeUInt32BE(r.offset % 2 ** 32, C.NBD_STRUCTURED_REPLY_SIZE + 4);
+      } else {
+        writeSimpleReply(buf, 0, 0, r.cookieHi, r.cookieLo);
+      }
+      this.stats.bytesRead += r.length;
+      this.send(buf, true);
+      return;
+    }
+    if (r.type === C.NBD_CMD_WRITE) this.stats.bytesWritten += r.length;
+    const buf = Buffer.allocUnsafe(C.NBD_SIMPLE_REPLY_SIZE);
+    writeSimpleReply(buf, 0, 0, r.cookieHi, r.cookieLo);
+    this.send(buf, false);
+  }
+
+  private replyError(type: number, cookieHi: number, cookieLo: number, errno: number, message: string): void {
+    // With structured replies a READ must be answered by a chunk; other commands may use a simple reply.
+    if (this.structuredReplies && type === C.NBD_CMD_READ) {
+      this.send(encodeStructuredError(C.NBD_REPLY_FLAG_DONE, cookieHi, cookieLo, errno, message), false);
+      return;
+    }
+    const buf = Buffer.allocUnsafe(C.NBD_SIMPLE_REPLY_SIZE);
+    writeSimpleReply(buf, 0, errno, cookieHi, cookieLo);
+    this.send(buf, false);
+  }
+
+  /* --------------------------------------------------------------- output */
+
+  private send(buf: Buffer, pooled: boolean): void {
+    if (this.socketClosed || this.socket.destroyed) {
+      if (pooled) this.opts.pool.release(buf);
+      return;
+    }
+    this.cork();
+    if (pooled) this.socket.write(buf, () => this.opts.pool.release(buf));
+    else this.socket.write(buf);
+    if (this.socket.writableLength > this.maxQueuedReplyBytes) this.pause();
+  }
+
+  /** Batches every reply of this tick into one writev. */
+  private cork(): void {
+    if (this.corked || this.socketClosed) return;
+    this.corked = true;
+    this.socket.cork();
+    process.nextTick(() => {
+      this.corked = false;
+      this.socket.uncork();
+    });
+  }
+
+  private pause(): void {
+    if (this.paused || this.socketClosed) return;
+    this.paused = true;
+    this.socket.pause();
+  }
+
+  private maybeResume(): void {
+    if (!this.paused || this.draining) return;
+    if (this.inFlight < this.maxInFlight / 2 && this.socket.writableLength <= this.maxQueuedReplyBytes / 2) {
+      this.paused = false;
+      this.socket.resume();
+    }
+  }
+
+  private afterCompletion(): void {
+    if (this.inFlight > 0) this.maybeResume();
+    else if (this.socketClosed) this.resolveClosed();
+    else if (this.draining) this.finish();
+    else this.maybeResume();
+  }
+
+  /* ------------------------------------------------------------ lifecycle */
+
+  /** Stops parsing input; closes once in-flight requests have been answered. Status only moves down. */
+  private stopReading(): void {
+    if (this.phase === 'stopped') return;
+    this.phase = 'stopped';
+    this.draining = true;
+    if (this.handshakeTimer) clearTimeout(this.handshakeTimer);
+    // An unfinished payload may be the socket's current read buffer: left to the GC, never pooled.
+    this.payload = undefined;
+    this.socket.pause();
+    if (this.inFlight === 0) this.finish();
+  }
+
+  /** An unrecoverable framing or protocol error: logged, then a clean disconnect. */
+  private fatal(kind: string, message: string, err?: unknown): void {
+    this.stats.errors++;
+    this.logOnce(kind, `${message}; disconnecting`, err);
+    this.stopReading();
+  }
+
+  private finish(): void {
+    if (this.socketClosed) return;
+    // end() flushes queued replies first; a peer that never reads is cut off after a grace period.
+    this.socket.end();
+    setTimeout(() => this.socket.destroy(), 10_000).unref();
+  }
+
+  private onSocketClose(): void {
+    if (this.socketClosed) return;
+    this.socketClosed = true;
+    this.draining = true;
+    if (this.handshakeTimer) clearTimeout(this.handshakeTimer);
+    if (this.phase !== 'stopped') {
+      this.noteTruncation();
+      this.phase = 'stopped';
+      this.payload = undefined;
+    }
+    for (const [kind, count] of this.logged) {
+      if (count > 1) this.opts.logger.warn({ kind, count }, 'repeated connection errors');
+    }
+    if (this.inFlight === 0) this.resolveClosed();
+  }
+
+  private noteTruncation(): void {
+    if (this.phase === 'payload' || this.phase === 'discard' || this.fillPos > 0) {
+      this.logOnce('truncated', `client vanished in the middle of a ${this.phase === 'payload' ? 'WRITE payload' : 'frame'}`);
+    }
+  }
+
+  /** Logs the first occurrence of each kind of problem on this connection; later ones are counted. */
+  private logOnce(kind: string, message: string, err?: unknown): void {
+    const n = (this.logged.get(kind) ?? 0) + 1;
+    this.logged.set(kind, n);
+    if (n === 1) this.opts.logger.warn({ kind, export: this.export, err }, message);
+  }
+}
