@@ -1,0 +1,257 @@
+/**
+ * Transport-layer timer parameters of an SRP remote port: reconnect_delay, fast_io_fail_tmo,
+ * dev_loss_tmo (plus our reconnect_delay_max back-off cap).
+ *
+ * Mirrors Linux drivers/scsi/scsi_transport_srp.c: `srp_parse_tmo()` (seconds or "off") and
+ * `srp_tmo_valid()` (the cross-field rules). validateTmo() is the ONE place these rules live; config
+ * loading and the REST PATCH both call it (or go through tmoParamsSchema, which calls it).
+ */
+import { z } from 'zod';
+
+/** A timeout in whole seconds, or 'off' (the kernel stores -1 and prints "off"). */
+export type Tmo = number | 'off';
+
+/** Timer parameters of one rport, in seconds. */
+export interface TmoParams {
+  /** Delay before the first reconnect attempt after a transport failure; 'off' = only explicit reconnects. */
+  reconnectDelay: Tmo;
+  /** Cap of the exponential reconnect back-off (our addition; the kernel has a linear ramp). */
+  reconnectDelayMax: number;
+  /** Time from transport failure until held and new I/O fail with EIO. */
+  fastIoFailTmo: Tmo;
+  /** Time from transport failure until the port is declared lost (reconnecting stops, I/O fails). */
+  devLossTmo: Tmo;
+}
+
+/** Defaults (DESIGN.md): 1 s back-off base capped at 30 s; fail fast after 5 s; lost after 600 s. */
+export const DEFAULT_TMO: Readonly<TmoParams> = Object.freeze({
+  reconnectDelay: 1,
+  reconnectDelayMax: 30,
+  fastIoFailTmo: 5,
+  devLossTmo: 600,
+});
+
+/** include/scsi/scsi_device.h: the longest a SCSI device may stay blocked, in seconds. */
+export const SCSI_DEVICE_BLOCK_MAX_TIMEOUT = 600;
+
+/**
+ * Upper bound (exclusive) for any timer, in seconds: floor((2^31 - 1) / 1000) = 2147483.
+ * It is the kernel's `LONG_MAX / HZ` on a 32-bit kernel with HZ=1000 (srp_tmo_valid refuses
+ * dev_loss_tmo >= LONG_MAX / HZ), and also the longest delay Node's setTimeout honours (2^31 - 1 ms).
+ */
+export const SRP_TMO_MAX = Math.floor((2 ** 31 - 1) / 1000);
+
+const INT_MAX = 2 ** 31 - 1;
+const INT_MIN = -(2 ** 31);
+
+/** A timeout string that srp_parse_tmo() would refuse. */
+export class TmoParseError extends Error {
+  constructor(
+    readonly input: string,
+    message: string,
+  ) {
+    super(message);
+    this.name = 'TmoParseError';
+  }
+}
+
+/**
+ * Parse a timeout like the kernel's srp_parse_tmo(): "off" or an integer in kstrtoint(s, 0) syntax
+ * (optional sign, "0x" hex, leading-0 octal, decimal; one trailing newline allowed, nothing else).
+ *
+ * Differences, on purpose: the kernel treats any string *starting* with "off" as off ("offset"
+ * too); we accept only "off" (plus one newline). Negative values, which the kernel stores and then
+ * treats as off everywhere (`tmo >= 0` tests, "off" when shown), are normalised to 'off'.
+ * A number argument (from JSON) must be an integer; negative numbers are 'off' likewise.
+ * @throws TmoParseError naming the input and why.
+ */
+export function parseTmo(input: string | number): Tmo {
+  if (typeof input === 'number') {
+    if (!Number.isInteger(input) || input > INT_MAX || input < INT_MIN) {
+      throw new TmoParseError(String(input), `invalid timeout ${input}: expected an integer number of seconds or "off"`);
+    }
+    return input < 0 ? 'off' : input;
+  }
+  const s = input.endsWith('\n') ? input.slice(0, -1) : input;
+  if (s === 'off') return 'off';
+  const m = /^([+-]?)(0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)$/.exec(s);
+  if (!m) {
+    throw new TmoParseError(input, `invalid timeout ${JSON.stringify(input)}: expected an integer number of seconds or "off"`);
+  }
+  const digits = m[2]!;
+  const magnitude = /^0[xX]/.test(digits)
+    ? parseInt(digits.slice(2), 16)
+    : digits.length > 1 && digits.startsWith('0')
+      ? parseInt(digits.slice(1), 8)
+      : parseInt(digits, 10);
+  const value = m[1] === '-' ? -magnitude : magnitude;
+  if (value > INT_MAX || value < INT_MIN) {
+    throw new TmoParseError(input, `timeout ${JSON.stringify(input)} out of range for an int (ERANGE)`);
+  }
+  return value < 0 ? 'off' : Math.max(0, value); // max() turns "-0" into 0
+}
+
+/** Show a timeout like srp_show_tmo(): the number, or "off". */
+export function formatTmo(tmo: Tmo): string {
+  return tmo === 'off' ? 'off' : String(tmo);
+}
+
+/** The rule a timer combination breaks; one message per rule. */
+export type TmoRule =
+  /** a value is not an integer >= 0 or 'off' (or reconnect_delay_max is 'off'/not an integer >= 1) */
+  | 'not-a-timeout'
+  /** srp_tmo_valid: reconnect_delay == 0 */
+  | 'reconnect-delay-zero'
+  /** DESIGN.md (stricter than srp_tmo_valid's "not all three off"): fast_io_fail_tmo and dev_loss_tmo both off */
+  | 'no-io-timeout'
+  /** srp_tmo_valid: fast_io_fail_tmo > SCSI_DEVICE_BLOCK_MAX_TIMEOUT */
+  | 'fast-io-fail-too-long'
+  /** srp_tmo_valid: fast_io_fail_tmo off and dev_loss_tmo > SCSI_DEVICE_BLOCK_MAX_TIMEOUT */
+  | 'dev-loss-too-long-without-fast-io-fail'
+  /** srp_tmo_valid: dev_loss_tmo >= LONG_MAX / HZ (SRP_TMO_MAX here) */
+  | 'dev-loss-too-long'
+  /** srp_tmo_valid: fast_io_fail_tmo >= dev_loss_tmo with both set */
+  | 'fast-io-fail-not-before-dev-loss'
+  /** ours: reconnect_delay or reconnect_delay_max >= SRP_TMO_MAX (setTimeout limit) */
+  | 'reconnect-delay-too-long'
+  /** ours: reconnect_delay_max < reconnect_delay */
+  | 'reconnect-delay-max-below-delay';
+
+/** One broken rule: which, the parameters involved (kernel sysfs names), and a message naming both. */
+export interface TmoViolation {
+  rule: TmoRule;
+  params: string[];
+  message: string;
+}
+
+/** Thrown by assertValidTmo(); `violations` lists every rule broken, the message all of them. */
+export class TmoValidationError extends Error {
+  constructor(readonly violations: TmoViolation[]) {
+    super(violations.map((v) => v.message).join('; '));
+    this.name = 'TmoValidationError';
+  }
+}
+
+const isTmo = (v: unknown): v is Tmo => v === 'off' || (typeof v === 'number' && Number.isInteger(v) && v >= 0);
+
+/**
+ * Check a timer combination with the rules of the kernel's srp_tmo_valid() plus ours (see TmoRule).
+ * Returns every rule broken (empty = valid). The input is `unknown`-tolerant so a REST PATCH body
+ * can be checked before it is trusted.
+ */
+export function validateTmo(p: TmoParams): TmoViolation[] {
+  const out: TmoViolation[] = [];
+  const add = (rule: TmoRule, params: string[], message: string) => out.push({ rule, params, message });
+  const { reconnectDelay: rd, reconnectDelayMax: rdMax, fastIoFailTmo: fio, devLossTmo: dl } = p;
+
+  const shapeOk = (name: string, v: unknown): boolean => {
+    if (isTmo(v)) return true;
+    add('not-a-timeout', [name], `${name}=${String(v)} is not a timeout: use an integer number of seconds >= 0 or "off"`);
+    return false;
+  };
+  const okRd = shapeOk('reconnect_delay', rd);
+  const okFio = shapeOk('fast_io_fail_tmo', fio);
+  const okDl = shapeOk('dev_loss_tmo', dl);
+  let okMax = true;
+  if (!(typeof rdMax === 'number' && Number.isInteger(rdMax) && rdMax >= 1)) {
+    okMax = false;
+    add('not-a-timeout', ['reconnect_delay_max'], `reconnect_delay_max=${String(rdMax)} is not a timeout: use an integer number of seconds >= 1`);
+  }
+
+  if (okRd && rd === 0) {
+    add('reconnect-delay-zero', ['reconnect_delay'], 'reconnect_delay=0 is invalid: use a delay of at least 1 s, or "off" to reconnect only when asked (srp_tmo_valid)');
+  }
+  if (okFio && okDl && fio === 'off' && dl === 'off') {
+    add('no-io-timeout', ['fast_io_fail_tmo', 'dev_loss_tmo'], 'fast_io_fail_tmo and dev_loss_tmo are both "off": set at least one, otherwise I/O stays blocked forever during an outage');
+  }
+  if (okFio && fio !== 'off' && fio > SCSI_DEVICE_BLOCK_MAX_TIMEOUT) {
+    add('fast-io-fail-too-long', ['fast_io_fail_tmo'], `fast_io_fail_tmo=${fio} exceeds SCSI_DEVICE_BLOCK_MAX_TIMEOUT (${SCSI_DEVICE_BLOCK_MAX_TIMEOUT} s): I/O must not stay blocked longer`);
+  }
+  if (okFio && okDl && fio === 'off' && dl !== 'off' && dl > SCSI_DEVICE_BLOCK_MAX_TIMEOUT) {
+    add('dev-loss-too-long-without-fast-io-fail', ['dev_loss_tmo', 'fast_io_fail_tmo'], `dev_loss_tmo=${dl} with fast_io_fail_tmo=off exceeds SCSI_DEVICE_BLOCK_MAX_TIMEOUT (${SCSI_DEVICE_BLOCK_MAX_TIMEOUT} s): without fast_io_fail, dev_loss_tmo bounds how long I/O stays blocked`);
+  }
+  if (okDl && dl !== 'off' && dl >= SRP_TMO_MAX) {
+    add('dev-loss-too-long', ['dev_loss_tmo'], `dev_loss_tmo=${dl} must be below ${SRP_TMO_MAX} s (the kernel's LONG_MAX/HZ limit)`);
+  }
+  if (okFio && okDl && fio !== 'off' && dl !== 'off' && fio >= dl) {
+    add('fast-io-fail-not-before-dev-loss', ['fast_io_fail_tmo', 'dev_loss_tmo'], `fast_io_fail_tmo=${fio} must be smaller than dev_loss_tmo=${dl}`);
+  }
+  if ((okRd && rd !== 'off' && rd >= SRP_TMO_MAX) || (okMax && rdMax >= SRP_TMO_MAX)) {
+    add('reconnect-delay-too-long', ['reconnect_delay', 'reconnect_delay_max'], `reconnect_delay=${formatTmo(rd)} and reconnect_delay_max=${rdMax} must be below ${SRP_TMO_MAX} s`);
+  }
+  if (okRd && okMax && rd !== 'off' && rdMax < rd) {
+    add('reconnect-delay-max-below-delay', ['reconnect_delay_max', 'reconnect_delay'], `reconnect_delay_max=${rdMax} must not be smaller than reconnect_delay=${rd}`);
+  }
+  return out;
+}
+
+/** validateTmo() that throws a TmoValidationError listing every broken rule. */
+export function assertValidTmo(p: TmoParams): TmoParams {
+  const v = validateTmo(p);
+  if (v.length > 0) throw new TmoValidationError(v);
+  return p;
+}
+
+/** A timeout as configured: "off", a decimal/hex/octal string, or a JSON integer (negative = off). */
+const tmoField = z
+  .union([z.string(), z.number()])
+  .transform((v, ctx): Tmo => {
+    try {
+      return parseTmo(v);
+    } catch (e) {
+      ctx.addIssue({ code: z.ZodIssueCode.custom, message: (e as Error).message });
+      return z.NEVER;
+    }
+  });
+
+/**
+ * zod schema of the timer parameters (sysfs names, as in Documentation/ABI/stable/sysfs-transport-srp),
+ * with defaults; refined by validateTmo(), one issue per broken rule.
+ */
+export const tmoParamsSchema = z
+  .object({
+    reconnect_delay: tmoField
+      .default(DEFAULT_TMO.reconnectDelay)
+      .describe('Seconds before the first reconnect attempt after a transport failure (doubling per failed attempt, with jitter, up to reconnect_delay_max), or "off" to reconnect only on request. Must not be 0.'),
+    reconnect_delay_max: z
+      .number()
+      .int()
+      .default(DEFAULT_TMO.reconnectDelayMax)
+      .describe('Cap in seconds of the exponential reconnect back-off.'),
+    fast_io_fail_tmo: tmoField
+      .default(DEFAULT_TMO.fastIoFailTmo)
+      .describe(`Seconds after a transport failure until held and new I/O fail with EIO, or "off". At most ${SCSI_DEVICE_BLOCK_MAX_TIMEOUT}; smaller than dev_loss_tmo.`),
+    dev_loss_tmo: tmoField
+      .default(DEFAULT_TMO.devLossTmo)
+      .describe(`Seconds after a transport failure until the port is lost (reconnecting stops, I/O fails, the device stays), or "off". Below ${SRP_TMO_MAX}; at most ${SCSI_DEVICE_BLOCK_MAX_TIMEOUT} when fast_io_fail_tmo is off.`),
+  })
+  .transform((o, ctx): TmoParams => {
+    const p: TmoParams = {
+      reconnectDelay: o.reconnect_delay,
+      reconnectDelayMax: o.reconnect_delay_max,
+      fastIoFailTmo: o.fast_io_fail_tmo,
+      devLossTmo: o.dev_loss_tmo,
+    };
+    for (const v of validateTmo(p)) ctx.addIssue({ code: z.ZodIssueCode.custom, message: v.message, path: v.params.slice(0, 1) });
+    return p;
+  });
+
+/**
+ * Delay in ms before reconnect attempt `attempt` (1-based): min(cap, base * 2^(attempt-1)), then
+ * shortened by up to `jitter` (fraction in [0, 1)) using `random()` in [0, 1). Never above the cap,
+ * never below (1 - jitter) of the un-jittered delay. Precondition: reconnectDelay is not 'off'.
+ */
+export function backoffDelayMs(
+  attempt: number,
+  params: Pick<TmoParams, 'reconnectDelay' | 'reconnectDelayMax'>,
+  jitter: number,
+  random: () => number,
+): number {
+  if (params.reconnectDelay === 'off') throw new Error('backoffDelayMs: reconnect_delay is off');
+  if (!Number.isInteger(attempt) || attempt < 1) throw new Error(`backoffDelayMs: attempt ${attempt} < 1`);
+  const baseMs = params.reconnectDelay * 1000;
+  const capMs = Math.max(params.reconnectDelayMax * 1000, baseMs);
+  // 2^(attempt-1) overflows to Infinity for huge attempt numbers; min() keeps the cap.
+  const d = Math.min(capMs, baseMs * 2 ** Math.min(attempt - 1, 1024));
+  return Math.round(d * (1 - jitter * random()));
+}
