@@ -126,6 +126,7 @@ export class NbdConnection implements InputSink {
   private corked = false;
   private draining = false;
   private socketClosed = false;
+  private finishing = false;
   private resolveClosed!: () => void;
   private handshakeTimer: NodeJS.Timeout | undefined;
   private readonly logged = new Map<string, number>();
@@ -660,9 +661,12 @@ export class NbdConnection implements InputSink {
   }
 
   private finish(): void {
-    if (this.socketClosed) return;
-    // end() flushes queued replies first; a peer that never reads is cut off after a grace period.
+    if (this.socketClosed || this.finishing) return;
+    this.finishing = true;
+    // end() flushes queued replies first. Input is read (and ignored) until the peer's EOF,
+    // so the close is orderly; a peer that never closes is cut off after a grace period.
     this.socket.end();
+    this.socket.resume();
     setTimeout(() => this.socket.destroy(), 10_000).unref();
   }
 

@@ -93,7 +93,7 @@ export class NbdServer implements ExportRegistry {
   }
 
   private listen(start: (s: net.Server) => void): Promise<net.Server> {
-    const server = net.createServer({ pauseOnConnect: true }, (socket) => this.accept(socket));
+    const server = net.createServer({ pauseOnConnect: true, allowHalfOpen: true }, (socket) => this.accept(socket));
     return new Promise((resolve, reject) => {
       server.once('error', reject);
       server.once('listening', () => {
