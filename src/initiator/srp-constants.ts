@@ -208,6 +208,11 @@ export const SrpTLogoutReason = Object.freeze({
   SRP_T_LOGOUT_INVALID_DATA_OUT_COUNT: 0x8,
   SRP_T_LOGOUT_INVALID_DATA_IN_COUNT: 0x9,
 } as const);
+export const {
+  SRP_T_LOGOUT_NO_REASON, SRP_T_LOGOUT_INACTIVE_CHANNEL, SRP_T_LOGOUT_INVALID_IU_TYPE,
+  SRP_T_LOGOUT_UNEXPECTED_RESPONSE, SRP_T_LOGOUT_MULTICHANNEL_ACTION, SRP_T_LOGOUT_UNSUPPORTED_DATA_OUT_FMT,
+  SRP_T_LOGOUT_UNSUPPORTED_DATA_IN_FMT, SRP_T_LOGOUT_INVALID_DATA_OUT_COUNT, SRP_T_LOGOUT_INVALID_DATA_IN_COUNT,
+} = SrpTLogoutReason;
 const tLogoutNames = reverse(SrpTLogoutReason);
 export function nameOfSrpTLogoutReason(reason: number): string {
   return tLogoutNames.get(reason >>> 0) ?? `SRP_T_LOGOUT_UNKNOWN(${hex(reason, 8)})`;

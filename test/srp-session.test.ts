@@ -1,0 +1,480 @@
+// SRP session against the test SRP target over the loopback transport: login negotiation, I/O with
+// data verification (immediate, direct, indirect), credits, task management, target requests,
+// logouts, disconnects, login rejects and malformed IUs from the target.
+import t from 'tap';
+import { createLoopbackPair, type LoopbackOptions, type LoopbackPair } from '../src/initiator/loopback.js';
+import {
+  SrpLoginRejectedError, SrpSession, SrpTaskManagementError, type SrpSessionOptions,
+} from '../src/initiator/srp-session.js';
+import { SrpTestTarget, type SrpTestTargetOptions } from '../src/testing/srp-target.js';
+import { RamScsiLun } from '../src/testing/scsi-lun.js';
+import { TransportError, type ScsiResult } from '../src/initiator/scsi-executor.js';
+import {
+  SrpLoginRejReason, SRP_LOGIN_REJ_CHANNEL_LIMIT_REACHED, SRP_LOGIN_REJ_MULTI_CHANNEL_UNSUPPORTED,
+  SRP_LOGIN_REJ_REQ_IT_IU_LENGTH_TOO_LARGE, SRP_LOGIN_REJ_UNSUPPORTED_DESCRIPTOR_FMT, SRP_T_LOGOUT_INACTIVE_CHANNEL,
+  SRP_TSK_CLEAR_ACA,
+} from '../src/initiator/srp-constants.js';
+import { encodeRsp, encodeCredReq } from '../src/initiator/srp-iu.js';
+
+const LUN0 = 0x0000000000000000n;
+const LUN1 = 0x0001000000000000n;
+const initiatorPortId = Buffer.from('0123456789abcdef0011223344556677', 'hex');
+const targetPortId = Buffer.from('fedcba98765432108899aabbccddeeff', 'hex');
+
+/** READ(16) / WRITE(16) CDBs written out by hand (SBC-3 layout). */
+function read16(lba: number, blocks: number): Buffer {
+  const c = Buffer.alloc(16);
+  c[0] = 0x88;
+  c.writeBigUInt64BE(BigInt(lba), 2);
+  c.writeUInt32BE(blocks, 10);
+  return c;
+}
+function write16(lba: number, blocks: number): Buffer {
+  const c = read16(lba, blocks);
+  c[0] = 0x8a;
+  return c;
+}
+const inquiry = (alloc: number) => Buffer.from([0x12, 0, 0, alloc >> 8, alloc & 0xff, 0]);
+const tur = () => Buffer.alloc(6);
+
+/** Deterministic data pattern. */
+function pattern(len: number, seed: number): Buffer {
+  const b = Buffer.alloc(len);
+  let x = seed >>> 0 || 1;
+  for (let i = 0; i < len; i++) {
+    x ^= x << 13; x >>>= 0; x ^= x >>> 17; x ^= x << 5; x >>>= 0;
+    b[i] = x & 0xff;
+  }
+  return b;
+}
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+async function until(cond: () => boolean, ms = 2000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > end) throw new Error('condition not reached');
+    await sleep(2);
+  }
+}
+
+interface Setup {
+  pair: LoopbackPair;
+  target: SrpTestTarget;
+  session: SrpSession;
+  lun0: RamScsiLun;
+  lun1: RamScsiLun;
+}
+async function setup(o: { target?: Partial<SrpTestTargetOptions>; session?: Partial<SrpSessionOptions>; loopback?: LoopbackOptions } = {}): Promise<Setup> {
+  const lun0 = new RamScsiLun({ blockSize: 512, blocks: 4096, serial: 'LUN0' });
+  const lun1 = new RamScsiLun({ blockSize: 4096, blocks: 512, serial: 'LUN1' });
+  const target = new SrpTestTarget({ luns: [[LUN0, lun0], [LUN1, lun1]], ...o.target });
+  const pair = createLoopbackPair(o.loopback);
+  target.accept(pair.target);
+  const session = await SrpSession.login(pair.initiator, { initiatorPortId, targetPortId, ...o.session });
+  return { pair, target, session, lun0, lun1 };
+}
+
+async function write(s: SrpSession, lun: bigint, lba: number, data: Buffer, bs: number): Promise<ScsiResult> {
+  return s.execute({ lun, cdb: write16(lba, data.length / bs), dataOut: data });
+}
+async function read(s: SrpSession, lun: bigint, lba: number, len: number, bs: number, dataIn?: Buffer): Promise<ScsiResult> {
+  return s.execute({ lun, cdb: read16(lba, len / bs), dataInLength: len, ...(dataIn ? { dataIn } : {}) });
+}
+
+t.test('login negotiates IU lengths, credits, formats, immediate data', async (t) => {
+  const { session, target, pair } = await setup();
+  const L = session.loginResult;
+  t.equal(session.state, 'live');
+  t.equal(L.loginForm, 'ib-cm');
+  t.equal(L.requestedItIuLen, 68 + 8192, 'ib_srp srp_max_it_iu_len with immediate data');
+  t.equal(L.maxItIuLen, 8260);
+  t.equal(L.maxTiIuLen, 1024);
+  t.equal(L.initialReqLim, 32);
+  t.equal(L.bufFmt, 6);
+  t.equal(L.immediateData, true);
+  t.equal(L.immDataOffset, 68);
+  t.equal(L.multichanResult, 'SRP_LOGIN_RSP_MULTICHAN_NO_CHAN');
+  t.equal(session.counters.reqLim, 32);
+  t.equal(target.stats.logins, 1);
+  await session.close();
+  t.equal(session.state, 'closed');
+  t.equal(target.stats.iLogouts, 1, 'orderly close sends SRP_I_LOGOUT');
+  t.equal(pair.initiator.state, 'closed');
+});
+
+t.test('login over RDMA/CM uses the 56-byte srp_login_req_rdma', async (t) => {
+  const { session, target } = await setup({ loopback: { loginForm: 'rdma-cm' } });
+  t.equal(session.loginResult.loginForm, 'rdma-cm');
+  t.equal(target.channels[0]!.login.reqItIuLen, 8260);
+  t.same(target.channels[0]!.login.initiatorPortId, initiatorPortId);
+  const r = await session.execute({ lun: LUN0, cdb: tur() });
+  t.equal(r.status, 0);
+  await session.close();
+});
+
+t.test('I/O with data verification: immediate, direct, caller buffers, residuals', async (t) => {
+  const { session, target, pair, lun0 } = await setup();
+  // 4 KiB write fits immediate data (8 KiB granted); 64 KiB goes by RDMA READ of a direct descriptor
+  const small = pattern(4096, 1);
+  const big = pattern(65536, 2);
+  t.equal((await write(session, LUN0, 10, small, 512)).status, 0);
+  t.equal((await write(session, LUN0, 100, big, 512)).status, 0);
+  t.equal(session.counters.immediateDataCommands, 1);
+  t.equal(target.stats.immediateDataCommands, 1);
+  t.same(lun0.peek(10, 8), small, 'target saw the immediate data');
+  t.same(lun0.peek(100, 128), big, 'target saw the RDMA-read data');
+  const r1 = await read(session, LUN0, 100, 65536, 512);
+  t.equal(r1.status, 0);
+  t.equal(r1.residual, 0);
+  t.same(r1.dataIn, big, 'data read back');
+  // caller-provided destination: result is a view of it
+  const dst = Buffer.alloc(8192, 0xee);
+  const r2 = await read(session, LUN0, 10, 4096, 512, dst);
+  t.equal(r2.dataIn!.buffer, dst.buffer);
+  t.equal(r2.dataIn!.byteOffset, dst.byteOffset);
+  t.same(dst.subarray(0, 4096), small);
+  t.ok(dst.subarray(4096).every((b) => b === 0xee), 'nothing written past dataInLength');
+  // 4096-byte-block LUN
+  const b1 = pattern(3 * 4096, 3);
+  await write(session, LUN1, 7, b1, 4096);
+  t.same((await read(session, LUN1, 7, 3 * 4096, 4096)).dataIn, b1);
+  // underflow: INQUIRY returns less than the 255 bytes allowed
+  const inq = await session.execute({ lun: LUN0, cdb: inquiry(255), dataInLength: 255 });
+  t.equal(inq.status, 0);
+  t.ok(inq.residual > 0, `underflow residual ${inq.residual}`);
+  t.equal(inq.dataIn!.length, 255 - inq.residual);
+  t.equal(inq.dataIn![0]! & 0x1f, 0, 'direct access block device');
+  // CHECK CONDITION with sense is a result: LBA out of range
+  const bad = await read(session, LUN0, 4095, 1024, 512);
+  t.equal(bad.status, 2);
+  t.equal(bad.sense![2]! & 0xf, 0x5, 'ILLEGAL REQUEST');
+  t.equal(bad.sense![12], 0x21, 'LBA out of range');
+  // unknown LUN
+  const nolun = await session.execute({ lun: 0x0005000000000000n, cdb: tur() });
+  t.equal(nolun.status, 2);
+  t.equal(nolun.sense![12], 0x25, 'LOGICAL UNIT NOT SUPPORTED');
+  // REPORT LUNS at target level
+  const rl = Buffer.alloc(12); rl[0] = 0xa0; rl.writeUInt32BE(256, 6);
+  const luns = await session.execute({ lun: LUN0, cdb: rl, dataInLength: 256 });
+  t.equal(luns.dataIn!.readUInt32BE(0), 16);
+  t.equal(luns.dataIn!.readBigUInt64BE(16), LUN1);
+  t.equal(pair.initiator.registeredRegions, 0, 'every registration released');
+  t.equal(session.counters.commandsFailed, 0);
+  t.equal(target.stats.creditViolations, 0);
+  await session.close();
+});
+
+t.test('transfers larger than one registration use indirect descriptors', async (t) => {
+  const { session, target, pair, lun0 } = await setup({ loopback: { maxRegionSize: 4096 }, session: { immediateData: false } });
+  t.equal(session.loginResult.immediateData, false);
+  const data = pattern(5 * 4096 + 1024, 9);
+  t.equal((await write(session, LUN0, 0, data, 512)).status, 0);
+  t.same(lun0.peek(0, data.length / 512), data);
+  const r = await read(session, LUN0, 0, data.length, 512);
+  t.same(r.dataIn, data);
+  t.equal(session.counters.indirectCommands, 2);
+  t.equal(target.stats.indirectCommands, 2);
+  t.equal(pair.initiator.registeredRegions, 0);
+  // more pieces than cmd_sg_entries: refused without touching the channel
+  await t.rejects(write(session, LUN0, 0, pattern(13 * 4096, 1), 512), { code: 'protocol' });
+  t.equal((await session.execute({ lun: LUN0, cdb: tur() })).status, 0);
+  await session.close();
+});
+
+t.test('immediate data not granted by the target: writes use RDMA READ', async (t) => {
+  const { session, target } = await setup({ target: { immediateData: false } });
+  t.equal(session.loginResult.immediateData, false);
+  await write(session, LUN0, 0, pattern(512, 4), 512);
+  t.equal(target.stats.immediateDataCommands, 0);
+  t.equal(session.counters.immediateDataCommands, 0);
+  await session.close();
+});
+
+t.test('credit exhaustion and recovery: 300 commands through 4 credits', async (t) => {
+  const { session, target, pair } = await setup({ target: { reqLim: 4 }, loopback: { delayMs: { toInitiator: 1 } } });
+  const ops: Promise<unknown>[] = [];
+  const datas = new Map<number, Buffer>();
+  for (let i = 0; i < 150; i++) {
+    const d = pattern(1024, 100 + i);
+    datas.set(i, d);
+    ops.push(write(session, LUN0, i * 2, d, 512));
+  }
+  await until(() => session.counters.queued > 0, 500).then(() => t.pass('commands queued behind credits'));
+  await Promise.all(ops);
+  const reads = await Promise.all([...datas.keys()].map((i) => read(session, LUN0, i * 2, 1024, 512)));
+  reads.forEach((r, i) => { if (!r.dataIn!.equals(datas.get(i)!)) t.fail(`lba ${i * 2} mismatch`); });
+  t.equal(target.stats.creditViolations, 0, 'never more requests than credits');
+  t.ok(target.stats.maxOutstanding <= 3, `at most req_lim - 1 commands at the target (${target.stats.maxOutstanding})`);
+  t.ok(session.counters.zeroReqLim > 0, 'stalls counted');
+  t.equal(session.counters.reqLim, 4, 'all credits back');
+  t.equal(session.counters.commandsCompleted, 300);
+  t.equal(pair.initiator.registeredRegions, 0);
+  await session.close();
+});
+
+t.test('withheld credits come back with SRP_CRED_REQ, which is answered', async (t) => {
+  const { session, target } = await setup({ target: { reqLim: 4, withholdCredits: true } });
+  const ops = Array.from({ length: 10 }, (_, i) => session.execute({ lun: LUN0, cdb: tur(), timeoutMs: 5000 }).then(() => i));
+  await until(() => session.counters.commandsCompleted === 3);
+  await sleep(30);
+  t.equal(session.counters.commandsCompleted, 3, 'stuck with the reserve credit only');
+  t.equal(session.counters.reqLim, 1);
+  t.equal(session.counters.queued, 7);
+  target.withholdCredits = false;
+  target.sendCredReq();
+  t.same((await Promise.all(ops)).length, 10);
+  await until(() => target.stats.credRsps === 1);
+  t.equal(session.counters.credReqs, 1);
+  t.equal(target.stats.creditViolations, 0);
+  t.equal(session.counters.reqLim, 4);
+  await session.close();
+});
+
+t.test('a stuck command is aborted with ABORT TASK on timeout', async (t) => {
+  const { session, target, pair } = await setup();
+  target.commandHook = (_lun, cdb) => (cdb[0] === 0x88 && cdb.readBigUInt64BE(2) === 999n ? 'stall' : undefined);
+  const dst = Buffer.alloc(512, 0x11);
+  const stuck = session.execute({ lun: LUN0, cdb: read16(999, 1), dataInLength: 512, dataIn: dst, timeoutMs: 80 });
+  const others = Array.from({ length: 8 }, (_, i) => write(session, LUN0, i, pattern(512, i), 512));
+  await t.rejects(stuck, { code: 'timeout', message: /ABORT TASK succeeded/ });
+  await Promise.all(others);
+  t.equal(target.stats.tasks, 1);
+  t.equal(target.stats.tmAborted, 1);
+  t.same(target.outstandingTags(), []);
+  t.equal(session.counters.abortsSent, 1);
+  t.equal(session.counters.abortsSucceeded, 1);
+  t.equal(session.counters.commandTimeouts, 1);
+  t.equal(pair.initiator.registeredRegions, 0, 'aborted command memory deregistered');
+  t.ok(dst.every((b) => b === 0x11), 'aborted destination untouched');
+  // the aborted task's credit came back with the task management response
+  t.equal(session.counters.reqLim, 32);
+  t.equal((await read(session, LUN0, 3, 512, 512)).dataIn!.equals(pattern(512, 3)), true);
+  await session.close();
+});
+
+t.test('ABORT TASK that gets no answer fails the command after the TM timeout', async (t) => {
+  const { session, target } = await setup({ session: { tmTimeoutMs: 60 } });
+  target.commandHook = () => 'stall';
+  target.tmBehavior = 'ignore';
+  const start = Date.now();
+  await t.rejects(session.execute({ lun: LUN0, cdb: tur(), timeoutMs: 50 }), { code: 'timeout', message: /ABORT TASK failed: .*no answer within 60 ms/ });
+  t.ok(Date.now() - start >= 100);
+  t.equal(session.counters.abortsFailed, 1);
+  t.equal(session.counters.tmTimeouts, 1);
+  t.equal(session.counters.inFlight, 0);
+  target.tmBehavior = 'fail';
+  await t.rejects(session.lunReset(LUN0), SrpTaskManagementError);
+  await t.rejects(session.taskManagement(SRP_TSK_CLEAR_ACA, LUN0, 0), /SRP_TSK_MGMT_FAILED/);
+  target.tmBehavior = 'normal';
+  await t.rejects(session.taskManagement(SRP_TSK_CLEAR_ACA, LUN0, 0), /SRP_TSK_MGMT_FUNC_NOT_SUPP/);
+  await session.close();
+});
+
+t.test('LUN RESET aborts the outstanding commands of that LUN only', async (t) => {
+  const { session, target } = await setup();
+  target.commandHook = (lun) => (lun === LUN1 ? 'stall' : undefined);
+  const a = session.execute({ lun: LUN1, cdb: tur() });
+  const b = session.execute({ lun: LUN1, cdb: read16(0, 1), dataInLength: 4096 });
+  const c = session.execute({ lun: LUN0, cdb: tur() });
+  t.equal((await c).status, 0);
+  await until(() => target.outstandingTags().length === 2);
+  await session.lunReset(LUN1);
+  await t.rejects(a, { code: 'aborted' });
+  await t.rejects(b, { code: 'aborted' });
+  t.equal(target.stats.tmAborted, 2);
+  t.equal(session.counters.lunResets, 1);
+  t.equal(session.counters.inFlight, 0);
+  t.equal(session.counters.reqLim, 32, 'credits of the aborted tasks returned');
+  target.commandHook = undefined;
+  t.equal((await session.execute({ lun: LUN1, cdb: tur() })).status, 0);
+  await session.close();
+});
+
+t.test('every login reject reason surfaces as a clear error', async (t) => {
+  for (const [name, reason] of Object.entries(SrpLoginRejReason)) {
+    const target = new SrpTestTarget({ luns: [] });
+    target.rejectLogin = reason;
+    const pair = createLoopbackPair();
+    target.accept(pair.target);
+    const err = await SrpSession.login(pair.initiator, { initiatorPortId, targetPortId }).then(
+      () => undefined, (e: unknown) => e);
+    t.ok(err instanceof SrpLoginRejectedError, `${name}: SrpLoginRejectedError`);
+    const e = err as SrpLoginRejectedError;
+    t.equal(e.reason, reason);
+    t.equal(e.reasonName, name);
+    t.match(e.message, new RegExp(`^SRP login rejected: ${name} \\(0x${reason.toString(16).padStart(8, '0')}\\): \\w`));
+    t.equal(pair.initiator.state, 'closed');
+  }
+  const unknown = new SrpTestTarget({ luns: [] });
+  unknown.rejectLogin = 0x00010042;
+  const p2 = createLoopbackPair();
+  unknown.accept(p2.target);
+  await t.rejects(SrpSession.login(p2.initiator, { initiatorPortId, targetPortId }), /SRP_LOGIN_REJ_UNKNOWN\(0x00010042\)/);
+});
+
+t.test('login rejects the target decides itself', async (t) => {
+  const tryLogin = async (topts: Partial<SrpTestTargetOptions>, sopts: Partial<SrpSessionOptions> = {}, target?: SrpTestTarget) => {
+    const tgt = target ?? new SrpTestTarget({ luns: [], ...topts });
+    const pair = createLoopbackPair();
+    tgt.accept(pair.target);
+    return SrpSession.login(pair.initiator, { initiatorPortId, targetPortId, ...sopts });
+  };
+  const reasonOf = (p: Promise<unknown>) => p.then(() => undefined, (e: unknown) => (e as SrpLoginRejectedError).reason);
+  t.equal(await reasonOf(tryLogin({ maxItIuLen: 1000 })), SRP_LOGIN_REJ_REQ_IT_IU_LENGTH_TOO_LARGE);
+  const ok = await tryLogin({ maxItIuLen: 1000 }, { maxImmData: 512 });
+  t.equal(ok.loginResult.maxItIuLen, 68 + 512);
+  await ok.close();
+  t.equal(await reasonOf(tryLogin({ bufFmt: 0x08 })), SRP_LOGIN_REJ_UNSUPPORTED_DESCRIPTOR_FMT);
+  t.equal(await reasonOf(tryLogin({ multichannel: false }, { multichannel: 'multi' })), SRP_LOGIN_REJ_MULTI_CHANNEL_UNSUPPORTED);
+  const shared = new SrpTestTarget({ luns: [], maxChannels: 1 });
+  const first = await tryLogin({}, { multichannel: 'multi' }, shared);
+  t.equal(first.loginResult.multichanResult, 'SRP_LOGIN_RSP_MULTICHAN_NO_CHAN');
+  t.equal(await reasonOf(tryLogin({}, { multichannel: 'multi' }, shared)), SRP_LOGIN_REJ_CHANNEL_LIMIT_REACHED);
+  await first.close();
+  // nobody listening / nobody answering
+  const refused = createLoopbackPair();
+  await t.rejects(SrpSession.login(refused.initiator, { initiatorPortId, targetPortId }), { code: 'disconnected' });
+  const silent = createLoopbackPair();
+  new SrpTestTarget({ luns: [] }).accept(silent.target);
+  silent.faults.blackHole = true;
+  await t.rejects(SrpSession.login(silent.initiator, { initiatorPortId, targetPortId, loginTimeoutMs: 50 }), { code: 'timeout' });
+});
+
+t.test('MULTI-CHANNEL action: a SINGLE login terminates the old channel (T_LOGOUT)', async (t) => {
+  const target = new SrpTestTarget({ luns: [[LUN0, new RamScsiLun()]] });
+  const p1 = createLoopbackPair();
+  const p2 = createLoopbackPair();
+  target.accept(p1.target);
+  target.accept(p2.target);
+  const s1 = await SrpSession.login(p1.initiator, { initiatorPortId, targetPortId });
+  const logouts: string[] = [];
+  s1.on('logout', (e) => logouts.push(e.name));
+  const s2 = await SrpSession.login(p2.initiator, { initiatorPortId, targetPortId });
+  t.equal(s2.loginResult.multichanResult, 'SRP_LOGIN_RSP_MULTICHAN_TERMINATED');
+  await until(() => s1.state === 'disconnected');
+  t.same(logouts, ['SRP_T_LOGOUT_MULTICHANNEL_ACTION']);
+  await t.rejects(s1.execute({ lun: LUN0, cdb: tur() }), { code: 'disconnected' });
+  t.equal((await s2.execute({ lun: LUN0, cdb: tur() })).status, 0);
+  await s2.close();
+});
+
+t.test('SRP_AER_REQ is answered and surfaced', async (t) => {
+  const { session, target } = await setup();
+  const events: { lun: bigint; sense: Buffer }[] = [];
+  session.on('aer', (e) => events.push(e));
+  const sense = Buffer.from('70000600000000' + '0a' + '00000000' + '2a09' + '00000000', 'hex');
+  target.sendAer(LUN1, sense);
+  await until(() => target.stats.aerRsps === 1);
+  t.equal(events.length, 1);
+  t.equal(events[0]!.lun, LUN1);
+  t.same(events[0]!.sense, sense);
+  t.equal(session.counters.aerReqs, 1);
+  // a CRED_REQ with extra credits raises req_lim
+  target.sendCredReq(5);
+  await until(() => target.stats.credRsps === 1);
+  t.equal(session.counters.reqLim, 37);
+  await session.close();
+});
+
+t.test('SRP_T_LOGOUT fails outstanding commands with a clear reason', async (t) => {
+  const { session, target } = await setup();
+  target.commandHook = () => 'stall';
+  const disconnects: TransportError[] = [];
+  session.on('disconnect', (r) => disconnects.push(r));
+  const p = session.execute({ lun: LUN0, cdb: tur() });
+  await until(() => target.outstandingTags().length === 1);
+  target.logout(SRP_T_LOGOUT_INACTIVE_CHANNEL);
+  await t.rejects(p, { code: 'disconnected', message: /target logged out: SRP_T_LOGOUT_INACTIVE_CHANNEL/ });
+  t.equal(session.state, 'disconnected');
+  t.equal(disconnects.length, 1);
+  await t.rejects(session.execute({ lun: LUN0, cdb: tur() }), TransportError);
+});
+
+t.test('channel loss fails everything outstanding and queued', async (t) => {
+  const { session, target, pair } = await setup({ target: { reqLim: 3 } });
+  target.commandHook = () => 'stall';
+  const ps = Array.from({ length: 5 }, () => session.execute({ lun: LUN0, cdb: read16(0, 1), dataInLength: 512 }));
+  await until(() => target.outstandingTags().length === 2);
+  t.equal(session.counters.queued, 3);
+  pair.disconnect('link down');
+  for (const p of ps) await t.rejects(p, { code: 'disconnected', message: /link down/ });
+  t.equal(session.state, 'disconnected');
+  t.equal(session.counters.inFlight, 0);
+  t.equal(pair.initiator.registeredRegions, 0);
+});
+
+t.test('close() lets outstanding commands finish, then logs out', async (t) => {
+  const { session, target } = await setup({ target: {} });
+  target.responseDelayMs = 30;
+  const p = session.execute({ lun: LUN0, cdb: tur() });
+  const closing = session.close();
+  await t.rejects(session.execute({ lun: LUN0, cdb: tur() }), { code: 'closed' });
+  t.equal((await p).status, 0, 'in-flight command completed');
+  await closing;
+  t.equal(target.stats.iLogouts, 1);
+  t.equal(session.state, 'closed');
+});
+
+t.test('black hole: timeout, ABORT TASK lost, command fails; nothing hangs', async (t) => {
+  const { session, pair } = await setup({ session: { tmTimeoutMs: 50 } });
+  pair.faults.blackHole = true;
+  await t.rejects(session.execute({ lun: LUN0, cdb: tur(), timeoutMs: 50 }), { code: 'timeout' });
+  t.equal(session.counters.abortsFailed, 1);
+  pair.disconnect();
+  t.equal(session.state, 'disconnected');
+});
+
+t.test('malformed IUs from the target are counted and corrupt nothing', async (t) => {
+  const { session, target, pair } = await setup({ target: { reqLim: 8 } });
+  target.responseDelayMs = 15;
+  const datas = Array.from({ length: 24 }, (_, i) => pattern(2048, 500 + i));
+  await Promise.all(datas.map((d, i) => write(session, LUN0, i * 4, d, 512)));
+  const reads = datas.map((_, i) => read(session, LUN0, i * 4, 2048, 512));
+  await until(() => target.outstandingTags().length > 0);
+  const inflight = target.outstandingTags();
+  const rsp = (tag: bigint, delta: number) => encodeRsp({ solNot: 0, reqLimDelta: delta, tag, flags: 0, status: 0, dataOutResCnt: 0, dataInResCnt: 0 });
+  // wrong length: a truncated SRP_RSP of an in-flight command, and a sense length beyond the IU
+  target.sendRaw(rsp(inflight[0]!, 1).subarray(0, 20));
+  const lying = rsp(inflight[0]!, 1000);
+  lying[18] = 0x02; lying.writeUInt32BE(500, 28);
+  target.sendRaw(lying);
+  // unknown opcodes, and a request type that only initiators send
+  target.sendRaw(Buffer.from('77000000000000000000000000000001', 'hex'));
+  target.sendRaw(Buffer.concat([Buffer.from([0x02]), Buffer.alloc(63)]));
+  target.sendRaw(Buffer.alloc(0));
+  // responses for tags never issued (one with a huge credit delta), and a TM-looking tag
+  target.sendRaw(rsp(0x123456789n, 1000));
+  target.sendRaw(rsp(0xffff_ffff_ffff_fff0n, 1000));
+  // a malformed CRED_REQ and an IU larger than max_ti_iu_len
+  target.sendRaw(encodeCredReq({ solNot: 0, reqLimDelta: 50, tag: 1n }).subarray(0, 12));
+  target.sendRaw(Buffer.concat([rsp(inflight[0]!, 1), Buffer.alloc(2000)]));
+  const results = await Promise.all(reads);
+  results.forEach((r, i) => {
+    if (r.status !== 0 || !r.dataIn!.equals(datas[i]!)) t.fail(`read ${i} corrupted`);
+  });
+  t.pass('24 reads verified');
+  const c = session.counters;
+  t.equal(c.malformedIus, 5, 'truncated RSP, lying sense length, empty IU, short CRED_REQ, oversize IU');
+  t.equal(c.unknownOpcodes, 2);
+  t.equal(c.unknownTags, 2);
+  t.equal(c.reqLim, 8, 'no credits taken from bogus IUs');
+  t.equal(c.commandsFailed, 0);
+  t.equal(target.stats.creditViolations, 0);
+  // a duplicate response for a completed command is an unknown tag too
+  target.sendRaw(rsp(inflight[0]!, 1));
+  await until(() => session.counters.unknownTags === 3);
+  t.equal(session.counters.reqLim, 8);
+  t.equal((await session.execute({ lun: LUN0, cdb: tur() })).status, 0);
+  t.equal(pair.initiator.registeredRegions, 0);
+  await session.close();
+});
+
+t.test('a remote access error (late RDMA to deregistered memory) kills the channel, not the caller buffer', async (t) => {
+  const { session, pair } = await setup();
+  const buf = Buffer.alloc(4096, 0x33);
+  const mr = pair.initiator.registerBuffer(buf);
+  pair.initiator.deregisterBuffer(mr);
+  await t.rejects(pair.target.rdmaWrite(mr.va, mr.rkey, Buffer.alloc(16, 0x44)), { code: 'protocol', message: /remote access error/ });
+  t.ok(buf.every((b) => b === 0x33));
+  await until(() => session.state === 'disconnected');
+  t.equal(pair.stats.accessErrors, 1);
+});
