@@ -50,11 +50,11 @@ export async function serve(argv: string[]): Promise<number> {
   if ((values.memory === undefined) === (values.file === undefined)) {
     throw new UsageError('serve: give exactly one of --memory SIZE or --file PATH');
   }
-  const minimumBlockSize = parseSize(values['block-size']!);
+  const minimumBlockSize = sizeArg('--block-size', values['block-size']!);
   const readOnly = values['read-only']!;
   const backend: Backend =
     values.memory !== undefined
-      ? new MemoryBackend({ size: parseSize(values.memory), readOnly, minimumBlockSize })
+      ? new MemoryBackend({ size: sizeArg('--memory', values.memory), readOnly, minimumBlockSize })
       : await FileBackend.open(values.file!, { readOnly, minimumBlockSize });
 
   const logger = createLogger(values['log-level']);
@@ -84,6 +84,15 @@ export function parseHostPort(text: string): { host: string; port: number } {
   const port = m ? Number(m[3]) : NaN;
   if (!m || port > 65535) throw new UsageError(`invalid --tcp '${text}' (expected [HOST:]PORT with PORT 0..65535)`);
   return { host: m[1] ?? m[2] ?? '127.0.0.1', port };
+}
+
+/** Parses a size option; a malformed one is a usage error naming the option. */
+function sizeArg(option: string, text: string): number {
+  try {
+    return parseSize(text);
+  } catch (err) {
+    throw new UsageError(`${option}: ${(err as Error).message}`);
+  }
 }
 
 /** A command-line mistake: printed with the usage hint, exit status 2. */

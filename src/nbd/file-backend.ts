@@ -6,7 +6,7 @@
 import { promises as fsp } from 'node:fs';
 import * as fs from 'node:fs';
 import { type Backend, type BlockSizeConstraints, BackendError, isPowerOfTwoIn } from './backend.js';
-import { NBD_EINVAL, NBD_MAX_REQUEST_SIZE } from './nbd-constants.js';
+import { NBD_EINVAL, NBD_EIO, NBD_ENOTSUP, NBD_MAX_REQUEST_SIZE } from './nbd-constants.js';
 
 const ZERO_CHUNK = Buffer.alloc(1 << 20);
 
@@ -44,19 +44,16 @@ export class FileBackend implements Backend {
       throw new BackendError(`minimum block size ${minimum} is not a power of two in 1..65536`, NBD_EINVAL);
     }
     const readOnly = opts.readOnly ?? false;
-    const handle = await fsp.open(path, readOnly ? 'r' : 'r+');
-    try {
-      const st = await handle.stat();
-      if (!st.isFile()) throw new BackendError(`${path} is not a regular file`, NBD_EINVAL);
-      if (st.size % minimum !== 0) {
-        throw new BackendError(`size of ${path} (${st.size}) is not a multiple of the block size ${minimum}`, NBD_EINVAL);
-      }
-      // Keep the raw descriptor: the callback API avoids a promise per request.
-      const fd = fs.openSync(path, readOnly ? 'r' : 'r+');
-      return new FileBackend(fd, path, st.size, readOnly, minimum);
-    } finally {
-      await handle.close();
+    const st = await fsp.stat(path);
+    if (!st.isFile()) throw new BackendError(`${path} is not a regular file`, NBD_EINVAL);
+    if (st.size % minimum !== 0) {
+      throw new BackendError(`size of ${path} (${st.size}) is not a multiple of the block size ${minimum}`, NBD_EINVAL);
     }
+    // A raw descriptor: the callback API avoids a promise per request.
+    const fd = await new Promise<number>((resolve, reject) =>
+      fs.open(path, readOnly ? 'r' : 'r+', (err, fd) => (err ? reject(err) : resolve(fd))),
+    );
+    return new FileBackend(fd, path, st.size, readOnly, minimum);
   }
 
   read(offset: number, dst: Buffer): Promise<void> {
@@ -73,7 +70,7 @@ export class FileBackend implements Backend {
   }
 
   trim(): void {
-    throw new BackendError('TRIM is not supported by the file backend', 95);
+    throw new BackendError('TRIM is not supported by the file backend', NBD_ENOTSUP);
   }
 
   async writeZeroes(offset: number, length: number, fua: boolean): Promise<void> {
@@ -96,7 +93,7 @@ export class FileBackend implements Backend {
       const step = (): void => {
         (op as typeof fs.read)(this.fd, buf, done, buf.length - done, offset + done, (err, n) => {
           if (err) return reject(err);
-          if (n === 0) return reject(new BackendError(`short ${op === fs.read ? 'read' : 'write'} at ${offset + done} in ${this.path}`, 5));
+          if (n === 0) return reject(new BackendError(`short ${op === fs.read ? 'read' : 'write'} at ${offset + done} in ${this.path}`, NBD_EIO));
           done += n;
           if (done < buf.length) step();
           else resolve();
