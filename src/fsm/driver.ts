@@ -1,0 +1,110 @@
+/**
+ * Runs the owner-side work the rport FSM asks for ('reconnect', 'verify-identity',
+ * 'stop-reconnecting') through async hooks and reports the outcome back as events. This is the
+ * only impure glue around the FSM; the lead plugs the SRP session in through TransportHooks.
+ */
+import { IdentityMismatchError } from './identity.js';
+import type { Rport, RportAction } from './rport.js';
+
+export interface TransportHooks {
+  /**
+   * Re-establish the channel for attempt `attempt` (SRP login). Before resolving, the old channel
+   * must be closed and every command it carried settled (task management has cleared it on the
+   * target), because held I/O is replayed on the new channel and a stale write landing later
+   * could overwrite newer data. Reject if the target cannot be reached. Stop when `signal` aborts
+   * (and close whatever the attempt opened).
+   */
+  reconnect(attempt: number, signal: AbortSignal): Promise<void>;
+  /**
+   * Check that the LUN behind the new channel is the one exported (see assertSameLun). Resolve if
+   * so; reject with IdentityMismatchError if it is a different disk; any other rejection (e.g. the
+   * channel dropped during INQUIRY) counts as a failed reconnect attempt.
+   */
+  verifyIdentity(attempt: number, signal: AbortSignal): Promise<void>;
+  /**
+   * Reconnecting stopped (lost or detached): close any channel an attempt opened that is not in
+   * use, e.g. the one to a different LUN after an identity mismatch. The attempt in progress, if
+   * any, has already been aborted through its signal.
+   */
+  stop?(): void;
+}
+
+/** Subscribes to `rport` and drives reconnect attempts and identity checks. dispose() unsubscribes and aborts. */
+export class RportDriver {
+  private controller: AbortController | undefined;
+  private readonly unsubscribe: () => void;
+
+  constructor(
+    private readonly rport: Rport,
+    private readonly hooks: TransportHooks,
+  ) {
+    this.unsubscribe = rport.subscribe((a) => this.onAction(a));
+  }
+
+  dispose(): void {
+    this.unsubscribe();
+    this.abort();
+  }
+
+  private onAction(a: RportAction): void {
+    switch (a.type) {
+      case 'reconnect':
+        this.run((s) => this.hooks.reconnect(a.attempt, s), () => ({ type: 'reconnect-succeeded', attempt: a.attempt }), (e) => ({
+          type: 'reconnect-failed',
+          attempt: a.attempt,
+          reason: errorText(e),
+        }));
+        break;
+      case 'verify-identity':
+        this.run((s) => this.hooks.verifyIdentity(a.attempt, s), () => ({ type: 'identity-verified', attempt: a.attempt }), (e) =>
+          e instanceof IdentityMismatchError
+            ? { type: 'identity-mismatch', attempt: a.attempt, detail: e.differences.join('; ') }
+            : { type: 'reconnect-failed', attempt: a.attempt, reason: errorText(e) },
+        );
+        break;
+      case 'stop-reconnecting':
+        this.abort();
+        this.hooks.stop?.();
+        break;
+      default:
+        break;
+    }
+  }
+
+  private run(
+    work: (signal: AbortSignal) => Promise<void>,
+    ok: () => Parameters<Rport['handle']>[0],
+    fail: (e: unknown) => Parameters<Rport['handle']>[0],
+  ): void {
+    this.abort();
+    const controller = new AbortController();
+    this.controller = controller;
+    let p: Promise<void>;
+    try {
+      p = work(controller.signal);
+    } catch (e) {
+      p = Promise.reject(e);
+    }
+    // The FSM refuses results of attempts it no longer waits for (attempt numbers), so a late
+    // result after an abort is harmless.
+    p.then(
+      () => {
+        if (this.controller === controller) this.controller = undefined;
+        this.rport.handle(ok());
+      },
+      (e: unknown) => {
+        if (this.controller === controller) this.controller = undefined;
+        this.rport.handle(fail(e));
+      },
+    );
+  }
+
+  private abort(): void {
+    this.controller?.abort();
+    this.controller = undefined;
+  }
+}
+
+function errorText(e: unknown): string {
+  return e instanceof Error ? e.message : String(e);
+}
