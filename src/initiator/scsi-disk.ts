@@ -586,8 +586,9 @@ export class ScsiDisk {
     return [offset / g.blockSize, length / g.blockSize];
   }
 
-  /** Split [lba, lba+n) into pieces of at most `max` blocks. */
+  /** Split [lba, lba+n) into pieces of at most `max` blocks (max is clamped to >= 1). */
   private static split(lba: number, n: number, max: number): [number, number][] {
+    max = Math.max(1, Math.floor(max));
     const out: [number, number][] = [];
     for (let done = 0; done < n; done += max) out.push([lba + done, Math.min(max, n - done)]);
     return out;
