@@ -478,3 +478,44 @@ t.test('a remote access error (late RDMA to deregistered memory) kills the chann
   await until(() => session.state === 'disconnected');
   t.equal(pair.stats.accessErrors, 1);
 });
+
+t.test('chosen sense data and target-side failures reach the caller as results', async (t) => {
+  const { session, target, lun0 } = await setup();
+  // a chosen reply from the target's command hook
+  const sense = Buffer.from('7000060000000000' + '0a000000' + '2900' + '00000000', 'hex');
+  target.commandHook = (_lun, cdb) => (cdb[0] === 0x00 ? { status: 2, sense } : undefined);
+  const r = await session.execute({ lun: LUN0, cdb: tur() });
+  t.equal(r.status, 2);
+  t.same(r.sense, sense);
+  target.commandHook = undefined;
+  // the LUN emulator's own fault injection travels the same way
+  lun0.injectSense(0x02, 0x04, 0x01);
+  const nr = await session.execute({ lun: LUN0, cdb: tur() });
+  t.equal(nr.status, 2);
+  t.same([nr.sense![2]! & 0xf, nr.sense![12], nr.sense![13]], [0x02, 0x04, 0x01], 'NOT READY, BECOMING READY');
+  // BUSY without sense
+  target.commandHook = () => ({ status: 0x08 });
+  const busy = await session.execute({ lun: LUN0, cdb: tur() });
+  t.equal(busy.status, 0x08);
+  t.equal(busy.sense, undefined);
+  // a LUN that throws yields HARDWARE ERROR / INTERNAL TARGET FAILURE instead of a hang
+  target.commandHook = undefined;
+  target.luns.set(LUN1, { execute: () => { throw new Error('emulator bug'); } });
+  const hw = await session.execute({ lun: LUN1, cdb: tur(), timeoutMs: 1000 });
+  t.equal(hw.status, 2);
+  t.same([hw.sense![2], hw.sense![12]], [0x04, 0x44]);
+  await session.close();
+});
+
+t.test('delayed responses: many commands overlap, each completes once', async (t) => {
+  const { session, target } = await setup();
+  target.responseDelayMs = 25;
+  const start = Date.now();
+  const rs = await Promise.all(Array.from({ length: 20 }, () => session.execute({ lun: LUN0, cdb: tur() })));
+  const ms = Date.now() - start;
+  t.equal(rs.length, 20);
+  t.ok(ms >= 20 && ms < 500, `20 overlapping commands took ${ms} ms`);
+  t.equal(session.counters.commandsCompleted, 20);
+  t.equal(session.counters.reqLim, 32);
+  await session.close();
+});

@@ -403,7 +403,8 @@ export class SrpSession extends Emitter<SrpSessionEvents> implements ScsiExecuto
       let dataIn: SrpDataDesc = { format: 'none' };
       const inLen = cmd.dataInLength ?? 0;
       if (inLen > 0) {
-        p.dataInBuf = cmd.dataIn ? cmd.dataIn.subarray(0, inLen) : Buffer.allocUnsafe(inLen);
+        // zeroed: a target that transfers less without saying so must not expose stale memory
+        p.dataInBuf = cmd.dataIn ? cmd.dataIn.subarray(0, inLen) : Buffer.alloc(inLen);
         dataIn = this.describe(p, p.dataInBuf, 'in');
       }
       p.tag = this.nextTag++;

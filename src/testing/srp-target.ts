@@ -40,15 +40,20 @@ const CHECK_CONDITION = 0x02;
 const BUSY = 0x08;
 const REPORT_LUNS = 0xa0;
 
-/** Fixed-format sense: ILLEGAL REQUEST, LOGICAL UNIT NOT SUPPORTED (25h/00h). */
-function senseLunNotSupported(): Buffer {
+/** Fixed-format current sense data (SPC-4 4.5.3), enough for the target's own errors. */
+function fixedSense(key: number, asc: number, ascq: number): Buffer {
   const b = Buffer.alloc(18);
   b[0] = 0x70;
-  b[2] = 0x05;
+  b[2] = key;
   b[7] = 10;
-  b[12] = 0x25;
+  b[12] = asc;
+  b[13] = ascq;
   return b;
 }
+/** ILLEGAL REQUEST, LOGICAL UNIT NOT SUPPORTED */
+const senseLunNotSupported = () => fixedSense(0x05, 0x25, 0x00);
+/** HARDWARE ERROR, INTERNAL TARGET FAILURE */
+const senseInternalFailure = () => fixedSense(0x04, 0x44, 0x00);
 
 export interface SrpTestTargetOptions {
   /** LUNs by SAM LUN (the 8 wire bytes as a bigint). */
@@ -321,8 +326,7 @@ export class SrpTestTarget {
   private onCmd(ch: SrpTargetChannel, m: SrpCmd): void {
     this.stats.commands++;
     if (!this.takeCredit(ch)) {
-      // answered anyway so the initiator's bookkeeping stays consistent; the test checks the counter
-      ch.initiatorCredits++;
+      // answered (BUSY) so the initiator is not left waiting; tests assert the counter stays 0
       this.sendRsp(ch, m.tag, BUSY);
       return;
     }
@@ -376,7 +380,15 @@ export class SrpTestTarget {
     if (hooked) reply = hooked;
     else if (m.cdb[0] === REPORT_LUNS) reply = { status: GOOD, dataIn: this.reportLuns() };
     else if (!lun) reply = { status: CHECK_CONDITION, sense: senseLunNotSupported() };
-    else reply = await lun.execute(m.cdb, dataOut, allocationLength);
+    else {
+      try {
+        reply = await lun.execute(m.cdb, dataOut, allocationLength);
+      } catch (err) {
+        // a LUN bug must not leave the initiator waiting: HARDWARE ERROR, INTERNAL TARGET FAILURE
+        this.log?.error({ err: String(err) }, 'srp-target: LUN threw');
+        reply = { status: CHECK_CONDITION, sense: senseInternalFailure() };
+      }
+    }
     if (task.aborted || !ch.open) return;
 
     let flags = 0;
