@@ -12,6 +12,12 @@
  * responses, stall or answer chosen commands (sense data), stop answering (black hole), withhold
  * credits until sendCredReq(), send CRED_REQ / AER_REQ / T_LOGOUT / arbitrary bytes, drop every
  * channel. The loopback pair adds wire-level faults (delay, drop, black hole, disconnect).
+ *
+ * In-process use:
+ *   const target = new SrpTestTarget({ luns: [[0n, new RamScsiLun()]] });
+ *   const pair = target.newChannel();            // or createLoopbackPair() + target.accept(pair.target)
+ *   const session = await SrpSession.login(pair.initiator, { initiatorPortId, targetPortId });
+ * A reconnect is simply another newChannel() + login (the target keeps its LUNs).
  */
 import {
   SRP_BUF_FORMAT_DIRECT, SRP_BUF_FORMAT_INDIRECT, SRP_CMD, SRP_CMD_LEN, SRP_CRED_RSP, SRP_AER_RSP,
@@ -32,7 +38,7 @@ import {
 } from '../initiator/srp-iu.js';
 import type { ScsiTargetLun } from '../initiator/scsi-executor.js';
 import type { ConnectAnswer, TargetChannelTransport } from '../initiator/transport.js';
-import type { LoopbackTargetEnd } from '../initiator/loopback.js';
+import { createLoopbackPair, type LoopbackOptions, type LoopbackPair, type LoopbackTargetEnd } from '../initiator/loopback.js';
 import type { SrpLogger } from '../initiator/srp-session.js';
 
 const GOOD = 0x00;
@@ -179,6 +185,13 @@ export class SrpTestTarget {
     this.maxChannels = opts.maxChannels ?? 4;
     this.withholdCredits = opts.withholdCredits ?? false;
     this.log = opts.logger;
+  }
+
+  /** A fresh loopback pair whose target end this target serves (one per login / reconnect). */
+  newChannel(opts: LoopbackOptions = {}): LoopbackPair {
+    const pair = createLoopbackPair(opts);
+    this.accept(pair.target);
+    return pair;
   }
 
   /** Listens on the target end of a loopback pair: answers its login, then serves the channel. */
