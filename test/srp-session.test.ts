@@ -424,7 +424,9 @@ t.test('black hole: timeout, ABORT TASK lost, command fails; nothing hangs', asy
 });
 
 t.test('malformed IUs from the target are counted and corrupt nothing', async (t) => {
-  const { session, target, pair } = await setup({ target: { reqLim: 8 } });
+  const warnings: string[] = [];
+  const logger = { debug() {}, info() {}, error() {}, warn: (o: object, msg?: string) => { warnings.push(`${msg} ${JSON.stringify(o)}`); } };
+  const { session, target, pair } = await setup({ target: { reqLim: 8 }, session: { logger } });
   target.responseDelayMs = 15;
   const datas = Array.from({ length: 24 }, (_, i) => pattern(2048, 500 + i));
   await Promise.all(datas.map((d, i) => write(session, LUN0, i * 4, d, 512)));
@@ -457,6 +459,9 @@ t.test('malformed IUs from the target are counted and corrupt nothing', async (t
   t.equal(c.unknownOpcodes, 2);
   t.equal(c.unknownTags, 2);
   t.equal(c.reqLim, 8, 'no credits taken from bogus IUs');
+  t.ok(warnings.some((w) => /malformed IU from target ignored .*exceed IU/.test(w)), 'malformed IU logged with the reason');
+  t.ok(warnings.some((w) => /unexpected IU type .*SRP_UNKNOWN_OPCODE\(0x77\)/.test(w)), 'unknown opcode logged by name');
+  t.ok(warnings.some((w) => /unknown tag ignored .*123456789/.test(w)), 'unknown tag logged');
   t.equal(c.commandsFailed, 0);
   t.equal(target.stats.creditViolations, 0);
   // a duplicate response for a completed command is an unknown tag too
