@@ -62,6 +62,14 @@ export interface Backend {
    * the server use a buffer of its own.
    */
   writeTarget?(offset: number, length: number): Buffer | undefined;
+  /**
+   * Optional zero-copy hook for large reads: a view of the data to send as
+   * it is, or undefined to have read() fill a buffer instead. The server
+   * queues the view on the socket at once; a write racing with the read
+   * (a concurrent request, whose ordering NBD leaves undefined) may show
+   * through, nothing else can.
+   */
+  readView?(offset: number, length: number): Buffer | undefined;
   /** Releases resources; the server calls it when the export is removed. */
   close?(): MaybePromise;
 }

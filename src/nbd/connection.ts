@@ -517,6 +517,7 @@ export class NbdConnection implements InputSink {
     const fua = (r.flags & C.NBD_CMD_FLAG_FUA) !== 0;
     let reply: Buffer | undefined;
     let dataOffset = 0;
+    let view: Buffer | undefined;
     let result: void | Promise<void> = undefined;
     this.inFlight++;
     if (this.inFlight >= this.maxInFlight) this.pause();
@@ -524,8 +525,13 @@ export class NbdConnection implements InputSink {
       switch (r.type) {
         case C.NBD_CMD_READ:
           dataOffset = this.structuredReplies ? C.NBD_STRUCTURED_REPLY_SIZE + 8 : C.NBD_SIMPLE_REPLY_SIZE;
-          reply = this.opts.pool.acquire(dataOffset + r.length);
-          result = b.read(r.offset, reply.subarray(dataOffset));
+          view = r.length >= DIRECT_READ_MIN ? b.readView?.(r.offset, r.length) : undefined;
+          if (view) {
+            reply = Buffer.allocUnsafe(dataOffset);
+          } else {
+            reply = this.opts.pool.acquire(dataOffset + r.length);
+            result = b.read(r.offset, reply.subarray(dataOffset));
+          }
           break;
         case C.NBD_CMD_WRITE:
           result = b.write(r.offset, payload!, fua);
@@ -546,7 +552,7 @@ export class NbdConnection implements InputSink {
     const done = (err: unknown): void => {
       this.inFlight--;
       if (payload && pooled) this.opts.pool.release(payload);
-      if (err === undefined) this.replyOk(r, reply);
+      if (err === undefined) this.replyOk(r, reply, view);
       else {
         if (reply) this.opts.pool.release(reply);
         this.stats.errors++;
@@ -563,7 +569,8 @@ export class NbdConnection implements InputSink {
     }
   }
 
-  private replyOk(r: NbdRequest, reply: Buffer | undefined): void {
+  /** Answers a completed request; a READ's data is in `reply` after its header, or in `view`. */
+  private replyOk(r: NbdRequest, reply: Buffer | undefined, view: Buffer | undefined): void {
     if (r.type === C.NBD_CMD_READ) {
       const buf = reply!;
       if (this.structuredReplies) {
@@ -574,7 +581,13 @@ export class NbdConnection implements InputSink {
         writeSimpleReply(buf, 0, 0, r.cookieHi, r.cookieLo);
       }
       this.stats.bytesRead += r.length;
-      this.send(buf, true);
+      if (view) {
+        // Header and data leave in the same corked writev.
+        this.send(buf, false);
+        this.send(view, false);
+      } else {
+        this.send(buf, true);
+      }
       return;
     }
     if (r.type === C.NBD_CMD_WRITE) this.stats.bytesWritten += r.length;

@@ -9,6 +9,8 @@ import { NBD_EINVAL, NBD_MAX_REQUEST_SIZE } from './nbd-constants.js';
 
 const PAGE_SHIFT = 20;
 const PAGE_SIZE = 1 << PAGE_SHIFT;
+/** What an unallocated page reads as; only ever sent, never written. */
+const ZERO_PAGE = Buffer.alloc(PAGE_SIZE);
 
 export interface MemoryBackendOptions {
   size: number;
@@ -67,6 +69,13 @@ export class MemoryBackend implements Backend {
       else dst.fill(0, done, done + n);
       done += n;
     }
+  }
+
+  readView(offset: number, length: number): Buffer | undefined {
+    const inPage = offset % PAGE_SIZE;
+    if (inPage + length > PAGE_SIZE) return undefined;
+    const page = this.pages[Math.floor(offset / PAGE_SIZE)];
+    return (page ?? ZERO_PAGE).subarray(inPage, inPage + length);
   }
 
   writeTarget(offset: number, length: number): Buffer | undefined {
