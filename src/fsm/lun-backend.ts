@@ -1,0 +1,75 @@
+/**
+ * An NBD export backed by an SRP LUN: every block request goes through the
+ * port's I/O gate (held while the path is blocked, failed with EIO once
+ * fail-fast or lost) to the LUN's ScsiDisk on the current session.
+ *
+ * Each op is safe to replay: it addresses absolute blocks and, for writes,
+ * keeps its payload buffer until the gate settles it, so a write is only
+ * acknowledged to the NBD client once the target acknowledged it.
+ */
+import type { ScsiDisk } from '../initiator/scsi-disk.js';
+import { type Backend, type BlockSizeConstraints, BackendError, toNbdErrno } from '../nbd/backend.js';
+import * as C from '../nbd/nbd-constants.js';
+import type { SrpPort } from './srp-port.js';
+
+const ERRNO: Record<string, number> = {
+  EIO: C.NBD_EIO,
+  EINVAL: C.NBD_EINVAL,
+  ENOSPC: C.NBD_ENOSPC,
+  EPERM: C.NBD_EPERM,
+  ENOTSUP: C.NBD_ENOTSUP,
+};
+
+/** ScsiError / DiskRequestError carry a symbolic errno; EioError a numeric one. */
+function toBackendError(err: unknown): never {
+  const e = err as { errno?: unknown; message?: string };
+  const errno = typeof e?.errno === 'string' ? (ERRNO[e.errno] ?? C.NBD_EIO) : toNbdErrno(err);
+  throw new BackendError(e?.message ?? String(err), errno, { cause: err });
+}
+
+export class LunBackend implements Backend {
+  readonly size: number;
+  readonly readOnly = false;
+  readonly blockSize: BlockSizeConstraints;
+  readonly canFlush = true;
+  readonly canFua = true;
+  readonly canTrim: boolean;
+  readonly canWriteZeroes = true;
+  /** One LUN, one cache: SYNCHRONIZE CACHE covers writes from every connection. */
+  readonly canMultiConn = true;
+
+  constructor(
+    private readonly port: SrpPort,
+    private readonly disk: ScsiDisk,
+    readonly description: string,
+  ) {
+    const g = disk.geometry;
+    this.size = g.sizeBytes;
+    this.blockSize = {
+      minimum: g.blockSize,
+      preferred: Math.max(4096, g.physicalBlockSize),
+      maximum: C.NBD_MAX_REQUEST_SIZE,
+    };
+    this.canTrim = disk.limits.trim !== 'none';
+  }
+
+  read(offset: number, dst: Buffer): Promise<void> {
+    return this.port.gate.submit(() => this.disk.read(offset, dst.length, dst)).then(() => undefined, toBackendError);
+  }
+
+  write(offset: number, data: Buffer, fua: boolean): Promise<void> {
+    return this.port.gate.submit(() => this.disk.write(offset, data, { fua })).then(undefined, toBackendError);
+  }
+
+  flush(): Promise<void> {
+    return this.port.gate.submit(() => this.disk.flush()).then(undefined, toBackendError);
+  }
+
+  trim(offset: number, length: number): Promise<void> {
+    return this.port.gate.submit(() => this.disk.trim(offset, length)).then(undefined, toBackendError);
+  }
+
+  writeZeroes(offset: number, length: number, fua: boolean, noHole: boolean): Promise<void> {
+    return this.port.gate.submit(() => this.disk.writeZeroes(offset, length, { fua, noHole })).then(undefined, toBackendError);
+  }
+}

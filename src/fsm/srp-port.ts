@@ -1,0 +1,211 @@
+/**
+ * One SRP target port as srp-nbd runs it: the current SRP session, the
+ * rport state machine, the I/O gate, and the LUNs exported through it.
+ *
+ * This is the glue between the pure FSM and the initiator: it reports
+ * channel loss to the rport, performs reconnect attempts (close the old
+ * session, open a channel, log in) and identity checks when the rport asks,
+ * and gives every LUN a stable executor that always reaches the current
+ * session, so ScsiDisk objects (and the NBD exports above them) survive
+ * reconnects unchanged.
+ */
+import type { Logger } from 'pino';
+import { ScsiDisk } from '../initiator/scsi-disk.js';
+import { type ScsiCommand, type ScsiExecutor, type ScsiResult, TransportError } from '../initiator/scsi-executor.js';
+import { type LunIdentity, describeIdentity, sameIdentity } from '../initiator/lun-identity.js';
+import { SrpSession, type SrpSessionOptions } from '../initiator/srp-session.js';
+import type { ChannelTransport } from '../initiator/transport.js';
+import { RportDriver } from './driver.js';
+import { IdentityMismatchError } from './identity.js';
+import { IoGate } from './io-gate.js';
+import { Rport, type RportAction } from './rport.js';
+import { RealScheduler, type Scheduler } from './scheduler.js';
+import type { TmoParams } from './timers.js';
+
+/** How a port reaches its target: opens a fresh, not yet logged-in channel. */
+export interface ChannelConnector {
+  /** Rejects (TransportError or Error) when the target cannot be reached now. */
+  open(signal: AbortSignal): Promise<ChannelTransport>;
+  /** For logs: e.g. "dest=192.0.2.2:5000" or "test-target". */
+  readonly description: string;
+  /**
+   * Optional: calls `listener` when the path to the target comes back (e.g.
+   * IBV_EVENT_PORT_ACTIVE), so a blocked port retries at once instead of
+   * waiting out its back-off. Returns an unsubscribe function.
+   */
+  onPathUp?(listener: () => void): () => void;
+}
+
+export interface SrpPortOptions {
+  /** Name in logs and the REST view, e.g. the target's id_ext or address. */
+  name: string;
+  connector: ChannelConnector;
+  session: SrpSessionOptions;
+  tmo?: Partial<TmoParams>;
+  scheduler?: Scheduler;
+  /** I/O admitted at once across the port's LUNs (in flight + held while blocked). */
+  queueDepth?: number;
+  /** Per-command timeout handed to ScsiDisk (ABORT TASK after it). */
+  commandTimeoutMs?: number;
+  logger: Logger;
+}
+
+interface LunEntry {
+  disk: ScsiDisk;
+  identity: LunIdentity;
+}
+
+export class SrpPort {
+  readonly rport: Rport;
+  readonly gate: IoGate;
+  /** Reaches whatever session is current; fails with a TransportError (held by the gate) when there is none. */
+  readonly executor: ScsiExecutor = { execute: (cmd: ScsiCommand) => this.execute(cmd) };
+  /** Logins performed, the first one included. */
+  logins = 0;
+
+  private session: SrpSession | undefined;
+  /** A session opened by an attempt whose LUN check has not passed yet: not used for I/O. */
+  private readonly luns = new Map<bigint, LunEntry>();
+  private readonly driver: RportDriver;
+  private readonly log: Logger;
+  private readonly offPathUp: (() => void) | undefined;
+
+  private constructor(private readonly opts: SrpPortOptions) {
+    this.log = opts.logger.child({ port: opts.name });
+    this.rport = new Rport({ scheduler: opts.scheduler ?? new RealScheduler(), tmo: opts.tmo ?? {}, name: opts.name });
+    this.gate = new IoGate(this.rport, { queueDepth: opts.queueDepth ?? 256 });
+    this.rport.subscribe((a) => this.onAction(a));
+    this.driver = new RportDriver(this.rport, {
+      reconnect: (attempt, signal) => this.reconnect(attempt, signal),
+      verifyIdentity: (attempt, signal) => this.verifyIdentity(attempt, signal),
+      stop: () => this.log.info('reconnecting stopped'),
+    });
+    this.offPathUp = opts.connector.onPathUp?.(() => {
+      // Lost stays lost until an operator asks: only a live outage retries on its own.
+      const st = this.rport.state;
+      if (st === 'blocked' || st === 'fail-fast') {
+        this.log.info('path is back: reconnecting now');
+        this.rport.handle({ type: 'explicit-reconnect' });
+      }
+    });
+  }
+
+  /** Logs in for the first time; rejects with the login's error (e.g. a login reject naming its reason). */
+  static async connect(opts: SrpPortOptions): Promise<SrpPort> {
+    const port = new SrpPort(opts);
+    try {
+      await port.login(new AbortController().signal);
+    } catch (err) {
+      port.dispose();
+      throw err;
+    }
+    return port;
+  }
+
+  get state(): Rport['state'] {
+    return this.rport.state;
+  }
+
+  /** The current session's counters, if any. */
+  get sessionCounters(): SrpSession['counters'] | undefined {
+    return this.session?.counters;
+  }
+
+  /** Probes a LUN and records its identity; later reconnects must find the same disk. */
+  async addLun(lun: bigint): Promise<ScsiDisk> {
+    const opts: ConstructorParameters<typeof ScsiDisk>[1] = { lun };
+    if (this.opts.commandTimeoutMs !== undefined) opts.timeoutMs = this.opts.commandTimeoutMs;
+    const disk = new ScsiDisk(this.executor, opts);
+    const probe = await disk.probe();
+    this.luns.set(lun, { disk, identity: probe.identity });
+    this.log.info({ lun: lun.toString(16), identity: describeIdentity(probe.identity), size: probe.geometry.sizeBytes }, 'LUN added');
+    return disk;
+  }
+
+  /** Operator request: reconnect now (from lost: start over). */
+  reconnectNow(): void {
+    this.rport.handle({ type: 'explicit-reconnect' });
+  }
+
+  /** Ends the port: fails outstanding I/O, logs out. The rport goes to detached. */
+  async close(): Promise<void> {
+    this.rport.handle({ type: 'detach', reason: 'port closed' });
+    this.dispose();
+    const s = this.session;
+    this.session = undefined;
+    await s?.close().catch(() => undefined);
+  }
+
+  private dispose(): void {
+    this.offPathUp?.();
+    this.driver.dispose();
+    this.gate.dispose();
+  }
+
+  private execute(cmd: ScsiCommand): Promise<ScsiResult> {
+    const s = this.session;
+    if (!s || s.state !== 'live') return Promise.reject(new TransportError(`${this.opts.name}: no live channel`, 'disconnected'));
+    return s.execute(cmd);
+  }
+
+  private async login(signal: AbortSignal): Promise<SrpSession> {
+    const transport = await this.opts.connector.open(signal);
+    const session = await SrpSession.login(transport, this.opts.session);
+    if (signal.aborted) {
+      await session.close().catch(() => undefined);
+      throw new Error('reconnect attempt aborted');
+    }
+    this.logins++;
+    session.on('disconnect', (reason) => {
+      // Only the current session's loss is news; an old one's is the reconnect closing it.
+      if (this.session === session) this.rport.handle({ type: 'failure-detected', reason: reason.message });
+    });
+    session.on('logout', (ev) => this.log.warn({ reason: ev.name }, 'target logged us out'));
+    this.session = session;
+    return session;
+  }
+
+  /** Reconnect attempt: the old session is closed (its commands settled) before a new login. */
+  private async reconnect(attempt: number, signal: AbortSignal): Promise<void> {
+    const old = this.session;
+    this.session = undefined;
+    if (old) await old.close().catch(() => undefined);
+    this.log.info({ attempt, via: this.opts.connector.description }, 'reconnect attempt');
+    await this.login(signal);
+  }
+
+  /** Every LUN behind the new session must be the disk recorded at first login. */
+  private async verifyIdentity(attempt: number, signal: AbortSignal): Promise<void> {
+    const differences: string[] = [];
+    for (const [lun, entry] of this.luns) {
+      const probe = await new ScsiDisk(this.executor, { lun }).probe();
+      if (signal.aborted) throw new Error('identity check aborted');
+      const cmp = sameIdentity(entry.identity, probe.identity);
+      if (!cmp.same) differences.push(...cmp.differences.map((d) => `LUN ${lun.toString(16)}: ${d}`));
+    }
+    if (differences.length > 0) {
+      // Never send I/O to a different disk: drop this session now.
+      const s = this.session;
+      this.session = undefined;
+      void s?.close().catch(() => undefined);
+      throw new IdentityMismatchError(differences);
+    }
+    this.log.info({ attempt, luns: this.luns.size }, 'identity verified');
+  }
+
+  private onAction(a: RportAction): void {
+    switch (a.type) {
+      case 'state-changed':
+        this.log.info({ from: a.from, to: a.to, cause: a.cause }, `state ${a.from} -> ${a.to}`);
+        break;
+      case 'reconnect-scheduled':
+        this.log.info({ attempt: a.attempt, delayMs: a.delayMs }, `reconnect attempt ${a.attempt}, next in ${(a.delayMs / 1000).toFixed(1)} s`);
+        break;
+      case 'fail-io':
+        this.log.warn({ reason: a.reason }, a.message);
+        break;
+      default:
+        break;
+    }
+  }
+}
