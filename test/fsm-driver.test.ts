@@ -1,22 +1,27 @@
 import t from 'tap';
 import { RportDriver } from '../src/fsm/driver.js';
-import { assertSameLun, diffLunIdentity, IdentityMismatchError, type LunIdentity } from '../src/fsm/identity.js';
+import { assertSameLun, IdentityMismatchError, type LunIdentity } from '../src/fsm/identity.js';
 import { Rport } from '../src/fsm/rport.js';
 import { settle, VirtualScheduler } from '../src/fsm/scheduler.js';
 
-const A: LunIdentity = { designators: ['01030010600140501111', '01940004000000010'], serial: 'S1', numBlocks: 2048n, blockSize: 512 };
+const naa = (value: string) => ({ designatorType: 3, codeSet: 1, value });
+const A: LunIdentity = { designators: [naa('60014050111100000000000000000001')], serial: 'S1', blockCount: 2048n, blockSize: 512 };
 
-t.test('diffLunIdentity: designator order does not matter; every difference is named', async (t) => {
-  t.same(diffLunIdentity(A, { ...A, designators: [...A.designators].reverse().map((d) => d.toUpperCase()) }), []);
-  t.doesNotThrow(() => assertSameLun(A, { ...A }));
-  const d = diffLunIdentity(A, { designators: ['0103001060014050ffff'], serial: 'S2', numBlocks: 4096n, blockSize: 512 });
-  t.equal(d.length, 3);
-  t.match(d[0], /VPD 0x83 designators/);
-  t.match(d[1], /serial "S1" != "S2"/);
-  t.match(d[2], /capacity 2048 x 512 B != 4096 x 512 B/);
-  t.match(diffLunIdentity(A, { ...A, blockSize: 4096 }), [/capacity/]);
-  t.match(diffLunIdentity(A, { ...A, designators: A.designators.slice(1) }), [/designators/]);
-  t.throws(() => assertSameLun(A, { ...A, serial: 'X' }), IdentityMismatchError);
+t.test('assertSameLun: same disk passes; every difference is named in the error', async (t) => {
+  t.doesNotThrow(() => assertSameLun(A, { ...A, designators: [...A.designators] }));
+  try {
+    assertSameLun(A, { designators: [naa('6001405011110000000000000000ffff')], serial: 'S2', blockCount: 4096n, blockSize: 512 });
+    t.fail('should have thrown');
+  } catch (e) {
+    t.ok(e instanceof IdentityMismatchError);
+    const d = (e as IdentityMismatchError).differences;
+    t.equal(d.length, 3);
+    t.match(d[0], /NAA.*changed/);
+    t.match(d[1], /serial number changed: "S1" -> "S2"/);
+    t.match(d[2], /capacity changed/);
+  }
+  t.throws(() => assertSameLun(A, { ...A, blockSize: 4096 }), /logical block size changed/);
+  t.throws(() => assertSameLun(A, { ...A, designators: [] }), /is gone/);
 });
 
 function setup() {

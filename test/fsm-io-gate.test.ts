@@ -10,8 +10,8 @@ import type { TmoParams } from '../src/fsm/timers.js';
 
 // ---- A fake LUN behind a link that can drop ----
 
-const ID_A: LunIdentity = { designators: ['0103001060014050aaaa'], serial: 'SERIAL-A', numBlocks: 1024n, blockSize: 512 };
-const ID_B: LunIdentity = { designators: ['0103001060014050bbbb'], serial: 'SERIAL-B', numBlocks: 1024n, blockSize: 512 };
+const ID_A: LunIdentity = { designators: [{ designatorType: 3, codeSet: 1, value: '60014050aaaa' }], serial: 'SERIAL-A', blockCount: 1024n, blockSize: 512 };
+const ID_B: LunIdentity = { designators: [{ designatorType: 3, codeSet: 1, value: '60014050bbbb' }], serial: 'SERIAL-B', blockCount: 1024n, blockSize: 512 };
 
 /** A RAM disk: block -> last written value. Records every command it executes. */
 class FakeDisk {
@@ -290,7 +290,7 @@ t.test('identity mismatch: lost, clear error, no op reaches the new disk', async
   t.same(diskB.executed, [], 'no command reached the other disk');
   t.equal(link.stopCalls, 1, 'the connection to the wrong LUN was closed');
   for (const op of ops) {
-    t.match(h.outcomes.get(op), [{ ok: false, error: { reason: 'identity-mismatch', message: /different disk.*serial "SERIAL-A" != "SERIAL-B"/ } }]);
+    t.match(h.outcomes.get(op), [{ ok: false, error: { reason: 'identity-mismatch', message: /different disk.*serial number changed: "SERIAL-A" -> "SERIAL-B"/ } }]);
   }
   const later = h.submit('read', 0);
   await settle();
