@@ -1,0 +1,101 @@
+// Plain system calls for the NBD side: socketpair, close, setsockopt and raw netlink sockets.
+// Generic netlink messages are built and parsed in TypeScript (src/nbd/netlink.ts).
+#include "common.h"
+
+#include <linux/netlink.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cstring>
+
+namespace srpnbd {
+namespace {
+
+// socketpair() -> [fd, fd]: AF_UNIX SOCK_STREAM, close-on-exec, blocking (Node and the
+// kernel NBD driver each set what they need).
+Napi::Value SocketPair(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int sv[2];
+  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0) ThrowErrno(env, errno, "socketpair");
+  Napi::Array a = Napi::Array::New(env, 2);
+  a.Set(0u, Napi::Number::New(env, sv[0]));
+  a.Set(1u, Napi::Number::New(env, sv[1]));
+  return a;
+}
+
+Napi::Value Close(const Napi::CallbackInfo& info) {
+  int fd = ArgI32(info, 0, "fd");
+  if (close(fd) < 0 && errno != EINTR) ThrowErrno(info.Env(), errno, "close");
+  return info.Env().Undefined();
+}
+
+// setsockoptInt(fd, level, name, value)
+Napi::Value SetSockOptInt(const Napi::CallbackInfo& info) {
+  int fd = ArgI32(info, 0, "fd"), level = ArgI32(info, 1, "level"), name = ArgI32(info, 2, "name");
+  int v = ArgI32(info, 3, "value");
+  if (setsockopt(fd, level, name, &v, sizeof v) < 0) ThrowErrno(info.Env(), errno, "setsockopt");
+  return info.Env().Undefined();
+}
+
+// netlinkOpen(protocol) -> fd: non-blocking, close-on-exec, bound (kernel-assigned port id).
+Napi::Value NetlinkOpen(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int proto = ArgI32(info, 0, "protocol");
+  int fd = socket(AF_NETLINK, SOCK_RAW | SOCK_NONBLOCK | SOCK_CLOEXEC, proto);
+  if (fd < 0) ThrowErrno(env, errno, "socket(AF_NETLINK)");
+  sockaddr_nl sa;
+  memset(&sa, 0, sizeof sa);
+  sa.nl_family = AF_NETLINK;
+  if (bind(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa) < 0) {
+    int e = errno;
+    close(fd);
+    ThrowErrno(env, e, "bind(AF_NETLINK)");
+  }
+  return Napi::Number::New(env, fd);
+}
+
+// netlinkSend(fd, message): sends one datagram to the kernel; returns bytes sent.
+Napi::Value NetlinkSend(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = ArgI32(info, 0, "fd");
+  auto buf = ArgBuffer(info, 1, "message");
+  sockaddr_nl sa;
+  memset(&sa, 0, sizeof sa);
+  sa.nl_family = AF_NETLINK;
+  ssize_t n;
+  do {
+    n = sendto(fd, buf.Data(), buf.Length(), 0, reinterpret_cast<sockaddr*>(&sa), sizeof sa);
+  } while (n < 0 && errno == EINTR);
+  if (n < 0) ThrowErrno(env, errno, "sendto(AF_NETLINK)");
+  return Napi::Number::New(env, static_cast<double>(n));
+}
+
+// netlinkRecv(fd, buffer) -> length of the datagram (may exceed buffer.length: truncated), or
+// -1 when nothing is queued (EAGAIN). Never blocks.
+Napi::Value NetlinkRecv(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = ArgI32(info, 0, "fd");
+  auto buf = ArgBuffer(info, 1, "buffer");
+  ssize_t n;
+  do {
+    n = recv(fd, buf.Data(), buf.Length(), MSG_DONTWAIT | MSG_TRUNC);
+  } while (n < 0 && errno == EINTR);
+  if (n < 0) {
+    if (errno == EAGAIN || errno == EWOULDBLOCK) return Napi::Number::New(env, -1);
+    ThrowErrno(env, errno, "recv(AF_NETLINK)");
+  }
+  return Napi::Number::New(env, static_cast<double>(n));
+}
+
+}  // namespace
+
+void InitSys(Napi::Env env, Napi::Object exports) {
+  exports.Set("socketPair", Napi::Function::New(env, SocketPair, "socketPair"));
+  exports.Set("close", Napi::Function::New(env, Close, "close"));
+  exports.Set("setsockoptInt", Napi::Function::New(env, SetSockOptInt, "setsockoptInt"));
+  exports.Set("netlinkOpen", Napi::Function::New(env, NetlinkOpen, "netlinkOpen"));
+  exports.Set("netlinkSend", Napi::Function::New(env, NetlinkSend, "netlinkSend"));
+  exports.Set("netlinkRecv", Napi::Function::New(env, NetlinkRecv, "netlinkRecv"));
+}
+
+}  // namespace srpnbd
