@@ -1,0 +1,290 @@
+# Helpers for guest scenario scripts (bash). Source it first:
+#   . "$(dirname "$0")/../guest-lib.sh"        (from test/vm/scenarios/)
+#
+# Topology built by setup_net/setup_rxe (everything inside the guest, -nic none):
+#   path 0:  veth0 192.0.2.1    rxe0  (initiator side) <==> veth1 192.0.2.2    rxe1  (target side)
+#   path 1:  veth2 198.51.100.1 rxe2  (initiator side) <==> veth3 198.51.100.2 rxe3  (target side)
+# Both ends of every pair live in the init network namespace (6.1's rxe listens on UDP
+# 4791 in init_net only). As all addresses are local, policy routing sends locally
+# generated traffic for the peer out of the veth instead of through lo, so it really
+# crosses the link that link_down / blackhole break. 192.0.2.0/24 and 198.51.100.0/24
+# are RFC 5737 documentation ranges and never leave the guest.
+#
+# Results: check/pass/fail print "PASS name (detail)" / "FAIL name: reason" and append
+# the same line to $OUT_DIR/results, which run-scenarios.sh counts. A scenario ends
+# with `finish`, whose exit status is non-zero if anything failed.
+
+: "${OUT_DIR:=/mnt/out}"
+GUEST_LIB_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+: "${REPO_ROOT:=$(cd "$GUEST_LIB_DIR/../.." && pwd)}"
+SRP_NBD_CLI="$REPO_ROOT/bin/srp-nbd.js"
+CM_PORT=${CM_PORT:-5000}                 # ib_srpt's RDMA/CM listen port
+INI_IP=(192.0.2.1 198.51.100.1)          # per path: initiator-side address (veth 2p)
+TGT_IP=(192.0.2.2 198.51.100.2)          # per path: target-side address (veth 2p+1)
+NPASS=0; NFAIL=0
+SCENARIO=${SCENARIO:-$(basename "${0%.sh}")}
+CFG=/sys/kernel/config/target
+
+# ---- time, logging, reporting --------------------------------------------------------
+now() { cut -d' ' -f1 /proc/uptime; }                     # guest uptime, seconds
+since() { awk -v a="$1" -v b="$(now)" 'BEGIN{printf "%.2f", b-a}'; }  # seconds since $1
+log() { echo "[$(now)] $*"; }
+_result() { echo "$*"; echo "$*" >> "$OUT_DIR/results" 2>/dev/null; }
+pass() { local n=$1; shift; NPASS=$((NPASS+1)); _result "PASS $SCENARIO/$n${*:+ ($*)}"; }
+fail() { local n=$1; shift; NFAIL=$((NFAIL+1)); _result "FAIL $SCENARIO/$n: ${*:-failed}"; }
+# timing NAME SECONDS [note]: record a measured time (reported, never judged)
+timing() { _result "TIME $SCENARIO/$1 $2 s${3:+ ($3)}"; }
+# check NAME CMD...: run CMD (output to the console); PASS with its duration or FAIL with rc
+check() {
+  local n=$1 t0 rc; shift; t0=$(now)
+  "$@"; rc=$?
+  if [ $rc = 0 ]; then pass "$n" "$(since "$t0") s"; else fail "$n" "'$*' exited $rc"; fi
+  return $rc
+}
+# expect_fail NAME CMD...: PASS if CMD fails
+expect_fail() {
+  local n=$1 rc; shift
+  "$@"; rc=$?
+  if [ $rc != 0 ]; then pass "$n" "failed as expected, rc $rc"; else fail "$n" "'$*' succeeded"; fi
+  [ $rc != 0 ]
+}
+# wait_for SECONDS CMD...: poll CMD every 0.1 s until it succeeds; prints the wait time
+# to stdout's WAITED variable. Returns 1 on timeout.
+WAITED=0
+wait_for() {
+  local lim=$1 t0; shift; t0=$(now)
+  while :; do
+    if "$@" >/dev/null 2>&1; then WAITED=$(since "$t0"); return 0; fi
+    [ "$(awk -v a="$t0" -v b="$(now)" -v l="$lim" 'BEGIN{print (b-a>=l)}')" = 1 ] && { WAITED=$(since "$t0"); return 1; }
+    sleep 0.1
+  done
+}
+# die MESSAGE: a bench malfunction; record a FAIL, print diagnostics, stop the scenario
+die() { fail setup "$*"; diag; finish; }
+diag() {
+  echo "---- diag at $(now)s"
+  rdma link show 2>&1 | sed 's/^/  /'
+  ip -br link 2>&1 | sed 's/^/  /'
+  dmesg | tail -n 30 | sed 's/^/  dmesg: /'
+}
+# finish: summary line for the console, exit status = number of FAILs (capped)
+finish() {
+  echo "[scenario] $SCENARIO done at uptime $(now)s: pass=$NPASS fail=$NFAIL"
+  [ $NFAIL = 0 ] || exit $(( NFAIL > 100 ? 100 : NFAIL ))
+  [ $NPASS -gt 0 ] || { echo "FAIL $SCENARIO: no checks ran" | tee -a "$OUT_DIR/results"; exit 1; }
+  exit 0
+}
+
+# ---- network + soft-RoCE --------------------------------------------------------------
+ini_dev() { echo "veth$((2*$1))"; }       # path -> initiator-side netdev
+tgt_dev() { echo "veth$((2*$1+1))"; }     # path -> target-side netdev
+ini_rxe() { echo "rxe$((2*$1))"; }
+tgt_rxe() { echo "rxe$((2*$1+1))"; }
+
+# _path_routes P: (re)install path P's policy routes; `ip link set down` deletes them
+_path_routes() {
+  local p=$1 a b
+  a=$(ini_dev "$p"); b=$(tgt_dev "$p")
+  ip route replace "${TGT_IP[p]}/32" dev "$a" src "${INI_IP[p]}" table $((100+2*p))
+  ip route replace "${INI_IP[p]}/32" dev "$b" src "${TGT_IP[p]}" table $((101+2*p))
+}
+# setup_net [NPATHS=1]: veth pairs with addresses and policy routing (see the top)
+setup_net() {
+  local n=${1:-1} p a b
+  NPATHS=$n
+  modprobe veth || return 1
+  for c in all default; do sysctl -qw net.ipv4.conf.$c.accept_local=1 net.ipv4.conf.$c.rp_filter=0; done
+  for ((p=0; p<n; p++)); do
+    a=$(ini_dev $p); b=$(tgt_dev $p)
+    ip link add "$a" type veth peer name "$b" || return 1
+    sysctl -qw net.ipv4.conf.$a.accept_local=1 net.ipv4.conf.$a.rp_filter=0 \
+               net.ipv4.conf.$b.accept_local=1 net.ipv4.conf.$b.rp_filter=0
+    ip addr add "${INI_IP[p]}/24" dev "$a"
+    ip addr add "${TGT_IP[p]}/24" dev "$b"
+    ip link set "$a" up; ip link set "$b" up
+    _path_routes $p || return 1
+    ip rule add pref $((10+2*p)) iif lo to "${TGT_IP[p]}/32" lookup $((100+2*p))
+    ip rule add pref $((11+2*p)) iif lo to "${INI_IP[p]}/32" lookup $((101+2*p))
+  done
+  ip rule add pref 1000 lookup local
+  ip rule del pref 0 lookup local
+}
+# setup_rxe: rdma_rxe on both ends of every path, waits until all ports are ACTIVE
+setup_rxe() {
+  local p
+  modprobe rdma_rxe || return 1
+  modprobe ib_uverbs; modprobe rdma_ucm; modprobe ib_umad 2>/dev/null
+  for ((p=0; p<${NPATHS:-1}; p++)); do
+    rdma link add "$(ini_rxe $p)" type rxe netdev "$(ini_dev $p)" || return 1
+    rdma link add "$(tgt_rxe $p)" type rxe netdev "$(tgt_dev $p)" || return 1
+  done
+  for ((p=0; p<2*${NPATHS:-1}; p++)); do wait_for 10 port_active rxe$p || return 1; done
+}
+port_state() { cut -d' ' -f2 "/sys/class/infiniband/$1/ports/1/state" 2>/dev/null; }  # ACTIVE, DOWN
+port_active() { [ "$(port_state "$1")" = ACTIVE ]; }
+port_inactive() { ! port_active "$1"; }
+
+# ---- faults ------------------------------------------------------------------------------
+# link_down P / link_up P: carrier loss on path P (both ends lose carrier: it is a veth pair)
+link_down() { ip link set "$(ini_dev "$1")" down; }
+link_up() {
+  ip link set "$(ini_dev "$1")" up || return 1
+  wait_for 5 _link_has_carrier "$(ini_dev "$1")"
+  _path_routes "$1"
+}
+_link_has_carrier() { [ "$(cat /sys/class/net/$1/carrier 2>/dev/null)" = 1 ]; }
+# blackhole P / unblackhole P: silent loss of every packet both ways, links stay up
+blackhole() {
+  modprobe sch_netem || return 1
+  tc qdisc replace dev "$(ini_dev "$1")" root netem loss 100% &&
+  tc qdisc replace dev "$(tgt_dev "$1")" root netem loss 100%
+}
+unblackhole() {
+  tc qdisc del dev "$(ini_dev "$1")" root 2>/dev/null
+  tc qdisc del dev "$(tgt_dev "$1")" root 2>/dev/null
+  return 0
+}
+# tx_packets DEV: packets sent by DEV (to prove traffic crossed a veth)
+tx_packets() { cat "/sys/class/net/$1/statistics/tx_packets"; }
+
+# ---- LIO ib_srpt target -------------------------------------------------------------------
+# srpt_start: load LIO + ib_srpt (after setup_rxe), RDMA/CM port $CM_PORT. Sets SRPT_GUID
+# (ib_srpt's srpt_service_guid: id_ext, ioc_guid and the target port id of a login).
+srpt_start() {
+  mkdir -p /etc/target     # LIO's db_root (else "db_root: cannot open" at load)
+  modprobe target_core_mod || return 1
+  modprobe ib_srpt || return 1
+  mountpoint -q /sys/kernel/config || mount -t configfs configfs /sys/kernel/config
+  mkdir -p $CFG/srpt || return 1
+  echo "$CM_PORT" > $CFG/srpt/discovery_auth/rdma_cm_port || return 1
+  SRPT_GUID=$(cat /sys/module/ib_srpt/parameters/srpt_service_guid)
+}
+# srpt_port_name P: configfs name of the target side's port on path P (port GUID form)
+srpt_port_name() {
+  local gid; gid=$(cat "/sys/class/infiniband/$(tgt_rxe "$1")/ports/1/gids/0") || return 1
+  echo "${gid#fe80:0000:0000:0000:}"
+}
+# srpt_add_target P ACLS LUNSPEC...: export LUNs on path P's target port (rxe 2P+1).
+#   ACLS   "default": ACLs for the target's own IP and the initiator IP (6.1's ib_srpt
+#                     names an RDMA/CM session after the *target's* IP, so that one is
+#                     what admits a login);
+#          "any":     demo mode (generate_node_acls=1), no ACL needed;
+#          "none" or any other word list: exactly these ACL names (a list without the
+#                     target IP makes every RDMA/CM login be rejected).
+#   LUNSPEC  ram:SIZE[:BLOCKSIZE] or file:SIZE[:BLOCKSIZE]; SIZE in MiB (suffix M optional),
+#            BLOCKSIZE 512 (default) or 4096. LUN L of path P gets unit serial
+#            "srpnbd-pP-lL" and, for file LUNs, the image /tmp/srpt-pP-lL.img.
+# Sets TARGET_LUNS[P] (the number of LUNs).
+declare -a TARGET_LUNS
+srpt_add_target() {
+  local p=$1 acls=$2 tp tpg l=0 spec kind size bs bsdir name ini; shift 2
+  tp=$(srpt_port_name "$p") || return 1
+  tpg=$CFG/srpt/$tp/$tp
+  mkdir -p "$tpg" || return 1
+  for spec in "$@"; do
+    IFS=: read -r kind size bs <<<"$spec"; size=${size%M}; bs=${bs:-512}
+    name=p${p}l${l}
+    case $kind in
+      ram)  bsdir=$CFG/core/rd_mcp_$p/$name; mkdir -p "$bsdir" || return 1
+            echo "rd_pages=$((size * 256))" > "$bsdir/control" || return 1 ;;
+      file) bsdir=$CFG/core/fileio_$p/$name; mkdir -p "$bsdir" || return 1
+            truncate -s "${size}M" "/tmp/srpt-$name.img" || return 1
+            echo "fd_dev_name=/tmp/srpt-$name.img,fd_dev_size=$((size << 20))" > "$bsdir/control" || return 1 ;;
+      *) log "srpt_add_target: bad LUN spec '$spec'"; return 1 ;;
+    esac
+    echo "srpnbd-p${p}-l${l}" > "$bsdir/wwn/vpd_unit_serial" || return 1
+    echo 1 > "$bsdir/enable" || return 1
+    echo "$bs" > "$bsdir/attrib/block_size" || { log "block_size $bs refused for $name"; return 1; }
+    mkdir "$tpg/lun/lun_$l" || return 1
+    ln -s "$bsdir" "$tpg/lun/lun_$l/$name" || return 1
+    l=$((l+1))
+  done
+  TARGET_LUNS[p]=$l
+  case $acls in
+    any)     echo 1 > "$tpg/attrib/generate_node_acls"; echo 1 > "$tpg/attrib/cache_dynamic_acls"
+             echo 0 > "$tpg/attrib/demo_mode_write_protect" ;;
+    default) _srpt_acls "$tpg" "$l" "${TGT_IP[p]}" "${INI_IP[p]}" || return 1 ;;
+    none)    ;;
+    *)       _srpt_acls "$tpg" "$l" $acls || return 1 ;;
+  esac
+  echo 1 > "$tpg/enable" || return 1
+}
+_srpt_acls() {
+  local tpg=$1 n=$2 ini i; shift 2
+  for ini in "$@"; do
+    mkdir "$tpg/acls/$ini" || return 1
+    for ((i=0; i<n; i++)); do
+      mkdir "$tpg/acls/$ini/lun_$i" && ln -s "$tpg/lun/lun_$i" "$tpg/acls/$ini/lun_$i/lun_$i" || return 1
+    done
+  done
+}
+# srpt_remove_target P: tear path P's target down (sessions are closed, backstores freed);
+# srpt_add_target P ... builds it again (a "target restart")
+srpt_remove_target() {
+  local p=$1 tp tpg d; tp=$(srpt_port_name "$p") || return 1
+  tpg=$CFG/srpt/$tp/$tp
+  [ -d "$tpg" ] || return 0
+  echo 0 > "$tpg/enable" 2>/dev/null
+  for d in "$tpg"/acls/*/lun_*/lun_*; do [ -L "$d" ] && rm -f "$d"; done
+  for d in "$tpg"/acls/*/lun_*; do [ -d "$d" ] && rmdir "$d"; done
+  for d in "$tpg"/acls/*; do [ -d "$d" ] && rmdir "$d"; done
+  for d in "$tpg"/lun/lun_*/*; do [ -L "$d" ] && rm -f "$d"; done
+  for d in "$tpg"/lun/lun_*; do [ -d "$d" ] && rmdir "$d"; done
+  rmdir "$tpg" "$CFG/srpt/$tp" || return 1
+  for d in "$CFG"/core/{rd_mcp,fileio}_"$p"/*/; do [ -d "$d" ] && rmdir "$d"; done
+  rmdir "$CFG"/core/{rd_mcp,fileio}_"$p" 2>/dev/null
+  rm -f /tmp/srpt-p"$p"l*.img
+  return 0
+}
+# srpt_sessions P: names of the sessions logged in to path P's target
+srpt_sessions() {
+  local tp; tp=$(srpt_port_name "$1") || return 1
+  cat "$CFG/srpt/$tp/$tp"/acls/*/info 2>/dev/null | sed -n 's/.*InitiatorName: *//p'
+}
+# setup_bench [NPATHS=1] [LUNSPEC...]: net + rxe + ib_srpt with one target per path
+# (default LUNs: ram:64:512 ram:64:4096), nbd and raid1 loaded. die()s on failure.
+setup_bench() {
+  local n=${1:-1} p; shift || true
+  local luns=("$@"); [ ${#luns[@]} -gt 0 ] || luns=(ram:64:512 ram:64:4096)
+  setup_net "$n" || die "setup_net"
+  setup_rxe || die "setup_rxe (ports: $(for i in /sys/class/infiniband/*; do echo -n "$(basename $i)=$(port_state $(basename $i)) "; done))"
+  srpt_start || die "ib_srpt"
+  for ((p=0; p<n; p++)); do srpt_add_target $p default "${luns[@]}" || die "srpt target on path $p"; done
+  load_nbd || die "modprobe nbd"
+  load_md || die "modprobe raid1"
+}
+# srp_target_string P: the ib_srp add_target string (RDMA/CM) for path P's target
+srp_target_string() {
+  echo "id_ext=$SRPT_GUID,ioc_guid=$SRPT_GUID,dest=${TGT_IP[$1]}:$CM_PORT,src=${INI_IP[$1]}"
+}
+
+# ---- block layer --------------------------------------------------------------------------
+load_nbd() { modprobe nbd nbds_max=${NBDS_MAX:-8} && wait_for 5 test -b /dev/nbd0; }
+load_md() { modprobe raid1 && grep -q raid1 /proc/mdstat; }
+# majmin DEV: "major:minor" of a block device node
+majmin() { stat -Lc '%t:%T' "$1" | { IFS=: read -r a b; echo "$((16#$a)):$((16#$b))"; }; }
+
+# ---- the project ---------------------------------------------------------------------------
+# srp_nbd ARGS...: run the built CLI with the host's node
+srp_nbd() { node "$SRP_NBD_CLI" "$@"; }
+
+# ---- kernel ib_srp (baseline) ---------------------------------------------------------------
+# kib_srp_login P [ib_srp module args...]: kernel initiator login to path P's target
+kib_srp_login() {
+  local p=$1; shift
+  modprobe sd_mod; modprobe sg
+  lsmod | grep -q '^ib_srp ' || modprobe ib_srp "$@" || return 1
+  echo "$(srp_target_string "$p"),initiator_ext=$(printf '%016x' $((p+1)))" \
+    > "/sys/class/infiniband_srp/srp-$(ini_rxe "$p")-1/add_target"
+}
+# kib_srp_have N: at least N ib_srp disks exist
+kib_srp_have() { [ "$(kib_srp_disks | wc -l)" -ge "$1" ]; }
+# kib_srp_disks: sdX names of disks behind ib_srp, with their unit serial
+kib_srp_disks() {
+  local d h
+  for d in /sys/block/sd*; do
+    [ -e "$d" ] || continue
+    h=$(readlink -f "$d/device" | grep -o 'host[0-9]*' | head -1)
+    [ "$(cat "/sys/class/scsi_host/$h/proc_name" 2>/dev/null)" = ib_srp ] && basename "$d"
+  done
+}
