@@ -143,7 +143,7 @@ t.test('srp-nbd serve as a process: --memory and --file, clean exit on SIGTERM',
 t.test('srp-nbd serve rejects bad arguments with exit status 2 and a clear message', async (t) => {
   const bin = new URL('../../bin/srp-nbd.js', import.meta.url).pathname;
   const cases: [string[], RegExp][] = [
-    [['serve'], /exactly one of --memory SIZE or --file PATH/],
+    [['serve'], /exactly one of --memory SIZE, --file PATH or --test-target/],
     [['serve', '--memory', '12Q'], /invalid size '12Q'/],
     [['serve', '--memory', '1M', '--tcp', 'host:99999'], /invalid --tcp/],
     [['serve', '--memory', '1M', '--bogus'], /bogus/],
