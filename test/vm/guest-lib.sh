@@ -67,6 +67,10 @@ diag() {
   ip -br link 2>&1 | sed 's/^/  /'
   dmesg | tail -n 30 | sed 's/^/  dmesg: /'
 }
+# crash_expected REASON: from here on a guest kernel crash is this scenario's measured
+# result (boot.sh then records it as a PASS), not a bench failure; crash_unexpected ends that
+crash_expected() { echo "$*" > "$OUT_DIR/crash-expected"; sync; }
+crash_unexpected() { rm -f "$OUT_DIR/crash-expected"; }
 # finish: summary line for the console, exit status = number of FAILs (capped)
 finish() {
   echo "[scenario] $SCENARIO done at uptime $(now)s: pass=$NPASS fail=$NFAIL"
