@@ -1,0 +1,291 @@
+/**
+ * The native addon's whole surface, typed (native/src/*.cc), and its loader.
+ *
+ * The addon only makes system calls (STYLE.md item 8): every function is non-blocking, returns
+ * plain values and throws a NativeError (errno/code/syscall) on failure. Objects are small integer
+ * handles; fds are watched with pollStart() and read with the matching "get" call until it reports
+ * nothing more. Classes that use the addon take a NativeBinding as a parameter, so the same tests
+ * run against the real addon and against MockRdmaBinding (mock-binding.ts).
+ */
+import { createRequire } from 'node:module';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+/** Error thrown by the addon for a failed system call. */
+export interface NativeError extends Error {
+  errno?: number;
+  /** errno name, e.g. 'ENODEV' (or 'EBADF' for a stale handle) */
+  code?: string;
+  syscall?: string;
+}
+
+export interface CmEvent {
+  /** RDMA_CM_EVENT_* */
+  event: number;
+  /** handle of the cm id the event is for (0 if unknown) */
+  id: number;
+  /** event status: negative errno for *_ERROR events, the CM reject reason for REJECTED */
+  status: number;
+  /** CM private data (REP / REJ / DREQ), copied; null when there is none */
+  privateData: Buffer | null;
+}
+
+export interface AsyncEvent {
+  /** IBV_EVENT_* */
+  type: number;
+  /** for port events */
+  portNum: number;
+  /** for QP events */
+  qpNum: number;
+}
+
+export interface CmIdInfo {
+  /** device context handle (0 before the address is resolved) */
+  context: number;
+  device: string | null;
+  port: number;
+  qpNum: number;
+}
+
+export interface DeviceAttr {
+  device: string;
+  maxQpWr: number;
+  maxSge: number;
+  maxCqe: number;
+  maxMrSize: bigint;
+  maxQpRdAtom: number;
+  maxQpInitRdAtom: number;
+  physPortCnt: number;
+  nodeGuid: bigint;
+  /** the device's async event fd (non-blocking); watch it and call getAsyncEvent() */
+  asyncFd: number;
+}
+
+export interface PortAttr {
+  state: number;
+  activeMtu: number;
+  lid: number;
+  linkLayer: number;
+  pkeyTblLen: number;
+}
+
+export interface ConnParam {
+  /** SRP_LOGIN_REQ (≤ 255 bytes; the IB CM REQ carries up to 92 for RDMA/CM) */
+  privateData?: Buffer;
+  /** RDMA READs the peer may have outstanding against us (target data-out) */
+  responderResources?: number;
+  /** RDMA READs we may have outstanding */
+  initiatorDepth?: number;
+  /** transport retries, 0..7; 7 means forever on rxe: callers keep it ≤ 6 */
+  retryCount?: number;
+  /** RNR retries, 0..7 (7 = forever) */
+  rnrRetryCount?: number;
+}
+
+export interface QpInit {
+  pd: number;
+  sendCq: number;
+  recvCq: number;
+  maxSendWr?: number;
+  maxRecvWr?: number;
+  maxSendSge?: number;
+  maxRecvSge?: number;
+  maxInlineData?: number;
+}
+
+export interface QpCaps {
+  qpNum: number;
+  maxSendWr: number;
+  maxRecvWr: number;
+  maxInlineData: number;
+}
+
+export interface QpAttr {
+  state: number;
+  timeout: number;
+  retryCnt: number;
+  rnrRetry: number;
+  minRnrTimer: number;
+  maxSendWr: number;
+  maxRecvWr: number;
+  maxInlineData: number;
+}
+
+export interface MrInfo {
+  mr: number;
+  /** virtual address of the registered Buffer's first byte */
+  addr: bigint;
+  lkey: number;
+  rkey: number;
+  length: number;
+}
+
+export interface RdmaObjectCounts {
+  channels: number;
+  ids: number;
+  qps: number;
+  pds: number;
+  compChannels: number;
+  cqs: number;
+  mrs: number;
+}
+
+/** Everything the addon exports. */
+export interface NativeBinding {
+  /* fd readiness (uv_poll) */
+  /** Watches fd (events: 1 readable, 2 writable); cb runs on the event loop; returns a poller id. */
+  pollStart(fd: number, events: number, cb: (status: number, events: number) => void): number;
+  /** Stops and frees a poller; idempotent; the fd stays open. */
+  pollStop(poller: number): void;
+  /** Whether the poller keeps the event loop alive. */
+  pollRef(poller: number, ref: boolean): void;
+  pollCount(): number;
+
+  /* plain system calls */
+  socketPair(): [number, number];
+  close(fd: number): void;
+  setsockoptInt(fd: number, level: number, name: number, value: number): void;
+  /** socket(AF_NETLINK, SOCK_RAW|SOCK_NONBLOCK|SOCK_CLOEXEC, protocol) + bind */
+  netlinkOpen(protocol: number): number;
+  netlinkSend(fd: number, message: Buffer): number;
+  /** Length of the next datagram (may exceed buffer.length: truncated), or -1 when none is queued. */
+  netlinkRecv(fd: number, buffer: Buffer): number;
+
+  /* verbs: devices */
+  /** Names of the RDMA devices; throws ENOSYS when the kernel has no RDMA support. */
+  getDeviceList(): string[];
+  ctxQuery(ctx: number): DeviceAttr;
+  portQuery(ctx: number, port: number): PortAttr;
+  /** Next async event of the device, or null. */
+  getAsyncEvent(ctx: number): AsyncEvent | null;
+
+  /* rdma_cm */
+  cmCreateChannel(): { channel: number; fd: number };
+  cmDestroyChannel(channel: number): void;
+  cmCreateId(channel: number, portSpace: number): number;
+  /** Destroys the id and its QP if it still has one. */
+  cmDestroyId(id: number): void;
+  /** src and dst are raw sockaddr bytes (sockaddr.ts). */
+  cmResolveAddr(id: number, src: Buffer | null, dst: Buffer, timeoutMs: number): void;
+  cmResolveRoute(id: number, timeoutMs: number): void;
+  cmSetOption(id: number, level: number, name: number, value: Buffer): void;
+  /** Next CM event on the channel (already acknowledged), or null. */
+  cmGetEvent(channel: number): CmEvent | null;
+  cmConnect(id: number, param: ConnParam): void;
+  cmDisconnect(id: number): void;
+  cmIdInfo(id: number): CmIdInfo;
+  cmCreateQp(id: number, init: QpInit): QpCaps;
+  cmDestroyQp(id: number): void;
+  qpQuery(id: number): QpAttr;
+  qpModify(id: number, attr: Partial<Pick<QpAttr, 'state' | 'timeout' | 'retryCnt' | 'rnrRetry' | 'minRnrTimer'>>): void;
+
+  /* verbs: resources */
+  pdAlloc(ctx: number): number;
+  pdDealloc(pd: number): void;
+  compChannelCreate(ctx: number): { channel: number; fd: number };
+  compChannelDestroy(channel: number): void;
+  cqCreate(ctx: number, cqe: number, compChannel: number): number;
+  cqDestroy(cq: number): void;
+  cqReqNotify(cq: number, solicitedOnly?: boolean): void;
+  /** The cq handle of the next completion event (acknowledged), or 0. */
+  cqGetEvent(compChannel: number): number;
+  /** Polls up to max completions into out as WC_RECORD_LEN-byte records; returns how many. */
+  cqPoll(cq: number, out: Buffer, max: number): number;
+  /** Registers buf (kept alive until mrDereg). */
+  mrReg(pd: number, buf: Buffer, access: number): MrInfo;
+  mrDereg(mr: number): void;
+  /** One work request; length 0 posts no SGE (zero-length RDMA WRITE = keep-alive probe). */
+  postSend(id: number, wrId: number, opcode: number, addr: bigint, length: number, lkey: number, flags: number,
+    remoteAddr: bigint, rkey: number): void;
+  postRecv(id: number, wrId: number, addr: bigint, length: number, lkey: number): void;
+  rdmaObjectCounts(): RdmaObjectCounts;
+}
+
+/** One decoded completion (see cqPoll). */
+export interface WorkCompletion {
+  wrId: number;
+  status: number;
+  opcode: number;
+  byteLen: number;
+  qpNum: number;
+  vendorErr: number;
+  wcFlags: number;
+}
+
+/** Decodes record i of a cqPoll() output buffer. */
+export function readWc(buf: Buffer, i: number): WorkCompletion {
+  const o = i * 32;
+  return {
+    wrId: buf.readUInt32LE(o) + buf.readUInt32LE(o + 4) * 0x1_0000_0000,
+    status: buf.readUInt32LE(o + 8),
+    opcode: buf.readUInt32LE(o + 12),
+    byteLen: buf.readUInt32LE(o + 16),
+    qpNum: buf.readUInt32LE(o + 20),
+    vendorErr: buf.readUInt32LE(o + 24),
+    wcFlags: buf.readUInt32LE(o + 28),
+  };
+}
+
+/** The addon could not be loaded (not built, or built for another Node). */
+export class NativeAddonMissingError extends Error {
+  constructor(readonly tried: string[], options?: { cause?: unknown }) {
+    super(
+      'srp-nbd native addon is not built or cannot be loaded: run `npm run build:native` '
+      + '(needs g++, make, python3 and the Debian packages libibverbs-dev librdmacm-dev). Tried: '
+      + tried.join(', '),
+      options,
+    );
+    this.name = 'NativeAddonMissingError';
+  }
+}
+
+const ADDON_FILE = path.join('native', 'build', 'Release', 'srp_nbd_native.node');
+
+/** Where the addon may be: the package root is found by walking up from this file. */
+function candidates(): string[] {
+  const out: string[] = [];
+  if (process.env.SRP_NBD_NATIVE) out.push(process.env.SRP_NBD_NATIVE);
+  let dir = path.dirname(fileURLToPath(import.meta.url));
+  for (let i = 0; i < 6; i++) {
+    if (fs.existsSync(path.join(dir, 'package.json'))) out.push(path.join(dir, ADDON_FILE));
+    const up = path.dirname(dir);
+    if (up === dir) break;
+    dir = up;
+  }
+  return out;
+}
+
+let cached: NativeBinding | undefined;
+
+/** Loads the addon once; throws NativeAddonMissingError with what to do when it is missing. */
+export function loadNative(): NativeBinding {
+  if (cached) return cached;
+  const tried = candidates();
+  const require = createRequire(import.meta.url);
+  let lastErr: unknown;
+  for (const file of tried) {
+    if (!fs.existsSync(file)) continue;
+    try {
+      cached = require(file) as NativeBinding;
+      return cached;
+    } catch (err) {
+      lastErr = err;
+    }
+  }
+  throw new NativeAddonMissingError(tried, { cause: lastErr });
+}
+
+/** The addon, or undefined when it cannot be loaded (for tests that skip). */
+export function tryLoadNative(): NativeBinding | undefined {
+  try {
+    return loadNative();
+  } catch {
+    return undefined;
+  }
+}
+
+/** True when err is a NativeError with this errno name. */
+export function isErrno(err: unknown, code: string): boolean {
+  return err instanceof Error && (err as NativeError).code === code;
+}
