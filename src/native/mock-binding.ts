@@ -1,0 +1,368 @@
+/**
+ * An in-memory stand-in for the RDMA half of the native addon: one device ("mock0", port 1), cm
+ * ids, PDs, MRs, CQs with completion channels, RC QPs, CM and async events, all delivered through
+ * pollers exactly as the real addon does (the poller fires, the "get" call drains). The peer of
+ * every connection is a MockTargetEnd (TargetChannelTransport with onConnect), so the test SRP
+ * target serves it: `fabric.onConnect = (end) => target.accept(end as unknown as LoopbackTargetEnd)`.
+ *
+ * Faults: resolveFailures (ADDR_ERROR before success), portDown() (PORT_ERR), blackHole (nothing
+ * is delivered or completed until the retry budget: a RETRY_EXC_ERR completion after
+ * blackHoleDetectMs), disconnectFromTarget().
+ */
+import { TransportError } from '../initiator/scsi-executor.js';
+import { Emitter, type ChannelEvents, type ChannelState, type ConnectAnswer, type TargetChannelTransport } from '../initiator/transport.js';
+import type {
+  AsyncEvent, CmEvent, CmIdInfo, ConnParam, DeviceAttr, MrInfo, NativeBinding, PortAttr, QpAttr, QpCaps, QpInit, RdmaObjectCounts,
+} from './native.js';
+import * as R from './rdma-constants.js';
+
+interface MockMr { pd: number; buf: Buffer; addr: bigint; lkey: number; rkey: number; access: number }
+interface MockCq { compChannel: number; wcs: Buffer[]; armed: boolean }
+interface MockQp { qpNum: number; pd: number; cq: number; recvs: { wrId: number; addr: bigint; length: number; lkey: number }[]; state: number }
+interface MockId { channel: number; ctx: number; qp?: MockQp; peer?: MockTargetEnd; param?: ConnParam; connected: boolean; options: Map<number, Buffer> }
+
+/** Target end of a mock RDMA connection. */
+export class MockTargetEnd extends Emitter<ChannelEvents> implements TargetChannelTransport {
+  stateValue: ChannelState = 'connecting';
+  handler: ((req: Buffer) => ConnectAnswer | Promise<ConnectAnswer>) | undefined;
+  private gone = false;
+  constructor(private readonly fabric: MockRdmaBinding, readonly idHandle: number) {
+    super();
+  }
+  get state(): ChannelState {
+    return this.stateValue;
+  }
+  onConnect(handler: (req: Buffer) => ConnectAnswer | Promise<ConnectAnswer>): void {
+    this.handler = handler;
+  }
+  send(iu: Buffer): void {
+    if (this.stateValue !== 'connected') throw new TransportError(`send on a ${this.stateValue} channel`, 'disconnected');
+    const copy = Buffer.from(iu);
+    this.fabric.later(() => this.fabric.deliverToInitiator(this.idHandle, copy));
+  }
+  rdmaRead(va: bigint, rkey: number, length: number): Promise<Buffer> {
+    return this.fabric.remoteAccess(this.idHandle, va, rkey, length, R.IBV_ACCESS_REMOTE_READ).then((v) => Buffer.from(v));
+  }
+  rdmaWrite(va: bigint, rkey: number, data: Buffer): Promise<void> {
+    const copy = Buffer.from(data);
+    return this.fabric.remoteAccess(this.idHandle, va, rkey, copy.length, R.IBV_ACCESS_REMOTE_WRITE).then((v) => { copy.copy(v); });
+  }
+  close(): void {
+    this.fabric.disconnectFromTarget(this.idHandle);
+  }
+  /** @internal */
+  deliver(iu: Buffer): void {
+    this.emit('iu', iu);
+  }
+  /** @internal */
+  gone_(reason: TransportError): void {
+    if (this.gone) return;
+    this.gone = true;
+    this.stateValue = 'closed';
+    this.emit('disconnect', reason);
+  }
+}
+
+export class MockRdmaBinding implements Partial<NativeBinding> {
+  /** Called for every connect with the new target end; install its onConnect handler there. */
+  onConnect: ((end: MockTargetEnd) => void) | undefined;
+  devices = ['mock0'];
+  resolveFailures = 0;
+  blackHole = false;
+  blackHoleDetectMs = 50;
+  readonly connectParams: ConnParam[] = [];
+  readonly ackTimeouts: number[] = [];
+
+  private next = 1;
+  private nextFd = 100;
+  private readonly channels = new Map<number, { fd: number; events: CmEvent[] }>();
+  private readonly ids = new Map<number, MockId>();
+  private readonly pds = new Set<number>();
+  private readonly compChannels = new Map<number, { fd: number; events: number[] }>();
+  private readonly cqs = new Map<number, MockCq>();
+  private readonly mrs = new Map<number, MockMr>();
+  private readonly pollers = new Map<number, { fd: number; cb: (s: number, e: number) => void }>();
+  private readonly asyncFd = this.nextFd++;
+  private readonly asyncEvents: AsyncEvent[] = [];
+  private nextAddr = 0x7000_0000_0000n;
+  private nextQpNum = 0x11;
+
+  /* ---- fd readiness ---- */
+  pollStart(fd: number, _events: number, cb: (status: number, events: number) => void): number {
+    const id = this.next++;
+    this.pollers.set(id, { fd, cb });
+    return id;
+  }
+  pollStop(id: number): void { this.pollers.delete(id); }
+  pollRef(): void {}
+  pollCount(): number { return this.pollers.size; }
+  private kick(fd: number): void {
+    setImmediate(() => { for (const p of [...this.pollers.values()]) if (p.fd === fd) p.cb(0, 1); });
+  }
+  /** @internal */
+  later(fn: () => void): void {
+    setImmediate(fn);
+  }
+
+  /* ---- devices ---- */
+  getDeviceList(): string[] { return [...this.devices]; }
+  ctxQuery(): DeviceAttr {
+    return { device: 'mock0', maxQpWr: 16384, maxSge: 32, maxCqe: 65536, maxMrSize: 1n << 40n, maxQpRdAtom: 128, maxQpInitRdAtom: 128, physPortCnt: 1, nodeGuid: 0x1122334455667788n, asyncFd: this.asyncFd };
+  }
+  portQuery(): PortAttr { return { state: R.IBV_PORT_ACTIVE, activeMtu: 3, lid: 0, linkLayer: 2, pkeyTblLen: 1 }; }
+  getAsyncEvent(): AsyncEvent | null { return this.asyncEvents.shift() ?? null; }
+  /** The port goes down: PORT_ERR on the async fd. */
+  portDown(): void {
+    this.asyncEvents.push({ type: R.IBV_EVENT_PORT_ERR, portNum: 1, qpNum: 0 });
+    this.kick(this.asyncFd);
+  }
+
+  /* ---- rdma_cm ---- */
+  cmCreateChannel(): { channel: number; fd: number } {
+    const h = this.next++;
+    const fd = this.nextFd++;
+    this.channels.set(h, { fd, events: [] });
+    return { channel: h, fd };
+  }
+  cmDestroyChannel(h: number): void { this.channels.delete(h); }
+  cmCreateId(channel: number): number {
+    const h = this.next++;
+    this.ids.set(h, { channel, ctx: 0, connected: false, options: new Map() });
+    return h;
+  }
+  cmDestroyId(h: number): void {
+    const id = this.ids.get(h);
+    if (!id) throw Object.assign(new Error('stale cm id'), { code: 'EBADF' });
+    if (id.peer) id.peer.gone_(new TransportError('cm id destroyed', 'disconnected'));
+    this.ids.delete(h);
+  }
+  private cmEvent(h: number, event: number, status = 0, privateData: Buffer | null = null): void {
+    const id = this.ids.get(h);
+    const ch = id && this.channels.get(id.channel);
+    if (!ch) return;
+    ch.events.push({ event, id: h, status, privateData });
+    this.kick(ch.fd);
+  }
+  cmResolveAddr(h: number, _src: Buffer | null, dst: Buffer): void {
+    if (dst.length < 16) throw Object.assign(new Error('bad sockaddr'), { code: 'EINVAL' });
+    setTimeout(() => {
+      if (this.resolveFailures > 0) {
+        this.resolveFailures--;
+        this.cmEvent(h, R.RDMA_CM_EVENT_ADDR_ERROR, -110);
+        return;
+      }
+      this.ids.get(h)!.ctx = 1;
+      this.cmEvent(h, R.RDMA_CM_EVENT_ADDR_RESOLVED);
+    }, 1);
+  }
+  cmResolveRoute(h: number): void { this.later(() => this.cmEvent(h, R.RDMA_CM_EVENT_ROUTE_RESOLVED)); }
+  cmSetOption(h: number, level: number, name: number, value: Buffer): void {
+    this.ids.get(h)!.options.set(level * 256 + name, Buffer.from(value));
+    if (level === R.RDMA_OPTION_ID && name === R.RDMA_OPTION_ID_ACK_TIMEOUT) this.ackTimeouts.push(value[0]!);
+  }
+  cmGetEvent(channel: number): CmEvent | null { return this.channels.get(channel)?.events.shift() ?? null; }
+  cmIdInfo(h: number): CmIdInfo {
+    const id = this.ids.get(h)!;
+    return { context: id.ctx, device: id.ctx ? 'mock0' : null, port: id.ctx ? 1 : 0, qpNum: id.qp?.qpNum ?? 0 };
+  }
+  cmCreateQp(h: number, init: QpInit): QpCaps {
+    const id = this.ids.get(h)!;
+    if (!this.pds.has(init.pd) || !this.cqs.has(init.sendCq)) throw Object.assign(new Error('bad pd/cq'), { code: 'EINVAL' });
+    id.qp = { qpNum: this.nextQpNum++, pd: init.pd, cq: init.sendCq, recvs: [], state: R.IBV_QPS_INIT };
+    return { qpNum: id.qp.qpNum, maxSendWr: init.maxSendWr ?? 64, maxRecvWr: init.maxRecvWr ?? 64, maxInlineData: 0 };
+  }
+  cmDestroyQp(h: number): void { const id = this.ids.get(h); if (id) delete id.qp; }
+  cmConnect(h: number, param: ConnParam): void {
+    const id = this.ids.get(h)!;
+    id.param = param;
+    this.connectParams.push(param);
+    const end = new MockTargetEnd(this, h);
+    id.peer = end;
+    this.onConnect?.(end);
+    const req = Buffer.from(param.privateData ?? Buffer.alloc(0));
+    this.later(async () => {
+      if (!end.handler) { this.cmEvent(h, R.RDMA_CM_EVENT_REJECTED, 8); return; }
+      let answer: ConnectAnswer;
+      try {
+        answer = await end.handler(req);
+      } catch {
+        this.cmEvent(h, R.RDMA_CM_EVENT_REJECTED, 28);
+        return;
+      }
+      if (!this.ids.has(h)) return;
+      if ('accept' in answer) {
+        id.connected = true;
+        id.qp!.state = R.IBV_QPS_RTS;
+        end.stateValue = 'connected';
+        this.cmEvent(h, R.RDMA_CM_EVENT_ESTABLISHED, 0, Buffer.from(answer.accept));
+      } else {
+        end.stateValue = 'closed';
+        this.cmEvent(h, R.RDMA_CM_EVENT_REJECTED, 28, Buffer.from(answer.reject));
+      }
+    });
+  }
+  cmDisconnect(h: number): void {
+    const id = this.ids.get(h);
+    if (!id) throw Object.assign(new Error('stale cm id'), { code: 'EBADF' });
+    if (!id.connected) throw Object.assign(new Error('not connected'), { code: 'EINVAL' });
+    id.connected = false;
+    if (id.qp) this.qpError(id);
+    id.peer?.gone_(new TransportError('initiator disconnected', 'disconnected'));
+    this.later(() => this.cmEvent(h, R.RDMA_CM_EVENT_DISCONNECTED));
+  }
+  /** The target side drops the connection (DREQ from the target). */
+  disconnectFromTarget(h: number): void {
+    const id = this.ids.get(h);
+    if (!id || !id.connected) return;
+    id.connected = false;
+    id.peer?.gone_(new TransportError('channel closed', 'closed'));
+    this.later(() => this.cmEvent(h, R.RDMA_CM_EVENT_DISCONNECTED));
+  }
+  qpQuery(h: number): QpAttr {
+    const id = this.ids.get(h)!;
+    const t = id.options.get(R.RDMA_OPTION_ID * 256 + R.RDMA_OPTION_ID_ACK_TIMEOUT);
+    return { state: id.qp?.state ?? R.IBV_QPS_RESET, timeout: t ? t[0]! : 0, retryCnt: id.param?.retryCount ?? 0, rnrRetry: id.param?.rnrRetryCount ?? 0, minRnrTimer: 0, maxSendWr: 0, maxRecvWr: 0, maxInlineData: 0 };
+  }
+  qpModify(h: number, attr: { state?: number }): void {
+    const id = this.ids.get(h)!;
+    if (attr.state === R.IBV_QPS_ERR) this.qpError(id);
+  }
+  private qpError(id: MockId): void {
+    if (!id.qp) return;
+    id.qp.state = R.IBV_QPS_ERR;
+    for (const r of id.qp.recvs.splice(0)) this.complete(id.qp.cq, r.wrId, R.IBV_WC_WR_FLUSH_ERR, R.IBV_WC_RECV, 0, id.qp.qpNum);
+  }
+
+  /* ---- verbs ---- */
+  pdAlloc(): number { const h = this.next++; this.pds.add(h); return h; }
+  pdDealloc(h: number): void {
+    for (const m of this.mrs.values()) if (m.pd === h) throw Object.assign(new Error('pd busy'), { code: 'EBUSY' });
+    this.pds.delete(h);
+  }
+  compChannelCreate(): { channel: number; fd: number } {
+    const h = this.next++;
+    const fd = this.nextFd++;
+    this.compChannels.set(h, { fd, events: [] });
+    return { channel: h, fd };
+  }
+  compChannelDestroy(h: number): void {
+    for (const c of this.cqs.values()) if (c.compChannel === h) throw Object.assign(new Error('busy'), { code: 'EBUSY' });
+    this.compChannels.delete(h);
+  }
+  cqCreate(_ctx: number, _cqe: number, compChannel: number): number {
+    const h = this.next++;
+    this.cqs.set(h, { compChannel, wcs: [], armed: false });
+    return h;
+  }
+  cqDestroy(h: number): void { this.cqs.delete(h); }
+  cqReqNotify(h: number): void {
+    const cq = this.cqs.get(h)!;
+    cq.armed = true;
+  }
+  cqGetEvent(ch: number): number { return this.compChannels.get(ch)?.events.shift() ?? 0; }
+  cqPoll(h: number, out: Buffer, max: number): number {
+    const cq = this.cqs.get(h);
+    if (!cq) return 0;
+    let n = 0;
+    while (n < max && cq.wcs.length) cq.wcs.shift()!.copy(out, n++ * R.WC_RECORD_LEN);
+    return n;
+  }
+  private complete(cqh: number, wrId: number, status: number, opcode: number, byteLen: number, qpNum: number): void {
+    const cq = this.cqs.get(cqh);
+    if (!cq) return;
+    const r = Buffer.alloc(R.WC_RECORD_LEN);
+    r.writeUInt32LE(wrId % 0x1_0000_0000, 0);
+    r.writeUInt32LE(Math.floor(wrId / 0x1_0000_0000), 4);
+    r.writeUInt32LE(status, 8); r.writeUInt32LE(opcode, 12); r.writeUInt32LE(byteLen, 16); r.writeUInt32LE(qpNum, 20);
+    cq.wcs.push(r);
+    if (cq.armed) {
+      cq.armed = false;
+      const ch = this.compChannels.get(cq.compChannel)!;
+      ch.events.push(cqh);
+      this.kick(ch.fd);
+    }
+  }
+  mrReg(pd: number, buf: Buffer, access: number): MrInfo {
+    if (!this.pds.has(pd)) throw Object.assign(new Error('bad pd'), { code: 'EBADF' });
+    const h = this.next++;
+    const addr = this.nextAddr;
+    this.nextAddr += BigInt(buf.length + 8192 - (buf.length % 4096));
+    const m: MockMr = { pd, buf, addr, lkey: h * 16 + 1, rkey: h * 16 + 2, access };
+    this.mrs.set(h, m);
+    return { mr: h, addr, lkey: m.lkey, rkey: m.rkey, length: buf.length };
+  }
+  mrDereg(h: number): void {
+    if (!this.mrs.delete(h)) throw Object.assign(new Error('stale mr'), { code: 'EBADF' });
+  }
+  private local(addr: bigint, length: number, lkey: number): Buffer | undefined {
+    for (const m of this.mrs.values()) {
+      if (m.lkey !== lkey || addr < m.addr) continue;
+      const off = Number(addr - m.addr);
+      if (off + length <= m.buf.length) return m.buf.subarray(off, off + length);
+    }
+    return undefined;
+  }
+  postSend(h: number, wrId: number, opcode: number, addr: bigint, length: number, lkey: number): void {
+    const id = this.ids.get(h);
+    const qp = id?.qp;
+    if (!id || !qp) throw Object.assign(new Error('no qp'), { code: 'EBADF' });
+    if (qp.state !== R.IBV_QPS_RTS) throw Object.assign(new Error('ibv_post_send failed: Invalid argument (EINVAL)'), { code: 'EINVAL' });
+    const data = length ? this.local(addr, length, lkey) : Buffer.alloc(0);
+    if (!data) { this.later(() => this.complete(qp.cq, wrId, R.IBV_WC_LOC_PROT_ERR, R.IBV_WC_SEND, 0, qp.qpNum)); return; }
+    if (this.blackHole) {
+      setTimeout(() => { if (id.qp) { this.complete(qp.cq, wrId, R.IBV_WC_RETRY_EXC_ERR, R.IBV_WC_SEND, 0, qp.qpNum); this.qpError(id); } }, this.blackHoleDetectMs);
+      return;
+    }
+    const copy = Buffer.from(data);
+    this.later(() => {
+      if (!id.qp || id.qp.state !== R.IBV_QPS_RTS) { this.complete(qp.cq, wrId, R.IBV_WC_WR_FLUSH_ERR, R.IBV_WC_SEND, 0, qp.qpNum); return; }
+      if (opcode === R.IBV_WR_SEND) id.peer?.deliver(copy);
+      this.complete(qp.cq, wrId, R.IBV_WC_SUCCESS, opcode === R.IBV_WR_SEND ? R.IBV_WC_SEND : R.IBV_WC_RDMA_WRITE, 0, qp.qpNum);
+    });
+  }
+  postRecv(h: number, wrId: number, addr: bigint, length: number, lkey: number): void {
+    const qp = this.ids.get(h)?.qp;
+    if (!qp) throw Object.assign(new Error('no qp'), { code: 'EBADF' });
+    if (qp.state === R.IBV_QPS_ERR) { this.later(() => this.complete(qp.cq, wrId, R.IBV_WC_WR_FLUSH_ERR, R.IBV_WC_RECV, 0, qp.qpNum)); return; }
+    qp.recvs.push({ wrId, addr, length, lkey });
+  }
+  /** @internal a SEND from the target lands in the next posted receive */
+  deliverToInitiator(h: number, iu: Buffer): void {
+    const id = this.ids.get(h);
+    const qp = id?.qp;
+    if (!id || !qp || !id.connected || this.blackHole) return;
+    const r = qp.recvs.shift();
+    if (!r) { this.qpError(id); return; } // RNR exhausted in this model
+    const dst = this.local(r.addr, r.length, r.lkey);
+    if (!dst || iu.length > r.length) { this.complete(qp.cq, r.wrId, R.IBV_WC_LOC_LEN_ERR, R.IBV_WC_RECV, 0, qp.qpNum); return; }
+    iu.copy(dst);
+    this.complete(qp.cq, r.wrId, R.IBV_WC_SUCCESS, R.IBV_WC_RECV, iu.length, qp.qpNum);
+  }
+  /** @internal target RDMA READ/WRITE against initiator memory: a bad access kills the QP */
+  remoteAccess(h: number, va: bigint, rkey: number, length: number, need: number): Promise<Buffer> {
+    return new Promise((resolve, reject) => {
+      this.later(() => {
+        const id = this.ids.get(h);
+        if (!id || !id.connected || !id.qp) return reject(new TransportError('RDMA on a closed channel', 'disconnected'));
+        if (this.blackHole) return; // never completes
+        for (const m of this.mrs.values()) {
+          if (m.rkey !== rkey || va < m.addr || !(m.access & need)) continue;
+          const off = Number(va - m.addr);
+          if (off + length <= m.buf.length) return resolve(m.buf.subarray(off, off + length));
+        }
+        this.asyncEvents.push({ type: R.IBV_EVENT_QP_ACCESS_ERR, portNum: 0, qpNum: id.qp.qpNum });
+        this.kick(this.asyncFd);
+        reject(new TransportError(`remote access error va=0x${va.toString(16)} rkey=0x${rkey.toString(16)} len=${length}`, 'protocol'));
+      });
+    });
+  }
+  rdmaObjectCounts(): RdmaObjectCounts {
+    let qps = 0;
+    for (const id of this.ids.values()) if (id.qp) qps++;
+    return { channels: this.channels.size, ids: this.ids.size, qps, pds: this.pds.size, compChannels: this.compChannels.size, cqs: this.cqs.size, mrs: this.mrs.size };
+  }
+  /** The binding as the transport takes it (only the RDMA half is implemented). */
+  asBinding(): NativeBinding {
+    return this as unknown as NativeBinding;
+  }
+}

@@ -1,0 +1,188 @@
+// RDMA channel transport: the real addon on a host without RDMA (clear errors, nothing leaked), and
+// the same transport over MockRdmaBinding carrying the real SRP session to the test SRP target.
+import { randomBytes } from 'node:crypto';
+import t from 'tap';
+import { RdmaChannelTransport, RdmaUnavailableError, checkRdmaAvailable, type RdmaTransportOptions } from '../src/initiator/rdma-transport.js';
+import { ScsiDisk } from '../src/initiator/scsi-disk.js';
+import { TransportError } from '../src/initiator/scsi-executor.js';
+import { SrpLoginRejectedError, SrpSession } from '../src/initiator/srp-session.js';
+import type { LoopbackTargetEnd } from '../src/initiator/loopback.js';
+import { MockRdmaBinding } from '../src/native/mock-binding.js';
+import { tryLoadNative, readWc, type NativeBinding } from '../src/native/native.js';
+import * as R from '../src/native/rdma-constants.js';
+import { encodeSockaddrIb, encodeSockaddrIp } from '../src/native/sockaddr.js';
+import { RamScsiLun } from '../src/testing/scsi-lun.js';
+import { SrpTestTarget } from '../src/testing/srp-target.js';
+
+const hex = (s: string) => Buffer.from(s.replace(/\s+/g, ''), 'hex');
+const ids = { initiatorPortId: Buffer.alloc(16, 1), targetPortId: Buffer.alloc(16, 2) };
+const dst = { family: 'ip', host: '192.0.2.2', port: 5000 } as const;
+
+t.test('sockaddr bytes (sockaddr_in, sockaddr_in6, sockaddr_ib)', async (t) => {
+  t.same(encodeSockaddrIp('192.0.2.2', 5000), hex('0200 1388 c0000202 0000000000000000'));
+  t.same(encodeSockaddrIp('fe80::1%3', 5000), hex('0a00 1388 00000000 fe800000000000000000000000000001 03000000'));
+  t.same(encodeSockaddrIp('::ffff:192.0.2.1', 1), hex('0a00 0001 00000000 00000000000000000000ffffc0000201 00000000'));
+  const gid = hex('fe800000000000000002c90300a1b2c3');
+  t.same(encodeSockaddrIb(gid, 0x0000000001061388n, 0x8001), hex(`
+    1b00 8001 00000000 fe800000000000000002c90300a1b2c3 0000000001061388 ffffffffffffffff 0000000000000000`));
+  t.throws(() => encodeSockaddrIp('target.example', 1), /numeric address/);
+});
+
+t.test('completion records decode (cqPoll layout)', async (t) => {
+  const b = hex('0100100000000000 0c000000 00000000 00000000 11000000 81000000 00000000');
+  t.same(readWc(b, 0), { wrId: 0x100001, status: R.IBV_WC_RETRY_EXC_ERR, opcode: 0, byteLen: 0, qpNum: 0x11, vendorErr: 0x81, wcFlags: 0 });
+  t.equal(R.nameOfWcStatus(12), 'IBV_WC_RETRY_EXC_ERR');
+  t.equal(R.nameOfAsyncEvent(R.IBV_EVENT_PORT_ERR), 'IBV_EVENT_PORT_ERR');
+  t.equal(R.nameOfCmEvent(R.RDMA_CM_EVENT_ESTABLISHED), 'RDMA_CM_EVENT_ESTABLISHED');
+});
+
+t.test('options: retry count 7 (forever on rxe) is refused', async (t) => {
+  const b = new MockRdmaBinding().asBinding();
+  t.throws(() => new RdmaChannelTransport(b, { dst, retryCount: 7 }), /7 means retry forever/);
+  t.throws(() => new RdmaChannelTransport(b, { dst, ackTimeout: 32 }), RangeError);
+});
+
+const real = tryLoadNative();
+t.test('real addon on this host', { skip: real ? false : 'native addon not built' }, async (t) => {
+  const b = real!;
+  let devices: string[] | undefined;
+  try {
+    devices = checkRdmaAvailable(b);
+  } catch (err) {
+    t.type(err, RdmaUnavailableError);
+    t.match((err as Error).message, /no RDMA device available .*modprobe rdma_rxe/);
+  }
+  if (devices) {
+    t.comment(`RDMA devices present: ${devices.join(', ')}; the guest scenario covers them`);
+    return;
+  }
+  t.throws(() => b.cmCreateChannel(), { code: 'ENODEV', syscall: 'rdma_create_event_channel' }, 'real call: errno, code and syscall');
+  const tr = new RdmaChannelTransport(b, { dst });
+  await t.rejects(tr.connect(Buffer.alloc(56)), { name: 'RdmaUnavailableError', code: 'disconnected' });
+  t.equal(tr.state, 'closed');
+  t.same(b.rdmaObjectCounts(), { channels: 0, ids: 0, qps: 0, pds: 0, compChannels: 0, cqs: 0, mrs: 0 });
+  t.equal(b.pollCount(), 0);
+  t.throws(() => b.cmDestroyId(12345), { code: 'EBADF' }, 'a stale handle is an error, not a crash');
+  t.throws(() => b.postSend(1, 0, 0, 0n, 0, 0, 0, 0n, 0), { code: 'EBADF' });
+  t.throws(() => b.mrReg(1, Buffer.alloc(1), 1), { code: 'EBADF' });
+  t.throws(() => (b.cmCreateId as unknown as (x: string) => number)('x'), TypeError);
+});
+
+/* ------------------------------------------------ over the mock fabric */
+
+function fabric(target: SrpTestTarget): MockRdmaBinding {
+  const m = new MockRdmaBinding();
+  m.onConnect = (end) => target.accept(end as unknown as LoopbackTargetEnd);
+  return m;
+}
+const newTarget = () => new SrpTestTarget({ luns: [[0n, new RamScsiLun({ blocks: 8192 })]] });
+const transport = (b: NativeBinding, o: Partial<RdmaTransportOptions> = {}) =>
+  new RdmaChannelTransport(b, { dst, sendQueueDepth: 16, recvQueueDepth: 16, ...o });
+
+t.test('SRP session over the RDMA transport (mock fabric): login, verified I/O, clean close', async (t) => {
+  const target = newTarget();
+  const m = fabric(target);
+  const b = m.asBinding();
+  const tr = transport(b, { resolveAttempts: 3 });
+  m.resolveFailures = 2;
+  const session = await SrpSession.login(tr, ids);
+  t.equal(tr.state, 'connected');
+  t.equal(tr.stats.resolveAttempts, 3, 'address resolution retried after ADDR_ERROR');
+  t.same(m.ackTimeouts, [14], 'ACK timeout set with rdma_set_option');
+  t.match(m.connectParams[0], { retryCount: 6, rnrRetryCount: 7 });
+  t.equal(m.connectParams[0]!.privateData!.length, 56, 'srp_login_req_rdma travels as CM private data');
+  const disk = new ScsiDisk(session, { lun: 0n });
+  await disk.probe();
+  const data = randomBytes(256 * 1024);
+  await disk.write(4096, data);
+  t.same(await disk.read(4096, data.length), data, 'write then read back over RDMA READ/WRITE');
+  const small = randomBytes(4096);
+  await disk.write(0, small);
+  t.same(await disk.read(0, 4096), small, 'immediate-data write');
+  t.ok(tr.stats.pollBatches > 0 && tr.stats.completions >= tr.stats.sends);
+  t.equal(tr.registeredRegions, 0, 'per-command regions released');
+  t.ok((await tr.probe()) >= 0, 'zero-length RDMA WRITE probe completes');
+  const gone = new Promise<TransportError>((r) => tr.on('disconnect', r));
+  await session.close();
+  t.equal((await gone).code, 'closed');
+  t.same(m.rdmaObjectCounts(), { channels: 0, ids: 0, qps: 0, pds: 0, compChannels: 0, cqs: 0, mrs: 0 }, 'everything released');
+  t.equal(m.pollCount(), 0, 'no poller left');
+});
+
+t.test('pre-registered pool: views need no registration', async (t) => {
+  const target = newTarget();
+  const m = fabric(target);
+  const pool = Buffer.allocUnsafeSlow(1 << 20);
+  const tr = transport(m.asBinding(), { pools: [pool] });
+  const session = await SrpSession.login(tr, ids);
+  const before = m.rdmaObjectCounts().mrs;
+  const view = pool.subarray(65536, 65536 + 8192);
+  const r = tr.registerBuffer(view);
+  t.equal(m.rdmaObjectCounts().mrs, before, 'no new MR for a pool view');
+  const r2 = tr.registerBuffer(pool.subarray(0, 512));
+  t.equal(r.rkey, r2.rkey);
+  t.equal(r.va - r2.va, 65536n);
+  const disk = new ScsiDisk(session, { lun: 0n });
+  await disk.probe();
+  const data = randomBytes(8192);
+  await disk.write(8192, data);
+  await disk.read(8192, 8192, view);
+  t.same(view, data, 'data-in landed in the pool view');
+  await session.close();
+  t.equal(m.rdmaObjectCounts().mrs, 0);
+});
+
+t.test('failures: login reject, no listener, PORT_ERR, black hole probe, target disconnect', async (t) => {
+  const target = newTarget();
+  target.rejectLogin = 0x00010006; // SRP_LOGIN_REJ_INSUFFICIENT_RESOURCES-ish: any reason
+  const m = fabric(target);
+  await t.rejects(SrpSession.login(transport(m.asBinding()), ids), SrpLoginRejectedError);
+  t.equal(m.rdmaObjectCounts().qps, 0, 'reject releases the QP');
+  target.rejectLogin = undefined;
+
+  const nobody = new MockRdmaBinding();
+  await t.rejects(transport(nobody.asBinding()).connect(Buffer.alloc(56)), { code: 'disconnected', message: /rejected .*no SRP target listening/ });
+
+  const unreachable = new MockRdmaBinding();
+  unreachable.resolveFailures = 100;
+  await t.rejects(transport(unreachable.asBinding(), { resolveAttempts: 3 }).connect(Buffer.alloc(56)), { message: /unreachable: address resolution failed 3 times/ });
+  t.same(unreachable.rdmaObjectCounts().ids, 0);
+
+  let tr = transport(m.asBinding());
+  let session = await SrpSession.login(tr, ids);
+  let lost = new Promise<TransportError>((r) => session.on('disconnect', r));
+  const t0 = Date.now();
+  m.portDown();
+  const e1 = await lost;
+  t.match(e1.message, /link down: IBV_EVENT_PORT_ERR on mock0 port 1/);
+  t.ok(Date.now() - t0 < 1000, 'PORT_ERR noticed at once');
+  t.equal(m.rdmaObjectCounts().qps, 0);
+
+  tr = transport(m.asBinding());
+  session = await SrpSession.login(tr, ids);
+  lost = new Promise<TransportError>((r) => session.on('disconnect', r));
+  m.blackHole = true;
+  await t.rejects(tr.probe(), { message: /retry counter exceeded/ });
+  t.match((await lost).message, /retry counter exceeded/);
+  m.blackHole = false;
+
+  tr = transport(m.asBinding());
+  session = await SrpSession.login(tr, ids);
+  lost = new Promise<TransportError>((r) => session.on('disconnect', r));
+  m.disconnectFromTarget([...(m as unknown as { ids: Map<number, unknown> }).ids.keys()][0]!);
+  t.match((await lost).message, /disconnected \(RDMA_CM_EVENT_DISCONNECTED\)/);
+  t.same(m.rdmaObjectCounts(), { channels: 0, ids: 0, qps: 0, pds: 0, compChannels: 0, cqs: 0, mrs: 0 });
+  t.equal(m.pollCount(), 0);
+});
+
+t.test('200 connect/disconnect cycles leak nothing (mock fabric)', async (t) => {
+  const target = newTarget();
+  const m = fabric(target);
+  for (let i = 0; i < 200; i++) {
+    const tr = transport(m.asBinding(), { sendQueueDepth: 4, recvQueueDepth: 4 });
+    const s = await SrpSession.login(tr, ids);
+    await s.close();
+  }
+  t.same(m.rdmaObjectCounts(), { channels: 0, ids: 0, qps: 0, pds: 0, compChannels: 0, cqs: 0, mrs: 0 });
+  t.equal(m.pollCount(), 0);
+});
