@@ -206,18 +206,51 @@ class Link {
   }
 }
 
-/** Initiator end of a loopback pair. */
-export class LoopbackInitiatorEnd extends Emitter<ChannelEvents> implements ChannelTransport {
-  readonly loginForm: LoginForm;
-  readonly maxRegionSize: number;
+/**
+ * What both ends share: state, graceful close in their own direction (sent
+ * IUs are delivered first), IU delivery and the one-time disconnect event.
+ */
+abstract class LoopbackEnd extends Emitter<ChannelEvents> {
   private disconnected = false;
-  constructor(private readonly link: Link, opts: LoopbackOptions) {
+  constructor(
+    protected readonly link: Link,
+    /** The direction this end sends in. */
+    private readonly outbound: Direction,
+  ) {
     super();
-    this.loginForm = opts.loginForm ?? 'ib-cm';
-    this.maxRegionSize = opts.maxRegionSize ?? 16 << 20;
   }
   get state(): ChannelState {
     return this.link.state;
+  }
+  close(): void {
+    if (this.link.state === 'closed') return;
+    if (this.link.state !== 'connected') {
+      this.link.teardown(new TransportError('channel closed', 'closed'), this.outbound);
+      return;
+    }
+    this.link.push(this.outbound, { kind: 'close', by: this.outbound });
+    this.link.closeFallback(this.outbound);
+  }
+  /** @internal */
+  deliverIu(iu: Buffer): void {
+    this.emit('iu', iu);
+  }
+  /** @internal */
+  fireDisconnect(reason: TransportError): void {
+    if (this.disconnected) return;
+    this.disconnected = true;
+    this.emit('disconnect', reason);
+  }
+}
+
+/** Initiator end of a loopback pair. */
+export class LoopbackInitiatorEnd extends LoopbackEnd implements ChannelTransport {
+  readonly loginForm: LoginForm;
+  readonly maxRegionSize: number;
+  constructor(link: Link, opts: LoopbackOptions) {
+    super(link, 'toTarget');
+    this.loginForm = opts.loginForm ?? 'ib-cm';
+    this.maxRegionSize = opts.maxRegionSize ?? 16 << 20;
   }
   connect(loginReq: Buffer, opts: { timeoutMs?: number } = {}): Promise<Buffer> {
     const link = this.link;
@@ -290,37 +323,14 @@ export class LoopbackInitiatorEnd extends Emitter<ChannelEvents> implements Chan
   get registeredRegions(): number {
     return this.link.regions.size;
   }
-  close(): void {
-    if (this.link.state === 'closed') return;
-    if (this.link.state !== 'connected') {
-      this.link.teardown(new TransportError('channel closed', 'closed'), 'toTarget');
-      return;
-    }
-    this.link.push('toTarget', { kind: 'close', by: 'toTarget' });
-    this.link.closeFallback('toTarget');
-  }
-  /** @internal */
-  deliverIu(iu: Buffer): void {
-    this.emit('iu', iu);
-  }
-  /** @internal */
-  fireDisconnect(reason: TransportError): void {
-    if (this.disconnected) return;
-    this.disconnected = true;
-    this.emit('disconnect', reason);
-  }
 }
 
 /** Target end of a loopback pair. */
-export class LoopbackTargetEnd extends Emitter<ChannelEvents> implements TargetChannelTransport {
+export class LoopbackTargetEnd extends LoopbackEnd implements TargetChannelTransport {
   /** @internal */
   connectHandler: ((loginReq: Buffer) => ConnectAnswer | Promise<ConnectAnswer>) | undefined;
-  private disconnected = false;
-  constructor(private readonly link: Link) {
-    super();
-  }
-  get state(): ChannelState {
-    return this.link.state;
+  constructor(link: Link) {
+    super(link, 'toInitiator');
   }
   /** Installs the listener that answers the initiator's connect (CM REQ carrying SRP_LOGIN_REQ). */
   onConnect(handler: (loginReq: Buffer) => ConnectAnswer | Promise<ConnectAnswer>): void {
@@ -362,25 +372,6 @@ export class LoopbackTargetEnd extends Emitter<ChannelEvents> implements TargetC
       };
       link.push('toInitiator', { kind: 'fn', subjectToBlackHole: true, run: () => op(settle.ok, settle.fail) });
     });
-  }
-  close(): void {
-    if (this.link.state === 'closed') return;
-    if (this.link.state !== 'connected') {
-      this.link.teardown(new TransportError('channel closed', 'closed'), 'toInitiator');
-      return;
-    }
-    this.link.push('toInitiator', { kind: 'close', by: 'toInitiator' });
-    this.link.closeFallback('toInitiator');
-  }
-  /** @internal */
-  deliverIu(iu: Buffer): void {
-    this.emit('iu', iu);
-  }
-  /** @internal */
-  fireDisconnect(reason: TransportError): void {
-    if (this.disconnected) return;
-    this.disconnected = true;
-    this.emit('disconnect', reason);
   }
 }
 
