@@ -48,7 +48,7 @@ export interface RdmaTransportOptions {
   recvQueueDepth?: number;
   /** largest IU we send, default 8448 */
   maxSendIuLen?: number;
-  /** receive buffer size (≥ the target's max_ti_iu_len), default 8192 */
+  /** receive buffer size (≥ the target's max_ti_iu_len; ib_srpt answers our max_it_iu_len, 8260), default 8448 */
   recvIuLen?: number;
   /** largest region registerBuffer() accepts, default 16 MiB (capped by the device) */
   maxRegionSize?: number;
@@ -201,7 +201,7 @@ export class RdmaChannelTransport extends Emitter<RdmaChannelEvents> implements 
       sendQueueDepth: options.sendQueueDepth ?? 128,
       recvQueueDepth: options.recvQueueDepth ?? 128,
       maxSendIuLen: options.maxSendIuLen ?? 8448,
-      recvIuLen: options.recvIuLen ?? 8192,
+      recvIuLen: options.recvIuLen ?? 8448,
       maxRegionSize: options.maxRegionSize ?? 16 << 20,
     };
     this.maxRegion = this.o.maxRegionSize;
