@@ -26,7 +26,8 @@ SCENARIO=${SCENARIO:-$(basename "${0%.sh}")}
 CFG=/sys/kernel/config/target
 
 # ---- time, logging, reporting --------------------------------------------------------
-now() { cut -d' ' -f1 /proc/uptime; }                     # guest uptime, seconds
+now() { local u _; read -r u _ </proc/uptime; echo "$u"; }  # guest uptime, seconds (no exec)
+uptime_to() { local _; read -r "$1" _ </proc/uptime; }       # uptime_to VAR: no fork at all
 since() { awk -v a="$1" -v b="$(now)" 'BEGIN{printf "%.2f", b-a}'; }  # seconds since $1
 log() { echo "[$(now)] $*"; }
 _result() { echo "$*"; echo "$*" >> "$OUT_DIR/results" 2>/dev/null; }
@@ -34,6 +35,8 @@ pass() { local n=$1; shift; NPASS=$((NPASS+1)); _result "PASS $SCENARIO/$n${*:+ 
 fail() { local n=$1; shift; NFAIL=$((NFAIL+1)); _result "FAIL $SCENARIO/$n: ${*:-failed}"; }
 # timing NAME SECONDS [note]: record a measured time (reported, never judged)
 timing() { _result "TIME $SCENARIO/$1 $2 s${3:+ ($3)}"; }
+# note NAME TEXT: record an observation (reported, never judged)
+note() { local n=$1; shift; _result "NOTE $SCENARIO/$n: $*"; }
 # check NAME CMD...: run CMD (output to the console); PASS with its duration or FAIL with rc
 check() {
   local n=$1 t0 rc; shift; t0=$(now)
@@ -267,6 +270,96 @@ load_nbd() { modprobe nbd nbds_max=${NBDS_MAX:-8} && wait_for 5 test -b /dev/nbd
 load_md() { modprobe raid1 && grep -q raid1 /proc/mdstat; }
 # majmin DEV: "major:minor" of a block device node
 majmin() { stat -Lc '%t:%T' "$1" | { IFS=: read -r a b; echo "$((16#$a)):$((16#$b))"; }; }
+
+# disk_by_serial SERIAL: the block device (sdX, nbdN...) whose VPD 0x80 unit serial is SERIAL
+disk_by_serial() {
+  local d
+  for d in /sys/block/*; do
+    grep -aq -- "$1" "$d/device/vpd_pg80" 2>/dev/null && { basename "$d"; return 0; }
+  done
+  return 1
+}
+# fio_verify DEV [SIZE=16M] [fio options...]: write then verify with crc32c, direct I/O
+fio_verify() {
+  local dev=$1 size=${2:-16M}; shift 2 2>/dev/null || shift $#
+  fio --name=verify --filename="$dev" --direct=1 --ioengine=libaio --iodepth=8 \
+      --rw=randwrite --bs=4k --size="$size" --verify=crc32c --verify_fatal=1 \
+      --do_verify=1 --output-format=terse --terse-version=3 "$@" >/tmp/fio-verify.out 2>&1
+}
+# md_raid1 MD DEV DEV: RAID1 with a write-intent bitmap, no initial resync
+md_raid1() {
+  mdadm --create "$1" --run --quiet --level=1 --raid-devices=2 --bitmap=internal \
+        --assume-clean --metadata=1.2 "$2" "$3"
+}
+# sysfs_get FILE [DEFAULT=-]: a sysfs value without forking a process
+sysfs_get() { local v; { read -r v <"$1"; } 2>/dev/null && echo "$v" || echo "${2:--}"; }
+# md_dev_states MD: "sda:in_sync sdb:faulty" from sysfs only (safe while I/O is blocked)
+md_dev_states() {
+  local d o=""
+  for d in /sys/block/$(basename "$1")/md/dev-*; do
+    [ -e "$d/state" ] && o="$o${d##*/dev-}:$(sysfs_get "$d/state") "
+  done
+  echo "$o"
+}
+md_state() { cat "/sys/block/$(basename "$1")/md/array_state" 2>/dev/null; }        # clean, active, ...
+md_degraded() { cat "/sys/block/$(basename "$1")/md/degraded" 2>/dev/null; }         # 0 = both members
+md_members() { mdadm --detail "$1" 2>/dev/null | awk '$NF ~ /^\/dev\// && $1 ~ /^[0-9-]+$/ {s=$5; for (i=6;i<NF;i++) s=s "-" $i; printf "%s(%s) ", $NF, s}'; }
+
+# ---- background probes: I/O prober and state monitor ------------------------------------
+# io_prober_start DEV [INTERVAL=0.1]: 4 KiB O_DIRECT writes, one per INTERVAL, each logged
+# as "start end rc" (guest uptime) to /tmp/prober-<dev>.log. DEV may be a function name
+# printing the current device (for devices that get renamed).
+io_prober_start() {
+  local dev=$1 iv=${2:-0.1} log=/tmp/prober-$(basename "$1").log
+  dd if=/dev/urandom of=/tmp/prober.blk bs=4k count=1 status=none
+  : > "$log"; rm -f "$log.stop"
+  (
+    i=0
+    while [ ! -e "$log.stop" ]; do
+      d=$dev; declare -F "$dev" >/dev/null && d=/dev/$($dev)
+      uptime_to t0
+      dd if=/tmp/prober.blk of="$d" bs=4k count=1 seek=$((i % 1024)) oflag=direct conv=notrunc status=none 2>/dev/null
+      rc=$?; uptime_to t1
+      echo "$t0 $t1 $rc" >> "$log"
+      i=$((i+1)); sleep "$iv"
+    done
+  ) &
+  PROBER_PID=$!
+}
+# io_prober_stop DEV: stop the prober (does not wait for a write stuck in the kernel)
+io_prober_stop() {
+  touch "/tmp/prober-$(basename "$1").log.stop"
+  wait_for 5 bash -c "! kill -0 $PROBER_PID" || log "prober still blocked in I/O"
+}
+# io_summary DEV FROM [TO=now]: one line: writes, failures, first failure, longest stall
+io_summary() {
+  awk -v a="$2" -v b="${3:-999999}" '
+    $1>=a && $1<=b { n++; if ($3==0) { ok++; if (last!="" && $2-last>gap) {gap=$2-last; g0=last}; last=$2 }
+                     else { err++; if (first=="") first=$2 } ; if ($2-$1>slow) slow=$2-$1 }
+    END { printf "%d writes, %d failed, first failure at %s, longest stall %.2f s (from %s), slowest write %.2f s\n",
+          n, err, first==""?"-":first, gap, g0==""?"-":g0, slow }' "/tmp/prober-$(basename "$1").log"
+}
+# io_first_error DEV FROM: uptime of the first failed write started after FROM (or nothing)
+io_first_error() { awk -v a="$2" '$1>=a && $3!=0 {print $2; exit}' "/tmp/prober-$(basename "$1").log"; }
+# monitor_start NAME FUNCTION [INTERVAL=0.2]: log every change of FUNCTION's output as
+# "uptime output" to /tmp/mon-NAME.log; monitor_stop NAME ends it. Under TCG every exec
+# costs tens of ms and a command touching a blocked device hangs the monitor: FUNCTION
+# should only read sysfs with shell builtins (read, [ -e ]), see sysfs_get / md_dev_states.
+monitor_start() {
+  local name=$1 fn=$2 iv=${3:-0.2} f=/tmp/mon-$1.log
+  : > "$f"; rm -f "$f.stop"
+  ( prev=""; while [ ! -e "$f.stop" ]; do
+      cur=$($fn 2>/dev/null)
+      if [ "$cur" != "$prev" ]; then uptime_to t; echo "$t $cur" >> "$f"; prev=$cur; fi
+      sleep "$iv"
+    done ) &
+}
+monitor_stop() { touch "/tmp/mon-$1.log.stop"; }
+# monitor_first NAME FROM REGEX: uptime of the first logged value after FROM matching REGEX
+monitor_first() { awk -v a="$2" -v re="$3" '$1>=a { v=$0; sub(/^[^ ]* /,"",v); if (v ~ re) {print $1; exit} }' "/tmp/mon-$1.log"; }
+monitor_show() { sed "s/^/  [$1] /" "/tmp/mon-$1.log"; }
+# kernel_bug: the first kernel BUG/oops line in dmesg, if any
+kernel_bug() { dmesg | grep -m1 -E 'kernel BUG|list_add (double add|corruption)|Oops|general protection|BUG:'; }
 
 # ---- the project ---------------------------------------------------------------------------
 # srp_nbd ARGS...: run the built CLI with the host's node
