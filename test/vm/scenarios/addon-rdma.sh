@@ -6,6 +6,7 @@
 #   probe      zero-length RDMA WRITE keep-alive round trip
 #   cycles     CYCLES (default 1000) login/logout cycles; RDMA objects, pollers and fds
 #              counted before and after (no leak), target sessions gone afterwards
+#   (then nbd-attach and nbd-errors, below, before the link flap)
 #   port-err   `ip link set veth0 down` -> IBV_EVENT_PORT_ERR -> channel lost, within 1 s
 #   relogin    after link up: a fresh channel logs in again
 #   nbd-attach attach() of the SRP LUN (NBD server over the RDMA session) -> /dev/nbdN;
@@ -91,7 +92,8 @@ try {
     time('cycles', (performance.now() - t0) / 1000, `${n} login/logout cycles, worst ${worst.toFixed(0)} ms`);
     result('cycles-no-leak', before === after && after === JSON.stringify({ channels: 0, ids: 0, qps: 0, pds: 0, compChannels: 0, cqs: 0, mrs: 0 }) && fd1 <= fd0 + 1 && b.pollCount() === 0,
       `objects before ${before} after ${after}; fds ${fd0} -> ${fd1}; pollers ${b.pollCount()}`);
-    // PORT_ERR
+  } else if (phase === 'porterr') {
+    let t0;
     const { tr: tr3, s: s3 } = await login();
     const lost = new Promise((r) => s3.on('disconnect', r));
     const asyncSeen = [];
@@ -190,11 +192,6 @@ report_lines() { # RESULT/TIME lines of a driver log -> PASS/FAIL/TIME (no /dev/
 }
 
 run_driver main
-log "sessions on the target after the cycles: $(srpt_sessions 0 | wc -l)"
-t0=$(now); link_up 0; wait_for 10 port_active "$(ini_rxe 0)"
-log "link up, port active after ${WAITED} s"
-run_driver relogin
-
 rm -f /tmp/nbd-ready /tmp/nbd-done
 REPO_ROOT=$REPO_ROOT SRPT_GUID=$SRPT_GUID TGT_IP=${TGT_IP[0]} INI_IP=${INI_IP[0]} CM_PORT=$CM_PORT PHASE=nbd \
   timeout 900 node $DRIVER >/tmp/driver-nbd.log 2>&1 &
@@ -218,6 +215,12 @@ touch /tmp/nbd-done
 wait $DRV
 grep -vE '^(RESULT|TIME) ' /tmp/driver-nbd.log | tail -n 20
 report_lines /tmp/driver-nbd.log
+run_driver porterr
+log "sessions on the target after the cycles: $(srpt_sessions 0 | wc -l)"
+t0=$(now); link_up 0; wait_for 10 port_active "$(ini_rxe 0)"
+log "link up, port active after ${WAITED} s"
+run_driver relogin
+
 dmesg | grep -iE 'nbd|srpt' | tail -n 15
 timing addon-total "$(since "$T_START")" "guest script, after boot"
 finish
