@@ -28,6 +28,8 @@ CFG=/sys/kernel/config/target
 # ---- time, logging, reporting --------------------------------------------------------
 now() { local u _; read -r u _ </proc/uptime; echo "$u"; }  # guest uptime, seconds (no exec)
 uptime_to() { local _; read -r "$1" _ </proc/uptime; }       # uptime_to VAR: no fork at all
+# nap SECONDS: sleep without starting a process (read -t on a pipe nobody writes)
+nap() { [ -n "${_NAP_FD:-}" ] || exec {_NAP_FD}<> <(:); read -r -t "$1" -u "$_NAP_FD" _ 2>/dev/null; return 0; }
 since() { awk -v a="$1" -v b="$(now)" 'BEGIN{printf "%.2f", b-a}'; }  # seconds since $1
 log() { echo "[$(now)] $*"; }
 _result() { echo "$*"; echo "$*" >> "$OUT_DIR/results" 2>/dev/null; }
@@ -51,15 +53,17 @@ expect_fail() {
   if [ $rc != 0 ]; then pass "$n" "failed as expected, rc $rc"; else fail "$n" "'$*' succeeded"; fi
   [ $rc != 0 ]
 }
-# wait_for SECONDS CMD...: poll CMD every 0.1 s until it succeeds; prints the wait time
-# to stdout's WAITED variable. Returns 1 on timeout.
+# wait_for SECONDS CMD...: poll CMD every 0.1 s until it succeeds (SECONDS: an integer);
+# sets WAITED to the time waited. Returns 1 on timeout.
 WAITED=0
+uptime_cs() { local u _; read -r u _ </proc/uptime; printf -v "$1" '%d' "$((10#${u/./}))"; }  # centiseconds
 wait_for() {
-  local lim=$1 t0; shift; t0=$(now)
+  local lim=$1 t0 t; shift; uptime_cs t0
   while :; do
-    if "$@" >/dev/null 2>&1; then WAITED=$(since "$t0"); return 0; fi
-    [ "$(awk -v a="$t0" -v b="$(now)" -v l="$lim" 'BEGIN{print (b-a>=l)}')" = 1 ] && { WAITED=$(since "$t0"); return 1; }
-    sleep 0.1
+    if "$@" >/dev/null 2>&1; then uptime_cs t; printf -v WAITED '%d.%02d' $(((t-t0)/100)) $(((t-t0)%100)); return 0; fi
+    uptime_cs t
+    if [ $((t - t0)) -ge $((lim * 100)) ]; then printf -v WAITED '%d.%02d' $(((t-t0)/100)) $(((t-t0)%100)); return 1; fi
+    nap 0.1
   done
 }
 # die MESSAGE: a bench malfunction; record a FAIL, print diagnostics, stop the scenario
@@ -291,15 +295,17 @@ md_raid1() {
   mdadm --create "$1" --run --quiet --level=1 --raid-devices=2 --bitmap=internal \
         --assume-clean --metadata=1.2 "$2" "$3"
 }
-# sysfs_get FILE [DEFAULT=-]: a sysfs value without forking a process
-sysfs_get() { local v; { read -r v <"$1"; } 2>/dev/null && echo "$v" || echo "${2:--}"; }
-# md_dev_states MD: "sda:in_sync sdb:faulty" from sysfs only (safe while I/O is blocked)
+# sysfs_read VAR FILE [DEFAULT=-]: VAR = first line of a sysfs file, without forking
+sysfs_read() { { read -r "$1" <"$2"; } 2>/dev/null || printf -v "$1" '%s' "${3:--}"; }
+# sysfs_get FILE [DEFAULT=-]: print it (a fork when used as $(...))
+sysfs_get() { local v; sysfs_read v "$1" "${2:--}"; echo "$v"; }
+# md_dev_states VAR MD: VAR = "sda:in_sync sdb:faulty " from sysfs, builtins only
 md_dev_states() {
-  local d o=""
-  for d in /sys/block/$(basename "$1")/md/dev-*; do
-    [ -e "$d/state" ] && o="$o${d##*/dev-}:$(sysfs_get "$d/state") "
+  local d v o=""
+  for d in /sys/block/${2##*/}/md/dev-*; do
+    [ -e "$d/state" ] && { sysfs_read v "$d/state"; o="$o${d##*/dev-}:$v "; }
   done
-  echo "$o"
+  printf -v "$1" '%s' "$o"
 }
 md_state() { cat "/sys/block/$(basename "$1")/md/array_state" 2>/dev/null; }        # clean, active, ...
 md_degraded() { cat "/sys/block/$(basename "$1")/md/degraded" 2>/dev/null; }         # 0 = both members
@@ -321,7 +327,7 @@ io_prober_start() {
       dd if=/tmp/prober.blk of="$d" bs=4k count=1 seek=$((i % 1024)) oflag=direct conv=notrunc status=none 2>/dev/null
       rc=$?; uptime_to t1
       echo "$t0 $t1 $rc" >> "$log"
-      i=$((i+1)); sleep "$iv"
+      i=$((i+1)); nap "$iv"
     done
   ) &
   PROBER_PID=$!
@@ -341,17 +347,17 @@ io_summary() {
 }
 # io_first_error DEV FROM: uptime of the first failed write started after FROM (or nothing)
 io_first_error() { awk -v a="$2" '$1>=a && $3!=0 {print $2; exit}' "/tmp/prober-$(basename "$1").log"; }
-# monitor_start NAME FUNCTION [INTERVAL=0.2]: log every change of FUNCTION's output as
-# "uptime output" to /tmp/mon-NAME.log; monitor_stop NAME ends it. Under TCG every exec
-# costs tens of ms and a command touching a blocked device hangs the monitor: FUNCTION
-# should only read sysfs with shell builtins (read, [ -e ]), see sysfs_get / md_dev_states.
+# monitor_start NAME FUNCTION [INTERVAL=0.2]: call FUNCTION every INTERVAL; it must set
+# MON_VALUE; every change is logged as "uptime value" to /tmp/mon-NAME.log; monitor_stop
+# NAME ends it. Under TCG every fork or exec costs tens to hundreds of ms and a command
+# touching a blocked device hangs: FUNCTION should use builtins only (sysfs_read, [ -e ]).
 monitor_start() {
   local name=$1 fn=$2 iv=${3:-0.2} f=/tmp/mon-$1.log
   : > "$f"; rm -f "$f.stop"
   ( prev=""; while [ ! -e "$f.stop" ]; do
-      cur=$($fn 2>/dev/null)
-      if [ "$cur" != "$prev" ]; then uptime_to t; echo "$t $cur" >> "$f"; prev=$cur; fi
-      sleep "$iv"
+      MON_VALUE=""; $fn 2>/dev/null
+      if [ "$MON_VALUE" != "$prev" ]; then uptime_to t; echo "$t $MON_VALUE" >> "$f"; prev=$MON_VALUE; fi
+      nap "$iv"
     done ) &
 }
 monitor_stop() { touch "/tmp/mon-$1.log.stop"; }

@@ -46,9 +46,12 @@ md_raid1 /dev/md0 /dev/$D0 /dev/$D1 || die "mdadm --create"
 wait_for 10 test -b /dev/md0 || die "/dev/md0 missing"
 pass md-created "$(md_state /dev/md0), members $(md_members /dev/md0)"
 
-path0_state() { # builtins only: see monitor_start
-  local d=none; [ -e /sys/block/$D0 ] && d=$D0
-  echo "rport=$(sysfs_get $RP0/state gone) disk=$d port=$(sysfs_get /sys/class/infiniband/rxe0/ports/1/state) md=$(sysfs_get /sys/block/md0/md/array_state)/deg$(sysfs_get /sys/block/md0/md/degraded) $(md_dev_states md0)"
+path0_state() { # builtins only (see monitor_start): sets MON_VALUE
+  local d=none r p a g m; [ -e /sys/block/$D0 ] && d=$D0
+  sysfs_read r "$RP0/state" gone; sysfs_read p /sys/class/infiniband/rxe0/ports/1/state
+  sysfs_read a /sys/block/md0/md/array_state; sysfs_read g /sys/block/md0/md/degraded
+  md_dev_states m md0
+  MON_VALUE="rport=$r disk=$d port=${p#*: } md=$a/deg$g $m"
 }
 monitor_start path0 path0_state 0.2
 io_prober_start /dev/md0 0.1
@@ -73,7 +76,7 @@ report_phase() { # report_phase NAME T_DOWN T_UP
   else note "$n-detect" "rport never left running"; fi
   [ -n "$te" ] && timing "$n-first-io-error" "$(awk -v a="$td" -v b="$te" 'BEGIN{printf "%.2f", b-a}')" "on /dev/md0"
   note "$n-io" "$(io_summary /dev/md0 "$td")"
-  note "$n-after" "$(path0_state)"
+  path0_state; note "$n-after" "$MON_VALUE"
   echo "--- monitor (path 0) during $n:"; awk -v a="$td" '$1>=a-1' /tmp/mon-path0.log
   echo "--- dmesg during $n:"; dmesg | grep -vE 'rdma_rxe' | tail -n 25
 }
@@ -83,9 +86,9 @@ for phase in $PHASES; do
   flap)
     dmesg -c >/dev/null
     log "=== flap: path 0 down for $FLAP s"
-    td=$(now); link_down 0; sleep "$FLAP"
+    link_down 0; uptime_to td; sleep "$FLAP"   # td: the link is down (ip returned)
     crash_expected "ib_srp reconnect after a ${FLAP}s link flap (6.1 list_add double add in srp_send_done)"
-    tu=$(now); link_up 0
+    link_up 0; uptime_to tu
     wait_back 90; rc=$?
     if [ $rc = 0 ]; then timing flap-reconnect "$(since "$tu")" "rport running again after link up"
     elif [ $rc = 2 ]; then note flap-kernel-bug "$BUGGED"
@@ -101,11 +104,11 @@ for phase in $PHASES; do
     dmesg -c >/dev/null
     old="$D0 $(majmin /dev/$D0)"
     log "=== devloss: path 0 down for $DOWN s (fast_io_fail_tmo=$FIOF dev_loss_tmo=$DEVLOSS)"
-    td=$(now); link_down 0; sleep "$DOWN"
+    link_down 0; uptime_to td; sleep "$DOWN"
     tg=$(monitor_first path0 "$td" 'disk=none')
     [ -n "$tg" ] && timing devloss-disk-removed "$(awk -v a="$td" -v b="$tg" 'BEGIN{printf "%.2f", b-a}')" "/dev/$D0 removed after link down"
     crash_expected "ib_srp re-login after dev_loss_tmo over rxe"
-    tu=$(now); link_up 0
+    link_up 0; uptime_to tu
     sleep 2
     if [ ! -d "$RP0" ]; then
       kib_srp_login 0 || note devloss-relogin "add_target refused"

@@ -8,17 +8,17 @@
 T_START=$(now)
 log "smoke: repo $REPO_ROOT"
 
-# --- user space from the host root
-check node-runs node -e 'console.log("node", process.version, process.arch)'
-if [ -f "$SRP_NBD_CLI" ] && [ -d "$REPO_ROOT/dist" ]; then
-  t0=$(now); out=$(srp_nbd --help 2>&1); rc=$?
-  echo "$out" | head -n 5
-  if [ $rc = 0 ] && [ -n "$out" ]; then pass cli-help "$(since "$t0") s"
-  else fail cli-help "srp-nbd --help exited $rc"; fi
-else
-  fail cli-help "$SRP_NBD_CLI or $REPO_ROOT/dist missing: run 'npm run build' on the host"
-fi
-check tools-present bash -c 'mdadm --version && fio --version && rping -h >/dev/null 2>&1; command -v rping'
+# --- user space from the host root: in the background (node takes seconds under TCG),
+#     judged after the network is up
+(
+  t0=$(now); node -e 'console.log("node", process.version, process.arch)' >/tmp/node.out 2>&1
+  echo "$? $(since "$t0")" >/tmp/node.rc
+  if [ -f "$SRP_NBD_CLI" ] && [ -d "$REPO_ROOT/dist" ]; then
+    t0=$(now); srp_nbd --help >/tmp/cli.out 2>&1; echo "$? $(since "$t0")" >/tmp/cli.rc
+  else echo "missing" >/tmp/cli.rc; fi
+) &
+USER_JOB=$!
+check tools-present bash -c 'mdadm --version && fio --version && command -v rping && command -v tc'
 
 # --- network and rxe: two paths
 t0=$(now)
@@ -45,6 +45,16 @@ if rping_ok 0; then
 else fail rping-path0 "$(tail -n 3 /tmp/rping-c.log | tr '\n' ' ')"; fi
 t0=$(now)
 if rping_ok 1; then pass rping-path1 "$(since "$t0") s"; else fail rping-path1 "$(tail -n 3 /tmp/rping-c.log | tr '\n' ' ')"; fi
+
+wait $USER_JOB
+cat /tmp/node.out
+read -r rc secs </tmp/node.rc
+if [ "$rc" = 0 ]; then pass node-runs "$secs s"; else fail node-runs "node exited $rc: $(tail -n 2 /tmp/node.out)"; fi
+read -r rc secs </tmp/cli.rc
+head -n 5 /tmp/cli.out 2>/dev/null
+if [ "$rc" = missing ]; then fail cli-help "$SRP_NBD_CLI or $REPO_ROOT/dist missing: run 'npm run build' on the host"
+elif [ "$rc" = 0 ] && [ -s /tmp/cli.out ]; then pass cli-help "$secs s"
+else fail cli-help "srp-nbd --help exited $rc: $(tail -n 2 /tmp/cli.out)"; fi
 
 # --- LIO ib_srpt: path 0 two RAM LUNs (512 and 4096-byte blocks); path 1 a file LUN
 #     whose ACLs do not name the target IP, so logins are refused
