@@ -87,7 +87,7 @@ else
     # the scenario announced (crash_expected in guest-lib.sh) that the kernel may die
     # here and that a crash is its measured result, not a bench malfunction
     RC=0; why="guest kernel crashed where the scenario expected it may ($(head -n1 "$VM_OUT/crash-expected")): recorded as the result"
-    echo "PASS $NAME/kernel-crash-recorded (${crash#*] })" | tee -a "$VM_OUT/results"
+    echo "PASS $NAME/kernel-crash-recorded (${crash#*] })" >> "$VM_OUT/results"
     grep -E -A12 'Kernel panic|kernel BUG|BUG:|Oops|general protection' "$LOG" | head -n 40
   else
     RC=125; why="guest stopped without a result (qemu rc=$QRC; boot failure or kernel crash)"
