@@ -55,8 +55,11 @@ KV=${KERNEL_PKG#linux-image-}
 KDIR=$VM_CACHE/kernel-$KV
 if [ ! -e "$KDIR/.done" ]; then
   mkdir -p "$VM_CACHE/debs"
-  (cd "$VM_CACHE/debs" &&
-   { ls "$KERNEL_PKG"_*.deb >/dev/null 2>&1 || apt-get download "$KERNEL_PKG" linux-image-amd64 2>&1 >/dev/null | grep -v 'unsandboxed' >&2 || true; })
+  fetch() { (cd "$VM_CACHE/debs" && apt-get download "$KERNEL_PKG" linux-image-amd64 2>&1 >/dev/null |
+             grep -v 'unsandboxed' >&2; ls "$KERNEL_PKG"_*.deb >/dev/null 2>&1); }
+  # stale package lists name a version the archive no longer has: update once and retry
+  ls "$VM_CACHE/debs/$KERNEL_PKG"_*.deb >/dev/null 2>&1 || fetch || { apt-get update -qq && fetch; } ||
+    { say "apt-get download $KERNEL_PKG failed"; exit 1; }
   deb=$(ls "$VM_CACHE/debs/$KERNEL_PKG"_*.deb | head -1)
   say "extracting $(basename "$deb")"
   rm -rf "$KDIR"; mkdir -p "$KDIR"
