@@ -235,7 +235,7 @@ t.test('a stuck command is aborted with ABORT TASK on timeout', async (t) => {
   const dst = Buffer.alloc(512, 0x11);
   const stuck = session.execute({ lun: LUN0, cdb: read16(999, 1), dataInLength: 512, dataIn: dst, timeoutMs: 80 });
   const others = Array.from({ length: 8 }, (_, i) => write(session, LUN0, i, pattern(512, i), 512));
-  await t.rejects(stuck, { code: 'timeout', message: /ABORT TASK succeeded/ });
+  await t.rejects(stuck, { code: 'aborted', message: /ABORT TASK succeeded/ });
   await Promise.all(others);
   t.equal(target.stats.tasks, 1);
   t.equal(target.stats.tmAborted, 1);

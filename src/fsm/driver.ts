@@ -85,14 +85,16 @@ export class RportDriver {
     } catch (e) {
       p = Promise.reject(e);
     }
-    // The FSM refuses results of attempts it no longer waits for (attempt numbers), so a late
-    // result after an abort is harmless.
+    // An aborted attempt's result is dropped: attempt numbers restart in a new outage, so a late
+    // result could otherwise be taken for the current attempt's.
     p.then(
       () => {
+        if (controller.signal.aborted) return;
         if (this.controller === controller) this.controller = undefined;
         this.rport.handle(ok());
       },
       (e: unknown) => {
+        if (controller.signal.aborted) return;
         if (this.controller === controller) this.controller = undefined;
         this.rport.handle(fail(e));
       },

@@ -40,6 +40,11 @@ export interface IoGateOptions {
   queueDepth?: number;
   /** Which op failures mean "the channel failed, retry after reconnect"; default: TransportError. */
   isTransportError?: (e: unknown) => boolean;
+  /**
+   * Channels one op may fail on before it fails with EIO instead of being held again (default 5):
+   * an op that kills every channel it runs on must not keep the port reconnecting forever.
+   */
+  maxDispatches?: number;
 }
 
 /** Counters for tests and the REST stats view. */
@@ -73,6 +78,7 @@ export function defaultIsTransportError(e: unknown): boolean {
 export class IoGate {
   private readonly depth: number;
   private readonly isTransportError: (e: unknown) => boolean;
+  private readonly maxDispatches: number;
   private seq = 0;
   private epoch = 0;
   private admitted = 0;
@@ -92,6 +98,7 @@ export class IoGate {
     this.depth = opts.queueDepth ?? 256;
     if (!Number.isInteger(this.depth) || this.depth < 1) throw new RangeError(`queueDepth ${this.depth} must be an integer >= 1`);
     this.isTransportError = opts.isTransportError ?? defaultIsTransportError;
+    this.maxDispatches = opts.maxDispatches ?? 5;
     this.unsubscribe = rport.subscribe((a) => this.onAction(a));
   }
 
@@ -206,6 +213,14 @@ export class IoGate {
   private onOpError(e: Entry, err: unknown): void {
     this.inFlight--;
     if (!this.isTransportError(err)) return this.finish(e, () => e.reject(err));
+    if (e.dispatches >= this.maxDispatches) {
+      const current = e.epoch === this.epoch && chkready(this.rport.state) === 'go';
+      this.admitted--;
+      this.failEio(e, 'replay-limit', `I/O failed on ${e.dispatches} channels in a row: giving up on it`, err);
+      this.pump();
+      if (current) this.rport.handle({ type: 'failure-detected', reason: err instanceof Error ? err.message : String(err) });
+      return;
+    }
     switch (chkready(this.rport.state)) {
       case 'fail': {
         const f = this.rport.lastFailure;

@@ -54,6 +54,9 @@ export class LunBackend implements Backend {
   }
 
   read(offset: number, dst: Buffer): Promise<void> {
+    // dst is recycled memory (the NBD server's buffer pool): a target that transfers less than
+    // asked without saying so must not hand the client another request's data.
+    dst.fill(0);
     return this.port.gate.submit(() => this.disk.read(offset, dst.length, dst)).then(() => undefined, toBackendError);
   }
 

@@ -150,7 +150,7 @@ export const EVENT_TABLE: Readonly<Record<RportState, Readonly<Record<RportEvent
 export type ReconnectPhase = 'none' | 'idle' | 'waiting' | 'connecting' | 'verifying';
 
 /** Why I/O is being failed with EIO. */
-export type FailReason = 'fail-fast' | 'dev-loss' | 'identity-mismatch' | 'detached';
+export type FailReason = 'fail-fast' | 'dev-loss' | 'identity-mismatch' | 'detached' | 'replay-limit';
 
 /** Actions out of the FSM, in the order the owner must see them. */
 export type RportAction =

@@ -17,7 +17,7 @@ import { SrpSession, type SrpSessionOptions } from '../initiator/srp-session.js'
 import type { ChannelTransport } from '../initiator/transport.js';
 import { RportDriver } from './driver.js';
 import { IdentityMismatchError } from './identity.js';
-import { IoGate } from './io-gate.js';
+import { IoGate, defaultIsTransportError } from './io-gate.js';
 import { Rport, type RportAction } from './rport.js';
 import { RealScheduler, type Scheduler } from './scheduler.js';
 import type { TmoParams } from './timers.js';
@@ -63,8 +63,10 @@ export class SrpPort {
   /** Logins performed, the first one included. */
   logins = 0;
 
+  /** The verified session: the only one I/O ever reaches. */
   private session: SrpSession | undefined;
-  /** A session opened by an attempt whose LUN check has not passed yet: not used for I/O. */
+  /** Logged in by the current reconnect attempt, identity not verified yet: never used for I/O. */
+  private candidate: SrpSession | undefined;
   private readonly luns = new Map<bigint, LunEntry>();
   private readonly driver: RportDriver;
   private readonly log: Logger;
@@ -73,12 +75,20 @@ export class SrpPort {
   private constructor(private readonly opts: SrpPortOptions) {
     this.log = opts.logger.child({ port: opts.name });
     this.rport = new Rport({ scheduler: opts.scheduler ?? new RealScheduler(), tmo: opts.tmo ?? {}, name: opts.name });
-    this.gate = new IoGate(this.rport, { queueDepth: opts.queueDepth ?? 256 });
+    this.gate = new IoGate(this.rport, {
+      queueDepth: opts.queueDepth ?? 256,
+      // A command that timed out and was aborted (ABORT TASK succeeded) failed on a working
+      // channel: it is a command error (EIO), not a reason to reconnect and replay.
+      isTransportError: (e) => defaultIsTransportError(e) && (e as TransportError).code !== 'aborted',
+    });
     this.rport.subscribe((a) => this.onAction(a));
     this.driver = new RportDriver(this.rport, {
       reconnect: (attempt, signal) => this.reconnect(attempt, signal),
       verifyIdentity: (attempt, signal) => this.verifyIdentity(attempt, signal),
-      stop: () => this.log.info('reconnecting stopped'),
+      stop: () => {
+        this.log.info('reconnecting stopped');
+        this.dropCandidate();
+      },
     });
     this.offPathUp = opts.connector.onPathUp?.(() => {
       // Lost stays lost until an operator asks: only a live outage retries on its own.
@@ -94,7 +104,7 @@ export class SrpPort {
   static async connect(opts: SrpPortOptions): Promise<SrpPort> {
     const port = new SrpPort(opts);
     try {
-      await port.login(new AbortController().signal);
+      port.install(await port.login(new AbortController().signal));
     } catch (err) {
       port.dispose();
       throw err;
@@ -133,6 +143,7 @@ export class SrpPort {
     this.dispose();
     const s = this.session;
     this.session = undefined;
+    this.dropCandidate();
     await s?.close().catch(() => undefined);
   }
 
@@ -142,12 +153,19 @@ export class SrpPort {
     this.gate.dispose();
   }
 
+  /**
+   * I/O reaches the verified session only, and only while running: an op that wakes up from a
+   * retry back-off during an outage gets a TransportError, which the gate holds for replay.
+   */
   private execute(cmd: ScsiCommand): Promise<ScsiResult> {
     const s = this.session;
-    if (!s || s.state !== 'live') return Promise.reject(new TransportError(`${this.opts.name}: no live channel`, 'disconnected'));
+    if (this.rport.state !== 'running' || !s || s.state !== 'live') {
+      return Promise.reject(new TransportError(`${this.opts.name}: no usable channel (port ${this.rport.state})`, 'disconnected'));
+    }
     return s.execute(cmd);
   }
 
+  /** Opens a channel and logs in; the session is not used for I/O until installed. */
   private async login(signal: AbortSignal): Promise<SrpSession> {
     const transport = await this.opts.connector.open(signal);
     const session = await SrpSession.login(transport, this.opts.session);
@@ -157,39 +175,56 @@ export class SrpPort {
     }
     this.logins++;
     session.on('disconnect', (reason) => {
-      // Only the current session's loss is news; an old one's is the reconnect closing it.
+      // Only the verified session's loss is news; an old one's is the reconnect closing it,
+      // a candidate's fails its identity check.
       if (this.session === session) this.rport.handle({ type: 'failure-detected', reason: reason.message });
     });
     session.on('logout', (ev) => this.log.warn({ reason: ev.name }, 'target logged us out'));
-    this.session = session;
     return session;
+  }
+
+  private install(session: SrpSession): void {
+    this.session = session;
+  }
+
+  private dropCandidate(): void {
+    const c = this.candidate;
+    this.candidate = undefined;
+    void c?.close().catch(() => undefined);
   }
 
   /** Reconnect attempt: the old session is closed (its commands settled) before a new login. */
   private async reconnect(attempt: number, signal: AbortSignal): Promise<void> {
     const old = this.session;
     this.session = undefined;
+    this.dropCandidate();
     if (old) await old.close().catch(() => undefined);
     this.log.info({ attempt, via: this.opts.connector.description }, 'reconnect attempt');
-    await this.login(signal);
+    this.candidate = await this.login(signal);
   }
 
-  /** Every LUN behind the new session must be the disk recorded at first login. */
+  /**
+   * Every LUN behind the attempt's session must be the disk recorded at first login. The probe
+   * runs on that session alone; it becomes the I/O session only when every LUN matches.
+   */
   private async verifyIdentity(attempt: number, signal: AbortSignal): Promise<void> {
+    const candidate = this.candidate;
+    if (!candidate) throw new Error('no new session to verify');
+    const probeVia: ScsiExecutor = { execute: (cmd) => candidate.execute(cmd) };
     const differences: string[] = [];
     for (const [lun, entry] of this.luns) {
-      const probe = await new ScsiDisk(this.executor, { lun }).probe();
-      if (signal.aborted) throw new Error('identity check aborted');
+      const probe = await new ScsiDisk(probeVia, { lun }).probe();
+      if (signal.aborted || this.candidate !== candidate) throw new Error('identity check aborted');
       const cmp = sameIdentity(entry.identity, probe.identity);
       if (!cmp.same) differences.push(...cmp.differences.map((d) => `LUN ${lun.toString(16)}: ${d}`));
     }
     if (differences.length > 0) {
       // Never send I/O to a different disk: drop this session now.
-      const s = this.session;
-      this.session = undefined;
-      void s?.close().catch(() => undefined);
+      this.dropCandidate();
       throw new IdentityMismatchError(differences);
     }
+    this.candidate = undefined;
+    this.install(candidate);
     this.log.info({ attempt, luns: this.luns.size }, 'identity verified');
   }
 

@@ -541,7 +541,8 @@ export class ScsiDisk {
     if (gran > 1 && maxTransferBlocks >= gran) maxTransferBlocks -= maxTransferBlocks % gran;
 
     const lbpme = cap.lbpme;
-    const lbprz = cap.lbprz || (lbp !== undefined && lbp.lbprz !== 0);
+    // VPD B2 LBPRZ: xx1b = unmapped blocks read as zeroes; 010b = a provisioning pattern, not zeroes.
+    const lbprz = cap.lbprz || (lbp !== undefined && (lbp.lbprz & 1) === 1);
     const maxUnmapLba = bl?.maxUnmapLbaCount ?? 0;
     const maxUnmapDesc = bl?.maxUnmapBlockDescriptorCount ?? 0;
     const canUnmap = maxUnmapLba > 0 && maxUnmapDesc > 0 && (lbp ? lbp.lbpu : true);

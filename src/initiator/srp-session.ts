@@ -526,7 +526,8 @@ export class SrpSession extends Emitter<SrpSessionEvents> implements ScsiExecuto
     this.taskManagement(SRP_TSK_ABORT_TASK, p.cmd.lun, p.tag, this.opts.tmTimeoutMs).then(
       () => {
         this.c.abortsSucceeded++;
-        this.giveUp(p, new TransportError(`command timed out after ${p.timeoutMs} ms and was aborted (ABORT TASK succeeded)`, 'timeout'));
+        // The channel answered the abort: the command failed, the channel did not.
+        this.giveUp(p, new TransportError(`command timed out after ${p.timeoutMs} ms and was aborted (ABORT TASK succeeded)`, 'aborted'));
       },
       (err: Error) => {
         this.c.abortsFailed++;
