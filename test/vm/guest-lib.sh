@@ -370,6 +370,18 @@ kernel_bug() { dmesg | grep -m1 -E 'kernel BUG|list_add (double add|corruption)|
 # ---- the project ---------------------------------------------------------------------------
 # srp_nbd ARGS...: run the built CLI with the host's node
 srp_nbd() { node "$SRP_NBD_CLI" "$@"; }
+# daemon_start [ARGS...]: `srp-nbd daemon ARGS` in the background, log in $OUT_DIR/daemon.log
+# (kept on the host); DAEMON_PID. daemon_kill9: kill -9 it (the restart scenario).
+daemon_start() {
+  node "$SRP_NBD_CLI" daemon "$@" >>"$OUT_DIR/daemon.log" 2>&1 &
+  DAEMON_PID=$!
+}
+daemon_kill9() { [ -n "${DAEMON_PID:-}" ] && kill -9 "$DAEMON_PID" 2>/dev/null; wait "$DAEMON_PID" 2>/dev/null; DAEMON_PID=; }
+daemon_stop() { [ -n "${DAEMON_PID:-}" ] && kill "$DAEMON_PID" 2>/dev/null && wait_for 20 bash -c "! kill -0 $DAEMON_PID"; DAEMON_PID=; }
+# nbd_connected nbdN: the kernel has a live NBD connection on /dev/nbdN (sysfs pid exists)
+nbd_connected() { [ -e "/sys/block/${1##*/}/pid" ]; }
+# nbd_size_bytes nbdN: device size in bytes (0 when not connected)
+nbd_size_bytes() { local s; sysfs_read s "/sys/block/${1##*/}/size" 0; echo $((s * 512)); }
 
 # ---- kernel ib_srp (baseline) ---------------------------------------------------------------
 # kib_srp_login P [ib_srp module args...]: kernel initiator login to path P's target
