@@ -25,7 +25,7 @@ interface Rig extends TestTargetExports {
   close(): Promise<void>;
 }
 
-async function rig(tmo: Partial<TmoParams>): Promise<Rig> {
+async function rig(tmo: Partial<TmoParams>, commandTimeoutMs?: number): Promise<Rig> {
   const logger = silentLogger();
   const tt = await startTestTarget({
     luns: [
@@ -34,6 +34,7 @@ async function rig(tmo: Partial<TmoParams>): Promise<Rig> {
     ],
     logger,
     tmo,
+    ...(commandTimeoutMs ? { commandTimeoutMs } : {}),
   });
   const server = new NbdServer({ logger });
   for (const [name, b] of tt.exports) server.addExport(name, b);
@@ -158,6 +159,48 @@ t.test('the target comes back as a different LUN: refused, no write reaches it',
   t.match(r.port.rport.lastFailure?.message ?? '', /serial/, 'the reason names what changed');
   t.equal(lun.logOf('WRITE_16').length, 0, 'no WRITE reached the different LUN');
   t.ok(lun.peek(0, 8).every((b) => b !== 0x77));
+  c.close();
+});
+
+t.test('a write sleeping in a SCSI retry during an outage never reaches a different LUN', async (t) => {
+  const r = await rig({ reconnectDelay: 1, fastIoFailTmo: 5, devLossTmo: 60 });
+  t.teardown(() => r.close());
+  const lun = r.fabric.luns.values().next().value!;
+  // The write gets NOT READY (becoming ready): ScsiDisk waits 1 s before retrying it.
+  lun.injectSense(0x02, 0x04, 0x01, 1, (cdb) => cdb[0] === 0x8a);
+  const c = await RawClient.connect(r.socketPath);
+  await c.go('lun0');
+  c.request(C.NBD_CMD_WRITE, 1n, 0, 4096, 0, Buffer.alloc(4096, 0xee));
+  const reply = c.simpleReply();
+  await sleep(100);
+  r.fabric.linkDown();
+  lun.changeIdentity({ serial: 'ANOTHER-DISK' });
+  // The new LUN is slow to become ready, so the identity check is still running when the write wakes.
+  lun.injectSense(0x02, 0x04, 0x01, 3, (cdb) => cdb[0] === 0x00);
+  lun.clearLog();
+  r.fabric.restoreLink();
+  t.equal((await reply).error, C.NBD_EIO, 'the write failed');
+  await waitFor('lost', () => r.port.state === 'lost');
+  t.equal(lun.logOf('WRITE_16').length, 0, 'no WRITE reached the other disk');
+  t.notOk(lun.peek(0, 8).includes(0xee));
+  c.close();
+});
+
+t.test('a command that times out and is aborted fails with EIO without a reconnect', async (t) => {
+  const r = await rig({ reconnectDelay: 1, fastIoFailTmo: 2, devLossTmo: 60 }, 300);
+  t.teardown(() => r.close());
+  r.fabric.target.commandHook = (_lun, cdb) => (cdb[0] === 0x91 ? 'stall' : undefined); // SYNCHRONIZE CACHE(16)
+  const c = await RawClient.connect(r.socketPath);
+  await c.go('lun0');
+  const t0 = Date.now();
+  c.request(C.NBD_CMD_FLUSH, 1n, 0, 0);
+  t.equal((await c.simpleReply()).error, C.NBD_EIO, 'the flush failed with EIO');
+  t.ok(Date.now() - t0 < 1500, `after ${Date.now() - t0} ms (timeout 300 ms, then ABORT TASK)`);
+  t.equal(r.port.logins, 1, 'no reconnect: the channel was fine');
+  t.equal(r.port.state, 'running');
+  r.fabric.target.commandHook = undefined;
+  c.request(C.NBD_CMD_READ, 2n, 0, 512);
+  t.equal((await c.simpleReply(512)).error, 0, 'other I/O carries on');
   c.close();
 });
 

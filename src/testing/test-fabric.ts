@@ -97,6 +97,7 @@ export async function startTestTarget(opts: {
   tmo?: Partial<TmoParams>;
   scheduler?: Scheduler;
   queueDepth?: number;
+  commandTimeoutMs?: number;
 }): Promise<TestTargetExports> {
   const fabric = new TestFabric(opts.luns);
   const portOpts: SrpPortOptions = {
@@ -108,6 +109,7 @@ export async function startTestTarget(opts: {
   if (opts.tmo) portOpts.tmo = opts.tmo;
   if (opts.scheduler) portOpts.scheduler = opts.scheduler;
   if (opts.queueDepth) portOpts.queueDepth = opts.queueDepth;
+  if (opts.commandTimeoutMs) portOpts.commandTimeoutMs = opts.commandTimeoutMs;
   const port = await SrpPort.connect(portOpts);
   const exports = new Map<string, LunBackend>();
   for (let i = 0; i < opts.luns.length; i++) {
