@@ -1,16 +1,33 @@
-/** srp-nbd command line: dispatches to lazily loaded command handlers. */
+/** srp-nbd command line: command definitions here, handlers loaded lazily from their modules. */
 
 const USAGE = `usage: srp-nbd <command> [options]
 
 commands:
-  serve     serve a RAM disk or a file over NBD (unix socket or TCP)
+  daemon     run the daemon: owns every target, serves exports and the control API
+  attach     attach a target (ib_srp add_target string, srp_daemon line, or named flags)
+  detach     detach a target: remove its exports and devices
+  list       list attached targets (table; --json)
+  status     state, timers, credits and counters of one or every target (--json)
+  set        change a target's timers at runtime
+  reconnect  reconnect a target now (also from lost)
+  discover   list what can be attached at an address
+  serve      serve a RAM disk, a file or the test target over NBD, without the daemon
 
 Run 'srp-nbd <command> --help' for a command's options.
+Exit status: 0 success, 1 failure, 2 usage error.
 `;
 
 type Handler = (argv: string[]) => Promise<number>;
 
 const COMMANDS: Record<string, () => Promise<Handler>> = {
+  daemon: async () => (await import('./daemon.js')).daemon,
+  attach: async () => (await import('./control.js')).attach,
+  detach: async () => (await import('./control.js')).detach,
+  list: async () => (await import('./control.js')).list,
+  status: async () => (await import('./control.js')).status,
+  set: async () => (await import('./control.js')).set,
+  reconnect: async () => (await import('./control.js')).reconnect,
+  discover: async () => (await import('./control.js')).discover,
   serve: async () => (await import('./serve.js')).serve,
 };
 

@@ -193,7 +193,7 @@ export function assertValidTmo(p: TmoParams): TmoParams {
 }
 
 /** A timeout as configured: "off", a decimal/hex/octal string, or a JSON integer (negative = off). */
-const tmoField = z
+export const tmoField = z
   .union([z.string(), z.number()])
   .transform((v, ctx): Tmo => {
     try {

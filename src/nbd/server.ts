@@ -38,6 +38,21 @@ export class NbdServer implements ExportRegistry {
     this.defaultExport ??= name;
   }
 
+  /**
+   * Removes an export: new clients no longer find it, connections serving it are closed after
+   * their in-flight requests. The backend is returned, not closed (its owner decides).
+   */
+  async removeExport(name: string): Promise<Backend | undefined> {
+    const backend = this.exports.get(name);
+    if (!backend) return undefined;
+    this.exports.delete(name);
+    if (this.defaultExport === name) this.defaultExport = this.exports.keys().next().value;
+    const conns = [...this.connections].filter((c) => c.export === name);
+    for (const c of conns) c.close();
+    await Promise.all(conns.map((c) => c.closed));
+    return backend;
+  }
+
   lookup(name: string): { name: string; backend: Backend } | undefined {
     const key = name === '' ? this.defaultExport : name;
     const backend = key === undefined ? undefined : this.exports.get(key);

@@ -1,0 +1,377 @@
+/**
+ * CLI commands that talk to the daemon over the control socket with the shared route table:
+ * attach, detach, list, status, set, reconnect; and discover (local, no daemon needed).
+ *
+ * Exit status like mdadm/nvme-cli: 0 ok, 1 the operation failed (daemon unreachable, no such
+ * target, login failed, ...), 2 usage error (bad option or value, also when the daemon refuses a
+ * request body with 400). Messages name the target and the problem. --json on every read command
+ * prints the API's JSON instead of the table.
+ */
+import { parseArgs, type ParseArgsConfig } from 'node:util';
+import { TARGET_OPTIONS, targetSpecSchema, zodIssues } from '../daemon/config.js';
+import { ApiError, ControlClient } from '../daemon/client.js';
+import type { TargetSummary, TargetView } from '../daemon/daemon.js';
+import { normalizeAddressLine, parseAnyAddress, TEST_TARGET_PREFIX } from '../daemon/address.js';
+import { timersPatchSchema } from '../daemon/routes.js';
+import { UsageError } from './serve.js';
+
+const CONNECTION_OPTIONS = {
+  socket: { type: 'string' },
+  url: { type: 'string' },
+  token: { type: 'string' },
+  json: { type: 'boolean', default: false },
+  help: { type: 'boolean', short: 'h' },
+} as const satisfies ParseArgsConfig['options'];
+
+const CONNECTION_USAGE = `common options:
+  --socket PATH   control socket (default $SRP_NBD_SOCKET or /run/srp-nbd/control.sock)
+  --url URL       TCP listener instead, e.g. http://127.0.0.1:8740 (with --token or $SRP_NBD_TOKEN)
+  --json          print the daemon's JSON answer
+`;
+
+function client(values: { socket?: string; url?: string; token?: string }): ControlClient {
+  const o: ConstructorParameters<typeof ControlClient>[0] = {};
+  if (values.socket !== undefined) o.socket = values.socket;
+  if (values.url !== undefined) o.url = values.url;
+  const token = values.token ?? process.env.SRP_NBD_TOKEN;
+  if (token !== undefined) o.token = token;
+  return new ControlClient(o);
+}
+
+/** A 400 from the daemon is a usage problem (exit 2); anything else a failure (exit 1). */
+async function call<T>(fn: () => Promise<T>): Promise<T> {
+  try {
+    return await fn();
+  } catch (e) {
+    if (e instanceof ApiError && e.status === 400) throw new UsageError(e.message);
+    throw e;
+  }
+}
+
+const flag = (key: string): string => `--${key.replace(/_/g, '-')}`;
+const print = (s: string): void => void process.stdout.write(s.endsWith('\n') ? s : s + '\n');
+
+/* ------------------------------------------------------------------ attach */
+
+export const ATTACH_USAGE = `usage: srp-nbd attach [options] ADDRESS...
+       srp-nbd attach [options] -                  (addresses from stdin, one per line: srp_daemon -o -n output)
+       srp-nbd attach [options] --id-ext HEX --ioc-guid HEX (--dest IP:PORT | --dgid HEX --pkey HEX --service-id HEX)
+
+ADDRESS is an ib_srp add_target string (id_ext=…,ioc_guid=…,dest=IP:PORT or …,dgid=…,pkey=…,service_id=…),
+a line as srp_daemon prints it (also "echo … > …/add_target"), or test-target[,name=N,luns=N,lun_size=SIZE,
+block_size=512|4096,image_dir=DIR] for the in-process test target.
+
+  --id NAME                   target id (default: derived from the address); exports are NAME-lun<N>
+${Object.entries(TARGET_OPTIONS)
+  .map(([k]) => `  ${flag(k).padEnd(28)}${k} (docs/options.md)`)
+  .join('\n')}
+${CONNECTION_USAGE}
+Prints each LUN's export name, device (or "-") and NBD URI.
+`;
+
+const OPTION_FLAGS = Object.fromEntries(Object.keys(TARGET_OPTIONS).map((k) => [flag(k).slice(2), { type: 'string' as const }]));
+
+/** Converts --flag strings to the JSON types the schema expects; the schema then validates. */
+function optionValue(key: keyof typeof TARGET_OPTIONS, text: string): unknown {
+  if (key === 'immediate_data') {
+    if (/^(1|on|yes|true)$/i.test(text)) return true;
+    if (/^(0|off|no|false)$/i.test(text)) return false;
+    throw new UsageError(`${flag(key)}: expected on or off, got '${text}'`);
+  }
+  if (key === 'device' || key === 'reconnect_delay' || key === 'fast_io_fail_tmo' || key === 'dev_loss_tmo') return text;
+  const n = Number(text);
+  if (text.trim() === '' || !Number.isFinite(n)) throw new UsageError(`${flag(key)}: expected a number, got '${text}'`);
+  return n;
+}
+
+export async function attach(argv: string[]): Promise<number> {
+  const { values, positionals } = parseArgs({
+    args: argv,
+    allowPositionals: true,
+    options: {
+      ...CONNECTION_OPTIONS,
+      ...OPTION_FLAGS,
+      id: { type: 'string' },
+      'id-ext': { type: 'string' },
+      'ioc-guid': { type: 'string' },
+      dest: { type: 'string' },
+      src: { type: 'string' },
+      dgid: { type: 'string' },
+      pkey: { type: 'string' },
+      'service-id': { type: 'string' },
+    },
+    strict: true,
+  });
+  if (values.help) {
+    print(ATTACH_USAGE);
+    return 0;
+  }
+  const v = values as Record<string, string | boolean | undefined>;
+  let addresses: string[] = [];
+  const named = ['id-ext', 'ioc-guid', 'dest', 'src', 'dgid', 'pkey', 'service-id'].filter((k) => v[k] !== undefined);
+  if (named.length > 0) {
+    if (positionals.length > 0) throw new UsageError('attach: give an ADDRESS or named address flags (--id-ext …), not both');
+    addresses = [named.map((k) => `${k.replace(/-/g, '_')}=${v[k] as string}`).join(',')];
+  } else if (positionals.length === 1 && positionals[0] === '-') {
+    const text = await readStdin();
+    addresses = text.split('\n').map((l) => l.trim()).filter((l) => l !== '' && !l.startsWith('#'));
+    if (addresses.length === 0) throw new UsageError('attach: no address on standard input');
+  } else {
+    addresses = positionals;
+  }
+  if (addresses.length === 0) throw new UsageError('attach: missing ADDRESS (see srp-nbd attach --help)');
+  if (addresses.length > 1 && v.id !== undefined) throw new UsageError('attach: --id names one target; give one ADDRESS');
+  const overrides: Record<string, unknown> = {};
+  for (const key of Object.keys(TARGET_OPTIONS) as (keyof typeof TARGET_OPTIONS)[]) {
+    const text = v[flag(key).slice(2)];
+    if (typeof text === 'string') overrides[key] = optionValue(key, text);
+  }
+  const bodies = addresses.map((raw) => {
+    const body: Record<string, unknown> = { address: normalizeAddressLine(raw), ...overrides };
+    if (v.id !== undefined) body.id = v.id;
+    const r = targetSpecSchema.safeParse(body);
+    if (!r.success) {
+      throw new UsageError(zodIssues(r.error).map((i) => `${i.path === 'address' ? `address '${body.address as string}'` : i.path in TARGET_OPTIONS ? flag(i.path) : i.path}: ${i.message}`).join('; '));
+    }
+    return body;
+  });
+  const c = client(values);
+  let failed = 0;
+  const results: TargetView[] = [];
+  for (const body of bodies) {
+    try {
+      const view = await call(() => c.call<TargetView>('attach', { body }));
+      results.push(view);
+      if (!values.json) {
+        print(`${view.id}: attached (${view.lun_details.length} LUN${view.lun_details.length === 1 ? '' : 's'}, state ${view.state ?? view.status})`);
+        for (const l of view.lun_details) print(`  ${l.export}  ${l.device ?? '-'}  ${l.uri}`);
+      }
+    } catch (e) {
+      if (bodies.length === 1) throw e;
+      failed++;
+      process.stderr.write(`srp-nbd attach: ${body.address as string}: ${(e as Error).message}\n`);
+    }
+  }
+  if (values.json) print(JSON.stringify(bodies.length === 1 ? results[0] : results, null, 2));
+  return failed > 0 ? 1 : 0;
+}
+
+function readStdin(): Promise<string> {
+  return new Promise((resolve, reject) => {
+    let s = '';
+    process.stdin.setEncoding('utf8');
+    process.stdin.on('data', (d: string) => (s += d));
+    process.stdin.on('end', () => resolve(s));
+    process.stdin.on('error', reject);
+  });
+}
+
+/* ------------------------------------------------------------------ detach / reconnect */
+
+export const DETACH_USAGE = `usage: srp-nbd detach [options] TARGET...
+
+Removes the targets' exports and kernel devices (the only way a /dev/nbdN goes away), logs out.
+${CONNECTION_USAGE}`;
+
+export async function detach(argv: string[]): Promise<number> {
+  const { values, positionals } = parseArgs({ args: argv, allowPositionals: true, options: CONNECTION_OPTIONS, strict: true });
+  if (values.help) {
+    print(DETACH_USAGE);
+    return 0;
+  }
+  if (positionals.length === 0) throw new UsageError('detach: missing TARGET');
+  const c = client(values);
+  let failed = 0;
+  for (const id of positionals) {
+    try {
+      await call(() => c.call('detach', { params: { id } }));
+      if (!values.json) print(`${id}: detached`);
+    } catch (e) {
+      if (positionals.length === 1) throw e;
+      failed++;
+      process.stderr.write(`srp-nbd detach: ${(e as Error).message}\n`);
+    }
+  }
+  if (values.json) print(JSON.stringify({ detached: positionals.length - failed, failed }));
+  return failed > 0 ? 1 : 0;
+}
+
+export const RECONNECT_USAGE = `usage: srp-nbd reconnect [options] TARGET
+
+Reconnects now: cuts the back-off short, and brings a lost target (dev_loss_tmo expired or identity
+mismatch fixed) back to blocked and running. The device is the same.
+${CONNECTION_USAGE}`;
+
+export async function reconnect(argv: string[]): Promise<number> {
+  const { values, positionals } = parseArgs({ args: argv, allowPositionals: true, options: CONNECTION_OPTIONS, strict: true });
+  if (values.help) {
+    print(RECONNECT_USAGE);
+    return 0;
+  }
+  if (positionals.length !== 1) throw new UsageError('reconnect: give exactly one TARGET');
+  const view = await call(() => client(values).call<TargetView>('reconnect', { params: { id: positionals[0]! } }));
+  print(values.json ? JSON.stringify(view, null, 2) : `${view.id}: reconnect requested (state ${view.state ?? view.status}, phase ${view.reconnect.phase})`);
+  return 0;
+}
+
+/* ------------------------------------------------------------------ list / status */
+
+export const LIST_USAGE = `usage: srp-nbd list [options]
+
+One line per target: id, status, rport state, exports and devices, address.
+${CONNECTION_USAGE}`;
+
+export async function list(argv: string[]): Promise<number> {
+  const { values, positionals } = parseArgs({ args: argv, allowPositionals: true, options: CONNECTION_OPTIONS, strict: true });
+  if (values.help) {
+    print(LIST_USAGE);
+    return 0;
+  }
+  if (positionals.length > 0) throw new UsageError(`list: unexpected argument '${positionals[0]}'`);
+  const rows = await call(() => client(values).call<TargetSummary[]>('listTargets'));
+  if (values.json) {
+    print(JSON.stringify(rows, null, 2));
+    return 0;
+  }
+  const table: string[][] = [['TARGET', 'STATUS', 'STATE', 'EXPORT', 'DEVICE', 'ADDRESS']];
+  for (const r of rows) {
+    const luns = r.luns.length > 0 ? r.luns : [{ export: '-', device: null }];
+    luns.forEach((l, i) => table.push(i === 0 ? [r.id, r.status, r.state ?? '-', l.export, l.device ?? '-', r.address] : ['', '', '', l.export, l.device ?? '-', '']));
+  }
+  print(formatTable(table));
+  return 0;
+}
+
+export function formatTable(rows: string[][]): string {
+  const widths = rows[0]!.map((_, c) => Math.max(...rows.map((r) => (r[c] ?? '').length)));
+  return rows.map((r) => r.map((cell, c) => (c === r.length - 1 ? cell : cell.padEnd(widths[c]!))).join('  ').trimEnd()).join('\n');
+}
+
+export const STATUS_USAGE = `usage: srp-nbd status [options] [TARGET]
+
+State, timers, reconnect counters, credits, I/O gate, time in each state and, per LUN, export,
+device, md membership, identity and I/O counts. Without TARGET: every target.
+${CONNECTION_USAGE}`;
+
+export async function status(argv: string[]): Promise<number> {
+  const { values, positionals } = parseArgs({ args: argv, allowPositionals: true, options: CONNECTION_OPTIONS, strict: true });
+  if (values.help) {
+    print(STATUS_USAGE);
+    return 0;
+  }
+  if (positionals.length > 1) throw new UsageError('status: give at most one TARGET');
+  const c = client(values);
+  const ids = positionals.length === 1 ? positionals : (await call(() => c.call<TargetSummary[]>('listTargets'))).map((t) => t.id);
+  const views: TargetView[] = [];
+  for (const id of ids) views.push(await call(() => c.call<TargetView>('getTarget', { params: { id } })));
+  if (values.json) {
+    print(JSON.stringify(positionals.length === 1 ? views[0] : views, null, 2));
+    return 0;
+  }
+  if (views.length === 0) print('no targets attached');
+  print(views.map(formatStatus).join('\n\n'));
+  return 0;
+}
+
+function formatStatus(v: TargetView): string {
+  const t = v.timers;
+  const r = v.reconnect;
+  const lines = [
+    `${v.id}  ${v.address}`,
+    `  status      ${v.status}${v.state ? `, state ${v.state}` : ''}${r.phase !== 'none' ? ` (reconnect ${r.phase}, attempt ${r.attempt})` : ''}${v.error ? `: ${v.error}` : ''}`,
+    `  transport   ${v.transport}${v.via ? ` via ${v.via}` : ''}`,
+    `  timers      reconnect_delay=${t.reconnect_delay} reconnect_delay_max=${t.reconnect_delay_max} fast_io_fail_tmo=${t.fast_io_fail_tmo} dev_loss_tmo=${t.dev_loss_tmo}`,
+    `  reconnects  ${r.reconnects_total} ok, ${r.failed_reconnects_total} failed (${r.failed_reconnects} in this outage), ${r.attempts_total} attempts, ${r.logins_total} logins${r.last_failure ? `; last failure: ${r.last_failure}` : ''}`,
+  ];
+  if (v.credits) lines.push(`  credits     req_lim ${v.credits.req_lim}, granted ${v.credits.granted_total}, stalls ${v.credits.zero_req_lim_total}`);
+  if (v.io) lines.push(`  io gate     in flight ${v.io.in_flight}, held ${v.io.held}, waiting ${v.io.waiting}, replayed ${v.io.replayed_total}, failed EIO ${v.io.failed_eio_total}`);
+  lines.push(`  time        ${Object.entries(v.time_in_state_s).filter(([, s]) => s > 0).map(([k, s]) => `${k} ${s.toFixed(1)} s`).join(', ') || '-'}`);
+  for (const l of v.lun_details) {
+    lines.push(`  LUN ${l.lun}       ${l.export}  device ${l.device ?? '-'}${l.md && l.md.length ? `  md member of ${l.md.join(', ')}` : ''}  ${(l.size / 1048576).toFixed(0)} MiB, ${l.block_size}-byte blocks`);
+    lines.push(`              ${l.identity}`);
+    lines.push(`              ${Object.entries(l.io).filter(([, s]) => s.ops + s.errors > 0).map(([op, s]) => `${op} ${s.ops} (${s.bytes} B${s.errors ? `, ${s.errors} errors` : ''})`).join(', ') || 'no I/O yet'}`);
+    if (l.device_note) lines.push(`              ${l.device_note}`);
+  }
+  return lines.join('\n');
+}
+
+/* ------------------------------------------------------------------ set */
+
+export const SET_USAGE = `usage: srp-nbd set [options] TARGET [--reconnect-delay S|off] [--reconnect-delay-max S] [--fast-io-fail-tmo S|off] [--dev-loss-tmo S|off]
+       srp-nbd set [options] TARGET dev_loss_tmo=60 fast_io_fail_tmo=off ...
+
+Changes timers at runtime; the combination is checked like the kernel's srp_tmo_valid().
+fast_io_fail_tmo and dev_loss_tmo apply from the next outage, reconnect_delay at once.
+${CONNECTION_USAGE}`;
+
+const TIMER_KEYS = ['reconnect_delay', 'reconnect_delay_max', 'fast_io_fail_tmo', 'dev_loss_tmo'] as const;
+
+export async function set(argv: string[]): Promise<number> {
+  const { values, positionals } = parseArgs({
+    args: argv,
+    allowPositionals: true,
+    options: { ...CONNECTION_OPTIONS, ...Object.fromEntries(TIMER_KEYS.map((k) => [flag(k).slice(2), { type: 'string' as const }])) },
+    strict: true,
+  });
+  if (values.help) {
+    print(SET_USAGE);
+    return 0;
+  }
+  const [id, ...pairs] = positionals;
+  if (id === undefined) throw new UsageError('set: missing TARGET');
+  const patch: Record<string, unknown> = {};
+  const v = values as Record<string, unknown>;
+  for (const k of TIMER_KEYS) if (typeof v[flag(k).slice(2)] === 'string') patch[k] = v[flag(k).slice(2)];
+  for (const p of pairs) {
+    const m = /^([a-z_]+)=(.*)$/.exec(p);
+    if (!m || !(TIMER_KEYS as readonly string[]).includes(m[1]!)) throw new UsageError(`set: '${p}' is not KEY=VALUE with KEY one of ${TIMER_KEYS.join(', ')}`);
+    patch[m[1]!] = m[2]!;
+  }
+  if (patch.reconnect_delay_max !== undefined) patch.reconnect_delay_max = Number(patch.reconnect_delay_max);
+  const r = timersPatchSchema.safeParse(patch);
+  if (!r.success) throw new UsageError(`set: ${id}: ${zodIssues(r.error).map((i) => `${i.path}: ${i.message}`).join('; ')}`);
+  const view = await call(() => client(values).call<TargetView>('setTimers', { params: { id }, body: patch }));
+  const t = view.timers;
+  print(values.json ? JSON.stringify(view, null, 2) : `${view.id}: reconnect_delay=${t.reconnect_delay} reconnect_delay_max=${t.reconnect_delay_max} fast_io_fail_tmo=${t.fast_io_fail_tmo} dev_loss_tmo=${t.dev_loss_tmo}`);
+  return 0;
+}
+
+/* ------------------------------------------------------------------ discover */
+
+export const DISCOVER_USAGE = `usage: srp-nbd discover [--json] [ADDRESS]
+
+Lists what can be attached. Today:
+  test-target[,…]   logs in to the in-process test target and lists its LUNs
+  id_ext=…,dest=…   RDMA/CM targets cannot be discovered; attach the address directly
+  (no ADDRESS)      InfiniBand discovery (DM MADs over umad, every P_Key) is not supported yet:
+                    use srp_daemon -o -n -c | srp-nbd attach -
+`;
+
+export async function discover(argv: string[]): Promise<number> {
+  const { values, positionals } = parseArgs({ args: argv, allowPositionals: true, options: { json: { type: 'boolean', default: false }, help: { type: 'boolean', short: 'h' } }, strict: true });
+  if (values.help) {
+    print(DISCOVER_USAGE);
+    return 0;
+  }
+  if (positionals.length === 0) {
+    throw new Error('InfiniBand discovery (DM MADs over umad) is not supported yet: run `srp_daemon -o -n -c` and pipe its output to `srp-nbd attach -`; RDMA/CM targets cannot be discovered, attach them by address (id_ext=…,ioc_guid=…,dest=IP:PORT)');
+  }
+  if (positionals.length > 1) throw new UsageError('discover: give at most one ADDRESS');
+  let a;
+  try {
+    a = parseAnyAddress(positionals[0]!);
+  } catch (e) {
+    throw new UsageError(`discover: ${(e as Error).message}`);
+  }
+  if (a.kind === 'srp') {
+    throw new Error(`${positionals[0]}: discovery over ${a.addr.transport === 'rdma-cm' ? 'RDMA/CM' : 'IB CM'} is not supported yet; attach the address directly: srp-nbd attach '${positionals[0]}'`);
+  }
+  const { discoverTestTarget } = await import('./discover-test.js');
+  const luns = await discoverTestTarget(a.spec);
+  if (values.json) {
+    print(JSON.stringify({ address: positionals[0], transport: TEST_TARGET_PREFIX, luns }, null, 2));
+    return 0;
+  }
+  print(formatTable([['LUN', 'SIZE', 'BLOCK', 'IDENTITY'], ...luns.map((l) => [String(l.lun), `${(l.size / 1048576).toFixed(0)} MiB`, String(l.block_size), l.identity])]));
+  return 0;
+}

@@ -1,0 +1,90 @@
+/**
+ * `srp-nbd daemon`: loads the configuration, re-attaches the persisted set, serves the control API
+ * and the NBD exports until SIGTERM/SIGINT. Ready (systemd Type=notify) once the persisted targets
+ * had their first attach attempt and the control socket accepts requests.
+ */
+import { spawn } from 'node:child_process';
+import { parseArgs } from 'node:util';
+import { removeStaleSocket, startApi } from '../daemon/api.js';
+import { ConfigError, type DaemonConfig, loadConfig, parseConfig } from '../daemon/config.js';
+import { Daemon } from '../daemon/daemon.js';
+import { createLogger } from '../util/log.js';
+import { UsageError } from './serve.js';
+
+export const DAEMON_USAGE = `usage: srp-nbd daemon [--config FILE] [--socket PATH] [--nbd-socket PATH] [--state-dir DIR] [--log-level LEVEL] [--check]
+
+  --config FILE      JSON configuration (docs/options.md); without it, built-in defaults
+  --socket PATH      control socket (overrides control_socket)
+  --nbd-socket PATH  NBD export socket (overrides nbd_socket)
+  --state-dir DIR    persisted state (overrides state_dir)
+  --log-level LEVEL  trace, debug, info, warn, error (overrides log_level)
+  --check            validate the configuration, print it with defaults applied, and exit
+
+Exit status: 0 after a clean stop, 1 on a runtime failure, 2 for a usage or configuration error.
+`;
+
+export async function daemon(argv: string[]): Promise<number> {
+  const { values } = parseArgs({
+    args: argv,
+    options: {
+      config: { type: 'string', short: 'c' },
+      socket: { type: 'string' },
+      'nbd-socket': { type: 'string' },
+      'state-dir': { type: 'string' },
+      'log-level': { type: 'string' },
+      check: { type: 'boolean', default: false },
+      help: { type: 'boolean', short: 'h' },
+    },
+    strict: true,
+  });
+  if (values.help) {
+    process.stdout.write(DAEMON_USAGE);
+    return 0;
+  }
+  let cfg: DaemonConfig;
+  try {
+    cfg = loadConfig(values.config);
+    const over: Record<string, unknown> = { ...cfg };
+    if (values.socket !== undefined) over.control_socket = values.socket;
+    if (values['nbd-socket'] !== undefined) over.nbd_socket = values['nbd-socket'];
+    if (values['state-dir'] !== undefined) over.state_dir = values['state-dir'];
+    if (values['log-level'] !== undefined) over.log_level = values['log-level'];
+    cfg = parseConfig(over, values.config ?? 'command line');
+  } catch (e) {
+    if (e instanceof ConfigError) throw new UsageError(e.message);
+    throw e;
+  }
+  if (values.check) {
+    process.stdout.write(JSON.stringify(cfg, null, 2) + '\n');
+    return 0;
+  }
+  const logger = createLogger(cfg.log_level, 'srp-nbd');
+  await removeStaleSocket(cfg.control_socket); // refuse to start next to a running daemon
+  const d = new Daemon({ config: cfg, logger });
+  await d.start();
+  let api;
+  try {
+    api = await startApi(d, logger);
+  } catch (e) {
+    await d.close();
+    throw e;
+  }
+  logger.info({ control: cfg.control_socket, nbd: cfg.nbd_socket, state: d.store.file, tcp: api.tcpPort ?? null, targets: d.list().length }, 'srp-nbd daemon ready');
+  notifyReady(logger);
+  const signal = await new Promise<string>((resolve) => {
+    process.once('SIGINT', () => resolve('SIGINT'));
+    process.once('SIGTERM', () => resolve('SIGTERM'));
+  });
+  logger.info({ signal }, 'stopping: exports closed, kernel devices kept for the next start');
+  await api.close();
+  await d.close();
+  logger.flush();
+  return 0;
+}
+
+/** systemd Type=notify: `systemd-notify --ready` for our pid when NOTIFY_SOCKET is set (unit has NotifyAccess=all). */
+function notifyReady(logger: ReturnType<typeof createLogger>): void {
+  if (!process.env.NOTIFY_SOCKET) return;
+  const p = spawn('systemd-notify', ['--ready', `--pid=${process.pid}`], { stdio: 'ignore' });
+  p.on('error', (e) => logger.warn({ err: e.message }, 'systemd-notify not available: readiness not reported'));
+}

@@ -1,0 +1,154 @@
+/**
+ * The REST/control API server (fastify 4): the route table of routes.ts bound to Daemon methods,
+ * served on the control unix socket (mode 0600: root only) and, when configured, on TCP where every
+ * request must carry `Authorization: Bearer <token>` (401 otherwise).
+ *
+ * Request bodies are validated with the route's zod schema; a bad body gets a 400 whose message
+ * and `issues` name each offending field and the rule it breaks.
+ */
+import { createHash, timingSafeEqual } from 'node:crypto';
+import * as fs from 'node:fs';
+import * as net from 'node:net';
+import * as path from 'node:path';
+import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
+import type { Logger } from 'pino';
+import { CONTROL_SOCKET_MODE, type TargetSpec, zodIssues } from './config.js';
+import { type Daemon, DaemonError, VERSION } from './daemon.js';
+import { openApiDocument, type RouteDef, type RouteName, ROUTES, type TimersPatch } from './routes.js';
+
+type Handler = (d: Daemon, params: Record<string, string>, body: unknown) => unknown;
+
+/** What each route does; every entry of ROUTES has exactly one. */
+const HANDLERS: Record<RouteName, Handler> = {
+  health: (d) => d.health(),
+  listTargets: (d) => d.list(),
+  getTarget: (d, p) => d.status(p.id!),
+  attach: (d, _p, body) => d.attach(body as TargetSpec),
+  detach: async (d, p) => {
+    await d.detach(p.id!);
+    return { detached: p.id };
+  },
+  setTimers: (d, p, body) => d.setTimers(p.id!, body as TimersPatch),
+  reconnect: (d, p) => d.reconnect(p.id!),
+  metrics: (d) => d.metrics(),
+  openapi: () => openApiDocument(VERSION),
+};
+
+const REASONS: Record<number, string> = { 400: 'Bad Request', 401: 'Unauthorized', 404: 'Not Found', 409: 'Conflict', 415: 'Unsupported Media Type', 500: 'Internal Server Error', 502: 'Bad Gateway', 503: 'Service Unavailable' };
+
+/** Builds the fastify app; with `token`, every request needs it as a bearer token. */
+export function buildApp(daemon: Daemon, logger: Logger, opts: { token?: string } = {}): FastifyInstance {
+  const app = Fastify({ logger: false, bodyLimit: 64 * 1024 });
+  const want = opts.token !== undefined ? createHash('sha256').update(opts.token).digest() : undefined;
+  if (want) {
+    app.addHook('onRequest', async (req, reply) => {
+      const h = req.headers.authorization;
+      const m = typeof h === 'string' ? /^Bearer\s+(\S+)\s*$/i.exec(h) : null;
+      const got = m ? createHash('sha256').update(m[1]!).digest() : undefined;
+      if (!got || !timingSafeEqual(got, want)) {
+        logger.warn({ remote: req.ip, url: req.url, reason: m ? 'wrong token' : 'no bearer token' }, 'control request refused (401)');
+        return reply
+          .code(401)
+          .header('www-authenticate', 'Bearer realm="srp-nbd"')
+          .send({ error: 'Unauthorized', message: m ? 'wrong bearer token' : 'this listener requires "Authorization: Bearer <token>"' });
+      }
+    });
+  }
+  app.setErrorHandler((err: Error & { statusCode?: number }, req, reply) => {
+    const status = err instanceof DaemonError ? err.status : (err.statusCode ?? 500);
+    if (err instanceof DaemonError) logger.warn({ url: req.url, status, err: err.message }, 'control request refused');
+    else if (status >= 500) logger.error({ err, url: req.url }, 'control request failed');
+    const body: Record<string, unknown> = { error: REASONS[status] ?? 'Error', message: err.message };
+    if (err instanceof DaemonError && err.details !== undefined) body.issues = err.details;
+    void reply.code(status).send(body);
+  });
+  app.setNotFoundHandler((req, reply) => {
+    void reply.code(404).send({ error: 'Not Found', message: `no route ${req.method} ${req.url} (GET /openapi.json lists them)` });
+  });
+  for (const [name, r] of Object.entries(ROUTES) as [RouteName, RouteDef][]) {
+    app.route({
+      method: r.method,
+      url: r.url,
+      handler: async (req: FastifyRequest, reply: FastifyReply) => {
+        let body: unknown;
+        if (r.body) {
+          const parsed = r.body.safeParse(req.body ?? undefined);
+          if (!parsed.success) {
+            const issues = zodIssues(parsed.error);
+            return reply.code(400).send({ error: 'Bad Request', message: `invalid request body: ${issues.map((i) => `${i.path}: ${i.message} [${i.rule}]`).join('; ')}`, issues });
+          }
+          body = parsed.data;
+        }
+        const params = req.params as Record<string, string>;
+        const result = await HANDLERS[name](daemon, params, body);
+        if (r.method !== 'GET') logger.info({ route: name, params, status: r.status }, `control: ${r.method} ${req.url}`);
+        reply.code(r.status);
+        if (r.text) return reply.type('text/plain; version=0.0.4; charset=utf-8').send(result);
+        return reply.send(result);
+      },
+    });
+  }
+  return app;
+}
+
+export interface ApiListeners {
+  tcpPort?: number;
+  close(): Promise<void>;
+}
+
+/**
+ * Listens on the control socket (created with mode CONTROL_SOCKET_MODE under a 0177 umask, so it is
+ * never briefly accessible to others) and on TCP if configured. Refuses to replace the socket of a
+ * daemon that is still running.
+ */
+export async function startApi(daemon: Daemon, logger: Logger): Promise<ApiListeners> {
+  const cfg = daemon.config;
+  const apps: FastifyInstance[] = [];
+  const unixApp = buildApp(daemon, logger);
+  await removeStaleSocket(cfg.control_socket);
+  fs.mkdirSync(path.dirname(cfg.control_socket), { recursive: true, mode: 0o755 });
+  const old = process.umask(0o177);
+  try {
+    await unixApp.listen({ path: cfg.control_socket });
+  } finally {
+    process.umask(old);
+  }
+  fs.chmodSync(cfg.control_socket, CONTROL_SOCKET_MODE);
+  apps.push(unixApp);
+  logger.info({ socket: cfg.control_socket, mode: CONTROL_SOCKET_MODE.toString(8) }, 'control API on unix socket');
+  let tcpPort: number | undefined;
+  if (cfg.tcp) {
+    const tcpApp = buildApp(daemon, logger, { token: cfg.tcp.token });
+    await tcpApp.listen({ host: cfg.tcp.host, port: cfg.tcp.port });
+    tcpPort = (tcpApp.server.address() as net.AddressInfo).port;
+    apps.push(tcpApp);
+    logger.info({ host: cfg.tcp.host, port: tcpPort }, 'control API on TCP (bearer token required)');
+  }
+  return {
+    ...(tcpPort !== undefined ? { tcpPort } : {}),
+    close: async () => {
+      await Promise.all(apps.map((a) => a.close()));
+    },
+  };
+}
+
+/** Removes a socket file nobody listens on; throws if a daemon answers on it. */
+export async function removeStaleSocket(file: string): Promise<void> {
+  let st: fs.Stats;
+  try {
+    st = fs.statSync(file);
+  } catch {
+    return;
+  }
+  if (!st.isSocket()) throw new Error(`${file} exists and is not a socket; remove it or choose another control_socket`);
+  const alive = await new Promise<boolean>((resolve) => {
+    const s = net.connect(file);
+    s.once('connect', () => {
+      s.destroy();
+      resolve(true);
+    });
+    s.once('error', () => resolve(false));
+  });
+  if (alive) throw new Error(`another srp-nbd daemon is listening on ${file}`);
+  fs.unlinkSync(file);
+}

@@ -1,0 +1,296 @@
+/**
+ * The daemon's configuration file (JSON) and the per-target options, validated with zod.
+ *
+ * Every option is declared once in TARGET_OPTIONS / configSchema with its .describe() text;
+ * docs/options.md is generated from these schemas (scripts: `npm run docs:options`) and a test
+ * checks it is up to date. Timer combinations are checked by the one validator, validateTmo()
+ * (src/fsm/timers.ts), for the defaults and for each target with the defaults applied; the same
+ * call checks attach requests and REST PATCHes.
+ *
+ * Errors name the key path and the rule: `targets[1].fast_io_fail_tmo: fast_io_fail_tmo=700 exceeds
+ * SCSI_DEVICE_BLOCK_MAX_TIMEOUT (600 s): ... [fast-io-fail-too-long]`.
+ */
+import * as fs from 'node:fs';
+import { z } from 'zod';
+import { DEFAULT_TMO, type Tmo, type TmoParams, tmoField, validateTmo } from '../fsm/timers.js';
+import { parseAnyAddress } from './address.js';
+
+/** Where the daemon listens for control requests by default; created with CONTROL_SOCKET_MODE. */
+export const DEFAULT_CONTROL_SOCKET = '/run/srp-nbd/control.sock';
+/** root-only: the control socket can attach and detach block devices. */
+export const CONTROL_SOCKET_MODE = 0o600;
+/** The NBD unix socket on which every LUN is exported by name. */
+export const DEFAULT_NBD_SOCKET = '/run/srp-nbd/nbd.sock';
+/** Attached targets are persisted here (state.json), written atomically. */
+export const DEFAULT_STATE_DIR = '/var/lib/srp-nbd';
+
+const DEVICE_RE = /^(auto|none|\/dev\/nbd\d+)$/;
+export const TARGET_ID_RE = /^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$/;
+
+/**
+ * Per-target options: one entry per option, with its schema (no default), its default and its
+ * documentation. `defaults` in the config gives every one of them a value; a target (in the config or
+ * in an attach request) may override any of them.
+ */
+export const TARGET_OPTIONS = {
+  reconnect_delay: {
+    schema: tmoField,
+    default: DEFAULT_TMO.reconnectDelay as Tmo,
+    doc: 'Seconds before the first reconnect attempt after a transport failure (doubling per failed attempt, with jitter, up to reconnect_delay_max), or "off" to reconnect only on request. Must not be 0.',
+  },
+  reconnect_delay_max: {
+    schema: z.number().int(),
+    default: DEFAULT_TMO.reconnectDelayMax,
+    doc: 'Cap in seconds of the exponential reconnect back-off; at least reconnect_delay.',
+  },
+  fast_io_fail_tmo: {
+    schema: tmoField,
+    default: DEFAULT_TMO.fastIoFailTmo as Tmo,
+    doc: 'Seconds after a transport failure until held and new I/O fail with EIO, or "off". At most 600; smaller than dev_loss_tmo.',
+  },
+  dev_loss_tmo: {
+    schema: tmoField,
+    default: DEFAULT_TMO.devLossTmo as Tmo,
+    doc: 'Seconds after a transport failure until the port is lost (reconnecting stops, I/O fails, the device stays until detach), or "off". At most 600 when fast_io_fail_tmo is off.',
+  },
+  queue_size: {
+    schema: z.number().int().min(1).max(4096),
+    default: 62,
+    doc: 'SRP commands outstanding at most per target (ib_srp queue_size minus its reserved slots); the target\'s credits (req_lim) may lower it.',
+  },
+  immediate_data: {
+    schema: z.boolean(),
+    default: true,
+    doc: 'Ask for SRP-2 immediate data at login (small writes travel inside the SRP_CMD).',
+  },
+  ack_timeout: {
+    schema: z.number().int().min(0).max(31),
+    default: 14,
+    doc: 'RDMA transport: local ACK timeout exponent, 4.096 µs × 2^n (14 = 67 ms). With retry_count it bounds how soon a silent path loss is noticed: (retry_count + 1) × 4.096 µs × 2^ack_timeout.',
+  },
+  retry_count: {
+    schema: z.number().int().min(0).max(6),
+    default: 6,
+    doc: 'RDMA transport: RC retry count 0..6 (7 means "retry forever" on rxe and is refused).',
+  },
+  keepalive_interval: {
+    schema: z.number().min(0).max(3600),
+    default: 1,
+    doc: 'RDMA transport: seconds between keep-alive probes (a zero-length RDMA WRITE) on an idle channel; 0 disables them.',
+  },
+  max_hold_queue: {
+    schema: z.number().int().min(1).max(65536),
+    default: 256,
+    doc: 'Block requests admitted at once per target (in flight plus held while the path is blocked); later ones wait, so memory stays bounded.',
+  },
+  command_timeout: {
+    schema: z.number().int().min(1).max(3600),
+    default: 30,
+    doc: 'Seconds a SCSI command may take before it is aborted (ABORT TASK) and retried.',
+  },
+  device: {
+    schema: z.string().regex(DEVICE_RE, 'must be "auto", "none" or "/dev/nbdN"'),
+    default: 'auto',
+    doc: 'Kernel block device for each LUN: "auto" (next free /dev/nbdN through NBD netlink when the kernel driver and the native addon are available, otherwise none), "/dev/nbdN" (this one; attach fails if it cannot be had; with several LUNs N, N+1, ...), or "none" (NBD unix socket export only).',
+  },
+  dead_conn_timeout: {
+    schema: z.number().int().min(1).max(3600),
+    default: 30,
+    doc: 'Kernel NBD DEAD_CONN_TIMEOUT in seconds: how long the kernel holds I/O for a /dev/nbdN whose server died (e.g. a daemon restart) before failing it.',
+  },
+} as const;
+
+type OptionKey = keyof typeof TARGET_OPTIONS;
+type OptionValue<K extends OptionKey> = z.output<(typeof TARGET_OPTIONS)[K]['schema']>;
+
+/** Every per-target option with a value. */
+export type TargetOptions = { [K in OptionKey]: OptionValue<K> };
+/** Overrides of one target. */
+export type TargetOverrides = Partial<TargetOptions>;
+
+const optionKeys = Object.keys(TARGET_OPTIONS) as OptionKey[];
+
+function optionShape(withDefaults: boolean): Record<OptionKey, z.ZodTypeAny> {
+  const shape = {} as Record<OptionKey, z.ZodTypeAny>;
+  for (const k of optionKeys) {
+    const o = TARGET_OPTIONS[k];
+    shape[k] = (withDefaults ? (o.schema as z.ZodTypeAny).default(o.default) : (o.schema as z.ZodTypeAny).optional()).describe(o.doc);
+  }
+  return shape;
+}
+
+/** The timer parameters of a full option set. */
+export function tmoOf(o: Pick<TargetOptions, 'reconnect_delay' | 'reconnect_delay_max' | 'fast_io_fail_tmo' | 'dev_loss_tmo'>): TmoParams {
+  return { reconnectDelay: o.reconnect_delay, reconnectDelayMax: o.reconnect_delay_max, fastIoFailTmo: o.fast_io_fail_tmo, devLossTmo: o.dev_loss_tmo };
+}
+
+/** Adds one issue per broken timer rule (validateTmo), at `path` + the first parameter the rule names. */
+export function addTmoIssues(ctx: z.RefinementCtx, tmo: TmoParams, path: (string | number)[], note = ''): void {
+  for (const v of validateTmo(tmo)) {
+    ctx.addIssue({ code: z.ZodIssueCode.custom, path: [...path, v.params[0]!], message: v.message + note, params: { rule: v.rule } });
+  }
+}
+
+export const defaultsSchema = z
+  .object(optionShape(true))
+  .strict()
+  .superRefine((o, ctx) => addTmoIssues(ctx, tmoOf(o as TargetOptions), []))
+  .describe('Options applied to every target unless the target overrides them.');
+
+/** A target: its address plus overrides. The body of POST /targets and an entry of `targets`. */
+export const targetSpecSchema = z
+  .object({
+    address: z
+      .string()
+      .min(1)
+      .superRefine((a, ctx) => {
+        try {
+          parseAnyAddress(a);
+        } catch (e) {
+          ctx.addIssue({ code: z.ZodIssueCode.custom, message: (e as Error).message, params: { rule: 'target-address' } });
+        }
+      })
+      .describe('The target: an ib_srp add_target string (`id_ext=…,ioc_guid=…,dgid=…,pkey=…,service_id=…` or `id_ext=…,ioc_guid=…,dest=IP:port`), as srp_daemon prints it, or `test-target[,name=N,luns=N,lun_size=SIZE,block_size=512|4096,image_dir=DIR]` for the in-process test target.'),
+    id: z
+      .string()
+      .regex(TARGET_ID_RE, 'must be 1-64 characters of letters, digits, "_", ".", ":" or "-", starting with a letter or digit')
+      .optional()
+      .describe('Stable name of the target in the CLI, the API and export names (`<id>-lun<N>`); derived from the address when omitted.'),
+    ...optionShape(false),
+  })
+  .strict();
+export type TargetSpec = z.output<typeof targetSpecSchema>;
+
+export const tcpListenerSchema = z
+  .object({
+    host: z.string().min(1).default('127.0.0.1').describe('Address to listen on.'),
+    port: z.number().int().min(0).max(65535).describe('TCP port (0 picks a free one, logged at start).'),
+    token: z.string().min(16, 'must be at least 16 characters').describe('Bearer token every request must carry (`Authorization: Bearer <token>`); keep the config file mode 0600.'),
+  })
+  .strict()
+  .describe('Optional REST listener on TCP; only with a bearer token.');
+
+export const configSchema = z
+  .object({
+    control_socket: z.string().min(1).default(DEFAULT_CONTROL_SOCKET).describe('Control and REST API unix socket, created mode 0600 (root only).'),
+    nbd_socket: z.string().min(1).default(DEFAULT_NBD_SOCKET).describe('NBD unix socket on which every LUN is exported by name (`nbd+unix:///<id>-lun<N>?socket=…`), mode 0600.'),
+    state_dir: z.string().min(1).default(DEFAULT_STATE_DIR).describe('Directory of state.json, the attached set re-attached at start (and test-target LUN images).'),
+    log_level: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal']).default('info').describe('pino log level (logs go to stderr as JSON lines).'),
+    tcp: tcpListenerSchema.optional(),
+    defaults: defaultsSchema.default({}),
+    targets: z.array(targetSpecSchema).default([]).describe('Targets attached at start (if not already in the persisted state), each `{ "address": …, "id"?: …, <any per-target option> }`.'),
+  })
+  .strict()
+  .superRefine((c, ctx) => {
+    const defaults = c.defaults as TargetOptions;
+    c.targets.forEach((t, i) => {
+      const merged = resolveOptions(defaults, t);
+      addTmoIssues(ctx, tmoOf(merged), ['targets', i], ' (with the defaults applied)');
+    });
+  });
+
+export type DaemonConfig = z.output<typeof configSchema>;
+
+/** Options of a target: the defaults with its overrides applied. */
+export function resolveOptions(defaults: TargetOptions, overrides: TargetOverrides): TargetOptions {
+  const out = { ...defaults } as Record<string, unknown>;
+  for (const k of optionKeys) if ((overrides as Record<string, unknown>)[k] !== undefined) out[k] = (overrides as Record<string, unknown>)[k];
+  return out as TargetOptions;
+}
+
+/** Just the option overrides of a spec (drops address and id). */
+export function overridesOf(spec: Record<string, unknown>): TargetOverrides {
+  const out: Record<string, unknown> = {};
+  for (const k of optionKeys) if (spec[k] !== undefined) out[k] = spec[k];
+  return out as TargetOverrides;
+}
+
+/** One problem: where (key path), which rule, and the message. */
+export interface ConfigIssue {
+  path: string;
+  rule: string;
+  message: string;
+}
+
+/** `targets[0].dev_loss_tmo` from a zod path. */
+export function formatPath(path: readonly (string | number)[]): string {
+  let s = '';
+  for (const p of path) s += typeof p === 'number' ? `[${p}]` : s === '' ? p : `.${p}`;
+  return s === '' ? '(top level)' : s;
+}
+
+const TIMER_KEYS: readonly string[] = ['reconnect_delay', 'reconnect_delay_max', 'fast_io_fail_tmo', 'dev_loss_tmo'];
+
+const RULE_OF_CODE: Record<string, string> = {
+  invalid_type: 'type',
+  invalid_enum_value: 'enum',
+  invalid_literal: 'literal',
+  unrecognized_keys: 'unknown-key',
+  too_small: 'minimum',
+  too_big: 'maximum',
+  invalid_string: 'format',
+  not_multiple_of: 'multiple',
+  invalid_union: 'type',
+};
+
+/** Flattens a ZodError into issues naming the key path and the rule (unknown keys each named). */
+export function zodIssues(err: z.ZodError, prefix: (string | number)[] = []): ConfigIssue[] {
+  const out: ConfigIssue[] = [];
+  for (const i of err.issues) {
+    if (i.code === 'unrecognized_keys') {
+      for (const k of i.keys) out.push({ path: formatPath([...prefix, ...i.path, k]), rule: 'unknown-key', message: `unknown option '${k}'` });
+      continue;
+    }
+    if (i.code === 'invalid_union') {
+      // tmo fields: string | number; say what is accepted instead of zod's union summary.
+      out.push({ path: formatPath([...prefix, ...i.path]), rule: 'type', message: 'expected an integer number of seconds or "off"' });
+      continue;
+    }
+    let message = i.message;
+    if (i.code === 'invalid_type' && i.received === 'undefined') message = 'required';
+    const last = i.path[i.path.length - 1];
+    const rule =
+      (i.code === 'custom' && (i.params as { rule?: string } | undefined)?.rule) ||
+      (i.code === 'custom' && typeof last === 'string' && TIMER_KEYS.includes(last) ? 'timeout-syntax' : undefined) ||
+      RULE_OF_CODE[i.code] ||
+      i.code;
+    out.push({ path: formatPath([...prefix, ...i.path]), rule, message });
+  }
+  return out;
+}
+
+/** A configuration that cannot be used: every issue, one per line. */
+export class ConfigError extends Error {
+  constructor(
+    readonly file: string,
+    readonly issues: ConfigIssue[],
+  ) {
+    super(`${file}: invalid configuration:\n${issues.map((i) => `  ${i.path}: ${i.message} [${i.rule}]`).join('\n')}`);
+    this.name = 'ConfigError';
+  }
+}
+
+/** Validates a parsed config object; throws ConfigError. */
+export function parseConfig(raw: unknown, file = 'config'): DaemonConfig {
+  const r = configSchema.safeParse(raw);
+  if (!r.success) throw new ConfigError(file, zodIssues(r.error));
+  return r.data;
+}
+
+/** Reads and validates a JSON config file; a missing file with `optional` gives the defaults. */
+export function loadConfig(file: string | undefined): DaemonConfig {
+  if (file === undefined) return parseConfig({}, '(built-in defaults)');
+  let text: string;
+  try {
+    text = fs.readFileSync(file, 'utf8');
+  } catch (e) {
+    throw new ConfigError(file, [{ path: '(file)', rule: 'readable', message: `cannot read: ${(e as Error).message}` }]);
+  }
+  let raw: unknown;
+  try {
+    raw = JSON.parse(text);
+  } catch (e) {
+    throw new ConfigError(file, [{ path: '(file)', rule: 'json', message: `not valid JSON: ${(e as Error).message}` }]);
+  }
+  return parseConfig(raw, file);
+}
