@@ -3,6 +3,7 @@ import { spawn } from 'node:child_process';
 import type * as net from 'node:net';
 import t from 'tap';
 import { BackendError } from '../src/nbd/backend.js';
+import { encodeRequest } from '../src/nbd/codec.js';
 import { MemoryBackend } from '../src/nbd/memory-backend.js';
 import * as C from '../src/nbd/nbd-constants.js';
 import { RawClient, startServer } from './helpers/nbd.js';
@@ -198,6 +199,18 @@ t.test('wrong request magic: clean disconnect after answering what was in flight
   c.write(Buffer.alloc(28, 0x55));
   t.equal((await c.simpleReply(512)).cookie, 1n);
   t.ok(await c.reader.closed());
+});
+
+t.test('a burst of huge READs from a client that never reads replies stays within the memory budget', async (t) => {
+  const c = await open();
+  c.socket.pause(); // never read a reply
+  const before = process.memoryUsage().arrayBuffers;
+  const burst = Buffer.concat(Array.from({ length: 200 }, (_, i) => encodeRequest(C.NBD_CMD_READ, 0, BigInt(i), 0, 8 * MiB)));
+  c.write(burst); // 1.6 GB of reads asked for in 5.6 KB
+  await new Promise((r) => setTimeout(r, 1500));
+  const grown = process.memoryUsage().arrayBuffers - before;
+  t.ok(grown < 300 * MiB, `buffers grew by ${(grown / MiB).toFixed(0)} MiB, not 1.6 GB`);
+  c.close();
 });
 
 t.test('a client vanishing mid-payload disturbs nobody else', async (t) => {

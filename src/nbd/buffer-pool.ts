@@ -53,6 +53,8 @@ export class BufferPool {
   }
 }
 
+/** Powers of two up to 1 MiB, whole MiB above (a 32 MiB READ plus its header must not take 64 MiB). */
 function sizeClass(n: number): number {
-  return 2 ** Math.ceil(Math.log2(n));
+  const MiB = 1024 * 1024;
+  return n <= MiB ? 2 ** Math.ceil(Math.log2(n)) : Math.ceil(n / MiB) * MiB;
 }

@@ -55,6 +55,8 @@ export interface ConnectionOptions {
   maxInFlight?: number;
   /** Reply bytes queued in the socket before the connection stops reading (default 64 MiB). */
   maxQueuedReplyBytes?: number;
+  /** READ and WRITE bytes in flight before the connection stops reading (default 64 MiB). */
+  maxInFlightBytes?: number;
   /** A client still negotiating after this long is disconnected (default 30 s; 0 = never). */
   handshakeTimeoutMs?: number;
 }
@@ -131,6 +133,10 @@ export class NbdConnection implements InputSink {
   private handshakeTimer: NodeJS.Timeout | undefined;
   private readonly logged = new Map<string, number>();
   private readonly maxInFlight: number;
+  private readonly maxInFlightBytes: number;
+  private inFlightBytes = 0;
+  /** Input received but not parsed because the connection paused itself (see onInput). */
+  private backlog: Buffer | undefined;
   private readonly maxQueuedReplyBytes: number;
 
   private readonly socket: Socket;
@@ -145,6 +151,7 @@ export class NbdConnection implements InputSink {
   ) {
     this.closed = new Promise((resolve) => (this.resolveClosed = resolve));
     this.maxInFlight = opts.maxInFlight ?? 256;
+    this.maxInFlightBytes = opts.maxInFlightBytes ?? 64 * 1024 * 1024;
     this.maxQueuedReplyBytes = opts.maxQueuedReplyBytes ?? 64 * 1024 * 1024;
     const socket = typeof source === 'function' ? source(this) : source;
     this.socket = socket;
@@ -220,6 +227,12 @@ export class NbdConnection implements InputSink {
     let pos = 0;
     try {
       while (pos < chunk.length && this.phase !== 'stopped') {
+        if (this.paused) {
+          // Over a limit: the rest waits (reading is stopped, so the bytes stay where they are)
+          // until requests complete; a hostile burst of headers cannot make us allocate more.
+          this.backlog = chunk.subarray(pos);
+          return;
+        }
         switch (this.phase) {
           case 'request-header':
             // Fast path: a whole header in the chunk is decoded in place.
@@ -519,8 +532,10 @@ export class NbdConnection implements InputSink {
     let dataOffset = 0;
     let view: Buffer | undefined;
     let result: void | Promise<void> = undefined;
+    const bytes = r.type === C.NBD_CMD_READ || r.type === C.NBD_CMD_WRITE ? r.length : 0;
     this.inFlight++;
-    if (this.inFlight >= this.maxInFlight) this.pause();
+    this.inFlightBytes += bytes;
+    if (this.inFlight >= this.maxInFlight || this.inFlightBytes >= this.maxInFlightBytes) this.pause();
     try {
       switch (r.type) {
         case C.NBD_CMD_READ:
@@ -551,6 +566,7 @@ export class NbdConnection implements InputSink {
     }
     const done = (err: unknown): void => {
       this.inFlight--;
+      this.inFlightBytes -= bytes;
       if (payload && pooled) this.opts.pool.release(payload);
       if (err === undefined) this.replyOk(r, reply, view);
       else {
@@ -639,9 +655,16 @@ export class NbdConnection implements InputSink {
 
   private maybeResume(): void {
     if (!this.paused || this.draining) return;
-    if (this.inFlight < this.maxInFlight / 2 && this.socket.writableLength <= this.maxQueuedReplyBytes / 2) {
+    if (
+      this.inFlight < this.maxInFlight / 2 &&
+      this.inFlightBytes < this.maxInFlightBytes / 2 &&
+      this.socket.writableLength <= this.maxQueuedReplyBytes / 2
+    ) {
       this.paused = false;
-      this.socket.resume();
+      const backlog = this.backlog;
+      this.backlog = undefined;
+      if (backlog) this.onInput(backlog); // may pause again
+      if (!this.paused && !this.draining) this.socket.resume();
     }
   }
 

@@ -18,6 +18,8 @@ export interface NbdServerOptions {
   defaultExport?: string;
   maxInFlight?: number;
   handshakeTimeoutMs?: number;
+  /** Connections served at once; more are closed at accept (default 64). Each may hold ~128 MiB of buffers. */
+  maxConnections?: number;
 }
 
 export class NbdServer implements ExportRegistry {
@@ -82,7 +84,13 @@ export class NbdServer implements ExportRegistry {
   }
 
   /** Serves a connected socket from the handshake on. */
-  accept(socket: net.Socket): NbdConnection {
+  accept(socket: net.Socket): NbdConnection | undefined {
+    const max = this.opts.maxConnections ?? 64;
+    if (this.connections.size >= max) {
+      this.opts.logger.warn({ max }, 'too many NBD connections: refusing a new one');
+      socket.destroy();
+      return undefined;
+    }
     const source = (sink: InputSink): net.Socket => adoptAccepted(socket, sink) ?? socket;
     return this.track(NbdConnection.handshake(source, this, this.connectionOptions()));
   }
