@@ -9,6 +9,11 @@ mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 [ -e /dev/null ] || mount -t devtmpfs devtmpfs /dev
 mkdir -p /dev/pts /dev/shm
+# what udev would create: bash's process substitution <(...) needs /dev/fd
+[ -e /dev/fd ] || ln -s /proc/self/fd /dev/fd
+[ -e /dev/stdin ] || ln -s /proc/self/fd/0 /dev/stdin
+[ -e /dev/stdout ] || ln -s /proc/self/fd/1 /dev/stdout
+[ -e /dev/stderr ] || ln -s /proc/self/fd/2 /dev/stderr
 mount -t devpts devpts /dev/pts
 mount -t tmpfs tmpfs /dev/shm
 # /tmp stays the overlay (host /tmp visible, writes go to the tmpfs upper layer)

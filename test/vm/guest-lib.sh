@@ -29,7 +29,11 @@ CFG=/sys/kernel/config/target
 now() { local u _; read -r u _ </proc/uptime; echo "$u"; }  # guest uptime, seconds (no exec)
 uptime_to() { local _; read -r "$1" _ </proc/uptime; }       # uptime_to VAR: no fork at all
 # nap SECONDS: sleep without starting a process (read -t on a pipe nobody writes)
-nap() { [ -n "${_NAP_FD:-}" ] || exec {_NAP_FD}<> <(:); read -r -t "$1" -u "$_NAP_FD" _ 2>/dev/null; return 0; }
+nap() {
+  [ -n "${_NAP_FD:-}" ] || { exec {_NAP_FD}<> <(:); } 2>/dev/null || _NAP_FD=none
+  if [ "$_NAP_FD" = none ]; then sleep "$1"; else read -r -t "$1" -u "$_NAP_FD" _; fi
+  return 0
+}
 since() { awk -v a="$1" -v b="$(now)" 'BEGIN{printf "%.2f", b-a}'; }  # seconds since $1
 log() { echo "[$(now)] $*"; }
 _result() { echo "$*"; echo "$*" >> "$OUT_DIR/results" 2>/dev/null; }
