@@ -8,6 +8,13 @@
  * `blockSize.minimum` and the 32 MiB request limit when a method is called.
  */
 import {
+  NBD_FLAG_CAN_MULTI_CONN,
+  NBD_FLAG_HAS_FLAGS,
+  NBD_FLAG_READ_ONLY,
+  NBD_FLAG_SEND_FLUSH,
+  NBD_FLAG_SEND_FUA,
+  NBD_FLAG_SEND_TRIM,
+  NBD_FLAG_SEND_WRITE_ZEROES,
   NBD_EINVAL,
   NBD_EIO,
   NBD_ENOMEM,
@@ -118,4 +125,20 @@ export function toNbdErrno(err: unknown): number {
 /** Checks that n is a power of two in [lo, hi]. */
 export function isPowerOfTwoIn(n: number, lo: number, hi: number): boolean {
   return Number.isInteger(n) && n >= lo && n <= hi && (n & (n - 1)) === 0;
+}
+
+/**
+ * The transmission flags an export is advertised with: in the handshake and
+ * in the kernel's NBD_ATTR_SERVER_FLAGS. Write features are not offered on a
+ * read-only export.
+ */
+export function transmissionFlags(b: Backend): number {
+  let f = NBD_FLAG_HAS_FLAGS;
+  if (b.readOnly) f |= NBD_FLAG_READ_ONLY;
+  if (b.canFlush) f |= NBD_FLAG_SEND_FLUSH;
+  if (b.canFua && !b.readOnly) f |= NBD_FLAG_SEND_FUA;
+  if (b.canTrim && !b.readOnly) f |= NBD_FLAG_SEND_TRIM;
+  if (b.canWriteZeroes && !b.readOnly) f |= NBD_FLAG_SEND_WRITE_ZEROES;
+  if (b.canMultiConn) f |= NBD_FLAG_CAN_MULTI_CONN;
+  return f;
 }

@@ -17,7 +17,7 @@
  */
 import type { Socket } from 'node:net';
 import type { Logger } from 'pino';
-import { type Backend, toNbdErrno } from './backend.js';
+import { type Backend, toNbdErrno, transmissionFlags } from './backend.js';
 import { BufferPool } from './buffer-pool.js';
 import type { InputSink } from './socket-input.js';
 import {
@@ -383,7 +383,7 @@ export class NbdConnection implements InputSink {
       return this.nextOption();
     }
     const b = found.backend;
-    this.optionReply(C.NBD_REP_INFO, encodeInfoExport(b.size, this.flagsFor(b)));
+    this.optionReply(C.NBD_REP_INFO, encodeInfoExport(b.size, transmissionFlags(b)));
     for (const type of new Set(request.requests)) {
       if (type === C.NBD_INFO_NAME) this.optionReply(C.NBD_REP_INFO, encodeInfoString(C.NBD_INFO_NAME, found.name));
       else if (type === C.NBD_INFO_DESCRIPTION && b.description) {
@@ -407,22 +407,11 @@ export class NbdConnection implements InputSink {
     this.socket.write(encodeOptionReply(this.optionCode, type, payload));
   }
 
-  private flagsFor(b: Backend): number {
-    let f = C.NBD_FLAG_HAS_FLAGS;
-    if (b.readOnly) f |= C.NBD_FLAG_READ_ONLY;
-    if (b.canFlush) f |= C.NBD_FLAG_SEND_FLUSH;
-    if (b.canFua && !b.readOnly) f |= C.NBD_FLAG_SEND_FUA;
-    if (b.canTrim && !b.readOnly) f |= C.NBD_FLAG_SEND_TRIM;
-    if (b.canWriteZeroes && !b.readOnly) f |= C.NBD_FLAG_SEND_WRITE_ZEROES;
-    if (b.canMultiConn) f |= C.NBD_FLAG_CAN_MULTI_CONN;
-    return f;
-  }
-
   private enterTransmission(name: string, backend: Backend): void {
     if (this.handshakeTimer) clearTimeout(this.handshakeTimer);
     this.exportName = name;
     this.backend = backend;
-    this.transmissionFlags = this.flagsFor(backend);
+    this.transmissionFlags = transmissionFlags(backend);
     this.opts.logger.debug({ export: name, structured: this.structuredReplies }, 'transmission phase');
   }
 

@@ -18,9 +18,8 @@
 import { constants as osConstants } from 'node:os';
 import type { Socket } from 'node:net';
 import type { NativeBinding, NativeError } from '../native/native.js';
-import type { Backend } from './backend.js';
+import { type Backend, transmissionFlags } from './backend.js';
 import type { NbdConnection } from './connection.js';
-import * as NC from './nbd-constants.js';
 import * as C from './nbd-netlink-constants.js';
 import type { NbdServer } from './server.js';
 import { socketFromFd } from './socket-input.js';
@@ -247,18 +246,6 @@ export function decodeStatus(payload: Buffer): NbdDeviceStatus[] {
 /** NBD_ATTR_INDEX of a CONNECT reply or LINK_DEAD notification payload (genl header included). */
 export function decodeIndex(payload: Buffer): number | undefined {
   return new NlAttrs(payload.subarray(C.GENL_HDRLEN)).u32(C.NBD_ATTR_INDEX);
-}
-
-/** NBD transmission flags for a backend, as the NBD server advertises them (connection.ts flagsFor). */
-export function serverFlagsFor(b: Backend): number {
-  let f = NC.NBD_FLAG_HAS_FLAGS;
-  if (b.readOnly) f |= NC.NBD_FLAG_READ_ONLY;
-  if (b.canFlush) f |= NC.NBD_FLAG_SEND_FLUSH;
-  if (b.canFua && !b.readOnly) f |= NC.NBD_FLAG_SEND_FUA;
-  if (b.canTrim && !b.readOnly) f |= NC.NBD_FLAG_SEND_TRIM;
-  if (b.canWriteZeroes && !b.readOnly) f |= NC.NBD_FLAG_SEND_WRITE_ZEROES;
-  if (b.canMultiConn) f |= NC.NBD_FLAG_CAN_MULTI_CONN;
-  return f;
 }
 
 /* ---------------------------------------------------------------- errors */
@@ -539,7 +526,7 @@ export async function attach(nl: NbdNetlink, b: NetlinkBinding, opts: AttachOpti
   try {
     const index = await nl.connect({
       ...(opts.index !== undefined ? { index: opts.index } : {}),
-      sockets: [kernelFd], sizeBytes: found.backend.size, blockSize, serverFlags: serverFlagsFor(found.backend),
+      sockets: [kernelFd], sizeBytes: found.backend.size, blockSize, serverFlags: transmissionFlags(found.backend),
       timeoutSec: 0, deadConnTimeoutSec: opts.deadConnTimeoutSec ?? 30, backendId,
     });
     return { index, device: `/dev/nbd${index}`, backendId, connection };
