@@ -51,7 +51,8 @@ t.test('CLI round trip: attach, list, status, set, reconnect, detach (text and -
   t.match(dup.stderr, /target test-a is already attached/);
   const rdma = await cli(['attach', 'id_ext=0002c90300aabbcc,ioc_guid=0002c90300aabbcc,dest=192.0.2.2:5000']);
   t.equal(rdma.code, 1);
-  t.match(rdma.stderr, /RDMA transport not available/);
+  // no RDMA on the test host: the connector loads, the login names what is missing
+  t.match(rdma.stderr, /RDMA transport not available|no RDMA device available|native addon/);
   const badAddr = await cli(['attach', 'id_ext=1,ioc_guid=2,dest=192.0.2.2']);
   t.equal(badAddr.code, 2);
   t.match(badAddr.stderr, /address 'id_ext=1,ioc_guid=2,dest=192.0.2.2': bad dest parameter/);
@@ -60,7 +61,7 @@ t.test('CLI round trip: attach, list, status, set, reconnect, detach (text and -
   t.match(badOpt.stderr, /--queue-size: /);
   const named = await cli(['attach', '--id-ext', '1', '--ioc-guid', '2', '--dest', '192.0.2.9:5000']);
   t.equal(named.code, 1, 'named flags build an add_target string');
-  t.match(named.stderr, /target srp-0000000000000001-192\.0\.2\.9-5000: RDMA transport not available/);
+  t.match(named.stderr, /target srp-0000000000000001-192\.0\.2\.9-5000: (RDMA transport not available|attach failed: no RDMA device available|.*native addon)/);
 
   const list = await cli(['list']);
   t.equal(list.code, 0);

@@ -2,7 +2,7 @@
 // the same transport over MockRdmaBinding carrying the real SRP session to the test SRP target.
 import { randomBytes } from 'node:crypto';
 import t from 'tap';
-import { RdmaChannelTransport, RdmaUnavailableError, checkRdmaAvailable, type RdmaTransportOptions } from '../src/initiator/rdma-transport.js';
+import { RdmaChannelTransport, RdmaUnavailableError, checkRdmaAvailable, parkedCmIds, type RdmaTransportOptions } from '../src/initiator/rdma-transport.js';
 import { ScsiDisk } from '../src/initiator/scsi-disk.js';
 import { TransportError } from '../src/initiator/scsi-executor.js';
 import { SrpLoginRejectedError, SrpSession } from '../src/initiator/srp-session.js';
@@ -157,6 +157,14 @@ t.test('failures: login reject, no listener, PORT_ERR, black hole probe, target 
   t.match(e1.message, /link down: IBV_EVENT_PORT_ERR on mock0 port 1/);
   t.ok(Date.now() - t0 < 1000, 'PORT_ERR noticed at once');
   t.equal(m.rdmaObjectCounts().qps, 0);
+  t.equal(m.madsWhilePortDown, 0, 'no DREQ through the downed port');
+  t.equal(parkedCmIds(m.asBinding()), 1, 'the cm id waits for the port');
+  t.match(m.rdmaObjectCounts(), { ids: 1, channels: 1, qps: 0, cqs: 0, mrs: 0, pds: 0 });
+  m.portUp();
+  await new Promise((r) => setTimeout(r, 10));
+  t.equal(parkedCmIds(m.asBinding()), 0, 'PORT_ACTIVE: the parked id is disconnected and destroyed');
+  t.same(m.rdmaObjectCounts(), { channels: 0, ids: 0, qps: 0, pds: 0, compChannels: 0, cqs: 0, mrs: 0 });
+  t.equal(m.madsWhilePortDown, 0);
 
   tr = transport(m.asBinding());
   session = await SrpSession.login(tr, ids);

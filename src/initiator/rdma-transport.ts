@@ -54,6 +54,11 @@ export interface RdmaTransportOptions {
   maxRegionSize?: number;
   /** buffers to register once per connection; views into them register without a system call */
   pools?: Buffer[];
+  /**
+   * Keep-alive: a zero-length RDMA WRITE every this many ms while connected (0 = off, the default).
+   * A probe that fails (black hole: after the QP's retries) is a channel loss ('disconnect').
+   */
+  keepaliveIntervalMs?: number;
   logger?: SrpLogger;
 }
 
@@ -117,6 +122,67 @@ class AsyncEventHub {
   }
 }
 
+/* ------------------------------------------------------------ parked cm ids */
+
+/**
+ * cm ids whose teardown waits for their port to be ACTIVE again.
+ *
+ * rdma_disconnect, and rdma_destroy_id of a connected (or connecting) id, make the kernel CM send a
+ * MAD (DREQ, REJ) through the device's GSI QP. On rxe (6.1) such a send while the netdev is down
+ * fails in the requester: the GSI QP goes to ERROR, ib_mad moves it back to RTS, which on rxe
+ * restores only its send side: from then on the device never receives another CM MAD, so every
+ * later login through it gets no REP at all (seen in the guest: the target sends REPs, the
+ * initiator's rxe counts none). The same sequence broke the kernel ib_srp's re-login after
+ * dev_loss_tmo. So when a channel is lost while its port is down we flush its QP (modify to ERR),
+ * release everything else, and keep only the id (and its event channel) here; when PORT_ACTIVE
+ * arrives the id is disconnected and destroyed normally, and the DREQ reaches the target.
+ */
+class ParkedIds {
+  private static readonly parked = new Map<NativeBinding, Map<string, { ids: { id: number; channel: number }[]; unsubscribe: () => void }>>();
+
+  static park(b: NativeBinding, ctx: number, port: number, asyncFd: number, id: number, channel: number, log: SrpLogger): void {
+    let m = this.parked.get(b);
+    if (!m) this.parked.set(b, (m = new Map()));
+    const key = `${ctx}/${port}`;
+    let e = m.get(key);
+    if (!e) {
+      const entry = { ids: [] as { id: number; channel: number }[], unsubscribe: () => {} };
+      entry.unsubscribe = AsyncEventHub.subscribe(b, ctx, asyncFd, (ev) => {
+        if (ev.type === R.IBV_EVENT_PORT_ACTIVE && ev.portNum === port) this.release(b, key, log);
+      });
+      m.set(key, (e = entry));
+    }
+    e.ids.push({ id, channel });
+    log.info({ port, parked: e.ids.length }, 'rdma: port down: cm id kept until the port is active again (no DREQ through a downed port)');
+  }
+
+  /** Disconnects and destroys the parked ids of one port (on PORT_ACTIVE); safe to call again. */
+  private static release(b: NativeBinding, key: string, log: SrpLogger): void {
+    const m = this.parked.get(b);
+    const e = m?.get(key);
+    if (!m || !e) return;
+    m.delete(key);
+    e.unsubscribe();
+    for (const { id, channel } of e.ids) {
+      try { b.cmDisconnect(id); } catch { /* not connected */ }
+      try { b.cmDestroyId(id); } catch (err) { log.warn({ err }, 'rdma: destroying a parked cm id failed'); }
+      try { b.cmDestroyChannel(channel); } catch (err) { log.warn({ err }, 'rdma: destroying a parked event channel failed'); }
+    }
+  }
+
+  /** Ids parked for this binding (status, tests). */
+  static count(b: NativeBinding): number {
+    let n = 0;
+    for (const e of this.parked.get(b)?.values() ?? []) n += e.ids.length;
+    return n;
+  }
+}
+
+/** cm ids of lost channels waiting for their port to come back before they are torn down. */
+export function parkedCmIds(b: NativeBinding): number {
+  return ParkedIds.count(b);
+}
+
 /* ------------------------------------------------------------ errors */
 
 /** No usable RDMA device / kernel support, with what to do. */
@@ -150,6 +216,8 @@ export class RdmaChannelTransport extends Emitter<RdmaChannelEvents> implements 
   readonly loginForm: LoginForm = 'rdma-cm';
   private stateValue: ChannelState = 'idle';
   private readonly o: Required<Omit<RdmaTransportOptions, 'src' | 'logger' | 'pools'>> & Pick<RdmaTransportOptions, 'src'>;
+  private keepaliveTimer: ReturnType<typeof setInterval> | undefined;
+  private keepaliveInFlight = false;
   private readonly log: SrpLogger;
   private readonly poolBufs: Buffer[];
   private maxRegion: number;
@@ -176,6 +244,8 @@ export class RdmaChannelTransport extends Emitter<RdmaChannelEvents> implements 
   private probeSeq = 0;
   private readonly probes = new Map<number, { resolve: (ms: number) => void; reject: (e: Error) => void; t0: number }>();
   private closing = false;
+  /** rdma_connect was called: tearing the id down sends a CM MAD (DREQ/REJ) */
+  private cmSent = false;
   private disconnectedFired = false;
   private drainWaiter: (() => void) | undefined;
   /** counters for status and tests */
@@ -203,7 +273,9 @@ export class RdmaChannelTransport extends Emitter<RdmaChannelEvents> implements 
       maxSendIuLen: options.maxSendIuLen ?? 8448,
       recvIuLen: options.recvIuLen ?? 8448,
       maxRegionSize: options.maxRegionSize ?? 16 << 20,
+      keepaliveIntervalMs: options.keepaliveIntervalMs ?? 0,
     };
+    if (!(this.o.keepaliveIntervalMs >= 0)) throw new RangeError(`keepaliveIntervalMs ${this.o.keepaliveIntervalMs} must be >= 0`);
     this.maxRegion = this.o.maxRegionSize;
     this.poolBufs = options.pools ?? [];
     this.log = options.logger ?? silent;
@@ -218,6 +290,10 @@ export class RdmaChannelTransport extends Emitter<RdmaChannelEvents> implements 
   /** Device, port and QP number once connected (for logs and status). */
   get info(): { device: string; port: number; qpNum: number; dst: string } {
     return { device: this.device, port: this.port, qpNum: this.qpNum, dst: formatRdmaAddress(this.o.dst) };
+  }
+  /** The verbs device context and port this channel uses (known once the address is resolved). */
+  get deviceHandle(): { ctx: number; port: number; asyncFd: number; device: string } | undefined {
+    return this.ctx && this.devAttr ? { ctx: this.ctx, port: this.port, asyncFd: this.devAttr.asyncFd, device: this.device } : undefined;
   }
 
   /* ---------------------------------------------------------- connect */
@@ -237,6 +313,7 @@ export class RdmaChannelTransport extends Emitter<RdmaChannelEvents> implements 
       this.setupVerbs();
       this.b.cmSetOption(this.id, R.RDMA_OPTION_ID, R.RDMA_OPTION_ID_ACK_TIMEOUT, Buffer.from([this.o.ackTimeout]));
       const attr = this.devAttr!;
+      this.cmSent = true;
       this.sys(() => this.b.cmConnect(this.id, {
         privateData: loginReq,
         responderResources: Math.min(attr.maxQpRdAtom, 16),
@@ -251,6 +328,7 @@ export class RdmaChannelTransport extends Emitter<RdmaChannelEvents> implements 
           this.checkLoginRsp(rsp);
           this.stateValue = 'connected';
           this.stats.connectMs = Date.now() - t0;
+          this.startKeepalive();
           this.log.info({ dst, device: this.device, port: this.port, qpNum: this.qpNum, ms: this.stats.connectMs }, 'rdma: connected');
           return rsp;
         }
@@ -539,6 +617,17 @@ export class RdmaChannelTransport extends Emitter<RdmaChannelEvents> implements 
     });
   }
 
+  private startKeepalive(): void {
+    if (!this.o.keepaliveIntervalMs) return;
+    this.keepaliveTimer = setInterval(() => {
+      if (this.keepaliveInFlight || this.stateValue !== 'connected' || this.closing) return;
+      this.keepaliveInFlight = true;
+      // a failed probe has already declared the channel lost (lost() -> 'disconnect')
+      this.probe().catch(() => undefined).finally(() => { this.keepaliveInFlight = false; });
+    }, this.o.keepaliveIntervalMs);
+    this.keepaliveTimer.unref?.();
+  }
+
   registerBuffer(buf: Buffer): MemoryRegion {
     if (buf.length > this.maxRegion) throw new RangeError(`region of ${buf.length} bytes exceeds ${this.maxRegion}`);
     if (!this.pd) throw new TransportError(`registerBuffer on a ${this.stateValue} channel`, 'disconnected');
@@ -615,7 +704,7 @@ export class RdmaChannelTransport extends Emitter<RdmaChannelEvents> implements 
       this.cmWaiter?.({ event: R.RDMA_CM_EVENT_CONNECT_ERROR, id: this.id, status: 0, privateData: null });
       return;
     }
-    if (this.id) {
+    if (this.id && !this.portDown()) {
       try {
         this.b.cmDisconnect(this.id);
       } catch { /* already disconnected */ }
@@ -633,9 +722,24 @@ export class RdmaChannelTransport extends Emitter<RdmaChannelEvents> implements 
     this.emit('disconnect', reason);
   }
 
+  /** The channel's port is not ACTIVE (a CM MAD sent now would fail: see ParkedIds). */
+  private portDown(): boolean {
+    if (!this.ctx || !this.port) return false;
+    try {
+      return this.b.portQuery(this.ctx, this.port).state !== R.IBV_PORT_ACTIVE;
+    } catch {
+      return false;
+    }
+  }
+
   /** Releases every resource, dependents first; safe to call more than once. */
   private release(): void {
     const b = this.b;
+    // a connected/connecting id on a downed port is parked, not destroyed (no MAD through a downed port)
+    const park = this.id !== 0 && this.cmSent && this.devAttr !== undefined && this.portDown();
+    if (park && this.id) {
+      try { b.qpModify(this.id, { state: R.IBV_QPS_ERR }); } catch { /* no QP */ }
+    }
     const attempt = (what: string, fn: () => void) => {
       try {
         fn();
@@ -643,6 +747,7 @@ export class RdmaChannelTransport extends Emitter<RdmaChannelEvents> implements 
         this.log.warn({ err, what }, 'rdma: release failed');
       }
     };
+    if (this.keepaliveTimer) { clearInterval(this.keepaliveTimer); this.keepaliveTimer = undefined; }
     if (this.cmPoller) { b.pollStop(this.cmPoller); this.cmPoller = 0; }
     if (this.compPoller) { b.pollStop(this.compPoller); this.compPoller = 0; }
     this.unsubscribeAsync?.();
@@ -661,9 +766,173 @@ export class RdmaChannelTransport extends Emitter<RdmaChannelEvents> implements 
     this.compCh = 0;
     if (this.pd) attempt('ibv_dealloc_pd', () => b.pdDealloc(this.pd));
     this.pd = 0;
-    if (this.id) attempt('rdma_destroy_id', () => b.cmDestroyId(this.id));
+    if (park) {
+      ParkedIds.park(b, this.ctx, this.port, this.devAttr!.asyncFd, this.id, this.channel, this.log);
+    } else {
+      if (this.id) attempt('rdma_destroy_id', () => b.cmDestroyId(this.id));
+      if (this.channel) attempt('rdma_destroy_event_channel', () => b.cmDestroyChannel(this.channel));
+    }
     this.id = 0;
-    if (this.channel) attempt('rdma_destroy_event_channel', () => b.cmDestroyChannel(this.channel));
     this.channel = 0;
   }
+}
+
+/* ------------------------------------------------------------ connector (daemon) */
+
+/** Options of createRdmaConnector() (the daemon's per-target options). */
+export interface RdmaConnectorOptions {
+  /** local ACK timeout exponent (4.096 µs × 2^n) */
+  ackTimeout: number;
+  /** transport retry count 0..6 */
+  retryCount: number;
+  /** zero-length RDMA WRITE keep-alive period on every live channel; 0 = off */
+  keepaliveIntervalMs: number;
+  logger: SrpLogger;
+  /** the native binding; default: the built addon (loadNative) */
+  binding?: NativeBinding;
+  /** overrides the derived initiator port id (16 bytes) */
+  initiatorPortId?: Buffer;
+  /** per-channel transport options (tests, tuning) */
+  transport?: Partial<Omit<RdmaTransportOptions, 'dst' | 'src' | 'ackTimeout' | 'retryCount' | 'keepaliveIntervalMs' | 'logger'>>;
+}
+
+/** The part of SrpTargetAddress the connector needs (src/initiator/target-address.ts). */
+export interface RdmaCmTargetAddress {
+  transport: 'ib-cm' | 'rdma-cm';
+  idExt: bigint;
+  iocGuid: bigint;
+  dest?: { family: 4 | 6; address: string; scopeId?: string; port?: number };
+  src?: { family: 4 | 6; address: string; scopeId?: string; port?: number };
+  initiatorExt?: bigint;
+  ioClass?: number;
+}
+
+/** ib_srp's SRP_REV10_IB_IO_CLASS: the port ids are laid out the other way round. */
+const SRP_REV10_IB_IO_CLASS = 0x0100;
+
+/**
+ * The 16-byte port ids of a login, as ib_srp lays them out (srp_send_req): target = id_ext ‖ ioc_guid,
+ * initiator = initiator_ext ‖ a host identifier (ib_srp uses the source GID's interface id; we use a
+ * stable per-host id so every path of this host is one initiator to the target). Rev. 10 io_class
+ * swaps both halves.
+ */
+export function srpPortIds(addr: Pick<RdmaCmTargetAddress, 'idExt' | 'iocGuid' | 'initiatorExt' | 'ioClass'>, hostId: bigint): { initiatorPortId: Buffer; targetPortId: Buffer } {
+  const pair = (a: bigint, b: bigint) => {
+    const x = Buffer.alloc(16);
+    x.writeBigUInt64BE(a, 0);
+    x.writeBigUInt64BE(b, 8);
+    return x;
+  };
+  const ext = addr.initiatorExt ?? 0n;
+  if (addr.ioClass === SRP_REV10_IB_IO_CLASS) {
+    return { initiatorPortId: pair(hostId, ext), targetPortId: pair(addr.iocGuid, addr.idExt) };
+  }
+  return { initiatorPortId: pair(ext, hostId), targetPortId: pair(addr.idExt, addr.iocGuid) };
+}
+
+/** 64 bits naming this host: from /etc/machine-id (else the host name), stable across restarts. */
+export async function hostPortGuid(): Promise<bigint> {
+  const { readFile } = await import('node:fs/promises');
+  const { createHash } = await import('node:crypto');
+  const { hostname } = await import('node:os');
+  let seed: string;
+  try {
+    seed = (await readFile('/etc/machine-id', 'utf8')).trim();
+  } catch {
+    seed = '';
+  }
+  if (!seed) seed = hostname();
+  return createHash('sha256').update('srp-nbd initiator ' + seed).digest().readBigUInt64BE(0);
+}
+
+/** Opens RDMA/CM channels to one target (ChannelConnector of src/fsm/srp-port.ts), with keep-alive and path-up events. */
+export class RdmaConnector {
+  readonly description: string;
+  private readonly pathUp = new Set<() => void>();
+  private watched: { ctx: number; port: number; unsubscribe: () => void } | undefined;
+  private closed = false;
+  /** channels opened (for status and tests) */
+  opened = 0;
+
+  constructor(private readonly b: NativeBinding, private readonly o: RdmaTransportOptions) {
+    this.description = `dest=${formatRdmaAddress(o.dst)}${o.src && o.src.family === 'ip' ? `,src=${o.src.host}` : ''}`;
+  }
+
+  /** A fresh channel, not logged in yet (SrpSession.login connects it). */
+  async open(signal: AbortSignal): Promise<RdmaChannelTransport> {
+    if (this.closed) throw new TransportError(`${this.description}: connector closed`, 'closed');
+    if (signal.aborted) throw new TransportError(`${this.description}: connect aborted`, 'closed');
+    const tr = new RdmaChannelTransport(this.b, this.o);
+    this.opened++;
+    const onAbort = () => {
+      if (tr.state === 'connecting' || tr.state === 'idle') tr.close();
+    };
+    signal.addEventListener('abort', onAbort, { once: true });
+    const done = () => signal.removeEventListener('abort', onAbort);
+    tr.on('disconnect', done);
+    // once a channel has resolved its device, watch that port for PORT_ACTIVE (even with no channel left)
+    const origConnect = tr.connect.bind(tr);
+    tr.connect = async (req, opts) => {
+      try {
+        return await origConnect(req, opts);
+      } finally {
+        const h = tr.deviceHandle;
+        if (h) this.watch(h);
+        if (tr.state === 'connected') done();
+      }
+    };
+    return tr;
+  }
+
+  onPathUp(listener: () => void): () => void {
+    this.pathUp.add(listener);
+    return () => this.pathUp.delete(listener);
+  }
+
+  /** Stops watching the device; channels already open are the caller's. */
+  close(): void {
+    this.closed = true;
+    this.watched?.unsubscribe();
+    this.watched = undefined;
+    this.pathUp.clear();
+  }
+
+  private watch(h: { ctx: number; port: number; asyncFd: number; device: string }): void {
+    if (this.closed || (this.watched && this.watched.ctx === h.ctx && this.watched.port === h.port)) return;
+    this.watched?.unsubscribe();
+    const unsubscribe = AsyncEventHub.subscribe(this.b, h.ctx, h.asyncFd, (ev) => {
+      if (ev.type !== R.IBV_EVENT_PORT_ACTIVE || ev.portNum !== h.port) return;
+      this.o.logger?.info({ device: h.device, port: h.port }, 'rdma: port active again');
+      for (const l of [...this.pathUp]) l();
+    });
+    this.watched = { ctx: h.ctx, port: h.port, unsubscribe };
+  }
+}
+
+/**
+ * The daemon's entry point (src/daemon/daemon.ts RdmaConnectorModule): a connector for an ib_srp
+ * add_target address with dest=IP:port (RDMA/CM), and the login's port ids.
+ */
+export async function createRdmaConnector(addr: RdmaCmTargetAddress, opts: RdmaConnectorOptions): Promise<{ connector: RdmaConnector; initiatorPortId: Buffer; targetPortId: Buffer; close: () => void }> {
+  if (addr.transport !== 'rdma-cm' || !addr.dest) {
+    throw new TransportError('only RDMA/CM addressing (dest=IP:port) is supported by the RDMA connector', 'protocol');
+  }
+  if (addr.dest.port === undefined) throw new TransportError('dest= needs a port', 'protocol');
+  let b = opts.binding;
+  if (!b) {
+    const { loadNative } = await import('../native/native.js');
+    b = loadNative();
+  }
+  const host = (a: { address: string; scopeId?: string }) => (a.scopeId ? `${a.address}%${a.scopeId}` : a.address);
+  const connector = new RdmaConnector(b, {
+    ...opts.transport,
+    dst: { family: 'ip', host: host(addr.dest), port: addr.dest.port },
+    ...(addr.src ? { src: { family: 'ip', host: host(addr.src), port: 0 } } : {}),
+    ackTimeout: opts.ackTimeout,
+    retryCount: opts.retryCount,
+    keepaliveIntervalMs: opts.keepaliveIntervalMs,
+    logger: opts.logger,
+  });
+  const ids = srpPortIds(addr, await hostPortGuid());
+  return { connector, initiatorPortId: opts.initiatorPortId ?? ids.initiatorPortId, targetPortId: ids.targetPortId, close: () => connector.close() };
 }

@@ -109,11 +109,22 @@ export class MockRdmaBinding implements Partial<NativeBinding> {
   ctxQuery(): DeviceAttr {
     return { device: 'mock0', maxQpWr: 16384, maxSge: 32, maxCqe: 65536, maxMrSize: 1n << 40n, maxQpRdAtom: 128, maxQpInitRdAtom: 128, physPortCnt: 1, nodeGuid: 0x1122334455667788n, asyncFd: this.asyncFd };
   }
-  portQuery(): PortAttr { return { state: R.IBV_PORT_ACTIVE, activeMtu: 3, lid: 0, linkLayer: 2, pkeyTblLen: 1 }; }
+  portQuery(): PortAttr { return { state: this.portState, activeMtu: 3, lid: 0, linkLayer: 2, pkeyTblLen: 1 }; }
   getAsyncEvent(): AsyncEvent | null { return this.asyncEvents.shift() ?? null; }
+  /** port state as portQuery() reports it */
+  portState: number = R.IBV_PORT_ACTIVE;
+  /** CM MADs (DREQ from rdma_disconnect or from destroying a connected id) sent while the port was down */
+  madsWhilePortDown = 0;
   /** The port goes down: PORT_ERR on the async fd. */
   portDown(): void {
+    this.portState = R.IBV_PORT_DOWN;
     this.asyncEvents.push({ type: R.IBV_EVENT_PORT_ERR, portNum: 1, qpNum: 0 });
+    this.kick(this.asyncFd);
+  }
+  /** The port is back: PORT_ACTIVE on the async fd. */
+  portUp(): void {
+    this.portState = R.IBV_PORT_ACTIVE;
+    this.asyncEvents.push({ type: R.IBV_EVENT_PORT_ACTIVE, portNum: 1, qpNum: 0 });
     this.kick(this.asyncFd);
   }
 
@@ -133,6 +144,7 @@ export class MockRdmaBinding implements Partial<NativeBinding> {
   cmDestroyId(h: number): void {
     const id = this.ids.get(h);
     if (!id) throw Object.assign(new Error('stale cm id'), { code: 'EBADF' });
+    if (id.connected && this.portState !== R.IBV_PORT_ACTIVE) this.madsWhilePortDown++;
     if (id.peer) id.peer.gone_(new TransportError('cm id destroyed', 'disconnected'));
     this.ids.delete(h);
   }
@@ -205,6 +217,7 @@ export class MockRdmaBinding implements Partial<NativeBinding> {
     const id = this.ids.get(h);
     if (!id) throw Object.assign(new Error('stale cm id'), { code: 'EBADF' });
     if (!id.connected) throw Object.assign(new Error('not connected'), { code: 'EINVAL' });
+    if (this.portState !== R.IBV_PORT_ACTIVE) this.madsWhilePortDown++;
     id.connected = false;
     if (id.qp) this.qpError(id);
     id.peer?.gone_(new TransportError('initiator disconnected', 'disconnected'));

@@ -7,8 +7,10 @@
 #   cycles     CYCLES (default 1000) login/logout cycles; RDMA objects, pollers and fds
 #              counted before and after (no leak), target sessions gone afterwards
 #   (then nbd-attach and nbd-errors, below, before the link flap)
-#   port-err   `ip link set veth0 down` -> IBV_EVENT_PORT_ERR -> channel lost, within 1 s
-#   relogin    after link up: a fresh channel logs in again
+#   port-err   `ip link set veth0 down` -> IBV_EVENT_PORT_ERR -> channel lost, within 1 s; its QP
+#              and memory released, its cm id parked (no DREQ through the downed port)
+#   relogin    same process, after link up: a fresh channel logs in again (link-up -> login
+#              time), I/O on it, the parked id torn down on PORT_ACTIVE, nothing left
 #   nbd-attach attach() of the SRP LUN (NBD server over the RDMA session) -> /dev/nbdN;
 #              dd pattern write/read/cmp and fio randwrite verify on it; DISCONNECT
 #   nbd-errors CONNECT on a busy /dev/nbdN: the clear EBUSY message
@@ -93,6 +95,10 @@ try {
     result('cycles-no-leak', before === after && after === JSON.stringify({ channels: 0, ids: 0, qps: 0, pds: 0, compChannels: 0, cqs: 0, mrs: 0 }) && fd1 <= fd0 + 1 && b.pollCount() === 0,
       `objects before ${before} after ${after}; fds ${fd0} -> ${fd1}; pollers ${b.pollCount()}`);
   } else if (phase === 'porterr') {
+    // link down -> PORT_ERR -> channel lost; then, in the same process (as the daemon would), link
+    // up and a fresh channel per attempt until one logs in. The lost channel's cm id is parked
+    // until PORT_ACTIVE: a DREQ sent through the downed port would break rxe's CM receive for good.
+    const { parkedCmIds } = await import(R + '/initiator/rdma-transport.js');
     let t0;
     const { tr: tr3, s: s3 } = await login();
     const lost = new Promise((r) => s3.on('disconnect', r));
@@ -104,24 +110,37 @@ try {
     const dt = (performance.now() - t0) / 1000;
     time('port-err', dt, reason ? reason.message : 'no disconnect within 10 s');
     result('port-err', !!reason && /PORT_ERR/.test(reason.message) && dt < 1, `${dt.toFixed(3)} s: ${reason?.message}; async events ${asyncSeen.join(',')}`);
-    result('port-err-released', JSON.stringify(b.rdmaObjectCounts()).includes('"qps":0'), JSON.stringify(b.rdmaObjectCounts()));
-  } else if (phase === 'relogin') {
-    // as the rport FSM does: a fresh channel per attempt, until one logs in
-    const t0 = performance.now();
+    const counts = b.rdmaObjectCounts();
+    result('port-err-released', counts.qps === 0 && counts.cqs === 0 && counts.mrs === 0 && parkedCmIds(b) === counts.ids,
+      `${JSON.stringify(counts)}; cm ids parked until PORT_ACTIVE: ${parkedCmIds(b)}`);
+    fs.writeFileSync('/tmp/porterr-lost', '1');
+    while (!fs.existsSync('/tmp/link-up')) await new Promise((r) => setTimeout(r, 20));
+    const upAt = Number(fs.readFileSync('/tmp/link-up', 'utf8').trim());
+    const uptime = () => Number(fs.readFileSync('/proc/uptime', 'utf8').split(' ')[0]);
     const errs = [];
-    for (let i = 1; i <= 6; i++) {
+    let s4;
+    for (let i = 1; i <= 6 && !s4; i++) {
       try {
         const tr = new RdmaChannelTransport(b, { dst, src });
-        const s = await SrpSession.login(tr, { initiatorPortId, targetPortId, loginTimeoutMs: 5000 });
-        time('relogin', (performance.now() - t0) / 1000, `attempt ${i}`);
-        result('relogin', true, `attempt ${i}; earlier: ${errs.join(' / ')}`);
-        await s.close();
-        break;
+        s4 = await SrpSession.login(tr, { initiatorPortId, targetPortId, loginTimeoutMs: 5000 });
+        const since = uptime() - upAt;
+        time('relogin', since, `link up -> logged in, attempt ${i}, multichannel ${s4.loginResult?.multichanResult}`);
+        result('relogin', true, `attempt ${i}; earlier: ${errs.join(' / ') || 'none'}; parked cm ids left ${parkedCmIds(b)}`);
       } catch (err) {
         errs.push(err.message);
         if (i === 6) result('relogin', false, errs.join(' / '));
       }
     }
+    if (s4) {
+      const disk = new ScsiDisk(s4, { lun: 0n });
+      await disk.probe();
+      const data = randomBytes(1 << 20);
+      await disk.write(0, data);
+      result('relogin-io', (await disk.read(0, data.length)).equals(data), '1 MiB write + read back on the new channel');
+      await s4.close();
+    }
+    const c2 = b.rdmaObjectCounts();
+    result('relogin-released', Object.values(c2).every((v) => v === 0) && parkedCmIds(b) === 0, JSON.stringify(c2));
   } else if (phase === 'nbd') {
     const { tr, s } = await login();
     const disk = new ScsiDisk(s, { lun: 0n });
@@ -215,11 +234,25 @@ touch /tmp/nbd-done
 wait $DRV
 grep -vE '^(RESULT|TIME) ' /tmp/driver-nbd.log | tail -n 20
 report_lines /tmp/driver-nbd.log
-run_driver porterr
-log "sessions on the target after the cycles: $(srpt_sessions 0 | wc -l)"
-t0=$(now); link_up 0; wait_for 10 port_active "$(ini_rxe 0)"
-log "link up, port active after ${WAITED} s"
-run_driver relogin
+rm -f /tmp/porterr-lost /tmp/link-up
+REPO_ROOT=$REPO_ROOT SRPT_GUID=$SRPT_GUID TGT_IP=${TGT_IP[0]} INI_IP=${INI_IP[0]} CM_PORT=$CM_PORT \
+  INI_DEV=$(ini_dev 0) PHASE=porterr timeout 300 node $DRIVER >/tmp/driver-porterr.log 2>&1 &
+DRV=$!
+if wait_for 60 test -f /tmp/porterr-lost; then
+  nap 1
+  log "sessions on the target while the link is down: $(srpt_sessions 0 | wc -l)"
+  t0=$(now); link_up 0; echo "$t0" > /tmp/link-up
+  wait_for 10 port_active "$(ini_rxe 0)"
+  log "link up, port active after ${WAITED} s"
+else
+  fail porterr-ready "the driver did not lose its channel: $(tail -n 5 /tmp/driver-porterr.log | tr '\n' ' ')"
+  link_up 0; echo "$(now)" > /tmp/link-up
+fi
+wait $DRV; rc=$?
+grep -vE '^(RESULT|TIME) ' /tmp/driver-porterr.log | tail -n 20
+report_lines /tmp/driver-porterr.log
+[ $rc = 0 ] || fail driver-porterr "node exited $rc"
+log "routes after link up: $(ip route show table 100 | tr '\n' ' ')"
 
 dmesg | grep -iE 'nbd|srpt' | tail -n 15
 timing addon-total "$(since "$T_START")" "guest script, after boot"

@@ -1,0 +1,117 @@
+// The daemon's RDMA connector (createRdmaConnector): port ids from the add_target address, fresh
+// channels per open(), keep-alive probes whose failure is a channel loss, PORT_ACTIVE as path-up,
+// and an SrpPort that blocks on a black hole and reconnects at once when the path comes back.
+import t, { type Test } from 'tap';
+import pino from 'pino';
+import { SrpPort } from '../src/fsm/srp-port.js';
+import { createRdmaConnector, srpPortIds } from '../src/initiator/rdma-transport.js';
+import { SrpSession } from '../src/initiator/srp-session.js';
+import { parseTargetAddress } from '../src/initiator/target-address.js';
+import type { TransportError } from '../src/initiator/scsi-executor.js';
+import type { LoopbackTargetEnd } from '../src/initiator/loopback.js';
+import { MockRdmaBinding } from '../src/native/mock-binding.js';
+import { RamScsiLun } from '../src/testing/scsi-lun.js';
+import { SrpTestTarget } from '../src/testing/srp-target.js';
+
+const logger = pino({ level: 'silent' });
+const newFabric = () => {
+  const target = new SrpTestTarget({ luns: [[0n, new RamScsiLun({ blocks: 8192 })]] });
+  const m = new MockRdmaBinding();
+  m.onConnect = (end) => target.accept(end as unknown as LoopbackTargetEnd);
+  return { target, m };
+};
+const small = { sendQueueDepth: 16, recvQueueDepth: 16 };
+// keep-alive timers are unref'd (they never hold a daemon open): hold the test's event loop
+const hold = (t: Test) => {
+  const h = setInterval(() => undefined, 1000);
+  t.teardown(() => clearInterval(h));
+};
+
+t.test('port ids as ib_srp lays them out', async (t) => {
+  const a = parseTargetAddress('id_ext=1122334455667788,ioc_guid=99aabbccddeeff00,dest=192.0.2.2:5000,initiator_ext=42');
+  const ids = srpPortIds(a, 0x0102030405060708n);
+  t.equal(ids.targetPortId.toString('hex'), '112233445566778899aabbccddeeff00');
+  t.equal(ids.initiatorPortId.toString('hex'), '00000000000000420102030405060708');
+  const rev10 = srpPortIds({ ...a, ioClass: 0x100 }, 0x0102030405060708n);
+  t.equal(rev10.targetPortId.toString('hex'), '99aabbccddeeff001122334455667788');
+  t.equal(rev10.initiatorPortId.toString('hex'), '01020304050607080000000000000042');
+});
+
+t.test('createRdmaConnector: dest= only; channels, description, port ids', async (t) => {
+  const { m } = newFabric();
+  const ib = parseTargetAddress('id_ext=1,ioc_guid=2,dgid=fe800000000000000000000000000001,pkey=ffff,service_id=3');
+  await t.rejects(createRdmaConnector(ib, { ackTimeout: 14, retryCount: 6, keepaliveIntervalMs: 0, logger, binding: m.asBinding() }), /dest=IP:port/);
+  const addr = parseTargetAddress('id_ext=1,ioc_guid=2,dest=192.0.2.2:5000,src=192.0.2.1');
+  const made = await createRdmaConnector(addr, { ackTimeout: 12, retryCount: 3, keepaliveIntervalMs: 0, logger, binding: m.asBinding(), transport: small });
+  t.equal(made.connector.description, 'dest=192.0.2.2:5000,src=192.0.2.1');
+  t.equal(made.targetPortId.toString('hex'), '00000000000000010000000000000002');
+  t.equal(made.initiatorPortId.subarray(0, 8).toString('hex'), '0000000000000000', 'initiator_ext defaults to 0');
+  const again = await createRdmaConnector(addr, { ackTimeout: 12, retryCount: 3, keepaliveIntervalMs: 0, logger, binding: m.asBinding() });
+  t.same(again.initiatorPortId, made.initiatorPortId, 'the host part is stable');
+  const tr = await made.connector.open(new AbortController().signal);
+  const s = await SrpSession.login(tr, made);
+  t.same(m.ackTimeouts, [12]);
+  t.match(m.connectParams[0], { retryCount: 3 });
+  await s.close();
+  const aborted = new AbortController();
+  aborted.abort();
+  await t.rejects(made.connector.open(aborted.signal), /aborted/);
+  made.close();
+  await t.rejects(made.connector.open(new AbortController().signal), /closed/);
+  t.same(m.rdmaObjectCounts(), { channels: 0, ids: 0, qps: 0, pds: 0, compChannels: 0, cqs: 0, mrs: 0 });
+  t.equal(m.pollCount(), 0);
+});
+
+t.test('keep-alive: probes on the interval; a failed probe is a channel disconnect', async (t) => {
+  hold(t);
+  const { m } = newFabric();
+  const addr = parseTargetAddress('id_ext=1,ioc_guid=2,dest=192.0.2.2:5000');
+  const made = await createRdmaConnector(addr, { ackTimeout: 14, retryCount: 6, keepaliveIntervalMs: 20, logger, binding: m.asBinding(), transport: small });
+  const tr = await made.connector.open(new AbortController().signal);
+  const s = await SrpSession.login(tr, made);
+  await new Promise((r) => setTimeout(r, 120));
+  t.ok(tr.stats.probes >= 3, `probes sent on the interval (${tr.stats.probes})`);
+  const lost = new Promise<TransportError>((r) => s.on('disconnect', r));
+  m.blackHole = true;
+  const e = await lost;
+  t.match(e.message, /keep-alive probe failed: .*retry counter exceeded/);
+  t.equal(e.code, 'disconnected');
+  m.blackHole = false;
+  const n = tr.stats.probes;
+  await new Promise((r) => setTimeout(r, 60));
+  t.equal(tr.stats.probes, n, 'no probe after the loss');
+  made.close();
+  t.same(m.rdmaObjectCounts(), { channels: 0, ids: 0, qps: 0, pds: 0, compChannels: 0, cqs: 0, mrs: 0 });
+});
+
+t.test('SrpPort over the connector: black hole blocks the rport, PORT_ACTIVE reconnects at once', async (t) => {
+  hold(t);
+  const { m } = newFabric();
+  const addr = parseTargetAddress('id_ext=1,ioc_guid=2,dest=192.0.2.2:5000');
+  const made = await createRdmaConnector(addr, { ackTimeout: 14, retryCount: 6, keepaliveIntervalMs: 20, logger, binding: m.asBinding(), transport: small });
+  const port = await SrpPort.connect({
+    name: 't', connector: made.connector, session: { initiatorPortId: made.initiatorPortId, targetPortId: made.targetPortId },
+    tmo: { reconnectDelay: 'off' }, logger,
+  });
+  t.equal(port.state, 'running');
+  m.blackHole = true;
+  const until = async (pred: () => boolean, ms = 2000) => {
+    const t0 = Date.now();
+    while (!pred()) {
+      if (Date.now() - t0 > ms) return false;
+      await new Promise((r) => setTimeout(r, 5));
+    }
+    return true;
+  };
+  t.ok(await until(() => port.state === 'blocked'), `keep-alive failure blocks the rport (${port.state})`);
+  m.blackHole = false;
+  // the path "comes back": a port flap on the device; PORT_ACTIVE must trigger the reconnect
+  // (reconnect_delay off: nothing else would reconnect)
+  m.portDown();
+  await new Promise((r) => setTimeout(r, 10));
+  m.portUp();
+  t.ok(await until(() => port.state === 'running'), `reconnected on PORT_ACTIVE (${port.state})`);
+  t.equal(port.logins, 2);
+  await port.close();
+  made.close();
+});
