@@ -1,0 +1,49 @@
+#!/bin/bash
+# The daemon against target-side events in the guest (issue 7 scenarios 5 and 4):
+#   login-reject    the target's ACL lacks our initiator: `srp-nbd attach` fails with the SRP
+#                   login reject named, exit 1, and nothing is attached (/dev/nbd0 stays free)
+#   target-restart  with /dev/nbd0 attached, the LIO target is torn down and rebuilt: the daemon
+#                   reconnects to the same /dev/nbd0 (same major:minor) and I/O works again
+# Run: test/vm/boot.sh test/vm/scenarios/daemon-target.sh
+# vm-timeout: 1500
+# vm-default: no
+. "$(dirname "$0")/../guest-lib.sh"
+CLI() { node "$SRP_NBD_CLI" "$@"; }
+setup_bench 1 ram:64:512
+mkdir -p /tmp/srpnbd/state
+echo '{ "state_dir": "/tmp/srpnbd/state" }' > /tmp/srpnbd/config.json
+ADDR=$(srp_target_string 0)
+state_is() { CLI status t0 --json 2>/dev/null | grep -Eq "\"state\": ?\"$1\""; }
+outage() { state_is blocked || state_is fail-fast; }
+
+daemon_start --config /tmp/srpnbd/config.json
+check daemon-ready wait_for 90 CLI list
+
+# Scenario 5: an ACL without our initiator port.
+srpt_remove_target 0 && srpt_add_target 0 none ram:64:512 || die "rebuild target without ACL"
+CLI attach "$ADDR" --id rej --device /dev/nbd0 >/tmp/rej.out 2>&1; rc=$?
+cat /tmp/rej.out
+if [ $rc = 1 ] && grep -qi "reject" /tmp/rej.out; then pass login-reject "exit 1: $(head -c 200 /tmp/rej.out | tr '\n' ' ')"
+else fail login-reject "exit $rc: $(head -c 200 /tmp/rej.out | tr '\n' ' ')"; fi
+check nothing-attached bash -c '! test -e /sys/block/nbd0/pid'
+
+# Scenario 4: target restart with /dev/nbd0 attached.
+srpt_remove_target 0 && srpt_add_target 0 default ram:64:512 || die "rebuild target with ACL"
+CLI attach "$ADDR" --id t0 --device /dev/nbd0 || fail attach-cmd "srp-nbd attach exited $?"
+check attach wait_for 60 nbd_connected nbd0
+MM1=$(majmin /dev/nbd0)
+T0=$(now)
+srpt_remove_target 0 || die "tear target down"
+check blocked wait_for 30 outage
+timing detect "$(since "$T0")" "target torn down -> port no longer running"
+nap 3
+T1=$(now)
+srpt_add_target 0 default ram:64:512 || die "rebuild target"
+check reconnected wait_for 120 state_is running
+timing reconnect "$(since "$T1")" "target rebuilt -> port running"
+check same-device test "$(majmin /dev/nbd0)" = "$MM1"
+check node-kept nbd_connected nbd0
+check fio-after-restart fio_verify /dev/nbd0 4M
+CLI detach t0 || fail detach-cmd "srp-nbd detach exited $?"
+daemon_stop
+finish
