@@ -1,0 +1,41 @@
+#!/bin/bash
+# The daemon against a silent black hole in the guest (issue 7 scenario 3): netem drops 100 %
+# of path 0's packets with the link up (no PORT_ERR, no CM event). The keep-alive probe
+# (keepalive_interval 1 s; ACK timeout 14 x retry 6 = ~0.5 s) must notice, the port blocks,
+# fails fast at fast_io_fail_tmo (5 s) and comes back to running, on the same /dev/nbd0, once
+# the path delivers again.
+# Run: test/vm/boot.sh test/vm/scenarios/daemon-blackhole.sh
+# vm-timeout: 1500
+# vm-default: no
+. "$(dirname "$0")/../guest-lib.sh"
+CLI() { node "$SRP_NBD_CLI" "$@"; }
+setup_bench 1 ram:64:512
+mkdir -p /tmp/srpnbd/state
+echo '{ "state_dir": "/tmp/srpnbd/state" }' > /tmp/srpnbd/config.json
+ADDR=$(srp_target_string 0)
+state_is() { CLI status t0 --json 2>/dev/null | grep -Eq "\"state\": ?\"$1\""; }
+outage() { state_is blocked || state_is fail-fast; }
+failfast() { state_is fail-fast; }
+
+daemon_start --config /tmp/srpnbd/config.json
+check daemon-ready wait_for 90 CLI list
+CLI attach "$ADDR" --id t0 --device /dev/nbd0 || fail attach-cmd "srp-nbd attach exited $?"
+check attach wait_for 60 nbd_connected nbd0
+MM1=$(majmin /dev/nbd0)
+
+T0=$(now)
+blackhole 0 || die "netem"
+check detected wait_for 30 outage
+timing detect "$(since "$T0")" "black hole -> port blocked (includes CLI polling under TCG)"
+check fail-fast wait_for 30 failfast
+timing fail-fast "$(since "$T0")" "black hole -> fail-fast (fast_io_fail_tmo 5 s)"
+expect_fail eio-while-down dd if=/dev/nbd0 of=/dev/null bs=4k count=1 iflag=direct status=none
+T1=$(now)
+unblackhole 0
+check recovered wait_for 120 state_is running
+timing recover "$(since "$T1")" "path delivers again -> running"
+check same-device test "$(majmin /dev/nbd0)" = "$MM1"
+check fio-after fio_verify /dev/nbd0 4M
+CLI detach t0 || fail detach-cmd "srp-nbd detach exited $?"
+daemon_stop
+finish
