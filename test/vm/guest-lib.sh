@@ -380,6 +380,18 @@ daemon_start() {
   node "$SRP_NBD_CLI" daemon "$@" >>"$OUT_DIR/daemon.log" 2>&1 &
   DAEMON_PID=$!
 }
+# srp_nbd ARGS...: the srp-nbd CLI (talks to the daemon's control socket)
+srp_nbd() { node "$SRP_NBD_CLI" "$@"; }
+# daemon_config: a minimal daemon config with its state under /tmp; prints its path
+daemon_config() {
+  mkdir -p /tmp/srpnbd/state
+  echo '{ "state_dir": "/tmp/srpnbd/state" }' > /tmp/srpnbd/config.json
+  echo /tmp/srpnbd/config.json
+}
+# target_state_is ID STATE: the daemon reports target ID's transport state as STATE
+target_state_is() { srp_nbd status "$1" --json 2>/dev/null | grep -Eq "\"state\": ?\"$2\""; }
+# target_outage ID: blocked or fail-fast
+target_outage() { target_state_is "$1" blocked || target_state_is "$1" fail-fast; }
 daemon_kill9() { [ -n "${DAEMON_PID:-}" ] && kill -9 "$DAEMON_PID" 2>/dev/null; wait "$DAEMON_PID" 2>/dev/null; DAEMON_PID=; }
 daemon_stop() { [ -n "${DAEMON_PID:-}" ] && kill "$DAEMON_PID" 2>/dev/null && wait_for 20 bash -c "! kill -0 $DAEMON_PID"; DAEMON_PID=; }
 # nbd_connected nbdN: the kernel has a live NBD connection on /dev/nbdN (sysfs pid exists)

@@ -9,19 +9,16 @@
 # vm-timeout: 1500
 # vm-default: no
 . "$(dirname "$0")/../guest-lib.sh"
-CLI() { node "$SRP_NBD_CLI" "$@"; }
 setup_bench 1 ram:64:512
 load_nbd || die "modprobe nbd failed"
-mkdir -p /tmp/srpnbd/state
-echo '{ "state_dir": "/tmp/srpnbd/state" }' > /tmp/srpnbd/config.json
-running() { CLI status t0 --json 2>/dev/null | grep -Eq '"state": ?"running"'; }
+CONFIG=$(daemon_config)
 
-daemon_start --config /tmp/srpnbd/config.json
-check daemon-ready wait_for 90 CLI list
+daemon_start --config "$CONFIG"
+check daemon-ready wait_for 90 srp_nbd list
 ADDR=$(srp_target_string 0)
 log "attach $ADDR"
 T0=$(now)
-CLI attach "$ADDR" --id t0 --device /dev/nbd0 || fail attach-cmd "srp-nbd attach exited $?"
+srp_nbd attach "$ADDR" --id t0 --device /dev/nbd0 || fail attach-cmd "srp-nbd attach exited $?"
 check attach wait_for 60 nbd_connected nbd0
 timing attach "$(since "$T0")" "attach command to /dev/nbd0 connected"
 MM1=$(majmin /dev/nbd0)
@@ -31,15 +28,15 @@ dd if=/dev/urandom of=/tmp/pattern bs=1M count=2 status=none
 check pattern-write dd if=/tmp/pattern of=/dev/nbd0 bs=1M oflag=direct status=none
 daemon_kill9
 T1=$(now)
-daemon_start --config /tmp/srpnbd/config.json
-check restart-running wait_for 120 running
+daemon_start --config "$CONFIG"
+check restart-running wait_for 120 target_state_is t0 running
 timing restart "$(since "$T1")" "kill -9 to target running again"
 check same-device test "$(majmin /dev/nbd0)" = "$MM1"
 check pattern-after-restart bash -c "dd if=/dev/nbd0 bs=1M count=2 iflag=direct status=none | cmp - /tmp/pattern"
 check fio-after-restart fio_verify /dev/nbd0 4M
 
 check node-kept nbd_connected nbd0
-CLI detach t0 || fail detach-cmd "srp-nbd detach exited $?"
+srp_nbd detach t0 || fail detach-cmd "srp-nbd detach exited $?"
 check detached wait_for 30 bash -c '! test -e /sys/block/nbd0/pid'
 daemon_stop
 finish

@@ -8,34 +8,29 @@
 # vm-timeout: 1500
 # vm-default: no
 . "$(dirname "$0")/../guest-lib.sh"
-CLI() { node "$SRP_NBD_CLI" "$@"; }
 setup_bench 1 ram:64:512
-mkdir -p /tmp/srpnbd/state
-echo '{ "state_dir": "/tmp/srpnbd/state" }' > /tmp/srpnbd/config.json
+CONFIG=$(daemon_config)
 ADDR=$(srp_target_string 0)
-state_is() { CLI status t0 --json 2>/dev/null | grep -Eq "\"state\": ?\"$1\""; }
-outage() { state_is blocked || state_is fail-fast; }
-failfast() { state_is fail-fast; }
 
-daemon_start --config /tmp/srpnbd/config.json
-check daemon-ready wait_for 90 CLI list
-CLI attach "$ADDR" --id t0 --device /dev/nbd0 || fail attach-cmd "srp-nbd attach exited $?"
+daemon_start --config "$CONFIG"
+check daemon-ready wait_for 90 srp_nbd list
+srp_nbd attach "$ADDR" --id t0 --device /dev/nbd0 || fail attach-cmd "srp-nbd attach exited $?"
 check attach wait_for 60 nbd_connected nbd0
 MM1=$(majmin /dev/nbd0)
 
 T0=$(now)
 blackhole 0 || die "netem"
-check detected wait_for 30 outage
-timing detect "$(since "$T0")" "black hole -> port blocked (includes CLI polling under TCG)"
-check fail-fast wait_for 30 failfast
+check detected wait_for 30 target_outage t0
+timing detect "$(since "$T0")" "black hole -> port blocked (includes srp_nbd polling under TCG)"
+check fail-fast wait_for 30 target_state_is t0 fail-fast
 timing fail-fast "$(since "$T0")" "black hole -> fail-fast (fast_io_fail_tmo 5 s)"
 expect_fail eio-while-down dd if=/dev/nbd0 of=/dev/null bs=4k count=1 iflag=direct status=none
 T1=$(now)
 unblackhole 0
-check recovered wait_for 120 state_is running
+check recovered wait_for 120 target_state_is t0 running
 timing recover "$(since "$T1")" "path delivers again -> running"
 check same-device test "$(majmin /dev/nbd0)" = "$MM1"
 check fio-after fio_verify /dev/nbd0 4M
-CLI detach t0 || fail detach-cmd "srp-nbd detach exited $?"
+srp_nbd detach t0 || fail detach-cmd "srp-nbd detach exited $?"
 daemon_stop
 finish

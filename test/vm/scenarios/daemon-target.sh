@@ -8,20 +8,16 @@
 # vm-timeout: 1500
 # vm-default: no
 . "$(dirname "$0")/../guest-lib.sh"
-CLI() { node "$SRP_NBD_CLI" "$@"; }
 setup_bench 1 ram:64:512
-mkdir -p /tmp/srpnbd/state
-echo '{ "state_dir": "/tmp/srpnbd/state" }' > /tmp/srpnbd/config.json
+CONFIG=$(daemon_config)
 ADDR=$(srp_target_string 0)
-state_is() { CLI status t0 --json 2>/dev/null | grep -Eq "\"state\": ?\"$1\""; }
-outage() { state_is blocked || state_is fail-fast; }
 
-daemon_start --config /tmp/srpnbd/config.json
-check daemon-ready wait_for 90 CLI list
+daemon_start --config "$CONFIG"
+check daemon-ready wait_for 90 srp_nbd list
 
 # Scenario 5: an ACL without our initiator port.
 srpt_remove_target 0 && srpt_add_target 0 none ram:64:512 || die "rebuild target without ACL"
-CLI attach "$ADDR" --id rej --device /dev/nbd0 >/tmp/rej.out 2>&1; rc=$?
+srp_nbd attach "$ADDR" --id rej --device /dev/nbd0 >/tmp/rej.out 2>&1; rc=$?
 cat /tmp/rej.out
 if [ $rc = 1 ] && grep -qi "reject" /tmp/rej.out; then pass login-reject "exit 1: $(head -c 200 /tmp/rej.out | tr '\n' ' ')"
 else fail login-reject "exit $rc: $(head -c 200 /tmp/rej.out | tr '\n' ' ')"; fi
@@ -29,21 +25,21 @@ check nothing-attached bash -c '! test -e /sys/block/nbd0/pid'
 
 # Scenario 4: target restart with /dev/nbd0 attached.
 srpt_remove_target 0 && srpt_add_target 0 default ram:64:512 || die "rebuild target with ACL"
-CLI attach "$ADDR" --id t0 --device /dev/nbd0 || fail attach-cmd "srp-nbd attach exited $?"
+srp_nbd attach "$ADDR" --id t0 --device /dev/nbd0 || fail attach-cmd "srp-nbd attach exited $?"
 check attach wait_for 60 nbd_connected nbd0
 MM1=$(majmin /dev/nbd0)
 T0=$(now)
 srpt_remove_target 0 || die "tear target down"
-check blocked wait_for 30 outage
+check blocked wait_for 30 target_outage t0
 timing detect "$(since "$T0")" "target torn down -> port no longer running"
 nap 3
 T1=$(now)
 srpt_add_target 0 default ram:64:512 || die "rebuild target"
-check reconnected wait_for 120 state_is running
+check reconnected wait_for 120 target_state_is t0 running
 timing reconnect "$(since "$T1")" "target rebuilt -> port running"
 check same-device test "$(majmin /dev/nbd0)" = "$MM1"
 check node-kept nbd_connected nbd0
 check fio-after-restart fio_verify /dev/nbd0 4M
-CLI detach t0 || fail detach-cmd "srp-nbd detach exited $?"
+srp_nbd detach t0 || fail detach-cmd "srp-nbd detach exited $?"
 daemon_stop
 finish
