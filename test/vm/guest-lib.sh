@@ -388,6 +388,19 @@ daemon_config() {
   echo '{ "state_dir": "/tmp/srpnbd/state" }' > /tmp/srpnbd/config.json
   echo /tmp/srpnbd/config.json
 }
+# daemon_up: start the daemon on a fresh daemon_config (path in DAEMON_CONFIG) and wait until
+# its control socket answers (PASS/FAIL daemon-ready)
+daemon_up() {
+  DAEMON_CONFIG=$(daemon_config)
+  daemon_start --config "$DAEMON_CONFIG"
+  check daemon-ready wait_for 90 srp_nbd list
+}
+# attach_nbd ID ADDRESS nbdN: `srp-nbd attach ADDRESS --id ID --device /dev/nbdN`, then wait for the
+# kernel connection (PASS/FAIL attach)
+attach_nbd() {
+  srp_nbd attach "$2" --id "$1" --device "/dev/$3" || fail attach-cmd "srp-nbd attach exited $?"
+  check attach wait_for 60 nbd_connected "$3"
+}
 # target_state_is ID STATE: the daemon reports target ID's transport state as STATE
 target_state_is() { srp_nbd status "$1" --json 2>/dev/null | grep -Eq "\"state\": ?\"$2\""; }
 # target_outage ID: blocked or fail-fast

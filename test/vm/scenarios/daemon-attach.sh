@@ -11,15 +11,12 @@
 . "$(dirname "$0")/../guest-lib.sh"
 setup_bench 1 ram:64:512
 load_nbd || die "modprobe nbd failed"
-CONFIG=$(daemon_config)
 
-daemon_start --config "$CONFIG"
-check daemon-ready wait_for 90 srp_nbd list
+daemon_up
 ADDR=$(srp_target_string 0)
 log "attach $ADDR"
 T0=$(now)
-srp_nbd attach "$ADDR" --id t0 --device /dev/nbd0 || fail attach-cmd "srp-nbd attach exited $?"
-check attach wait_for 60 nbd_connected nbd0
+attach_nbd t0 "$ADDR" nbd0
 timing attach "$(since "$T0")" "attach command to /dev/nbd0 connected"
 MM1=$(majmin /dev/nbd0)
 check fio-verify fio_verify /dev/nbd0 4M
@@ -28,7 +25,7 @@ dd if=/dev/urandom of=/tmp/pattern bs=1M count=2 status=none
 check pattern-write dd if=/tmp/pattern of=/dev/nbd0 bs=1M oflag=direct status=none
 daemon_kill9
 T1=$(now)
-daemon_start --config "$CONFIG"
+daemon_start --config "$DAEMON_CONFIG"
 check restart-running wait_for 120 target_state_is t0 running
 timing restart "$(since "$T1")" "kill -9 to target running again"
 check same-device test "$(majmin /dev/nbd0)" = "$MM1"

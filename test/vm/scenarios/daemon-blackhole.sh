@@ -9,13 +9,10 @@
 # vm-default: no
 . "$(dirname "$0")/../guest-lib.sh"
 setup_bench 1 ram:64:512
-CONFIG=$(daemon_config)
 ADDR=$(srp_target_string 0)
 
-daemon_start --config "$CONFIG"
-check daemon-ready wait_for 90 srp_nbd list
-srp_nbd attach "$ADDR" --id t0 --device /dev/nbd0 || fail attach-cmd "srp-nbd attach exited $?"
-check attach wait_for 60 nbd_connected nbd0
+daemon_up
+attach_nbd t0 "$ADDR" nbd0
 MM1=$(majmin /dev/nbd0)
 
 T0=$(now)

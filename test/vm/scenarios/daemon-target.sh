@@ -9,11 +9,9 @@
 # vm-default: no
 . "$(dirname "$0")/../guest-lib.sh"
 setup_bench 1 ram:64:512
-CONFIG=$(daemon_config)
 ADDR=$(srp_target_string 0)
 
-daemon_start --config "$CONFIG"
-check daemon-ready wait_for 90 srp_nbd list
+daemon_up
 
 # Scenario 5: an ACL without our initiator port.
 srpt_remove_target 0 && srpt_add_target 0 none ram:64:512 || die "rebuild target without ACL"
@@ -25,8 +23,7 @@ check nothing-attached bash -c '! test -e /sys/block/nbd0/pid'
 
 # Scenario 4: target restart with /dev/nbd0 attached.
 srpt_remove_target 0 && srpt_add_target 0 default ram:64:512 || die "rebuild target with ACL"
-srp_nbd attach "$ADDR" --id t0 --device /dev/nbd0 || fail attach-cmd "srp-nbd attach exited $?"
-check attach wait_for 60 nbd_connected nbd0
+attach_nbd t0 "$ADDR" nbd0
 MM1=$(majmin /dev/nbd0)
 T0=$(now)
 srpt_remove_target 0 || die "tear target down"
