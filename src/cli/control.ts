@@ -10,6 +10,7 @@
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { TARGET_OPTIONS, targetSpecSchema, zodIssues } from '../daemon/config.js';
 import { ApiError, ControlClient } from '../daemon/client.js';
+import { describeMembership } from '../daemon/md.js';
 import type { TargetSummary, TargetView } from '../daemon/daemon.js';
 import { normalizeAddressLine, parseAnyAddress, TEST_TARGET_PREFIX } from '../daemon/address.js';
 import { timersPatchSchema } from '../daemon/routes.js';
@@ -73,7 +74,7 @@ const OPTION_FLAGS = Object.fromEntries(Object.keys(TARGET_OPTIONS).map((k) => [
 
 /** Converts --flag strings to the JSON types the schema expects; the schema then validates. */
 function optionValue(key: keyof typeof TARGET_OPTIONS, text: string): unknown {
-  if (key === 'immediate_data') {
+  if (key === 'immediate_data' || key === 'md_readd') {
     if (/^(1|on|yes|true)$/i.test(text)) return true;
     if (/^(0|off|no|false)$/i.test(text)) return false;
     throw new UsageError(`${flag(key)}: expected on or off, got '${text}'`);
@@ -287,8 +288,9 @@ function formatStatus(v: TargetView): string {
   if (v.io) lines.push(`  io gate     in flight ${v.io.in_flight}, held ${v.io.held}, waiting ${v.io.waiting}, replayed ${v.io.replayed_total}, failed EIO ${v.io.failed_eio_total}`);
   lines.push(`  time        ${Object.entries(v.time_in_state_s).filter(([, s]) => s > 0).map(([k, s]) => `${k} ${s.toFixed(1)} s`).join(', ') || '-'}`);
   for (const l of v.lun_details) {
-    lines.push(`  LUN ${l.lun}       ${l.export}  device ${l.device ?? '-'}${l.md && l.md.length ? `  md member of ${l.md.join(', ')}` : ''}  ${(l.size / 1048576).toFixed(0)} MiB, ${l.block_size}-byte blocks`);
+    lines.push(`  LUN ${l.lun}       ${l.export}  device ${l.device ?? '-'}  ${(l.size / 1048576).toFixed(0)} MiB, ${l.block_size}-byte blocks`);
     lines.push(`              ${l.identity}`);
+    for (const m of l.md) lines.push(`              md: ${describeMembership(m)}`);
     lines.push(`              ${Object.entries(l.io).filter(([, s]) => s.ops + s.errors > 0).map(([op, s]) => `${op} ${s.ops} (${s.bytes} B${s.errors ? `, ${s.errors} errors` : ''})`).join(', ') || 'no I/O yet'}`);
     if (l.device_note) lines.push(`              ${l.device_note}`);
   }

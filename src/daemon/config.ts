@@ -93,6 +93,11 @@ export const TARGET_OPTIONS = {
     default: 'auto',
     doc: 'Kernel block device for each LUN: "auto" (next free /dev/nbdN through NBD netlink when the kernel driver and the native addon are available, otherwise none), "/dev/nbdN" (this one; attach fails if it cannot be had; with several LUNs N, N+1, ...), or "none" (NBD unix socket export only).',
   },
+  md_readd: {
+    schema: z.boolean(),
+    default: true,
+    doc: 'When the path comes back (the LUN identity checked), re-add the device to every md array that failed it meanwhile, as `mdadm --re-add` would (with a write-intent bitmap md resyncs only what changed). false leaves that to the administrator.',
+  },
   dead_conn_timeout: {
     schema: z.number().int().min(1).max(3600),
     default: 30,

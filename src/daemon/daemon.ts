@@ -28,6 +28,7 @@ import { NbdServer } from '../nbd/server.js';
 import { TEST_INITIATOR_PORT_ID, TEST_TARGET_PORT_ID } from '../testing/test-fabric.js';
 import { type AnyAddress, deriveTargetId, formatAnyAddress, parseAnyAddress } from './address.js';
 import { type DaemonConfig, overridesOf, resolveOptions, type TargetOptions, type TargetOverrides, type TargetSpec, tmoOf } from './config.js';
+import { describeMembership, type MdMembership, mdMemberships, readdFaultyMember } from './md.js';
 import { Exposition, IO_OPS, MeteredBackend } from './metrics.js';
 import { type PersistedLun, type PersistedTarget, StateStore } from './state.js';
 import { createTestFabric } from './test-target.js';
@@ -67,6 +68,7 @@ interface TargetStats {
   reconnectAttempts: number;
   reconnects: number;
   failedReconnectsTotal: number;
+  mdReadds: number;
 }
 
 interface TargetRuntime {
@@ -88,6 +90,8 @@ interface TargetRuntime {
   restoreTimer?: NodeJS.Timeout;
   restoreAttempt: number;
   removed: boolean;
+  /** Devices whose md re-add is in progress (one at a time per device). */
+  mdBusy: Set<string>;
   log: Logger;
 }
 
@@ -104,6 +108,8 @@ export interface DaemonOptions {
   logger: Logger;
   /** Loads the RDMA connector module; default: a dynamic import of src/initiator/rdma-transport.js. */
   loadRdma?: () => Promise<Partial<RdmaConnectorModule>>;
+  /** sysfs root for md membership (tests use a fake tree); default /sys. */
+  sysfs?: string;
 }
 
 const emptyTimes = (): Record<RportState, number> => Object.fromEntries(RPORT_STATES.map((s) => [s, 0])) as Record<RportState, number>;
@@ -117,6 +123,8 @@ export class Daemon {
   private netlink: Promise<{ nl: NbdNetlink; b: NetlinkBinding }> | undefined;
   private readonly startedAt = Date.now();
   private closing = false;
+  /** Aborted by close(): ends waits that would keep a stopping daemon alive. */
+  private readonly stopping = new AbortController();
 
   constructor(private readonly opts: DaemonOptions) {
     this.log = opts.logger;
@@ -168,6 +176,7 @@ export class Daemon {
   /** Stops serving; kernel devices are left configured (the next start takes them back with RECONFIGURE). */
   async close(): Promise<void> {
     this.closing = true;
+    this.stopping.abort();
     for (const rt of this.targets.values()) clearTimeout(rt.restoreTimer);
     await this.nbd.close();
     await Promise.all([...this.targets.values()].map(async (rt) => {
@@ -277,9 +286,10 @@ export class Daemon {
       status: 'connecting',
       luns: [],
       persisted,
-      stats: { stateSince: Date.now(), timeInState: emptyTimes(), reconnectAttempts: 0, reconnects: 0, failedReconnectsTotal: 0 },
+      stats: { stateSince: Date.now(), timeInState: emptyTimes(), reconnectAttempts: 0, reconnects: 0, failedReconnectsTotal: 0, mdReadds: 0 },
       restoreAttempt: 0,
       removed: false,
+      mdBusy: new Set(),
       log: this.log.child({ target: id }),
     };
   }
@@ -387,6 +397,7 @@ export class Daemon {
     rt.error = undefined;
     rt.persisted = this.persistedLuns(rt);
     rt.log.info({ luns: luns.map((l) => ({ lun: l.number, export: l.exportName, device: l.device, size: l.backend.size })) }, 'target attached');
+    this.mdReadd(rt); // a member md failed while we were away (restart after a long outage)
   }
 
   private async rdmaConnector(rt: TargetRuntime, addr: SrpTargetAddress): Promise<{ connector: ChannelConnector; initiatorPortId: Buffer; targetPortId: Buffer; close?: () => void }> {
@@ -482,6 +493,38 @@ export class Daemon {
     rt.closeTransport = undefined;
   }
 
+  /**
+   * Puts each device of the target back into the md arrays that failed it while its I/O failed fast
+   * (option md_readd). Runs after the identity check has passed: the LUN is the one md knew.
+   */
+  private mdReadd(rt: TargetRuntime): void {
+    if (!rt.options.md_readd) return;
+    for (const l of rt.luns) {
+      const device = l.device;
+      if (!device || l.attachment === undefined || rt.mdBusy.has(device)) continue;
+      if (!mdMemberships(device, this.opts.sysfs).some((m) => m.state.includes('faulty'))) continue;
+      rt.mdBusy.add(device);
+      rt.log.info({ device, md: mdMemberships(device, this.opts.sysfs).map(describeMembership) }, 'md: the device is faulty in an array; re-adding it now that the path is back');
+      void readdFaultyMember(device, { sysfs: this.opts.sysfs, signal: this.stopping.signal })
+        .then((results) => {
+          for (const r of results) {
+            const where = { device, array: `/dev/${r.array}` };
+            if (r.outcome === 're-added') {
+              rt.stats.mdReadds++;
+              const now = mdMemberships(device, this.opts.sysfs).find((m) => m.array === r.array);
+              rt.log.info({ ...where, md: now ? describeMembership(now) : null }, `md: re-added ${device} to /dev/${r.array}; md resyncs what changed (write-intent bitmap) or the whole member`);
+            } else if (r.outcome === 'still-busy' || r.outcome === 'refused') {
+              rt.log.error({ ...where, outcome: r.outcome, detail: r.detail }, `md: could not re-add ${device} to /dev/${r.array} (${r.outcome}: ${r.detail ?? ''}); run: ${r.hint}`);
+            } else if (r.outcome === 'gone') {
+              rt.log.warn(where, `md: /dev/${r.array} or its member ${device} went away before the re-add`);
+            }
+          }
+        })
+        .catch((e: unknown) => rt.log.error({ device, err: (e as Error).message }, 'md: re-add failed'))
+        .finally(() => rt.mdBusy.delete(device));
+    }
+  }
+
   /** Follows the rport for statistics and the operator's log lines. */
   private follow(rt: TargetRuntime, port: SrpPort): void {
     rt.stats.stateSince = Date.now();
@@ -493,6 +536,7 @@ export class Daemon {
           s.timeInState[a.from] += (now - s.stateSince) / 1000;
           s.stateSince = now;
           if (a.to === 'running' && (a.from === 'blocked' || a.from === 'fail-fast')) s.reconnects++;
+          if (a.to === 'running' && (a.from === 'fail-fast' || a.from === 'lost')) this.mdReadd(rt);
           if (a.cause === 'fast-io-fail-tmo' || a.cause === 'dev-loss-tmo') {
             const secs = a.cause === 'fast-io-fail-tmo' ? rt.options.fast_io_fail_tmo : rt.options.dev_loss_tmo;
             rt.log.warn({ timer: a.cause, seconds: secs, state: a.to }, `${a.cause === 'fast-io-fail-tmo' ? 'fast_io_fail_tmo' : 'dev_loss_tmo'} (${formatTmo(secs)} s) expired: state ${a.to}`);
@@ -588,7 +632,7 @@ export class Daemon {
         export: l.exportName,
         uri: `nbd+unix:///${l.exportName}?socket=${this.opts.config.nbd_socket}`,
         device: l.device,
-        md: l.device ? mdHolders(l.device) : [],
+        md: l.device ? mdMemberships(l.device, this.opts.sysfs) : [],
         ...(l.deviceNote ? { device_note: l.deviceNote } : {}),
         size: l.backend.size,
         block_size: l.backend.blockSize.minimum,
@@ -623,6 +667,8 @@ export class Daemon {
     e.family('srp_nbd_io_held', 'gauge', 'Block requests held while the path is blocked.');
     e.family('srp_nbd_io_replayed_total', 'counter', 'Block requests dispatched again after a reconnect.');
     e.family('srp_nbd_io_failed_eio_total', 'counter', 'Block requests failed with EIO by the transport state (fail-fast, lost).');
+    e.family('srp_nbd_md_readds_total', 'counter', 'Devices re-added to an md array that had failed them (option md_readd).');
+    e.family('srp_nbd_md_member_faulty', 'gauge', '1 while md has the device marked faulty in the array.');
     e.family('srp_nbd_lun_ops_total', 'counter', 'Block requests completed, per export and operation.');
     e.family('srp_nbd_lun_bytes_total', 'counter', 'Bytes transferred, per export and operation.');
     e.family('srp_nbd_lun_errors_total', 'counter', 'Block requests that failed, per export and operation.');
@@ -649,6 +695,12 @@ export class Daemon {
       e.sample('srp_nbd_io_held', '', t, g?.held ?? 0);
       e.sample('srp_nbd_io_replayed_total', '', t, g?.retried ?? 0);
       e.sample('srp_nbd_io_failed_eio_total', '', t, g?.failedEio ?? 0);
+      e.sample('srp_nbd_md_readds_total', '', t, rt.stats.mdReadds);
+      for (const l of rt.luns) {
+        for (const m of l.device ? mdMemberships(l.device, this.opts.sysfs) : []) {
+          e.sample('srp_nbd_md_member_faulty', '', { ...t, export: l.exportName, array: m.array }, m.state.includes('faulty') ? 1 : 0);
+        }
+      }
       for (const l of rt.luns) {
         for (const op of IO_OPS) {
           const s = l.backend.stats[op];
@@ -705,8 +757,8 @@ export interface TargetView extends TargetSummary {
     export: string;
     uri: string;
     device: string | null;
-    /** md arrays holding the device (/sys/block/nbdN/holders). */
-    md: string[];
+    /** md arrays holding the device (/sys/block/nbdN/holders) and its state in each. */
+    md: MdMembership[];
     device_note?: string;
     size: number;
     block_size: number;
@@ -721,14 +773,6 @@ function timersOf(o: TargetOptions): TargetView['timers'] {
 
 function definedOnly<T extends object>(o: T): Partial<T> {
   return Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) as Partial<T>;
-}
-
-function mdHolders(device: string): string[] {
-  try {
-    return fs.readdirSync(`/sys/block/${path.basename(device)}/holders`).filter((n) => n.startsWith('md'));
-  } catch {
-    return [];
-  }
 }
 
 function lunNumber(sam: bigint): number {

@@ -1,0 +1,169 @@
+/**
+ * md RAID membership of our block devices, read from sysfs, and re-adding a member that md failed
+ * while its path was down.
+ *
+ * When a path stays down past fast_io_fail_tmo, I/O on /dev/nbdN fails with EIO and md marks the
+ * member faulty; the array keeps serving from the other mirror. md then removes the faulty member
+ * from the personality (its slot becomes "none") but keeps it bound to the array, remembering the
+ * slot it had (saved_raid_disk). When the path returns and the LUN identity check has passed, writing
+ * "re-add" to /sys/block/mdX/md/dev-nbdN/state puts it back into its old slot; with a write-intent
+ * bitmap md resyncs only the regions written meanwhile. That is what `mdadm /dev/mdX --re-add` does
+ * for a member still bound to the array.
+ *
+ * Everything here reads and writes plain sysfs files under a root directory (default /sys), so the
+ * logic is tested against a fake tree; the qemu guest scenario `md-raid1` proves it on a real kernel.
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+
+/** One md array holding a device, as sysfs describes it. */
+export interface MdMembership {
+  /** Array name, e.g. "md0" (the device is /dev/md0). */
+  array: string;
+  /** Member name in the array, e.g. "nbd0" (sysfs md/dev-nbd0). */
+  member: string;
+  /** Member state flags (md/dev-X/state): in_sync, faulty, spare, write_mostly, blocked, ... */
+  state: string[];
+  /** Slot in the array (md/dev-X/slot); null while the member is not active ("none"). */
+  slot: number | null;
+  /** md/array_state: clean, active, degraded is in `degraded`, ... */
+  array_state: string | null;
+  /** md/level, e.g. raid1. */
+  level: string | null;
+  /** md/degraded: members missing from the array. */
+  degraded: number | null;
+  /** md/sync_action: idle, resync, recover, check, ... */
+  sync_action: string | null;
+  /** md/sync_completed: "none" or "done / total" sectors. */
+  sync_completed: string | null;
+}
+
+const read = (file: string): string | null => {
+  try {
+    return fs.readFileSync(file, 'utf8').trim();
+  } catch {
+    return null;
+  }
+};
+
+const num = (s: string | null): number | null => (s !== null && /^\d+$/.test(s) ? Number(s) : null);
+
+/** The md arrays holding `device` (/dev/nbdN or nbdN), from /sys/block/nbdN/holders. */
+export function mdMemberships(device: string, sysfs = '/sys'): MdMembership[] {
+  const member = path.basename(device);
+  let holders: string[];
+  try {
+    holders = fs.readdirSync(path.join(sysfs, 'block', member, 'holders')).filter((n) => /^md\d+$|^md_/.test(n)).sort();
+  } catch {
+    return [];
+  }
+  return holders.map((array) => {
+    const md = path.join(sysfs, 'block', array, 'md');
+    const dev = path.join(md, `dev-${member}`);
+    const slot = read(path.join(dev, 'slot'));
+    return {
+      array,
+      member,
+      state: (read(path.join(dev, 'state')) ?? '').split(',').filter((s) => s.length > 0),
+      slot: num(slot),
+      array_state: read(path.join(md, 'array_state')),
+      level: read(path.join(md, 'level')),
+      degraded: num(read(path.join(md, 'degraded'))),
+      sync_action: read(path.join(md, 'sync_action')),
+      sync_completed: read(path.join(md, 'sync_completed')),
+    };
+  });
+}
+
+/** One line for people: `md0 raid1 slot 0 in_sync (array clean, recover 1024 / 131072)`. */
+export function describeMembership(m: MdMembership): string {
+  const sync = m.sync_action && m.sync_action !== 'idle' ? `, ${m.sync_action} ${m.sync_completed ?? ''}`.trimEnd() : '';
+  const degraded = m.degraded ? `, ${m.degraded} missing` : '';
+  return `${m.array}${m.level ? ` ${m.level}` : ''} slot ${m.slot ?? 'none'} ${m.state.join(',') || '?'} (array ${m.array_state ?? '?'}${degraded}${sync})`;
+}
+
+export type ReaddOutcome =
+  /** Not faulty in this array: nothing to do. */
+  | 'in-array'
+  /** "re-add" accepted: the member is back in its slot; md recovers it (bitmap: only dirty regions). */
+  | 're-added'
+  /** Still faulty but md has not released the slot within the wait (I/O still pending on it?). */
+  | 'still-busy'
+  /** The array or the member disappeared (stopped, removed by the administrator). */
+  | 'gone'
+  /** md refused the re-add (e.g. no saved slot: the member was removed, or an array without metadata). */
+  | 'refused';
+
+export interface ReaddResult {
+  array: string;
+  member: string;
+  outcome: ReaddOutcome;
+  /** md's error for 'refused', or the last state seen for 'still-busy'. */
+  detail?: string;
+  /** The command an administrator can run instead. */
+  hint?: string;
+}
+
+export interface ReaddOptions {
+  sysfs?: string;
+  /** How long to wait for md to release a faulty member's slot (ms). Default 30 s. */
+  waitMs?: number;
+  /** Poll interval while waiting (ms). Default 250. */
+  pollMs?: number;
+  /** Ends the wait early (outcome 'still-busy'), e.g. when the daemon shuts down. */
+  signal?: AbortSignal;
+  /** Writes a sysfs attribute; default fs.writeFileSync (tests inject md's refusals). */
+  writeAttr?: (file: string, text: string) => void;
+}
+
+const sleep = (ms: number, signal?: AbortSignal): Promise<void> =>
+  new Promise((resolve) => {
+    const t = setTimeout(resolve, ms);
+    signal?.addEventListener('abort', () => {
+      clearTimeout(t);
+      resolve();
+    }, { once: true });
+  });
+
+/**
+ * Re-adds `device` to every md array holding it where md has marked it faulty. Waits (up to waitMs)
+ * for md to take a faulty member out of its slot before writing "re-add", since md refuses a re-add
+ * of a member that is still active. Never removes a member and never touches a member in sync.
+ */
+export async function readdFaultyMember(device: string, opts: ReaddOptions = {}): Promise<ReaddResult[]> {
+  const sysfs = opts.sysfs ?? '/sys';
+  const waitMs = opts.waitMs ?? 30_000;
+  const pollMs = opts.pollMs ?? 250;
+  const results: ReaddResult[] = [];
+  for (const first of mdMemberships(device, sysfs)) {
+    const { array, member } = first;
+    const hint = `mdadm /dev/${array} --re-add /dev/${member}`;
+    if (!first.state.includes('faulty')) {
+      results.push({ array, member, outcome: 'in-array' });
+      continue;
+    }
+    const stateFile = path.join(sysfs, 'block', array, 'md', `dev-${member}`, 'state');
+    const deadline = Date.now() + waitMs;
+    let m: MdMembership | undefined = first;
+    while (m && m.state.includes('faulty') && m.slot !== null && Date.now() < deadline && !opts.signal?.aborted) {
+      await sleep(pollMs, opts.signal);
+      m = mdMemberships(device, sysfs).find((x) => x.array === array);
+    }
+    if (!m) {
+      results.push({ array, member, outcome: 'gone' });
+    } else if (!m.state.includes('faulty')) {
+      results.push({ array, member, outcome: 'in-array' }); // somebody (mdadm --re-add) was quicker
+    } else if (m.slot !== null) {
+      results.push({ array, member, outcome: 'still-busy', detail: `state ${m.state.join(',')}, slot ${m.slot}`, hint });
+    } else {
+      try {
+        (opts.writeAttr ?? fs.writeFileSync)(stateFile, 're-add');
+        results.push({ array, member, outcome: 're-added' });
+      } catch (e) {
+        const err = e as NodeJS.ErrnoException;
+        results.push({ array, member, outcome: err.code === 'ENOENT' ? 'gone' : 'refused', detail: err.code ?? err.message, hint });
+      }
+    }
+  }
+  return results;
+}
