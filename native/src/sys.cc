@@ -1,4 +1,5 @@
-// Plain system calls for the NBD side: socketpair, close, setsockopt and raw netlink sockets.
+// Plain system calls for the NBD side: socketpair, close, setsockopt and raw netlink sockets; and
+// getsockopt(SO_PEERCRED) for the daemon's control socket.
 // Generic netlink messages are built and parsed in TypeScript (src/nbd/netlink.ts).
 #include "common.h"
 
@@ -35,6 +36,21 @@ Napi::Value SetSockOptInt(const Napi::CallbackInfo& info) {
   int v = ArgI32(info, 3, "value");
   if (setsockopt(fd, level, name, &v, sizeof v) < 0) ThrowErrno(info.Env(), errno, "setsockopt");
   return info.Env().Undefined();
+}
+
+// getPeerCred(fd) -> {pid, uid, gid} of the process that connected a unix socket (SO_PEERCRED:
+// the credentials at connect() time, kept by the kernel for the connection's life).
+Napi::Value GetPeerCred(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = ArgI32(info, 0, "fd");
+  ucred cred;
+  socklen_t len = sizeof cred;
+  if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0) ThrowErrno(env, errno, "getsockopt(SO_PEERCRED)");
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("pid", Napi::Number::New(env, cred.pid));
+  o.Set("uid", Napi::Number::New(env, cred.uid));
+  o.Set("gid", Napi::Number::New(env, cred.gid));
+  return o;
 }
 
 // netlinkOpen(protocol) -> fd: non-blocking, close-on-exec, bound (kernel-assigned port id).
@@ -93,6 +109,7 @@ void InitSys(Napi::Env env, Napi::Object exports) {
   exports.Set("socketPair", Napi::Function::New(env, SocketPair, "socketPair"));
   exports.Set("close", Napi::Function::New(env, Close, "close"));
   exports.Set("setsockoptInt", Napi::Function::New(env, SetSockOptInt, "setsockoptInt"));
+  exports.Set("getPeerCred", Napi::Function::New(env, GetPeerCred, "getPeerCred"));
   exports.Set("netlinkOpen", Napi::Function::New(env, NetlinkOpen, "netlinkOpen"));
   exports.Set("netlinkSend", Napi::Function::New(env, NetlinkSend, "netlinkSend"));
   exports.Set("netlinkRecv", Napi::Function::New(env, NetlinkRecv, "netlinkRecv"));

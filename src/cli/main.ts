@@ -47,7 +47,9 @@ export async function main(argv: string[]): Promise<number> {
     return await (await load())(rest);
   } catch (err) {
     const usage = err instanceof Error && (err.name === 'UsageError' || (err as { code?: string }).code?.startsWith('ERR_PARSE_ARGS'));
-    process.stderr.write(`srp-nbd ${cmd}: ${err instanceof Error ? err.message : String(err)}\n`);
+    // "the daemon cannot be reached" is not about the command: mdadm-style `srp-nbd: …`
+    const prefix = err instanceof Error && err.name === 'UnreachableError' ? 'srp-nbd' : `srp-nbd ${cmd}`;
+    process.stderr.write(`${prefix}: ${err instanceof Error ? err.message : String(err)}\n`);
     return usage ? 2 : 1;
   }
 }

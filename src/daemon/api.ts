@@ -1,6 +1,7 @@
 /**
  * The REST/control API server (fastify 4): the route table of routes.ts bound to Daemon methods,
- * served on the control unix socket (mode 0600: root only) and, when configured, on TCP where every
+ * served on the control unix socket (mode 0600: root only, and every connection's SO_PEERCRED
+ * checked: 403 for anyone but root and the daemon's own uid) and, when configured, on TCP where every
  * request must carry `Authorization: Bearer <token>` (401 otherwise).
  *
  * Request bodies are validated with the route's zod schema; a bad body gets a 400 whose message
@@ -12,6 +13,7 @@ import * as net from 'node:net';
 import * as path from 'node:path';
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import type { Logger } from 'pino';
+import { type NativeBinding, type PeerCred, tryLoadNative } from '../native/native.js';
 import { CONTROL_SOCKET_MODE, type TargetSpec, zodIssues } from './config.js';
 import { type Daemon, DaemonError, VERSION } from './daemon.js';
 import { openApiDocument, type RouteDef, type RouteName, ROUTES, type TimersPatch } from './routes.js';
@@ -34,7 +36,7 @@ const HANDLERS: Record<RouteName, Handler> = {
   openapi: () => openApiDocument(VERSION),
 };
 
-const REASONS: Record<number, string> = { 400: 'Bad Request', 401: 'Unauthorized', 404: 'Not Found', 409: 'Conflict', 415: 'Unsupported Media Type', 500: 'Internal Server Error', 502: 'Bad Gateway', 503: 'Service Unavailable' };
+const REASONS: Record<number, string> = { 400: 'Bad Request', 401: 'Unauthorized', 403: 'Forbidden', 404: 'Not Found', 409: 'Conflict', 415: 'Unsupported Media Type', 500: 'Internal Server Error', 502: 'Bad Gateway', 503: 'Service Unavailable' };
 
 /** Builds the fastify app; with `token`, every request needs it as a bearer token. */
 export function buildApp(daemon: Daemon, logger: Logger, opts: { token?: string } = {}): FastifyInstance {
@@ -91,6 +93,48 @@ export function buildApp(daemon: Daemon, logger: Logger, opts: { token?: string 
   return app;
 }
 
+/** Who may use the control socket: root and the uid the daemon runs as. */
+export function controlPeerAllowed(cred: PeerCred, ownUid: number): boolean {
+  return cred.uid === 0 || cred.uid === ownUid;
+}
+
+/**
+ * Defence in depth behind the socket's mode 0600: reads SO_PEERCRED of every connection to the
+ * control socket and answers each request of a peer that is neither root nor the daemon's uid with
+ * 403 (and a log line naming its pid and uid) before any handler runs. Without the native addon
+ * (`binding` undefined) the socket mode alone keeps others out; that is logged once here.
+ * Call before the app listens.
+ */
+export function guardControlPeers(app: FastifyInstance, logger: Logger, binding: Pick<NativeBinding, 'getPeerCred'> | undefined, ownUid: number = process.getuid?.() ?? 0): void {
+  if (!binding) {
+    logger.warn('native addon not loaded: control socket peers are not checked with SO_PEERCRED; the socket mode 0600 alone keeps other users out');
+    return;
+  }
+  /** refused connections -> the 403 message */
+  const refused = new WeakMap<net.Socket, string>();
+  app.server.on('connection', (s: net.Socket) => {
+    // Linux: an accepted unix socket's fd is on its libuv pipe handle.
+    const fd = (s as unknown as { _handle?: { fd?: number } })._handle?.fd;
+    let cred: PeerCred;
+    try {
+      if (typeof fd !== 'number' || fd < 0) throw new Error('the accepted socket has no fd');
+      cred = binding.getPeerCred(fd);
+    } catch (e) {
+      logger.error({ err: (e as Error).message }, 'control connection refused: cannot read its peer credentials (SO_PEERCRED)');
+      refused.set(s, 'permission denied (root only): the daemon could not read the peer credentials of this connection');
+      return;
+    }
+    if (controlPeerAllowed(cred, ownUid)) return;
+    logger.warn({ pid: cred.pid, uid: cred.uid, gid: cred.gid }, `control connection refused: uid ${cred.uid} (pid ${cred.pid}) is neither root nor the daemon's uid ${ownUid}`);
+    refused.set(s, `permission denied (root only): refused uid ${cred.uid} (pid ${cred.pid})`);
+  });
+  app.addHook('onRequest', async (req, reply) => {
+    const message = refused.get(req.raw.socket);
+    if (message === undefined) return;
+    return reply.code(403).header('connection', 'close').send({ error: 'Forbidden', message });
+  });
+}
+
 export interface ApiListeners {
   tcpPort?: number;
   close(): Promise<void>;
@@ -98,13 +142,14 @@ export interface ApiListeners {
 
 /**
  * Listens on the control socket (created with mode CONTROL_SOCKET_MODE under a 0177 umask, so it is
- * never briefly accessible to others) and on TCP if configured. Refuses to replace the socket of a
+ * never briefly accessible to others; peers checked by guardControlPeers) and on TCP if configured. Refuses to replace the socket of a
  * daemon that is still running.
  */
 export async function startApi(daemon: Daemon, logger: Logger): Promise<ApiListeners> {
   const cfg = daemon.config;
   const apps: FastifyInstance[] = [];
   const unixApp = buildApp(daemon, logger);
+  guardControlPeers(unixApp, logger, tryLoadNative());
   await removeStaleSocket(cfg.control_socket);
   fs.mkdirSync(path.dirname(cfg.control_socket), { recursive: true, mode: 0o755 });
   const old = process.umask(0o177);

@@ -27,16 +27,17 @@ export class ApiError extends Error {
   }
 }
 
-/** The daemon could not be reached at all. */
+/** The daemon could not be reached at all, or refused this caller (403 on the control socket). */
 export class UnreachableError extends Error {
   override readonly name = 'UnreachableError';
 }
 
 export class ControlClient {
+  /** The control socket's path, or the URL of the TCP listener. */
   readonly where: string;
 
   constructor(private readonly opts: ClientOptions = {}) {
-    this.where = opts.url ?? `unix:${opts.socket ?? process.env.SRP_NBD_SOCKET ?? DEFAULT_CONTROL_SOCKET}`;
+    this.where = opts.url ?? opts.socket ?? process.env.SRP_NBD_SOCKET ?? DEFAULT_CONTROL_SOCKET;
   }
 
   /** Calls a route; resolves with the parsed JSON (or text) body of a success, rejects with ApiError/UnreachableError. */
@@ -57,7 +58,7 @@ export class ControlClient {
       target.port = u.port || 80;
       target.path = (u.pathname.replace(/\/$/, '') || '') + pathname;
     } else {
-      target.socketPath = this.where.slice('unix:'.length);
+      target.socketPath = this.where;
     }
     const { status, text, type } = await new Promise<{ status: number; text: string; type: string }>((resolve, reject) => {
       const q = http.request(target, (res) => {
@@ -72,9 +73,9 @@ export class ControlClient {
           e.code === 'ENOENT' || e.code === 'ECONNREFUSED'
             ? 'is the daemon running? (systemctl status srp-nbd, or srp-nbd daemon)'
             : e.code === 'EACCES'
-              ? 'permission denied: the control socket is root only'
+              ? 'permission denied (root only)'
               : e.message;
-        reject(new UnreachableError(`cannot reach the srp-nbd daemon at ${this.where}: ${why}`));
+        reject(new UnreachableError(`cannot reach the daemon at ${this.where}: ${why}`));
       });
       if (payload) q.write(payload);
       q.end();
@@ -89,6 +90,10 @@ export class ControlClient {
     }
     if (status < 200 || status > 299) {
       const b = body as { message?: string; issues?: ConfigIssue[] };
+      if (status === 403 && !this.opts.url) {
+        // the socket's mode let us connect, but the daemon's SO_PEERCRED check did not
+        throw new UnreachableError(`cannot reach the daemon at ${this.where}: ${typeof b?.message === 'string' ? b.message : 'permission denied (root only)'}`);
+      }
       throw new ApiError(status, typeof b?.message === 'string' ? b.message : `HTTP ${status}: ${text.slice(0, 200)}`, b?.issues);
     }
     return body as T;

@@ -31,6 +31,13 @@ export interface CmEvent {
   privateData: Buffer | null;
 }
 
+/** struct ucred of a unix socket's peer (SO_PEERCRED). */
+export interface PeerCred {
+  pid: number;
+  uid: number;
+  gid: number;
+}
+
 export interface AsyncEvent {
   /** IBV_EVENT_* */
   type: number;
@@ -146,6 +153,8 @@ export interface NativeBinding {
   socketPair(): [number, number];
   close(fd: number): void;
   setsockoptInt(fd: number, level: number, name: number, value: number): void;
+  /** getsockopt(SO_PEERCRED): who connected this unix socket (at connect() time). */
+  getPeerCred(fd: number): PeerCred;
   /** socket(AF_NETLINK, SOCK_RAW|SOCK_NONBLOCK|SOCK_CLOEXEC, protocol) + bind */
   netlinkOpen(protocol: number): number;
   netlinkSend(fd: number, message: Buffer): number;
