@@ -1,6 +1,6 @@
 /**
  * CLI commands that talk to the daemon over the control socket with the shared route table:
- * attach, detach, list, status, set, reconnect; and discover (local, no daemon needed).
+ * attach, detach, list, status, set, reconnect (discover, local, is in discover.ts).
  *
  * Exit status like mdadm/nvme-cli: 0 ok, 1 the operation failed (daemon unreachable, no such
  * target, login failed, ...), 2 usage error (bad option or value, also when the daemon refuses a
@@ -12,7 +12,7 @@ import { TARGET_OPTIONS, targetSpecSchema, zodIssues } from '../daemon/config.js
 import { ApiError, ControlClient } from '../daemon/client.js';
 import { describeMembership } from '../daemon/md.js';
 import type { TargetSummary, TargetView } from '../daemon/daemon.js';
-import { normalizeAddressLine, parseAnyAddress, TEST_TARGET_PREFIX } from '../daemon/address.js';
+import { normalizeAddressLine } from '../daemon/address.js';
 import { timersPatchSchema } from '../daemon/routes.js';
 import { UsageError } from './serve.js';
 
@@ -335,45 +335,5 @@ export async function set(argv: string[]): Promise<number> {
   const view = await call(() => client(values).call<TargetView>('setTimers', { params: { id }, body: patch }));
   const t = view.timers;
   print(values.json ? JSON.stringify(view, null, 2) : `${view.id}: reconnect_delay=${t.reconnect_delay} reconnect_delay_max=${t.reconnect_delay_max} fast_io_fail_tmo=${t.fast_io_fail_tmo} dev_loss_tmo=${t.dev_loss_tmo}`);
-  return 0;
-}
-
-/* ------------------------------------------------------------------ discover */
-
-export const DISCOVER_USAGE = `usage: srp-nbd discover [--json] [ADDRESS]
-
-Lists what can be attached. Today:
-  test-target[,…]   logs in to the in-process test target and lists its LUNs
-  id_ext=…,dest=…   RDMA/CM targets cannot be discovered; attach the address directly
-  (no ADDRESS)      InfiniBand discovery (DM MADs over umad, every P_Key) is not supported yet:
-                    use srp_daemon -o -n -c | srp-nbd attach -
-`;
-
-export async function discover(argv: string[]): Promise<number> {
-  const { values, positionals } = parseArgs({ args: argv, allowPositionals: true, options: { json: { type: 'boolean', default: false }, help: { type: 'boolean', short: 'h' } }, strict: true });
-  if (values.help) {
-    print(DISCOVER_USAGE);
-    return 0;
-  }
-  if (positionals.length === 0) {
-    throw new Error('InfiniBand discovery (DM MADs over umad) is not supported yet: run `srp_daemon -o -n -c` and pipe its output to `srp-nbd attach -`; RDMA/CM targets cannot be discovered, attach them by address (id_ext=…,ioc_guid=…,dest=IP:PORT)');
-  }
-  if (positionals.length > 1) throw new UsageError('discover: give at most one ADDRESS');
-  let a;
-  try {
-    a = parseAnyAddress(positionals[0]!);
-  } catch (e) {
-    throw new UsageError(`discover: ${(e as Error).message}`);
-  }
-  if (a.kind === 'srp') {
-    throw new Error(`${positionals[0]}: discovery over ${a.addr.transport === 'rdma-cm' ? 'RDMA/CM' : 'IB CM'} is not supported yet; attach the address directly: srp-nbd attach '${positionals[0]}'`);
-  }
-  const { discoverTestTarget } = await import('./discover-test.js');
-  const luns = await discoverTestTarget(a.spec);
-  if (values.json) {
-    print(JSON.stringify({ address: positionals[0], transport: TEST_TARGET_PREFIX, luns }, null, 2));
-    return 0;
-  }
-  print(formatTable([['LUN', 'SIZE', 'BLOCK', 'IDENTITY'], ...luns.map((l) => [String(l.lun), `${(l.size / 1048576).toFixed(0)} MiB`, String(l.block_size), l.identity])]));
   return 0;
 }
