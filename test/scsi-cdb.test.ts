@@ -9,6 +9,7 @@ import {
   buildRead16,
   buildReadCapacity16,
   buildReportLuns,
+  buildModeSense10,
   buildSynchronizeCache16,
   buildTestUnitReady,
   buildUnmap,
@@ -143,4 +144,11 @@ t.test('SAM LUN encoding: peripheral and flat space', async (t) => {
   t.throws(() => samToLun(0x8005000000000000n), LunEncodingError, 'logical unit addressing');
   t.throws(() => samToLun(0xc005000000000000n), LunEncodingError, 'extended addressing');
   t.throws(() => samToLun(-1n), LunEncodingError);
+});
+
+t.test('MODE SENSE(10) (SPC-4 table 154)', async (t) => {
+  t.same(buildModeSense10(0x08, 64), hex('5a 08 08 00 00 00 00 00 40 00'), 'caching page, current values, DBD');
+  t.same(buildModeSense10(0x3f, 0x1234, { pc: 2, dbd: false, subpage: 0xff }), hex('5a 00 bf ff 00 00 00 12 34 00'));
+  t.throws(() => buildModeSense10(0x40, 8));
+  t.throws(() => buildModeSense10(8, 0x10000));
 });

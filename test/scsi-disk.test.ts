@@ -131,7 +131,7 @@ t.test('probe a thin 512-byte LUN', async (t) => {
   t.equal(p.identity.designators[1]!.value, lun.naa.toString('hex'));
   t.same(
     lun.log.map((e) => e.name),
-    ['TEST_UNIT_READY', 'INQUIRY', 'INQUIRY', 'INQUIRY', 'INQUIRY', 'INQUIRY', 'INQUIRY', 'READ_CAPACITY_16'],
+    ['TEST_UNIT_READY', 'INQUIRY', 'INQUIRY', 'INQUIRY', 'INQUIRY', 'INQUIRY', 'INQUIRY', 'READ_CAPACITY_16', 'MODE_SENSE_10'],
   );
 });
 
@@ -524,4 +524,60 @@ t.test('REPORT LUNS, with a second ask when the list does not fit', async (t) =>
   const few = new RamScsiLun({ reportedLuns: [0n, lunToSam(1), lunToSam(300)] });
   few.queueUnitAttention(c.ASC_TARGET_OPERATING_CONDITIONS_CHANGED, c.ASCQ_REPORTED_LUNS_DATA_HAS_CHANGED);
   t.same(await reportLuns(new LoopExecutor(new Map([[0n, few]]))), [0n, 0x0001000000000000n, 0x412c000000000000n]);
+});
+
+t.test('FUA follows the caching mode page: the bit, SYNCHRONIZE CACHE, or nothing (Linux sd rules)', async (t) => {
+  const data = randomBytes(512 * 8);
+  const ops = (lun: RamScsiLun): string[] => lun.log.slice(-3).map((e) => `${e.name}${e.fua ? '+FUA' : ''}${e.name === 'SYNCHRONIZE_CACHE_16' ? `(${e.lba},${e.blocks})` : ''}`);
+
+  const native = rig({ writeCache: true, dpoFua: true });
+  const p = await native.disk.probe();
+  t.same(p.cache, { writeCacheEnabled: true, dpoFua: true, source: 'mode-sense' });
+  t.equal(p.limits.fua, 'fua');
+  await native.disk.write(512 * 4, data, { fua: true });
+  t.same(ops(native.lun).slice(-1), ['WRITE_16+FUA'], 'DPOFUA: the FUA bit, no extra command');
+
+  // LIO rd_mcp / fileio without a write cache: WCE 0, DPOFUA 0, and a FUA bit is refused.
+  const through = rig({ writeCache: false, dpoFua: false });
+  t.equal((await through.disk.probe()).limits.fua, 'write-through');
+  await through.disk.write(512 * 4, data, { fua: true });
+  t.same(ops(through.lun).slice(-1), ['WRITE_16'], 'no write cache: a plain write is already durable');
+  t.same(through.lun.peek(4, 8), data, 'the data is there');
+
+  const cached = rig({ writeCache: true, dpoFua: false });
+  t.equal((await cached.disk.probe()).limits.fua, 'sync-cache');
+  await cached.disk.write(512 * 4, data, { fua: true });
+  t.same(ops(cached.lun).slice(-2), ['WRITE_16', 'SYNCHRONIZE_CACHE_16(4,8)'], 'write cache without DPOFUA: write, then sync that range');
+  await cached.disk.write(512 * 4, data);
+  t.same(ops(cached.lun).slice(-1), ['WRITE_16'], 'no FUA asked: no sync');
+
+  const old = rig({ modeSense: false, dpoFua: false });
+  const po = await old.disk.probe();
+  t.same(po.cache, { writeCacheEnabled: true, dpoFua: false, source: 'assumed' }, 'no MODE SENSE: assume a volatile cache');
+  await old.disk.write(0, data, { fua: true });
+  t.same(ops(old.lun).slice(-2), ['WRITE_16', 'SYNCHRONIZE_CACHE_16(0,8)']);
+});
+
+t.test('a LU that announces DPOFUA but refuses the FUA bit: rewritten without it, synced, FUA emulated from then on', async (t) => {
+  const r = rig({ writeCache: true, dpoFua: true });
+  await r.disk.probe();
+  r.lun.dpoFua = false; // e.g. the backstore changed behind the target
+  const data = randomBytes(512 * 2);
+  await r.disk.write(512 * 10, data, { fua: true });
+  t.same(r.lun.peek(10, 2), data);
+  t.same(r.events.filter((e) => e.type === 'fua-disabled').length, 1, 'reported once');
+  t.equal(r.disk.limits.fua, 'sync-cache');
+  const names = r.lun.log.slice(-3).map((e) => e.name);
+  t.same(names, ['WRITE_16', 'WRITE_16', 'SYNCHRONIZE_CACHE_16'], 'refused write, write again, sync');
+  t.ok(r.lun.log.at(-3)!.sense, 'the first write was refused with sense');
+  await r.disk.write(512 * 12, data, { fua: true });
+  t.same(r.lun.log.slice(-2).map((e) => `${e.name}${e.fua ? '+FUA' : ''}`), ['WRITE_16', 'SYNCHRONIZE_CACHE_16'], 'no FUA bit any more');
+});
+
+t.test('write-zeroes with FUA over a write-through LU sends no SYNCHRONIZE CACHE', async (t) => {
+  const r = rig({ writeCache: false, dpoFua: false, writeSame: true });
+  await r.disk.probe();
+  await r.disk.writeZeroes(0, 512 * 64, { fua: true, noHole: true });
+  t.equal(r.lun.logOf('SYNCHRONIZE_CACHE_16').length, 0);
+  t.ok(r.lun.logOf('WRITE_SAME_16').length > 0);
 });

@@ -10,6 +10,8 @@ import {
   parseBlockLimits,
   parseDeviceIdentification,
   parseLogicalBlockProvisioning,
+  findCachingPage,
+  parseModeSense10,
   parseReadCapacity16,
   parseReportLuns,
   parseSense,
@@ -257,12 +259,14 @@ t.test('random and mutated input never escapes as anything but ScsiParseError', 
   const parsers = [
     parseStandardInquiry, parseSupportedVpdPages, parseUnitSerialNumber, parseDeviceIdentification,
     parseBlockLimits, parseLogicalBlockProvisioning, parseReadCapacity16, parseReportLuns, parseSense,
+    parseModeSense10, (b: Buffer) => findCachingPage(parseModeSense10(b)),
   ];
   const seeds = [
     hex('00 83 00 0c 01 03 00 08 11 22 33 44 55 66 77 88'),
     hex('72 05 21 00 00 00 00 0c 00 0a 80 00 00 00 00 00 00 00 10 00'),
     hex('70 00 05 00 00 00 00 0a 00 00 00 00 24 00 00 c0 00 02'),
     hex('00 b2 00 04 00 e6 02 00'),
+    hex('00 1a 00 10 00 00 00 00 08 12 04 00 00 00 00 00 00 00 00 00 00 00 00 00'),
     hex('00 00 00 10 00 00 00 00 00 00 00 00 00 00 00 00 00 01 00 00 00 00 00 00'),
   ];
   let others = 0;
@@ -287,4 +291,35 @@ t.test('random and mutated input never escapes as anything but ScsiParseError', 
     }
   }
   t.equal(others, 0, `${runs} parser runs, no foreign exception`);
+});
+
+t.test('MODE SENSE(10) data and the caching page (SPC-4 table 443, SBC-3 table 174)', async (t) => {
+  // LIO's answer for page 08h with DBD: header (MODE DATA LENGTH 26, DPOFUA), caching page, WCE set.
+  const lio = hex(`00 1a 00 10 00 00 00 00
+                   08 12 04 00 ff ff 00 00 ff ff ff ff 00 00 00 00 00 00 00 00`);
+  const ms = parseModeSense10(lio);
+  t.equal(ms.modeDataLength, 26);
+  t.equal(ms.dpoFua, true);
+  t.equal(ms.writeProtected, false);
+  t.equal(ms.truncated, false);
+  t.same(ms.pages.map((p) => [p.page, p.subpage, p.data.length]), [[8, 0, 18]]);
+  t.same(findCachingPage(ms), { writeCacheEnabled: true, readCacheDisabled: false });
+
+  // WP, no DPOFUA, an 8-byte block descriptor to skip, RCD without WCE, then a subpage-format page.
+  const other = hex(`00 28 00 80 00 00 00 08  00 00 00 00 00 00 02 00
+                     08 12 01 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00
+                     4a 01 00 02 aa bb`);
+  const o = parseModeSense10(other);
+  t.equal(o.writeProtected, true);
+  t.equal(o.dpoFua, false);
+  t.same(o.pages.map((p) => [p.page, p.subpage, p.data.toString('hex')]), [[8, 0, '010000000000000000000000000000000000'], [0x0a, 1, 'aabb']]);
+  t.same(findCachingPage(o), { writeCacheEnabled: false, readCacheDisabled: true });
+
+  // Cut by the allocation length: what arrived is used, and it says so.
+  const cut = parseModeSense10(lio.subarray(0, 11));
+  t.equal(cut.truncated, true);
+  t.same(findCachingPage(cut), { writeCacheEnabled: true, readCacheDisabled: false });
+  t.equal(findCachingPage(parseModeSense10(lio.subarray(0, 10))), undefined, 'page cut before its byte 2');
+  t.equal(findCachingPage(parseModeSense10(hex('00 06 00 00 00 00 00 00'))), undefined, 'no pages');
+  t.throws(() => parseModeSense10(hex('00 06 00 00')), { code: 'short' });
 });

@@ -8,6 +8,8 @@
 
 import {
   INQUIRY,
+  MODE_PC_CURRENT,
+  MODE_SENSE_10,
   READ_16,
   REPORT_LUNS,
   SAI_READ_CAPACITY_16,
@@ -116,6 +118,25 @@ export function buildInquiry(allocationLength: number, page?: number): Buffer {
     cdb[2] = page;
   }
   cdb.writeUInt16BE(allocationLength, 3);
+  return cdb;
+}
+
+/**
+ * MODE SENSE(10) (SPC-4 6.12, table 154): byte 1 LLBAA bit 4, DBD bit 3; byte 2 PC (bits 7-6) and
+ * PAGE CODE (5-0); byte 3 SUBPAGE CODE; 7..8 ALLOCATION LENGTH. DBD set by default: no block
+ * descriptors, only the mode pages.
+ */
+export function buildModeSense10(page: number, allocationLength: number, opts: { subpage?: number; pc?: number; dbd?: boolean } = {}): Buffer {
+  checkU('page', page, 0x3f);
+  checkU('allocationLength', allocationLength, 0xffff);
+  const pc = opts.pc ?? MODE_PC_CURRENT;
+  checkU('pc', pc, 3);
+  const cdb = Buffer.alloc(10);
+  cdb[0] = MODE_SENSE_10;
+  cdb[1] = opts.dbd === false ? 0 : 0x08;
+  cdb[2] = (pc << 6) | page;
+  cdb[3] = opts.subpage ?? 0;
+  cdb.writeUInt16BE(allocationLength, 7);
   return cdb;
 }
 

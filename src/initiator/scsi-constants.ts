@@ -113,6 +113,20 @@ export const VPD_BLOCK_LIMITS = 0xb0;
 export const VPD_BLOCK_DEVICE_CHARACTERISTICS = 0xb1;
 export const VPD_LOGICAL_BLOCK_PROVISIONING = 0xb2;
 
+/* Mode pages (SBC-3 6.4) and the mode parameter header (SPC-4 7.5.5, SBC-3 6.4.2). */
+/** Caching mode page (SBC-3 6.4.5): WCE, RCD. Linux sd.c asks for page 8 in sd_read_cache_type(). */
+export const CACHING_MODE_PAGE = 0x08;
+/** Caching page byte 2: WCE, write cache enable. */
+export const CACHING_WCE = 0x04;
+/** Caching page byte 2: RCD, read cache disable. */
+export const CACHING_RCD = 0x01;
+/** DEVICE-SPECIFIC PARAMETER of a direct-access device: WP (write protected). */
+export const MODE_DSP_WP = 0x80;
+/** DEVICE-SPECIFIC PARAMETER of a direct-access device: DPOFUA (DPO and FUA bits supported). */
+export const MODE_DSP_DPOFUA = 0x10;
+/** MODE SENSE PC field: current values. */
+export const MODE_PC_CURRENT = 0;
+
 /** PAGE LENGTH of the Block Limits VPD page (SBC-3 table 209): 003Ch. */
 export const VPD_BLOCK_LIMITS_PAGE_LENGTH = 0x3c;
 /** PAGE LENGTH of the Logical Block Provisioning VPD page without a provisioning group descriptor. */

@@ -34,6 +34,7 @@ import {
   ASCQ_REPORTED_LUNS_DATA_HAS_CHANGED,
   ASCQ_SPACE_ALLOCATION_FAILED_WRITE_PROTECT,
   DATA_PROTECT,
+  CACHING_MODE_PAGE,
   ILLEGAL_REQUEST,
   NOT_READY,
   NO_SENSE,
@@ -58,6 +59,7 @@ import {
 import {
   buildInquiry,
   buildRead16,
+  buildModeSense10,
   buildReadCapacity16,
   buildReportLuns,
   buildSynchronizeCache16,
@@ -73,7 +75,9 @@ import {
   ScsiParseError,
   parseBlockLimits,
   parseDeviceIdentification,
+  findCachingPage,
   parseLogicalBlockProvisioning,
+  parseModeSense10,
   parseReadCapacity16,
   parseReportLuns,
   parseSense,
@@ -182,7 +186,7 @@ export type ScsiDiskEvent =
       sense: ScsiSense;
     }
   | { type: 'retry'; command: string; reason: string; attempt: number; delayMs: number }
-  | { type: 'trim-disabled' | 'write-same-disabled' | 'write-same-unmap-disabled'; command: string; reason: string };
+  | { type: 'trim-disabled' | 'write-same-disabled' | 'write-same-unmap-disabled' | 'fua-disabled'; command: string; reason: string };
 
 export interface ScsiDiskOptions {
   /** SAM LUN (8-byte big-endian as on the wire). */
@@ -232,6 +236,20 @@ export interface DiskLimits {
   maxWriteSameBlocks: number;
   lbpme: boolean;
   lbprz: boolean;
+  /**
+   * How a write with FUA is made durable (Linux sd: FUA only with DPOFUA, and only needed with a
+   * write cache): 'fua' the FUA bit; 'sync-cache' the write, then SYNCHRONIZE CACHE of its range;
+   * 'write-through' nothing more (WCE 0: every write completes on the medium).
+   */
+  fua: 'fua' | 'sync-cache' | 'write-through';
+}
+
+/** The LU's write cache, from MODE SENSE(10) caching page; assumed volatile when it cannot be read. */
+export interface CacheInfo {
+  writeCacheEnabled: boolean;
+  dpoFua: boolean;
+  /** 'mode-sense' read from the LU; 'assumed' (MODE SENSE refused or unparsable: WCE 1, no DPOFUA). */
+  source: 'mode-sense' | 'assumed';
 }
 
 export interface ProbeResult {
@@ -244,6 +262,7 @@ export interface ProbeResult {
   capacity: ReadCapacity16;
   geometry: DiskGeometry;
   limits: DiskLimits;
+  cache: CacheInfo;
   identity: LunIdentity;
 }
 
@@ -419,8 +438,9 @@ export class ScsiDisk {
       : undefined;
 
     const capacity = await this.readCapacity();
+    const cache = await this.readCache();
     const geometry = this.geometryFrom(capacity);
-    const limits = this.limitsFrom(geometry, capacity, blockLimits, provisioning);
+    const limits = this.limitsFrom(geometry, capacity, cache, blockLimits, provisioning);
     const identity = lunIdentity({
       designators,
       serial,
@@ -430,7 +450,7 @@ export class ScsiDisk {
       product: inquiry.product,
       revision: inquiry.revision,
     });
-    const result: ProbeResult = { inquiry, vpdPages, designators, capacity, geometry, limits, identity };
+    const result: ProbeResult = { inquiry, vpdPages, designators, capacity, geometry, limits, cache, identity };
     if (serial !== undefined) result.serial = serial;
     if (blockLimits) result.blockLimits = blockLimits;
     if (provisioning) result.provisioning = provisioning;
@@ -493,6 +513,31 @@ export class ScsiDisk {
    * ILLEGAL REQUEST (page not supported after all) yields undefined; malformed data too (the
    * page is then treated as absent, which only costs features, never correctness).
    */
+  /**
+   * MODE SENSE(10) for the caching page: whether writes may sit in a volatile cache (WCE) and
+   * whether the FUA bit is supported (DPOFUA). Unreadable: assume a write cache without FUA, the
+   * safe guess (every FUA write is followed by SYNCHRONIZE CACHE).
+   */
+  private async readCache(): Promise<CacheInfo> {
+    const assumed: CacheInfo = { writeCacheEnabled: true, dpoFua: false, source: 'assumed' };
+    let res: ScsiResult;
+    try {
+      res = await this.command(buildModeSense10(CACHING_MODE_PAGE, 64), { dataInLength: 64 });
+    } catch (e) {
+      if (e instanceof ScsiError && e.sense?.key === ILLEGAL_REQUEST) return assumed;
+      throw e;
+    }
+    try {
+      const ms = parseModeSense10(res.dataIn ?? Buffer.alloc(0));
+      const page = findCachingPage(ms);
+      if (!page) return { ...assumed, dpoFua: ms.dpoFua };
+      return { writeCacheEnabled: page.writeCacheEnabled, dpoFua: ms.dpoFua, source: 'mode-sense' };
+    } catch (e) {
+      if (e instanceof ScsiParseError) return assumed;
+      throw e;
+    }
+  }
+
   private async optionalVpd<T>(page: number, parse: (b: Buffer) => T): Promise<T | undefined> {
     let alloc = 255;
     for (let attempt = 0; attempt < 2; attempt++) {
@@ -532,7 +577,7 @@ export class ScsiDisk {
     };
   }
 
-  private limitsFrom(g: DiskGeometry, cap: ReadCapacity16, bl?: BlockLimits, lbp?: LogicalBlockProvisioning): DiskLimits {
+  private limitsFrom(g: DiskGeometry, cap: ReadCapacity16, cache: CacheInfo, bl?: BlockLimits, lbp?: LogicalBlockProvisioning): DiskLimits {
     const bs = g.blockSize;
     const caps = [0xffffffff, Math.floor((this.opts.maxTransferBytes ?? DEFAULT_MAX_TRANSFER_BYTES) / bs)];
     if (bl && bl.maxTransferLength > 0) caps.push(bl.maxTransferLength);
@@ -565,6 +610,7 @@ export class ScsiDisk {
       maxWriteSameBlocks: wsLen > 0n ? Number(wsLen > 0xffffffffn ? 0xffffffffn : wsLen) : DEFAULT_MAX_WRITE_SAME_BLOCKS,
       lbpme,
       lbprz,
+      fua: !cache.writeCacheEnabled ? 'write-through' : cache.dpoFua ? 'fua' : 'sync-cache',
     };
   }
 
@@ -648,14 +694,51 @@ export class ScsiDisk {
     return out;
   }
 
-  /** Write `data` at `offset` with WRITE(16) (FUA when asked), split by the maximum transfer length. */
+  /**
+   * Write `data` at `offset` with WRITE(16), split by the maximum transfer length. With `fua` the
+   * data is durable on return, the way limits.fua says.
+   */
   async write(offset: number, data: Buffer, flags: { fua?: boolean } = {}): Promise<void> {
     const [lba, n] = this.range('write', offset, data.length, 'ENOSPC');
     const bs = this.geometry.blockSize;
     await this.runChunks(
       ScsiDisk.split(lba, n, this.limits.maxTransferBlocks).map(([l, c]) => async () => {
         const at = (l - lba) * bs;
-        await this.command(buildWrite16(BigInt(l), c, { fua: flags.fua ?? false }), { dataOut: data.subarray(at, at + c * bs) });
+        await this.writeBlocks(l, c, data.subarray(at, at + c * bs), flags.fua ?? false);
+      }),
+    );
+    if (flags.fua && this.limits.fua === 'sync-cache') await this.syncRange(lba, n);
+  }
+
+  /**
+   * One WRITE(16). With `fua` and limits.fua 'fua' the FUA bit is set; a LU that refuses the bit
+   * although it announced DPOFUA (INVALID FIELD IN CDB: nothing was written) gets the write again
+   * without it, and FUA is emulated with SYNCHRONIZE CACHE from then on (the caller syncs after
+   * its chunks, looking at limits.fua then).
+   */
+  private async writeBlocks(lba: number, blocks: number, data: Buffer, fua: boolean): Promise<void> {
+    const withFua = fua && this.limits.fua === 'fua';
+    try {
+      await this.command(buildWrite16(BigInt(lba), blocks, { fua: withFua }), { dataOut: data });
+    } catch (e) {
+      if (!(withFua && e instanceof ScsiError && isUnsupported(e))) throw e;
+      if (this.limits.fua === 'fua') {
+        this.limits.fua = 'sync-cache';
+        this.emit({ type: 'fua-disabled', command: 'WRITE_16', reason: 'the LU refused the FUA bit; emulated with SYNCHRONIZE CACHE' });
+      }
+      await this.command(buildWrite16(BigInt(lba), blocks), { dataOut: data });
+    }
+  }
+
+  /** SYNCHRONIZE CACHE(16) of a block range; a LU without the command has nothing to flush. */
+  private async syncRange(lba: number, n: number): Promise<void> {
+    await this.runChunks(
+      ScsiDisk.split(lba, n, 0xffffffff).map(([l, c]) => async () => {
+        try {
+          await this.command(buildSynchronizeCache16(BigInt(l), c));
+        } catch (e) {
+          if (!(e instanceof ScsiError && isUnsupported(e))) throw e;
+        }
       }),
     );
   }
@@ -759,22 +842,13 @@ export class ScsiDisk {
       const per = zero.length / bs;
       await this.runChunks(
         ScsiDisk.split(lba, n, per).map(([l, c]) => async () => {
-          await this.command(buildWrite16(BigInt(l), c, { fua: flags.fua ?? false }), { dataOut: zero.subarray(0, c * bs) });
+          await this.writeBlocks(l, c, zero.subarray(0, c * bs), flags.fua ?? false);
         }),
       );
+      if (flags.fua && lim.fua === 'sync-cache') await this.syncRange(lba, n);
       return;
     }
-    if (flags.fua) {
-      await this.runChunks(
-        ScsiDisk.split(lba, n, 0xffffffff).map(([l, c]) => async () => {
-          try {
-            await this.command(buildSynchronizeCache16(BigInt(l), c));
-          } catch (e) {
-            if (!(e instanceof ScsiError && isUnsupported(e))) throw e;
-          }
-        }),
-      );
-    }
+    if (flags.fua && lim.fua !== 'write-through') await this.syncRange(lba, n);
   }
 
   /** WRITE SAME(16) a zero block over the range; false if the LU refuses the command form. */

@@ -11,6 +11,11 @@
 
 import {
   ASSOCIATION_LOGICAL_UNIT,
+  CACHING_MODE_PAGE,
+  CACHING_RCD,
+  CACHING_WCE,
+  MODE_DSP_DPOFUA,
+  MODE_DSP_WP,
   CODE_SET_ASCII,
   CODE_SET_UTF8,
   DESIGNATOR_NAA,
@@ -383,6 +388,64 @@ export function parseReadCapacity16(buf: Uint8Array): ReadCapacity16 {
     lbprz: (buf[14]! & 0x40) !== 0,
     lowestAlignedLba: u16(buf, 14) & 0x3fff,
   };
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* MODE SENSE(10) parameter data (SPC-4 7.5.5, table 443) and the caching mode page (SBC-3 6.4.5). */
+/* ------------------------------------------------------------------------------------------ */
+
+export interface ModePage {
+  page: number;
+  subpage: number;
+  /** The page's parameters after its header (2 bytes, or 4 with SPF), as far as they were sent. */
+  data: Buffer;
+}
+
+export interface ModeSense10 {
+  /** MODE DATA LENGTH: bytes that follow it. */
+  modeDataLength: number;
+  /** DEVICE-SPECIFIC PARAMETER, WP bit. */
+  writeProtected: boolean;
+  /** DEVICE-SPECIFIC PARAMETER, DPOFUA bit: the LU supports the DPO and FUA bits. */
+  dpoFua: boolean;
+  pages: ModePage[];
+  /** The data stops before MODE DATA LENGTH says (allocation length too small). */
+  truncated: boolean;
+}
+
+/** Parse MODE SENSE(10) data: the 8-byte header, BLOCK DESCRIPTOR LENGTH bytes skipped, then pages. */
+export function parseModeSense10(buf: Uint8Array): ModeSense10 {
+  need(buf, 8, 'MODE SENSE(10) header');
+  const modeDataLength = u16(buf, 0);
+  const dsp = buf[3]!;
+  const end = Math.min(buf.length, 2 + modeDataLength);
+  const pages: ModePage[] = [];
+  let off = 8 + u16(buf, 6);
+  while (off + 2 <= end) {
+    const b0 = buf[off]!;
+    const spf = (b0 & 0x40) !== 0;
+    if (spf && off + 4 > end) break;
+    const hdr = spf ? 4 : 2;
+    const len = spf ? u16(buf, off + 2) : buf[off + 1]!;
+    pages.push({ page: b0 & 0x3f, subpage: spf ? buf[off + 1]! : 0, data: Buffer.from(buf.subarray(off + hdr, Math.min(end, off + hdr + len))) });
+    off += hdr + len;
+  }
+  return { modeDataLength, writeProtected: (dsp & MODE_DSP_WP) !== 0, dpoFua: (dsp & MODE_DSP_DPOFUA) !== 0, pages, truncated: buf.length < 2 + modeDataLength };
+}
+
+export interface CachingPage {
+  /** WCE: the LU may complete a write before the data is on the medium (a volatile write cache). */
+  writeCacheEnabled: boolean;
+  /** RCD: read cache disabled. */
+  readCacheDisabled: boolean;
+}
+
+/** The caching mode page (08h) from MODE SENSE data; undefined if absent or cut before byte 2. */
+export function findCachingPage(ms: ModeSense10): CachingPage | undefined {
+  const p = ms.pages.find((x) => x.page === CACHING_MODE_PAGE && x.subpage === 0);
+  if (!p || p.data.length < 1) return undefined;
+  const b2 = p.data[0]!; // page byte 2 = first parameter byte
+  return { writeCacheEnabled: (b2 & CACHING_WCE) !== 0, readCacheDisabled: (b2 & CACHING_RCD) !== 0 };
 }
 
 /* ------------------------------------------------------------------------------------------ */

@@ -35,6 +35,7 @@ import {
   DESIGNATOR_T10_VENDOR_ID,
   ILLEGAL_REQUEST,
   INQUIRY,
+  MODE_SENSE_10,
   READ_16,
   REPORT_LUNS,
   SAI_READ_CAPACITY_16,
@@ -169,6 +170,15 @@ export interface RamScsiLunOptions {
   /** What unmapped blocks read as when LBPRZ = 0 (default 0xA5: garbage that is not zero). */
   unmappedPattern?: number;
   writeProtected?: boolean;
+  /** Answer MODE SENSE(10) with the caching page (default true); false: INVALID COMMAND OPERATION CODE. */
+  modeSense?: boolean;
+  /** Caching page WCE: a volatile write cache (default true). */
+  writeCache?: boolean;
+  /**
+   * DPOFUA in the mode parameter header (default true). false makes the LU refuse WRITE(16) with
+   * the FUA bit (INVALID FIELD IN CDB), as LIO does for a backstore without a write cache.
+   */
+  dpoFua?: boolean;
 }
 
 /** One command as the LUN saw it. */
@@ -241,6 +251,9 @@ export class RamScsiLun implements ScsiTargetLun {
   descriptorSense: boolean;
   readonly unmappedPattern: number;
   writeProtected: boolean;
+  readonly modeSense: boolean;
+  writeCache: boolean;
+  dpoFua: boolean;
 
   /** Every command executed, oldest first. */
   readonly log: RamLunLogEntry[] = [];
@@ -290,6 +303,9 @@ export class RamScsiLun implements ScsiTargetLun {
     this.descriptorSense = opts.descriptorSense ?? false;
     this.unmappedPattern = opts.unmappedPattern ?? 0xa5;
     this.writeProtected = opts.writeProtected ?? false;
+    this.modeSense = opts.modeSense ?? true;
+    this.writeCache = opts.writeCache ?? true;
+    this.dpoFua = opts.dpoFua ?? true;
     this.data = Buffer.alloc(this.blocks * this.blockSize);
     this.mapped = new Uint8Array(this.blocks);
     if (this.provisioning.lbpme) {
@@ -448,6 +464,27 @@ export class RamScsiLun implements ScsiTargetLun {
     return reply;
   }
 
+  /**
+   * MODE SENSE(10): header with WP and DPOFUA, no block descriptors, and the caching page (08h)
+   * when asked for it or for all pages (3Fh); PC must be current (0) or default (2) values.
+   */
+  private modeSense10(cdb: Buffer): Reply {
+    this.needCdb(cdb, 10);
+    const pc = cdb[2]! >> 6;
+    const page = cdb[2]! & 0x3f;
+    if (pc === 3 || (page !== 0x08 && page !== 0x3f) || cdb[3] !== 0) throw invalidField(2); // saved values: none
+    const caching = Buffer.alloc(20); // SBC-3 table 174: page 08h, PAGE LENGTH 12h
+    caching[0] = 0x08;
+    caching[1] = 0x12;
+    if (pc !== 1 && this.writeCache) caching[2] = 0x04; // WCE (changeable-values mask: none)
+    const data = Buffer.alloc(8 + caching.length);
+    data.writeUInt16BE(data.length - 2, 0);
+    data[3] = (this.writeProtected ? 0x80 : 0) | (this.dpoFua ? 0x10 : 0);
+    caching.copy(data, 8);
+    const alloc = cdb.readUInt16BE(7);
+    return { status: SAM_STAT_GOOD, dataIn: data.subarray(0, Math.min(alloc, data.length)) };
+  }
+
   private dispatch(op: number, cdb: Buffer, dataOut: Buffer | undefined, entry: RamLunLogEntry): Reply {
     switch (op) {
       case TEST_UNIT_READY:
@@ -472,6 +509,7 @@ export class RamScsiLun implements ScsiTargetLun {
         const n = cdb.readUInt32BE(10);
         Object.assign(entry, { lba, blocks: n, fua: (cdb[1]! & 0x08) !== 0 });
         if ((cdb[1]! & 0xe0) !== 0) throw invalidField(1); /* no protection information */
+        if ((cdb[1]! & 0x18) !== 0 && !this.dpoFua) throw invalidField(1); /* DPO/FUA not supported */
         const start = this.checkRange(lba, n);
         if (this.limits.maxTransferLength > 0 && n > this.limits.maxTransferLength) throw invalidField(10);
         const len = n * this.blockSize;
@@ -492,6 +530,9 @@ export class RamScsiLun implements ScsiTargetLun {
         this.checkRange(lba, n);
         return { status: SAM_STAT_GOOD };
       }
+      case MODE_SENSE_10:
+        if (!this.modeSense) throw new CheckCondition(ILLEGAL_REQUEST, ASC_INVALID_COMMAND_OPERATION_CODE, 0, undefined, { byte: 0, inCdb: true });
+        return this.modeSense10(cdb);
       case UNMAP:
         return this.unmap(cdb, dataOut, entry);
       case WRITE_SAME_16:
