@@ -6,8 +6,11 @@
  * Input is parsed as it arrives, without concatenating chunks: headers are
  * decoded in place when a chunk holds them whole, a WRITE payload is copied
  * once, straight into its destination (the backend's writeTarget() or a
- * pooled buffer). Requests run concurrently and complete out of order;
- * replies issued in the same tick leave in one corked write.
+ * pooled buffer). Requests run concurrently and complete out of order.
+ * Replies are queued and leave together once the input at hand has been
+ * parsed (or at the end of the tick, for completions of asynchronous
+ * backends); small ones are assembled in one slab, and a small READ that
+ * the backend completes synchronously is read straight into it.
  *
  * Errors the protocol can answer (bad range, alignment, flags, unknown
  * command, backend failure) are answered and logged once per kind; errors
@@ -37,6 +40,7 @@ import {
   encodeStructuredError,
   writeSimpleReply,
   writeStructuredReply,
+  writeU64,
 } from './codec.js';
 import * as C from './nbd-constants.js';
 
@@ -77,6 +81,12 @@ export type SocketSource = Socket | ((sink: InputSink) => Socket);
 const STAGING_SIZE = 256 * 1024;
 /** Payload bytes still expected above which reads go straight into the payload. */
 const DIRECT_READ_MIN = 64 * 1024;
+/** Size of the slab small replies are assembled in (a larger reply gets a slab of its own size). */
+const SLAB_SIZE = 256 * 1024;
+/** READs up to this length are read straight into the reply slab (see readInline). */
+const SLAB_READ_MAX = 16 * 1024;
+/** Queued reply bytes at which replies are written without waiting for the end of the input. */
+const FLUSH_BYTES = 1024 * 1024;
 
 type Phase =
   | 'client-flags'
@@ -120,12 +130,26 @@ export class NbdConnection implements InputSink {
   /** Current WRITE payload being received, its request and whether it came from the pool. */
   private payload: Buffer | undefined;
   private payloadPooled = false;
-  private payloadReq: NbdRequest | undefined;
+  private readonly payloadReq: NbdRequest = { magic: 0, flags: 0, type: 0, cookieHi: 0, cookieLo: 0, offset: 0, length: 0 };
   private discardLeft = 0;
 
   private inFlight = 0;
   private paused = false;
-  private corked = false;
+  /** Replies waiting to be written, in wire order; flushed by flush(). */
+  private out: Buffer[] = [];
+  /** Pooled buffers among `out`, released once written. */
+  private outPooled: Buffer[] = [];
+  /** Bytes in `out` and the slab not yet written. */
+  private outBytes = 0;
+  /** Small replies are assembled here; [slabStart, slabPos) is not yet in `out`. */
+  private slab: Buffer = Buffer.allocUnsafe(SLAB_SIZE);
+  private slabStart = 0;
+  private slabPos = 0;
+  /** True while onInput runs: replies are flushed when it returns, not by a nextTick. */
+  private parsing = false;
+  private flushScheduled = false;
+  /** Whether small READs go into the slab; off once the backend has answered one asynchronously. */
+  private inlineReads = true;
   private draining = false;
   private socketClosed = false;
   private finishing = false;
@@ -223,8 +247,8 @@ export class NbdConnection implements InputSink {
 
   /** InputSink: bytes from the socket, consumed synchronously. */
   onInput(chunk: Buffer): void {
-    if (this.phase !== 'stopped') this.cork();
     let pos = 0;
+    this.parsing = true;
     try {
       while (pos < chunk.length && this.phase !== 'stopped') {
         if (this.paused) {
@@ -279,6 +303,9 @@ export class NbdConnection implements InputSink {
     } catch (err) {
       // A bug, never a client's doing: stop this connection, keep the server.
       this.fatal('internal', 'internal error while parsing input', err);
+    } finally {
+      this.parsing = false;
+      this.flush();
     }
   }
 
@@ -336,7 +363,7 @@ export class NbdConnection implements InputSink {
         const found = this.registry!.lookup(name);
         if (!found) return this.fatal('unknown-export', `NBD_OPT_EXPORT_NAME for unknown export '${name}'`);
         this.enterTransmission(found.name, found.backend);
-        this.socket.write(encodeExportNameReply(found.backend.size, this.transmissionFlags, this.noZeroes));
+        this.send(encodeExportNameReply(found.backend.size, this.transmissionFlags, this.noZeroes), false);
         this.phase = 'request-header';
         return;
       }
@@ -404,7 +431,7 @@ export class NbdConnection implements InputSink {
 
   private optionReply(type: number, data?: Buffer | string): void {
     const payload = typeof data === 'string' ? Buffer.from(data, 'utf8') : data;
-    this.socket.write(encodeOptionReply(this.optionCode, type, payload));
+    this.send(encodeOptionReply(this.optionCode, type, payload), false);
   }
 
   private enterTransmission(name: string, backend: Backend): void {
@@ -436,24 +463,23 @@ export class NbdConnection implements InputSink {
       const target = this.backend!.writeTarget?.(r.offset, r.length);
       this.payloadPooled = target === undefined;
       this.payload = target ?? this.opts.pool.acquire(r.length);
-      this.payloadReq = { ...r };
+      Object.assign(this.payloadReq, r);
       this.fillPos = 0;
       this.phase = 'payload';
       return;
     }
     if (refusal) return this.refuse(r, refusal);
-    this.dispatch({ ...r }, undefined, false);
+    if (r.type === C.NBD_CMD_READ && r.length <= SLAB_READ_MAX && this.inlineReads) return this.readInline(r);
+    this.dispatch(r, undefined, false);
   }
 
   private onPayload(): void {
     const payload = this.payload!;
-    const req = this.payloadReq!;
     const pooled = this.payloadPooled;
     this.payload = undefined;
-    this.payloadReq = undefined;
     this.fillPos = 0;
     this.phase = 'request-header';
-    this.dispatch(req, payload, pooled);
+    this.dispatch(this.payloadReq, payload, pooled);
   }
 
   /**
@@ -513,30 +539,30 @@ export class NbdConnection implements InputSink {
     this.replyError(r.type, r.cookieHi, r.cookieLo, refusal.errno, refusal.reason);
   }
 
-  /** Runs a validated request against the backend and answers it when it completes. */
+  /**
+   * Runs a validated request against the backend and answers it when it
+   * completes. `r` may be a reused header object: it is copied only when the
+   * backend answers later.
+   */
   private dispatch(r: NbdRequest, payload: Buffer | undefined, pooled: boolean): void {
     const b = this.backend!;
     const fua = (r.flags & C.NBD_CMD_FLAG_FUA) !== 0;
     let reply: Buffer | undefined;
-    let dataOffset = 0;
     let view: Buffer | undefined;
     let result: void | Promise<void> = undefined;
     const bytes = r.type === C.NBD_CMD_READ || r.type === C.NBD_CMD_WRITE ? r.length : 0;
-    this.inFlight++;
-    this.inFlightBytes += bytes;
-    if (this.inFlight >= this.maxInFlight || this.inFlightBytes >= this.maxInFlightBytes) this.pause();
+    this.begin(bytes);
     try {
       switch (r.type) {
-        case C.NBD_CMD_READ:
-          dataOffset = this.structuredReplies ? C.NBD_STRUCTURED_REPLY_SIZE + 8 : C.NBD_SIMPLE_REPLY_SIZE;
+        case C.NBD_CMD_READ: {
+          const dataOffset = this.readHeaderSize();
           view = r.length >= DIRECT_READ_MIN ? b.readView?.(r.offset, r.length) : undefined;
-          if (view) {
-            reply = Buffer.allocUnsafe(dataOffset);
-          } else {
+          if (!view) {
             reply = this.opts.pool.acquire(dataOffset + r.length);
             result = b.read(r.offset, reply.subarray(dataOffset));
           }
           break;
+        }
         case C.NBD_CMD_WRITE:
           result = b.write(r.offset, payload!, fua);
           break;
@@ -553,52 +579,127 @@ export class NbdConnection implements InputSink {
     } catch (err) {
       result = Promise.reject(err);
     }
-    const done = (err: unknown): void => {
-      this.inFlight--;
-      this.inFlightBytes -= bytes;
-      if (payload && pooled) this.opts.pool.release(payload);
-      if (err === undefined) this.replyOk(r, reply, view);
-      else {
-        if (reply) this.opts.pool.release(reply);
-        this.stats.errors++;
-        const errno = toNbdErrno(err);
-        this.logOnce(`backend-${r.type}-${errno}`, `${C.nameOfNbdCmd(r.type)} at ${r.offset} failed`, err);
-        this.replyError(r.type, r.cookieHi, r.cookieLo, errno, err instanceof Error ? err.message : String(err));
-      }
-      this.afterCompletion();
-    };
-    if (result && typeof (result as Promise<void>).then === 'function') {
-      (result as Promise<void>).then(() => done(undefined), (err: unknown) => done(err ?? new Error('backend failed')));
+    if (isPromise(result)) this.completeLater(r, bytes, result, payload, pooled, reply, view);
+    else this.complete(r, bytes, payload, pooled, reply, view, undefined);
+  }
+
+  /** Counts a request in flight; over a limit, the connection stops reading. */
+  private begin(bytes: number): void {
+    this.inFlight++;
+    this.inFlightBytes += bytes;
+    if (this.inFlight >= this.maxInFlight || this.inFlightBytes >= this.maxInFlightBytes) this.pause();
+  }
+
+  /** Completes a request when the backend's promise settles; `r` is copied (the caller may reuse it). */
+  private completeLater(
+    r: NbdRequest,
+    bytes: number,
+    result: Promise<void>,
+    payload: Buffer | undefined,
+    pooled: boolean,
+    reply: Buffer | undefined,
+    view: Buffer | undefined,
+  ): void {
+    const req = { ...r };
+    result.then(
+      () => this.complete(req, bytes, payload, pooled, reply, view, undefined),
+      (err: unknown) => this.complete(req, bytes, payload, pooled, reply, view, err ?? new Error('backend failed')),
+    );
+  }
+
+  /** Accounts for a finished request and answers it: with its data, or with the backend's error (`err`). */
+  private complete(
+    r: NbdRequest,
+    bytes: number,
+    payload: Buffer | undefined,
+    pooled: boolean,
+    reply: Buffer | undefined,
+    view: Buffer | undefined,
+    err: unknown,
+  ): void {
+    this.inFlight--;
+    this.inFlightBytes -= bytes;
+    if (payload && pooled) this.opts.pool.release(payload);
+    if (err === undefined) this.replyOk(r, reply, view);
+    else {
+      if (reply) this.opts.pool.release(reply);
+      this.backendFailed(r, err);
+    }
+    this.afterCompletion();
+  }
+
+  /**
+   * A small READ read by the backend straight into the reply slab, behind
+   * its header: nothing is allocated and no completion is queued. Should the
+   * backend answer later (a promise), the bytes it will fill stay its own:
+   * the connection moves on to a fresh slab, and its later READs take the
+   * ordinary path through a buffer of their own.
+   */
+  private readInline(r: NbdRequest): void {
+    const header = this.readHeaderSize();
+    const n = header + r.length;
+    const at = this.reserve(n);
+    const reply = this.slab.subarray(at, at + n);
+    let result: void | Promise<void>;
+    try {
+      result = this.backend!.read(r.offset, reply.subarray(header));
+    } catch (err) {
+      this.unreserve(at, n);
+      this.backendFailed(r, err);
+      return;
+    }
+    if (!isPromise(result)) {
+      this.writeReadHeader(reply, 0, r);
+      this.stats.bytesRead += r.length;
+      return;
+    }
+    this.unreserve(at, n);
+    this.sealSlab();
+    this.slab = Buffer.allocUnsafe(SLAB_SIZE);
+    this.slabStart = this.slabPos = 0;
+    this.inlineReads = false;
+    this.begin(r.length);
+    // Not from the pool: the pool's release() leaves it to the GC.
+    this.completeLater(r, r.length, result, undefined, false, reply, undefined);
+  }
+
+  private backendFailed(r: NbdRequest, err: unknown): void {
+    this.stats.errors++;
+    const errno = toNbdErrno(err);
+    this.logOnce(`backend-${r.type}-${errno}`, `${C.nameOfNbdCmd(r.type)} at ${r.offset} failed`, err);
+    this.replyError(r.type, r.cookieHi, r.cookieLo, errno, err instanceof Error ? err.message : String(err));
+  }
+
+  /** Bytes in front of a READ's data: a simple reply, or a structured OFFSET_DATA chunk header and offset. */
+  private readHeaderSize(): number {
+    return this.structuredReplies ? C.NBD_STRUCTURED_REPLY_SIZE + 8 : C.NBD_SIMPLE_REPLY_SIZE;
+  }
+
+  private writeReadHeader(buf: Buffer, at: number, r: NbdRequest): void {
+    if (this.structuredReplies) {
+      writeStructuredReply(buf, at, C.NBD_REPLY_FLAG_DONE, C.NBD_REPLY_TYPE_OFFSET_DATA, r.cookieHi, r.cookieLo, 8 + r.length);
+      writeU64(buf, at + C.NBD_STRUCTURED_REPLY_SIZE, r.offset);
     } else {
-      done(undefined);
+      writeSimpleReply(buf, at, 0, r.cookieHi, r.cookieLo);
     }
   }
 
   /** Answers a completed request; a READ's data is in `reply` after its header, or in `view`. */
   private replyOk(r: NbdRequest, reply: Buffer | undefined, view: Buffer | undefined): void {
     if (r.type === C.NBD_CMD_READ) {
-      const buf = reply!;
-      if (this.structuredReplies) {
-        writeStructuredReply(buf, 0, C.NBD_REPLY_FLAG_DONE, C.NBD_REPLY_TYPE_OFFSET_DATA, r.cookieHi, r.cookieLo, 8 + r.length);
-        buf.writeUInt32BE(Math.floor(r.offset / 2 ** 32), C.NBD_STRUCTURED_REPLY_SIZE);
-        buf.writeUInt32BE(r.offset % 2 ** 32, C.NBD_STRUCTURED_REPLY_SIZE + 4);
-      } else {
-        writeSimpleReply(buf, 0, 0, r.cookieHi, r.cookieLo);
-      }
       this.stats.bytesRead += r.length;
       if (view) {
-        // Header and data leave in the same corked writev.
-        this.send(buf, false);
+        // The header goes in the slab; header and data leave in the same writev.
+        this.writeReadHeader(this.slab, this.reserve(this.readHeaderSize()), r);
         this.send(view, false);
       } else {
-        this.send(buf, true);
+        this.writeReadHeader(reply!, 0, r);
+        this.send(reply!, true);
       }
       return;
     }
     if (r.type === C.NBD_CMD_WRITE) this.stats.bytesWritten += r.length;
-    const buf = Buffer.allocUnsafe(C.NBD_SIMPLE_REPLY_SIZE);
-    writeSimpleReply(buf, 0, 0, r.cookieHi, r.cookieLo);
-    this.send(buf, false);
+    writeSimpleReply(this.slab, this.reserve(C.NBD_SIMPLE_REPLY_SIZE), 0, r.cookieHi, r.cookieLo);
   }
 
   private replyError(type: number, cookieHi: number, cookieLo: number, errno: number, message: string): void {
@@ -607,33 +708,88 @@ export class NbdConnection implements InputSink {
       this.send(encodeStructuredError(C.NBD_REPLY_FLAG_DONE, cookieHi, cookieLo, errno, message), false);
       return;
     }
-    const buf = Buffer.allocUnsafe(C.NBD_SIMPLE_REPLY_SIZE);
-    writeSimpleReply(buf, 0, errno, cookieHi, cookieLo);
-    this.send(buf, false);
+    writeSimpleReply(this.slab, this.reserve(C.NBD_SIMPLE_REPLY_SIZE), errno, cookieHi, cookieLo);
   }
 
   /* --------------------------------------------------------------- output */
 
+  /** Queues a reply buffer; a pooled one goes back to the pool once written. */
   private send(buf: Buffer, pooled: boolean): void {
-    if (this.socketClosed || this.socket.destroyed) {
-      if (pooled) this.opts.pool.release(buf);
-      return;
-    }
-    this.cork();
-    if (pooled) this.socket.write(buf, () => this.opts.pool.release(buf));
-    else this.socket.write(buf);
-    if (this.socket.writableLength > this.maxQueuedReplyBytes) this.pause();
+    this.sealSlab();
+    this.out.push(buf);
+    if (pooled) this.outPooled.push(buf);
+    this.outBytes += buf.length;
+    // Large replies gain nothing from waiting, and the flow control must see them.
+    if (this.outBytes >= FLUSH_BYTES) this.flush();
+    else this.scheduleFlush();
   }
 
-  /** Batches every reply of this tick into one writev. */
-  private cork(): void {
-    if (this.corked || this.socketClosed) return;
-    this.corked = true;
-    this.socket.cork();
+  /** Room for `n` reply bytes in the slab, queued behind every reply before; returns where they go. */
+  private reserve(n: number): number {
+    if (this.outBytes >= FLUSH_BYTES) this.flush();
+    if (this.slabPos + n > this.slab.length) {
+      this.sealSlab();
+      // The slab's earlier bytes may still be queued here or in the socket: those stay with the old one.
+      if (this.out.length > 0 || this.socket.writableLength > 0 || n > this.slab.length) {
+        this.slab = Buffer.allocUnsafe(Math.max(SLAB_SIZE, n));
+      }
+      this.slabStart = this.slabPos = 0;
+    }
+    const at = this.slabPos;
+    this.slabPos += n;
+    this.outBytes += n;
+    this.scheduleFlush();
+    return at;
+  }
+
+  /** Gives back the last `n` reserved slab bytes, at `at`. */
+  private unreserve(at: number, n: number): void {
+    this.slabPos = at;
+    this.outBytes -= n;
+  }
+
+  /** Moves the slab bytes written since the last seal into `out`, keeping wire order. */
+  private sealSlab(): void {
+    if (this.slabPos === this.slabStart) return;
+    this.out.push(this.slab.subarray(this.slabStart, this.slabPos));
+    this.slabStart = this.slabPos;
+  }
+
+  /** Replies from outside onInput (asynchronous completions) leave at the end of the tick. */
+  private scheduleFlush(): void {
+    if (this.parsing || this.flushScheduled) return;
+    this.flushScheduled = true;
     process.nextTick(() => {
-      this.corked = false;
-      this.socket.uncork();
+      this.flushScheduled = false;
+      this.flush();
     });
+  }
+
+  /** Writes every queued reply: one write, or one writev when there are several buffers. */
+  private flush(): void {
+    this.sealSlab();
+    const out = this.out;
+    if (out.length === 0) return;
+    const pooled = this.outPooled;
+    this.out = [];
+    this.outPooled = [];
+    this.outBytes = 0;
+    if (this.socketClosed || this.socket.destroyed) {
+      for (const buf of pooled) this.opts.pool.release(buf);
+      return;
+    }
+    const release = pooled.length === 0 ? undefined : () => pooled.forEach((buf) => this.opts.pool.release(buf));
+    if (out.length === 1) {
+      this.socket.write(out[0]!, release);
+    } else {
+      this.socket.cork();
+      for (let i = 0; i < out.length - 1; i++) this.socket.write(out[i]!);
+      this.socket.write(out[out.length - 1]!, release);
+      this.socket.uncork();
+    }
+    // Written through at once (the usual case): the slab can be filled again from the start.
+    if (this.socket.writableLength === 0) this.slabStart = this.slabPos = 0;
+    else if (this.socket.writableLength > this.maxQueuedReplyBytes) this.pause();
   }
 
   private pause(): void {
@@ -688,6 +844,7 @@ export class NbdConnection implements InputSink {
   private finish(): void {
     if (this.socketClosed || this.finishing) return;
     this.finishing = true;
+    this.flush();
     // end() flushes queued replies first. Input is read (and ignored) until the peer's EOF,
     // so the close is orderly; a peer that never closes is cut off after a grace period.
     this.socket.end();
@@ -723,4 +880,8 @@ export class NbdConnection implements InputSink {
     this.logged.set(kind, n);
     if (n === 1) this.opts.logger.warn({ kind, export: this.export, err }, message);
   }
+}
+
+function isPromise(x: void | Promise<void>): x is Promise<void> {
+  return x !== undefined && typeof (x as Promise<void>).then === 'function';
 }
