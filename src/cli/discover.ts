@@ -78,7 +78,7 @@ export async function discover(argv: string[]): Promise<number> {
 /** The login's logger: silent unless SRP_NBD_LOG asks for a level (the table is the output). */
 const logger = () => (process.env.SRP_NBD_LOG ? createLogger() : silentLogger());
 
-/** Logs in through `connector`, probes every reported LUN, logs out (also on failure). */
+/** Logs in through `connector`, probes every reported LUN, logs out (also on failure); LUNs in number order. */
 async function listLuns(connector: ChannelConnector, ids: { initiatorPortId: Buffer; targetPortId: Buffer }): Promise<DiscoveredLun[]> {
   const commandTimeoutMs = TARGET_OPTIONS.command_timeout.default * 1000;
   const port = await SrpPort.connect({
@@ -94,7 +94,8 @@ async function listLuns(connector: ChannelConnector, ids: { initiatorPortId: Buf
       const disk = await port.addLun(sam);
       out.push({ lun: samToLun(sam), size: disk.geometry.sizeBytes, block_size: disk.geometry.blockSize, identity: describeIdentity(disk.probeResult!.identity) });
     }
-    return out;
+    // in LUN order (LIO reports its LUNs newest first)
+    return out.sort((a, b) => a.lun - b.lun);
   } finally {
     await port.close();
   }
