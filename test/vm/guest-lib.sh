@@ -395,12 +395,23 @@ daemon_up() {
   daemon_start --config "$DAEMON_CONFIG"
   check daemon-ready wait_for 90 srp_nbd list
 }
-# attach_nbd ID ADDRESS nbdN: `srp-nbd attach ADDRESS --id ID --device /dev/nbdN`, then wait for the
-# kernel connection (PASS/FAIL attach)
+# attach_nbd ID ADDRESS nbdN [OPTIONS...]: `srp-nbd attach ADDRESS --id ID --device /dev/nbdN
+# OPTIONS...`, then wait for the kernel connection (PASS/FAIL attach)
 attach_nbd() {
-  srp_nbd attach "$2" --id "$1" --device "/dev/$3" || fail attach-cmd "srp-nbd attach exited $?"
+  srp_nbd attach "$2" --id "$1" --device "/dev/$3" "${@:4}" || fail attach-cmd "srp-nbd attach exited $?"
   check attach wait_for 60 nbd_connected "$3"
 }
+# epoch_ms: wall clock in ms, the clock of the daemon's log lines (pino "time")
+epoch_ms() { date +%s%3N; }
+# daemon_log_first SINCE_MS REGEX: the "time" (ms) of the first daemon.log line at or after
+# SINCE_MS that matches REGEX. Timings taken from the daemon's own log do not include the
+# seconds a CLI call costs under TCG.
+daemon_log_first() {
+  awk -v s="$1" -v re="$2" 'match($0, /"time":[0-9]+/) { t = substr($0, RSTART + 7, RLENGTH - 7) + 0
+    if (t >= s && $0 ~ re) { print t; exit } }' "$OUT_DIR/daemon.log"
+}
+# ms_between A_MS B_MS: seconds from A to B, two decimals
+ms_between() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", (b - a) / 1000 }'; }
 # target_state_is ID STATE: the daemon reports target ID's transport state as STATE
 target_state_is() { srp_nbd status "$1" --json 2>/dev/null | grep -Eq "\"state\": ?\"$2\""; }
 # target_outage ID: blocked or fail-fast
