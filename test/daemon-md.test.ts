@@ -104,3 +104,23 @@ t.test('an array stopped while waiting is "gone"; someone else re-adding first i
   setTimeout(() => fs.writeFileSync(path.join(b.dev('nbd1'), 'state'), 'in_sync\n'), 50);
   t.same(await readdFaultyMember('/dev/nbd1', { sysfs: b.root, waitMs: 2000, pollMs: 10 }), [{ array: 'md0', member: 'nbd1', outcome: 'in-array' }]);
 });
+
+t.test('a cancelled re-add writes nothing, even when md has released the slot meanwhile', async (t) => {
+  // The path went down again (or the target was detached, or the daemon stops) while waiting for
+  // md: filling the slot now would hand md a device that cannot do I/O.
+  const { root, dev } = fakeSysfs({ nbd0: { state: 'faulty', slot: '0' }, nbd1: { state: 'faulty', slot: 'none' } });
+  const ac = new AbortController();
+  const writes: string[] = [];
+  const record = (file: string, text: string): void => {
+    writes.push(`${path.relative(root, file)}=${text}`);
+  };
+  setTimeout(() => {
+    fs.writeFileSync(path.join(dev('nbd0'), 'slot'), 'none\n'); // md releases the slot ...
+    ac.abort(); // ... just as the path is lost again
+  }, 50);
+  const r = await readdFaultyMember('/dev/nbd0', { sysfs: root, waitMs: 5000, pollMs: 200, signal: ac.signal, writeAttr: record });
+  t.same(r, [{ array: 'md0', member: 'nbd0', outcome: 'cancelled' }]);
+  const again = await readdFaultyMember('/dev/nbd1', { sysfs: root, waitMs: 5000, pollMs: 10, signal: ac.signal, writeAttr: record });
+  t.same(again, [{ array: 'md0', member: 'nbd1', outcome: 'cancelled' }], 'an already aborted signal: no write even with the slot free');
+  t.same(writes, [], 'nothing written');
+});

@@ -92,6 +92,13 @@ interface TargetRuntime {
   removed: boolean;
   /** Devices whose md re-add is in progress (one at a time per device). */
   mdBusy: Set<string>;
+  /**
+   * Cancels the re-adds in progress: aborted when the path leaves running, on detach, teardown
+   * and daemon close, so no "re-add" is written for a device that cannot do I/O (mdReadd()).
+   */
+  mdCancel?: AbortController;
+  /** A re-add was cancelled by a path loss: the next return to running (even from blocked) tries again. */
+  mdRetry?: boolean;
   log: Logger;
 }
 
@@ -123,8 +130,6 @@ export class Daemon {
   private netlink: Promise<{ nl: NbdNetlink; b: NetlinkBinding }> | undefined;
   private readonly startedAt = Date.now();
   private closing = false;
-  /** Aborted by close(): ends waits that would keep a stopping daemon alive. */
-  private readonly stopping = new AbortController();
 
   constructor(private readonly opts: DaemonOptions) {
     this.log = opts.logger;
@@ -176,8 +181,10 @@ export class Daemon {
   /** Stops serving; kernel devices are left configured (the next start takes them back with RECONFIGURE). */
   async close(): Promise<void> {
     this.closing = true;
-    this.stopping.abort();
-    for (const rt of this.targets.values()) clearTimeout(rt.restoreTimer);
+    for (const rt of this.targets.values()) {
+      clearTimeout(rt.restoreTimer);
+      rt.mdCancel?.abort();
+    }
     await this.nbd.close();
     await Promise.all([...this.targets.values()].map(async (rt) => {
       await rt.port?.close().catch(() => undefined);
@@ -224,6 +231,7 @@ export class Daemon {
     this.targets.delete(id);
     rt.removed = true;
     clearTimeout(rt.restoreTimer);
+    rt.mdCancel?.abort();
     await this.teardown(rt, true);
     this.persist();
     rt.log.info('target detached');
@@ -471,6 +479,7 @@ export class Daemon {
 
   /** Undoes connect(): exports, devices (only when `removeDevices`), the port, the transport. */
   private async teardown(rt: TargetRuntime, removeDevices: boolean): Promise<void> {
+    rt.mdCancel?.abort();
     for (const l of rt.luns) {
       if (l.attachment) {
         if (removeDevices) {
@@ -498,14 +507,16 @@ export class Daemon {
    * (option md_readd). Runs after the identity check has passed: the LUN is the one md knew.
    */
   private mdReadd(rt: TargetRuntime): void {
-    if (!rt.options.md_readd) return;
+    if (!rt.options.md_readd || rt.removed || this.closing) return;
+    if (!rt.mdCancel || rt.mdCancel.signal.aborted) rt.mdCancel = new AbortController();
+    const signal = rt.mdCancel.signal;
     for (const l of rt.luns) {
       const device = l.device;
       if (!device || l.attachment === undefined || rt.mdBusy.has(device)) continue;
       if (!mdMemberships(device, this.opts.sysfs).some((m) => m.state.includes('faulty'))) continue;
       rt.mdBusy.add(device);
       rt.log.info({ device, md: mdMemberships(device, this.opts.sysfs).map(describeMembership) }, 'md: the device is faulty in an array; re-adding it now that the path is back');
-      void readdFaultyMember(device, { sysfs: this.opts.sysfs, signal: this.stopping.signal })
+      void readdFaultyMember(device, { sysfs: this.opts.sysfs, signal })
         .then((results) => {
           for (const r of results) {
             const where = { device, array: `/dev/${r.array}` };
@@ -517,6 +528,9 @@ export class Daemon {
               rt.log.error({ ...where, outcome: r.outcome, detail: r.detail }, `md: could not re-add ${device} to /dev/${r.array} (${r.outcome}: ${r.detail ?? ''}); run: ${r.hint}`);
             } else if (r.outcome === 'gone') {
               rt.log.warn(where, `md: /dev/${r.array} or its member ${device} went away before the re-add`);
+            } else if (r.outcome === 'cancelled') {
+              rt.mdRetry = true;
+              rt.log.info(where, `md: re-add of ${device} to /dev/${r.array} cancelled (path lost again, detached or stopping); it is tried again when the path is back`);
             }
           }
         })
@@ -536,7 +550,11 @@ export class Daemon {
           s.timeInState[a.from] += (now - s.stateSince) / 1000;
           s.stateSince = now;
           if (a.to === 'running' && (a.from === 'blocked' || a.from === 'fail-fast')) s.reconnects++;
-          if (a.to === 'running' && (a.from === 'fail-fast' || a.from === 'lost')) this.mdReadd(rt);
+          if (a.from === 'running' && a.to !== 'running') rt.mdCancel?.abort(); // no re-add while the path is down
+          if (a.to === 'running' && (a.from === 'fail-fast' || a.from === 'lost' || rt.mdRetry)) {
+            rt.mdRetry = false;
+            this.mdReadd(rt);
+          }
           if (a.cause === 'fast-io-fail-tmo' || a.cause === 'dev-loss-tmo') {
             const secs = a.cause === 'fast-io-fail-tmo' ? rt.options.fast_io_fail_tmo : rt.options.dev_loss_tmo;
             rt.log.warn({ timer: a.cause, seconds: secs, state: a.to }, `${a.cause === 'fast-io-fail-tmo' ? 'fast_io_fail_tmo' : 'dev_loss_tmo'} (${formatTmo(secs)} s) expired: state ${a.to}`);

@@ -92,7 +92,9 @@ export type ReaddOutcome =
   /** The array or the member disappeared (stopped, removed by the administrator). */
   | 'gone'
   /** md refused the re-add (e.g. no saved slot: the member was removed, or an array without metadata). */
-  | 'refused';
+  | 'refused'
+  /** `signal` aborted (path lost again, target detached, daemon stopping): nothing written. */
+  | 'cancelled';
 
 export interface ReaddResult {
   array: string;
@@ -110,7 +112,11 @@ export interface ReaddOptions {
   waitMs?: number;
   /** Poll interval while waiting (ms). Default 250. */
   pollMs?: number;
-  /** Ends the wait early (outcome 'still-busy'), e.g. when the daemon shuts down. */
+  /**
+   * Cancels the re-add (outcome 'cancelled', nothing written): the path went down again, the
+   * target was detached or the daemon is stopping. Checked right before the write too, so a slot
+   * md released meanwhile is not filled with a device that can no longer do I/O.
+   */
   signal?: AbortSignal;
   /** Writes a sysfs attribute; default fs.writeFileSync (tests inject md's refusals). */
   writeAttr?: (file: string, text: string) => void;
@@ -149,7 +155,9 @@ export async function readdFaultyMember(device: string, opts: ReaddOptions = {})
       await sleep(pollMs, opts.signal);
       m = mdMemberships(device, sysfs).find((x) => x.array === array);
     }
-    if (!m) {
+    if (opts.signal?.aborted) {
+      results.push({ array, member, outcome: 'cancelled' });
+    } else if (!m) {
       results.push({ array, member, outcome: 'gone' });
     } else if (!m.state.includes('faulty')) {
       results.push({ array, member, outcome: 'in-array' }); // somebody (mdadm --re-add) was quicker
