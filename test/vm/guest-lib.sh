@@ -405,10 +405,11 @@ attach_nbd() {
 epoch_ms() { date +%s%3N; }
 # daemon_log_first SINCE_MS REGEX: the "time" (ms) of the first daemon.log line at or after
 # SINCE_MS that matches REGEX. Timings taken from the daemon's own log do not include the
-# seconds a CLI call costs under TCG.
+# seconds a CLI call costs under TCG. The time is printed as the log has it: mawk (Debian's awk)
+# prints a number like 1732560000123 as 1.73256e+12.
 daemon_log_first() {
-  awk -v s="$1" -v re="$2" 'match($0, /"time":[0-9]+/) { t = substr($0, RSTART + 7, RLENGTH - 7) + 0
-    if (t >= s && $0 ~ re) { print t; exit } }' "$OUT_DIR/daemon.log"
+  awk -v s="$1" -v re="$2" 'match($0, /"time":[0-9]+/) { ts = substr($0, RSTART + 7, RLENGTH - 7)
+    if (ts + 0 >= s + 0 && $0 ~ re) { print ts; exit } }' "$OUT_DIR/daemon.log"
 }
 # ms_between A_MS B_MS: seconds from A to B, two decimals
 ms_between() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", (b - a) / 1000 }'; }
