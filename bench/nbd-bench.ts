@@ -3,8 +3,10 @@
  * against `srp-nbd serve --memory` and nbdkit's memory plugin, over a unix
  * socket and TCP. Runs alternate between the two servers, each row is
  * measured BENCH_REPEAT times and the median is kept, so a noisy shared
- * machine affects both sides alike. Prints each figure and the ratio
- * srp-nbd / nbdkit.
+ * machine affects both sides alike. Prints each figure, the ratio
+ * srp-nbd / nbdkit of the medians and the range of the ratios of the
+ * paired runs (run i of srp-nbd against run i of nbdkit), so the noise of a
+ * shared machine is visible next to the figure.
  *
  *   npm run bench:nbd                 (BENCH_RUNTIME=5 seconds per run, BENCH_REPEAT=3)
  */
@@ -83,8 +85,9 @@ function fio(uri: string, w: Workload, runtime: number): Promise<{ iops: number;
 const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 
 async function main(): Promise<void> {
-  console.log(`fio nbd engine, ${RUNTIME} s per run, median of ${REPEAT}, ${os.cpus().length} CPUs, ${SIZE} RAM export`);
-  console.log('transport  workload              srp-nbd            nbdkit             ratio  target');
+  const load = (): string => os.loadavg().map((l) => l.toFixed(2)).join(' ');
+  console.log(`fio nbd engine, ${RUNTIME} s per run, median of ${REPEAT}, ${os.cpus().length} CPUs, ${SIZE} RAM export, load average ${load()}`);
+  console.log('transport  workload              srp-nbd            nbdkit             ratio  target  paired runs');
   let below = 0;
   let port = 20000 + (process.pid % 20000);
   for (const transport of ['unix', 'tcp'] as Transport[]) {
@@ -98,16 +101,24 @@ async function main(): Promise<void> {
         const a: number[] = [];
         const b: number[] = [];
         for (let i = 0; i < REPEAT; i++) {
-          a.push((await fio(ours.uri, w, RUNTIME)).iops);
-          b.push((await fio(peer.uri, w, RUNTIME)).iops);
+          // Who goes first alternates, so a drift in the machine's load favours neither side.
+          if (i % 2 === 0) {
+            a.push((await fio(ours.uri, w, RUNTIME)).iops);
+            b.push((await fio(peer.uri, w, RUNTIME)).iops);
+          } else {
+            b.push((await fio(peer.uri, w, RUNTIME)).iops);
+            a.push((await fio(ours.uri, w, RUNTIME)).iops);
+          }
         }
         const [x, y] = [median(a), median(b)];
         const ratio = x / y;
+        const paired = a.map((v, i) => v / b[i]!);
         if (ratio < w.target) below++;
         const fmt = (iops: number): string =>
           w.bs === '1M' ? `${(iops).toFixed(0).padStart(7)} MiB/s   ` : `${(iops / 1000).toFixed(1).padStart(7)}k IOPS   `;
         console.log(
-          `${transport.padEnd(10)} ${w.name.padEnd(21)} ${fmt(x)}  ${fmt(y)}  ${ratio.toFixed(2).padStart(5)}  ${ratio >= w.target ? '>=' : '< '}${w.target.toFixed(1)}`,
+          `${transport.padEnd(10)} ${w.name.padEnd(21)} ${fmt(x)}  ${fmt(y)}  ${ratio.toFixed(2).padStart(5)}  ${ratio >= w.target ? '>=' : '< '}${w.target.toFixed(1)}   ` +
+            `${Math.min(...paired).toFixed(2)}–${Math.max(...paired).toFixed(2)}`,
         );
       }
     } finally {
@@ -116,6 +127,7 @@ async function main(): Promise<void> {
     }
   }
   console.log(below === 0 ? 'all rows meet their target' : `${below} row(s) below target`);
+  console.log(`load average at the end: ${load()}`);
   fs.rmSync(dir, { recursive: true, force: true });
 }
 
