@@ -35,20 +35,20 @@ function fakeSysfs(members: Record<string, Member>, array = 'md0'): { root: stri
 t.test('membership is read from holders and md/dev-X', async (t) => {
   const { root, dev } = fakeSysfs({ nbd0: { state: 'in_sync', slot: '0' }, nbd1: { state: 'faulty', slot: 'none' } });
   fs.writeFileSync(path.join(root, 'block', 'md0', 'md', 'degraded'), '1\n');
-  const [m0] = mdMemberships('/dev/nbd0', root);
+  const [m0] = await mdMemberships('/dev/nbd0', root);
   t.same(m0, { array: 'md0', member: 'nbd0', state: ['in_sync'], slot: 0, array_state: 'clean', level: 'raid1', degraded: 1, sync_action: 'idle', sync_completed: 'none' });
-  const [m1] = mdMemberships('nbd1', root);
+  const [m1] = await mdMemberships('nbd1', root);
   t.same(m1!.state, ['faulty']);
   t.equal(m1!.slot, null, '"none" is no slot');
   t.equal(describeMembership(m1!), 'md0 raid1 slot none faulty (array clean, 1 missing)');
   fs.writeFileSync(path.join(dev('nbd0'), 'state'), 'in_sync,write_mostly\n');
   fs.writeFileSync(path.join(root, 'block', 'md0', 'md', 'sync_action'), 'recover\n');
   fs.writeFileSync(path.join(root, 'block', 'md0', 'md', 'sync_completed'), '1024 / 131072\n');
-  t.equal(describeMembership(mdMemberships('/dev/nbd0', root)[0]!), 'md0 raid1 slot 0 in_sync,write_mostly (array clean, 1 missing, recover 1024 / 131072)');
-  t.same(mdMemberships('/dev/nbd7', root), [], 'a device without holders is in no array');
+  t.equal(describeMembership((await mdMemberships('/dev/nbd0', root))[0]!), 'md0 raid1 slot 0 in_sync,write_mostly (array clean, 1 missing, recover 1024 / 131072)');
+  t.same(await mdMemberships('/dev/nbd7', root), [], 'a device without holders is in no array');
   fs.mkdirSync(path.join(root, 'block', 'nbd2', 'holders'), { recursive: true });
   fs.writeFileSync(path.join(root, 'block', 'nbd2', 'holders', 'dm-0'), '');
-  t.same(mdMemberships('/dev/nbd2', root), [], 'a device-mapper holder is not an md array');
+  t.same(await mdMemberships('/dev/nbd2', root), [], 'a device-mapper holder is not an md array');
 });
 
 t.test('a member in sync is never touched', async (t) => {

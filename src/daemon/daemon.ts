@@ -60,6 +60,8 @@ interface LunRuntime {
   identity: LunIdentity;
   backend: MeteredBackend;
   attachment?: NbdAttachment;
+  /** md membership of the device as last read (refreshed asynchronously by status and metrics). */
+  md: MdMembership[];
 }
 
 interface TargetStats {
@@ -241,8 +243,10 @@ export class Daemon {
     return [...this.targets.values()].map((rt) => this.summary(rt));
   }
 
-  status(id: string): TargetView {
-    return this.view(this.get(id));
+  async status(id: string): Promise<TargetView> {
+    const rt = this.get(id);
+    await this.refreshMd([rt]);
+    return this.view(rt);
   }
 
   /** Changes timers at runtime (PATCH /targets/:id); the combination is checked by validateTmo. */
@@ -389,6 +393,7 @@ export class Daemon {
         device: before?.device ?? null,
         identity,
         backend: new MeteredBackend(lunBackend),
+        md: [],
       });
     }
     for (const p of rt.persisted) {
@@ -513,30 +518,45 @@ export class Daemon {
     for (const l of rt.luns) {
       const device = l.device;
       if (!device || l.attachment === undefined || rt.mdBusy.has(device)) continue;
-      if (!mdMemberships(device, this.opts.sysfs).some((m) => m.state.includes('faulty'))) continue;
       rt.mdBusy.add(device);
-      rt.log.info({ device, md: mdMemberships(device, this.opts.sysfs).map(describeMembership) }, 'md: the device is faulty in an array; re-adding it now that the path is back');
-      void readdFaultyMember(device, { sysfs: this.opts.sysfs, signal })
-        .then((results) => {
-          for (const r of results) {
-            const where = { device, array: `/dev/${r.array}` };
-            if (r.outcome === 're-added') {
-              rt.stats.mdReadds++;
-              const now = mdMemberships(device, this.opts.sysfs).find((m) => m.array === r.array);
-              rt.log.info({ ...where, md: now ? describeMembership(now) : null }, `md: re-added ${device} to /dev/${r.array}; md resyncs what changed (write-intent bitmap) or the whole member`);
-            } else if (r.outcome === 'still-busy' || r.outcome === 'refused') {
-              rt.log.error({ ...where, outcome: r.outcome, detail: r.detail }, `md: could not re-add ${device} to /dev/${r.array} (${r.outcome}: ${r.detail ?? ''}); run: ${r.hint}`);
-            } else if (r.outcome === 'gone') {
-              rt.log.warn(where, `md: /dev/${r.array} or its member ${device} went away before the re-add`);
-            } else if (r.outcome === 'cancelled') {
-              rt.mdRetry = true;
-              rt.log.info(where, `md: re-add of ${device} to /dev/${r.array} cancelled (path lost again, detached or stopping); it is tried again when the path is back`);
-            }
-          }
-        })
+      void this.mdReaddDevice(rt, device, signal)
         .catch((e: unknown) => rt.log.error({ device, err: (e as Error).message }, 'md: re-add failed'))
         .finally(() => rt.mdBusy.delete(device));
     }
+  }
+
+  /** mdReadd() for one device; every sysfs access is asynchronous (see mdMemberships()). */
+  private async mdReaddDevice(rt: TargetRuntime, device: string, signal: AbortSignal): Promise<void> {
+    const before = await mdMemberships(device, this.opts.sysfs);
+    if (!before.some((m) => m.state.includes('faulty'))) return;
+    rt.log.info({ device, md: before.map(describeMembership) }, 'md: the device is faulty in an array; re-adding it now that the path is back');
+    for (const r of await readdFaultyMember(device, { sysfs: this.opts.sysfs, signal })) {
+      const where = { device, array: `/dev/${r.array}` };
+      if (r.outcome === 're-added') {
+        rt.stats.mdReadds++;
+        const now = (await mdMemberships(device, this.opts.sysfs)).find((m) => m.array === r.array);
+        rt.log.info({ ...where, md: now ? describeMembership(now) : null }, `md: re-added ${device} to /dev/${r.array}; md resyncs what changed (write-intent bitmap) or the whole member`);
+      } else if (r.outcome === 'still-busy' || r.outcome === 'refused') {
+        rt.log.error({ ...where, outcome: r.outcome, detail: r.detail }, `md: could not re-add ${device} to /dev/${r.array} (${r.outcome}: ${r.detail ?? ''}); run: ${r.hint}`);
+      } else if (r.outcome === 'gone') {
+        rt.log.warn(where, `md: /dev/${r.array} or its member ${device} went away before the re-add`);
+      } else if (r.outcome === 'cancelled') {
+        rt.mdRetry = true;
+        rt.log.info(where, `md: re-add of ${device} to /dev/${r.array} cancelled (path lost again, detached or stopping); it is tried again when the path is back`);
+      }
+    }
+  }
+
+  /** Reads the md membership of every device of `rts` into the LUNs' cache (for status and metrics). */
+  private async refreshMd(rts: Iterable<TargetRuntime>): Promise<void> {
+    const jobs: Promise<void>[] = [];
+    for (const rt of rts) {
+      for (const l of rt.luns) {
+        const device = l.device;
+        jobs.push(device ? mdMemberships(device, this.opts.sysfs).then((m) => void (l.md = m)) : Promise.resolve());
+      }
+    }
+    await Promise.all(jobs);
   }
 
   /** Follows the rport for statistics and the operator's log lines. */
@@ -650,7 +670,7 @@ export class Daemon {
         export: l.exportName,
         uri: `nbd+unix:///${l.exportName}?socket=${this.opts.config.nbd_socket}`,
         device: l.device,
-        md: l.device ? mdMemberships(l.device, this.opts.sysfs) : [],
+        md: l.md,
         ...(l.deviceNote ? { device_note: l.deviceNote } : {}),
         size: l.backend.size,
         block_size: l.backend.blockSize.minimum,
@@ -664,7 +684,8 @@ export class Daemon {
   }
 
   /** Prometheus exposition text (GET /metrics). */
-  metrics(): string {
+  async metrics(): Promise<string> {
+    await this.refreshMd(this.targets.values());
     const e = new Exposition();
     e.family('srp_nbd_info', 'gauge', 'Daemon version.');
     e.sample('srp_nbd_info', '', { version: VERSION }, 1);
@@ -715,7 +736,7 @@ export class Daemon {
       e.sample('srp_nbd_io_failed_eio_total', '', t, g?.failedEio ?? 0);
       e.sample('srp_nbd_md_readds_total', '', t, rt.stats.mdReadds);
       for (const l of rt.luns) {
-        for (const m of l.device ? mdMemberships(l.device, this.opts.sysfs) : []) {
+        for (const m of l.md) {
           e.sample('srp_nbd_md_member_faulty', '', { ...t, export: l.exportName, array: m.array }, m.state.includes('faulty') ? 1 : 0);
         }
       }

@@ -38,9 +38,9 @@ export interface MdMembership {
   sync_completed: string | null;
 }
 
-const read = (file: string): string | null => {
+const read = async (file: string): Promise<string | null> => {
   try {
-    return fs.readFileSync(file, 'utf8').trim();
+    return (await fs.promises.readFile(file, 'utf8')).trim();
   } catch {
     return null;
   }
@@ -48,31 +48,40 @@ const read = (file: string): string | null => {
 
 const num = (s: string | null): number | null => (s !== null && /^\d+$/.test(s) ? Number(s) : null);
 
-/** The md arrays holding `device` (/dev/nbdN or nbdN), from /sys/block/nbdN/holders. */
-export function mdMemberships(device: string, sysfs = '/sys'): MdMembership[] {
+/**
+ * The md arrays holding `device` (/dev/nbdN or nbdN), from /sys/block/nbdN/holders.
+ *
+ * Asynchronous on purpose, like every md sysfs access here: md may hold its reconfiguration lock
+ * while it waits for I/O to our own devices (a superblock write), and that I/O is served by this
+ * process's event loop. A synchronous read or write that waits for md would deadlock the daemon
+ * with md (seen in the guest with a synchronous "re-add"). The libuv thread pool waits instead.
+ */
+export async function mdMemberships(device: string, sysfs = '/sys'): Promise<MdMembership[]> {
   const member = path.basename(device);
   let holders: string[];
   try {
-    holders = fs.readdirSync(path.join(sysfs, 'block', member, 'holders')).filter((n) => /^md\d+$|^md_/.test(n)).sort();
+    holders = (await fs.promises.readdir(path.join(sysfs, 'block', member, 'holders'))).filter((n) => /^md\d+$|^md_/.test(n)).sort();
   } catch {
     return [];
   }
-  return holders.map((array) => {
+  return Promise.all(holders.map(async (array) => {
     const md = path.join(sysfs, 'block', array, 'md');
     const dev = path.join(md, `dev-${member}`);
-    const slot = read(path.join(dev, 'slot'));
+    const [state, slot, arrayState, level, degraded, syncAction, syncCompleted] = await Promise.all(
+      [path.join(dev, 'state'), path.join(dev, 'slot'), ...['array_state', 'level', 'degraded', 'sync_action', 'sync_completed'].map((f) => path.join(md, f))].map(read),
+    );
     return {
       array,
       member,
-      state: (read(path.join(dev, 'state')) ?? '').split(',').filter((s) => s.length > 0),
-      slot: num(slot),
-      array_state: read(path.join(md, 'array_state')),
-      level: read(path.join(md, 'level')),
-      degraded: num(read(path.join(md, 'degraded'))),
-      sync_action: read(path.join(md, 'sync_action')),
-      sync_completed: read(path.join(md, 'sync_completed')),
+      state: (state ?? '').split(',').filter((s) => s.length > 0),
+      slot: num(slot!),
+      array_state: arrayState!,
+      level: level!,
+      degraded: num(degraded!),
+      sync_action: syncAction!,
+      sync_completed: syncCompleted!,
     };
-  });
+  }));
 }
 
 /** One line for people: `md0 raid1 slot 0 in_sync (array clean, recover 1024 / 131072)`. */
@@ -118,8 +127,11 @@ export interface ReaddOptions {
    * md released meanwhile is not filled with a device that can no longer do I/O.
    */
   signal?: AbortSignal;
-  /** Writes a sysfs attribute; default fs.writeFileSync (tests inject md's refusals). */
-  writeAttr?: (file: string, text: string) => void;
+  /**
+   * Writes a sysfs attribute; default fs.promises.writeFile, never a synchronous write (see
+   * mdMemberships). Tests inject md's refusals.
+   */
+  writeAttr?: (file: string, text: string) => Promise<void> | void;
 }
 
 const sleep = (ms: number, signal?: AbortSignal): Promise<void> =>
@@ -141,7 +153,7 @@ export async function readdFaultyMember(device: string, opts: ReaddOptions = {})
   const waitMs = opts.waitMs ?? 30_000;
   const pollMs = opts.pollMs ?? 250;
   const results: ReaddResult[] = [];
-  for (const first of mdMemberships(device, sysfs)) {
+  for (const first of await mdMemberships(device, sysfs)) {
     const { array, member } = first;
     const hint = `mdadm /dev/${array} --re-add /dev/${member}`;
     if (!first.state.includes('faulty')) {
@@ -153,7 +165,7 @@ export async function readdFaultyMember(device: string, opts: ReaddOptions = {})
     let m: MdMembership | undefined = first;
     while (m && m.state.includes('faulty') && m.slot !== null && Date.now() < deadline && !opts.signal?.aborted) {
       await sleep(pollMs, opts.signal);
-      m = mdMemberships(device, sysfs).find((x) => x.array === array);
+      m = (await mdMemberships(device, sysfs)).find((x) => x.array === array);
     }
     if (opts.signal?.aborted) {
       results.push({ array, member, outcome: 'cancelled' });
@@ -165,7 +177,7 @@ export async function readdFaultyMember(device: string, opts: ReaddOptions = {})
       results.push({ array, member, outcome: 'still-busy', detail: `state ${m.state.join(',')}, slot ${m.slot}`, hint });
     } else {
       try {
-        (opts.writeAttr ?? fs.writeFileSync)(stateFile, 're-add');
+        await (opts.writeAttr ?? fs.promises.writeFile)(stateFile, 're-add');
         results.push({ array, member, outcome: 're-added' });
       } catch (e) {
         const err = e as NodeJS.ErrnoException;
