@@ -10,6 +10,7 @@ import {
   buildReadCapacity16,
   buildReportLuns,
   buildModeSense10,
+  buildSynchronizeCache10,
   buildSynchronizeCache16,
   buildTestUnitReady,
   buildUnmap,
@@ -151,4 +152,10 @@ t.test('MODE SENSE(10) (SPC-4 table 154)', async (t) => {
   t.same(buildModeSense10(0x3f, 0x1234, { pc: 2, dbd: false, subpage: 0xff }), hex('5a 00 bf ff 00 00 00 12 34 00'));
   t.throws(() => buildModeSense10(0x40, 8));
   t.throws(() => buildModeSense10(8, 0x10000));
+});
+
+t.test('SYNCHRONIZE CACHE(10) (SBC-3 table 77)', async (t) => {
+  t.same(buildSynchronizeCache10(), hex('35 00 00 00 00 00 00 00 00 00'));
+  t.same(buildSynchronizeCache10(0x01020304, 0x0506, true), hex('35 02 01 02 03 04 00 05 06 00'));
+  t.throws(() => buildSynchronizeCache10(0, 0x10000));
 });

@@ -581,3 +581,17 @@ t.test('write-zeroes with FUA over a write-through LU sends no SYNCHRONIZE CACHE
   t.equal(r.lun.logOf('SYNCHRONIZE_CACHE_16').length, 0);
   t.ok(r.lun.logOf('WRITE_SAME_16').length > 0);
 });
+
+t.test('a LU without SYNCHRONIZE CACHE(16) gets SYNCHRONIZE CACHE(10) of the whole cache, for flush and emulated FUA', async (t) => {
+  const r = rig({ writeCache: true, dpoFua: false, syncCache16: false });
+  await r.disk.probe();
+  await r.disk.flush();
+  t.same(r.lun.log.slice(-2).map((e) => [e.name, Boolean(e.sense)]), [['SYNCHRONIZE_CACHE_16', true], ['SYNCHRONIZE_CACHE', false]], 'refused opcode, then the 10-byte form');
+  const data = randomBytes(512 * 4);
+  await r.disk.write(512 * 8, data, { fua: true });
+  t.same(r.lun.log.slice(-2).map((e) => e.name), ['WRITE_16', 'SYNCHRONIZE_CACHE'], 'no second try of the 16-byte form');
+  t.same([r.lun.log.at(-1)!.lba, r.lun.log.at(-1)!.blocks], [0n, 0], 'the whole cache');
+  t.same(r.lun.peek(8, 4), data);
+  await r.disk.flush();
+  t.equal(r.lun.logOf('SYNCHRONIZE_CACHE_16').length, 1, 'asked once');
+});

@@ -12,6 +12,7 @@ import {
   MODE_SENSE_10,
   READ_16,
   REPORT_LUNS,
+  SYNCHRONIZE_CACHE,
   SAI_READ_CAPACITY_16,
   SERVICE_ACTION_IN_16,
   SYNCHRONIZE_CACHE_16,
@@ -209,6 +210,21 @@ export function buildSynchronizeCache16(lba = 0n, blocks = 0, immed = false): Bu
   cdb[1] = immed ? 0x02 : 0;
   cdb.writeBigUInt64BE(lba, 2);
   cdb.writeUInt32BE(blocks, 10);
+  return cdb;
+}
+
+/**
+ * SYNCHRONIZE CACHE(10) (SBC-3 5.22, table 77): IMMED bit 1; LBA 2..5; NUMBER OF LOGICAL BLOCKS
+ * 7..8 (0 = to the end of the medium). For LUs without the 16-byte form (Linux sd uses this one).
+ */
+export function buildSynchronizeCache10(lba = 0, blocks = 0, immed = false): Buffer {
+  checkU('lba', lba, 0xffffffff);
+  checkU('blocks', blocks, 0xffff);
+  const cdb = Buffer.alloc(10);
+  cdb[0] = SYNCHRONIZE_CACHE;
+  cdb[1] = immed ? 0x02 : 0;
+  cdb.writeUInt32BE(lba, 2);
+  cdb.writeUInt16BE(blocks, 7);
   return cdb;
 }
 

@@ -62,6 +62,7 @@ import {
   buildModeSense10,
   buildReadCapacity16,
   buildReportLuns,
+  buildSynchronizeCache10,
   buildSynchronizeCache16,
   buildTestUnitReady,
   buildUnmap,
@@ -284,6 +285,8 @@ export class ScsiDisk {
   private readonly sleep: (ms: number) => Promise<void>;
   private readonly opts: ScsiDiskOptions;
   private probed?: ProbeResult;
+  /** SYNCHRONIZE CACHE(16) works; false once the LU called it an invalid opcode. */
+  private syncCache16 = true;
   private geo?: DiskGeometry;
   private lim?: DiskLimits;
   private zeroBuf?: Buffer;
@@ -730,17 +733,9 @@ export class ScsiDisk {
     }
   }
 
-  /** SYNCHRONIZE CACHE(16) of a block range; a LU without the command has nothing to flush. */
+  /** SYNCHRONIZE CACHE of a block range (see synchronizeCache()). */
   private async syncRange(lba: number, n: number): Promise<void> {
-    await this.runChunks(
-      ScsiDisk.split(lba, n, 0xffffffff).map(([l, c]) => async () => {
-        try {
-          await this.command(buildSynchronizeCache16(BigInt(l), c));
-        } catch (e) {
-          if (!(e instanceof ScsiError && isUnsupported(e))) throw e;
-        }
-      }),
-    );
+    await this.runChunks(ScsiDisk.split(lba, n, 0xffffffff).map(([l, c]) => () => this.synchronizeCache(l, c)));
   }
 
   /**
@@ -749,11 +744,30 @@ export class ScsiDisk {
    * is success, as in Linux sd_sync_cache().
    */
   async flush(): Promise<void> {
+    await this.synchronizeCache(0, 0);
+  }
+
+  /**
+   * SYNCHRONIZE CACHE of [lba, lba + blocks) (blocks 0: to the end). SYNCHRONIZE CACHE(16) first;
+   * a LU that does not know it (INVALID COMMAND OPERATION CODE) gets SYNCHRONIZE CACHE(10) of the
+   * whole cache from then on, the command Linux sd sends; a LU that refuses both has no cache to
+   * flush (sd_sync_cache()).
+   */
+  private async synchronizeCache(lba: number, blocks: number): Promise<void> {
+    if (this.syncCache16) {
+      try {
+        await this.command(buildSynchronizeCache16(BigInt(lba), blocks));
+        return;
+      } catch (e) {
+        if (!(e instanceof ScsiError && isUnsupported(e))) throw e;
+        if (e.sense?.asc !== ASC_INVALID_COMMAND_OPERATION_CODE) return; // known command, field refused: no cache
+        this.syncCache16 = false;
+      }
+    }
     try {
-      await this.command(buildSynchronizeCache16());
+      await this.command(buildSynchronizeCache10());
     } catch (e) {
-      if (e instanceof ScsiError && isUnsupported(e)) return;
-      throw e;
+      if (!(e instanceof ScsiError && isUnsupported(e))) throw e;
     }
   }
 

@@ -47,6 +47,7 @@ import {
   SENSE_DESC_SENSE_KEY_SPECIFIC,
   SENSE_FIXED_CURRENT,
   SERVICE_ACTION_IN_16,
+  SYNCHRONIZE_CACHE,
   SYNCHRONIZE_CACHE_16,
   TEST_UNIT_READY,
   TYPE_DISK,
@@ -179,6 +180,8 @@ export interface RamScsiLunOptions {
    * the FUA bit (INVALID FIELD IN CDB), as LIO does for a backstore without a write cache.
    */
   dpoFua?: boolean;
+  /** Know SYNCHRONIZE CACHE(16) (default true); false: INVALID COMMAND OPERATION CODE, only (10). */
+  syncCache16?: boolean;
 }
 
 /** One command as the LUN saw it. */
@@ -254,6 +257,7 @@ export class RamScsiLun implements ScsiTargetLun {
   readonly modeSense: boolean;
   writeCache: boolean;
   dpoFua: boolean;
+  readonly syncCache16: boolean;
 
   /** Every command executed, oldest first. */
   readonly log: RamLunLogEntry[] = [];
@@ -306,6 +310,7 @@ export class RamScsiLun implements ScsiTargetLun {
     this.modeSense = opts.modeSense ?? true;
     this.writeCache = opts.writeCache ?? true;
     this.dpoFua = opts.dpoFua ?? true;
+    this.syncCache16 = opts.syncCache16 ?? true;
     this.data = Buffer.alloc(this.blocks * this.blockSize);
     this.mapped = new Uint8Array(this.blocks);
     if (this.provisioning.lbpme) {
@@ -522,7 +527,16 @@ export class RamScsiLun implements ScsiTargetLun {
         this.mapped.fill(1, start, start + n);
         return { status: SAM_STAT_GOOD };
       }
+      case SYNCHRONIZE_CACHE: {
+        this.needCdb(cdb, 10);
+        const lba = cdb.readUInt32BE(2);
+        const n = cdb.readUInt16BE(7);
+        Object.assign(entry, { lba: BigInt(lba), blocks: n });
+        this.checkRange(BigInt(lba), n);
+        return { status: SAM_STAT_GOOD };
+      }
       case SYNCHRONIZE_CACHE_16: {
+        if (!this.syncCache16) throw new CheckCondition(ILLEGAL_REQUEST, ASC_INVALID_COMMAND_OPERATION_CODE, 0, undefined, { byte: 0, inCdb: true });
         this.needCdb(cdb, 16);
         const lba = cdb.readBigUInt64BE(2);
         const n = cdb.readUInt32BE(10);
