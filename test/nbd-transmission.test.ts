@@ -213,6 +213,27 @@ t.test('a burst of huge READs from a client that never reads replies stays withi
   c.close();
 });
 
+t.test('replies held back by a client that stops reading come out intact once it reads again', async (t) => {
+  const c = await open();
+  c.socket.pause();
+  // 40,000 replies: far more than the socket takes at once or one reply slab holds.
+  const n = 40_000;
+  c.write(Buffer.concat(Array.from({ length: n }, (_, i) => encodeRequest(C.NBD_CMD_FLUSH, 0, BigInt(i), 0, 0))));
+  await new Promise((r) => setTimeout(r, 500));
+  c.socket.resume();
+  const cookies = new Set<bigint>();
+  let errors = 0;
+  for (let i = 0; i < n; i++) {
+    const r = await c.simpleReply(); // throws on a bad magic
+    if (r.error !== 0) errors++;
+    cookies.add(r.cookie);
+  }
+  t.equal(errors, 0);
+  t.equal(cookies.size, n, 'every request answered exactly once');
+  t.ok([...cookies].every((k) => k < BigInt(n)), 'no cookie that was never sent');
+  c.close();
+});
+
 t.test('a client vanishing mid-payload disturbs nobody else', async (t) => {
   const other = await open();
   const c = await open();

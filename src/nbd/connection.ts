@@ -690,7 +690,8 @@ export class NbdConnection implements InputSink {
       this.stats.bytesRead += r.length;
       if (view) {
         // The header goes in the slab; header and data leave in the same writev.
-        this.writeReadHeader(this.slab, this.reserve(this.readHeaderSize()), r);
+        const at = this.reserve(this.readHeaderSize());
+        this.writeReadHeader(this.slab, at, r);
         this.send(view, false);
       } else {
         this.writeReadHeader(reply!, 0, r);
@@ -699,7 +700,8 @@ export class NbdConnection implements InputSink {
       return;
     }
     if (r.type === C.NBD_CMD_WRITE) this.stats.bytesWritten += r.length;
-    writeSimpleReply(this.slab, this.reserve(C.NBD_SIMPLE_REPLY_SIZE), 0, r.cookieHi, r.cookieLo);
+    const at = this.reserve(C.NBD_SIMPLE_REPLY_SIZE);
+    writeSimpleReply(this.slab, at, 0, r.cookieHi, r.cookieLo);
   }
 
   private replyError(type: number, cookieHi: number, cookieLo: number, errno: number, message: string): void {
@@ -708,7 +710,8 @@ export class NbdConnection implements InputSink {
       this.send(encodeStructuredError(C.NBD_REPLY_FLAG_DONE, cookieHi, cookieLo, errno, message), false);
       return;
     }
-    writeSimpleReply(this.slab, this.reserve(C.NBD_SIMPLE_REPLY_SIZE), errno, cookieHi, cookieLo);
+    const at = this.reserve(C.NBD_SIMPLE_REPLY_SIZE);
+    writeSimpleReply(this.slab, at, errno, cookieHi, cookieLo);
   }
 
   /* --------------------------------------------------------------- output */
@@ -724,7 +727,11 @@ export class NbdConnection implements InputSink {
     else this.scheduleFlush();
   }
 
-  /** Room for `n` reply bytes in the slab, queued behind every reply before; returns where they go. */
+  /**
+   * Room for `n` reply bytes in the slab, queued behind every reply before;
+   * returns where they go. It may move to a new slab: read `this.slab` after
+   * calling it, never before.
+   */
   private reserve(n: number): number {
     if (this.outBytes >= FLUSH_BYTES) this.flush();
     if (this.slabPos + n > this.slab.length) {
