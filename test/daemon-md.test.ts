@@ -124,3 +124,20 @@ t.test('a cancelled re-add writes nothing, even when md has released the slot me
   t.same(again, [{ array: 'md0', member: 'nbd1', outcome: 'cancelled' }], 'an already aborted signal: no write even with the slot free');
   t.same(writes, [], 'nothing written');
 });
+
+t.test('arrays: only the named arrays are re-added', async (t) => {
+  const root = fs.mkdtempSync(path.join(os.tmpdir(), 'srp-nbd-sysfs-'));
+  t.teardown(() => fs.rmSync(root, { recursive: true, force: true }));
+  for (const array of ['md0', 'md1']) {
+    const dev = path.join(root, 'block', array, 'md', 'dev-nbd0');
+    fs.mkdirSync(dev, { recursive: true });
+    fs.writeFileSync(path.join(dev, 'state'), 'faulty\n');
+    fs.writeFileSync(path.join(dev, 'slot'), 'none\n');
+    fs.mkdirSync(path.join(root, 'block', 'nbd0', 'holders'), { recursive: true });
+    fs.writeFileSync(path.join(root, 'block', 'nbd0', 'holders', array), '');
+  }
+  const r = await readdFaultyMember('/dev/nbd0', { sysfs: root, waitMs: 100, pollMs: 10, arrays: ['md1'] });
+  t.same(r, [{ array: 'md1', member: 'nbd0', outcome: 're-added' }]);
+  t.equal(fs.readFileSync(path.join(root, 'block', 'md0', 'md', 'dev-nbd0', 'state'), 'utf8'), 'faulty\n', 'md0 (failed before the outage) untouched');
+  t.equal(fs.readFileSync(path.join(root, 'block', 'md1', 'md', 'dev-nbd0', 'state'), 'utf8'), 're-add');
+});

@@ -101,6 +101,13 @@ interface TargetRuntime {
   mdCancel?: AbortController;
   /** A re-add was cancelled by a path loss: the next return to running (even from blocked) tries again. */
   mdRetry?: boolean;
+  /**
+   * Per device, the arrays in which it was already faulty when the path left running: md failed
+   * those for another reason (mdadm --fail, medium errors), so they are not re-added.
+   */
+  mdFaultyBefore?: Promise<Map<string, Set<string>>>;
+  /** The second look for members md failed just after the path came back. */
+  mdLate?: NodeJS.Timeout;
   log: Logger;
 }
 
@@ -120,6 +127,9 @@ export interface DaemonOptions {
   /** sysfs root for md membership (tests use a fake tree); default /sys. */
   sysfs?: string;
 }
+
+/** Second look for members md failed just after the path came back (ms). */
+const MD_LATE_CHECK_MS = 5000;
 
 const emptyTimes = (): Record<RportState, number> => Object.fromEntries(RPORT_STATES.map((s) => [s, 0])) as Record<RportState, number>;
 const hex16 = (n: bigint): string => n.toString(16).padStart(16, '0');
@@ -186,6 +196,7 @@ export class Daemon {
     for (const rt of this.targets.values()) {
       clearTimeout(rt.restoreTimer);
       rt.mdCancel?.abort();
+      clearTimeout(rt.mdLate);
     }
     await this.nbd.close();
     await Promise.all([...this.targets.values()].map(async (rt) => {
@@ -234,6 +245,7 @@ export class Daemon {
     rt.removed = true;
     clearTimeout(rt.restoreTimer);
     rt.mdCancel?.abort();
+    clearTimeout(rt.mdLate);
     await this.teardown(rt, true);
     this.persist();
     rt.log.info('target detached');
@@ -485,6 +497,7 @@ export class Daemon {
   /** Undoes connect(): exports, devices (only when `removeDevices`), the port, the transport. */
   private async teardown(rt: TargetRuntime, removeDevices: boolean): Promise<void> {
     rt.mdCancel?.abort();
+    clearTimeout(rt.mdLate);
     for (const l of rt.luns) {
       if (l.attachment) {
         if (removeDevices) {
@@ -511,7 +524,7 @@ export class Daemon {
    * Puts each device of the target back into the md arrays that failed it while its I/O failed fast
    * (option md_readd). Runs after the identity check has passed: the LUN is the one md knew.
    */
-  private mdReadd(rt: TargetRuntime): void {
+  private mdReadd(rt: TargetRuntime, exclude?: Promise<Map<string, Set<string>>>): void {
     if (!rt.options.md_readd || rt.removed || this.closing) return;
     if (!rt.mdCancel || rt.mdCancel.signal.aborted) rt.mdCancel = new AbortController();
     const signal = rt.mdCancel.signal;
@@ -519,18 +532,25 @@ export class Daemon {
       const device = l.device;
       if (!device || l.attachment === undefined || rt.mdBusy.has(device)) continue;
       rt.mdBusy.add(device);
-      void this.mdReaddDevice(rt, device, signal)
+      void this.mdReaddDevice(rt, device, signal, exclude)
         .catch((e: unknown) => rt.log.error({ device, err: (e as Error).message }, 'md: re-add failed'))
         .finally(() => rt.mdBusy.delete(device));
     }
   }
 
   /** mdReadd() for one device; every sysfs access is asynchronous (see mdMemberships()). */
-  private async mdReaddDevice(rt: TargetRuntime, device: string, signal: AbortSignal): Promise<void> {
-    const before = await mdMemberships(device, this.opts.sysfs);
-    if (!before.some((m) => m.state.includes('faulty'))) return;
-    rt.log.info({ device, md: before.map(describeMembership) }, 'md: the device is faulty in an array; re-adding it now that the path is back');
-    for (const r of await readdFaultyMember(device, { sysfs: this.opts.sysfs, signal })) {
+  private async mdReaddDevice(rt: TargetRuntime, device: string, signal: AbortSignal, exclude?: Promise<Map<string, Set<string>>>): Promise<void> {
+    const now = await mdMemberships(device, this.opts.sysfs);
+    const faulty = now.filter((m) => m.state.includes('faulty'));
+    if (faulty.length === 0) return;
+    const already = (await exclude)?.get(device) ?? new Set<string>();
+    for (const m of faulty.filter((x) => already.has(x.array))) {
+      rt.log.warn({ device, array: `/dev/${m.array}` }, `md: ${device} was already faulty in /dev/${m.array} before the path went down (mdadm --fail? medium errors?); not re-adding it`);
+    }
+    const arrays = faulty.filter((m) => !already.has(m.array)).map((m) => m.array);
+    if (arrays.length === 0) return;
+    rt.log.info({ device, md: now.map(describeMembership) }, 'md: the device is faulty in an array; re-adding it now that the path is back');
+    for (const r of await readdFaultyMember(device, { sysfs: this.opts.sysfs, signal, arrays })) {
       const where = { device, array: `/dev/${r.array}` };
       if (r.outcome === 're-added') {
         rt.stats.mdReadds++;
@@ -545,6 +565,17 @@ export class Daemon {
         rt.log.info(where, `md: re-add of ${device} to /dev/${r.array} cancelled (path lost again, detached or stopping); it is tried again when the path is back`);
       }
     }
+  }
+
+  /** Per device of the target, the md arrays in which md has it marked faulty now. */
+  private async mdFaulty(rt: TargetRuntime): Promise<Map<string, Set<string>>> {
+    const out = new Map<string, Set<string>>();
+    for (const l of rt.luns) {
+      if (!l.device) continue;
+      const ms = await mdMemberships(l.device, this.opts.sysfs).catch(() => []);
+      out.set(l.device, new Set(ms.filter((m) => m.state.includes('faulty')).map((m) => m.array)));
+    }
+    return out;
   }
 
   /** Reads the md membership of every device of `rts` into the LUNs' cache (for status and metrics). */
@@ -570,10 +601,20 @@ export class Daemon {
           s.timeInState[a.from] += (now - s.stateSince) / 1000;
           s.stateSince = now;
           if (a.to === 'running' && (a.from === 'blocked' || a.from === 'fail-fast')) s.reconnects++;
-          if (a.from === 'running' && a.to !== 'running') rt.mdCancel?.abort(); // no re-add while the path is down
+          if (a.from === 'running' && a.to !== 'running') {
+            rt.mdCancel?.abort(); // no re-add while the path is down
+            clearTimeout(rt.mdLate);
+            if (!rt.mdRetry) rt.mdFaultyBefore = this.mdFaulty(rt);
+          }
           if (a.to === 'running' && (a.from === 'fail-fast' || a.from === 'lost' || rt.mdRetry)) {
             rt.mdRetry = false;
-            this.mdReadd(rt);
+            const before = rt.mdFaultyBefore;
+            this.mdReadd(rt, before);
+            // md may fail the member a moment after the path is back (its error handling is asynchronous)
+            rt.mdLate = setTimeout(() => {
+              if (rt.port?.state === 'running' && !rt.removed && !this.closing) this.mdReadd(rt, before);
+            }, MD_LATE_CHECK_MS);
+            rt.mdLate.unref();
           }
           if (a.cause === 'fast-io-fail-tmo' || a.cause === 'dev-loss-tmo') {
             const secs = a.cause === 'fast-io-fail-tmo' ? rt.options.fast_io_fail_tmo : rt.options.dev_loss_tmo;

@@ -127,6 +127,8 @@ export interface ReaddOptions {
    * md released meanwhile is not filled with a device that can no longer do I/O.
    */
   signal?: AbortSignal;
+  /** Only these arrays (names like "md0"); default every array holding the device. */
+  arrays?: string[];
   /**
    * Writes a sysfs attribute; default fs.promises.writeFile, never a synchronous write (see
    * mdMemberships). Tests inject md's refusals.
@@ -155,6 +157,7 @@ export async function readdFaultyMember(device: string, opts: ReaddOptions = {})
   const results: ReaddResult[] = [];
   for (const first of await mdMemberships(device, sysfs)) {
     const { array, member } = first;
+    if (opts.arrays && !opts.arrays.includes(array)) continue;
     const hint = `mdadm /dev/${array} --re-add /dev/${member}`;
     if (!first.state.includes('faulty')) {
       results.push({ array, member, outcome: 'in-array' });
