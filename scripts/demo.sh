@@ -31,9 +31,10 @@ VM_OUT="$out" QUIET=$([ "${VERBOSE:-0}" = 1 ] && echo 0 || echo 1) TIMEOUT=1800 
   test/vm/boot.sh test/vm/scenarios/md-raid1.sh "${args[@]}" >"$out/boot.log" 2>&1 &
 boot=$!
 
-# Follow the narration while the guest runs.
-touch "$out/narration"
-tail -n +1 -f --pid="$boot" "$out/narration" &
+# Follow the narration (VERBOSE=1: the whole guest console) while the guest runs.
+follow=$out/narration; [ "${VERBOSE:-0}" = 1 ] && follow=$out/boot.log
+touch "$follow"
+tail -n +1 -f --pid="$boot" "$follow" &
 follower=$!
 wait "$boot"; rc=$?
 wait "$follower" 2>/dev/null
