@@ -182,6 +182,33 @@ t.test('many requests in flight complete out of order, each answered once', asyn
   c.close();
 });
 
+t.test('a small READ the backend answers later carries its data, and so do the ones after it', async (t) => {
+  const at = 6 * MiB; // a block no other test writes; the one after it stays zero
+  const c = await open();
+  const data = pattern(4096, 21);
+  c.request(C.NBD_CMD_WRITE, 1n, at, 4096, 0, data);
+  t.equal((await c.simpleReply()).error, 0);
+  c.close();
+  const d = await open(); // a fresh connection: its first small READ is tried in the reply slab
+  disk.delays.set(at, 30);
+  d.request(C.NBD_CMD_READ, 2n, at, 4096);
+  d.request(C.NBD_CMD_READ, 3n, at + 4096, 512);
+  d.request(C.NBD_CMD_READ, 4n, at, 4096);
+  const replies = new Map<bigint, Buffer>();
+  // Replies may come in any order: the header says whose data follows.
+  for (let i = 0; i < 3; i++) {
+    const h = await d.reader.read(16);
+    t.equal(h.readUInt32BE(0), C.NBD_SIMPLE_REPLY_MAGIC);
+    const cookie = h.readBigUInt64BE(8);
+    replies.set(cookie, await d.reader.read(cookie === 3n ? 512 : 4096));
+  }
+  disk.delays.clear();
+  t.ok(replies.get(2n)!.equals(data), 'the delayed READ');
+  t.ok(replies.get(4n)!.equals(data), 'a later READ of the same block');
+  t.ok(replies.get(3n)!.equals(Buffer.alloc(512)), 'an untouched block reads as zeroes');
+  d.close();
+});
+
 t.test('NBD_CMD_DISC: in-flight requests are answered, then the server closes', async (t) => {
   const c = await open();
   disk.delays.set(0, 100);
