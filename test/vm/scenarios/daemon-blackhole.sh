@@ -6,7 +6,6 @@
 # the path delivers again.
 # Run: test/vm/boot.sh test/vm/scenarios/daemon-blackhole.sh
 # vm-timeout: 1500
-# vm-default: no
 . "$(dirname "$0")/../guest-lib.sh"
 setup_bench 1 ram:64:512
 ADDR=$(srp_target_string 0)

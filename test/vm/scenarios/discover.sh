@@ -10,7 +10,6 @@
 #   login-reject   with an ACL lacking our initiator, discover exits 1 naming ib_srpt's reject reason
 # Run: test/vm/run-scenarios.sh discover   (or test/vm/boot.sh test/vm/scenarios/discover.sh)
 # vm-timeout: 900
-# vm-default: no
 . "$(dirname "$0")/../guest-lib.sh"
 setup_bench 1 ram:64:512 ram:32:4096
 ADDR=$(srp_target_string 0)
