@@ -8,6 +8,7 @@ import t from 'tap';
 import * as C from '../src/nbd/nbd-constants.js';
 import { NbdServer } from '../src/nbd/server.js';
 import { startTestTarget, type TestTargetExports } from '../src/testing/test-fabric.js';
+import { lunToSam } from '../src/initiator/scsi-cdb.js';
 import type { TmoParams } from '../src/fsm/timers.js';
 import { silentLogger } from '../src/util/log.js';
 import { RawClient, run } from './helpers/nbd.js';
@@ -283,4 +284,29 @@ t.test('200 random flaps under load: no acknowledged write lost or corrupted', a
   }
   t.equal(bad, 0, `all ${acked.size} acknowledged blocks hold their last acknowledged data`);
   v.close();
+});
+
+t.test('FUA follows the caching mode re-read at each identity check (write cache turned off, then on without DPOFUA)', async (t) => {
+  const r = await rig({ fastIoFailTmo: 5, devLossTmo: 60, reconnectDelay: 1 });
+  t.teardown(() => r.close());
+  const lun = r.fabric.luns.get(lunToSam(0))!;
+  const backend = r.exports.get('lun0')!;
+  // The test target starts with a write cache and DPOFUA: FUA writes carry the bit.
+  lun.writeCache = false;
+  r.fabric.linkDown();
+  await waitFor('blocked', () => r.port.state === 'blocked');
+  r.fabric.restoreLink();
+  await waitFor('running', () => r.port.state === 'running');
+  lun.clearLog();
+  await backend.write(0, Buffer.alloc(512, 1), true);
+  t.same(lun.log.map((e) => `${e.name}${e.fua ? '+FUA' : ''}`), ['WRITE_16'], 'write-through now: a plain write');
+  lun.writeCache = true;
+  lun.dpoFua = false;
+  r.fabric.linkDown();
+  await waitFor('blocked', () => r.port.state === 'blocked');
+  r.fabric.restoreLink();
+  await waitFor('running', () => r.port.state === 'running');
+  lun.clearLog();
+  await backend.write(0, Buffer.alloc(512, 2), true);
+  t.same(lun.log.map((e) => e.name), ['WRITE_16', 'SYNCHRONIZE_CACHE_16'], 'write cache without DPOFUA: write, then SYNCHRONIZE CACHE');
 });

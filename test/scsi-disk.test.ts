@@ -595,3 +595,25 @@ t.test('a LU without SYNCHRONIZE CACHE(16) gets SYNCHRONIZE CACHE(10) of the who
   await r.disk.flush();
   t.equal(r.lun.logOf('SYNCHRONIZE_CACHE_16').length, 1, 'asked once');
 });
+
+t.test('adoptCache: a later probe of the same LU changes how FUA is honoured; a refused FUA bit stays emulated', async (t) => {
+  const r = rig({ writeCache: false, dpoFua: true });
+  await r.disk.probe();
+  t.equal(r.disk.limits.fua, 'write-through');
+  r.lun.writeCache = true; // e.g. the target restarted with its write cache on
+  const later = await new ScsiDisk(r.exec, { lun: lunToSam(0) }).probe();
+  t.equal(r.disk.adoptCache(later.cache), true, 'changed');
+  t.equal(r.disk.limits.fua, 'fua');
+  const data = randomBytes(512);
+  await r.disk.write(0, data, { fua: true });
+  t.equal(r.lun.log.at(-1)!.fua, true, 'FUA bit sent now');
+  t.equal(r.disk.adoptCache(later.cache), false, 'same mode: unchanged');
+
+  r.lun.dpoFua = false; // refuses the bit it still announces below
+  await r.disk.write(0, data, { fua: true });
+  t.equal(r.disk.limits.fua, 'sync-cache');
+  t.equal(r.disk.adoptCache({ writeCacheEnabled: true, dpoFua: true, source: 'mode-sense' }), false, 'announcing DPOFUA again does not bring the refused bit back');
+  t.equal(r.disk.limits.fua, 'sync-cache');
+  t.equal(r.disk.adoptCache({ writeCacheEnabled: false, dpoFua: true, source: 'mode-sense' }), true);
+  t.equal(r.disk.limits.fua, 'write-through');
+});

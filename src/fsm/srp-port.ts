@@ -10,7 +10,7 @@
  * reconnects unchanged.
  */
 import type { Logger } from 'pino';
-import { ScsiDisk } from '../initiator/scsi-disk.js';
+import { type CacheInfo, ScsiDisk } from '../initiator/scsi-disk.js';
 import { type ScsiCommand, type ScsiExecutor, type ScsiResult, TransportError } from '../initiator/scsi-executor.js';
 import { type LunIdentity, describeIdentity, sameIdentity } from '../initiator/lun-identity.js';
 import { SrpSession, type SrpSessionOptions } from '../initiator/srp-session.js';
@@ -212,16 +212,23 @@ export class SrpPort {
     if (!candidate) throw new Error('no new session to verify');
     const probeVia: ScsiExecutor = { execute: (cmd) => candidate.execute(cmd) };
     const differences: string[] = [];
+    const caches: [LunEntry, CacheInfo][] = [];
     for (const [lun, entry] of this.luns) {
       const probe = await new ScsiDisk(probeVia, { lun }).probe();
       if (signal.aborted || this.candidate !== candidate) throw new Error('identity check aborted');
       const cmp = sameIdentity(entry.identity, probe.identity);
       if (!cmp.same) differences.push(...cmp.differences.map((d) => `LUN ${lun.toString(16)}: ${d}`));
+      caches.push([entry, probe.cache]);
     }
     if (differences.length > 0) {
       // Never send I/O to a different disk: drop this session now.
       this.dropCandidate();
       throw new IdentityMismatchError(differences);
+    }
+    for (const [entry, cache] of caches) {
+      if (entry.disk.adoptCache(cache)) {
+        this.log.warn({ lun: entry.disk.lun.toString(16), fua: entry.disk.limits.fua, writeCache: cache.writeCacheEnabled, dpoFua: cache.dpoFua }, `write cache mode changed across the reconnect: FUA is now ${entry.disk.limits.fua}`);
+      }
     }
     this.candidate = undefined;
     this.install(candidate);

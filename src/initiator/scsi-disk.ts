@@ -285,6 +285,8 @@ export class ScsiDisk {
   private readonly sleep: (ms: number) => Promise<void>;
   private readonly opts: ScsiDiskOptions;
   private probed?: ProbeResult;
+  /** The LU refused a FUA bit it announced: FUA stays emulated whatever MODE SENSE says later. */
+  private fuaRefused = false;
   /** SYNCHRONIZE CACHE(16) works; false once the LU called it an invalid opcode. */
   private syncCache16 = true;
   private geo?: DiskGeometry;
@@ -613,8 +615,21 @@ export class ScsiDisk {
       maxWriteSameBlocks: wsLen > 0n ? Number(wsLen > 0xffffffffn ? 0xffffffffn : wsLen) : DEFAULT_MAX_WRITE_SAME_BLOCKS,
       lbpme,
       lbprz,
-      fua: !cache.writeCacheEnabled ? 'write-through' : cache.dpoFua ? 'fua' : 'sync-cache',
+      fua: fuaMethod(cache, false),
     };
+  }
+
+  /**
+   * Takes the caching mode read by a later probe of the same LU (after a reconnect the identity
+   * check probes it again): a LU restarted with its write cache enabled must get FUA writes made
+   * durable from now on. Returns whether the FUA method changed.
+   */
+  adoptCache(cache: CacheInfo): boolean {
+    if (!this.probed || !this.lim) return false;
+    const before = this.lim.fua;
+    this.probed.cache = cache;
+    this.lim.fua = fuaMethod(cache, this.fuaRefused);
+    return this.lim.fua !== before;
   }
 
   /* ---------------------------------------------------------------------------------------- */
@@ -725,6 +740,7 @@ export class ScsiDisk {
       await this.command(buildWrite16(BigInt(lba), blocks, { fua: withFua }), { dataOut: data });
     } catch (e) {
       if (!(withFua && e instanceof ScsiError && isUnsupported(e))) throw e;
+      this.fuaRefused = true;
       if (this.limits.fua === 'fua') {
         this.limits.fua = 'sync-cache';
         this.emit({ type: 'fua-disabled', command: 'WRITE_16', reason: 'the LU refused the FUA bit; emulated with SYNCHRONIZE CACHE' });
@@ -889,6 +905,12 @@ export class ScsiDisk {
 }
 
 /** ILLEGAL REQUEST / INVALID COMMAND OPERATION CODE or INVALID FIELD IN CDB: the LU does not do this. */
+/** How FUA is honoured for a caching mode (Linux sd rules); a refused FUA bit stays emulated. */
+function fuaMethod(cache: CacheInfo, fuaRefused: boolean): DiskLimits['fua'] {
+  if (!cache.writeCacheEnabled) return 'write-through';
+  return cache.dpoFua && !fuaRefused ? 'fua' : 'sync-cache';
+}
+
 function isUnsupported(e: ScsiError): boolean {
   const s = e.sense;
   return (
