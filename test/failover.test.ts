@@ -291,21 +291,21 @@ t.test('FUA follows the caching mode re-read at each identity check (write cache
   t.teardown(() => r.close());
   const lun = r.fabric.luns.get(lunToSam(0))!;
   const backend = r.exports.get('lun0')!;
+  const flap = async (): Promise<void> => {
+    r.fabric.linkDown();
+    await waitFor('blocked', () => r.port.state === 'blocked');
+    r.fabric.restoreLink();
+    await waitFor('running', () => r.port.state === 'running');
+  };
   // The test target starts with a write cache and DPOFUA: FUA writes carry the bit.
   lun.writeCache = false;
-  r.fabric.linkDown();
-  await waitFor('blocked', () => r.port.state === 'blocked');
-  r.fabric.restoreLink();
-  await waitFor('running', () => r.port.state === 'running');
+  await flap();
   lun.clearLog();
   await backend.write(0, Buffer.alloc(512, 1), true);
   t.same(lun.log.map((e) => `${e.name}${e.fua ? '+FUA' : ''}`), ['WRITE_16'], 'write-through now: a plain write');
   lun.writeCache = true;
   lun.dpoFua = false;
-  r.fabric.linkDown();
-  await waitFor('blocked', () => r.port.state === 'blocked');
-  r.fabric.restoreLink();
-  await waitFor('running', () => r.port.state === 'running');
+  await flap();
   lun.clearLog();
   await backend.write(0, Buffer.alloc(512, 2), true);
   t.same(lun.log.map((e) => e.name), ['WRITE_16', 'SYNCHRONIZE_CACHE_16'], 'write cache without DPOFUA: write, then SYNCHRONIZE CACHE');
