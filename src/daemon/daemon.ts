@@ -556,8 +556,11 @@ export class Daemon {
         rt.stats.mdReadds++;
         const now = (await mdMemberships(device, this.opts.sysfs)).find((m) => m.array === r.array);
         rt.log.info({ ...where, md: now ? describeMembership(now) : null }, `md: re-added ${device} to /dev/${r.array}; md resyncs what changed (write-intent bitmap) or the whole member`);
-      } else if (r.outcome === 'still-busy' || r.outcome === 'refused') {
-        rt.log.error({ ...where, outcome: r.outcome, detail: r.detail }, `md: could not re-add ${device} to /dev/${r.array} (${r.outcome}: ${r.detail ?? ''}); run: ${r.hint}`);
+      } else if (r.outcome === 'still-busy') {
+        // md/dev-X/state also says "faulty" for unacknowledged bad blocks on a member still in its slot
+        rt.log.warn({ ...where, outcome: r.outcome, detail: r.detail }, `md: ${device} is marked faulty but md kept it in its slot (${r.detail ?? ''}): md may be recording bad blocks rather than failing it; if \`mdadm --detail /dev/${r.array}\` lists it as faulty, run: ${r.hint}`);
+      } else if (r.outcome === 'refused') {
+        rt.log.error({ ...where, outcome: r.outcome, detail: r.detail }, `md: could not re-add ${device} to /dev/${r.array} (md refused: ${r.detail ?? ''}); run: ${r.hint}`);
       } else if (r.outcome === 'gone') {
         rt.log.warn(where, `md: /dev/${r.array} or its member ${device} went away before the re-add`);
       } else if (r.outcome === 'cancelled') {

@@ -96,7 +96,11 @@ export type ReaddOutcome =
   | 'in-array'
   /** "re-add" accepted: the member is back in its slot; md recovers it (bitmap: only dirty regions). */
   | 're-added'
-  /** Still faulty but md has not released the slot within the wait (I/O still pending on it?). */
+  /**
+   * "faulty" but md has not released the slot within the wait: I/O still pending on it, or md is
+   * only recording unacknowledged bad blocks on a member it did not fail (state_show() prints
+   * "faulty" for those too).
+   */
   | 'still-busy'
   /** The array or the member disappeared (stopped, removed by the administrator). */
   | 'gone'
