@@ -3,7 +3,7 @@
 # under TCG with soft-RoCE and LIO ib_srpt), where the srp-nbd daemon attaches two SRP targets as
 # /dev/nbd0 and /dev/nbd1, builds md RAID1 over them, and keeps the mirror alive through a 3 s
 # path flap and a 30 s path outage (test/vm/scenarios/md-raid1.sh). Prints the narration as it
-# happens, then the checks and the verdict. Takes 8-15 minutes on a 2-core machine.
+# happens, then the checks and the verdict. Takes 4-15 minutes on a 2-core machine.
 #
 # Needs root (qemu, apt for the first setup). Without root: `npm run demo:local` runs the
 # in-process edition (loopback transport, NBD socket, no kernel devices) in a few seconds.
