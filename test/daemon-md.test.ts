@@ -141,3 +141,24 @@ t.test('arrays: only the named arrays are re-added', async (t) => {
   t.equal(fs.readFileSync(path.join(root, 'block', 'md0', 'md', 'dev-nbd0', 'state'), 'utf8'), 'faulty\n', 'md0 (failed before the outage) untouched');
   t.equal(fs.readFileSync(path.join(root, 'block', 'md1', 'md', 'dev-nbd0', 'state'), 'utf8'), 're-add');
 });
+
+t.test('a partition of the device (nbd0p1) in an array is found and re-added by its own name', async (t) => {
+  const root = fs.mkdtempSync(path.join(os.tmpdir(), 'srp-nbd-sysfs-'));
+  t.teardown(() => fs.rmSync(root, { recursive: true, force: true }));
+  const md = path.join(root, 'block', 'md3', 'md');
+  fs.mkdirSync(path.join(md, 'dev-nbd0p1'), { recursive: true });
+  fs.writeFileSync(path.join(md, 'dev-nbd0p1', 'state'), 'faulty\n');
+  fs.writeFileSync(path.join(md, 'dev-nbd0p1', 'slot'), 'none\n');
+  fs.writeFileSync(path.join(md, 'level'), 'raid1\n');
+  fs.mkdirSync(path.join(root, 'block', 'nbd0', 'holders'), { recursive: true }); // the disk itself: no holder
+  fs.mkdirSync(path.join(root, 'block', 'nbd0', 'nbd0p1', 'holders'), { recursive: true });
+  fs.writeFileSync(path.join(root, 'block', 'nbd0', 'nbd0p1', 'holders', 'md3'), '');
+  fs.mkdirSync(path.join(root, 'block', 'nbd0', 'nbd0p2', 'holders'), { recursive: true }); // a partition in no array
+  fs.mkdirSync(path.join(root, 'block', 'nbd0', 'power')); // not a partition
+  const ms = await mdMemberships('/dev/nbd0', root);
+  t.same(ms.map((m) => [m.member, m.array, m.state, m.slot]), [['nbd0p1', 'md3', ['faulty'], null]]);
+  const r = await readdFaultyMember('/dev/nbd0', { sysfs: root, waitMs: 100, pollMs: 10 });
+  t.equal(describeMembership(ms[0]!), 'nbd0p1 in md3 raid1 slot none faulty (array ?)');
+  t.same(r, [{ array: 'md3', member: 'nbd0p1', outcome: 're-added' }]);
+  t.equal(fs.readFileSync(path.join(md, 'dev-nbd0p1', 'state'), 'utf8'), 're-add');
+});

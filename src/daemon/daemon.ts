@@ -545,27 +545,28 @@ export class Daemon {
     if (faulty.length === 0) return;
     const already = (await exclude)?.get(device) ?? new Set<string>();
     for (const m of faulty.filter((x) => already.has(x.array))) {
-      rt.log.warn({ device, array: `/dev/${m.array}` }, `md: ${device} was already faulty in /dev/${m.array} before the path went down (mdadm --fail? medium errors?); not re-adding it`);
+      rt.log.warn({ device, member: `/dev/${m.member}`, array: `/dev/${m.array}` }, `md: /dev/${m.member} was already faulty in /dev/${m.array} before the path went down (mdadm --fail? medium errors?); not re-adding it`);
     }
     const arrays = faulty.filter((m) => !already.has(m.array)).map((m) => m.array);
     if (arrays.length === 0) return;
     rt.log.info({ device, md: now.map(describeMembership) }, 'md: the device is faulty in an array; re-adding it now that the path is back');
     for (const r of await readdFaultyMember(device, { sysfs: this.opts.sysfs, signal, arrays })) {
-      const where = { device, array: `/dev/${r.array}` };
+      const member = `/dev/${r.member}`; // the device or one of its partitions
+      const where = { device, member, array: `/dev/${r.array}` };
       if (r.outcome === 're-added') {
         rt.stats.mdReadds++;
-        const now = (await mdMemberships(device, this.opts.sysfs)).find((m) => m.array === r.array);
-        rt.log.info({ ...where, md: now ? describeMembership(now) : null }, `md: re-added ${device} to /dev/${r.array}; md resyncs what changed (write-intent bitmap) or the whole member`);
+        const now = (await mdMemberships(device, this.opts.sysfs)).find((m) => m.array === r.array && m.member === r.member);
+        rt.log.info({ ...where, md: now ? describeMembership(now) : null }, `md: re-added ${member} to /dev/${r.array}; md resyncs what changed (write-intent bitmap) or the whole member`);
       } else if (r.outcome === 'still-busy') {
         // md/dev-X/state also says "faulty" for unacknowledged bad blocks on a member still in its slot
-        rt.log.warn({ ...where, outcome: r.outcome, detail: r.detail }, `md: ${device} is marked faulty but md kept it in its slot (${r.detail ?? ''}): md may be recording bad blocks rather than failing it; if \`mdadm --detail /dev/${r.array}\` lists it as faulty, run: ${r.hint}`);
+        rt.log.warn({ ...where, outcome: r.outcome, detail: r.detail }, `md: ${member} is marked faulty but md kept it in its slot (${r.detail ?? ''}): md may be recording bad blocks rather than failing it; if \`mdadm --detail /dev/${r.array}\` lists it as faulty, run: ${r.hint}`);
       } else if (r.outcome === 'refused') {
-        rt.log.error({ ...where, outcome: r.outcome, detail: r.detail }, `md: could not re-add ${device} to /dev/${r.array} (md refused: ${r.detail ?? ''}); run: ${r.hint}`);
+        rt.log.error({ ...where, outcome: r.outcome, detail: r.detail }, `md: could not re-add ${member} to /dev/${r.array} (md refused: ${r.detail ?? ''}); run: ${r.hint}`);
       } else if (r.outcome === 'gone') {
-        rt.log.warn(where, `md: /dev/${r.array} or its member ${device} went away before the re-add`);
+        rt.log.warn(where, `md: /dev/${r.array} or its member ${member} went away before the re-add`);
       } else if (r.outcome === 'cancelled') {
         rt.mdRetry = true;
-        rt.log.info(where, `md: re-add of ${device} to /dev/${r.array} cancelled (path lost again, detached or stopping); it is tried again when the path is back`);
+        rt.log.info(where, `md: re-add of ${member} to /dev/${r.array} cancelled (path lost again, detached or stopping); it is tried again when the path is back`);
       }
     }
   }

@@ -49,7 +49,8 @@ const read = async (file: string): Promise<string | null> => {
 const num = (s: string | null): number | null => (s !== null && /^\d+$/.test(s) ? Number(s) : null);
 
 /**
- * The md arrays holding `device` (/dev/nbdN or nbdN), from /sys/block/nbdN/holders.
+ * The md arrays holding `device` (/dev/nbdN or nbdN) or one of its partitions (nbdNp1, ...), from
+ * /sys/block/nbdN/holders and /sys/block/nbdN/nbdNpK/holders.
  *
  * Asynchronous on purpose, like every md sysfs access here: md may hold its reconfiguration lock
  * while it waits for I/O to our own devices (a superblock write), and that I/O is served by this
@@ -57,14 +58,22 @@ const num = (s: string | null): number | null => (s !== null && /^\d+$/.test(s) 
  * with md (seen in the guest with a synchronous "re-add"). The libuv thread pool waits instead.
  */
 export async function mdMemberships(device: string, sysfs = '/sys'): Promise<MdMembership[]> {
-  const member = path.basename(device);
-  let holders: string[];
+  const disk = path.basename(device);
+  const diskDir = path.join(sysfs, 'block', disk);
+  let entries: string[];
   try {
-    holders = (await fs.promises.readdir(path.join(sysfs, 'block', member, 'holders'))).filter((n) => /^md\d+$|^md_/.test(n)).sort();
+    entries = await fs.promises.readdir(diskDir);
   } catch {
     return [];
   }
-  return Promise.all(holders.map(async (array) => {
+  const parts = entries.filter((n) => n.startsWith(`${disk}p`) && /^\d+$/.test(n.slice(disk.length + 1))).sort();
+  const members: [string, string][] = [[disk, path.join(diskDir, 'holders')], ...parts.map((p): [string, string] => [p, path.join(diskDir, p, 'holders')])];
+  const found: [string, string][] = [];
+  for (const [member, holdersDir] of members) {
+    const holders = await fs.promises.readdir(holdersDir).catch(() => [] as string[]);
+    for (const array of holders.filter((n) => /^md\d+$|^md_/.test(n)).sort()) found.push([member, array]);
+  }
+  return Promise.all(found.map(async ([member, array]) => {
     const md = path.join(sysfs, 'block', array, 'md');
     const dev = path.join(md, `dev-${member}`);
     const [state, slot, arrayState, level, degraded, syncAction, syncCompleted] = await Promise.all(
@@ -84,11 +93,12 @@ export async function mdMemberships(device: string, sysfs = '/sys'): Promise<MdM
   }));
 }
 
-/** One line for people: `md0 raid1 slot 0 in_sync (array clean, recover 1024 / 131072)`. */
+/** One line for people: `md0 raid1 slot 0 in_sync (array clean, recover 1024 / 131072)`; a partition: `nbd0p1 in md3 ...`. */
 export function describeMembership(m: MdMembership): string {
   const sync = m.sync_action && m.sync_action !== 'idle' ? `, ${m.sync_action} ${m.sync_completed ?? ''}`.trimEnd() : '';
   const degraded = m.degraded ? `, ${m.degraded} missing` : '';
-  return `${m.array}${m.level ? ` ${m.level}` : ''} slot ${m.slot ?? 'none'} ${m.state.join(',') || '?'} (array ${m.array_state ?? '?'}${degraded}${sync})`;
+  const part = /p\d+$/.test(m.member) ? `${m.member} in ` : ''; // a partition of the device
+  return `${part}${m.array}${m.level ? ` ${m.level}` : ''} slot ${m.slot ?? 'none'} ${m.state.join(',') || '?'} (array ${m.array_state ?? '?'}${degraded}${sync})`;
 }
 
 export type ReaddOutcome =
@@ -172,7 +182,7 @@ export async function readdFaultyMember(device: string, opts: ReaddOptions = {})
     let m: MdMembership | undefined = first;
     while (m && m.state.includes('faulty') && m.slot !== null && Date.now() < deadline && !opts.signal?.aborted) {
       await sleep(pollMs, opts.signal);
-      m = (await mdMemberships(device, sysfs)).find((x) => x.array === array);
+      m = (await mdMemberships(device, sysfs)).find((x) => x.array === array && x.member === member);
     }
     if (opts.signal?.aborted) {
       results.push({ array, member, outcome: 'cancelled' });
