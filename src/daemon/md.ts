@@ -83,12 +83,12 @@ export async function mdMemberships(device: string, sysfs = '/sys'): Promise<MdM
       array,
       member,
       state: (state ?? '').split(',').filter((s) => s.length > 0),
-      slot: num(slot!),
-      array_state: arrayState!,
-      level: level!,
-      degraded: num(degraded!),
-      sync_action: syncAction!,
-      sync_completed: syncCompleted!,
+      slot: num(slot ?? null),
+      array_state: arrayState ?? null,
+      level: level ?? null,
+      degraded: num(degraded ?? null),
+      sync_action: syncAction ?? null,
+      sync_completed: syncCompleted ?? null,
     };
   }));
 }

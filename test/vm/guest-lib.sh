@@ -380,8 +380,6 @@ daemon_start() {
   node "$SRP_NBD_CLI" daemon "$@" >>"$OUT_DIR/daemon.log" 2>&1 &
   DAEMON_PID=$!
 }
-# srp_nbd ARGS...: the srp-nbd CLI (talks to the daemon's control socket)
-srp_nbd() { node "$SRP_NBD_CLI" "$@"; }
 # daemon_config: a minimal daemon config with its state under /tmp; prints its path
 daemon_config() {
   mkdir -p /tmp/srpnbd/state

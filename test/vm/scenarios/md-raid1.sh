@@ -33,7 +33,7 @@ mirror_state() {
   MON_VALUE="${m}array=$a degraded=$g sync=$s"
 }
 member_faulty() { local m; md_dev_states m md0; [[ $m == *"$1:faulty"* ]]; }
-member_back() { ! member_faulty "$1"; }
+member_back() { [ -e "/sys/block/md0/md/dev-$1/state" ] && ! member_faulty "$1"; }  # still bound, not faulty
 mirror_whole() { local m g s; md_dev_states m md0; sysfs_read g /sys/block/md0/md/degraded; sysfs_read s /sys/block/md0/md/sync_action
   [[ $m == *nbd0:in_sync* && $m == *nbd1:in_sync* && $g == 0 && $s == idle ]]; }
 devices() { echo "/dev/nbd0 $(majmin /dev/nbd0), /dev/nbd1 $(majmin /dev/nbd1)"; }
@@ -123,7 +123,7 @@ note writer "$SUMMARY"
 if [ -z "$(io_first_error /dev/md0 "$TD")" ]; then pass writer-no-errors "$SUMMARY"
 else fail writer-no-errors "$SUMMARY"; fi
 say "writer on /dev/md0 during the outage: $SUMMARY"
-grep -q 're-added /dev/nbd0 to /dev/md0' "$OUT_DIR/daemon.log" && pass daemon-logged-readd || fail daemon-logged-readd "no re-add line in daemon.log"
+check daemon-logged-readd grep -q 're-added /dev/nbd0 to /dev/md0' "$OUT_DIR/daemon.log"
 
 # The mirrors must be identical after the resync, and the data must verify.
 echo check > /sys/block/md0/md/sync_action
