@@ -1,10 +1,13 @@
-// Plain system calls for the NBD side: socketpair, close, setsockopt and raw netlink sockets; and
-// getsockopt(SO_PEERCRED) for the daemon's control socket.
+// Plain system calls for the NBD side: socketpair, close, setsockopt, raw netlink sockets and a
+// gathered non-blocking send for NBD replies; and getsockopt(SO_PEERCRED) for the daemon's control
+// socket.
 // Generic netlink messages are built and parsed in TypeScript (src/nbd/netlink.ts).
 #include "common.h"
 
 #include <linux/netlink.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
+#include <climits>
 #include <unistd.h>
 
 #include <cstring>
@@ -103,6 +106,42 @@ Napi::Value NetlinkRecv(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, static_cast<double>(n));
 }
 
+// sendv(fd, buffers, start, count) -> bytes sent, or -1 when the socket buffer is full (EAGAIN).
+// One sendmsg(MSG_DONTWAIT | MSG_NOSIGNAL) of buffers[start, start+count) (at most IOV_MAX of
+// them); a short count is the caller's to finish. Never blocks; a dead peer is an EPIPE error,
+// not a signal.
+Napi::Value SendV(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = ArgI32(info, 0, "fd");
+  if (!info[1].IsArray()) ThrowType(env, "buffers must be an array");
+  Napi::Array bufs = info[1].As<Napi::Array>();
+  uint32_t start = ArgU32(info, 2, "start");
+  uint32_t count = ArgU32(info, 3, "count");
+  if (start > bufs.Length() || count > bufs.Length() - start) ThrowType(env, "start/count beyond the array");
+  if (count > IOV_MAX) count = IOV_MAX;
+  iovec iov[IOV_MAX];
+  for (uint32_t i = 0; i < count; i++) {
+    Napi::Value v = bufs[start + i];
+    if (!v.IsBuffer()) ThrowType(env, "buffers must hold Buffers");
+    auto b = v.As<Napi::Buffer<uint8_t>>();
+    iov[i].iov_base = b.Data();
+    iov[i].iov_len = b.Length();
+  }
+  msghdr msg;
+  memset(&msg, 0, sizeof msg);
+  msg.msg_iov = iov;
+  msg.msg_iovlen = count;
+  ssize_t n;
+  do {
+    n = sendmsg(fd, &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
+  } while (n < 0 && errno == EINTR);
+  if (n < 0) {
+    if (errno == EAGAIN || errno == EWOULDBLOCK) return Napi::Number::New(env, -1);
+    ThrowErrno(env, errno, "sendmsg");
+  }
+  return Napi::Number::New(env, static_cast<double>(n));
+}
+
 }  // namespace
 
 void InitSys(Napi::Env env, Napi::Object exports) {
@@ -113,6 +152,7 @@ void InitSys(Napi::Env env, Napi::Object exports) {
   exports.Set("netlinkOpen", Napi::Function::New(env, NetlinkOpen, "netlinkOpen"));
   exports.Set("netlinkSend", Napi::Function::New(env, NetlinkSend, "netlinkSend"));
   exports.Set("netlinkRecv", Napi::Function::New(env, NetlinkRecv, "netlinkRecv"));
+  exports.Set("sendv", Napi::Function::New(env, SendV, "sendv"));
 }
 
 }  // namespace srpnbd

@@ -160,6 +160,11 @@ export interface NativeBinding {
   netlinkSend(fd: number, message: Buffer): number;
   /** Length of the next datagram (may exceed buffer.length: truncated), or -1 when none is queued. */
   netlinkRecv(fd: number, buffer: Buffer): number;
+  /**
+   * One sendmsg(MSG_DONTWAIT|MSG_NOSIGNAL) of buffers[start, start+count) (at most IOV_MAX):
+   * bytes sent, or -1 when the socket buffer is full.
+   */
+  sendv(fd: number, buffers: Buffer[], start: number, count: number): number;
 
   /* verbs: devices */
   /** Names of the RDMA devices; throws ENOSYS when the kernel has no RDMA support. */

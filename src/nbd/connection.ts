@@ -63,6 +63,12 @@ export interface ConnectionOptions {
   maxInFlightBytes?: number;
   /** A client still negotiating after this long is disconnected (default 30 s; 0 = never). */
   handshakeTimeoutMs?: number;
+  /**
+   * The addon's gathered send (NativeBinding.sendv): when given, replies are sent with one
+   * system call on the socket's fd while nothing is queued in the socket, instead of through
+   * the socket's stream machinery.
+   */
+  sendv?: (fd: number, buffers: Buffer[], start: number, count: number) => number;
 }
 
 export interface ConnectionStats {
@@ -164,6 +170,8 @@ export class NbdConnection implements InputSink {
   private readonly maxQueuedReplyBytes: number;
 
   private readonly socket: Socket;
+  /** The socket's fd when replies may bypass its stream (opts.sendv), else -1. */
+  private readonly fd: number;
   /** Where reads land while headers are parsed (onread mode); payloads may be read elsewhere. */
   private readonly staging = Buffer.allocUnsafe(STAGING_SIZE);
 
@@ -179,6 +187,7 @@ export class NbdConnection implements InputSink {
     this.maxQueuedReplyBytes = opts.maxQueuedReplyBytes ?? 64 * 1024 * 1024;
     const socket = typeof source === 'function' ? source(this) : source;
     this.socket = socket;
+    this.fd = opts.sendv ? socketFd(socket) : -1;
     if (typeof source !== 'function') socket.on('data', (chunk: Buffer) => this.onInput(chunk));
     socket.setNoDelay?.(true);
     socket.on('error', (err: NodeJS.ErrnoException) => {
@@ -785,18 +794,51 @@ export class NbdConnection implements InputSink {
       for (const buf of pooled) this.opts.pool.release(buf);
       return;
     }
+    let first = 0;
+    if (this.fd >= 0 && this.socket.writableLength === 0) {
+      try {
+        first = this.sendDirect(out);
+      } catch (err) {
+        for (const buf of pooled) this.opts.pool.release(buf);
+        this.socket.destroy(err as Error);
+        return;
+      }
+      if (first === out.length) {
+        for (const buf of pooled) this.opts.pool.release(buf);
+        this.slabStart = this.slabPos = 0;
+        return;
+      }
+    }
     const release = pooled.length === 0 ? undefined : () => pooled.forEach((buf) => this.opts.pool.release(buf));
-    if (out.length === 1) {
-      this.socket.write(out[0]!, release);
+    if (out.length - first === 1) {
+      this.socket.write(out[first]!, release);
     } else {
       this.socket.cork();
-      for (let i = 0; i < out.length - 1; i++) this.socket.write(out[i]!);
+      for (let i = first; i < out.length - 1; i++) this.socket.write(out[i]!);
       this.socket.write(out[out.length - 1]!, release);
       this.socket.uncork();
     }
     // Written through at once (the usual case): the slab can be filled again from the start.
     if (this.socket.writableLength === 0) this.slabStart = this.slabPos = 0;
     else if (this.socket.writableLength > this.maxQueuedReplyBytes) this.pause();
+  }
+
+  /**
+   * Sends `out` straight on the fd until done or the socket buffer is full; returns the index
+   * of the first buffer not wholly sent (`out[i]` is trimmed to its unsent part).
+   */
+  private sendDirect(out: Buffer[]): number {
+    let i = 0;
+    while (i < out.length) {
+      let n = this.opts.sendv!(this.fd, out, i, out.length - i);
+      if (n < 0) break;
+      while (i < out.length && n >= out[i]!.length) n -= out[i++]!.length;
+      if (n > 0) {
+        out[i] = out[i]!.subarray(n);
+        break;
+      }
+    }
+    return i;
   }
 
   private pause(): void {
@@ -887,6 +929,12 @@ export class NbdConnection implements InputSink {
     this.logged.set(kind, n);
     if (n === 1) this.opts.logger.warn({ kind, export: this.export, err }, message);
   }
+}
+
+/** The fd under a net.Socket (a Pipe or TCP handle), or -1. */
+function socketFd(socket: Socket): number {
+  const fd = (socket as unknown as { _handle?: { fd?: number } | null })._handle?.fd;
+  return typeof fd === 'number' && fd >= 0 ? fd : -1;
 }
 
 function isPromise(x: void | Promise<void>): x is Promise<void> {

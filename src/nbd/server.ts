@@ -11,6 +11,7 @@ import type { Backend } from './backend.js';
 import { BufferPool } from './buffer-pool.js';
 import { type ConnectionOptions, type ExportRegistry, NbdConnection, type SocketSource } from './connection.js';
 import { type InputSink, adoptAccepted } from './socket-input.js';
+import { tryLoadNative } from '../native/native.js';
 
 export interface NbdServerOptions {
   logger: Logger;
@@ -20,6 +21,11 @@ export interface NbdServerOptions {
   handshakeTimeoutMs?: number;
   /** Connections served at once; more are closed at accept (default 64). Each may hold ~128 MiB of buffers. */
   maxConnections?: number;
+  /**
+   * How replies reach the socket: the addon's gathered send (default, when the addon loads),
+   * another function of that shape (tests), or null for the socket's own stream (no addon).
+   */
+  sendv?: ConnectionOptions['sendv'] | null;
 }
 
 export class NbdServer implements ExportRegistry {
@@ -28,9 +34,11 @@ export class NbdServer implements ExportRegistry {
   private readonly connections = new Set<NbdConnection>();
   private readonly pool = new BufferPool();
   private defaultExport: string | undefined;
+  private readonly sendv: ConnectionOptions['sendv'];
 
   constructor(private readonly opts: NbdServerOptions) {
     this.defaultExport = opts.defaultExport;
+    this.sendv = opts.sendv === undefined ? tryLoadNative()?.sendv : (opts.sendv ?? undefined);
   }
 
   addExport(name: string, backend: Backend): void {
@@ -137,6 +145,7 @@ export class NbdServer implements ExportRegistry {
 
   private connectionOptions(): ConnectionOptions {
     const o: ConnectionOptions = { logger: this.opts.logger, pool: this.pool };
+    if (this.sendv) o.sendv = this.sendv;
     if (this.opts.maxInFlight !== undefined) o.maxInFlight = this.opts.maxInFlight;
     if (this.opts.handshakeTimeoutMs !== undefined) o.handshakeTimeoutMs = this.opts.handshakeTimeoutMs;
     return o;

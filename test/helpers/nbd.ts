@@ -11,7 +11,7 @@ import {
   encodeRequest,
 } from '../../src/nbd/codec.js';
 import * as C from '../../src/nbd/nbd-constants.js';
-import { NbdServer } from '../../src/nbd/server.js';
+import { NbdServer, type NbdServerOptions } from '../../src/nbd/server.js';
 import { silentLogger } from '../../src/util/log.js';
 import { ByteReader } from './byte-reader.js';
 
@@ -26,10 +26,10 @@ export interface Running {
   close(): Promise<void>;
 }
 
-export async function startServer(exports: Record<string, Backend>): Promise<Running> {
+export async function startServer(exports: Record<string, Backend>, opts: Partial<NbdServerOptions> = {}): Promise<Running> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'srp-nbd-test-'));
   const socketPath = path.join(dir, 'nbd.sock');
-  const server = new NbdServer({ logger: silentLogger() });
+  const server = new NbdServer({ logger: silentLogger(), ...opts });
   for (const [name, b] of Object.entries(exports)) server.addExport(name, b);
   await server.listenUnix(socketPath);
   const port = await server.listenTcp(0);
