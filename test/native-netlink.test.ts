@@ -6,7 +6,7 @@ import { MemoryBackend } from '../src/nbd/memory-backend.js';
 import * as NC from '../src/nbd/nbd-constants.js';
 import * as C from '../src/nbd/nbd-netlink-constants.js';
 import {
-  NbdModuleMissingError, NbdNetlink, NlAttrs, attach, decodeFamily, decodeStatus, encodeConnect, encodeDisconnect,
+  NbdModuleMissingError, NbdNetlink, NlAttrs, attach, decodeFamily, detach, decodeStatus, encodeConnect, encodeDisconnect,
   encodeGetFamily, encodeNlAttrs, encodeReconfigure, encodeStatus, parseNlError, parseNlMessages, reattach,
   type NetlinkBinding, type NlAttr,
 } from '../src/nbd/netlink.js';
@@ -209,6 +209,94 @@ t.test('NbdNetlink against a mock kernel: clear errors per errno', async (t) => 
 });
 
 const real = tryLoadNative();
+
+/**
+ * The mock kernel answering from "a worker thread" (later, never inline), as the addon's
+ * netlinkSendAsync does; a DISCONNECT can be held until `disconnectGate` resolves, as the real
+ * kernel holds it while it waits to send NBD_CMD_DISC on a socket nobody reads.
+ */
+class AsyncMockKernel extends MockKernel {
+  disconnectGate: Promise<void> | undefined;
+  async netlinkSendAsync(fd: number, m: Buffer): Promise<number> {
+    await new Promise((r) => setImmediate(r));
+    const [h] = parseNlMessages(m);
+    if (h!.type === this.family && h!.payload[0] === C.NBD_CMD_DISCONNECT && this.disconnectGate) await this.disconnectGate;
+    return this.netlinkSend(fd, m);
+  }
+}
+
+/** Attaches lun0 through kernel `k` and returns the attachment and the kernel end, as a socket. */
+async function attachVia(k: MockKernel, server: NbdServer, nl: NbdNetlink, index: number) {
+  k.answer = (s) => (s.cmd === C.NBD_CMD_CONNECT ? { reply: [{ type: C.NBD_ATTR_INDEX, u32: index }] } : {});
+  const att = await attach(nl, k, { server, exportName: 'lun0' });
+  const c = k.sent.filter((s) => s.cmd === C.NBD_CMD_CONNECT).at(-1)!;
+  const fd = c.attrs.nested(C.NBD_ATTR_SOCKETS)!.nested(C.NBD_SOCK_ITEM)!.u32(C.NBD_SOCK_FD)!;
+  return { att, kernelEnd: new net.Socket({ fd, readable: true, writable: true }) };
+}
+
+t.test('netlinkSendAsync: a generic netlink request from a worker thread, its answer read on the loop', { skip: real ? false : 'native addon not built' }, async (t) => {
+  const fd = real!.netlinkOpen(C.NETLINK_GENERIC);
+  const msg = encodeGetFamily('nlctrl', 42);
+  t.equal(await real!.netlinkSendAsync(fd, msg), msg.length, 'sent whole');
+  const rx = Buffer.alloc(65536);
+  let n = -1;
+  for (let i = 0; i < 100 && n < 0; i++) {
+    n = real!.netlinkRecv(fd, rx);
+    if (n < 0) await new Promise((r) => setTimeout(r, 10));
+  }
+  const replies = parseNlMessages(rx.subarray(0, n));
+  t.equal(replies[0]?.seq, 42, 'the kernel answered that request');
+  t.equal(decodeFamily(replies[0]!.payload)?.id, C.GENL_ID_CTRL, 'nlctrl is the controller family');
+  real!.close(fd);
+  await t.rejects(real!.netlinkSendAsync(fd, msg), { code: 'EBADF', syscall: 'sendto(AF_NETLINK)' }, 'errors reject with errno, code and syscall');
+});
+
+t.test('detach: a DISCONNECT answered at once leaves the connection alone until it is closed', { skip: real ? false : 'native addon not built' }, async (t) => {
+  const k = new AsyncMockKernel(real!);
+  const server = new NbdServer({ logger: silentLogger() });
+  server.addExport('lun0', new MemoryBackend({ size: 1 << 20 }));
+  const nl = await NbdNetlink.open(k);
+  const { att, kernelEnd } = await attachVia(k, server, nl, 2);
+  let aborted = 0;
+  await detach(nl, att, 200, () => aborted++);
+  t.equal(k.sent.at(-1)!.cmd, C.NBD_CMD_DISCONNECT);
+  t.equal(aborted, 0, 'nothing aborted');
+  // the connection still answers (the kernel would send NBD_CMD_DISC next)
+  const rd = new ByteReader(kernelEnd);
+  const req = Buffer.alloc(28);
+  req.writeUInt32BE(NC.NBD_REQUEST_MAGIC, 0); req.writeUInt16BE(NC.NBD_CMD_READ, 6); req.writeUInt32BE(512, 24);
+  kernelEnd.write(req);
+  t.equal((await rd.read(16 + 512)).readUInt32BE(4), 0, 'READ answered after the DISCONNECT');
+  kernelEnd.destroy();
+  await att.connection.closed;
+  nl.close();
+  await server.close();
+});
+
+t.test('detach: a DISCONNECT the kernel cannot finish while our end is open: the connection is closed under it after the grace', { skip: real ? false : 'native addon not built' }, async (t) => {
+  const k = new AsyncMockKernel(real!);
+  const server = new NbdServer({ logger: silentLogger() });
+  server.addExport('lun0', new MemoryBackend({ size: 1 << 20 }));
+  const nl = await NbdNetlink.open(k);
+  const { att, kernelEnd } = await attachVia(k, server, nl, 3);
+  // The kernel's DISC send waits until our end goes away (EOF on its end).
+  k.disconnectGate = new Promise<void>((r) => kernelEnd.once('end', () => r()));
+  kernelEnd.resume();
+  let ticks = 0;
+  const tick = setInterval(() => ticks++, 20);
+  let aborted = 0;
+  const t0 = Date.now();
+  await detach(nl, att, 200, () => aborted++);
+  clearInterval(tick);
+  t.equal(aborted, 1, 'told once that the connection is being closed');
+  t.ok(Date.now() - t0 >= 190, `answered after the grace (${Date.now() - t0} ms)`);
+  t.ok(ticks >= 5, `the event loop kept running while the kernel waited (${ticks} ticks)`);
+  t.equal(k.sent.at(-1)!.cmd, C.NBD_CMD_DISCONNECT);
+  await att.connection.closed;
+  kernelEnd.destroy();
+  nl.close();
+  await server.close();
+});
 
 t.test('attach: CONNECT with the kernel end of a socketpair, our end served (mock kernel, real socketpair)', { skip: real ? false : 'native addon not built' }, async (t) => {
   const k = new MockKernel(real!);

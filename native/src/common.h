@@ -1,8 +1,9 @@
 // Shared helpers of the srp-nbd native addon.
 //
 // Contract (STYLE.md item 8): this addon only makes system calls. Every function is
-// non-blocking, returns plain values, and reports failures as a JS Error carrying
-// `errno` (number), `code` (e.g. "ENODEV") and `syscall` (the failing call). Protocol
+// non-blocking (netlinkSendAsync makes its one blocking call on a libuv worker), returns plain
+// values, and reports failures as a JS Error carrying `errno` (number), `code` (e.g. "ENODEV")
+// and `syscall` (the failing call). Protocol
 // logic, retries, timers and state all live in TypeScript (src/native/native.ts).
 #pragma once
 #include <napi.h>
@@ -12,7 +13,8 @@
 
 namespace srpnbd {
 
-// Throws a JS Error for errno `err` raised by `syscall`.
+// A JS Error for errno `err` raised by `syscall` (errno, code, syscall set), and one thrown.
+Napi::Error ErrnoError(Napi::Env env, int err, const char* syscall);
 [[noreturn]] void ThrowErrno(Napi::Env env, int err, const char* syscall);
 // Throws a JS TypeError / RangeError with a message.
 [[noreturn]] void ThrowType(Napi::Env env, const std::string& msg);

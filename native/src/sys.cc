@@ -89,6 +89,53 @@ Napi::Value NetlinkSend(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, static_cast<double>(n));
 }
 
+// netlinkSendAsync(fd, message) -> Promise<bytes sent>: netlinkSend on a libuv worker thread.
+// A generic netlink request runs its kernel handler inside sendmsg, in the caller's thread; some
+// NBD handlers wait for the NBD socket (NBD_CMD_DISCONNECT sends NBD_CMD_DISC to the server on
+// it), and the server may be this process's own event loop. From a worker, the loop keeps
+// serving while the kernel works. The message is referenced until the call returns.
+class NetlinkSendWorker : public Napi::AsyncWorker {
+ public:
+  NetlinkSendWorker(Napi::Env env, int fd, Napi::Buffer<uint8_t> msg)
+      : Napi::AsyncWorker(env, "srp-nbd:netlinkSend"), deferred_(Napi::Promise::Deferred::New(env)), fd_(fd),
+        data_(msg.Data()), len_(msg.Length()), msg_(Napi::Persistent(msg)) {}
+  Napi::Promise Promise() const { return deferred_.Promise(); }
+
+  void Execute() override {
+    sockaddr_nl sa;
+    memset(&sa, 0, sizeof sa);
+    sa.nl_family = AF_NETLINK;
+    do {
+      sent_ = sendto(fd_, data_, len_, 0, reinterpret_cast<sockaddr*>(&sa), sizeof sa);
+    } while (sent_ < 0 && errno == EINTR);
+    err_ = sent_ < 0 ? errno : 0;
+  }
+  void OnOK() override {
+    Napi::Env env = Env();
+    if (err_ != 0) deferred_.Reject(ErrnoError(env, err_, "sendto(AF_NETLINK)").Value());
+    else deferred_.Resolve(Napi::Number::New(env, static_cast<double>(sent_)));
+  }
+  void OnError(const Napi::Error& e) override { deferred_.Reject(e.Value()); }
+
+ private:
+  Napi::Promise::Deferred deferred_;
+  int fd_;
+  const uint8_t* data_;
+  size_t len_;
+  Napi::Reference<Napi::Buffer<uint8_t>> msg_;
+  ssize_t sent_ = 0;
+  int err_ = 0;
+};
+
+Napi::Value NetlinkSendAsync(const Napi::CallbackInfo& info) {
+  int fd = ArgI32(info, 0, "fd");
+  auto buf = ArgBuffer(info, 1, "message");
+  auto* w = new NetlinkSendWorker(info.Env(), fd, buf);
+  Napi::Promise p = w->Promise();
+  w->Queue();  // deletes itself after OnOK/OnError
+  return p;
+}
+
 // netlinkRecv(fd, buffer) -> length of the datagram (may exceed buffer.length: truncated), or
 // -1 when nothing is queued (EAGAIN). Never blocks.
 Napi::Value NetlinkRecv(const Napi::CallbackInfo& info) {
@@ -151,6 +198,7 @@ void InitSys(Napi::Env env, Napi::Object exports) {
   exports.Set("getPeerCred", Napi::Function::New(env, GetPeerCred, "getPeerCred"));
   exports.Set("netlinkOpen", Napi::Function::New(env, NetlinkOpen, "netlinkOpen"));
   exports.Set("netlinkSend", Napi::Function::New(env, NetlinkSend, "netlinkSend"));
+  exports.Set("netlinkSendAsync", Napi::Function::New(env, NetlinkSendAsync, "netlinkSendAsync"));
   exports.Set("netlinkRecv", Napi::Function::New(env, NetlinkRecv, "netlinkRecv"));
   exports.Set("sendv", Napi::Function::New(env, SendV, "sendv"));
 }

@@ -23,7 +23,7 @@ import { reportLuns } from '../initiator/scsi-disk.js';
 import { describeIdentity, identityFromJSON, identityToJSON, type LunIdentity, sameIdentity } from '../initiator/lun-identity.js';
 import type { SrpTargetAddress } from '../initiator/target-address.js';
 import { tryLoadNative } from '../native/native.js';
-import { attach as nbdAttach, type NbdAttachment, NbdNetlink, type NetlinkBinding, reattach as nbdReattach } from '../nbd/netlink.js';
+import { attach as nbdAttach, detach as nbdDetach, type NbdAttachment, NbdNetlink, type NetlinkBinding, reattach as nbdReattach } from '../nbd/netlink.js';
 import { NbdServer } from '../nbd/server.js';
 import { TEST_INITIATOR_PORT_ID, TEST_TARGET_PORT_ID } from '../testing/test-fabric.js';
 import { type AnyAddress, deriveTargetId, formatAnyAddress, parseAnyAddress } from './address.js';
@@ -130,6 +130,8 @@ export interface DaemonOptions {
 
 /** Second look for members md failed just after the path came back (ms). */
 const MD_LATE_CHECK_MS = 5000;
+/** How long NBD_CMD_DISCONNECT may wait for the kernel before the device's connection is closed under it. */
+const DISCONNECT_GRACE_MS = 1000;
 
 const emptyTimes = (): Record<RportState, number> => Object.fromEntries(RPORT_STATES.map((s) => [s, 0])) as Record<RportState, number>;
 const hex16 = (n: bigint): string => n.toString(16).padStart(16, '0');
@@ -499,20 +501,30 @@ export class Daemon {
     rt.mdCancel?.abort();
     clearTimeout(rt.mdLate);
     for (const l of rt.luns) {
-      if (l.attachment) {
-        if (removeDevices) {
-          try {
-            const nb = await this.kernelNbd();
-            await nb.nl.disconnect(l.attachment.index);
-          } catch (e) {
-            rt.log.warn({ device: l.device, err: (e as Error).message }, 'NBD_CMD_DISCONNECT failed');
-          }
+      if (!l.attachment) continue;
+      if (removeDevices) {
+        try {
+          const nb = await this.kernelNbd();
+          const device = l.device;
+          await nbdDetach(nb.nl, l.attachment, DISCONNECT_GRACE_MS, () =>
+            rt.log.warn({ device }, 'the kernel is still sending on the device (its I/O is held here): closing the connection so that the disconnect completes'),
+          );
+        } catch (e) {
+          rt.log.warn({ device: l.device, err: (e as Error).message }, 'NBD_CMD_DISCONNECT failed');
         }
-        l.attachment.connection.close();
       }
-      await this.nbd.removeExport(l.exportName);
+      l.attachment.connection.close();
     }
+    // Devices gone (the kernel has failed their requests): held I/O ends now, not at
+    // fast_io_fail_tmo. Devices kept (daemon stop) keep the port until their connections have
+    // answered what they hold, as before.
+    if (removeDevices) await this.closePort(rt);
+    for (const l of rt.luns) await this.nbd.removeExport(l.exportName);
     rt.luns = [];
+    await this.closePort(rt);
+  }
+
+  private async closePort(rt: TargetRuntime): Promise<void> {
     const port = rt.port;
     rt.port = undefined;
     await port?.close().catch(() => undefined);

@@ -158,6 +158,11 @@ export interface NativeBinding {
   /** socket(AF_NETLINK, SOCK_RAW|SOCK_NONBLOCK|SOCK_CLOEXEC, protocol) + bind */
   netlinkOpen(protocol: number): number;
   netlinkSend(fd: number, message: Buffer): number;
+  /**
+   * netlinkSend on a libuv worker thread: the kernel's handler (which may wait for an NBD socket
+   * this process serves) runs while the event loop goes on. Resolves with the bytes sent.
+   */
+  netlinkSendAsync(fd: number, message: Buffer): Promise<number>;
   /** Length of the next datagram (may exceed buffer.length: truncated), or -1 when none is queued. */
   netlinkRecv(fd: number, buffer: Buffer): number;
   /**

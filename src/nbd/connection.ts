@@ -237,6 +237,16 @@ export class NbdConnection implements InputSink {
     this.stopReading();
   }
 
+  /**
+   * Ends the connection at once: the socket is destroyed and replies still to come are dropped
+   * (`closed` still waits for the backend to finish them). For a peer that must not wait for
+   * us, such as the kernel blocked sending on a device being disconnected.
+   */
+  abort(): void {
+    this.stopReading();
+    this.socket.destroy();
+  }
+
   /* ---------------------------------------------------------------- input */
 
   private expect(n: number): void {

@@ -297,7 +297,8 @@ export class NbdModuleMissingError extends NbdNetlinkError {
 
 /** What NbdNetlink needs from the addon. */
 export type NetlinkBinding = Pick<NativeBinding,
-  'netlinkOpen' | 'netlinkSend' | 'netlinkRecv' | 'setsockoptInt' | 'close' | 'pollStart' | 'pollStop' | 'pollRef' | 'socketPair'>;
+  'netlinkOpen' | 'netlinkSend' | 'netlinkRecv' | 'setsockoptInt' | 'close' | 'pollStart' | 'pollStop' | 'pollRef' | 'socketPair'> &
+  Partial<Pick<NativeBinding, 'netlinkSendAsync'>>;
 
 const RECV_BUF = 65536;
 
@@ -331,13 +332,23 @@ class GenlSocket {
       const seq = (this.seq = (this.seq + 1) >>> 0);
       const timer = setTimeout(() => this.settle(new Error(`netlink request got no answer within ${timeoutMs} ms`)), timeoutMs);
       this.pending = { seq, replies: [], resolve, reject, timer };
+      let message: Buffer;
       try {
-        this.b.netlinkSend(this.fd, build(seq));
+        message = build(seq);
+        if (!this.b.netlinkSendAsync) this.b.netlinkSend(this.fd, message);
       } catch (err) {
         this.settle(err as Error);
         return;
       }
-      this.drain();
+      if (this.b.netlinkSendAsync) {
+        // The kernel's handler runs in sendmsg; off the event loop it may wait for an NBD socket
+        // this process serves (DISCONNECT does) without stopping the loop that serves it.
+        this.b.netlinkSendAsync(this.fd, message).catch((err: Error) => {
+          if (this.pending?.seq === seq) this.settle(err);
+        });
+      } else {
+        this.drain();
+      }
       if (this.pending && !this.poller) this.poller = this.b.pollStart(this.fd, 1, () => this.drain());
     });
     const p = this.chain.then(run, run);
@@ -535,6 +546,28 @@ export async function attach(nl: NbdNetlink, b: NetlinkBinding, opts: AttachOpti
     throw err;
   } finally {
     b.close(kernelFd);
+  }
+}
+
+/**
+ * NBD_CMD_DISCONNECT for an attached device. The kernel's handler first sends NBD_CMD_DISC on the
+ * device's socket, behind any request it is still sending there; when our connection has stopped
+ * reading (over its in-flight limits, e.g. with writes held by a path outage), that send waits
+ * for us. After `graceMs` without an answer our end is closed (`onAbort` is told first): the
+ * kernel's send fails, it fails the device's outstanding requests and the disconnect completes.
+ */
+export async function detach(nl: NbdNetlink, att: NbdAttachment, graceMs = 1000, onAbort?: () => void): Promise<void> {
+  const done = nl.disconnect(att.index);
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<'late'>((resolve) => (timer = setTimeout(() => resolve('late'), graceMs)));
+  try {
+    if ((await Promise.race([done, late])) === 'late') {
+      onAbort?.();
+      att.connection.abort();
+      await done;
+    }
+  } finally {
+    clearTimeout(timer);
   }
 }
 
