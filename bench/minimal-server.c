@@ -14,6 +14,7 @@
 #include <endian.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -135,24 +136,22 @@ static void transmission(int fd, int structured) {
   static struct iovec iov[MAX_IOV];
   size_t have = 0;
   for (;;) {
-    ssize_t r = read(fd, in + have, sizeof in - have);
-    if (r <= 0) return;
-    have += (size_t)r;
     size_t pos = 0, hpos = 0;
-    int n = 0;
+    int n = 0, stop = 0;
     while (have - pos >= REQUEST_SIZE && n + 2 <= MAX_IOV) {
       const unsigned char *q = in + pos;
       uint16_t type = get16(q + 6);
       uint64_t offset = get64(q + 16);
       uint32_t length = get32(q + 24);
-      if (get32(q) != NBD_REQUEST_MAGIC || type == NBD_CMD_DISC) return;
-      if (type != NBD_CMD_FLUSH && (length > MAX_REQUEST || offset > disk_size || length > disk_size - offset)) return;
+      if (get32(q) != NBD_REQUEST_MAGIC || type == NBD_CMD_DISC) { stop = 1; break; }
+      if (type != NBD_CMD_FLUSH && (length > MAX_REQUEST || offset > disk_size || length > disk_size - offset)) { stop = 1; break; }
       if (type == NBD_CMD_WRITE) {
         if (have - pos < REQUEST_SIZE + (size_t)length) break; /* payload not all here yet */
         memcpy(disk + offset, q + REQUEST_SIZE, length);
         pos += length;
       } else if (type != NBD_CMD_READ && type != NBD_CMD_FLUSH) {
-        return;
+        stop = 1;
+        break;
       }
       pos += REQUEST_SIZE;
       unsigned char *h = headers + hpos;
@@ -174,6 +173,7 @@ static void transmission(int fd, int structured) {
       }
       if (type == NBD_CMD_READ) iov[n++] = (struct iovec){disk + offset, length};
     }
+    /* Answers leave before a disconnect; the socket is blocking, so writev returns once it has taken some. */
     for (int i = 0; i < n;) {
       ssize_t w = writev(fd, iov + i, n - i);
       if (w <= 0) return;
@@ -183,8 +183,13 @@ static void transmission(int fd, int structured) {
         iov[i].iov_len -= (size_t)w;
       }
     }
+    if (stop) return;
     memmove(in, in + pos, have - pos);
     have -= pos;
+    if (n > 0) continue; /* more whole requests may be waiting behind the batch limit */
+    ssize_t r = read(fd, in + have, sizeof in - have);
+    if (r <= 0) return;
+    have += (size_t)r;
   }
 }
 
@@ -193,6 +198,7 @@ int main(int argc, char **argv) {
     fprintf(stderr, "usage: %s SOCKET_PATH|PORT SIZE_MIB\n", argv[0]);
     return 2;
   }
+  signal(SIGPIPE, SIG_IGN); /* a client gone mid-reply ends its connection, not the server */
   disk_size = strtoull(argv[2], NULL, 10) << 20;
   disk = calloc(1, disk_size);
   int one = 1, listener;

@@ -92,9 +92,14 @@ function ok(cmd: string, args: string[]): Promise<boolean> {
   return new Promise((resolve) => execFile(cmd, args, (err) => resolve(!err)));
 }
 
-/** CPU seconds a process has used so far (all its threads), from /proc/PID/stat. */
+/** CPU seconds a process has used so far (all its threads), from /proc/PID/stat; NaN once it is gone. */
 function cpuSeconds(pid: number): number {
-  const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+  let stat: string;
+  try {
+    stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+  } catch {
+    return NaN;
+  }
   const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
   return (Number(fields[11]) + Number(fields[12])) / clockTicks; // utime, stime
 }

@@ -122,10 +122,14 @@ async function workload(t: Test, connect: () => Promise<RawClient>, structured: 
 t.test('every reply goes out through sendv when the addon is there', async (t) => {
   let calls = 0;
   let bytes = 0;
+  let refused = 0;
   const counting: SendV = (fd, bufs, start, count) => {
     calls++;
     const n = native.sendv(fd, bufs, start, count);
     if (n > 0) bytes += n;
+    let offered = 0;
+    for (let i = start; i < start + count; i++) offered += bufs[i]!.length;
+    if (n < offered) refused++; // the socket took less than offered (short send, or -1)
     return n;
   };
   const srv = await startServer({ disk: new MemoryBackend({ size: 8 * MiB }) }, { sendv: counting });
@@ -144,6 +148,24 @@ t.test('every reply goes out through sendv when the addon is there', async (t) =
     c.close();
   }
   t.ok(calls >= 100, `${calls} sendv calls`);
+
+  // A client that stops reading: the socket fills under sendv, the rest goes through the stream.
+  const c = await overUnix(srv.socketPath)();
+  await c.go('disk');
+  c.socket.pause();
+  const before = refused;
+  const n = 200;
+  c.write(Buffer.concat(Array.from({ length: n }, (_, i) => encodeRequest(C.NBD_CMD_READ, 0, BigInt(i), i * 4096, 4096))));
+  await new Promise((r) => setTimeout(r, 300));
+  t.ok(refused > before, 'the socket itself took less than offered');
+  c.socket.resume();
+  // A RAM export answers READs as they come, so in request order.
+  for (let i = 0; i < n; i++) {
+    const r = await c.simpleReply(4096);
+    if (r.error !== 0 || r.cookie !== BigInt(i)) t.fail(`reply ${i}: error ${r.error}, cookie ${r.cookie}`);
+  }
+  t.pass(`${n} READ replies of 4 KiB in order after the socket filled`);
+  c.close();
 });
 
 t.test('short sends and a full socket at every turn: the rest leaves through the stream, in order', async (t) => {

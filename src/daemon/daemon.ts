@@ -517,7 +517,7 @@ export class Daemon {
     }
     // Devices gone (the kernel has failed their requests): held I/O ends now, not at
     // fast_io_fail_tmo. Devices kept (daemon stop) keep the port until their connections have
-    // answered what they hold, as before.
+    // answered what they hold.
     if (removeDevices) await this.closePort(rt);
     for (const l of rt.luns) await this.nbd.removeExport(l.exportName);
     rt.luns = [];

@@ -308,7 +308,9 @@ class GenlSocket {
   private seq = Math.floor(Math.random() * 0x7fff_ffff);
   private readonly rx = Buffer.alloc(RECV_BUF);
   private poller = 0;
-  private pending: { seq: number; replies: NlMessage[]; resolve: (r: NlMessage[]) => void; reject: (e: Error) => void; timer: NodeJS.Timeout } | undefined;
+  private pending: { seq: number; replies: NlMessage[]; resolve: (r: NlMessage[]) => void; reject: (e: Error) => void; timer: NodeJS.Timeout | undefined } | undefined;
+  /** A send still in the kernel (netlinkSendAsync): the fd is closed only after it. */
+  private sending: Promise<void> | undefined;
   private chain: Promise<unknown> = Promise.resolve();
   onNotification: ((m: NlMessage) => void) | undefined;
 
@@ -326,28 +328,42 @@ class GenlSocket {
     if (!this.poller) this.poller = this.b.pollStart(this.fd, 1, () => this.drain());
   }
 
-  /** Sends one request (built for a sequence number) and resolves with its replies once ACKed. */
+  /**
+   * Sends one request (built for a sequence number) and resolves with its replies once ACKed.
+   * The timeout counts from the end of the send: the kernel runs its handler inside sendmsg and
+   * has queued its answer by the time the send returns, and fds named in the request (an NBD
+   * socket) stay the caller's to close only once the kernel is done with them. A send the kernel
+   * keeps (it waits for something) keeps the request, and the ones behind it, waiting.
+   */
   request(build: (seq: number) => Buffer, timeoutMs = 5000): Promise<NlMessage[]> {
     const run = () => new Promise<NlMessage[]>((resolve, reject) => {
       const seq = (this.seq = (this.seq + 1) >>> 0);
-      const timer = setTimeout(() => this.settle(new Error(`netlink request got no answer within ${timeoutMs} ms`)), timeoutMs);
-      this.pending = { seq, replies: [], resolve, reject, timer };
-      let message: Buffer;
+      const pending = { seq, replies: [] as NlMessage[], resolve, reject, timer: undefined as NodeJS.Timeout | undefined };
+      this.pending = pending;
+      const sent = (): void => {
+        if (this.pending !== pending) return; // answered already
+        pending.timer = setTimeout(() => this.settle(new Error(`netlink request got no answer within ${timeoutMs} ms`)), timeoutMs);
+      };
       try {
-        message = build(seq);
-        if (!this.b.netlinkSendAsync) this.b.netlinkSend(this.fd, message);
+        const message = build(seq);
+        if (this.b.netlinkSendAsync) {
+          // Off the event loop, a handler that waits for an NBD socket this process serves
+          // (DISCONNECT does) does not stop the loop that serves it.
+          const send = this.b.netlinkSendAsync(this.fd, message).then(sent, (err: Error) => {
+            if (this.pending === pending) this.settle(err);
+          });
+          this.sending = send;
+          void send.finally(() => {
+            if (this.sending === send) this.sending = undefined;
+          });
+        } else {
+          this.b.netlinkSend(this.fd, message);
+          sent();
+          this.drain();
+        }
       } catch (err) {
         this.settle(err as Error);
         return;
-      }
-      if (this.b.netlinkSendAsync) {
-        // The kernel's handler runs in sendmsg; off the event loop it may wait for an NBD socket
-        // this process serves (DISCONNECT does) without stopping the loop that serves it.
-        this.b.netlinkSendAsync(this.fd, message).catch((err: Error) => {
-          if (this.pending?.seq === seq) this.settle(err);
-        });
-      } else {
-        this.drain();
       }
       if (this.pending && !this.poller) this.poller = this.b.pollStart(this.fd, 1, () => this.drain());
     });
@@ -404,7 +420,9 @@ class GenlSocket {
     if (this.poller) this.b.pollStop(this.poller);
     this.poller = 0;
     this.settle(new Error('netlink socket closed'));
-    this.b.close(this.fd);
+    // A worker still in sendto on this fd: closing now could hand the number to another socket.
+    if (this.sending) void this.sending.finally(() => this.b.close(this.fd));
+    else this.b.close(this.fd);
   }
 }
 
