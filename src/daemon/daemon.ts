@@ -487,6 +487,8 @@ export class Daemon {
     this.netlink ??= (async () => {
       const b = tryLoadNative();
       if (!b) throw new Error('the native addon is not built (npm run build:native)');
+      // Without it, NBD netlink requests would block the event loop (and a detach could deadlock).
+      if (typeof b.netlinkSendAsync !== 'function') throw new Error('the native addon is out of date (no netlinkSendAsync): npm run build:native');
       return { nl: await NbdNetlink.open(b), b };
     })();
     const p = this.netlink;
