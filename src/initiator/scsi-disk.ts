@@ -904,13 +904,13 @@ export class ScsiDisk {
   }
 }
 
-/** ILLEGAL REQUEST / INVALID COMMAND OPERATION CODE or INVALID FIELD IN CDB: the LU does not do this. */
 /** How FUA is honoured for a caching mode (Linux sd rules); a refused FUA bit stays emulated. */
 function fuaMethod(cache: CacheInfo, fuaRefused: boolean): DiskLimits['fua'] {
   if (!cache.writeCacheEnabled) return 'write-through';
   return cache.dpoFua && !fuaRefused ? 'fua' : 'sync-cache';
 }
 
+/** ILLEGAL REQUEST / INVALID COMMAND OPERATION CODE or INVALID FIELD IN CDB: the LU does not do this. */
 function isUnsupported(e: ScsiError): boolean {
   const s = e.sense;
   return (

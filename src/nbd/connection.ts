@@ -20,6 +20,7 @@
  */
 import type { Socket } from 'node:net';
 import type { Logger } from 'pino';
+import type { NativeBinding } from '../native/native.js';
 import { type Backend, toNbdErrno, transmissionFlags } from './backend.js';
 import { BufferPool } from './buffer-pool.js';
 import type { InputSink } from './socket-input.js';
@@ -68,7 +69,7 @@ export interface ConnectionOptions {
    * system call on the socket's fd while nothing is queued in the socket, instead of through
    * the socket's stream machinery.
    */
-  sendv?: (fd: number, buffers: Buffer[], start: number, count: number) => number;
+  sendv?: NativeBinding['sendv'];
 }
 
 export interface ConnectionStats {
@@ -800,33 +801,33 @@ export class NbdConnection implements InputSink {
     this.out = [];
     this.outPooled = [];
     this.outBytes = 0;
-    if (this.socketClosed || this.socket.destroyed) {
+    const release = (): void => {
       for (const buf of pooled) this.opts.pool.release(buf);
-      return;
-    }
+    };
+    if (this.socketClosed || this.socket.destroyed) return release();
     let first = 0;
     if (this.fd >= 0 && this.socket.writableLength === 0) {
       try {
         first = this.sendDirect(out);
       } catch (err) {
-        for (const buf of pooled) this.opts.pool.release(buf);
+        release();
         this.socket.destroy(err as Error);
         return;
       }
-      if (first === out.length) {
-        for (const buf of pooled) this.opts.pool.release(buf);
-        this.slabStart = this.slabPos = 0;
-        return;
-      }
     }
-    const release = pooled.length === 0 ? undefined : () => pooled.forEach((buf) => this.opts.pool.release(buf));
-    if (out.length - first === 1) {
-      this.socket.write(out[first]!, release);
+    if (first === out.length) {
+      release(); // all in the kernel
     } else {
-      this.socket.cork();
-      for (let i = first; i < out.length - 1; i++) this.socket.write(out[i]!);
-      this.socket.write(out[out.length - 1]!, release);
-      this.socket.uncork();
+      // The rest through the stream; pooled buffers go back once it has written them.
+      const done = pooled.length === 0 ? undefined : release;
+      if (out.length - first === 1) {
+        this.socket.write(out[first]!, done);
+      } else {
+        this.socket.cork();
+        for (let i = first; i < out.length - 1; i++) this.socket.write(out[i]!);
+        this.socket.write(out[out.length - 1]!, done);
+        this.socket.uncork();
+      }
     }
     // Written through at once (the usual case): the slab can be filled again from the start.
     if (this.socket.writableLength === 0) this.slabStart = this.slabPos = 0;
