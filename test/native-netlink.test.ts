@@ -225,13 +225,20 @@ class AsyncMockKernel extends MockKernel {
   }
 }
 
-/** Attaches lun0 through kernel `k` and returns the attachment and the kernel end, as a socket. */
-async function attachVia(k: MockKernel, server: NbdServer, nl: NbdNetlink, index: number) {
+/**
+ * A RAM export lun0 attached as /dev/nbd<index> through an AsyncMockKernel: the kernel, the
+ * server, the netlink client, the attachment and the kernel end of the socketpair, as a socket.
+ */
+async function attachedThroughAsyncKernel(index: number) {
+  const k = new AsyncMockKernel(real!);
+  const server = new NbdServer({ logger: silentLogger() });
+  server.addExport('lun0', new MemoryBackend({ size: 1 << 20 }));
+  const nl = await NbdNetlink.open(k);
   k.answer = (s) => (s.cmd === C.NBD_CMD_CONNECT ? { reply: [{ type: C.NBD_ATTR_INDEX, u32: index }] } : {});
   const att = await attach(nl, k, { server, exportName: 'lun0' });
   const c = k.sent.filter((s) => s.cmd === C.NBD_CMD_CONNECT).at(-1)!;
   const fd = c.attrs.nested(C.NBD_ATTR_SOCKETS)!.nested(C.NBD_SOCK_ITEM)!.u32(C.NBD_SOCK_FD)!;
-  return { att, kernelEnd: new net.Socket({ fd, readable: true, writable: true }) };
+  return { k, server, nl, att, kernelEnd: new net.Socket({ fd, readable: true, writable: true }) };
 }
 
 t.test('netlinkSendAsync: a generic netlink request from a worker thread, its answer read on the loop', { skip: real ? false : 'native addon not built' }, async (t) => {
@@ -252,11 +259,7 @@ t.test('netlinkSendAsync: a generic netlink request from a worker thread, its an
 });
 
 t.test('detach: a DISCONNECT answered at once leaves the connection alone until it is closed', { skip: real ? false : 'native addon not built' }, async (t) => {
-  const k = new AsyncMockKernel(real!);
-  const server = new NbdServer({ logger: silentLogger() });
-  server.addExport('lun0', new MemoryBackend({ size: 1 << 20 }));
-  const nl = await NbdNetlink.open(k);
-  const { att, kernelEnd } = await attachVia(k, server, nl, 2);
+  const { k, server, nl, att, kernelEnd } = await attachedThroughAsyncKernel(2);
   let aborted = 0;
   await detach(nl, att, 200, () => aborted++);
   t.equal(k.sent.at(-1)!.cmd, C.NBD_CMD_DISCONNECT);
@@ -274,11 +277,7 @@ t.test('detach: a DISCONNECT answered at once leaves the connection alone until 
 });
 
 t.test('detach: a DISCONNECT the kernel cannot finish while our end is open: the connection is closed under it after the grace', { skip: real ? false : 'native addon not built' }, async (t) => {
-  const k = new AsyncMockKernel(real!);
-  const server = new NbdServer({ logger: silentLogger() });
-  server.addExport('lun0', new MemoryBackend({ size: 1 << 20 }));
-  const nl = await NbdNetlink.open(k);
-  const { att, kernelEnd } = await attachVia(k, server, nl, 3);
+  const { k, server, nl, att, kernelEnd } = await attachedThroughAsyncKernel(3);
   // The kernel's DISC send waits until our end goes away (EOF on its end).
   k.disconnectGate = new Promise<void>((r) => kernelEnd.once('end', () => r()));
   kernelEnd.resume();
