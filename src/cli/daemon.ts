@@ -1,6 +1,7 @@
 /**
  * `srp-nbd daemon`: loads the configuration, re-attaches the persisted set, serves the control API
- * and the NBD exports until SIGTERM/SIGINT. Ready (systemd Type=notify) once the persisted targets
+ * and the NBD exports until SIGTERM/SIGINT (SIGHUP, SIGUSR1 and SIGUSR2 are
+ * logged and ignored: src/cli/signals.ts). Ready (systemd Type=notify) once the persisted targets
  * had their first attach attempt and the control socket accepts requests.
  */
 import { spawn } from 'node:child_process';
@@ -10,6 +11,7 @@ import { ConfigError, type DaemonConfig, loadConfig, parseConfig } from '../daem
 import { Daemon } from '../daemon/daemon.js';
 import { createLogger } from '../util/log.js';
 import { UsageError } from './serve.js';
+import { handleSignals } from './signals.js';
 
 export const DAEMON_USAGE = `usage: srp-nbd daemon [--config FILE] [--socket PATH] [--nbd-socket PATH] [--state-dir DIR] [--log-level LEVEL] [--check]
 
@@ -24,6 +26,7 @@ Exit status: 0 after a clean stop, 1 on a runtime failure, 2 for a usage or conf
 `;
 
 export async function daemon(argv: string[]): Promise<number> {
+  const signals = handleSignals();
   const { values } = parseArgs({
     args: argv,
     options: {
@@ -59,6 +62,7 @@ export async function daemon(argv: string[]): Promise<number> {
     return 0;
   }
   const logger = createLogger(cfg.log_level, 'srp-nbd');
+  signals.setLogger(logger);
   await removeStaleSocket(cfg.control_socket); // refuse to start next to a running daemon
   const d = new Daemon({ config: cfg, logger });
   await d.start();
@@ -71,10 +75,7 @@ export async function daemon(argv: string[]): Promise<number> {
   }
   logger.info({ control: cfg.control_socket, nbd: cfg.nbd_socket, state: d.store.file, tcp: api.tcpPort ?? null, targets: d.list().length }, 'srp-nbd daemon ready');
   notifyReady(logger);
-  const signal = await new Promise<string>((resolve) => {
-    process.once('SIGINT', () => resolve('SIGINT'));
-    process.once('SIGTERM', () => resolve('SIGTERM'));
-  });
+  const signal = await signals.stop;
   logger.info({ signal }, 'stopping: exports closed, kernel devices kept for the next start');
   await api.close();
   await d.close();

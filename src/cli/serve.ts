@@ -11,6 +11,7 @@ import { DEFAULT_TMO, parseTmo, type TmoParams, validateTmo } from '../fsm/timer
 import { startTestTarget } from '../testing/test-fabric.js';
 import { createLogger } from '../util/log.js';
 import { parseSize } from '../util/size.js';
+import { handleSignals } from './signals.js';
 
 export const SERVE_USAGE = `usage: srp-nbd serve (--memory SIZE | --file PATH | --test-target) [--unix PATH] [--tcp [HOST:]PORT]
                      [--name NAME] [--read-only] [--block-size N] [--log-level LEVEL]
@@ -34,7 +35,7 @@ export const SERVE_USAGE = `usage: srp-nbd serve (--memory SIZE | --file PATH | 
 
 Without --unix or --tcp the server listens on TCP 127.0.0.1:10809.
 Prints one line per listener ("listening on unix:PATH" / "listening on tcp:HOST:PORT")
-and runs until SIGINT or SIGTERM.
+and runs until SIGINT or SIGTERM (SIGHUP, SIGUSR1 and SIGUSR2 are logged and ignored).
 `;
 
 export async function serve(argv: string[]): Promise<number> {
@@ -66,7 +67,9 @@ export async function serve(argv: string[]): Promise<number> {
   if (sources !== 1) throw new UsageError('serve: give exactly one of --memory SIZE, --file PATH or --test-target');
   const minimumBlockSize = sizeArg('--block-size', values['block-size']!);
   const readOnly = values['read-only']!;
+  const signals = handleSignals();
   const logger = createLogger(values['log-level']);
+  signals.setLogger(logger);
   const server = new NbdServer({ logger });
   let stop = async (): Promise<void> => {};
   if (values['test-target']) {
@@ -99,10 +102,7 @@ export async function serve(argv: string[]): Promise<number> {
     process.stdout.write(`listening on tcp:${host}:${bound}\n`);
   }
   logger.info({ exports: server.list().map((e) => ({ name: e.name, size: e.backend.size })) }, 'serving');
-  await new Promise<void>((resolve) => {
-    process.once('SIGINT', resolve);
-    process.once('SIGTERM', resolve);
-  });
+  await signals.stop;
   await server.close();
   await stop();
   return 0;
