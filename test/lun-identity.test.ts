@@ -137,7 +137,7 @@ t.test('end to end: probe, identity change on the LU, probe again', async (t) =>
   const r = sameIdentity(first, second);
   t.equal(r.same, false);
   t.equal(r.differences.length, 3, r.differences.join('; '));
-  t.match(r.differences[0], /^T10 vendor ID designator changed: "SRPNBD  RAM LUN:disk-A" -> "SRPNBD  RAM LUN:disk-B"$/);
+  t.match(r.differences[0], /^T10 vendor ID designator changed: "SRPNBD {2}RAM LUN:disk-A" -> "SRPNBD {2}RAM LUN:disk-B"$/);
   t.match(r.differences[1], /^NAA designator changed: naa\.[0-9a-f]{32} -> naa\.[0-9a-f]{32}$/);
   t.equal(r.differences[2], 'serial number changed: "disk-A" -> "disk-B"');
 
