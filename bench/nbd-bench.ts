@@ -20,6 +20,7 @@ import { type ChildProcess, execFile, execFileSync, spawn } from 'node:child_pro
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import { cpuSeconds, median } from './proc-stats.js';
 
 const RUNTIME = Number(process.env.BENCH_RUNTIME ?? 5);
 const REPEAT = Number(process.env.BENCH_REPEAT ?? 3);
@@ -61,7 +62,6 @@ const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'srp-nbd-bench-'));
 const bin = new URL('../../bin/srp-nbd.js', import.meta.url).pathname;
 const minimalSource = new URL('../../bench/minimal-server.c', import.meta.url).pathname;
 const minimalBin = path.join(dir, 'minimal-server');
-const clockTicks = Number(execFileSync('getconf', ['CLK_TCK']).toString().trim()) || 100;
 
 function spawnServer(kind: Kind, transport: Transport, sock: string, port: number): ChildProcess {
   const sizeMiB = String(parseInt(SIZE, 10));
@@ -92,18 +92,6 @@ function ok(cmd: string, args: string[]): Promise<boolean> {
   return new Promise((resolve) => execFile(cmd, args, (err) => resolve(!err)));
 }
 
-/** CPU seconds a process has used so far (all its threads), from /proc/PID/stat; NaN once it is gone. */
-function cpuSeconds(pid: number): number {
-  let stat: string;
-  try {
-    stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
-  } catch {
-    return NaN;
-  }
-  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  return (Number(fields[11]) + Number(fields[12])) / clockTicks; // utime, stime
-}
-
 function fio(server: Server, w: Workload, runtime: number): Promise<Run> {
   const args = [
     '--name=bench', '--ioengine=nbd', `--uri=${server.uri}`, `--rw=${w.rw}`, `--bs=${w.bs}`, `--iodepth=${w.qd}`,
@@ -120,8 +108,6 @@ function fio(server: Server, w: Workload, runtime: number): Promise<Run> {
     });
   });
 }
-
-const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 
 /** The run whose rate is the median of the row's runs (its CPU figures go with it). */
 const medianRun = (runs: Run[]): Run => {

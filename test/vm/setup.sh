@@ -26,10 +26,11 @@ T0=$(date +%s)
 # qemu-system-x86: the VM; busybox-static, kmod, cpio: initramfs; the rest runs in the guest:
 # soft-RoCE user space and tools (rdma-core, ibverbs-*, rdmacm-utils, perftest), the NBD
 # client, md, fio, LIO's targetcli (the scenarios write configfs directly), sg3-utils,
-# iproute2 (ip, tc, rdma), e2fsprogs.
+# iproute2 (ip, tc, rdma), e2fsprogs; nbdkit and strace for bench-e2e (the kernel-NBD
+# yardstick and system-call counts).
 PKGS="qemu-system-x86 rdma-core ibverbs-providers ibverbs-utils rdmacm-utils perftest
   nbd-client mdadm busybox-static kmod cpio fio targetcli-fb iproute2 sg3-utils
-  procps util-linux e2fsprogs gzip"
+  procps util-linux e2fsprogs gzip nbdkit strace"
 if [ "${SKIP_APT:-0}" != 1 ]; then
   missing=""
   for p in $PKGS; do

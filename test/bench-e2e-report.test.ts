@@ -1,0 +1,80 @@
+/**
+ * The bench:e2e report: strace -c summaries and fio JSON results turned into rows, ratios
+ * against ib_srp, CPU and system calls per I/O, and the table written between the markers of
+ * docs/performance.md. Inputs are written here in the formats fio and strace print.
+ */
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import t from 'tap';
+import { buildRows, markdownTable, parseStraceSummary } from '../bench/e2e-report.js';
+
+// strace 6.1 `-c -f` output (a row without errors has five fields, the total line is skipped).
+const STRACE = `% time     seconds  usecs/call     calls    errors syscall
+------ ----------- ----------- --------- --------- ----------------
+ 45.10    0.120000          30      4000           sendmsg
+ 30.00    0.080000          10      8000      2000 read
+ 24.90    0.066000          33      2000           epoll_wait
+------ ----------- ----------- --------- --------- ----------------
+100.00    0.266000          19     14000      2000 total
+`;
+
+t.test('strace -c summary: calls per syscall, most frequent first', async (t) => {
+  const s = parseStraceSummary(STRACE);
+  t.equal(s.total, 14000);
+  t.same(s.top, [['read', 8000], ['sendmsg', 4000], ['epoll_wait', 2000]]);
+  t.equal(parseStraceSummary('strace: Process 1 detached\n').total, 0);
+});
+
+function fioJson(rw: 'read' | 'write', iops: number, ios: number, bw: number): string {
+  const side = { iops, total_ios: ios, bw_bytes: bw };
+  const idle = { iops: 0, total_ios: 0, bw_bytes: 0 };
+  return 'fio: note\n' + JSON.stringify({ jobs: [{ read: rw === 'read' ? side : idle, write: rw === 'write' ? side : idle }] });
+}
+
+t.test('rows: medians, ratio and paired range, CPU and syscalls per I/O', async (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'e2e-report-'));
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const w = 'randread-4k-qd32';
+  const runs: [string, number, number, string][] = [
+    // initiator, rep, IOPS, CPU seconds of the serving process
+    ['srp-nbd', 0, 800, '4.000'],
+    ['ib_srp', 0, 1000, '-'],
+    ['nbdkit', 0, 2000, '2.000'],
+    ['srp-nbd', 1, 900, '3.600'],
+    ['ib_srp', 1, 1000, '-'],
+    ['nbdkit', 1, 2200, '2.200'],
+  ];
+  const tsv: string[] = [];
+  for (const [i, r, iops, cpu] of runs) {
+    fs.writeFileSync(path.join(dir, `${w}-${i}-${r}.json`), fioJson('read', iops, iops * 8, iops * 4096));
+    tsv.push(`${w}\t${i}\t${r}\trun\t${cpu}\t8.1`);
+  }
+  fs.writeFileSync(path.join(dir, `${w}-srp-nbd.strace`), STRACE);
+  fs.writeFileSync(path.join(dir, `${w}-srp-nbd-strace.json`), fioJson('read', 500, 2000, 0));
+  tsv.push(`${w}\tsrp-nbd\t-\tstrace\t-\t-`);
+  fs.writeFileSync(path.join(dir, 'runs.tsv'), tsv.join('\n') + '\n');
+
+  const [row] = buildRows(dir);
+  t.equal(row!.workload, w);
+  t.equal(row!.unit, 'IOPS');
+  t.same(row!.cells['srp-nbd'].rates, [800, 900]);
+  t.equal(row!.cells['srp-nbd'].median, 900, 'upper median of two');
+  t.equal(row!.ratio, 0.9);
+  t.same(row!.pairedRange, [0.8, 0.9]);
+  // 4.0 s / 6400 I/Os = 625 µs, 3.6 s / 7200 = 500 µs: median (upper) 625
+  t.equal(row!.cells['srp-nbd'].cpuUsPerIo, 625);
+  t.equal(row!.cells.ib_srp.cpuUsPerIo, null, 'no process figure for the kernel initiator');
+  t.equal(row!.cells['srp-nbd'].syscallsPerIo, 7, '14,000 calls over 2,000 I/Os');
+  t.equal(row!.cells['srp-nbd'].topSyscalls[0], 'read 4.00');
+  t.equal(row!.cells.nbdkit.syscallsPerIo, null);
+  t.equal(row!.target, 0.8);
+
+  const table = markdownTable([row!], [
+    { workload: w, server: 'memory', iops: 10000, cpuUsPerIo: 10 },
+    { workload: w, server: 'test-target', iops: 5000, cpuUsPerIo: 35 },
+  ]);
+  t.match(table, /\| randread-4k-qd32 \| 900 IOPS \| 1000 \| 2200 \| \*\*0\.90\*\* \(0\.80–0\.90\) \| ≥ 0\.8 \|/);
+  t.match(table, /\| 625 \| 125 \| 5\.0x \| 7\.0 \| – \|/);
+  t.match(table, /\*\*3\.5x\*\*/, 'host row: test-target / memory CPU');
+});

@@ -1,0 +1,97 @@
+#!/bin/bash
+# End-to-end data-path benchmark (npm run bench:e2e): one LIO ib_srpt ramdisk LUN, reached in
+# the same boot by
+#   srp-nbd  the daemon over soft-RoCE, /dev/nbd0
+#   ib_srp   the kernel initiator, /dev/sdX (logged in at the same time, same LUN)
+#   nbdkit   nbdkit's memory plugin through nbd-client, /dev/nbd1: the kernel NBD path with a
+#            C server, the yardstick for what /dev/nbdN itself carries here
+# For every workload the three run one after the other, REPS times, who goes first rotating.
+# Each run is fio (libaio, O_DIRECT, RUNTIME s); the daemon's and nbdkit's CPU time (all
+# threads, /proc/PID/stat) is read around it. A second, shorter pass per workload runs the
+# daemon and nbdkit under `strace -c -f` to count their system calls per I/O (strace slows
+# them, so rates of that pass are not used). Results: $OUT_DIR/e2e/*.json (fio) and
+# $OUT_DIR/e2e/runs.tsv; bench/e2e-report.ts turns them into the table.
+# Env: RUNTIME=8 REPS=2 STRACE_RUNTIME=4 LUN_MIB=256 WORKLOADS="randread-4k-qd32 ..."
+# vm-default: no
+# vm-timeout: 3000
+. "$(dirname "$0")/../guest-lib.sh"
+RUNTIME=${RUNTIME:-8}; REPS=${REPS:-2}; STRACE_RUNTIME=${STRACE_RUNTIME:-4}; LUN_MIB=${LUN_MIB:-256}
+WORKLOADS=${WORKLOADS:-randread-4k-qd32 randwrite-4k-qd32 randread-4k-qd1 read-1m-qd8 write-1m-qd8}
+E2E=$OUT_DIR/e2e
+mkdir -p "$E2E"; : > "$E2E/runs.tsv"
+echo "RUNTIME=$RUNTIME s, REPS=$REPS, STRACE_RUNTIME=$STRACE_RUNTIME s, LUN $LUN_MIB MiB, kernel $(uname -r), $(nproc) vCPUs (TCG)" > "$E2E/params"
+log "bench-e2e: RUNTIME=$RUNTIME REPS=$REPS STRACE_RUNTIME=$STRACE_RUNTIME LUN_MIB=$LUN_MIB"
+
+setup_bench 1 "ram:$LUN_MIB:512"
+
+# srp-nbd
+daemon_up
+attach_nbd e2e "$(srp_target_string 0)" nbd0
+SRP_DEV=/dev/nbd0
+# ib_srp on the same target port and LUN
+kib_srp_login 0 || die "ib_srp login"
+wait_for 30 kib_srp_have 1 || die "no ib_srp disk"
+KIB_DEV=/dev/$(kib_srp_disks | head -n1)
+# nbdkit + nbd-client
+nbdkit --unix /tmp/nbdkit.sock --pidfile /tmp/nbdkit.pid memory "${LUN_MIB}M" || die "nbdkit"
+wait_for 10 test -s /tmp/nbdkit.pid || die "nbdkit pid file"
+NBDKIT_PID=$(cat /tmp/nbdkit.pid)
+nbd-client -u /tmp/nbdkit.sock /dev/nbd1 -b 512 >/dev/null 2>&1 || die "nbd-client /dev/nbd1"
+wait_for 10 nbd_connected nbd1 || die "nbd-client: /dev/nbd1 not connected"
+pass setup "srp-nbd $SRP_DEV (daemon pid $DAEMON_PID), ib_srp $KIB_DEV, nbdkit /dev/nbd1 (pid $NBDKIT_PID)"
+
+dev_of() { case $1 in srp-nbd) echo $SRP_DEV ;; ib_srp) echo "$KIB_DEV" ;; nbdkit) echo /dev/nbd1 ;; esac; }
+pid_of() { case $1 in srp-nbd) echo "$DAEMON_PID" ;; nbdkit) echo "$NBDKIT_PID" ;; *) echo - ;; esac; }
+# cpu_ticks PID: utime + stime of every thread, clock ticks; "-" without a process
+cpu_ticks() {
+  [ "$1" = - ] && { echo -; return; }
+  local s; s=$(cat "/proc/$1/stat") || { echo -; return; }
+  s=${s##*) }; set -- $s; echo $(( ${12} + ${13} ))
+}
+for i in srp-nbd ib_srp nbdkit; do
+  d=$(dev_of $i); q=/sys/block/${d##*/}/queue
+  note "device-$i" "$d max_sectors_kb=$(sysfs_get $q/max_sectors_kb) max_hw_sectors_kb=$(sysfs_get $q/max_hw_sectors_kb) nr_requests=$(sysfs_get $q/nr_requests) size=$(blockdev --getsize64 "$d")"
+done
+# Fill every device once so reads find data (and the ramdisk has its pages).
+for i in srp-nbd ib_srp nbdkit; do
+  dd if=/dev/zero of="$(dev_of $i)" bs=1M count="$LUN_MIB" oflag=direct status=none || fail "fill-$i" "dd"
+done
+
+# fio_run INITIATOR WORKLOAD SECONDS OUT: one fio job on the initiator's device, JSON to OUT
+fio_run() {
+  local rw bs qd; IFS=- read -r rw bs qd <<<"$2"; qd=${qd#qd}
+  fio --name=e2e --filename="$(dev_of "$1")" --direct=1 --ioengine=libaio --rw="$rw" --bs="$bs" \
+      --iodepth="$qd" --runtime="$3" --time_based --group_reporting --output-format=json >"$4" 2>"$4.err"
+}
+ticks=$(getconf CLK_TCK)
+order=(srp-nbd ib_srp nbdkit)
+for w in $WORKLOADS; do
+  for ((r=0; r<REPS; r++)); do
+    for ((j=0; j<3; j++)); do
+      i=${order[$(( (r + j) % 3 ))]}; pid=$(pid_of $i); out=$E2E/$w-$i-$r.json
+      c0=$(cpu_ticks "$pid"); t0=$(now)
+      fio_run "$i" "$w" "$RUNTIME" "$out" || fail "fio-$w-$i-$r" "$(tail -n 3 "$out.err")"
+      c1=$(cpu_ticks "$pid")
+      cpu=-; [ "$c0" != - ] && [ "$c1" != - ] && cpu=$(awk -v a="$c0" -v b="$c1" -v t="$ticks" 'BEGIN{printf "%.3f", (b-a)/t}')
+      printf '%s\t%s\t%s\trun\t%s\t%s\n' "$w" "$i" "$r" "$cpu" "$(since "$t0")" >> "$E2E/runs.tsv"
+    done
+  done
+  log "bench-e2e: $w measured"
+done
+# System calls per I/O: the same job, shorter, with strace -c -f attached to the server.
+for w in $WORKLOADS; do
+  for i in srp-nbd nbdkit; do
+    pid=$(pid_of $i); out=$E2E/$w-$i-strace.json
+    strace -c -f -p "$pid" -o "$E2E/$w-$i.strace" &
+    sp=$!; nap 1
+    fio_run "$i" "$w" "$STRACE_RUNTIME" "$out" || fail "fio-strace-$w-$i" "$(tail -n 3 "$out.err")"
+    kill -INT "$sp"; wait "$sp" 2>/dev/null
+    printf '%s\t%s\t-\tstrace\t-\t-\n' "$w" "$i" >> "$E2E/runs.tsv"
+  done
+done
+check daemon-alive kill -0 "$DAEMON_PID"
+check srp-nbd-still-running target_state_is e2e running
+check fio-verify-after fio_verify $SRP_DEV 4M
+nbd-client -d /dev/nbd1 >/dev/null 2>&1
+kill "$NBDKIT_PID" 2>/dev/null
+finish
