@@ -34,7 +34,7 @@ t.test('CLI round trip: attach, list, status, set, reconnect, detach (text and -
 
   const again = await cli(['daemon', '--config', configFile], { socket: false });
   t.equal(again.code, 1, 'a second daemon on the same socket is refused');
-  t.match(again.stderr, /another srp-nbd daemon is listening on/);
+  t.match(again.stderr, /another srp-nbd daemon \(pid \d+\) is using the state directory/);
 
   const a = await cli(['attach', `test-target,name=a,luns=2,lun_size=16M,image_dir=${imageDir}`, '--dev-loss-tmo', '120']);
   t.equal(a.code, 0, a.stderr);

@@ -1,10 +1,11 @@
 // Plain system calls for the NBD side: socketpair, close, setsockopt, raw netlink sockets and a
 // gathered non-blocking send for NBD replies; and getsockopt(SO_PEERCRED) for the daemon's control
-// socket.
+// socket; flock(2) for the daemon's instance lock.
 // Generic netlink messages are built and parsed in TypeScript (src/nbd/netlink.ts).
 #include "common.h"
 
 #include <linux/netlink.h>
+#include <sys/file.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <climits>
@@ -189,6 +190,23 @@ Napi::Value SendV(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, static_cast<double>(n));
 }
 
+// flockExclusive(fd) -> true when this open file now holds an exclusive flock(2), false when
+// another open file holds one (EWOULDBLOCK). Never blocks. The lock goes with the last close of
+// the file (or the process's death), so it cannot go stale.
+Napi::Value FlockExclusive(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = ArgI32(info, 0, "fd");
+  int r;
+  do {
+    r = flock(fd, LOCK_EX | LOCK_NB);
+  } while (r < 0 && errno == EINTR);
+  if (r < 0) {
+    if (errno == EWOULDBLOCK) return Napi::Boolean::New(env, false);
+    ThrowErrno(env, errno, "flock");
+  }
+  return Napi::Boolean::New(env, true);
+}
+
 }  // namespace
 
 void InitSys(Napi::Env env, Napi::Object exports) {
@@ -201,6 +219,7 @@ void InitSys(Napi::Env env, Napi::Object exports) {
   exports.Set("netlinkSendAsync", Napi::Function::New(env, NetlinkSendAsync, "netlinkSendAsync"));
   exports.Set("netlinkRecv", Napi::Function::New(env, NetlinkRecv, "netlinkRecv"));
   exports.Set("sendv", Napi::Function::New(env, SendV, "sendv"));
+  exports.Set("flockExclusive", Napi::Function::New(env, FlockExclusive, "flockExclusive"));
 }
 
 }  // namespace srpnbd

@@ -5,10 +5,14 @@
  * had their first attach attempt and the control socket accepts requests.
  */
 import { spawn } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
 import { parseArgs } from 'node:util';
 import { removeStaleSocket, startApi } from '../daemon/api.js';
 import { ConfigError, type DaemonConfig, loadConfig, parseConfig } from '../daemon/config.js';
 import { Daemon } from '../daemon/daemon.js';
+import { acquireInstanceLock, type InstanceLock } from '../daemon/instance-lock.js';
+import { tryLoadNative } from '../native/native.js';
 import { createLogger } from '../util/log.js';
 import { UsageError } from './serve.js';
 import { handleSignals } from './signals.js';
@@ -63,14 +67,19 @@ export async function daemon(argv: string[]): Promise<number> {
   }
   const logger = createLogger(cfg.log_level, 'srp-nbd');
   signals.setLogger(logger);
-  await removeStaleSocket(cfg.control_socket); // refuse to start next to a running daemon
-  const d = new Daemon({ config: cfg, logger });
-  await d.start();
+  const locks = takeInstanceLocks(cfg, logger);
+  let d: Daemon | undefined;
   let api;
   try {
+    // refuse to start next to a running daemon (an older one that takes no locks included)
+    await removeStaleSocket(cfg.control_socket);
+    await removeStaleSocket(cfg.nbd_socket);
+    d = new Daemon({ config: cfg, logger });
+    await d.start();
     api = await startApi(d, logger);
   } catch (e) {
-    await d.close();
+    await d?.close();
+    for (const l of locks) l.release();
     throw e;
   }
   logger.info({ control: cfg.control_socket, nbd: cfg.nbd_socket, state: d.store.file, tcp: api.tcpPort ?? null, targets: d.list().length }, 'srp-nbd daemon ready');
@@ -79,8 +88,40 @@ export async function daemon(argv: string[]): Promise<number> {
   logger.info({ signal }, 'stopping: exports closed, kernel devices kept for the next start');
   await api.close();
   await d.close();
+  for (const l of locks) l.release();
   logger.flush();
   return 0;
+}
+
+/**
+ * One daemon per state directory, control socket and NBD socket: flock(2) on daemon.lock in the
+ * state directory and on a `.lock` file beside each socket, taken before anything else is read or
+ * touched (src/daemon/instance-lock.ts). Without the native addon there is no flock: logged, and
+ * only the live-socket check guards.
+ */
+function takeInstanceLocks(cfg: DaemonConfig, logger: ReturnType<typeof createLogger>): InstanceLock[] {
+  const binding = tryLoadNative();
+  if (!binding) {
+    logger.warn('native addon not loaded: no instance lock (flock); only a live control socket stops a second daemon');
+    return [];
+  }
+  fs.mkdirSync(cfg.state_dir, { recursive: true, mode: 0o700 });
+  const wanted: [string, string][] = [
+    [path.join(cfg.state_dir, 'daemon.lock'), `state directory ${cfg.state_dir}`],
+    [`${cfg.control_socket}.lock`, `control socket ${cfg.control_socket}`],
+    [`${cfg.nbd_socket}.lock`, `NBD socket ${cfg.nbd_socket}`],
+  ];
+  const locks: InstanceLock[] = [];
+  try {
+    for (const [file, what] of wanted) {
+      fs.mkdirSync(path.dirname(file), { recursive: true, mode: 0o755 });
+      locks.push(acquireInstanceLock(file, what, binding));
+    }
+  } catch (e) {
+    for (const l of locks) l.release();
+    throw e;
+  }
+  return locks;
 }
 
 /** systemd Type=notify: `systemd-notify --ready` for our pid when NOTIFY_SOCKET is set (unit has NotifyAccess=all). */

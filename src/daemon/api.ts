@@ -9,6 +9,7 @@
  */
 import { createHash, timingSafeEqual } from 'node:crypto';
 import * as fs from 'node:fs';
+import * as http from 'node:http';
 import * as net from 'node:net';
 import * as path from 'node:path';
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
@@ -36,11 +37,54 @@ const HANDLERS: Record<RouteName, Handler> = {
   openapi: () => openApiDocument(VERSION),
 };
 
-const REASONS: Record<number, string> = { 400: 'Bad Request', 401: 'Unauthorized', 403: 'Forbidden', 404: 'Not Found', 409: 'Conflict', 415: 'Unsupported Media Type', 500: 'Internal Server Error', 502: 'Bad Gateway', 503: 'Service Unavailable' };
+const REASONS: Record<number, string> = {
+  400: 'Bad Request',
+  401: 'Unauthorized',
+  403: 'Forbidden',
+  404: 'Not Found',
+  409: 'Conflict',
+  415: 'Unsupported Media Type',
+  500: 'Internal Server Error',
+  502: 'Bad Gateway',
+  503: 'Service Unavailable',
+};
+
+/**
+ * Limits of every control listener, so a client that connects and sends nothing, or half a
+ * request, cannot hold a connection (and an fd) for long: the request's headers and body must
+ * arrive within REQUEST_TIMEOUT_MS, an idle keep-alive connection closes after KEEPALIVE_TIMEOUT_MS,
+ * both checked every CHECK_INTERVAL_MS; at most MAX_CONNECTIONS are open per listener (more are
+ * dropped at once); the daemon's stop closes every connection. A handler (an attach may log in for
+ * many seconds) is not limited: the timeouts cover receiving the request only.
+ */
+export const API_LIMITS = {
+  REQUEST_TIMEOUT_MS: 10_000,
+  KEEPALIVE_TIMEOUT_MS: 5_000,
+  CHECK_INTERVAL_MS: 1_000,
+  MAX_CONNECTIONS: 32,
+};
 
 /** Builds the fastify app; with `token`, every request needs it as a bearer token. */
 export function buildApp(daemon: Daemon, logger: Logger, opts: { token?: string } = {}): FastifyInstance {
-  const app = Fastify({ logger: false, bodyLimit: 64 * 1024 });
+  const app = Fastify({
+    logger: false,
+    bodyLimit: 64 * 1024,
+    forceCloseConnections: true,
+    // fastify sets keepAliveTimeout on the server it is given, so it is a fastify option
+    keepAliveTimeout: API_LIMITS.KEEPALIVE_TIMEOUT_MS,
+    serverFactory: (handler) => {
+      const server = http.createServer(
+        {
+          requestTimeout: API_LIMITS.REQUEST_TIMEOUT_MS,
+          headersTimeout: API_LIMITS.REQUEST_TIMEOUT_MS,
+          connectionsCheckingInterval: API_LIMITS.CHECK_INTERVAL_MS,
+        },
+        handler,
+      );
+      server.maxConnections = API_LIMITS.MAX_CONNECTIONS;
+      return server;
+    },
+  });
   const want = opts.token !== undefined ? createHash('sha256').update(opts.token).digest() : undefined;
   if (want) {
     app.addHook('onRequest', async (req, reply) => {
@@ -48,11 +92,17 @@ export function buildApp(daemon: Daemon, logger: Logger, opts: { token?: string 
       const m = typeof h === 'string' ? /^Bearer\s+(\S+)\s*$/i.exec(h) : null;
       const got = m ? createHash('sha256').update(m[1]!).digest() : undefined;
       if (!got || !timingSafeEqual(got, want)) {
-        logger.warn({ remote: req.ip, url: req.url, reason: m ? 'wrong token' : 'no bearer token' }, 'control request refused (401)');
+        logger.warn(
+          { remote: req.ip, url: req.url, reason: m ? 'wrong token' : 'no bearer token' },
+          'control request refused (401)',
+        );
         return reply
           .code(401)
           .header('www-authenticate', 'Bearer realm="srp-nbd"')
-          .send({ error: 'Unauthorized', message: m ? 'wrong bearer token' : 'this listener requires "Authorization: Bearer <token>"' });
+          .send({
+            error: 'Unauthorized',
+            message: m ? 'wrong bearer token' : 'this listener requires "Authorization: Bearer <token>"',
+          });
       }
     });
   }
@@ -65,7 +115,9 @@ export function buildApp(daemon: Daemon, logger: Logger, opts: { token?: string 
     void reply.code(status).send(body);
   });
   app.setNotFoundHandler((req, reply) => {
-    void reply.code(404).send({ error: 'Not Found', message: `no route ${req.method} ${req.url} (GET /openapi.json lists them)` });
+    void reply
+      .code(404)
+      .send({ error: 'Not Found', message: `no route ${req.method} ${req.url} (GET /openapi.json lists them)` });
   });
   for (const [name, r] of Object.entries(ROUTES) as [RouteName, RouteDef][]) {
     app.route({
@@ -77,13 +129,20 @@ export function buildApp(daemon: Daemon, logger: Logger, opts: { token?: string 
           const parsed = r.body.safeParse(req.body ?? undefined);
           if (!parsed.success) {
             const issues = zodIssues(parsed.error);
-            return reply.code(400).send({ error: 'Bad Request', message: `invalid request body: ${issues.map((i) => `${i.path}: ${i.message} [${i.rule}]`).join('; ')}`, issues });
+            return reply
+              .code(400)
+              .send({
+                error: 'Bad Request',
+                message: `invalid request body: ${issues.map((i) => `${i.path}: ${i.message} [${i.rule}]`).join('; ')}`,
+                issues,
+              });
           }
           body = parsed.data;
         }
         const params = req.params as Record<string, string>;
         const result = await HANDLERS[name](daemon, params, body);
-        if (r.method !== 'GET') logger.info({ route: name, params, status: r.status }, `control: ${r.method} ${req.url}`);
+        if (r.method !== 'GET')
+          logger.info({ route: name, params, status: r.status }, `control: ${r.method} ${req.url}`);
         reply.code(r.status);
         if (r.text) return reply.type('text/plain; version=0.0.4; charset=utf-8').send(result);
         return reply.send(result);
@@ -105,9 +164,16 @@ export function controlPeerAllowed(cred: PeerCred, ownUid: number): boolean {
  * (`binding` undefined) the socket mode alone keeps others out; that is logged once here.
  * Call before the app listens.
  */
-export function guardControlPeers(app: FastifyInstance, logger: Logger, binding: Pick<NativeBinding, 'getPeerCred'> | undefined, ownUid: number = process.getuid?.() ?? 0): void {
+export function guardControlPeers(
+  app: FastifyInstance,
+  logger: Logger,
+  binding: Pick<NativeBinding, 'getPeerCred'> | undefined,
+  ownUid: number = process.getuid?.() ?? 0,
+): void {
   if (!binding) {
-    logger.warn('native addon not loaded: control socket peers are not checked with SO_PEERCRED; the socket mode 0600 alone keeps other users out');
+    logger.warn(
+      'native addon not loaded: control socket peers are not checked with SO_PEERCRED; the socket mode 0600 alone keeps other users out',
+    );
     return;
   }
   /** refused connections -> the 403 message */
@@ -120,12 +186,21 @@ export function guardControlPeers(app: FastifyInstance, logger: Logger, binding:
       if (typeof fd !== 'number' || fd < 0) throw new Error('the accepted socket has no fd');
       cred = binding.getPeerCred(fd);
     } catch (e) {
-      logger.error({ err: (e as Error).message }, 'control connection refused: cannot read its peer credentials (SO_PEERCRED)');
-      refused.set(s, 'permission denied (root only): the daemon could not read the peer credentials of this connection');
+      logger.error(
+        { err: (e as Error).message },
+        'control connection refused: cannot read its peer credentials (SO_PEERCRED)',
+      );
+      refused.set(
+        s,
+        'permission denied (root only): the daemon could not read the peer credentials of this connection',
+      );
       return;
     }
     if (controlPeerAllowed(cred, ownUid)) return;
-    logger.warn({ pid: cred.pid, uid: cred.uid, gid: cred.gid }, `control connection refused: uid ${cred.uid} (pid ${cred.pid}) is neither root nor the daemon's uid ${ownUid}`);
+    logger.warn(
+      { pid: cred.pid, uid: cred.uid, gid: cred.gid },
+      `control connection refused: uid ${cred.uid} (pid ${cred.pid}) is neither root nor the daemon's uid ${ownUid}`,
+    );
     refused.set(s, `permission denied (root only): refused uid ${cred.uid} (pid ${cred.pid})`);
   });
   app.addHook('onRequest', async (req, reply) => {
@@ -150,50 +225,63 @@ export async function startApi(daemon: Daemon, logger: Logger): Promise<ApiListe
   const apps: FastifyInstance[] = [];
   const unixApp = buildApp(daemon, logger);
   guardControlPeers(unixApp, logger, tryLoadNative());
-  await removeStaleSocket(cfg.control_socket);
-  fs.mkdirSync(path.dirname(cfg.control_socket), { recursive: true, mode: 0o755 });
-  const old = process.umask(0o177);
-  try {
-    await unixApp.listen({ path: cfg.control_socket });
-  } finally {
-    process.umask(old);
-  }
-  fs.chmodSync(cfg.control_socket, CONTROL_SOCKET_MODE);
-  apps.push(unixApp);
-  logger.info({ socket: cfg.control_socket, mode: CONTROL_SOCKET_MODE.toString(8) }, 'control API on unix socket');
-  let tcpPort: number | undefined;
-  if (cfg.tcp) {
-    const tcpApp = buildApp(daemon, logger, { token: cfg.tcp.token });
-    await tcpApp.listen({ host: cfg.tcp.host, port: cfg.tcp.port });
-    tcpPort = (tcpApp.server.address() as net.AddressInfo).port;
-    apps.push(tcpApp);
-    logger.info({ host: cfg.tcp.host, port: tcpPort }, 'control API on TCP (bearer token required)');
-  }
-  return {
-    ...(tcpPort !== undefined ? { tcpPort } : {}),
-    close: async () => {
-      await Promise.all(apps.map((a) => a.close()));
-    },
+  const closeAll = async (): Promise<void> => {
+    await Promise.all(apps.map((a) => a.close()));
   };
+  try {
+    return await listenAll();
+  } catch (e) {
+    await closeAll(); // a listener that failed to start leaves nothing answering
+    throw e;
+  }
+
+  async function listenAll(): Promise<ApiListeners> {
+    await removeStaleSocket(cfg.control_socket);
+    fs.mkdirSync(path.dirname(cfg.control_socket), { recursive: true, mode: 0o755 });
+    const old = process.umask(0o177);
+    try {
+      await unixApp.listen({ path: cfg.control_socket });
+    } finally {
+      process.umask(old);
+    }
+    fs.chmodSync(cfg.control_socket, CONTROL_SOCKET_MODE);
+    apps.push(unixApp);
+    logger.info({ socket: cfg.control_socket, mode: CONTROL_SOCKET_MODE.toString(8) }, 'control API on unix socket');
+    let tcpPort: number | undefined;
+    if (cfg.tcp) {
+      const tcpApp = buildApp(daemon, logger, { token: cfg.tcp.token });
+      await tcpApp.listen({ host: cfg.tcp.host, port: cfg.tcp.port });
+      tcpPort = (tcpApp.server.address() as net.AddressInfo).port;
+      apps.push(tcpApp);
+      logger.info({ host: cfg.tcp.host, port: tcpPort }, 'control API on TCP (bearer token required)');
+    }
+    return { ...(tcpPort !== undefined ? { tcpPort } : {}), close: closeAll };
+  }
 }
 
-/** Removes a socket file nobody listens on; throws if a daemon answers on it. */
+/**
+ * Removes a socket file nobody listens on; throws if a daemon answers on it. Only ECONNREFUSED
+ * proves the socket stale: a daemon too busy to accept (EAGAIN, a full backlog) is alive, and
+ * any other error leaves the file alone.
+ */
 export async function removeStaleSocket(file: string): Promise<void> {
   let st: fs.Stats;
   try {
-    st = fs.statSync(file);
+    st = fs.lstatSync(file);
   } catch {
     return;
   }
-  if (!st.isSocket()) throw new Error(`${file} exists and is not a socket; remove it or choose another control_socket`);
-  const alive = await new Promise<boolean>((resolve) => {
+  if (!st.isSocket()) throw new Error(`${file} exists and is not a socket; remove it or choose another path`);
+  const probe = await new Promise<string | undefined>((resolve) => {
     const s = net.connect(file);
     s.once('connect', () => {
       s.destroy();
-      resolve(true);
+      resolve(undefined);
     });
-    s.once('error', () => resolve(false));
+    s.once('error', (e: NodeJS.ErrnoException) => resolve(e.code ?? 'error'));
   });
-  if (alive) throw new Error(`another srp-nbd daemon is listening on ${file}`);
+  if (probe === undefined || probe === 'EAGAIN') throw new Error(`another srp-nbd daemon is listening on ${file}`);
+  if (probe !== 'ECONNREFUSED')
+    throw new Error(`cannot tell whether ${file} is in use (${probe}); remove it if no daemon runs`);
   fs.unlinkSync(file);
 }

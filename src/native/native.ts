@@ -170,6 +170,11 @@ export interface NativeBinding {
    * bytes sent, or -1 when the socket buffer is full.
    */
   sendv(fd: number, buffers: Buffer[], start: number, count: number): number;
+  /**
+   * flock(fd, LOCK_EX|LOCK_NB): true when this open file now holds the lock, false when another
+   * one does. The lock ends with the file's last close or the process.
+   */
+  flockExclusive(fd: number): boolean;
 
   /* verbs: devices */
   /** Names of the RDMA devices; throws ENOSYS when the kernel has no RDMA support. */
