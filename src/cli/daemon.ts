@@ -67,6 +67,7 @@ export async function daemon(argv: string[]): Promise<number> {
   }
   const logger = createLogger(cfg.log_level, 'srp-nbd');
   signals.setLogger(logger);
+  warnAboutExposure(cfg, values.config, logger);
   const locks = takeInstanceLocks(cfg, logger);
   let d: Daemon | undefined;
   let api;
@@ -91,6 +92,28 @@ export async function daemon(argv: string[]): Promise<number> {
   for (const l of locks) l.release();
   logger.flush();
   return 0;
+}
+
+/** Warnings about a TCP listener whose token others could learn: no TLS off loopback, a readable config. */
+function warnAboutExposure(cfg: DaemonConfig, file: string | undefined, logger: ReturnType<typeof createLogger>): void {
+  if (!cfg.tcp) return;
+  const loopback = /^(127\.\d+\.\d+\.\d+|::1|localhost)$/.test(cfg.tcp.host);
+  if (!loopback) {
+    logger.warn(
+      { host: cfg.tcp.host },
+      'control API on TCP off loopback without TLS: the bearer token and every request travel in clear; ' +
+        'listen on 127.0.0.1 and reach it through an SSH tunnel or a TLS proxy',
+    );
+  }
+  if (file !== undefined) {
+    const mode = fs.statSync(file).mode & 0o777;
+    if (mode & 0o044) {
+      logger.warn(
+        { config: file, mode: mode.toString(8) },
+        `the configuration holds the TCP bearer token and is readable by others: chmod 600 ${file}`,
+      );
+    }
+  }
 }
 
 /**

@@ -14,6 +14,7 @@ import * as net from 'node:net';
 import * as path from 'node:path';
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import type { Logger } from 'pino';
+import { boundedField, rateLimitedWarn, urlForLog } from '../util/log.js';
 import { type NativeBinding, type PeerCred, tryLoadNative } from '../native/native.js';
 import { CONTROL_SOCKET_MODE, type TargetSpec, zodIssues } from './config.js';
 import { type Daemon, DaemonError, VERSION } from './daemon.js';
@@ -87,13 +88,14 @@ export function buildApp(daemon: Daemon, logger: Logger, opts: { token?: string 
   });
   const want = opts.token !== undefined ? createHash('sha256').update(opts.token).digest() : undefined;
   if (want) {
+    const warnRefused = rateLimitedWarn(logger);
     app.addHook('onRequest', async (req, reply) => {
       const h = req.headers.authorization;
       const m = typeof h === 'string' ? /^Bearer\s+(\S+)\s*$/i.exec(h) : null;
       const got = m ? createHash('sha256').update(m[1]!).digest() : undefined;
       if (!got || !timingSafeEqual(got, want)) {
-        logger.warn(
-          { remote: req.ip, url: req.url, reason: m ? 'wrong token' : 'no bearer token' },
+        warnRefused(
+          { remote: req.ip, url: urlForLog(req.url), reason: m ? 'wrong token' : 'no bearer token' },
           'control request refused (401)',
         );
         return reply
@@ -108,8 +110,9 @@ export function buildApp(daemon: Daemon, logger: Logger, opts: { token?: string 
   }
   app.setErrorHandler((err: Error & { statusCode?: number }, req, reply) => {
     const status = err instanceof DaemonError ? err.status : (err.statusCode ?? 500);
-    if (err instanceof DaemonError) logger.warn({ url: req.url, status, err: err.message }, 'control request refused');
-    else if (status >= 500) logger.error({ err, url: req.url }, 'control request failed');
+    const url = urlForLog(req.url);
+    if (err instanceof DaemonError) logger.warn({ url, status, err: boundedField(err.message) }, 'control request refused');
+    else if (status >= 500) logger.error({ err, url }, 'control request failed');
     const body: Record<string, unknown> = { error: REASONS[status] ?? 'Error', message: err.message };
     if (err instanceof DaemonError && err.details !== undefined) body.issues = err.details;
     void reply.code(status).send(body);
@@ -141,8 +144,10 @@ export function buildApp(daemon: Daemon, logger: Logger, opts: { token?: string 
         }
         const params = req.params as Record<string, string>;
         const result = await HANDLERS[name](daemon, params, body);
-        if (r.method !== 'GET')
-          logger.info({ route: name, params, status: r.status }, `control: ${r.method} ${req.url}`);
+        if (r.method !== 'GET') {
+          const logged = Object.fromEntries(Object.entries(params).map(([k, v]) => [k, boundedField(v)]));
+          logger.info({ route: name, params: logged, status: r.status }, `control: ${r.method} ${urlForLog(req.url)}`);
+        }
         reply.code(r.status);
         if (r.text) return reply.type('text/plain; version=0.0.4; charset=utf-8').send(result);
         return reply.send(result);
@@ -178,6 +183,7 @@ export function guardControlPeers(
   }
   /** refused connections -> the 403 message */
   const refused = new WeakMap<net.Socket, string>();
+  const warnRefused = rateLimitedWarn(logger);
   app.server.on('connection', (s: net.Socket) => {
     // Linux: an accepted unix socket's fd is on its libuv pipe handle.
     const fd = (s as unknown as { _handle?: { fd?: number } })._handle?.fd;
@@ -197,7 +203,7 @@ export function guardControlPeers(
       return;
     }
     if (controlPeerAllowed(cred, ownUid)) return;
-    logger.warn(
+    warnRefused(
       { pid: cred.pid, uid: cred.uid, gid: cred.gid },
       `control connection refused: uid ${cred.uid} (pid ${cred.pid}) is neither root nor the daemon's uid ${ownUid}`,
     );

@@ -170,7 +170,12 @@ export const tcpListenerSchema = z
   .object({
     host: z.string().min(1).default('127.0.0.1').describe('Address to listen on.'),
     port: z.number().int().min(0).max(65535).describe('TCP port (0 picks a free one, logged at start).'),
-    token: z.string().min(16, 'must be at least 16 characters').describe('Bearer token every request must carry (`Authorization: Bearer <token>`); keep the config file mode 0600.'),
+    token: z
+      .string()
+      .min(16, 'must be at least 16 characters')
+      .regex(/^[\x21-\x7e]+$/, 'printable ASCII without whitespace (a bearer token with whitespace can never match)')
+      .refine((t) => new Set(t).size >= 8, 'too weak: use at least 8 different characters (e.g. `openssl rand -hex 24`)')
+      .describe('Bearer token every request must carry (`Authorization: Bearer <token>`): printable ASCII, no whitespace, at least 8 different characters (e.g. `openssl rand -hex 24`); keep the config file mode 0600 (the daemon warns otherwise).'),
   })
   .strict()
   .describe('Optional REST listener on TCP; only with a bearer token.');
