@@ -103,7 +103,7 @@ async function listLuns(connector: ChannelConnector, ids: { initiatorPortId: Buf
 
 /** The in-process test target (no image files are opened: discovery never writes). */
 export async function discoverTestTarget(spec: TestTargetSpec): Promise<{ transport: string; via: string; luns: DiscoveredLun[] }> {
-  const { fabric, close } = createTestFabric({ ...spec, imageDir: undefined } as TestTargetSpec);
+  const { fabric, close } = await createTestFabric({ ...spec, imageDir: undefined } as TestTargetSpec);
   try {
     return { transport: TEST_TARGET_PREFIX, via: fabric.description, luns: await listLuns(fabric, { initiatorPortId: TEST_INITIATOR_PORT_ID, targetPortId: TEST_TARGET_PORT_ID }) };
   } finally {

@@ -5,8 +5,11 @@
  *   test-target[,name=NAME][,luns=N][,lun_size=SIZE][,block_size=512|4096][,image_dir=DIR]
  *
  * image_dir keeps each test LUN in a file (DIR/<name>-lun<N>.img, written through before a write is
- * acknowledged), so a daemon killed with -9 finds its data again at restart.
+ * acknowledged), so a daemon killed with -9 finds its data again at restart. DIR is absolute and
+ * normalized here; that it lies inside the state directory is checked when the images are opened
+ * (test-target.ts).
  */
+import * as path from 'node:path';
 import { formatTargetAddress, parseTargetAddress, type SrpTargetAddress, TargetAddressError } from '../initiator/target-address.js';
 import { parseSize } from '../util/size.js';
 
@@ -77,6 +80,9 @@ function parseTestTarget(s: string): TestTargetSpec {
         break;
       case 'image_dir':
         if (!v.startsWith('/')) throw new TargetAddressError(`bad image_dir '${v}': an absolute path`, key);
+        if (v.split('/').includes('..') || path.posix.normalize(v).replace(/\/+$/, '') !== v.replace(/\/+$/, '')) {
+          throw new TargetAddressError(`bad image_dir '${v}': a normalized path without '..' (inside the state directory)`, key);
+        }
         spec.imageDir = v;
         break;
       default:

@@ -356,7 +356,7 @@ export class Daemon {
     let connector: ChannelConnector;
     let ids: { initiatorPortId: Buffer; targetPortId: Buffer };
     if (rt.address.kind === 'test') {
-      const { fabric, close } = createTestFabric(rt.address.spec);
+      const { fabric, close } = await createTestFabric(rt.address.spec, this.config.state_dir);
       rt.closeTransport = close;
       connector = fabric;
       ids = { initiatorPortId: TEST_INITIATOR_PORT_ID, targetPortId: TEST_TARGET_PORT_ID };

@@ -20,7 +20,7 @@ fs.chmodSync(dir, 0o755); // others may traverse: only the socket's own mode kee
 export const controlSock = path.join(dir, 'control.sock');
 export const nbdSock = path.join(dir, 'nbd.sock');
 export const stateDir = path.join(dir, 'state');
-export const imageDir = path.join(dir, 'images');
+export const imageDir = path.join(stateDir, 'images'); // test-target images live under the state directory
 export const token = 'test-token-0123456789abcdef';
 export const configFile = path.join(dir, 'config.json');
 fs.writeFileSync(
