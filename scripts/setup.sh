@@ -10,11 +10,11 @@ if [ "$(id -u)" != 0 ]; then
   echo "setup.sh: run as root (apt-get install)" >&2
   exit 1
 fi
-apt-get update -qq
 # nbdkit, libnbd-bin (nbdinfo, nbdcopy), qemu-utils (qemu-img, qemu-io), fio:
 #   real NBD clients for the tests and the benchmark's peer server.
 # libibverbs-dev, librdmacm-dev, python3, make, g++: the native addon's build.
-apt-get install -y -qq --no-install-recommends \
-  nbdkit libnbd-bin qemu-utils fio libibverbs-dev librdmacm-dev \
-  python3 make g++ >/dev/null
+PKGS="nbdkit libnbd-bin qemu-utils fio libibverbs-dev librdmacm-dev python3 make g++"
+apt-get update -qq
+# shellcheck disable=SC2086
+apt-get install -y -qq --no-install-recommends $PKGS >/dev/null
 npm ci --no-audit --no-fund
