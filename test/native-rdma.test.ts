@@ -7,7 +7,7 @@ import { ScsiDisk } from '../src/initiator/scsi-disk.js';
 import { TransportError } from '../src/initiator/scsi-executor.js';
 import { SrpLoginRejectedError, SrpSession } from '../src/initiator/srp-session.js';
 import type { LoopbackTargetEnd } from '../src/initiator/loopback.js';
-import { MockRdmaBinding } from '../src/native/mock-binding.js';
+import { MockRdmaBinding } from '../src/testing/mock-rdma-binding.js';
 import { tryLoadNative, readWc, type NativeBinding } from '../src/native/native.js';
 import * as R from '../src/native/rdma-constants.js';
 import { encodeSockaddrIb, encodeSockaddrIp } from '../src/native/sockaddr.js';

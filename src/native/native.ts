@@ -1,11 +1,12 @@
 /**
  * The native addon's whole surface, typed (native/src/*.cc), and its loader.
  *
- * The addon only makes system calls (STYLE.md item 8): every function is non-blocking, returns
- * plain values and throws a NativeError (errno/code/syscall) on failure. Objects are small integer
- * handles; fds are watched with pollStart() and read with the matching "get" call until it reports
- * nothing more. Classes that use the addon take a NativeBinding as a parameter, so the same tests
- * run against the real addon and against MockRdmaBinding (mock-binding.ts).
+ * The addon only makes system calls; protocol logic, retries, timers and state live in
+ * TypeScript. Every function is non-blocking, returns plain values and throws a NativeError
+ * (errno/code/syscall) on failure. Objects are small integer handles; fds are watched with
+ * pollStart() and read with the matching "get" call until it reports nothing more. Classes that
+ * use the addon take a NativeBinding as a parameter, so the same tests run against the real addon
+ * and against MockRdmaBinding (src/testing/mock-rdma-binding.ts).
  */
 import { createRequire } from 'node:module';
 import * as fs from 'node:fs';

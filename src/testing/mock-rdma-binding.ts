@@ -13,8 +13,8 @@ import { TransportError } from '../initiator/scsi-executor.js';
 import { Emitter, type ChannelEvents, type ChannelState, type ConnectAnswer, type TargetChannelTransport } from '../initiator/transport.js';
 import type {
   AsyncEvent, CmEvent, CmIdInfo, ConnParam, DeviceAttr, MrInfo, NativeBinding, PortAttr, QpAttr, QpCaps, QpInit, RdmaObjectCounts,
-} from './native.js';
-import * as R from './rdma-constants.js';
+} from '../native/native.js';
+import * as R from '../native/rdma-constants.js';
 
 interface MockMr { pd: number; buf: Buffer; addr: bigint; lkey: number; rkey: number; access: number }
 interface MockCq { compChannel: number; wcs: Buffer[]; armed: boolean }
