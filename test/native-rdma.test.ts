@@ -2,7 +2,7 @@
 // the same transport over MockRdmaBinding carrying the real SRP session to the test SRP target.
 import { randomBytes } from 'node:crypto';
 import t from 'tap';
-import { RdmaChannelTransport, RdmaUnavailableError, checkRdmaAvailable, parkedCmIds, type RdmaTransportOptions } from '../src/initiator/rdma-transport.js';
+import { RdmaChannelTransport, RdmaUnavailableError, checkRdmaAvailable, parkedCmIds, type RdmaTransportOptions } from '../src/initiator/rdma/index.js';
 import { ScsiDisk } from '../src/initiator/scsi-disk.js';
 import { TransportError } from '../src/initiator/scsi-executor.js';
 import { SrpLoginRejectedError, SrpSession } from '../src/initiator/srp-session.js';

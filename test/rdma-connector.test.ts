@@ -4,7 +4,7 @@
 import t, { type Test } from 'tap';
 import pino from 'pino';
 import { SrpPort } from '../src/fsm/srp-port.js';
-import { createRdmaConnector, srpPortIds } from '../src/initiator/rdma-transport.js';
+import { createRdmaConnector, srpPortIds } from '../src/initiator/rdma/index.js';
 import { SrpSession } from '../src/initiator/srp-session.js';
 import { parseTargetAddress } from '../src/initiator/target-address.js';
 import type { TransportError } from '../src/initiator/scsi-executor.js';

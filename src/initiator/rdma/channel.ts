@@ -9,7 +9,7 @@
  * buffer pools given in options are registered once per connection, so registerBuffer() of a view
  * into one costs no system call. Everything is released on close, on loss and on failed connects.
  *
- * Failure detection (DESIGN.md, lab facts): QP async events (PORT_ERR, QP_FATAL, DEVICE_FATAL), CM
+ * Failure detection: QP async events (PORT_ERR, QP_FATAL, DEVICE_FATAL), CM
  * DISCONNECTED / DEVICE_REMOVAL, failed work completions, and probe() (a zero-length RDMA WRITE) for a
  * silent black hole, which fails after (retryCount + 1) × 4.096 µs × 2^ackTimeout. retryCount is
  * kept ≤ 6 because 7 means "retry forever" on rxe; the ACK timeout is set with rdma_set_option.
@@ -17,14 +17,16 @@
  * Address resolution uses a short timeout with retries (100 ms: it waits the whole timeout when no
  * neighbour entry exists yet, then succeeds).
  */
-import { TransportError } from './scsi-executor.js';
-import { SRP_LOGIN_REJ, SRP_LOGIN_RSP } from './srp-constants.js';
-import { decodeLoginRsp } from './srp-iu.js';
-import type { SrpLogger } from './srp-session.js';
-import { Emitter, type ChannelEvents, type ChannelState, type ChannelTransport, type LoginForm, type MemoryRegion } from './transport.js';
-import { readWc, type AsyncEvent, type CmEvent, type DeviceAttr, type NativeBinding, type NativeError } from '../native/native.js';
-import * as R from '../native/rdma-constants.js';
-import { encodeRdmaAddress, formatRdmaAddress, type RdmaAddress } from '../native/sockaddr.js';
+import { TransportError } from '../scsi-executor.js';
+import { SRP_LOGIN_REJ, SRP_LOGIN_RSP } from '../srp-constants.js';
+import { decodeLoginRsp } from '../srp-iu.js';
+import type { SrpLogger } from '../srp-session.js';
+import { Emitter, type ChannelEvents, type ChannelState, type ChannelTransport, type LoginForm, type MemoryRegion } from '../transport.js';
+import { readWc, type AsyncEvent, type CmEvent, type DeviceAttr, type NativeBinding, type NativeError } from '../../native/native.js';
+import * as R from '../../native/rdma-constants.js';
+import { encodeRdmaAddress, formatRdmaAddress, type RdmaAddress } from '../../native/sockaddr.js';
+import { AsyncEventHub } from './async-event-hub.js';
+import { ParkedIds } from './parked-ids.js';
 
 export interface RdmaTransportOptions {
   dst: RdmaAddress;
@@ -73,115 +75,6 @@ const silent: SrpLogger = { debug() {}, info() {}, warn() {}, error() {} };
 const WR_RECV = 0x10_0000;
 const WR_PROBE = 0x20_0000;
 const POLL_BATCH = 64;
-
-/* ------------------------------------------------------ device async events */
-
-type AsyncListener = (ev: AsyncEvent) => void;
-
-/** One poller per device context, shared by every channel on that device. */
-class AsyncEventHub {
-  private static readonly hubs = new Map<NativeBinding, Map<number, AsyncEventHub>>();
-  private readonly listeners = new Set<AsyncListener>();
-  private poller = 0;
-  private constructor(private readonly b: NativeBinding, private readonly ctx: number, private readonly fd: number) {}
-
-  static subscribe(b: NativeBinding, ctx: number, asyncFd: number, fn: AsyncListener): () => void {
-    let m = this.hubs.get(b);
-    if (!m) this.hubs.set(b, (m = new Map()));
-    let hub = m.get(ctx);
-    if (!hub) m.set(ctx, (hub = new AsyncEventHub(b, ctx, asyncFd)));
-    hub.listeners.add(fn);
-    if (!hub.poller) {
-      hub.poller = b.pollStart(asyncFd, 1, () => hub!.drain());
-      b.pollRef(hub.poller, false);
-    }
-    const h = hub;
-    return () => {
-      h.listeners.delete(fn);
-      if (h.listeners.size === 0 && h.poller) {
-        b.pollStop(h.poller);
-        h.poller = 0;
-      }
-    };
-  }
-
-  private drain(): void {
-    for (;;) {
-      let ev: AsyncEvent | null;
-      try {
-        ev = this.b.getAsyncEvent(this.ctx);
-      } catch {
-        return;
-      }
-      if (!ev) return;
-      for (const fn of [...this.listeners]) fn(ev);
-    }
-  }
-  get fdNumber(): number {
-    return this.fd;
-  }
-}
-
-/* ------------------------------------------------------------ parked cm ids */
-
-/**
- * cm ids whose teardown waits for their port to be ACTIVE again.
- *
- * rdma_disconnect, and rdma_destroy_id of a connected (or connecting) id, make the kernel CM send a
- * MAD (DREQ, REJ) through the device's GSI QP. On rxe (6.1) such a send while the netdev is down
- * fails in the requester: the GSI QP goes to ERROR, ib_mad moves it back to RTS, which on rxe
- * restores only its send side: from then on the device never receives another CM MAD, so every
- * later login through it gets no REP at all (seen in the guest: the target sends REPs, the
- * initiator's rxe counts none). The same sequence broke the kernel ib_srp's re-login after
- * dev_loss_tmo. So when a channel is lost while its port is down we flush its QP (modify to ERR),
- * release everything else, and keep only the id (and its event channel) here; when PORT_ACTIVE
- * arrives the id is disconnected and destroyed normally, and the DREQ reaches the target.
- */
-class ParkedIds {
-  private static readonly parked = new Map<NativeBinding, Map<string, { ids: { id: number; channel: number }[]; unsubscribe: () => void }>>();
-
-  static park(b: NativeBinding, ctx: number, port: number, asyncFd: number, id: number, channel: number, log: SrpLogger): void {
-    let m = this.parked.get(b);
-    if (!m) this.parked.set(b, (m = new Map()));
-    const key = `${ctx}/${port}`;
-    let e = m.get(key);
-    if (!e) {
-      const entry = { ids: [] as { id: number; channel: number }[], unsubscribe: () => {} };
-      entry.unsubscribe = AsyncEventHub.subscribe(b, ctx, asyncFd, (ev) => {
-        if (ev.type === R.IBV_EVENT_PORT_ACTIVE && ev.portNum === port) this.release(b, key, log);
-      });
-      m.set(key, (e = entry));
-    }
-    e.ids.push({ id, channel });
-    log.info({ port, parked: e.ids.length }, 'rdma: port down: cm id kept until the port is active again (no DREQ through a downed port)');
-  }
-
-  /** Disconnects and destroys the parked ids of one port (on PORT_ACTIVE); safe to call again. */
-  private static release(b: NativeBinding, key: string, log: SrpLogger): void {
-    const m = this.parked.get(b);
-    const e = m?.get(key);
-    if (!m || !e) return;
-    m.delete(key);
-    e.unsubscribe();
-    for (const { id, channel } of e.ids) {
-      try { b.cmDisconnect(id); } catch { /* not connected */ }
-      try { b.cmDestroyId(id); } catch (err) { log.warn({ err }, 'rdma: destroying a parked cm id failed'); }
-      try { b.cmDestroyChannel(channel); } catch (err) { log.warn({ err }, 'rdma: destroying a parked event channel failed'); }
-    }
-  }
-
-  /** Ids parked for this binding (status, tests). */
-  static count(b: NativeBinding): number {
-    let n = 0;
-    for (const e of this.parked.get(b)?.values() ?? []) n += e.ids.length;
-    return n;
-  }
-}
-
-/** cm ids of lost channels waiting for their port to come back before they are torn down. */
-export function parkedCmIds(b: NativeBinding): number {
-  return ParkedIds.count(b);
-}
 
 /* ------------------------------------------------------------ errors */
 
@@ -775,164 +668,4 @@ export class RdmaChannelTransport extends Emitter<RdmaChannelEvents> implements 
     this.id = 0;
     this.channel = 0;
   }
-}
-
-/* ------------------------------------------------------------ connector (daemon) */
-
-/** Options of createRdmaConnector() (the daemon's per-target options). */
-export interface RdmaConnectorOptions {
-  /** local ACK timeout exponent (4.096 µs × 2^n) */
-  ackTimeout: number;
-  /** transport retry count 0..6 */
-  retryCount: number;
-  /** zero-length RDMA WRITE keep-alive period on every live channel; 0 = off */
-  keepaliveIntervalMs: number;
-  logger: SrpLogger;
-  /** the native binding; default: the built addon (loadNative) */
-  binding?: NativeBinding;
-  /** overrides the derived initiator port id (16 bytes) */
-  initiatorPortId?: Buffer;
-  /** per-channel transport options (tests, tuning) */
-  transport?: Partial<Omit<RdmaTransportOptions, 'dst' | 'src' | 'ackTimeout' | 'retryCount' | 'keepaliveIntervalMs' | 'logger'>>;
-}
-
-/** The part of SrpTargetAddress the connector needs (src/initiator/target-address.ts). */
-export interface RdmaCmTargetAddress {
-  transport: 'ib-cm' | 'rdma-cm';
-  idExt: bigint;
-  iocGuid: bigint;
-  dest?: { family: 4 | 6; address: string; scopeId?: string; port?: number };
-  src?: { family: 4 | 6; address: string; scopeId?: string; port?: number };
-  initiatorExt?: bigint;
-  ioClass?: number;
-}
-
-/** ib_srp's SRP_REV10_IB_IO_CLASS: the port ids are laid out the other way round. */
-const SRP_REV10_IB_IO_CLASS = 0x0100;
-
-/**
- * The 16-byte port ids of a login, as ib_srp lays them out (srp_send_req): target = id_ext ‖ ioc_guid,
- * initiator = initiator_ext ‖ a host identifier (ib_srp uses the source GID's interface id; we use a
- * stable per-host id so every path of this host is one initiator to the target). Rev. 10 io_class
- * swaps both halves.
- */
-export function srpPortIds(addr: Pick<RdmaCmTargetAddress, 'idExt' | 'iocGuid' | 'initiatorExt' | 'ioClass'>, hostId: bigint): { initiatorPortId: Buffer; targetPortId: Buffer } {
-  const pair = (a: bigint, b: bigint) => {
-    const x = Buffer.alloc(16);
-    x.writeBigUInt64BE(a, 0);
-    x.writeBigUInt64BE(b, 8);
-    return x;
-  };
-  const ext = addr.initiatorExt ?? 0n;
-  if (addr.ioClass === SRP_REV10_IB_IO_CLASS) {
-    return { initiatorPortId: pair(hostId, ext), targetPortId: pair(addr.iocGuid, addr.idExt) };
-  }
-  return { initiatorPortId: pair(ext, hostId), targetPortId: pair(addr.idExt, addr.iocGuid) };
-}
-
-/** 64 bits naming this host: from /etc/machine-id (else the host name), stable across restarts. */
-export async function hostPortGuid(): Promise<bigint> {
-  const { readFile } = await import('node:fs/promises');
-  const { createHash } = await import('node:crypto');
-  const { hostname } = await import('node:os');
-  let seed: string;
-  try {
-    seed = (await readFile('/etc/machine-id', 'utf8')).trim();
-  } catch {
-    seed = '';
-  }
-  if (!seed) seed = hostname();
-  return createHash('sha256').update('srp-nbd initiator ' + seed).digest().readBigUInt64BE(0);
-}
-
-/** Opens RDMA/CM channels to one target (ChannelConnector of src/fsm/srp-port.ts), with keep-alive and path-up events. */
-export class RdmaConnector {
-  readonly description: string;
-  private readonly pathUp = new Set<() => void>();
-  private watched: { ctx: number; port: number; unsubscribe: () => void } | undefined;
-  private closed = false;
-  /** channels opened (for status and tests) */
-  opened = 0;
-
-  constructor(private readonly b: NativeBinding, private readonly o: RdmaTransportOptions) {
-    this.description = `dest=${formatRdmaAddress(o.dst)}${o.src && o.src.family === 'ip' ? `,src=${o.src.host}` : ''}`;
-  }
-
-  /** A fresh channel, not logged in yet (SrpSession.login connects it). */
-  async open(signal: AbortSignal): Promise<RdmaChannelTransport> {
-    if (this.closed) throw new TransportError(`${this.description}: connector closed`, 'closed');
-    if (signal.aborted) throw new TransportError(`${this.description}: connect aborted`, 'closed');
-    const tr = new RdmaChannelTransport(this.b, this.o);
-    this.opened++;
-    const onAbort = () => {
-      if (tr.state === 'connecting' || tr.state === 'idle') tr.close();
-    };
-    signal.addEventListener('abort', onAbort, { once: true });
-    const done = () => signal.removeEventListener('abort', onAbort);
-    tr.on('disconnect', done);
-    // once a channel has resolved its device, watch that port for PORT_ACTIVE (even with no channel left)
-    const origConnect = tr.connect.bind(tr);
-    tr.connect = async (req, opts) => {
-      try {
-        return await origConnect(req, opts);
-      } finally {
-        const h = tr.deviceHandle;
-        if (h) this.watch(h);
-        if (tr.state === 'connected') done();
-      }
-    };
-    return tr;
-  }
-
-  onPathUp(listener: () => void): () => void {
-    this.pathUp.add(listener);
-    return () => this.pathUp.delete(listener);
-  }
-
-  /** Stops watching the device; channels already open are the caller's. */
-  close(): void {
-    this.closed = true;
-    this.watched?.unsubscribe();
-    this.watched = undefined;
-    this.pathUp.clear();
-  }
-
-  private watch(h: { ctx: number; port: number; asyncFd: number; device: string }): void {
-    if (this.closed || (this.watched && this.watched.ctx === h.ctx && this.watched.port === h.port)) return;
-    this.watched?.unsubscribe();
-    const unsubscribe = AsyncEventHub.subscribe(this.b, h.ctx, h.asyncFd, (ev) => {
-      if (ev.type !== R.IBV_EVENT_PORT_ACTIVE || ev.portNum !== h.port) return;
-      this.o.logger?.info({ device: h.device, port: h.port }, 'rdma: port active again');
-      for (const l of [...this.pathUp]) l();
-    });
-    this.watched = { ctx: h.ctx, port: h.port, unsubscribe };
-  }
-}
-
-/**
- * The daemon's entry point (src/daemon/daemon.ts RdmaConnectorModule): a connector for an ib_srp
- * add_target address with dest=IP:port (RDMA/CM), and the login's port ids.
- */
-export async function createRdmaConnector(addr: RdmaCmTargetAddress, opts: RdmaConnectorOptions): Promise<{ connector: RdmaConnector; initiatorPortId: Buffer; targetPortId: Buffer; close: () => void }> {
-  if (addr.transport !== 'rdma-cm' || !addr.dest) {
-    throw new TransportError('only RDMA/CM addressing (dest=IP:port) is supported by the RDMA connector', 'protocol');
-  }
-  if (addr.dest.port === undefined) throw new TransportError('dest= needs a port', 'protocol');
-  let b = opts.binding;
-  if (!b) {
-    const { loadNative } = await import('../native/native.js');
-    b = loadNative();
-  }
-  const host = (a: { address: string; scopeId?: string }) => (a.scopeId ? `${a.address}%${a.scopeId}` : a.address);
-  const connector = new RdmaConnector(b, {
-    ...opts.transport,
-    dst: { family: 'ip', host: host(addr.dest), port: addr.dest.port },
-    ...(addr.src ? { src: { family: 'ip', host: host(addr.src), port: 0 } } : {}),
-    ackTimeout: opts.ackTimeout,
-    retryCount: opts.retryCount,
-    keepaliveIntervalMs: opts.keepaliveIntervalMs,
-    logger: opts.logger,
-  });
-  const ids = srpPortIds(addr, await hostPortGuid());
-  return { connector, initiatorPortId: opts.initiatorPortId ?? ids.initiatorPortId, targetPortId: ids.targetPortId, close: () => connector.close() };
 }

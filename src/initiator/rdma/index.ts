@@ -1,0 +1,13 @@
+/**
+ * The RDMA channel transport over the native addon (librdmacm + libibverbs), and the daemon's
+ * connector built on it. One file per unit:
+ *   channel.ts          RdmaChannelTransport: one RC QP and its rdma_cm id as a ChannelTransport
+ *   connector.ts        RdmaConnector / createRdmaConnector: channels to one target, port ids, path-up
+ *   async-event-hub.ts  one device async event poller shared by every channel and connector
+ *   parked-ids.ts       cm ids of channels lost on a downed port, torn down on PORT_ACTIVE
+ */
+export { checkRdmaAvailable, RdmaChannelTransport, RdmaUnavailableError } from './channel.js';
+export type { RdmaChannelEvents, RdmaTransportOptions } from './channel.js';
+export { createRdmaConnector, hostPortGuid, RdmaConnector, srpPortIds } from './connector.js';
+export type { RdmaCmTargetAddress, RdmaConnectorOptions } from './connector.js';
+export { parkedCmIds } from './parked-ids.js';
