@@ -24,45 +24,10 @@ import type { SrpLogger } from '../srp-session.js';
 import { Emitter, type ChannelEvents, type ChannelState, type ChannelTransport, type LoginForm, type MemoryRegion } from '../transport.js';
 import { readWc, type AsyncEvent, type CmEvent, type DeviceAttr, type NativeBinding, type NativeError } from '../../native/native.js';
 import * as R from '../../native/rdma-constants.js';
-import { encodeRdmaAddress, formatRdmaAddress, type RdmaAddress } from '../../native/sockaddr.js';
+import { encodeRdmaAddress, formatRdmaAddress } from '../../native/sockaddr.js';
 import { AsyncEventHub } from './async-event-hub.js';
+import { resolveTransportOptions, type RdmaTransportOptions, type ResolvedTransportOptions } from './options.js';
 import { ParkedIds } from './parked-ids.js';
-
-export interface RdmaTransportOptions {
-  dst: RdmaAddress;
-  /** local address to bind (selects the device/port), optional */
-  src?: RdmaAddress;
-  /** per attempt, default 100 ms */
-  resolveTimeoutMs?: number;
-  /** address resolution attempts, default 10 */
-  resolveAttempts?: number;
-  /** default 1000 ms */
-  routeTimeoutMs?: number;
-  /** local ACK timeout exponent: 4.096 µs × 2^n; default 14 (67 ms) */
-  ackTimeout?: number;
-  /** transport retry count 0..6, default 6 (7 = forever on rxe, refused) */
-  retryCount?: number;
-  /** RNR retry count 0..7, default 7 */
-  rnrRetryCount?: number;
-  /** send slots (IUs in flight), default 128 */
-  sendQueueDepth?: number;
-  /** posted receive buffers, default 128 */
-  recvQueueDepth?: number;
-  /** largest IU we send, default 8448 */
-  maxSendIuLen?: number;
-  /** receive buffer size (≥ the target's max_ti_iu_len; ib_srpt answers our max_it_iu_len, 8260), default 8448 */
-  recvIuLen?: number;
-  /** largest region registerBuffer() accepts, default 16 MiB (capped by the device) */
-  maxRegionSize?: number;
-  /** buffers to register once per connection; views into them register without a system call */
-  pools?: Buffer[];
-  /**
-   * Keep-alive: a zero-length RDMA WRITE every this many ms while connected (0 = off, the default).
-   * A probe that fails (black hole: after the QP's retries) is a channel loss ('disconnect').
-   */
-  keepaliveIntervalMs?: number;
-  logger?: SrpLogger;
-}
 
 export interface RdmaChannelEvents extends ChannelEvents {
   /** Any device async event of this channel's device (PORT_ACTIVE included), for logs and reconnect triggers. */
@@ -108,7 +73,7 @@ interface Pool { buf: Buffer; mr: number; addr: bigint; rkey: number }
 export class RdmaChannelTransport extends Emitter<RdmaChannelEvents> implements ChannelTransport {
   readonly loginForm: LoginForm = 'rdma-cm';
   private stateValue: ChannelState = 'idle';
-  private readonly o: Required<Omit<RdmaTransportOptions, 'src' | 'logger' | 'pools'>> & Pick<RdmaTransportOptions, 'src'>;
+  private readonly o: ResolvedTransportOptions;
   private keepaliveTimer: ReturnType<typeof setInterval> | undefined;
   private keepaliveInFlight = false;
   private readonly log: SrpLogger;
@@ -146,29 +111,7 @@ export class RdmaChannelTransport extends Emitter<RdmaChannelEvents> implements 
 
   constructor(private readonly b: NativeBinding, options: RdmaTransportOptions) {
     super();
-    const retry = options.retryCount ?? R.MAX_FINITE_RETRY_COUNT;
-    if (!Number.isInteger(retry) || retry < 0 || retry > R.MAX_FINITE_RETRY_COUNT) {
-      throw new RangeError(`retryCount ${retry} must be 0..${R.MAX_FINITE_RETRY_COUNT} (7 means retry forever: a dead path would never be noticed)`);
-    }
-    const ack = options.ackTimeout ?? 14;
-    if (!Number.isInteger(ack) || ack < 0 || ack > 31) throw new RangeError(`ackTimeout ${ack} must be 0..31`);
-    this.o = {
-      dst: options.dst,
-      src: options.src,
-      resolveTimeoutMs: options.resolveTimeoutMs ?? 100,
-      resolveAttempts: options.resolveAttempts ?? 10,
-      routeTimeoutMs: options.routeTimeoutMs ?? 1000,
-      ackTimeout: ack,
-      retryCount: retry,
-      rnrRetryCount: options.rnrRetryCount ?? 7,
-      sendQueueDepth: options.sendQueueDepth ?? 128,
-      recvQueueDepth: options.recvQueueDepth ?? 128,
-      maxSendIuLen: options.maxSendIuLen ?? 8448,
-      recvIuLen: options.recvIuLen ?? 8448,
-      maxRegionSize: options.maxRegionSize ?? 16 << 20,
-      keepaliveIntervalMs: options.keepaliveIntervalMs ?? 0,
-    };
-    if (!(this.o.keepaliveIntervalMs >= 0)) throw new RangeError(`keepaliveIntervalMs ${this.o.keepaliveIntervalMs} must be >= 0`);
+    this.o = resolveTransportOptions(options);
     this.maxRegion = this.o.maxRegionSize;
     this.poolBufs = options.pools ?? [];
     this.log = options.logger ?? silent;

@@ -8,7 +8,8 @@ import type { NativeBinding } from '../../native/native.js';
 import * as R from '../../native/rdma-constants.js';
 import { formatRdmaAddress } from '../../native/sockaddr.js';
 import { AsyncEventHub } from './async-event-hub.js';
-import { RdmaChannelTransport, type RdmaTransportOptions } from './channel.js';
+import { RdmaChannelTransport } from './channel.js';
+import type { RdmaTransportOptions } from './options.js';
 
 /** Options of createRdmaConnector() (the daemon's per-target options). */
 export interface RdmaConnectorOptions {
