@@ -183,6 +183,54 @@ t.test('failures: login reject, no listener, PORT_ERR, black hole probe, target 
   t.equal(m.pollCount(), 0);
 });
 
+/** What each creating call of the binding is undone by. */
+const UNDO: Record<string, string> = {
+  cmCreateChannel: 'cmDestroyChannel', pollStart: 'pollStop', cmCreateId: 'cmDestroyId', pdAlloc: 'pdDealloc',
+  compChannelCreate: 'compChannelDestroy', cqCreate: 'cqDestroy', mrReg: 'mrDereg', cmCreateQp: 'cmDestroyQp',
+};
+/** The binding, recording its creating and destroying calls in order; `failing` throws ENOMEM instead. */
+function recording(m: MockRdmaBinding, failing?: string): { b: NativeBinding; calls: string[] } {
+  const calls: string[] = [];
+  const undoers = new Set(Object.values(UNDO));
+  const b = new Proxy(m, {
+    get(target, prop, receiver) {
+      const v = Reflect.get(target, prop, receiver) as unknown;
+      if (typeof prop !== 'string' || typeof v !== 'function' || !(prop in UNDO || undoers.has(prop))) return v;
+      return (...args: unknown[]) => {
+        if (prop === failing) throw Object.assign(new Error(`${prop} failed`), { code: 'ENOMEM' });
+        calls.push(prop);
+        return (v as (...a: unknown[]) => unknown).apply(target, args);
+      };
+    },
+  }) as unknown as NativeBinding;
+  return { b, calls };
+}
+
+t.test('resources: freed in the reverse order of their creation, also when a step fails', async (t) => {
+  const target = newTarget();
+  const { b, calls } = recording(fabric(target));
+  const session = await SrpSession.login(transport(b, { pools: [Buffer.allocUnsafeSlow(65536)] }), ids);
+  await session.close();
+  const created = calls.filter((c) => c in UNDO);
+  t.same(created, [
+    'cmCreateChannel', 'pollStart', 'cmCreateId', 'pollStart', 'pdAlloc', 'compChannelCreate', 'pollStart', 'cqCreate',
+    'mrReg', 'mrReg', 'mrReg', 'cmCreateQp',
+  ], 'event channel, cm id, device events, PD, completions, CQ, memory, QP');
+  t.same(calls.filter((c) => !(c in UNDO)), created.map((c) => UNDO[c]).reverse(), 'undone last first');
+
+  for (const failing of ['cmCreateQp', 'cqCreate', 'pdAlloc']) {
+    const m = fabric(target);
+    const r = recording(m, failing);
+    const login = SrpSession.login(transport(r.b), ids);
+    await t.rejects(login, { code: 'disconnected', message: new RegExp(`${failing} failed`) });
+    const made = r.calls.filter((c) => c in UNDO);
+    t.same(r.calls.filter((c) => !(c in UNDO)), made.map((c) => UNDO[c]).reverse(),
+      `${failing} fails: what was made is undone in reverse`);
+    t.same(m.rdmaObjectCounts(), { channels: 0, ids: 0, qps: 0, pds: 0, compChannels: 0, cqs: 0, mrs: 0 });
+    t.equal(m.pollCount(), 0);
+  }
+});
+
 t.test('200 connect/disconnect cycles leak nothing (mock fabric)', async (t) => {
   const target = newTarget();
   const m = fabric(target);

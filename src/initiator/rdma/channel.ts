@@ -3,11 +3,12 @@
  * (librdmacm + libibverbs), implementing ChannelTransport so the SRP session runs unchanged over
  * the loopback or over RDMA.
  *
- * Per connection: an rdma_cm event channel, a cm id, a PD, one CQ with a completion channel, the QP,
- * a registered send pool (IUs are copied in: "the bytes are taken at call time") and a registered
- * receive pool (IUs are handed to listeners as views, then the buffer is reposted). Registered
- * buffer pools given in options are registered once per connection, so registerBuffer() of a view
- * into one costs no system call. Everything is released on close, on loss and on failed connects.
+ * Per connection, one VerbsResources (verbs-resources.ts): an rdma_cm event channel, a cm id, a PD,
+ * one CQ with a completion channel, a registered send pool (IUs are copied in: "the bytes are taken
+ * at call time"), a registered receive pool (IUs are handed to listeners as views, then the buffer is
+ * reposted), the buffer pools given in options (registered once per connection, so registerBuffer()
+ * of a view into one costs no system call) and the QP. They are created in that order on connect
+ * and freed in reverse order on close, on loss and on failed connects.
  *
  * Failure detection: QP async events (PORT_ERR, QP_FATAL, DEVICE_FATAL), CM
  * DISCONNECTED / DEVICE_REMOVAL, failed work completions, and probe() (a zero-length RDMA WRITE) for a
@@ -22,12 +23,11 @@ import { SRP_LOGIN_REJ, SRP_LOGIN_RSP } from '../srp-constants.js';
 import { decodeLoginRsp } from '../srp-iu.js';
 import type { SrpLogger } from '../srp-session.js';
 import { Emitter, type ChannelEvents, type ChannelState, type ChannelTransport, type LoginForm, type MemoryRegion } from '../transport.js';
-import { readWc, type AsyncEvent, type CmEvent, type DeviceAttr, type NativeBinding, type NativeError } from '../../native/native.js';
+import { readWc, type AsyncEvent, type CmEvent, type NativeBinding } from '../../native/native.js';
 import * as R from '../../native/rdma-constants.js';
 import { encodeRdmaAddress, formatRdmaAddress } from '../../native/sockaddr.js';
-import { AsyncEventHub } from './async-event-hub.js';
 import { resolveTransportOptions, type RdmaTransportOptions, type ResolvedTransportOptions } from './options.js';
-import { ParkedIds } from './parked-ids.js';
+import { checkRdmaAvailable, verbsCall, VerbsResources } from './verbs-resources.js';
 
 export interface RdmaChannelEvents extends ChannelEvents {
   /** Any device async event of this channel's device (PORT_ACTIVE included), for logs and reconnect triggers. */
@@ -41,34 +41,7 @@ const WR_RECV = 0x10_0000;
 const WR_PROBE = 0x20_0000;
 const POLL_BATCH = 64;
 
-/* ------------------------------------------------------------ errors */
-
-/** No usable RDMA device / kernel support, with what to do. */
-export class RdmaUnavailableError extends TransportError {
-  constructor(detail: string, options?: { cause?: unknown }) {
-    super(`no RDMA device available (${detail}): load an RDMA driver, e.g. \`modprobe rdma_rxe && rdma link add rxe0 type rxe netdev eth0\`, `
-      + 'and make sure /dev/infiniband/rdma_cm and uverbs devices exist (modprobe rdma_ucm ib_uverbs)', 'disconnected', options);
-    this.name = 'RdmaUnavailableError';
-  }
-}
-
-/** Checks that RDMA is usable here; throws RdmaUnavailableError otherwise. Returns the device names. */
-export function checkRdmaAvailable(b: NativeBinding): string[] {
-  let names: string[];
-  try {
-    names = b.getDeviceList();
-  } catch (err) {
-    const code = (err as NativeError).code;
-    throw new RdmaUnavailableError(code === 'ENOSYS' ? 'the kernel has no RDMA support loaded (ibv_get_device_list: ENOSYS)' : `ibv_get_device_list: ${code}`, { cause: err });
-  }
-  if (names.length === 0) throw new RdmaUnavailableError('ibv_get_device_list returned no device');
-  return names;
-}
-
 /* ------------------------------------------------------------ transport */
-
-interface UserMr { mr: number; length: number }
-interface Pool { buf: Buffer; mr: number; addr: bigint; rkey: number }
 
 export class RdmaChannelTransport extends Emitter<RdmaChannelEvents> implements ChannelTransport {
   readonly loginForm: LoginForm = 'rdma-cm';
@@ -79,31 +52,14 @@ export class RdmaChannelTransport extends Emitter<RdmaChannelEvents> implements 
   private readonly log: SrpLogger;
   private readonly poolBufs: Buffer[];
   private maxRegion: number;
-
-  private channel = 0;
-  private cmPoller = 0;
-  private id = 0;
-  private ctx = 0;
-  private port = 0;
-  private device = '';
-  private qpNum = 0;
-  private pd = 0;
-  private compCh = 0;
-  private compPoller = 0;
-  private cq = 0;
-  private unsubscribeAsync: (() => void) | undefined;
-  private sendPool: { buf: Buffer; mr: number; addr: bigint; lkey: number } | undefined;
-  private recvPool: { buf: Buffer; mr: number; addr: bigint; lkey: number } | undefined;
+  /** the event channel, cm id, device, PD, CQ, QP and registered memory: created and freed as one */
+  private readonly res: VerbsResources;
   private freeSlots: number[] = [];
-  private readonly userMrs = new Map<number, UserMr>();
-  private readonly pools: Pool[] = [];
   private readonly wcBuf = Buffer.alloc(POLL_BATCH * R.WC_RECORD_LEN);
   private cmWaiter: ((ev: CmEvent) => void) | undefined;
   private probeSeq = 0;
   private readonly probes = new Map<number, { resolve: (ms: number) => void; reject: (e: Error) => void; t0: number }>();
   private closing = false;
-  /** rdma_connect was called: tearing the id down sends a CM MAD (DREQ/REJ) */
-  private cmSent = false;
   private disconnectedFired = false;
   private drainWaiter: (() => void) | undefined;
   /** counters for status and tests */
@@ -115,6 +71,11 @@ export class RdmaChannelTransport extends Emitter<RdmaChannelEvents> implements 
     this.maxRegion = this.o.maxRegionSize;
     this.poolBufs = options.pools ?? [];
     this.log = options.logger ?? silent;
+    this.res = new VerbsResources(b, this.log, {
+      cmEvents: () => this.drainCm(),
+      completions: () => this.onCompletionEvent(),
+      asyncEvent: (ev) => this.onAsync(ev),
+    });
   }
 
   get state(): ChannelState {
@@ -125,11 +86,18 @@ export class RdmaChannelTransport extends Emitter<RdmaChannelEvents> implements 
   }
   /** Device, port and QP number once connected (for logs and status). */
   get info(): { device: string; port: number; qpNum: number; dst: string } {
-    return { device: this.device, port: this.port, qpNum: this.qpNum, dst: formatRdmaAddress(this.o.dst) };
+    return { device: this.device, port: this.port, qpNum: this.res.qpNum, dst: formatRdmaAddress(this.o.dst) };
   }
   /** The verbs device context and port this channel uses (known once the address is resolved). */
   get deviceHandle(): { ctx: number; port: number; asyncFd: number; device: string } | undefined {
-    return this.ctx && this.devAttr ? { ctx: this.ctx, port: this.port, asyncFd: this.devAttr.asyncFd, device: this.device } : undefined;
+    const d = this.res.device;
+    return d ? { ctx: d.ctx, port: d.port, asyncFd: d.attr.asyncFd, device: d.name } : undefined;
+  }
+  private get device(): string {
+    return this.res.device?.name ?? '';
+  }
+  private get port(): number {
+    return this.res.device?.port ?? 0;
   }
 
   /* ---------------------------------------------------------- connect */
@@ -140,23 +108,25 @@ export class RdmaChannelTransport extends Emitter<RdmaChannelEvents> implements 
     const t0 = Date.now();
     const deadline = t0 + (opts.timeoutMs ?? 5000);
     const dst = formatRdmaAddress(this.o.dst);
+    const res = this.res;
     try {
       checkRdmaAvailable(this.b);
-      const ch = this.sys(() => this.b.cmCreateChannel(), 'rdma_create_event_channel');
-      this.channel = ch.channel;
-      this.cmPoller = this.b.pollStart(ch.fd, 1, () => this.drainCm());
+      res.openEventChannel();
       await this.resolve(deadline, dst);
-      this.setupVerbs();
-      this.b.cmSetOption(this.id, R.RDMA_OPTION_ID, R.RDMA_OPTION_ID_ACK_TIMEOUT, Buffer.from([this.o.ackTimeout]));
-      const attr = this.devAttr!;
-      this.cmSent = true;
-      this.sys(() => this.b.cmConnect(this.id, {
+      res.allocate(this.o, this.poolBufs);
+      const attr = res.device!.attr;
+      this.maxRegion = Math.min(this.o.maxRegionSize, Number(attr.maxMrSize));
+      this.freeSlots = Array.from({ length: this.o.sendQueueDepth }, (_, i) => this.o.sendQueueDepth - 1 - i);
+      for (let i = 0; i < this.o.recvQueueDepth; i++) this.postRecv(i);
+      this.b.cqReqNotify(res.cq);
+      this.b.cmSetOption(res.cmId, R.RDMA_OPTION_ID, R.RDMA_OPTION_ID_ACK_TIMEOUT, Buffer.from([this.o.ackTimeout]));
+      res.connect({
         privateData: loginReq,
         responderResources: Math.min(attr.maxQpRdAtom, 16),
         initiatorDepth: Math.min(attr.maxQpInitRdAtom, 16),
         retryCount: this.o.retryCount,
         rnrRetryCount: this.o.rnrRetryCount,
-      }), 'rdma_connect');
+      });
       const ev = await this.nextCmEvent(deadline, `no answer to the login request from ${dst}`);
       switch (ev.event) {
         case R.RDMA_CM_EVENT_ESTABLISHED: {
@@ -165,7 +135,7 @@ export class RdmaChannelTransport extends Emitter<RdmaChannelEvents> implements 
           this.stateValue = 'connected';
           this.stats.connectMs = Date.now() - t0;
           this.startKeepalive();
-          this.log.info({ dst, device: this.device, port: this.port, qpNum: this.qpNum, ms: this.stats.connectMs }, 'rdma: connected');
+          this.log.info({ dst, device: this.device, port: this.port, qpNum: res.qpNum, ms: this.stats.connectMs }, 'rdma: connected');
           return rsp;
         }
         case R.RDMA_CM_EVENT_REJECTED:
@@ -189,81 +159,29 @@ export class RdmaChannelTransport extends Emitter<RdmaChannelEvents> implements 
     }
   }
 
-  /** Runs a setup call, turning its NativeError into a TransportError naming the call. */
-  private sys<T>(fn: () => T, what: string): T {
-    try {
-      return fn();
-    } catch (err) {
-      const code = (err as NativeError).code;
-      if (what === 'rdma_create_event_channel' && (code === 'ENODEV' || code === 'ENOENT')) {
-        throw new RdmaUnavailableError(`${what}: ${code}, /dev/infiniband/rdma_cm missing`, { cause: err });
-      }
-      if (code === 'EPERM' || code === 'EACCES') {
-        throw new TransportError(`${what}: permission denied: run as root or grant access to /dev/infiniband/* and raise RLIMIT_MEMLOCK`, 'disconnected', { cause: err });
-      }
-      throw new TransportError(`${what} failed: ${(err as Error).message}`, 'disconnected', { cause: err });
-    }
-  }
-
+  /** Address then route resolution; a failed address resolution is retried with a fresh cm id. */
   private async resolve(deadline: number, dst: string): Promise<void> {
+    const res = this.res;
     const dstAddr = encodeRdmaAddress(this.o.dst);
     const srcAddr = this.o.src ? encodeRdmaAddress(this.o.src) : null;
     let last = '';
     for (let attempt = 1; ; attempt++) {
       this.stats.resolveAttempts++;
-      this.id = this.sys(() => this.b.cmCreateId(this.channel, R.RDMA_PS_TCP), 'rdma_create_id');
-      this.sys(() => this.b.cmResolveAddr(this.id, srcAddr, dstAddr, this.o.resolveTimeoutMs), 'rdma_resolve_addr');
+      res.createCmId();
+      verbsCall(() => this.b.cmResolveAddr(res.cmId, srcAddr, dstAddr, this.o.resolveTimeoutMs), 'rdma_resolve_addr');
       const ev = await this.nextCmEvent(deadline, `address of ${dst} not resolved`);
       if (ev.event === R.RDMA_CM_EVENT_ADDR_RESOLVED) break;
       last = `${R.nameOfCmEvent(ev.event)} status ${ev.status}`;
-      this.b.cmDestroyId(this.id);
-      this.id = 0;
+      res.destroyCmId();
       if (attempt >= this.o.resolveAttempts) {
         throw new TransportError(`target ${dst} unreachable: address resolution failed ${attempt} times (${last}); check the route and that the local RDMA port is up`, 'disconnected');
       }
     }
-    this.sys(() => this.b.cmResolveRoute(this.id, this.o.routeTimeoutMs), 'rdma_resolve_route');
+    verbsCall(() => this.b.cmResolveRoute(res.cmId, this.o.routeTimeoutMs), 'rdma_resolve_route');
     const ev = await this.nextCmEvent(deadline, `route to ${dst} not resolved`);
     if (ev.event !== R.RDMA_CM_EVENT_ROUTE_RESOLVED) {
       throw new TransportError(`target ${dst} unreachable: ${R.nameOfCmEvent(ev.event)} (status ${ev.status})`, 'disconnected');
     }
-  }
-
-  private devAttr: DeviceAttr | undefined;
-
-  private setupVerbs(): void {
-    const info = this.b.cmIdInfo(this.id);
-    this.ctx = info.context;
-    this.port = info.port;
-    this.device = info.device ?? '?';
-    const attr = (this.devAttr = this.b.ctxQuery(this.ctx));
-    this.maxRegion = Math.min(this.o.maxRegionSize, Number(attr.maxMrSize));
-    this.unsubscribeAsync = AsyncEventHub.subscribe(this.b, this.ctx, attr.asyncFd, (ev) => this.onAsync(ev));
-    this.pd = this.sys(() => this.b.pdAlloc(this.ctx), 'ibv_alloc_pd');
-    const cc = this.sys(() => this.b.compChannelCreate(this.ctx), 'ibv_create_comp_channel');
-    this.compCh = cc.channel;
-    this.compPoller = this.b.pollStart(cc.fd, 1, () => this.onCompletionEvent());
-    const depth = this.o.sendQueueDepth + this.o.recvQueueDepth + 16;
-    this.cq = this.sys(() => this.b.cqCreate(this.ctx, depth, this.compCh), 'ibv_create_cq');
-    const caps = this.sys(() => this.b.cmCreateQp(this.id, {
-      pd: this.pd, sendCq: this.cq, recvCq: this.cq, maxSendWr: this.o.sendQueueDepth + 8, maxRecvWr: this.o.recvQueueDepth,
-      maxSendSge: 1, maxRecvSge: 1,
-    }), 'rdma_create_qp');
-    this.qpNum = caps.qpNum;
-    const reg = (size: number, access: number) => {
-      const buf = Buffer.allocUnsafeSlow(size);
-      const mr = this.sys(() => this.b.mrReg(this.pd, buf, access), 'ibv_reg_mr');
-      return { buf, mr: mr.mr, addr: mr.addr, lkey: mr.lkey };
-    };
-    this.sendPool = reg(this.o.sendQueueDepth * this.o.maxSendIuLen, R.IBV_ACCESS_LOCAL_WRITE);
-    this.recvPool = reg(this.o.recvQueueDepth * this.o.recvIuLen, R.IBV_ACCESS_LOCAL_WRITE);
-    this.freeSlots = Array.from({ length: this.o.sendQueueDepth }, (_, i) => this.o.sendQueueDepth - 1 - i);
-    for (const buf of this.poolBufs) {
-      const mr = this.sys(() => this.b.mrReg(this.pd, buf, R.IBV_ACCESS_LOCAL_WRITE | R.IBV_ACCESS_REMOTE_WRITE | R.IBV_ACCESS_REMOTE_READ), 'ibv_reg_mr');
-      this.pools.push({ buf, mr: mr.mr, addr: mr.addr, rkey: mr.rkey });
-    }
-    for (let i = 0; i < this.o.recvQueueDepth; i++) this.postRecv(i);
-    this.b.cqReqNotify(this.cq);
   }
 
   private checkLoginRsp(rsp: Buffer): void {
@@ -292,16 +210,17 @@ export class RdmaChannelTransport extends Emitter<RdmaChannelEvents> implements 
 
   private drainCm(): void {
     for (;;) {
-      if (!this.channel) return;
+      const channel = this.res.eventChannel;
+      if (!channel) return;
       let ev: CmEvent | null;
       try {
-        ev = this.b.cmGetEvent(this.channel);
+        ev = this.b.cmGetEvent(channel);
       } catch (err) {
         this.emit('error', err as Error);
         return;
       }
       if (!ev) return;
-      if (ev.id !== this.id && ev.id !== 0) continue; // a destroyed resolve attempt
+      if (ev.id !== this.res.cmId && ev.id !== 0) continue; // a destroyed resolve attempt
       this.log.debug({ event: R.nameOfCmEvent(ev.event), status: ev.status }, 'rdma: cm event');
       if (this.cmWaiter) {
         this.cmWaiter(ev);
@@ -336,7 +255,7 @@ export class RdmaChannelTransport extends Emitter<RdmaChannelEvents> implements 
         if (ev.portNum === this.port) this.lost(`link down: ${name} on ${this.device} port ${ev.portNum}`);
         return;
       case R.IBV_EVENT_QP_FATAL: case R.IBV_EVENT_QP_REQ_ERR: case R.IBV_EVENT_QP_ACCESS_ERR:
-        if (ev.qpNum === this.qpNum) this.lost(`queue pair ${this.qpNum} failed: ${name}`);
+        if (ev.qpNum === this.res.qpNum) this.lost(`queue pair ${this.res.qpNum} failed: ${name}`);
         return;
       case R.IBV_EVENT_DEVICE_FATAL:
         this.lost(`device ${this.device} failed: ${name}`);
@@ -349,20 +268,22 @@ export class RdmaChannelTransport extends Emitter<RdmaChannelEvents> implements 
   /* ---------------------------------------------------------- completions */
 
   private onCompletionEvent(): void {
-    if (!this.compCh) return;
-    while (this.b.cqGetEvent(this.compCh) !== 0) { /* acknowledged in the addon */ }
+    const res = this.res;
+    if (!res.compChannel) return;
+    while (this.b.cqGetEvent(res.compChannel) !== 0) { /* acknowledged in the addon */ }
     this.pollAll();
-    if (!this.cq) return;
-    this.b.cqReqNotify(this.cq);
+    if (!res.cq) return;
+    this.b.cqReqNotify(res.cq);
     this.pollAll(); // completions that arrived between the last poll and re-arming
   }
 
   private pollAll(): void {
-    while (this.cq) {
-      const n = this.b.cqPoll(this.cq, this.wcBuf, POLL_BATCH);
+    const res = this.res;
+    while (res.cq) {
+      const n = this.b.cqPoll(res.cq, this.wcBuf, POLL_BATCH);
       if (n === 0) return;
       this.stats.pollBatches++;
-      for (let i = 0; i < n && this.cq; i++) this.onWc(i);
+      for (let i = 0; i < n && res.cq; i++) this.onWc(i);
       if (n < POLL_BATCH) return;
     }
   }
@@ -392,7 +313,7 @@ export class RdmaChannelTransport extends Emitter<RdmaChannelEvents> implements 
       const off = slot * this.o.recvIuLen;
       this.stats.recvs++;
       if (this.stateValue === 'connected' || this.stateValue === 'connecting') {
-        this.emit('iu', this.recvPool!.buf.subarray(off, off + wc.byteLen));
+        this.emit('iu', this.res.recvPool!.buf.subarray(off, off + wc.byteLen));
       }
       if (this.stateValue === 'connected' && !this.closing) this.postRecv(slot);
       return;
@@ -402,9 +323,9 @@ export class RdmaChannelTransport extends Emitter<RdmaChannelEvents> implements 
   }
 
   private postRecv(slot: number): void {
-    const p = this.recvPool!;
+    const p = this.res.recvPool!;
     try {
-      this.b.postRecv(this.id, WR_RECV + slot, p.addr + BigInt(slot * this.o.recvIuLen), this.o.recvIuLen, p.lkey);
+      this.b.postRecv(this.res.cmId, WR_RECV + slot, p.addr + BigInt(slot * this.o.recvIuLen), this.o.recvIuLen, p.lkey);
     } catch (err) {
       if (this.stateValue === 'connected') this.lost(`ibv_post_recv failed: ${(err as Error).message}`);
       else throw err;
@@ -418,11 +339,11 @@ export class RdmaChannelTransport extends Emitter<RdmaChannelEvents> implements 
     if (iu.length > this.o.maxSendIuLen) throw new TransportError(`IU of ${iu.length} bytes exceeds the send buffer (${this.o.maxSendIuLen})`, 'protocol');
     const slot = this.freeSlots.pop();
     if (slot === undefined) throw new TransportError(`send queue full (${this.o.sendQueueDepth} IUs in flight)`, 'protocol');
-    const p = this.sendPool!;
+    const p = this.res.sendPool!;
     const off = slot * this.o.maxSendIuLen;
     iu.copy(p.buf, off);
     try {
-      this.b.postSend(this.id, slot, R.IBV_WR_SEND, p.addr + BigInt(off), iu.length, p.lkey, R.IBV_SEND_SIGNALED, 0n, 0);
+      this.b.postSend(this.res.cmId, slot, R.IBV_WR_SEND, p.addr + BigInt(off), iu.length, p.lkey, R.IBV_SEND_SIGNALED, 0n, 0);
       this.stats.sends++;
     } catch (err) {
       this.freeSlots.push(slot);
@@ -442,7 +363,7 @@ export class RdmaChannelTransport extends Emitter<RdmaChannelEvents> implements 
     return new Promise((resolve, reject) => {
       this.probes.set(wrId, { resolve, reject, t0: Date.now() });
       try {
-        this.b.postSend(this.id, wrId, R.IBV_WR_RDMA_WRITE, 0n, 0, 0, R.IBV_SEND_SIGNALED, 0n, 0);
+        this.b.postSend(this.res.cmId, wrId, R.IBV_WR_RDMA_WRITE, 0n, 0, 0, R.IBV_SEND_SIGNALED, 0n, 0);
         this.stats.probes++;
       } catch (err) {
         this.probes.delete(wrId);
@@ -466,29 +387,17 @@ export class RdmaChannelTransport extends Emitter<RdmaChannelEvents> implements 
 
   registerBuffer(buf: Buffer): MemoryRegion {
     if (buf.length > this.maxRegion) throw new RangeError(`region of ${buf.length} bytes exceeds ${this.maxRegion}`);
-    if (!this.pd) throw new TransportError(`registerBuffer on a ${this.stateValue} channel`, 'disconnected');
-    for (const p of this.pools) {
-      if (buf.buffer === p.buf.buffer && buf.byteOffset >= p.buf.byteOffset && buf.byteOffset + buf.length <= p.buf.byteOffset + p.buf.length) {
-        return { va: p.addr + BigInt(buf.byteOffset - p.buf.byteOffset), rkey: p.rkey, length: buf.length };
-      }
-    }
-    // zero-length buffers cannot be registered; describe them with a harmless key
-    if (buf.length === 0) return { va: 0n, rkey: 0, length: 0 };
-    const mr = this.sys(() => this.b.mrReg(this.pd, buf, R.IBV_ACCESS_LOCAL_WRITE | R.IBV_ACCESS_REMOTE_WRITE | R.IBV_ACCESS_REMOTE_READ), 'ibv_reg_mr');
-    this.userMrs.set(mr.rkey, { mr: mr.mr, length: buf.length });
-    return { va: mr.addr, rkey: mr.rkey, length: buf.length };
+    if (!this.res.pd) throw new TransportError(`registerBuffer on a ${this.stateValue} channel`, 'disconnected');
+    return this.res.register(buf);
   }
 
   deregisterBuffer(region: MemoryRegion): void {
-    const u = this.userMrs.get(region.rkey);
-    if (!u) return; // pool view, or already released with the connection
-    this.userMrs.delete(region.rkey);
-    this.b.mrDereg(u.mr);
+    this.res.deregister(region);
   }
 
   /** Live registrations outside the pools (tests check that nothing leaks). */
   get registeredRegions(): number {
-    return this.userMrs.size;
+    return this.res.registeredRegions;
   }
 
   /* ---------------------------------------------------------- teardown */
@@ -507,7 +416,7 @@ export class RdmaChannelTransport extends Emitter<RdmaChannelEvents> implements 
       this.drainWaiter = undefined;
       if (this.stateValue === 'closed') return;
       try {
-        this.b.cmDisconnect(this.id);
+        this.b.cmDisconnect(this.res.cmId);
       } catch {
         this.finishClose();
         return;
@@ -534,15 +443,15 @@ export class RdmaChannelTransport extends Emitter<RdmaChannelEvents> implements 
   private lost(reason: string): void {
     if (this.stateValue === 'closed') return;
     const wasConnecting = this.stateValue === 'connecting';
-    this.log.warn({ reason, device: this.device, qpNum: this.qpNum }, 'rdma: channel lost');
+    this.log.warn({ reason, device: this.device, qpNum: this.res.qpNum }, 'rdma: channel lost');
     if (wasConnecting) {
       // connect() owns the cleanup; make its wait fail now
-      this.cmWaiter?.({ event: R.RDMA_CM_EVENT_CONNECT_ERROR, id: this.id, status: 0, privateData: null });
+      this.cmWaiter?.({ event: R.RDMA_CM_EVENT_CONNECT_ERROR, id: this.res.cmId, status: 0, privateData: null });
       return;
     }
-    if (this.id && !this.portDown()) {
+    if (this.res.cmId && !this.res.portDown()) {
       try {
-        this.b.cmDisconnect(this.id);
+        this.b.cmDisconnect(this.res.cmId);
       } catch { /* already disconnected */ }
     }
     this.release();
@@ -558,57 +467,13 @@ export class RdmaChannelTransport extends Emitter<RdmaChannelEvents> implements 
     this.emit('disconnect', reason);
   }
 
-  /** The channel's port is not ACTIVE (a CM MAD sent now would fail: see ParkedIds). */
-  private portDown(): boolean {
-    if (!this.ctx || !this.port) return false;
-    try {
-      return this.b.portQuery(this.ctx, this.port).state !== R.IBV_PORT_ACTIVE;
-    } catch {
-      return false;
-    }
-  }
-
-  /** Releases every resource, dependents first; safe to call more than once. */
+  /** Stops the channel's timers and waits, and frees its resources (VerbsResources.free); safe to call again. */
   private release(): void {
-    const b = this.b;
-    // a connected/connecting id on a downed port is parked, not destroyed (no MAD through a downed port)
-    const park = this.id !== 0 && this.cmSent && this.devAttr !== undefined && this.portDown();
-    if (park && this.id) {
-      try { b.qpModify(this.id, { state: R.IBV_QPS_ERR }); } catch { /* no QP */ }
+    if (this.keepaliveTimer) {
+      clearInterval(this.keepaliveTimer);
+      this.keepaliveTimer = undefined;
     }
-    const attempt = (what: string, fn: () => void) => {
-      try {
-        fn();
-      } catch (err) {
-        this.log.warn({ err, what }, 'rdma: release failed');
-      }
-    };
-    if (this.keepaliveTimer) { clearInterval(this.keepaliveTimer); this.keepaliveTimer = undefined; }
-    if (this.cmPoller) { b.pollStop(this.cmPoller); this.cmPoller = 0; }
-    if (this.compPoller) { b.pollStop(this.compPoller); this.compPoller = 0; }
-    this.unsubscribeAsync?.();
-    this.unsubscribeAsync = undefined;
     this.cmWaiter = undefined;
-    if (this.id) attempt('rdma_destroy_qp', () => b.cmDestroyQp(this.id));
-    for (const u of this.userMrs.values()) attempt('ibv_dereg_mr', () => b.mrDereg(u.mr));
-    this.userMrs.clear();
-    for (const p of this.pools.splice(0)) attempt('ibv_dereg_mr', () => b.mrDereg(p.mr));
-    if (this.sendPool) attempt('ibv_dereg_mr', () => b.mrDereg(this.sendPool!.mr));
-    if (this.recvPool) attempt('ibv_dereg_mr', () => b.mrDereg(this.recvPool!.mr));
-    this.sendPool = this.recvPool = undefined;
-    if (this.cq) attempt('ibv_destroy_cq', () => b.cqDestroy(this.cq));
-    this.cq = 0;
-    if (this.compCh) attempt('ibv_destroy_comp_channel', () => b.compChannelDestroy(this.compCh));
-    this.compCh = 0;
-    if (this.pd) attempt('ibv_dealloc_pd', () => b.pdDealloc(this.pd));
-    this.pd = 0;
-    if (park) {
-      ParkedIds.park(b, this.ctx, this.port, this.devAttr!.asyncFd, this.id, this.channel, this.log);
-    } else {
-      if (this.id) attempt('rdma_destroy_id', () => b.cmDestroyId(this.id));
-      if (this.channel) attempt('rdma_destroy_event_channel', () => b.cmDestroyChannel(this.channel));
-    }
-    this.id = 0;
-    this.channel = 0;
+    this.res.free();
   }
 }

@@ -57,7 +57,8 @@ export type ResolvedTransportOptions = Required<Omit<RdmaTransportOptions, 'src'
 export function resolveTransportOptions(options: RdmaTransportOptions): ResolvedTransportOptions {
   const retry = options.retryCount ?? RETRY_COUNT.default;
   if (!Number.isInteger(retry) || retry < RETRY_COUNT.min || retry > RETRY_COUNT.max) {
-    throw new RangeError(`retryCount ${retry} must be ${RETRY_COUNT.min}..${RETRY_COUNT.max} (7 means retry forever: a dead path would never be noticed)`);
+    throw new RangeError(`retryCount ${retry} must be ${RETRY_COUNT.min}..${RETRY_COUNT.max} `
+      + '(7 means retry forever: a dead path would never be noticed)');
   }
   const ack = options.ackTimeout ?? ACK_TIMEOUT.default;
   if (!Number.isInteger(ack) || ack < ACK_TIMEOUT.min || ack > ACK_TIMEOUT.max) {
