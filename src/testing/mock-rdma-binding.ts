@@ -193,12 +193,12 @@ export class MockRdmaBinding implements Partial<NativeBinding> {
     this.onConnect?.(end);
     const req = Buffer.from(param.privateData ?? Buffer.alloc(0));
     this.later(async () => {
-      if (!end.handler) { this.cmEvent(h, R.RDMA_CM_EVENT_REJECTED, 8); return; }
+      if (!end.handler) { this.cmEvent(h, R.RDMA_CM_EVENT_REJECTED, R.IB_CM_REJ_INVALID_SERVICE_ID); return; }
       let answer: ConnectAnswer;
       try {
         answer = await end.handler(req);
       } catch {
-        this.cmEvent(h, R.RDMA_CM_EVENT_REJECTED, 28);
+        this.cmEvent(h, R.RDMA_CM_EVENT_REJECTED, R.IB_CM_REJ_CONSUMER_DEFINED);
         return;
       }
       if (!this.ids.has(h)) return;
@@ -209,7 +209,7 @@ export class MockRdmaBinding implements Partial<NativeBinding> {
         this.cmEvent(h, R.RDMA_CM_EVENT_ESTABLISHED, 0, Buffer.from(answer.accept));
       } else {
         end.stateValue = 'closed';
-        this.cmEvent(h, R.RDMA_CM_EVENT_REJECTED, 28, Buffer.from(answer.reject));
+        this.cmEvent(h, R.RDMA_CM_EVENT_REJECTED, R.IB_CM_REJ_CONSUMER_DEFINED, Buffer.from(answer.reject));
       }
     });
   }

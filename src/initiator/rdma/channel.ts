@@ -19,10 +19,12 @@
  * neighbour entry exists yet, then succeeds).
  */
 import { TransportError } from '../scsi-executor.js';
-import { SRP_LOGIN_REJ, SRP_LOGIN_RSP } from '../srp-constants.js';
+import { SRP_LOGIN_REJ, SRP_LOGIN_RSP, SRP_LOGIN_RSP_LEN } from '../srp-constants.js';
 import { decodeLoginRsp } from '../srp-iu.js';
 import type { SrpLogger } from '../srp-session.js';
-import { Emitter, type ChannelEvents, type ChannelState, type ChannelTransport, type LoginForm, type MemoryRegion } from '../transport.js';
+import {
+  Emitter, type ChannelEvents, type ChannelState, type ChannelTransport, type LoginForm, type MemoryRegion,
+} from '../transport.js';
 import { readWc, type AsyncEvent, type CmEvent, type NativeBinding } from '../../native/native.js';
 import * as R from '../../native/rdma-constants.js';
 import { encodeRdmaAddress, formatRdmaAddress } from '../../native/sockaddr.js';
@@ -36,10 +38,24 @@ export interface RdmaChannelEvents extends ChannelEvents {
 
 const silent: SrpLogger = { debug() {}, info() {}, warn() {}, error() {} };
 
-/** wr_id spaces */
-const WR_RECV = 0x10_0000;
-const WR_PROBE = 0x20_0000;
+/** wr_id spaces: send slots below WR_RECV, receive slots from WR_RECV, keep-alive probes from WR_PROBE */
+const WR_SPACE = 0x10_0000;
+const WR_RECV = WR_SPACE;
+const WR_PROBE = 2 * WR_SPACE;
+/** completions read per cqPoll() */
 const POLL_BATCH = 64;
+/** connect() without a timeout gives up after this long */
+const CONNECT_TIMEOUT_MS = 5000;
+/** RDMA READs in flight at most in either direction (responder resources, initiator depth), if the device allows */
+const MAX_RDMA_READ_DEPTH = 16;
+/** close(): how long IUs already posted may take to go out before the DREQ, and the DREQ to be answered */
+const CLOSE_DRAIN_MS = 1000;
+const CLOSE_DISCONNECT_MS = 1000;
+/** What IB_CM_REJ_INVALID_SERVICE_ID means for a login */
+const NO_LISTENER = ': invalid service ID, no SRP target listening there';
+
+/** A keep-alive probe in flight. */
+interface Probe { resolve: (ms: number) => void; reject: (e: Error) => void; t0: number }
 
 /* ------------------------------------------------------------ transport */
 
@@ -58,7 +74,7 @@ export class RdmaChannelTransport extends Emitter<RdmaChannelEvents> implements 
   private readonly wcBuf = Buffer.alloc(POLL_BATCH * R.WC_RECORD_LEN);
   private cmWaiter: ((ev: CmEvent) => void) | undefined;
   private probeSeq = 0;
-  private readonly probes = new Map<number, { resolve: (ms: number) => void; reject: (e: Error) => void; t0: number }>();
+  private readonly probes = new Map<number, Probe>();
   private closing = false;
   private disconnectedFired = false;
   private drainWaiter: (() => void) | undefined;
@@ -106,7 +122,7 @@ export class RdmaChannelTransport extends Emitter<RdmaChannelEvents> implements 
     if (this.stateValue !== 'idle') throw new TransportError(`connect in state ${this.stateValue}`, 'closed');
     this.stateValue = 'connecting';
     const t0 = Date.now();
-    const deadline = t0 + (opts.timeoutMs ?? 5000);
+    const deadline = t0 + (opts.timeoutMs ?? CONNECT_TIMEOUT_MS);
     const dst = formatRdmaAddress(this.o.dst);
     const res = this.res;
     try {
@@ -122,8 +138,8 @@ export class RdmaChannelTransport extends Emitter<RdmaChannelEvents> implements 
       this.b.cmSetOption(res.cmId, R.RDMA_OPTION_ID, R.RDMA_OPTION_ID_ACK_TIMEOUT, Buffer.from([this.o.ackTimeout]));
       res.connect({
         privateData: loginReq,
-        responderResources: Math.min(attr.maxQpRdAtom, 16),
-        initiatorDepth: Math.min(attr.maxQpInitRdAtom, 16),
+        responderResources: Math.min(attr.maxQpRdAtom, MAX_RDMA_READ_DEPTH),
+        initiatorDepth: Math.min(attr.maxQpInitRdAtom, MAX_RDMA_READ_DEPTH),
         retryCount: this.o.retryCount,
         rnrRetryCount: this.o.rnrRetryCount,
       });
@@ -135,7 +151,8 @@ export class RdmaChannelTransport extends Emitter<RdmaChannelEvents> implements 
           this.stateValue = 'connected';
           this.stats.connectMs = Date.now() - t0;
           this.startKeepalive();
-          this.log.info({ dst, device: this.device, port: this.port, qpNum: res.qpNum, ms: this.stats.connectMs }, 'rdma: connected');
+          this.log.info({ dst, device: this.device, port: this.port, qpNum: res.qpNum, ms: this.stats.connectMs },
+            'rdma: connected');
           return rsp;
         }
         case R.RDMA_CM_EVENT_REJECTED:
@@ -145,11 +162,13 @@ export class RdmaChannelTransport extends Emitter<RdmaChannelEvents> implements 
             this.stateValue = 'closed';
             return rej;
           }
-          throw new TransportError(`connection to ${dst} rejected (CM reject reason ${ev.status}${ev.status === 8 ? ': invalid service ID, no SRP target listening there' : ''})`, 'disconnected');
+          throw new TransportError(`connection to ${dst} rejected (CM reject reason ${ev.status}`
+            + `${ev.status === R.IB_CM_REJ_INVALID_SERVICE_ID ? NO_LISTENER : ''})`, 'disconnected');
         case R.RDMA_CM_EVENT_UNREACHABLE:
           throw new TransportError(`target ${dst} unreachable (no answer to the CM REQ)`, 'disconnected');
         default:
-          throw new TransportError(`connect to ${dst} failed: ${R.nameOfCmEvent(ev.event)} (status ${ev.status})`, 'disconnected');
+          throw new TransportError(`connect to ${dst} failed: ${R.nameOfCmEvent(ev.event)} (status ${ev.status})`,
+            'disconnected');
       }
     } catch (err) {
       this.release();
@@ -168,27 +187,31 @@ export class RdmaChannelTransport extends Emitter<RdmaChannelEvents> implements 
     for (let attempt = 1; ; attempt++) {
       this.stats.resolveAttempts++;
       res.createCmId();
-      verbsCall(() => this.b.cmResolveAddr(res.cmId, srcAddr, dstAddr, this.o.resolveTimeoutMs), 'rdma_resolve_addr');
+      verbsCall(() => this.b.cmResolveAddr(res.cmId, srcAddr, dstAddr, this.o.resolveTimeoutMs),
+        'rdma_resolve_addr');
       const ev = await this.nextCmEvent(deadline, `address of ${dst} not resolved`);
       if (ev.event === R.RDMA_CM_EVENT_ADDR_RESOLVED) break;
       last = `${R.nameOfCmEvent(ev.event)} status ${ev.status}`;
       res.destroyCmId();
       if (attempt >= this.o.resolveAttempts) {
-        throw new TransportError(`target ${dst} unreachable: address resolution failed ${attempt} times (${last}); check the route and that the local RDMA port is up`, 'disconnected');
+        throw new TransportError(`target ${dst} unreachable: address resolution failed ${attempt} times (${last}); `
+          + 'check the route and that the local RDMA port is up', 'disconnected');
       }
     }
     verbsCall(() => this.b.cmResolveRoute(res.cmId, this.o.routeTimeoutMs), 'rdma_resolve_route');
     const ev = await this.nextCmEvent(deadline, `route to ${dst} not resolved`);
     if (ev.event !== R.RDMA_CM_EVENT_ROUTE_RESOLVED) {
-      throw new TransportError(`target ${dst} unreachable: ${R.nameOfCmEvent(ev.event)} (status ${ev.status})`, 'disconnected');
+      throw new TransportError(`target ${dst} unreachable: ${R.nameOfCmEvent(ev.event)} (status ${ev.status})`,
+        'disconnected');
     }
   }
 
   private checkLoginRsp(rsp: Buffer): void {
-    if (rsp.length < 52 || rsp[0] !== SRP_LOGIN_RSP) return; // the session judges what it got
+    if (rsp.length < SRP_LOGIN_RSP_LEN || rsp[0] !== SRP_LOGIN_RSP) return; // the session judges what it got
     const { maxTiIuLen } = decodeLoginRsp(rsp);
     if (maxTiIuLen > this.o.recvIuLen) {
-      throw new TransportError(`target max_ti_iu_len ${maxTiIuLen} exceeds the receive buffers (${this.o.recvIuLen}): raise recvIuLen`, 'protocol');
+      throw new TransportError(`target max_ti_iu_len ${maxTiIuLen} exceeds the receive buffers (${this.o.recvIuLen}): `
+        + 'raise recvIuLen', 'protocol');
     }
   }
 
@@ -305,7 +328,8 @@ export class RdmaChannelTransport extends Emitter<RdmaChannelEvents> implements 
     if (wc.status !== R.IBV_WC_SUCCESS) {
       if (wc.wrId < WR_RECV) this.freeSlots.push(wc.wrId);
       if (this.closing || this.stateValue !== 'connected') return; // flushed while going away
-      this.lost(`${wc.wrId >= WR_RECV ? 'receive' : 'send'} failed: ${R.describeWcStatus(wc.status)} (vendor error 0x${wc.vendorErr.toString(16)})`);
+      this.lost(`${wc.wrId >= WR_RECV ? 'receive' : 'send'} failed: ${R.describeWcStatus(wc.status)} `
+        + `(vendor error 0x${wc.vendorErr.toString(16)})`);
       return;
     }
     if (wc.wrId >= WR_RECV) {
@@ -325,7 +349,8 @@ export class RdmaChannelTransport extends Emitter<RdmaChannelEvents> implements 
   private postRecv(slot: number): void {
     const p = this.res.recvPool!;
     try {
-      this.b.postRecv(this.res.cmId, WR_RECV + slot, p.addr + BigInt(slot * this.o.recvIuLen), this.o.recvIuLen, p.lkey);
+      const len = this.o.recvIuLen;
+      this.b.postRecv(this.res.cmId, WR_RECV + slot, p.addr + BigInt(slot * len), len, p.lkey);
     } catch (err) {
       if (this.stateValue === 'connected') this.lost(`ibv_post_recv failed: ${(err as Error).message}`);
       else throw err;
@@ -335,15 +360,22 @@ export class RdmaChannelTransport extends Emitter<RdmaChannelEvents> implements 
   /* ---------------------------------------------------------- data path */
 
   send(iu: Buffer): void {
-    if (this.stateValue !== 'connected' || this.closing) throw new TransportError(`send on a ${this.closing ? 'closing' : this.stateValue} channel`, 'disconnected');
-    if (iu.length > this.o.maxSendIuLen) throw new TransportError(`IU of ${iu.length} bytes exceeds the send buffer (${this.o.maxSendIuLen})`, 'protocol');
+    if (this.stateValue !== 'connected' || this.closing) {
+      throw new TransportError(`send on a ${this.closing ? 'closing' : this.stateValue} channel`, 'disconnected');
+    }
+    if (iu.length > this.o.maxSendIuLen) {
+      throw new TransportError(`IU of ${iu.length} bytes exceeds the send buffer (${this.o.maxSendIuLen})`, 'protocol');
+    }
     const slot = this.freeSlots.pop();
-    if (slot === undefined) throw new TransportError(`send queue full (${this.o.sendQueueDepth} IUs in flight)`, 'protocol');
+    if (slot === undefined) {
+      throw new TransportError(`send queue full (${this.o.sendQueueDepth} IUs in flight)`, 'protocol');
+    }
     const p = this.res.sendPool!;
     const off = slot * this.o.maxSendIuLen;
     iu.copy(p.buf, off);
     try {
-      this.b.postSend(this.res.cmId, slot, R.IBV_WR_SEND, p.addr + BigInt(off), iu.length, p.lkey, R.IBV_SEND_SIGNALED, 0n, 0);
+      this.b.postSend(this.res.cmId, slot, R.IBV_WR_SEND, p.addr + BigInt(off), iu.length, p.lkey, R.IBV_SEND_SIGNALED,
+        0n, 0);
       this.stats.sends++;
     } catch (err) {
       this.freeSlots.push(slot);
@@ -358,8 +390,10 @@ export class RdmaChannelTransport extends Emitter<RdmaChannelEvents> implements 
    * trip in ms; when the path is a black hole it fails after the QP's retries and the channel is lost.
    */
   probe(): Promise<number> {
-    if (this.stateValue !== 'connected' || this.closing) return Promise.reject(new TransportError(`probe on a ${this.stateValue} channel`, 'disconnected'));
-    const wrId = WR_PROBE + (this.probeSeq = (this.probeSeq + 1) % 0x10_0000);
+    if (this.stateValue !== 'connected' || this.closing) {
+      return Promise.reject(new TransportError(`probe on a ${this.stateValue} channel`, 'disconnected'));
+    }
+    const wrId = WR_PROBE + (this.probeSeq = (this.probeSeq + 1) % WR_SPACE);
     return new Promise((resolve, reject) => {
       this.probes.set(wrId, { resolve, reject, t0: Date.now() });
       try {
@@ -421,13 +455,13 @@ export class RdmaChannelTransport extends Emitter<RdmaChannelEvents> implements 
         this.finishClose();
         return;
       }
-      const t = setTimeout(() => this.finishClose(), 1000);
+      const t = setTimeout(() => this.finishClose(), CLOSE_DISCONNECT_MS);
       t.unref?.();
     };
     if (this.freeSlots.length === this.o.sendQueueDepth) disconnect();
     else {
       this.drainWaiter = disconnect;
-      const t = setTimeout(disconnect, 1000);
+      const t = setTimeout(disconnect, CLOSE_DRAIN_MS);
       t.unref?.();
     }
   }

@@ -25,7 +25,8 @@ export interface RdmaConnectorOptions {
   /** overrides the derived initiator port id (16 bytes) */
   initiatorPortId?: Buffer;
   /** per-channel transport options (tests, tuning) */
-  transport?: Partial<Omit<RdmaTransportOptions, 'dst' | 'src' | 'ackTimeout' | 'retryCount' | 'keepaliveIntervalMs' | 'logger'>>;
+  transport?: Partial<Omit<RdmaTransportOptions,
+    'dst' | 'src' | 'ackTimeout' | 'retryCount' | 'keepaliveIntervalMs' | 'logger'>>;
 }
 
 /** The part of SrpTargetAddress the connector needs (src/initiator/target-address.ts). */
@@ -48,7 +49,10 @@ const SRP_REV10_IB_IO_CLASS = 0x0100;
  * stable per-host id so every path of this host is one initiator to the target). Rev. 10 io_class
  * swaps both halves.
  */
-export function srpPortIds(addr: Pick<RdmaCmTargetAddress, 'idExt' | 'iocGuid' | 'initiatorExt' | 'ioClass'>, hostId: bigint): { initiatorPortId: Buffer; targetPortId: Buffer } {
+export function srpPortIds(
+  addr: Pick<RdmaCmTargetAddress, 'idExt' | 'iocGuid' | 'initiatorExt' | 'ioClass'>,
+  hostId: bigint,
+): { initiatorPortId: Buffer; targetPortId: Buffer } {
   const pair = (a: bigint, b: bigint) => {
     const x = Buffer.alloc(16);
     x.writeBigUInt64BE(a, 0);
@@ -77,7 +81,10 @@ export async function hostPortGuid(): Promise<bigint> {
   return createHash('sha256').update('srp-nbd initiator ' + seed).digest().readBigUInt64BE(0);
 }
 
-/** Opens RDMA/CM channels to one target (ChannelConnector of src/fsm/srp-port.ts), with keep-alive and path-up events. */
+/**
+ * Opens RDMA/CM channels to one target (ChannelConnector of src/fsm/srp-port.ts), with keep-alive and
+ * path-up events.
+ */
 export class RdmaConnector {
   readonly description: string;
   private readonly pathUp = new Set<() => void>();
@@ -145,7 +152,10 @@ export class RdmaConnector {
  * The daemon's entry point (src/daemon/daemon.ts RdmaConnectorModule): a connector for an ib_srp
  * add_target address with dest=IP:port (RDMA/CM), and the login's port ids.
  */
-export async function createRdmaConnector(addr: RdmaCmTargetAddress, opts: RdmaConnectorOptions): Promise<{ connector: RdmaConnector; initiatorPortId: Buffer; targetPortId: Buffer; close: () => void }> {
+export async function createRdmaConnector(
+  addr: RdmaCmTargetAddress,
+  opts: RdmaConnectorOptions,
+): Promise<{ connector: RdmaConnector; initiatorPortId: Buffer; targetPortId: Buffer; close: () => void }> {
   if (addr.transport !== 'rdma-cm' || !addr.dest) {
     throw new TransportError('only RDMA/CM addressing (dest=IP:port) is supported by the RDMA connector', 'protocol');
   }
@@ -166,5 +176,10 @@ export async function createRdmaConnector(addr: RdmaCmTargetAddress, opts: RdmaC
     logger: opts.logger,
   });
   const ids = srpPortIds(addr, await hostPortGuid());
-  return { connector, initiatorPortId: opts.initiatorPortId ?? ids.initiatorPortId, targetPortId: ids.targetPortId, close: () => connector.close() };
+  return {
+    connector,
+    initiatorPortId: opts.initiatorPortId ?? ids.initiatorPortId,
+    targetPortId: ids.targetPortId,
+    close: () => connector.close(),
+  };
 }

@@ -1,7 +1,16 @@
+/**
+ * Parking of cm ids whose channel was lost while its port was down (see ParkedIds below).
+ */
 import type { NativeBinding } from '../../native/native.js';
 import * as R from '../../native/rdma-constants.js';
 import type { SrpLogger } from '../srp-session.js';
 import { AsyncEventHub } from './async-event-hub.js';
+
+/** The ids parked on one port of one device, and the subscription that releases them. */
+interface ParkedPort {
+  ids: { id: number; channel: number }[];
+  unsubscribe: () => void;
+}
 
 /**
  * cm ids whose teardown waits for their port to be ACTIVE again.
@@ -17,22 +26,25 @@ import { AsyncEventHub } from './async-event-hub.js';
  * arrives the id is disconnected and destroyed normally, and the DREQ reaches the target.
  */
 export class ParkedIds {
-  private static readonly parked = new Map<NativeBinding, Map<string, { ids: { id: number; channel: number }[]; unsubscribe: () => void }>>();
+  private static readonly parked = new Map<NativeBinding, Map<string, ParkedPort>>();
 
-  static park(b: NativeBinding, ctx: number, port: number, asyncFd: number, id: number, channel: number, log: SrpLogger): void {
+  static park(
+    b: NativeBinding, ctx: number, port: number, asyncFd: number, id: number, channel: number, log: SrpLogger,
+  ): void {
     let m = this.parked.get(b);
     if (!m) this.parked.set(b, (m = new Map()));
     const key = `${ctx}/${port}`;
     let e = m.get(key);
     if (!e) {
-      const entry = { ids: [] as { id: number; channel: number }[], unsubscribe: () => {} };
+      const entry: ParkedPort = { ids: [], unsubscribe: () => {} };
       entry.unsubscribe = AsyncEventHub.subscribe(b, ctx, asyncFd, (ev) => {
         if (ev.type === R.IBV_EVENT_PORT_ACTIVE && ev.portNum === port) this.release(b, key, log);
       });
       m.set(key, (e = entry));
     }
     e.ids.push({ id, channel });
-    log.info({ port, parked: e.ids.length }, 'rdma: port down: cm id kept until the port is active again (no DREQ through a downed port)');
+    log.info({ port, parked: e.ids.length },
+      'rdma: port down: cm id kept until the port is active again (no DREQ through a downed port)');
   }
 
   /** Disconnects and destroys the parked ids of one port (on PORT_ACTIVE); safe to call again. */
@@ -45,7 +57,11 @@ export class ParkedIds {
     for (const { id, channel } of e.ids) {
       try { b.cmDisconnect(id); } catch { /* not connected */ }
       try { b.cmDestroyId(id); } catch (err) { log.warn({ err }, 'rdma: destroying a parked cm id failed'); }
-      try { b.cmDestroyChannel(channel); } catch (err) { log.warn({ err }, 'rdma: destroying a parked event channel failed'); }
+      try {
+        b.cmDestroyChannel(channel);
+      } catch (err) {
+        log.warn({ err }, 'rdma: destroying a parked event channel failed');
+      }
     }
   }
 

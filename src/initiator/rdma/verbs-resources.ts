@@ -104,6 +104,11 @@ interface Step {
   keptWhenParked?: boolean;
 }
 
+/** Send work requests beyond the IU slots (keep-alive probes are posted outside them). */
+const EXTRA_SEND_WRS = 8;
+/** CQ entries beyond one per IU slot and posted receive (covers EXTRA_SEND_WRS). */
+const EXTRA_CQES = 16;
+
 /** Memory the peer reads and writes through RDMA (IU pools are local only). */
 const REMOTE_ACCESS = R.IBV_ACCESS_LOCAL_WRITE | R.IBV_ACCESS_REMOTE_WRITE | R.IBV_ACCESS_REMOTE_READ;
 
@@ -185,7 +190,7 @@ export class VerbsResources {
     const poller = b.pollStart(cc.fd, 1, () => this.on.completions());
     this.steps.push({ what: 'stop the completion poller', undo: () => b.pollStop(poller) });
 
-    const depth = o.sendQueueDepth + o.recvQueueDepth + 16;
+    const depth = o.sendQueueDepth + o.recvQueueDepth + EXTRA_CQES;
     const cq = (this.cq = verbsCall(() => b.cqCreate(ctx, depth, cc.channel), 'ibv_create_cq'));
     this.steps.push({ what: 'ibv_destroy_cq', undo: () => b.cqDestroy(cq) });
 
@@ -199,7 +204,7 @@ export class VerbsResources {
     this.steps.push({ what: 'ibv_dereg_mr', undo: () => this.deregisterAll() });
 
     const caps = verbsCall(() => b.cmCreateQp(this.cmId, {
-      pd, sendCq: cq, recvCq: cq, maxSendWr: o.sendQueueDepth + 8, maxRecvWr: o.recvQueueDepth,
+      pd, sendCq: cq, recvCq: cq, maxSendWr: o.sendQueueDepth + EXTRA_SEND_WRS, maxRecvWr: o.recvQueueDepth,
       maxSendSge: 1, maxRecvSge: 1,
     }), 'rdma_create_qp');
     this.qpNum = caps.qpNum;
