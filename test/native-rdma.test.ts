@@ -231,6 +231,49 @@ t.test('resources: freed in the reverse order of their creation, also when a ste
   }
 });
 
+t.test('a failed poll: no completions or CM events is a loss, no device events only an error', async (t) => {
+  const none = { channels: 0, ids: 0, qps: 0, pds: 0, compChannels: 0, cqs: 0, mrs: 0 };
+  const target = newTarget();
+  const m = fabric(target);
+  const open = async (portIds = ids) => {
+    const tr = transport(m.asBinding());
+    const session = await SrpSession.login(tr, portIds);
+    const errors: Error[] = [];
+    tr.on('error', (e) => errors.push(e));
+    return { tr, session, errors, lost: new Promise<TransportError>((r) => session.on('disconnect', r)) };
+  };
+  for (const [kind, fd] of [['completion', 'completion channel'], ['cm', 'rdma_cm event channel']] as const) {
+    const c = await open();
+    t.equal(m.failPolls(kind), 1);
+    const e = await c.lost;
+    t.match(e, { code: 'disconnected', message: `${fd} poll failed: uv_poll failed (EBADF)` },
+      `${kind}: the channel is lost`);
+    t.match(e.cause, { code: 'EBADF', syscall: 'uv_poll' }, 'the addon\'s error is the cause');
+    t.match(c.errors, [{ code: 'EBADF', syscall: 'uv_poll' }], 'and goes out on \'error\'');
+    t.same(m.rdmaObjectCounts(), none);
+    t.equal(m.pollCount(), 0, 'the failed poller is released with the rest');
+  }
+
+  const a = await open();
+  t.equal(m.failPolls('async'), 1);
+  await new Promise((r) => setImmediate(r));
+  t.match(a.errors, [{ code: 'EBADF', syscall: 'uv_poll' }], 'device events: an error');
+  t.equal(a.tr.state, 'connected', 'the channel goes on');
+  const disk = new ScsiDisk(a.session, { lun: 0n });
+  await disk.probe();
+  const data = randomBytes(8192);
+  await disk.write(0, data);
+  t.same(await disk.read(0, data.length), data, 'I/O still works');
+  const b = await open({ ...ids, initiatorPortId: Buffer.alloc(16, 3) }); // another initiator: a stays logged in
+  m.portDown();
+  t.match(await a.lost, { message: /PORT_ERR/ }, 'the next channel on the device polls its events again, for both');
+  t.match(await b.lost, { message: /PORT_ERR/ });
+  m.portUp();
+  await new Promise((r) => setTimeout(r, 10));
+  t.same(m.rdmaObjectCounts(), none);
+  t.equal(m.pollCount(), 0);
+});
+
 t.test('200 connect/disconnect cycles leak nothing (mock fabric)', async (t) => {
   const target = newTarget();
   const m = fabric(target);

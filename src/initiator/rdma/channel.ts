@@ -25,11 +25,11 @@ import type { SrpLogger } from '../srp-session.js';
 import {
   Emitter, type ChannelEvents, type ChannelState, type ChannelTransport, type LoginForm, type MemoryRegion,
 } from '../transport.js';
-import { readWc, type AsyncEvent, type CmEvent, type NativeBinding } from '../../native/native.js';
+import { readWc, type AsyncEvent, type CmEvent, type NativeBinding, type NativeError } from '../../native/native.js';
 import * as R from '../../native/rdma-constants.js';
 import { encodeRdmaAddress, formatRdmaAddress } from '../../native/sockaddr.js';
 import { resolveTransportOptions, type RdmaTransportOptions, type ResolvedTransportOptions } from './options.js';
-import { checkRdmaAvailable, verbsCall, VerbsResources } from './verbs-resources.js';
+import { checkRdmaAvailable, verbsCall, VerbsResources, type PolledFd } from './verbs-resources.js';
 
 export interface RdmaChannelEvents extends ChannelEvents {
   /** Any device async event of this channel's device (PORT_ACTIVE included), for logs and reconnect triggers. */
@@ -91,6 +91,7 @@ export class RdmaChannelTransport extends Emitter<RdmaChannelEvents> implements 
       cmEvents: () => this.drainCm(),
       completions: () => this.onCompletionEvent(),
       asyncEvent: (ev) => this.onAsync(ev),
+      pollFailed: (fd, err) => this.onPollFailed(fd, err),
     });
   }
 
@@ -288,6 +289,17 @@ export class RdmaChannelTransport extends Emitter<RdmaChannelEvents> implements 
     }
   }
 
+  /**
+   * A poll of the channel's fds failed (the addon stopped it). The Error goes out on 'error'. Without
+   * CM events or completions the channel cannot work or close cleanly: it is lost. Without device async
+   * events it still works (failed completions and keep-alive still notice a loss).
+   */
+  private onPollFailed(fd: PolledFd, err: NativeError): void {
+    this.log.warn({ err, fd, device: this.device }, 'rdma: poll failed');
+    this.emit('error', err);
+    if (fd !== 'device async events') this.lost(`${fd} poll failed: ${err.message}`, err);
+  }
+
   /* ---------------------------------------------------------- completions */
 
   private onCompletionEvent(): void {
@@ -474,7 +486,7 @@ export class RdmaChannelTransport extends Emitter<RdmaChannelEvents> implements 
   }
 
   /** The channel is gone: QP to error (rdma_disconnect), resources released, 'disconnect' emitted once. */
-  private lost(reason: string): void {
+  private lost(reason: string, cause?: Error): void {
     if (this.stateValue === 'closed') return;
     const wasConnecting = this.stateValue === 'connecting';
     this.log.warn({ reason, device: this.device, qpNum: this.res.qpNum }, 'rdma: channel lost');
@@ -490,7 +502,7 @@ export class RdmaChannelTransport extends Emitter<RdmaChannelEvents> implements 
     }
     this.release();
     this.stateValue = 'closed';
-    this.fireDisconnect(new TransportError(reason, 'disconnected'));
+    this.fireDisconnect(new TransportError(reason, 'disconnected', cause ? { cause } : undefined));
   }
 
   private fireDisconnect(reason: TransportError): void {

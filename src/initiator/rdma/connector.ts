@@ -143,7 +143,8 @@ export class RdmaConnector {
       if (ev.type !== R.IBV_EVENT_PORT_ACTIVE || ev.portNum !== h.port) return;
       this.o.logger?.info({ device: h.device, port: h.port }, 'rdma: port active again');
       for (const l of [...this.pathUp]) l();
-    });
+    }, (err) => this.o.logger?.warn({ err, device: h.device, port: h.port },
+      'rdma: device async events lost: no path-up on PORT_ACTIVE until a channel opens again'));
     this.watched = { ctx: h.ctx, port: h.port, unsubscribe };
   }
 }

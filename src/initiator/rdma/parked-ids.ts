@@ -39,7 +39,8 @@ export class ParkedIds {
       const entry: ParkedPort = { ids: [], unsubscribe: () => {} };
       entry.unsubscribe = AsyncEventHub.subscribe(b, ctx, asyncFd, (ev) => {
         if (ev.type === R.IBV_EVENT_PORT_ACTIVE && ev.portNum === port) this.release(b, key, log);
-      });
+      }, (err) => log.warn({ err, port, parked: entry.ids.length },
+        'rdma: device async events lost: parked cm ids stay until a channel polls the device again (or exit)'));
       m.set(key, (e = entry));
     }
     e.ids.push({ id, channel });

@@ -18,7 +18,9 @@
 import { TransportError } from '../scsi-executor.js';
 import type { SrpLogger } from '../srp-session.js';
 import type { MemoryRegion } from '../transport.js';
-import type { AsyncEvent, ConnParam, DeviceAttr, NativeBinding, NativeError } from '../../native/native.js';
+import {
+  UV_READABLE, type AsyncEvent, type ConnParam, type DeviceAttr, type NativeBinding, type NativeError,
+} from '../../native/native.js';
 import * as R from '../../native/rdma-constants.js';
 import { AsyncEventHub } from './async-event-hub.js';
 import type { ResolvedTransportOptions } from './options.js';
@@ -75,7 +77,12 @@ export interface VerbsEventHandlers {
   completions(): void;
   /** An async event of the channel's device (any port, any QP). */
   asyncEvent(ev: AsyncEvent): void;
+  /** The poll of one of the channel's fds failed: the addon stopped it, nothing more comes from that fd. */
+  pollFailed(fd: PolledFd, err: NativeError): void;
 }
+
+/** The fds a channel has polled. */
+export type PolledFd = 'rdma_cm event channel' | 'completion channel' | 'device async events';
 
 /** The device the cm id resolved to. */
 export interface ChannelDevice {
@@ -144,7 +151,10 @@ export class VerbsResources {
     this.steps.push({
       what: 'rdma_destroy_event_channel', undo: () => b.cmDestroyChannel(ch.channel), keptWhenParked: true,
     });
-    const poller = b.pollStart(ch.fd, 1, () => this.on.cmEvents());
+    const poller = b.pollStart(ch.fd, UV_READABLE, (err) => {
+      if (err) this.on.pollFailed('rdma_cm event channel', err);
+      else this.on.cmEvents();
+    });
     this.steps.push({ what: 'stop the rdma_cm event poller', undo: () => b.pollStop(poller) });
   }
 
@@ -178,7 +188,8 @@ export class VerbsResources {
     const ctx = info.context;
     const attr = b.ctxQuery(ctx);
     this.device = { ctx, port: info.port, name: info.device ?? '?', attr };
-    const unsubscribe = AsyncEventHub.subscribe(b, ctx, attr.asyncFd, (ev) => this.on.asyncEvent(ev));
+    const unsubscribe = AsyncEventHub.subscribe(b, ctx, attr.asyncFd, (ev) => this.on.asyncEvent(ev),
+      (err) => this.on.pollFailed('device async events', err));
     this.steps.push({ what: 'unsubscribe from device async events', undo: unsubscribe });
 
     const pd = (this.pd = verbsCall(() => b.pdAlloc(ctx), 'ibv_alloc_pd'));
@@ -187,7 +198,10 @@ export class VerbsResources {
     const cc = verbsCall(() => b.compChannelCreate(ctx), 'ibv_create_comp_channel');
     this.compChannel = cc.channel;
     this.steps.push({ what: 'ibv_destroy_comp_channel', undo: () => b.compChannelDestroy(cc.channel) });
-    const poller = b.pollStart(cc.fd, 1, () => this.on.completions());
+    const poller = b.pollStart(cc.fd, UV_READABLE, (err) => {
+      if (err) this.on.pollFailed('completion channel', err);
+      else this.on.completions();
+    });
     this.steps.push({ what: 'stop the completion poller', undo: () => b.pollStop(poller) });
 
     const depth = o.sendQueueDepth + o.recvQueueDepth + EXTRA_CQES;
