@@ -5,7 +5,7 @@
  * ib_srpt); IB CM and no address say what is not supported; a bad address is a usage error.
  */
 import t from 'tap';
-import { checkRdmaAvailable } from '../src/initiator/rdma-transport.js';
+import { checkRdmaAvailable } from '../src/initiator/rdma/index.js';
 import { tryLoadNative } from '../src/native/native.js';
 import { cleanup, cli } from './helpers/daemon.js';
 

@@ -11,7 +11,7 @@ import {
   type NetlinkBinding, type NlAttr,
 } from '../src/nbd/netlink.js';
 import { NbdServer } from '../src/nbd/server.js';
-import { tryLoadNative } from '../src/native/native.js';
+import { tryLoadNative, UV_READABLE, type NativeError } from '../src/native/native.js';
 import { silentLogger } from '../src/util/log.js';
 import { ByteReader } from './helpers/byte-reader.js';
 
@@ -98,7 +98,9 @@ class MockKernel implements NetlinkBinding {
   kept: number[] = [];
   private nextFd = 1000;
   private readonly queues = new Map<number, Buffer[]>();
-  private readonly pollers = new Map<number, { fd: number; cb: (status: number, events: number) => void }>();
+  private readonly pollers = new Map<number, { fd: number; cb: (err: NativeError | null, events: number) => void }>();
+  /** netlinkSend queues no answer (the request waits) */
+  hold = false;
   private nextPoll = 1;
   members = new Map<number, number>();
   closed: number[] = [];
@@ -115,18 +117,24 @@ class MockKernel implements NetlinkBinding {
     // the kernel end of the socketpair: keep it open, the test plays the kernel on it
     this.kept.push(fd);
   }
-  pollStart(fd: number, _ev: number, cb: (status: number, events: number) => void): number {
+  pollStart(fd: number, _ev: number, cb: (err: NativeError | null, events: number) => void): number {
     const id = this.nextPoll++;
     this.pollers.set(id, { fd, cb });
-    if (this.queues.get(fd)?.length) setImmediate(() => cb(0, 1));
+    if (this.queues.get(fd)?.length) setImmediate(() => cb(null, UV_READABLE));
     return id;
+  }
+  /** Every poll fails as the addon reports it (POLLERR is UV_EBADF); the pollers stay until pollStop(). */
+  failPolls(): void {
+    const err = Object.assign(new Error('uv_poll failed: Bad file descriptor (EBADF)'),
+      { errno: 9, code: 'EBADF', syscall: 'uv_poll' });
+    for (const p of this.pollers.values()) setImmediate(() => p.cb(err, 0));
   }
   pollStop(id: number): void { this.pollers.delete(id); }
   pollRef(): void {}
   get pollerCount(): number { return this.pollers.size; }
   private push(fd: number, b: Buffer): void {
     this.queues.get(fd)?.push(b);
-    for (const p of this.pollers.values()) if (p.fd === fd) setImmediate(() => p.cb(0, 1));
+    for (const p of this.pollers.values()) if (p.fd === fd) setImmediate(() => p.cb(null, UV_READABLE));
   }
   private msg(type: number, flags: number, seq: number, body: Buffer): Buffer {
     const b = Buffer.alloc(16 + body.length);
@@ -140,6 +148,7 @@ class MockKernel implements NetlinkBinding {
     this.push(fd, this.msg(C.NLMSG_ERROR, C.NLM_F_CAPPED | (ext ? C.NLM_F_ACK_TLVS : 0), seq, Buffer.concat([e, tlv])));
   }
   netlinkSend(fd: number, m: Buffer): number {
+    if (this.hold) return m.length;
     const [h] = parseNlMessages(m);
     const seq = h!.seq;
     if (h!.type === C.GENL_ID_CTRL) {
@@ -240,6 +249,24 @@ async function attachedThroughAsyncKernel(index: number) {
   const fd = c.attrs.nested(C.NBD_ATTR_SOCKETS)!.nested(C.NBD_SOCK_ITEM)!.u32(C.NBD_SOCK_FD)!;
   return { k, server, nl, att, kernelEnd: new net.Socket({ fd, readable: true, writable: true }) };
 }
+
+t.test('a failed poll fails the waiting request with the addon\'s error; the next request polls again', async (t) => {
+  const k = new AsyncMockKernel();
+  const nl = await NbdNetlink.open(k);
+  k.hold = true;
+  const status = nl.status(2);
+  await new Promise((r) => setImmediate(r));
+  await new Promise((r) => setImmediate(r));
+  t.equal(k.pollerCount, 1, 'the request waits on a poller');
+  k.failPolls();
+  await t.rejects(status, { code: 'EBADF', message: /NBD_CMD_STATUS .*EBADF/ });
+  t.equal(k.pollerCount, 0, 'the failed poller is released');
+  k.hold = false;
+  k.answer = () => ({ reply: [{ type: C.NBD_ATTR_DEVICE_LIST, nested: [] }] });
+  t.same(await nl.status(2), []);
+  nl.close();
+  t.equal(k.pollerCount, 0);
+});
 
 t.test('netlinkSendAsync: a generic netlink request from a worker thread, its answer read on the loop', { skip: real ? false : 'native addon not built' }, async (t) => {
   const fd = real!.netlinkOpen(C.NETLINK_GENERIC);

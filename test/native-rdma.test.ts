@@ -2,12 +2,12 @@
 // the same transport over MockRdmaBinding carrying the real SRP session to the test SRP target.
 import { randomBytes } from 'node:crypto';
 import t from 'tap';
-import { RdmaChannelTransport, RdmaUnavailableError, checkRdmaAvailable, parkedCmIds, type RdmaTransportOptions } from '../src/initiator/rdma-transport.js';
+import { RdmaChannelTransport, RdmaUnavailableError, checkRdmaAvailable, parkedCmIds, type RdmaTransportOptions } from '../src/initiator/rdma/index.js';
 import { ScsiDisk } from '../src/initiator/scsi-disk.js';
 import { TransportError } from '../src/initiator/scsi-executor.js';
 import { SrpLoginRejectedError, SrpSession } from '../src/initiator/srp-session.js';
 import type { LoopbackTargetEnd } from '../src/initiator/loopback.js';
-import { MockRdmaBinding } from '../src/native/mock-binding.js';
+import { MockRdmaBinding } from '../src/testing/mock-rdma-binding.js';
 import { tryLoadNative, readWc, type NativeBinding } from '../src/native/native.js';
 import * as R from '../src/native/rdma-constants.js';
 import { encodeSockaddrIb, encodeSockaddrIp } from '../src/native/sockaddr.js';
@@ -180,6 +180,97 @@ t.test('failures: login reject, no listener, PORT_ERR, black hole probe, target 
   m.disconnectFromTarget([...(m as unknown as { ids: Map<number, unknown> }).ids.keys()][0]!);
   t.match((await lost).message, /disconnected \(RDMA_CM_EVENT_DISCONNECTED\)/);
   t.same(m.rdmaObjectCounts(), { channels: 0, ids: 0, qps: 0, pds: 0, compChannels: 0, cqs: 0, mrs: 0 });
+  t.equal(m.pollCount(), 0);
+});
+
+/** What each creating call of the binding is undone by. */
+const UNDO: Record<string, string> = {
+  cmCreateChannel: 'cmDestroyChannel', pollStart: 'pollStop', cmCreateId: 'cmDestroyId', pdAlloc: 'pdDealloc',
+  compChannelCreate: 'compChannelDestroy', cqCreate: 'cqDestroy', mrReg: 'mrDereg', cmCreateQp: 'cmDestroyQp',
+};
+/** The binding, recording its creating and destroying calls in order; `failing` throws ENOMEM instead. */
+function recording(m: MockRdmaBinding, failing?: string): { b: NativeBinding; calls: string[] } {
+  const calls: string[] = [];
+  const undoers = new Set(Object.values(UNDO));
+  const b = new Proxy(m, {
+    get(target, prop, receiver) {
+      const v = Reflect.get(target, prop, receiver) as unknown;
+      if (typeof prop !== 'string' || typeof v !== 'function' || !(prop in UNDO || undoers.has(prop))) return v;
+      return (...args: unknown[]) => {
+        if (prop === failing) throw Object.assign(new Error(`${prop} failed`), { code: 'ENOMEM' });
+        calls.push(prop);
+        return (v as (...a: unknown[]) => unknown).apply(target, args);
+      };
+    },
+  }) as unknown as NativeBinding;
+  return { b, calls };
+}
+
+t.test('resources: freed in the reverse order of their creation, also when a step fails', async (t) => {
+  const target = newTarget();
+  const { b, calls } = recording(fabric(target));
+  const session = await SrpSession.login(transport(b, { pools: [Buffer.allocUnsafeSlow(65536)] }), ids);
+  await session.close();
+  const created = calls.filter((c) => c in UNDO);
+  t.same(created, [
+    'cmCreateChannel', 'pollStart', 'cmCreateId', 'pollStart', 'pdAlloc', 'compChannelCreate', 'pollStart', 'cqCreate',
+    'mrReg', 'mrReg', 'mrReg', 'cmCreateQp',
+  ], 'event channel, cm id, device events, PD, completions, CQ, memory, QP');
+  t.same(calls.filter((c) => !(c in UNDO)), created.map((c) => UNDO[c]).reverse(), 'undone last first');
+
+  for (const failing of ['cmCreateQp', 'cqCreate', 'pdAlloc']) {
+    const m = fabric(target);
+    const r = recording(m, failing);
+    const login = SrpSession.login(transport(r.b), ids);
+    await t.rejects(login, { code: 'disconnected', message: new RegExp(`${failing} failed`) });
+    const made = r.calls.filter((c) => c in UNDO);
+    t.same(r.calls.filter((c) => !(c in UNDO)), made.map((c) => UNDO[c]).reverse(),
+      `${failing} fails: what was made is undone in reverse`);
+    t.same(m.rdmaObjectCounts(), { channels: 0, ids: 0, qps: 0, pds: 0, compChannels: 0, cqs: 0, mrs: 0 });
+    t.equal(m.pollCount(), 0);
+  }
+});
+
+t.test('a failed poll: no completions or CM events is a loss, no device events only an error', async (t) => {
+  const none = { channels: 0, ids: 0, qps: 0, pds: 0, compChannels: 0, cqs: 0, mrs: 0 };
+  const target = newTarget();
+  const m = fabric(target);
+  const open = async (portIds = ids) => {
+    const tr = transport(m.asBinding());
+    const session = await SrpSession.login(tr, portIds);
+    const errors: Error[] = [];
+    tr.on('error', (e) => errors.push(e));
+    return { tr, session, errors, lost: new Promise<TransportError>((r) => session.on('disconnect', r)) };
+  };
+  for (const [kind, fd] of [['completion', 'completion channel'], ['cm', 'rdma_cm event channel']] as const) {
+    const c = await open();
+    t.equal(m.failPolls(kind), 1);
+    const e = await c.lost;
+    t.match(e, { code: 'disconnected', message: `${fd} poll failed: uv_poll failed (EBADF)` },
+      `${kind}: the channel is lost`);
+    t.match(e.cause, { code: 'EBADF', syscall: 'uv_poll' }, 'the addon\'s error is the cause');
+    t.match(c.errors, [{ code: 'EBADF', syscall: 'uv_poll' }], 'and goes out on \'error\'');
+    t.same(m.rdmaObjectCounts(), none);
+    t.equal(m.pollCount(), 0, 'the failed poller is released with the rest');
+  }
+
+  const a = await open();
+  t.equal(m.failPolls('async'), 1);
+  await new Promise((r) => setImmediate(r));
+  t.match(a.errors, [{ code: 'EBADF', syscall: 'uv_poll' }], 'device events: an error');
+  t.equal(a.tr.state, 'connected', 'the channel goes on');
+  const disk = new ScsiDisk(a.session, { lun: 0n });
+  await disk.probe();
+  const data = randomBytes(8192);
+  await disk.write(0, data);
+  t.same(await disk.read(0, data.length), data, 'I/O still works');
+  const b = await open({ ...ids, initiatorPortId: Buffer.alloc(16, 3) }); // another initiator: a stays logged in
+  m.portDown();
+  t.match(await a.lost, { message: /PORT_ERR/ }, 'the next channel on the device polls its events again, for both');
+  t.match(await b.lost, { message: /PORT_ERR/ });
+  m.portUp();
+  await new Promise((r) => setTimeout(r, 10));
+  t.same(m.rdmaObjectCounts(), none);
   t.equal(m.pollCount(), 0);
 });
 

@@ -4,12 +4,12 @@
 import t, { type Test } from 'tap';
 import pino from 'pino';
 import { SrpPort } from '../src/fsm/srp-port.js';
-import { createRdmaConnector, srpPortIds } from '../src/initiator/rdma-transport.js';
+import { createRdmaConnector, srpPortIds } from '../src/initiator/rdma/index.js';
 import { SrpSession } from '../src/initiator/srp-session.js';
 import { parseTargetAddress } from '../src/initiator/target-address.js';
 import type { TransportError } from '../src/initiator/scsi-executor.js';
 import type { LoopbackTargetEnd } from '../src/initiator/loopback.js';
-import { MockRdmaBinding } from '../src/native/mock-binding.js';
+import { MockRdmaBinding } from '../src/testing/mock-rdma-binding.js';
 import { RamScsiLun } from '../src/testing/scsi-lun.js';
 import { SrpTestTarget } from '../src/testing/srp-target.js';
 

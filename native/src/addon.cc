@@ -3,7 +3,8 @@
 // The poller is the only place where the addon calls back into JS: it reports that an fd is
 // readable; JS then calls the matching non-blocking function (rdma_get_cm_event,
 // ibv_get_cq_event + ibv_poll_cq, ibv_get_async_event, recv on a netlink socket) until it
-// reports "nothing more" (EAGAIN). Nothing here ever blocks the event loop.
+// reports "nothing more" (EAGAIN). A poll that fails is stopped and reported to the same
+// callback as an Error. Nothing here ever blocks the event loop.
 #include "common.h"
 
 #include <fcntl.h>
@@ -77,12 +78,21 @@ uint32_t nextPollerId = 1;
 
 void OnPollClosed(uv_handle_t* h) { delete static_cast<Poller*>(h->data); }
 
+// cb(null, events) when the fd is ready. A failed poll (status < 0: libuv reports POLLERR on the fd
+// as UV_EBADF) is stopped and reported once, as cb(error, 0) with errno, code (e.g. "EBADF") and
+// syscall "uv_poll"; the poller stays allocated until pollStop().
 void OnPoll(uv_poll_t* h, int status, int events) {
   Poller* p = static_cast<Poller*>(h->data);
   Napi::Env env = p->env;
   Napi::HandleScope scope(env);
+  Napi::Value err = env.Null();
+  if (status < 0) {
+    uv_poll_stop(&p->handle);
+    err = ErrnoError(env, -status, "uv_poll").Value();
+    events = 0;
+  }
   try {
-    p->cb.MakeCallback(env.Global(), {Napi::Number::New(env, status), Napi::Number::New(env, events)});
+    p->cb.MakeCallback(env.Global(), {err, Napi::Number::New(env, events)});
   } catch (const Napi::Error& e) {
     // An exception thrown by the JS callback: hand it to process 'uncaughtException'.
     napi_fatal_exception(env, e.Value());
@@ -96,7 +106,7 @@ void ClosePoller(Poller* p) {
   uv_close(reinterpret_cast<uv_handle_t*>(&p->handle), OnPollClosed);
 }
 
-// pollStart(fd, events, cb(status, events)) -> poller id. events: 1 readable, 2 writable.
+// pollStart(fd, events, cb(err, events)) -> poller id. events: UV_READABLE and/or UV_WRITABLE.
 Napi::Value PollStart(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   int fd = ArgI32(info, 0, "fd");

@@ -1,10 +1,10 @@
 // Shared helpers of the srp-nbd native addon.
 //
-// Contract (STYLE.md item 8): this addon only makes system calls. Every function is
-// non-blocking (netlinkSendAsync makes its one blocking call on a libuv worker), returns plain
-// values, and reports failures as a JS Error carrying `errno` (number), `code` (e.g. "ENODEV")
-// and `syscall` (the failing call). Protocol
-// logic, retries, timers and state all live in TypeScript (src/native/native.ts).
+// Contract: this addon only makes system calls. Every function is non-blocking
+// (netlinkSendAsync makes its one blocking call on a libuv worker), returns plain values, and
+// reports failures as a JS Error carrying `errno` (number), `code` (e.g. "ENODEV") and `syscall`
+// (the failing call). Protocol logic, retries, timers and state all live in TypeScript; the
+// typed surface is src/native/native.ts.
 #pragma once
 #include <napi.h>
 #include <cerrno>

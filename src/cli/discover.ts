@@ -112,14 +112,14 @@ export async function discoverTestTarget(spec: TestTargetSpec): Promise<{ transp
 }
 
 /**
- * An RDMA/CM target through the daemon's connector (src/initiator/rdma-transport.ts), with the
+ * An RDMA/CM target through the daemon's connector (src/initiator/rdma/), with the
  * default transport options and no keep-alive (the session lives for a few commands).
  */
 export async function discoverRdmaTarget(addr: SrpTargetAddress): Promise<{ transport: string; via: string; luns: DiscoveredLun[] }> {
   if (addr.transport !== 'rdma-cm') {
     throw new Error('discovery over IB CM (dgid/pkey/service_id) is not supported yet; give the RDMA/CM address (dest=IP:PORT)');
   }
-  const { createRdmaConnector } = await import('../initiator/rdma-transport.js');
+  const { createRdmaConnector } = await import('../initiator/rdma/index.js');
   const made = await createRdmaConnector(addr, { ackTimeout: TARGET_OPTIONS.ack_timeout.default, retryCount: TARGET_OPTIONS.retry_count.default, keepaliveIntervalMs: 0, logger: logger() });
   try {
     return { transport: 'rdma-cm', via: made.connector.description, luns: await listLuns(made.connector, made) };

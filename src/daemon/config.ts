@@ -13,6 +13,7 @@
 import * as fs from 'node:fs';
 import { z } from 'zod';
 import { DEFAULT_TMO, type Tmo, type TmoParams, tmoField, validateTmo } from '../fsm/timers.js';
+import { ACK_TIMEOUT, RETRY_COUNT } from '../initiator/rdma/options.js';
 import { parseAnyAddress } from './address.js';
 
 /** Where the daemon listens for control requests by default; created with CONTROL_SOCKET_MODE. */
@@ -64,13 +65,13 @@ export const TARGET_OPTIONS = {
     doc: 'Ask for SRP-2 immediate data at login (small writes travel inside the SRP_CMD).',
   },
   ack_timeout: {
-    schema: z.number().int().min(0).max(31),
-    default: 14,
+    schema: z.number().int().min(ACK_TIMEOUT.min).max(ACK_TIMEOUT.max),
+    default: ACK_TIMEOUT.default,
     doc: 'RDMA transport: local ACK timeout exponent, 4.096 µs × 2^n (14 = 67 ms). With retry_count it bounds how soon a silent path loss is noticed: (retry_count + 1) × 4.096 µs × 2^ack_timeout.',
   },
   retry_count: {
-    schema: z.number().int().min(0).max(6),
-    default: 6,
+    schema: z.number().int().min(RETRY_COUNT.min).max(RETRY_COUNT.max),
+    default: RETRY_COUNT.default,
     doc: 'RDMA transport: RC retry count 0..6 (7 means "retry forever" on rxe and is refused).',
   },
   keepalive_interval: {

@@ -883,7 +883,7 @@ function lunNumber(sam: bigint): number {
 
 async function defaultLoadRdma(): Promise<Partial<RdmaConnectorModule>> {
   // Not a literal: the module is optional at build time (a colleague's work in progress).
-  const spec = ['..', 'initiator', 'rdma-transport.js'].join('/');
+  const spec = ['..', 'initiator', 'rdma', 'index.js'].join('/');
   return (await import(spec)) as Partial<RdmaConnectorModule>;
 }
 

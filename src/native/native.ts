@@ -1,11 +1,12 @@
 /**
  * The native addon's whole surface, typed (native/src/*.cc), and its loader.
  *
- * The addon only makes system calls (STYLE.md item 8): every function is non-blocking, returns
- * plain values and throws a NativeError (errno/code/syscall) on failure. Objects are small integer
- * handles; fds are watched with pollStart() and read with the matching "get" call until it reports
- * nothing more. Classes that use the addon take a NativeBinding as a parameter, so the same tests
- * run against the real addon and against MockRdmaBinding (mock-binding.ts).
+ * The addon only makes system calls; protocol logic, retries, timers and state live in
+ * TypeScript. Every function is non-blocking, returns plain values and throws a NativeError
+ * (errno/code/syscall) on failure. Objects are small integer handles; fds are watched with
+ * pollStart() and read with the matching "get" call until it reports nothing more. Classes that
+ * use the addon take a NativeBinding as a parameter, so the same tests run against the real addon
+ * and against MockRdmaBinding (src/testing/mock-rdma-binding.ts).
  */
 import { createRequire } from 'node:module';
 import * as fs from 'node:fs';
@@ -138,11 +139,19 @@ export interface RdmaObjectCounts {
   mrs: number;
 }
 
+/** pollStart() events, libuv's enum uv_poll_event. */
+export const UV_READABLE = 1;
+export const UV_WRITABLE = 2;
+
 /** Everything the addon exports. */
 export interface NativeBinding {
   /* fd readiness (uv_poll) */
-  /** Watches fd (events: 1 readable, 2 writable); cb runs on the event loop; returns a poller id. */
-  pollStart(fd: number, events: number, cb: (status: number, events: number) => void): number;
+  /**
+   * Watches fd for events (UV_READABLE, UV_WRITABLE); returns a poller id. cb runs on the event loop:
+   * cb(null, events) when the fd is ready; cb(err, 0) once when the poll fails (err.code e.g.
+   * 'EBADF', syscall 'uv_poll'), after which the poll is stopped (pollStop() still frees it).
+   */
+  pollStart(fd: number, events: number, cb: (err: NativeError | null, events: number) => void): number;
   /** Stops and frees a poller; idempotent; the fd stays open. */
   pollStop(poller: number): void;
   /** Whether the poller keeps the event loop alive. */

@@ -1,6 +1,7 @@
 /**
  * librdmacm and libibverbs constants, named and numbered as in <rdma/rdma_cma.h> and
- * <infiniband/verbs.h> (rdma-core 44). nameOf…() helpers for log lines.
+ * <infiniband/verbs.h> (rdma-core 44), and the IB CM reject reasons of Linux
+ * include/rdma/ib_cm.h. nameOf…() helpers for log lines.
  */
 
 /* enum rdma_cm_event_type */
@@ -26,6 +27,15 @@ export const RDMA_PS_IPOIB = 0x0002;
 export const RDMA_PS_TCP = 0x0106;
 export const RDMA_PS_UDP = 0x0111;
 export const RDMA_PS_IB = 0x013f;
+
+/*
+ * enum ib_cm_rej_reason (Linux include/rdma/ib_cm.h; the ones used here): the status of
+ * RDMA_CM_EVENT_REJECTED on InfiniBand and RoCE.
+ */
+/** Nothing listens on the service ID (port) the REQ was sent to. */
+export const IB_CM_REJ_INVALID_SERVICE_ID = 8;
+/** The peer refused the connection itself (for SRP: an SRP_LOGIN_REJ in the private data). */
+export const IB_CM_REJ_CONSUMER_DEFINED = 28;
 
 /* rdma_set_option levels and names */
 export const RDMA_OPTION_ID = 0;
@@ -126,7 +136,10 @@ export const IBV_PORT_ACTIVE = 4;
 /** Size of one completion record written by cqPoll() (see native/src/rdma.cc). */
 export const WC_RECORD_LEN = 32;
 
-/** Largest retry_count that still gives up: 7 means "retry forever" on rxe (DESIGN, lab facts). */
+/**
+ * Largest retry_count that still gives up: rxe (soft-RoCE) takes 7 as "retry forever", so a path
+ * that stopped answering would never fail a work request.
+ */
 export const MAX_FINITE_RETRY_COUNT = 6;
 
 function namer(prefix: string, table: Record<string, number>): (v: number) => string {

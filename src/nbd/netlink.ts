@@ -17,7 +17,7 @@
  */
 import { constants as osConstants } from 'node:os';
 import type { Socket } from 'node:net';
-import type { NativeBinding, NativeError } from '../native/native.js';
+import { UV_READABLE, type NativeBinding, type NativeError } from '../native/native.js';
 import { type Backend, transmissionFlags } from './backend.js';
 import type { NbdConnection } from './connection.js';
 import * as C from './nbd-netlink-constants.js';
@@ -325,7 +325,7 @@ class GenlSocket {
 
   /** Keeps a poller running (for multicast listeners). */
   listen(): void {
-    if (!this.poller) this.poller = this.b.pollStart(this.fd, 1, () => this.drain());
+    if (!this.poller) this.poller = this.b.pollStart(this.fd, UV_READABLE, (err) => this.onPoll(err));
   }
 
   /**
@@ -365,7 +365,7 @@ class GenlSocket {
         this.settle(err as Error);
         return;
       }
-      if (this.pending && !this.poller) this.poller = this.b.pollStart(this.fd, 1, () => this.drain());
+      if (this.pending && !this.poller) this.poller = this.b.pollStart(this.fd, UV_READABLE, (err) => this.onPoll(err));
     });
     const p = this.chain.then(run, run);
     this.chain = p.catch(() => undefined);
@@ -383,6 +383,14 @@ class GenlSocket {
     }
     if (result instanceof Error) p.reject(result);
     else p.resolve(result);
+  }
+
+  /** Readable: drain. A failed poll (stopped by the addon) is freed and fails the pending request. */
+  private onPoll(err: NativeError | null): void {
+    if (!err) return this.drain();
+    this.b.pollStop(this.poller);
+    this.poller = 0;
+    this.settle(err);
   }
 
   private drain(): void {

@@ -20,7 +20,7 @@
 CYCLES=${CYCLES:-1000}
 T_START=$(now)
 [ -f "$REPO_ROOT/native/build/Release/srp_nbd_native.node" ] || { fail addon-built "run npm ci / npm run build:native on the host"; finish; }
-[ -f "$REPO_ROOT/dist/src/initiator/rdma-transport.js" ] || { fail dist-built "run npm run build on the host"; finish; }
+[ -f "$REPO_ROOT/dist/src/initiator/rdma/index.js" ] || { fail dist-built "run npm run build on the host"; finish; }
 setup_bench 1 ram:64:512
 log "bench ready: service guid $SRPT_GUID"
 
@@ -32,7 +32,7 @@ import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 const R = process.env.REPO_ROOT + '/dist/src';
 const { loadNative } = await import(R + '/native/native.js');
-const { RdmaChannelTransport } = await import(R + '/initiator/rdma-transport.js');
+const { RdmaChannelTransport } = await import(R + '/initiator/rdma/index.js');
 const { SrpSession } = await import(R + '/initiator/srp-session.js');
 const { ScsiDisk } = await import(R + '/initiator/scsi-disk.js');
 const { NbdNetlink, attach } = await import(R + '/nbd/netlink.js');
@@ -98,7 +98,7 @@ try {
     // link down -> PORT_ERR -> channel lost; then, in the same process (as the daemon would), link
     // up and a fresh channel per attempt until one logs in. The lost channel's cm id is parked
     // until PORT_ACTIVE: a DREQ sent through the downed port would break rxe's CM receive for good.
-    const { parkedCmIds } = await import(R + '/initiator/rdma-transport.js');
+    const { parkedCmIds } = await import(R + '/initiator/rdma/index.js');
     let t0;
     const { tr: tr3, s: s3 } = await login();
     const lost = new Promise((r) => s3.on('disconnect', r));

@@ -7,18 +7,20 @@
  *
  * Faults: resolveFailures (ADDR_ERROR before success), portDown() (PORT_ERR), blackHole (nothing
  * is delivered or completed until the retry budget: a RETRY_EXC_ERR completion after
- * blackHoleDetectMs), disconnectFromTarget().
+ * blackHoleDetectMs), disconnectFromTarget(), failPolls() (a poll fails as the addon reports it).
  */
 import { TransportError } from '../initiator/scsi-executor.js';
 import { Emitter, type ChannelEvents, type ChannelState, type ConnectAnswer, type TargetChannelTransport } from '../initiator/transport.js';
-import type {
-  AsyncEvent, CmEvent, CmIdInfo, ConnParam, DeviceAttr, MrInfo, NativeBinding, PortAttr, QpAttr, QpCaps, QpInit, RdmaObjectCounts,
-} from './native.js';
-import * as R from './rdma-constants.js';
+import {
+  UV_READABLE, type AsyncEvent, type CmEvent, type CmIdInfo, type ConnParam, type DeviceAttr, type MrInfo,
+  type NativeBinding, type NativeError, type PortAttr, type QpAttr, type QpCaps, type QpInit, type RdmaObjectCounts,
+} from '../native/native.js';
+import * as R from '../native/rdma-constants.js';
 
 interface MockMr { pd: number; buf: Buffer; addr: bigint; lkey: number; rkey: number; access: number }
 interface MockCq { compChannel: number; wcs: Buffer[]; armed: boolean }
 interface MockQp { qpNum: number; pd: number; cq: number; recvs: { wrId: number; addr: bigint; length: number; lkey: number }[]; state: number }
+interface MockPoller { fd: number; cb: (err: NativeError | null, events: number) => void; failed?: boolean }
 interface MockId { channel: number; ctx: number; qp?: MockQp; peer?: MockTargetEnd; param?: ConnParam; connected: boolean; options: Map<number, Buffer> }
 
 /** Target end of a mock RDMA connection. */
@@ -81,14 +83,14 @@ export class MockRdmaBinding implements Partial<NativeBinding> {
   private readonly compChannels = new Map<number, { fd: number; events: number[] }>();
   private readonly cqs = new Map<number, MockCq>();
   private readonly mrs = new Map<number, MockMr>();
-  private readonly pollers = new Map<number, { fd: number; cb: (s: number, e: number) => void }>();
+  private readonly pollers = new Map<number, MockPoller>();
   private readonly asyncFd = this.nextFd++;
   private readonly asyncEvents: AsyncEvent[] = [];
   private nextAddr = 0x7000_0000_0000n;
   private nextQpNum = 0x11;
 
   /* ---- fd readiness ---- */
-  pollStart(fd: number, _events: number, cb: (status: number, events: number) => void): number {
+  pollStart(fd: number, _events: number, cb: (err: NativeError | null, events: number) => void): number {
     const id = this.next++;
     this.pollers.set(id, { fd, cb });
     return id;
@@ -97,7 +99,24 @@ export class MockRdmaBinding implements Partial<NativeBinding> {
   pollRef(): void {}
   pollCount(): number { return this.pollers.size; }
   private kick(fd: number): void {
-    setImmediate(() => { for (const p of [...this.pollers.values()]) if (p.fd === fd) p.cb(0, 1); });
+    setImmediate(() => {
+      for (const p of [...this.pollers.values()]) if (p.fd === fd && !p.failed) p.cb(null, UV_READABLE);
+    });
+  }
+  /**
+   * The polls of one kind of fd fail as the addon reports it: each poller gets cb(err, 0) once
+   * (code `code`, syscall 'uv_poll') and stays stopped until pollStop(). Returns how many failed.
+   */
+  failPolls(kind: 'cm' | 'completion' | 'async', code = 'EBADF'): number {
+    const fds = new Set(kind === 'cm' ? [...this.channels.values()].map((c) => c.fd)
+      : kind === 'completion' ? [...this.compChannels.values()].map((c) => c.fd) : [this.asyncFd]);
+    const failing = [...this.pollers.values()].filter((p) => fds.has(p.fd) && !p.failed);
+    for (const p of failing) {
+      p.failed = true;
+      const err: NativeError = Object.assign(new Error(`uv_poll failed (${code})`), { code, syscall: 'uv_poll' });
+      setImmediate(() => p.cb(err, 0));
+    }
+    return failing.length;
   }
   /** @internal */
   later(fn: () => void): void {
@@ -193,12 +212,12 @@ export class MockRdmaBinding implements Partial<NativeBinding> {
     this.onConnect?.(end);
     const req = Buffer.from(param.privateData ?? Buffer.alloc(0));
     this.later(async () => {
-      if (!end.handler) { this.cmEvent(h, R.RDMA_CM_EVENT_REJECTED, 8); return; }
+      if (!end.handler) { this.cmEvent(h, R.RDMA_CM_EVENT_REJECTED, R.IB_CM_REJ_INVALID_SERVICE_ID); return; }
       let answer: ConnectAnswer;
       try {
         answer = await end.handler(req);
       } catch {
-        this.cmEvent(h, R.RDMA_CM_EVENT_REJECTED, 28);
+        this.cmEvent(h, R.RDMA_CM_EVENT_REJECTED, R.IB_CM_REJ_CONSUMER_DEFINED);
         return;
       }
       if (!this.ids.has(h)) return;
@@ -209,7 +228,7 @@ export class MockRdmaBinding implements Partial<NativeBinding> {
         this.cmEvent(h, R.RDMA_CM_EVENT_ESTABLISHED, 0, Buffer.from(answer.accept));
       } else {
         end.stateValue = 'closed';
-        this.cmEvent(h, R.RDMA_CM_EVENT_REJECTED, 28, Buffer.from(answer.reject));
+        this.cmEvent(h, R.RDMA_CM_EVENT_REJECTED, R.IB_CM_REJ_CONSUMER_DEFINED, Buffer.from(answer.reject));
       }
     });
   }

@@ -1,0 +1,525 @@
+/**
+ * The RDMA channel transport: one RC queue pair and its rdma_cm id, through the native addon
+ * (librdmacm + libibverbs), implementing ChannelTransport so the SRP session runs unchanged over
+ * the loopback or over RDMA.
+ *
+ * Per connection, one VerbsResources (verbs-resources.ts): an rdma_cm event channel, a cm id, a PD,
+ * one CQ with a completion channel, a registered send pool (IUs are copied in: "the bytes are taken
+ * at call time"), a registered receive pool (IUs are handed to listeners as views, then the buffer is
+ * reposted), the buffer pools given in options (registered once per connection, so registerBuffer()
+ * of a view into one costs no system call) and the QP. They are created in that order on connect
+ * and freed in reverse order on close, on loss and on failed connects.
+ *
+ * Failure detection: QP async events (PORT_ERR, QP_FATAL, DEVICE_FATAL), CM
+ * DISCONNECTED / DEVICE_REMOVAL, failed work completions, and probe() (a zero-length RDMA WRITE) for a
+ * silent black hole, which fails after (retryCount + 1) × 4.096 µs × 2^ackTimeout. retryCount is
+ * kept ≤ 6 because 7 means "retry forever" on rxe; the ACK timeout is set with rdma_set_option.
+ * librdmacm does not move the QP to error on DISCONNECTED, so we call rdma_disconnect ourselves.
+ * Address resolution uses a short timeout with retries (100 ms: it waits the whole timeout when no
+ * neighbour entry exists yet, then succeeds).
+ */
+import { TransportError } from '../scsi-executor.js';
+import { SRP_LOGIN_REJ, SRP_LOGIN_RSP, SRP_LOGIN_RSP_LEN } from '../srp-constants.js';
+import { decodeLoginRsp } from '../srp-iu.js';
+import type { SrpLogger } from '../srp-session.js';
+import {
+  Emitter, type ChannelEvents, type ChannelState, type ChannelTransport, type LoginForm, type MemoryRegion,
+} from '../transport.js';
+import { readWc, type AsyncEvent, type CmEvent, type NativeBinding, type NativeError } from '../../native/native.js';
+import * as R from '../../native/rdma-constants.js';
+import { encodeRdmaAddress, formatRdmaAddress } from '../../native/sockaddr.js';
+import { resolveTransportOptions, type RdmaTransportOptions, type ResolvedTransportOptions } from './options.js';
+import { checkRdmaAvailable, verbsCall, VerbsResources, type PolledFd } from './verbs-resources.js';
+
+export interface RdmaChannelEvents extends ChannelEvents {
+  /** Any device async event of this channel's device (PORT_ACTIVE included), for logs and reconnect triggers. */
+  asyncEvent: [ev: AsyncEvent & { name: string; device: string }];
+}
+
+const silent: SrpLogger = { debug() {}, info() {}, warn() {}, error() {} };
+
+/** wr_id spaces: send slots below WR_RECV, receive slots from WR_RECV, keep-alive probes from WR_PROBE */
+const WR_SPACE = 0x10_0000;
+const WR_RECV = WR_SPACE;
+const WR_PROBE = 2 * WR_SPACE;
+/** completions read per cqPoll() */
+const POLL_BATCH = 64;
+/** connect() without a timeout gives up after this long */
+const CONNECT_TIMEOUT_MS = 5000;
+/** RDMA READs in flight at most in either direction (responder resources, initiator depth), if the device allows */
+const MAX_RDMA_READ_DEPTH = 16;
+/** close(): how long IUs already posted may take to go out before the DREQ, and the DREQ to be answered */
+const CLOSE_DRAIN_MS = 1000;
+const CLOSE_DISCONNECT_MS = 1000;
+/** What IB_CM_REJ_INVALID_SERVICE_ID means for a login */
+const NO_LISTENER = ': invalid service ID, no SRP target listening there';
+
+/** A keep-alive probe in flight. */
+interface Probe { resolve: (ms: number) => void; reject: (e: Error) => void; t0: number }
+
+/* ------------------------------------------------------------ transport */
+
+export class RdmaChannelTransport extends Emitter<RdmaChannelEvents> implements ChannelTransport {
+  readonly loginForm: LoginForm = 'rdma-cm';
+  private stateValue: ChannelState = 'idle';
+  private readonly o: ResolvedTransportOptions;
+  private keepaliveTimer: ReturnType<typeof setInterval> | undefined;
+  private keepaliveInFlight = false;
+  private readonly log: SrpLogger;
+  private readonly poolBufs: Buffer[];
+  private maxRegion: number;
+  /** the event channel, cm id, device, PD, CQ, QP and registered memory: created and freed as one */
+  private readonly res: VerbsResources;
+  private freeSlots: number[] = [];
+  private readonly wcBuf = Buffer.alloc(POLL_BATCH * R.WC_RECORD_LEN);
+  private cmWaiter: ((ev: CmEvent) => void) | undefined;
+  private probeSeq = 0;
+  private readonly probes = new Map<number, Probe>();
+  private closing = false;
+  private disconnectedFired = false;
+  private drainWaiter: (() => void) | undefined;
+  /** counters for status and tests */
+  readonly stats = { sends: 0, recvs: 0, completions: 0, pollBatches: 0, probes: 0, resolveAttempts: 0, connectMs: 0 };
+
+  constructor(private readonly b: NativeBinding, options: RdmaTransportOptions) {
+    super();
+    this.o = resolveTransportOptions(options);
+    this.maxRegion = this.o.maxRegionSize;
+    this.poolBufs = options.pools ?? [];
+    this.log = options.logger ?? silent;
+    this.res = new VerbsResources(b, this.log, {
+      cmEvents: () => this.drainCm(),
+      completions: () => this.onCompletionEvent(),
+      asyncEvent: (ev) => this.onAsync(ev),
+      pollFailed: (fd, err) => this.onPollFailed(fd, err),
+    });
+  }
+
+  get state(): ChannelState {
+    return this.stateValue;
+  }
+  get maxRegionSize(): number {
+    return this.maxRegion;
+  }
+  /** Device, port and QP number once connected (for logs and status). */
+  get info(): { device: string; port: number; qpNum: number; dst: string } {
+    return { device: this.device, port: this.port, qpNum: this.res.qpNum, dst: formatRdmaAddress(this.o.dst) };
+  }
+  /** The verbs device context and port this channel uses (known once the address is resolved). */
+  get deviceHandle(): { ctx: number; port: number; asyncFd: number; device: string } | undefined {
+    const d = this.res.device;
+    return d ? { ctx: d.ctx, port: d.port, asyncFd: d.attr.asyncFd, device: d.name } : undefined;
+  }
+  private get device(): string {
+    return this.res.device?.name ?? '';
+  }
+  private get port(): number {
+    return this.res.device?.port ?? 0;
+  }
+
+  /* ---------------------------------------------------------- connect */
+
+  async connect(loginReq: Buffer, opts: { timeoutMs?: number } = {}): Promise<Buffer> {
+    if (this.stateValue !== 'idle') throw new TransportError(`connect in state ${this.stateValue}`, 'closed');
+    this.stateValue = 'connecting';
+    const t0 = Date.now();
+    const deadline = t0 + (opts.timeoutMs ?? CONNECT_TIMEOUT_MS);
+    const dst = formatRdmaAddress(this.o.dst);
+    const res = this.res;
+    try {
+      checkRdmaAvailable(this.b);
+      res.openEventChannel();
+      await this.resolve(deadline, dst);
+      res.allocate(this.o, this.poolBufs);
+      const attr = res.device!.attr;
+      this.maxRegion = Math.min(this.o.maxRegionSize, Number(attr.maxMrSize));
+      this.freeSlots = Array.from({ length: this.o.sendQueueDepth }, (_, i) => this.o.sendQueueDepth - 1 - i);
+      for (let i = 0; i < this.o.recvQueueDepth; i++) this.postRecv(i);
+      this.b.cqReqNotify(res.cq);
+      this.b.cmSetOption(res.cmId, R.RDMA_OPTION_ID, R.RDMA_OPTION_ID_ACK_TIMEOUT, Buffer.from([this.o.ackTimeout]));
+      res.connect({
+        privateData: loginReq,
+        responderResources: Math.min(attr.maxQpRdAtom, MAX_RDMA_READ_DEPTH),
+        initiatorDepth: Math.min(attr.maxQpInitRdAtom, MAX_RDMA_READ_DEPTH),
+        retryCount: this.o.retryCount,
+        rnrRetryCount: this.o.rnrRetryCount,
+      });
+      const ev = await this.nextCmEvent(deadline, `no answer to the login request from ${dst}`);
+      switch (ev.event) {
+        case R.RDMA_CM_EVENT_ESTABLISHED: {
+          const rsp = Buffer.from(ev.privateData ?? Buffer.alloc(0));
+          this.checkLoginRsp(rsp);
+          this.stateValue = 'connected';
+          this.stats.connectMs = Date.now() - t0;
+          this.startKeepalive();
+          this.log.info({ dst, device: this.device, port: this.port, qpNum: res.qpNum, ms: this.stats.connectMs },
+            'rdma: connected');
+          return rsp;
+        }
+        case R.RDMA_CM_EVENT_REJECTED:
+          if (ev.privateData && ev.privateData[0] === SRP_LOGIN_REJ) {
+            const rej = Buffer.from(ev.privateData);
+            this.release();
+            this.stateValue = 'closed';
+            return rej;
+          }
+          throw new TransportError(`connection to ${dst} rejected (CM reject reason ${ev.status}`
+            + `${ev.status === R.IB_CM_REJ_INVALID_SERVICE_ID ? NO_LISTENER : ''})`, 'disconnected');
+        case R.RDMA_CM_EVENT_UNREACHABLE:
+          throw new TransportError(`target ${dst} unreachable (no answer to the CM REQ)`, 'disconnected');
+        default:
+          throw new TransportError(`connect to ${dst} failed: ${R.nameOfCmEvent(ev.event)} (status ${ev.status})`,
+            'disconnected');
+      }
+    } catch (err) {
+      this.release();
+      this.stateValue = 'closed';
+      if (err instanceof TransportError) throw err;
+      throw new TransportError(`connect to ${dst} failed: ${(err as Error).message}`, 'disconnected', { cause: err });
+    }
+  }
+
+  /** Address then route resolution; a failed address resolution is retried with a fresh cm id. */
+  private async resolve(deadline: number, dst: string): Promise<void> {
+    const res = this.res;
+    const dstAddr = encodeRdmaAddress(this.o.dst);
+    const srcAddr = this.o.src ? encodeRdmaAddress(this.o.src) : null;
+    let last = '';
+    for (let attempt = 1; ; attempt++) {
+      this.stats.resolveAttempts++;
+      res.createCmId();
+      verbsCall(() => this.b.cmResolveAddr(res.cmId, srcAddr, dstAddr, this.o.resolveTimeoutMs),
+        'rdma_resolve_addr');
+      const ev = await this.nextCmEvent(deadline, `address of ${dst} not resolved`);
+      if (ev.event === R.RDMA_CM_EVENT_ADDR_RESOLVED) break;
+      last = `${R.nameOfCmEvent(ev.event)} status ${ev.status}`;
+      res.destroyCmId();
+      if (attempt >= this.o.resolveAttempts) {
+        throw new TransportError(`target ${dst} unreachable: address resolution failed ${attempt} times (${last}); `
+          + 'check the route and that the local RDMA port is up', 'disconnected');
+      }
+    }
+    verbsCall(() => this.b.cmResolveRoute(res.cmId, this.o.routeTimeoutMs), 'rdma_resolve_route');
+    const ev = await this.nextCmEvent(deadline, `route to ${dst} not resolved`);
+    if (ev.event !== R.RDMA_CM_EVENT_ROUTE_RESOLVED) {
+      throw new TransportError(`target ${dst} unreachable: ${R.nameOfCmEvent(ev.event)} (status ${ev.status})`,
+        'disconnected');
+    }
+  }
+
+  private checkLoginRsp(rsp: Buffer): void {
+    if (rsp.length < SRP_LOGIN_RSP_LEN || rsp[0] !== SRP_LOGIN_RSP) return; // the session judges what it got
+    const { maxTiIuLen } = decodeLoginRsp(rsp);
+    if (maxTiIuLen > this.o.recvIuLen) {
+      throw new TransportError(`target max_ti_iu_len ${maxTiIuLen} exceeds the receive buffers (${this.o.recvIuLen}): `
+        + 'raise recvIuLen', 'protocol');
+    }
+  }
+
+  /* ---------------------------------------------------------- CM events */
+
+  private nextCmEvent(deadline: number, what: string): Promise<CmEvent> {
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.cmWaiter = undefined;
+        reject(new TransportError(`${what} before the connect timeout`, 'timeout'));
+      }, Math.max(0, deadline - Date.now()));
+      this.cmWaiter = (ev) => {
+        clearTimeout(timer);
+        this.cmWaiter = undefined;
+        resolve(ev);
+      };
+    });
+  }
+
+  private drainCm(): void {
+    for (;;) {
+      const channel = this.res.eventChannel;
+      if (!channel) return;
+      let ev: CmEvent | null;
+      try {
+        ev = this.b.cmGetEvent(channel);
+      } catch (err) {
+        this.emit('error', err as Error);
+        return;
+      }
+      if (!ev) return;
+      if (ev.id !== this.res.cmId && ev.id !== 0) continue; // a destroyed resolve attempt
+      this.log.debug({ event: R.nameOfCmEvent(ev.event), status: ev.status }, 'rdma: cm event');
+      if (this.cmWaiter) {
+        this.cmWaiter(ev);
+        continue;
+      }
+      switch (ev.event) {
+        case R.RDMA_CM_EVENT_DISCONNECTED:
+          if (this.closing) {
+            this.finishClose();
+          } else {
+            this.lost(`target ${formatRdmaAddress(this.o.dst)} disconnected (RDMA_CM_EVENT_DISCONNECTED)`);
+          }
+          break;
+        case R.RDMA_CM_EVENT_DEVICE_REMOVAL:
+          this.lost(`RDMA device ${this.device} removed`);
+          break;
+        case R.RDMA_CM_EVENT_ADDR_CHANGE:
+          this.log.warn({ device: this.device }, 'rdma: local address changed');
+          break;
+        default:
+          break;
+      }
+    }
+  }
+
+  private onAsync(ev: AsyncEvent): void {
+    const name = R.nameOfAsyncEvent(ev.type);
+    this.emit('asyncEvent', { ...ev, name, device: this.device });
+    if (this.stateValue === 'closed') return;
+    switch (ev.type) {
+      case R.IBV_EVENT_PORT_ERR:
+        if (ev.portNum === this.port) this.lost(`link down: ${name} on ${this.device} port ${ev.portNum}`);
+        return;
+      case R.IBV_EVENT_QP_FATAL: case R.IBV_EVENT_QP_REQ_ERR: case R.IBV_EVENT_QP_ACCESS_ERR:
+        if (ev.qpNum === this.res.qpNum) this.lost(`queue pair ${this.res.qpNum} failed: ${name}`);
+        return;
+      case R.IBV_EVENT_DEVICE_FATAL:
+        this.lost(`device ${this.device} failed: ${name}`);
+        return;
+      default:
+        return;
+    }
+  }
+
+  /**
+   * A poll of the channel's fds failed (the addon stopped it). The Error goes out on 'error'. Without
+   * CM events or completions the channel cannot work or close cleanly: it is lost. Without device async
+   * events it still works (failed completions and keep-alive still notice a loss).
+   */
+  private onPollFailed(fd: PolledFd, err: NativeError): void {
+    this.log.warn({ err, fd, device: this.device }, 'rdma: poll failed');
+    this.emit('error', err);
+    if (fd !== 'device async events') this.lost(`${fd} poll failed: ${err.message}`, err);
+  }
+
+  /* ---------------------------------------------------------- completions */
+
+  private onCompletionEvent(): void {
+    const res = this.res;
+    if (!res.compChannel) return;
+    while (this.b.cqGetEvent(res.compChannel) !== 0) { /* acknowledged in the addon */ }
+    this.pollAll();
+    if (!res.cq) return;
+    this.b.cqReqNotify(res.cq);
+    this.pollAll(); // completions that arrived between the last poll and re-arming
+  }
+
+  private pollAll(): void {
+    const res = this.res;
+    while (res.cq) {
+      const n = this.b.cqPoll(res.cq, this.wcBuf, POLL_BATCH);
+      if (n === 0) return;
+      this.stats.pollBatches++;
+      for (let i = 0; i < n && res.cq; i++) this.onWc(i);
+      if (n < POLL_BATCH) return;
+    }
+  }
+
+  private onWc(i: number): void {
+    const wc = readWc(this.wcBuf, i);
+    this.stats.completions++;
+    if (wc.wrId >= WR_PROBE) {
+      const p = this.probes.get(wc.wrId);
+      this.probes.delete(wc.wrId);
+      if (wc.status === R.IBV_WC_SUCCESS) p?.resolve(Date.now() - p.t0);
+      else {
+        const e = new TransportError(`keep-alive probe failed: ${R.describeWcStatus(wc.status)}`, 'disconnected');
+        p?.reject(e);
+        this.lost(e.message);
+      }
+      return;
+    }
+    if (wc.status !== R.IBV_WC_SUCCESS) {
+      if (wc.wrId < WR_RECV) this.freeSlots.push(wc.wrId);
+      if (this.closing || this.stateValue !== 'connected') return; // flushed while going away
+      this.lost(`${wc.wrId >= WR_RECV ? 'receive' : 'send'} failed: ${R.describeWcStatus(wc.status)} `
+        + `(vendor error 0x${wc.vendorErr.toString(16)})`);
+      return;
+    }
+    if (wc.wrId >= WR_RECV) {
+      const slot = wc.wrId - WR_RECV;
+      const off = slot * this.o.recvIuLen;
+      this.stats.recvs++;
+      if (this.stateValue === 'connected' || this.stateValue === 'connecting') {
+        this.emit('iu', this.res.recvPool!.buf.subarray(off, off + wc.byteLen));
+      }
+      if (this.stateValue === 'connected' && !this.closing) this.postRecv(slot);
+      return;
+    }
+    this.freeSlots.push(wc.wrId);
+    if (this.drainWaiter && this.freeSlots.length === this.o.sendQueueDepth) this.drainWaiter();
+  }
+
+  private postRecv(slot: number): void {
+    const p = this.res.recvPool!;
+    try {
+      const len = this.o.recvIuLen;
+      this.b.postRecv(this.res.cmId, WR_RECV + slot, p.addr + BigInt(slot * len), len, p.lkey);
+    } catch (err) {
+      if (this.stateValue === 'connected') this.lost(`ibv_post_recv failed: ${(err as Error).message}`);
+      else throw err;
+    }
+  }
+
+  /* ---------------------------------------------------------- data path */
+
+  send(iu: Buffer): void {
+    if (this.stateValue !== 'connected' || this.closing) {
+      throw new TransportError(`send on a ${this.closing ? 'closing' : this.stateValue} channel`, 'disconnected');
+    }
+    if (iu.length > this.o.maxSendIuLen) {
+      throw new TransportError(`IU of ${iu.length} bytes exceeds the send buffer (${this.o.maxSendIuLen})`, 'protocol');
+    }
+    const slot = this.freeSlots.pop();
+    if (slot === undefined) {
+      throw new TransportError(`send queue full (${this.o.sendQueueDepth} IUs in flight)`, 'protocol');
+    }
+    const p = this.res.sendPool!;
+    const off = slot * this.o.maxSendIuLen;
+    iu.copy(p.buf, off);
+    try {
+      this.b.postSend(this.res.cmId, slot, R.IBV_WR_SEND, p.addr + BigInt(off), iu.length, p.lkey, R.IBV_SEND_SIGNALED,
+        0n, 0);
+      this.stats.sends++;
+    } catch (err) {
+      this.freeSlots.push(slot);
+      const msg = `ibv_post_send failed: ${(err as Error).message}`;
+      this.lost(msg);
+      throw new TransportError(msg, 'disconnected', { cause: err });
+    }
+  }
+
+  /**
+   * Keep-alive: a zero-length RDMA WRITE (no SGE, remote address 0, rkey 0). Resolves with the round
+   * trip in ms; when the path is a black hole it fails after the QP's retries and the channel is lost.
+   */
+  probe(): Promise<number> {
+    if (this.stateValue !== 'connected' || this.closing) {
+      return Promise.reject(new TransportError(`probe on a ${this.stateValue} channel`, 'disconnected'));
+    }
+    const wrId = WR_PROBE + (this.probeSeq = (this.probeSeq + 1) % WR_SPACE);
+    return new Promise((resolve, reject) => {
+      this.probes.set(wrId, { resolve, reject, t0: Date.now() });
+      try {
+        this.b.postSend(this.res.cmId, wrId, R.IBV_WR_RDMA_WRITE, 0n, 0, 0, R.IBV_SEND_SIGNALED, 0n, 0);
+        this.stats.probes++;
+      } catch (err) {
+        this.probes.delete(wrId);
+        const msg = `keep-alive probe: ibv_post_send failed: ${(err as Error).message}`;
+        this.lost(msg);
+        reject(new TransportError(msg, 'disconnected', { cause: err }));
+      }
+    });
+  }
+
+  private startKeepalive(): void {
+    if (!this.o.keepaliveIntervalMs) return;
+    this.keepaliveTimer = setInterval(() => {
+      if (this.keepaliveInFlight || this.stateValue !== 'connected' || this.closing) return;
+      this.keepaliveInFlight = true;
+      // a failed probe has already declared the channel lost (lost() -> 'disconnect')
+      this.probe().catch(() => undefined).finally(() => { this.keepaliveInFlight = false; });
+    }, this.o.keepaliveIntervalMs);
+    this.keepaliveTimer.unref?.();
+  }
+
+  registerBuffer(buf: Buffer): MemoryRegion {
+    if (buf.length > this.maxRegion) throw new RangeError(`region of ${buf.length} bytes exceeds ${this.maxRegion}`);
+    if (!this.res.pd) throw new TransportError(`registerBuffer on a ${this.stateValue} channel`, 'disconnected');
+    return this.res.register(buf);
+  }
+
+  deregisterBuffer(region: MemoryRegion): void {
+    this.res.deregister(region);
+  }
+
+  /** Live registrations outside the pools (tests check that nothing leaks). */
+  get registeredRegions(): number {
+    return this.res.registeredRegions;
+  }
+
+  /* ---------------------------------------------------------- teardown */
+
+  close(): void {
+    if (this.stateValue === 'closed' || this.closing) return;
+    if (this.stateValue !== 'connected') {
+      this.release();
+      this.stateValue = 'closed';
+      this.fireDisconnect(new TransportError('channel closed', 'closed'));
+      return;
+    }
+    this.closing = true;
+    // IUs already posted go out first (bounded), then DREQ; DISCONNECTED (or a timeout) ends it
+    const disconnect = () => {
+      this.drainWaiter = undefined;
+      if (this.stateValue === 'closed') return;
+      try {
+        this.b.cmDisconnect(this.res.cmId);
+      } catch {
+        this.finishClose();
+        return;
+      }
+      const t = setTimeout(() => this.finishClose(), CLOSE_DISCONNECT_MS);
+      t.unref?.();
+    };
+    if (this.freeSlots.length === this.o.sendQueueDepth) disconnect();
+    else {
+      this.drainWaiter = disconnect;
+      const t = setTimeout(disconnect, CLOSE_DRAIN_MS);
+      t.unref?.();
+    }
+  }
+
+  private finishClose(): void {
+    if (this.stateValue === 'closed') return;
+    this.release();
+    this.stateValue = 'closed';
+    this.fireDisconnect(new TransportError('channel closed', 'closed'));
+  }
+
+  /** The channel is gone: QP to error (rdma_disconnect), resources released, 'disconnect' emitted once. */
+  private lost(reason: string, cause?: Error): void {
+    if (this.stateValue === 'closed') return;
+    const wasConnecting = this.stateValue === 'connecting';
+    this.log.warn({ reason, device: this.device, qpNum: this.res.qpNum }, 'rdma: channel lost');
+    if (wasConnecting) {
+      // connect() owns the cleanup; make its wait fail now
+      this.cmWaiter?.({ event: R.RDMA_CM_EVENT_CONNECT_ERROR, id: this.res.cmId, status: 0, privateData: null });
+      return;
+    }
+    if (this.res.cmId && !this.res.portDown()) {
+      try {
+        this.b.cmDisconnect(this.res.cmId);
+      } catch { /* already disconnected */ }
+    }
+    this.release();
+    this.stateValue = 'closed';
+    this.fireDisconnect(new TransportError(reason, 'disconnected', cause ? { cause } : undefined));
+  }
+
+  private fireDisconnect(reason: TransportError): void {
+    for (const [, p] of this.probes) p.reject(reason);
+    this.probes.clear();
+    if (this.disconnectedFired) return;
+    this.disconnectedFired = true;
+    this.emit('disconnect', reason);
+  }
+
+  /** Stops the channel's timers and waits, and frees its resources (VerbsResources.free); safe to call again. */
+  private release(): void {
+    if (this.keepaliveTimer) {
+      clearInterval(this.keepaliveTimer);
+      this.keepaliveTimer = undefined;
+    }
+    this.cmWaiter = undefined;
+    this.res.free();
+  }
+}

@@ -1,0 +1,186 @@
+/**
+ * The daemon's RDMA connector: RDMA/CM channels to one target (ib_srp add_target with dest=IP:port),
+ * the login's port ids, and path-up events on PORT_ACTIVE.
+ */
+import { TransportError } from '../scsi-executor.js';
+import type { SrpLogger } from '../srp-session.js';
+import type { NativeBinding } from '../../native/native.js';
+import * as R from '../../native/rdma-constants.js';
+import { formatRdmaAddress } from '../../native/sockaddr.js';
+import { AsyncEventHub } from './async-event-hub.js';
+import { RdmaChannelTransport } from './channel.js';
+import type { RdmaTransportOptions } from './options.js';
+
+/** Options of createRdmaConnector() (the daemon's per-target options). */
+export interface RdmaConnectorOptions {
+  /** local ACK timeout exponent (4.096 µs × 2^n) */
+  ackTimeout: number;
+  /** transport retry count 0..6 */
+  retryCount: number;
+  /** zero-length RDMA WRITE keep-alive period on every live channel; 0 = off */
+  keepaliveIntervalMs: number;
+  logger: SrpLogger;
+  /** the native binding; default: the built addon (loadNative) */
+  binding?: NativeBinding;
+  /** overrides the derived initiator port id (16 bytes) */
+  initiatorPortId?: Buffer;
+  /** per-channel transport options (tests, tuning) */
+  transport?: Partial<Omit<RdmaTransportOptions,
+    'dst' | 'src' | 'ackTimeout' | 'retryCount' | 'keepaliveIntervalMs' | 'logger'>>;
+}
+
+/** The part of SrpTargetAddress the connector needs (src/initiator/target-address.ts). */
+export interface RdmaCmTargetAddress {
+  transport: 'ib-cm' | 'rdma-cm';
+  idExt: bigint;
+  iocGuid: bigint;
+  dest?: { family: 4 | 6; address: string; scopeId?: string; port?: number };
+  src?: { family: 4 | 6; address: string; scopeId?: string; port?: number };
+  initiatorExt?: bigint;
+  ioClass?: number;
+}
+
+/** ib_srp's SRP_REV10_IB_IO_CLASS: the port ids are laid out the other way round. */
+const SRP_REV10_IB_IO_CLASS = 0x0100;
+
+/**
+ * The 16-byte port ids of a login, as ib_srp lays them out (srp_send_req): target = id_ext ‖ ioc_guid,
+ * initiator = initiator_ext ‖ a host identifier (ib_srp uses the source GID's interface id; we use a
+ * stable per-host id so every path of this host is one initiator to the target). Rev. 10 io_class
+ * swaps both halves.
+ */
+export function srpPortIds(
+  addr: Pick<RdmaCmTargetAddress, 'idExt' | 'iocGuid' | 'initiatorExt' | 'ioClass'>,
+  hostId: bigint,
+): { initiatorPortId: Buffer; targetPortId: Buffer } {
+  const pair = (a: bigint, b: bigint) => {
+    const x = Buffer.alloc(16);
+    x.writeBigUInt64BE(a, 0);
+    x.writeBigUInt64BE(b, 8);
+    return x;
+  };
+  const ext = addr.initiatorExt ?? 0n;
+  if (addr.ioClass === SRP_REV10_IB_IO_CLASS) {
+    return { initiatorPortId: pair(hostId, ext), targetPortId: pair(addr.iocGuid, addr.idExt) };
+  }
+  return { initiatorPortId: pair(ext, hostId), targetPortId: pair(addr.idExt, addr.iocGuid) };
+}
+
+/** 64 bits naming this host: from /etc/machine-id (else the host name), stable across restarts. */
+export async function hostPortGuid(): Promise<bigint> {
+  const { readFile } = await import('node:fs/promises');
+  const { createHash } = await import('node:crypto');
+  const { hostname } = await import('node:os');
+  let seed: string;
+  try {
+    seed = (await readFile('/etc/machine-id', 'utf8')).trim();
+  } catch {
+    seed = '';
+  }
+  if (!seed) seed = hostname();
+  return createHash('sha256').update('srp-nbd initiator ' + seed).digest().readBigUInt64BE(0);
+}
+
+/**
+ * Opens RDMA/CM channels to one target (ChannelConnector of src/fsm/srp-port.ts), with keep-alive and
+ * path-up events.
+ */
+export class RdmaConnector {
+  readonly description: string;
+  private readonly pathUp = new Set<() => void>();
+  private watched: { ctx: number; port: number; unsubscribe: () => void } | undefined;
+  private closed = false;
+  /** channels opened (for status and tests) */
+  opened = 0;
+
+  constructor(private readonly b: NativeBinding, private readonly o: RdmaTransportOptions) {
+    this.description = `dest=${formatRdmaAddress(o.dst)}${o.src && o.src.family === 'ip' ? `,src=${o.src.host}` : ''}`;
+  }
+
+  /** A fresh channel, not logged in yet (SrpSession.login connects it). */
+  async open(signal: AbortSignal): Promise<RdmaChannelTransport> {
+    if (this.closed) throw new TransportError(`${this.description}: connector closed`, 'closed');
+    if (signal.aborted) throw new TransportError(`${this.description}: connect aborted`, 'closed');
+    const tr = new RdmaChannelTransport(this.b, this.o);
+    this.opened++;
+    const onAbort = () => {
+      if (tr.state === 'connecting' || tr.state === 'idle') tr.close();
+    };
+    signal.addEventListener('abort', onAbort, { once: true });
+    const done = () => signal.removeEventListener('abort', onAbort);
+    tr.on('disconnect', done);
+    // once a channel has resolved its device, watch that port for PORT_ACTIVE (even with no channel left)
+    const origConnect = tr.connect.bind(tr);
+    tr.connect = async (req, opts) => {
+      try {
+        return await origConnect(req, opts);
+      } finally {
+        const h = tr.deviceHandle;
+        if (h) this.watch(h);
+        if (tr.state === 'connected') done();
+      }
+    };
+    return tr;
+  }
+
+  onPathUp(listener: () => void): () => void {
+    this.pathUp.add(listener);
+    return () => this.pathUp.delete(listener);
+  }
+
+  /** Stops watching the device; channels already open are the caller's. */
+  close(): void {
+    this.closed = true;
+    this.watched?.unsubscribe();
+    this.watched = undefined;
+    this.pathUp.clear();
+  }
+
+  private watch(h: { ctx: number; port: number; asyncFd: number; device: string }): void {
+    if (this.closed || (this.watched && this.watched.ctx === h.ctx && this.watched.port === h.port)) return;
+    this.watched?.unsubscribe();
+    const unsubscribe = AsyncEventHub.subscribe(this.b, h.ctx, h.asyncFd, (ev) => {
+      if (ev.type !== R.IBV_EVENT_PORT_ACTIVE || ev.portNum !== h.port) return;
+      this.o.logger?.info({ device: h.device, port: h.port }, 'rdma: port active again');
+      for (const l of [...this.pathUp]) l();
+    }, (err) => this.o.logger?.warn({ err, device: h.device, port: h.port },
+      'rdma: device async events lost: no path-up on PORT_ACTIVE until a channel opens again'));
+    this.watched = { ctx: h.ctx, port: h.port, unsubscribe };
+  }
+}
+
+/**
+ * The daemon's entry point (src/daemon/daemon.ts RdmaConnectorModule): a connector for an ib_srp
+ * add_target address with dest=IP:port (RDMA/CM), and the login's port ids.
+ */
+export async function createRdmaConnector(
+  addr: RdmaCmTargetAddress,
+  opts: RdmaConnectorOptions,
+): Promise<{ connector: RdmaConnector; initiatorPortId: Buffer; targetPortId: Buffer; close: () => void }> {
+  if (addr.transport !== 'rdma-cm' || !addr.dest) {
+    throw new TransportError('only RDMA/CM addressing (dest=IP:port) is supported by the RDMA connector', 'protocol');
+  }
+  if (addr.dest.port === undefined) throw new TransportError('dest= needs a port', 'protocol');
+  let b = opts.binding;
+  if (!b) {
+    const { loadNative } = await import('../../native/native.js');
+    b = loadNative();
+  }
+  const host = (a: { address: string; scopeId?: string }) => (a.scopeId ? `${a.address}%${a.scopeId}` : a.address);
+  const connector = new RdmaConnector(b, {
+    ...opts.transport,
+    dst: { family: 'ip', host: host(addr.dest), port: addr.dest.port },
+    ...(addr.src ? { src: { family: 'ip', host: host(addr.src), port: 0 } } : {}),
+    ackTimeout: opts.ackTimeout,
+    retryCount: opts.retryCount,
+    keepaliveIntervalMs: opts.keepaliveIntervalMs,
+    logger: opts.logger,
+  });
+  const ids = srpPortIds(addr, await hostPortGuid());
+  return {
+    connector,
+    initiatorPortId: opts.initiatorPortId ?? ids.initiatorPortId,
+    targetPortId: ids.targetPortId,
+    close: () => connector.close(),
+  };
+}

@@ -1,0 +1,85 @@
+/**
+ * Options of the RDMA channel transport: what can be set, the defaults, the bounds and their check.
+ * The daemon's per-target options ack_timeout and retry_count take their bounds and defaults from
+ * here (src/daemon/config.ts), so they are stated once.
+ */
+import type { SrpLogger } from '../srp-session.js';
+import { MAX_FINITE_RETRY_COUNT } from '../../native/rdma-constants.js';
+import type { RdmaAddress } from '../../native/sockaddr.js';
+
+/** Local ACK timeout exponent, 4.096 µs × 2^n: the 5-bit QP attribute; 14 is 67 ms. */
+export const ACK_TIMEOUT = { min: 0, max: 31, default: 14 } as const;
+
+/** Transport retry count: at most 6, since rxe takes 7 as "retry forever" (a dead path would never be noticed). */
+export const RETRY_COUNT = { min: 0, max: MAX_FINITE_RETRY_COUNT, default: MAX_FINITE_RETRY_COUNT } as const;
+
+export interface RdmaTransportOptions {
+  dst: RdmaAddress;
+  /** local address to bind (selects the device/port), optional */
+  src?: RdmaAddress;
+  /** per attempt, default 100 ms */
+  resolveTimeoutMs?: number;
+  /** address resolution attempts, default 10 */
+  resolveAttempts?: number;
+  /** default 1000 ms */
+  routeTimeoutMs?: number;
+  /** local ACK timeout exponent: 4.096 µs × 2^n; default 14 (67 ms) */
+  ackTimeout?: number;
+  /** transport retry count 0..6, default 6 (7 = forever on rxe, refused) */
+  retryCount?: number;
+  /** RNR retry count 0..7, default 7 */
+  rnrRetryCount?: number;
+  /** send slots (IUs in flight), default 128 */
+  sendQueueDepth?: number;
+  /** posted receive buffers, default 128 */
+  recvQueueDepth?: number;
+  /** largest IU we send, default 8448 */
+  maxSendIuLen?: number;
+  /** receive buffer size (≥ the target's max_ti_iu_len; ib_srpt answers our max_it_iu_len, 8260), default 8448 */
+  recvIuLen?: number;
+  /** largest region registerBuffer() accepts, default 16 MiB (capped by the device) */
+  maxRegionSize?: number;
+  /** buffers to register once per connection; views into them register without a system call */
+  pools?: Buffer[];
+  /**
+   * Keep-alive: a zero-length RDMA WRITE every this many ms while connected (0 = off, the default).
+   * A probe that fails (black hole: after the QP's retries) is a channel loss ('disconnect').
+   */
+  keepaliveIntervalMs?: number;
+  logger?: SrpLogger;
+}
+
+/** The options with every default applied (pools and logger are taken as given). */
+export type ResolvedTransportOptions = Required<Omit<RdmaTransportOptions, 'src' | 'logger' | 'pools'>>
+  & Pick<RdmaTransportOptions, 'src'>;
+
+/** Applies the defaults and checks the bounds; throws RangeError naming the option. */
+export function resolveTransportOptions(options: RdmaTransportOptions): ResolvedTransportOptions {
+  const retry = options.retryCount ?? RETRY_COUNT.default;
+  if (!Number.isInteger(retry) || retry < RETRY_COUNT.min || retry > RETRY_COUNT.max) {
+    throw new RangeError(`retryCount ${retry} must be ${RETRY_COUNT.min}..${RETRY_COUNT.max} `
+      + '(7 means retry forever: a dead path would never be noticed)');
+  }
+  const ack = options.ackTimeout ?? ACK_TIMEOUT.default;
+  if (!Number.isInteger(ack) || ack < ACK_TIMEOUT.min || ack > ACK_TIMEOUT.max) {
+    throw new RangeError(`ackTimeout ${ack} must be ${ACK_TIMEOUT.min}..${ACK_TIMEOUT.max}`);
+  }
+  const o: ResolvedTransportOptions = {
+    dst: options.dst,
+    src: options.src,
+    resolveTimeoutMs: options.resolveTimeoutMs ?? 100,
+    resolveAttempts: options.resolveAttempts ?? 10,
+    routeTimeoutMs: options.routeTimeoutMs ?? 1000,
+    ackTimeout: ack,
+    retryCount: retry,
+    rnrRetryCount: options.rnrRetryCount ?? 7,
+    sendQueueDepth: options.sendQueueDepth ?? 128,
+    recvQueueDepth: options.recvQueueDepth ?? 128,
+    maxSendIuLen: options.maxSendIuLen ?? 8448,
+    recvIuLen: options.recvIuLen ?? 8448,
+    maxRegionSize: options.maxRegionSize ?? 16 << 20,
+    keepaliveIntervalMs: options.keepaliveIntervalMs ?? 0,
+  };
+  if (!(o.keepaliveIntervalMs >= 0)) throw new RangeError(`keepaliveIntervalMs ${o.keepaliveIntervalMs} must be >= 0`);
+  return o;
+}
