@@ -3,10 +3,11 @@
  * transmission phase, or the transmission phase alone (what the kernel NBD
  * driver speaks on a socketpair after netlink CONNECT).
  *
- * Input is parsed as it arrives, without concatenating chunks: headers are
- * decoded in place when a chunk holds them whole, a WRITE payload is copied
- * once, straight into its destination (the backend's writeTarget() or a
- * pooled buffer). Requests run concurrently and complete out of order.
+ * Input is parsed as it arrives, without concatenating chunks; in the
+ * transmission phase RequestFramer (request-framer.ts) turns it into
+ * requests and WRITE payloads, each payload copied once, straight into its
+ * destination (the backend's writeTarget() or a pooled buffer). Requests
+ * run concurrently and complete out of order.
  * Replies are queued and leave together once the input at hand has been
  * parsed (or at the end of the tick, for completions of asynchronous
  * backends); small ones are assembled in one slab, and a small READ that
@@ -30,7 +31,6 @@ import {
   NBD_OPTION_HEADER_SIZE,
   decodeInfoRequest,
   decodeOptionHeader,
-  decodeRequest,
   encodeExportNameReply,
   encodeGreeting,
   encodeInfoBlockSize,
@@ -44,6 +44,7 @@ import {
   writeU64,
 } from './codec.js';
 import * as C from './nbd-constants.js';
+import { RequestFramer } from './request-framer.js';
 
 /** Where the server finds exports by name. */
 export interface ExportRegistry {
@@ -86,8 +87,8 @@ export interface ConnectionStats {
 export type SocketSource = Socket | ((sink: InputSink) => Socket);
 
 const STAGING_SIZE = 256 * 1024;
-/** Payload bytes still expected above which reads go straight into the payload. */
-const DIRECT_READ_MIN = 64 * 1024;
+/** READs at least this long are sent from the backend's own memory when it offers it (readView). */
+const READ_VIEW_MIN = 64 * 1024;
 /** Size of the slab small replies are assembled in (a larger reply gets a slab of its own size). */
 const SLAB_SIZE = 256 * 1024;
 /** READs up to this length are read straight into the reply slab (see readInline). */
@@ -95,14 +96,7 @@ const SLAB_READ_MAX = 16 * 1024;
 /** Queued reply bytes at which replies are written without waiting for the end of the input. */
 const FLUSH_BYTES = 1024 * 1024;
 
-type Phase =
-  | 'client-flags'
-  | 'option-header'
-  | 'option-data'
-  | 'request-header'
-  | 'payload'
-  | 'discard'
-  | 'stopped';
+type Phase = 'client-flags' | 'option-header' | 'option-data' | 'transmission' | 'stopped';
 
 const MAX_OPTIONS = 64;
 const NBD_CMD_FLAGS_KNOWN =
@@ -127,18 +121,16 @@ export class NbdConnection implements InputSink {
   private noZeroes = false;
   private optionCount = 0;
 
-  /* Partial-frame assembly: `fill` collects exactly `fill.length` bytes. */
+  /* Handshake frame assembly: `fill` collects exactly `fillNeed` bytes. */
   private fill: Buffer = Buffer.allocUnsafe(C.NBD_REQUEST_SIZE);
   private fillPos = 0;
   private fillNeed = 0;
-  private readonly headerBuf = Buffer.allocUnsafe(C.NBD_REQUEST_SIZE);
-  private readonly req: NbdRequest = { magic: 0, flags: 0, type: 0, cookieHi: 0, cookieLo: 0, offset: 0, length: 0 };
   private optionCode = 0;
-  /** Current WRITE payload being received, its request and whether it came from the pool. */
+  private readonly framer = new RequestFramer();
+  /** The WRITE whose payload the framer is receiving, the payload and whether it came from the pool. */
+  private readonly payloadReq: NbdRequest = { magic: 0, flags: 0, type: 0, cookieHi: 0, cookieLo: 0, offset: 0, length: 0 };
   private payload: Buffer | undefined;
   private payloadPooled = false;
-  private readonly payloadReq: NbdRequest = { magic: 0, flags: 0, type: 0, cookieHi: 0, cookieLo: 0, offset: 0, length: 0 };
-  private discardLeft = 0;
 
   private inFlight = 0;
   private paused = false;
@@ -204,7 +196,7 @@ export class NbdConnection implements InputSink {
     socket.on('drain', () => this.maybeResume());
     if (fixedExport) {
       this.enterTransmission(fixedExport.name, fixedExport.backend);
-      this.phase = 'request-header';
+      this.phase = 'transmission';
     } else {
       this.phase = 'client-flags';
       this.expect(4);
@@ -258,11 +250,7 @@ export class NbdConnection implements InputSink {
 
   /** InputSink: the next read lands in the WRITE payload itself when much of it is still to come. */
   nextReadBuffer(): Buffer {
-    if (this.phase === 'payload') {
-      const left = this.payload!.length - this.fillPos;
-      if (left >= DIRECT_READ_MIN) return this.payload!.subarray(this.fillPos);
-    }
-    return this.staging;
+    return this.framer.directTarget() ?? this.staging;
   }
 
   /** InputSink: bytes from the socket, consumed synchronously. */
@@ -278,42 +266,15 @@ export class NbdConnection implements InputSink {
           return;
         }
         switch (this.phase) {
-          case 'request-header':
-            // Fast path: a whole header in the chunk is decoded in place.
-            if (this.fillPos === 0 && chunk.length - pos >= C.NBD_REQUEST_SIZE) {
-              decodeRequest(chunk, pos, this.req);
-              pos += C.NBD_REQUEST_SIZE;
-              this.onRequest();
-            } else {
-              pos = this.collect(chunk, pos, this.headerBuf, C.NBD_REQUEST_SIZE);
-              if (this.fillPos === C.NBD_REQUEST_SIZE) {
-                this.fillPos = 0;
-                decodeRequest(this.headerBuf, 0, this.req);
-                this.onRequest();
-              }
-            }
-            break;
-          case 'payload': {
-            const dst = this.payload!;
-            const n = Math.min(dst.length - this.fillPos, chunk.length - pos);
-            // Skipped when the socket read straight into the payload (see nextReadBuffer).
-            if (chunk.buffer !== dst.buffer || chunk.byteOffset + pos !== dst.byteOffset + this.fillPos) {
-              chunk.copy(dst, this.fillPos, pos, pos + n);
-            }
-            this.fillPos += n;
-            pos += n;
-            if (this.fillPos === dst.length) this.onPayload();
-            break;
-          }
-          case 'discard': {
-            const n = Math.min(this.discardLeft, chunk.length - pos);
-            this.discardLeft -= n;
-            pos += n;
-            if (this.discardLeft === 0) this.phase = 'request-header';
+          case 'transmission': {
+            pos = this.framer.consume(chunk, pos);
+            const frame = this.framer.completed;
+            if (frame === 'request') this.onRequest(this.framer.request);
+            else if (frame === 'payload') this.onPayload();
             break;
           }
           default:
-            pos = this.collect(chunk, pos, this.fill, this.fillNeed);
+            pos = this.collect(chunk, pos);
             if (this.fillPos === this.fillNeed) {
               this.fillPos = 0;
               this.onHandshakeFrame(this.fill.subarray(0, this.fillNeed));
@@ -329,10 +290,10 @@ export class NbdConnection implements InputSink {
     }
   }
 
-  /** Copies from chunk into dst until `need` bytes are there; returns the new chunk position. */
-  private collect(chunk: Buffer, pos: number, dst: Buffer, need: number): number {
-    const n = Math.min(need - this.fillPos, chunk.length - pos);
-    chunk.copy(dst, this.fillPos, pos, pos + n);
+  /** Copies from chunk into `fill` until `fillNeed` bytes are there; returns the new chunk position. */
+  private collect(chunk: Buffer, pos: number): number {
+    const n = Math.min(this.fillNeed - this.fillPos, chunk.length - pos);
+    chunk.copy(this.fill, this.fillPos, pos, pos + n);
     this.fillPos += n;
     return pos + n;
   }
@@ -384,7 +345,7 @@ export class NbdConnection implements InputSink {
         if (!found) return this.fatal('unknown-export', `NBD_OPT_EXPORT_NAME for unknown export '${name}'`);
         this.enterTransmission(found.name, found.backend);
         this.send(encodeExportNameReply(found.backend.size, this.transmissionFlags, this.noZeroes), false);
-        this.phase = 'request-header';
+        this.phase = 'transmission';
         return;
       }
       case C.NBD_OPT_ABORT:
@@ -443,7 +404,7 @@ export class NbdConnection implements InputSink {
     this.optionReply(C.NBD_REP_ACK);
     if (opt === C.NBD_OPT_GO) {
       this.enterTransmission(found.name, b);
-      this.phase = 'request-header';
+      this.phase = 'transmission';
     } else {
       this.nextOption();
     }
@@ -464,8 +425,7 @@ export class NbdConnection implements InputSink {
 
   /* --------------------------------------------------------- transmission */
 
-  private onRequest(): void {
-    const r = this.req;
+  private onRequest(r: NbdRequest): void {
     if (r.magic !== C.NBD_REQUEST_MAGIC) {
       return this.fatal('request-magic', `wrong request magic 0x${r.magic.toString(16)}`);
     }
@@ -476,16 +436,14 @@ export class NbdConnection implements InputSink {
       if (refusal) {
         // The payload still follows: skip it so framing holds.
         this.refuse(r, refusal);
-        this.discardLeft = r.length;
-        this.phase = r.length > 0 ? 'discard' : 'request-header';
+        this.framer.skipPayload(r.length);
         return;
       }
       const target = this.backend!.writeTarget?.(r.offset, r.length);
       this.payloadPooled = target === undefined;
       this.payload = target ?? this.opts.pool.acquire(r.length);
       Object.assign(this.payloadReq, r);
-      this.fillPos = 0;
-      this.phase = 'payload';
+      this.framer.receivePayload(this.payload);
       return;
     }
     if (refusal) return this.refuse(r, refusal);
@@ -495,11 +453,8 @@ export class NbdConnection implements InputSink {
 
   private onPayload(): void {
     const payload = this.payload!;
-    const pooled = this.payloadPooled;
     this.payload = undefined;
-    this.fillPos = 0;
-    this.phase = 'request-header';
-    this.dispatch(this.payloadReq, payload, pooled);
+    this.dispatch(this.payloadReq, payload, this.payloadPooled);
   }
 
   /**
@@ -576,7 +531,7 @@ export class NbdConnection implements InputSink {
       switch (r.type) {
         case C.NBD_CMD_READ: {
           const dataOffset = this.readHeaderSize();
-          view = r.length >= DIRECT_READ_MIN ? b.readView?.(r.offset, r.length) : undefined;
+          view = r.length >= READ_VIEW_MIN ? b.readView?.(r.offset, r.length) : undefined;
           if (!view) {
             reply = this.opts.pool.acquire(dataOffset + r.length);
             result = b.read(r.offset, reply.subarray(dataOffset));
@@ -890,6 +845,7 @@ export class NbdConnection implements InputSink {
     if (this.handshakeTimer) clearTimeout(this.handshakeTimer);
     // An unfinished payload may be the socket's current read buffer: left to the GC, never pooled.
     this.payload = undefined;
+    this.framer.abandon();
     this.socket.pause();
     if (this.inFlight === 0) this.finish();
   }
@@ -921,6 +877,7 @@ export class NbdConnection implements InputSink {
       this.noteTruncation();
       this.phase = 'stopped';
       this.payload = undefined;
+      this.framer.abandon();
     }
     for (const [kind, count] of this.logged) {
       if (count > 1) this.opts.logger.warn({ kind, count }, 'repeated connection errors');
@@ -929,8 +886,10 @@ export class NbdConnection implements InputSink {
   }
 
   private noteTruncation(): void {
-    if (this.phase === 'payload' || this.phase === 'discard' || this.fillPos > 0) {
-      this.logOnce('truncated', `client vanished in the middle of a ${this.phase === 'payload' ? 'WRITE payload' : 'frame'}`);
+    const partial = this.backend ? this.framer.partial : this.fillPos > 0 ? 'frame' : undefined;
+    if (partial) {
+      const what = partial === 'payload' ? 'WRITE payload' : 'frame';
+      this.logOnce('truncated', `client vanished in the middle of a ${what}`);
     }
   }
 
