@@ -1,7 +1,8 @@
 /**
- * One NBD client connection: the fixed-newstyle handshake and then the
- * transmission phase, or the transmission phase alone (what the kernel NBD
- * driver speaks on a socketpair after netlink CONNECT).
+ * One NBD client connection: the fixed-newstyle handshake (Handshake,
+ * handshake.ts) and then the transmission phase, or the transmission phase
+ * alone (what the kernel NBD driver speaks on a socketpair after netlink
+ * CONNECT).
  *
  * Input is parsed as it arrives, without concatenating chunks; in the
  * transmission phase RequestFramer (request-framer.ts) turns it into
@@ -26,33 +27,15 @@ import { type Backend, toNbdErrno, transmissionFlags } from './backend.js';
 import { BufferPool } from './buffer-pool.js';
 import type { InputSink } from './socket-input.js';
 import {
-  NbdDecodeError,
   type NbdRequest,
-  NBD_OPTION_HEADER_SIZE,
-  decodeInfoRequest,
-  decodeOptionHeader,
-  encodeExportNameReply,
-  encodeGreeting,
-  encodeInfoBlockSize,
-  encodeInfoExport,
-  encodeInfoString,
-  encodeOptionReply,
-  encodeRepServer,
   encodeStructuredError,
   writeSimpleReply,
   writeStructuredReply,
   writeU64,
 } from './codec.js';
+import { type ExportRegistry, Handshake, type HandshakeOutcome, type NegotiatedExport } from './handshake.js';
 import * as C from './nbd-constants.js';
 import { RequestFramer } from './request-framer.js';
-
-/** Where the server finds exports by name. */
-export interface ExportRegistry {
-  /** The export for a name; "" means the default export. */
-  lookup(name: string): { name: string; backend: Backend } | undefined;
-  /** Every export, for NBD_OPT_LIST. */
-  list(): { name: string; backend: Backend }[];
-}
 
 export interface ConnectionOptions {
   logger: Logger;
@@ -96,9 +79,6 @@ const SLAB_READ_MAX = 16 * 1024;
 /** Queued reply bytes at which replies are written without waiting for the end of the input. */
 const FLUSH_BYTES = 1024 * 1024;
 
-type Phase = 'client-flags' | 'option-header' | 'option-data' | 'transmission' | 'stopped';
-
-const MAX_OPTIONS = 64;
 const NBD_CMD_FLAGS_KNOWN =
   C.NBD_CMD_FLAG_FUA | C.NBD_CMD_FLAG_NO_HOLE | C.NBD_CMD_FLAG_DF | C.NBD_CMD_FLAG_REQ_ONE | C.NBD_CMD_FLAG_FAST_ZERO;
 
@@ -113,19 +93,12 @@ export class NbdConnection implements InputSink {
   /** Resolves once the socket is closed and every request has completed. */
   readonly closed: Promise<void>;
 
-  private phase: Phase;
+  /** The option haggling while it lasts; undefined in the transmission phase. */
+  private handshake: Handshake | undefined;
   private backend: Backend | undefined;
   private exportName = '';
   private transmissionFlags = 0;
   private structuredReplies = false;
-  private noZeroes = false;
-  private optionCount = 0;
-
-  /* Handshake frame assembly: `fill` collects exactly `fillNeed` bytes. */
-  private fill: Buffer = Buffer.allocUnsafe(C.NBD_REQUEST_SIZE);
-  private fillPos = 0;
-  private fillNeed = 0;
-  private optionCode = 0;
   private readonly framer = new RequestFramer();
   /** The WRITE whose payload the framer is receiving, the payload and whether it came from the pool. */
   private readonly payloadReq: NbdRequest = { magic: 0, flags: 0, type: 0, cookieHi: 0, cookieLo: 0, offset: 0, length: 0 };
@@ -133,6 +106,8 @@ export class NbdConnection implements InputSink {
   private payloadPooled = false;
 
   private inFlight = 0;
+  /** Input is no longer parsed (stopReading); only moves from false to true. */
+  private stopped = false;
   private paused = false;
   /** Replies waiting to be written, in wire order; flushed by flush(). */
   private out: Buffer[] = [];
@@ -170,9 +145,9 @@ export class NbdConnection implements InputSink {
 
   private constructor(
     source: SocketSource,
-    private readonly registry: ExportRegistry | undefined,
+    registry: ExportRegistry | undefined,
     private readonly opts: ConnectionOptions,
-    fixedExport: { name: string; backend: Backend } | undefined,
+    fixedExport: NegotiatedExport | undefined,
   ) {
     this.closed = new Promise((resolve) => (this.resolveClosed = resolve));
     this.maxInFlight = opts.maxInFlight ?? 256;
@@ -195,12 +170,10 @@ export class NbdConnection implements InputSink {
     socket.on('close', () => this.onSocketClose());
     socket.on('drain', () => this.maybeResume());
     if (fixedExport) {
-      this.enterTransmission(fixedExport.name, fixedExport.backend);
-      this.phase = 'transmission';
+      this.enterTransmission(fixedExport);
     } else {
-      this.phase = 'client-flags';
-      this.expect(4);
-      this.socket.write(encodeGreeting(C.NBD_FLAG_FIXED_NEWSTYLE | C.NBD_FLAG_NO_ZEROES));
+      this.handshake = new Handshake(registry!, opts.logger, (buf) => this.send(buf, false));
+      this.socket.write(this.handshake.greeting());
       const ms = opts.handshakeTimeoutMs ?? 30_000;
       if (ms > 0) {
         this.handshakeTimer = setTimeout(() => this.fatal('handshake-timeout', `no export chosen within ${ms} ms`), ms);
@@ -217,7 +190,8 @@ export class NbdConnection implements InputSink {
 
   /** Serves the transmission phase only, on a socket whose handshake happened elsewhere (kernel NBD). */
   static transmission(socket: SocketSource, name: string, backend: Backend, opts: ConnectionOptions): NbdConnection {
-    return new NbdConnection(socket, undefined, opts, { name, backend });
+    const negotiated = { name, backend, transmissionFlags: transmissionFlags(backend), structuredReplies: false };
+    return new NbdConnection(socket, undefined, opts, negotiated);
   }
 
   /** The export this connection is serving, once chosen. */
@@ -242,12 +216,6 @@ export class NbdConnection implements InputSink {
 
   /* ---------------------------------------------------------------- input */
 
-  private expect(n: number): void {
-    if (this.fill.length < n) this.fill = Buffer.allocUnsafe(n);
-    this.fillPos = 0;
-    this.fillNeed = n;
-  }
-
   /** InputSink: the next read lands in the WRITE payload itself when much of it is still to come. */
   nextReadBuffer(): Buffer {
     return this.framer.directTarget() ?? this.staging;
@@ -258,28 +226,23 @@ export class NbdConnection implements InputSink {
     let pos = 0;
     this.parsing = true;
     try {
-      while (pos < chunk.length && this.phase !== 'stopped') {
+      while (pos < chunk.length && !this.stopped) {
         if (this.paused) {
           // Over a limit: the rest waits (reading is stopped, so the bytes stay where they are)
           // until requests complete; a hostile burst of headers cannot make us allocate more.
           this.backlog = chunk.subarray(pos);
           return;
         }
-        switch (this.phase) {
-          case 'transmission': {
-            pos = this.framer.consume(chunk, pos);
-            const frame = this.framer.completed;
-            if (frame === 'request') this.onRequest(this.framer.request);
-            else if (frame === 'payload') this.onPayload();
-            break;
-          }
-          default:
-            pos = this.collect(chunk, pos);
-            if (this.fillPos === this.fillNeed) {
-              this.fillPos = 0;
-              this.onHandshakeFrame(this.fill.subarray(0, this.fillNeed));
-            }
+        const hs = this.handshake;
+        if (hs) {
+          pos = hs.consume(chunk, pos);
+          if (hs.outcome) this.onHandshakeOutcome(hs.outcome);
+          continue;
         }
+        pos = this.framer.consume(chunk, pos);
+        const frame = this.framer.completed;
+        if (frame === 'request') this.onRequest(this.framer.request);
+        else if (frame === 'payload') this.onPayload();
       }
     } catch (err) {
       // A bug, never a client's doing: stop this connection, keep the server.
@@ -290,137 +253,25 @@ export class NbdConnection implements InputSink {
     }
   }
 
-  /** Copies from chunk into `fill` until `fillNeed` bytes are there; returns the new chunk position. */
-  private collect(chunk: Buffer, pos: number): number {
-    const n = Math.min(this.fillNeed - this.fillPos, chunk.length - pos);
-    chunk.copy(this.fill, this.fillPos, pos, pos + n);
-    this.fillPos += n;
-    return pos + n;
-  }
-
-  /* ------------------------------------------------------------ handshake */
-
-  private onHandshakeFrame(frame: Buffer): void {
-    switch (this.phase) {
-      case 'client-flags': {
-        const flags = frame.readUInt32BE(0);
-        const known = C.NBD_FLAG_C_FIXED_NEWSTYLE | C.NBD_FLAG_C_NO_ZEROES;
-        if ((flags & ~known) !== 0) return this.fatal('client-flags', `unknown client flags 0x${flags.toString(16)}`);
-        this.noZeroes = (flags & C.NBD_FLAG_C_NO_ZEROES) !== 0;
-        this.phase = 'option-header';
-        this.expect(NBD_OPTION_HEADER_SIZE);
-        return;
-      }
-      case 'option-header': {
-        const h = decodeOptionHeader(frame);
-        if (h.magic !== C.IHAVEOPT) return this.fatal('option-magic', `wrong option magic 0x${h.magic.toString(16)}`);
-        if (++this.optionCount > MAX_OPTIONS) return this.fatal('option-count', `more than ${MAX_OPTIONS} options`);
-        this.optionCode = h.option;
-        if (h.length > C.NBD_MAX_OPTION_SIZE) {
-          this.optionReply(C.NBD_REP_ERR_TOO_BIG, `option of ${h.length} bytes exceeds ${C.NBD_MAX_OPTION_SIZE}`);
-          return this.fatal('option-size', `${C.nameOfNbdOpt(h.option)} with ${h.length} bytes of data`);
-        }
-        if (h.length === 0) return this.onOption(Buffer.alloc(0));
-        this.phase = 'option-data';
-        this.expect(h.length);
-        return;
-      }
-      case 'option-data':
-        return this.onOption(Buffer.from(frame)); // copied: the fill buffer is reused
-    }
-  }
-
-  private nextOption(): void {
-    if (this.phase === 'stopped' || this.backend) return;
-    this.phase = 'option-header';
-    this.expect(NBD_OPTION_HEADER_SIZE);
-  }
-
-  private onOption(data: Buffer): void {
-    const opt = this.optionCode;
-    switch (opt) {
-      case C.NBD_OPT_EXPORT_NAME: {
-        const name = data.toString('utf8');
-        const found = this.registry!.lookup(name);
-        if (!found) return this.fatal('unknown-export', `NBD_OPT_EXPORT_NAME for unknown export '${name}'`);
-        this.enterTransmission(found.name, found.backend);
-        this.send(encodeExportNameReply(found.backend.size, this.transmissionFlags, this.noZeroes), false);
-        this.phase = 'transmission';
-        return;
-      }
-      case C.NBD_OPT_ABORT:
-        this.optionReply(C.NBD_REP_ACK);
+  private onHandshakeOutcome(outcome: HandshakeOutcome): void {
+    switch (outcome.kind) {
+      case 'export':
+        return this.enterTransmission(outcome.negotiated);
+      case 'abort':
         return this.stopReading();
-      case C.NBD_OPT_LIST:
-        if (data.length !== 0) this.optionReply(C.NBD_REP_ERR_INVALID, 'NBD_OPT_LIST carries no data');
-        else {
-          for (const e of this.registry!.list()) this.optionReply(C.NBD_REP_SERVER, encodeRepServer(e.name));
-          this.optionReply(C.NBD_REP_ACK);
-        }
-        return this.nextOption();
-      case C.NBD_OPT_STRUCTURED_REPLY:
-        if (data.length !== 0) this.optionReply(C.NBD_REP_ERR_INVALID, 'NBD_OPT_STRUCTURED_REPLY carries no data');
-        else if (this.structuredReplies) this.optionReply(C.NBD_REP_ERR_INVALID, 'structured replies already negotiated');
-        else {
-          this.structuredReplies = true;
-          this.optionReply(C.NBD_REP_ACK);
-        }
-        return this.nextOption();
-      case C.NBD_OPT_INFO:
-      case C.NBD_OPT_GO:
-        return this.onInfoOrGo(opt, data);
-      default:
-        this.opts.logger.debug({ option: C.nameOfNbdOpt(opt) }, 'unsupported option refused');
-        this.optionReply(C.NBD_REP_ERR_UNSUP, `${C.nameOfNbdOpt(opt)} is not supported`);
-        return this.nextOption();
+      case 'fatal':
+        return this.fatal(outcome.problem, outcome.message);
     }
   }
 
-  private onInfoOrGo(opt: number, data: Buffer): void {
-    let request;
-    try {
-      request = decodeInfoRequest(data);
-    } catch (err) {
-      if (!(err instanceof NbdDecodeError)) throw err;
-      this.optionReply(C.NBD_REP_ERR_INVALID, err.message);
-      return this.nextOption();
-    }
-    const found = this.registry!.lookup(request.name);
-    if (!found) {
-      this.optionReply(C.NBD_REP_ERR_UNKNOWN, `unknown export '${request.name}'`);
-      return this.nextOption();
-    }
-    const b = found.backend;
-    this.optionReply(C.NBD_REP_INFO, encodeInfoExport(b.size, transmissionFlags(b)));
-    for (const type of new Set(request.requests)) {
-      if (type === C.NBD_INFO_NAME) this.optionReply(C.NBD_REP_INFO, encodeInfoString(C.NBD_INFO_NAME, found.name));
-      else if (type === C.NBD_INFO_DESCRIPTION && b.description) {
-        this.optionReply(C.NBD_REP_INFO, encodeInfoString(C.NBD_INFO_DESCRIPTION, b.description));
-      }
-    }
-    // Sent whether asked or not: clients must honour the constraints they were told.
-    const bs = b.blockSize;
-    this.optionReply(C.NBD_REP_INFO, encodeInfoBlockSize(bs.minimum, bs.preferred, bs.maximum));
-    this.optionReply(C.NBD_REP_ACK);
-    if (opt === C.NBD_OPT_GO) {
-      this.enterTransmission(found.name, b);
-      this.phase = 'transmission';
-    } else {
-      this.nextOption();
-    }
-  }
-
-  private optionReply(type: number, data?: Buffer | string): void {
-    const payload = typeof data === 'string' ? Buffer.from(data, 'utf8') : data;
-    this.send(encodeOptionReply(this.optionCode, type, payload), false);
-  }
-
-  private enterTransmission(name: string, backend: Backend): void {
+  private enterTransmission(negotiated: NegotiatedExport): void {
     if (this.handshakeTimer) clearTimeout(this.handshakeTimer);
-    this.exportName = name;
-    this.backend = backend;
-    this.transmissionFlags = transmissionFlags(backend);
-    this.opts.logger.debug({ export: name, structured: this.structuredReplies }, 'transmission phase');
+    this.handshake = undefined;
+    this.exportName = negotiated.name;
+    this.backend = negotiated.backend;
+    this.transmissionFlags = negotiated.transmissionFlags;
+    this.structuredReplies = negotiated.structuredReplies;
+    this.opts.logger.debug({ export: negotiated.name, structured: negotiated.structuredReplies }, 'transmission phase');
   }
 
   /* --------------------------------------------------------- transmission */
@@ -839,8 +690,8 @@ export class NbdConnection implements InputSink {
 
   /** Stops parsing input; closes once in-flight requests have been answered. Status only moves down. */
   private stopReading(): void {
-    if (this.phase === 'stopped') return;
-    this.phase = 'stopped';
+    if (this.stopped) return;
+    this.stopped = true;
     this.draining = true;
     if (this.handshakeTimer) clearTimeout(this.handshakeTimer);
     // An unfinished payload may be the socket's current read buffer: left to the GC, never pooled.
@@ -873,9 +724,9 @@ export class NbdConnection implements InputSink {
     this.socketClosed = true;
     this.draining = true;
     if (this.handshakeTimer) clearTimeout(this.handshakeTimer);
-    if (this.phase !== 'stopped') {
+    if (!this.stopped) {
       this.noteTruncation();
-      this.phase = 'stopped';
+      this.stopped = true;
       this.payload = undefined;
       this.framer.abandon();
     }
@@ -886,7 +737,7 @@ export class NbdConnection implements InputSink {
   }
 
   private noteTruncation(): void {
-    const partial = this.backend ? this.framer.partial : this.fillPos > 0 ? 'frame' : undefined;
+    const partial = this.handshake ? (this.handshake.midFrame ? 'frame' : undefined) : this.framer.partial;
     if (partial) {
       const what = partial === 'payload' ? 'WRITE payload' : 'frame';
       this.logOnce('truncated', `client vanished in the middle of a ${what}`);
