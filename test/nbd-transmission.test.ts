@@ -158,7 +158,7 @@ t.test('read-only export: writes, trims and zeroes fail with EPERM', async (t) =
 
 t.test('backend failures are reported with their errno', async (t) => {
   const c = await open();
-  disk.failNext = new BackendError('medium error', C.NBD_EIO);
+  disk.failNext = new BackendError('medium error', 'EIO');
   c.request(C.NBD_CMD_READ, 1n, 0, 512);
   t.equal((await c.simpleReply()).error, C.NBD_EIO);
   c.request(C.NBD_CMD_READ, 2n, 0, 512);

@@ -8,23 +8,15 @@
  * acknowledged to the NBD client once the target acknowledged it.
  */
 import type { ScsiDisk } from '../initiator/scsi-disk.js';
-import { type Backend, type BlockSizeConstraints, BackendError, toNbdErrno } from '../nbd/backend.js';
+import { type Backend, type BlockSizeConstraints, BackendError, errorCode } from '../nbd/backend.js';
 import * as C from '../nbd/nbd-constants.js';
 import type { SrpPort } from './srp-port.js';
 
-const ERRNO: Record<string, number> = {
-  EIO: C.NBD_EIO,
-  EINVAL: C.NBD_EINVAL,
-  ENOSPC: C.NBD_ENOSPC,
-  EPERM: C.NBD_EPERM,
-  ENOTSUP: C.NBD_ENOTSUP,
-};
-
-/** ScsiError / DiskRequestError carry a symbolic errno; EioError a numeric one. */
+/** ScsiError / DiskRequestError carry the errno name in `errno`; EioError in `code`. */
 function toBackendError(err: unknown): never {
   const e = err as { errno?: unknown; message?: string };
-  const errno = typeof e?.errno === 'string' ? (ERRNO[e.errno] ?? C.NBD_EIO) : toNbdErrno(err);
-  throw new BackendError(e?.message ?? String(err), errno, { cause: err });
+  const code = typeof e?.errno === 'string' ? e.errno : errorCode(err);
+  throw new BackendError(e?.message ?? String(err), code ?? 'EIO', { cause: err });
 }
 
 export class LunBackend implements Backend {

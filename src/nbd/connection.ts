@@ -23,9 +23,9 @@
 import type { Socket } from 'node:net';
 import type { Logger } from 'pino';
 import type { NativeBinding } from '../native/native.js';
-import { type Backend, type MaybePromise, toNbdErrno, transmissionFlags } from './backend.js';
+import { type Backend, type MaybePromise, errorCode, transmissionFlags } from './backend.js';
 import type { BufferPool } from './buffer-pool.js';
-import type { NbdRequest } from './codec.js';
+import { type NbdRequest, nbdErrno } from './codec.js';
 import { type ExportRegistry, Handshake, type HandshakeOutcome, type NegotiatedExport } from './handshake.js';
 import * as C from './nbd-constants.js';
 import { InFlight, ReplyWriter } from './reply-writer.js';
@@ -74,9 +74,9 @@ const SLAB_READ_MAX = 16 * 1024;
 const NBD_CMD_FLAGS_KNOWN =
   C.NBD_CMD_FLAG_FUA | C.NBD_CMD_FLAG_NO_HOLE | C.NBD_CMD_FLAG_DF | C.NBD_CMD_FLAG_REQ_ONE | C.NBD_CMD_FLAG_FAST_ZERO;
 
-/** A validation failure: the NBD errno and the reason logged for it. */
+/** A validation failure: the errno name to answer with and the reason logged for it. */
 interface Refusal {
-  errno: number;
+  code: 'EINVAL' | 'EPERM' | 'ENOSPC';
   reason: string;
 }
 
@@ -296,54 +296,60 @@ export class NbdConnection implements InputSink {
   private validate(r: NbdRequest): Refusal | undefined {
     const b = this.backend!;
     const name = C.nameOfNbdCmd(r.type);
-    if ((r.flags & ~NBD_CMD_FLAGS_KNOWN) !== 0) return { errno: C.NBD_EINVAL, reason: `${name}: unknown flags 0x${r.flags.toString(16)}` };
+    if ((r.flags & ~NBD_CMD_FLAGS_KNOWN) !== 0) {
+      return { code: 'EINVAL', reason: `${name}: unknown flags 0x${r.flags.toString(16)}` };
+    }
     if ((r.flags & C.NBD_CMD_FLAG_NO_HOLE) && r.type !== C.NBD_CMD_WRITE_ZEROES) {
-      return { errno: C.NBD_EINVAL, reason: `${name}: NO_HOLE is only valid on NBD_CMD_WRITE_ZEROES` };
+      return { code: 'EINVAL', reason: `${name}: NO_HOLE is only valid on NBD_CMD_WRITE_ZEROES` };
     }
     // DF, REQ_ONE and FAST_ZERO belong to features this server does not advertise.
     if (r.flags & (C.NBD_CMD_FLAG_DF | C.NBD_CMD_FLAG_REQ_ONE | C.NBD_CMD_FLAG_FAST_ZERO)) {
-      return { errno: C.NBD_EINVAL, reason: `${name}: flag 0x${r.flags.toString(16)} not negotiated` };
+      return { code: 'EINVAL', reason: `${name}: flag 0x${r.flags.toString(16)} not negotiated` };
     }
     if ((r.flags & C.NBD_CMD_FLAG_FUA) && !(this.transmissionFlags & C.NBD_FLAG_SEND_FUA)) {
-      return { errno: C.NBD_EINVAL, reason: `${name}: FUA not negotiated` };
+      return { code: 'EINVAL', reason: `${name}: FUA not negotiated` };
     }
     switch (r.type) {
       case C.NBD_CMD_READ:
       case C.NBD_CMD_WRITE:
         if (r.length > b.blockSize.maximum) {
-          return { errno: C.NBD_EINVAL, reason: `${name}: length ${r.length} exceeds the maximum ${b.blockSize.maximum}` };
+          const max = b.blockSize.maximum;
+          return { code: 'EINVAL', reason: `${name}: length ${r.length} exceeds the maximum ${max}` };
         }
         break;
       case C.NBD_CMD_FLUSH:
-        if (!b.canFlush) return { errno: C.NBD_EINVAL, reason: `${name}: not supported by this export` };
-        if (r.offset !== 0 || r.length !== 0) return { errno: C.NBD_EINVAL, reason: `${name}: offset and length must be 0` };
+        if (!b.canFlush) return { code: 'EINVAL', reason: `${name}: not supported by this export` };
+        if (r.offset !== 0 || r.length !== 0) {
+          return { code: 'EINVAL', reason: `${name}: offset and length must be 0` };
+        }
         return undefined;
       case C.NBD_CMD_TRIM:
-        if (!b.canTrim) return { errno: C.NBD_EINVAL, reason: `${name}: not supported by this export` };
+        if (!b.canTrim) return { code: 'EINVAL', reason: `${name}: not supported by this export` };
         break;
       case C.NBD_CMD_WRITE_ZEROES:
-        if (!b.canWriteZeroes) return { errno: C.NBD_EINVAL, reason: `${name}: not supported by this export` };
+        if (!b.canWriteZeroes) return { code: 'EINVAL', reason: `${name}: not supported by this export` };
         break;
       default:
-        return { errno: C.NBD_EINVAL, reason: `unknown command ${name}` };
+        return { code: 'EINVAL', reason: `unknown command ${name}` };
     }
-    if (r.type !== C.NBD_CMD_READ && b.readOnly) return { errno: C.NBD_EPERM, reason: `${name}: export is read-only` };
-    if (r.length === 0) return { errno: C.NBD_EINVAL, reason: `${name}: zero length` };
+    if (r.type !== C.NBD_CMD_READ && b.readOnly) return { code: 'EPERM', reason: `${name}: export is read-only` };
+    if (r.length === 0) return { code: 'EINVAL', reason: `${name}: zero length` };
     if (r.offset + r.length > b.size) {
-      const errno = r.type === C.NBD_CMD_WRITE || r.type === C.NBD_CMD_WRITE_ZEROES ? C.NBD_ENOSPC : C.NBD_EINVAL;
-      return { errno, reason: `${name}: offset ${r.offset} + length ${r.length} is beyond the export size ${b.size}` };
+      const code = r.type === C.NBD_CMD_WRITE || r.type === C.NBD_CMD_WRITE_ZEROES ? 'ENOSPC' : 'EINVAL';
+      return { code, reason: `${name}: offset ${r.offset} + length ${r.length} is beyond the export size ${b.size}` };
     }
     const min = b.blockSize.minimum;
     if (r.offset % min !== 0 || r.length % min !== 0) {
-      return { errno: C.NBD_EINVAL, reason: `${name}: offset ${r.offset} or length ${r.length} not aligned to ${min}` };
+      return { code: 'EINVAL', reason: `${name}: offset ${r.offset} or length ${r.length} not aligned to ${min}` };
     }
     return undefined;
   }
 
   private refuse(r: NbdRequest, refusal: Refusal): void {
     this.stats.errors++;
-    this.logOnce(`refuse-${r.type}-${refusal.errno}`, refusal.reason);
-    this.writer.replyError(r, refusal.errno, refusal.reason);
+    const errno = nbdErrno(refusal.code, r.flags);
+    this.logOnce(`refuse-${r.type}-${errno}`, refusal.reason);
+    this.writer.replyError(r, errno, refusal.reason);
   }
 
   /** A record for a request about to be dispatched, with the request's fields. */
@@ -454,7 +460,7 @@ export class NbdConnection implements InputSink {
 
   private backendFailed(r: NbdRequest | InFlight, err: unknown): void {
     this.stats.errors++;
-    const errno = toNbdErrno(err);
+    const errno = nbdErrno(errorCode(err), r.flags);
     this.logOnce(`backend-${r.type}-${errno}`, `${C.nameOfNbdCmd(r.type)} at ${r.offset} failed`, err);
     this.writer.replyError(r, errno, err instanceof Error ? err.message : String(err));
   }
