@@ -10,6 +10,7 @@
 import {
   IHAVEOPT,
   NBDMAGIC,
+  NBD_CMD_FLAG_FAST_ZERO,
   NBD_EINVAL,
   NBD_EIO,
   NBD_ENOMEM,
@@ -224,9 +225,11 @@ export function encodeRequest(
 /**
  * The NBD error number for an errno name (an error's `code`, e.g. 'ENOSPC') failing a request
  * with command flags `flags`: the one place where errors become NBD numbers (as nbdkit's
- * nbd_errno()). A missing or unknown code is EIO.
+ * nbd_errno()). NBD_ENOTSUP is only for a request that set NBD_CMD_FLAG_FAST_ZERO, which asks
+ * for it (this server negotiates no fast zero, so in practice never); otherwise the protocol
+ * wants EINVAL. A missing or unknown code is EIO.
  */
-export function nbdErrno(code: string | undefined, _flags: number): number {
+export function nbdErrno(code: string | undefined, flags: number): number {
   switch (code) {
     case 'EPERM':
     case 'EACCES':
@@ -246,7 +249,7 @@ export function nbdErrno(code: string | undefined, _flags: number): number {
       return NBD_EOVERFLOW;
     case 'ENOTSUP':
     case 'EOPNOTSUPP':
-      return NBD_ENOTSUP;
+      return flags & NBD_CMD_FLAG_FAST_ZERO ? NBD_ENOTSUP : NBD_EINVAL;
     case 'ESHUTDOWN':
       return NBD_ESHUTDOWN;
     default:
