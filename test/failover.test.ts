@@ -205,6 +205,34 @@ t.test('a command that times out and is aborted fails with EIO without a reconne
   c.close();
 });
 
+t.test('SCSI failures reach the NBD client as the errors the protocol allows', async (t) => {
+  const r = await rig({ reconnectDelay: 1, fastIoFailTmo: 5, devLossTmo: 60 });
+  t.teardown(() => r.close());
+  const lun = r.fabric.luns.values().next().value!;
+  const c = await RawClient.connect(r.socketPath);
+  await c.go('lun0');
+  // sense key, ASC, ASCQ of the failed WRITE(16), and the NBD error the client must see
+  const cases: [string, number, number, number, number][] = [
+    ['ILLEGAL REQUEST, INVALID COMMAND OPERATION CODE (ENOTSUP): EINVAL, no fast zero', 0x05, 0x20, 0x00, 22],
+    ['ILLEGAL REQUEST, LBA OUT OF RANGE (ENOSPC)', 0x05, 0x21, 0x00, 28],
+    ['DATA PROTECT, WRITE PROTECTED (EPERM)', 0x07, 0x27, 0x00, 1],
+    ['MEDIUM ERROR, WRITE ERROR (EIO)', 0x03, 0x0c, 0x00, 5],
+  ];
+  let cookie = 0x0a0b0c0d00000001n;
+  for (const [name, key, asc, ascq, nbdError] of cases) {
+    lun.injectSense(key, asc, ascq, 1, (cdb) => cdb[0] === 0x8a);
+    c.request(C.NBD_CMD_WRITE, cookie, 0, 4096, 0, Buffer.alloc(4096, 0x5a));
+    const golden = Buffer.alloc(16);
+    golden.writeUInt32BE(0x67446698, 0);
+    golden.writeUInt32BE(nbdError, 4);
+    golden.writeBigUInt64BE(cookie++, 8);
+    t.same(await c.reader.read(16), golden, name);
+  }
+  c.request(C.NBD_CMD_WRITE, cookie, 0, 4096, 0, Buffer.alloc(4096, 0x5a));
+  t.equal((await c.simpleReply()).error, 0, 'the next write succeeds');
+  c.close();
+});
+
 t.test('200 random flaps under load: no acknowledged write lost or corrupted', async (t) => {
   const r = await rig({ reconnectDelay: 1, fastIoFailTmo: 30, devLossTmo: 120 });
   t.teardown(() => r.close());

@@ -20,6 +20,7 @@ import {
   encodeRepServer,
   encodeRequest,
   encodeStructuredError,
+  nbdErrno,
   readU64,
   writeSimpleReply,
   writeStructuredReply,
@@ -104,6 +105,26 @@ t.test('simple reply', async (t) => {
   writeSimpleReply(b, 0, C.NBD_EINVAL, 0xdeadbeef, 0x00000001);
   t.same(b, hex('67446698 00000016 deadbeef 00000001'));
   t.equal(b.length, C.NBD_SIMPLE_REPLY_SIZE);
+});
+
+t.test('errno names map to the NBD error values (protocol "Error values", Linux numbers)', async (t) => {
+  const golden: [string | undefined, number][] = [
+    ['EPERM', 1], ['EACCES', 1], ['EROFS', 1],
+    ['EIO', 5],
+    ['ENOMEM', 12],
+    ['EINVAL', 22],
+    ['ENOSPC', 28], ['EFBIG', 28], ['EDQUOT', 28],
+    ['EOVERFLOW', 75],
+    ['ESHUTDOWN', 108],
+    // Not NBD_ENOTSUP (95): that one answers NBD_CMD_FLAG_FAST_ZERO only, which was not set.
+    ['ENOTSUP', 22], ['EOPNOTSUPP', 22],
+    // Anything else is EIO.
+    ['ENOENT', 5], ['disconnected', 5], [undefined, 5],
+  ];
+  for (const [code, want] of golden) t.equal(nbdErrno(code, 0), want, `${code}`);
+  t.equal(nbdErrno('ENOTSUP', C.NBD_CMD_FLAG_FAST_ZERO), 95, 'ENOTSUP with FAST_ZERO set');
+  t.equal(nbdErrno('EOPNOTSUPP', C.NBD_CMD_FLAG_FAST_ZERO | C.NBD_CMD_FLAG_FUA), 95, 'EOPNOTSUPP with FAST_ZERO set');
+  t.equal(nbdErrno('ENOTSUP', C.NBD_CMD_FLAG_FUA | C.NBD_CMD_FLAG_NO_HOLE), 22, 'other flags do not matter');
 });
 
 t.test('structured reply chunks', async (t) => {

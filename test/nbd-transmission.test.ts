@@ -13,7 +13,7 @@ const MiB = 1 << 20;
 /** A RAM backend whose operations can be held back and failed on demand. */
 class SlowBackend extends MemoryBackend {
   delays = new Map<number, number>();
-  failNext: BackendError | undefined;
+  failNext: Error | undefined;
   override read(offset: number, dst: Buffer): Promise<void> | void {
     const ms = this.delays.get(offset);
     if (this.failNext) {
@@ -158,12 +158,32 @@ t.test('read-only export: writes, trims and zeroes fail with EPERM', async (t) =
 
 t.test('backend failures are reported with their errno', async (t) => {
   const c = await open();
-  disk.failNext = new BackendError('medium error', C.NBD_EIO);
+  disk.failNext = new BackendError('medium error', 'EIO');
   c.request(C.NBD_CMD_READ, 1n, 0, 512);
   t.equal((await c.simpleReply()).error, C.NBD_EIO);
   c.request(C.NBD_CMD_READ, 2n, 0, 512);
   t.equal((await c.simpleReply(512)).error, 0);
   c.close();
+});
+
+t.test('ENOTSUP from the backend is answered EINVAL: NBD_ENOTSUP is for FAST_ZERO, never negotiated', async (t) => {
+  const c = await open();
+  disk.failNext = new BackendError('not supported here', 'ENOTSUP');
+  c.request(C.NBD_CMD_READ, 0x0102030405060708n, 0, 512);
+  const golden = Buffer.from('67446698' + '00000016' + '0102030405060708', 'hex');
+  t.same(await c.reader.read(16), golden, 'simple reply, error 22');
+  disk.failNext = Object.assign(new Error('operation not supported'), { code: 'EOPNOTSUPP' });
+  c.request(C.NBD_CMD_READ, 2n, 0, 512);
+  t.equal((await c.simpleReply()).error, C.NBD_EINVAL, 'a Node-style error with EOPNOTSUPP too');
+  c.close();
+
+  const s = await open('disk', true);
+  disk.failNext = new BackendError('nope', 'ENOTSUP');
+  s.request(C.NBD_CMD_READ, 3n, 0, 512);
+  // magic, flags DONE, type ERROR, cookie, length 10; error 22, message length 4, "nope"
+  const chunk = '668e33ef' + '0001' + '8001' + '0000000000000003' + '0000000a' + '00000016' + '0004' + '6e6f7065';
+  t.same(await s.reader.read(20 + 10), Buffer.from(chunk, 'hex'), 'structured error chunk, error 22, the message');
+  s.close();
 });
 
 t.test('many requests in flight complete out of order, each answered once', async (t) => {

@@ -152,7 +152,7 @@ t.test('probe of a LUN that is not there fails', async (t) => {
   const lun = new RamScsiLun();
   const exec = new LoopExecutor(new Map([[lunToSam(0), lun]]));
   const disk = new ScsiDisk(exec, { lun: lunToSam(7) });
-  await t.rejects(disk.probe(), { name: 'ScsiError', errno: 'EINVAL', sense: { key: c.ILLEGAL_REQUEST, asc: 0x25 } });
+  await t.rejects(disk.probe(), { name: 'ScsiError', code: 'EINVAL', sense: { key: c.ILLEGAL_REQUEST, asc: 0x25 } });
   await t.rejects(disk.read(0, 512), DiskRequestError, 'block ops need a probe');
 });
 
@@ -211,7 +211,7 @@ t.test('a failing chunk fails the request after all chunks settled', async (t) =
   );
   const err = await disk.read(0, 512 * 64).catch((e: unknown) => e);
   t.type(err, ScsiError);
-  t.match(err, { errno: 'EIO', command: 'READ_16', sense: { key: c.MEDIUM_ERROR, asc: 0x11, info: 20n } });
+  t.match(err, { code: 'EIO', command: 'READ_16', sense: { key: c.MEDIUM_ERROR, asc: 0x11, info: 20n } });
   t.match((err as Error).message, /Unrecovered read error/);
   t.equal(lun.logOf('READ_16').length, 8, 'every chunk was issued and completed');
 });
@@ -220,13 +220,13 @@ t.test('misaligned and out-of-range requests are refused before anything is sent
   const { disk, lun } = rig({ blocks: 64 });
   await disk.probe();
   lun.clearLog();
-  await t.rejects(disk.read(1, 512), { name: 'DiskRequestError', errno: 'EINVAL' });
-  await t.rejects(disk.read(0, 100), { name: 'DiskRequestError', errno: 'EINVAL', message: /not aligned to the 512-byte block size/ });
-  await t.rejects(disk.write(512 * 63, Buffer.alloc(1024)), { name: 'DiskRequestError', errno: 'ENOSPC', message: /beyond the end/ });
-  await t.rejects(disk.read(512 * 64, 512), { name: 'DiskRequestError', errno: 'EINVAL' });
-  await t.rejects(disk.writeZeroes(512 * 60, 512 * 8), { name: 'DiskRequestError', errno: 'ENOSPC' });
-  await t.rejects(disk.trim(-512, 512), { name: 'DiskRequestError', errno: 'EINVAL' });
-  await t.rejects(disk.read(0, 1024, Buffer.alloc(512)), { name: 'DiskRequestError', errno: 'EINVAL', message: /destination/ });
+  await t.rejects(disk.read(1, 512), { name: 'DiskRequestError', code: 'EINVAL' });
+  await t.rejects(disk.read(0, 100), { name: 'DiskRequestError', code: 'EINVAL', message: /not aligned to the 512-byte block size/ });
+  await t.rejects(disk.write(512 * 63, Buffer.alloc(1024)), { name: 'DiskRequestError', code: 'ENOSPC', message: /beyond the end/ });
+  await t.rejects(disk.read(512 * 64, 512), { name: 'DiskRequestError', code: 'EINVAL' });
+  await t.rejects(disk.writeZeroes(512 * 60, 512 * 8), { name: 'DiskRequestError', code: 'ENOSPC' });
+  await t.rejects(disk.trim(-512, 512), { name: 'DiskRequestError', code: 'EINVAL' });
+  await t.rejects(disk.read(0, 1024, Buffer.alloc(512)), { name: 'DiskRequestError', code: 'EINVAL', message: /destination/ });
   t.equal(lun.log.length, 0);
   await disk.write(0, Buffer.alloc(0));
   t.equal(lun.log.length, 0, 'an empty write sends nothing');
@@ -241,7 +241,7 @@ t.test('flush', async (t) => {
   await disk.flush();
   t.pass('a LU without SYNCHRONIZE CACHE counts as flushed');
   lun.injectSense(c.HARDWARE_ERROR, 0x44, 0);
-  await t.rejects(disk.flush(), { name: 'ScsiError', errno: 'EIO' });
+  await t.rejects(disk.flush(), { name: 'ScsiError', code: 'EIO' });
 });
 
 t.test('trim honours unmap granularity, alignment, LBA and descriptor counts', async (t) => {
@@ -300,7 +300,7 @@ t.test('trim through WRITE SAME(16) UNMAP, on a thick LUN, and when the LU refus
 
   const wp = rig({ blocks: 128, provisioning: thin, limits: { maxUnmapLbaCount: 64, maxUnmapBlockDescriptorCount: 1 }, writeProtected: true });
   await wp.disk.probe();
-  await t.rejects(wp.disk.trim(0, 512 * 8), { name: 'ScsiError', errno: 'EPERM' }, 'write protect is not swallowed');
+  await t.rejects(wp.disk.trim(0, 512 * 8), { name: 'ScsiError', code: 'EPERM' }, 'write protect is not swallowed');
 });
 
 t.test('write zeroes: WRITE SAME(16) UNMAP, plain WRITE SAME, zero buffers', async (t) => {
@@ -377,7 +377,7 @@ t.test('UNIT ATTENTION retries are bounded', async (t) => {
   await disk.probe();
   lun.clearLog();
   lun.injectSense(c.UNIT_ATTENTION, 0x29, 0, 10);
-  await t.rejects(disk.read(0, 512), { name: 'ScsiError', errno: 'EIO', message: /still UNIT ATTENTION after 3 retries/ });
+  await t.rejects(disk.read(0, 512), { name: 'ScsiError', code: 'EIO', message: /still UNIT ATTENTION after 3 retries/ });
   t.equal(lun.logOf('READ_16').length, 4, '1 try + 3 retries');
 });
 
@@ -395,7 +395,7 @@ t.test('BUSY and TASK SET FULL: exponential back-off, bounded', async (t) => {
   sleeps.length = 0;
   lun.clearLog();
   lun.injectFault({ status: c.SAM_STAT_TASK_SET_FULL }, 20);
-  await t.rejects(disk.write(0, data), { name: 'ScsiError', errno: 'EIO', status: c.SAM_STAT_TASK_SET_FULL, message: /SAM_STAT_TASK_SET_FULL.*after 6 retries/ });
+  await t.rejects(disk.write(0, data), { name: 'ScsiError', code: 'EIO', status: c.SAM_STAT_TASK_SET_FULL, message: /SAM_STAT_TASK_SET_FULL.*after 6 retries/ });
   t.equal(lun.logOf('WRITE_16').length, 7);
   t.same(sleeps, [10, 20, 40, 50, 50, 50]);
 });
@@ -418,13 +418,13 @@ t.test('NOT READY becoming ready: waits during probe, bounded; other NOT READY f
   t.same(lun.logOf('TEST_UNIT_READY').map((e) => e.status), [2, 2, 2, 0]);
 
   lun.injectSense(c.NOT_READY, c.ASC_LUN_NOT_READY, c.ASCQ_BECOMING_READY, 10);
-  await t.rejects(disk.read(0, 512), { name: 'ScsiError', errno: 'EIO', message: /still not ready after 5 retries/ });
+  await t.rejects(disk.read(0, 512), { name: 'ScsiError', code: 'EIO', message: /still not ready after 5 retries/ });
   t.equal(lun.pendingFaults(), 4, '1 try + 5 retries consumed 6 of 10');
   lun.clearFaults();
 
   lun.clearLog();
   lun.injectSense(c.NOT_READY, c.ASC_MEDIUM_NOT_PRESENT, 0, 5);
-  await t.rejects(disk.read(0, 512), { name: 'ScsiError', errno: 'EIO', sense: { key: c.NOT_READY, asc: 0x3a } });
+  await t.rejects(disk.read(0, 512), { name: 'ScsiError', code: 'EIO', sense: { key: c.NOT_READY, asc: 0x3a } });
   t.equal(lun.logOf('READ_16').length, 1, 'medium not present is not retried');
   t.equal(lun.pendingFaults(), 4, 'the other 4 are still waiting');
 });
@@ -437,7 +437,7 @@ t.test('ABORTED COMMAND / TASK ABORTED retried a few times; RECOVERED ERROR is s
   await disk.read(0, 512);
   t.equal(lun.logOf('READ_16').length, 3);
   lun.injectSense(c.ABORTED_COMMAND, 0x47, 0, 3);
-  await t.rejects(disk.read(0, 512), { name: 'ScsiError', errno: 'EIO', sense: { key: c.ABORTED_COMMAND } });
+  await t.rejects(disk.read(0, 512), { name: 'ScsiError', code: 'EIO', sense: { key: c.ABORTED_COMMAND } });
 
   lun.clearLog();
   lun.injectFault({ status: c.SAM_STAT_CHECK_CONDITION, sense: buildSense(c.RECOVERED_ERROR, 0x17, 1) });
@@ -453,30 +453,30 @@ t.test('errno mapping of final errors', async (t) => {
     /* The LU shrinks behind our back (no UA): the target itself reports LBA OUT OF RANGE. */
     lun.changeIdentity({ blocks: 32, unitAttention: false });
     const oor = await disk.write(512 * 40, Buffer.alloc(512)).catch((e: unknown) => e);
-    t.match(oor, { name: 'ScsiError', errno: 'ENOSPC', sense: { format: fmt, key: c.ILLEGAL_REQUEST, asc: 0x21, info: 40n } }, `${fmt}: LBA out of range`);
+    t.match(oor, { name: 'ScsiError', code: 'ENOSPC', sense: { format: fmt, key: c.ILLEGAL_REQUEST, asc: 0x21, info: 40n } }, `${fmt}: LBA out of range`);
     t.match((oor as Error).message, /WRITE_16 on LUN 0x0000000000000000 failed: ILLEGAL_REQUEST: Logical block address out of range \(21h\/00h\) at 0x28/);
 
     lun.writeProtected = true;
-    await t.rejects(disk.write(0, Buffer.alloc(512)), { name: 'ScsiError', errno: 'EPERM', sense: { key: c.DATA_PROTECT, asc: 0x27 } }, `${fmt}: write protected`);
+    await t.rejects(disk.write(0, Buffer.alloc(512)), { name: 'ScsiError', code: 'EPERM', sense: { key: c.DATA_PROTECT, asc: 0x27 } }, `${fmt}: write protected`);
     lun.writeProtected = false;
 
     lun.injectSense(c.DATA_PROTECT, c.ASC_WRITE_PROTECTED, c.ASCQ_SPACE_ALLOCATION_FAILED_WRITE_PROTECT);
-    await t.rejects(disk.write(0, Buffer.alloc(512)), { name: 'ScsiError', errno: 'ENOSPC' }, `${fmt}: thin pool out of space`);
+    await t.rejects(disk.write(0, Buffer.alloc(512)), { name: 'ScsiError', code: 'ENOSPC' }, `${fmt}: thin pool out of space`);
     lun.injectSense(c.ILLEGAL_REQUEST, c.ASC_INVALID_FIELD_IN_CDB, 0);
-    await t.rejects(disk.read(0, 512), { name: 'ScsiError', errno: 'EINVAL' }, `${fmt}: invalid field in CDB`);
+    await t.rejects(disk.read(0, 512), { name: 'ScsiError', code: 'EINVAL' }, `${fmt}: invalid field in CDB`);
     lun.injectSense(c.ILLEGAL_REQUEST, c.ASC_INVALID_COMMAND_OPERATION_CODE, 0);
-    await t.rejects(disk.read(0, 512), { name: 'ScsiError', errno: 'ENOTSUP' }, `${fmt}: invalid opcode`);
+    await t.rejects(disk.read(0, 512), { name: 'ScsiError', code: 'ENOTSUP' }, `${fmt}: invalid opcode`);
     lun.injectSense(c.MEDIUM_ERROR, 0x11, 0);
-    await t.rejects(disk.read(0, 512), { name: 'ScsiError', errno: 'EIO' }, `${fmt}: medium error`);
+    await t.rejects(disk.read(0, 512), { name: 'ScsiError', code: 'EIO' }, `${fmt}: medium error`);
   }
   const { disk, lun } = rig();
   await disk.probe();
   lun.injectFault({ status: c.SAM_STAT_RESERVATION_CONFLICT });
-  await t.rejects(disk.read(0, 512), { name: 'ScsiError', errno: 'EIO', status: 0x18, message: /SAM_STAT_RESERVATION_CONFLICT/ });
+  await t.rejects(disk.read(0, 512), { name: 'ScsiError', code: 'EIO', status: 0x18, message: /SAM_STAT_RESERVATION_CONFLICT/ });
   lun.injectFault({ status: c.SAM_STAT_CHECK_CONDITION });
-  await t.rejects(disk.read(0, 512), { name: 'ScsiError', errno: 'EIO', message: /unusable sense/ });
+  await t.rejects(disk.read(0, 512), { name: 'ScsiError', code: 'EIO', message: /unusable sense/ });
   lun.injectFault({ status: c.SAM_STAT_CHECK_CONDITION, sense: Buffer.from([0x00, 0x01, 0x02]) });
-  await t.rejects(disk.read(0, 512), { name: 'ScsiError', errno: 'EIO', message: /unusable sense/ });
+  await t.rejects(disk.read(0, 512), { name: 'ScsiError', code: 'EIO', message: /unusable sense/ });
 });
 
 t.test('TransportError passes through untouched', async (t) => {
@@ -509,7 +509,7 @@ t.test('short data-in is an error, not silent garbage', async (t) => {
   const disk = new ScsiDisk(exec, { lun: 0n });
   await disk.probe();
   short = true;
-  await t.rejects(disk.read(0, 1024), { name: 'ScsiError', errno: 'EIO', message: /returned 100 of 1024 bytes/ });
+  await t.rejects(disk.read(0, 1024), { name: 'ScsiError', code: 'EIO', message: /returned 100 of 1024 bytes/ });
 });
 
 t.test('REPORT LUNS, with a second ask when the list does not fit', async (t) => {

@@ -6,26 +6,15 @@
  * Each op is safe to replay: it addresses absolute blocks and, for writes,
  * keeps its payload buffer until the gate settles it, so a write is only
  * acknowledged to the NBD client once the target acknowledged it.
+ *
+ * Failures reach the NBD server as they are: ScsiError and DiskRequestError
+ * name their errno in `code`, and so does the gate's EioError, which is what
+ * the server maps to an NBD error number (see backend.ts).
  */
 import type { ScsiDisk } from '../initiator/scsi-disk.js';
-import { type Backend, type BlockSizeConstraints, BackendError, toNbdErrno } from '../nbd/backend.js';
+import type { Backend, BlockSizeConstraints } from '../nbd/backend.js';
 import * as C from '../nbd/nbd-constants.js';
 import type { SrpPort } from './srp-port.js';
-
-const ERRNO: Record<string, number> = {
-  EIO: C.NBD_EIO,
-  EINVAL: C.NBD_EINVAL,
-  ENOSPC: C.NBD_ENOSPC,
-  EPERM: C.NBD_EPERM,
-  ENOTSUP: C.NBD_ENOTSUP,
-};
-
-/** ScsiError / DiskRequestError carry a symbolic errno; EioError a numeric one. */
-function toBackendError(err: unknown): never {
-  const e = err as { errno?: unknown; message?: string };
-  const errno = typeof e?.errno === 'string' ? (ERRNO[e.errno] ?? C.NBD_EIO) : toNbdErrno(err);
-  throw new BackendError(e?.message ?? String(err), errno, { cause: err });
-}
 
 export class LunBackend implements Backend {
   readonly size: number;
@@ -57,22 +46,22 @@ export class LunBackend implements Backend {
     // dst is recycled memory (the NBD server's buffer pool): a target that transfers less than
     // asked without saying so must not hand the client another request's data.
     dst.fill(0);
-    return this.port.gate.submit(() => this.disk.read(offset, dst.length, dst)).then(() => undefined, toBackendError);
+    return this.port.gate.submit(() => this.disk.read(offset, dst.length, dst)).then(() => undefined);
   }
 
   write(offset: number, data: Buffer, fua: boolean): Promise<void> {
-    return this.port.gate.submit(() => this.disk.write(offset, data, { fua })).then(undefined, toBackendError);
+    return this.port.gate.submit(() => this.disk.write(offset, data, { fua }));
   }
 
   flush(): Promise<void> {
-    return this.port.gate.submit(() => this.disk.flush()).then(undefined, toBackendError);
+    return this.port.gate.submit(() => this.disk.flush());
   }
 
   trim(offset: number, length: number): Promise<void> {
-    return this.port.gate.submit(() => this.disk.trim(offset, length)).then(undefined, toBackendError);
+    return this.port.gate.submit(() => this.disk.trim(offset, length));
   }
 
   writeZeroes(offset: number, length: number, fua: boolean, noHole: boolean): Promise<void> {
-    return this.port.gate.submit(() => this.disk.writeZeroes(offset, length, { fua, noHole })).then(undefined, toBackendError);
+    return this.port.gate.submit(() => this.disk.writeZeroes(offset, length, { fua, noHole }));
   }
 }

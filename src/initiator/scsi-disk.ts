@@ -13,7 +13,7 @@
  * the event; BUSY / TASK SET FULL → retry with exponential back-off; NOT READY "in process of
  * becoming ready" and other transient not-ready causes → retry after a delay; ABORTED COMMAND /
  * TASK ABORTED → retry a few times. Anything else, or a bound exhausted, becomes a ScsiError with
- * the decoded sense and the errno to give the NBD client. TransportError from the executor is
+ * the decoded sense and, in `code`, the errno name to give the NBD client. TransportError from the executor is
  * passed through untouched: the transport state machine above decides what a lost path means.
  *
  * Offsets and lengths are bytes and must be multiples of the logical block size.
@@ -94,8 +94,11 @@ import {
   type StandardInquiry,
 } from './scsi-parse.js';
 
-/** The errors an NBD server can hand back (NBD protocol "Error values"; EROFS has none: EPERM). */
-export type NbdErrno = 'EIO' | 'EINVAL' | 'ENOSPC' | 'EPERM' | 'ENOTSUP';
+/**
+ * The errno names (Node's `code` convention) a disk request fails with: those the NBD protocol
+ * has error values for (EROFS has none: EPERM). The NBD server maps them to its numbers.
+ */
+export type DiskErrorCode = 'EIO' | 'EINVAL' | 'ENOSPC' | 'EPERM' | 'ENOTSUP';
 
 /** A SCSI command that failed for good (after the retries its status allows). */
 export class ScsiError extends Error {
@@ -108,7 +111,7 @@ export class ScsiError extends Error {
     /** Decoded sense data, when the target sent parseable sense. */
     readonly sense: ScsiSense | undefined,
     /** What to tell the NBD client. */
-    readonly errno: NbdErrno,
+    readonly code: DiskErrorCode,
     /** Raw sense bytes as received (copy). */
     readonly senseBytes?: Buffer,
   ) {
@@ -121,15 +124,15 @@ export class ScsiError extends Error {
 export class DiskRequestError extends Error {
   constructor(
     message: string,
-    readonly errno: NbdErrno,
+    readonly code: DiskErrorCode,
   ) {
     super(message);
     this.name = 'DiskRequestError';
   }
 }
 
-/** The errno for a final SCSI status / sense (in the spirit of scsi_io_completion_action()). */
-export function errnoForScsi(status: number, sense: ScsiSense | undefined): NbdErrno {
+/** The errno name for a final SCSI status / sense (in the spirit of scsi_io_completion_action()). */
+export function errnoForScsi(status: number, sense: ScsiSense | undefined): DiskErrorCode {
   if (status !== SAM_STAT_CHECK_CONDITION || !sense) return 'EIO';
   switch (sense.key) {
     case ILLEGAL_REQUEST:
@@ -637,7 +640,7 @@ export class ScsiDisk {
   /* ---------------------------------------------------------------------------------------- */
 
   /** Validate a byte range; returns [first LBA, block count]. */
-  private range(op: string, offset: number, length: number, beyondEnd: NbdErrno): [number, number] {
+  private range(op: string, offset: number, length: number, beyondEnd: DiskErrorCode): [number, number] {
     const g = this.geometry;
     if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0) {
       throw new DiskRequestError(`${op}: bad offset ${offset} / length ${length}`, 'EINVAL');

@@ -13,11 +13,15 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
-/** Error thrown by the addon for a failed system call. */
+/**
+ * Error thrown by the addon for a failed system call. Like Node's own system errors it names the
+ * errno in `code`, which is what callers compare (isErrno()); `errno` is the number, for messages.
+ */
 export interface NativeError extends Error {
-  errno?: number;
   /** errno name, e.g. 'ENODEV' (or 'EBADF' for a stale handle) */
-  code?: string;
+  code: string;
+  /** errno number (positive, unlike Node's), absent for a stale handle */
+  errno?: number;
   syscall?: string;
 }
 

@@ -1,11 +1,16 @@
 /**
- * The export backend interface the NBD server serves, and the errno mapping
- * of backend failures onto NBD's error set.
+ * The export backend interface the NBD server serves, and how backends fail.
  *
  * Every method may complete synchronously (return undefined) or return a
  * promise; the server handles both without an extra microtask for the first.
  * Offsets and lengths have already been validated against `size`,
  * `blockSize.minimum` and the 32 MiB request limit when a method is called.
+ *
+ * A failure is an Error whose `code` names the errno, as on Node's system
+ * errors ('EIO', 'ENOSPC', ...): a Node fs error as it is, a BackendError,
+ * or any error of this project that carries one (ScsiError, EioError). The
+ * connection turns the code into an NBD error number once, when it writes
+ * the reply (nbdErrno() in codec.ts); anything without a known code is EIO.
  */
 import {
   NBD_FLAG_CAN_MULTI_CONN,
@@ -15,14 +20,6 @@ import {
   NBD_FLAG_SEND_FUA,
   NBD_FLAG_SEND_TRIM,
   NBD_FLAG_SEND_WRITE_ZEROES,
-  NBD_EINVAL,
-  NBD_EIO,
-  NBD_ENOMEM,
-  NBD_ENOSPC,
-  NBD_ENOTSUP,
-  NBD_EOVERFLOW,
-  NBD_EPERM,
-  NBD_ESHUTDOWN,
 } from './nbd-constants.js';
 
 export type MaybePromise = void | Promise<void>;
@@ -81,45 +78,22 @@ export interface Backend {
   close?(): MaybePromise;
 }
 
-/** An error a backend throws on purpose, carrying the NBD errno to report. */
+/** An error a backend throws on purpose; `code` names the errno, e.g. 'EINVAL'. */
 export class BackendError extends Error {
   override readonly name = 'BackendError';
   constructor(
     message: string,
-    readonly errno: number,
+    readonly code: string,
     options?: { cause?: unknown },
   ) {
     super(message, options);
   }
 }
 
-const ERRNO_BY_CODE: Record<string, number> = {
-  EPERM: NBD_EPERM,
-  EACCES: NBD_EPERM,
-  EROFS: NBD_EPERM,
-  EIO: NBD_EIO,
-  ENOMEM: NBD_ENOMEM,
-  EINVAL: NBD_EINVAL,
-  ENOSPC: NBD_ENOSPC,
-  EFBIG: NBD_ENOSPC,
-  EDQUOT: NBD_ENOSPC,
-  EOVERFLOW: NBD_EOVERFLOW,
-  ENOTSUP: NBD_ENOTSUP,
-  EOPNOTSUPP: NBD_ENOTSUP,
-  ESHUTDOWN: NBD_ESHUTDOWN,
-};
-
-const NBD_ERRNOS = new Set(Object.values(ERRNO_BY_CODE));
-
-/**
- * Reduces any thrown value to one of the errno values NBD allows on the wire.
- * BackendError keeps its errno; Node system errors map by `code`; the rest is EIO.
- */
-export function toNbdErrno(err: unknown): number {
-  if (err instanceof BackendError && NBD_ERRNOS.has(err.errno)) return err.errno;
-  const code = (err as { code?: unknown } | null)?.code;
-  if (typeof code === 'string' && code in ERRNO_BY_CODE) return ERRNO_BY_CODE[code]!;
-  return NBD_EIO;
+/** The errno name a thrown value carries in `code`, or undefined. */
+export function errorCode(err: unknown): string | undefined {
+  const code = (err as { code?: unknown } | null | undefined)?.code;
+  return typeof code === 'string' ? code : undefined;
 }
 
 /** Checks that n is a power of two in [lo, hi]. */

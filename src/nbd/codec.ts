@@ -10,6 +10,15 @@
 import {
   IHAVEOPT,
   NBDMAGIC,
+  NBD_CMD_FLAG_FAST_ZERO,
+  NBD_EINVAL,
+  NBD_EIO,
+  NBD_ENOMEM,
+  NBD_ENOSPC,
+  NBD_ENOTSUP,
+  NBD_EOVERFLOW,
+  NBD_EPERM,
+  NBD_ESHUTDOWN,
   NBD_INFO_BLOCK_SIZE,
   NBD_INFO_DESCRIPTION,
   NBD_INFO_EXPORT,
@@ -211,6 +220,41 @@ export function encodeRequest(
   b.writeBigUInt64BE(BigInt(offset), 16);
   b.writeUInt32BE(length >>> 0, 24);
   return b;
+}
+
+/**
+ * The NBD error number for an errno name (an error's `code`, e.g. 'ENOSPC') failing a request
+ * with command flags `flags`: the one place where errors become NBD numbers (as nbdkit's
+ * nbd_errno()). NBD_ENOTSUP is only for a request that set NBD_CMD_FLAG_FAST_ZERO, which asks
+ * for it (this server negotiates no fast zero, so in practice never); otherwise the protocol
+ * wants EINVAL. A missing or unknown code is EIO.
+ */
+export function nbdErrno(code: string | undefined, flags: number): number {
+  switch (code) {
+    case 'EPERM':
+    case 'EACCES':
+    case 'EROFS':
+      return NBD_EPERM;
+    case 'EIO':
+      return NBD_EIO;
+    case 'ENOMEM':
+      return NBD_ENOMEM;
+    case 'EINVAL':
+      return NBD_EINVAL;
+    case 'ENOSPC':
+    case 'EFBIG':
+    case 'EDQUOT':
+      return NBD_ENOSPC;
+    case 'EOVERFLOW':
+      return NBD_EOVERFLOW;
+    case 'ENOTSUP':
+    case 'EOPNOTSUPP':
+      return flags & NBD_CMD_FLAG_FAST_ZERO ? NBD_ENOTSUP : NBD_EINVAL;
+    case 'ESHUTDOWN':
+      return NBD_ESHUTDOWN;
+    default:
+      return NBD_EIO;
+  }
 }
 
 /** Writes a 16-byte simple reply header at `off`. */

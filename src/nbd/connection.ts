@@ -1,16 +1,18 @@
 /**
- * One NBD client connection: the fixed-newstyle handshake and then the
- * transmission phase, or the transmission phase alone (what the kernel NBD
- * driver speaks on a socketpair after netlink CONNECT).
+ * One NBD client connection: the handshake and then the transmission
+ * phase, or the transmission phase alone (what the kernel NBD driver speaks
+ * on a socketpair after netlink CONNECT).
  *
- * Input is parsed as it arrives, without concatenating chunks: headers are
- * decoded in place when a chunk holds them whole, a WRITE payload is copied
- * once, straight into its destination (the backend's writeTarget() or a
- * pooled buffer). Requests run concurrently and complete out of order.
- * Replies are queued and leave together once the input at hand has been
- * parsed (or at the end of the tick, for completions of asynchronous
- * backends); small ones are assembled in one slab, and a small READ that
- * the backend completes synchronously is read straight into it.
+ * The work is shared with three helpers, split the way nbdkit's server
+ * splits it: Handshake (handshake.ts) does the option haggling,
+ * RequestFramer (request-framer.ts) turns the transmission phase's bytes
+ * into requests and WRITE payloads, ReplyWriter (reply-writer.ts)
+ * assembles and sends replies. The connection keeps the lifecycle, flow
+ * control, and validate() and dispatch(): each request is checked against
+ * the export, run on the backend and, while it is in flight, held in one
+ * reused InFlight record. Requests run concurrently and complete out of
+ * order; a small READ that the backend completes synchronously is read
+ * straight into the reply slab.
  *
  * Errors the protocol can answer (bad range, alignment, flags, unknown
  * command, backend failure) are answered and logged once per kind; errors
@@ -21,37 +23,14 @@
 import type { Socket } from 'node:net';
 import type { Logger } from 'pino';
 import type { NativeBinding } from '../native/native.js';
-import { type Backend, toNbdErrno, transmissionFlags } from './backend.js';
-import { BufferPool } from './buffer-pool.js';
-import type { InputSink } from './socket-input.js';
-import {
-  NbdDecodeError,
-  type NbdRequest,
-  NBD_OPTION_HEADER_SIZE,
-  decodeInfoRequest,
-  decodeOptionHeader,
-  decodeRequest,
-  encodeExportNameReply,
-  encodeGreeting,
-  encodeInfoBlockSize,
-  encodeInfoExport,
-  encodeInfoString,
-  encodeOptionReply,
-  encodeRepServer,
-  encodeStructuredError,
-  writeSimpleReply,
-  writeStructuredReply,
-  writeU64,
-} from './codec.js';
+import { type Backend, type MaybePromise, errorCode, transmissionFlags } from './backend.js';
+import type { BufferPool } from './buffer-pool.js';
+import { type NbdRequest, nbdErrno } from './codec.js';
+import { type ExportRegistry, Handshake, type HandshakeOutcome, type NegotiatedExport } from './handshake.js';
 import * as C from './nbd-constants.js';
-
-/** Where the server finds exports by name. */
-export interface ExportRegistry {
-  /** The export for a name; "" means the default export. */
-  lookup(name: string): { name: string; backend: Backend } | undefined;
-  /** Every export, for NBD_OPT_LIST. */
-  list(): { name: string; backend: Backend }[];
-}
+import { InFlight, ReplyWriter } from './reply-writer.js';
+import { RequestFramer } from './request-framer.js';
+import type { InputSink } from './socket-input.js';
 
 export interface ConnectionOptions {
   logger: Logger;
@@ -85,32 +64,19 @@ export interface ConnectionStats {
  */
 export type SocketSource = Socket | ((sink: InputSink) => Socket);
 
+/** Size of the buffer reads land in while headers are parsed (onread mode). */
 const STAGING_SIZE = 256 * 1024;
-/** Payload bytes still expected above which reads go straight into the payload. */
-const DIRECT_READ_MIN = 64 * 1024;
-/** Size of the slab small replies are assembled in (a larger reply gets a slab of its own size). */
-const SLAB_SIZE = 256 * 1024;
+/** READs at least this long are sent from the backend's own memory when it offers it (readView). */
+const READ_VIEW_MIN = 64 * 1024;
 /** READs up to this length are read straight into the reply slab (see readInline). */
 const SLAB_READ_MAX = 16 * 1024;
-/** Queued reply bytes at which replies are written without waiting for the end of the input. */
-const FLUSH_BYTES = 1024 * 1024;
 
-type Phase =
-  | 'client-flags'
-  | 'option-header'
-  | 'option-data'
-  | 'request-header'
-  | 'payload'
-  | 'discard'
-  | 'stopped';
-
-const MAX_OPTIONS = 64;
 const NBD_CMD_FLAGS_KNOWN =
   C.NBD_CMD_FLAG_FUA | C.NBD_CMD_FLAG_NO_HOLE | C.NBD_CMD_FLAG_DF | C.NBD_CMD_FLAG_REQ_ONE | C.NBD_CMD_FLAG_FAST_ZERO;
 
-/** A validation failure: the NBD errno and the reason logged for it. */
+/** A validation failure: the errno name to answer with and the reason logged for it. */
 interface Refusal {
-  errno: number;
+  code: 'EINVAL' | 'EPERM' | 'ENOSPC';
   reason: string;
 }
 
@@ -119,76 +85,58 @@ export class NbdConnection implements InputSink {
   /** Resolves once the socket is closed and every request has completed. */
   readonly closed: Promise<void>;
 
-  private phase: Phase;
+  /** The option haggling while it lasts; undefined in the transmission phase. */
+  private handshake: Handshake | undefined;
+  private readonly framer = new RequestFramer();
+  private readonly writer: ReplyWriter;
   private backend: Backend | undefined;
   private exportName = '';
   private transmissionFlags = 0;
-  private structuredReplies = false;
-  private noZeroes = false;
-  private optionCount = 0;
 
-  /* Partial-frame assembly: `fill` collects exactly `fill.length` bytes. */
-  private fill: Buffer = Buffer.allocUnsafe(C.NBD_REQUEST_SIZE);
-  private fillPos = 0;
-  private fillNeed = 0;
-  private readonly headerBuf = Buffer.allocUnsafe(C.NBD_REQUEST_SIZE);
-  private readonly req: NbdRequest = { magic: 0, flags: 0, type: 0, cookieHi: 0, cookieLo: 0, offset: 0, length: 0 };
-  private optionCode = 0;
-  /** Current WRITE payload being received, its request and whether it came from the pool. */
-  private payload: Buffer | undefined;
-  private payloadPooled = false;
-  private readonly payloadReq: NbdRequest = { magic: 0, flags: 0, type: 0, cookieHi: 0, cookieLo: 0, offset: 0, length: 0 };
-  private discardLeft = 0;
-
+  /** The WRITE whose payload is being received. */
+  private pendingWrite: InFlight | undefined;
+  /** Records of finished requests, reused by the next ones. */
+  private readonly spare: InFlight[] = [];
   private inFlight = 0;
-  private paused = false;
-  /** Replies waiting to be written, in wire order; flushed by flush(). */
-  private out: Buffer[] = [];
-  /** Pooled buffers among `out`, released once written. */
-  private outPooled: Buffer[] = [];
-  /** Bytes in `out` and the slab not yet written. */
-  private outBytes = 0;
-  /** Small replies are assembled here; [slabStart, slabPos) is not yet in `out`. */
-  private slab: Buffer = Buffer.allocUnsafe(SLAB_SIZE);
-  private slabStart = 0;
-  private slabPos = 0;
-  /** True while onInput runs: replies are flushed when it returns, not by a nextTick. */
-  private parsing = false;
-  private flushScheduled = false;
-  /** Whether small READs go into the slab; off once the backend has answered one asynchronously. */
+  private inFlightBytes = 0;
+  private readonly maxInFlight: number;
+  private readonly maxInFlightBytes: number;
+  /** Whether small READs go into the reply slab; off once the backend has answered one asynchronously. */
   private inlineReads = true;
+
+  /** Input is no longer parsed (stopReading); only moves from false to true. */
+  private stopped = false;
+  private paused = false;
+  /** Input received but not parsed because the connection paused itself (see onInput). */
+  private backlog: Buffer | undefined;
   private draining = false;
   private socketClosed = false;
   private finishing = false;
   private resolveClosed!: () => void;
   private handshakeTimer: NodeJS.Timeout | undefined;
   private readonly logged = new Map<string, number>();
-  private readonly maxInFlight: number;
-  private readonly maxInFlightBytes: number;
-  private inFlightBytes = 0;
-  /** Input received but not parsed because the connection paused itself (see onInput). */
-  private backlog: Buffer | undefined;
-  private readonly maxQueuedReplyBytes: number;
 
   private readonly socket: Socket;
-  /** The socket's fd when replies may bypass its stream (opts.sendv), else -1. */
-  private readonly fd: number;
-  /** Where reads land while headers are parsed (onread mode); payloads may be read elsewhere. */
+  /** Where reads land unless the framer has a payload to read into (onread mode). */
   private readonly staging = Buffer.allocUnsafe(STAGING_SIZE);
 
   private constructor(
     source: SocketSource,
-    private readonly registry: ExportRegistry | undefined,
+    registry: ExportRegistry | undefined,
     private readonly opts: ConnectionOptions,
-    fixedExport: { name: string; backend: Backend } | undefined,
+    fixedExport: NegotiatedExport | undefined,
   ) {
     this.closed = new Promise((resolve) => (this.resolveClosed = resolve));
     this.maxInFlight = opts.maxInFlight ?? 256;
     this.maxInFlightBytes = opts.maxInFlightBytes ?? 64 * 1024 * 1024;
-    this.maxQueuedReplyBytes = opts.maxQueuedReplyBytes ?? 64 * 1024 * 1024;
     const socket = typeof source === 'function' ? source(this) : source;
     this.socket = socket;
-    this.fd = opts.sendv ? socketFd(socket) : -1;
+    this.writer = new ReplyWriter(socket, {
+      pool: opts.pool,
+      sendv: opts.sendv,
+      maxQueuedBytes: opts.maxQueuedReplyBytes ?? 64 * 1024 * 1024,
+      onFull: () => this.pause(),
+    });
     if (typeof source !== 'function') socket.on('data', (chunk: Buffer) => this.onInput(chunk));
     socket.setNoDelay?.(true);
     socket.on('error', (err: NodeJS.ErrnoException) => {
@@ -203,12 +151,10 @@ export class NbdConnection implements InputSink {
     socket.on('close', () => this.onSocketClose());
     socket.on('drain', () => this.maybeResume());
     if (fixedExport) {
-      this.enterTransmission(fixedExport.name, fixedExport.backend);
-      this.phase = 'request-header';
+      this.enterTransmission(fixedExport);
     } else {
-      this.phase = 'client-flags';
-      this.expect(4);
-      this.socket.write(encodeGreeting(C.NBD_FLAG_FIXED_NEWSTYLE | C.NBD_FLAG_NO_ZEROES));
+      this.handshake = new Handshake(registry!, opts.logger, (buf) => this.writer.send(buf, false));
+      this.socket.write(this.handshake.greeting());
       const ms = opts.handshakeTimeoutMs ?? 30_000;
       if (ms > 0) {
         this.handshakeTimer = setTimeout(() => this.fatal('handshake-timeout', `no export chosen within ${ms} ms`), ms);
@@ -225,7 +171,8 @@ export class NbdConnection implements InputSink {
 
   /** Serves the transmission phase only, on a socket whose handshake happened elsewhere (kernel NBD). */
   static transmission(socket: SocketSource, name: string, backend: Backend, opts: ConnectionOptions): NbdConnection {
-    return new NbdConnection(socket, undefined, opts, { name, backend });
+    const negotiated = { name, backend, transmissionFlags: transmissionFlags(backend), structuredReplies: false };
+    return new NbdConnection(socket, undefined, opts, negotiated);
   }
 
   /** The export this connection is serving, once chosen. */
@@ -250,222 +197,66 @@ export class NbdConnection implements InputSink {
 
   /* ---------------------------------------------------------------- input */
 
-  private expect(n: number): void {
-    if (this.fill.length < n) this.fill = Buffer.allocUnsafe(n);
-    this.fillPos = 0;
-    this.fillNeed = n;
-  }
-
   /** InputSink: the next read lands in the WRITE payload itself when much of it is still to come. */
   nextReadBuffer(): Buffer {
-    if (this.phase === 'payload') {
-      const left = this.payload!.length - this.fillPos;
-      if (left >= DIRECT_READ_MIN) return this.payload!.subarray(this.fillPos);
-    }
-    return this.staging;
+    return this.framer.directTarget() ?? this.staging;
   }
 
   /** InputSink: bytes from the socket, consumed synchronously. */
   onInput(chunk: Buffer): void {
     let pos = 0;
-    this.parsing = true;
+    this.writer.startBatch();
     try {
-      while (pos < chunk.length && this.phase !== 'stopped') {
+      while (pos < chunk.length && !this.stopped) {
         if (this.paused) {
           // Over a limit: the rest waits (reading is stopped, so the bytes stay where they are)
           // until requests complete; a hostile burst of headers cannot make us allocate more.
           this.backlog = chunk.subarray(pos);
           return;
         }
-        switch (this.phase) {
-          case 'request-header':
-            // Fast path: a whole header in the chunk is decoded in place.
-            if (this.fillPos === 0 && chunk.length - pos >= C.NBD_REQUEST_SIZE) {
-              decodeRequest(chunk, pos, this.req);
-              pos += C.NBD_REQUEST_SIZE;
-              this.onRequest();
-            } else {
-              pos = this.collect(chunk, pos, this.headerBuf, C.NBD_REQUEST_SIZE);
-              if (this.fillPos === C.NBD_REQUEST_SIZE) {
-                this.fillPos = 0;
-                decodeRequest(this.headerBuf, 0, this.req);
-                this.onRequest();
-              }
-            }
-            break;
-          case 'payload': {
-            const dst = this.payload!;
-            const n = Math.min(dst.length - this.fillPos, chunk.length - pos);
-            // Skipped when the socket read straight into the payload (see nextReadBuffer).
-            if (chunk.buffer !== dst.buffer || chunk.byteOffset + pos !== dst.byteOffset + this.fillPos) {
-              chunk.copy(dst, this.fillPos, pos, pos + n);
-            }
-            this.fillPos += n;
-            pos += n;
-            if (this.fillPos === dst.length) this.onPayload();
-            break;
-          }
-          case 'discard': {
-            const n = Math.min(this.discardLeft, chunk.length - pos);
-            this.discardLeft -= n;
-            pos += n;
-            if (this.discardLeft === 0) this.phase = 'request-header';
-            break;
-          }
-          default:
-            pos = this.collect(chunk, pos, this.fill, this.fillNeed);
-            if (this.fillPos === this.fillNeed) {
-              this.fillPos = 0;
-              this.onHandshakeFrame(this.fill.subarray(0, this.fillNeed));
-            }
+        const hs = this.handshake;
+        if (hs) {
+          pos = hs.consume(chunk, pos);
+          if (hs.outcome) this.onHandshakeOutcome(hs.outcome);
+          continue;
         }
+        pos = this.framer.consume(chunk, pos);
+        const frame = this.framer.completed;
+        if (frame === 'request') this.onRequest(this.framer.request);
+        else if (frame === 'payload') this.onPayload();
       }
     } catch (err) {
       // A bug, never a client's doing: stop this connection, keep the server.
       this.fatal('internal', 'internal error while parsing input', err);
     } finally {
-      this.parsing = false;
-      this.flush();
+      this.writer.endBatch();
     }
   }
 
-  /** Copies from chunk into dst until `need` bytes are there; returns the new chunk position. */
-  private collect(chunk: Buffer, pos: number, dst: Buffer, need: number): number {
-    const n = Math.min(need - this.fillPos, chunk.length - pos);
-    chunk.copy(dst, this.fillPos, pos, pos + n);
-    this.fillPos += n;
-    return pos + n;
-  }
-
-  /* ------------------------------------------------------------ handshake */
-
-  private onHandshakeFrame(frame: Buffer): void {
-    switch (this.phase) {
-      case 'client-flags': {
-        const flags = frame.readUInt32BE(0);
-        const known = C.NBD_FLAG_C_FIXED_NEWSTYLE | C.NBD_FLAG_C_NO_ZEROES;
-        if ((flags & ~known) !== 0) return this.fatal('client-flags', `unknown client flags 0x${flags.toString(16)}`);
-        this.noZeroes = (flags & C.NBD_FLAG_C_NO_ZEROES) !== 0;
-        this.phase = 'option-header';
-        this.expect(NBD_OPTION_HEADER_SIZE);
-        return;
-      }
-      case 'option-header': {
-        const h = decodeOptionHeader(frame);
-        if (h.magic !== C.IHAVEOPT) return this.fatal('option-magic', `wrong option magic 0x${h.magic.toString(16)}`);
-        if (++this.optionCount > MAX_OPTIONS) return this.fatal('option-count', `more than ${MAX_OPTIONS} options`);
-        this.optionCode = h.option;
-        if (h.length > C.NBD_MAX_OPTION_SIZE) {
-          this.optionReply(C.NBD_REP_ERR_TOO_BIG, `option of ${h.length} bytes exceeds ${C.NBD_MAX_OPTION_SIZE}`);
-          return this.fatal('option-size', `${C.nameOfNbdOpt(h.option)} with ${h.length} bytes of data`);
-        }
-        if (h.length === 0) return this.onOption(Buffer.alloc(0));
-        this.phase = 'option-data';
-        this.expect(h.length);
-        return;
-      }
-      case 'option-data':
-        return this.onOption(Buffer.from(frame)); // copied: the fill buffer is reused
-    }
-  }
-
-  private nextOption(): void {
-    if (this.phase === 'stopped' || this.backend) return;
-    this.phase = 'option-header';
-    this.expect(NBD_OPTION_HEADER_SIZE);
-  }
-
-  private onOption(data: Buffer): void {
-    const opt = this.optionCode;
-    switch (opt) {
-      case C.NBD_OPT_EXPORT_NAME: {
-        const name = data.toString('utf8');
-        const found = this.registry!.lookup(name);
-        if (!found) return this.fatal('unknown-export', `NBD_OPT_EXPORT_NAME for unknown export '${name}'`);
-        this.enterTransmission(found.name, found.backend);
-        this.send(encodeExportNameReply(found.backend.size, this.transmissionFlags, this.noZeroes), false);
-        this.phase = 'request-header';
-        return;
-      }
-      case C.NBD_OPT_ABORT:
-        this.optionReply(C.NBD_REP_ACK);
+  private onHandshakeOutcome(outcome: HandshakeOutcome): void {
+    switch (outcome.kind) {
+      case 'export':
+        return this.enterTransmission(outcome.negotiated);
+      case 'abort':
         return this.stopReading();
-      case C.NBD_OPT_LIST:
-        if (data.length !== 0) this.optionReply(C.NBD_REP_ERR_INVALID, 'NBD_OPT_LIST carries no data');
-        else {
-          for (const e of this.registry!.list()) this.optionReply(C.NBD_REP_SERVER, encodeRepServer(e.name));
-          this.optionReply(C.NBD_REP_ACK);
-        }
-        return this.nextOption();
-      case C.NBD_OPT_STRUCTURED_REPLY:
-        if (data.length !== 0) this.optionReply(C.NBD_REP_ERR_INVALID, 'NBD_OPT_STRUCTURED_REPLY carries no data');
-        else if (this.structuredReplies) this.optionReply(C.NBD_REP_ERR_INVALID, 'structured replies already negotiated');
-        else {
-          this.structuredReplies = true;
-          this.optionReply(C.NBD_REP_ACK);
-        }
-        return this.nextOption();
-      case C.NBD_OPT_INFO:
-      case C.NBD_OPT_GO:
-        return this.onInfoOrGo(opt, data);
-      default:
-        this.opts.logger.debug({ option: C.nameOfNbdOpt(opt) }, 'unsupported option refused');
-        this.optionReply(C.NBD_REP_ERR_UNSUP, `${C.nameOfNbdOpt(opt)} is not supported`);
-        return this.nextOption();
+      case 'fatal':
+        return this.fatal(outcome.problem, outcome.message);
     }
   }
 
-  private onInfoOrGo(opt: number, data: Buffer): void {
-    let request;
-    try {
-      request = decodeInfoRequest(data);
-    } catch (err) {
-      if (!(err instanceof NbdDecodeError)) throw err;
-      this.optionReply(C.NBD_REP_ERR_INVALID, err.message);
-      return this.nextOption();
-    }
-    const found = this.registry!.lookup(request.name);
-    if (!found) {
-      this.optionReply(C.NBD_REP_ERR_UNKNOWN, `unknown export '${request.name}'`);
-      return this.nextOption();
-    }
-    const b = found.backend;
-    this.optionReply(C.NBD_REP_INFO, encodeInfoExport(b.size, transmissionFlags(b)));
-    for (const type of new Set(request.requests)) {
-      if (type === C.NBD_INFO_NAME) this.optionReply(C.NBD_REP_INFO, encodeInfoString(C.NBD_INFO_NAME, found.name));
-      else if (type === C.NBD_INFO_DESCRIPTION && b.description) {
-        this.optionReply(C.NBD_REP_INFO, encodeInfoString(C.NBD_INFO_DESCRIPTION, b.description));
-      }
-    }
-    // Sent whether asked or not: clients must honour the constraints they were told.
-    const bs = b.blockSize;
-    this.optionReply(C.NBD_REP_INFO, encodeInfoBlockSize(bs.minimum, bs.preferred, bs.maximum));
-    this.optionReply(C.NBD_REP_ACK);
-    if (opt === C.NBD_OPT_GO) {
-      this.enterTransmission(found.name, b);
-      this.phase = 'request-header';
-    } else {
-      this.nextOption();
-    }
-  }
-
-  private optionReply(type: number, data?: Buffer | string): void {
-    const payload = typeof data === 'string' ? Buffer.from(data, 'utf8') : data;
-    this.send(encodeOptionReply(this.optionCode, type, payload), false);
-  }
-
-  private enterTransmission(name: string, backend: Backend): void {
+  private enterTransmission(negotiated: NegotiatedExport): void {
     if (this.handshakeTimer) clearTimeout(this.handshakeTimer);
-    this.exportName = name;
-    this.backend = backend;
-    this.transmissionFlags = transmissionFlags(backend);
-    this.opts.logger.debug({ export: name, structured: this.structuredReplies }, 'transmission phase');
+    this.handshake = undefined;
+    this.exportName = negotiated.name;
+    this.backend = negotiated.backend;
+    this.transmissionFlags = negotiated.transmissionFlags;
+    this.writer.structured = negotiated.structuredReplies;
+    this.opts.logger.debug({ export: negotiated.name, structured: negotiated.structuredReplies }, 'transmission phase');
   }
 
   /* --------------------------------------------------------- transmission */
 
-  private onRequest(): void {
-    const r = this.req;
+  private onRequest(r: NbdRequest): void {
     if (r.magic !== C.NBD_REQUEST_MAGIC) {
       return this.fatal('request-magic', `wrong request magic 0x${r.magic.toString(16)}`);
     }
@@ -476,30 +267,26 @@ export class NbdConnection implements InputSink {
       if (refusal) {
         // The payload still follows: skip it so framing holds.
         this.refuse(r, refusal);
-        this.discardLeft = r.length;
-        this.phase = r.length > 0 ? 'discard' : 'request-header';
+        this.framer.skipPayload(r.length);
         return;
       }
+      const rec = this.record(r);
       const target = this.backend!.writeTarget?.(r.offset, r.length);
-      this.payloadPooled = target === undefined;
-      this.payload = target ?? this.opts.pool.acquire(r.length);
-      Object.assign(this.payloadReq, r);
-      this.fillPos = 0;
-      this.phase = 'payload';
+      rec.payloadPooled = target === undefined;
+      rec.payload = target ?? this.opts.pool.acquire(r.length);
+      this.pendingWrite = rec;
+      this.framer.receivePayload(rec.payload);
       return;
     }
     if (refusal) return this.refuse(r, refusal);
     if (r.type === C.NBD_CMD_READ && r.length <= SLAB_READ_MAX && this.inlineReads) return this.readInline(r);
-    this.dispatch(r, undefined, false);
+    this.dispatch(this.record(r));
   }
 
   private onPayload(): void {
-    const payload = this.payload!;
-    const pooled = this.payloadPooled;
-    this.payload = undefined;
-    this.fillPos = 0;
-    this.phase = 'request-header';
-    this.dispatch(this.payloadReq, payload, pooled);
+    const rec = this.pendingWrite!;
+    this.pendingWrite = undefined;
+    this.dispatch(rec);
   }
 
   /**
@@ -509,98 +296,110 @@ export class NbdConnection implements InputSink {
   private validate(r: NbdRequest): Refusal | undefined {
     const b = this.backend!;
     const name = C.nameOfNbdCmd(r.type);
-    if ((r.flags & ~NBD_CMD_FLAGS_KNOWN) !== 0) return { errno: C.NBD_EINVAL, reason: `${name}: unknown flags 0x${r.flags.toString(16)}` };
+    if ((r.flags & ~NBD_CMD_FLAGS_KNOWN) !== 0) {
+      return { code: 'EINVAL', reason: `${name}: unknown flags 0x${r.flags.toString(16)}` };
+    }
     if ((r.flags & C.NBD_CMD_FLAG_NO_HOLE) && r.type !== C.NBD_CMD_WRITE_ZEROES) {
-      return { errno: C.NBD_EINVAL, reason: `${name}: NO_HOLE is only valid on NBD_CMD_WRITE_ZEROES` };
+      return { code: 'EINVAL', reason: `${name}: NO_HOLE is only valid on NBD_CMD_WRITE_ZEROES` };
     }
     // DF, REQ_ONE and FAST_ZERO belong to features this server does not advertise.
     if (r.flags & (C.NBD_CMD_FLAG_DF | C.NBD_CMD_FLAG_REQ_ONE | C.NBD_CMD_FLAG_FAST_ZERO)) {
-      return { errno: C.NBD_EINVAL, reason: `${name}: flag 0x${r.flags.toString(16)} not negotiated` };
+      return { code: 'EINVAL', reason: `${name}: flag 0x${r.flags.toString(16)} not negotiated` };
     }
     if ((r.flags & C.NBD_CMD_FLAG_FUA) && !(this.transmissionFlags & C.NBD_FLAG_SEND_FUA)) {
-      return { errno: C.NBD_EINVAL, reason: `${name}: FUA not negotiated` };
+      return { code: 'EINVAL', reason: `${name}: FUA not negotiated` };
     }
     switch (r.type) {
       case C.NBD_CMD_READ:
       case C.NBD_CMD_WRITE:
         if (r.length > b.blockSize.maximum) {
-          return { errno: C.NBD_EINVAL, reason: `${name}: length ${r.length} exceeds the maximum ${b.blockSize.maximum}` };
+          const max = b.blockSize.maximum;
+          return { code: 'EINVAL', reason: `${name}: length ${r.length} exceeds the maximum ${max}` };
         }
         break;
       case C.NBD_CMD_FLUSH:
-        if (!b.canFlush) return { errno: C.NBD_EINVAL, reason: `${name}: not supported by this export` };
-        if (r.offset !== 0 || r.length !== 0) return { errno: C.NBD_EINVAL, reason: `${name}: offset and length must be 0` };
+        if (!b.canFlush) return { code: 'EINVAL', reason: `${name}: not supported by this export` };
+        if (r.offset !== 0 || r.length !== 0) {
+          return { code: 'EINVAL', reason: `${name}: offset and length must be 0` };
+        }
         return undefined;
       case C.NBD_CMD_TRIM:
-        if (!b.canTrim) return { errno: C.NBD_EINVAL, reason: `${name}: not supported by this export` };
+        if (!b.canTrim) return { code: 'EINVAL', reason: `${name}: not supported by this export` };
         break;
       case C.NBD_CMD_WRITE_ZEROES:
-        if (!b.canWriteZeroes) return { errno: C.NBD_EINVAL, reason: `${name}: not supported by this export` };
+        if (!b.canWriteZeroes) return { code: 'EINVAL', reason: `${name}: not supported by this export` };
         break;
       default:
-        return { errno: C.NBD_EINVAL, reason: `unknown command ${name}` };
+        return { code: 'EINVAL', reason: `unknown command ${name}` };
     }
-    if (r.type !== C.NBD_CMD_READ && b.readOnly) return { errno: C.NBD_EPERM, reason: `${name}: export is read-only` };
-    if (r.length === 0) return { errno: C.NBD_EINVAL, reason: `${name}: zero length` };
+    if (r.type !== C.NBD_CMD_READ && b.readOnly) return { code: 'EPERM', reason: `${name}: export is read-only` };
+    if (r.length === 0) return { code: 'EINVAL', reason: `${name}: zero length` };
     if (r.offset + r.length > b.size) {
-      const errno = r.type === C.NBD_CMD_WRITE || r.type === C.NBD_CMD_WRITE_ZEROES ? C.NBD_ENOSPC : C.NBD_EINVAL;
-      return { errno, reason: `${name}: offset ${r.offset} + length ${r.length} is beyond the export size ${b.size}` };
+      const code = r.type === C.NBD_CMD_WRITE || r.type === C.NBD_CMD_WRITE_ZEROES ? 'ENOSPC' : 'EINVAL';
+      return { code, reason: `${name}: offset ${r.offset} + length ${r.length} is beyond the export size ${b.size}` };
     }
     const min = b.blockSize.minimum;
     if (r.offset % min !== 0 || r.length % min !== 0) {
-      return { errno: C.NBD_EINVAL, reason: `${name}: offset ${r.offset} or length ${r.length} not aligned to ${min}` };
+      return { code: 'EINVAL', reason: `${name}: offset ${r.offset} or length ${r.length} not aligned to ${min}` };
     }
     return undefined;
   }
 
   private refuse(r: NbdRequest, refusal: Refusal): void {
     this.stats.errors++;
-    this.logOnce(`refuse-${r.type}-${refusal.errno}`, refusal.reason);
-    this.replyError(r.type, r.cookieHi, r.cookieLo, refusal.errno, refusal.reason);
+    const errno = nbdErrno(refusal.code, r.flags);
+    this.logOnce(`refuse-${r.type}-${errno}`, refusal.reason);
+    this.writer.replyError(r, errno, refusal.reason);
   }
 
-  /**
-   * Runs a validated request against the backend and answers it when it
-   * completes. `r` may be a reused header object: it is copied only when the
-   * backend answers later.
-   */
-  private dispatch(r: NbdRequest, payload: Buffer | undefined, pooled: boolean): void {
+  /** A record for a request about to be dispatched, with the request's fields. */
+  private record(r: NbdRequest): InFlight {
+    let rec = this.spare.pop();
+    if (!rec) {
+      const fresh = new InFlight();
+      fresh.onResolve = () => this.complete(fresh, undefined);
+      fresh.onReject = (err: unknown) => this.complete(fresh, err ?? new Error('backend failed'));
+      rec = fresh;
+    }
+    return rec.load(r);
+  }
+
+  /** Runs a validated request against the backend and answers it when it completes. */
+  private dispatch(rec: InFlight): void {
     const b = this.backend!;
-    const fua = (r.flags & C.NBD_CMD_FLAG_FUA) !== 0;
-    let reply: Buffer | undefined;
-    let view: Buffer | undefined;
-    let result: void | Promise<void> = undefined;
-    const bytes = r.type === C.NBD_CMD_READ || r.type === C.NBD_CMD_WRITE ? r.length : 0;
-    this.begin(bytes);
+    const fua = (rec.flags & C.NBD_CMD_FLAG_FUA) !== 0;
+    let result: MaybePromise = undefined;
+    rec.bytes = rec.type === C.NBD_CMD_READ || rec.type === C.NBD_CMD_WRITE ? rec.length : 0;
+    this.begin(rec.bytes);
     try {
-      switch (r.type) {
+      switch (rec.type) {
         case C.NBD_CMD_READ: {
-          const dataOffset = this.readHeaderSize();
-          view = r.length >= DIRECT_READ_MIN ? b.readView?.(r.offset, r.length) : undefined;
-          if (!view) {
-            reply = this.opts.pool.acquire(dataOffset + r.length);
-            result = b.read(r.offset, reply.subarray(dataOffset));
+          const dataOffset = this.writer.readHeaderSize();
+          rec.view = rec.length >= READ_VIEW_MIN ? b.readView?.(rec.offset, rec.length) : undefined;
+          if (!rec.view) {
+            rec.reply = this.opts.pool.acquire(dataOffset + rec.length);
+            result = b.read(rec.offset, rec.reply.subarray(dataOffset));
           }
           break;
         }
         case C.NBD_CMD_WRITE:
-          result = b.write(r.offset, payload!, fua);
+          result = b.write(rec.offset, rec.payload!, fua);
           break;
         case C.NBD_CMD_FLUSH:
           result = b.flush();
           break;
         case C.NBD_CMD_TRIM:
-          result = b.trim(r.offset, r.length, fua);
+          result = b.trim(rec.offset, rec.length, fua);
           break;
         case C.NBD_CMD_WRITE_ZEROES:
-          result = b.writeZeroes(r.offset, r.length, fua, (r.flags & C.NBD_CMD_FLAG_NO_HOLE) !== 0);
+          result = b.writeZeroes(rec.offset, rec.length, fua, (rec.flags & C.NBD_CMD_FLAG_NO_HOLE) !== 0);
           break;
       }
     } catch (err) {
       result = Promise.reject(err);
     }
-    if (isPromise(result)) this.completeLater(r, bytes, result, payload, pooled, reply, view);
-    else this.complete(r, bytes, payload, pooled, reply, view, undefined);
+    if (isPromise(result)) result.then(rec.onResolve, rec.onReject);
+    else this.complete(rec, undefined);
   }
 
   /** Counts a request in flight; over a limit, the connection stops reading. */
@@ -610,41 +409,21 @@ export class NbdConnection implements InputSink {
     if (this.inFlight >= this.maxInFlight || this.inFlightBytes >= this.maxInFlightBytes) this.pause();
   }
 
-  /** Completes a request when the backend's promise settles; `r` is copied (the caller may reuse it). */
-  private completeLater(
-    r: NbdRequest,
-    bytes: number,
-    result: Promise<void>,
-    payload: Buffer | undefined,
-    pooled: boolean,
-    reply: Buffer | undefined,
-    view: Buffer | undefined,
-  ): void {
-    const req = { ...r };
-    result.then(
-      () => this.complete(req, bytes, payload, pooled, reply, view, undefined),
-      (err: unknown) => this.complete(req, bytes, payload, pooled, reply, view, err ?? new Error('backend failed')),
-    );
-  }
-
   /** Accounts for a finished request and answers it: with its data, or with the backend's error (`err`). */
-  private complete(
-    r: NbdRequest,
-    bytes: number,
-    payload: Buffer | undefined,
-    pooled: boolean,
-    reply: Buffer | undefined,
-    view: Buffer | undefined,
-    err: unknown,
-  ): void {
+  private complete(rec: InFlight, err: unknown): void {
     this.inFlight--;
-    this.inFlightBytes -= bytes;
-    if (payload && pooled) this.opts.pool.release(payload);
-    if (err === undefined) this.replyOk(r, reply, view);
-    else {
-      if (reply) this.opts.pool.release(reply);
-      this.backendFailed(r, err);
+    this.inFlightBytes -= rec.bytes;
+    if (rec.payload && rec.payloadPooled) this.opts.pool.release(rec.payload);
+    if (err === undefined) {
+      if (rec.type === C.NBD_CMD_READ) this.stats.bytesRead += rec.length;
+      else if (rec.type === C.NBD_CMD_WRITE) this.stats.bytesWritten += rec.length;
+      this.writer.replyOk(rec);
+    } else {
+      if (rec.reply) this.opts.pool.release(rec.reply);
+      this.backendFailed(rec, err);
     }
+    rec.clear();
+    this.spare.push(rec);
     this.afterCompletion();
   }
 
@@ -652,205 +431,41 @@ export class NbdConnection implements InputSink {
    * A small READ read by the backend straight into the reply slab, behind
    * its header: nothing is allocated and no completion is queued. Should the
    * backend answer later (a promise), the bytes it will fill stay its own:
-   * the connection moves on to a fresh slab, and its later READs take the
-   * ordinary path through a buffer of their own.
+   * the writer moves on to a fresh slab, and later READs take the ordinary
+   * path through a buffer of their own.
    */
   private readInline(r: NbdRequest): void {
-    const header = this.readHeaderSize();
-    const n = header + r.length;
-    const at = this.reserve(n);
-    const reply = this.slab.subarray(at, at + n);
-    let result: void | Promise<void>;
+    const dst = this.writer.reserveInline(r.length);
+    let result: MaybePromise;
     try {
-      result = this.backend!.read(r.offset, reply.subarray(header));
+      result = this.backend!.read(r.offset, dst);
     } catch (err) {
-      this.unreserve(at, n);
+      this.writer.cancelInline();
       this.backendFailed(r, err);
       return;
     }
     if (!isPromise(result)) {
-      this.writeReadHeader(reply, 0, r);
+      this.writer.commitInline(r);
       this.stats.bytesRead += r.length;
       return;
     }
-    this.unreserve(at, n);
-    this.sealSlab();
-    this.slab = Buffer.allocUnsafe(SLAB_SIZE);
-    this.slabStart = this.slabPos = 0;
+    const rec = this.record(r);
+    // Not from the pool: the pool's release() leaves it to the GC.
+    rec.reply = this.writer.detachInline();
+    rec.bytes = r.length;
     this.inlineReads = false;
     this.begin(r.length);
-    // Not from the pool: the pool's release() leaves it to the GC.
-    this.completeLater(r, r.length, result, undefined, false, reply, undefined);
+    result.then(rec.onResolve, rec.onReject);
   }
 
-  private backendFailed(r: NbdRequest, err: unknown): void {
+  private backendFailed(r: NbdRequest | InFlight, err: unknown): void {
     this.stats.errors++;
-    const errno = toNbdErrno(err);
+    const errno = nbdErrno(errorCode(err), r.flags);
     this.logOnce(`backend-${r.type}-${errno}`, `${C.nameOfNbdCmd(r.type)} at ${r.offset} failed`, err);
-    this.replyError(r.type, r.cookieHi, r.cookieLo, errno, err instanceof Error ? err.message : String(err));
+    this.writer.replyError(r, errno, err instanceof Error ? err.message : String(err));
   }
 
-  /** Bytes in front of a READ's data: a simple reply, or a structured OFFSET_DATA chunk header and offset. */
-  private readHeaderSize(): number {
-    return this.structuredReplies ? C.NBD_STRUCTURED_REPLY_SIZE + 8 : C.NBD_SIMPLE_REPLY_SIZE;
-  }
-
-  private writeReadHeader(buf: Buffer, at: number, r: NbdRequest): void {
-    if (this.structuredReplies) {
-      writeStructuredReply(buf, at, C.NBD_REPLY_FLAG_DONE, C.NBD_REPLY_TYPE_OFFSET_DATA, r.cookieHi, r.cookieLo, 8 + r.length);
-      writeU64(buf, at + C.NBD_STRUCTURED_REPLY_SIZE, r.offset);
-    } else {
-      writeSimpleReply(buf, at, 0, r.cookieHi, r.cookieLo);
-    }
-  }
-
-  /** Answers a completed request; a READ's data is in `reply` after its header, or in `view`. */
-  private replyOk(r: NbdRequest, reply: Buffer | undefined, view: Buffer | undefined): void {
-    if (r.type === C.NBD_CMD_READ) {
-      this.stats.bytesRead += r.length;
-      if (view) {
-        // The header goes in the slab; header and data leave in the same writev.
-        const at = this.reserve(this.readHeaderSize());
-        this.writeReadHeader(this.slab, at, r);
-        this.send(view, false);
-      } else {
-        this.writeReadHeader(reply!, 0, r);
-        this.send(reply!, true);
-      }
-      return;
-    }
-    if (r.type === C.NBD_CMD_WRITE) this.stats.bytesWritten += r.length;
-    const at = this.reserve(C.NBD_SIMPLE_REPLY_SIZE);
-    writeSimpleReply(this.slab, at, 0, r.cookieHi, r.cookieLo);
-  }
-
-  private replyError(type: number, cookieHi: number, cookieLo: number, errno: number, message: string): void {
-    // With structured replies a READ must be answered by a chunk; other commands may use a simple reply.
-    if (this.structuredReplies && type === C.NBD_CMD_READ) {
-      this.send(encodeStructuredError(C.NBD_REPLY_FLAG_DONE, cookieHi, cookieLo, errno, message), false);
-      return;
-    }
-    const at = this.reserve(C.NBD_SIMPLE_REPLY_SIZE);
-    writeSimpleReply(this.slab, at, errno, cookieHi, cookieLo);
-  }
-
-  /* --------------------------------------------------------------- output */
-
-  /** Queues a reply buffer; a pooled one goes back to the pool once written. */
-  private send(buf: Buffer, pooled: boolean): void {
-    this.sealSlab();
-    this.out.push(buf);
-    if (pooled) this.outPooled.push(buf);
-    this.outBytes += buf.length;
-    // Large replies gain nothing from waiting, and the flow control must see them.
-    if (this.outBytes >= FLUSH_BYTES) this.flush();
-    else this.scheduleFlush();
-  }
-
-  /**
-   * Room for `n` reply bytes in the slab, queued behind every reply before;
-   * returns where they go. It may move to a new slab: read `this.slab` after
-   * calling it, never before.
-   */
-  private reserve(n: number): number {
-    if (this.outBytes >= FLUSH_BYTES) this.flush();
-    if (this.slabPos + n > this.slab.length) {
-      this.sealSlab();
-      // The slab's earlier bytes may still be queued here or in the socket: those stay with the old one.
-      if (this.out.length > 0 || this.socket.writableLength > 0 || n > this.slab.length) {
-        this.slab = Buffer.allocUnsafe(Math.max(SLAB_SIZE, n));
-      }
-      this.slabStart = this.slabPos = 0;
-    }
-    const at = this.slabPos;
-    this.slabPos += n;
-    this.outBytes += n;
-    this.scheduleFlush();
-    return at;
-  }
-
-  /** Gives back the last `n` reserved slab bytes, at `at`. */
-  private unreserve(at: number, n: number): void {
-    this.slabPos = at;
-    this.outBytes -= n;
-  }
-
-  /** Moves the slab bytes written since the last seal into `out`, keeping wire order. */
-  private sealSlab(): void {
-    if (this.slabPos === this.slabStart) return;
-    this.out.push(this.slab.subarray(this.slabStart, this.slabPos));
-    this.slabStart = this.slabPos;
-  }
-
-  /** Replies from outside onInput (asynchronous completions) leave at the end of the tick. */
-  private scheduleFlush(): void {
-    if (this.parsing || this.flushScheduled) return;
-    this.flushScheduled = true;
-    process.nextTick(() => {
-      this.flushScheduled = false;
-      this.flush();
-    });
-  }
-
-  /** Writes every queued reply: one write, or one writev when there are several buffers. */
-  private flush(): void {
-    this.sealSlab();
-    const out = this.out;
-    if (out.length === 0) return;
-    const pooled = this.outPooled;
-    this.out = [];
-    this.outPooled = [];
-    this.outBytes = 0;
-    const release = (): void => {
-      for (const buf of pooled) this.opts.pool.release(buf);
-    };
-    if (this.socketClosed || this.socket.destroyed) return release();
-    let first = 0;
-    if (this.fd >= 0 && this.socket.writableLength === 0) {
-      try {
-        first = this.sendDirect(out);
-      } catch (err) {
-        release();
-        this.socket.destroy(err as Error);
-        return;
-      }
-    }
-    if (first === out.length) {
-      release(); // all in the kernel
-    } else {
-      // The rest through the stream; pooled buffers go back once it has written them.
-      const done = pooled.length === 0 ? undefined : release;
-      if (out.length - first === 1) {
-        this.socket.write(out[first]!, done);
-      } else {
-        this.socket.cork();
-        for (let i = first; i < out.length - 1; i++) this.socket.write(out[i]!);
-        this.socket.write(out[out.length - 1]!, done);
-        this.socket.uncork();
-      }
-    }
-    // Written through at once (the usual case): the slab can be filled again from the start.
-    if (this.socket.writableLength === 0) this.slabStart = this.slabPos = 0;
-    else if (this.socket.writableLength > this.maxQueuedReplyBytes) this.pause();
-  }
-
-  /**
-   * Sends `out` straight on the fd until done or the socket buffer is full; returns the index
-   * of the first buffer not wholly sent (`out[i]` is trimmed to its unsent part).
-   */
-  private sendDirect(out: Buffer[]): number {
-    let i = 0;
-    while (i < out.length) {
-      let n = this.opts.sendv!(this.fd, out, i, out.length - i);
-      if (n < 0) break;
-      while (i < out.length && n >= out[i]!.length) n -= out[i++]!.length;
-      if (n > 0) {
-        out[i] = out[i]!.subarray(n);
-        break;
-      }
-    }
-    return i;
-  }
+  /* --------------------------------------------------------- flow control */
 
   private pause(): void {
     if (this.paused || this.socketClosed) return;
@@ -863,7 +478,7 @@ export class NbdConnection implements InputSink {
     if (
       this.inFlight < this.maxInFlight / 2 &&
       this.inFlightBytes < this.maxInFlightBytes / 2 &&
-      this.socket.writableLength <= this.maxQueuedReplyBytes / 2
+      this.writer.hasRoom()
     ) {
       this.paused = false;
       const backlog = this.backlog;
@@ -884,14 +499,23 @@ export class NbdConnection implements InputSink {
 
   /** Stops parsing input; closes once in-flight requests have been answered. Status only moves down. */
   private stopReading(): void {
-    if (this.phase === 'stopped') return;
-    this.phase = 'stopped';
+    if (this.stopped) return;
+    this.stopped = true;
     this.draining = true;
     if (this.handshakeTimer) clearTimeout(this.handshakeTimer);
-    // An unfinished payload may be the socket's current read buffer: left to the GC, never pooled.
-    this.payload = undefined;
+    this.dropPendingWrite();
     this.socket.pause();
     if (this.inFlight === 0) this.finish();
+  }
+
+  /** An unfinished WRITE payload may be the socket's current read buffer: left to the GC, never pooled. */
+  private dropPendingWrite(): void {
+    this.framer.abandon();
+    const rec = this.pendingWrite;
+    if (!rec) return;
+    this.pendingWrite = undefined;
+    rec.clear();
+    this.spare.push(rec);
   }
 
   /** An unrecoverable framing or protocol error: logged, then a clean disconnect. */
@@ -904,7 +528,7 @@ export class NbdConnection implements InputSink {
   private finish(): void {
     if (this.socketClosed || this.finishing) return;
     this.finishing = true;
-    this.flush();
+    this.writer.flush();
     // end() flushes queued replies first. Input is read (and ignored) until the peer's EOF,
     // so the close is orderly; a peer that never closes is cut off after a grace period.
     this.socket.end();
@@ -915,12 +539,13 @@ export class NbdConnection implements InputSink {
   private onSocketClose(): void {
     if (this.socketClosed) return;
     this.socketClosed = true;
+    this.writer.socketClosed = true;
     this.draining = true;
     if (this.handshakeTimer) clearTimeout(this.handshakeTimer);
-    if (this.phase !== 'stopped') {
+    if (!this.stopped) {
       this.noteTruncation();
-      this.phase = 'stopped';
-      this.payload = undefined;
+      this.stopped = true;
+      this.dropPendingWrite();
     }
     for (const [kind, count] of this.logged) {
       if (count > 1) this.opts.logger.warn({ kind, count }, 'repeated connection errors');
@@ -929,8 +554,10 @@ export class NbdConnection implements InputSink {
   }
 
   private noteTruncation(): void {
-    if (this.phase === 'payload' || this.phase === 'discard' || this.fillPos > 0) {
-      this.logOnce('truncated', `client vanished in the middle of a ${this.phase === 'payload' ? 'WRITE payload' : 'frame'}`);
+    const partial = this.handshake ? (this.handshake.midFrame ? 'frame' : undefined) : this.framer.partial;
+    if (partial) {
+      const what = partial === 'payload' ? 'WRITE payload' : 'frame';
+      this.logOnce('truncated', `client vanished in the middle of a ${what}`);
     }
   }
 
@@ -942,12 +569,6 @@ export class NbdConnection implements InputSink {
   }
 }
 
-/** The fd under a net.Socket (a Pipe or TCP handle), or -1. */
-function socketFd(socket: Socket): number {
-  const fd = (socket as unknown as { _handle?: { fd?: number } | null })._handle?.fd;
-  return typeof fd === 'number' && fd >= 0 ? fd : -1;
-}
-
-function isPromise(x: void | Promise<void>): x is Promise<void> {
+function isPromise(x: MaybePromise): x is Promise<void> {
   return x !== undefined && typeof (x as Promise<void>).then === 'function';
 }

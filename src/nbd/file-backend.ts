@@ -6,7 +6,7 @@
 import { promises as fsp } from 'node:fs';
 import * as fs from 'node:fs';
 import { type Backend, type BlockSizeConstraints, BackendError, isPowerOfTwoIn } from './backend.js';
-import { NBD_EINVAL, NBD_EIO, NBD_ENOTSUP, NBD_MAX_REQUEST_SIZE } from './nbd-constants.js';
+import { NBD_MAX_REQUEST_SIZE } from './nbd-constants.js';
 
 const ZERO_CHUNK = Buffer.alloc(1 << 20);
 
@@ -41,13 +41,13 @@ export class FileBackend implements Backend {
   static async open(path: string, opts: FileBackendOptions = {}): Promise<FileBackend> {
     const minimum = opts.minimumBlockSize ?? 1;
     if (!isPowerOfTwoIn(minimum, 1, 65536)) {
-      throw new BackendError(`minimum block size ${minimum} is not a power of two in 1..65536`, NBD_EINVAL);
+      throw new BackendError(`minimum block size ${minimum} is not a power of two in 1..65536`, 'EINVAL');
     }
     const readOnly = opts.readOnly ?? false;
     const st = await fsp.stat(path);
-    if (!st.isFile()) throw new BackendError(`${path} is not a regular file`, NBD_EINVAL);
+    if (!st.isFile()) throw new BackendError(`${path} is not a regular file`, 'EINVAL');
     if (st.size % minimum !== 0) {
-      throw new BackendError(`size of ${path} (${st.size}) is not a multiple of the block size ${minimum}`, NBD_EINVAL);
+      throw new BackendError(`size of ${path} (${st.size}) is not a multiple of the block size ${minimum}`, 'EINVAL');
     }
     // A raw descriptor: the callback API avoids a promise per request.
     const fd = await new Promise<number>((resolve, reject) =>
@@ -70,7 +70,7 @@ export class FileBackend implements Backend {
   }
 
   trim(): void {
-    throw new BackendError('TRIM is not supported by the file backend', NBD_ENOTSUP);
+    throw new BackendError('TRIM is not supported by the file backend', 'ENOTSUP');
   }
 
   async writeZeroes(offset: number, length: number, fua: boolean): Promise<void> {
@@ -93,7 +93,10 @@ export class FileBackend implements Backend {
       const step = (): void => {
         (op as typeof fs.read)(this.fd, buf, done, buf.length - done, offset + done, (err, n) => {
           if (err) return reject(err);
-          if (n === 0) return reject(new BackendError(`short ${op === fs.read ? 'read' : 'write'} at ${offset + done} in ${this.path}`, NBD_EIO));
+          if (n === 0) {
+            const what = op === fs.read ? 'read' : 'write';
+            return reject(new BackendError(`short ${what} at ${offset + done} in ${this.path}`, 'EIO'));
+          }
           done += n;
           if (done < buf.length) step();
           else resolve();

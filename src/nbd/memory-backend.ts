@@ -5,7 +5,7 @@
  * received straight into the page (writeTarget) when they fit in one page.
  */
 import { type Backend, type BlockSizeConstraints, BackendError, isPowerOfTwoIn } from './backend.js';
-import { NBD_EINVAL, NBD_MAX_REQUEST_SIZE } from './nbd-constants.js';
+import { NBD_MAX_REQUEST_SIZE } from './nbd-constants.js';
 
 const PAGE_SHIFT = 20;
 const PAGE_SIZE = 1 << PAGE_SHIFT;
@@ -34,14 +34,14 @@ export class MemoryBackend implements Backend {
 
   constructor(opts: MemoryBackendOptions) {
     if (!Number.isSafeInteger(opts.size) || opts.size < 0) {
-      throw new BackendError(`memory export size ${opts.size} is not a non-negative integer`, NBD_EINVAL);
+      throw new BackendError(`memory export size ${opts.size} is not a non-negative integer`, 'EINVAL');
     }
     const minimum = opts.minimumBlockSize ?? 1;
     if (!isPowerOfTwoIn(minimum, 1, 65536)) {
-      throw new BackendError(`minimum block size ${minimum} is not a power of two in 1..65536`, NBD_EINVAL);
+      throw new BackendError(`minimum block size ${minimum} is not a power of two in 1..65536`, 'EINVAL');
     }
     if (opts.size % minimum !== 0) {
-      throw new BackendError(`memory export size ${opts.size} is not a multiple of the block size ${minimum}`, NBD_EINVAL);
+      throw new BackendError(`memory export size ${opts.size} is not a multiple of the block size ${minimum}`, 'EINVAL');
     }
     this.size = opts.size;
     this.readOnly = opts.readOnly ?? false;

@@ -17,7 +17,7 @@
  */
 import { constants as osConstants } from 'node:os';
 import type { Socket } from 'node:net';
-import { UV_READABLE, type NativeBinding, type NativeError } from '../native/native.js';
+import { UV_READABLE, type NativeBinding, type NativeError, isErrno } from '../native/native.js';
 import { type Backend, transmissionFlags } from './backend.js';
 import type { NbdConnection } from './connection.js';
 import * as C from './nbd-netlink-constants.js';
@@ -412,8 +412,9 @@ class GenlSocket {
             const e = parseNlError(m);
             if (e.errno === 0) this.settle(p.replies);
             else {
-              const err = Object.assign(new Error(e.message ?? errnoName(e.errno)), { errno: e.errno, extAck: e.message });
-              this.settle(err);
+              // Shaped like a NativeError: the errno's name in `code`, its number in `errno`.
+              const code = errnoName(e.errno);
+              this.settle(Object.assign(new Error(e.message ?? code), { code, errno: e.errno, extAck: e.message }));
             }
           } else if (m.type === C.NLMSG_DONE) this.settle(p.replies);
           else p.replies.push({ ...m, payload: Buffer.from(m.payload) });
@@ -448,7 +449,7 @@ export class NbdNetlink {
     } catch (err) {
       sock.close();
       if (err instanceof NbdNetlinkError) throw err;
-      if ((err as { errno?: number }).errno === osConstants.errno.ENOENT) throw new NbdModuleMissingError({ cause: err });
+      if (isErrno(err, 'ENOENT')) throw new NbdModuleMissingError({ cause: err });
       throw new NbdNetlinkError(`generic netlink family lookup failed: ${(err as Error).message}`, 'EIO', 5, { cause: err });
     }
   }

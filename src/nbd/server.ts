@@ -9,7 +9,8 @@ import * as net from 'node:net';
 import type { Logger } from 'pino';
 import type { Backend } from './backend.js';
 import { BufferPool } from './buffer-pool.js';
-import { type ConnectionOptions, type ExportRegistry, NbdConnection, type SocketSource } from './connection.js';
+import { type ConnectionOptions, NbdConnection, type SocketSource } from './connection.js';
+import type { ExportRegistry } from './handshake.js';
 import { type InputSink, adoptAccepted } from './socket-input.js';
 import { tryLoadNative } from '../native/native.js';
 
