@@ -1,7 +1,7 @@
 /**
  * GET /metrics of the daemon (in-process, a test target, no kernel devices): every metric family
  * with its HELP and TYPE text, in order, and a sample of each, so a change to the exposition shows
- * up here as a diff.
+ * up here as a diff. renderMetrics() alone for what needs a kernel device in an md array.
  */
 import * as fs from 'node:fs';
 import * as os from 'node:os';
@@ -10,6 +10,8 @@ import { pino } from 'pino';
 import t from 'tap';
 import { parseConfig } from '../src/daemon/config.js';
 import { Daemon, VERSION } from '../src/daemon/daemon.js';
+import { Histogram, IO_OPS, type IoOp, type OpStats, renderMetrics } from '../src/daemon/metrics.js';
+import { RPORT_STATES, type RportState } from '../src/fsm/rport.js';
 
 /** Every family as `# HELP` and `# TYPE` lines, in the order the daemon declares them. */
 const FAMILIES: [name: string, type: string, help: string][] = [
@@ -90,4 +92,59 @@ t.test('every metric family with its HELP and TYPE, and the samples of a test ta
   }
   const readBuckets = 'srp_nbd_lun_latency_seconds_bucket{target="test-m",export="test-m-lun0",op="read",';
   t.equal(samples.filter((l) => l.startsWith(readBuckets)).length, 18, '17 buckets and +Inf');
+});
+
+t.test('renderMetrics: md membership per export and array; a target without a port counts zero', async (t) => {
+  const counts = (): OpStats => ({ ops: 0, bytes: 0, errors: 0, latency: new Histogram() });
+  const stats = Object.fromEntries(IO_OPS.map((op) => [op, counts()])) as Record<IoOp, OpStats>;
+  stats.write.ops = 3;
+  stats.write.latency.observe(0.002);
+  const secondsInState = Object.fromEntries(RPORT_STATES.map((s) => [s, 0])) as Record<RportState, number>;
+  secondsInState['fail-fast'] = 12.34567;
+  const text = renderMetrics({
+    version: 'v1',
+    targets: [{
+      id: 'srp-x',
+      attached: false,
+      state: undefined,
+      secondsInState,
+      reconnectAttempts: 4,
+      reconnects: 1,
+      failedReconnects: 2,
+      failedReconnectsTotal: 3,
+      logins: 2,
+      session: undefined,
+      io: undefined,
+      mdReadds: 5,
+      luns: [{
+        export: 'srp-x-lun0',
+        md: [{ array: 'md0', state: ['faulty'] }, { array: 'md3', state: ['in_sync', 'write_mostly'] }],
+        stats,
+      }],
+    }],
+  });
+  const lines = new Set(text.split('\n'));
+  for (const want of [
+    'srp_nbd_info{version="v1"} 1',
+    'srp_nbd_targets 1',
+    'srp_nbd_target_state{target="srp-x",state="running"} 0',
+    'srp_nbd_target_state{target="srp-x",state="fail-fast"} 0',
+    'srp_nbd_target_attached{target="srp-x"} 0',
+    'srp_nbd_state_seconds_total{target="srp-x",state="fail-fast"} 12.346',
+    'srp_nbd_reconnect_attempts_total{target="srp-x"} 4',
+    'srp_nbd_failed_reconnects{target="srp-x"} 2',
+    'srp_nbd_failed_reconnects_total{target="srp-x"} 3',
+    'srp_nbd_credits{target="srp-x"} 0',
+    'srp_nbd_io_in_flight{target="srp-x"} 0',
+    'srp_nbd_md_readds_total{target="srp-x"} 5',
+    'srp_nbd_md_member_faulty{target="srp-x",export="srp-x-lun0",array="md0"} 1',
+    'srp_nbd_md_member_faulty{target="srp-x",export="srp-x-lun0",array="md3"} 0',
+    'srp_nbd_lun_ops_total{target="srp-x",export="srp-x-lun0",op="write"} 3',
+    'srp_nbd_lun_latency_seconds_bucket{target="srp-x",export="srp-x-lun0",op="write",le="0.001"} 0',
+    'srp_nbd_lun_latency_seconds_bucket{target="srp-x",export="srp-x-lun0",op="write",le="0.0025"} 1',
+    'srp_nbd_lun_latency_seconds_sum{target="srp-x",export="srp-x-lun0",op="write"} 0.002',
+  ]) {
+    t.ok(lines.has(want), want);
+  }
+  t.same(text.split('\n').filter((l) => l.startsWith('# TYPE')), FAMILIES.map(([n, ty]) => `# TYPE ${n} ${ty}`));
 });

@@ -29,7 +29,7 @@ import { TEST_INITIATOR_PORT_ID, TEST_TARGET_PORT_ID } from '../testing/test-fab
 import { type AnyAddress, deriveTargetId, formatAnyAddress, parseAnyAddress } from './address.js';
 import { type DaemonConfig, overridesOf, resolveOptions, type TargetOptions, type TargetOverrides, type TargetSpec, tmoOf } from './config.js';
 import { describeMembership, type MdMembership, mdMemberships, readdFaultyMember } from './md.js';
-import { Exposition, IO_OPS, MeteredBackend } from './metrics.js';
+import { IO_OPS, MeteredBackend, renderMetrics, type TargetMetrics } from './metrics.js';
 import { type PersistedLun, type PersistedTarget, StateStore } from './state.js';
 import { createTestFabric } from './test-target.js';
 
@@ -689,8 +689,7 @@ export class Daemon {
   private view(rt: TargetRuntime): TargetView {
     const port = rt.port;
     const c = port?.sessionCounters;
-    const times = { ...rt.stats.timeInState };
-    if (port) times[port.state] += (Date.now() - rt.stats.stateSince) / 1000;
+    const times = this.secondsInState(rt);
     const g = port?.gate.stats;
     return {
       ...this.summary(rt),
@@ -745,72 +744,34 @@ export class Daemon {
   /** Prometheus exposition text (GET /metrics). */
   async metrics(): Promise<string> {
     await this.refreshMd(this.targets.values());
-    const e = new Exposition();
-    e.family('srp_nbd_info', 'gauge', 'Daemon version.');
-    e.sample('srp_nbd_info', '', { version: VERSION }, 1);
-    e.family('srp_nbd_targets', 'gauge', 'Targets known to the daemon.');
-    e.sample('srp_nbd_targets', '', {}, this.targets.size);
-    e.family('srp_nbd_target_state', 'gauge', 'rport state of a target (1 for the current state).');
-    e.family('srp_nbd_target_attached', 'gauge', '1 when the target is attached and exported, 0 while connecting or failed.');
-    e.family('srp_nbd_state_seconds_total', 'counter', 'Time spent in each rport state.');
-    e.family('srp_nbd_reconnect_attempts_total', 'counter', 'Reconnect attempts started.');
-    e.family('srp_nbd_reconnects_total', 'counter', 'Successful reconnects (back to running).');
-    e.family('srp_nbd_failed_reconnects', 'gauge', 'Failed reconnect attempts in the current outage (sysfs failed_reconnects).');
-    e.family('srp_nbd_failed_reconnects_total', 'counter', 'Failed reconnect attempts.');
-    e.family('srp_nbd_logins_total', 'counter', 'SRP logins, the first one included.');
-    e.family('srp_nbd_credits', 'gauge', 'SRP credits held (req_lim).');
-    e.family('srp_nbd_credits_granted_total', 'counter', 'SRP credits granted by the target (current session).');
-    e.family('srp_nbd_credit_stalls_total', 'counter', 'Times the queue stalled for lack of credits (current session).');
-    e.family('srp_nbd_io_in_flight', 'gauge', 'Block requests dispatched to the target.');
-    e.family('srp_nbd_io_held', 'gauge', 'Block requests held while the path is blocked.');
-    e.family('srp_nbd_io_replayed_total', 'counter', 'Block requests dispatched again after a reconnect.');
-    e.family('srp_nbd_io_failed_eio_total', 'counter', 'Block requests failed with EIO by the transport state (fail-fast, lost).');
-    e.family('srp_nbd_md_readds_total', 'counter', 'Devices re-added to an md array that had failed them (option md_readd).');
-    e.family('srp_nbd_md_member_faulty', 'gauge', '1 while md has the device marked faulty in the array.');
-    e.family('srp_nbd_lun_ops_total', 'counter', 'Block requests completed, per export and operation.');
-    e.family('srp_nbd_lun_bytes_total', 'counter', 'Bytes transferred, per export and operation.');
-    e.family('srp_nbd_lun_errors_total', 'counter', 'Block requests that failed, per export and operation.');
-    e.family('srp_nbd_lun_latency_seconds', 'histogram', 'Block request latency (NBD backend call to completion), per export and operation.');
-    for (const rt of this.targets.values()) {
-      const t = { target: rt.id };
-      const port = rt.port;
-      for (const s of RPORT_STATES) e.sample('srp_nbd_target_state', '', { ...t, state: s }, port?.state === s ? 1 : 0);
-      e.sample('srp_nbd_target_attached', '', t, rt.status === 'attached' ? 1 : 0);
-      const times = { ...rt.stats.timeInState };
-      if (port) times[port.state] += (Date.now() - rt.stats.stateSince) / 1000;
-      for (const s of RPORT_STATES) e.sample('srp_nbd_state_seconds_total', '', { ...t, state: s }, Math.round(times[s] * 1000) / 1000);
-      e.sample('srp_nbd_reconnect_attempts_total', '', t, rt.stats.reconnectAttempts);
-      e.sample('srp_nbd_reconnects_total', '', t, rt.stats.reconnects);
-      e.sample('srp_nbd_failed_reconnects', '', t, port?.rport.failedReconnects ?? 0);
-      e.sample('srp_nbd_failed_reconnects_total', '', t, rt.stats.failedReconnectsTotal);
-      e.sample('srp_nbd_logins_total', '', t, port?.logins ?? 0);
-      const c = port?.sessionCounters;
-      e.sample('srp_nbd_credits', '', t, c?.reqLim ?? 0);
-      e.sample('srp_nbd_credits_granted_total', '', t, c?.creditsGranted ?? 0);
-      e.sample('srp_nbd_credit_stalls_total', '', t, c?.zeroReqLim ?? 0);
-      const g = port?.gate.stats;
-      e.sample('srp_nbd_io_in_flight', '', t, g?.inFlight ?? 0);
-      e.sample('srp_nbd_io_held', '', t, g?.held ?? 0);
-      e.sample('srp_nbd_io_replayed_total', '', t, g?.retried ?? 0);
-      e.sample('srp_nbd_io_failed_eio_total', '', t, g?.failedEio ?? 0);
-      e.sample('srp_nbd_md_readds_total', '', t, rt.stats.mdReadds);
-      for (const l of rt.luns) {
-        for (const m of l.md) {
-          e.sample('srp_nbd_md_member_faulty', '', { ...t, export: l.exportName, array: m.array }, m.state.includes('faulty') ? 1 : 0);
-        }
-      }
-      for (const l of rt.luns) {
-        for (const op of IO_OPS) {
-          const s = l.backend.stats[op];
-          const lab = { ...t, export: l.exportName, op };
-          e.sample('srp_nbd_lun_ops_total', '', lab, s.ops);
-          e.sample('srp_nbd_lun_bytes_total', '', lab, s.bytes);
-          e.sample('srp_nbd_lun_errors_total', '', lab, s.errors);
-          e.histogram('srp_nbd_lun_latency_seconds', lab, s.latency);
-        }
-      }
-    }
-    return e.render();
+    return renderMetrics({ version: VERSION, targets: [...this.targets.values()].map((rt) => this.metricsOf(rt)) });
+  }
+
+  /** One target as GET /metrics reports it. */
+  private metricsOf(rt: TargetRuntime): TargetMetrics {
+    const port = rt.port;
+    return {
+      id: rt.id,
+      attached: rt.status === 'attached',
+      state: port?.state,
+      secondsInState: this.secondsInState(rt),
+      reconnectAttempts: rt.stats.reconnectAttempts,
+      reconnects: rt.stats.reconnects,
+      failedReconnects: port?.rport.failedReconnects ?? 0,
+      failedReconnectsTotal: rt.stats.failedReconnectsTotal,
+      logins: port?.logins ?? 0,
+      session: port?.sessionCounters,
+      io: port?.gate.stats,
+      mdReadds: rt.stats.mdReadds,
+      luns: rt.luns.map((l) => ({ export: l.exportName, md: l.md, stats: l.backend.stats })),
+    };
+  }
+
+  /** Seconds spent in each rport state, the current stretch included. */
+  private secondsInState(rt: TargetRuntime): Record<RportState, number> {
+    const times = { ...rt.stats.timeInState };
+    if (rt.port) times[rt.port.state] += (Date.now() - rt.stats.stateSince) / 1000;
+    return times;
   }
 }
 
