@@ -28,7 +28,7 @@ import { NbdServer } from '../nbd/server.js';
 import { TEST_INITIATOR_PORT_ID, TEST_TARGET_PORT_ID } from '../testing/test-fabric.js';
 import { type AnyAddress, deriveTargetId, formatAnyAddress, parseAnyAddress } from './address.js';
 import { type DaemonConfig, overridesOf, resolveOptions, type TargetOptions, type TargetOverrides, type TargetSpec, tmoOf } from './config.js';
-import { describeMembership, type MdMembership, mdMemberships, readdFaultyMember } from './md.js';
+import { type MdMembership, mdMemberships, MdReaddPolicy } from './md.js';
 import { IO_OPS, MeteredBackend, renderMetrics, type TargetMetrics } from './metrics.js';
 import { type PersistedLun, type PersistedTarget, StateStore } from './state.js';
 import { createTestFabric } from './test-target.js';
@@ -70,7 +70,6 @@ interface TargetStats {
   reconnectAttempts: number;
   reconnects: number;
   failedReconnectsTotal: number;
-  mdReadds: number;
 }
 
 interface TargetRuntime {
@@ -92,22 +91,8 @@ interface TargetRuntime {
   restoreTimer?: NodeJS.Timeout;
   restoreAttempt: number;
   removed: boolean;
-  /** Devices whose md re-add is in progress (one at a time per device). */
-  mdBusy: Set<string>;
-  /**
-   * Cancels the re-adds in progress: aborted when the path leaves running, on detach, teardown
-   * and daemon close, so no "re-add" is written for a device that cannot do I/O (mdReadd()).
-   */
-  mdCancel?: AbortController;
-  /** A re-add was cancelled by a path loss: the next return to running (even from blocked) tries again. */
-  mdRetry?: boolean;
-  /**
-   * Per device, the arrays in which it was already faulty when the path left running: md failed
-   * those for another reason (mdadm --fail, medium errors), so they are not re-added.
-   */
-  mdFaultyBefore?: Promise<Map<string, Set<string>>>;
-  /** The second look for members md failed just after the path came back. */
-  mdLate?: NodeJS.Timeout;
+  /** When to re-add the target's devices to md arrays that failed them (told of attach and path changes). */
+  md: MdReaddPolicy;
   log: Logger;
 }
 
@@ -128,8 +113,6 @@ export interface DaemonOptions {
   sysfs?: string;
 }
 
-/** Second look for members md failed just after the path came back (ms). */
-const MD_LATE_CHECK_MS = 5000;
 /** How long NBD_CMD_DISCONNECT may wait for the kernel before the device's connection is closed under it. */
 const DISCONNECT_GRACE_MS = 1000;
 
@@ -197,8 +180,7 @@ export class Daemon {
     this.closing = true;
     for (const rt of this.targets.values()) {
       clearTimeout(rt.restoreTimer);
-      rt.mdCancel?.abort();
-      clearTimeout(rt.mdLate);
+      rt.md.cancel();
     }
     await this.nbd.close();
     await Promise.all([...this.targets.values()].map(async (rt) => {
@@ -246,8 +228,7 @@ export class Daemon {
     this.targets.delete(id);
     rt.removed = true;
     clearTimeout(rt.restoreTimer);
-    rt.mdCancel?.abort();
-    clearTimeout(rt.mdLate);
+    rt.md.cancel();
     await this.teardown(rt, true);
     this.persist();
     rt.log.info('target detached');
@@ -302,7 +283,8 @@ export class Daemon {
   /* ------------------------------------------------------------------ attach machinery */
 
   private newRuntime(id: string, address: AnyAddress, overrides: TargetOverrides, persisted: PersistedLun[], attachedAt: string): TargetRuntime {
-    return {
+    const log = this.log.child({ target: id });
+    const rt: TargetRuntime = {
       id,
       address,
       addressText: formatAnyAddress(address),
@@ -312,12 +294,27 @@ export class Daemon {
       status: 'connecting',
       luns: [],
       persisted,
-      stats: { stateSince: Date.now(), timeInState: emptyTimes(), reconnectAttempts: 0, reconnects: 0, failedReconnectsTotal: 0, mdReadds: 0 },
+      stats: {
+        stateSince: Date.now(),
+        timeInState: emptyTimes(),
+        reconnectAttempts: 0,
+        reconnects: 0,
+        failedReconnectsTotal: 0,
+      },
       restoreAttempt: 0,
       removed: false,
-      mdBusy: new Set(),
-      log: this.log.child({ target: id }),
+      md: new MdReaddPolicy({
+        log,
+        readdEnabled: () => rt.options.md_readd,
+        active: () => !rt.removed && !this.closing,
+        running: () => rt.port?.state === 'running',
+        *devices() {
+          for (const l of rt.luns) if (l.device) yield { device: l.device, connected: l.attachment !== undefined };
+        },
+      }, { sysfs: this.opts.sysfs }),
+      log,
     };
+    return rt;
   }
 
   /** A start-time (re-)attach: retried with the target's back-off until it works, it is detached, or an identity check fails. */
@@ -424,7 +421,7 @@ export class Daemon {
     rt.error = undefined;
     rt.persisted = this.persistedLuns(rt);
     rt.log.info({ luns: luns.map((l) => ({ lun: l.number, export: l.exportName, device: l.device, size: l.backend.size })) }, 'target attached');
-    this.mdReadd(rt); // a member md failed while we were away (restart after a long outage)
+    rt.md.onAttached(); // a member md failed while we were away (restart after a long outage)
   }
 
   private async rdmaConnector(rt: TargetRuntime, addr: SrpTargetAddress): Promise<{ connector: ChannelConnector; initiatorPortId: Buffer; targetPortId: Buffer; close?: () => void }> {
@@ -500,8 +497,7 @@ export class Daemon {
 
   /** Undoes connect(): exports, devices (only when `removeDevices`), the port, the transport. */
   private async teardown(rt: TargetRuntime, removeDevices: boolean): Promise<void> {
-    rt.mdCancel?.abort();
-    clearTimeout(rt.mdLate);
+    rt.md.cancel();
     for (const l of rt.luns) {
       if (!l.attachment) continue;
       if (removeDevices) {
@@ -534,68 +530,6 @@ export class Daemon {
     rt.closeTransport = undefined;
   }
 
-  /**
-   * Puts each device of the target back into the md arrays that failed it while its I/O failed fast
-   * (option md_readd). Runs after the identity check has passed: the LUN is the one md knew.
-   */
-  private mdReadd(rt: TargetRuntime, exclude?: Promise<Map<string, Set<string>>>): void {
-    if (!rt.options.md_readd || rt.removed || this.closing) return;
-    if (!rt.mdCancel || rt.mdCancel.signal.aborted) rt.mdCancel = new AbortController();
-    const signal = rt.mdCancel.signal;
-    for (const l of rt.luns) {
-      const device = l.device;
-      if (!device || l.attachment === undefined || rt.mdBusy.has(device)) continue;
-      rt.mdBusy.add(device);
-      void this.mdReaddDevice(rt, device, signal, exclude)
-        .catch((e: unknown) => rt.log.error({ device, err: (e as Error).message }, 'md: re-add failed'))
-        .finally(() => rt.mdBusy.delete(device));
-    }
-  }
-
-  /** mdReadd() for one device; every sysfs access is asynchronous (see mdMemberships()). */
-  private async mdReaddDevice(rt: TargetRuntime, device: string, signal: AbortSignal, exclude?: Promise<Map<string, Set<string>>>): Promise<void> {
-    const now = await mdMemberships(device, this.opts.sysfs);
-    const faulty = now.filter((m) => m.state.includes('faulty'));
-    if (faulty.length === 0) return;
-    const already = (await exclude)?.get(device) ?? new Set<string>();
-    for (const m of faulty.filter((x) => already.has(x.array))) {
-      rt.log.warn({ device, member: `/dev/${m.member}`, array: `/dev/${m.array}` }, `md: /dev/${m.member} was already faulty in /dev/${m.array} before the path went down (mdadm --fail? medium errors?); not re-adding it`);
-    }
-    const arrays = faulty.filter((m) => !already.has(m.array)).map((m) => m.array);
-    if (arrays.length === 0) return;
-    rt.log.info({ device, md: now.map(describeMembership) }, 'md: the device is faulty in an array; re-adding it now that the path is back');
-    for (const r of await readdFaultyMember(device, { sysfs: this.opts.sysfs, signal, arrays })) {
-      const member = `/dev/${r.member}`; // the device or one of its partitions
-      const where = { device, member, array: `/dev/${r.array}` };
-      if (r.outcome === 're-added') {
-        rt.stats.mdReadds++;
-        const now = (await mdMemberships(device, this.opts.sysfs)).find((m) => m.array === r.array && m.member === r.member);
-        rt.log.info({ ...where, md: now ? describeMembership(now) : null }, `md: re-added ${member} to /dev/${r.array}; md resyncs what changed (write-intent bitmap) or the whole member`);
-      } else if (r.outcome === 'still-busy') {
-        // md/dev-X/state also says "faulty" for unacknowledged bad blocks on a member still in its slot
-        rt.log.warn({ ...where, outcome: r.outcome, detail: r.detail }, `md: ${member} is marked faulty but md kept it in its slot (${r.detail ?? ''}): md may be recording bad blocks rather than failing it; if \`mdadm --detail /dev/${r.array}\` lists it as faulty, run: ${r.hint}`);
-      } else if (r.outcome === 'refused') {
-        rt.log.error({ ...where, outcome: r.outcome, detail: r.detail }, `md: could not re-add ${member} to /dev/${r.array} (md refused: ${r.detail ?? ''}); run: ${r.hint}`);
-      } else if (r.outcome === 'gone') {
-        rt.log.warn(where, `md: /dev/${r.array} or its member ${member} went away before the re-add`);
-      } else if (r.outcome === 'cancelled') {
-        rt.mdRetry = true;
-        rt.log.info(where, `md: re-add of ${member} to /dev/${r.array} cancelled (path lost again, detached or stopping); it is tried again when the path is back`);
-      }
-    }
-  }
-
-  /** Per device of the target, the md arrays in which md has it marked faulty now. */
-  private async mdFaulty(rt: TargetRuntime): Promise<Map<string, Set<string>>> {
-    const out = new Map<string, Set<string>>();
-    for (const l of rt.luns) {
-      if (!l.device) continue;
-      const ms = await mdMemberships(l.device, this.opts.sysfs).catch(() => []);
-      out.set(l.device, new Set(ms.filter((m) => m.state.includes('faulty')).map((m) => m.array)));
-    }
-    return out;
-  }
-
   /** Reads the md membership of every device of `rts` into the LUNs' cache (for status and metrics). */
   private async refreshMd(rts: Iterable<TargetRuntime>): Promise<void> {
     const jobs: Promise<void>[] = [];
@@ -619,21 +553,8 @@ export class Daemon {
           s.timeInState[a.from] += (now - s.stateSince) / 1000;
           s.stateSince = now;
           if (a.to === 'running' && (a.from === 'blocked' || a.from === 'fail-fast')) s.reconnects++;
-          if (a.from === 'running' && a.to !== 'running') {
-            rt.mdCancel?.abort(); // no re-add while the path is down
-            clearTimeout(rt.mdLate);
-            if (!rt.mdRetry) rt.mdFaultyBefore = this.mdFaulty(rt);
-          }
-          if (a.to === 'running' && (a.from === 'fail-fast' || a.from === 'lost' || rt.mdRetry)) {
-            rt.mdRetry = false;
-            const before = rt.mdFaultyBefore;
-            this.mdReadd(rt, before);
-            // md may fail the member a moment after the path is back (its error handling is asynchronous)
-            rt.mdLate = setTimeout(() => {
-              if (rt.port?.state === 'running' && !rt.removed && !this.closing) this.mdReadd(rt, before);
-            }, MD_LATE_CHECK_MS);
-            rt.mdLate.unref();
-          }
+          if (a.from === 'running' && a.to !== 'running') rt.md.onPathDown();
+          if (a.to === 'running') rt.md.onPathReturned(a.from);
           if (a.cause === 'fast-io-fail-tmo' || a.cause === 'dev-loss-tmo') {
             const secs = a.cause === 'fast-io-fail-tmo' ? rt.options.fast_io_fail_tmo : rt.options.dev_loss_tmo;
             rt.log.warn({ timer: a.cause, seconds: secs, state: a.to }, `${a.cause === 'fast-io-fail-tmo' ? 'fast_io_fail_tmo' : 'dev_loss_tmo'} (${formatTmo(secs)} s) expired: state ${a.to}`);
@@ -762,7 +683,7 @@ export class Daemon {
       logins: port?.logins ?? 0,
       session: port?.sessionCounters,
       io: port?.gate.stats,
-      mdReadds: rt.stats.mdReadds,
+      mdReadds: rt.md.readds,
       luns: rt.luns.map((l) => ({ export: l.exportName, md: l.md, stats: l.backend.stats })),
     };
   }
