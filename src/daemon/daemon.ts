@@ -96,19 +96,23 @@ interface TargetRuntime {
   log: Logger;
 }
 
-/** What src/initiator/rdma-transport.ts is expected to export for the daemon (the connector is in progress). */
-export interface RdmaConnectorModule {
-  createRdmaConnector(
-    addr: SrpTargetAddress,
-    opts: { ackTimeout: number; retryCount: number; keepaliveIntervalMs: number; logger: Logger },
-  ): Promise<{ connector: ChannelConnector; initiatorPortId: Buffer; targetPortId: Buffer; close?: () => void }>;
-}
+/**
+ * Loads the RDMA/CM connector module: the one place that names its path. Loaded at the first
+ * attach of an RDMA address, so a daemon serving only test targets never loads the RDMA stack, and
+ * a module that cannot be loaded fails that attach (503), not the daemon. (The module loads the
+ * native addon only when a connector is created; without the addon that attach fails with what to
+ * build.)
+ */
+const loadRdmaConnector = () => import('../initiator/rdma-transport.js');
+
+/** What the daemon uses of the RDMA/CM connector module. */
+export type RdmaConnectorModule = Pick<Awaited<ReturnType<typeof loadRdmaConnector>>, 'createRdmaConnector'>;
 
 export interface DaemonOptions {
   config: DaemonConfig;
   logger: Logger;
-  /** Loads the RDMA connector module; default: a dynamic import of src/initiator/rdma-transport.js. */
-  loadRdma?: () => Promise<Partial<RdmaConnectorModule>>;
+  /** Loads the RDMA/CM connector module; default loadRdmaConnector. */
+  loadRdma?: () => Promise<RdmaConnectorModule>;
   /** sysfs root for md membership (tests use a fake tree); default /sys. */
   sysfs?: string;
 }
@@ -425,14 +429,13 @@ export class Daemon {
   }
 
   private async rdmaConnector(rt: TargetRuntime, addr: SrpTargetAddress): Promise<{ connector: ChannelConnector; initiatorPortId: Buffer; targetPortId: Buffer; close?: () => void }> {
-    let mod: Partial<RdmaConnectorModule>;
+    let mod: RdmaConnectorModule;
     try {
-      mod = await (this.opts.loadRdma ?? defaultLoadRdma)();
+      mod = await (this.opts.loadRdma ?? loadRdmaConnector)();
     } catch (e) {
-      throw new DaemonError(`target ${rt.id}: RDMA transport not available: ${(e as Error).message}`, 503);
-    }
-    if (typeof mod.createRdmaConnector !== 'function') {
-      throw new DaemonError(`target ${rt.id}: RDMA transport not available: src/initiator/rdma-transport.ts has no createRdmaConnector() yet (the RDMA/CM connector is in progress); only test-target addresses can be attached`, 503);
+      const cause = (e as Error).message;
+      const why = `the RDMA/CM connector module cannot be loaded (${cause}): rebuild srp-nbd (npm run build)`;
+      throw new DaemonError(`target ${rt.id}: RDMA transport not available: ${why}`, 503);
     }
     if (addr.transport === 'ib-cm') {
       throw new DaemonError(`target ${rt.id}: RDMA transport not available for IB CM addressing (dgid/pkey/service_id); use dest=IP:port (RDMA/CM)`, 503);
@@ -761,12 +764,6 @@ function lunNumber(sam: bigint): number {
   } catch {
     return Number(sam >> 48n);
   }
-}
-
-async function defaultLoadRdma(): Promise<Partial<RdmaConnectorModule>> {
-  // Not a literal: the module is optional at build time (a colleague's work in progress).
-  const spec = ['..', 'initiator', 'rdma-transport.js'].join('/');
-  return (await import(spec)) as Partial<RdmaConnectorModule>;
 }
 
 export type { TmoParams };
