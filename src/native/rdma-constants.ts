@@ -126,7 +126,7 @@ export const IBV_PORT_ACTIVE = 4;
 /** Size of one completion record written by cqPoll() (see native/src/rdma.cc). */
 export const WC_RECORD_LEN = 32;
 
-/** Largest retry_count that still gives up: 7 means "retry forever" on rxe (DESIGN, lab facts). */
+/** Largest retry_count that still gives up: 7 means "retry forever" (observed on rxe). */
 export const MAX_FINITE_RETRY_COUNT = 6;
 
 function namer(prefix: string, table: Record<string, number>): (v: number) => string {
