@@ -9,7 +9,9 @@
  * recorded one (a different disk is never exported under the old name).
  *
  * Every operation the API offers is a method here, throwing DaemonError with an HTTP status and a
- * message naming the target; the REST layer (api.ts) only maps requests to these methods.
+ * message naming the target; the REST layer (api.ts) only maps requests to these methods. What md
+ * should do about a device is decided by each target's MdReaddPolicy (md.ts), told of attach and
+ * path changes here; GET /metrics is rendered by metrics.ts from a snapshot taken here.
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
