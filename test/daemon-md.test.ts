@@ -1,13 +1,17 @@
 /**
  * md membership and re-add against a fake sysfs tree laid out as Linux 6.1 lays it out
- * (/sys/block/nbdN/holders/mdX, /sys/block/mdX/md/dev-nbdN/{state,slot}, md/{array_state,...}).
- * The guest scenario md-raid1 runs the same code against the real md driver.
+ * (/sys/block/nbdN/holders/mdX, /sys/block/mdX/md/dev-nbdN/{state,slot}, md/{array_state,...}),
+ * and the daemon's re-add policy (MdReaddPolicy) told of attach and path changes as the daemon
+ * tells it. The guest scenario md-raid1 runs the same code against the real md driver.
  */
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import { type Logger, pino } from 'pino';
 import t from 'tap';
-import { describeMembership, mdMemberships, readdFaultyMember } from '../src/daemon/md.js';
+import {
+  describeMembership, type MdDevice, MdReaddPolicy, type MdReaddTarget, mdMemberships, readdFaultyMember,
+} from '../src/daemon/md.js';
 
 interface Member {
   state: string;
@@ -161,4 +165,115 @@ t.test('a partition of the device (nbd0p1) in an array is found and re-added by 
   t.equal(describeMembership(ms[0]!), 'nbd0p1 in md3 raid1 slot none faulty (array ?)');
   t.same(r, [{ array: 'md3', member: 'nbd0p1', outcome: 're-added' }]);
   t.equal(fs.readFileSync(path.join(md, 'dev-nbd0p1', 'state'), 'utf8'), 're-add');
+});
+
+/* ------------------------------------------------------------------ MdReaddPolicy */
+
+type Flags = Partial<Pick<MdReaddTarget, 'readdEnabled' | 'active' | 'running'>>;
+
+/** A target for the policy: enabled, attached, running, and a logger whose messages land in an array. */
+function policyTarget(devices: MdDevice[], flags: Flags = {}): { target: MdReaddTarget; messages: () => string[] } {
+  const out: string[] = [];
+  const log = pino({ level: 'info' }, { write: (s: string) => void out.push(s) }) as Logger;
+  const yes = (): boolean => true;
+  const target = { log, readdEnabled: yes, active: yes, running: yes, devices: () => devices, ...flags };
+  return { target, messages: () => out.map((s) => (JSON.parse(s) as { msg: string }).msg) };
+}
+
+const settle = (ms = 150): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+t.test('policy: a member md failed during a fail-fast outage is re-added when the path returns', async (t) => {
+  const { root, dev } = fakeSysfs({ nbd0: { state: 'in_sync', slot: '0' } });
+  const { target, messages } = policyTarget([{ device: '/dev/nbd0', connected: true }]);
+  const p = new MdReaddPolicy(target, { sysfs: root });
+  t.teardown(() => p.cancel());
+  p.onPathDown();
+  await settle(50); // the policy notes what is faulty as the path goes down
+  fs.writeFileSync(path.join(dev('nbd0'), 'state'), 'faulty\n'); // EIO in fail-fast: md fails the member
+  fs.writeFileSync(path.join(dev('nbd0'), 'slot'), 'none\n');
+  p.onPathReturned('fail-fast');
+  await settle();
+  t.equal(fs.readFileSync(path.join(dev('nbd0'), 'state'), 'utf8'), 're-add');
+  t.equal(p.readds, 1);
+  t.match(messages(), [
+    'md: the device is faulty in an array; re-adding it now that the path is back',
+    /^md: re-added \/dev\/nbd0 to \/dev\/md0; /,
+  ]);
+});
+
+t.test('policy: a return from blocked re-adds nothing (no I/O failed: md failed it for another reason)', async (t) => {
+  const { root, dev } = fakeSysfs({ nbd0: { state: 'in_sync', slot: '0' } });
+  const { target } = policyTarget([{ device: '/dev/nbd0', connected: true }]);
+  const p = new MdReaddPolicy(target, { sysfs: root, lateCheckMs: 50 });
+  t.teardown(() => p.cancel());
+  p.onPathDown();
+  await settle(50);
+  fs.writeFileSync(path.join(dev('nbd0'), 'state'), 'faulty\n');
+  fs.writeFileSync(path.join(dev('nbd0'), 'slot'), 'none\n');
+  p.onPathReturned('blocked');
+  await settle();
+  t.equal(fs.readFileSync(path.join(dev('nbd0'), 'state'), 'utf8'), 'faulty\n', 'nothing written');
+  t.equal(p.readds, 0);
+});
+
+t.test('policy: a member already faulty when the path went down is left alone, with a warning', async (t) => {
+  const { root, dev } = fakeSysfs({ nbd0: { state: 'faulty', slot: 'none' } });
+  const { target, messages } = policyTarget([{ device: '/dev/nbd0', connected: true }]);
+  const p = new MdReaddPolicy(target, { sysfs: root });
+  t.teardown(() => p.cancel());
+  p.onPathDown();
+  p.onPathReturned('lost');
+  await settle();
+  t.equal(fs.readFileSync(path.join(dev('nbd0'), 'state'), 'utf8'), 'faulty\n', 'nothing written');
+  t.same(messages(), [
+    'md: /dev/nbd0 was already faulty in /dev/md0 before the path went down '
+      + '(mdadm --fail? medium errors?); not re-adding it',
+  ]);
+});
+
+t.test('policy: the second look re-adds a member md failed just after the path came back', async (t) => {
+  const { root, dev } = fakeSysfs({ nbd0: { state: 'in_sync', slot: '0' } });
+  const { target } = policyTarget([{ device: '/dev/nbd0', connected: true }]);
+  const p = new MdReaddPolicy(target, { sysfs: root, lateCheckMs: 100 });
+  t.teardown(() => p.cancel());
+  p.onPathDown();
+  p.onPathReturned('fail-fast');
+  await settle(30);
+  t.equal(p.readds, 0, 'nothing faulty yet');
+  fs.writeFileSync(path.join(dev('nbd0'), 'state'), 'faulty\n'); // md's error handling catches up
+  fs.writeFileSync(path.join(dev('nbd0'), 'slot'), 'none\n');
+  await settle(250);
+  t.equal(fs.readFileSync(path.join(dev('nbd0'), 'state'), 'utf8'), 're-add');
+  t.equal(p.readds, 1);
+});
+
+t.test('policy: at attach each faulty member is re-added; not with md_readd off, nor unconnected', async (t) => {
+  const { root, dev } = fakeSysfs({ nbd0: { state: 'faulty', slot: 'none' }, nbd1: { state: 'faulty', slot: 'none' } });
+  const nbd0 = { device: '/dev/nbd0', connected: true };
+  const off = new MdReaddPolicy(policyTarget([nbd0], { readdEnabled: () => false }).target, { sysfs: root });
+  off.onAttached();
+  const gone = new MdReaddPolicy(policyTarget([nbd0], { active: () => false }).target, { sysfs: root });
+  gone.onAttached();
+  const devices = [{ ...nbd0, connected: false }, { device: '/dev/nbd1', connected: true }];
+  const p = new MdReaddPolicy(policyTarget(devices).target, { sysfs: root });
+  p.onAttached();
+  await settle();
+  const nbd0State = fs.readFileSync(path.join(dev('nbd0'), 'state'), 'utf8');
+  t.equal(nbd0State, 'faulty\n', 'md_readd off, detached, unconnected: untouched');
+  t.equal(fs.readFileSync(path.join(dev('nbd1'), 'state'), 'utf8'), 're-add');
+  t.same([off.readds, gone.readds, p.readds], [0, 0, 1]);
+});
+
+t.test('policy: cancel() while md still holds the slot writes nothing', async (t) => {
+  const { root, dev } = fakeSysfs({ nbd0: { state: 'faulty', slot: '0' } });
+  const { target, messages } = policyTarget([{ device: '/dev/nbd0', connected: true }]);
+  const p = new MdReaddPolicy(target, { sysfs: root });
+  p.onAttached();
+  await settle(50);
+  fs.writeFileSync(path.join(dev('nbd0'), 'slot'), 'none\n'); // md releases the slot ...
+  p.cancel(); // ... as the target is detached
+  await settle(400);
+  t.equal(fs.readFileSync(path.join(dev('nbd0'), 'state'), 'utf8'), 'faulty\n', 'nothing written');
+  t.equal(p.readds, 0);
+  t.match(messages().at(-1), /^md: re-add of \/dev\/nbd0 to \/dev\/md0 cancelled/);
 });

@@ -74,7 +74,7 @@ t.test('validateTmo: one rule per case, messages name parameters and rule', asyn
     { name: 'dev_loss 600 with fio off', p: P(1, 'off', 600), rules: [] },
     { name: 'reconnect_delay 0', p: P(0, 5, 600), rules: ['reconnect-delay-zero'], msg: /reconnect_delay=0.*srp_tmo_valid/ },
     { name: 'all three off (kernel rule)', p: P('off', 'off', 'off'), rules: ['no-io-timeout'], msg: /fast_io_fail_tmo and dev_loss_tmo.*both "off"/ },
-    { name: 'both I/O timers off (DESIGN rule)', p: P(1, 'off', 'off'), rules: ['no-io-timeout'] },
+    { name: 'both I/O timers off (stricter than the kernel)', p: P(1, 'off', 'off'), rules: ['no-io-timeout'] },
     { name: 'fio above SCSI_DEVICE_BLOCK_MAX_TIMEOUT', p: P(1, 601, 700), rules: ['fast-io-fail-too-long'], msg: /fast_io_fail_tmo=601 exceeds SCSI_DEVICE_BLOCK_MAX_TIMEOUT \(600 s\)/ },
     { name: 'dev_loss above 600 with fio off', p: P(1, 'off', 601), rules: ['dev-loss-too-long-without-fast-io-fail'], msg: /dev_loss_tmo=601 with fast_io_fail_tmo=off/ },
     { name: 'dev_loss at LONG_MAX/HZ', p: P(1, 5, SRP_TMO_MAX), rules: ['dev-loss-too-long'], msg: /dev_loss_tmo=2147483 must be below 2147483 s/ },

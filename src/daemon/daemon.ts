@@ -9,7 +9,9 @@
  * recorded one (a different disk is never exported under the old name).
  *
  * Every operation the API offers is a method here, throwing DaemonError with an HTTP status and a
- * message naming the target; the REST layer (api.ts) only maps requests to these methods.
+ * message naming the target; the REST layer (api.ts) only maps requests to these methods. What md
+ * should do about a device is decided by each target's MdReaddPolicy (md.ts), told of attach and
+ * path changes here; GET /metrics is rendered by metrics.ts from a snapshot taken here.
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -28,8 +30,8 @@ import { NbdServer } from '../nbd/server.js';
 import { TEST_INITIATOR_PORT_ID, TEST_TARGET_PORT_ID } from '../testing/test-fabric.js';
 import { type AnyAddress, deriveTargetId, formatAnyAddress, parseAnyAddress } from './address.js';
 import { type DaemonConfig, overridesOf, resolveOptions, type TargetOptions, type TargetOverrides, type TargetSpec, tmoOf } from './config.js';
-import { describeMembership, type MdMembership, mdMemberships, readdFaultyMember } from './md.js';
-import { Exposition, IO_OPS, MeteredBackend } from './metrics.js';
+import { type MdMembership, mdMemberships, MdReaddPolicy } from './md.js';
+import { IO_OPS, MeteredBackend, renderMetrics, type TargetMetrics } from './metrics.js';
 import { type PersistedLun, type PersistedTarget, StateStore } from './state.js';
 import { createTestFabric } from './test-target.js';
 
@@ -70,7 +72,6 @@ interface TargetStats {
   reconnectAttempts: number;
   reconnects: number;
   failedReconnectsTotal: number;
-  mdReadds: number;
 }
 
 interface TargetRuntime {
@@ -92,44 +93,32 @@ interface TargetRuntime {
   restoreTimer?: NodeJS.Timeout;
   restoreAttempt: number;
   removed: boolean;
-  /** Devices whose md re-add is in progress (one at a time per device). */
-  mdBusy: Set<string>;
-  /**
-   * Cancels the re-adds in progress: aborted when the path leaves running, on detach, teardown
-   * and daemon close, so no "re-add" is written for a device that cannot do I/O (mdReadd()).
-   */
-  mdCancel?: AbortController;
-  /** A re-add was cancelled by a path loss: the next return to running (even from blocked) tries again. */
-  mdRetry?: boolean;
-  /**
-   * Per device, the arrays in which it was already faulty when the path left running: md failed
-   * those for another reason (mdadm --fail, medium errors), so they are not re-added.
-   */
-  mdFaultyBefore?: Promise<Map<string, Set<string>>>;
-  /** The second look for members md failed just after the path came back. */
-  mdLate?: NodeJS.Timeout;
+  /** When to re-add the target's devices to md arrays that failed them (told of attach and path changes). */
+  md: MdReaddPolicy;
   log: Logger;
 }
 
-/** What src/initiator/rdma-transport.ts is expected to export for the daemon (the connector is in progress). */
-export interface RdmaConnectorModule {
-  createRdmaConnector(
-    addr: SrpTargetAddress,
-    opts: { ackTimeout: number; retryCount: number; keepaliveIntervalMs: number; logger: Logger },
-  ): Promise<{ connector: ChannelConnector; initiatorPortId: Buffer; targetPortId: Buffer; close?: () => void }>;
-}
+/**
+ * Loads the RDMA/CM connector module: the one place that names its path. Loaded at the first
+ * attach of an RDMA address, so a daemon serving only test targets never loads the RDMA stack, and
+ * a module that cannot be loaded fails that attach (503), not the daemon. (The module loads the
+ * native addon only when a connector is created; without the addon that attach fails with what to
+ * build.)
+ */
+const loadRdmaConnector = () => import('../initiator/rdma/index.js');
+
+/** What the daemon uses of the RDMA/CM connector module. */
+export type RdmaConnectorModule = Pick<Awaited<ReturnType<typeof loadRdmaConnector>>, 'createRdmaConnector'>;
 
 export interface DaemonOptions {
   config: DaemonConfig;
   logger: Logger;
-  /** Loads the RDMA connector module; default: a dynamic import of src/initiator/rdma-transport.js. */
-  loadRdma?: () => Promise<Partial<RdmaConnectorModule>>;
+  /** Loads the RDMA/CM connector module; default loadRdmaConnector. */
+  loadRdma?: () => Promise<RdmaConnectorModule>;
   /** sysfs root for md membership (tests use a fake tree); default /sys. */
   sysfs?: string;
 }
 
-/** Second look for members md failed just after the path came back (ms). */
-const MD_LATE_CHECK_MS = 5000;
 /** How long NBD_CMD_DISCONNECT may wait for the kernel before the device's connection is closed under it. */
 const DISCONNECT_GRACE_MS = 1000;
 
@@ -197,8 +186,7 @@ export class Daemon {
     this.closing = true;
     for (const rt of this.targets.values()) {
       clearTimeout(rt.restoreTimer);
-      rt.mdCancel?.abort();
-      clearTimeout(rt.mdLate);
+      rt.md.cancel();
     }
     await this.nbd.close();
     await Promise.all([...this.targets.values()].map(async (rt) => {
@@ -246,8 +234,7 @@ export class Daemon {
     this.targets.delete(id);
     rt.removed = true;
     clearTimeout(rt.restoreTimer);
-    rt.mdCancel?.abort();
-    clearTimeout(rt.mdLate);
+    rt.md.cancel();
     await this.teardown(rt, true);
     this.persist();
     rt.log.info('target detached');
@@ -302,7 +289,8 @@ export class Daemon {
   /* ------------------------------------------------------------------ attach machinery */
 
   private newRuntime(id: string, address: AnyAddress, overrides: TargetOverrides, persisted: PersistedLun[], attachedAt: string): TargetRuntime {
-    return {
+    const log = this.log.child({ target: id });
+    const rt: TargetRuntime = {
       id,
       address,
       addressText: formatAnyAddress(address),
@@ -312,12 +300,27 @@ export class Daemon {
       status: 'connecting',
       luns: [],
       persisted,
-      stats: { stateSince: Date.now(), timeInState: emptyTimes(), reconnectAttempts: 0, reconnects: 0, failedReconnectsTotal: 0, mdReadds: 0 },
+      stats: {
+        stateSince: Date.now(),
+        timeInState: emptyTimes(),
+        reconnectAttempts: 0,
+        reconnects: 0,
+        failedReconnectsTotal: 0,
+      },
       restoreAttempt: 0,
       removed: false,
-      mdBusy: new Set(),
-      log: this.log.child({ target: id }),
+      md: new MdReaddPolicy({
+        log,
+        readdEnabled: () => rt.options.md_readd,
+        active: () => !rt.removed && !this.closing,
+        running: () => rt.port?.state === 'running',
+        *devices() {
+          for (const l of rt.luns) if (l.device) yield { device: l.device, connected: l.attachment !== undefined };
+        },
+      }, { sysfs: this.opts.sysfs }),
+      log,
     };
+    return rt;
   }
 
   /** A start-time (re-)attach: retried with the target's back-off until it works, it is detached, or an identity check fails. */
@@ -424,18 +427,17 @@ export class Daemon {
     rt.error = undefined;
     rt.persisted = this.persistedLuns(rt);
     rt.log.info({ luns: luns.map((l) => ({ lun: l.number, export: l.exportName, device: l.device, size: l.backend.size })) }, 'target attached');
-    this.mdReadd(rt); // a member md failed while we were away (restart after a long outage)
+    rt.md.onAttached(); // a member md failed while we were away (restart after a long outage)
   }
 
   private async rdmaConnector(rt: TargetRuntime, addr: SrpTargetAddress): Promise<{ connector: ChannelConnector; initiatorPortId: Buffer; targetPortId: Buffer; close?: () => void }> {
-    let mod: Partial<RdmaConnectorModule>;
+    let mod: RdmaConnectorModule;
     try {
-      mod = await (this.opts.loadRdma ?? defaultLoadRdma)();
+      mod = await (this.opts.loadRdma ?? loadRdmaConnector)();
     } catch (e) {
-      throw new DaemonError(`target ${rt.id}: RDMA transport not available: ${(e as Error).message}`, 503);
-    }
-    if (typeof mod.createRdmaConnector !== 'function') {
-      throw new DaemonError(`target ${rt.id}: RDMA transport not available: src/initiator/rdma-transport.ts has no createRdmaConnector() yet (the RDMA/CM connector is in progress); only test-target addresses can be attached`, 503);
+      const cause = (e as Error).message;
+      const why = `the RDMA/CM connector module cannot be loaded (${cause}): rebuild srp-nbd (npm run build)`;
+      throw new DaemonError(`target ${rt.id}: RDMA transport not available: ${why}`, 503);
     }
     if (addr.transport === 'ib-cm') {
       throw new DaemonError(`target ${rt.id}: RDMA transport not available for IB CM addressing (dgid/pkey/service_id); use dest=IP:port (RDMA/CM)`, 503);
@@ -500,8 +502,7 @@ export class Daemon {
 
   /** Undoes connect(): exports, devices (only when `removeDevices`), the port, the transport. */
   private async teardown(rt: TargetRuntime, removeDevices: boolean): Promise<void> {
-    rt.mdCancel?.abort();
-    clearTimeout(rt.mdLate);
+    rt.md.cancel();
     for (const l of rt.luns) {
       if (!l.attachment) continue;
       if (removeDevices) {
@@ -534,68 +535,6 @@ export class Daemon {
     rt.closeTransport = undefined;
   }
 
-  /**
-   * Puts each device of the target back into the md arrays that failed it while its I/O failed fast
-   * (option md_readd). Runs after the identity check has passed: the LUN is the one md knew.
-   */
-  private mdReadd(rt: TargetRuntime, exclude?: Promise<Map<string, Set<string>>>): void {
-    if (!rt.options.md_readd || rt.removed || this.closing) return;
-    if (!rt.mdCancel || rt.mdCancel.signal.aborted) rt.mdCancel = new AbortController();
-    const signal = rt.mdCancel.signal;
-    for (const l of rt.luns) {
-      const device = l.device;
-      if (!device || l.attachment === undefined || rt.mdBusy.has(device)) continue;
-      rt.mdBusy.add(device);
-      void this.mdReaddDevice(rt, device, signal, exclude)
-        .catch((e: unknown) => rt.log.error({ device, err: (e as Error).message }, 'md: re-add failed'))
-        .finally(() => rt.mdBusy.delete(device));
-    }
-  }
-
-  /** mdReadd() for one device; every sysfs access is asynchronous (see mdMemberships()). */
-  private async mdReaddDevice(rt: TargetRuntime, device: string, signal: AbortSignal, exclude?: Promise<Map<string, Set<string>>>): Promise<void> {
-    const now = await mdMemberships(device, this.opts.sysfs);
-    const faulty = now.filter((m) => m.state.includes('faulty'));
-    if (faulty.length === 0) return;
-    const already = (await exclude)?.get(device) ?? new Set<string>();
-    for (const m of faulty.filter((x) => already.has(x.array))) {
-      rt.log.warn({ device, member: `/dev/${m.member}`, array: `/dev/${m.array}` }, `md: /dev/${m.member} was already faulty in /dev/${m.array} before the path went down (mdadm --fail? medium errors?); not re-adding it`);
-    }
-    const arrays = faulty.filter((m) => !already.has(m.array)).map((m) => m.array);
-    if (arrays.length === 0) return;
-    rt.log.info({ device, md: now.map(describeMembership) }, 'md: the device is faulty in an array; re-adding it now that the path is back');
-    for (const r of await readdFaultyMember(device, { sysfs: this.opts.sysfs, signal, arrays })) {
-      const member = `/dev/${r.member}`; // the device or one of its partitions
-      const where = { device, member, array: `/dev/${r.array}` };
-      if (r.outcome === 're-added') {
-        rt.stats.mdReadds++;
-        const now = (await mdMemberships(device, this.opts.sysfs)).find((m) => m.array === r.array && m.member === r.member);
-        rt.log.info({ ...where, md: now ? describeMembership(now) : null }, `md: re-added ${member} to /dev/${r.array}; md resyncs what changed (write-intent bitmap) or the whole member`);
-      } else if (r.outcome === 'still-busy') {
-        // md/dev-X/state also says "faulty" for unacknowledged bad blocks on a member still in its slot
-        rt.log.warn({ ...where, outcome: r.outcome, detail: r.detail }, `md: ${member} is marked faulty but md kept it in its slot (${r.detail ?? ''}): md may be recording bad blocks rather than failing it; if \`mdadm --detail /dev/${r.array}\` lists it as faulty, run: ${r.hint}`);
-      } else if (r.outcome === 'refused') {
-        rt.log.error({ ...where, outcome: r.outcome, detail: r.detail }, `md: could not re-add ${member} to /dev/${r.array} (md refused: ${r.detail ?? ''}); run: ${r.hint}`);
-      } else if (r.outcome === 'gone') {
-        rt.log.warn(where, `md: /dev/${r.array} or its member ${member} went away before the re-add`);
-      } else if (r.outcome === 'cancelled') {
-        rt.mdRetry = true;
-        rt.log.info(where, `md: re-add of ${member} to /dev/${r.array} cancelled (path lost again, detached or stopping); it is tried again when the path is back`);
-      }
-    }
-  }
-
-  /** Per device of the target, the md arrays in which md has it marked faulty now. */
-  private async mdFaulty(rt: TargetRuntime): Promise<Map<string, Set<string>>> {
-    const out = new Map<string, Set<string>>();
-    for (const l of rt.luns) {
-      if (!l.device) continue;
-      const ms = await mdMemberships(l.device, this.opts.sysfs).catch(() => []);
-      out.set(l.device, new Set(ms.filter((m) => m.state.includes('faulty')).map((m) => m.array)));
-    }
-    return out;
-  }
-
   /** Reads the md membership of every device of `rts` into the LUNs' cache (for status and metrics). */
   private async refreshMd(rts: Iterable<TargetRuntime>): Promise<void> {
     const jobs: Promise<void>[] = [];
@@ -619,21 +558,8 @@ export class Daemon {
           s.timeInState[a.from] += (now - s.stateSince) / 1000;
           s.stateSince = now;
           if (a.to === 'running' && (a.from === 'blocked' || a.from === 'fail-fast')) s.reconnects++;
-          if (a.from === 'running' && a.to !== 'running') {
-            rt.mdCancel?.abort(); // no re-add while the path is down
-            clearTimeout(rt.mdLate);
-            if (!rt.mdRetry) rt.mdFaultyBefore = this.mdFaulty(rt);
-          }
-          if (a.to === 'running' && (a.from === 'fail-fast' || a.from === 'lost' || rt.mdRetry)) {
-            rt.mdRetry = false;
-            const before = rt.mdFaultyBefore;
-            this.mdReadd(rt, before);
-            // md may fail the member a moment after the path is back (its error handling is asynchronous)
-            rt.mdLate = setTimeout(() => {
-              if (rt.port?.state === 'running' && !rt.removed && !this.closing) this.mdReadd(rt, before);
-            }, MD_LATE_CHECK_MS);
-            rt.mdLate.unref();
-          }
+          if (a.from === 'running' && a.to !== 'running') rt.md.onPathDown();
+          if (a.to === 'running') rt.md.onPathReturned(a.from);
           if (a.cause === 'fast-io-fail-tmo' || a.cause === 'dev-loss-tmo') {
             const secs = a.cause === 'fast-io-fail-tmo' ? rt.options.fast_io_fail_tmo : rt.options.dev_loss_tmo;
             rt.log.warn({ timer: a.cause, seconds: secs, state: a.to }, `${a.cause === 'fast-io-fail-tmo' ? 'fast_io_fail_tmo' : 'dev_loss_tmo'} (${formatTmo(secs)} s) expired: state ${a.to}`);
@@ -689,8 +615,7 @@ export class Daemon {
   private view(rt: TargetRuntime): TargetView {
     const port = rt.port;
     const c = port?.sessionCounters;
-    const times = { ...rt.stats.timeInState };
-    if (port) times[port.state] += (Date.now() - rt.stats.stateSince) / 1000;
+    const times = this.secondsInState(rt);
     const g = port?.gate.stats;
     return {
       ...this.summary(rt),
@@ -745,72 +670,34 @@ export class Daemon {
   /** Prometheus exposition text (GET /metrics). */
   async metrics(): Promise<string> {
     await this.refreshMd(this.targets.values());
-    const e = new Exposition();
-    e.family('srp_nbd_info', 'gauge', 'Daemon version.');
-    e.sample('srp_nbd_info', '', { version: VERSION }, 1);
-    e.family('srp_nbd_targets', 'gauge', 'Targets known to the daemon.');
-    e.sample('srp_nbd_targets', '', {}, this.targets.size);
-    e.family('srp_nbd_target_state', 'gauge', 'rport state of a target (1 for the current state).');
-    e.family('srp_nbd_target_attached', 'gauge', '1 when the target is attached and exported, 0 while connecting or failed.');
-    e.family('srp_nbd_state_seconds_total', 'counter', 'Time spent in each rport state.');
-    e.family('srp_nbd_reconnect_attempts_total', 'counter', 'Reconnect attempts started.');
-    e.family('srp_nbd_reconnects_total', 'counter', 'Successful reconnects (back to running).');
-    e.family('srp_nbd_failed_reconnects', 'gauge', 'Failed reconnect attempts in the current outage (sysfs failed_reconnects).');
-    e.family('srp_nbd_failed_reconnects_total', 'counter', 'Failed reconnect attempts.');
-    e.family('srp_nbd_logins_total', 'counter', 'SRP logins, the first one included.');
-    e.family('srp_nbd_credits', 'gauge', 'SRP credits held (req_lim).');
-    e.family('srp_nbd_credits_granted_total', 'counter', 'SRP credits granted by the target (current session).');
-    e.family('srp_nbd_credit_stalls_total', 'counter', 'Times the queue stalled for lack of credits (current session).');
-    e.family('srp_nbd_io_in_flight', 'gauge', 'Block requests dispatched to the target.');
-    e.family('srp_nbd_io_held', 'gauge', 'Block requests held while the path is blocked.');
-    e.family('srp_nbd_io_replayed_total', 'counter', 'Block requests dispatched again after a reconnect.');
-    e.family('srp_nbd_io_failed_eio_total', 'counter', 'Block requests failed with EIO by the transport state (fail-fast, lost).');
-    e.family('srp_nbd_md_readds_total', 'counter', 'Devices re-added to an md array that had failed them (option md_readd).');
-    e.family('srp_nbd_md_member_faulty', 'gauge', '1 while md has the device marked faulty in the array.');
-    e.family('srp_nbd_lun_ops_total', 'counter', 'Block requests completed, per export and operation.');
-    e.family('srp_nbd_lun_bytes_total', 'counter', 'Bytes transferred, per export and operation.');
-    e.family('srp_nbd_lun_errors_total', 'counter', 'Block requests that failed, per export and operation.');
-    e.family('srp_nbd_lun_latency_seconds', 'histogram', 'Block request latency (NBD backend call to completion), per export and operation.');
-    for (const rt of this.targets.values()) {
-      const t = { target: rt.id };
-      const port = rt.port;
-      for (const s of RPORT_STATES) e.sample('srp_nbd_target_state', '', { ...t, state: s }, port?.state === s ? 1 : 0);
-      e.sample('srp_nbd_target_attached', '', t, rt.status === 'attached' ? 1 : 0);
-      const times = { ...rt.stats.timeInState };
-      if (port) times[port.state] += (Date.now() - rt.stats.stateSince) / 1000;
-      for (const s of RPORT_STATES) e.sample('srp_nbd_state_seconds_total', '', { ...t, state: s }, Math.round(times[s] * 1000) / 1000);
-      e.sample('srp_nbd_reconnect_attempts_total', '', t, rt.stats.reconnectAttempts);
-      e.sample('srp_nbd_reconnects_total', '', t, rt.stats.reconnects);
-      e.sample('srp_nbd_failed_reconnects', '', t, port?.rport.failedReconnects ?? 0);
-      e.sample('srp_nbd_failed_reconnects_total', '', t, rt.stats.failedReconnectsTotal);
-      e.sample('srp_nbd_logins_total', '', t, port?.logins ?? 0);
-      const c = port?.sessionCounters;
-      e.sample('srp_nbd_credits', '', t, c?.reqLim ?? 0);
-      e.sample('srp_nbd_credits_granted_total', '', t, c?.creditsGranted ?? 0);
-      e.sample('srp_nbd_credit_stalls_total', '', t, c?.zeroReqLim ?? 0);
-      const g = port?.gate.stats;
-      e.sample('srp_nbd_io_in_flight', '', t, g?.inFlight ?? 0);
-      e.sample('srp_nbd_io_held', '', t, g?.held ?? 0);
-      e.sample('srp_nbd_io_replayed_total', '', t, g?.retried ?? 0);
-      e.sample('srp_nbd_io_failed_eio_total', '', t, g?.failedEio ?? 0);
-      e.sample('srp_nbd_md_readds_total', '', t, rt.stats.mdReadds);
-      for (const l of rt.luns) {
-        for (const m of l.md) {
-          e.sample('srp_nbd_md_member_faulty', '', { ...t, export: l.exportName, array: m.array }, m.state.includes('faulty') ? 1 : 0);
-        }
-      }
-      for (const l of rt.luns) {
-        for (const op of IO_OPS) {
-          const s = l.backend.stats[op];
-          const lab = { ...t, export: l.exportName, op };
-          e.sample('srp_nbd_lun_ops_total', '', lab, s.ops);
-          e.sample('srp_nbd_lun_bytes_total', '', lab, s.bytes);
-          e.sample('srp_nbd_lun_errors_total', '', lab, s.errors);
-          e.histogram('srp_nbd_lun_latency_seconds', lab, s.latency);
-        }
-      }
-    }
-    return e.render();
+    return renderMetrics({ version: VERSION, targets: [...this.targets.values()].map((rt) => this.metricsOf(rt)) });
+  }
+
+  /** One target as GET /metrics reports it. */
+  private metricsOf(rt: TargetRuntime): TargetMetrics {
+    const port = rt.port;
+    return {
+      id: rt.id,
+      attached: rt.status === 'attached',
+      state: port?.state,
+      secondsInState: this.secondsInState(rt),
+      reconnectAttempts: rt.stats.reconnectAttempts,
+      reconnects: rt.stats.reconnects,
+      failedReconnects: port?.rport.failedReconnects ?? 0,
+      failedReconnectsTotal: rt.stats.failedReconnectsTotal,
+      logins: port?.logins ?? 0,
+      session: port?.sessionCounters,
+      io: port?.gate.stats,
+      mdReadds: rt.md.readds,
+      luns: rt.luns.map((l) => ({ export: l.exportName, md: l.md, stats: l.backend.stats })),
+    };
+  }
+
+  /** Seconds spent in each rport state, the current stretch included. */
+  private secondsInState(rt: TargetRuntime): Record<RportState, number> {
+    const times = { ...rt.stats.timeInState };
+    if (rt.port) times[rt.port.state] += (Date.now() - rt.stats.stateSince) / 1000;
+    return times;
   }
 }
 
@@ -879,12 +766,6 @@ function lunNumber(sam: bigint): number {
   } catch {
     return Number(sam >> 48n);
   }
-}
-
-async function defaultLoadRdma(): Promise<Partial<RdmaConnectorModule>> {
-  // Not a literal: the module is optional at build time (a colleague's work in progress).
-  const spec = ['..', 'initiator', 'rdma', 'index.js'].join('/');
-  return (await import(spec)) as Partial<RdmaConnectorModule>;
 }
 
 export type { TmoParams };

@@ -10,11 +10,16 @@
  * bitmap md resyncs only the regions written meanwhile. That is what `mdadm /dev/mdX --re-add` does
  * for a member still bound to the array.
  *
+ * MdReaddPolicy decides when to do that for one target (option md_readd): the daemon tells it when
+ * the target is attached and when its path goes down and comes back.
+ *
  * Everything here reads and writes plain sysfs files under a root directory (default /sys), so the
  * logic is tested against a fake tree; the qemu guest scenario `md-raid1` proves it on a real kernel.
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import type { Logger } from 'pino';
+import type { RportState } from '../fsm/rport.js';
 
 /** One md array holding a device, as sysfs describes it. */
 export interface MdMembership {
@@ -203,4 +208,175 @@ export async function readdFaultyMember(device: string, opts: ReaddOptions = {})
     }
   }
   return results;
+}
+
+/** A kernel device of one of the target's LUNs. */
+export interface MdDevice {
+  /** /dev/nbdN */
+  device: string;
+  /** The daemon serves the device (its NBD connection is attached): I/O can reach the target. */
+  connected: boolean;
+}
+
+/** Per device (/dev/nbdN), the names of the md arrays in which md has it marked faulty. */
+type FaultyArrays = Map<string, Set<string>>;
+
+/** The daemon's side of one target, as the re-add policy sees it. */
+export interface MdReaddTarget {
+  /** The target's logger. */
+  readonly log: Logger;
+  /** Option md_readd, read at each decision. */
+  readdEnabled(): boolean;
+  /** The target is still attached and the daemon is not stopping. */
+  active(): boolean;
+  /** The target's path is running. */
+  running(): boolean;
+  /** The kernel devices of the target's LUNs, read as iterated. */
+  devices(): Iterable<MdDevice>;
+}
+
+export interface MdReaddPolicyOptions {
+  /** sysfs root; default /sys. */
+  sysfs?: string;
+  /** Delay of the second look for members md failed just after the path came back (ms); default 5 s. */
+  lateCheckMs?: number;
+}
+
+/**
+ * When to re-add one target's devices to the md arrays that failed them (option md_readd).
+ *
+ * md fails a member only when I/O on it fails, that is after the path went from blocked to
+ * fail-fast (or lost). So the devices are re-added when the path returns from fail-fast or lost,
+ * once the identity check has passed (the LUN is the one md knew), and when the target is attached
+ * (at daemon start the daemon cannot know what happened while it was away). A member that was
+ * already faulty in an array when the path went down was failed for another reason (mdadm --fail,
+ * medium errors) and is left alone, with a warning. md may fail a member a moment after the path
+ * is back (its error handling is asynchronous), so the policy looks again a little later. A path
+ * loss cancels the re-adds in progress, so no "re-add" is written for a device that cannot do I/O;
+ * a cancelled re-add is tried again at the next return to running, even from blocked.
+ */
+export class MdReaddPolicy {
+  private readds_ = 0;
+  /** Devices whose re-add is in progress (one at a time per device). */
+  private readonly busy = new Set<string>();
+  /** Cancels the re-adds in progress: aborted when the path leaves running, and by cancel(). */
+  private controller?: AbortController;
+  /** A re-add was cancelled by a path loss: the next return to running (even from blocked) tries again. */
+  private retry = false;
+  /** Per device, the arrays in which it was already faulty when the path left running. */
+  private faultyBefore?: Promise<FaultyArrays>;
+  /** The second look for members md failed just after the path came back. */
+  private late?: NodeJS.Timeout;
+
+  constructor(
+    private readonly target: MdReaddTarget,
+    private readonly opts: MdReaddPolicyOptions = {},
+  ) {}
+
+  /** Devices re-added so far (srp_nbd_md_readds_total). */
+  get readds(): number {
+    return this.readds_;
+  }
+
+  /** The target is attached with its devices: re-adds each member md failed while the daemon was away. */
+  onAttached(): void {
+    this.readd();
+  }
+
+  /** The path left running: no re-add while it is down; notes the members md has failed already. */
+  onPathDown(): void {
+    this.controller?.abort();
+    clearTimeout(this.late);
+    if (!this.retry) this.faultyBefore = this.faultyNow();
+  }
+
+  /** The path is running again, coming from state `from`. */
+  onPathReturned(from: RportState): void {
+    if (from !== 'fail-fast' && from !== 'lost' && !this.retry) return;
+    this.retry = false;
+    const before = this.faultyBefore;
+    this.readd(before);
+    this.late = setTimeout(() => {
+      if (this.target.running() && this.target.active()) this.readd(before);
+    }, this.opts.lateCheckMs ?? 5000);
+    this.late.unref();
+  }
+
+  /** Cancels the re-adds in progress and the second look (detach, teardown, daemon stop). */
+  cancel(): void {
+    this.controller?.abort();
+    clearTimeout(this.late);
+  }
+
+  /**
+   * Puts each device back into the md arrays that have it marked faulty, except those in `exclude`.
+   * Callers make sure the LUN is the one md knew (identity check passed).
+   */
+  private readd(exclude?: Promise<FaultyArrays>): void {
+    if (!this.target.readdEnabled() || !this.target.active()) return;
+    if (!this.controller || this.controller.signal.aborted) this.controller = new AbortController();
+    const signal = this.controller.signal;
+    const log = this.target.log;
+    for (const { device, connected } of this.target.devices()) {
+      if (!connected || this.busy.has(device)) continue;
+      this.busy.add(device);
+      void this.readdDevice(device, signal, exclude)
+        .catch((e: unknown) => log.error({ device, err: (e as Error).message }, 'md: re-add failed'))
+        .finally(() => this.busy.delete(device));
+    }
+  }
+
+  /** readd() for one device; every sysfs access is asynchronous (see mdMemberships()). */
+  private async readdDevice(device: string, signal: AbortSignal, exclude?: Promise<FaultyArrays>): Promise<void> {
+    const log = this.target.log;
+    const sysfs = this.opts.sysfs;
+    const now = await mdMemberships(device, sysfs);
+    const faulty = now.filter((m) => m.state.includes('faulty'));
+    if (faulty.length === 0) return;
+    const already = (await exclude)?.get(device) ?? new Set<string>();
+    for (const m of faulty.filter((x) => already.has(x.array))) {
+      const where = { device, member: `/dev/${m.member}`, array: `/dev/${m.array}` };
+      log.warn(where, `md: /dev/${m.member} was already faulty in /dev/${m.array} before the path went down `
+        + '(mdadm --fail? medium errors?); not re-adding it');
+    }
+    const arrays = faulty.filter((m) => !already.has(m.array)).map((m) => m.array);
+    if (arrays.length === 0) return;
+    const md = now.map(describeMembership);
+    log.info({ device, md }, 'md: the device is faulty in an array; re-adding it now that the path is back');
+    for (const r of await readdFaultyMember(device, { sysfs, signal, arrays })) {
+      const member = `/dev/${r.member}`; // the device or one of its partitions
+      const where = { device, member, array: `/dev/${r.array}` };
+      if (r.outcome === 're-added') {
+        this.readds_++;
+        const now = (await mdMemberships(device, sysfs)).find((m) => m.array === r.array && m.member === r.member);
+        log.info({ ...where, md: now ? describeMembership(now) : null }, `md: re-added ${member} to /dev/${r.array}; `
+          + 'md resyncs what changed (write-intent bitmap) or the whole member');
+      } else if (r.outcome === 'still-busy') {
+        // md/dev-X/state also says "faulty" for unacknowledged bad blocks on a member still in its slot
+        log.warn({ ...where, outcome: r.outcome, detail: r.detail },
+          `md: ${member} is marked faulty but md kept it in its slot (${r.detail ?? ''}): `
+          + 'md may be recording bad blocks rather than failing it; '
+          + `if \`mdadm --detail /dev/${r.array}\` lists it as faulty, run: ${r.hint}`);
+      } else if (r.outcome === 'refused') {
+        log.error({ ...where, outcome: r.outcome, detail: r.detail },
+          `md: could not re-add ${member} to /dev/${r.array} (md refused: ${r.detail ?? ''}); run: ${r.hint}`);
+      } else if (r.outcome === 'gone') {
+        log.warn(where, `md: /dev/${r.array} or its member ${member} went away before the re-add`);
+      } else if (r.outcome === 'cancelled') {
+        this.retry = true;
+        log.info(where, `md: re-add of ${member} to /dev/${r.array} cancelled (path lost again, detached or stopping); `
+          + 'it is tried again when the path is back');
+      }
+    }
+  }
+
+  /** Per device, the md arrays in which md has it marked faulty now. */
+  private async faultyNow(): Promise<FaultyArrays> {
+    const out: FaultyArrays = new Map();
+    for (const { device } of this.target.devices()) {
+      const ms = await mdMemberships(device, this.opts.sysfs).catch(() => []);
+      out.set(device, new Set(ms.filter((m) => m.state.includes('faulty')).map((m) => m.array)));
+    }
+    return out;
+  }
 }

@@ -3,10 +3,16 @@
  * gauges and latency histograms need no client library.
  *
  * MeteredBackend wraps a LUN's NBD backend and counts operations, bytes, errors and latency per
- * operation type; the daemon renders them with the rport state, reconnects, credits and time in
- * each state (see Daemon.metrics()).
+ * operation type. renderMetrics() declares every metric family of GET /metrics and renders a
+ * snapshot the daemon takes per scrape (DaemonMetrics): per target the rport state, reconnects,
+ * credits, the I/O gate, md re-adds and time in each state, per LUN md membership and the
+ * MeteredBackend counts.
  */
+import type { IoGateStats } from '../fsm/io-gate.js';
+import { RPORT_STATES, type RportState } from '../fsm/rport.js';
+import type { SrpSessionCounters } from '../initiator/srp-session.js';
 import type { Backend, BlockSizeConstraints } from '../nbd/backend.js';
+import type { MdMembership } from './md.js';
 
 /** Latency bucket upper bounds in seconds. */
 export const LATENCY_BUCKETS = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30];
@@ -85,6 +91,120 @@ export class MeteredBackend implements Backend {
       s.latency.observe(Number(process.hrtime.bigint() - t0) / 1e9);
     }
   }
+}
+
+/** One LUN in a metrics snapshot. */
+export interface LunMetrics {
+  export: string;
+  /** md arrays holding the LUN's kernel device, as last read. */
+  md: readonly Pick<MdMembership, 'array' | 'state'>[];
+  stats: Record<IoOp, OpStats>;
+}
+
+/** One target in a metrics snapshot. */
+export interface TargetMetrics {
+  id: string;
+  /** Attached and exported; false while connecting or failed. */
+  attached: boolean;
+  /** The rport state; undefined while the target has no port. */
+  state: RportState | undefined;
+  /** Seconds spent in each rport state, the current stretch included. */
+  secondsInState: Record<RportState, number>;
+  reconnectAttempts: number;
+  reconnects: number;
+  /** Failed reconnect attempts in the current outage. */
+  failedReconnects: number;
+  failedReconnectsTotal: number;
+  logins: number;
+  /** The current SRP session's counters; undefined without a session. */
+  session: Pick<SrpSessionCounters, 'reqLim' | 'creditsGranted' | 'zeroReqLim'> | undefined;
+  /** The port's I/O gate; undefined without a port. */
+  io: Pick<IoGateStats, 'inFlight' | 'held' | 'retried' | 'failedEio'> | undefined;
+  mdReadds: number;
+  luns: LunMetrics[];
+}
+
+/** What the daemon hands renderMetrics() at each scrape. */
+export interface DaemonMetrics {
+  version: string;
+  targets: TargetMetrics[];
+}
+
+/** Every metric family of GET /metrics, in the order rendered: name, type, HELP text. */
+const FAMILIES: readonly [name: string, type: 'counter' | 'gauge' | 'histogram', help: string][] = [
+  ['srp_nbd_info', 'gauge', 'Daemon version.'],
+  ['srp_nbd_targets', 'gauge', 'Targets known to the daemon.'],
+  ['srp_nbd_target_state', 'gauge', 'rport state of a target (1 for the current state).'],
+  ['srp_nbd_target_attached', 'gauge', '1 when the target is attached and exported, 0 while connecting or failed.'],
+  ['srp_nbd_state_seconds_total', 'counter', 'Time spent in each rport state.'],
+  ['srp_nbd_reconnect_attempts_total', 'counter', 'Reconnect attempts started.'],
+  ['srp_nbd_reconnects_total', 'counter', 'Successful reconnects (back to running).'],
+  ['srp_nbd_failed_reconnects', 'gauge', 'Failed reconnect attempts in the current outage (sysfs failed_reconnects).'],
+  ['srp_nbd_failed_reconnects_total', 'counter', 'Failed reconnect attempts.'],
+  ['srp_nbd_logins_total', 'counter', 'SRP logins, the first one included.'],
+  ['srp_nbd_credits', 'gauge', 'SRP credits held (req_lim).'],
+  ['srp_nbd_credits_granted_total', 'counter', 'SRP credits granted by the target (current session).'],
+  ['srp_nbd_credit_stalls_total', 'counter', 'Times the queue stalled for lack of credits (current session).'],
+  ['srp_nbd_io_in_flight', 'gauge', 'Block requests dispatched to the target.'],
+  ['srp_nbd_io_held', 'gauge', 'Block requests held while the path is blocked.'],
+  ['srp_nbd_io_replayed_total', 'counter', 'Block requests dispatched again after a reconnect.'],
+  ['srp_nbd_io_failed_eio_total', 'counter',
+    'Block requests failed with EIO by the transport state (fail-fast, lost).'],
+  ['srp_nbd_md_readds_total', 'counter', 'Devices re-added to an md array that had failed them (option md_readd).'],
+  ['srp_nbd_md_member_faulty', 'gauge', '1 while md has the device marked faulty in the array.'],
+  ['srp_nbd_lun_ops_total', 'counter', 'Block requests completed, per export and operation.'],
+  ['srp_nbd_lun_bytes_total', 'counter', 'Bytes transferred, per export and operation.'],
+  ['srp_nbd_lun_errors_total', 'counter', 'Block requests that failed, per export and operation.'],
+  ['srp_nbd_lun_latency_seconds', 'histogram',
+    'Block request latency (NBD backend call to completion), per export and operation.'],
+];
+
+/** The exposition text of GET /metrics: every family declared (HELP, TYPE), then the samples. */
+export function renderMetrics(d: DaemonMetrics): string {
+  const e = new Exposition();
+  for (const [name, type, help] of FAMILIES) e.family(name, type, help);
+  e.sample('srp_nbd_info', '', { version: d.version }, 1);
+  e.sample('srp_nbd_targets', '', {}, d.targets.length);
+  for (const m of d.targets) {
+    const t = { target: m.id };
+    for (const s of RPORT_STATES) e.sample('srp_nbd_target_state', '', { ...t, state: s }, m.state === s ? 1 : 0);
+    e.sample('srp_nbd_target_attached', '', t, m.attached ? 1 : 0);
+    for (const s of RPORT_STATES) {
+      e.sample('srp_nbd_state_seconds_total', '', { ...t, state: s }, Math.round(m.secondsInState[s] * 1000) / 1000);
+    }
+    e.sample('srp_nbd_reconnect_attempts_total', '', t, m.reconnectAttempts);
+    e.sample('srp_nbd_reconnects_total', '', t, m.reconnects);
+    e.sample('srp_nbd_failed_reconnects', '', t, m.failedReconnects);
+    e.sample('srp_nbd_failed_reconnects_total', '', t, m.failedReconnectsTotal);
+    e.sample('srp_nbd_logins_total', '', t, m.logins);
+    const c = m.session;
+    e.sample('srp_nbd_credits', '', t, c?.reqLim ?? 0);
+    e.sample('srp_nbd_credits_granted_total', '', t, c?.creditsGranted ?? 0);
+    e.sample('srp_nbd_credit_stalls_total', '', t, c?.zeroReqLim ?? 0);
+    const g = m.io;
+    e.sample('srp_nbd_io_in_flight', '', t, g?.inFlight ?? 0);
+    e.sample('srp_nbd_io_held', '', t, g?.held ?? 0);
+    e.sample('srp_nbd_io_replayed_total', '', t, g?.retried ?? 0);
+    e.sample('srp_nbd_io_failed_eio_total', '', t, g?.failedEio ?? 0);
+    e.sample('srp_nbd_md_readds_total', '', t, m.mdReadds);
+    for (const l of m.luns) {
+      for (const md of l.md) {
+        const faulty = md.state.includes('faulty') ? 1 : 0;
+        e.sample('srp_nbd_md_member_faulty', '', { ...t, export: l.export, array: md.array }, faulty);
+      }
+    }
+    for (const l of m.luns) {
+      for (const op of IO_OPS) {
+        const s = l.stats[op];
+        const lab = { ...t, export: l.export, op };
+        e.sample('srp_nbd_lun_ops_total', '', lab, s.ops);
+        e.sample('srp_nbd_lun_bytes_total', '', lab, s.bytes);
+        e.sample('srp_nbd_lun_errors_total', '', lab, s.errors);
+        e.histogram('srp_nbd_lun_latency_seconds', lab, s.latency);
+      }
+    }
+  }
+  return e.render();
 }
 
 /** Builds an exposition text: HELP/TYPE once per metric family, samples in order. */

@@ -1,7 +1,7 @@
 /**
  * Runs the owner-side work the rport FSM asks for ('reconnect', 'verify-identity',
  * 'stop-reconnecting') through async hooks and reports the outcome back as events. This is the
- * only impure glue around the FSM; the lead plugs the SRP session in through TransportHooks.
+ * only impure glue around the FSM; the SRP session plugs in through TransportHooks (SrpPort).
  */
 import { IdentityMismatchError } from './identity.js';
 import type { Rport, RportAction } from './rport.js';

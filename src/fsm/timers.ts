@@ -23,7 +23,12 @@ export interface TmoParams {
   devLossTmo: Tmo;
 }
 
-/** Defaults (DESIGN.md): 1 s back-off base capped at 30 s; fail fast after 5 s; lost after 600 s. */
+/**
+ * Defaults: the first reconnect 1 s after a failure, the back-off doubling up to 30 s, so a short
+ * outage ends quickly and a long one is not hammered; fail fast after 5 s, so md fails the member
+ * and serves from its mirror instead of stalling the array, while shorter outages stay invisible
+ * (I/O held and replayed); lost after 600 s, ib_srp's dev_loss_tmo default.
+ */
 export const DEFAULT_TMO: Readonly<TmoParams> = Object.freeze({
   reconnectDelay: 1,
   reconnectDelayMax: 30,
@@ -102,7 +107,10 @@ export type TmoRule =
   | 'not-a-timeout'
   /** srp_tmo_valid: reconnect_delay == 0 */
   | 'reconnect-delay-zero'
-  /** DESIGN.md (stricter than srp_tmo_valid's "not all three off"): fast_io_fail_tmo and dev_loss_tmo both off */
+  /**
+   * ours, stricter than srp_tmo_valid's "not all three off": fast_io_fail_tmo and dev_loss_tmo both
+   * off, which would leave I/O blocked forever during an outage
+   */
   | 'no-io-timeout'
   /** srp_tmo_valid: fast_io_fail_tmo > SCSI_DEVICE_BLOCK_MAX_TIMEOUT */
   | 'fast-io-fail-too-long'

@@ -6,7 +6,7 @@
  * Messages are built and parsed here (pure functions over Buffers, golden-byte tested); the
  * native addon only opens the netlink socket, sends, receives and reports readability.
  *
- * Kernel behaviour this relies on (DESIGN.md, lab facts, Debian 6.1):
+ * Kernel behaviour this relies on (observed with Debian's 6.1 kernel):
  * - TIMEOUT 0: a blocked but alive server is never disconnected;
  * - DEAD_CONN_TIMEOUT: when our end dies, the kernel holds I/O that long waiting for RECONFIGURE,
  *   and multicasts LINK_DEAD; STATUS keeps saying "connected", so watch LINK_DEAD;

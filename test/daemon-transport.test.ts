@@ -1,0 +1,66 @@
+/**
+ * The daemon's RDMA/CM connector, loaded at the first attach of an RDMA address (in-process, no
+ * kernel devices): the module is found at its path; a module that cannot be loaded, and IB CM
+ * addressing, are refused with 503 and a message saying what is missing, while the daemon keeps
+ * serving test targets.
+ */
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { pino } from 'pino';
+import t from 'tap';
+import { parseConfig } from '../src/daemon/config.js';
+import { Daemon, DaemonError, type DaemonOptions } from '../src/daemon/daemon.js';
+
+/** A daemon whose directory and sockets go away with the test. */
+function daemon(t: { teardown: (fn: () => Promise<void>) => void }, loadRdma?: DaemonOptions['loadRdma']): Daemon {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'srp-nbd-transport-'));
+  const config = parseConfig({
+    control_socket: path.join(dir, 'control.sock'),
+    nbd_socket: path.join(dir, 'nbd.sock'),
+    state_dir: path.join(dir, 'state'),
+    defaults: { device: 'none' },
+  });
+  const d = new Daemon({ config, logger: pino({ level: 'silent' }), ...(loadRdma ? { loadRdma } : {}) });
+  t.teardown(async () => {
+    await d.close();
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+  return d;
+}
+
+const RDMA_CM = 'id_ext=0002c90300aabbcc,ioc_guid=0002c90300aabbcc,dest=192.0.2.2:5000';
+
+t.test('a connector module that cannot be loaded: 503 naming cause and fix; test targets still attach', async (t) => {
+  const d = daemon(t, () => Promise.reject(new Error("Cannot find module '/x/rdma-transport.js'")));
+  await d.start();
+  const err = await d.attach({ address: RDMA_CM }).catch((e: unknown) => e);
+  t.type(err, DaemonError);
+  t.equal((err as DaemonError).status, 503);
+  t.equal((err as DaemonError).message, 'target srp-0002c90300aabbcc-192.0.2.2-5000: RDMA transport not available: '
+    + "the RDMA/CM connector module cannot be loaded (Cannot find module '/x/rdma-transport.js'): "
+    + 'rebuild srp-nbd (npm run build)');
+  t.same(d.list(), [], 'nothing attached');
+  const a = await d.attach({ address: 'test-target,name=a' });
+  t.equal(a.status, 'attached');
+});
+
+t.test('IB CM addressing: 503 saying to use dest=IP:port', async (t) => {
+  const d = daemon(t);
+  await d.start();
+  const address = 'id_ext=1,ioc_guid=2,dgid=fe800000000000000002c90300aabbcd,pkey=ffff,service_id=1';
+  const err = await d.attach({ address }).catch((e: unknown) => e);
+  t.type(err, DaemonError);
+  t.equal((err as DaemonError).status, 503);
+  const message = (err as DaemonError).message;
+  t.match(message, /: RDMA transport not available for IB CM addressing \(dgid\/pkey\/service_id\); use dest=IP:port/);
+});
+
+t.test('the default loader finds the connector module (the attach fails later: no RDMA here)', async (t) => {
+  const d = daemon(t);
+  await d.start();
+  const err = await d.attach({ address: RDMA_CM }).catch((e: unknown) => e);
+  t.type(err, DaemonError);
+  t.notMatch((err as DaemonError).message, /cannot be loaded/, (err as DaemonError).message);
+  t.match((err as DaemonError).message, /RDMA transport not available|attach failed|native addon/);
+});
