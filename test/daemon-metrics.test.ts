@@ -48,6 +48,7 @@ t.test('every metric family with its HELP and TYPE, and the samples of a test ta
     control_socket: path.join(dir, 'control.sock'),
     nbd_socket: path.join(dir, 'nbd.sock'),
     state_dir: path.join(dir, 'state'),
+    test_targets: { enabled: true },
     defaults: { device: 'none' },
   });
   const d = new Daemon({ config, logger: pino({ level: 'silent' }), sysfs: path.join(dir, 'sys') });

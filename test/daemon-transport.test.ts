@@ -19,6 +19,7 @@ function daemon(t: { teardown: (fn: () => Promise<void>) => void }, loadRdma?: D
     control_socket: path.join(dir, 'control.sock'),
     nbd_socket: path.join(dir, 'nbd.sock'),
     state_dir: path.join(dir, 'state'),
+    test_targets: { enabled: true },
     defaults: { device: 'none' },
   });
   const d = new Daemon({ config, logger: pino({ level: 'silent' }), ...(loadRdma ? { loadRdma } : {}) });

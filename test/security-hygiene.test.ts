@@ -2,14 +2,17 @@
  * Probe 9 of the security review (hygiene), against parseConfig and the real daemon: weak and
  * whitespace tokens refused; a token in a query string never reaches the log; refused requests
  * logged at a bounded rate; outside input in log lines cut short; warnings for a TCP listener off
- * loopback and for a configuration others can read.
+ * loopback and for a configuration others can read; on the NBD socket, stalled handshakes kept
+ * apart from established clients.
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import t from 'tap';
 import { ConfigError, parseConfig } from '../src/daemon/config.js';
 import { boundedField, type Logger, MAX_LOG_FIELD, rateLimitedWarn, urlForLog } from '../src/util/log.js';
+import { MemoryBackend } from '../src/nbd/memory-backend.js';
 import { cleanup, configFile, dir, request, startDaemon, token } from './helpers/daemon.js';
+import { RawClient, startServer } from './helpers/nbd.js';
 
 t.teardown(cleanup);
 
@@ -86,4 +89,33 @@ t.test('a TCP listener off loopback is warned about', async (t) => {
   t.notMatch(d.log(), /readable by others/, 'a 0600 configuration is not warned about');
   d.child.kill('SIGTERM');
   await d.exited;
+});
+
+t.test('NBD socket: stalled handshakes have a budget of their own', async (t) => {
+  const srv = await startServer({ disk: new MemoryBackend({ size: 1 << 20 }) }, { maxHandshakes: 2, maxConnections: 3, handshakeTimeoutMs: 800 });
+  t.teardown(srv.close);
+  const closedSoon = (c: RawClient, ms: number): Promise<boolean> =>
+    new Promise((resolve) => {
+      const timer = setTimeout(() => resolve(false), ms);
+      c.socket.once('close', () => (clearTimeout(timer), resolve(true)));
+      c.socket.resume();
+    });
+  // two clients complete their handshake and stay
+  const real = [await RawClient.connect(srv.socketPath), await RawClient.connect(srv.socketPath)];
+  for (const c of real) await c.go('disk');
+  // two stall in their handshake; a third is refused at once
+  const stalled = [await RawClient.connect(srv.socketPath), await RawClient.connect(srv.socketPath)];
+  const extra = await RawClient.connect(srv.socketPath);
+  t.ok(await closedSoon(extra, 300), 'a third stalled handshake is refused at once');
+  t.notOk(await closedSoon(stalled[0]!, 100), 'the first two are kept for now');
+  t.equal(srv.server.connectionCount, 4, 'two established + two handshaking');
+  const late = await RawClient.connect(srv.socketPath);
+  t.ok(await closedSoon(late, 300), 'while both handshake slots are held, a new client is refused');
+  t.ok(await closedSoon(stalled[1]!, 2000), 'a stalled handshake is dropped after handshakeTimeoutMs');
+  for (let i = 0; i < 50 && srv.server.connectionCount > 2; i++) await new Promise((r) => setTimeout(r, 20));
+  const third = await RawClient.connect(srv.socketPath);
+  await third.go('disk');
+  t.pass('then a client completes its handshake: the stalled ones never held an established slot');
+  for (const c of real) t.notOk(c.socket.destroyed, 'the established clients are untouched');
+  for (const c of [...real, ...stalled, third]) c.socket.destroy();
 });

@@ -188,6 +188,20 @@ export const configSchema = z
     state_dir: z.string().min(1).default(DEFAULT_STATE_DIR).describe('Directory of state.json, the attached set re-attached at start (and test-target LUN images).'),
     log_level: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal']).default('info').describe('pino log level (logs go to stderr as JSON lines).'),
     tcp: tcpListenerSchema.optional(),
+    test_targets: z
+      .object({
+        enabled: z.boolean().default(false).describe('Allow `test-target` addresses (in-process RAM LUNs, for tests and demos).'),
+        memory_budget_mib: z
+          .number()
+          .int()
+          .min(1)
+          .max(1024 * 1024)
+          .default(1024)
+          .describe('RAM all attached test targets may hold together, MiB; an attach beyond it is refused.'),
+      })
+      .strict()
+      .default({})
+      .describe('The in-process test target: off unless enabled, and bounded in memory (the daemon is shielded from the OOM killer).'),
     defaults: defaultsSchema.default({}),
     targets: z.array(targetSpecSchema).default([]).describe('Targets attached at start (if not already in the persisted state), each `{ "address": …, "id"?: …, <any per-target option> }`.'),
   })

@@ -93,6 +93,8 @@ interface TargetRuntime {
   restoreTimer?: NodeJS.Timeout;
   restoreAttempt: number;
   removed: boolean;
+  /** The connect in flight (attach, restore or reconnect): never two at once. */
+  connecting?: Promise<void>;
   /** When to re-add the target's devices to md arrays that failed them (told of attach and path changes). */
   md: MdReaddPolicy;
   log: Logger;
@@ -129,6 +131,12 @@ export class Daemon {
   readonly nbd: NbdServer;
   readonly store: StateStore;
   private readonly targets = new Map<string, TargetRuntime>();
+  /**
+   * Persisted targets the daemon cannot run (an address that no longer parses, a test target
+   * while test targets are disabled): kept in state.json as they are, listed as failed, dropped
+   * only by `detach`.
+   */
+  private readonly unusable = new Map<string, { persisted: PersistedTarget; error: string }>();
   private readonly log: Logger;
   private netlink: Promise<{ nl: NbdNetlink; b: NetlinkBinding }> | undefined;
   private readonly startedAt = Date.now();
@@ -156,11 +164,18 @@ export class Daemon {
     this.log.info({ socket: cfg.nbd_socket }, 'NBD exports on unix socket');
     const firsts: Promise<void>[] = [];
     for (const p of persisted.targets) {
+      if (this.targets.has(p.id) || this.unusable.has(p.id)) {
+        this.log.error({ target: p.id, entry: p }, 'state.json holds this id twice: the later entry is ignored (and not saved again)');
+        continue;
+      }
       let address: AnyAddress;
       try {
         address = parseAnyAddress(p.address);
+        this.checkTestTargetAllowed(address);
       } catch (e) {
-        this.log.error({ target: p.id, address: p.address, err: (e as Error).message }, 'persisted target has an invalid address; skipped (detach it to drop it)');
+        const error = (e as Error).message;
+        this.unusable.set(p.id, { persisted: p, error });
+        this.log.error({ target: p.id, address: p.address, err: error }, 'persisted target not attached: kept in state.json (`srp-nbd detach` drops it)');
         continue;
       }
       const rt = this.newRuntime(p.id, address, p.overrides as TargetOverrides, p.luns, p.attachedAt);
@@ -171,7 +186,13 @@ export class Daemon {
     for (const spec of cfg.targets) {
       const address = parseAnyAddress(spec.address);
       const id = spec.id ?? deriveTargetId(address);
-      if (this.targets.has(id)) continue;
+      if (this.targets.has(id) || this.unusable.has(id)) continue;
+      try {
+        this.checkTestTargetAllowed(address);
+      } catch (e) {
+        this.log.error({ target: id, err: (e as Error).message }, 'target of the configuration not attached');
+        continue;
+      }
       const rt = this.newRuntime(id, address, overridesOf(spec), [], new Date().toISOString());
       this.targets.set(id, rt);
       rt.log.info('attaching target from the configuration');
@@ -205,7 +226,8 @@ export class Daemon {
     if (this.closing) throw new DaemonError('the daemon is shutting down', 503);
     const address = parseAnyAddress(spec.address);
     const id = spec.id ?? deriveTargetId(address);
-    if (this.targets.has(id)) throw new DaemonError(`target ${id} is already attached (detach it first, or give another id)`, 409);
+    if (this.targets.has(id) || this.unusable.has(id)) throw new DaemonError(`target ${id} is already attached (detach it first, or give another id)`, 409);
+    this.checkTestTargetAllowed(address, 400);
     const text = formatAnyAddress(address);
     for (const other of this.targets.values()) {
       if (other.addressText === text) throw new DaemonError(`target ${id}: ${text} is already attached as ${other.id}`, 409);
@@ -218,30 +240,57 @@ export class Daemon {
     }
     this.targets.set(id, rt);
     try {
-      await this.connect(rt);
+      await this.connectOnce(rt);
+      this.stillWanted(rt);
     } catch (e) {
-      this.targets.delete(id);
-      await this.teardown(rt, false);
+      if (this.targets.get(id) === rt) this.targets.delete(id); // never another runtime under the id
+      await this.teardown(rt, rt.removed);
+      if (rt.removed) throw new DaemonError(`target ${id}: detached while it was being attached`, 409);
       throw e instanceof DaemonError ? e : new DaemonError(`target ${id}: attach failed: ${(e as Error).message}`, 502);
     }
-    this.persist();
+    // persist, then commit: a target that cannot be saved is not left attached
+    try {
+      this.save(this.snapshot());
+    } catch (e) {
+      if (this.targets.get(id) === rt) this.targets.delete(id);
+      rt.removed = true;
+      await this.teardown(rt, true);
+      throw e;
+    }
     return this.view(rt);
   }
 
   /** Detaches a target (DELETE /targets/:id): the only way its exports and devices go away. */
   async detach(id: string): Promise<void> {
+    const bad = this.unusable.get(id);
+    if (bad) {
+      this.save(this.snapshot({ without: id }));
+      this.unusable.delete(id);
+      this.log.info({ target: id, address: bad.persisted.address }, 'target detached (it was not attached: its entry is dropped)');
+      return;
+    }
     const rt = this.get(id);
-    this.targets.delete(id);
+    // persist, then commit: when the state cannot be saved nothing changes
+    this.save(this.snapshot({ without: id }));
+    if (this.targets.get(id) === rt) this.targets.delete(id);
     rt.removed = true;
     clearTimeout(rt.restoreTimer);
     rt.md.cancel();
+    await rt.connecting?.catch(() => undefined); // it stops at its next step and undoes its own work
     await this.teardown(rt, true);
-    this.persist();
     rt.log.info('target detached');
   }
 
   list(): TargetSummary[] {
-    return [...this.targets.values()].map((rt) => this.summary(rt));
+    const bad = [...this.unusable.values()].map(({ persisted: p, error }) => ({
+      id: p.id,
+      status: 'failed' as const,
+      state: null,
+      address: p.address,
+      luns: p.luns.map((l) => ({ export: l.export, device: l.device })),
+      error,
+    }));
+    return [...[...this.targets.values()].map((rt) => this.summary(rt)), ...bad];
   }
 
   async status(id: string): Promise<TargetView> {
@@ -258,11 +307,12 @@ export class Daemon {
     if (problems.length > 0) {
       throw new DaemonError(`target ${id}: ${problems.map((p) => p.message).join('; ')}`, 400, problems.map((p) => ({ path: p.params[0], rule: p.rule, message: p.message })));
     }
+    const overrides = { ...rt.overrides, ...definedOnly(patch) };
+    this.save(this.snapshot({ overrides: [id, overrides] })); // persist, then commit
     rt.port?.rport.setTimeouts(tmoOf(next));
     rt.options = next;
-    rt.overrides = { ...rt.overrides, ...definedOnly(patch) };
+    rt.overrides = overrides;
     rt.log.info({ timers: timersOf(next) }, 'timers changed');
-    this.persist();
     return this.view(rt);
   }
 
@@ -272,6 +322,8 @@ export class Daemon {
     if (rt.port) {
       rt.log.info({ state: rt.port.state }, 'reconnect requested');
       rt.port.reconnectNow();
+    } else if (rt.connecting) {
+      rt.log.info({ status: rt.status }, 'reconnect requested: a connect is already in progress');
     } else {
       rt.log.info({ status: rt.status }, 'reconnect requested: connecting now');
       clearTimeout(rt.restoreTimer);
@@ -328,13 +380,13 @@ export class Daemon {
     if (rt.removed || this.closing) return;
     rt.restoreAttempt++;
     try {
-      await this.connect(rt);
+      await this.connectOnce(rt);
       rt.restoreAttempt = 0;
       this.persist();
     } catch (e) {
       const err = e as Error;
       rt.error = err.message;
-      await this.teardown(rt, false);
+      await this.teardown(rt, rt.removed);
       if (rt.removed || this.closing) return;
       if (e instanceof IdentityCheckError || (e instanceof DaemonError && e.status === 503)) {
         rt.status = 'failed';
@@ -353,7 +405,28 @@ export class Daemon {
     }
   }
 
-  /** Logs in, finds the LUNs, checks identities against the persisted ones, exports them, attaches devices. */
+  /** connect(), or the one already in flight for this target. */
+  private connectOnce(rt: TargetRuntime): Promise<void> {
+    if (!rt.connecting) {
+      const p = this.connect(rt).finally(() => {
+        if (rt.connecting === p) rt.connecting = undefined;
+      });
+      rt.connecting = p;
+    }
+    return rt.connecting;
+  }
+
+  /** Throws when the target was detached (or the daemon is stopping) while a step was awaited. */
+  private stillWanted(rt: TargetRuntime): void {
+    if (rt.removed) throw new Error('detached while connecting');
+    if (this.closing) throw new Error('the daemon is stopping');
+  }
+
+  /**
+   * Logs in, finds the LUNs, checks identities against the persisted ones, exports them, attaches
+   * devices. After every awaited step it checks that the target is still wanted (stillWanted), so
+   * a detach in the middle never leaves exports or devices behind.
+   */
   private async connect(rt: TargetRuntime): Promise<void> {
     const o = rt.options;
     let connector: ChannelConnector;
@@ -361,11 +434,13 @@ export class Daemon {
     if (rt.address.kind === 'test') {
       const { fabric, close } = await createTestFabric(rt.address.spec, this.config.state_dir);
       rt.closeTransport = close;
+      this.stillWanted(rt);
       connector = fabric;
       ids = { initiatorPortId: TEST_INITIATOR_PORT_ID, targetPortId: TEST_TARGET_PORT_ID };
     } else {
       const made = await this.rdmaConnector(rt, rt.address.addr);
       rt.closeTransport = made.close;
+      this.stillWanted(rt);
       connector = made.connector;
       ids = made;
     }
@@ -382,13 +457,15 @@ export class Daemon {
     rt.log.info({ via: connector.description }, 'logging in');
     const port = await SrpPort.connect(portOpts);
     rt.port = port;
-    if (rt.removed) throw new Error('detached while connecting');
+    this.stillWanted(rt);
     this.follow(rt, port);
     const sams = await reportLuns(port.executor);
+    this.stillWanted(rt);
     const luns: LunRuntime[] = [];
     const mismatches: string[] = [];
     for (const sam of sams) {
       const disk = await port.addLun(sam);
+      this.stillWanted(rt);
       const identity = disk.probeResult!.identity;
       const number = lunNumber(sam);
       const before = rt.persisted.find((p) => p.lun === hex16(sam));
@@ -473,6 +550,7 @@ export class Daemon {
       if (restoreIndex !== undefined) {
         try {
           l.attachment = await nbdReattach(nb.nl, nb.b, { ...common, index: restoreIndex });
+          this.stillWanted(rt);
           rt.log.info({ device: l.attachment.device, export: l.exportName }, 'kernel device taken back (RECONFIGURE)');
           continue;
         } catch (e) {
@@ -481,6 +559,7 @@ export class Daemon {
       }
       l.attachment = await nbdAttach(nb.nl, nb.b, { ...common, ...(fixed !== undefined ? { index: fixed } : {}) });
       l.device = l.attachment.device;
+      this.stillWanted(rt); // the caller's teardown disconnects what was attached
       rt.log.info({ device: l.device, export: l.exportName }, 'kernel device attached (CONNECT)');
     }
   }
@@ -504,19 +583,21 @@ export class Daemon {
   private async teardown(rt: TargetRuntime, removeDevices: boolean): Promise<void> {
     rt.md.cancel();
     for (const l of rt.luns) {
-      if (!l.attachment) continue;
+      const attachment = l.attachment;
+      if (!attachment) continue;
+      l.attachment = undefined; // a concurrent teardown (detach during a connect) skips it
       if (removeDevices) {
         try {
           const nb = await this.kernelNbd();
           const device = l.device;
-          await nbdDetach(nb.nl, l.attachment, DISCONNECT_GRACE_MS, () =>
+          await nbdDetach(nb.nl, attachment, DISCONNECT_GRACE_MS, () =>
             rt.log.warn({ device }, 'the kernel is still sending on the device (its I/O is held here): closing the connection so that the disconnect completes'),
           );
         } catch (e) {
           rt.log.warn({ device: l.device, err: (e as Error).message }, 'NBD_CMD_DISCONNECT failed');
         }
       }
-      l.attachment.connection.close();
+      attachment.connection.close();
     }
     // Devices gone (the kernel has failed their requests): held I/O ends now, not at
     // fast_io_fail_tmo. Devices kept (daemon stop) keep the port until their connections have
@@ -580,6 +661,8 @@ export class Daemon {
 
   private get(id: string): TargetRuntime {
     const rt = this.targets.get(id);
+    const bad = this.unusable.get(id);
+    if (bad) throw new DaemonError(`target ${id}: not attached: ${bad.error} (srp-nbd detach ${id} drops it)`, 409);
     if (!rt) throw new DaemonError(`target ${id}: no such target (srp-nbd list shows the attached ones)`, 404);
     return rt;
   }
@@ -588,15 +671,58 @@ export class Daemon {
     return rt.luns.map((l) => ({ lun: hex16(l.sam), export: l.exportName, device: l.device, backendId: l.backendId, identity: identityToJSON(l.identity) as PersistedLun['identity'] }));
   }
 
+  /** What state.json should hold, with a change not yet applied (persist, then commit). */
+  private snapshot(change: { without?: string; overrides?: [string, TargetOverrides] } = {}): PersistedTarget[] {
+    const targets: PersistedTarget[] = [];
+    for (const rt of this.targets.values()) {
+      if (rt.id === change.without) continue;
+      const overrides = change.overrides?.[0] === rt.id ? change.overrides[1] : rt.overrides;
+      targets.push({
+        id: rt.id,
+        address: rt.addressText,
+        overrides: overrides as Record<string, unknown>,
+        attachedAt: rt.attachedAt,
+        luns: rt.status === 'attached' ? this.persistedLuns(rt) : rt.persisted,
+      });
+    }
+    for (const [id, bad] of this.unusable) if (id !== change.without) targets.push(bad.persisted);
+    return targets;
+  }
+
+  /** Writes state.json; a failure is a 500 naming the cause, and the caller changes nothing. */
+  private save(targets: PersistedTarget[]): void {
+    try {
+      this.store.save({ version: 1, targets });
+    } catch (e) {
+      this.log.error({ err: (e as Error).message, file: this.store.file }, 'cannot save the state: the change is not made');
+      throw new DaemonError(`cannot save the state (${this.store.file}): ${(e as Error).message}; nothing was changed`, 500);
+    }
+  }
+
+  /** Saves the current state after a change that is already made (a restore); a failure is logged. */
   private persist(): void {
-    const targets: PersistedTarget[] = [...this.targets.values()].map((rt) => ({
-      id: rt.id,
-      address: rt.addressText,
-      overrides: rt.overrides as Record<string, unknown>,
-      attachedAt: rt.attachedAt,
-      luns: rt.status === 'attached' ? this.persistedLuns(rt) : rt.persisted,
-    }));
-    this.store.save({ version: 1, targets });
+    try {
+      this.store.save({ version: 1, targets: this.snapshot() });
+    } catch (e) {
+      this.log.error({ err: (e as Error).message, file: this.store.file }, 'cannot save the state; retried at the next change');
+    }
+  }
+
+  /** Test targets need `test_targets.enabled` and fit within `test_targets.memory_budget_mib`. */
+  private checkTestTargetAllowed(address: AnyAddress, status = 0): void {
+    if (address.kind !== 'test') return;
+    const tt = this.opts.config.test_targets;
+    const fail = (msg: string): never => {
+      throw status ? new DaemonError(msg, status) : new Error(msg);
+    };
+    if (!tt.enabled) fail('test targets are disabled (set test_targets.enabled in the configuration)');
+    const bytes = (a: AnyAddress): number => (a.kind === 'test' ? a.spec.luns * a.spec.lunSize : 0);
+    let used = 0;
+    for (const rt of this.targets.values()) used += bytes(rt.address);
+    const budget = tt.memory_budget_mib * 1024 * 1024;
+    if (used + bytes(address) > budget) {
+      fail(`test target needs ${bytes(address) >> 20} MiB of RAM, ${used >> 20} MiB of test_targets.memory_budget_mib (${tt.memory_budget_mib}) are in use`);
+    }
   }
 
   /* ------------------------------------------------------------------ views */

@@ -27,6 +27,7 @@ import {
   encodeRepServer,
 } from './codec.js';
 import * as C from './nbd-constants.js';
+import { boundedField } from '../util/log.js';
 
 /** Where the server finds exports by name. */
 export interface ExportRegistry {
@@ -146,7 +147,7 @@ export class Handshake {
       case C.NBD_OPT_EXPORT_NAME: {
         const name = data.toString('utf8');
         const found = this.registry.lookup(name);
-        if (!found) return this.fatal('unknown-export', `NBD_OPT_EXPORT_NAME for unknown export '${name}'`);
+        if (!found) return this.fatal('unknown-export', `NBD_OPT_EXPORT_NAME for unknown export '${boundedField(name)}'`);
         const negotiated = this.negotiated(found.name, found.backend);
         this.send(encodeExportNameReply(found.backend.size, negotiated.transmissionFlags, this.noZeroes));
         this.outcome = { kind: 'export', negotiated };
@@ -194,7 +195,7 @@ export class Handshake {
     }
     const found = this.registry.lookup(request.name);
     if (!found) {
-      this.optionReply(C.NBD_REP_ERR_UNKNOWN, `unknown export '${request.name}'`);
+      this.optionReply(C.NBD_REP_ERR_UNKNOWN, `unknown export '${boundedField(request.name)}'`);
       return this.nextOption();
     }
     const b = found.backend;

@@ -13,6 +13,7 @@ import { type ConnectionOptions, NbdConnection, type SocketSource } from './conn
 import type { ExportRegistry } from './handshake.js';
 import { type InputSink, adoptAccepted } from './socket-input.js';
 import { tryLoadNative } from '../native/native.js';
+import { rateLimitedWarn } from '../util/log.js';
 
 export interface NbdServerOptions {
   logger: Logger;
@@ -20,8 +21,14 @@ export interface NbdServerOptions {
   defaultExport?: string;
   maxInFlight?: number;
   handshakeTimeoutMs?: number;
-  /** Connections served at once; more are closed at accept (default 64). Each may hold ~128 MiB of buffers. */
+  /** Clients past their handshake served at once; more are closed at accept (default 64). Each may hold ~128 MiB of buffers. */
   maxConnections?: number;
+  /**
+   * Clients still in their handshake at once (default 16): a budget of its own, so clients that
+   * connect and stall (each is dropped after handshakeTimeoutMs) never take the slots of clients
+   * that have chosen an export.
+   */
+  maxHandshakes?: number;
   /**
    * How replies reach the socket: the addon's gathered send (default, when the addon loads),
    * another function of that shape (tests), or null for the socket's own stream (no addon).
@@ -33,12 +40,16 @@ export class NbdServer implements ExportRegistry {
   private readonly exports = new Map<string, Backend>();
   private readonly listeners: net.Server[] = [];
   private readonly connections = new Set<NbdConnection>();
+  /** Connections from the listeners (not the kernel's socketpairs): what the budgets count. */
+  private readonly accepted = new Set<NbdConnection>();
+  private readonly warnRefused: (obj: object, msg: string) => void;
   private readonly pool = new BufferPool();
   private defaultExport: string | undefined;
   private readonly sendv: ConnectionOptions['sendv'];
 
   constructor(private readonly opts: NbdServerOptions) {
     this.defaultExport = opts.defaultExport;
+    this.warnRefused = rateLimitedWarn(opts.logger);
     this.sendv = opts.sendv === undefined ? tryLoadNative()?.sendv : (opts.sendv ?? undefined);
   }
 
@@ -95,13 +106,24 @@ export class NbdServer implements ExportRegistry {
   /** Serves a connected socket from the handshake on. */
   accept(socket: net.Socket): NbdConnection | undefined {
     const max = this.opts.maxConnections ?? 64;
-    if (this.connections.size >= max) {
-      this.opts.logger.warn({ max }, 'too many NBD connections: refusing a new one');
+    const maxHandshakes = this.opts.maxHandshakes ?? 16;
+    let handshaking = 0;
+    let established = 0;
+    for (const c of this.accepted) {
+      if (c.export === undefined) handshaking++;
+      else established++;
+    }
+    if (handshaking >= maxHandshakes || established >= max) {
+      const why = handshaking >= maxHandshakes ? `${handshaking} clients in their handshake` : `${established} clients`;
+      this.warnRefused({ max, maxHandshakes }, `too many NBD connections (${why}): refusing a new one`);
       socket.destroy();
       return undefined;
     }
     const source = (sink: InputSink): net.Socket => adoptAccepted(socket, sink) ?? socket;
-    return this.track(NbdConnection.handshake(source, this, this.connectionOptions()));
+    const c = this.track(NbdConnection.handshake(source, this, this.connectionOptions()));
+    this.accepted.add(c);
+    void c.closed.then(() => this.accepted.delete(c));
+    return c;
   }
 
   /** Serves the transmission phase only on an already negotiated socket (kernel NBD socketpair). */

@@ -31,6 +31,7 @@ fs.writeFileSync(
     state_dir: stateDir,
     log_level: 'info',
     tcp: { host: '127.0.0.1', port: 0, token },
+    test_targets: { enabled: true, memory_budget_mib: 512 },
     defaults: { device: 'none', reconnect_delay: 1, fast_io_fail_tmo: 5, dev_loss_tmo: 600 },
   }),
   { mode: 0o600 },
