@@ -245,18 +245,19 @@ export interface MdReaddPolicyOptions {
 /**
  * When to re-add one target's devices to the md arrays that failed them (option md_readd).
  *
- * md fails a member only when I/O on it fails, that is after the path went from blocked to
- * fail-fast (or lost). So the devices are re-added when the path returns from fail-fast or lost,
- * once the identity check has passed (the LUN is the one md knew), and when the target is attached
- * (at daemon start the daemon cannot know what happened while it was away). A member that was
- * already faulty in an array when the path went down was failed for another reason (mdadm --fail,
- * medium errors) and is left alone, with a warning. md may fail a member a moment after the path
- * is back (its error handling is asynchronous), so the policy looks again a little later. A path
- * loss cancels the re-adds in progress, so no "re-add" is written for a device that cannot do I/O;
- * a cancelled re-add is tried again at the next return to running, even from blocked.
+ * An outage makes md fail a member only once I/O on it fails, that is after the path went from
+ * blocked to fail-fast (or lost). So the devices are re-added when the path returns from fail-fast
+ * or lost, once the identity check has passed (the LUN is the one md knew), and when the target
+ * is attached (at daemon start the daemon cannot know what happened while it was away). A member
+ * that was already faulty in an array when the path went down was failed for another reason
+ * (mdadm --fail, medium errors) and is left alone, with a warning. md may fail a member a moment
+ * after the path is back (its error handling is asynchronous), so the policy looks again a little
+ * later. A path loss cancels the re-adds in progress, so no "re-add" is written for a device that
+ * cannot do I/O; a cancelled re-add is tried again at the next return to running, even from
+ * blocked.
  */
 export class MdReaddPolicy {
-  private readds_ = 0;
+  private readded = 0;
   /** Devices whose re-add is in progress (one at a time per device). */
   private readonly busy = new Set<string>();
   /** Cancels the re-adds in progress: aborted when the path leaves running, and by cancel(). */
@@ -275,7 +276,7 @@ export class MdReaddPolicy {
 
   /** Devices re-added so far (srp_nbd_md_readds_total). */
   get readds(): number {
-    return this.readds_;
+    return this.readded;
   }
 
   /** The target is attached with its devices: re-adds each member md failed while the daemon was away. */
@@ -347,7 +348,7 @@ export class MdReaddPolicy {
       const member = `/dev/${r.member}`; // the device or one of its partitions
       const where = { device, member, array: `/dev/${r.array}` };
       if (r.outcome === 're-added') {
-        this.readds_++;
+        this.readded++;
         const now = (await mdMemberships(device, sysfs)).find((m) => m.array === r.array && m.member === r.member);
         log.info({ ...where, md: now ? describeMembership(now) : null }, `md: re-added ${member} to /dev/${r.array}; `
           + 'md resyncs what changed (write-intent bitmap) or the whole member');
