@@ -277,3 +277,22 @@ t.test('policy: cancel() while md still holds the slot writes nothing', async (t
   t.equal(p.readds, 0);
   t.match(messages().at(-1), /^md: re-add of \/dev\/nbd0 to \/dev\/md0 cancelled/);
 });
+
+t.test('policy: the path lost again while a re-add waits for md: re-added when it returns', async (t) => {
+  const { root, dev } = fakeSysfs({ nbd0: { state: 'in_sync', slot: '0' } });
+  const { target, messages } = policyTarget([{ device: '/dev/nbd0', connected: true }]);
+  const p = new MdReaddPolicy(target, { sysfs: root, lateCheckMs: 60_000 });
+  t.teardown(() => p.cancel());
+  p.onPathDown();
+  await settle(50);
+  fs.writeFileSync(path.join(dev('nbd0'), 'state'), 'faulty\n'); // md failed it but still holds its slot
+  p.onPathReturned('fail-fast');
+  await settle(50); // the re-add waits for md to release the slot
+  p.onPathDown(); // the path drops again meanwhile
+  await settle(50);
+  fs.writeFileSync(path.join(dev('nbd0'), 'slot'), 'none\n');
+  p.onPathReturned('fail-fast');
+  await settle(300);
+  t.equal(fs.readFileSync(path.join(dev('nbd0'), 'state'), 'utf8'), 're-add', 'not taken for "faulty before the outage"');
+  t.notOk(messages().some((m) => /already faulty/.test(m)));
+});

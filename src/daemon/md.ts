@@ -286,6 +286,9 @@ export class MdReaddPolicy {
 
   /** The path left running: no re-add while it is down; notes the members md has failed already. */
   onPathDown(): void {
+    // A re-add still waiting for md (its cancellation sets `retry` only later, asynchronously) means
+    // the members md failed are ours to re-add: the snapshot of the first outage stays.
+    if (this.busy.size > 0) this.retry = true;
     this.controller?.abort();
     clearTimeout(this.late);
     if (!this.retry) this.faultyBefore = this.faultyNow();
