@@ -1,7 +1,7 @@
 // SRP session against the test SRP target over the loopback transport: login negotiation, I/O with
 // data verification (immediate, direct, indirect), credits, task management, target requests,
 // logouts, disconnects, login rejects and malformed IUs from the target.
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { createLoopbackPair, type LoopbackOptions, type LoopbackPair } from '../src/initiator/loopback.js';
 import {
   SrpLoginRejectedError, SrpSession, SrpTaskManagementError, type SrpSessionOptions,
@@ -12,9 +12,9 @@ import { TransportError, type ScsiResult } from '../src/initiator/scsi-executor.
 import {
   SrpLoginRejReason, SRP_LOGIN_REJ_CHANNEL_LIMIT_REACHED, SRP_LOGIN_REJ_MULTI_CHANNEL_UNSUPPORTED,
   SRP_LOGIN_REJ_REQ_IT_IU_LENGTH_TOO_LARGE, SRP_LOGIN_REJ_UNSUPPORTED_DESCRIPTOR_FMT, SRP_T_LOGOUT_INACTIVE_CHANNEL,
-  SRP_TSK_CLEAR_ACA,
+  SRP_TSK_CLEAR_ACA, SRP_CMD,
 } from '../src/initiator/srp-constants.js';
-import { encodeRsp, encodeCredReq } from '../src/initiator/srp-iu.js';
+import { decodeCmd, encodeRsp, encodeCredReq, type SrpDirectBuf } from '../src/initiator/srp-iu.js';
 
 const LUN0 = 0x0000000000000000n;
 const LUN1 = 0x0001000000000000n;
@@ -71,6 +71,15 @@ async function setup(o: { target?: Partial<SrpTestTargetOptions>; session?: Part
   target.accept(pair.target);
   const session = await SrpSession.login(pair.initiator, { initiatorPortId, targetPortId, ...o.session });
   return { pair, target, session, lun0, lun1 };
+}
+
+/**
+ * Nothing but the command slots' regions is registered: every per-command registration was
+ * released. (After close() nothing at all is.)
+ */
+function onlySlotRegions(t: Test, pair: LoopbackPair, s: SrpSession, msg = 'slots only'): void {
+  t.ok(s.counters.slotRegions > 0, 'command slots registered');
+  t.equal(pair.initiator.registeredRegions, s.counters.slotRegions, msg);
 }
 
 async function write(s: SrpSession, lun: bigint, lba: number, data: Buffer, bs: number): Promise<ScsiResult> {
@@ -157,10 +166,11 @@ t.test('I/O with data verification: immediate, direct, caller buffers, residuals
   const luns = await session.execute({ lun: LUN0, cdb: rl, dataInLength: 256 });
   t.equal(luns.dataIn!.readUInt32BE(0), 16);
   t.equal(luns.dataIn!.readBigUInt64BE(16), LUN1);
-  t.equal(pair.initiator.registeredRegions, 0, 'every registration released');
+  onlySlotRegions(t, pair, session, 'every per-command registration released');
   t.equal(session.counters.commandsFailed, 0);
   t.equal(target.stats.creditViolations, 0);
   await session.close();
+  t.equal(pair.initiator.registeredRegions, 0, 'close releases the slots too');
 });
 
 t.test('transfers larger than one registration use indirect descriptors', async (t) => {
@@ -173,7 +183,7 @@ t.test('transfers larger than one registration use indirect descriptors', async 
   t.same(r.dataIn, data);
   t.equal(session.counters.indirectCommands, 2);
   t.equal(target.stats.indirectCommands, 2);
-  t.equal(pair.initiator.registeredRegions, 0);
+  onlySlotRegions(t, pair, session);
   // more pieces than cmd_sg_entries: refused without touching the channel
   await t.rejects(write(session, LUN0, 0, pattern(13 * 4096, 1), 512), { code: 'protocol' });
   t.equal((await session.execute({ lun: LUN0, cdb: tur() })).status, 0);
@@ -207,8 +217,9 @@ t.test('credit exhaustion and recovery: 300 commands through 4 credits', async (
   t.ok(session.counters.zeroReqLim > 0, 'stalls counted');
   t.equal(session.counters.reqLim, 4, 'all credits back');
   t.equal(session.counters.commandsCompleted, 300);
-  t.equal(pair.initiator.registeredRegions, 0);
+  onlySlotRegions(t, pair, session);
   await session.close();
+  t.equal(pair.initiator.registeredRegions, 0);
 });
 
 t.test('withheld credits come back with SRP_CRED_REQ, which is answered', async (t) => {
@@ -231,7 +242,18 @@ t.test('withheld credits come back with SRP_CRED_REQ, which is answered', async 
 
 t.test('a stuck command is aborted with ABORT TASK on timeout', async (t) => {
   const { session, target, pair } = await setup();
-  target.commandHook = (_lun, cdb) => (cdb[0] === 0x88 && cdb.readBigUInt64BE(2) === 999n ? 'stall' : undefined);
+  const stuckCdb = (cdb: Buffer) => cdb[0] === 0x88 && cdb.readBigUInt64BE(2) === 999n;
+  target.commandHook = (_lun, cdb) => (stuckCdb(cdb) ? 'stall' : undefined);
+  // what the target was handed for the stuck command's data-in
+  let handed: SrpDirectBuf | undefined;
+  pair.faults.drop = (dir, iu) => {
+    if (dir === 'toTarget' && iu[0] === SRP_CMD) {
+      const m = decodeCmd(iu, 0, undefined, { immDataOffset: session.loginResult.immDataOffset });
+      if (stuckCdb(m.cdb) && m.dataIn.format === 'direct') handed = { ...m.dataIn.buf };
+    }
+    return false;
+  };
+  const regs = session.counters.memoryRegistrations;
   const dst = Buffer.alloc(512, 0x11);
   const stuck = session.execute({ lun: LUN0, cdb: read16(999, 1), dataInLength: 512, dataIn: dst, timeoutMs: 80 });
   const others = Array.from({ length: 8 }, (_, i) => write(session, LUN0, i, pattern(512, i), 512));
@@ -243,12 +265,18 @@ t.test('a stuck command is aborted with ABORT TASK on timeout', async (t) => {
   t.equal(session.counters.abortsSent, 1);
   t.equal(session.counters.abortsSucceeded, 1);
   t.equal(session.counters.commandTimeouts, 1);
-  t.equal(pair.initiator.registeredRegions, 0, 'aborted command memory deregistered');
+  onlySlotRegions(t, pair, session, 'aborted command memory deregistered');
+  t.equal(session.counters.memoryRegistrations, regs + 1, "the aborted command's slot got a new region");
   t.ok(dst.every((b) => b === 0x11), 'aborted destination untouched');
   // the aborted task's credit came back with the task management response
   t.equal(session.counters.reqLim, 32);
   t.equal((await read(session, LUN0, 3, 512, 512)).dataIn!.equals(pattern(512, 3)), true);
-  await session.close();
+  // a target writing late to what it was handed hits a remote access error, not a later command's data
+  t.ok(handed, 'the stuck command had a direct data-in descriptor');
+  const late = pair.target.rdmaWrite(handed!.va, handed!.key, Buffer.alloc(512, 0x66));
+  await t.rejects(late, { code: 'protocol', message: /remote access error/ });
+  await until(() => session.state === 'disconnected');
+  t.ok(dst.every((b) => b === 0x11), 'aborted destination still untouched');
 });
 
 t.test('ABORT TASK that gets no answer fails the command after the TM timeout', async (t) => {
@@ -469,8 +497,9 @@ t.test('malformed IUs from the target are counted and corrupt nothing', async (t
   await until(() => session.counters.unknownTags === 3);
   t.equal(session.counters.reqLim, 8);
   t.equal((await session.execute({ lun: LUN0, cdb: tur() })).status, 0);
-  t.equal(pair.initiator.registeredRegions, 0);
+  onlySlotRegions(t, pair, session);
   await session.close();
+  t.equal(pair.initiator.registeredRegions, 0);
 });
 
 t.test('a remote access error (late RDMA to deregistered memory) kills the channel, not the caller buffer', async (t) => {

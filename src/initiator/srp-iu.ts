@@ -432,6 +432,95 @@ export function encodeCmd(m: SrpCmd, ctx: SrpCodecContext = {}, buf?: Buffer, of
   return b;
 }
 
+/* --------------------------------------------------- CMD, data-path form */
+
+/** An srp_direct_buf with its 64-bit address as two 32-bit halves (no bigint on the data path). */
+export interface SrpDirectBufParts {
+  vaHi: number;
+  vaLo: number;
+  key: number;
+  len: number;
+}
+
+/**
+ * What encodeCmdInPlace() writes: an SRP_CMD with at most one direct descriptor per direction, or
+ * SRP-2 immediate data for data-out. 64-bit fields (tag, LUN) as 32-bit halves. The session keeps
+ * one of these and fills it per command, so nothing is allocated.
+ */
+export interface SrpCmdFields {
+  tagHi: number;
+  tagLo: number;
+  lunHi: number;
+  lunLo: number;
+  taskAttr: number;
+  /** 1..32 bytes; shorter than 16 is zero padded */
+  cdb: Buffer;
+  /** SRP_NO_DATA_DESC, SRP_DATA_DESC_DIRECT or SRP_DATA_DESC_IMM */
+  outFmt: number;
+  /** the data-out descriptor (SRP_DATA_DESC_DIRECT) */
+  out: SrpDirectBufParts;
+  /** immediate data (SRP_DATA_DESC_IMM) */
+  immData: Buffer | undefined;
+  /** SRP_NO_DATA_DESC or SRP_DATA_DESC_DIRECT */
+  inFmt: number;
+  /** the data-in descriptor (SRP_DATA_DESC_DIRECT) */
+  in: SrpDirectBufParts;
+}
+
+/** Length of the SRP_CMD encodeCmdInPlace() writes for f (immDataOffset: the negotiated one, for immediate data). */
+export function cmdInPlaceLength(f: SrpCmdFields, immDataOffset: number): number {
+  let end = SRP_CMD_LEN + addCdbLenFor(f.cdb.length);
+  if (f.outFmt === SRP_DATA_DESC_IMM) return immOffset({ immDataOffset }, end + SRP_IMM_BUF_LEN) + f.immData!.length;
+  if (f.outFmt === SRP_DATA_DESC_DIRECT) end += SRP_DIRECT_BUF_LEN;
+  if (f.inFmt === SRP_DATA_DESC_DIRECT) end += SRP_DIRECT_BUF_LEN;
+  return end;
+}
+
+function writeDirectParts(b: Buffer, at: number, d: SrpDirectBufParts): void {
+  b.writeUInt32BE(d.vaHi, at);
+  b.writeUInt32BE(d.vaLo, at + 4);
+  b.writeUInt32BE(d.key, at + 8);
+  b.writeUInt32BE(d.len, at + 12);
+}
+
+/**
+ * The data path's encodeCmd(): writes the SRP_CMD described by f at the start of b (the command
+ * slot's IU buffer, reused) and returns its length; the same layout as encodeCmd() produces for a
+ * direct or immediate descriptor. The caller checks the length against max_it_iu_len first
+ * (cmdInPlaceLength); b must hold it. Allocates nothing.
+ */
+export function encodeCmdInPlace(b: Buffer, f: SrpCmdFields, immDataOffset: number): number {
+  const cdbLen = f.cdb.length;
+  if (cdbLen < 1 || cdbLen > 16 + SRP_MAX_ADD_CDB_LEN) throw new RangeError(`CDB length ${cdbLen}`);
+  if (f.inFmt === SRP_DATA_DESC_IMM) throw new RangeError('immediate data is data-out only');
+  const total = cmdInPlaceLength(f, immDataOffset);
+  if (total > b.length) throw new RangeError(`encode: ${total} bytes do not fit in ${b.length}`);
+  const addCdb = addCdbLenFor(cdbLen);
+  let at = SRP_CMD_LEN + addCdb;
+  b.fill(0, 0, at); // reserved bytes and CDB padding
+  b[0] = SRP_CMD;
+  b[5] = (f.outFmt << 4) | f.inFmt; // descriptor counts (bytes 6, 7) stay 0: no indirect descriptors
+  b.writeUInt32BE(f.tagHi, 8);
+  b.writeUInt32BE(f.tagLo, 12);
+  b.writeUInt32BE(f.lunHi, 20);
+  b.writeUInt32BE(f.lunLo, 24);
+  b[29] = f.taskAttr & 0x7;
+  b[31] = addCdb;
+  f.cdb.copy(b, 32);
+  if (f.outFmt === SRP_DATA_DESC_IMM) {
+    const data = f.immData!;
+    b.writeUInt32BE(data.length, at);
+    at += SRP_IMM_BUF_LEN;
+    if (immDataOffset > at) b.fill(0, at, immDataOffset);
+    data.copy(b, immDataOffset);
+  } else if (f.outFmt === SRP_DATA_DESC_DIRECT) {
+    writeDirectParts(b, at, f.out);
+    at += SRP_DIRECT_BUF_LEN;
+  }
+  if (f.inFmt === SRP_DATA_DESC_DIRECT) writeDirectParts(b, at, f.in);
+  return total;
+}
+
 function readDesc(
   b: Buffer, at: number, fmt: number, cnt: number, dir: 'data-out' | 'data-in', ctx: SrpCodecContext,
 ): { desc: SrpDataDesc; len: number } {
@@ -540,6 +629,57 @@ export function decodeRsp(buf: Buffer, offset = 0, length?: number): SrpRsp {
   if (flags & SRP_RSP_FLAG_RSPVALID) m.responseData = b.subarray(SRP_RSP_LEN, SRP_RSP_LEN + respLen);
   if (flags & SRP_RSP_FLAG_SNSVALID) m.sense = b.subarray(SRP_RSP_LEN + respLen, SRP_RSP_LEN + respLen + senseLen);
   return m;
+}
+
+/**
+ * The data path's decodeRsp(): reads an SRP_RSP in place into this reusable object (64-bit tag as
+ * two 32-bit halves; response and sense data as offsets into the IU) without allocating. Accepts
+ * and refuses exactly what decodeRsp() does.
+ */
+export class SrpRspReader {
+  solNot = 0;
+  reqLimDelta = 0;
+  tagHi = 0;
+  tagLo = 0;
+  flags = 0;
+  status = 0;
+  dataOutResCnt = 0;
+  dataInResCnt = 0;
+  /** response data at [respOffset, respOffset + respLen) of the IU, when RSPVALID */
+  respOffset = SRP_RSP_LEN;
+  respLen = 0;
+  /** sense data at [senseOffset, senseOffset + senseLen) of the IU, when SNSVALID */
+  senseOffset = SRP_RSP_LEN;
+  senseLen = 0;
+
+  /** Reads the whole of b as one SRP_RSP; throws SrpDecodeError when it is not a valid one. */
+  read(b: Buffer): this {
+    if (b.length < 1) throw new SrpDecodeError(`${nameOfSrpOpcode(SRP_RSP)}: empty IU`, undefined);
+    const name = nameOfSrpOpcode(SRP_RSP);
+    if (b[0] !== SRP_RSP) throw new SrpDecodeError(`expected ${name}, got ${nameOfSrpOpcode(b[0]!)}`, b[0]);
+    if (b.length < SRP_RSP_LEN) {
+      throw new SrpDecodeError(`${name}: ${b.length} bytes, needs at least ${SRP_RSP_LEN}`, SRP_RSP);
+    }
+    const flags = b[18]!;
+    const senseLen = flags & SRP_RSP_FLAG_SNSVALID ? b.readUInt32BE(28) : 0;
+    const respLen = flags & SRP_RSP_FLAG_RSPVALID ? b.readUInt32BE(32) : 0;
+    if (SRP_RSP_LEN + respLen + senseLen > b.length) {
+      throw new SrpDecodeError(
+        `SRP_RSP: response data ${respLen} + sense ${senseLen} bytes exceed IU of ${b.length}`, SRP_RSP);
+    }
+    this.solNot = b[1]!;
+    this.reqLimDelta = b.readInt32BE(4);
+    this.tagHi = b.readUInt32BE(8);
+    this.tagLo = b.readUInt32BE(12);
+    this.flags = flags;
+    this.status = b[19]!;
+    this.dataOutResCnt = b.readUInt32BE(20);
+    this.dataInResCnt = b.readUInt32BE(24);
+    this.respLen = respLen;
+    this.senseOffset = SRP_RSP_LEN + respLen;
+    this.senseLen = senseLen;
+    return this;
+  }
 }
 
 /* ------------------------------------------------------ CRED / AER */
