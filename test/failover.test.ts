@@ -35,6 +35,7 @@ async function rig(tmo: Partial<TmoParams>, commandTimeoutMs?: number): Promise<
     ],
     logger,
     tmo,
+    commandLog: 10_000, // tests look at what the LUNs were sent
     ...(commandTimeoutMs ? { commandTimeoutMs } : {}),
   });
   const server = new NbdServer({ logger });

@@ -579,6 +579,114 @@ export function decodeCmd(buf: Buffer, offset = 0, length?: number, ctx: SrpCode
   };
 }
 
+/**
+ * The target's data-path decodeCmd(): reads an SRP_CMD in place into this reusable object, without
+ * allocating: 64-bit fields as 32-bit halves, the CDB and immediate data as offsets into the IU,
+ * direct descriptors as SrpDirectBufParts. Accepts and refuses exactly what decodeCmd() does; for
+ * an indirect descriptor only its format and count are kept (decodeCmd() gives the descriptors).
+ */
+export class SrpCmdReader {
+  solNot = 0;
+  tagHi = 0;
+  tagLo = 0;
+  lunHi = 0;
+  lunLo = 0;
+  taskAttr = 0;
+  /** the CDB is [cdbOffset, cdbOffset + cdbLen) of the IU (16 + additional CDB length) */
+  readonly cdbOffset = 32;
+  cdbLen = 16;
+  /** SRP_NO_DATA_DESC, SRP_DATA_DESC_DIRECT, SRP_DATA_DESC_INDIRECT or SRP_DATA_DESC_IMM */
+  outFmt: number = SRP_NO_DATA_DESC;
+  inFmt: number = SRP_NO_DATA_DESC;
+  /** descriptor counts of an indirect descriptor (bytes 6 and 7) */
+  outCnt = 0;
+  inCnt = 0;
+  /** direct descriptors */
+  readonly out: SrpDirectBufParts = { vaHi: 0, vaLo: 0, key: 0, len: 0 };
+  readonly in: SrpDirectBufParts = { vaHi: 0, vaLo: 0, key: 0, len: 0 };
+  /** immediate data at [immOffset, immOffset + immLen) of the IU */
+  immOffset = 0;
+  immLen = 0;
+
+  /** Reads the whole of b as one SRP_CMD; throws SrpDecodeError when decodeCmd() would. */
+  read(b: Buffer, ctx: SrpCodecContext = {}): this {
+    const name = nameOfSrpOpcode(SRP_CMD);
+    if (b.length < 1) throw new SrpDecodeError(`${name}: empty IU`, undefined);
+    if (b[0] !== SRP_CMD) throw new SrpDecodeError(`expected ${name}, got ${nameOfSrpOpcode(b[0]!)}`, b[0]);
+    if (b.length < SRP_CMD_LEN) {
+      throw new SrpDecodeError(`${name}: ${b.length} bytes, needs at least ${SRP_CMD_LEN}`, SRP_CMD);
+    }
+    const addCdb = b[31]! & 0xfc;
+    if (SRP_CMD_LEN + addCdb > b.length) {
+      throw new SrpDecodeError(`SRP_CMD: additional CDB of ${addCdb} bytes exceeds IU of ${b.length}`, SRP_CMD);
+    }
+    this.outFmt = b[5]! >> 4;
+    this.inFmt = b[5]! & 0xf;
+    this.outCnt = b[6]!;
+    this.inCnt = b[7]!;
+    let at = SRP_CMD_LEN + addCdb;
+    at += this.readDesc(b, at, this.outFmt, this.outCnt, 'data-out', ctx, this.out);
+    this.readDesc(b, at, this.inFmt, this.inCnt, 'data-in', ctx, this.in);
+    this.solNot = b[1]!;
+    this.tagHi = b.readUInt32BE(8);
+    this.tagLo = b.readUInt32BE(12);
+    this.lunHi = b.readUInt32BE(20);
+    this.lunLo = b.readUInt32BE(24);
+    this.taskAttr = b[29]! & 0x7;
+    this.cdbLen = 16 + addCdb;
+    return this;
+  }
+
+  /** readDesc() of decodeCmd, in place; returns the descriptor's length in the IU. */
+  private readDesc(
+    b: Buffer, at: number, fmt: number, cnt: number, dir: 'data-out' | 'data-in', ctx: SrpCodecContext,
+    d: SrpDirectBufParts,
+  ): number {
+    let len: number;
+    switch (fmt) {
+      case SRP_NO_DATA_DESC:
+        return 0;
+      case SRP_DATA_DESC_DIRECT:
+        len = SRP_DIRECT_BUF_LEN;
+        break;
+      case SRP_DATA_DESC_INDIRECT:
+        len = SRP_INDIRECT_BUF_LEN + cnt * SRP_DIRECT_BUF_LEN;
+        break;
+      case SRP_DATA_DESC_IMM:
+        if (dir === 'data-in') throw new SrpDecodeError('SRP_CMD: immediate data descriptor for data-in', SRP_CMD);
+        len = SRP_IMM_BUF_LEN;
+        break;
+      default:
+        throw new SrpDecodeError(`SRP_CMD: unsupported ${dir} descriptor format ${fmt}`, SRP_CMD);
+    }
+    if (at + len > b.length) {
+      throw new SrpDecodeError(`SRP_CMD: ${dir} descriptor needs ${len} bytes at ${at}, IU is ${b.length}`, SRP_CMD);
+    }
+    if (fmt === SRP_DATA_DESC_DIRECT) {
+      d.vaHi = b.readUInt32BE(at);
+      d.vaLo = b.readUInt32BE(at + 4);
+      d.key = b.readUInt32BE(at + 8);
+      d.len = b.readUInt32BE(at + 12);
+    } else if (fmt === SRP_DATA_DESC_IMM) {
+      const dataLen = b.readUInt32BE(at);
+      const off = ctx.immDataOffset;
+      if (off === undefined || off === 0) {
+        throw new SrpDecodeError('SRP_CMD: immediate data not negotiated on this channel', SRP_CMD);
+      }
+      if (off < at + SRP_IMM_BUF_LEN) {
+        throw new SrpDecodeError(`SRP_CMD: imm_data_offset ${off} overlaps descriptors`, SRP_CMD);
+      }
+      if (off + dataLen > b.length) {
+        const why = `${dataLen} bytes of immediate data at ${off} exceed IU of ${b.length}`;
+        throw new SrpDecodeError(`SRP_CMD: ${why}`, SRP_CMD);
+      }
+      this.immOffset = off;
+      this.immLen = dataLen;
+    }
+    return len;
+  }
+}
+
 /* ----------------------------------------------------------------- RSP */
 
 export function rspLength(m: Pick<SrpRsp, 'responseData' | 'sense'>): number {
@@ -629,6 +737,48 @@ export function decodeRsp(buf: Buffer, offset = 0, length?: number): SrpRsp {
   if (flags & SRP_RSP_FLAG_RSPVALID) m.responseData = b.subarray(SRP_RSP_LEN, SRP_RSP_LEN + respLen);
   if (flags & SRP_RSP_FLAG_SNSVALID) m.sense = b.subarray(SRP_RSP_LEN + respLen, SRP_RSP_LEN + respLen + senseLen);
   return m;
+}
+
+/** The fields of an SRP_RSP as encodeRspInPlace() takes them: the tag as 32-bit halves. */
+export interface SrpRspFields {
+  solNot: number;
+  reqLimDelta: number;
+  tagHi: number;
+  tagLo: number;
+  /** residual flags (DOOVER/DOUNDER/DIOVER/DIUNDER); RSPVALID/SNSVALID follow the data given */
+  flags: number;
+  status: number;
+  dataOutResCnt: number;
+  dataInResCnt: number;
+  responseData: Buffer | undefined;
+  sense: Buffer | undefined;
+}
+
+/**
+ * encodeRsp() for a data path: writes the SRP_RSP at the start of b (a reused buffer of at least
+ * rspLength(f) bytes) and returns its length. Allocates nothing.
+ */
+export function encodeRspInPlace(b: Buffer, f: SrpRspFields): number {
+  const respLen = f.responseData?.length ?? 0;
+  const senseLen = f.sense?.length ?? 0;
+  const total = SRP_RSP_LEN + respLen + senseLen;
+  if (total > b.length) throw new RangeError(`encode: ${total} bytes do not fit in ${b.length}`);
+  b.fill(0, 0, SRP_RSP_LEN);
+  b[0] = SRP_RSP;
+  b[1] = f.solNot;
+  b.writeInt32BE(f.reqLimDelta, 4);
+  b.writeUInt32BE(f.tagHi, 8);
+  b.writeUInt32BE(f.tagLo, 12);
+  b[18] = (f.flags & ~(SRP_RSP_FLAG_RSPVALID | SRP_RSP_FLAG_SNSVALID))
+    | (f.responseData ? SRP_RSP_FLAG_RSPVALID : 0) | (f.sense ? SRP_RSP_FLAG_SNSVALID : 0);
+  b[19] = f.status;
+  b.writeUInt32BE(u32(f.dataOutResCnt, 'data_out_res_cnt'), 20);
+  b.writeUInt32BE(u32(f.dataInResCnt, 'data_in_res_cnt'), 24);
+  b.writeUInt32BE(senseLen, 28);
+  b.writeUInt32BE(respLen, 32);
+  f.responseData?.copy(b, SRP_RSP_LEN);
+  f.sense?.copy(b, SRP_RSP_LEN + respLen);
+  return total;
 }
 
 /**
