@@ -476,6 +476,11 @@ export function cmdInPlaceLength(f: SrpCmdFields, immDataOffset: number): number
   return end;
 }
 
+/** Copies a few bytes (a CDB, sense data) byte by byte: cheaper than Buffer#copy's native call. */
+export function copySmall(src: Buffer, dst: Buffer, at: number, start = 0, end = src.length): void {
+  for (let i = start; i < end; i++) dst[at + i - start] = src[i]!;
+}
+
 function writeDirectParts(b: Buffer, at: number, d: SrpDirectBufParts): void {
   b.writeUInt32BE(d.vaHi, at);
   b.writeUInt32BE(d.vaLo, at + 4);
@@ -497,21 +502,22 @@ export function encodeCmdInPlace(b: Buffer, f: SrpCmdFields, immDataOffset: numb
   if (total > b.length) throw new RangeError(`encode: ${total} bytes do not fit in ${b.length}`);
   const addCdb = addCdbLenFor(cdbLen);
   let at = SRP_CMD_LEN + addCdb;
-  b.fill(0, 0, at); // reserved bytes and CDB padding
-  b[0] = SRP_CMD;
-  b[5] = (f.outFmt << 4) | f.inFmt; // descriptor counts (bytes 6, 7) stay 0: no indirect descriptors
+  // every byte of the header written (reserved ones as 0): the buffer is reused
+  b.writeUInt32BE(SRP_CMD * 0x1000000, 0); // opcode, sol_not 0, reserved
+  b.writeUInt32BE(((f.outFmt << 4) | f.inFmt) << 16, 4); // buf_fmt; descriptor counts 0: no indirect ones
   b.writeUInt32BE(f.tagHi, 8);
   b.writeUInt32BE(f.tagLo, 12);
+  b.writeUInt32BE(0, 16);
   b.writeUInt32BE(f.lunHi, 20);
   b.writeUInt32BE(f.lunLo, 24);
-  b[29] = f.taskAttr & 0x7;
-  b[31] = addCdb;
-  f.cdb.copy(b, 32);
+  b.writeUInt32BE(((f.taskAttr & 0x7) << 16) | addCdb, 28);
+  copySmall(f.cdb, b, 32);
+  for (let i = 32 + cdbLen; i < at; i++) b[i] = 0; // CDB padding
   if (f.outFmt === SRP_DATA_DESC_IMM) {
     const data = f.immData!;
     b.writeUInt32BE(data.length, at);
     at += SRP_IMM_BUF_LEN;
-    if (immDataOffset > at) b.fill(0, at, immDataOffset);
+    for (let i = at; i < immDataOffset; i++) b[i] = 0;
     data.copy(b, immDataOffset);
   } else if (f.outFmt === SRP_DATA_DESC_DIRECT) {
     writeDirectParts(b, at, f.out);
@@ -763,15 +769,14 @@ export function encodeRspInPlace(b: Buffer, f: SrpRspFields): number {
   const senseLen = f.sense?.length ?? 0;
   const total = SRP_RSP_LEN + respLen + senseLen;
   if (total > b.length) throw new RangeError(`encode: ${total} bytes do not fit in ${b.length}`);
-  b.fill(0, 0, SRP_RSP_LEN);
-  b[0] = SRP_RSP;
-  b[1] = f.solNot;
+  // every byte of the header written (reserved ones as 0): the buffer is reused
+  b.writeUInt32BE(SRP_RSP * 0x1000000 + (f.solNot & 0xff) * 0x10000, 0);
   b.writeInt32BE(f.reqLimDelta, 4);
   b.writeUInt32BE(f.tagHi, 8);
   b.writeUInt32BE(f.tagLo, 12);
-  b[18] = (f.flags & ~(SRP_RSP_FLAG_RSPVALID | SRP_RSP_FLAG_SNSVALID))
+  const flags = (f.flags & ~(SRP_RSP_FLAG_RSPVALID | SRP_RSP_FLAG_SNSVALID))
     | (f.responseData ? SRP_RSP_FLAG_RSPVALID : 0) | (f.sense ? SRP_RSP_FLAG_SNSVALID : 0);
-  b[19] = f.status;
+  b.writeUInt32BE(((flags & 0xff) << 8) | (f.status & 0xff), 16);
   b.writeUInt32BE(u32(f.dataOutResCnt, 'data_out_res_cnt'), 20);
   b.writeUInt32BE(u32(f.dataInResCnt, 'data_in_res_cnt'), 24);
   b.writeUInt32BE(senseLen, 28);

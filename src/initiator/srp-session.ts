@@ -250,10 +250,17 @@ class CmdSlot {
    * carries data-in, so a target that transfers less than it says hands the caller zeroes.
    */
   dirty = 0;
+  /** the view of data last copied out, reused while the transfer length repeats */
+  private dataView: Buffer | undefined = undefined;
   constructor(readonly index: number, iuLen: number, data: Buffer | undefined) {
     this.iu = Buffer.alloc(iuLen);
     this.view = this.iu.subarray(0, 0);
     this.data = data;
+  }
+  /** data.subarray(0, len), cached: copying out of a whole view costs no view per command. */
+  dataIn(len: number): Buffer {
+    if (this.dataView === undefined || this.dataView.length !== len) this.dataView = this.data!.subarray(0, len);
+    return this.dataView;
   }
 }
 
@@ -1127,7 +1134,7 @@ export class SrpSession extends Emitter<SrpSessionEvents> implements ScsiExecuto
       } else {
         // landed in the slot's buffer: one copy into the caller's
         const dst = p.cmd.dataIn ?? Buffer.allocUnsafe(got);
-        slot.data!.copy(dst, 0, 0, got);
+        slot.dataIn(got).copy(dst, 0);
         result.dataIn = got === dst.length ? dst : dst.subarray(0, got);
       }
       this.c.bytesIn += got;

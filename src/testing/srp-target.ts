@@ -35,7 +35,7 @@ import {
   nameOfSrpOpcode,
 } from '../initiator/srp-constants.js';
 import {
-  SrpCmdReader, SrpDecodeError, decodeCmd, decodeLoginReq, decodeLoginReqRdma, decodeTskMgmt, encodeAerReq,
+  SrpCmdReader, SrpDecodeError, copySmall, decodeCmd, decodeLoginReq, decodeLoginReqRdma, decodeTskMgmt, encodeAerReq,
   encodeCredReq, encodeLoginRej, encodeLoginRsp, encodeRspInPlace, encodeTLogout, type SrpDataDesc,
   type SrpDirectBuf, type SrpLoginReq, type SrpRspFields,
 } from '../initiator/srp-iu.js';
@@ -131,6 +131,12 @@ class Task {
   key: number | string = 0;
   lun = 0n;
   aborted = false;
+  /**
+   * In SrpTargetChannel.tasks: the command waits for something (RDMA READ, the LUN's promise, a
+   * response delay, a stall), so a task management function or a disconnect may reach it. A
+   * command answered at once is never there.
+   */
+  pending = false;
   /** the CDB (a view of cdbBuf) */
   cdb: Buffer;
   private readonly cdbBuf = Buffer.alloc(16 + SRP_MAX_ADD_CDB_LEN);
@@ -149,7 +155,7 @@ class Task {
     this.cdb = this.cdbBuf.subarray(0, 16);
   }
   setCdb(raw: Buffer, offset: number, len: number): void {
-    raw.copy(this.cdbBuf, 0, offset, offset + len);
+    copySmall(raw, this.cdbBuf, 0, offset, offset + len);
     if (this.cdb.length !== len) this.cdb = this.cdbBuf.subarray(0, len);
   }
   /** A buffer of len bytes for data-out (valid until the record is reused). */
@@ -168,7 +174,7 @@ export class SrpTargetChannel {
   initiatorCredits: number;
   /** credits freed without a response yet to carry them */
   pendingDelta = 0;
-  /** tasks in progress by keyOf(tag) */
+  /** tasks waiting for something (Task.pending) by keyOf(tag) */
   readonly tasks = new Map<number | string, Task>();
   open = true;
   private nextTag = 1n;
@@ -209,6 +215,7 @@ export class SrpTargetChannel {
   takeTask(): Task {
     const t = this.freeTasks.pop() ?? new Task();
     t.aborted = false;
+    t.pending = false;
     return t;
   }
   /** @internal The command is over (answered, aborted or lost): its record may serve another. */
@@ -463,8 +470,7 @@ export class SrpTestTarget {
     task.key = keyOf(r.tagHi, r.tagLo);
     task.lun = this.bigOf(this.lunCache, r.lunHi, r.lunLo);
     task.setCdb(iu, r.cdbOffset, r.cdbLen);
-    ch.tasks.set(task.key, task);
-    if (ch.tasks.size > this.stats.maxOutstanding) this.stats.maxOutstanding = ch.tasks.size;
+    if (ch.tasks.size + 1 > this.stats.maxOutstanding) this.stats.maxOutstanding = ch.tasks.size + 1;
 
     // indirect descriptors: decodeCmd gives them (values, not views of the IU)
     const m = r.outFmt === SRP_DATA_DESC_INDIRECT || r.inFmt === SRP_DATA_DESC_INDIRECT
@@ -498,6 +504,7 @@ export class SrpTestTarget {
       task.allocationLength = 0;
     }
     if (fetchOut || fetchInTable) {
+      this.pend(ch, task);
       this.fetchThenRun(ch, task, fetchOut, fetchInTable).catch((err: unknown) => {
         // RDMA failed: the channel is gone (remote access error or disconnect); nothing to answer
         this.log?.warn({ err: String(err) }, 'srp-target: command failed in transport');
@@ -507,6 +514,13 @@ export class SrpTestTarget {
       return;
     }
     this.run(ch, task);
+  }
+
+  /** The command waits: task management and disconnects can reach it now (Task.pending). */
+  private pend(ch: SrpTargetChannel, task: Task): void {
+    if (task.pending) return;
+    task.pending = true;
+    ch.tasks.set(task.key, task);
   }
 
   private setInDescs(task: Task, descs: readonly SrpDirectBuf[]): void {
@@ -563,7 +577,10 @@ export class SrpTestTarget {
   /** Executes the command (hook, REPORT LUNS, or the LUN), at once or when the LUN's promise settles. */
   private run(ch: SrpTargetChannel, task: Task): void {
     const hooked = this.commandHook?.(task.lun, task.cdb);
-    if (hooked === 'stall') return; // never answered (until aborted); the record is not reused
+    if (hooked === 'stall') {
+      this.pend(ch, task); // never answered (until aborted); the record is not reused
+      return;
+    }
     let reply: Reply | Promise<Reply>;
     if (hooked) reply = hooked;
     else if (task.cdb[0] === REPORT_LUNS) reply = { status: GOOD, dataIn: this.reportLuns() };
@@ -579,6 +596,7 @@ export class SrpTestTarget {
       }
     }
     if (reply instanceof Promise) {
+      this.pend(ch, task);
       reply.then((rep) => this.answer(ch, task, rep), (err: unknown) => this.answer(ch, task, this.lunThrew(err)));
       return;
     }
@@ -626,6 +644,7 @@ export class SrpTestTarget {
       resid = allocationLength;
     }
     if (this.responseDelayMs > 0) {
+      this.pend(ch, task);
       setTimeout(() => this.respond(ch, task, reply, flags, resid), this.responseDelayMs);
       return;
     }
@@ -639,7 +658,7 @@ export class SrpTestTarget {
 
   private respond(ch: SrpTargetChannel, task: Task, reply: Reply, flags: number, resid: number): void {
     if (!task.aborted && ch.open) {
-      ch.tasks.delete(task.key);
+      if (task.pending) ch.tasks.delete(task.key);
       this.sendRsp(ch, task.tagHi, task.tagLo, reply.status, { sense: reply.sense, flags, dataInResCnt: resid });
     }
     ch.releaseTask(task);
