@@ -553,3 +553,150 @@ t.test('delayed responses: many commands overlap, each completes once', async (t
   t.equal(session.counters.reqLim, 32);
   await session.close();
 });
+
+/* ------------------------------------------------------------ command slots */
+
+t.test('steady state: data through the command slots, no memory registered per command', async (t) => {
+  const { session, target, pair, lun0 } = await setup({ target: { immediateData: true } });
+  const regs = session.counters.memoryRegistrations;
+  t.ok(regs > 0 && regs === session.counters.slotRegions, `slots registered at login (${regs})`);
+  // reads and writes of every size a slot carries, immediate data and RDMA READ, 15 at a time
+  const sizes = [512, 4096, 8192, 16384, 65536, 131072];
+  for (let round = 0; round < 10; round++) {
+    await Promise.all(Array.from({ length: 15 }, async (_, i) => {
+      const len = sizes[(round + i) % sizes.length]!;
+      const lba = i * 256;
+      const data = pattern(len, round * 100 + i);
+      t.equal((await write(session, LUN0, lba, data, 512)).status, 0);
+      const r = await read(session, LUN0, lba, len, 512, Buffer.alloc(len));
+      if (!r.dataIn!.equals(data) || !lun0.peek(lba, len / 512).equals(data)) t.fail(`round ${round}, ${i}: differs`);
+    }));
+  }
+  const c = session.counters;
+  t.equal(c.memoryRegistrations, regs, 'no registration after login');
+  t.equal(c.perCommandRegistrations, 0);
+  t.equal(c.commandsCompleted, 300);
+  t.ok(c.immediateDataCommands > 0 && target.stats.immediateDataCommands > 0, 'small writes as immediate data');
+  t.ok(pair.stats.rdmaReads > 0 && pair.stats.rdmaWrites > 0, 'larger ones by RDMA READ, reads by RDMA WRITE');
+  onlySlotRegions(t, pair, session);
+  await session.close();
+  t.equal(pair.initiator.registeredRegions, 0);
+});
+
+t.test('a transfer larger than a slot registers its own memory (counted), then releases it', async (t) => {
+  const { session, pair, lun0 } = await setup({ session: { slotDataBytes: 16384 } });
+  const regs = session.counters.memoryRegistrations;
+  const big = pattern(65536, 77);
+  t.equal((await write(session, LUN0, 0, big, 512)).status, 0);
+  const r = await read(session, LUN0, 0, big.length, 512);
+  t.same(r.dataIn, big, 'read back through per-command memory');
+  t.same(lun0.peek(0, 128), big);
+  t.equal(session.counters.perCommandRegistrations, 2, 'both commands registered their own memory');
+  t.equal(session.counters.memoryRegistrations, regs + 2);
+  onlySlotRegions(t, pair, session, 'per-command registrations released');
+  // what fits still goes through a slot
+  const small = pattern(16384, 78);
+  await write(session, LUN0, 200, small, 512);
+  t.same((await read(session, LUN0, 200, small.length, 512)).dataIn, small);
+  t.equal(session.counters.perCommandRegistrations, 2);
+  t.equal(session.counters.memoryRegistrations, regs + 2);
+  await session.close();
+
+  // no slot data at all: every data transfer registers per command, as before slots
+  const none = await setup({ session: { slotDataBytes: 0 } });
+  t.equal(none.session.counters.slotRegions, 0);
+  await write(none.session, LUN0, 0, big, 512);
+  t.same((await read(none.session, LUN0, 0, big.length, 512)).dataIn, big);
+  t.equal(none.session.counters.perCommandRegistrations, 2);
+  t.equal(none.pair.initiator.registeredRegions, 0);
+  await none.session.close();
+});
+
+t.test('a late response for an earlier generation of a slot does not complete its current command', async (t) => {
+  // one slot: every command has the tag generation × 1 + 0
+  const { session, target } = await setup({ session: { queueSize: 1 } });
+  const rsp = (tag: bigint, status: number) => encodeRsp({
+    solNot: 0, reqLimDelta: 1, tag, flags: 0, status, dataOutResCnt: 0, dataInResCnt: 0,
+  });
+  target.commandHook = () => 'stall';
+  // A times out and is aborted: its tag is remembered as abandoned
+  const a = session.execute({ lun: LUN0, cdb: tur(), timeoutMs: 30 });
+  await until(() => target.outstandingTags().length === 1);
+  const tagA = target.outstandingTags()[0]!;
+  await t.rejects(a, { code: 'aborted' });
+  // B takes the same slot, a newer generation
+  let bDone = false;
+  const b = session.execute({ lun: LUN0, cdb: tur(), timeoutMs: 5000 }).finally(() => { bDone = true; });
+  await until(() => target.outstandingTags().length === 1);
+  const tagB = target.outstandingTags()[0]!;
+  t.not(tagB, tagA, 'a new tag for the same slot');
+  t.equal(Number(tagB) % 1, Number(tagA) % 1, 'same slot');
+  t.equal(tagB - tagA, 1n, 'next generation');
+  // the target answers A late (status 8, BUSY): counted as late, B still outstanding
+  target.sendRaw(rsp(tagA, 0x08));
+  await until(() => session.counters.lateResponses === 1);
+  // a response for a generation never issued is an unknown tag
+  target.sendRaw(rsp(tagB + 5n, 0x08));
+  await until(() => session.counters.unknownTags === 1);
+  await sleep(20);
+  t.notOk(bDone, 'B not completed by responses for other generations');
+  t.equal(session.counters.inFlight, 1);
+  // B's own response completes it
+  target.sendRaw(rsp(tagB, 0));
+  t.equal((await b).status, 0);
+  t.equal(session.counters.lateResponses, 1);
+  t.equal(session.counters.unknownTags, 1);
+  const c = session.counters;
+  t.equal(c.memoryRegistrations, c.slotRegions, 'a TUR handed out no region: none replaced');
+  target.commandHook = undefined;
+  await session.close();
+});
+
+t.test('a short data-in transfer hands the caller nothing of an earlier command', async (t) => {
+  // one slot, so every read lands in the same registered buffer
+  const { session, target, pair } = await setup({ session: { queueSize: 1 } });
+  const earlier = pattern(4096, 41);
+  await write(session, LUN0, 0, earlier, 512);
+  t.same((await read(session, LUN0, 0, 4096, 512)).dataIn, earlier, 'the slot held this data');
+  // said: the target returns 1 KiB of 4 (DIUNDER, residual 3072)
+  const short = pattern(1024, 42);
+  target.commandHook = (_lun, cdb) => (cdb[0] === 0x88 ? { status: 0, dataIn: short } : undefined);
+  const dst = Buffer.alloc(4096, 0xee);
+  const r = await read(session, LUN0, 0, 4096, 512, dst);
+  t.equal(r.residual, 3072);
+  t.same(r.dataIn, short, 'only what was transferred');
+  t.ok(dst.subarray(1024).every((b) => b === 0xee), 'the rest of the destination untouched');
+  t.same(pair.initiator.registeredRegions, session.counters.slotRegions);
+  // unsaid: the target writes 1 KiB but reports the whole transfer (no residual)
+  target.commandHook = undefined;
+  await read(session, LUN0, 0, 4096, 512); // the slot holds `earlier` again
+  const rdmaWrite = pair.target.rdmaWrite.bind(pair.target);
+  pair.target.rdmaWrite = (va, rkey, data) => rdmaWrite(va, rkey, data.subarray(0, 1024));
+  const lying = await read(session, LUN0, 0, 4096, 512, Buffer.alloc(4096, 0xee));
+  t.equal(lying.residual, 0, 'the target claims all 4 KiB');
+  t.same(lying.dataIn!.subarray(0, 1024), earlier.subarray(0, 1024), 'what it did write');
+  t.ok(lying.dataIn!.subarray(1024).every((b) => b === 0), 'zeroes where it wrote nothing, not the earlier data');
+  t.equal(session.counters.memoryRegistrations, session.counters.slotRegions, 'no registration for any of it');
+  await session.close();
+});
+
+t.test('command timeouts: one sweep timer per session, none per command', async (t) => {
+  let armed = 0;
+  const timers = {
+    setTimeout: (fn: () => void, ms: number) => { armed++; return setTimeout(fn, ms); },
+    clearTimeout: (h: unknown) => clearTimeout(h as NodeJS.Timeout),
+  };
+  const { session, target } = await setup({ session: { timers } });
+  const before = armed;
+  await Promise.all(Array.from({ length: 300 }, (_, i) => write(session, LUN0, i, pattern(512, i), 512)));
+  t.equal(session.counters.commandsCompleted, 300);
+  t.ok(armed - before <= 2, `300 commands armed ${armed - before} timer(s)`);
+  // a stuck command still times out and is aborted, about when it should
+  target.commandHook = () => 'stall';
+  const start = Date.now();
+  await t.rejects(session.execute({ lun: LUN0, cdb: tur(), timeoutMs: 80 }), { code: 'aborted' });
+  const ms = Date.now() - start;
+  t.ok(ms >= 80 && ms < 400, `timed out after ${ms} ms (80 ms asked)`);
+  target.commandHook = undefined;
+  await session.close();
+});

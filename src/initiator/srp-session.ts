@@ -245,6 +245,8 @@ class CmdSlot {
   /** mr.va as 32-bit halves, for the descriptor */
   vaHi = 0;
   vaLo = 0;
+  /** the current command handed the target the data region (a descriptor to it) */
+  handedOut = false;
   /**
    * Bytes at the start of data that may hold an earlier command's data: zeroed before the slot
    * carries data-in, so a target that transfers less than it says hands the caller zeroes.
@@ -549,16 +551,17 @@ export class SrpSession extends Emitter<SrpSessionEvents> implements ScsiExecuto
     if (slot.req) slot.req.slot = undefined;
     slot.req = undefined;
     slot.tag = -1;
+    slot.handedOut = false;
     this.freeSlots.push(slot.index);
   }
 
   /**
-   * The slot's command was given up without an answer: the target may still access its memory,
-   * so the region is replaced before anyone can reuse the slot (a late RDMA then hits a remote
-   * access error, as with ib_srp's per-command registration).
+   * The slot's command was given up without an answer: if it handed the target the slot's data
+   * region, the target may still access it, so the region is replaced before anyone can reuse the
+   * slot (a late RDMA then hits a remote access error, as with ib_srp's per-command registration).
    */
   private retireSlot(slot: CmdSlot): void {
-    if (slot.mr) {
+    if (slot.mr && slot.handedOut) {
       this.deregisterSlot(slot);
       // a session on its way out keeps it deregistered (teardown releases every slot anyway)
       if (this.stateValue === 'live' || this.stateValue === 'closing') this.registerSlot(slot);
@@ -749,6 +752,7 @@ export class SrpSession extends Emitter<SrpSessionEvents> implements ScsiExecuto
       throw new TransportError(`SRP_CMD of ${len} bytes exceeds max_it_iu_len ${L.maxItIuLen}`, 'protocol');
     }
     const data = slot.data!;
+    slot.handedOut = outRdma || inLen > 0;
     if (outRdma) {
       // the target RDMA-reads the copy in the slot's region
       out!.copy(data, 0);
