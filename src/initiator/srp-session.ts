@@ -751,11 +751,10 @@ export class SrpSession extends Emitter<SrpSessionEvents> implements ScsiExecuto
     if (len > L.maxItIuLen) {
       throw new TransportError(`SRP_CMD of ${len} bytes exceeds max_it_iu_len ${L.maxItIuLen}`, 'protocol');
     }
-    const data = slot.data!;
     slot.handedOut = outRdma || inLen > 0;
     if (outRdma) {
       // the target RDMA-reads the copy in the slot's region
-      out!.copy(data, 0);
+      out!.copy(slot.data!, 0);
       if (outLen > slot.dirty) slot.dirty = outLen;
       const d = f.out;
       d.vaHi = slot.vaHi;
@@ -764,7 +763,7 @@ export class SrpSession extends Emitter<SrpSessionEvents> implements ScsiExecuto
       d.len = outLen;
     } else if (inLen > 0) {
       // what the target does not write must read as zeroes, not as an earlier command's data
-      if (slot.dirty > 0) data.fill(0, 0, Math.min(slot.dirty, inLen));
+      if (slot.dirty > 0) slot.data!.fill(0, 0, Math.min(slot.dirty, inLen));
       if (inLen > slot.dirty) slot.dirty = inLen;
       const d = f.in;
       d.vaHi = slot.vaHi;
