@@ -35,6 +35,7 @@ async function rig(tmo: Partial<TmoParams>, commandTimeoutMs?: number): Promise<
     ],
     logger,
     tmo,
+    commandLog: 10_000, // tests look at what the LUNs were sent
     ...(commandTimeoutMs ? { commandTimeoutMs } : {}),
   });
   const server = new NbdServer({ logger });
@@ -76,8 +77,10 @@ async function waitFor(what: string, cond: () => boolean, ms = 20_000): Promise<
 t.test('drop shorter than fast_io_fail_tmo: no I/O error, verify passes, export stays', async (t) => {
   const r = await rig({ reconnectDelay: 1, fastIoFailTmo: 5, devLossTmo: 60 });
   t.teardown(() => r.close());
+  const before = r.fabric.target.stats.commands;
   const fio = fioVerify(r.uri());
-  await sleep(300);
+  // the link goes down while fio is under way (a fixed delay is too long once the data path is fast)
+  await waitFor('fio under way', () => r.fabric.target.stats.commands >= before + 256);
   r.fabric.linkDown();
   await waitFor('blocked', () => r.port.state === 'blocked');
   await sleep(1500);

@@ -100,7 +100,9 @@ t.test('SRP session over the RDMA transport (mock fabric): login, verified I/O, 
   await disk.write(0, small);
   t.same(await disk.read(0, 4096), small, 'immediate-data write');
   t.ok(tr.stats.pollBatches > 0 && tr.stats.completions >= tr.stats.sends);
-  t.equal(tr.registeredRegions, 0, 'per-command regions released');
+  t.ok(session.counters.slotRegions > 0, 'command slots registered once');
+  t.equal(tr.registeredRegions, session.counters.slotRegions, 'per-command regions released, only the slots stay');
+  t.ok(session.counters.perCommandRegistrations > 0, 'the 256 KiB transfers registered their own memory');
   t.ok((await tr.probe()) >= 0, 'zero-length RDMA WRITE probe completes');
   const gone = new Promise<TransportError>((r) => tr.on('disconnect', r));
   await session.close();

@@ -71,6 +71,25 @@ t.test('delay applies per direction and keeps order', async (t) => {
   t.same(got, [1, 2]);
 });
 
+t.test('a wire that never runs empty keeps order (delayed, steady traffic)', async (t) => {
+  const pair = await connected({ delayMs: { toTarget: 3 } });
+  const got: number[] = [];
+  pair.target.on('iu', (iu) => got.push(iu.readUInt32BE(0)));
+  let n = 0;
+  const b = Buffer.alloc(4);
+  // 60 bursts of 100 IUs, one per ms: delayed ones are always waiting when a delivery ends
+  for (let burst = 0; burst < 60; burst++) {
+    for (let i = 0; i < 100; i++) {
+      b.writeUInt32BE(n++);
+      pair.initiator.send(b);
+    }
+    await sleep(1);
+  }
+  while (got.length < n) await sleep(5);
+  t.equal(got.length, 6000);
+  t.ok(got.every((v, i) => v === i), 'every IU once, in order');
+});
+
 t.test('RDMA READ/WRITE against registered memory; WRITE lands before a later SEND', async (t) => {
   const pair = await connected();
   const mem = Buffer.alloc(8192);

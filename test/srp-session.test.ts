@@ -1,7 +1,7 @@
 // SRP session against the test SRP target over the loopback transport: login negotiation, I/O with
 // data verification (immediate, direct, indirect), credits, task management, target requests,
 // logouts, disconnects, login rejects and malformed IUs from the target.
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { createLoopbackPair, type LoopbackOptions, type LoopbackPair } from '../src/initiator/loopback.js';
 import {
   SrpLoginRejectedError, SrpSession, SrpTaskManagementError, type SrpSessionOptions,
@@ -12,9 +12,9 @@ import { TransportError, type ScsiResult } from '../src/initiator/scsi-executor.
 import {
   SrpLoginRejReason, SRP_LOGIN_REJ_CHANNEL_LIMIT_REACHED, SRP_LOGIN_REJ_MULTI_CHANNEL_UNSUPPORTED,
   SRP_LOGIN_REJ_REQ_IT_IU_LENGTH_TOO_LARGE, SRP_LOGIN_REJ_UNSUPPORTED_DESCRIPTOR_FMT, SRP_T_LOGOUT_INACTIVE_CHANNEL,
-  SRP_TSK_CLEAR_ACA,
+  SRP_TSK_CLEAR_ACA, SRP_CMD,
 } from '../src/initiator/srp-constants.js';
-import { encodeRsp, encodeCredReq } from '../src/initiator/srp-iu.js';
+import { decodeCmd, encodeRsp, encodeCredReq, type SrpDirectBuf } from '../src/initiator/srp-iu.js';
 
 const LUN0 = 0x0000000000000000n;
 const LUN1 = 0x0001000000000000n;
@@ -71,6 +71,15 @@ async function setup(o: { target?: Partial<SrpTestTargetOptions>; session?: Part
   target.accept(pair.target);
   const session = await SrpSession.login(pair.initiator, { initiatorPortId, targetPortId, ...o.session });
   return { pair, target, session, lun0, lun1 };
+}
+
+/**
+ * Nothing but the command slots' regions is registered: every per-command registration was
+ * released. (After close() nothing at all is.)
+ */
+function onlySlotRegions(t: Test, pair: LoopbackPair, s: SrpSession, msg = 'slots only'): void {
+  t.ok(s.counters.slotRegions > 0, 'command slots registered');
+  t.equal(pair.initiator.registeredRegions, s.counters.slotRegions, msg);
 }
 
 async function write(s: SrpSession, lun: bigint, lba: number, data: Buffer, bs: number): Promise<ScsiResult> {
@@ -157,10 +166,11 @@ t.test('I/O with data verification: immediate, direct, caller buffers, residuals
   const luns = await session.execute({ lun: LUN0, cdb: rl, dataInLength: 256 });
   t.equal(luns.dataIn!.readUInt32BE(0), 16);
   t.equal(luns.dataIn!.readBigUInt64BE(16), LUN1);
-  t.equal(pair.initiator.registeredRegions, 0, 'every registration released');
+  onlySlotRegions(t, pair, session, 'every per-command registration released');
   t.equal(session.counters.commandsFailed, 0);
   t.equal(target.stats.creditViolations, 0);
   await session.close();
+  t.equal(pair.initiator.registeredRegions, 0, 'close releases the slots too');
 });
 
 t.test('transfers larger than one registration use indirect descriptors', async (t) => {
@@ -173,7 +183,7 @@ t.test('transfers larger than one registration use indirect descriptors', async 
   t.same(r.dataIn, data);
   t.equal(session.counters.indirectCommands, 2);
   t.equal(target.stats.indirectCommands, 2);
-  t.equal(pair.initiator.registeredRegions, 0);
+  onlySlotRegions(t, pair, session);
   // more pieces than cmd_sg_entries: refused without touching the channel
   await t.rejects(write(session, LUN0, 0, pattern(13 * 4096, 1), 512), { code: 'protocol' });
   t.equal((await session.execute({ lun: LUN0, cdb: tur() })).status, 0);
@@ -207,8 +217,9 @@ t.test('credit exhaustion and recovery: 300 commands through 4 credits', async (
   t.ok(session.counters.zeroReqLim > 0, 'stalls counted');
   t.equal(session.counters.reqLim, 4, 'all credits back');
   t.equal(session.counters.commandsCompleted, 300);
-  t.equal(pair.initiator.registeredRegions, 0);
+  onlySlotRegions(t, pair, session);
   await session.close();
+  t.equal(pair.initiator.registeredRegions, 0);
 });
 
 t.test('withheld credits come back with SRP_CRED_REQ, which is answered', async (t) => {
@@ -231,7 +242,18 @@ t.test('withheld credits come back with SRP_CRED_REQ, which is answered', async 
 
 t.test('a stuck command is aborted with ABORT TASK on timeout', async (t) => {
   const { session, target, pair } = await setup();
-  target.commandHook = (_lun, cdb) => (cdb[0] === 0x88 && cdb.readBigUInt64BE(2) === 999n ? 'stall' : undefined);
+  const stuckCdb = (cdb: Buffer) => cdb[0] === 0x88 && cdb.readBigUInt64BE(2) === 999n;
+  target.commandHook = (_lun, cdb) => (stuckCdb(cdb) ? 'stall' : undefined);
+  // what the target was handed for the stuck command's data-in
+  let handed: SrpDirectBuf | undefined;
+  pair.faults.drop = (dir, iu) => {
+    if (dir === 'toTarget' && iu[0] === SRP_CMD) {
+      const m = decodeCmd(iu, 0, undefined, { immDataOffset: session.loginResult.immDataOffset });
+      if (stuckCdb(m.cdb) && m.dataIn.format === 'direct') handed = { ...m.dataIn.buf };
+    }
+    return false;
+  };
+  const regs = session.counters.memoryRegistrations;
   const dst = Buffer.alloc(512, 0x11);
   const stuck = session.execute({ lun: LUN0, cdb: read16(999, 1), dataInLength: 512, dataIn: dst, timeoutMs: 80 });
   const others = Array.from({ length: 8 }, (_, i) => write(session, LUN0, i, pattern(512, i), 512));
@@ -243,12 +265,18 @@ t.test('a stuck command is aborted with ABORT TASK on timeout', async (t) => {
   t.equal(session.counters.abortsSent, 1);
   t.equal(session.counters.abortsSucceeded, 1);
   t.equal(session.counters.commandTimeouts, 1);
-  t.equal(pair.initiator.registeredRegions, 0, 'aborted command memory deregistered');
+  onlySlotRegions(t, pair, session, 'aborted command memory deregistered');
+  t.equal(session.counters.memoryRegistrations, regs + 1, "the aborted command's slot got a new region");
   t.ok(dst.every((b) => b === 0x11), 'aborted destination untouched');
   // the aborted task's credit came back with the task management response
   t.equal(session.counters.reqLim, 32);
   t.equal((await read(session, LUN0, 3, 512, 512)).dataIn!.equals(pattern(512, 3)), true);
-  await session.close();
+  // a target writing late to what it was handed hits a remote access error, not a later command's data
+  t.ok(handed, 'the stuck command had a direct data-in descriptor');
+  const late = pair.target.rdmaWrite(handed!.va, handed!.key, Buffer.alloc(512, 0x66));
+  await t.rejects(late, { code: 'protocol', message: /remote access error/ });
+  await until(() => session.state === 'disconnected');
+  t.ok(dst.every((b) => b === 0x11), 'aborted destination still untouched');
 });
 
 t.test('ABORT TASK that gets no answer fails the command after the TM timeout', async (t) => {
@@ -469,8 +497,9 @@ t.test('malformed IUs from the target are counted and corrupt nothing', async (t
   await until(() => session.counters.unknownTags === 3);
   t.equal(session.counters.reqLim, 8);
   t.equal((await session.execute({ lun: LUN0, cdb: tur() })).status, 0);
-  t.equal(pair.initiator.registeredRegions, 0);
+  onlySlotRegions(t, pair, session);
   await session.close();
+  t.equal(pair.initiator.registeredRegions, 0);
 });
 
 t.test('a remote access error (late RDMA to deregistered memory) kills the channel, not the caller buffer', async (t) => {
@@ -522,5 +551,152 @@ t.test('delayed responses: many commands overlap, each completes once', async (t
   t.ok(ms >= 20 && ms < 500, `20 overlapping commands took ${ms} ms`);
   t.equal(session.counters.commandsCompleted, 20);
   t.equal(session.counters.reqLim, 32);
+  await session.close();
+});
+
+/* ------------------------------------------------------------ command slots */
+
+t.test('steady state: data through the command slots, no memory registered per command', async (t) => {
+  const { session, target, pair, lun0 } = await setup({ target: { immediateData: true } });
+  const regs = session.counters.memoryRegistrations;
+  t.ok(regs > 0 && regs === session.counters.slotRegions, `slots registered at login (${regs})`);
+  // reads and writes of every size a slot carries, immediate data and RDMA READ, 15 at a time
+  const sizes = [512, 4096, 8192, 16384, 65536, 131072];
+  for (let round = 0; round < 10; round++) {
+    await Promise.all(Array.from({ length: 15 }, async (_, i) => {
+      const len = sizes[(round + i) % sizes.length]!;
+      const lba = i * 256;
+      const data = pattern(len, round * 100 + i);
+      t.equal((await write(session, LUN0, lba, data, 512)).status, 0);
+      const r = await read(session, LUN0, lba, len, 512, Buffer.alloc(len));
+      if (!r.dataIn!.equals(data) || !lun0.peek(lba, len / 512).equals(data)) t.fail(`round ${round}, ${i}: differs`);
+    }));
+  }
+  const c = session.counters;
+  t.equal(c.memoryRegistrations, regs, 'no registration after login');
+  t.equal(c.perCommandRegistrations, 0);
+  t.equal(c.commandsCompleted, 300);
+  t.ok(c.immediateDataCommands > 0 && target.stats.immediateDataCommands > 0, 'small writes as immediate data');
+  t.ok(pair.stats.rdmaReads > 0 && pair.stats.rdmaWrites > 0, 'larger ones by RDMA READ, reads by RDMA WRITE');
+  onlySlotRegions(t, pair, session);
+  await session.close();
+  t.equal(pair.initiator.registeredRegions, 0);
+});
+
+t.test('a transfer larger than a slot registers its own memory (counted), then releases it', async (t) => {
+  const { session, pair, lun0 } = await setup({ session: { slotDataBytes: 16384 } });
+  const regs = session.counters.memoryRegistrations;
+  const big = pattern(65536, 77);
+  t.equal((await write(session, LUN0, 0, big, 512)).status, 0);
+  const r = await read(session, LUN0, 0, big.length, 512);
+  t.same(r.dataIn, big, 'read back through per-command memory');
+  t.same(lun0.peek(0, 128), big);
+  t.equal(session.counters.perCommandRegistrations, 2, 'both commands registered their own memory');
+  t.equal(session.counters.memoryRegistrations, regs + 2);
+  onlySlotRegions(t, pair, session, 'per-command registrations released');
+  // what fits still goes through a slot
+  const small = pattern(16384, 78);
+  await write(session, LUN0, 200, small, 512);
+  t.same((await read(session, LUN0, 200, small.length, 512)).dataIn, small);
+  t.equal(session.counters.perCommandRegistrations, 2);
+  t.equal(session.counters.memoryRegistrations, regs + 2);
+  await session.close();
+
+  // no slot data at all: every data transfer registers per command, as before slots
+  const none = await setup({ session: { slotDataBytes: 0 } });
+  t.equal(none.session.counters.slotRegions, 0);
+  await write(none.session, LUN0, 0, big, 512);
+  t.same((await read(none.session, LUN0, 0, big.length, 512)).dataIn, big);
+  t.equal(none.session.counters.perCommandRegistrations, 2);
+  t.equal(none.pair.initiator.registeredRegions, 0);
+  await none.session.close();
+});
+
+t.test('a late response for an earlier generation of a slot does not complete its current command', async (t) => {
+  // one slot: every command has the tag generation × 1 + 0
+  const { session, target } = await setup({ session: { queueSize: 1 } });
+  const rsp = (tag: bigint, status: number) => encodeRsp({
+    solNot: 0, reqLimDelta: 1, tag, flags: 0, status, dataOutResCnt: 0, dataInResCnt: 0,
+  });
+  target.commandHook = () => 'stall';
+  // A times out and is aborted: its tag is remembered as abandoned
+  const a = session.execute({ lun: LUN0, cdb: tur(), timeoutMs: 30 });
+  await until(() => target.outstandingTags().length === 1);
+  const tagA = target.outstandingTags()[0]!;
+  await t.rejects(a, { code: 'aborted' });
+  // B takes the same slot, a newer generation
+  let bDone = false;
+  const b = session.execute({ lun: LUN0, cdb: tur(), timeoutMs: 5000 }).finally(() => { bDone = true; });
+  await until(() => target.outstandingTags().length === 1);
+  const tagB = target.outstandingTags()[0]!;
+  t.not(tagB, tagA, 'a new tag for the same slot');
+  t.equal(Number(tagB) % 1, Number(tagA) % 1, 'same slot');
+  t.equal(tagB - tagA, 1n, 'next generation');
+  // the target answers A late (status 8, BUSY): counted as late, B still outstanding
+  target.sendRaw(rsp(tagA, 0x08));
+  await until(() => session.counters.lateResponses === 1);
+  // a response for a generation never issued is an unknown tag
+  target.sendRaw(rsp(tagB + 5n, 0x08));
+  await until(() => session.counters.unknownTags === 1);
+  await sleep(20);
+  t.notOk(bDone, 'B not completed by responses for other generations');
+  t.equal(session.counters.inFlight, 1);
+  // B's own response completes it
+  target.sendRaw(rsp(tagB, 0));
+  t.equal((await b).status, 0);
+  t.equal(session.counters.lateResponses, 1);
+  t.equal(session.counters.unknownTags, 1);
+  const c = session.counters;
+  t.equal(c.memoryRegistrations, c.slotRegions, 'a TUR handed out no region: none replaced');
+  target.commandHook = undefined;
+  await session.close();
+});
+
+t.test('a short data-in transfer hands the caller nothing of an earlier command', async (t) => {
+  // one slot, so every read lands in the same registered buffer
+  const { session, target, pair } = await setup({ session: { queueSize: 1 } });
+  const earlier = pattern(4096, 41);
+  await write(session, LUN0, 0, earlier, 512);
+  t.same((await read(session, LUN0, 0, 4096, 512)).dataIn, earlier, 'the slot held this data');
+  // said: the target returns 1 KiB of 4 (DIUNDER, residual 3072)
+  const short = pattern(1024, 42);
+  target.commandHook = (_lun, cdb) => (cdb[0] === 0x88 ? { status: 0, dataIn: short } : undefined);
+  const dst = Buffer.alloc(4096, 0xee);
+  const r = await read(session, LUN0, 0, 4096, 512, dst);
+  t.equal(r.residual, 3072);
+  t.same(r.dataIn, short, 'only what was transferred');
+  t.ok(dst.subarray(1024).every((b) => b === 0xee), 'the rest of the destination untouched');
+  t.same(pair.initiator.registeredRegions, session.counters.slotRegions);
+  // unsaid: the target writes 1 KiB but reports the whole transfer (no residual)
+  target.commandHook = undefined;
+  await read(session, LUN0, 0, 4096, 512); // the slot holds `earlier` again
+  const rdmaWrite = pair.target.rdmaWrite.bind(pair.target);
+  pair.target.rdmaWrite = (va, rkey, data) => rdmaWrite(va, rkey, data.subarray(0, 1024));
+  const lying = await read(session, LUN0, 0, 4096, 512, Buffer.alloc(4096, 0xee));
+  t.equal(lying.residual, 0, 'the target claims all 4 KiB');
+  t.same(lying.dataIn!.subarray(0, 1024), earlier.subarray(0, 1024), 'what it did write');
+  t.ok(lying.dataIn!.subarray(1024).every((b) => b === 0), 'zeroes where it wrote nothing, not the earlier data');
+  t.equal(session.counters.memoryRegistrations, session.counters.slotRegions, 'no registration for any of it');
+  await session.close();
+});
+
+t.test('command timeouts: one sweep timer per session, none per command', async (t) => {
+  let armed = 0;
+  const timers = {
+    setTimeout: (fn: () => void, ms: number) => { armed++; return setTimeout(fn, ms); },
+    clearTimeout: (h: unknown) => clearTimeout(h as NodeJS.Timeout),
+  };
+  const { session, target } = await setup({ session: { timers } });
+  const before = armed;
+  await Promise.all(Array.from({ length: 300 }, (_, i) => write(session, LUN0, i, pattern(512, i), 512)));
+  t.equal(session.counters.commandsCompleted, 300);
+  t.ok(armed - before <= 2, `300 commands armed ${armed - before} timer(s)`);
+  // a stuck command still times out and is aborted, about when it should
+  target.commandHook = () => 'stall';
+  const start = Date.now();
+  await t.rejects(session.execute({ lun: LUN0, cdb: tur(), timeoutMs: 80 }), { code: 'aborted' });
+  const ms = Date.now() - start;
+  t.ok(ms >= 80 && ms < 400, `timed out after ${ms} ms (80 ms asked)`);
+  target.commandHook = undefined;
   await session.close();
 });

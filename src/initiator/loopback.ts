@@ -5,7 +5,12 @@
  * Delivery is never synchronous (setImmediate or a timer), in order per direction, like SENDs on
  * an RC QP. RDMA READ/WRITE issued by the target travel on the target->initiator wire, so a WRITE
  * lands in initiator memory before a later SRP_RSP is seen, as on real hardware; their
- * completions come back on the initiator->target wire.
+ * completions come back on the initiator->target wire. Data moves once, when the operation
+ * reaches the initiator's side, between the two sides' memory: like an HCA, which reads the
+ * source of an RDMA WRITE when it executes the work request, the loopback reads it then, so the
+ * target keeps it unchanged until the WRITE completes. A sent IU is copied at send time into a
+ * wire buffer that is reused once the receiver's listeners have returned (as a receive buffer is
+ * reposted): listeners copy what they keep.
  *
  * Faults (LoopbackFaults): per-direction delay, a drop filter for IUs, a black hole (everything
  * silently lost, RDMA operations never complete: what a link with 100 % loss looks like until
@@ -55,25 +60,65 @@ export interface LoopbackPair {
   disconnect(reason?: string): void;
 }
 
+/** A wire buffer holding one sent IU; reused after delivery. */
+interface IuItem {
+  kind: 'iu';
+  buf: Buffer;
+  /** buf.subarray(0, IU length), kept while the length repeats */
+  view: Buffer;
+}
+/** An RDMA operation of the target: executed on the initiator side, completed on the target side. */
+interface RdmaItem {
+  kind: 'rdma';
+  /** false: on its way to the initiator side; true: its completion on the way back */
+  done: boolean;
+  write: boolean;
+  va: bigint;
+  rkey: number;
+  length: number;
+  /** WRITE: the target's source */
+  data: Buffer | undefined;
+  /** READ: what was read */
+  result: Buffer | undefined;
+  resolve: (v: Buffer | undefined) => void;
+  reject: (e: TransportError) => void;
+}
 type Item =
-  | { kind: 'iu'; data: Buffer }
+  | IuItem
+  | RdmaItem
   | { kind: 'fn'; run: () => void; subjectToBlackHole: boolean }
   | { kind: 'close'; by: Direction };
 
-/** One direction of the wire: FIFO with a per-item due time. */
+/** Size of the reusable wire buffers: IUs up to this size are copied into one (larger ones get their own). */
+const WIRE_BUFFER_BYTES = 9 * 1024;
+
+/**
+ * One direction of the wire: a FIFO with a per-item due time. An item sent without delay behind
+ * nothing delayed is due at once (due 0), so the clock is only read when delays are in play.
+ */
 class Wire {
-  private readonly q: { due: number; item: Item }[] = [];
+  private readonly items: Item[] = [];
+  private readonly dues: number[] = [];
+  private head = 0;
   private timer: NodeJS.Timeout | NodeJS.Immediate | undefined;
   private lastDue = 0;
+  /** bumped by clear(): a delivery that cleared the wire ends the current fire() */
+  private epoch = 0;
+  private readonly fireFn = (): void => this.fire();
   constructor(private readonly deliver: (item: Item) => void) {}
   push(item: Item, delayMs: number): void {
-    const due = Math.max(Date.now() + delayMs, this.lastDue);
+    const due = delayMs === 0 && this.lastDue === 0 ? 0 : Math.max(Date.now() + delayMs, this.lastDue);
     this.lastDue = due;
-    this.q.push({ due, item });
+    this.items.push(item);
+    this.dues.push(due);
     this.arm();
   }
   clear(): void {
-    this.q.length = 0;
+    this.epoch++;
+    this.items.length = 0;
+    this.dues.length = 0;
+    this.head = 0;
+    this.lastDue = 0;
     this.disarm();
   }
   private disarm(): void {
@@ -84,21 +129,54 @@ class Wire {
     }
   }
   private arm(): void {
-    if (this.timer || this.q.length === 0) return;
-    const wait = this.q[0]!.due - Date.now();
-    const fire = () => {
-      this.timer = undefined;
-      const now = Date.now();
-      while (this.q.length && this.q[0]!.due <= now) this.deliver(this.q.shift()!.item);
-      this.arm();
-    };
-    this.timer = wait > 0 ? setTimeout(fire, wait) : setImmediate(fire);
+    if (this.timer || this.head === this.items.length) return;
+    const due = this.dues[this.head]!;
+    const wait = due === 0 ? 0 : due - Date.now();
+    this.timer = wait > 0 ? setTimeout(this.fireFn, wait) : setImmediate(this.fireFn);
+  }
+  private fire(): void {
+    this.timer = undefined;
+    let now = 0;
+    const epoch = this.epoch;
+    // what is due now; items pushed meanwhile wait for the next turn
+    const end = this.items.length;
+    while (this.head < end) {
+      const due = this.dues[this.head]!;
+      if (due !== 0 && due > (now ||= Date.now())) break;
+      const item = this.items[this.head]!;
+      this.items[this.head] = undefined as unknown as Item;
+      this.head++;
+      this.deliver(item);
+      if (this.epoch !== epoch) return; // cleared (the channel ended)
+    }
+    if (this.head === this.items.length) {
+      this.items.length = 0;
+      this.dues.length = 0;
+      this.head = 0;
+      this.lastDue = 0;
+    } else if (this.head > 1024 && this.head * 2 > this.items.length) {
+      // a wire that never runs empty (steady traffic with a delay): drop the delivered prefix
+      this.items.splice(0, this.head);
+      this.dues.splice(0, this.head);
+      this.head = 0;
+    }
+    this.arm();
   }
 }
 
 interface Region {
   buf: Buffer;
   va: bigint;
+  /** va as a Number (loopback addresses stay far below 2^53) */
+  vaNum: number;
+}
+
+/** Promise executor handing out resolve/reject without a closure per RDMA operation. */
+let capturedResolve: ((v: Buffer | undefined) => void) | undefined;
+let capturedReject: ((e: TransportError) => void) | undefined;
+function capture(resolve: (v: Buffer | undefined) => void, reject: (e: TransportError) => void): void {
+  capturedResolve = resolve;
+  capturedReject = reject;
 }
 
 class Link {
@@ -113,8 +191,12 @@ class Link {
   private nextVa = 0x7f00_0000_0000n;
   readonly toTarget = new Wire((i) => this.deliver('toTarget', i));
   readonly toInitiator = new Wire((i) => this.deliver('toInitiator', i));
-  /** rejecters of RDMA operations and connect attempts that are still in flight */
+  /** rejecters of connect attempts that are still in flight */
   readonly pending = new Set<(e: TransportError) => void>();
+  /** RDMA operations not completed yet */
+  readonly pendingRdma = new Set<RdmaItem>();
+  /** wire buffers free for the next IU */
+  private readonly freeIus: IuItem[] = [];
   initiator!: LoopbackInitiatorEnd;
   target!: LoopbackTargetEnd;
 
@@ -128,26 +210,61 @@ class Link {
   wire(dir: Direction): Wire {
     return dir === 'toTarget' ? this.toTarget : this.toInitiator;
   }
+  /** Sends a copy of iu (taken now) in direction dir. */
+  pushIu(dir: Direction, iu: Buffer): void {
+    const len = iu.length;
+    let item: IuItem;
+    if (len <= WIRE_BUFFER_BYTES) {
+      const free = this.freeIus.pop();
+      if (free) {
+        item = free;
+        if (item.view.length !== len) item.view = item.buf.subarray(0, len);
+      } else {
+        const buf = Buffer.allocUnsafe(WIRE_BUFFER_BYTES);
+        item = { kind: 'iu', buf, view: buf.subarray(0, len) };
+      }
+    } else {
+      const buf = Buffer.allocUnsafe(len);
+      item = { kind: 'iu', buf, view: buf };
+    }
+    iu.copy(item.buf, 0);
+    this.push(dir, item);
+  }
   push(dir: Direction, item: Item): void {
     if (item.kind === 'iu') {
       this.stats.sent[dir]++;
-      if (this.faults.drop?.(dir, item.data)) {
+      if (this.faults.drop?.(dir, item.view)) {
         this.stats.dropped++;
+        this.recycle(item);
         return;
       }
     }
     this.wire(dir).push(item, this.faults.delayMs[dir]);
   }
+  private recycle(item: IuItem): void {
+    if (item.buf.length === WIRE_BUFFER_BYTES) this.freeIus.push(item);
+  }
   private deliver(dir: Direction, item: Item): void {
     if (this.state === 'closed') return;
     if (this.faults.blackHole && (item.kind !== 'fn' || item.subjectToBlackHole)) {
       this.stats.blackHoled++;
+      if (item.kind === 'iu') this.recycle(item);
       return;
     }
     switch (item.kind) {
       case 'iu':
         this.stats.delivered[dir]++;
-        (dir === 'toTarget' ? this.target : this.initiator).deliverIu(item.data);
+        (dir === 'toTarget' ? this.target : this.initiator).deliverIu(item.view);
+        // like a reposted receive buffer: the listeners have had it
+        this.recycle(item);
+        return;
+      case 'rdma':
+        if (item.done) {
+          this.pendingRdma.delete(item);
+          item.resolve(item.result);
+        } else {
+          this.executeRdma(item);
+        }
         return;
       case 'fn':
         item.run();
@@ -158,21 +275,55 @@ class Link {
     }
   }
 
+  /** A target's RDMA READ or WRITE in flight; settles when its completion is back on the target side. */
+  rdma(
+    write: boolean, va: bigint, rkey: number, length: number, data: Buffer | undefined,
+  ): Promise<Buffer | undefined> {
+    if (this.state !== 'connected') {
+      return Promise.reject(new TransportError(`RDMA on a ${this.state} channel`, 'disconnected'));
+    }
+    const promise = new Promise<Buffer | undefined>(capture);
+    const item: RdmaItem = {
+      kind: 'rdma', done: false, write, va, rkey, length, data, result: undefined, resolve: capturedResolve!,
+      reject: capturedReject!,
+    };
+    this.pendingRdma.add(item);
+    this.push('toInitiator', item);
+    return promise;
+  }
+
+  /** The operation reaches the initiator side: the data moves (once), the completion goes back. */
+  private executeRdma(item: RdmaItem): void {
+    const r = this.regions.get(item.rkey);
+    const start = r && item.va >= r.va ? Number(item.va) - r.vaNum : -1;
+    if (!r || start < 0 || item.length < 0 || start + item.length > r.buf.length) {
+      const op = item.write ? 'WRITE' : 'READ';
+      const what = `RDMA ${op} va=0x${item.va.toString(16)} rkey=0x${item.rkey.toString(16)} len=${item.length}`;
+      this.pendingRdma.delete(item);
+      item.reject(this.accessError(what));
+      return;
+    }
+    if (item.write) {
+      this.stats.rdmaWrites++;
+      item.data!.copy(r.buf, start, 0, item.length);
+      item.data = undefined;
+    } else {
+      this.stats.rdmaReads++;
+      const result = Buffer.allocUnsafe(item.length);
+      r.buf.copy(result, 0, start, start + item.length);
+      item.result = result;
+    }
+    item.done = true;
+    this.push('toTarget', item);
+  }
+
   register(buf: Buffer): MemoryRegion {
     const rkey = this.nextRkey++;
     const va = this.nextVa;
     // leave an unregistered gap after each region so an off-by-one access is caught
     this.nextVa += BigInt(buf.length + 8192 - (buf.length % 4096));
-    this.regions.set(rkey, { buf, va });
+    this.regions.set(rkey, { buf, va, vaNum: Number(va) });
     return { va, rkey, length: buf.length };
-  }
-  /** Resolves (va, rkey, length) to a view of initiator memory, or undefined on an access error. */
-  resolve(va: bigint, rkey: number, length: number): Buffer | undefined {
-    const r = this.regions.get(rkey);
-    if (!r || va < r.va || length < 0) return undefined;
-    const start = Number(va - r.va);
-    if (start + length > r.buf.length) return undefined;
-    return r.buf.subarray(start, start + length);
   }
   accessError(what: string): TransportError {
     this.stats.accessErrors++;
@@ -200,6 +351,8 @@ class Link {
     this.toInitiator.clear();
     for (const rej of [...this.pending]) rej(reason);
     this.pending.clear();
+    for (const op of [...this.pendingRdma]) op.reject(reason);
+    this.pendingRdma.clear();
     const mine = new TransportError('channel closed', 'closed');
     this.initiator.fireDisconnect(closedBy === 'toTarget' ? mine : reason);
     this.target.fireDisconnect(closedBy === 'toInitiator' ? mine : reason);
@@ -310,7 +463,7 @@ export class LoopbackInitiatorEnd extends LoopbackEnd implements ChannelTranspor
   }
   send(iu: Buffer): void {
     if (this.link.state !== 'connected') throw new TransportError(`send on a ${this.link.state} channel`, 'disconnected');
-    this.link.push('toTarget', { kind: 'iu', data: Buffer.from(iu) });
+    this.link.pushIu('toTarget', iu);
   }
   registerBuffer(buf: Buffer): MemoryRegion {
     if (buf.length > this.maxRegionSize) throw new RangeError(`region of ${buf.length} bytes exceeds ${this.maxRegionSize}`);
@@ -338,40 +491,14 @@ export class LoopbackTargetEnd extends LoopbackEnd implements TargetChannelTrans
   }
   send(iu: Buffer): void {
     if (this.link.state !== 'connected') throw new TransportError(`send on a ${this.link.state} channel`, 'disconnected');
-    this.link.push('toInitiator', { kind: 'iu', data: Buffer.from(iu) });
+    this.link.pushIu('toInitiator', iu);
   }
   rdmaRead(va: bigint, rkey: number, length: number): Promise<Buffer> {
-    return this.rdma((resolve, reject) => {
-      const src = this.link.resolve(va, rkey, length);
-      if (!src) return reject(this.link.accessError(`RDMA READ va=0x${va.toString(16)} rkey=0x${rkey.toString(16)} len=${length}`));
-      this.link.stats.rdmaReads++;
-      const copy = Buffer.from(src);
-      this.link.push('toTarget', { kind: 'fn', subjectToBlackHole: true, run: () => resolve(copy) });
-    });
+    return this.link.rdma(false, va, rkey, length, undefined) as Promise<Buffer>;
   }
+  /** The source is read when the WRITE reaches the initiator side: keep it unchanged until the promise settles. */
   rdmaWrite(va: bigint, rkey: number, data: Buffer): Promise<void> {
-    const copy = Buffer.from(data);
-    return this.rdma<void>((resolve, reject) => {
-      const dst = this.link.resolve(va, rkey, copy.length);
-      if (!dst) return reject(this.link.accessError(`RDMA WRITE va=0x${va.toString(16)} rkey=0x${rkey.toString(16)} len=${copy.length}`));
-      this.link.stats.rdmaWrites++;
-      copy.copy(dst);
-      this.link.push('toTarget', { kind: 'fn', subjectToBlackHole: true, run: () => resolve() });
-    });
-  }
-  /** Runs op when it reaches the initiator side of the wire; settles on the way back. */
-  private rdma<T>(op: (resolve: (v: T) => void, reject: (e: TransportError) => void) => void): Promise<T> {
-    const link = this.link;
-    if (link.state !== 'connected') return Promise.reject(new TransportError(`RDMA on a ${link.state} channel`, 'disconnected'));
-    return new Promise<T>((resolve, reject) => {
-      const onLoss = (e: TransportError) => reject(e);
-      link.pending.add(onLoss);
-      const settle = {
-        ok: (v: T) => { link.pending.delete(onLoss); resolve(v); },
-        fail: (e: TransportError) => { link.pending.delete(onLoss); reject(e); },
-      };
-      link.push('toInitiator', { kind: 'fn', subjectToBlackHole: true, run: () => op(settle.ok, settle.fail) });
-    });
+    return this.link.rdma(true, va, rkey, data.length, data) as Promise<unknown> as Promise<void>;
   }
 }
 

@@ -188,6 +188,27 @@ function rw16(opcode: number, lba: bigint, blocks: number, flags: RwFlags): Buff
   return cdb;
 }
 
+/**
+ * READ(16) / WRITE(16) written in place into a caller's 16-byte CDB buffer (the data path reuses
+ * one per request): the layout of buildRead16() / buildWrite16(), the LBA a safe integer written
+ * as two 32-bit halves (no bigint).
+ */
+export function writeRw16(
+  cdb: Buffer, opcode: typeof READ_16 | typeof WRITE_16, lba: number, blocks: number, flags?: RwFlags,
+): Buffer {
+  if (cdb.length !== 16) throw new RangeError(`CDB buffer of ${cdb.length} bytes, READ(16)/WRITE(16) need 16`);
+  checkU('lba', lba, Number.MAX_SAFE_INTEGER);
+  checkU('blocks', blocks, U32_MAX);
+  cdb[0] = opcode;
+  cdb[1] = flags ? (flags.dpo ? 0x10 : 0) | (flags.fua ? 0x08 : 0) : 0;
+  cdb.writeUInt32BE(Math.floor(lba / 0x100000000), 2);
+  cdb.writeUInt32BE(lba >>> 0, 6);
+  cdb.writeUInt32BE(blocks, 10);
+  cdb[14] = 0; // GROUP NUMBER
+  cdb[15] = 0; // CONTROL
+  return cdb;
+}
+
 /** READ(16) (SBC-3 5.13, table 50): byte 1 RDPROTECT=0, DPO bit 4, FUA bit 3; LBA 2..9; length 10..13. */
 export function buildRead16(lba: bigint, blocks: number, flags: RwFlags = {}): Buffer {
   return rw16(READ_16, lba, blocks, flags);

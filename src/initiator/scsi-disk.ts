@@ -38,6 +38,7 @@ import {
   ILLEGAL_REQUEST,
   NOT_READY,
   NO_SENSE,
+  READ_16,
   RECOVERED_ERROR,
   SAM_STAT_BUSY,
   SAM_STAT_CHECK_CONDITION,
@@ -52,6 +53,7 @@ import {
   VPD_LOGICAL_BLOCK_PROVISIONING,
   VPD_SUPPORTED_PAGES,
   VPD_UNIT_SERIAL_NUMBER,
+  WRITE_16,
   nameOfCdb,
   nameOfDeviceType,
   nameOfSamStatus,
@@ -68,6 +70,7 @@ import {
   buildUnmap,
   buildWrite16,
   buildWriteSame16,
+  writeRw16,
   type UnmapDescriptor,
 } from './scsi-cdb.js';
 import type { ScsiCommand, ScsiExecutor, ScsiResult } from './scsi-executor.js';
@@ -275,6 +278,39 @@ const defaultSleep = (ms: number): Promise<void> => new Promise((r) => setTimeou
 /** NOT READY ASCQs (ASC 04h) that go away by themselves (Linux scsi_check_sense() retries these). */
 const TRANSIENT_NOT_READY = new Set([0x01, 0x05, 0x06, 0x07, 0x08, 0x0a, 0x14, 0x1a, 0x1b, 0x1d]);
 
+/** A result that completes the command without the retry rules: GOOD or CONDITION MET. */
+function completed(res: ScsiResult): boolean {
+  return res.status === SAM_STAT_GOOD || res.status === SAM_STAT_CONDITION_MET;
+}
+
+/** A READ(16) of `want` bytes into `slot` must have brought them all (copied there if they landed elsewhere). */
+function checkRead(lba: number, want: number, slot: Buffer, res: ScsiResult): void {
+  const got = res.dataIn;
+  if (!got || got.length < want || res.residual > 0) {
+    throw new ScsiError(
+      `READ_16 at LBA ${lba} returned ${got?.length ?? 0} of ${want} bytes (residual ${res.residual})`,
+      'READ_16', res.status, undefined, 'EIO',
+    );
+  }
+  if (got.buffer !== slot.buffer || got.byteOffset !== slot.byteOffset) got.copy(slot, 0, 0, want);
+}
+
+/**
+ * A READ(16) / WRITE(16) of the data path: the command handed to the executor with its own CDB
+ * buffer, and its completion callbacks, created once and reused from request to request.
+ */
+interface RwRequest {
+  readonly cmd: ScsiCommand;
+  /** cmd.cdb (16 bytes, written in place) */
+  readonly cdb: Buffer;
+  lba: number;
+  readonly onRead: (res: ScsiResult) => Buffer | Promise<Buffer>;
+  readonly onReadCompleted: (res: ScsiResult) => Buffer;
+  readonly onWrite: (res: ScsiResult) => void | Promise<void>;
+  readonly onWriteCompleted: () => void;
+  readonly onError: (err: unknown) => never;
+}
+
 interface RunOptions {
   dataOut?: Buffer;
   dataInLength?: number;
@@ -295,6 +331,8 @@ export class ScsiDisk {
   private geo?: DiskGeometry;
   private lim?: DiskLimits;
   private zeroBuf?: Buffer;
+  /** free data-path requests */
+  private readonly requests: RwRequest[] = [];
   /** Set by a CAPACITY DATA HAS CHANGED unit attention, cleared by refreshCapacity(). */
   capacityChanged = false;
   /** Every unit attention seen, oldest first (bounded to the last 64). */
@@ -317,21 +355,28 @@ export class ScsiDisk {
    * RECOVERED ERROR) completion; rejects with ScsiError, or with the executor's TransportError
    * untouched.
    */
-  async command(cdb: Buffer, o: RunOptions = {}): Promise<ScsiResult> {
-    const name = nameOfCdb(cdb);
+  command(cdb: Buffer, o: RunOptions = {}): Promise<ScsiResult> {
     const cmd: ScsiCommand = { lun: this.lun, cdb };
     if (o.dataOut) cmd.dataOut = o.dataOut;
     if (o.dataInLength !== undefined) cmd.dataInLength = o.dataInLength;
     if (o.dataIn) cmd.dataIn = o.dataIn;
     if (this.opts.timeoutMs !== undefined) cmd.timeoutMs = this.opts.timeoutMs;
+    return this.exec.execute(cmd).then((res) => (completed(res) ? res : this.retry(cmd, res)));
+  }
+
+  /**
+   * The retry rules, from a first result that did not complete the command: executes cmd again
+   * while its status allows, as command() describes.
+   */
+  private async retry(cmd: ScsiCommand, first: ScsiResult): Promise<ScsiResult> {
+    const name = nameOfCdb(cmd.cdb);
     let ua = 0;
     let busy = 0;
     let notReady = 0;
     let aborted = 0;
-    for (;;) {
-      const res = await this.exec.execute(cmd);
+    for (let res = first; ; res = await this.exec.execute(cmd)) {
       const st = res.status;
-      if (st === SAM_STAT_GOOD || st === SAM_STAT_CONDITION_MET) return res;
+      if (completed(res)) return res;
       if (st === SAM_STAT_BUSY || st === SAM_STAT_TASK_SET_FULL) {
         if (busy >= this.policy.busyRetries) throw this.fail(name, res, undefined, `still ${nameOfSamStatus(st)} after ${busy} retries`);
         const delay = Math.min(this.policy.busyBackoffMs * 2 ** busy, this.policy.busyBackoffMaxMs);
@@ -639,19 +684,25 @@ export class ScsiDisk {
   /* Block operations.                                                                        */
   /* ---------------------------------------------------------------------------------------- */
 
-  /** Validate a byte range; returns [first LBA, block count]. */
-  private range(op: string, offset: number, length: number, beyondEnd: DiskErrorCode): [number, number] {
+  /** Validate a byte range; returns its first LBA (the block count is length / block size). */
+  private firstLba(op: string, offset: number, length: number, beyondEnd: DiskErrorCode): number {
     const g = this.geometry;
     if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0) {
       throw new DiskRequestError(`${op}: bad offset ${offset} / length ${length}`, 'EINVAL');
     }
     if (offset % g.blockSize !== 0 || length % g.blockSize !== 0) {
-      throw new DiskRequestError(`${op}: offset ${offset} / length ${length} not aligned to the ${g.blockSize}-byte block size`, 'EINVAL');
+      const why = `not aligned to the ${g.blockSize}-byte block size`;
+      throw new DiskRequestError(`${op}: offset ${offset} / length ${length} ${why}`, 'EINVAL');
     }
     if (offset + length > g.sizeBytes) {
       throw new DiskRequestError(`${op}: ${offset}+${length} is beyond the end of the disk (${g.sizeBytes} bytes)`, beyondEnd);
     }
-    return [offset / g.blockSize, length / g.blockSize];
+    return offset / g.blockSize;
+  }
+
+  /** Validate a byte range; returns [first LBA, block count]. */
+  private range(op: string, offset: number, length: number, beyondEnd: DiskErrorCode): [number, number] {
+    return [this.firstLba(op, offset, length, beyondEnd), length / this.geometry.blockSize];
   }
 
   /** Split [lba, lba+n) into pieces of at most `max` blocks (max is clamped to >= 1). */
@@ -690,45 +741,125 @@ export class ScsiDisk {
   /**
    * Read `length` bytes at `offset` into `dst` (or a new buffer) with READ(16), split by the
    * maximum transfer length. Resolves with the filled buffer (dst.subarray(0, length) when given).
+   * A read that fits one command is the data path: a reused request, its CDB written in place,
+   * one promise on top of the executor's.
    */
-  async read(offset: number, length: number, dst?: Buffer): Promise<Buffer> {
-    const [lba, n] = this.range('read', offset, length, 'EINVAL');
-    if (dst && dst.length < length) throw new DiskRequestError(`read: destination of ${dst.length} bytes for ${length}`, 'EINVAL');
-    const out = dst ? dst.subarray(0, length) : Buffer.allocUnsafe(length);
+  read(offset: number, length: number, dst?: Buffer): Promise<Buffer> {
+    let lba: number;
+    try {
+      lba = this.firstLba('read', offset, length, 'EINVAL');
+      if (dst && dst.length < length) {
+        throw new DiskRequestError(`read: destination of ${dst.length} bytes for ${length}`, 'EINVAL');
+      }
+    } catch (e) {
+      return Promise.reject(e);
+    }
+    const out = dst ? (dst.length === length ? dst : dst.subarray(0, length)) : Buffer.allocUnsafe(length);
+    const n = length / this.geometry.blockSize;
+    if (n === 0 || n > this.limits.maxTransferBlocks) return this.readChunks(lba, n, out);
+    const rq = this.takeRequest();
+    writeRw16(rq.cdb, READ_16, lba, n);
+    rq.lba = lba;
+    rq.cmd.dataInLength = length;
+    rq.cmd.dataIn = out;
+    return this.exec.execute(rq.cmd).then(rq.onRead, rq.onError);
+  }
+
+  private async readChunks(lba: number, n: number, out: Buffer): Promise<Buffer> {
     const bs = this.geometry.blockSize;
     await this.runChunks(
       ScsiDisk.split(lba, n, this.limits.maxTransferBlocks).map(([l, c]) => async () => {
         const at = (l - lba) * bs;
         const want = c * bs;
         const slot = out.subarray(at, at + want);
-        const res = await this.command(buildRead16(BigInt(l), c), { dataInLength: want, dataIn: slot });
-        const got = res.dataIn;
-        if (!got || got.length < want || res.residual > 0) {
-          throw new ScsiError(
-            `READ_16 at LBA ${l} returned ${got?.length ?? 0} of ${want} bytes (residual ${res.residual})`,
-            'READ_16', res.status, undefined, 'EIO',
-          );
-        }
-        if (got.buffer !== slot.buffer || got.byteOffset !== slot.byteOffset) got.copy(slot, 0, 0, want);
+        checkRead(l, want, slot, await this.command(buildRead16(BigInt(l), c), { dataInLength: want, dataIn: slot }));
       }),
     );
     return out;
   }
 
+  /** A READ(16) of the data path answered: retried per the rules unless it completed, checked. */
+  private readDone(rq: RwRequest, res: ScsiResult): Buffer | Promise<Buffer> {
+    if (!completed(res)) return this.retry(rq.cmd, res).then(rq.onReadCompleted, rq.onError);
+    return this.readCompleted(rq, res);
+  }
+
+  private readCompleted(rq: RwRequest, res: ScsiResult): Buffer {
+    const out = rq.cmd.dataIn!;
+    const lba = rq.lba;
+    this.releaseRequest(rq);
+    checkRead(lba, out.length, out, res);
+    return out;
+  }
+
   /**
    * Write `data` at `offset` with WRITE(16), split by the maximum transfer length. With `fua` the
-   * data is durable on return, the way limits.fua says.
+   * data is durable on return, the way limits.fua says. A write that fits one command and needs
+   * no FUA handling is the data path, as in read().
    */
-  async write(offset: number, data: Buffer, flags: { fua?: boolean } = {}): Promise<void> {
-    const [lba, n] = this.range('write', offset, data.length, 'ENOSPC');
+  write(offset: number, data: Buffer, flags?: { fua?: boolean }): Promise<void> {
+    let lba: number;
+    try {
+      lba = this.firstLba('write', offset, data.length, 'ENOSPC');
+    } catch (e) {
+      return Promise.reject(e);
+    }
+    const n = data.length / this.geometry.blockSize;
+    const fua = flags?.fua ?? false;
+    if (n === 0 || n > this.limits.maxTransferBlocks || (fua && this.limits.fua !== 'write-through')) {
+      return this.writeChunks(lba, n, data, fua);
+    }
+    const rq = this.takeRequest();
+    writeRw16(rq.cdb, WRITE_16, lba, n);
+    rq.cmd.dataOut = data;
+    return this.exec.execute(rq.cmd).then(rq.onWrite, rq.onError);
+  }
+
+  private async writeChunks(lba: number, n: number, data: Buffer, fua: boolean): Promise<void> {
     const bs = this.geometry.blockSize;
     await this.runChunks(
       ScsiDisk.split(lba, n, this.limits.maxTransferBlocks).map(([l, c]) => async () => {
         const at = (l - lba) * bs;
-        await this.writeBlocks(l, c, data.subarray(at, at + c * bs), flags.fua ?? false);
+        await this.writeBlocks(l, c, data.subarray(at, at + c * bs), fua);
       }),
     );
-    if (flags.fua && this.limits.fua === 'sync-cache') await this.syncRange(lba, n);
+    if (fua && this.limits.fua === 'sync-cache') await this.syncRange(lba, n);
+  }
+
+  /** A WRITE(16) of the data path answered: retried per the rules unless it completed. */
+  private writeDone(rq: RwRequest, res: ScsiResult): void | Promise<void> {
+    if (!completed(res)) return this.retry(rq.cmd, res).then(rq.onWriteCompleted, rq.onError);
+    this.releaseRequest(rq);
+  }
+
+  /** A free data-path request (the pool grows to the number of requests in flight at once). */
+  private takeRequest(): RwRequest {
+    const rq = this.requests.pop();
+    if (rq) return rq;
+    const cmd: ScsiCommand = {
+      lun: this.lun, cdb: Buffer.alloc(16), dataOut: undefined, dataInLength: undefined, dataIn: undefined,
+      timeoutMs: this.opts.timeoutMs,
+    };
+    const created: RwRequest = {
+      cmd, cdb: cmd.cdb, lba: 0,
+      onRead: (res) => this.readDone(created, res),
+      onReadCompleted: (res) => this.readCompleted(created, res),
+      onWrite: (res) => this.writeDone(created, res),
+      onWriteCompleted: () => this.releaseRequest(created),
+      onError: (err) => {
+        this.releaseRequest(created);
+        throw err;
+      },
+    };
+    return created;
+  }
+
+  /** The executor has settled the request's command: nothing refers to its CDB any more. */
+  private releaseRequest(rq: RwRequest): void {
+    rq.cmd.dataOut = undefined;
+    rq.cmd.dataInLength = undefined;
+    rq.cmd.dataIn = undefined;
+    this.requests.push(rq);
   }
 
   /**

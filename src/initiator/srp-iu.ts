@@ -432,6 +432,101 @@ export function encodeCmd(m: SrpCmd, ctx: SrpCodecContext = {}, buf?: Buffer, of
   return b;
 }
 
+/* --------------------------------------------------- CMD, data-path form */
+
+/** An srp_direct_buf with its 64-bit address as two 32-bit halves (no bigint on the data path). */
+export interface SrpDirectBufParts {
+  vaHi: number;
+  vaLo: number;
+  key: number;
+  len: number;
+}
+
+/**
+ * What encodeCmdInPlace() writes: an SRP_CMD with at most one direct descriptor per direction, or
+ * SRP-2 immediate data for data-out. 64-bit fields (tag, LUN) as 32-bit halves. The session keeps
+ * one of these and fills it per command, so nothing is allocated.
+ */
+export interface SrpCmdFields {
+  tagHi: number;
+  tagLo: number;
+  lunHi: number;
+  lunLo: number;
+  taskAttr: number;
+  /** 1..32 bytes; shorter than 16 is zero padded */
+  cdb: Buffer;
+  /** SRP_NO_DATA_DESC, SRP_DATA_DESC_DIRECT or SRP_DATA_DESC_IMM */
+  outFmt: number;
+  /** the data-out descriptor (SRP_DATA_DESC_DIRECT) */
+  out: SrpDirectBufParts;
+  /** immediate data (SRP_DATA_DESC_IMM) */
+  immData: Buffer | undefined;
+  /** SRP_NO_DATA_DESC or SRP_DATA_DESC_DIRECT */
+  inFmt: number;
+  /** the data-in descriptor (SRP_DATA_DESC_DIRECT) */
+  in: SrpDirectBufParts;
+}
+
+/** Length of the SRP_CMD encodeCmdInPlace() writes for f (immDataOffset: the negotiated one, for immediate data). */
+export function cmdInPlaceLength(f: SrpCmdFields, immDataOffset: number): number {
+  let end = SRP_CMD_LEN + addCdbLenFor(f.cdb.length);
+  if (f.outFmt === SRP_DATA_DESC_IMM) return immOffset({ immDataOffset }, end + SRP_IMM_BUF_LEN) + f.immData!.length;
+  if (f.outFmt === SRP_DATA_DESC_DIRECT) end += SRP_DIRECT_BUF_LEN;
+  if (f.inFmt === SRP_DATA_DESC_DIRECT) end += SRP_DIRECT_BUF_LEN;
+  return end;
+}
+
+/** Copies a few bytes (a CDB, sense data) byte by byte: cheaper than Buffer#copy's native call. */
+export function copySmall(src: Buffer, dst: Buffer, at: number, start = 0, end = src.length): void {
+  for (let i = start; i < end; i++) dst[at + i - start] = src[i]!;
+}
+
+function writeDirectParts(b: Buffer, at: number, d: SrpDirectBufParts): void {
+  b.writeUInt32BE(d.vaHi, at);
+  b.writeUInt32BE(d.vaLo, at + 4);
+  b.writeUInt32BE(d.key, at + 8);
+  b.writeUInt32BE(d.len, at + 12);
+}
+
+/**
+ * The data path's encodeCmd(): writes the SRP_CMD described by f at the start of b (the command
+ * slot's IU buffer, reused) and returns its length; the same layout as encodeCmd() produces for a
+ * direct or immediate descriptor. The caller checks the length against max_it_iu_len first
+ * (cmdInPlaceLength); b must hold it. Allocates nothing.
+ */
+export function encodeCmdInPlace(b: Buffer, f: SrpCmdFields, immDataOffset: number): number {
+  const cdbLen = f.cdb.length;
+  if (cdbLen < 1 || cdbLen > 16 + SRP_MAX_ADD_CDB_LEN) throw new RangeError(`CDB length ${cdbLen}`);
+  if (f.inFmt === SRP_DATA_DESC_IMM) throw new RangeError('immediate data is data-out only');
+  const total = cmdInPlaceLength(f, immDataOffset);
+  if (total > b.length) throw new RangeError(`encode: ${total} bytes do not fit in ${b.length}`);
+  const addCdb = addCdbLenFor(cdbLen);
+  let at = SRP_CMD_LEN + addCdb;
+  // every byte of the header written (reserved ones as 0): the buffer is reused
+  b.writeUInt32BE(SRP_CMD * 0x1000000, 0); // opcode, sol_not 0, reserved
+  b.writeUInt32BE(((f.outFmt << 4) | f.inFmt) << 16, 4); // buf_fmt; descriptor counts 0: no indirect ones
+  b.writeUInt32BE(f.tagHi, 8);
+  b.writeUInt32BE(f.tagLo, 12);
+  b.writeUInt32BE(0, 16);
+  b.writeUInt32BE(f.lunHi, 20);
+  b.writeUInt32BE(f.lunLo, 24);
+  b.writeUInt32BE(((f.taskAttr & 0x7) << 16) | addCdb, 28);
+  copySmall(f.cdb, b, 32);
+  for (let i = 32 + cdbLen; i < at; i++) b[i] = 0; // CDB padding
+  if (f.outFmt === SRP_DATA_DESC_IMM) {
+    const data = f.immData!;
+    b.writeUInt32BE(data.length, at);
+    at += SRP_IMM_BUF_LEN;
+    for (let i = at; i < immDataOffset; i++) b[i] = 0;
+    data.copy(b, immDataOffset);
+  } else if (f.outFmt === SRP_DATA_DESC_DIRECT) {
+    writeDirectParts(b, at, f.out);
+    at += SRP_DIRECT_BUF_LEN;
+  }
+  if (f.inFmt === SRP_DATA_DESC_DIRECT) writeDirectParts(b, at, f.in);
+  return total;
+}
+
 function readDesc(
   b: Buffer, at: number, fmt: number, cnt: number, dir: 'data-out' | 'data-in', ctx: SrpCodecContext,
 ): { desc: SrpDataDesc; len: number } {
@@ -490,6 +585,114 @@ export function decodeCmd(buf: Buffer, offset = 0, length?: number, ctx: SrpCode
   };
 }
 
+/**
+ * The target's data-path decodeCmd(): reads an SRP_CMD in place into this reusable object, without
+ * allocating: 64-bit fields as 32-bit halves, the CDB and immediate data as offsets into the IU,
+ * direct descriptors as SrpDirectBufParts. Accepts and refuses exactly what decodeCmd() does; for
+ * an indirect descriptor only its format and count are kept (decodeCmd() gives the descriptors).
+ */
+export class SrpCmdReader {
+  solNot = 0;
+  tagHi = 0;
+  tagLo = 0;
+  lunHi = 0;
+  lunLo = 0;
+  taskAttr = 0;
+  /** the CDB is [cdbOffset, cdbOffset + cdbLen) of the IU (16 + additional CDB length) */
+  readonly cdbOffset = 32;
+  cdbLen = 16;
+  /** SRP_NO_DATA_DESC, SRP_DATA_DESC_DIRECT, SRP_DATA_DESC_INDIRECT or SRP_DATA_DESC_IMM */
+  outFmt: number = SRP_NO_DATA_DESC;
+  inFmt: number = SRP_NO_DATA_DESC;
+  /** descriptor counts of an indirect descriptor (bytes 6 and 7) */
+  outCnt = 0;
+  inCnt = 0;
+  /** direct descriptors */
+  readonly out: SrpDirectBufParts = { vaHi: 0, vaLo: 0, key: 0, len: 0 };
+  readonly in: SrpDirectBufParts = { vaHi: 0, vaLo: 0, key: 0, len: 0 };
+  /** immediate data at [immOffset, immOffset + immLen) of the IU */
+  immOffset = 0;
+  immLen = 0;
+
+  /** Reads the whole of b as one SRP_CMD; throws SrpDecodeError when decodeCmd() would. */
+  read(b: Buffer, ctx: SrpCodecContext = {}): this {
+    const name = nameOfSrpOpcode(SRP_CMD);
+    if (b.length < 1) throw new SrpDecodeError(`${name}: empty IU`, undefined);
+    if (b[0] !== SRP_CMD) throw new SrpDecodeError(`expected ${name}, got ${nameOfSrpOpcode(b[0]!)}`, b[0]);
+    if (b.length < SRP_CMD_LEN) {
+      throw new SrpDecodeError(`${name}: ${b.length} bytes, needs at least ${SRP_CMD_LEN}`, SRP_CMD);
+    }
+    const addCdb = b[31]! & 0xfc;
+    if (SRP_CMD_LEN + addCdb > b.length) {
+      throw new SrpDecodeError(`SRP_CMD: additional CDB of ${addCdb} bytes exceeds IU of ${b.length}`, SRP_CMD);
+    }
+    this.outFmt = b[5]! >> 4;
+    this.inFmt = b[5]! & 0xf;
+    this.outCnt = b[6]!;
+    this.inCnt = b[7]!;
+    let at = SRP_CMD_LEN + addCdb;
+    at += this.readDesc(b, at, this.outFmt, this.outCnt, 'data-out', ctx, this.out);
+    this.readDesc(b, at, this.inFmt, this.inCnt, 'data-in', ctx, this.in);
+    this.solNot = b[1]!;
+    this.tagHi = b.readUInt32BE(8);
+    this.tagLo = b.readUInt32BE(12);
+    this.lunHi = b.readUInt32BE(20);
+    this.lunLo = b.readUInt32BE(24);
+    this.taskAttr = b[29]! & 0x7;
+    this.cdbLen = 16 + addCdb;
+    return this;
+  }
+
+  /** readDesc() of decodeCmd, in place; returns the descriptor's length in the IU. */
+  private readDesc(
+    b: Buffer, at: number, fmt: number, cnt: number, dir: 'data-out' | 'data-in', ctx: SrpCodecContext,
+    d: SrpDirectBufParts,
+  ): number {
+    let len: number;
+    switch (fmt) {
+      case SRP_NO_DATA_DESC:
+        return 0;
+      case SRP_DATA_DESC_DIRECT:
+        len = SRP_DIRECT_BUF_LEN;
+        break;
+      case SRP_DATA_DESC_INDIRECT:
+        len = SRP_INDIRECT_BUF_LEN + cnt * SRP_DIRECT_BUF_LEN;
+        break;
+      case SRP_DATA_DESC_IMM:
+        if (dir === 'data-in') throw new SrpDecodeError('SRP_CMD: immediate data descriptor for data-in', SRP_CMD);
+        len = SRP_IMM_BUF_LEN;
+        break;
+      default:
+        throw new SrpDecodeError(`SRP_CMD: unsupported ${dir} descriptor format ${fmt}`, SRP_CMD);
+    }
+    if (at + len > b.length) {
+      throw new SrpDecodeError(`SRP_CMD: ${dir} descriptor needs ${len} bytes at ${at}, IU is ${b.length}`, SRP_CMD);
+    }
+    if (fmt === SRP_DATA_DESC_DIRECT) {
+      d.vaHi = b.readUInt32BE(at);
+      d.vaLo = b.readUInt32BE(at + 4);
+      d.key = b.readUInt32BE(at + 8);
+      d.len = b.readUInt32BE(at + 12);
+    } else if (fmt === SRP_DATA_DESC_IMM) {
+      const dataLen = b.readUInt32BE(at);
+      const off = ctx.immDataOffset;
+      if (off === undefined || off === 0) {
+        throw new SrpDecodeError('SRP_CMD: immediate data not negotiated on this channel', SRP_CMD);
+      }
+      if (off < at + SRP_IMM_BUF_LEN) {
+        throw new SrpDecodeError(`SRP_CMD: imm_data_offset ${off} overlaps descriptors`, SRP_CMD);
+      }
+      if (off + dataLen > b.length) {
+        const why = `${dataLen} bytes of immediate data at ${off} exceed IU of ${b.length}`;
+        throw new SrpDecodeError(`SRP_CMD: ${why}`, SRP_CMD);
+      }
+      this.immOffset = off;
+      this.immLen = dataLen;
+    }
+    return len;
+  }
+}
+
 /* ----------------------------------------------------------------- RSP */
 
 export function rspLength(m: Pick<SrpRsp, 'responseData' | 'sense'>): number {
@@ -540,6 +743,98 @@ export function decodeRsp(buf: Buffer, offset = 0, length?: number): SrpRsp {
   if (flags & SRP_RSP_FLAG_RSPVALID) m.responseData = b.subarray(SRP_RSP_LEN, SRP_RSP_LEN + respLen);
   if (flags & SRP_RSP_FLAG_SNSVALID) m.sense = b.subarray(SRP_RSP_LEN + respLen, SRP_RSP_LEN + respLen + senseLen);
   return m;
+}
+
+/** The fields of an SRP_RSP as encodeRspInPlace() takes them: the tag as 32-bit halves. */
+export interface SrpRspFields {
+  solNot: number;
+  reqLimDelta: number;
+  tagHi: number;
+  tagLo: number;
+  /** residual flags (DOOVER/DOUNDER/DIOVER/DIUNDER); RSPVALID/SNSVALID follow the data given */
+  flags: number;
+  status: number;
+  dataOutResCnt: number;
+  dataInResCnt: number;
+  responseData: Buffer | undefined;
+  sense: Buffer | undefined;
+}
+
+/**
+ * encodeRsp() for a data path: writes the SRP_RSP at the start of b (a reused buffer of at least
+ * rspLength(f) bytes) and returns its length. Allocates nothing.
+ */
+export function encodeRspInPlace(b: Buffer, f: SrpRspFields): number {
+  const respLen = f.responseData?.length ?? 0;
+  const senseLen = f.sense?.length ?? 0;
+  const total = SRP_RSP_LEN + respLen + senseLen;
+  if (total > b.length) throw new RangeError(`encode: ${total} bytes do not fit in ${b.length}`);
+  // every byte of the header written (reserved ones as 0): the buffer is reused
+  b.writeUInt32BE(SRP_RSP * 0x1000000 + (f.solNot & 0xff) * 0x10000, 0);
+  b.writeInt32BE(f.reqLimDelta, 4);
+  b.writeUInt32BE(f.tagHi, 8);
+  b.writeUInt32BE(f.tagLo, 12);
+  const flags = (f.flags & ~(SRP_RSP_FLAG_RSPVALID | SRP_RSP_FLAG_SNSVALID))
+    | (f.responseData ? SRP_RSP_FLAG_RSPVALID : 0) | (f.sense ? SRP_RSP_FLAG_SNSVALID : 0);
+  b.writeUInt32BE(((flags & 0xff) << 8) | (f.status & 0xff), 16);
+  b.writeUInt32BE(u32(f.dataOutResCnt, 'data_out_res_cnt'), 20);
+  b.writeUInt32BE(u32(f.dataInResCnt, 'data_in_res_cnt'), 24);
+  b.writeUInt32BE(senseLen, 28);
+  b.writeUInt32BE(respLen, 32);
+  f.responseData?.copy(b, SRP_RSP_LEN);
+  f.sense?.copy(b, SRP_RSP_LEN + respLen);
+  return total;
+}
+
+/**
+ * The data path's decodeRsp(): reads an SRP_RSP in place into this reusable object (64-bit tag as
+ * two 32-bit halves; response and sense data as offsets into the IU) without allocating. Accepts
+ * and refuses exactly what decodeRsp() does.
+ */
+export class SrpRspReader {
+  solNot = 0;
+  reqLimDelta = 0;
+  tagHi = 0;
+  tagLo = 0;
+  flags = 0;
+  status = 0;
+  dataOutResCnt = 0;
+  dataInResCnt = 0;
+  /** response data at [respOffset, respOffset + respLen) of the IU, when RSPVALID */
+  respOffset = SRP_RSP_LEN;
+  respLen = 0;
+  /** sense data at [senseOffset, senseOffset + senseLen) of the IU, when SNSVALID */
+  senseOffset = SRP_RSP_LEN;
+  senseLen = 0;
+
+  /** Reads the whole of b as one SRP_RSP; throws SrpDecodeError when it is not a valid one. */
+  read(b: Buffer): this {
+    if (b.length < 1) throw new SrpDecodeError(`${nameOfSrpOpcode(SRP_RSP)}: empty IU`, undefined);
+    const name = nameOfSrpOpcode(SRP_RSP);
+    if (b[0] !== SRP_RSP) throw new SrpDecodeError(`expected ${name}, got ${nameOfSrpOpcode(b[0]!)}`, b[0]);
+    if (b.length < SRP_RSP_LEN) {
+      throw new SrpDecodeError(`${name}: ${b.length} bytes, needs at least ${SRP_RSP_LEN}`, SRP_RSP);
+    }
+    const flags = b[18]!;
+    const senseLen = flags & SRP_RSP_FLAG_SNSVALID ? b.readUInt32BE(28) : 0;
+    const respLen = flags & SRP_RSP_FLAG_RSPVALID ? b.readUInt32BE(32) : 0;
+    if (SRP_RSP_LEN + respLen + senseLen > b.length) {
+      throw new SrpDecodeError(
+        `SRP_RSP: response data ${respLen} + sense ${senseLen} bytes exceed IU of ${b.length}`, SRP_RSP);
+    }
+    this.solNot = b[1]!;
+    this.reqLimDelta = b.readInt32BE(4);
+    this.tagHi = b.readUInt32BE(8);
+    this.tagLo = b.readUInt32BE(12);
+    this.flags = flags;
+    this.status = b[19]!;
+    this.dataOutResCnt = b.readUInt32BE(20);
+    this.dataInResCnt = b.readUInt32BE(24);
+    this.respLen = respLen;
+    this.senseOffset = SRP_RSP_LEN + respLen;
+    this.senseLen = senseLen;
+    return this;
+  }
 }
 
 /* ------------------------------------------------------ CRED / AER */

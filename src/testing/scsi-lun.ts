@@ -8,7 +8,10 @@
  * TRANSFER LENGTH fails, an UNMAP with too many descriptors fails), so a caller that ignores them
  * is caught. Fault injection: the next N (matching) commands return a chosen status/sense, unit
  * attentions can be queued, the identity (serial, NAA, capacity) can change, and the LUN can be
- * write protected. Every command is logged in `log` for tests to assert what an initiator sent.
+ * write protected. Every command is logged in `log` for tests to assert what an initiator sent
+ * (commandLog bounds or turns off the log: a LUN serving a benchmark keeps nothing per command).
+ * READ(16) data is a view of the LUN's memory, as a target serving from its own memory hands it to
+ * the RDMA WRITE: the view is valid until the LUN is written.
  *
  * Not a product: no persistence, no reservations, no protection information.
  */
@@ -182,6 +185,11 @@ export interface RamScsiLunOptions {
   dpoFua?: boolean;
   /** Know SYNCHRONIZE CACHE(16) (default true); false: INVALID COMMAND OPERATION CODE, only (10). */
   syncCache16?: boolean;
+  /**
+   * Commands the log keeps at least (the most recent; it holds up to twice as many), default all;
+   * 0: no log, nothing recorded per command.
+   */
+  commandLog?: number;
 }
 
 /** One command as the LUN saw it. */
@@ -259,8 +267,11 @@ export class RamScsiLun implements ScsiTargetLun {
   dpoFua: boolean;
   readonly syncCache16: boolean;
 
-  /** Every command executed, oldest first. */
+  /** Every command executed, oldest first (the most recent commandLog of them). */
   readonly log: RamLunLogEntry[] = [];
+  readonly commandLog: number;
+  /** what dispatch() fills in when nothing is logged */
+  private readonly scratchEntry: RamLunLogEntry = { name: '', cdb: Buffer.alloc(0), status: SAM_STAT_GOOD };
 
   private data: Buffer;
   /** 1 per mapped block. */
@@ -311,6 +322,8 @@ export class RamScsiLun implements ScsiTargetLun {
     this.writeCache = opts.writeCache ?? true;
     this.dpoFua = opts.dpoFua ?? true;
     this.syncCache16 = opts.syncCache16 ?? true;
+    this.commandLog = opts.commandLog ?? Infinity;
+    if (!(this.commandLog >= 0)) throw new RangeError(`commandLog ${this.commandLog}`);
     this.data = Buffer.alloc(this.blocks * this.blockSize);
     this.mapped = new Uint8Array(this.blocks);
     if (this.provisioning.lbpme) {
@@ -425,10 +438,14 @@ export class RamScsiLun implements ScsiTargetLun {
   /* ---------------------------------------------------------------------------------------- */
 
   execute(cdb: Buffer, dataOut: Buffer | undefined, allocationLength: number): Reply | Promise<Reply> {
-    const entry: RamLunLogEntry = { name: nameOfCdb(cdb), cdb: Buffer.from(cdb), status: SAM_STAT_GOOD };
-    this.log.push(entry);
+    let entry = this.scratchEntry;
+    if (this.commandLog > 0) {
+      entry = { name: nameOfCdb(cdb), cdb: Buffer.from(cdb), status: SAM_STAT_GOOD };
+      this.log.push(entry);
+      if (this.log.length >= 2 * this.commandLog) this.log.splice(0, this.log.length - this.commandLog);
+    }
 
-    const fi = this.faults.findIndex((f) => !f.fault.match || f.fault.match(cdb));
+    const fi = this.faults.length === 0 ? -1 : this.faults.findIndex((f) => !f.fault.match || f.fault.match(cdb));
     if (fi >= 0) {
       const f = this.faults[fi]!;
       if (--f.left === 0) this.faults.splice(fi, 1);
@@ -510,16 +527,25 @@ export class RamScsiLun implements ScsiTargetLun {
       case READ_16:
       case WRITE_16: {
         this.needCdb(cdb, 16);
-        const lba = cdb.readBigUInt64BE(2);
+        // the LBA as two 32-bit halves: no bigint per command unless it is logged or out of range
+        const lbaHi = cdb.readUInt32BE(2);
+        const lbaLo = cdb.readUInt32BE(6);
         const n = cdb.readUInt32BE(10);
-        Object.assign(entry, { lba, blocks: n, fua: (cdb[1]! & 0x08) !== 0 });
+        if (entry !== this.scratchEntry) {
+          entry.lba = (BigInt(lbaHi) << 32n) | BigInt(lbaLo);
+          entry.blocks = n;
+          entry.fua = (cdb[1]! & 0x08) !== 0;
+        }
         if ((cdb[1]! & 0xe0) !== 0) throw invalidField(1); /* no protection information */
         if ((cdb[1]! & 0x18) !== 0 && !this.dpoFua) throw invalidField(1); /* DPO/FUA not supported */
-        const start = this.checkRange(lba, n);
+        const start = lbaHi < 0x200000 && lbaHi * 0x100000000 + lbaLo + n <= this.blocks
+          ? lbaHi * 0x100000000 + lbaLo
+          : this.checkRange((BigInt(lbaHi) << 32n) | BigInt(lbaLo), n);
         if (this.limits.maxTransferLength > 0 && n > this.limits.maxTransferLength) throw invalidField(10);
         const len = n * this.blockSize;
         if (op === READ_16) {
-          return { status: SAM_STAT_GOOD, dataIn: Buffer.from(this.data.subarray(start * this.blockSize, start * this.blockSize + len)) };
+          const at = start * this.blockSize;
+          return { status: SAM_STAT_GOOD, dataIn: this.data.subarray(at, at + len) };
         }
         this.checkWritable();
         if (!dataOut || dataOut.length < len) throw invalidField(10);

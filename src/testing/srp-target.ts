@@ -6,7 +6,9 @@
  * formats, MULTI-CHANNEL action, SRP-2 immediate data at the initiator's imm_data_offset), a
  * credit window per channel (req_lim), data-out fetched by RDMA READ and data-in delivered by
  * RDMA WRITE before the SRP_RSP, credits of aborted tasks returned in later responses, task
- * management (ABORT TASK, LUN RESET, ABORT/CLEAR TASK SET).
+ * management (ABORT TASK, LUN RESET, ABORT/CLEAR TASK SET). Commands are read in place and answered
+ * from reused buffers and task records, so serving one allocates next to nothing: the test target
+ * runs in the same process as the initiator whose cost `serve --test-target` measures.
  *
  * Fault injection (properties and methods below): reject login with a chosen reason, delay
  * responses, stall or answer chosen commands (sense data), stop answering (black hole), withhold
@@ -21,7 +23,8 @@
  */
 import {
   SRP_BUF_FORMAT_DIRECT, SRP_BUF_FORMAT_INDIRECT, SRP_CMD, SRP_CMD_LEN, SRP_CRED_RSP, SRP_AER_RSP,
-  SRP_I_LOGOUT, SRP_IMMED_REQUESTED, SRP_LOGIN_REJ_CHANNEL_LIMIT_REACHED,
+  SRP_DATA_DESC_DIRECT, SRP_DATA_DESC_IMM, SRP_DATA_DESC_INDIRECT, SRP_I_LOGOUT, SRP_MAX_ADD_CDB_LEN,
+  SRP_IMMED_REQUESTED, SRP_LOGIN_REJ_CHANNEL_LIMIT_REACHED,
   SRP_LOGIN_REJ_MULTI_CHANNEL_UNSUPPORTED, SRP_LOGIN_REJ_REQ_IT_IU_LENGTH_TOO_LARGE,
   SRP_LOGIN_REJ_UNABLE_ESTABLISH_CHANNEL, SRP_LOGIN_REJ_UNSUPPORTED_DESCRIPTOR_FMT, SRP_LOGIN_REQ,
   SRP_LOGIN_REQ_LEN, SRP_LOGIN_REQ_RDMA_LEN, SRP_LOGIN_RSP_IMMED_SUPP, SRP_LOGIN_RSP_MULTICHAN_MAINTAINED,
@@ -32,9 +35,9 @@ import {
   nameOfSrpOpcode,
 } from '../initiator/srp-constants.js';
 import {
-  SrpDecodeError, decodeCmd, decodeLoginReq, decodeLoginReqRdma, decodeTskMgmt, encodeAerReq, encodeCredReq,
-  encodeLoginRej, encodeLoginRsp, encodeRsp, encodeTLogout, type SrpCmd, type SrpDataDesc, type SrpDirectBuf,
-  type SrpLoginReq,
+  SrpCmdReader, SrpDecodeError, copySmall, decodeCmd, decodeLoginReq, decodeLoginReqRdma, decodeTskMgmt, encodeAerReq,
+  encodeCredReq, encodeLoginRej, encodeLoginRsp, encodeRspInPlace, encodeTLogout, type SrpDataDesc,
+  type SrpDirectBuf, type SrpLoginReq, type SrpRspFields,
 } from '../initiator/srp-iu.js';
 import type { ScsiTargetLun } from '../initiator/scsi-executor.js';
 import type { ConnectAnswer, TargetChannelTransport } from '../initiator/transport.js';
@@ -102,10 +105,67 @@ export interface SrpTestTargetStats {
 /** What a command hook returns: a reply (skips the LUN), 'stall' (never answer), or undefined (normal). */
 export type CommandHookResult = { status: number; sense?: Buffer; dataIn?: Buffer } | 'stall' | undefined;
 
-interface Task {
-  tag: bigint;
-  lun: bigint;
-  aborted: boolean;
+type Reply = { status: number; sense?: Buffer; dataIn?: Buffer };
+
+const TWO_32 = 2 ** 32;
+/** A tag or LUN whose upper 32 bits reach this is 2^53 or more: not a safe Number. */
+const HI_LIMIT = 2 ** 21;
+/** A 64-bit value from its halves, as a Number when exact (map key), else its hex. */
+function keyOf(hi: number, lo: number): number | string {
+  return hi < HI_LIMIT ? hi * TWO_32 + lo : `${hi.toString(16)}:${lo.toString(16)}`;
+}
+function bigOf(hi: number, lo: number): bigint {
+  return (BigInt(hi) << 32n) | BigInt(lo);
+}
+/** No data-in descriptors. */
+const NO_DESCS: readonly SrpDirectBuf[] = [];
+
+/**
+ * One SRP_CMD the target works on. Records are reused per channel: what the command needs after
+ * the receive buffer is gone (its CDB, immediate data) is copied into the record's own buffers.
+ */
+class Task {
+  tagHi = 0;
+  tagLo = 0;
+  /** key in SrpTargetChannel.tasks (keyOf the tag) */
+  key: number | string = 0;
+  lun = 0n;
+  aborted = false;
+  /**
+   * In SrpTargetChannel.tasks: the command waits for something (RDMA READ, the LUN's promise, a
+   * response delay, a stall), so a task management function or a disconnect may reach it. A
+   * command answered at once is never there.
+   */
+  pending = false;
+  /** the CDB (a view of cdbBuf) */
+  cdb: Buffer;
+  private readonly cdbBuf = Buffer.alloc(16 + SRP_MAX_ADD_CDB_LEN);
+  /** data-out: immediate data or what RDMA READ fetched */
+  dataOut: Buffer | undefined = undefined;
+  /** room for data-out (immediate data, or several RDMA READs), grown when needed */
+  private outBuf: Buffer | undefined = undefined;
+  /** data-in descriptors and their total length (the allocation length) */
+  inDescs: readonly SrpDirectBuf[] = NO_DESCS;
+  allocationLength = 0;
+  /** the direct data-in descriptor, reused */
+  readonly direct: SrpDirectBuf = { va: 0n, key: 0, len: 0 };
+  readonly directList: SrpDirectBuf[] = [this.direct];
+
+  constructor() {
+    this.cdb = this.cdbBuf.subarray(0, 16);
+  }
+  setCdb(raw: Buffer, offset: number, len: number): void {
+    copySmall(raw, this.cdbBuf, 0, offset, offset + len);
+    if (this.cdb.length !== len) this.cdb = this.cdbBuf.subarray(0, len);
+  }
+  /** A buffer of len bytes for data-out (valid until the record is reused). */
+  outSpace(len: number): Buffer {
+    if (!this.outBuf || this.outBuf.length < len) this.outBuf = Buffer.allocUnsafe(Math.max(len, 8192));
+    if (!this.dataOut || this.dataOut.buffer !== this.outBuf.buffer || this.dataOut.length !== len) {
+      this.dataOut = this.outBuf.subarray(0, len);
+    }
+    return this.dataOut;
+  }
 }
 
 /** One logged-in channel, target side. */
@@ -114,9 +174,16 @@ export class SrpTargetChannel {
   initiatorCredits: number;
   /** credits freed without a response yet to carry them */
   pendingDelta = 0;
-  readonly tasks = new Map<bigint, Task>();
+  /** tasks waiting for something (Task.pending) by keyOf(tag) */
+  readonly tasks = new Map<number | string, Task>();
   open = true;
   private nextTag = 1n;
+  /** decode context of this channel's SRP_CMDs */
+  readonly codec: { immDataOffset: number };
+  /** SRP_RSP encoding buffer (sends copy it) and the view of it last sent */
+  readonly rspBuf: Buffer;
+  rspView: Buffer;
+  private readonly freeTasks: Task[] = [];
   constructor(
     readonly end: TargetChannelTransport,
     readonly login: SrpLoginReq,
@@ -125,6 +192,9 @@ export class SrpTargetChannel {
     reqLim: number,
   ) {
     this.initiatorCredits = reqLim;
+    this.codec = { immDataOffset };
+    this.rspBuf = Buffer.alloc(Math.max(maxTiIuLen, SRP_RSP_LEN + 4));
+    this.rspView = this.rspBuf.subarray(0, SRP_RSP_LEN);
   }
   get initiatorPortId(): string {
     return this.login.initiatorPortId.toString('hex');
@@ -140,6 +210,19 @@ export class SrpTargetChannel {
     } catch {
       return false;
     }
+  }
+  /** @internal */
+  takeTask(): Task {
+    const t = this.freeTasks.pop() ?? new Task();
+    t.aborted = false;
+    t.pending = false;
+    return t;
+  }
+  /** @internal The command is over (answered, aborted or lost): its record may serve another. */
+  releaseTask(t: Task): void {
+    t.dataOut = undefined;
+    t.inDescs = NO_DESCS;
+    this.freeTasks.push(t);
   }
 }
 
@@ -173,6 +256,15 @@ export class SrpTestTarget {
   };
   readonly channels: SrpTargetChannel[] = [];
   private readonly log: SrpLogger | undefined;
+  /** reused by every channel's commands and responses (the target runs on one thread) */
+  private readonly cmdReader = new SrpCmdReader();
+  private readonly rspFields: SrpRspFields = {
+    solNot: 0, reqLimDelta: 0, tagHi: 0, tagLo: 0, flags: 0, status: 0, dataOutResCnt: 0, dataInResCnt: 0,
+    responseData: undefined, sense: undefined,
+  };
+  /** LUNs and initiator addresses by their 64-bit value as a Number */
+  private readonly lunCache = new Map<number, bigint>();
+  private readonly vaCache = new Map<number, bigint>();
 
   constructor(opts: SrpTestTargetOptions) {
     this.luns = opts.luns instanceof Map ? opts.luns : new Map(opts.luns);
@@ -267,12 +359,12 @@ export class SrpTestTarget {
 
   /* ------------------------------------------------------------- receiving */
 
-  private onIu(ch: SrpTargetChannel, raw: Buffer): void {
+  /** The receive buffer is the transport's again once this returns: nothing keeps a view of it. */
+  private onIu(ch: SrpTargetChannel, iu: Buffer): void {
     if (!ch.open || this.blackHole) return;
-    const iu = Buffer.from(raw); // commands outlive the receive buffer
     try {
       switch (iu[0]) {
-        case SRP_CMD: return this.onCmd(ch, decodeCmd(iu, 0, undefined, { immDataOffset: ch.immDataOffset }));
+        case SRP_CMD: return this.onCmd(ch, iu);
         case SRP_TSK_MGMT: {
           const m = decodeTskMgmt(iu);
           if (!this.takeCredit(ch)) return;
@@ -321,98 +413,223 @@ export class SrpTestTarget {
     return d;
   }
 
-  private sendRsp(ch: SrpTargetChannel, tag: bigint, status: number, opts: {
-    sense?: Buffer; responseData?: Buffer; flags?: number; dataInResCnt?: number;
+  /** Sends an SRP_RSP encoded in the channel's response buffer (the send copies it). */
+  private sendRsp(ch: SrpTargetChannel, tagHi: number, tagLo: number, status: number, opts: {
+    sense?: Buffer | undefined; responseData?: Buffer; flags?: number; dataInResCnt?: number;
   } = {}): void {
     let sense = opts.sense;
-    if (sense && SRP_RSP_LEN + (opts.responseData?.length ?? 0) + sense.length > ch.maxTiIuLen) {
-      sense = sense.subarray(0, ch.maxTiIuLen - SRP_RSP_LEN - (opts.responseData?.length ?? 0));
+    const respLen = opts.responseData?.length ?? 0;
+    if (sense && SRP_RSP_LEN + respLen + sense.length > ch.maxTiIuLen) {
+      sense = sense.subarray(0, ch.maxTiIuLen - SRP_RSP_LEN - respLen);
     }
-    const m = {
-      solNot: 0, reqLimDelta: this.delta(ch), tag, flags: opts.flags ?? 0, status, dataOutResCnt: 0,
-      dataInResCnt: opts.dataInResCnt ?? 0,
-      ...(sense ? { sense } : {}), ...(opts.responseData ? { responseData: opts.responseData } : {}),
-    };
-    ch.send(encodeRsp(m));
+    const f = this.rspFields;
+    f.reqLimDelta = this.delta(ch);
+    f.tagHi = tagHi;
+    f.tagLo = tagLo;
+    f.flags = opts.flags ?? 0;
+    f.status = status;
+    f.dataInResCnt = opts.dataInResCnt ?? 0;
+    f.responseData = opts.responseData;
+    f.sense = sense;
+    const len = encodeRspInPlace(ch.rspBuf, f);
+    f.responseData = undefined;
+    f.sense = undefined;
+    if (ch.rspView.length !== len) ch.rspView = ch.rspBuf.subarray(0, len);
+    ch.send(ch.rspView);
   }
 
-  private onCmd(ch: SrpTargetChannel, m: SrpCmd): void {
+  /** A LUN or an address from its halves, as the bigint the maps and transports use (cached). */
+  private bigOf(cache: Map<number, bigint>, hi: number, lo: number): bigint {
+    if (hi >= HI_LIMIT) return bigOf(hi, lo);
+    const k = hi * TWO_32 + lo;
+    let v = cache.get(k);
+    if (v === undefined) {
+      if (cache.size >= 4096) cache.clear();
+      v = bigOf(hi, lo);
+      cache.set(k, v);
+    }
+    return v;
+  }
+
+  /**
+   * SRP_CMD, read in place. What the command needs later is copied into its task record; a
+   * command with immediate data or no data-out runs at once, one that needs RDMA READ (or an
+   * external descriptor table) once that is done.
+   */
+  private onCmd(ch: SrpTargetChannel, iu: Buffer): void {
+    const r = this.cmdReader.read(iu, ch.codec);
     this.stats.commands++;
     if (!this.takeCredit(ch)) {
       // answered (BUSY) so the initiator is not left waiting; tests assert the counter stays 0
-      this.sendRsp(ch, m.tag, BUSY);
+      this.sendRsp(ch, r.tagHi, r.tagLo, BUSY);
       return;
     }
-    const task: Task = { tag: m.tag, lun: m.lun, aborted: false };
-    ch.tasks.set(m.tag, task);
-    this.stats.maxOutstanding = Math.max(this.stats.maxOutstanding, ch.tasks.size);
-    this.runCmd(ch, m, task).catch((err: unknown) => {
-      // RDMA failed: the channel is gone (remote access error or disconnect); nothing to answer
-      this.log?.warn({ err: String(err) }, 'srp-target: command failed in transport');
-      ch.tasks.delete(m.tag);
-    });
-  }
+    const task = ch.takeTask();
+    task.tagHi = r.tagHi;
+    task.tagLo = r.tagLo;
+    task.key = keyOf(r.tagHi, r.tagLo);
+    task.lun = this.bigOf(this.lunCache, r.lunHi, r.lunLo);
+    task.setCdb(iu, r.cdbOffset, r.cdbLen);
+    if (ch.tasks.size + 1 > this.stats.maxOutstanding) this.stats.maxOutstanding = ch.tasks.size + 1;
 
-  private async gather(ch: SrpTargetChannel, d: SrpDataDesc): Promise<{ data?: Buffer; descs: SrpDirectBuf[] }> {
-    switch (d.format) {
-      case 'none': return { descs: [] };
-      case 'imm':
-        this.stats.immediateDataCommands++;
-        return { data: Buffer.from(d.data), descs: [] };
-      case 'direct': return { descs: [d.buf] };
-      case 'indirect': {
-        this.stats.indirectCommands++;
-        let descs = d.descs;
-        if (d.table.len !== descs.length * 16) {
-          // external descriptor table: fetch it from initiator memory
-          const table = await ch.end.rdmaRead(d.table.va, d.table.key, d.table.len);
-          descs = [];
-          for (let i = 0; i + 16 <= table.length; i += 16) {
-            descs.push({ va: table.readBigUInt64BE(i), key: table.readUInt32BE(i + 8), len: table.readUInt32BE(i + 12) });
-          }
-        }
-        return { descs };
-      }
+    // indirect descriptors: decodeCmd gives them (values, not views of the IU)
+    const m = r.outFmt === SRP_DATA_DESC_INDIRECT || r.inFmt === SRP_DATA_DESC_INDIRECT
+      ? decodeCmd(iu, 0, undefined, ch.codec) : undefined;
+    let fetchOut: SrpDataDesc | undefined;
+    let fetchInTable: SrpDirectBuf | undefined;
+    if (r.outFmt === SRP_DATA_DESC_IMM) {
+      this.stats.immediateDataCommands++;
+      iu.copy(task.outSpace(r.immLen), 0, r.immOffset, r.immOffset + r.immLen);
+    } else if (r.outFmt === SRP_DATA_DESC_DIRECT) {
+      const d = r.out;
+      fetchOut = { format: 'direct', buf: { va: this.bigOf(this.vaCache, d.vaHi, d.vaLo), key: d.key, len: d.len } };
+    } else if (r.outFmt === SRP_DATA_DESC_INDIRECT) {
+      this.stats.indirectCommands++;
+      fetchOut = m!.dataOut;
     }
+    if (r.inFmt === SRP_DATA_DESC_DIRECT) {
+      const d = task.direct;
+      d.va = this.bigOf(this.vaCache, r.in.vaHi, r.in.vaLo);
+      d.key = r.in.key;
+      d.len = r.in.len;
+      task.inDescs = task.directList;
+      task.allocationLength = d.len;
+    } else if (r.inFmt === SRP_DATA_DESC_INDIRECT) {
+      this.stats.indirectCommands++;
+      const d = m!.dataIn as Extract<SrpDataDesc, { format: 'indirect' }>;
+      if (d.table.len !== d.descs.length * 16) fetchInTable = d.table; // external table: in initiator memory
+      else this.setInDescs(task, d.descs);
+    } else {
+      task.inDescs = NO_DESCS;
+      task.allocationLength = 0;
+    }
+    if (fetchOut || fetchInTable) {
+      this.pend(ch, task);
+      this.fetchThenRun(ch, task, fetchOut, fetchInTable).catch((err: unknown) => {
+        // RDMA failed: the channel is gone (remote access error or disconnect); nothing to answer
+        this.log?.warn({ err: String(err) }, 'srp-target: command failed in transport');
+        if (ch.tasks.get(task.key) === task) ch.tasks.delete(task.key);
+        ch.releaseTask(task);
+      });
+      return;
+    }
+    this.run(ch, task);
   }
 
-  private async runCmd(ch: SrpTargetChannel, m: SrpCmd, task: Task): Promise<void> {
-    const out = await this.gather(ch, m.dataOut);
-    let dataOut = out.data;
-    if (!dataOut && out.descs.length) {
+  /** The command waits: task management and disconnects can reach it now (Task.pending). */
+  private pend(ch: SrpTargetChannel, task: Task): void {
+    if (task.pending) return;
+    task.pending = true;
+    ch.tasks.set(task.key, task);
+  }
+
+  private setInDescs(task: Task, descs: readonly SrpDirectBuf[]): void {
+    task.inDescs = descs;
+    let n = 0;
+    for (const d of descs) n += d.len;
+    task.allocationLength = n;
+  }
+
+  /** Data-out by RDMA READ (and an external data-in descriptor table), then the command. */
+  private async fetchThenRun(
+    ch: SrpTargetChannel, task: Task, out: SrpDataDesc | undefined, inTable: SrpDirectBuf | undefined,
+  ): Promise<void> {
+    if (out) {
+      const descs = out.format === 'direct' ? [out.buf]
+        : out.format === 'indirect' ? await this.indirectDescs(ch, out) : [];
       const parts: Buffer[] = [];
-      for (const d of out.descs) parts.push(await ch.end.rdmaRead(d.va, d.key, d.len));
-      dataOut = Buffer.concat(parts);
-    }
-    const inDescs = (await this.gather(ch, m.dataIn)).descs;
-    const allocationLength = inDescs.reduce((s, d) => s + d.len, 0);
-    const lun = this.luns.get(m.lun);
-    let reply: { status: number; sense?: Buffer; dataIn?: Buffer };
-    const hooked = this.commandHook?.(m.lun, m.cdb);
-    if (hooked === 'stall') return; // never answered (until aborted)
-    if (hooked) reply = hooked;
-    else if (m.cdb[0] === REPORT_LUNS) reply = { status: GOOD, dataIn: this.reportLuns() };
-    else if (!lun) reply = { status: CHECK_CONDITION, sense: senseLunNotSupported() };
-    else {
-      try {
-        reply = await lun.execute(m.cdb, dataOut, allocationLength);
-      } catch (err) {
-        // a LUN bug must not leave the initiator waiting: HARDWARE ERROR, INTERNAL TARGET FAILURE
-        this.log?.error({ err: String(err) }, 'srp-target: LUN threw');
-        reply = { status: CHECK_CONDITION, sense: senseInternalFailure() };
+      let total = 0;
+      for (const d of descs) {
+        const part = await ch.end.rdmaRead(d.va, d.key, d.len);
+        parts.push(part);
+        total += part.length;
+      }
+      if (parts.length === 1) {
+        task.dataOut = parts[0];
+      } else if (parts.length > 1) {
+        // one buffer for the LUN: the pieces copied into the task's room for data-out
+        const dataOut = task.outSpace(total);
+        let at = 0;
+        for (const p of parts) at += p.copy(dataOut, at);
       }
     }
-    if (task.aborted || !ch.open) return;
+    if (inTable) this.setInDescs(task, await this.tableDescs(ch, inTable));
+    this.run(ch, task);
+  }
 
+  /** The descriptors of an indirect descriptor: inside the IU, or the external table fetched. */
+  private indirectDescs(
+    ch: SrpTargetChannel, d: Extract<SrpDataDesc, { format: 'indirect' }>,
+  ): Promise<SrpDirectBuf[]> | SrpDirectBuf[] {
+    return d.table.len !== d.descs.length * 16 ? this.tableDescs(ch, d.table) : d.descs;
+  }
+
+  /** Fetches an external descriptor table from initiator memory. */
+  private async tableDescs(ch: SrpTargetChannel, table: SrpDirectBuf): Promise<SrpDirectBuf[]> {
+    const raw = await ch.end.rdmaRead(table.va, table.key, table.len);
+    const descs: SrpDirectBuf[] = [];
+    for (let i = 0; i + 16 <= raw.length; i += 16) {
+      descs.push({ va: raw.readBigUInt64BE(i), key: raw.readUInt32BE(i + 8), len: raw.readUInt32BE(i + 12) });
+    }
+    return descs;
+  }
+
+  /** Executes the command (hook, REPORT LUNS, or the LUN), at once or when the LUN's promise settles. */
+  private run(ch: SrpTargetChannel, task: Task): void {
+    const hooked = this.commandHook?.(task.lun, task.cdb);
+    if (hooked === 'stall') {
+      this.pend(ch, task); // never answered (until aborted); the record is not reused
+      return;
+    }
+    let reply: Reply | Promise<Reply>;
+    if (hooked) reply = hooked;
+    else if (task.cdb[0] === REPORT_LUNS) reply = { status: GOOD, dataIn: this.reportLuns() };
+    else {
+      const lun = this.luns.get(task.lun);
+      if (!lun) reply = { status: CHECK_CONDITION, sense: senseLunNotSupported() };
+      else {
+        try {
+          reply = lun.execute(task.cdb, task.dataOut, task.allocationLength);
+        } catch (err) {
+          reply = this.lunThrew(err);
+        }
+      }
+    }
+    if (reply instanceof Promise) {
+      this.pend(ch, task);
+      reply.then((rep) => this.answer(ch, task, rep), (err: unknown) => this.answer(ch, task, this.lunThrew(err)));
+      return;
+    }
+    this.answer(ch, task, reply);
+  }
+
+  /** A LUN bug must not leave the initiator waiting: HARDWARE ERROR, INTERNAL TARGET FAILURE. */
+  private lunThrew(err: unknown): Reply {
+    this.log?.error({ err: String(err) }, 'srp-target: LUN threw');
+    return { status: CHECK_CONDITION, sense: senseInternalFailure() };
+  }
+
+  /**
+   * Data-in by RDMA WRITE, then SRP_RSP. The WRITEs are posted and the response follows them on
+   * the channel (as ib_srpt chains them): a WRITE that fails kills the channel before the
+   * response arrives. The reply's data stays unchanged until the WRITEs complete.
+   */
+  private answer(ch: SrpTargetChannel, task: Task, reply: Reply): void {
+    if (task.aborted || !ch.open) {
+      ch.releaseTask(task);
+      return;
+    }
     let flags = 0;
     let resid = 0;
+    const allocationLength = task.allocationLength;
     if (reply.dataIn && allocationLength > 0) {
       const data = reply.dataIn;
       let off = 0;
-      for (const d of inDescs) {
+      for (const d of task.inDescs) {
         if (off >= data.length) break;
         const n = Math.min(d.len, data.length - off);
-        await ch.end.rdmaWrite(d.va, d.key, data.subarray(off, off + n));
+        const piece = off === 0 && n === data.length ? data : data.subarray(off, off + n);
+        ch.end.rdmaWrite(d.va, d.key, piece).catch(this.rdmaWriteFailed);
         off += n;
       }
       if (data.length < allocationLength) {
@@ -426,10 +643,25 @@ export class SrpTestTarget {
       flags = SRP_RSP_FLAG_DIUNDER;
       resid = allocationLength;
     }
-    if (this.responseDelayMs > 0) await new Promise((r) => setTimeout(r, this.responseDelayMs));
-    if (task.aborted || !ch.open) return;
-    ch.tasks.delete(m.tag);
-    this.sendRsp(ch, m.tag, reply.status, { ...(reply.sense ? { sense: reply.sense } : {}), flags, dataInResCnt: resid });
+    if (this.responseDelayMs > 0) {
+      this.pend(ch, task);
+      setTimeout(() => this.respond(ch, task, reply, flags, resid), this.responseDelayMs);
+      return;
+    }
+    this.respond(ch, task, reply, flags, resid);
+  }
+
+  private readonly rdmaWriteFailed = (err: unknown): void => {
+    // the channel is gone (remote access error or disconnect): the response is lost with it
+    this.log?.warn({ err: String(err) }, 'srp-target: command failed in transport');
+  };
+
+  private respond(ch: SrpTargetChannel, task: Task, reply: Reply, flags: number, resid: number): void {
+    if (!task.aborted && ch.open) {
+      if (task.pending) ch.tasks.delete(task.key);
+      this.sendRsp(ch, task.tagHi, task.tagLo, reply.status, { sense: reply.sense, flags, dataInResCnt: resid });
+    }
+    ch.releaseTask(task);
   }
 
   private reportLuns(): Buffer {
@@ -446,7 +678,7 @@ export class SrpTestTarget {
     for (const t of [...ch.tasks.values()]) {
       if (!pred(t)) continue;
       t.aborted = true;
-      ch.tasks.delete(t.tag);
+      ch.tasks.delete(t.key);
       ch.pendingDelta++;
       n++;
     }
@@ -461,9 +693,11 @@ export class SrpTestTarget {
     if (this.tmBehavior === 'fail') code = SRP_TSK_MGMT_FAILED;
     else {
       switch (func) {
-        case SRP_TSK_ABORT_TASK:
-          this.abortTasks(ch, (t) => t.tag === taskTag && t.lun === lun);
+        case SRP_TSK_ABORT_TASK: {
+          const key = keyOf(Number(taskTag >> 32n), Number(taskTag & 0xffffffffn));
+          this.abortTasks(ch, (t) => t.key === key && t.lun === lun);
           break;
+        }
         case SRP_TSK_LUN_RESET:
         case SRP_TSK_ABORT_TASK_SET:
         case SRP_TSK_CLEAR_TASK_SET:
@@ -473,7 +707,9 @@ export class SrpTestTarget {
           code = SRP_TSK_MGMT_FUNC_NOT_SUPP;
       }
     }
-    this.sendRsp(ch, tag, GOOD, { responseData: Buffer.from([0, 0, 0, code]) });
+    const tagHi = Number(tag >> 32n);
+    const tagLo = Number(tag & 0xffffffffn);
+    this.sendRsp(ch, tagHi, tagLo, GOOD, { responseData: Buffer.from([0, 0, 0, code]) });
   }
 
   /* ---------------------------------------------------------- target requests */
@@ -522,6 +758,6 @@ export class SrpTestTarget {
 
   /** Tags of tasks the target is still working on (all channels). */
   outstandingTags(): bigint[] {
-    return this.channels.flatMap((c) => [...c.tasks.keys()]);
+    return this.channels.flatMap((c) => [...c.tasks.values()].map((t) => bigOf(t.tagHi, t.tagLo)));
   }
 }

@@ -33,7 +33,11 @@ export class TestFabric implements ChannelConnector {
   /** Channels opened so far (logins attempted). */
   opened = 0;
 
-  constructor(specs: TestLunSpec[]) {
+  /**
+   * commandLog: commands each RAM LUN's log keeps (RamScsiLunOptions.commandLog); default 0, no log:
+   * `serve --test-target` and the daemon run for long and measure the initiator's cost.
+   */
+  constructor(specs: TestLunSpec[], opts: { commandLog?: number } = {}) {
     specs.forEach((s, i) => {
       this.luns.set(
         lunToSam(i),
@@ -43,6 +47,7 @@ export class TestFabric implements ChannelConnector {
           serial: s.serial,
           reportedLuns: specs.map((_, j) => lunToSam(j)),
           provisioning: { lbpme: true, lbpu: true, lbpws: true, lbprz: true },
+          commandLog: opts.commandLog ?? 0,
         }),
       );
     });
@@ -98,8 +103,10 @@ export async function startTestTarget(opts: {
   scheduler?: Scheduler;
   queueDepth?: number;
   commandTimeoutMs?: number;
+  /** see TestFabric (tests that look at what the LUNs were sent turn it on) */
+  commandLog?: number;
 }): Promise<TestTargetExports> {
-  const fabric = new TestFabric(opts.luns);
+  const fabric = new TestFabric(opts.luns, opts.commandLog !== undefined ? { commandLog: opts.commandLog } : {});
   const portOpts: SrpPortOptions = {
     name: 'test-target',
     connector: fabric,
