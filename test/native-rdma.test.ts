@@ -214,11 +214,21 @@ t.test('resources: freed in the reverse order of their creation, also when a ste
   const session = await SrpSession.login(transport(b, { pools: [Buffer.allocUnsafeSlow(65536)] }), ids);
   await session.close();
   const created = calls.filter((c) => c in UNDO);
-  t.same(created, [
+  const qp = created.indexOf('cmCreateQp');
+  const channel = created.slice(0, qp + 1);
+  t.same(channel, [
     'cmCreateChannel', 'pollStart', 'cmCreateId', 'pollStart', 'pdAlloc', 'compChannelCreate', 'pollStart', 'cqCreate',
     'mrReg', 'mrReg', 'mrReg', 'cmCreateQp',
   ], 'event channel, cm id, device events, PD, completions, CQ, memory, QP');
-  t.same(calls.filter((c) => !(c in UNDO)), created.map((c) => UNDO[c]).reverse(), 'undone last first');
+  const slots = created.slice(qp + 1);
+  t.ok(slots.length > 0 && slots.every((c) => c === 'mrReg'), `then the session's command slots (${slots.length} regions)`);
+  // The QP goes first (no RDMA can reach memory after it), then the session's slots, then the rest
+  // of the channel, last first.
+  const undone = calls.filter((c) => !(c in UNDO));
+  const reversed = channel.map((c) => UNDO[c]).reverse();
+  t.equal(undone[0], reversed[0], 'the QP is destroyed first');
+  t.same(undone.slice(1, 1 + slots.length), slots.map((c) => UNDO[c]), "then the session's slots are deregistered");
+  t.same(undone.slice(1 + slots.length), reversed.slice(1), 'then the rest of the channel: undone last first');
 
   for (const failing of ['cmCreateQp', 'cqCreate', 'pdAlloc']) {
     const m = fabric(target);
