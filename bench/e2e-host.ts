@@ -85,15 +85,27 @@ async function main(): Promise<void> {
       }
       for (const k of kinds) {
         const rs = runs.get(k)!;
-        rows.push({ workload: w.name, server: k, iops: median(rs.map((r) => r.iops)), cpuUsPerIo: median(rs.map((r) => r.us)) });
+        rows.push({
+          workload: w.name,
+          server: k,
+          iops: median(rs.map((r) => r.iops)),
+          cpuUsPerIo: median(rs.map((r) => r.us)),
+        });
       }
     }
   } finally {
     for (const s of servers.values()) s.proc.kill('SIGTERM');
     fs.rmSync(dir, { recursive: true, force: true });
   }
-  for (const r of rows) console.log(`host ${r.workload.padEnd(18)} serve ${r.server.padEnd(12)} ${r.iops.toFixed(0).padStart(7)} IOPS  ${r.cpuUsPerIo.toFixed(1).padStart(6)} µs CPU/IO`);
-  if (out) fs.writeFileSync(out, JSON.stringify({ runtime: RUNTIME, repeat: REPEAT, cpus: os.cpus().length, rows }, null, 2) + '\n');
+  for (const r of rows)
+    console.log(
+      `host ${r.workload.padEnd(18)} serve ${r.server.padEnd(12)} ${r.iops.toFixed(0).padStart(7)} IOPS  ${r.cpuUsPerIo.toFixed(1).padStart(6)} µs CPU/IO`,
+    );
+  if (out)
+    fs.writeFileSync(
+      out,
+      JSON.stringify({ runtime: RUNTIME, repeat: REPEAT, cpus: os.cpus().length, rows }, null, 2) + '\n',
+    );
 }
 
 await main();

@@ -93,7 +93,13 @@ export function buildRows(dir: string): Row[] {
         syscallsPerIo = s.total / Math.max(1, ios);
         topSyscalls = s.top.slice(0, 5).map(([n, c]) => `${n} ${(c / Math.max(1, ios)).toFixed(2)}`);
       }
-      cells[i] = { rates, median: median(rates), cpuUsPerIo: cpu.length ? median(cpu) : null, syscallsPerIo, topSyscalls };
+      cells[i] = {
+        rates,
+        median: median(rates),
+        cpuUsPerIo: cpu.length ? median(cpu) : null,
+        syscallsPerIo,
+        topSyscalls,
+      };
     }
     const ours = cells['srp-nbd'];
     const kernel = cells.ib_srp;
@@ -115,11 +121,14 @@ const n1 = (x: number | null): string => (x === null ? '–' : x.toFixed(1));
 
 export function markdownTable(rows: Row[], host: HostRow[]): string {
   const out: string[] = [];
-  out.push('| workload | srp-nbd | ib_srp | nbdkit + nbd-client | srp-nbd / ib_srp (paired runs) | target | daemon µs CPU/IO | nbdkit µs CPU/IO | daemon / nbdkit CPU | daemon syscalls/IO | nbdkit syscalls/IO |');
+  out.push(
+    '| workload | srp-nbd | ib_srp | nbdkit + nbd-client | srp-nbd / ib_srp (paired runs) | target | daemon µs CPU/IO | nbdkit µs CPU/IO | daemon / nbdkit CPU | daemon syscalls/IO | nbdkit syscalls/IO |',
+  );
   out.push('|---|---|---|---|---|---|---|---|---|---|---|');
   for (const r of rows) {
     const c = r.cells;
-    const cpuRatio = c['srp-nbd'].cpuUsPerIo !== null && c.nbdkit.cpuUsPerIo ? c['srp-nbd'].cpuUsPerIo / c.nbdkit.cpuUsPerIo : null;
+    const cpuRatio =
+      c['srp-nbd'].cpuUsPerIo !== null && c.nbdkit.cpuUsPerIo ? c['srp-nbd'].cpuUsPerIo / c.nbdkit.cpuUsPerIo : null;
     out.push(
       `| ${r.workload} | ${n0(c['srp-nbd'].median)} ${r.unit} | ${n0(c.ib_srp.median)} | ${n0(c.nbdkit.median)} | ` +
         `**${r.ratio.toFixed(2)}** (${r.pairedRange[0].toFixed(2)}–${r.pairedRange[1].toFixed(2)}) | ${r.ratio >= r.target ? '≥' : '<'} ${r.target.toFixed(1)} | ` +
@@ -129,7 +138,9 @@ export function markdownTable(rows: Row[], host: HostRow[]): string {
   }
   if (host.length) {
     out.push('');
-    out.push('| host-native (fio nbd engine) | serve --memory | serve --test-target | test-target / memory CPU (target ≤ 2x) |');
+    out.push(
+      '| host-native (fio nbd engine) | serve --memory | serve --test-target | test-target / memory CPU (target ≤ 2x) |',
+    );
     out.push('|---|---|---|---|');
     for (const w of [...new Set(host.map((h) => h.workload))]) {
       const m = host.find((h) => h.workload === w && h.server === 'memory')!;
@@ -150,7 +161,8 @@ function main(): void {
     process.exit(2);
   }
   const rows = buildRows(dir);
-  const host: HostRow[] = hostFile && hostFile !== '-' && fs.existsSync(hostFile) ? JSON.parse(fs.readFileSync(hostFile, 'utf8')).rows : [];
+  const host: HostRow[] =
+    hostFile && hostFile !== '-' && fs.existsSync(hostFile) ? JSON.parse(fs.readFileSync(hostFile, 'utf8')).rows : [];
   const table = markdownTable(rows, host);
   console.log(table);
   for (const r of rows) {

@@ -67,11 +67,27 @@ function spawnServer(kind: Kind, transport: Transport, sock: string, port: numbe
   const sizeMiB = String(parseInt(SIZE, 10));
   switch (kind) {
     case 'nbdkit':
-      return spawn('nbdkit', ['-f', ...(transport === 'unix' ? ['-U', sock] : ['-p', String(port), '-i', '127.0.0.1']), 'memory', SIZE], { stdio: 'ignore' });
+      return spawn(
+        'nbdkit',
+        ['-f', ...(transport === 'unix' ? ['-U', sock] : ['-p', String(port), '-i', '127.0.0.1']), 'memory', SIZE],
+        { stdio: 'ignore' },
+      );
     case 'minimal':
       return spawn(minimalBin, [transport === 'unix' ? sock : String(port), sizeMiB], { stdio: 'ignore' });
     case 'srp-nbd':
-      return spawn(process.execPath, [bin, 'serve', '--memory', SIZE, '--log-level', 'warn', ...(transport === 'unix' ? ['--unix', sock] : ['--tcp', `127.0.0.1:${port}`])], { stdio: 'ignore' });
+      return spawn(
+        process.execPath,
+        [
+          bin,
+          'serve',
+          '--memory',
+          SIZE,
+          '--log-level',
+          'warn',
+          ...(transport === 'unix' ? ['--unix', sock] : ['--tcp', `127.0.0.1:${port}`]),
+        ],
+        { stdio: 'ignore' },
+      );
   }
 }
 
@@ -94,8 +110,16 @@ function ok(cmd: string, args: string[]): Promise<boolean> {
 
 function fio(server: Server, w: Workload, runtime: number): Promise<Run> {
   const args = [
-    '--name=bench', '--ioengine=nbd', `--uri=${server.uri}`, `--rw=${w.rw}`, `--bs=${w.bs}`, `--iodepth=${w.qd}`,
-    `--size=${SIZE}`, `--runtime=${runtime}`, '--time_based', '--output-format=json',
+    '--name=bench',
+    '--ioengine=nbd',
+    `--uri=${server.uri}`,
+    `--rw=${w.rw}`,
+    `--bs=${w.bs}`,
+    `--iodepth=${w.qd}`,
+    `--size=${SIZE}`,
+    `--runtime=${runtime}`,
+    '--time_based',
+    '--output-format=json',
   ];
   const before = cpuSeconds(server.proc.pid!);
   return new Promise((resolve, reject) => {
@@ -104,7 +128,11 @@ function fio(server: Server, w: Workload, runtime: number): Promise<Run> {
       const used = cpuSeconds(server.proc.pid!) - before;
       const job = JSON.parse(stdout.slice(stdout.indexOf('{'))).jobs[0];
       const side = w.rw.includes('write') ? job.write : job.read;
-      resolve({ iops: side.iops, fioCpu: job.usr_cpu + job.sys_cpu, serverUs: (used * 1e6) / Math.max(1, side.total_ios) });
+      resolve({
+        iops: side.iops,
+        fioCpu: job.usr_cpu + job.sys_cpu,
+        serverUs: (used * 1e6) / Math.max(1, side.total_ios),
+      });
     });
   });
 }
@@ -126,9 +154,15 @@ function buildMinimal(): boolean {
 }
 
 async function main(): Promise<void> {
-  const load = (): string => os.loadavg().map((l) => l.toFixed(2)).join(' ');
+  const load = (): string =>
+    os
+      .loadavg()
+      .map((l) => l.toFixed(2))
+      .join(' ');
   const kinds: Kind[] = buildMinimal() ? ['srp-nbd', 'nbdkit', 'minimal'] : ['srp-nbd', 'nbdkit'];
-  console.log(`fio nbd engine, ${RUNTIME} s per run, median of ${REPEAT}, ${os.cpus().length} CPUs, ${SIZE} RAM export, load average ${load()}`);
+  console.log(
+    `fio nbd engine, ${RUNTIME} s per run, median of ${REPEAT}, ${os.cpus().length} CPUs, ${SIZE} RAM export, load average ${load()}`,
+  );
   const fmt = (w: Workload, iops: number): string =>
     w.bs === '1M' ? `${iops.toFixed(0).padStart(7)} MiB/s` : `${(iops / 1000).toFixed(1).padStart(7)}k IOPS`;
   const header =
@@ -143,7 +177,8 @@ async function main(): Promise<void> {
     for (const kind of kinds) servers.set(kind, await startServer(kind, transport, port++));
     try {
       // Fill every export so reads touch real pages, not holes.
-      for (const s of servers.values()) await fio(s, { name: 'fill', rw: 'write', bs: '1M', qd: 8, target: 0 }, 0).catch(() => undefined);
+      for (const s of servers.values())
+        await fio(s, { name: 'fill', rw: 'write', bs: '1M', qd: 8, target: 0 }, 0).catch(() => undefined);
       for (const w of WORKLOADS) {
         const runs = new Map<Kind, Run[]>(kinds.map((k) => [k, []]));
         for (let i = 0; i < REPEAT; i++) {
@@ -180,7 +215,9 @@ async function main(): Promise<void> {
   }
   console.log(below === 0 ? 'all rows meet their target' : `${below} row(s) below target`);
   console.log('');
-  console.log(`CPU of the median run: fio's job (% of one CPU) and the server (µs of CPU per request), for ${kinds.join(' / ')}`);
+  console.log(
+    `CPU of the median run: fio's job (% of one CPU) and the server (µs of CPU per request), for ${kinds.join(' / ')}`,
+  );
   console.log(`transport  workload              ${'fio CPU'.padEnd(kinds.length * 7 + 1)}    server µs/request`);
   for (const l of cpuLines) console.log(l);
   console.log(`load average at the end: ${load()}`);

@@ -22,14 +22,21 @@ const STRACE = `% time     seconds  usecs/call     calls    errors syscall
 t.test('strace -c summary: calls per syscall, most frequent first', async (t) => {
   const s = parseStraceSummary(STRACE);
   t.equal(s.total, 14000);
-  t.same(s.top, [['read', 8000], ['sendmsg', 4000], ['epoll_wait', 2000]]);
+  t.same(s.top, [
+    ['read', 8000],
+    ['sendmsg', 4000],
+    ['epoll_wait', 2000],
+  ]);
   t.equal(parseStraceSummary('strace: Process 1 detached\n').total, 0);
 });
 
 function fioJson(rw: 'read' | 'write', iops: number, ios: number, bw: number): string {
   const side = { iops, total_ios: ios, bw_bytes: bw };
   const idle = { iops: 0, total_ios: 0, bw_bytes: 0 };
-  return 'fio: note\n' + JSON.stringify({ jobs: [{ read: rw === 'read' ? side : idle, write: rw === 'write' ? side : idle }] });
+  return (
+    'fio: note\n' +
+    JSON.stringify({ jobs: [{ read: rw === 'read' ? side : idle, write: rw === 'write' ? side : idle }] })
+  );
 }
 
 t.test('rows: medians, ratio and paired range, CPU and syscalls per I/O', async (t) => {
@@ -70,10 +77,13 @@ t.test('rows: medians, ratio and paired range, CPU and syscalls per I/O', async 
   t.equal(row!.cells.nbdkit.syscallsPerIo, null);
   t.equal(row!.target, 0.8);
 
-  const table = markdownTable([row!], [
-    { workload: w, server: 'memory', iops: 10000, cpuUsPerIo: 10 },
-    { workload: w, server: 'test-target', iops: 5000, cpuUsPerIo: 35 },
-  ]);
+  const table = markdownTable(
+    [row!],
+    [
+      { workload: w, server: 'memory', iops: 10000, cpuUsPerIo: 10 },
+      { workload: w, server: 'test-target', iops: 5000, cpuUsPerIo: 35 },
+    ],
+  );
   t.match(table, /\| randread-4k-qd32 \| 900 IOPS \| 1000 \| 2200 \| \*\*0\.90\*\* \(0\.80–0\.90\) \| ≥ 0\.8 \|/);
   t.match(table, /\| 625 \| 125 \| 5\.0x \| 7\.0 \| – \|/);
   t.match(table, /\*\*3\.5x\*\*/, 'host row: test-target / memory CPU');

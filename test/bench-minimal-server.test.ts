@@ -16,7 +16,14 @@ const bin = path.join(dir, 'minimal-server');
 const sock = path.join(dir, 'nbd.sock');
 t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
 
-execFileSync('cc', ['-O2', '-Wall', '-Werror', '-o', bin, new URL('../../bench/minimal-server.c', import.meta.url).pathname]);
+execFileSync('cc', [
+  '-O2',
+  '-Wall',
+  '-Werror',
+  '-o',
+  bin,
+  new URL('../../bench/minimal-server.c', import.meta.url).pathname,
+]);
 const server = spawn(bin, [sock, '64'], { stdio: 'ignore' });
 t.teardown(() => server.kill());
 const uri = `nbd+unix:///?socket=${sock}`;
@@ -31,10 +38,21 @@ t.test('libnbd sees a 64 MiB export with structured replies, flush and FUA', asy
 });
 
 t.test('fio verify through it: 4K random and 1M sequential', async (t) => {
-  for (const [rw, bs, qd] of [['randwrite', '4k', '32'], ['write', '1M', '8']] as const) {
+  for (const [rw, bs, qd] of [
+    ['randwrite', '4k', '32'],
+    ['write', '1M', '8'],
+  ] as const) {
     const out = await run('fio', [
-      '--name=yardstick', '--ioengine=nbd', `--uri=${uri}`, `--rw=${rw}`, `--bs=${bs}`, `--iodepth=${qd}`,
-      '--size=8M', '--verify=crc32c', '--do_verify=1', '--output-format=json',
+      '--name=yardstick',
+      '--ioengine=nbd',
+      `--uri=${uri}`,
+      `--rw=${rw}`,
+      `--bs=${bs}`,
+      `--iodepth=${qd}`,
+      '--size=8M',
+      '--verify=crc32c',
+      '--do_verify=1',
+      '--output-format=json',
     ]);
     const job = JSON.parse(out.slice(out.indexOf('{'))).jobs[0];
     t.equal(job.error, 0, `${rw} ${bs}: no error`);

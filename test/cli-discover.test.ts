@@ -25,7 +25,13 @@ t.test('test-target: a table, and --json with sizes, block sizes and identities'
   t.equal(json.code, 0, json.stderr);
   const j = JSON.parse(json.stdout);
   t.match(j, { address: 'test-target,name=d,luns=2,lun_size=8M', transport: 'test-target', via: /in-process/ });
-  t.same(j.luns.map((l: { lun: number; size: number; block_size: number }) => [l.lun, l.size, l.block_size]), [[0, 8 << 20, 512], [1, 8 << 20, 512]]);
+  t.same(
+    j.luns.map((l: { lun: number; size: number; block_size: number }) => [l.lun, l.size, l.block_size]),
+    [
+      [0, 8 << 20, 512],
+      [1, 8 << 20, 512],
+    ],
+  );
   t.match(j.luns[1].identity, /serial "d-1"/);
 });
 
@@ -37,25 +43,33 @@ t.test('RDMA/CM address without an RDMA device: exit 1 and the transport says wh
   } catch {
     /* no device: the case under test */
   }
-  if (rdmaHere) return void t.plan(0, 'this host has an RDMA device (the guest scenario daemon-target covers discover over RDMA)');
+  if (rdmaHere)
+    return void t.plan(0, 'this host has an RDMA device (the guest scenario daemon-target covers discover over RDMA)');
   const addr = 'id_ext=0002c90300aabbcc,ioc_guid=0002c90300aabbcc,dest=192.0.2.2:5000';
   const r = await discover(addr);
   t.equal(r.code, 1);
   t.equal(r.stdout, '');
-  if (b) t.match(r.stderr, new RegExp(`^srp-nbd discover: ${addr}: no RDMA device available \\(.*\\): load an RDMA driver`));
+  if (b)
+    t.match(r.stderr, new RegExp(`^srp-nbd discover: ${addr}: no RDMA device available \\(.*\\): load an RDMA driver`));
   else t.match(r.stderr, /native addon is not built/);
 });
 
 t.test('what discover cannot do says so; bad input is a usage error', async (t) => {
   const ibcm = await discover('id_ext=1,ioc_guid=2,dgid=fe800000000000000002c90300aabbcd,pkey=ffff,service_id=2');
   t.equal(ibcm.code, 1);
-  t.match(ibcm.stderr, /discovery over IB CM \(dgid\/pkey\/service_id\) is not supported yet; give the RDMA\/CM address \(dest=IP:PORT\)/);
+  t.match(
+    ibcm.stderr,
+    /discovery over IB CM \(dgid\/pkey\/service_id\) is not supported yet; give the RDMA\/CM address \(dest=IP:PORT\)/,
+  );
   const none = await discover();
   t.equal(none.code, 1);
   t.match(none.stderr, /InfiniBand discovery .* is not supported yet: run `srp_daemon -o -n -c`/);
   const bad = await discover('id_ext=1,ioc_guid=2,dest=192.0.2.2');
   t.equal(bad.code, 2);
-  t.equal(bad.stderr, "srp-nbd discover: address 'id_ext=1,ioc_guid=2,dest=192.0.2.2': bad dest parameter '192.0.2.2': missing :port\n");
+  t.equal(
+    bad.stderr,
+    "srp-nbd discover: address 'id_ext=1,ioc_guid=2,dest=192.0.2.2': bad dest parameter '192.0.2.2': missing :port\n",
+  );
   const two = await discover('test-target', 'test-target');
   t.equal(two.code, 2);
   t.equal(two.stderr, 'srp-nbd discover: give at most one ADDRESS\n');

@@ -12,13 +12,39 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import t from 'tap';
 import { run } from './helpers/nbd.js';
-import { bin, cleanup, cli, type CliResult, controlSock, daemons, dir, fioVerify, imageDir, MiB, request, sha, startDaemon, stateDir, stopDaemon, token, uri } from './helpers/daemon.js';
+import {
+  bin,
+  cleanup,
+  cli,
+  type CliResult,
+  controlSock,
+  daemons,
+  dir,
+  fioVerify,
+  imageDir,
+  MiB,
+  request,
+  sha,
+  startDaemon,
+  stateDir,
+  stopDaemon,
+  token,
+  uri,
+} from './helpers/daemon.js';
 
 t.teardown(cleanup);
 
 t.test('setup: a daemon with one image-backed test target', async (t) => {
   await startDaemon();
-  const a = await request({ method: 'POST', path: '/targets', body: JSON.stringify({ address: `test-target,name=a,luns=2,lun_size=16M,image_dir=${imageDir}`, dev_loss_tmo: 60, fast_io_fail_tmo: 'off' }) });
+  const a = await request({
+    method: 'POST',
+    path: '/targets',
+    body: JSON.stringify({
+      address: `test-target,name=a,luns=2,lun_size=16M,image_dir=${imageDir}`,
+      dev_loss_tmo: 60,
+      fast_io_fail_tmo: 'off',
+    }),
+  });
   t.equal(a.status, 201, a.body);
   await fioVerify('test-a-lun1');
 });
@@ -27,17 +53,32 @@ t.test('REST: bad bodies get 400s naming the field; OpenAPI; metrics', async (t)
   const noAddr = await request({ method: 'POST', path: '/targets', body: '{}' });
   t.equal(noAddr.status, 400);
   t.match(JSON.parse(noAddr.body).message, /address: required/);
-  const badType = await request({ method: 'POST', path: '/targets', body: JSON.stringify({ address: 'test-target,name=q', queue_size: 'lots', bogus: 1 }) });
+  const badType = await request({
+    method: 'POST',
+    path: '/targets',
+    body: JSON.stringify({ address: 'test-target,name=q', queue_size: 'lots', bogus: 1 }),
+  });
   t.equal(badType.status, 400);
   const bt = JSON.parse(badType.body);
   t.match(bt.message, /queue_size: Expected number, received string \[type\]/);
   t.ok(bt.issues.some((i: { path: string; rule: string }) => i.path === 'bogus' && i.rule === 'unknown-key'));
-  const badTmo = await request({ method: 'PATCH', path: '/targets/test-a', body: JSON.stringify({ dev_loss_tmo: 'soon' }) });
+  const badTmo = await request({
+    method: 'PATCH',
+    path: '/targets/test-a',
+    body: JSON.stringify({ dev_loss_tmo: 'soon' }),
+  });
   t.equal(badTmo.status, 400);
   t.match(JSON.parse(badTmo.body).message, /dev_loss_tmo: invalid timeout "soon"/);
-  const rule = await request({ method: 'PATCH', path: '/targets/test-a', body: JSON.stringify({ fast_io_fail_tmo: 30, dev_loss_tmo: 20 }) });
+  const rule = await request({
+    method: 'PATCH',
+    path: '/targets/test-a',
+    body: JSON.stringify({ fast_io_fail_tmo: 30, dev_loss_tmo: 20 }),
+  });
   t.equal(rule.status, 400);
-  t.same(JSON.parse(rule.body).issues.map((i: { path: string; rule: string }) => [i.path, i.rule]), [['fast_io_fail_tmo', 'fast-io-fail-not-before-dev-loss']]);
+  t.same(
+    JSON.parse(rule.body).issues.map((i: { path: string; rule: string }) => [i.path, i.rule]),
+    [['fast_io_fail_tmo', 'fast-io-fail-not-before-dev-loss']],
+  );
   const empty = await request({ method: 'PATCH', path: '/targets/test-a', body: '{}' });
   t.equal(empty.status, 400);
   t.match(JSON.parse(empty.body).message, /give at least one of reconnect_delay/);
@@ -65,7 +106,10 @@ t.test('REST: bad bodies get 400s naming the field; OpenAPI; metrics', async (t)
   t.match(m.body, /srp_nbd_failed_reconnects_total\{target="test-a"\} 0/);
   t.match(m.body, /srp_nbd_state_seconds_total\{target="test-a",state="running"\} [0-9.]+/);
   t.match(m.body, /srp_nbd_lun_ops_total\{target="test-a",export="test-a-lun1",op="write"\} [1-9]/);
-  t.match(m.body, /srp_nbd_lun_latency_seconds_bucket\{target="test-a",export="test-a-lun1",op="read",le="\+Inf"\} [1-9]/);
+  t.match(
+    m.body,
+    /srp_nbd_lun_latency_seconds_bucket\{target="test-a",export="test-a-lun1",op="read",le="\+Inf"\} [1-9]/,
+  );
 });
 
 t.test('TCP listener: bearer token required (401 otherwise)', async (t) => {
@@ -74,17 +118,36 @@ t.test('TCP listener: bearer token required (401 otherwise)', async (t) => {
   const none = await request({ method: 'GET', path: '/targets', port: port! });
   t.equal(none.status, 401);
   t.match(none.headers['www-authenticate'], /^Bearer/);
-  const wrong = await request({ method: 'GET', path: '/targets', port: port!, headers: { authorization: 'Bearer not-the-token-at-all' } });
+  const wrong = await request({
+    method: 'GET',
+    path: '/targets',
+    port: port!,
+    headers: { authorization: 'Bearer not-the-token-at-all' },
+  });
   t.equal(wrong.status, 401);
   t.match(JSON.parse(wrong.body).message, /wrong bearer token/);
-  const bad = await request({ method: 'POST', path: '/targets', port: port!, body: JSON.stringify({ address: 'test-target,name=evil' }) });
+  const bad = await request({
+    method: 'POST',
+    path: '/targets',
+    port: port!,
+    body: JSON.stringify({ address: 'test-target,name=evil' }),
+  });
   t.equal(bad.status, 401, 'no attach without the token');
-  const right = await request({ method: 'GET', path: '/targets', port: port!, headers: { authorization: `Bearer ${token}` } });
+  const right = await request({
+    method: 'GET',
+    path: '/targets',
+    port: port!,
+    headers: { authorization: `Bearer ${token}` },
+  });
   t.equal(right.status, 200);
   t.equal(JSON.parse(right.body)[0].id, 'test-a');
-  const viaCli = await cli(['list', '--json', '--url', `http://127.0.0.1:${port}`, '--token', token], { socket: false });
+  const viaCli = await cli(['list', '--json', '--url', `http://127.0.0.1:${port}`, '--token', token], {
+    socket: false,
+  });
   t.equal(viaCli.code, 0, viaCli.stderr);
-  const cliWrong = await cli(['list', '--url', `http://127.0.0.1:${port}`, '--token', 'nope-nope-nope-nope'], { socket: false });
+  const cliWrong = await cli(['list', '--url', `http://127.0.0.1:${port}`, '--token', 'nope-nope-nope-nope'], {
+    socket: false,
+  });
   t.equal(cliWrong.code, 1);
   t.match(cliWrong.stderr, /wrong bearer token/);
 });
@@ -97,9 +160,14 @@ t.test('an unprivileged caller cannot use the control socket', async (t) => {
   }
   const asNobody = (args: string[]): Promise<CliResult> =>
     new Promise((resolve) => {
-      execFile(setpriv, ['--reuid=65534', '--regid=65534', '--clear-groups', '--', ...args], { timeout: 20_000 }, (err, stdout, stderr) => {
-        resolve({ code: err ? ((err as { code?: number }).code ?? 1) : 0, stdout, stderr });
-      });
+      execFile(
+        setpriv,
+        ['--reuid=65534', '--regid=65534', '--clear-groups', '--', ...args],
+        { timeout: 20_000 },
+        (err, stdout, stderr) => {
+          resolve({ code: err ? ((err as { code?: number }).code ?? 1) : 0, stdout, stderr });
+        },
+      );
     });
   const curl = await asNobody(['curl', '-sS', '--unix-socket', controlSock, 'http://localhost/targets']);
   t.not(curl.code, 0, 'curl as nobody fails');
@@ -107,7 +175,7 @@ t.test('an unprivileged caller cannot use the control socket', async (t) => {
   const asRoot = await run('curl', ['-sS', '--unix-socket', controlSock, 'http://localhost/health']);
   t.match(asRoot, /"status":"ok"/, 'the same request as root works');
   // Only try the CLI as nobody when nobody can read the code at all.
-  if (fs.statSync(bin).mode & 0o004 && ((fs.statSync(path.dirname(bin)).mode & 0o005) === 0o005)) {
+  if (fs.statSync(bin).mode & 0o004 && (fs.statSync(path.dirname(bin)).mode & 0o005) === 0o005) {
     const c = await asNobody([process.execPath, bin, 'list', '--socket', controlSock]);
     if (!/Cannot find module|EACCES: permission denied, open/.test(c.stderr)) {
       t.equal(c.code, 1);
@@ -132,9 +200,24 @@ t.test('kill -9, restart: same export names, identity checked, no acknowledged w
   t.match(after.log(), /"msg":"re-attaching persisted target"/);
   t.match(after.log(), /"export":"test-a-lun0".*"msg":"identity check passed: same LUN as before"/);
   const list = JSON.parse((await cli(['list', '--json'])).stdout);
-  t.same(list, [{ id: 'test-a', status: 'attached', state: 'running', address: `test-target,name=a,luns=2,lun_size=16777216,block_size=512,image_dir=${imageDir}`, luns: [{ export: 'test-a-lun0', device: null }, { export: 'test-a-lun1', device: null }] }]);
+  t.same(list, [
+    {
+      id: 'test-a',
+      status: 'attached',
+      state: 'running',
+      address: `test-target,name=a,luns=2,lun_size=16777216,block_size=512,image_dir=${imageDir}`,
+      luns: [
+        { export: 'test-a-lun0', device: null },
+        { export: 'test-a-lun1', device: null },
+      ],
+    },
+  ]);
   const st = JSON.parse((await cli(['status', 'test-a', '--json'])).stdout);
-  t.same(st.timers, { reconnect_delay: 2, reconnect_delay_max: 30, fast_io_fail_tmo: 'off', dev_loss_tmo: 60 }, 'persisted timers restored');
+  t.same(
+    st.timers,
+    { reconnect_delay: 2, reconnect_delay_max: 30, fast_io_fail_tmo: 'off', dev_loss_tmo: 60 },
+    'persisted timers restored',
+  );
   const out = path.join(dir, 'out.img');
   await run('nbdcopy', [uri('test-a-lun0'), out]);
   t.equal(sha(fs.readFileSync(out)), sha(data), 'every byte written before kill -9 is there');

@@ -7,19 +7,41 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import t from 'tap';
 import { run } from './helpers/nbd.js';
-import { cleanup, cli, configFile, controlSock, dir, fioVerify, imageDir, nbdSock, startDaemon, stateDir, uri } from './helpers/daemon.js';
+import {
+  cleanup,
+  cli,
+  configFile,
+  controlSock,
+  dir,
+  fioVerify,
+  imageDir,
+  nbdSock,
+  startDaemon,
+  stateDir,
+  uri,
+} from './helpers/daemon.js';
 
 t.teardown(cleanup);
 
 t.test('config errors: exit status 2 and the key path and rule named', async (t) => {
   const bad = path.join(dir, 'bad.json');
-  fs.writeFileSync(bad, JSON.stringify({ state_dir: stateDir, defaults: { queue_size: 0 }, targets: [{ address: 'test-target', dev_loss_tmo: 3, colour: 'red' }] }));
+  fs.writeFileSync(
+    bad,
+    JSON.stringify({
+      state_dir: stateDir,
+      defaults: { queue_size: 0 },
+      targets: [{ address: 'test-target', dev_loss_tmo: 3, colour: 'red' }],
+    }),
+  );
   const r = await cli(['daemon', '--config', bad], { socket: false });
   t.equal(r.code, 2);
   t.match(r.stderr, /bad\.json: invalid configuration/);
   t.match(r.stderr, /defaults\.queue_size: .*\[minimum\]/);
   t.match(r.stderr, /targets\[0\]\.colour: unknown option 'colour' \[unknown-key\]/);
-  t.match(r.stderr, /targets\[0\]\.fast_io_fail_tmo: fast_io_fail_tmo=5 must be smaller than dev_loss_tmo=3 .*\[fast-io-fail-not-before-dev-loss\]/);
+  t.match(
+    r.stderr,
+    /targets\[0\]\.fast_io_fail_tmo: fast_io_fail_tmo=5 must be smaller than dev_loss_tmo=3 .*\[fast-io-fail-not-before-dev-loss\]/,
+  );
   const missing = await cli(['daemon', '--config', path.join(dir, 'nope.json')], { socket: false });
   t.equal(missing.code, 2);
   t.match(missing.stderr, /nope\.json: invalid configuration:\n\s+\(file\): cannot read: ENOENT/);
@@ -36,15 +58,25 @@ t.test('CLI round trip: attach, list, status, set, reconnect, detach (text and -
   t.equal(again.code, 1, 'a second daemon on the same socket is refused');
   t.match(again.stderr, /another srp-nbd daemon \(pid \d+\) is using the state directory/);
 
-  const a = await cli(['attach', `test-target,name=a,luns=2,lun_size=16M,image_dir=${imageDir}`, '--dev-loss-tmo', '120']);
+  const a = await cli([
+    'attach',
+    `test-target,name=a,luns=2,lun_size=16M,image_dir=${imageDir}`,
+    '--dev-loss-tmo',
+    '120',
+  ]);
   t.equal(a.code, 0, a.stderr);
   t.match(a.stdout, /^test-a: attached \(2 LUNs, state running\)/);
   t.match(a.stdout, new RegExp(`test-a-lun0  -  nbd\\+unix:///test-a-lun0\\?socket=${nbdSock}`));
   t.match(a.stdout, /test-a-lun1/);
 
-  const stdin = await cli(['attach', '-', '--json'], { stdin: '# srp_daemon style, one per line\ntest-target,name=b\n\ntest-target,name=c,block_size=4096\n' });
+  const stdin = await cli(['attach', '-', '--json'], {
+    stdin: '# srp_daemon style, one per line\ntest-target,name=b\n\ntest-target,name=c,block_size=4096\n',
+  });
   t.equal(stdin.code, 0, stdin.stderr);
-  t.same(JSON.parse(stdin.stdout).map((v: { id: string }) => v.id), ['test-b', 'test-c']);
+  t.same(
+    JSON.parse(stdin.stdout).map((v: { id: string }) => v.id),
+    ['test-b', 'test-c'],
+  );
 
   const dup = await cli(['attach', 'test-target,name=a']);
   t.equal(dup.code, 1);
@@ -61,7 +93,10 @@ t.test('CLI round trip: attach, list, status, set, reconnect, detach (text and -
   t.match(badOpt.stderr, /--queue-size: /);
   const named = await cli(['attach', '--id-ext', '1', '--ioc-guid', '2', '--dest', '192.0.2.9:5000']);
   t.equal(named.code, 1, 'named flags build an add_target string');
-  t.match(named.stderr, /target srp-0000000000000001-192\.0\.2\.9-5000: (RDMA transport not available|attach failed: no RDMA device available|.*native addon)/);
+  t.match(
+    named.stderr,
+    /target srp-0000000000000001-192\.0\.2\.9-5000: (RDMA transport not available|attach failed: no RDMA device available|.*native addon)/,
+  );
 
   const list = await cli(['list']);
   t.equal(list.code, 0);
@@ -89,7 +124,11 @@ t.test('CLI round trip: attach, list, status, set, reconnect, detach (text and -
   const setBad = await cli(['set', 'test-a', '--fast-io-fail-tmo', '700']);
   t.equal(setBad.code, 2);
   t.match(setBad.stderr, /target test-a: fast_io_fail_tmo=700 exceeds SCSI_DEVICE_BLOCK_MAX_TIMEOUT/);
-  t.equal(JSON.parse((await cli(['status', 'test-a', '--json'])).stdout).timers.fast_io_fail_tmo, 'off', 'refused change left the timers alone');
+  t.equal(
+    JSON.parse((await cli(['status', 'test-a', '--json'])).stdout).timers.fast_io_fail_tmo,
+    'off',
+    'refused change left the timers alone',
+  );
 
   const rc = await cli(['reconnect', 'test-a', '--json']);
   t.equal(rc.code, 0, rc.stderr);
@@ -101,14 +140,22 @@ t.test('CLI round trip: attach, list, status, set, reconnect, detach (text and -
   const det = await cli(['detach', 'test-b', 'test-c']);
   t.equal(det.code, 0, det.stderr);
   t.match(det.stdout, /test-b: detached\ntest-c: detached/);
-  const exports = JSON.parse(await run('nbdinfo', ['--list', '--json', uri('')])).exports.map((e: { 'export-name': string }) => e['export-name']);
+  const exports = JSON.parse(await run('nbdinfo', ['--list', '--json', uri('')])).exports.map(
+    (e: { 'export-name': string }) => e['export-name'],
+  );
   t.same(exports.sort(), ['test-a-lun0', 'test-a-lun1'], 'detached targets have no exports left');
   const persisted = JSON.parse(fs.readFileSync(path.join(stateDir, 'state.json'), 'utf8'));
-  t.same(persisted.targets.map((x: { id: string }) => x.id), ['test-a']);
-  t.same(persisted.targets[0].overrides, { dev_loss_tmo: 60, fast_io_fail_tmo: 'off' }, 'runtime timer changes are persisted');
+  t.same(
+    persisted.targets.map((x: { id: string }) => x.id),
+    ['test-a'],
+  );
+  t.same(
+    persisted.targets[0].overrides,
+    { dev_loss_tmo: 60, fast_io_fail_tmo: 'off' },
+    'runtime timer changes are persisted',
+  );
 
   const logText = d.log();
   t.match(logText, /"msg":"target attached"/);
   t.match(logText, /"msg":"timers changed"/);
 });
-

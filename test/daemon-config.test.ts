@@ -5,7 +5,15 @@
  */
 import * as fs from 'node:fs';
 import t from 'tap';
-import { ConfigError, loadConfig, parseConfig, resolveOptions, type TargetOptions, targetSpecSchema, zodIssues } from '../src/daemon/config.js';
+import {
+  ConfigError,
+  loadConfig,
+  parseConfig,
+  resolveOptions,
+  type TargetOptions,
+  targetSpecSchema,
+  zodIssues,
+} from '../src/daemon/config.js';
 import { deriveTargetId, normalizeAddressLine, parseAnyAddress } from '../src/daemon/address.js';
 import { OPTIONS_DOC, renderOptionsDoc } from '../src/daemon/options-doc.js';
 import { openApiDocument, ROUTES, timersPatchSchema } from '../src/daemon/routes.js';
@@ -36,16 +44,64 @@ t.test('an empty config gives the documented defaults', async (t) => {
 t.test('errors name the key path and the rule (table)', async (t) => {
   const cases: [string, unknown, string, string, RegExp][] = [
     ['unknown top-level key', { contol_socket: '/x' }, 'contol_socket', 'unknown-key', /unknown option/],
-    ['unknown per-target key', { targets: [{ address: 'test-target', dev_los_tmo: 5 }] }, 'targets[0].dev_los_tmo', 'unknown-key', /unknown option 'dev_los_tmo'/],
+    [
+      'unknown per-target key',
+      { targets: [{ address: 'test-target', dev_los_tmo: 5 }] },
+      'targets[0].dev_los_tmo',
+      'unknown-key',
+      /unknown option 'dev_los_tmo'/,
+    ],
     ['wrong type', { defaults: { queue_size: 'many' } }, 'defaults.queue_size', 'type', /Expected number/],
     ['below minimum', { defaults: { queue_size: 0 } }, 'defaults.queue_size', 'minimum', /greater than or equal to 1/],
-    ['retry_count 7 refused', { defaults: { retry_count: 7 } }, 'defaults.retry_count', 'maximum', /less than or equal to 6/],
-    ['timeout syntax', { defaults: { dev_loss_tmo: 'never' } }, 'defaults.dev_loss_tmo', 'timeout-syntax', /expected an integer number of seconds or "off"/],
-    ['srp_tmo_valid rule in defaults', { defaults: { fast_io_fail_tmo: 700 } }, 'defaults.fast_io_fail_tmo', 'fast-io-fail-too-long', /SCSI_DEVICE_BLOCK_MAX_TIMEOUT/],
-    ['rule with defaults applied', { targets: [{ address: 'test-target', dev_loss_tmo: 3 }] }, 'targets[0].fast_io_fail_tmo', 'fast-io-fail-not-before-dev-loss', /fast_io_fail_tmo=5 must be smaller than dev_loss_tmo=3 \(with the defaults applied\)/],
-    ['both off', { defaults: { fast_io_fail_tmo: 'off', dev_loss_tmo: 'off' } }, 'defaults.fast_io_fail_tmo', 'no-io-timeout', /both "off"/],
-    ['bad address', { targets: [{ address: 'id_ext=1,ioc_guid=2,dest=192.0.2.2' }] }, 'targets[0].address', 'target-address', /dest.*missing :port/],
-    ['bad device', { defaults: { device: '/dev/sda' } }, 'defaults.device', 'format', /"auto", "none" or "\/dev\/nbdN"/],
+    [
+      'retry_count 7 refused',
+      { defaults: { retry_count: 7 } },
+      'defaults.retry_count',
+      'maximum',
+      /less than or equal to 6/,
+    ],
+    [
+      'timeout syntax',
+      { defaults: { dev_loss_tmo: 'never' } },
+      'defaults.dev_loss_tmo',
+      'timeout-syntax',
+      /expected an integer number of seconds or "off"/,
+    ],
+    [
+      'srp_tmo_valid rule in defaults',
+      { defaults: { fast_io_fail_tmo: 700 } },
+      'defaults.fast_io_fail_tmo',
+      'fast-io-fail-too-long',
+      /SCSI_DEVICE_BLOCK_MAX_TIMEOUT/,
+    ],
+    [
+      'rule with defaults applied',
+      { targets: [{ address: 'test-target', dev_loss_tmo: 3 }] },
+      'targets[0].fast_io_fail_tmo',
+      'fast-io-fail-not-before-dev-loss',
+      /fast_io_fail_tmo=5 must be smaller than dev_loss_tmo=3 \(with the defaults applied\)/,
+    ],
+    [
+      'both off',
+      { defaults: { fast_io_fail_tmo: 'off', dev_loss_tmo: 'off' } },
+      'defaults.fast_io_fail_tmo',
+      'no-io-timeout',
+      /both "off"/,
+    ],
+    [
+      'bad address',
+      { targets: [{ address: 'id_ext=1,ioc_guid=2,dest=192.0.2.2' }] },
+      'targets[0].address',
+      'target-address',
+      /dest.*missing :port/,
+    ],
+    [
+      'bad device',
+      { defaults: { device: '/dev/sda' } },
+      'defaults.device',
+      'format',
+      /"auto", "none" or "\/dev\/nbdN"/,
+    ],
     ['tcp without token', { tcp: { port: 8740 } }, 'tcp.token', 'type', /required/],
     ['short token', { tcp: { port: 8740, token: 'abc' } }, 'tcp.token', 'minimum', /at least 16/],
     ['missing address', { targets: [{ id: 'x' }] }, 'targets[0].address', 'type', /required/],
@@ -61,7 +117,9 @@ t.test('errors name the key path and the rule (table)', async (t) => {
 });
 
 t.test('the ConfigError message lists every issue with file, path and rule', async (t) => {
-  const e = t.throws(() => parseConfig({ defaults: { queue_size: 0, dev_loss_tmo: 'x' } }, '/etc/srp-nbd/config.json')) as Error;
+  const e = t.throws(() =>
+    parseConfig({ defaults: { queue_size: 0, dev_loss_tmo: 'x' } }, '/etc/srp-nbd/config.json'),
+  ) as Error;
   t.match(e.message, /^\/etc\/srp-nbd\/config.json: invalid configuration:/);
   t.match(e.message, /defaults\.queue_size: .* \[minimum\]/);
   t.match(e.message, /defaults\.dev_loss_tmo: .* \[timeout-syntax\]/);
@@ -77,7 +135,10 @@ t.test('loadConfig: unreadable and malformed files are named', async (t) => {
 });
 
 t.test('per-target overrides win over the defaults', async (t) => {
-  const c = parseConfig({ defaults: { dev_loss_tmo: 120, queue_size: 32 }, targets: [{ address: 'test-target', dev_loss_tmo: 'off', fast_io_fail_tmo: 3 }] });
+  const c = parseConfig({
+    defaults: { dev_loss_tmo: 120, queue_size: 32 },
+    targets: [{ address: 'test-target', dev_loss_tmo: 'off', fast_io_fail_tmo: 3 }],
+  });
   const o = resolveOptions(c.defaults as TargetOptions, c.targets[0]!);
   t.equal(o.dev_loss_tmo, 'off');
   t.equal(o.fast_io_fail_tmo, 3);
@@ -97,7 +158,8 @@ t.test('PATCH body schema: the same timer parser, at least one key, no others', 
 });
 
 t.test('addresses: add_target strings, srp_daemon lines, test-target', async (t) => {
-  const line = 'echo id_ext=0002c90300aabbcc,ioc_guid=0002c90300aabbcc,dgid=fe800000000000000002c90300aabbcd,pkey=ffff,service_id=0002c90300aabbcc > /sys/class/infiniband_srp/srp-mlx5_0-1/add_target';
+  const line =
+    'echo id_ext=0002c90300aabbcc,ioc_guid=0002c90300aabbcc,dgid=fe800000000000000002c90300aabbcd,pkey=ffff,service_id=0002c90300aabbcc > /sys/class/infiniband_srp/srp-mlx5_0-1/add_target';
   t.equal(normalizeAddressLine(line).startsWith('id_ext='), true);
   const ib = parseAnyAddress(line);
   t.equal(ib.kind === 'srp' && ib.addr.transport, 'ib-cm');
@@ -116,17 +178,42 @@ t.test('addresses: add_target strings, srp_daemon lines, test-target', async (t)
 t.test(`${OPTIONS_DOC} is generated from the schemas and up to date (npm run docs:options)`, async (t) => {
   const onDisk = fs.readFileSync(repo + OPTIONS_DOC, 'utf8');
   t.equal(onDisk, renderOptionsDoc(), 'run `npm run docs:options` and commit docs/options.md');
-  for (const k of ['fast_io_fail_tmo', 'ack_timeout', 'retry_count', 'keepalive_interval', 'max_hold_queue', 'queue_size', 'immediate_data', 'control_socket', 'state_dir', 'token']) {
+  for (const k of [
+    'fast_io_fail_tmo',
+    'ack_timeout',
+    'retry_count',
+    'keepalive_interval',
+    'max_hold_queue',
+    'queue_size',
+    'immediate_data',
+    'control_socket',
+    'state_dir',
+    'token',
+  ]) {
     t.match(onDisk, new RegExp(`\\| \`${k}\` \\|`), `${k} documented`);
   }
 });
 
 t.test('OpenAPI document: every route, bodies from the shared zod schemas', async (t) => {
-  const doc = openApiDocument('test') as { paths: Record<string, Record<string, { operationId: string; requestBody?: { content: Record<string, { schema: { properties: Record<string, unknown> } }> } }>> };
+  const doc = openApiDocument('test') as {
+    paths: Record<
+      string,
+      Record<
+        string,
+        {
+          operationId: string;
+          requestBody?: { content: Record<string, { schema: { properties: Record<string, unknown> } }> };
+        }
+      >
+    >;
+  };
   const ops = Object.values(doc.paths).flatMap((p) => Object.values(p).map((o) => o.operationId));
   t.same(ops.sort(), Object.keys(ROUTES).sort());
   const attach = doc.paths['/targets']!.post!;
-  t.ok(attach.requestBody!.content['application/json']!.schema.properties.dev_loss_tmo, 'attach body has the per-target options');
+  t.ok(
+    attach.requestBody!.content['application/json']!.schema.properties.dev_loss_tmo,
+    'attach body has the per-target options',
+  );
   t.ok(doc.paths['/targets/{id}']!.patch, 'PATCH with the path parameter');
 });
 

@@ -10,7 +10,12 @@ import * as path from 'node:path';
 import { type Logger, pino } from 'pino';
 import t from 'tap';
 import {
-  describeMembership, type MdDevice, MdReaddPolicy, type MdReaddTarget, mdMemberships, readdFaultyMember,
+  describeMembership,
+  type MdDevice,
+  MdReaddPolicy,
+  type MdReaddTarget,
+  mdMemberships,
+  readdFaultyMember,
 } from '../src/daemon/md.js';
 
 interface Member {
@@ -22,7 +27,13 @@ function fakeSysfs(members: Record<string, Member>, array = 'md0'): { root: stri
   const root = fs.mkdtempSync(path.join(os.tmpdir(), 'srp-nbd-sysfs-'));
   const md = path.join(root, 'block', array, 'md');
   fs.mkdirSync(md, { recursive: true });
-  for (const [f, v] of Object.entries({ array_state: 'clean', level: 'raid1', degraded: '0', sync_action: 'idle', sync_completed: 'none' })) {
+  for (const [f, v] of Object.entries({
+    array_state: 'clean',
+    level: 'raid1',
+    degraded: '0',
+    sync_action: 'idle',
+    sync_completed: 'none',
+  })) {
     fs.writeFileSync(path.join(md, f), `${v}\n`);
   }
   for (const [name, m] of Object.entries(members)) {
@@ -40,7 +51,17 @@ t.test('membership is read from holders and md/dev-X', async (t) => {
   const { root, dev } = fakeSysfs({ nbd0: { state: 'in_sync', slot: '0' }, nbd1: { state: 'faulty', slot: 'none' } });
   fs.writeFileSync(path.join(root, 'block', 'md0', 'md', 'degraded'), '1\n');
   const [m0] = await mdMemberships('/dev/nbd0', root);
-  t.same(m0, { array: 'md0', member: 'nbd0', state: ['in_sync'], slot: 0, array_state: 'clean', level: 'raid1', degraded: 1, sync_action: 'idle', sync_completed: 'none' });
+  t.same(m0, {
+    array: 'md0',
+    member: 'nbd0',
+    state: ['in_sync'],
+    slot: 0,
+    array_state: 'clean',
+    level: 'raid1',
+    degraded: 1,
+    sync_action: 'idle',
+    sync_completed: 'none',
+  });
   const [m1] = await mdMemberships('nbd1', root);
   t.same(m1!.state, ['faulty']);
   t.equal(m1!.slot, null, '"none" is no slot');
@@ -48,7 +69,10 @@ t.test('membership is read from holders and md/dev-X', async (t) => {
   fs.writeFileSync(path.join(dev('nbd0'), 'state'), 'in_sync,write_mostly\n');
   fs.writeFileSync(path.join(root, 'block', 'md0', 'md', 'sync_action'), 'recover\n');
   fs.writeFileSync(path.join(root, 'block', 'md0', 'md', 'sync_completed'), '1024 / 131072\n');
-  t.equal(describeMembership((await mdMemberships('/dev/nbd0', root))[0]!), 'md0 raid1 slot 0 in_sync,write_mostly (array clean, 1 missing, recover 1024 / 131072)');
+  t.equal(
+    describeMembership((await mdMemberships('/dev/nbd0', root))[0]!),
+    'md0 raid1 slot 0 in_sync,write_mostly (array clean, 1 missing, recover 1024 / 131072)',
+  );
   t.same(await mdMemberships('/dev/nbd7', root), [], 'a device without holders is in no array');
   fs.mkdirSync(path.join(root, 'block', 'nbd2', 'holders'), { recursive: true });
   fs.writeFileSync(path.join(root, 'block', 'nbd2', 'holders', 'dm-0'), '');
@@ -69,7 +93,11 @@ t.test('a faulty member is re-added once md has released its slot', async (t) =>
   setTimeout(() => fs.writeFileSync(path.join(dev('nbd0'), 'slot'), 'none\n'), 150);
   let writtenEarly = false;
   const watch = setInterval(() => {
-    if (fs.readFileSync(state, 'utf8') === 're-add' && fs.readFileSync(path.join(dev('nbd0'), 'slot'), 'utf8') !== 'none\n') writtenEarly = true;
+    if (
+      fs.readFileSync(state, 'utf8') === 're-add' &&
+      fs.readFileSync(path.join(dev('nbd0'), 'slot'), 'utf8') !== 'none\n'
+    )
+      writtenEarly = true;
   }, 5);
   const r = await readdFaultyMember('/dev/nbd0', { sysfs: root, waitMs: 5000, pollMs: 20 });
   clearInterval(watch);
@@ -83,7 +111,15 @@ t.test('a member md does not release in time is reported with the mdadm command'
   const started = Date.now();
   const r = await readdFaultyMember('/dev/nbd0', { sysfs: root, waitMs: 120, pollMs: 20 });
   t.ok(Date.now() - started >= 100, 'waited for md');
-  t.same(r, [{ array: 'md0', member: 'nbd0', outcome: 'still-busy', detail: 'state faulty, slot 0', hint: 'mdadm /dev/md0 --re-add /dev/nbd0' }]);
+  t.same(r, [
+    {
+      array: 'md0',
+      member: 'nbd0',
+      outcome: 'still-busy',
+      detail: 'state faulty, slot 0',
+      hint: 'mdadm /dev/md0 --re-add /dev/nbd0',
+    },
+  ]);
   t.equal(fs.readFileSync(path.join(dev('nbd0'), 'state'), 'utf8'), 'faulty\n', 'nothing written');
 });
 
@@ -96,17 +132,23 @@ t.test('md refusing the re-add is reported, not thrown', async (t) => {
   };
   const r = await readdFaultyMember('/dev/nbd0', { sysfs: root, waitMs: 100, pollMs: 10, writeAttr: ebusy });
   t.same(writes, ['block/md0/md/dev-nbd0/state=re-add'], 'one attempt, at the member state attribute');
-  t.same(r, [{ array: 'md0', member: 'nbd0', outcome: 'refused', detail: 'EBUSY', hint: 'mdadm /dev/md0 --re-add /dev/nbd0' }]);
+  t.same(r, [
+    { array: 'md0', member: 'nbd0', outcome: 'refused', detail: 'EBUSY', hint: 'mdadm /dev/md0 --re-add /dev/nbd0' },
+  ]);
   t.equal(fs.readFileSync(path.join(dev('nbd0'), 'state'), 'utf8'), 'faulty\n');
 });
 
 t.test('an array stopped while waiting is "gone"; someone else re-adding first is fine', async (t) => {
   const a = fakeSysfs({ nbd0: { state: 'faulty', slot: '0' } });
   setTimeout(() => fs.rmSync(path.join(a.root, 'block', 'nbd0', 'holders', 'md0')), 50);
-  t.same(await readdFaultyMember('/dev/nbd0', { sysfs: a.root, waitMs: 2000, pollMs: 10 }), [{ array: 'md0', member: 'nbd0', outcome: 'gone' }]);
+  t.same(await readdFaultyMember('/dev/nbd0', { sysfs: a.root, waitMs: 2000, pollMs: 10 }), [
+    { array: 'md0', member: 'nbd0', outcome: 'gone' },
+  ]);
   const b = fakeSysfs({ nbd1: { state: 'faulty', slot: '1' } });
   setTimeout(() => fs.writeFileSync(path.join(b.dev('nbd1'), 'state'), 'in_sync\n'), 50);
-  t.same(await readdFaultyMember('/dev/nbd1', { sysfs: b.root, waitMs: 2000, pollMs: 10 }), [{ array: 'md0', member: 'nbd1', outcome: 'in-array' }]);
+  t.same(await readdFaultyMember('/dev/nbd1', { sysfs: b.root, waitMs: 2000, pollMs: 10 }), [
+    { array: 'md0', member: 'nbd1', outcome: 'in-array' },
+  ]);
 });
 
 t.test('a cancelled re-add writes nothing, even when md has released the slot meanwhile', async (t) => {
@@ -122,10 +164,26 @@ t.test('a cancelled re-add writes nothing, even when md has released the slot me
     fs.writeFileSync(path.join(dev('nbd0'), 'slot'), 'none\n'); // md releases the slot ...
     ac.abort(); // ... just as the path is lost again
   }, 50);
-  const r = await readdFaultyMember('/dev/nbd0', { sysfs: root, waitMs: 5000, pollMs: 200, signal: ac.signal, writeAttr: record });
+  const r = await readdFaultyMember('/dev/nbd0', {
+    sysfs: root,
+    waitMs: 5000,
+    pollMs: 200,
+    signal: ac.signal,
+    writeAttr: record,
+  });
   t.same(r, [{ array: 'md0', member: 'nbd0', outcome: 'cancelled' }]);
-  const again = await readdFaultyMember('/dev/nbd1', { sysfs: root, waitMs: 5000, pollMs: 10, signal: ac.signal, writeAttr: record });
-  t.same(again, [{ array: 'md0', member: 'nbd1', outcome: 'cancelled' }], 'an already aborted signal: no write even with the slot free');
+  const again = await readdFaultyMember('/dev/nbd1', {
+    sysfs: root,
+    waitMs: 5000,
+    pollMs: 10,
+    signal: ac.signal,
+    writeAttr: record,
+  });
+  t.same(
+    again,
+    [{ array: 'md0', member: 'nbd1', outcome: 'cancelled' }],
+    'an already aborted signal: no write even with the slot free',
+  );
   t.same(writes, [], 'nothing written');
 });
 
@@ -142,7 +200,11 @@ t.test('arrays: only the named arrays are re-added', async (t) => {
   }
   const r = await readdFaultyMember('/dev/nbd0', { sysfs: root, waitMs: 100, pollMs: 10, arrays: ['md1'] });
   t.same(r, [{ array: 'md1', member: 'nbd0', outcome: 're-added' }]);
-  t.equal(fs.readFileSync(path.join(root, 'block', 'md0', 'md', 'dev-nbd0', 'state'), 'utf8'), 'faulty\n', 'md0 (failed before the outage) untouched');
+  t.equal(
+    fs.readFileSync(path.join(root, 'block', 'md0', 'md', 'dev-nbd0', 'state'), 'utf8'),
+    'faulty\n',
+    'md0 (failed before the outage) untouched',
+  );
   t.equal(fs.readFileSync(path.join(root, 'block', 'md1', 'md', 'dev-nbd0', 'state'), 'utf8'), 're-add');
 });
 
@@ -160,7 +222,10 @@ t.test('a partition of the device (nbd0p1) in an array is found and re-added by 
   fs.mkdirSync(path.join(root, 'block', 'nbd0', 'nbd0p2', 'holders'), { recursive: true }); // a partition in no array
   fs.mkdirSync(path.join(root, 'block', 'nbd0', 'power')); // not a partition
   const ms = await mdMemberships('/dev/nbd0', root);
-  t.same(ms.map((m) => [m.member, m.array, m.state, m.slot]), [['nbd0p1', 'md3', ['faulty'], null]]);
+  t.same(
+    ms.map((m) => [m.member, m.array, m.state, m.slot]),
+    [['nbd0p1', 'md3', ['faulty'], null]],
+  );
   const r = await readdFaultyMember('/dev/nbd0', { sysfs: root, waitMs: 100, pollMs: 10 });
   t.equal(describeMembership(ms[0]!), 'nbd0p1 in md3 raid1 slot none faulty (array ?)');
   t.same(r, [{ array: 'md3', member: 'nbd0p1', outcome: 're-added' }]);
@@ -226,8 +291,8 @@ t.test('policy: a member already faulty when the path went down is left alone, w
   await settle();
   t.equal(fs.readFileSync(path.join(dev('nbd0'), 'state'), 'utf8'), 'faulty\n', 'nothing written');
   t.same(messages(), [
-    'md: /dev/nbd0 was already faulty in /dev/md0 before the path went down '
-      + '(mdadm --fail? medium errors?); not re-adding it',
+    'md: /dev/nbd0 was already faulty in /dev/md0 before the path went down ' +
+      '(mdadm --fail? medium errors?); not re-adding it',
   ]);
 });
 
@@ -254,7 +319,10 @@ t.test('policy: at attach each faulty member is re-added; not with md_readd off,
   off.onAttached();
   const gone = new MdReaddPolicy(policyTarget([nbd0], { active: () => false }).target, { sysfs: root });
   gone.onAttached();
-  const devices = [{ ...nbd0, connected: false }, { device: '/dev/nbd1', connected: true }];
+  const devices = [
+    { ...nbd0, connected: false },
+    { device: '/dev/nbd1', connected: true },
+  ];
   const p = new MdReaddPolicy(policyTarget(devices).target, { sysfs: root });
   p.onAttached();
   await settle();

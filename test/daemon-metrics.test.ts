@@ -31,15 +31,21 @@ const FAMILIES: [name: string, type: string, help: string][] = [
   ['srp_nbd_io_in_flight', 'gauge', 'Block requests dispatched to the target.'],
   ['srp_nbd_io_held', 'gauge', 'Block requests held while the path is blocked.'],
   ['srp_nbd_io_replayed_total', 'counter', 'Block requests dispatched again after a reconnect.'],
-  ['srp_nbd_io_failed_eio_total', 'counter',
-    'Block requests failed with EIO by the transport state (fail-fast, lost).'],
+  [
+    'srp_nbd_io_failed_eio_total',
+    'counter',
+    'Block requests failed with EIO by the transport state (fail-fast, lost).',
+  ],
   ['srp_nbd_md_readds_total', 'counter', 'Devices re-added to an md array that had failed them (option md_readd).'],
   ['srp_nbd_md_member_faulty', 'gauge', '1 while md has the device marked faulty in the array.'],
   ['srp_nbd_lun_ops_total', 'counter', 'Block requests completed, per export and operation.'],
   ['srp_nbd_lun_bytes_total', 'counter', 'Bytes transferred, per export and operation.'],
   ['srp_nbd_lun_errors_total', 'counter', 'Block requests that failed, per export and operation.'],
-  ['srp_nbd_lun_latency_seconds', 'histogram',
-    'Block request latency (NBD backend call to completion), per export and operation.'],
+  [
+    'srp_nbd_lun_latency_seconds',
+    'histogram',
+    'Block request latency (NBD backend call to completion), per export and operation.',
+  ],
 ];
 
 t.test('every metric family with its HELP and TYPE, and the samples of a test target', async (t) => {
@@ -104,25 +110,32 @@ t.test('renderMetrics: md membership per export and array; a target without a po
   secondsInState['fail-fast'] = 12.34567;
   const text = renderMetrics({
     version: 'v1',
-    targets: [{
-      id: 'srp-x',
-      attached: false,
-      state: undefined,
-      secondsInState,
-      reconnectAttempts: 4,
-      reconnects: 1,
-      failedReconnects: 2,
-      failedReconnectsTotal: 3,
-      logins: 2,
-      session: undefined,
-      io: undefined,
-      mdReadds: 5,
-      luns: [{
-        export: 'srp-x-lun0',
-        md: [{ array: 'md0', state: ['faulty'] }, { array: 'md3', state: ['in_sync', 'write_mostly'] }],
-        stats,
-      }],
-    }],
+    targets: [
+      {
+        id: 'srp-x',
+        attached: false,
+        state: undefined,
+        secondsInState,
+        reconnectAttempts: 4,
+        reconnects: 1,
+        failedReconnects: 2,
+        failedReconnectsTotal: 3,
+        logins: 2,
+        session: undefined,
+        io: undefined,
+        mdReadds: 5,
+        luns: [
+          {
+            export: 'srp-x-lun0',
+            md: [
+              { array: 'md0', state: ['faulty'] },
+              { array: 'md3', state: ['in_sync', 'write_mostly'] },
+            ],
+            stats,
+          },
+        ],
+      },
+    ],
   });
   const lines = new Set(text.split('\n'));
   for (const want of [
@@ -147,5 +160,8 @@ t.test('renderMetrics: md membership per export and array; a target without a po
   ]) {
     t.ok(lines.has(want), want);
   }
-  t.same(text.split('\n').filter((l) => l.startsWith('# TYPE')), FAMILIES.map(([n, ty]) => `# TYPE ${n} ${ty}`));
+  t.same(
+    text.split('\n').filter((l) => l.startsWith('# TYPE')),
+    FAMILIES.map(([n, ty]) => `# TYPE ${n} ${ty}`),
+  );
 });

@@ -60,42 +60,76 @@ function get(socketPath: string): Promise<{ status: number; body: string }> {
   });
 }
 
-t.test('guardControlPeers: uid 0 and the own uid pass, anyone else gets 403 and a log line; no addon: logged once', async (t) => {
-  const stub = { health: () => ({ status: 'ok' }) } as unknown as DaemonCore;
-  for (const [uid, own, want] of [[0, 0, 200], [1000, 1000, 200], [NOBODY, 0, 403], [NOBODY, 1000, 403]] as const) {
-    const { logger, lines } = memoryLogger();
-    const app = buildApp(stub, logger);
-    guardControlPeers(app, logger, { getPeerCred: () => ({ pid: 4242, uid, gid: uid }) }, own);
-    const sock = path.join(dir, `guard-${uid}-${own}.sock`);
-    await app.listen({ path: sock });
-    const r = await get(sock);
-    await app.close();
-    t.equal(r.status, want, `peer uid ${uid}, daemon uid ${own}`);
-    const refusals = lines().filter((l) => l.msg !== undefined && String(l.msg).startsWith('control connection refused'));
-    if (want === 403) {
-      t.same(JSON.parse(r.body), { error: 'Forbidden', message: `permission denied (root only): refused uid ${uid} (pid 4242)` });
-      t.match(refusals, [{ pid: 4242, uid, gid: uid, msg: `control connection refused: uid ${uid} (pid 4242) is neither root nor the daemon's uid ${own}` }]);
-    } else {
-      t.equal(refusals.length, 0);
+t.test(
+  'guardControlPeers: uid 0 and the own uid pass, anyone else gets 403 and a log line; no addon: logged once',
+  async (t) => {
+    const stub = { health: () => ({ status: 'ok' }) } as unknown as DaemonCore;
+    for (const [uid, own, want] of [
+      [0, 0, 200],
+      [1000, 1000, 200],
+      [NOBODY, 0, 403],
+      [NOBODY, 1000, 403],
+    ] as const) {
+      const { logger, lines } = memoryLogger();
+      const app = buildApp(stub, logger);
+      guardControlPeers(app, logger, { getPeerCred: () => ({ pid: 4242, uid, gid: uid }) }, own);
+      const sock = path.join(dir, `guard-${uid}-${own}.sock`);
+      await app.listen({ path: sock });
+      const r = await get(sock);
+      await app.close();
+      t.equal(r.status, want, `peer uid ${uid}, daemon uid ${own}`);
+      const refusals = lines().filter(
+        (l) => l.msg !== undefined && String(l.msg).startsWith('control connection refused'),
+      );
+      if (want === 403) {
+        t.same(JSON.parse(r.body), {
+          error: 'Forbidden',
+          message: `permission denied (root only): refused uid ${uid} (pid 4242)`,
+        });
+        t.match(refusals, [
+          {
+            pid: 4242,
+            uid,
+            gid: uid,
+            msg: `control connection refused: uid ${uid} (pid 4242) is neither root nor the daemon's uid ${own}`,
+          },
+        ]);
+      } else {
+        t.equal(refusals.length, 0);
+      }
     }
-  }
-  const broken = memoryLogger();
-  const app = buildApp(stub, broken.logger);
-  guardControlPeers(app, broken.logger, { getPeerCred: () => { throw Object.assign(new Error('getsockopt(SO_PEERCRED) failed'), { code: 'EBADF' }); } });
-  const sock = path.join(dir, 'guard-broken.sock');
-  await app.listen({ path: sock });
-  t.equal((await get(sock)).status, 403, 'credentials that cannot be read: refused (fail closed)');
-  await app.close();
-  const none = memoryLogger();
-  guardControlPeers(buildApp(stub, none.logger), none.logger, undefined);
-  t.match(none.lines(), [{ level: 40, msg: /native addon not loaded: control socket peers are not checked with SO_PEERCRED; the socket mode 0600 alone/ }]);
-});
+    const broken = memoryLogger();
+    const app = buildApp(stub, broken.logger);
+    guardControlPeers(app, broken.logger, {
+      getPeerCred: () => {
+        throw Object.assign(new Error('getsockopt(SO_PEERCRED) failed'), { code: 'EBADF' });
+      },
+    });
+    const sock = path.join(dir, 'guard-broken.sock');
+    await app.listen({ path: sock });
+    t.equal((await get(sock)).status, 403, 'credentials that cannot be read: refused (fail closed)');
+    await app.close();
+    const none = memoryLogger();
+    guardControlPeers(buildApp(stub, none.logger), none.logger, undefined);
+    t.match(none.lines(), [
+      {
+        level: 40,
+        msg: /native addon not loaded: control socket peers are not checked with SO_PEERCRED; the socket mode 0600 alone/,
+      },
+    ]);
+  },
+);
 
 /** The CLI run as nobody (65534:65534), with node and the repository read in place. */
 function cliAsNobody(args: string[]): Promise<CliResult> {
   return new Promise((resolve) => {
     // env -u: tap's process-info hook re-adds itself to NODE_OPTIONS of every child, and nobody may not write its files
-    const c = spawn('/usr/bin/env', ['-u', 'NODE_OPTIONS', process.execPath, bin, ...args, '--socket', controlSock], { uid: NOBODY, gid: NOBODY, env: { ...childEnv, HOME: '/' }, stdio: ['ignore', 'pipe', 'pipe'] });
+    const c = spawn('/usr/bin/env', ['-u', 'NODE_OPTIONS', process.execPath, bin, ...args, '--socket', controlSock], {
+      uid: NOBODY,
+      gid: NOBODY,
+      env: { ...childEnv, HOME: '/' },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
     let stdout = '';
     let stderr = '';
     c.stdout.on('data', (d) => (stdout += d));
@@ -104,26 +138,47 @@ function cliAsNobody(args: string[]): Promise<CliResult> {
   });
 }
 
-t.test('the real daemon: nobody is refused by the 0600 mode, and by SO_PEERCRED once the mode is loosened; root still works', async (t) => {
-  if (process.getuid?.() !== 0) return void t.plan(0, 'needs root to run the CLI as uid 65534');
-  const probe = await cliAsNobody(['--help']);
-  if (probe.code !== 0) return void t.plan(0, `uid 65534 cannot run the CLI from ${bin} in place (${probe.stderr.split('\n')[0]}): the repository is not readable by others`);
-  const d = await startDaemon();
-  t.equal(fs.statSync(controlSock).mode & 0o777, 0o600);
+t.test(
+  'the real daemon: nobody is refused by the 0600 mode, and by SO_PEERCRED once the mode is loosened; root still works',
+  async (t) => {
+    if (process.getuid?.() !== 0) return void t.plan(0, 'needs root to run the CLI as uid 65534');
+    const probe = await cliAsNobody(['--help']);
+    if (probe.code !== 0)
+      return void t.plan(
+        0,
+        `uid 65534 cannot run the CLI from ${bin} in place (${probe.stderr.split('\n')[0]}): the repository is not readable by others`,
+      );
+    const d = await startDaemon();
+    t.equal(fs.statSync(controlSock).mode & 0o777, 0o600);
 
-  const byMode = await cliAsNobody(['list']);
-  t.equal(byMode.code, 1, 'exit status 1: the daemon cannot be reached');
-  t.equal(byMode.stderr, `srp-nbd: cannot reach the daemon at ${controlSock}: permission denied (root only)\n`);
+    const byMode = await cliAsNobody(['list']);
+    t.equal(byMode.code, 1, 'exit status 1: the daemon cannot be reached');
+    t.equal(byMode.stderr, `srp-nbd: cannot reach the daemon at ${controlSock}: permission denied (root only)\n`);
 
-  fs.chmodSync(controlSock, 0o666);
-  const byCred = await cliAsNobody(['attach', 'test-target,name=evil']);
-  t.equal(byCred.code, 1, 'exit status 1 with the socket loosened too');
-  t.match(byCred.stderr, new RegExp(`^srp-nbd: cannot reach the daemon at ${controlSock}: permission denied \\(root only\\): refused uid 65534 \\(pid \\d+\\)\\n$`));
-  const logged = d.log().split('\n').filter((l) => l.includes('control connection refused')).map((l) => JSON.parse(l) as { uid: number; gid: number; pid: number; msg: string });
-  t.equal(logged.length, 1, 'one log line for the refused connection');
-  t.match(logged[0], { uid: NOBODY, gid: NOBODY, pid: Number(/pid (\d+)/.exec(byCred.stderr)![1]), msg: /uid 65534 \(pid \d+\) is neither root nor the daemon's uid 0/ });
+    fs.chmodSync(controlSock, 0o666);
+    const byCred = await cliAsNobody(['attach', 'test-target,name=evil']);
+    t.equal(byCred.code, 1, 'exit status 1 with the socket loosened too');
+    t.match(
+      byCred.stderr,
+      new RegExp(
+        `^srp-nbd: cannot reach the daemon at ${controlSock}: permission denied \\(root only\\): refused uid 65534 \\(pid \\d+\\)\\n$`,
+      ),
+    );
+    const logged = d
+      .log()
+      .split('\n')
+      .filter((l) => l.includes('control connection refused'))
+      .map((l) => JSON.parse(l) as { uid: number; gid: number; pid: number; msg: string });
+    t.equal(logged.length, 1, 'one log line for the refused connection');
+    t.match(logged[0], {
+      uid: NOBODY,
+      gid: NOBODY,
+      pid: Number(/pid (\d+)/.exec(byCred.stderr)![1]),
+      msg: /uid 65534 \(pid \d+\) is neither root nor the daemon's uid 0/,
+    });
 
-  const asRoot = await cli(['list', '--json']);
-  t.equal(asRoot.code, 0, asRoot.stderr);
-  t.same(JSON.parse(asRoot.stdout), [], 'root still works, and the refused attach attached nothing');
-});
+    const asRoot = await cli(['list', '--json']);
+    t.equal(asRoot.code, 0, asRoot.stderr);
+    t.same(JSON.parse(asRoot.stdout), [], 'root still works, and the refused attach attached nothing');
+  },
+);

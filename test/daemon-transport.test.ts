@@ -38,9 +38,12 @@ t.test('a connector module that cannot be loaded: 503 naming cause and fix; test
   const err = await d.attach({ address: RDMA_CM }).catch((e: unknown) => e);
   t.type(err, DaemonError);
   t.equal((err as DaemonError).status, 503);
-  t.equal((err as DaemonError).message, 'target srp-0002c90300aabbcc-192.0.2.2-5000: RDMA transport not available: '
-    + "the RDMA/CM connector module cannot be loaded (Cannot find module '/x/rdma-transport.js'): "
-    + 'rebuild srp-nbd (npm run build)');
+  t.equal(
+    (err as DaemonError).message,
+    'target srp-0002c90300aabbcc-192.0.2.2-5000: RDMA transport not available: ' +
+      "the RDMA/CM connector module cannot be loaded (Cannot find module '/x/rdma-transport.js'): " +
+      'rebuild srp-nbd (npm run build)',
+  );
   t.same(d.list(), [], 'nothing attached');
   const a = await d.attach({ address: 'test-target,name=a' });
   t.equal(a.status, 'attached');

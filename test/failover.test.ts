@@ -57,12 +57,29 @@ async function rig(tmo: Partial<TmoParams>, commandTimeoutMs?: number): Promise<
 }
 
 /** fio randwrite + crc32c verify; resolves with fio's JSON job, rejects if fio reports an error. */
-async function fioVerify(uri: string, extra: string[] = []): Promise<{ error: number; write: { io_bytes: number }; read: { io_bytes: number } }> {
-  const out = await run('fio', [
-    '--name=failover', '--ioengine=nbd', `--uri=${uri}`, '--rw=randwrite', '--bs=4k', '--iodepth=8',
-    '--size=16M', '--verify=crc32c', '--do_verify=1', '--verify_fatal=1', '--verify_state_save=0',
-    '--output-format=json', ...extra,
-  ], 180_000);
+async function fioVerify(
+  uri: string,
+  extra: string[] = [],
+): Promise<{ error: number; write: { io_bytes: number }; read: { io_bytes: number } }> {
+  const out = await run(
+    'fio',
+    [
+      '--name=failover',
+      '--ioengine=nbd',
+      `--uri=${uri}`,
+      '--rw=randwrite',
+      '--bs=4k',
+      '--iodepth=8',
+      '--size=16M',
+      '--verify=crc32c',
+      '--do_verify=1',
+      '--verify_fatal=1',
+      '--verify_state_save=0',
+      '--output-format=json',
+      ...extra,
+    ],
+    180_000,
+  );
   return JSON.parse(out.slice(out.indexOf('{'))).jobs[0];
 }
 
@@ -94,7 +111,11 @@ t.test('drop shorter than fast_io_fail_tmo: no I/O error, verify passes, export 
   t.ok(r.port.logins >= 2, 'a reconnect happened during the run');
   const st = r.port.gate.stats;
   t.ok(st.released + st.retried > 0, `I/O was held and replayed (released ${st.released}, retried ${st.retried})`);
-  t.same(r.server.list().map((e) => e.name), ['lun0', 'lun1'], 'exports never went away');
+  t.same(
+    r.server.list().map((e) => e.name),
+    ['lun0', 'lun1'],
+    'exports never went away',
+  );
 });
 
 t.test('drop longer than fast_io_fail_tmo: EIO during the outage, normal I/O after return', async (t) => {
@@ -260,7 +281,7 @@ t.test('200 random flaps under load: no acknowledged write lost or corrupted', a
   })();
   const rnd = (() => {
     let s = 0x1234567;
-    return () => ((s = (Math.imul(s, 1103515245) + 12345) >>> 0) / 2 ** 32);
+    return () => (s = (Math.imul(s, 1103515245) + 12345) >>> 0) / 2 ** 32;
   })();
   let cookie = 0n;
   const writer = async (): Promise<void> => {
@@ -311,33 +332,50 @@ t.test('200 random flaps under load: no acknowledged write lost or corrupted', a
     const rep = await v.simpleReply(BS);
     const want = acked.get(b);
     if (rep.error !== 0) bad++;
-    else if (want !== undefined && (rep.data.readUInt32BE(0) !== b || rep.data.readUInt32BE(4) !== want || !rep.data.subarray(0, 8).equals(rep.data.subarray(BS - 8)))) bad++;
+    else if (
+      want !== undefined &&
+      (rep.data.readUInt32BE(0) !== b ||
+        rep.data.readUInt32BE(4) !== want ||
+        !rep.data.subarray(0, 8).equals(rep.data.subarray(BS - 8)))
+    )
+      bad++;
   }
   t.equal(bad, 0, `all ${acked.size} acknowledged blocks hold their last acknowledged data`);
   v.close();
 });
 
-t.test('FUA follows the caching mode re-read at each identity check (write cache turned off, then on without DPOFUA)', async (t) => {
-  const r = await rig({ fastIoFailTmo: 5, devLossTmo: 60, reconnectDelay: 1 });
-  t.teardown(() => r.close());
-  const lun = r.fabric.luns.get(lunToSam(0))!;
-  const backend = r.exports.get('lun0')!;
-  const flap = async (): Promise<void> => {
-    r.fabric.linkDown();
-    await waitFor('blocked', () => r.port.state === 'blocked');
-    r.fabric.restoreLink();
-    await waitFor('running', () => r.port.state === 'running');
-  };
-  // The test target starts with a write cache and DPOFUA: FUA writes carry the bit.
-  lun.writeCache = false;
-  await flap();
-  lun.clearLog();
-  await backend.write(0, Buffer.alloc(512, 1), true);
-  t.same(lun.log.map((e) => `${e.name}${e.fua ? '+FUA' : ''}`), ['WRITE_16'], 'write-through now: a plain write');
-  lun.writeCache = true;
-  lun.dpoFua = false;
-  await flap();
-  lun.clearLog();
-  await backend.write(0, Buffer.alloc(512, 2), true);
-  t.same(lun.log.map((e) => e.name), ['WRITE_16', 'SYNCHRONIZE_CACHE_16'], 'write cache without DPOFUA: write, then SYNCHRONIZE CACHE');
-});
+t.test(
+  'FUA follows the caching mode re-read at each identity check (write cache turned off, then on without DPOFUA)',
+  async (t) => {
+    const r = await rig({ fastIoFailTmo: 5, devLossTmo: 60, reconnectDelay: 1 });
+    t.teardown(() => r.close());
+    const lun = r.fabric.luns.get(lunToSam(0))!;
+    const backend = r.exports.get('lun0')!;
+    const flap = async (): Promise<void> => {
+      r.fabric.linkDown();
+      await waitFor('blocked', () => r.port.state === 'blocked');
+      r.fabric.restoreLink();
+      await waitFor('running', () => r.port.state === 'running');
+    };
+    // The test target starts with a write cache and DPOFUA: FUA writes carry the bit.
+    lun.writeCache = false;
+    await flap();
+    lun.clearLog();
+    await backend.write(0, Buffer.alloc(512, 1), true);
+    t.same(
+      lun.log.map((e) => `${e.name}${e.fua ? '+FUA' : ''}`),
+      ['WRITE_16'],
+      'write-through now: a plain write',
+    );
+    lun.writeCache = true;
+    lun.dpoFua = false;
+    await flap();
+    lun.clearLog();
+    await backend.write(0, Buffer.alloc(512, 2), true);
+    t.same(
+      lun.log.map((e) => e.name),
+      ['WRITE_16', 'SYNCHRONIZE_CACHE_16'],
+      'write cache without DPOFUA: write, then SYNCHRONIZE CACHE',
+    );
+  },
+);

@@ -5,12 +5,22 @@ import { Rport } from '../src/fsm/rport.js';
 import { settle, VirtualScheduler } from '../src/fsm/scheduler.js';
 
 const naa = (value: string) => ({ designatorType: 3, codeSet: 1, value });
-const A: LunIdentity = { designators: [naa('60014050111100000000000000000001')], serial: 'S1', blockCount: 2048n, blockSize: 512 };
+const A: LunIdentity = {
+  designators: [naa('60014050111100000000000000000001')],
+  serial: 'S1',
+  blockCount: 2048n,
+  blockSize: 512,
+};
 
 t.test('assertSameLun: same disk passes; every difference is named in the error', async (t) => {
   t.doesNotThrow(() => assertSameLun(A, { ...A, designators: [...A.designators] }));
   try {
-    assertSameLun(A, { designators: [naa('6001405011110000000000000000ffff')], serial: 'S2', blockCount: 4096n, blockSize: 512 });
+    assertSameLun(A, {
+      designators: [naa('6001405011110000000000000000ffff')],
+      serial: 'S2',
+      blockCount: 4096n,
+      blockSize: 512,
+    });
     t.fail('should have thrown');
   } catch (e) {
     t.ok(e instanceof IdentityMismatchError);
@@ -62,29 +72,32 @@ t.test('driver: reconnect then verify then running', async (t) => {
   t.equal(h.rport.state, 'running');
 });
 
-t.test('driver: failed reconnect and a verify that fails for another reason both count as failed attempts', async (t) => {
-  const h = setup();
-  h.setReconnect(async () => {
-    throw new Error('no route');
-  });
-  h.rport.handle({ type: 'failure-detected' });
-  await h.s.advanceAsync(1000);
-  t.equal(h.rport.failedReconnects, 1);
-  h.setReconnect(async () => {});
-  h.setVerify(async () => {
-    throw new Error('INQUIRY timed out');
-  });
-  await h.s.advanceAsync(2000);
-  t.same(h.calls, ['reconnect 1', 'reconnect 2', 'verify 2']);
-  t.equal(h.rport.failedReconnects, 2);
-  t.equal(h.rport.state, 'blocked');
-  t.equal(h.rport.phase, 'waiting');
-  h.setVerify(async () => {});
-  await h.s.advanceAsync(3999);
-  t.equal(h.rport.state, 'fail-fast', 'fast_io_fail_tmo (5 s) passed before attempt 3 at 7 s');
-  await h.s.advanceAsync(1);
-  t.equal(h.rport.state, 'running');
-});
+t.test(
+  'driver: failed reconnect and a verify that fails for another reason both count as failed attempts',
+  async (t) => {
+    const h = setup();
+    h.setReconnect(async () => {
+      throw new Error('no route');
+    });
+    h.rport.handle({ type: 'failure-detected' });
+    await h.s.advanceAsync(1000);
+    t.equal(h.rport.failedReconnects, 1);
+    h.setReconnect(async () => {});
+    h.setVerify(async () => {
+      throw new Error('INQUIRY timed out');
+    });
+    await h.s.advanceAsync(2000);
+    t.same(h.calls, ['reconnect 1', 'reconnect 2', 'verify 2']);
+    t.equal(h.rport.failedReconnects, 2);
+    t.equal(h.rport.state, 'blocked');
+    t.equal(h.rport.phase, 'waiting');
+    h.setVerify(async () => {});
+    await h.s.advanceAsync(3999);
+    t.equal(h.rport.state, 'fail-fast', 'fast_io_fail_tmo (5 s) passed before attempt 3 at 7 s');
+    await h.s.advanceAsync(1);
+    t.equal(h.rport.state, 'running');
+  },
+);
 
 t.test('driver: IdentityMismatchError -> lost, stop() closes the wrong connection', async (t) => {
   const h = setup();

@@ -10,8 +10,18 @@ import type { TmoParams } from '../src/fsm/timers.js';
 
 // ---- A fake LUN behind a link that can drop ----
 
-const ID_A: LunIdentity = { designators: [{ designatorType: 3, codeSet: 1, value: '60014050aaaa' }], serial: 'SERIAL-A', blockCount: 1024n, blockSize: 512 };
-const ID_B: LunIdentity = { designators: [{ designatorType: 3, codeSet: 1, value: '60014050bbbb' }], serial: 'SERIAL-B', blockCount: 1024n, blockSize: 512 };
+const ID_A: LunIdentity = {
+  designators: [{ designatorType: 3, codeSet: 1, value: '60014050aaaa' }],
+  serial: 'SERIAL-A',
+  blockCount: 1024n,
+  blockSize: 512,
+};
+const ID_B: LunIdentity = {
+  designators: [{ designatorType: 3, codeSet: 1, value: '60014050bbbb' }],
+  serial: 'SERIAL-B',
+  blockCount: 1024n,
+  blockSize: 512,
+};
 
 /** A RAM disk: block -> last written value. Records every command it executes. */
 class FakeDisk {
@@ -76,12 +86,16 @@ class Link {
           reject(new TransportError('channel lost', 'disconnected'));
         },
       };
-      const timer = this.s.setTimer(this.latency, () => {
-        this.inflight.delete(entry);
-        const v = apply();
-        this.leave(op);
-        resolve(v);
-      }, 'disk');
+      const timer = this.s.setTimer(
+        this.latency,
+        () => {
+          this.inflight.delete(entry);
+          const v = apply();
+          this.leave(op);
+          resolve(v);
+        },
+        'disk',
+      );
       this.inflight.add(entry);
     });
   }
@@ -104,12 +118,16 @@ class Link {
   reconnect = (_attempt: number, signal: AbortSignal): Promise<void> => {
     this.reconnectCalls++;
     return new Promise((resolve, reject) => {
-      this.s.setTimer(2, () => {
-        if (signal.aborted) return reject(new Error('aborted'));
-        if (!this.up) return reject(new TransportError('login: no route to target', 'disconnected'));
-        this.connected = true;
-        resolve();
-      }, 'login');
+      this.s.setTimer(
+        2,
+        () => {
+          if (signal.aborted) return reject(new Error('aborted'));
+          if (!this.up) return reject(new TransportError('login: no route to target', 'disconnected'));
+          this.connected = true;
+          resolve();
+        },
+        'login',
+      );
     });
   };
 
@@ -125,7 +143,12 @@ function setup(opts: { tmo?: Partial<TmoParams>; queueDepth?: number; latency?: 
   const s = new VirtualScheduler();
   const diskA = new FakeDisk(ID_A);
   const link = new Link(s, diskA, opts.latency ?? 1, opts.random);
-  const rport = new Rport({ scheduler: s, tmo: { ...TMO, ...opts.tmo }, random: opts.random ?? (() => 0), name: 'port-1:1' });
+  const rport = new Rport({
+    scheduler: s,
+    tmo: { ...TMO, ...opts.tmo },
+    random: opts.random ?? (() => 0),
+    name: 'port-1:1',
+  });
   const actions: RportAction[] = [];
   rport.subscribe((a) => actions.push(a));
   const misfires: string[] = [];
@@ -148,16 +171,33 @@ function setup(opts: { tmo?: Partial<TmoParams>; queueDepth?: number; latency?: 
     const op = nextOp++;
     submitted.push(op);
     outcomes.set(op, []);
-    gate.submit(() => link.command(op, kind, lba, value)).then(
-      (v) => outcomes.get(op)!.push({ ok: true, value: v, at: s.now() }),
-      (e: unknown) => outcomes.get(op)!.push({ ok: false, error: e, at: s.now() }),
-    );
+    gate
+      .submit(() => link.command(op, kind, lba, value))
+      .then(
+        (v) => outcomes.get(op)!.push({ ok: true, value: v, at: s.now() }),
+        (e: unknown) => outcomes.get(op)!.push({ ok: false, error: e, at: s.now() }),
+      );
     return op;
   };
   const settledOnce = () => submitted.every((op) => outcomes.get(op)!.length === 1);
   const okOps = () => submitted.filter((op) => outcomes.get(op)![0]?.ok === true);
   const eioOps = () => submitted.filter((op) => outcomes.get(op)![0]?.ok === false);
-  return { s, link, diskA, rport, gate, driver, actions, outcomes, submit, submitted, settledOnce, okOps, eioOps, misfires };
+  return {
+    s,
+    link,
+    diskA,
+    rport,
+    gate,
+    driver,
+    actions,
+    outcomes,
+    submit,
+    submitted,
+    settledOnce,
+    okOps,
+    eioOps,
+    misfires,
+  };
 }
 
 // ---- Scenarios ----
@@ -187,7 +227,10 @@ t.test('short outage: every op succeeds exactly once, replayed in submission ord
   t.same(replay, [...Array(30).keys()], 'replay reached the disk in submission order');
   t.equal(link.maxConcurrentPerOp, 1, 'an op never ran twice at the same time');
   t.same(gate.stats, { inFlight: 0, held: 0, waiting: 0, released: 30, retried: 20, failedEio: 0 });
-  t.notOk(h.actions.some((a) => a.type === 'remove-device' || a.type === 'fail-io'), 'the export never went away');
+  t.notOk(
+    h.actions.some((a) => a.type === 'remove-device' || a.type === 'fail-io'),
+    'the export never went away',
+  );
   const firstDone = Math.min(...h.okOps().map((op) => h.outcomes.get(op)![0]!.at));
   // Attempt 1 failed at 1002 ms, attempt 2 starts 2000 ms later, login 2 ms, write 1 ms.
   t.equal(firstDone, 1002 + 2000 + 2 + 1, 'first completion as the back-off predicts');
@@ -224,11 +267,21 @@ t.test('long outage: EIO at fast_io_fail_tmo, normal I/O after the target return
   for (const op of h.eioOps()) {
     const o = h.outcomes.get(op)![0]!;
     t.equal(o.at, 5000);
-    t.ok(!o.ok && o.error instanceof EioError && o.error.code === 'EIO' && o.error.errno === 5 && o.error.reason === 'fail-fast');
+    t.ok(
+      !o.ok &&
+        o.error instanceof EioError &&
+        o.error.code === 'EIO' &&
+        o.error.errno === 5 &&
+        o.error.reason === 'fail-fast',
+    );
   }
   const during = h.submit('read', 0);
   await settle();
-  t.match(h.outcomes.get(during), [{ ok: false, error: { reason: 'fail-fast', message: /fast_io_fail_tmo \(5 s\) expired/ } }], 'new I/O fails at once');
+  t.match(
+    h.outcomes.get(during),
+    [{ ok: false, error: { reason: 'fail-fast', message: /fast_io_fail_tmo \(5 s\) expired/ } }],
+    'new I/O fails at once',
+  );
   await s.advanceAsync(20_000);
   link.restore();
   await s.advanceAsync(40_000); // attempts continue in fail-fast, capped back-off
@@ -240,7 +293,9 @@ t.test('long outage: EIO at fast_io_fail_tmo, normal I/O after the target return
   for (let i = 0; i < 12; i++) reads.push(h.submit('read', i));
   await s.advanceAsync(5);
   for (const op of after) t.match(h.outcomes.get(op), [{ ok: true }]);
-  reads.forEach((op, i) => t.match(h.outcomes.get(op), [{ ok: true, value: 1000 + i }], `verify block ${i} after return`));
+  reads.forEach((op, i) =>
+    t.match(h.outcomes.get(op), [{ ok: true, value: 1000 + i }], `verify block ${i} after return`),
+  );
   t.ok(h.settledOnce());
   t.equal(gate.stats.held + gate.stats.waiting + gate.stats.inFlight, 0);
   t.same(h.misfires, []);
@@ -271,7 +326,10 @@ t.test('dev_loss_tmo: lost keeps the device; explicit reconnect brings the same 
   await s.advanceAsync(2);
   t.match(h.outcomes.get(w), [{ ok: true }]);
   t.equal(h.diskA.blocks.get(3), 3);
-  t.notOk(h.actions.some((a) => a.type === 'remove-device'), 'the device was never removed');
+  t.notOk(
+    h.actions.some((a) => a.type === 'remove-device'),
+    'the device was never removed',
+  );
   t.equal(gate.stats.failedEio, 1);
 });
 
@@ -290,7 +348,15 @@ t.test('identity mismatch: lost, clear error, no op reaches the new disk', async
   t.same(diskB.executed, [], 'no command reached the other disk');
   t.equal(link.stopCalls, 1, 'the connection to the wrong LUN was closed');
   for (const op of ops) {
-    t.match(h.outcomes.get(op), [{ ok: false, error: { reason: 'identity-mismatch', message: /different disk.*serial number changed: "SERIAL-A" -> "SERIAL-B"/ } }]);
+    t.match(h.outcomes.get(op), [
+      {
+        ok: false,
+        error: {
+          reason: 'identity-mismatch',
+          message: /different disk.*serial number changed: "SERIAL-A" -> "SERIAL-B"/,
+        },
+      },
+    ]);
   }
   const later = h.submit('read', 0);
   await settle();
@@ -366,7 +432,8 @@ t.test('a transport error from the old channel after reconnect is retried, not a
   let runs = 0;
   const p = gate.submit(() => {
     runs++;
-    if (runs === 1) return new Promise<string>((_, reject) => (failLate = () => reject(new TransportError('late', 'aborted'))));
+    if (runs === 1)
+      return new Promise<string>((_, reject) => (failLate = () => reject(new TransportError('late', 'aborted'))));
     return Promise.resolve('done');
   });
   rport.handle({ type: 'failure-detected' }); // the session noticed first
@@ -400,7 +467,12 @@ t.test('detach: everything fails, the device is removed', async (t) => {
 t.test('random flaps under load: no acknowledged write lost, no op settles twice or is lost', async (t) => {
   for (const seed of [1, 2, 3, 4, 5]) {
     const rnd = mulberry32(seed);
-    const h = setup({ tmo: { fastIoFailTmo: 5, devLossTmo: 30, reconnectDelayMax: 4 }, queueDepth: 16, latency: 2, random: rnd });
+    const h = setup({
+      tmo: { fastIoFailTmo: 5, devLossTmo: 30, reconnectDelayMax: 4 },
+      queueDepth: 16,
+      latency: 2,
+      random: rnd,
+    });
     const { s, link, gate, rport } = h;
     const LBAS = 32;
     const lastAcked = new Array<number>(LBAS).fill(0);
@@ -418,18 +490,20 @@ t.test('random flaps under load: no acknowledged write lost, no op settles twice
       busy[lba] = true;
       const v = ++version;
       lastSubmitted[lba] = v;
-      gate.submit(() => link.command(v, 'write', lba, v)).then(
-        () => {
-          lastAcked[lba] = v;
-          busy[lba] = false;
-          acked++;
-        },
-        (e: unknown) => {
-          busy[lba] = false;
-          if (!(e instanceof EioError)) errors.push(`write failed with ${String(e)}`);
-          else if (!['fail-fast', 'dev-loss'].includes(e.reason)) errors.push(`unexpected EIO reason ${e.reason}`);
-        },
-      );
+      gate
+        .submit(() => link.command(v, 'write', lba, v))
+        .then(
+          () => {
+            lastAcked[lba] = v;
+            busy[lba] = false;
+            acked++;
+          },
+          (e: unknown) => {
+            busy[lba] = false;
+            if (!(e instanceof EioError)) errors.push(`write failed with ${String(e)}`);
+            else if (!['fail-fast', 'dev-loss'].includes(e.reason)) errors.push(`unexpected EIO reason ${e.reason}`);
+          },
+        );
     };
     while (flaps < 200) {
       for (let k = randInt(rnd, 6); k > 0; k--) writeOne();
@@ -446,7 +520,8 @@ t.test('random flaps under load: no acknowledged write lost, no op settles twice
       // Every acknowledged write is on the disk (or a later version of that block is).
       for (let lba = 0; lba < LBAS; lba++) {
         const onDisk = h.diskA.blocks.get(lba) ?? 0;
-        if (onDisk < lastAcked[lba]! || onDisk > lastSubmitted[lba]!) errors.push(`block ${lba}: disk ${onDisk}, acked ${lastAcked[lba]}`);
+        if (onDisk < lastAcked[lba]! || onDisk > lastSubmitted[lba]!)
+          errors.push(`block ${lba}: disk ${onDisk}, acked ${lastAcked[lba]}`);
       }
       if (errors.length) break;
     }
@@ -460,12 +535,20 @@ t.test('random flaps under load: no acknowledged write lost, no op settles twice
     t.equal(link.maxConcurrentPerOp, 1, `seed ${seed}: no op ran twice concurrently`);
     for (let lba = 0; lba < LBAS; lba++) {
       const onDisk = h.diskA.blocks.get(lba) ?? 0;
-      if (onDisk < lastAcked[lba]!) errors.push(`block ${lba} lost acknowledged write ${lastAcked[lba]} (disk ${onDisk})`);
+      if (onDisk < lastAcked[lba]!)
+        errors.push(`block ${lba} lost acknowledged write ${lastAcked[lba]} (disk ${onDisk})`);
     }
-    t.same(errors, [], `seed ${seed}: ${flaps} flaps, ${acked} writes acknowledged, ${gate.stats.failedEio} EIO, ${gate.stats.retried} retried`);
+    t.same(
+      errors,
+      [],
+      `seed ${seed}: ${flaps} flaps, ${acked} writes acknowledged, ${gate.stats.failedEio} EIO, ${gate.stats.retried} retried`,
+    );
     t.same(h.misfires, [], `seed ${seed}: timers only fired in their states`);
     t.ok(acked > 500 && gate.stats.retried > 50, `seed ${seed}: load and replays were exercised`);
     const visits = (to: string) => h.actions.filter((a) => a.type === 'state-changed' && a.to === to).length;
-    t.ok(visits('blocked') >= 100 && visits('fail-fast') > 0 && visits('lost') > 0, `seed ${seed}: ${visits('blocked')} blocked, ${visits('fail-fast')} fail-fast, ${visits('lost')} lost`);
+    t.ok(
+      visits('blocked') >= 100 && visits('fail-fast') > 0 && visits('lost') > 0,
+      `seed ${seed}: ${visits('blocked')} blocked, ${visits('fail-fast')} fail-fast, ${visits('lost')} lost`,
+    );
   }
 });

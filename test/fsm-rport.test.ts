@@ -165,7 +165,8 @@ t.test('event table: every state x event pair, allowed and refused', async (t) =
     RPORT_EVENT_TYPES.forEach((type, col) => {
       const want = MATRIX[state][col]!;
       t.equal(EVENT_TABLE[state][type], want, `table ${state}/${type}`);
-      if (want !== 'stay' && want !== 'refused') t.ok(LEGAL.has(`${state}>${want}`), `${state}/${type} target is a legal move`);
+      if (want !== 'stay' && want !== 'refused')
+        t.ok(LEGAL.has(`${state}>${want}`), `${state}/${type} target is a legal move`);
 
       const { r, actions, misfires, s } = driveTo(state, phaseFor(type));
       t.equal(r.state, state, `setup reached ${state}`);
@@ -189,7 +190,8 @@ t.test('event table: every state x event pair, allowed and refused', async (t) =
         );
         const sc = actions.find((a) => a.type === 'state-changed');
         if (sc) t.same(sc, { type: 'state-changed', from: state, to, cause: type }, `${label}: state-changed`);
-        for (const name of r.armedTimers()) t.ok(TIMER_OWNERS[name].includes(to), `${label}: ${name} timer owned by ${to}`);
+        for (const name of r.armedTimers())
+          t.ok(TIMER_OWNERS[name].includes(to), `${label}: ${name} timer owned by ${to}`);
       }
       // Whatever is still armed must never fire outside its owning states.
       s.advance(10_000_000);
@@ -200,13 +202,48 @@ t.test('event table: every state x event pair, allowed and refused', async (t) =
 
 t.test('reconnect phases within blocked: stale and out-of-phase results are refused', async (t) => {
   type P = Exclude<ReconnectPhase, 'none'>;
-  const types: RportEventType[] = ['reconnect-succeeded', 'reconnect-failed', 'identity-verified', 'identity-mismatch', 'reconnect-timer', 'explicit-reconnect'];
+  const types: RportEventType[] = [
+    'reconnect-succeeded',
+    'reconnect-failed',
+    'identity-verified',
+    'identity-mismatch',
+    'reconnect-timer',
+    'explicit-reconnect',
+  ];
   // expected [outcome, phase after] per phase, columns as `types`
   const want: Record<P, [string, string][]> = {
-    idle: [['refused', 'idle'], ['refused', 'idle'], ['refused', 'idle'], ['refused', 'idle'], ['refused', 'idle'], ['stayed', 'connecting']],
-    waiting: [['refused', 'waiting'], ['refused', 'waiting'], ['refused', 'waiting'], ['refused', 'waiting'], ['stayed', 'connecting'], ['stayed', 'connecting']],
-    connecting: [['stayed', 'verifying'], ['stayed', 'waiting'], ['refused', 'connecting'], ['refused', 'connecting'], ['refused', 'connecting'], ['stayed', 'connecting']],
-    verifying: [['refused', 'verifying'], ['stayed', 'waiting'], ['moved', 'none'], ['moved', 'none'], ['refused', 'verifying'], ['stayed', 'verifying']],
+    idle: [
+      ['refused', 'idle'],
+      ['refused', 'idle'],
+      ['refused', 'idle'],
+      ['refused', 'idle'],
+      ['refused', 'idle'],
+      ['stayed', 'connecting'],
+    ],
+    waiting: [
+      ['refused', 'waiting'],
+      ['refused', 'waiting'],
+      ['refused', 'waiting'],
+      ['refused', 'waiting'],
+      ['stayed', 'connecting'],
+      ['stayed', 'connecting'],
+    ],
+    connecting: [
+      ['stayed', 'verifying'],
+      ['stayed', 'waiting'],
+      ['refused', 'connecting'],
+      ['refused', 'connecting'],
+      ['refused', 'connecting'],
+      ['stayed', 'connecting'],
+    ],
+    verifying: [
+      ['refused', 'verifying'],
+      ['stayed', 'waiting'],
+      ['moved', 'none'],
+      ['moved', 'none'],
+      ['refused', 'verifying'],
+      ['stayed', 'verifying'],
+    ],
   };
   for (const phase of Object.keys(want) as P[]) {
     types.forEach((type, i) => {
@@ -227,7 +264,10 @@ t.test('reconnect phases within blocked: stale and out-of-phase results are refu
   r.handle({ type: 'reconnect-failed', attempt: 1 });
   r.handle({ type: 'reconnect-timer' });
   t.equal(r.attempt, 2);
-  t.match(r.handle({ type: 'reconnect-succeeded', attempt: 1 }), { outcome: 'refused', reason: /attempt 1 refused: phase is connecting of attempt 2/ });
+  t.match(r.handle({ type: 'reconnect-succeeded', attempt: 1 }), {
+    outcome: 'refused',
+    reason: /attempt 1 refused: phase is connecting of attempt 2/,
+  });
   t.equal(r.handle({ type: 'reconnect-succeeded', attempt: 2 }).outcome, 'stayed');
   t.equal(r.handle({ type: 'identity-verified', attempt: 1 }).outcome, 'refused');
   t.equal(r.handle({ type: 'identity-verified', attempt: 2 }).outcome, 'moved');
@@ -251,7 +291,10 @@ t.test('outage timeline: back-off, fast_io_fail, dev_loss, nothing after lost', 
   t.equal(r.state, 'blocked', 'still blocked just before fast_io_fail_tmo');
   s.advance(1);
   t.equal(r.state, 'fail-fast', 'fail-fast at exactly 5 s');
-  t.match(actions.find((a) => a.type === 'fail-io'), { reason: 'fail-fast', message: /fast_io_fail_tmo \(5 s\) expired/ });
+  t.match(
+    actions.find((a) => a.type === 'fail-io'),
+    { reason: 'fail-fast', message: /fast_io_fail_tmo \(5 s\) expired/ },
+  );
   s.advance(600_000 - 5000 - 1);
   t.equal(r.state, 'fail-fast');
   s.advance(1);
@@ -264,11 +307,20 @@ t.test('outage timeline: back-off, fast_io_fail, dev_loss, nothing after lost', 
     if (at >= 600_000) break;
     expectTimes.push(at);
   }
-  t.same(attempts.map(([, at]) => at), expectTimes);
-  t.same(attempts.map(([n]) => n), expectTimes.map((_, i) => i + 1));
+  t.same(
+    attempts.map(([, at]) => at),
+    expectTimes,
+  );
+  t.same(
+    attempts.map(([n]) => n),
+    expectTimes.map((_, i) => i + 1),
+  );
   t.equal(r.failedReconnects, expectTimes.length);
   const lostActions = actions.slice(actions.findIndex((a) => a.type === 'state-changed' && a.to === 'lost'));
-  t.same(lostActions.map((a) => a.type), ['state-changed', 'stop-reconnecting', 'fail-io']);
+  t.same(
+    lostActions.map((a) => a.type),
+    ['state-changed', 'stop-reconnecting', 'fail-io'],
+  );
   t.match(lostActions[2], { reason: 'dev-loss', message: /dev_loss_tmo \(600 s\) expired.*device is kept/ });
   const n = attempts.length;
   s.advance(10_000_000);
@@ -330,7 +382,10 @@ t.test('identity mismatch: lost with a clear message, explicit reconnect recover
   r.handle({ type: 'reconnect-succeeded', attempt: 1 });
   r.handle({ type: 'identity-mismatch', attempt: 1, detail: 'serial "A" != "B"' });
   t.equal(r.state, 'lost');
-  t.match(r.lastFailure, { reason: 'identity-mismatch', message: /different disk \(serial "A" != "B"\).*no I\/O is sent/ });
+  t.match(r.lastFailure, {
+    reason: 'identity-mismatch',
+    message: /different disk \(serial "A" != "B"\).*no I\/O is sent/,
+  });
   t.ok(actions.some((a) => a.type === 'stop-reconnecting'));
   r.handle({ type: 'explicit-reconnect' });
   t.equal(r.state, 'blocked');
@@ -361,26 +416,29 @@ t.test('reconnect_delay off: no automatic attempts; setTimeouts switches them on
   t.throws(() => new Rport({ scheduler: s, tmo: { fastIoFailTmo: 'off', devLossTmo: 'off' } }), /both "off"/);
 });
 
-t.test('fast_io_fail_tmo off: blocked until dev_loss_tmo; dev_loss_tmo off: fail-fast forever, reconnecting', async (t) => {
-  {
-    const { s, r } = make({ fastIoFailTmo: 'off', devLossTmo: 60 });
-    r.handle({ type: 'failure-detected' });
-    s.advance(59_999);
-    t.equal(r.state, 'blocked');
-    s.advance(1);
-    t.equal(r.state, 'lost');
-  }
-  {
-    const { s, r, actions } = make({ fastIoFailTmo: 3, devLossTmo: 'off' });
-    r.subscribe((a) => a.type === 'reconnect' && r.handle({ type: 'reconnect-failed', attempt: a.attempt }));
-    r.handle({ type: 'failure-detected' });
-    s.advance(3000);
-    t.equal(r.state, 'fail-fast');
-    s.advance(100_000_000);
-    t.equal(r.state, 'fail-fast', 'never lost');
-    t.ok(actions.filter((a) => a.type === 'reconnect').length > 3000, 'still reconnecting every 30 s');
-  }
-});
+t.test(
+  'fast_io_fail_tmo off: blocked until dev_loss_tmo; dev_loss_tmo off: fail-fast forever, reconnecting',
+  async (t) => {
+    {
+      const { s, r } = make({ fastIoFailTmo: 'off', devLossTmo: 60 });
+      r.handle({ type: 'failure-detected' });
+      s.advance(59_999);
+      t.equal(r.state, 'blocked');
+      s.advance(1);
+      t.equal(r.state, 'lost');
+    }
+    {
+      const { s, r, actions } = make({ fastIoFailTmo: 3, devLossTmo: 'off' });
+      r.subscribe((a) => a.type === 'reconnect' && r.handle({ type: 'reconnect-failed', attempt: a.attempt }));
+      r.handle({ type: 'failure-detected' });
+      s.advance(3000);
+      t.equal(r.state, 'fail-fast');
+      s.advance(100_000_000);
+      t.equal(r.state, 'fail-fast', 'never lost');
+      t.ok(actions.filter((a) => a.type === 'reconnect').length > 3000, 'still reconnecting every 30 s');
+    }
+  },
+);
 
 t.test('randomized event sequences keep the invariants', async (t) => {
   const SEEDS = 30;
@@ -402,15 +460,20 @@ t.test('randomized event sequences keep the invariants', async (t) => {
     r.subscribe((a) => {
       if (a.type === 'state-changed' && !LEGAL.has(`${a.from}>${a.to}`)) errors.push(`illegal move ${a.from}>${a.to}`);
       if (a.type === 'reconnect-scheduled') {
-        const ideal = Math.min(tmo.reconnectDelayMax * 1000, (tmo.reconnectDelay as number) * 1000 * 2 ** (a.attempt - 1));
-        if (a.delayMs > ideal || a.delayMs < Math.floor(ideal * 0.8)) errors.push(`attempt ${a.attempt} delay ${a.delayMs} outside [0.8, 1] x ${ideal}`);
+        const ideal = Math.min(
+          tmo.reconnectDelayMax * 1000,
+          (tmo.reconnectDelay as number) * 1000 * 2 ** (a.attempt - 1),
+        );
+        if (a.delayMs > ideal || a.delayMs < Math.floor(ideal * 0.8))
+          errors.push(`attempt ${a.attempt} delay ${a.delayMs} outside [0.8, 1] x ${ideal}`);
         lastScheduled = { ...a, at: s.now() };
       }
     });
     s.onFire = (label, at) => {
       const name = label!.split(':').pop() as TimerName;
       if (!TIMER_OWNERS[name].includes(r.state)) errors.push(`${name} fired in ${r.state}`);
-      if (name === 'reconnect' && at !== lastScheduled!.at + lastScheduled!.delayMs) errors.push(`reconnect timer fired at ${at}, not when scheduled`);
+      if (name === 'reconnect' && at !== lastScheduled!.at + lastScheduled!.delayMs)
+        errors.push(`reconnect timer fired at ${at}, not when scheduled`);
     };
     for (let step = 0; step < STEPS && errors.length === 0; step++) {
       const roll = rnd();
@@ -418,7 +481,9 @@ t.test('randomized event sequences keep the invariants', async (t) => {
         s.advance(randInt(rnd, 40_000));
       } else {
         // Mostly events the table accepts in this state, sometimes any (detach rarely: it is terminal).
-        const candidates = RPORT_EVENT_TYPES.filter((e) => e !== 'detach' && (rnd() < 0.3 || EVENT_TABLE[r.state][e] !== 'refused'));
+        const candidates = RPORT_EVENT_TYPES.filter(
+          (e) => e !== 'detach' && (rnd() < 0.3 || EVENT_TABLE[r.state][e] !== 'refused'),
+        );
         const type = rnd() < 0.003 ? 'detach' : pick(rnd, candidates.length > 0 ? candidates : RPORT_EVENT_TYPES);
         // Mostly current attempt numbers, sometimes stale ones.
         const attempt = rnd() < 0.8 ? r.attempt : randInt(rnd, r.attempt + 2);
@@ -428,7 +493,8 @@ t.test('randomized event sequences keep the invariants', async (t) => {
         const want = EVENT_TABLE[from][type];
         if (res.outcome === 'deferred') errors.push('deferred outside a listener');
         if (want === 'refused' && res.outcome !== 'refused') errors.push(`${from}/${type} accepted against the table`);
-        if (res.outcome === 'moved' && res.to !== want) errors.push(`${from}/${type} moved to ${res.to}, table says ${want}`);
+        if (res.outcome === 'moved' && res.to !== want)
+          errors.push(`${from}/${type} moved to ${res.to}, table says ${want}`);
         if (res.outcome === 'stayed' && want !== 'stay') errors.push(`${from}/${type} stayed, table says ${want}`);
         if (res.outcome === 'moved') moves++;
         if (res.outcome === 'refused') refusals++;
@@ -440,8 +506,10 @@ t.test('randomized event sequences keep the invariants', async (t) => {
       }
       const inOutage = r.state === 'blocked' || r.state === 'fail-fast';
       if (inOutage === (r.phase === 'none')) errors.push(`phase ${r.phase} in state ${r.state}`);
-      for (const name of r.armedTimers()) if (!TIMER_OWNERS[name].includes(r.state)) errors.push(`${name} armed in ${r.state}`);
-      if ((r.phase === 'waiting') !== r.armedTimers().includes('reconnect')) errors.push(`reconnect timer vs phase ${r.phase}`);
+      for (const name of r.armedTimers())
+        if (!TIMER_OWNERS[name].includes(r.state)) errors.push(`${name} armed in ${r.state}`);
+      if ((r.phase === 'waiting') !== r.armedTimers().includes('reconnect'))
+        errors.push(`reconnect timer vs phase ${r.phase}`);
     }
     t.same(errors, [], `seed ${seed} (${tmo.reconnectDelay}/${tmo.fastIoFailTmo}/${tmo.devLossTmo})`);
   }

@@ -28,11 +28,15 @@ t.test('virtual: cancel, re-arming from a callback, onFire trace', async (t) => 
   const h = s.setTimer(5, () => log.push('cancelled'), 'x');
   s.cancel(h);
   s.cancel(h); // twice is a no-op
-  s.setTimer(5, () => {
-    log.push(`first@${s.now()}`);
-    s.setTimer(5, () => log.push(`chained@${s.now()}`), 'chained');
-    s.setTimer(100, () => log.push('late'), 'late');
-  }, 'first');
+  s.setTimer(
+    5,
+    () => {
+      log.push(`first@${s.now()}`);
+      s.setTimer(5, () => log.push(`chained@${s.now()}`), 'chained');
+      s.setTimer(100, () => log.push('late'), 'late');
+    },
+    'first',
+  );
   s.advance(10);
   t.same(log, ['first@5', 'chained@10'], 'a timer armed by a callback fires within the same advance when due');
   t.same(fired, ['first@5', 'chained@10']);

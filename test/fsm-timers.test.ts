@@ -44,9 +44,27 @@ t.test('parseTmo follows srp_parse_tmo / kstrtoint(s, 0)', async (t) => {
     [0, 0],
     [-1, 'off'],
   ];
-  for (const [input, want] of good) t.ok(Object.is(parseTmo(input), want), `parseTmo(${JSON.stringify(input)}) is ${String(want)}`);
+  for (const [input, want] of good)
+    t.ok(Object.is(parseTmo(input), want), `parseTmo(${JSON.stringify(input)}) is ${String(want)}`);
 
-  const bad: (string | number)[] = ['', ' 5', '5 ', '5\n\n', 'offset', 'OFF', '1.5', '08', '0x', 'abc', '2147483648', '-2147483649', '5s', 1.5, NaN, Infinity];
+  const bad: (string | number)[] = [
+    '',
+    ' 5',
+    '5 ',
+    '5\n\n',
+    'offset',
+    'OFF',
+    '1.5',
+    '08',
+    '0x',
+    'abc',
+    '2147483648',
+    '-2147483649',
+    '5s',
+    1.5,
+    NaN,
+    Infinity,
+  ];
   for (const input of bad) {
     t.throws(() => parseTmo(input), TmoParseError, `parseTmo(${JSON.stringify(input)}) refused`);
   }
@@ -61,7 +79,12 @@ t.test('parseTmo follows srp_parse_tmo / kstrtoint(s, 0)', async (t) => {
 });
 
 t.test('validateTmo: one rule per case, messages name parameters and rule', async (t) => {
-  const P = (rd: Tmo, fio: Tmo, dl: Tmo, max = 30): TmoParams => ({ reconnectDelay: rd, fastIoFailTmo: fio, devLossTmo: dl, reconnectDelayMax: max });
+  const P = (rd: Tmo, fio: Tmo, dl: Tmo, max = 30): TmoParams => ({
+    reconnectDelay: rd,
+    fastIoFailTmo: fio,
+    devLossTmo: dl,
+    reconnectDelayMax: max,
+  });
   const cases: { name: string; p: TmoParams; rules: TmoRule[]; msg?: RegExp }[] = [
     { name: 'defaults', p: { ...DEFAULT_TMO }, rules: [] },
     { name: 'ib_srp defaults (10/15/600)', p: P(10, 15, 600, 10), rules: [] },
@@ -72,18 +95,57 @@ t.test('validateTmo: one rule per case, messages name parameters and rule', asyn
     { name: 'fio at the block maximum', p: P(1, 600, 601), rules: [] },
     { name: 'dev_loss just below the limit', p: P(1, 5, SRP_TMO_MAX - 1), rules: [] },
     { name: 'dev_loss 600 with fio off', p: P(1, 'off', 600), rules: [] },
-    { name: 'reconnect_delay 0', p: P(0, 5, 600), rules: ['reconnect-delay-zero'], msg: /reconnect_delay=0.*srp_tmo_valid/ },
-    { name: 'all three off (kernel rule)', p: P('off', 'off', 'off'), rules: ['no-io-timeout'], msg: /fast_io_fail_tmo and dev_loss_tmo.*both "off"/ },
+    {
+      name: 'reconnect_delay 0',
+      p: P(0, 5, 600),
+      rules: ['reconnect-delay-zero'],
+      msg: /reconnect_delay=0.*srp_tmo_valid/,
+    },
+    {
+      name: 'all three off (kernel rule)',
+      p: P('off', 'off', 'off'),
+      rules: ['no-io-timeout'],
+      msg: /fast_io_fail_tmo and dev_loss_tmo.*both "off"/,
+    },
     { name: 'both I/O timers off (stricter than the kernel)', p: P(1, 'off', 'off'), rules: ['no-io-timeout'] },
-    { name: 'fio above SCSI_DEVICE_BLOCK_MAX_TIMEOUT', p: P(1, 601, 700), rules: ['fast-io-fail-too-long'], msg: /fast_io_fail_tmo=601 exceeds SCSI_DEVICE_BLOCK_MAX_TIMEOUT \(600 s\)/ },
-    { name: 'dev_loss above 600 with fio off', p: P(1, 'off', 601), rules: ['dev-loss-too-long-without-fast-io-fail'], msg: /dev_loss_tmo=601 with fast_io_fail_tmo=off/ },
-    { name: 'dev_loss at LONG_MAX/HZ', p: P(1, 5, SRP_TMO_MAX), rules: ['dev-loss-too-long'], msg: /dev_loss_tmo=2147483 must be below 2147483 s/ },
-    { name: 'fio == dev_loss', p: P(1, 10, 10), rules: ['fast-io-fail-not-before-dev-loss'], msg: /fast_io_fail_tmo=10 must be smaller than dev_loss_tmo=10/ },
+    {
+      name: 'fio above SCSI_DEVICE_BLOCK_MAX_TIMEOUT',
+      p: P(1, 601, 700),
+      rules: ['fast-io-fail-too-long'],
+      msg: /fast_io_fail_tmo=601 exceeds SCSI_DEVICE_BLOCK_MAX_TIMEOUT \(600 s\)/,
+    },
+    {
+      name: 'dev_loss above 600 with fio off',
+      p: P(1, 'off', 601),
+      rules: ['dev-loss-too-long-without-fast-io-fail'],
+      msg: /dev_loss_tmo=601 with fast_io_fail_tmo=off/,
+    },
+    {
+      name: 'dev_loss at LONG_MAX/HZ',
+      p: P(1, 5, SRP_TMO_MAX),
+      rules: ['dev-loss-too-long'],
+      msg: /dev_loss_tmo=2147483 must be below 2147483 s/,
+    },
+    {
+      name: 'fio == dev_loss',
+      p: P(1, 10, 10),
+      rules: ['fast-io-fail-not-before-dev-loss'],
+      msg: /fast_io_fail_tmo=10 must be smaller than dev_loss_tmo=10/,
+    },
     { name: 'fio > dev_loss', p: P(1, 15, 5), rules: ['fast-io-fail-not-before-dev-loss'] },
     { name: 'dev_loss 0 with fio 0', p: P(1, 0, 0), rules: ['fast-io-fail-not-before-dev-loss'] },
-    { name: 'reconnect_delay_max below delay', p: P(10, 5, 600, 5), rules: ['reconnect-delay-max-below-delay'], msg: /reconnect_delay_max=5 must not be smaller than reconnect_delay=10/ },
+    {
+      name: 'reconnect_delay_max below delay',
+      p: P(10, 5, 600, 5),
+      rules: ['reconnect-delay-max-below-delay'],
+      msg: /reconnect_delay_max=5 must not be smaller than reconnect_delay=10/,
+    },
     { name: 'reconnect_delay too long', p: P(SRP_TMO_MAX, 5, 600, SRP_TMO_MAX), rules: ['reconnect-delay-too-long'] },
-    { name: 'not integers', p: P(1.5 as Tmo, -1 as Tmo, 'never' as unknown as Tmo), rules: ['not-a-timeout', 'not-a-timeout', 'not-a-timeout'] },
+    {
+      name: 'not integers',
+      p: P(1.5 as Tmo, -1 as Tmo, 'never' as unknown as Tmo),
+      rules: ['not-a-timeout', 'not-a-timeout', 'not-a-timeout'],
+    },
     { name: 'reconnect_delay_max 0', p: P(1, 5, 600, 0), rules: ['not-a-timeout'], msg: /reconnect_delay_max=0/ },
     {
       name: 'several rules at once',
@@ -93,7 +155,11 @@ t.test('validateTmo: one rule per case, messages name parameters and rule', asyn
   ];
   for (const c of cases) {
     const v = validateTmo(c.p);
-    t.same(v.map((x) => x.rule), c.rules, c.name);
+    t.same(
+      v.map((x) => x.rule),
+      c.rules,
+      c.name,
+    );
     if (c.msg) t.match(v[0]?.message, c.msg, `${c.name}: message`);
     for (const x of v) {
       t.ok(x.params.length > 0, `${c.name}: ${x.rule} names parameters`);
@@ -106,12 +172,20 @@ t.test('validateTmo: one rule per case, messages name parameters and rule', asyn
 
 t.test('tmoParamsSchema: defaults, "off", kernel syntax, cross-field rules', async (t) => {
   t.same(tmoParamsSchema.parse({}), DEFAULT_TMO);
-  t.same(tmoParamsSchema.parse({ reconnect_delay: 'off', fast_io_fail_tmo: '0x0f', dev_loss_tmo: -1, reconnect_delay_max: 60 }), {
-    reconnectDelay: 'off',
-    fastIoFailTmo: 15,
-    devLossTmo: 'off',
-    reconnectDelayMax: 60,
-  });
+  t.same(
+    tmoParamsSchema.parse({
+      reconnect_delay: 'off',
+      fast_io_fail_tmo: '0x0f',
+      dev_loss_tmo: -1,
+      reconnect_delay_max: 60,
+    }),
+    {
+      reconnectDelay: 'off',
+      fastIoFailTmo: 15,
+      devLossTmo: 'off',
+      reconnectDelayMax: 60,
+    },
+  );
   const r = tmoParamsSchema.safeParse({ fast_io_fail_tmo: 'off', dev_loss_tmo: 'off' });
   t.equal(r.success, false);
   if (!r.success) t.match(r.error.issues[0]?.message, /both "off"/);
@@ -126,12 +200,31 @@ t.test('tmoParamsSchema: defaults, "off", kernel syntax, cross-field rules', asy
 t.test('back-off: min(cap, base * 2^(n-1)) shortened by at most the jitter', async (t) => {
   const p = { reconnectDelay: 1, reconnectDelayMax: 30 } as const;
   const noJitter = [1000, 2000, 4000, 8000, 16000, 30000, 30000, 30000];
-  noJitter.forEach((want, i) => t.equal(backoffDelayMs(i + 1, p, 0.2, () => 0), want, `attempt ${i + 1} without jitter`));
+  noJitter.forEach((want, i) =>
+    t.equal(
+      backoffDelayMs(i + 1, p, 0.2, () => 0),
+      want,
+      `attempt ${i + 1} without jitter`,
+    ),
+  );
   // Maximum jitter (random -> 1) shortens by 20 %.
-  t.equal(backoffDelayMs(1, p, 0.2, () => 0.999999), 800);
-  t.equal(backoffDelayMs(10, p, 0.2, () => 0.5), 27000);
-  t.equal(backoffDelayMs(5000, p, 0.2, () => 0), 30000, 'huge attempt numbers stay at the cap');
-  t.equal(backoffDelayMs(3, { reconnectDelay: 7, reconnectDelayMax: 10 }, 0, () => 0.3), 10000);
+  t.equal(
+    backoffDelayMs(1, p, 0.2, () => 0.999999),
+    800,
+  );
+  t.equal(
+    backoffDelayMs(10, p, 0.2, () => 0.5),
+    27000,
+  );
+  t.equal(
+    backoffDelayMs(5000, p, 0.2, () => 0),
+    30000,
+    'huge attempt numbers stay at the cap',
+  );
+  t.equal(
+    backoffDelayMs(3, { reconnectDelay: 7, reconnectDelayMax: 10 }, 0, () => 0.3),
+    10000,
+  );
   const rnd = mulberry32(42);
   for (let n = 1; n <= 200; n++) {
     const ideal = Math.min(30000, 1000 * 2 ** (n - 1));

@@ -11,7 +11,10 @@ import t from 'tap';
 const LIB = path.resolve(path.dirname(new URL(import.meta.url).pathname), '../../test/vm/guest-lib.sh');
 
 function lib(outDir: string, script: string): string {
-  const r = spawnSync('bash', ['-c', `. "$LIB"; ${script}`], { env: { ...process.env, LIB, OUT_DIR: outDir }, encoding: 'utf8' });
+  const r = spawnSync('bash', ['-c', `. "$LIB"; ${script}`], {
+    env: { ...process.env, LIB, OUT_DIR: outDir },
+    encoding: 'utf8',
+  });
   if (r.status !== 0) throw new Error(`bash exited ${r.status}: ${r.stderr}`);
   return r.stdout;
 }
@@ -19,13 +22,16 @@ function lib(outDir: string, script: string): string {
 t.test('daemon_log_first returns the log time in full ms; ms_between of two of them', async (t) => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'srp-nbd-guestlib-'));
   t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
-  fs.writeFileSync(path.join(dir, 'daemon.log'), [
-    '{"level":30,"time":1732560000100,"target":"a","from":"running","to":"blocked","msg":"state running -> blocked"}',
-    '{"level":30,"time":1732560000200,"target":"a","from":"blocked","to":"running","msg":"state blocked -> running"}',
-    '{"level":30,"time":1732560001234,"target":"a","from":"running","to":"blocked","msg":"state running -> blocked"}',
-    '{"level":30,"time":1732560003984,"target":"a","from":"blocked","to":"running","msg":"state blocked -> running"}',
-    '',
-  ].join('\n'));
+  fs.writeFileSync(
+    path.join(dir, 'daemon.log'),
+    [
+      '{"level":30,"time":1732560000100,"target":"a","from":"running","to":"blocked","msg":"state running -> blocked"}',
+      '{"level":30,"time":1732560000200,"target":"a","from":"blocked","to":"running","msg":"state blocked -> running"}',
+      '{"level":30,"time":1732560001234,"target":"a","from":"running","to":"blocked","msg":"state running -> blocked"}',
+      '{"level":30,"time":1732560003984,"target":"a","from":"blocked","to":"running","msg":"state blocked -> running"}',
+      '',
+    ].join('\n'),
+  );
   const tb = lib(dir, `daemon_log_first 1732560001000 '"to":"blocked"'`).trim();
   t.equal(tb, '1732560001234', 'the first match after SINCE, every digit');
   const tr = lib(dir, `daemon_log_first ${tb} '"to":"running"'`).trim();

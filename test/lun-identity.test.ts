@@ -17,16 +17,36 @@ import type { ScsiExecutor } from '../src/initiator/scsi-executor.js';
 import { RamScsiLun } from '../src/testing/scsi-lun.js';
 
 const naa = (hex: string): Designator => ({
-  protocolIdentifier: 0, codeSet: 1, piv: false, association: 0, designatorType: 3, designator: Buffer.from(hex, 'hex'),
+  protocolIdentifier: 0,
+  codeSet: 1,
+  piv: false,
+  association: 0,
+  designatorType: 3,
+  designator: Buffer.from(hex, 'hex'),
 });
 const t10 = (text: string): Designator => ({
-  protocolIdentifier: 0, codeSet: 2, piv: false, association: 0, designatorType: 1, designator: Buffer.from(text, 'latin1'),
+  protocolIdentifier: 0,
+  codeSet: 2,
+  piv: false,
+  association: 0,
+  designatorType: 1,
+  designator: Buffer.from(text, 'latin1'),
 });
 const port = (n: number): Designator => ({
-  protocolIdentifier: 4, codeSet: 1, piv: true, association: 1, designatorType: 4, designator: Buffer.from([0, 0, 0, n]),
+  protocolIdentifier: 4,
+  codeSet: 1,
+  piv: true,
+  association: 1,
+  designatorType: 4,
+  designator: Buffer.from([0, 0, 0, n]),
 });
 const tpg = (n: number): Designator => ({
-  protocolIdentifier: 0, codeSet: 1, piv: false, association: 1, designatorType: 5, designator: Buffer.from([0, 0, 0, n]),
+  protocolIdentifier: 0,
+  codeSet: 1,
+  piv: false,
+  association: 1,
+  designatorType: 5,
+  designator: Buffer.from([0, 0, 0, n]),
 });
 
 const NAA1 = '6001405abcdef0123456789abcdef001';
@@ -61,12 +81,18 @@ t.test('the same LU through another port, after a firmware upgrade, is the same'
 
 t.test('differences are spelled out', async (t) => {
   const a = lunIdentity(base);
-  t.same(sameIdentity(a, lunIdentity({ ...base, serial: 'xyz' })).differences, ['serial number changed: "abc" -> "xyz"']);
+  t.same(sameIdentity(a, lunIdentity({ ...base, serial: 'xyz' })).differences, [
+    'serial number changed: "abc" -> "xyz"',
+  ]);
   t.same(sameIdentity(a, lunIdentity({ ...base, designators: [naa(NAA2), t10('LIO-ORG abc')] })).differences, [
     `NAA designator changed: naa.${NAA1} -> naa.${NAA2}`,
   ]);
-  t.same(sameIdentity(a, lunIdentity({ ...base, designators: [t10('LIO-ORG abc')] })).differences, [`NAA designator naa.${NAA1} is gone`]);
-  t.same(sameIdentity(lunIdentity({ ...base, designators: [naa(NAA1)] }), a).differences, ['T10 vendor ID designator "LIO-ORG abc" appeared']);
+  t.same(sameIdentity(a, lunIdentity({ ...base, designators: [t10('LIO-ORG abc')] })).differences, [
+    `NAA designator naa.${NAA1} is gone`,
+  ]);
+  t.same(sameIdentity(lunIdentity({ ...base, designators: [naa(NAA1)] }), a).differences, [
+    'T10 vendor ID designator "LIO-ORG abc" appeared',
+  ]);
   t.same(sameIdentity(a, lunIdentity({ ...base, blockCount: 4096n })).differences, [
     'capacity changed: 2048 x 512-byte blocks (1 MiB) -> 4096 x 512-byte blocks (2 MiB)',
   ]);
@@ -137,7 +163,10 @@ t.test('end to end: probe, identity change on the LU, probe again', async (t) =>
   const r = sameIdentity(first, second);
   t.equal(r.same, false);
   t.equal(r.differences.length, 3, r.differences.join('; '));
-  t.match(r.differences[0], /^T10 vendor ID designator changed: "SRPNBD {2}RAM LUN:disk-A" -> "SRPNBD {2}RAM LUN:disk-B"$/);
+  t.match(
+    r.differences[0],
+    /^T10 vendor ID designator changed: "SRPNBD {2}RAM LUN:disk-A" -> "SRPNBD {2}RAM LUN:disk-B"$/,
+  );
   t.match(r.differences[1], /^NAA designator changed: naa\.[0-9a-f]{32} -> naa\.[0-9a-f]{32}$/);
   t.equal(r.differences[2], 'serial number changed: "disk-A" -> "disk-B"');
 

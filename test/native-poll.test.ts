@@ -19,7 +19,10 @@ t.test('poller on a socketpair: readable, then a failed poll', { skip }, async (
     calls.push({ err, events });
     wake();
   });
-  const next = () => new Promise<void>((r) => { wake = r; });
+  const next = () =>
+    new Promise<void>((r) => {
+      wake = r;
+    });
 
   fs.writeSync(peer, Buffer.from('x'));
   await next();
@@ -40,8 +43,11 @@ t.test('poller on a socketpair: readable, then a failed poll', { skip }, async (
   b.close(peer);
   await failed;
   t.equal(calls.length, 1);
-  t.match(calls[0], { err: { code: 'EBADF', errno: 9, syscall: 'uv_poll', message: /uv_poll failed/ }, events: 0 },
-    'cb(err, 0): an Error with errno, code and syscall');
+  t.match(
+    calls[0],
+    { err: { code: 'EBADF', errno: 9, syscall: 'uv_poll', message: /uv_poll failed/ }, events: 0 },
+    'cb(err, 0): an Error with errno, code and syscall',
+  );
   t.type(calls[0]!.err, Error);
   await new Promise((r) => setTimeout(r, 50));
   t.equal(calls.length, 1, 'reported once: the poll is stopped');

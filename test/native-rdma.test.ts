@@ -2,7 +2,13 @@
 // the same transport over MockRdmaBinding carrying the real SRP session to the test SRP target.
 import { randomBytes } from 'node:crypto';
 import t from 'tap';
-import { RdmaChannelTransport, RdmaUnavailableError, checkRdmaAvailable, parkedCmIds, type RdmaTransportOptions } from '../src/initiator/rdma/index.js';
+import {
+  RdmaChannelTransport,
+  RdmaUnavailableError,
+  checkRdmaAvailable,
+  parkedCmIds,
+  type RdmaTransportOptions,
+} from '../src/initiator/rdma/index.js';
 import { ScsiDisk } from '../src/initiator/scsi-disk.js';
 import { TransportError } from '../src/initiator/scsi-executor.js';
 import { SrpLoginRejectedError, SrpSession } from '../src/initiator/srp-session.js';
@@ -23,14 +29,25 @@ t.test('sockaddr bytes (sockaddr_in, sockaddr_in6, sockaddr_ib)', async (t) => {
   t.same(encodeSockaddrIp('fe80::1%3', 5000), hex('0a00 1388 00000000 fe800000000000000000000000000001 03000000'));
   t.same(encodeSockaddrIp('::ffff:192.0.2.1', 1), hex('0a00 0001 00000000 00000000000000000000ffffc0000201 00000000'));
   const gid = hex('fe800000000000000002c90300a1b2c3');
-  t.same(encodeSockaddrIb(gid, 0x0000000001061388n, 0x8001), hex(`
-    1b00 8001 00000000 fe800000000000000002c90300a1b2c3 0000000001061388 ffffffffffffffff 0000000000000000`));
+  t.same(
+    encodeSockaddrIb(gid, 0x0000000001061388n, 0x8001),
+    hex(`
+    1b00 8001 00000000 fe800000000000000002c90300a1b2c3 0000000001061388 ffffffffffffffff 0000000000000000`),
+  );
   t.throws(() => encodeSockaddrIp('target.example', 1), /numeric address/);
 });
 
 t.test('completion records decode (cqPoll layout)', async (t) => {
   const b = hex('0100100000000000 0c000000 00000000 00000000 11000000 81000000 00000000');
-  t.same(readWc(b, 0), { wrId: 0x100001, status: R.IBV_WC_RETRY_EXC_ERR, opcode: 0, byteLen: 0, qpNum: 0x11, vendorErr: 0x81, wcFlags: 0 });
+  t.same(readWc(b, 0), {
+    wrId: 0x100001,
+    status: R.IBV_WC_RETRY_EXC_ERR,
+    opcode: 0,
+    byteLen: 0,
+    qpNum: 0x11,
+    vendorErr: 0x81,
+    wcFlags: 0,
+  });
   t.equal(R.nameOfWcStatus(12), 'IBV_WC_RETRY_EXC_ERR');
   t.equal(R.nameOfAsyncEvent(R.IBV_EVENT_PORT_ERR), 'IBV_EVENT_PORT_ERR');
   t.equal(R.nameOfCmEvent(R.RDMA_CM_EVENT_ESTABLISHED), 'RDMA_CM_EVENT_ESTABLISHED');
@@ -56,7 +73,11 @@ t.test('real addon on this host', { skip: real ? false : 'native addon not built
     t.comment(`RDMA devices present: ${devices.join(', ')}; the guest scenario covers them`);
     return;
   }
-  t.throws(() => b.cmCreateChannel(), { code: 'ENODEV', syscall: 'rdma_create_event_channel' }, 'real call: errno, code and syscall');
+  t.throws(
+    () => b.cmCreateChannel(),
+    { code: 'ENODEV', syscall: 'rdma_create_event_channel' },
+    'real call: errno, code and syscall',
+  );
   const tr = new RdmaChannelTransport(b, { dst });
   await t.rejects(tr.connect(Buffer.alloc(56)), { name: 'RdmaUnavailableError', code: 'disconnected' });
   t.equal(tr.state, 'closed');
@@ -107,7 +128,11 @@ t.test('SRP session over the RDMA transport (mock fabric): login, verified I/O, 
   const gone = new Promise<TransportError>((r) => tr.on('disconnect', r));
   await session.close();
   t.equal((await gone).code, 'closed');
-  t.same(m.rdmaObjectCounts(), { channels: 0, ids: 0, qps: 0, pds: 0, compChannels: 0, cqs: 0, mrs: 0 }, 'everything released');
+  t.same(
+    m.rdmaObjectCounts(),
+    { channels: 0, ids: 0, qps: 0, pds: 0, compChannels: 0, cqs: 0, mrs: 0 },
+    'everything released',
+  );
   t.equal(m.pollCount(), 0, 'no poller left');
 });
 
@@ -143,11 +168,16 @@ t.test('failures: login reject, no listener, PORT_ERR, black hole probe, target 
   target.rejectLogin = undefined;
 
   const nobody = new MockRdmaBinding();
-  await t.rejects(transport(nobody.asBinding()).connect(Buffer.alloc(56)), { code: 'disconnected', message: /rejected .*no SRP target listening/ });
+  await t.rejects(transport(nobody.asBinding()).connect(Buffer.alloc(56)), {
+    code: 'disconnected',
+    message: /rejected .*no SRP target listening/,
+  });
 
   const unreachable = new MockRdmaBinding();
   unreachable.resolveFailures = 100;
-  await t.rejects(transport(unreachable.asBinding(), { resolveAttempts: 3 }).connect(Buffer.alloc(56)), { message: /unreachable: address resolution failed 3 times/ });
+  await t.rejects(transport(unreachable.asBinding(), { resolveAttempts: 3 }).connect(Buffer.alloc(56)), {
+    message: /unreachable: address resolution failed 3 times/,
+  });
   t.same(unreachable.rdmaObjectCounts().ids, 0);
 
   let tr = transport(m.asBinding());
@@ -187,8 +217,14 @@ t.test('failures: login reject, no listener, PORT_ERR, black hole probe, target 
 
 /** What each creating call of the binding is undone by. */
 const UNDO: Record<string, string> = {
-  cmCreateChannel: 'cmDestroyChannel', pollStart: 'pollStop', cmCreateId: 'cmDestroyId', pdAlloc: 'pdDealloc',
-  compChannelCreate: 'compChannelDestroy', cqCreate: 'cqDestroy', mrReg: 'mrDereg', cmCreateQp: 'cmDestroyQp',
+  cmCreateChannel: 'cmDestroyChannel',
+  pollStart: 'pollStop',
+  cmCreateId: 'cmDestroyId',
+  pdAlloc: 'pdDealloc',
+  compChannelCreate: 'compChannelDestroy',
+  cqCreate: 'cqDestroy',
+  mrReg: 'mrDereg',
+  cmCreateQp: 'cmDestroyQp',
 };
 /** The binding, recording its creating and destroying calls in order; `failing` throws ENOMEM instead. */
 function recording(m: MockRdmaBinding, failing?: string): { b: NativeBinding; calls: string[] } {
@@ -216,18 +252,39 @@ t.test('resources: freed in the reverse order of their creation, also when a ste
   const created = calls.filter((c) => c in UNDO);
   const qp = created.indexOf('cmCreateQp');
   const channel = created.slice(0, qp + 1);
-  t.same(channel, [
-    'cmCreateChannel', 'pollStart', 'cmCreateId', 'pollStart', 'pdAlloc', 'compChannelCreate', 'pollStart', 'cqCreate',
-    'mrReg', 'mrReg', 'mrReg', 'cmCreateQp',
-  ], 'event channel, cm id, device events, PD, completions, CQ, memory, QP');
+  t.same(
+    channel,
+    [
+      'cmCreateChannel',
+      'pollStart',
+      'cmCreateId',
+      'pollStart',
+      'pdAlloc',
+      'compChannelCreate',
+      'pollStart',
+      'cqCreate',
+      'mrReg',
+      'mrReg',
+      'mrReg',
+      'cmCreateQp',
+    ],
+    'event channel, cm id, device events, PD, completions, CQ, memory, QP',
+  );
   const slots = created.slice(qp + 1);
-  t.ok(slots.length > 0 && slots.every((c) => c === 'mrReg'), `then the session's command slots (${slots.length} regions)`);
+  t.ok(
+    slots.length > 0 && slots.every((c) => c === 'mrReg'),
+    `then the session's command slots (${slots.length} regions)`,
+  );
   // The QP goes first (no RDMA can reach memory after it), then the session's slots, then the rest
   // of the channel, last first.
   const undone = calls.filter((c) => !(c in UNDO));
   const reversed = channel.map((c) => UNDO[c]).reverse();
   t.equal(undone[0], reversed[0], 'the QP is destroyed first');
-  t.same(undone.slice(1, 1 + slots.length), slots.map((c) => UNDO[c]), "then the session's slots are deregistered");
+  t.same(
+    undone.slice(1, 1 + slots.length),
+    slots.map((c) => UNDO[c]),
+    "then the session's slots are deregistered",
+  );
   t.same(undone.slice(1 + slots.length), reversed.slice(1), 'then the rest of the channel: undone last first');
 
   for (const failing of ['cmCreateQp', 'cqCreate', 'pdAlloc']) {
@@ -236,8 +293,11 @@ t.test('resources: freed in the reverse order of their creation, also when a ste
     const login = SrpSession.login(transport(r.b), ids);
     await t.rejects(login, { code: 'disconnected', message: new RegExp(`${failing} failed`) });
     const made = r.calls.filter((c) => c in UNDO);
-    t.same(r.calls.filter((c) => !(c in UNDO)), made.map((c) => UNDO[c]).reverse(),
-      `${failing} fails: what was made is undone in reverse`);
+    t.same(
+      r.calls.filter((c) => !(c in UNDO)),
+      made.map((c) => UNDO[c]).reverse(),
+      `${failing} fails: what was made is undone in reverse`,
+    );
     t.same(m.rdmaObjectCounts(), { channels: 0, ids: 0, qps: 0, pds: 0, compChannels: 0, cqs: 0, mrs: 0 });
     t.equal(m.pollCount(), 0);
   }
@@ -254,14 +314,20 @@ t.test('a failed poll: no completions or CM events is a loss, no device events o
     tr.on('error', (e) => errors.push(e));
     return { tr, session, errors, lost: new Promise<TransportError>((r) => session.on('disconnect', r)) };
   };
-  for (const [kind, fd] of [['completion', 'completion channel'], ['cm', 'rdma_cm event channel']] as const) {
+  for (const [kind, fd] of [
+    ['completion', 'completion channel'],
+    ['cm', 'rdma_cm event channel'],
+  ] as const) {
     const c = await open();
     t.equal(m.failPolls(kind), 1);
     const e = await c.lost;
-    t.match(e, { code: 'disconnected', message: `${fd} poll failed: uv_poll failed (EBADF)` },
-      `${kind}: the channel is lost`);
-    t.match(e.cause, { code: 'EBADF', syscall: 'uv_poll' }, 'the addon\'s error is the cause');
-    t.match(c.errors, [{ code: 'EBADF', syscall: 'uv_poll' }], 'and goes out on \'error\'');
+    t.match(
+      e,
+      { code: 'disconnected', message: `${fd} poll failed: uv_poll failed (EBADF)` },
+      `${kind}: the channel is lost`,
+    );
+    t.match(e.cause, { code: 'EBADF', syscall: 'uv_poll' }, "the addon's error is the cause");
+    t.match(c.errors, [{ code: 'EBADF', syscall: 'uv_poll' }], "and goes out on 'error'");
     t.same(m.rdmaObjectCounts(), none);
     t.equal(m.pollCount(), 0, 'the failed poller is released with the rest');
   }

@@ -56,9 +56,19 @@ for (const kind of ['unix', 'tcp'] as const) {
 
   t.test(`fio --ioengine=nbd verify=crc32c over ${kind}`, async (t) => {
     const out = await run('fio', [
-      '--name=verify', '--ioengine=nbd', `--uri=${srv.uri(kind, 'disk')}`, '--rw=randwrite', '--bs=4k,64k',
-      '--bsrange=4k-256k', '--iodepth=16', '--size=32M', '--verify=crc32c', '--do_verify=1',
-      '--verify_fatal=1', '--verify_state_save=0', '--output-format=json',
+      '--name=verify',
+      '--ioengine=nbd',
+      `--uri=${srv.uri(kind, 'disk')}`,
+      '--rw=randwrite',
+      '--bs=4k,64k',
+      '--bsrange=4k-256k',
+      '--iodepth=16',
+      '--size=32M',
+      '--verify=crc32c',
+      '--do_verify=1',
+      '--verify_fatal=1',
+      '--verify_state_save=0',
+      '--output-format=json',
     ]);
     const job = JSON.parse(out.slice(out.indexOf('{'))).jobs[0];
     t.equal(job.error, 0, 'no I/O or verify error');
@@ -81,22 +91,38 @@ t.test('qemu-img convert both ways and qemu-img compare', async (t) => {
 
 t.test('qemu-io: write, read, flush, discard, write-zeroes with pattern checks', async (t) => {
   const out = await run('qemu-io', [
-    '-f', 'raw',
-    '-c', 'write -P 0xab 0 1M',
-    '-c', 'write -f -P 0xcd 1M 1M', // FUA
-    '-c', 'read -P 0xab 0 1M',
-    '-c', 'read -P 0xcd 1M 1M',
-    '-c', 'flush',
-    '-c', 'discard 0 64k',
-    '-c', 'read -P 0 0 64k',
-    '-c', 'write -z -u 1M 512k',
-    '-c', 'read -P 0 1M 512k',
-    '-c', 'read -P 0xcd 1536k 512k',
-    '-c', 'aio_write -P 0x11 2M 64k',
-    '-c', 'aio_write -P 0x22 3M 64k',
-    '-c', 'aio_flush',
-    '-c', 'read -P 0x11 2M 64k',
-    '-c', 'read -P 0x22 3M 64k',
+    '-f',
+    'raw',
+    '-c',
+    'write -P 0xab 0 1M',
+    '-c',
+    'write -f -P 0xcd 1M 1M', // FUA
+    '-c',
+    'read -P 0xab 0 1M',
+    '-c',
+    'read -P 0xcd 1M 1M',
+    '-c',
+    'flush',
+    '-c',
+    'discard 0 64k',
+    '-c',
+    'read -P 0 0 64k',
+    '-c',
+    'write -z -u 1M 512k',
+    '-c',
+    'read -P 0 1M 512k',
+    '-c',
+    'read -P 0xcd 1536k 512k',
+    '-c',
+    'aio_write -P 0x11 2M 64k',
+    '-c',
+    'aio_write -P 0x22 3M 64k',
+    '-c',
+    'aio_flush',
+    '-c',
+    'read -P 0x11 2M 64k',
+    '-c',
+    'read -P 0x22 3M 64k',
     srv.uri('unix', 'disk'),
   ]);
   t.notMatch(out, /fail|error|mismatch/i, out);
@@ -105,7 +131,10 @@ t.test('qemu-io: write, read, flush, discard, write-zeroes with pattern checks',
 });
 
 t.test('qemu-io against a read-only export gets a permission error on write', async (t) => {
-  await t.rejects(run('qemu-io', ['-f', 'raw', '-c', 'write -P 1 0 4k', srv.uri('unix', 'ro')]), /read.only|Permission|Operation not permitted/i);
+  await t.rejects(
+    run('qemu-io', ['-f', 'raw', '-c', 'write -P 1 0 4k', srv.uri('unix', 'ro')]),
+    /read.only|Permission|Operation not permitted/i,
+  );
 });
 
 t.test('srp-nbd serve as a process: --memory and --file, clean exit on SIGTERM', async (t) => {
@@ -113,9 +142,14 @@ t.test('srp-nbd serve as a process: --memory and --file, clean exit on SIGTERM',
   const file = tmp('served.img');
   const data = randomBytes(4 * MiB);
   fs.writeFileSync(file, data);
-  for (const args of [['--memory', '8M'], ['--file', file]]) {
+  for (const args of [
+    ['--memory', '8M'],
+    ['--file', file],
+  ]) {
     const sock = tmp(`serve-${args[0]!.slice(2)}.sock`);
-    const child = spawn(process.execPath, [bin, 'serve', ...args, '--unix', sock, '--name', 'x'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, [bin, 'serve', ...args, '--unix', sock, '--name', 'x'], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
     let out = '';
     await new Promise<void>((resolve, reject) => {
       child.stdout.on('data', (d) => {

@@ -87,7 +87,15 @@ t.test('request header', async (t) => {
   const golden = hex('25609513 0001 0001 0102030405060708 0000000000001000 00001000');
   t.same(encodeRequest(C.NBD_CMD_WRITE, C.NBD_CMD_FLAG_FUA, 0x0102030405060708n, 4096, 4096), golden);
   const r = decodeRequest(golden, 0, { magic: 0, flags: 0, type: 0, cookieHi: 0, cookieLo: 0, offset: 0, length: 0 });
-  t.same(r, { magic: C.NBD_REQUEST_MAGIC, flags: 1, type: 1, cookieHi: 0x01020304, cookieLo: 0x05060708, offset: 4096, length: 4096 });
+  t.same(r, {
+    magic: C.NBD_REQUEST_MAGIC,
+    flags: 1,
+    type: 1,
+    cookieHi: 0x01020304,
+    cookieLo: 0x05060708,
+    offset: 4096,
+    length: 4096,
+  });
   t.equal(golden.length, C.NBD_REQUEST_SIZE);
   // decoding at an offset inside a larger chunk
   const chunk = Buffer.concat([hex('ffff'), golden]);
@@ -109,17 +117,24 @@ t.test('simple reply', async (t) => {
 
 t.test('errno names map to the NBD error values (protocol "Error values", Linux numbers)', async (t) => {
   const golden: [string | undefined, number][] = [
-    ['EPERM', 1], ['EACCES', 1], ['EROFS', 1],
+    ['EPERM', 1],
+    ['EACCES', 1],
+    ['EROFS', 1],
     ['EIO', 5],
     ['ENOMEM', 12],
     ['EINVAL', 22],
-    ['ENOSPC', 28], ['EFBIG', 28], ['EDQUOT', 28],
+    ['ENOSPC', 28],
+    ['EFBIG', 28],
+    ['EDQUOT', 28],
     ['EOVERFLOW', 75],
     ['ESHUTDOWN', 108],
     // Not NBD_ENOTSUP (95): that one answers NBD_CMD_FLAG_FAST_ZERO only, which was not set.
-    ['ENOTSUP', 22], ['EOPNOTSUPP', 22],
+    ['ENOTSUP', 22],
+    ['EOPNOTSUPP', 22],
     // Anything else is EIO.
-    ['ENOENT', 5], ['disconnected', 5], [undefined, 5],
+    ['ENOENT', 5],
+    ['disconnected', 5],
+    [undefined, 5],
   ];
   for (const [code, want] of golden) t.equal(nbdErrno(code, 0), want, `${code}`);
   t.equal(nbdErrno('ENOTSUP', C.NBD_CMD_FLAG_FAST_ZERO), 95, 'ENOTSUP with FAST_ZERO set');

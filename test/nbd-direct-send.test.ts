@@ -155,7 +155,9 @@ t.test('every reply goes out through sendv when the addon is there', async (t) =
   c.socket.pause();
   const before = refused;
   const n = 200;
-  c.write(Buffer.concat(Array.from({ length: n }, (_, i) => encodeRequest(C.NBD_CMD_READ, 0, BigInt(i), i * 4096, 4096))));
+  c.write(
+    Buffer.concat(Array.from({ length: n }, (_, i) => encodeRequest(C.NBD_CMD_READ, 0, BigInt(i), i * 4096, 4096))),
+  );
   await new Promise((r) => setTimeout(r, 300));
   t.ok(refused > before, 'the socket itself took less than offered');
   c.socket.resume();
@@ -221,7 +223,11 @@ t.test('a peer that vanishes while replies are being sent: its connection ends, 
   const failing: SendV = (fd, bufs, start, count) => {
     // The first send holding a 1 MiB READ reply meets a dead peer.
     if (bufs.slice(start, start + count).some((b) => b.length === MiB) && broke++ === 0) {
-      throw Object.assign(new Error('sendmsg failed: Broken pipe (EPIPE)'), { code: 'EPIPE', errno: 32, syscall: 'sendmsg' });
+      throw Object.assign(new Error('sendmsg failed: Broken pipe (EPIPE)'), {
+        code: 'EPIPE',
+        errno: 32,
+        syscall: 'sendmsg',
+      });
     }
     return native.sendv(fd, bufs, start, count);
   };

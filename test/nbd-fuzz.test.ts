@@ -30,7 +30,16 @@ const pick = <T>(xs: readonly T[]): T => xs[int(xs.length)]!;
 
 /** A plausible request, then 0-3 random byte mutations anywhere in it. */
 function mutatedRequest(): Buffer {
-  const type = pick([C.NBD_CMD_READ, C.NBD_CMD_WRITE, C.NBD_CMD_FLUSH, C.NBD_CMD_TRIM, C.NBD_CMD_WRITE_ZEROES, C.NBD_CMD_CACHE, 9, 0xffff]);
+  const type = pick([
+    C.NBD_CMD_READ,
+    C.NBD_CMD_WRITE,
+    C.NBD_CMD_FLUSH,
+    C.NBD_CMD_TRIM,
+    C.NBD_CMD_WRITE_ZEROES,
+    C.NBD_CMD_CACHE,
+    9,
+    0xffff,
+  ]);
   const length = pick([0, 512, 4096, 1000, 65536, 16 * MiB + 512]);
   const offset = pick([0, 512, 16 * MiB - 512, 16 * MiB, 2 ** 40, 777]);
   const flags = pick([0, 0, C.NBD_CMD_FLAG_FUA, C.NBD_CMD_FLAG_NO_HOLE, C.NBD_CMD_FLAG_DF, 0xffff]);
@@ -41,8 +50,19 @@ function mutatedRequest(): Buffer {
 }
 
 function mutatedOption(): Buffer {
-  const opt = pick([C.NBD_OPT_GO, C.NBD_OPT_INFO, C.NBD_OPT_LIST, C.NBD_OPT_STRUCTURED_REPLY, C.NBD_OPT_EXPORT_NAME, C.NBD_OPT_ABORT, 0x1234]);
-  const data = opt === C.NBD_OPT_GO || opt === C.NBD_OPT_INFO ? encodeInfoRequest(pick(['', 'disk', 'nope']), [int(5)]) : Buffer.alloc(int(3));
+  const opt = pick([
+    C.NBD_OPT_GO,
+    C.NBD_OPT_INFO,
+    C.NBD_OPT_LIST,
+    C.NBD_OPT_STRUCTURED_REPLY,
+    C.NBD_OPT_EXPORT_NAME,
+    C.NBD_OPT_ABORT,
+    0x1234,
+  ]);
+  const data =
+    opt === C.NBD_OPT_GO || opt === C.NBD_OPT_INFO
+      ? encodeInfoRequest(pick(['', 'disk', 'nope']), [int(5)])
+      : Buffer.alloc(int(3));
   const frame = encodeOption(opt, data);
   for (let m = int(3); m > 0; m--) frame[int(frame.length)] = int(256);
   return frame;
@@ -84,7 +104,10 @@ t.test('100,000+ hostile frames do not crash the server', async (t) => {
     await Promise.all([
       blast(clientFlags, Array.from({ length: 10 }, mutatedOption)),
       blast(Buffer.alloc(0), [Buffer.from(Array.from({ length: 1 + int(64) }, () => int(256)))]),
-      blast(go, Array.from({ length: 8 }, () => Buffer.from(Array.from({ length: 28 }, () => int(256))))),
+      blast(
+        go,
+        Array.from({ length: 8 }, () => Buffer.from(Array.from({ length: 28 }, () => int(256)))),
+      ),
     ]);
     frames += 19;
   }

@@ -28,8 +28,14 @@ t.test('NBD_OPT_LIST names every export, then ACK', async (t) => {
   await c.greet();
   c.option(C.NBD_OPT_LIST);
   const replies = await c.optionReplies();
-  t.same(replies.map((r) => r.type), [C.NBD_REP_SERVER, C.NBD_REP_SERVER, C.NBD_REP_ACK]);
-  t.same(replies.slice(0, 2).map((r) => r.data.toString('utf8', 4, 4 + r.data.readUInt32BE(0))), ['disk', 'ro']);
+  t.same(
+    replies.map((r) => r.type),
+    [C.NBD_REP_SERVER, C.NBD_REP_SERVER, C.NBD_REP_ACK],
+  );
+  t.same(
+    replies.slice(0, 2).map((r) => r.data.toString('utf8', 4, 4 + r.data.readUInt32BE(0))),
+    ['disk', 'ro'],
+  );
   t.ok(replies.every((r) => r.option === C.NBD_OPT_LIST));
   c.option(C.NBD_OPT_LIST, Buffer.from('x'));
   t.equal((await c.optionReply()).type, C.NBD_REP_ERR_INVALID, 'LIST with data is invalid');
@@ -45,7 +51,14 @@ t.test('NBD_OPT_INFO: export, name, description, block size; connection stays in
   const exp = infos.get(C.NBD_INFO_EXPORT)!;
   t.equal(Number(exp.readBigUInt64BE(2)), 1 << 20);
   const flags = exp.readUInt16BE(10);
-  for (const f of [C.NBD_FLAG_HAS_FLAGS, C.NBD_FLAG_SEND_FLUSH, C.NBD_FLAG_SEND_FUA, C.NBD_FLAG_SEND_TRIM, C.NBD_FLAG_SEND_WRITE_ZEROES, C.NBD_FLAG_CAN_MULTI_CONN]) {
+  for (const f of [
+    C.NBD_FLAG_HAS_FLAGS,
+    C.NBD_FLAG_SEND_FLUSH,
+    C.NBD_FLAG_SEND_FUA,
+    C.NBD_FLAG_SEND_TRIM,
+    C.NBD_FLAG_SEND_WRITE_ZEROES,
+    C.NBD_FLAG_CAN_MULTI_CONN,
+  ]) {
     t.ok(flags & f, `flag 0x${f.toString(16)} set`);
   }
   t.notOk(flags & C.NBD_FLAG_READ_ONLY);

@@ -60,7 +60,11 @@ t.test('write, read back, flush, FUA write', async (t) => {
 
 t.test('trim and write-zeroes (with and without NO_HOLE) read back as zeroes', async (t) => {
   const c = await open();
-  for (const [cmd, flags] of [[C.NBD_CMD_TRIM, 0], [C.NBD_CMD_WRITE_ZEROES, 0], [C.NBD_CMD_WRITE_ZEROES, C.NBD_CMD_FLAG_NO_HOLE]] as const) {
+  for (const [cmd, flags] of [
+    [C.NBD_CMD_TRIM, 0],
+    [C.NBD_CMD_WRITE_ZEROES, 0],
+    [C.NBD_CMD_WRITE_ZEROES, C.NBD_CMD_FLAG_NO_HOLE],
+  ] as const) {
     c.request(C.NBD_CMD_WRITE, 1n, MiB - 4096, 3 * MiB, 0, pattern(3 * MiB, 9));
     t.equal((await c.simpleReply()).error, 0);
     c.request(cmd, 2n, MiB - 512, 2 * MiB + 1024, flags);
@@ -69,7 +73,10 @@ t.test('trim and write-zeroes (with and without NO_HOLE) read back as zeroes', a
     const r = (await c.simpleReply(3 * MiB)).data;
     const src = pattern(3 * MiB, 9);
     t.ok(r.subarray(0, 3584).equals(src.subarray(0, 3584)), 'bytes before the range kept');
-    t.ok(r.subarray(3584, 3584 + 2 * MiB + 1024).every((b) => b === 0), 'range reads as zeroes');
+    t.ok(
+      r.subarray(3584, 3584 + 2 * MiB + 1024).every((b) => b === 0),
+      'range reads as zeroes',
+    );
     t.ok(r.subarray(3584 + 2 * MiB + 1024).equals(src.subarray(3584 + 2 * MiB + 1024)), 'bytes after kept');
   }
   c.close();
@@ -111,7 +118,11 @@ t.test('refusals carry the errno the protocol prescribes and the connection goes
     ['unknown command', () => c.request(99, 19n, 0, 512), C.NBD_EINVAL],
     ['NBD_CMD_CACHE not negotiated', () => c.request(C.NBD_CMD_CACHE, 20n, 0, 512), C.NBD_EINVAL],
     ['unknown flag', () => c.request(C.NBD_CMD_READ, 21n, 0, 512, 0x4000), C.NBD_EINVAL],
-    ['NO_HOLE on a write', () => c.request(C.NBD_CMD_WRITE, 22n, 0, 512, C.NBD_CMD_FLAG_NO_HOLE, Buffer.alloc(512)), C.NBD_EINVAL],
+    [
+      'NO_HOLE on a write',
+      () => c.request(C.NBD_CMD_WRITE, 22n, 0, 512, C.NBD_CMD_FLAG_NO_HOLE, Buffer.alloc(512)),
+      C.NBD_EINVAL,
+    ],
     ['DF not negotiated', () => c.request(C.NBD_CMD_READ, 23n, 0, 512, C.NBD_CMD_FLAG_DF), C.NBD_EINVAL],
     ['flush with a length', () => c.request(C.NBD_CMD_FLUSH, 24n, 0, 512), C.NBD_EINVAL],
   ];
@@ -252,7 +263,9 @@ t.test('a burst of huge READs from a client that never reads replies stays withi
   const c = await open();
   c.socket.pause(); // never read a reply
   const before = process.memoryUsage().arrayBuffers;
-  const burst = Buffer.concat(Array.from({ length: 200 }, (_, i) => encodeRequest(C.NBD_CMD_READ, 0, BigInt(i), 0, 8 * MiB)));
+  const burst = Buffer.concat(
+    Array.from({ length: 200 }, (_, i) => encodeRequest(C.NBD_CMD_READ, 0, BigInt(i), 0, 8 * MiB)),
+  );
   c.write(burst); // 1.6 GB of reads asked for in 5.6 KB
   await new Promise((r) => setTimeout(r, 1500));
   const grown = process.memoryUsage().arrayBuffers - before;
@@ -277,7 +290,10 @@ t.test('replies held back by a client that stops reading come out intact once it
   }
   t.equal(errors, 0);
   t.equal(cookies.size, n, 'every request answered exactly once');
-  t.ok([...cookies].every((k) => k < BigInt(n)), 'no cookie that was never sent');
+  t.ok(
+    [...cookies].every((k) => k < BigInt(n)),
+    'no cookie that was never sent',
+  );
   c.close();
 });
 

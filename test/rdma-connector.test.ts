@@ -28,7 +28,9 @@ const hold = (t: Test) => {
 };
 
 t.test('port ids as ib_srp lays them out', async (t) => {
-  const a = parseTargetAddress('id_ext=1122334455667788,ioc_guid=99aabbccddeeff00,dest=192.0.2.2:5000,initiator_ext=42');
+  const a = parseTargetAddress(
+    'id_ext=1122334455667788,ioc_guid=99aabbccddeeff00,dest=192.0.2.2:5000,initiator_ext=42',
+  );
   const ids = srpPortIds(a, 0x0102030405060708n);
   t.equal(ids.targetPortId.toString('hex'), '112233445566778899aabbccddeeff00');
   t.equal(ids.initiatorPortId.toString('hex'), '00000000000000420102030405060708');
@@ -40,13 +42,29 @@ t.test('port ids as ib_srp lays them out', async (t) => {
 t.test('createRdmaConnector: dest= only; channels, description, port ids', async (t) => {
   const { m } = newFabric();
   const ib = parseTargetAddress('id_ext=1,ioc_guid=2,dgid=fe800000000000000000000000000001,pkey=ffff,service_id=3');
-  await t.rejects(createRdmaConnector(ib, { ackTimeout: 14, retryCount: 6, keepaliveIntervalMs: 0, logger, binding: m.asBinding() }), /dest=IP:port/);
+  await t.rejects(
+    createRdmaConnector(ib, { ackTimeout: 14, retryCount: 6, keepaliveIntervalMs: 0, logger, binding: m.asBinding() }),
+    /dest=IP:port/,
+  );
   const addr = parseTargetAddress('id_ext=1,ioc_guid=2,dest=192.0.2.2:5000,src=192.0.2.1');
-  const made = await createRdmaConnector(addr, { ackTimeout: 12, retryCount: 3, keepaliveIntervalMs: 0, logger, binding: m.asBinding(), transport: small });
+  const made = await createRdmaConnector(addr, {
+    ackTimeout: 12,
+    retryCount: 3,
+    keepaliveIntervalMs: 0,
+    logger,
+    binding: m.asBinding(),
+    transport: small,
+  });
   t.equal(made.connector.description, 'dest=192.0.2.2:5000,src=192.0.2.1');
   t.equal(made.targetPortId.toString('hex'), '00000000000000010000000000000002');
   t.equal(made.initiatorPortId.subarray(0, 8).toString('hex'), '0000000000000000', 'initiator_ext defaults to 0');
-  const again = await createRdmaConnector(addr, { ackTimeout: 12, retryCount: 3, keepaliveIntervalMs: 0, logger, binding: m.asBinding() });
+  const again = await createRdmaConnector(addr, {
+    ackTimeout: 12,
+    retryCount: 3,
+    keepaliveIntervalMs: 0,
+    logger,
+    binding: m.asBinding(),
+  });
   t.same(again.initiatorPortId, made.initiatorPortId, 'the host part is stable');
   const tr = await made.connector.open(new AbortController().signal);
   const s = await SrpSession.login(tr, made);
@@ -66,7 +84,14 @@ t.test('keep-alive: probes on the interval; a failed probe is a channel disconne
   hold(t);
   const { m } = newFabric();
   const addr = parseTargetAddress('id_ext=1,ioc_guid=2,dest=192.0.2.2:5000');
-  const made = await createRdmaConnector(addr, { ackTimeout: 14, retryCount: 6, keepaliveIntervalMs: 20, logger, binding: m.asBinding(), transport: small });
+  const made = await createRdmaConnector(addr, {
+    ackTimeout: 14,
+    retryCount: 6,
+    keepaliveIntervalMs: 20,
+    logger,
+    binding: m.asBinding(),
+    transport: small,
+  });
   const tr = await made.connector.open(new AbortController().signal);
   const s = await SrpSession.login(tr, made);
   await new Promise((r) => setTimeout(r, 120));
@@ -88,10 +113,20 @@ t.test('SrpPort over the connector: black hole blocks the rport, PORT_ACTIVE rec
   hold(t);
   const { m } = newFabric();
   const addr = parseTargetAddress('id_ext=1,ioc_guid=2,dest=192.0.2.2:5000');
-  const made = await createRdmaConnector(addr, { ackTimeout: 14, retryCount: 6, keepaliveIntervalMs: 20, logger, binding: m.asBinding(), transport: small });
+  const made = await createRdmaConnector(addr, {
+    ackTimeout: 14,
+    retryCount: 6,
+    keepaliveIntervalMs: 20,
+    logger,
+    binding: m.asBinding(),
+    transport: small,
+  });
   const port = await SrpPort.connect({
-    name: 't', connector: made.connector, session: { initiatorPortId: made.initiatorPortId, targetPortId: made.targetPortId },
-    tmo: { reconnectDelay: 'off' }, logger,
+    name: 't',
+    connector: made.connector,
+    session: { initiatorPortId: made.initiatorPortId, targetPortId: made.targetPortId },
+    tmo: { reconnectDelay: 'off' },
+    logger,
   });
   t.equal(port.state, 'running');
   m.blackHole = true;

@@ -104,7 +104,10 @@ t.test('WRITE SAME(16) plain, UNMAP, NDOB, ANCHOR', async (t) => {
   t.same(buildWriteSame16(0x800n, 0x800), hex('93 00 00 00 00 00 00 00 08 00 00 00 08 00 00 00'));
   t.same(buildWriteSame16(0x800n, 0x800, { unmap: true }), hex('93 08 00 00 00 00 00 00 08 00 00 00 08 00 00 00'));
   t.same(buildWriteSame16(1n, 2, { ndob: true }), hex('93 01 00 00 00 00 00 00 00 01 00 00 00 02 00 00'));
-  t.same(buildWriteSame16(0n, 1, { unmap: true, anchor: true }), hex('93 18 00 00 00 00 00 00 00 00 00 00 00 01 00 00'));
+  t.same(
+    buildWriteSame16(0n, 1, { unmap: true, anchor: true }),
+    hex('93 18 00 00 00 00 00 00 00 00 00 00 00 01 00 00'),
+  );
 });
 
 t.test('UNMAP CDB and parameter list', async (t) => {

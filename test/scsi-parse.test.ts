@@ -58,9 +58,15 @@ t.test('standard INQUIRY', async (t) => {
 });
 
 t.test('VPD 00h supported pages, 80h serial', async (t) => {
-  t.same(parseSupportedVpdPages(hex('00 00 00 05 00 80 83 b0 b2')), { pages: [0, 0x80, 0x83, 0xb0, 0xb2], truncated: false });
+  t.same(parseSupportedVpdPages(hex('00 00 00 05 00 80 83 b0 b2')), {
+    pages: [0, 0x80, 0x83, 0xb0, 0xb2],
+    truncated: false,
+  });
   t.same(parseSupportedVpdPages(hex('00 00 00 05 00 80 83')), { pages: [0, 0x80, 0x83], truncated: true });
-  t.same(parseUnitSerialNumber(hex('00 80 00 0a 20 20 53 4e 31 32 33 34 35 36')), { serial: 'SN123456', truncated: false });
+  t.same(parseUnitSerialNumber(hex('00 80 00 0a 20 20 53 4e 31 32 33 34 35 36')), {
+    serial: 'SN123456',
+    truncated: false,
+  });
   t.throws(() => parseUnitSerialNumber(hex('00 83 00 00')), { code: 'wrong-page' });
   t.equal(vpdFullLength(hex('00 83 01 02')), 0x106);
   const h = parseVpdHeader(hex('00 b0 00 3c 01'));
@@ -77,7 +83,7 @@ t.test('VPD 83h device identification', async (t) => {
   const { designators, truncated } = parseDeviceIdentification(page);
   t.equal(truncated, false);
   t.equal(designators.length, 3);
-  const [naa, t10, rtp] = designators as [typeof designators[0], typeof designators[0], typeof designators[0]];
+  const [naa, t10, rtp] = designators as [(typeof designators)[0], (typeof designators)[0], (typeof designators)[0]];
   t.match(naa, { codeSet: 1, association: 0, designatorType: 3, piv: false, protocolIdentifier: 0 });
   t.equal(naa.designator.toString('hex'), '6001405abcdef0123456789abcdef001');
   t.equal(designatorText(naa), '6001405abcdef0123456789abcdef001');
@@ -97,7 +103,10 @@ t.test('VPD 83h device identification', async (t) => {
 
   /* Second descriptor claims 0x20 bytes, past PAGE LENGTH 0x18. */
   t.throws(
-    () => parseDeviceIdentification(hex('00 83 00 18 01 03 00 08 11 22 33 44 55 66 77 88 02 01 00 20 41 42 43 44 45 46 47 48')),
+    () =>
+      parseDeviceIdentification(
+        hex('00 83 00 18 01 03 00 08 11 22 33 44 55 66 77 88 02 01 00 20 41 42 43 44 45 46 47 48'),
+      ),
     { name: 'ScsiParseError', code: 'overrun' },
   );
   t.throws(() => parseDeviceIdentification(hex('00 83 00 02 01 03')), { code: 'overrun' });
@@ -153,8 +162,10 @@ t.test('VPD B2h logical block provisioning', async (t) => {
 });
 
 t.test('READ CAPACITY(16)', async (t) => {
-  const rc = parseReadCapacity16(hex(`00 00 00 00 00 1f ff ff  00 00 02 00  00 03 c0 00
-    00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00`));
+  const rc = parseReadCapacity16(
+    hex(`00 00 00 00 00 1f ff ff  00 00 02 00  00 03 c0 00
+    00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00`),
+  );
   t.equal(rc.lastLba, 0x1fffffn);
   t.equal(rc.blockCount, 0x200000n);
   t.equal(rc.blockLength, 512);
@@ -179,7 +190,11 @@ t.test('REPORT LUNS', async (t) => {
     00 00 00 00 00 00 00 00
     00 01 00 00 00 00 00 00
     41 00 00 00 00 00 00 00`);
-  t.same(parseReportLuns(data), { luns: [0n, 0x0001000000000000n, 0x4100000000000000n], listLength: 24, truncated: false });
+  t.same(parseReportLuns(data), {
+    luns: [0n, 0x0001000000000000n, 0x4100000000000000n],
+    listLength: 24,
+    truncated: false,
+  });
   t.same(parseReportLuns(data.subarray(0, 20)), { luns: [0n], listLength: 24, truncated: true });
   t.throws(() => parseReportLuns(hex('00 00 00 09 00 00 00 00')), { code: 'bad-format' });
   t.throws(() => parseReportLuns(hex('00 00 00 08')), { code: 'short' });
@@ -217,7 +232,15 @@ t.test('fixed-format sense', async (t) => {
 
 t.test('descriptor-format sense', async (t) => {
   const oor = parseSense(hex('72 05 21 00 00 00 00 0c 00 0a 80 00 00 00 00 00 00 00 10 00'));
-  t.match(oor, { format: 'descriptor', responseCode: 0x72, deferred: false, key: 5, asc: 0x21, ascq: 0, info: 0x1000n });
+  t.match(oor, {
+    format: 'descriptor',
+    responseCode: 0x72,
+    deferred: false,
+    key: 5,
+    asc: 0x21,
+    ascq: 0,
+    info: 0x1000n,
+  });
   t.equal(oor.descriptors.length, 1);
   t.equal(oor.text, 'ILLEGAL_REQUEST: Logical block address out of range (21h/00h)');
 
@@ -225,9 +248,11 @@ t.test('descriptor-format sense', async (t) => {
   t.match(d, { deferred: true, key: 0x0b, asc: 0x47 });
   t.same(d.senseKeySpecific, { raw: 0x800005 });
 
-  const fp = parseSense(hex(`72 05 26 00 00 00 00 14
+  const fp = parseSense(
+    hex(`72 05 26 00 00 00 00 14
     02 06 00 00 8a 00 10 00
-    01 0a 00 00 00 00 00 00 00 00 00 2a`));
+    01 0a 00 00 00 00 00 00 00 00 00 2a`),
+  );
   t.same(fp.senseKeySpecific, { raw: 0x8a0010, fieldPointer: { inCdb: false, byte: 0x10, bitPointer: 2 } });
   t.equal(fp.commandSpecific, 0x2an);
 
@@ -257,9 +282,17 @@ t.test('random and mutated input never escapes as anything but ScsiParseError', 
     return seed % n;
   };
   const parsers = [
-    parseStandardInquiry, parseSupportedVpdPages, parseUnitSerialNumber, parseDeviceIdentification,
-    parseBlockLimits, parseLogicalBlockProvisioning, parseReadCapacity16, parseReportLuns, parseSense,
-    parseModeSense10, (b: Buffer) => findCachingPage(parseModeSense10(b)),
+    parseStandardInquiry,
+    parseSupportedVpdPages,
+    parseUnitSerialNumber,
+    parseDeviceIdentification,
+    parseBlockLimits,
+    parseLogicalBlockProvisioning,
+    parseReadCapacity16,
+    parseReportLuns,
+    parseSense,
+    parseModeSense10,
+    (b: Buffer) => findCachingPage(parseModeSense10(b)),
   ];
   const seeds = [
     hex('00 83 00 0c 01 03 00 08 11 22 33 44 55 66 77 88'),
@@ -302,7 +335,10 @@ t.test('MODE SENSE(10) data and the caching page (SPC-4 table 443, SBC-3 table 1
   t.equal(ms.dpoFua, true);
   t.equal(ms.writeProtected, false);
   t.equal(ms.truncated, false);
-  t.same(ms.pages.map((p) => [p.page, p.subpage, p.data.length]), [[8, 0, 18]]);
+  t.same(
+    ms.pages.map((p) => [p.page, p.subpage, p.data.length]),
+    [[8, 0, 18]],
+  );
   t.same(findCachingPage(ms), { writeCacheEnabled: true, readCacheDisabled: false });
 
   // WP, no DPOFUA, an 8-byte block descriptor to skip, RCD without WCE, then a subpage-format page.
@@ -312,7 +348,13 @@ t.test('MODE SENSE(10) data and the caching page (SPC-4 table 443, SBC-3 table 1
   const o = parseModeSense10(other);
   t.equal(o.writeProtected, true);
   t.equal(o.dpoFua, false);
-  t.same(o.pages.map((p) => [p.page, p.subpage, p.data.toString('hex')]), [[8, 0, '010000000000000000000000000000000000'], [0x0a, 1, 'aabb']]);
+  t.same(
+    o.pages.map((p) => [p.page, p.subpage, p.data.toString('hex')]),
+    [
+      [8, 0, '010000000000000000000000000000000000'],
+      [0x0a, 1, 'aabb'],
+    ],
+  );
   t.same(findCachingPage(o), { writeCacheEnabled: false, readCacheDisabled: true });
 
   // Cut by the allocation length: what arrived is used, and it says so.

@@ -15,7 +15,18 @@ import * as path from 'node:path';
 import t from 'tap';
 import { removeStaleSocket } from '../src/daemon/api.js';
 import { API_LIMITS } from '../src/daemon/api.js';
-import { bin, childEnv, cleanup, cli, configFile, controlSock, dir, nbdSock, startDaemon, stateDir } from './helpers/daemon.js';
+import {
+  bin,
+  childEnv,
+  cleanup,
+  cli,
+  configFile,
+  controlSock,
+  dir,
+  nbdSock,
+  startDaemon,
+  stateDir,
+} from './helpers/daemon.js';
 
 t.teardown(cleanup);
 const NOBODY = 65534;
@@ -31,7 +42,10 @@ function variant(name: string, over: Record<string, unknown>): string {
 /** Runs `srp-nbd daemon --config FILE` to its end (for daemons expected to refuse to start). */
 function daemonRun(config: string, timeoutMs = 30_000): Promise<{ code: number | null; out: string }> {
   return new Promise((resolve) => {
-    const c = spawn(process.execPath, [bin, 'daemon', '--config', config], { env: childEnv, stdio: ['ignore', 'pipe', 'pipe'] });
+    const c = spawn(process.execPath, [bin, 'daemon', '--config', config], {
+      env: childEnv,
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
     let out = '';
     c.stdout.on('data', (d) => (out += d));
     c.stderr.on('data', (d) => (out += d));
@@ -48,13 +62,24 @@ t.test('a second daemon on the same state directory or sockets is refused; the f
   const lock = path.join(stateDir, 'daemon.lock');
   t.equal(fs.readFileSync(lock, 'utf8').trim(), String(d.child.pid), 'the lock file names the holder');
 
-  const sameState = variant('same-state', { control_socket: path.join(dir, 'c2.sock'), nbd_socket: path.join(dir, 'n2.sock'), tcp: undefined });
+  const sameState = variant('same-state', {
+    control_socket: path.join(dir, 'c2.sock'),
+    nbd_socket: path.join(dir, 'n2.sock'),
+    tcp: undefined,
+  });
   const a = await daemonRun(sameState);
   t.equal(a.code, 1);
-  t.match(a.out, new RegExp(`another srp-nbd daemon \\(pid ${d.child.pid}\\) is using the state directory ${stateDir}`));
+  t.match(
+    a.out,
+    new RegExp(`another srp-nbd daemon \\(pid ${d.child.pid}\\) is using the state directory ${stateDir}`),
+  );
   t.notOk(fs.existsSync(path.join(dir, 'c2.sock')), 'it created no socket');
 
-  const sameNbd = variant('same-nbd', { control_socket: path.join(dir, 'c3.sock'), state_dir: path.join(dir, 'state3'), tcp: undefined });
+  const sameNbd = variant('same-nbd', {
+    control_socket: path.join(dir, 'c3.sock'),
+    state_dir: path.join(dir, 'state3'),
+    tcp: undefined,
+  });
   const b = await daemonRun(sameNbd);
   t.equal(b.code, 1);
   t.match(b.out, /is using the NBD socket/);
@@ -73,7 +98,9 @@ t.test('a second daemon on the same state directory or sockets is refused; the f
 t.test('two daemons started at once: exactly one runs, its sockets intact', async (t) => {
   const cfg = variant('race', { tcp: undefined });
   for (let round = 0; round < 3; round++) {
-    const procs = [0, 1].map(() => spawn(process.execPath, [bin, 'daemon', '--config', cfg], { env: childEnv, stdio: 'ignore' }));
+    const procs = [0, 1].map(() =>
+      spawn(process.execPath, [bin, 'daemon', '--config', cfg], { env: childEnv, stdio: 'ignore' }),
+    );
     const exits = procs.map((p) => new Promise<number | null>((r) => p.on('exit', (c) => r(c))));
     const first = await Promise.race(exits.map((e, i) => e.then((code) => ({ i, code }))));
     t.equal(first.code, 1, `round ${round}: the loser exits 1`);
@@ -93,7 +120,14 @@ t.test('two daemons started at once: exactly one runs, its sockets intact', asyn
 t.test('a busy listener (EAGAIN) is not stale; only ECONNREFUSED is', async (t) => {
   const sock = path.join(dir, 'busy.sock');
   // python: a listener with a backlog of 1 that never accepts, so the queue fills
-  const py = spawn('python3', ['-c', `import socket,time\ns=socket.socket(socket.AF_UNIX)\ns.bind(${JSON.stringify(sock)})\ns.listen(1)\nprint('up',flush=True)\ntime.sleep(60)`], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const py = spawn(
+    'python3',
+    [
+      '-c',
+      `import socket,time\ns=socket.socket(socket.AF_UNIX)\ns.bind(${JSON.stringify(sock)})\ns.listen(1)\nprint('up',flush=True)\ntime.sleep(60)`,
+    ],
+    { stdio: ['ignore', 'pipe', 'inherit'] },
+  );
   t.teardown(() => py.kill());
   await new Promise((r) => py.stdout.once('data', r));
   const held: net.Socket[] = [];
@@ -134,7 +168,9 @@ t.test('TCP listener: half-sent requests dropped, a connection cap, SIGTERM not 
   // A client (uid nobody when we are root) opens 60 connections, each sending half a request,
   // and prints when each one is closed by the daemon.
   const script = path.join(dir, 'half.cjs');
-  fs.writeFileSync(script, `
+  fs.writeFileSync(
+    script,
+    `
     const net = require('net'); const t0 = Date.now(); let open = 0, refused = 0, peak = 0;
     for (let i = 0; i < 60; i++) {
       const s = net.connect(${port}, '127.0.0.1', () => { open++; peak = Math.max(peak, open); s.write('GET /health HTTP/1.1\\r\\nHost: x\\r\\n'); });
@@ -144,7 +180,9 @@ t.test('TCP listener: half-sent requests dropped, a connection cap, SIGTERM not 
       s.on('error', () => {});
       s.resume(); // read the 408 and the end of the stream, or 'close' never comes
     }
-  `, { mode: 0o644 });
+  `,
+    { mode: 0o644 },
+  );
   const c = spawn('/usr/bin/env', ['-u', 'NODE_OPTIONS', process.execPath, script], {
     ...(asNobody ? { uid: NOBODY, gid: NOBODY } : {}),
     env: { ...childEnv, HOME: '/' },

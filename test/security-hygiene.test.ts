@@ -92,7 +92,10 @@ t.test('a TCP listener off loopback is warned about', async (t) => {
 });
 
 t.test('NBD socket: stalled handshakes have a budget of their own', async (t) => {
-  const srv = await startServer({ disk: new MemoryBackend({ size: 1 << 20 }) }, { maxHandshakes: 2, maxConnections: 3, handshakeTimeoutMs: 800 });
+  const srv = await startServer(
+    { disk: new MemoryBackend({ size: 1 << 20 }) },
+    { maxHandshakes: 2, maxConnections: 3, handshakeTimeoutMs: 800 },
+  );
   t.teardown(srv.close);
   const closedSoon = (c: RawClient, ms: number): Promise<boolean> =>
     new Promise((resolve) => {

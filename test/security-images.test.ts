@@ -21,7 +21,11 @@ const outside = path.join(base, 'outside');
 fs.mkdirSync(outside, { recursive: true });
 
 const spec = (name: string, imageDir: string, lunSize = MiB): TestTargetSpec =>
-  (parseAnyAddress(`test-target,name=${name},luns=1,lun_size=${lunSize},image_dir=${imageDir}`) as { spec: TestTargetSpec }).spec;
+  (
+    parseAnyAddress(`test-target,name=${name},luns=1,lun_size=${lunSize},image_dir=${imageDir}`) as {
+      spec: TestTargetSpec;
+    }
+  ).spec;
 const fds = (): number => fs.readdirSync('/proc/self/fd').length;
 
 t.test("address: image_dir with '..' or not normalized is refused", async (t) => {
@@ -37,7 +41,10 @@ t.test('image_dir outside the state directory: refused, nothing created', async 
   // a directory inside the state directory that is a symlink to the outside
   fs.mkdirSync(stateDir, { recursive: true });
   fs.symlinkSync(outside, path.join(stateDir, 'link'));
-  await t.rejects(createTestFabric(spec('a', path.join(stateDir, 'link')), stateDir), /resolves to .*outside the state directory/);
+  await t.rejects(
+    createTestFabric(spec('a', path.join(stateDir, 'link')), stateDir),
+    /resolves to .*outside the state directory/,
+  );
   t.same(fs.readdirSync(outside), [], 'nothing written through the link');
   t.equal(fds(), before, 'no fd leaked');
 });
@@ -60,7 +67,10 @@ t.test('not a regular file, or an image of another size: refused, never truncate
   await t.rejects(createTestFabric(spec('d', dir), stateDir), /EISDIR|not a regular file/);
   fs.writeFileSync(path.join(dir, 's-lun0.img'), Buffer.alloc(4096, 7));
   const before = fds();
-  await t.rejects(createTestFabric(spec('s', dir), stateDir), /holds 4096 bytes but the LUN has 1048576: refused \(attach with lun_size=4096/);
+  await t.rejects(
+    createTestFabric(spec('s', dir), stateDir),
+    /holds 4096 bytes but the LUN has 1048576: refused \(attach with lun_size=4096/,
+  );
   t.equal(fs.statSync(path.join(dir, 's-lun0.img')).size, 4096, 'the image keeps its size');
   t.equal(fds(), before, 'no fd leaked');
 });

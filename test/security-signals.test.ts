@@ -59,7 +59,10 @@ t.test('daemon: SIGUSR1, SIGUSR2 and SIGHUP are logged and ignored; no inspector
 
 t.test('serve: SIGUSR1 does not open the inspector either', async (t) => {
   const sock = path.join(dir, 'serve.sock');
-  const child = spawn(process.execPath, [bin, 'serve', '--memory', '1M', '--unix', sock], { stdio: ['ignore', 'pipe', 'pipe'], env: childEnv });
+  const child = spawn(process.execPath, [bin, 'serve', '--memory', '1M', '--unix', sock], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: childEnv,
+  });
   let out = '';
   child.stdout.on('data', (c) => (out += c));
   child.stderr.on('data', (c) => (out += c));

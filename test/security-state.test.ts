@@ -17,14 +17,22 @@ import { cleanup, cli, configFile, nbdSock, request, startDaemon, stateDir } fro
 
 t.teardown(cleanup);
 const stateFile = path.join(stateDir, 'state.json');
-const saved = (): { id: string; address: string; luns: { identity: unknown }[]; overrides: Record<string, unknown> }[] =>
-  JSON.parse(fs.readFileSync(stateFile, 'utf8')).targets;
-const listed = async (): Promise<{ id: string; status: string; error?: string }[]> => JSON.parse((await request({ method: 'GET', path: '/targets' })).body);
+const saved = (): {
+  id: string;
+  address: string;
+  luns: { identity: unknown }[];
+  overrides: Record<string, unknown>;
+}[] => JSON.parse(fs.readFileSync(stateFile, 'utf8')).targets;
+const listed = async (): Promise<{ id: string; status: string; error?: string }[]> =>
+  JSON.parse((await request({ method: 'GET', path: '/targets' })).body);
 async function exportsServed(): Promise<string[]> {
-  const out = await run('nbdinfo', ['--list', '--json', `nbd+unix:///?socket=${nbdSock}`]).catch(() => '{"exports":[]}');
+  const out = await run('nbdinfo', ['--list', '--json', `nbd+unix:///?socket=${nbdSock}`]).catch(
+    () => '{"exports":[]}',
+  );
   return (JSON.parse(out).exports as { 'export-name': string }[]).map((e) => e['export-name']).sort();
 }
-const attachBody = (id: string, extra = ''): string => JSON.stringify({ address: `test-target,name=${id}${extra}`, id });
+const attachBody = (id: string, extra = ''): string =>
+  JSON.stringify({ address: `test-target,name=${id}${extra}`, id });
 
 t.test('attach/detach/attach on one id, concurrently: exports, list and state.json agree', async (t) => {
   const d = await startDaemon();
@@ -40,10 +48,21 @@ t.test('attach/detach/attach on one id, concurrently: exports, list and state.js
     for (const r of res) if (r.status >= 500) t.fail(`round ${round}: ${r.status} ${r.body}`);
     const ids = (await listed()).map((x) => x.id);
     const wanted = ids.includes('r') ? ['r-lun0', 'r-lun1'] : [];
-    t.same(await exportsServed(), wanted, `round ${round}: exports served = those of the listed targets (${ids.join(',') || 'none'})`);
-    t.same(saved().map((x) => x.id), ids, `round ${round}: state.json = list`);
+    t.same(
+      await exportsServed(),
+      wanted,
+      `round ${round}: exports served = those of the listed targets (${ids.join(',') || 'none'})`,
+    );
+    t.same(
+      saved().map((x) => x.id),
+      ids,
+      `round ${round}: state.json = list`,
+    );
     const det = await request({ method: 'DELETE', path: '/targets/r' });
-    t.ok(det.status === 204 || det.status === 200 || det.status === 404, `round ${round}: detach answers (${det.status})`);
+    t.ok(
+      det.status === 204 || det.status === 200 || det.status === 404,
+      `round ${round}: detach answers (${det.status})`,
+    );
     t.same(await exportsServed(), [], `round ${round}: nothing left after the detach`);
   }
   d.child.kill('SIGTERM');
@@ -63,7 +82,10 @@ t.test('a reconnect during the first attach does not start a second connect', as
   t.same(await exportsServed(), ['c-lun0', 'c-lun1']);
   const c = saved().find((x) => x.id === 'c')!;
   t.equal(c.luns.length, 2, 'the LUN identities are saved');
-  t.ok(c.luns.every((l) => l.identity), 'and not wiped');
+  t.ok(
+    c.luns.every((l) => l.identity),
+    'and not wiped',
+  );
   t.equal((await request({ method: 'DELETE', path: '/targets/c' })).status < 300, true);
   d.child.kill('SIGTERM');
   await d.exited;
@@ -81,12 +103,20 @@ t.test('a state.json that cannot be written: 500, and nothing changes', async (t
   const det = await request({ method: 'DELETE', path: '/targets/keep' });
   t.equal(det.status, 500);
   t.match(JSON.parse(det.body).message, /cannot save the state .*nothing was changed/);
-  t.same((await listed()).map((x) => x.id), ['keep'], 'a failed detach leaves the target attached');
+  t.same(
+    (await listed()).map((x) => x.id),
+    ['keep'],
+    'a failed detach leaves the target attached',
+  );
   t.same(await exportsServed(), ['keep-lun0'], 'and its export served');
 
   const att = await request({ method: 'POST', path: '/targets', body: attachBody('new') });
   t.equal(att.status, 500);
-  t.same((await listed()).map((x) => x.id), ['keep'], 'a failed attach leaves nothing attached');
+  t.same(
+    (await listed()).map((x) => x.id),
+    ['keep'],
+    'a failed attach leaves nothing attached',
+  );
   t.same(await exportsServed(), ['keep-lun0']);
 
   const set = await request({ method: 'PATCH', path: '/targets/keep', body: JSON.stringify({ dev_loss_tmo: 77 }) });
@@ -96,7 +126,11 @@ t.test('a state.json that cannot be written: 500, and nothing changes', async (t
   t.equal(fs.readFileSync(stateFile, 'utf8'), before, 'state.json untouched');
 
   fs.rmdirSync(blocker);
-  t.equal((await request({ method: 'DELETE', path: '/targets/keep' })).status < 300, true, 'works again once saving works');
+  t.equal(
+    (await request({ method: 'DELETE', path: '/targets/keep' })).status < 300,
+    true,
+    'works again once saving works',
+  );
   t.same(saved(), []);
   d.child.kill('SIGTERM');
   await d.exited;
@@ -108,7 +142,13 @@ t.test('persisted entries that cannot run are kept; duplicate ids leave no orpha
     JSON.stringify({
       version: 1,
       targets: [
-        { id: 'bad', address: 'test-target,name=bad,colour=red', overrides: {}, attachedAt: '2026-01-01T00:00:00Z', luns: [] },
+        {
+          id: 'bad',
+          address: 'test-target,name=bad,colour=red',
+          overrides: {},
+          attachedAt: '2026-01-01T00:00:00Z',
+          luns: [],
+        },
         { id: 'dup', address: 'test-target,name=dup', overrides: {}, attachedAt: '2026-01-01T00:00:00Z', luns: [] },
         { id: 'dup', address: 'test-target,name=dup2', overrides: {}, attachedAt: '2026-01-01T00:00:00Z', luns: [] },
       ],
@@ -117,13 +157,22 @@ t.test('persisted entries that cannot run are kept; duplicate ids leave no orpha
   const d = await startDaemon();
   t.teardown(() => void d.child.kill('SIGTERM'));
   const l = await listed();
-  t.same(l.map((x) => [x.id, x.status]), [['dup', 'attached'], ['bad', 'failed']]);
+  t.same(
+    l.map((x) => [x.id, x.status]),
+    [
+      ['dup', 'attached'],
+      ['bad', 'failed'],
+    ],
+  );
   t.match(l[1]!.error, /unknown parameter 'colour'/);
   t.match(d.log(), /persisted target not attached: kept in state.json/);
   t.match(d.log(), /state.json holds this id twice/);
   t.same(await exportsServed(), ['dup-lun0'], 'one export for the duplicated id');
   t.equal((await request({ method: 'POST', path: '/targets', body: attachBody('other') })).status, 201);
-  t.ok(saved().some((x) => x.id === 'bad'), 'the unusable entry survives a save');
+  t.ok(
+    saved().some((x) => x.id === 'bad'),
+    'the unusable entry survives a save',
+  );
   const st = await cli(['status', 'bad']);
   t.equal(st.code, 1);
   t.match(st.stderr, /not attached: .*srp-nbd detach bad/);
@@ -146,14 +195,26 @@ t.test('test targets: off unless enabled, within their memory budget', async (t)
   d.child.kill('SIGTERM');
   await d.exited;
 
-  fs.writeFileSync(configFile, JSON.stringify({ ...cfg, test_targets: { enabled: true, memory_budget_mib: 100 } }), { mode: 0o600 });
+  fs.writeFileSync(configFile, JSON.stringify({ ...cfg, test_targets: { enabled: true, memory_budget_mib: 100 } }), {
+    mode: 0o600,
+  });
   d = await startDaemon();
-  t.equal((await request({ method: 'POST', path: '/targets', body: attachBody('b1', ',luns=1,lun_size=64M') })).status, 201);
+  t.equal(
+    (await request({ method: 'POST', path: '/targets', body: attachBody('b1', ',luns=1,lun_size=64M') })).status,
+    201,
+  );
   const over = await request({ method: 'POST', path: '/targets', body: attachBody('b2', ',luns=1,lun_size=64M') });
   t.equal(over.status, 400);
-  t.match(JSON.parse(over.body).message, /needs 64 MiB of RAM, 64 MiB of test_targets\.memory_budget_mib \(100\) are in use/);
+  t.match(
+    JSON.parse(over.body).message,
+    /needs 64 MiB of RAM, 64 MiB of test_targets\.memory_budget_mib \(100\) are in use/,
+  );
   await request({ method: 'DELETE', path: '/targets/b1' });
-  t.equal((await request({ method: 'POST', path: '/targets', body: attachBody('b2', ',luns=1,lun_size=64M') })).status, 201, 'room again after a detach');
+  t.equal(
+    (await request({ method: 'POST', path: '/targets', body: attachBody('b2', ',luns=1,lun_size=64M') })).status,
+    201,
+    'room again after a detach',
+  );
   await request({ method: 'DELETE', path: '/targets/b2' });
   d.child.kill('SIGTERM');
   await d.exited;

@@ -15,9 +15,13 @@ const MiB = 1 << 20;
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'srp-nbd-tt-'));
 const sock = path.join(dir, 'nbd.sock');
 const bin = new URL('../../bin/srp-nbd.js', import.meta.url).pathname;
-const child = spawn(process.execPath, [bin, 'serve', '--test-target', '--lun-size', '32M', '--unix', sock, '--log-level', 'warn'], {
-  stdio: ['ignore', 'pipe', 'inherit'],
-});
+const child = spawn(
+  process.execPath,
+  [bin, 'serve', '--test-target', '--lun-size', '32M', '--unix', sock, '--log-level', 'warn'],
+  {
+    stdio: ['ignore', 'pipe', 'inherit'],
+  },
+);
 await new Promise<void>((resolve, reject) => {
   let out = '';
   child.stdout.on('data', (d) => {
@@ -57,8 +61,17 @@ for (const lun of ['lun0', 'lun1']) {
 
   t.test(`fio verify=crc32c on ${lun} through the SRP initiator`, async (t) => {
     const out = await run('fio', [
-      '--name=tt', '--ioengine=nbd', `--uri=${uri(lun)}`, '--rw=randrw', '--bsrange=4k-128k', '--iodepth=16',
-      '--size=16M', '--verify=crc32c', '--do_verify=1', '--verify_fatal=1', '--verify_state_save=0',
+      '--name=tt',
+      '--ioengine=nbd',
+      `--uri=${uri(lun)}`,
+      '--rw=randrw',
+      '--bsrange=4k-128k',
+      '--iodepth=16',
+      '--size=16M',
+      '--verify=crc32c',
+      '--do_verify=1',
+      '--verify_fatal=1',
+      '--verify_state_save=0',
       '--output-format=json',
     ]);
     const job = JSON.parse(out.slice(out.indexOf('{'))).jobs[0];
@@ -69,13 +82,20 @@ for (const lun of ['lun0', 'lun1']) {
 
 t.test('qemu-io discard and write-zeroes map to UNMAP / WRITE SAME and read back as zeroes', async (t) => {
   const out = await run('qemu-io', [
-    '-f', 'raw',
-    '-c', 'write -P 0x5a 0 2M',
-    '-c', 'discard 0 1M',
-    '-c', 'read -P 0 0 1M',
-    '-c', 'write -z 1M 512k',
-    '-c', 'read -P 0 1M 512k',
-    '-c', 'read -P 0x5a 1536k 512k',
+    '-f',
+    'raw',
+    '-c',
+    'write -P 0x5a 0 2M',
+    '-c',
+    'discard 0 1M',
+    '-c',
+    'read -P 0 0 1M',
+    '-c',
+    'write -z 1M 512k',
+    '-c',
+    'read -P 0 1M 512k',
+    '-c',
+    'read -P 0x5a 1536k 512k',
     uri('lun0'),
   ]);
   t.notMatch(out, /fail|error/i, out);
@@ -84,7 +104,11 @@ t.test('qemu-io discard and write-zeroes map to UNMAP / WRITE SAME and read back
 
 t.test('bad timer combinations are refused with the rule named', async (t) => {
   const r = await new Promise<{ code: number | null; err: string }>((resolve) => {
-    const c = spawn(process.execPath, [bin, 'serve', '--test-target', '--fast-io-fail-tmo', '700', '--dev-loss-tmo', '600'], { stdio: ['ignore', 'ignore', 'pipe'] });
+    const c = spawn(
+      process.execPath,
+      [bin, 'serve', '--test-target', '--fast-io-fail-tmo', '700', '--dev-loss-tmo', '600'],
+      { stdio: ['ignore', 'ignore', 'pipe'] },
+    );
     let err = '';
     c.stderr.on('data', (d) => (err += d));
     c.on('exit', (code) => resolve({ code, err }));

@@ -4,23 +4,52 @@
 // the input, or throws SrpDecodeError, and nothing else (no RangeError, no TypeError).
 import t from 'tap';
 import {
-  SrpCmdReader, SrpDecodeError, SrpRspReader, cmdInPlaceLength, decodeCmd, decodeIu, decodeLoginReqRdma, decodeRsp,
-  encodeAerReq, encodeCmd, encodeCmdInPlace, encodeCredReq, encodeLoginRej, encodeLoginReq, encodeLoginReqRdma,
-  encodeLoginRsp, encodeRsp, encodeRspInPlace, encodeTLogout, encodeTskMgmt, encodeILogout, encodeCredRsp,
-  encodeAerRsp, type SrpCmd, type SrpCmdFields, type SrpDataDesc, type SrpDirectBufParts, type SrpRsp,
+  SrpCmdReader,
+  SrpDecodeError,
+  SrpRspReader,
+  cmdInPlaceLength,
+  decodeCmd,
+  decodeIu,
+  decodeLoginReqRdma,
+  decodeRsp,
+  encodeAerReq,
+  encodeCmd,
+  encodeCmdInPlace,
+  encodeCredReq,
+  encodeLoginRej,
+  encodeLoginReq,
+  encodeLoginReqRdma,
+  encodeLoginRsp,
+  encodeRsp,
+  encodeRspInPlace,
+  encodeTLogout,
+  encodeTskMgmt,
+  encodeILogout,
+  encodeCredRsp,
+  encodeAerRsp,
+  type SrpCmd,
+  type SrpCmdFields,
+  type SrpDataDesc,
+  type SrpDirectBufParts,
+  type SrpRsp,
   type SrpRspFields,
 } from '../src/initiator/srp-iu.js';
 import {
-  SRP_DATA_DESC_DIRECT, SRP_DATA_DESC_IMM, SRP_DATA_DESC_INDIRECT, SRP_NO_DATA_DESC,
+  SRP_DATA_DESC_DIRECT,
+  SRP_DATA_DESC_IMM,
+  SRP_DATA_DESC_INDIRECT,
+  SRP_NO_DATA_DESC,
 } from '../src/initiator/srp-constants.js';
 
 /** xorshift32: small, seeded, reproducible. */
 function prng(seed: number): () => number {
   let x = seed >>> 0 || 1;
   return () => {
-    x ^= x << 13; x >>>= 0;
+    x ^= x << 13;
+    x >>>= 0;
     x ^= x >>> 17;
-    x ^= x << 5; x >>>= 0;
+    x ^= x << 5;
+    x >>>= 0;
     return x;
   };
 }
@@ -40,21 +69,55 @@ t.test(`decoders survive ${ITERATIONS} mutated inputs (seed ${SEED.toString(16)}
     encodeTLogout({ solNot: 0, reason: 2, tag: 3n }),
     encodeTskMgmt({ solNot: 0, tag: 9n, lun: 1n << 48n, func: 1, taskTag: 4n }),
     encodeCmd({
-      solNot: 0, tag: 2n, lun: 0n, taskAttr: 0, cdb: Buffer.alloc(16, 0x28), dataOut: { format: 'none' },
+      solNot: 0,
+      tag: 2n,
+      lun: 0n,
+      taskAttr: 0,
+      cdb: Buffer.alloc(16, 0x28),
+      dataOut: { format: 'none' },
       dataIn: { format: 'direct', buf: { va: 0x1000n, key: 7, len: 512 } },
     }),
     encodeCmd({
-      solNot: 0, tag: 2n, lun: 0n, taskAttr: 0, cdb: Buffer.alloc(32, 0x7f),
-      dataOut: { format: 'indirect', table: { va: 1n, key: 2, len: 48 }, totalLen: 3000, descs: [
-        { va: 1n, key: 2, len: 1000 }, { va: 2n, key: 2, len: 1000 }, { va: 3n, key: 2, len: 1000 }] },
+      solNot: 0,
+      tag: 2n,
+      lun: 0n,
+      taskAttr: 0,
+      cdb: Buffer.alloc(32, 0x7f),
+      dataOut: {
+        format: 'indirect',
+        table: { va: 1n, key: 2, len: 48 },
+        totalLen: 3000,
+        descs: [
+          { va: 1n, key: 2, len: 1000 },
+          { va: 2n, key: 2, len: 1000 },
+          { va: 3n, key: 2, len: 1000 },
+        ],
+      },
       dataIn: { format: 'direct', buf: { va: 0x1000n, key: 7, len: 512 } },
     }),
-    encodeCmd({
-      solNot: 0, tag: 2n, lun: 0n, taskAttr: 0, cdb: Buffer.alloc(16, 0x2a), dataOut: { format: 'imm', data: Buffer.alloc(100, 9) },
-      dataIn: { format: 'none' },
-    }, { immDataOffset: 68 }),
-    encodeRsp({ solNot: 0, reqLimDelta: 1, tag: 2n, flags: 0x20, status: 2, dataOutResCnt: 0, dataInResCnt: 5,
-      sense: Buffer.alloc(18, 0x70), responseData: Buffer.alloc(4) }),
+    encodeCmd(
+      {
+        solNot: 0,
+        tag: 2n,
+        lun: 0n,
+        taskAttr: 0,
+        cdb: Buffer.alloc(16, 0x2a),
+        dataOut: { format: 'imm', data: Buffer.alloc(100, 9) },
+        dataIn: { format: 'none' },
+      },
+      { immDataOffset: 68 },
+    ),
+    encodeRsp({
+      solNot: 0,
+      reqLimDelta: 1,
+      tag: 2n,
+      flags: 0x20,
+      status: 2,
+      dataOutResCnt: 0,
+      dataInResCnt: 5,
+      sense: Buffer.alloc(18, 0x70),
+      responseData: Buffer.alloc(4),
+    }),
     encodeCredReq({ solNot: 0, reqLimDelta: 3, tag: 5n }),
     encodeCredRsp({ tag: 5n }),
     encodeAerReq({ solNot: 0, reqLimDelta: 0, tag: 6n, lun: 0n, sense: Buffer.alloc(18, 0x70) }),
@@ -67,7 +130,8 @@ t.test(`decoders survive ${ITERATIONS} mutated inputs (seed ${SEED.toString(16)}
     const kind = rnd() % 8;
     let b: Buffer;
     switch (kind) {
-      case 0: { // flip a few random bytes
+      case 0: {
+        // flip a few random bytes
         b = Buffer.from(src);
         const n = 1 + (rnd() % 4);
         for (let i = 0; i < n && b.length; i++) b[rnd() % b.length] = rnd() & 0xff;
@@ -75,33 +139,47 @@ t.test(`decoders survive ${ITERATIONS} mutated inputs (seed ${SEED.toString(16)}
       }
       case 1: // truncate
         return Buffer.from(src.subarray(0, rnd() % (src.length + 1)));
-      case 2: { // extend with random tail
+      case 2: {
+        // extend with random tail
         const tail = Buffer.alloc(rnd() % 64);
         for (let i = 0; i < tail.length; i++) tail[i] = rnd() & 0xff;
         return Buffer.concat([src, tail]);
       }
-      case 3: { // plant a big 32-bit value at a random aligned offset (length fields)
+      case 3: {
+        // plant a big 32-bit value at a random aligned offset (length fields)
         b = Buffer.from(src);
         if (b.length >= 4) b.writeUInt32BE(rnd() >>> 0, (rnd() % (b.length - 3)) & ~3);
         return b;
       }
-      case 4: { // random descriptor formats / counts / add_cdb_len in an SRP_CMD-shaped IU
+      case 4: {
+        // random descriptor formats / counts / add_cdb_len in an SRP_CMD-shaped IU
         b = Buffer.from(src);
-        if (b.length > 31) { b[5] = rnd() & 0xff; b[6] = rnd() & 0xff; b[7] = rnd() & 0xff; b[31] = rnd() & 0xff; }
+        if (b.length > 31) {
+          b[5] = rnd() & 0xff;
+          b[6] = rnd() & 0xff;
+          b[7] = rnd() & 0xff;
+          b[31] = rnd() & 0xff;
+        }
         return b;
       }
-      case 5: { // pure random bytes with a plausible opcode
+      case 5: {
+        // pure random bytes with a plausible opcode
         b = Buffer.alloc(rnd() % 128);
         for (let i = 0; i < b.length; i++) b[i] = rnd() & 0xff;
         if (b.length) b[0] = corpus[rnd() % corpus.length]![0]!;
         return b;
       }
-      case 6: { // flip single bits
+      case 6: {
+        // flip single bits
         b = Buffer.from(src);
-        if (b.length) { const i = rnd() % b.length; b[i] = b[i]! ^ (1 << (rnd() % 8)); }
+        if (b.length) {
+          const i = rnd() % b.length;
+          b[i] = b[i]! ^ (1 << (rnd() % 8));
+        }
         return b;
       }
-      default: { // pure random
+      default: {
+        // pure random
         b = Buffer.alloc(rnd() % 96);
         for (let i = 0; i < b.length; i++) b[i] = rnd() & 0xff;
         return b;
@@ -120,10 +198,15 @@ t.test(`decoders survive ${ITERATIONS} mutated inputs (seed ${SEED.toString(16)}
     const pad = rnd() % 3 === 0 ? rnd() % 8 : 0;
     const buf = pad ? Buffer.concat([Buffer.alloc(pad, 0xee), input, Buffer.alloc(rnd() % 4, 0xdd)]) : input;
     try {
-      const m = rdma ? decodeLoginReqRdma(buf, pad, input.length) : decodeIu(buf, pad, input.length, ctxs[i % ctxs.length]);
+      const m = rdma
+        ? decodeLoginReqRdma(buf, pad, input.length)
+        : decodeIu(buf, pad, input.length, ctxs[i % ctxs.length]);
       // every returned view must be inside the input
       for (const v of Object.values(m)) {
-        if (Buffer.isBuffer(v) && (v.byteOffset < buf.byteOffset + pad || v.byteOffset + v.length > buf.byteOffset + pad + input.length)) {
+        if (
+          Buffer.isBuffer(v) &&
+          (v.byteOffset < buf.byteOffset + pad || v.byteOffset + v.length > buf.byteOffset + pad + input.length)
+        ) {
           unexpected.push(`view outside input at iteration ${i}`);
         }
       }
@@ -182,15 +265,30 @@ t.test('the data-path codec (in place) matches encodeCmd/decodeCmd and encodeRsp
     const inFmt = outFmt === SRP_DATA_DESC_IMM || rnd() % 2 ? SRP_NO_DATA_DESC : SRP_DATA_DESC_DIRECT;
     const imm = outFmt === SRP_DATA_DESC_IMM ? bytes(rnd() % 300) : undefined;
     const f: SrpCmdFields = {
-      tagHi: u32(), tagLo: u32(), lunHi: u32(), lunLo: u32(), taskAttr: rnd() & 7, cdb, outFmt,
-      out: { vaHi: u32(), vaLo: u32(), key: u32(), len: u32() }, immData: imm, inFmt,
+      tagHi: u32(),
+      tagLo: u32(),
+      lunHi: u32(),
+      lunLo: u32(),
+      taskAttr: rnd() & 7,
+      cdb,
+      outFmt,
+      out: { vaHi: u32(), vaLo: u32(), key: u32(), len: u32() },
+      immData: imm,
+      inFmt,
       in: { vaHi: u32(), vaLo: u32(), key: u32(), len: u32() },
     };
-    const desc = (fmt: number, d: SrpDirectBufParts): SrpDataDesc => (fmt === SRP_DATA_DESC_DIRECT
-      ? { format: 'direct', buf: { va: big(d.vaHi, d.vaLo), key: d.key, len: d.len } } : { format: 'none' });
+    const desc = (fmt: number, d: SrpDirectBufParts): SrpDataDesc =>
+      fmt === SRP_DATA_DESC_DIRECT
+        ? { format: 'direct', buf: { va: big(d.vaHi, d.vaLo), key: d.key, len: d.len } }
+        : { format: 'none' };
     const m: SrpCmd = {
-      solNot: 0, tag: big(f.tagHi, f.tagLo), lun: big(f.lunHi, f.lunLo), taskAttr: f.taskAttr, cdb,
-      dataOut: imm ? { format: 'imm', data: imm } : desc(outFmt, f.out), dataIn: desc(inFmt, f.in),
+      solNot: 0,
+      tag: big(f.tagHi, f.tagLo),
+      lun: big(f.lunHi, f.lunLo),
+      taskAttr: f.taskAttr,
+      cdb,
+      dataOut: imm ? { format: 'imm', data: imm } : desc(outFmt, f.out),
+      dataIn: desc(inFmt, f.in),
     };
     const dirty = bytes(512);
     const len = encodeCmdInPlace(dirty, f, 80);
@@ -213,29 +311,56 @@ t.test('the data-path codec (in place) matches encodeCmd/decodeCmd and encodeRsp
       refusedCmds++;
     } else {
       const r = got;
-      const view = (fmt: number, d: SrpDirectBufParts, cnt: number): unknown => fmt === SRP_DATA_DESC_DIRECT
-        ? { format: 'direct', buf: { va: big(d.vaHi, d.vaLo), key: d.key, len: d.len } }
-        : fmt === SRP_DATA_DESC_IMM
-          ? { format: 'imm', data: input.toString('hex', r.immOffset, r.immOffset + r.immLen) }
-          : fmt === SRP_DATA_DESC_INDIRECT ? { format: 'indirect', count: cnt } : { format: 'none' };
-      const norm = (d: SrpDataDesc): unknown => d.format === 'imm' ? { format: 'imm', data: d.data.toString('hex') }
-        : d.format === 'indirect' ? { format: 'indirect', count: d.descs.length } : d;
-      same('SrpCmdReader fields', {
-        solNot: r.solNot, tag: big(r.tagHi, r.tagLo), lun: big(r.lunHi, r.lunLo), taskAttr: r.taskAttr,
-        cdb: input.subarray(r.cdbOffset, r.cdbOffset + r.cdbLen).toString('hex'),
-        dataOut: view(r.outFmt, r.out, r.outCnt), dataIn: view(r.inFmt, r.in, r.inCnt),
-      }, {
-        solNot: expected.solNot, tag: expected.tag, lun: expected.lun, taskAttr: expected.taskAttr,
-        cdb: expected.cdb.toString('hex'), dataOut: norm(expected.dataOut), dataIn: norm(expected.dataIn),
-      }, i);
+      const view = (fmt: number, d: SrpDirectBufParts, cnt: number): unknown =>
+        fmt === SRP_DATA_DESC_DIRECT
+          ? { format: 'direct', buf: { va: big(d.vaHi, d.vaLo), key: d.key, len: d.len } }
+          : fmt === SRP_DATA_DESC_IMM
+            ? { format: 'imm', data: input.toString('hex', r.immOffset, r.immOffset + r.immLen) }
+            : fmt === SRP_DATA_DESC_INDIRECT
+              ? { format: 'indirect', count: cnt }
+              : { format: 'none' };
+      const norm = (d: SrpDataDesc): unknown =>
+        d.format === 'imm'
+          ? { format: 'imm', data: d.data.toString('hex') }
+          : d.format === 'indirect'
+            ? { format: 'indirect', count: d.descs.length }
+            : d;
+      same(
+        'SrpCmdReader fields',
+        {
+          solNot: r.solNot,
+          tag: big(r.tagHi, r.tagLo),
+          lun: big(r.lunHi, r.lunLo),
+          taskAttr: r.taskAttr,
+          cdb: input.subarray(r.cdbOffset, r.cdbOffset + r.cdbLen).toString('hex'),
+          dataOut: view(r.outFmt, r.out, r.outCnt),
+          dataIn: view(r.inFmt, r.in, r.inCnt),
+        },
+        {
+          solNot: expected.solNot,
+          tag: expected.tag,
+          lun: expected.lun,
+          taskAttr: expected.taskAttr,
+          cdb: expected.cdb.toString('hex'),
+          dataOut: norm(expected.dataOut),
+          dataIn: norm(expected.dataIn),
+        },
+        i,
+      );
       readCmds++;
     }
 
     // an SRP_RSP in place is encodeRsp's; reading one in place matches decodeRsp
     const rf: SrpRspFields = {
-      solNot: rnd() & 0xff, reqLimDelta: u32() | 0, tagHi: u32(), tagLo: u32(), flags: rnd() & 0xff,
+      solNot: rnd() & 0xff,
+      reqLimDelta: u32() | 0,
+      tagHi: u32(),
+      tagLo: u32(),
+      flags: rnd() & 0xff,
       status: rnd() & 0xff,
-      dataOutResCnt: u32(), dataInResCnt: u32(), responseData: rnd() % 3 === 0 ? bytes(4) : undefined,
+      dataOutResCnt: u32(),
+      dataInResCnt: u32(),
+      responseData: rnd() % 3 === 0 ? bytes(4) : undefined,
       sense: rnd() % 2 ? bytes(rnd() % 40) : undefined,
     };
     const rsp = encodeRsp({ ...rf, tag: big(rf.tagHi, rf.tagLo) } as SrpRsp);
@@ -254,12 +379,22 @@ t.test('the data-path codec (in place) matches encodeCmd/decodeCmd and encodeRsp
       refusedRsps++;
     } else {
       const g = rgot;
-      same('SrpRspReader fields', {
-        solNot: g.solNot, reqLimDelta: g.reqLimDelta, tag: big(g.tagHi, g.tagLo), flags: g.flags, status: g.status,
-        dataOutResCnt: g.dataOutResCnt, dataInResCnt: g.dataInResCnt,
-        responseData: g.flags & 1 ? rin.subarray(g.respOffset, g.respOffset + g.respLen).toString('hex') : undefined,
-        sense: g.flags & 2 ? rin.subarray(g.senseOffset, g.senseOffset + g.senseLen).toString('hex') : undefined,
-      }, { ...rexp, responseData: rexp.responseData?.toString('hex'), sense: rexp.sense?.toString('hex') }, i);
+      same(
+        'SrpRspReader fields',
+        {
+          solNot: g.solNot,
+          reqLimDelta: g.reqLimDelta,
+          tag: big(g.tagHi, g.tagLo),
+          flags: g.flags,
+          status: g.status,
+          dataOutResCnt: g.dataOutResCnt,
+          dataInResCnt: g.dataInResCnt,
+          responseData: g.flags & 1 ? rin.subarray(g.respOffset, g.respOffset + g.respLen).toString('hex') : undefined,
+          sense: g.flags & 2 ? rin.subarray(g.senseOffset, g.senseOffset + g.senseLen).toString('hex') : undefined,
+        },
+        { ...rexp, responseData: rexp.responseData?.toString('hex'), sense: rexp.sense?.toString('hex') },
+        i,
+      );
       readRsps++;
     }
     if (mismatches.length > 5) break;

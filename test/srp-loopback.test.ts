@@ -18,7 +18,10 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 t.test('connect carries the login request and returns the answer', async (t) => {
   const pair = createLoopbackPair();
   let seen: Buffer | undefined;
-  pair.target.onConnect((req) => { seen = req; return { accept: RSP }; });
+  pair.target.onConnect((req) => {
+    seen = req;
+    return { accept: RSP };
+  });
   t.equal(pair.initiator.state, 'idle');
   const p = pair.initiator.connect(Buffer.from('login'));
   t.equal(pair.initiator.state, 'connecting');
@@ -34,9 +37,14 @@ t.test('connect carries the login request and returns the answer', async (t) => 
   t.equal(rej.initiator.state, 'closed', 'a reject leaves the channel closed');
   t.throws(() => rej.initiator.send(Buffer.alloc(1)), TransportError);
 
-  await t.rejects(createLoopbackPair().initiator.connect(Buffer.alloc(1)), { code: 'disconnected', message: /refused/ });
+  await t.rejects(createLoopbackPair().initiator.connect(Buffer.alloc(1)), {
+    code: 'disconnected',
+    message: /refused/,
+  });
   const thrower = createLoopbackPair();
-  thrower.target.onConnect(() => { throw new Error('boom'); });
+  thrower.target.onConnect(() => {
+    throw new Error('boom');
+  });
   await t.rejects(thrower.initiator.connect(Buffer.alloc(1)), { code: 'disconnected' });
   const silent = createLoopbackPair();
   silent.target.onConnect(() => ({ accept: RSP }));
@@ -54,7 +62,10 @@ t.test('IUs arrive asynchronously, in order, copied at send time', async (t) => 
   for (let i = 2; i <= 50; i++) pair.initiator.send(Buffer.from([i]));
   t.same(got, [], 'nothing delivered synchronously');
   await sleep(5);
-  t.same(got, Array.from({ length: 50 }, (_, i) => i + 1));
+  t.same(
+    got,
+    Array.from({ length: 50 }, (_, i) => i + 1),
+  );
   t.equal(pair.stats.delivered.toTarget, 50);
 });
 
@@ -87,7 +98,10 @@ t.test('a wire that never runs empty keeps order (delayed, steady traffic)', asy
   }
   while (got.length < n) await sleep(5);
   t.equal(got.length, 6000);
-  t.ok(got.every((v, i) => v === i), 'every IU once, in order');
+  t.ok(
+    got.every((v, i) => v === i),
+    'every IU once, in order',
+  );
 });
 
 t.test('RDMA READ/WRITE against registered memory; WRITE lands before a later SEND', async (t) => {
@@ -96,7 +110,9 @@ t.test('RDMA READ/WRITE against registered memory; WRITE lands before a later SE
   const mr = pair.initiator.registerBuffer(mem);
   t.equal(mr.length, 8192);
   let atRsp: Buffer | undefined;
-  pair.initiator.on('iu', () => { atRsp = Buffer.from(mem.subarray(100, 104)); });
+  pair.initiator.on('iu', () => {
+    atRsp = Buffer.from(mem.subarray(100, 104));
+  });
   const w = pair.target.rdmaWrite(mr.va + 100n, mr.rkey, Buffer.from('abcd'));
   pair.target.send(Buffer.from([0xc1]));
   await w;
@@ -144,7 +160,9 @@ t.test('drop filter and black hole', async (t) => {
   pair.faults.blackHole = true;
   const mr = pair.initiator.registerBuffer(Buffer.alloc(16));
   let settled = false;
-  const r = pair.target.rdmaRead(mr.va, mr.rkey, 16).finally(() => { settled = true; });
+  const r = pair.target.rdmaRead(mr.va, mr.rkey, 16).finally(() => {
+    settled = true;
+  });
   pair.initiator.send(Buffer.from([4]));
   await sleep(20);
   t.same(got, [1, 3], 'nothing gets through');
@@ -171,7 +189,9 @@ t.test('close flushes earlier sends, then both ends see the disconnect', async (
   const bh = await connected();
   bh.faults.blackHole = true;
   let gone = false;
-  bh.initiator.on('disconnect', () => { gone = true; });
+  bh.initiator.on('disconnect', () => {
+    gone = true;
+  });
   bh.initiator.close();
   await sleep(300);
   t.ok(gone, 'closing side learns of the disconnect');
@@ -182,7 +202,9 @@ t.test('a throwing listener is reported, delivery goes on', async (t) => {
   const errs: Error[] = [];
   const got: number[] = [];
   pair.target.on('error', (e) => errs.push(e));
-  pair.target.on('iu', (iu) => { if (iu[0] === 1) throw new Error('listener bug'); });
+  pair.target.on('iu', (iu) => {
+    if (iu[0] === 1) throw new Error('listener bug');
+  });
   pair.target.on('iu', (iu) => got.push(iu[0]!));
   pair.initiator.send(Buffer.from([1]));
   pair.initiator.send(Buffer.from([2]));

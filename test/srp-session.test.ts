@@ -4,15 +4,23 @@
 import t, { type Test } from 'tap';
 import { createLoopbackPair, type LoopbackOptions, type LoopbackPair } from '../src/initiator/loopback.js';
 import {
-  SrpLoginRejectedError, SrpSession, SrpTaskManagementError, type SrpSessionOptions,
+  SrpLoginRejectedError,
+  SrpSession,
+  SrpTaskManagementError,
+  type SrpSessionOptions,
 } from '../src/initiator/srp-session.js';
 import { SrpTestTarget, type SrpTestTargetOptions } from '../src/testing/srp-target.js';
 import { RamScsiLun } from '../src/testing/scsi-lun.js';
 import { TransportError, type ScsiResult } from '../src/initiator/scsi-executor.js';
 import {
-  SrpLoginRejReason, SRP_LOGIN_REJ_CHANNEL_LIMIT_REACHED, SRP_LOGIN_REJ_MULTI_CHANNEL_UNSUPPORTED,
-  SRP_LOGIN_REJ_REQ_IT_IU_LENGTH_TOO_LARGE, SRP_LOGIN_REJ_UNSUPPORTED_DESCRIPTOR_FMT, SRP_T_LOGOUT_INACTIVE_CHANNEL,
-  SRP_TSK_CLEAR_ACA, SRP_CMD,
+  SrpLoginRejReason,
+  SRP_LOGIN_REJ_CHANNEL_LIMIT_REACHED,
+  SRP_LOGIN_REJ_MULTI_CHANNEL_UNSUPPORTED,
+  SRP_LOGIN_REJ_REQ_IT_IU_LENGTH_TOO_LARGE,
+  SRP_LOGIN_REJ_UNSUPPORTED_DESCRIPTOR_FMT,
+  SRP_T_LOGOUT_INACTIVE_CHANNEL,
+  SRP_TSK_CLEAR_ACA,
+  SRP_CMD,
 } from '../src/initiator/srp-constants.js';
 import { decodeCmd, encodeRsp, encodeCredReq, type SrpDirectBuf } from '../src/initiator/srp-iu.js';
 
@@ -42,7 +50,11 @@ function pattern(len: number, seed: number): Buffer {
   const b = Buffer.alloc(len);
   let x = seed >>> 0 || 1;
   for (let i = 0; i < len; i++) {
-    x ^= x << 13; x >>>= 0; x ^= x >>> 17; x ^= x << 5; x >>>= 0;
+    x ^= x << 13;
+    x >>>= 0;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    x >>>= 0;
     b[i] = x & 0xff;
   }
   return b;
@@ -63,10 +75,18 @@ interface Setup {
   lun0: RamScsiLun;
   lun1: RamScsiLun;
 }
-async function setup(o: { target?: Partial<SrpTestTargetOptions>; session?: Partial<SrpSessionOptions>; loopback?: LoopbackOptions } = {}): Promise<Setup> {
+async function setup(
+  o: { target?: Partial<SrpTestTargetOptions>; session?: Partial<SrpSessionOptions>; loopback?: LoopbackOptions } = {},
+): Promise<Setup> {
   const lun0 = new RamScsiLun({ blockSize: 512, blocks: 4096, serial: 'LUN0' });
   const lun1 = new RamScsiLun({ blockSize: 4096, blocks: 512, serial: 'LUN1' });
-  const target = new SrpTestTarget({ luns: [[LUN0, lun0], [LUN1, lun1]], ...o.target });
+  const target = new SrpTestTarget({
+    luns: [
+      [LUN0, lun0],
+      [LUN1, lun1],
+    ],
+    ...o.target,
+  });
   const pair = createLoopbackPair(o.loopback);
   target.accept(pair.target);
   const session = await SrpSession.login(pair.initiator, { initiatorPortId, targetPortId, ...o.session });
@@ -85,7 +105,14 @@ function onlySlotRegions(t: Test, pair: LoopbackPair, s: SrpSession, msg = 'slot
 async function write(s: SrpSession, lun: bigint, lba: number, data: Buffer, bs: number): Promise<ScsiResult> {
   return s.execute({ lun, cdb: write16(lba, data.length / bs), dataOut: data });
 }
-async function read(s: SrpSession, lun: bigint, lba: number, len: number, bs: number, dataIn?: Buffer): Promise<ScsiResult> {
+async function read(
+  s: SrpSession,
+  lun: bigint,
+  lba: number,
+  len: number,
+  bs: number,
+  dataIn?: Buffer,
+): Promise<ScsiResult> {
   return s.execute({ lun, cdb: read16(lba, len / bs), dataInLength: len, ...(dataIn ? { dataIn } : {}) });
 }
 
@@ -141,7 +168,10 @@ t.test('I/O with data verification: immediate, direct, caller buffers, residuals
   t.equal(r2.dataIn!.buffer, dst.buffer);
   t.equal(r2.dataIn!.byteOffset, dst.byteOffset);
   t.same(dst.subarray(0, 4096), small);
-  t.ok(dst.subarray(4096).every((b) => b === 0xee), 'nothing written past dataInLength');
+  t.ok(
+    dst.subarray(4096).every((b) => b === 0xee),
+    'nothing written past dataInLength',
+  );
   // 4096-byte-block LUN
   const b1 = pattern(3 * 4096, 3);
   await write(session, LUN1, 7, b1, 4096);
@@ -162,7 +192,9 @@ t.test('I/O with data verification: immediate, direct, caller buffers, residuals
   t.equal(nolun.status, 2);
   t.equal(nolun.sense![12], 0x25, 'LOGICAL UNIT NOT SUPPORTED');
   // REPORT LUNS at target level
-  const rl = Buffer.alloc(12); rl[0] = 0xa0; rl.writeUInt32BE(256, 6);
+  const rl = Buffer.alloc(12);
+  rl[0] = 0xa0;
+  rl.writeUInt32BE(256, 6);
   const luns = await session.execute({ lun: LUN0, cdb: rl, dataInLength: 256 });
   t.equal(luns.dataIn!.readUInt32BE(0), 16);
   t.equal(luns.dataIn!.readBigUInt64BE(16), LUN1);
@@ -174,7 +206,10 @@ t.test('I/O with data verification: immediate, direct, caller buffers, residuals
 });
 
 t.test('transfers larger than one registration use indirect descriptors', async (t) => {
-  const { session, target, pair, lun0 } = await setup({ loopback: { maxRegionSize: 4096 }, session: { immediateData: false } });
+  const { session, target, pair, lun0 } = await setup({
+    loopback: { maxRegionSize: 4096 },
+    session: { immediateData: false },
+  });
   t.equal(session.loginResult.immediateData, false);
   const data = pattern(5 * 4096 + 1024, 9);
   t.equal((await write(session, LUN0, 0, data, 512)).status, 0);
@@ -211,7 +246,9 @@ t.test('credit exhaustion and recovery: 300 commands through 4 credits', async (
   await until(() => session.counters.queued > 0, 500).then(() => t.pass('commands queued behind credits'));
   await Promise.all(ops);
   const reads = await Promise.all([...datas.keys()].map((i) => read(session, LUN0, i * 2, 1024, 512)));
-  reads.forEach((r, i) => { if (!r.dataIn!.equals(datas.get(i)!)) t.fail(`lba ${i * 2} mismatch`); });
+  reads.forEach((r, i) => {
+    if (!r.dataIn!.equals(datas.get(i)!)) t.fail(`lba ${i * 2} mismatch`);
+  });
   t.equal(target.stats.creditViolations, 0, 'never more requests than credits');
   t.ok(target.stats.maxOutstanding <= 3, `at most req_lim - 1 commands at the target (${target.stats.maxOutstanding})`);
   t.ok(session.counters.zeroReqLim > 0, 'stalls counted');
@@ -224,7 +261,9 @@ t.test('credit exhaustion and recovery: 300 commands through 4 credits', async (
 
 t.test('withheld credits come back with SRP_CRED_REQ, which is answered', async (t) => {
   const { session, target } = await setup({ target: { reqLim: 4, withholdCredits: true } });
-  const ops = Array.from({ length: 10 }, (_, i) => session.execute({ lun: LUN0, cdb: tur(), timeoutMs: 5000 }).then(() => i));
+  const ops = Array.from({ length: 10 }, (_, i) =>
+    session.execute({ lun: LUN0, cdb: tur(), timeoutMs: 5000 }).then(() => i),
+  );
   await until(() => session.counters.commandsCompleted === 3);
   await sleep(30);
   t.equal(session.counters.commandsCompleted, 3, 'stuck with the reserve credit only');
@@ -267,7 +306,10 @@ t.test('a stuck command is aborted with ABORT TASK on timeout', async (t) => {
   t.equal(session.counters.commandTimeouts, 1);
   onlySlotRegions(t, pair, session, 'aborted command memory deregistered');
   t.equal(session.counters.memoryRegistrations, regs + 1, "the aborted command's slot got a new region");
-  t.ok(dst.every((b) => b === 0x11), 'aborted destination untouched');
+  t.ok(
+    dst.every((b) => b === 0x11),
+    'aborted destination untouched',
+  );
   // the aborted task's credit came back with the task management response
   t.equal(session.counters.reqLim, 32);
   t.equal((await read(session, LUN0, 3, 512, 512)).dataIn!.equals(pattern(512, 3)), true);
@@ -276,7 +318,10 @@ t.test('a stuck command is aborted with ABORT TASK on timeout', async (t) => {
   const late = pair.target.rdmaWrite(handed!.va, handed!.key, Buffer.alloc(512, 0x66));
   await t.rejects(late, { code: 'protocol', message: /remote access error/ });
   await until(() => session.state === 'disconnected');
-  t.ok(dst.every((b) => b === 0x11), 'aborted destination still untouched');
+  t.ok(
+    dst.every((b) => b === 0x11),
+    'aborted destination still untouched',
+  );
 });
 
 t.test('ABORT TASK that gets no answer fails the command after the TM timeout', async (t) => {
@@ -284,7 +329,10 @@ t.test('ABORT TASK that gets no answer fails the command after the TM timeout', 
   target.commandHook = () => 'stall';
   target.tmBehavior = 'ignore';
   const start = Date.now();
-  await t.rejects(session.execute({ lun: LUN0, cdb: tur(), timeoutMs: 50 }), { code: 'timeout', message: /ABORT TASK failed: .*no answer within 60 ms/ });
+  await t.rejects(session.execute({ lun: LUN0, cdb: tur(), timeoutMs: 50 }), {
+    code: 'timeout',
+    message: /ABORT TASK failed: .*no answer within 60 ms/,
+  });
   t.ok(Date.now() - start >= 100);
   t.equal(session.counters.abortsFailed, 1);
   t.equal(session.counters.tmTimeouts, 1);
@@ -324,7 +372,9 @@ t.test('every login reject reason surfaces as a clear error', async (t) => {
     const pair = createLoopbackPair();
     target.accept(pair.target);
     const err = await SrpSession.login(pair.initiator, { initiatorPortId, targetPortId }).then(
-      () => undefined, (e: unknown) => e);
+      () => undefined,
+      (e: unknown) => e,
+    );
     t.ok(err instanceof SrpLoginRejectedError, `${name}: SrpLoginRejectedError`);
     const e = err as SrpLoginRejectedError;
     t.equal(e.reason, reason);
@@ -336,23 +386,37 @@ t.test('every login reject reason surfaces as a clear error', async (t) => {
   unknown.rejectLogin = 0x00010042;
   const p2 = createLoopbackPair();
   unknown.accept(p2.target);
-  await t.rejects(SrpSession.login(p2.initiator, { initiatorPortId, targetPortId }), /SRP_LOGIN_REJ_UNKNOWN\(0x00010042\)/);
+  await t.rejects(
+    SrpSession.login(p2.initiator, { initiatorPortId, targetPortId }),
+    /SRP_LOGIN_REJ_UNKNOWN\(0x00010042\)/,
+  );
 });
 
 t.test('login rejects the target decides itself', async (t) => {
-  const tryLogin = async (topts: Partial<SrpTestTargetOptions>, sopts: Partial<SrpSessionOptions> = {}, target?: SrpTestTarget) => {
+  const tryLogin = async (
+    topts: Partial<SrpTestTargetOptions>,
+    sopts: Partial<SrpSessionOptions> = {},
+    target?: SrpTestTarget,
+  ) => {
     const tgt = target ?? new SrpTestTarget({ luns: [], ...topts });
     const pair = createLoopbackPair();
     tgt.accept(pair.target);
     return SrpSession.login(pair.initiator, { initiatorPortId, targetPortId, ...sopts });
   };
-  const reasonOf = (p: Promise<unknown>) => p.then(() => undefined, (e: unknown) => (e as SrpLoginRejectedError).reason);
+  const reasonOf = (p: Promise<unknown>) =>
+    p.then(
+      () => undefined,
+      (e: unknown) => (e as SrpLoginRejectedError).reason,
+    );
   t.equal(await reasonOf(tryLogin({ maxItIuLen: 1000 })), SRP_LOGIN_REJ_REQ_IT_IU_LENGTH_TOO_LARGE);
   const ok = await tryLogin({ maxItIuLen: 1000 }, { maxImmData: 512 });
   t.equal(ok.loginResult.maxItIuLen, 68 + 512);
   await ok.close();
   t.equal(await reasonOf(tryLogin({ bufFmt: 0x08 })), SRP_LOGIN_REJ_UNSUPPORTED_DESCRIPTOR_FMT);
-  t.equal(await reasonOf(tryLogin({ multichannel: false }, { multichannel: 'multi' })), SRP_LOGIN_REJ_MULTI_CHANNEL_UNSUPPORTED);
+  t.equal(
+    await reasonOf(tryLogin({ multichannel: false }, { multichannel: 'multi' })),
+    SRP_LOGIN_REJ_MULTI_CHANNEL_UNSUPPORTED,
+  );
   const shared = new SrpTestTarget({ luns: [], maxChannels: 1 });
   const first = await tryLogin({}, { multichannel: 'multi' }, shared);
   t.equal(first.loginResult.multichanResult, 'SRP_LOGIN_RSP_MULTICHAN_NO_CHAN');
@@ -364,7 +428,9 @@ t.test('login rejects the target decides itself', async (t) => {
   const silent = createLoopbackPair();
   new SrpTestTarget({ luns: [] }).accept(silent.target);
   silent.faults.blackHole = true;
-  await t.rejects(SrpSession.login(silent.initiator, { initiatorPortId, targetPortId, loginTimeoutMs: 50 }), { code: 'timeout' });
+  await t.rejects(SrpSession.login(silent.initiator, { initiatorPortId, targetPortId, loginTimeoutMs: 50 }), {
+    code: 'timeout',
+  });
 });
 
 t.test('MULTI-CHANNEL action: a SINGLE login terminates the old channel (T_LOGOUT)', async (t) => {
@@ -453,7 +519,14 @@ t.test('black hole: timeout, ABORT TASK lost, command fails; nothing hangs', asy
 
 t.test('malformed IUs from the target are counted and corrupt nothing', async (t) => {
   const warnings: string[] = [];
-  const logger = { debug() {}, info() {}, error() {}, warn: (o: object, msg?: string) => { warnings.push(`${msg} ${JSON.stringify(o)}`); } };
+  const logger = {
+    debug() {},
+    info() {},
+    error() {},
+    warn: (o: object, msg?: string) => {
+      warnings.push(`${msg} ${JSON.stringify(o)}`);
+    },
+  };
   const { session, target, pair } = await setup({ target: { reqLim: 8 }, session: { logger } });
   target.responseDelayMs = 15;
   const datas = Array.from({ length: 24 }, (_, i) => pattern(2048, 500 + i));
@@ -461,11 +534,13 @@ t.test('malformed IUs from the target are counted and corrupt nothing', async (t
   const reads = datas.map((_, i) => read(session, LUN0, i * 4, 2048, 512));
   await until(() => target.outstandingTags().length > 0);
   const inflight = target.outstandingTags();
-  const rsp = (tag: bigint, delta: number) => encodeRsp({ solNot: 0, reqLimDelta: delta, tag, flags: 0, status: 0, dataOutResCnt: 0, dataInResCnt: 0 });
+  const rsp = (tag: bigint, delta: number) =>
+    encodeRsp({ solNot: 0, reqLimDelta: delta, tag, flags: 0, status: 0, dataOutResCnt: 0, dataInResCnt: 0 });
   // wrong length: a truncated SRP_RSP of an in-flight command, and a sense length beyond the IU
   target.sendRaw(rsp(inflight[0]!, 1).subarray(0, 20));
   const lying = rsp(inflight[0]!, 1000);
-  lying[18] = 0x02; lying.writeUInt32BE(500, 28);
+  lying[18] = 0x02;
+  lying.writeUInt32BE(500, 28);
   target.sendRaw(lying);
   // unknown opcodes, and a request type that only initiators send
   target.sendRaw(Buffer.from('77000000000000000000000000000001', 'hex'));
@@ -487,9 +562,18 @@ t.test('malformed IUs from the target are counted and corrupt nothing', async (t
   t.equal(c.unknownOpcodes, 2);
   t.equal(c.unknownTags, 2);
   t.equal(c.reqLim, 8, 'no credits taken from bogus IUs');
-  t.ok(warnings.some((w) => /malformed IU from target ignored .*exceed IU/.test(w)), 'malformed IU logged with the reason');
-  t.ok(warnings.some((w) => /unexpected IU type .*SRP_UNKNOWN_OPCODE\(0x77\)/.test(w)), 'unknown opcode logged by name');
-  t.ok(warnings.some((w) => /unknown tag ignored .*123456789/.test(w)), 'unknown tag logged');
+  t.ok(
+    warnings.some((w) => /malformed IU from target ignored .*exceed IU/.test(w)),
+    'malformed IU logged with the reason',
+  );
+  t.ok(
+    warnings.some((w) => /unexpected IU type .*SRP_UNKNOWN_OPCODE\(0x77\)/.test(w)),
+    'unknown opcode logged by name',
+  );
+  t.ok(
+    warnings.some((w) => /unknown tag ignored .*123456789/.test(w)),
+    'unknown tag logged',
+  );
   t.equal(c.commandsFailed, 0);
   t.equal(target.stats.creditViolations, 0);
   // a duplicate response for a completed command is an unknown tag too
@@ -502,16 +586,22 @@ t.test('malformed IUs from the target are counted and corrupt nothing', async (t
   t.equal(pair.initiator.registeredRegions, 0);
 });
 
-t.test('a remote access error (late RDMA to deregistered memory) kills the channel, not the caller buffer', async (t) => {
-  const { session, pair } = await setup();
-  const buf = Buffer.alloc(4096, 0x33);
-  const mr = pair.initiator.registerBuffer(buf);
-  pair.initiator.deregisterBuffer(mr);
-  await t.rejects(pair.target.rdmaWrite(mr.va, mr.rkey, Buffer.alloc(16, 0x44)), { code: 'protocol', message: /remote access error/ });
-  t.ok(buf.every((b) => b === 0x33));
-  await until(() => session.state === 'disconnected');
-  t.equal(pair.stats.accessErrors, 1);
-});
+t.test(
+  'a remote access error (late RDMA to deregistered memory) kills the channel, not the caller buffer',
+  async (t) => {
+    const { session, pair } = await setup();
+    const buf = Buffer.alloc(4096, 0x33);
+    const mr = pair.initiator.registerBuffer(buf);
+    pair.initiator.deregisterBuffer(mr);
+    await t.rejects(pair.target.rdmaWrite(mr.va, mr.rkey, Buffer.alloc(16, 0x44)), {
+      code: 'protocol',
+      message: /remote access error/,
+    });
+    t.ok(buf.every((b) => b === 0x33));
+    await until(() => session.state === 'disconnected');
+    t.equal(pair.stats.accessErrors, 1);
+  },
+);
 
 t.test('chosen sense data and target-side failures reach the caller as results', async (t) => {
   const { session, target, lun0 } = await setup();
@@ -534,7 +624,11 @@ t.test('chosen sense data and target-side failures reach the caller as results',
   t.equal(busy.sense, undefined);
   // a LUN that throws yields HARDWARE ERROR / INTERNAL TARGET FAILURE instead of a hang
   target.commandHook = undefined;
-  target.luns.set(LUN1, { execute: () => { throw new Error('emulator bug'); } });
+  target.luns.set(LUN1, {
+    execute: () => {
+      throw new Error('emulator bug');
+    },
+  });
   const hw = await session.execute({ lun: LUN1, cdb: tur(), timeoutMs: 1000 });
   t.equal(hw.status, 2);
   t.same([hw.sense![2], hw.sense![12]], [0x04, 0x44]);
@@ -563,14 +657,16 @@ t.test('steady state: data through the command slots, no memory registered per c
   // reads and writes of every size a slot carries, immediate data and RDMA READ, 15 at a time
   const sizes = [512, 4096, 8192, 16384, 65536, 131072];
   for (let round = 0; round < 10; round++) {
-    await Promise.all(Array.from({ length: 15 }, async (_, i) => {
-      const len = sizes[(round + i) % sizes.length]!;
-      const lba = i * 256;
-      const data = pattern(len, round * 100 + i);
-      t.equal((await write(session, LUN0, lba, data, 512)).status, 0);
-      const r = await read(session, LUN0, lba, len, 512, Buffer.alloc(len));
-      if (!r.dataIn!.equals(data) || !lun0.peek(lba, len / 512).equals(data)) t.fail(`round ${round}, ${i}: differs`);
-    }));
+    await Promise.all(
+      Array.from({ length: 15 }, async (_, i) => {
+        const len = sizes[(round + i) % sizes.length]!;
+        const lba = i * 256;
+        const data = pattern(len, round * 100 + i);
+        t.equal((await write(session, LUN0, lba, data, 512)).status, 0);
+        const r = await read(session, LUN0, lba, len, 512, Buffer.alloc(len));
+        if (!r.dataIn!.equals(data) || !lun0.peek(lba, len / 512).equals(data)) t.fail(`round ${round}, ${i}: differs`);
+      }),
+    );
   }
   const c = session.counters;
   t.equal(c.memoryRegistrations, regs, 'no registration after login');
@@ -615,9 +711,16 @@ t.test('a transfer larger than a slot registers its own memory (counted), then r
 t.test('a late response for an earlier generation of a slot does not complete its current command', async (t) => {
   // one slot: every command has the tag generation × 1 + 0
   const { session, target } = await setup({ session: { queueSize: 1 } });
-  const rsp = (tag: bigint, status: number) => encodeRsp({
-    solNot: 0, reqLimDelta: 1, tag, flags: 0, status, dataOutResCnt: 0, dataInResCnt: 0,
-  });
+  const rsp = (tag: bigint, status: number) =>
+    encodeRsp({
+      solNot: 0,
+      reqLimDelta: 1,
+      tag,
+      flags: 0,
+      status,
+      dataOutResCnt: 0,
+      dataInResCnt: 0,
+    });
   target.commandHook = () => 'stall';
   // A times out and is aborted: its tag is remembered as abandoned
   const a = session.execute({ lun: LUN0, cdb: tur(), timeoutMs: 30 });
@@ -626,7 +729,9 @@ t.test('a late response for an earlier generation of a slot does not complete it
   await t.rejects(a, { code: 'aborted' });
   // B takes the same slot, a newer generation
   let bDone = false;
-  const b = session.execute({ lun: LUN0, cdb: tur(), timeoutMs: 5000 }).finally(() => { bDone = true; });
+  const b = session.execute({ lun: LUN0, cdb: tur(), timeoutMs: 5000 }).finally(() => {
+    bDone = true;
+  });
   await until(() => target.outstandingTags().length === 1);
   const tagB = target.outstandingTags()[0]!;
   t.not(tagB, tagA, 'a new tag for the same slot');
@@ -665,7 +770,10 @@ t.test('a short data-in transfer hands the caller nothing of an earlier command'
   const r = await read(session, LUN0, 0, 4096, 512, dst);
   t.equal(r.residual, 3072);
   t.same(r.dataIn, short, 'only what was transferred');
-  t.ok(dst.subarray(1024).every((b) => b === 0xee), 'the rest of the destination untouched');
+  t.ok(
+    dst.subarray(1024).every((b) => b === 0xee),
+    'the rest of the destination untouched',
+  );
   t.same(pair.initiator.registeredRegions, session.counters.slotRegions);
   // unsaid: the target writes 1 KiB but reports the whole transfer (no residual)
   target.commandHook = undefined;
@@ -675,7 +783,10 @@ t.test('a short data-in transfer hands the caller nothing of an earlier command'
   const lying = await read(session, LUN0, 0, 4096, 512, Buffer.alloc(4096, 0xee));
   t.equal(lying.residual, 0, 'the target claims all 4 KiB');
   t.same(lying.dataIn!.subarray(0, 1024), earlier.subarray(0, 1024), 'what it did write');
-  t.ok(lying.dataIn!.subarray(1024).every((b) => b === 0), 'zeroes where it wrote nothing, not the earlier data');
+  t.ok(
+    lying.dataIn!.subarray(1024).every((b) => b === 0),
+    'zeroes where it wrote nothing, not the earlier data',
+  );
   t.equal(session.counters.memoryRegistrations, session.counters.slotRegions, 'no registration for any of it');
   await session.close();
 });
@@ -683,7 +794,10 @@ t.test('a short data-in transfer hands the caller nothing of an earlier command'
 t.test('command timeouts: one sweep timer per session, none per command', async (t) => {
   let armed = 0;
   const timers = {
-    setTimeout: (fn: () => void, ms: number) => { armed++; return setTimeout(fn, ms); },
+    setTimeout: (fn: () => void, ms: number) => {
+      armed++;
+      return setTimeout(fn, ms);
+    },
     clearTimeout: (h: unknown) => clearTimeout(h as NodeJS.Timeout),
   };
   const { session, target } = await setup({ session: { timers } });

@@ -1,33 +1,85 @@
 // Table-driven tests of ib_srp add_target string parsing (srp_parse_options semantics).
 import t from 'tap';
 import {
-  TargetAddressError, formatTargetAddress, parseTargetAddress, srpPortIds, type SrpTargetAddress,
+  TargetAddressError,
+  formatTargetAddress,
+  parseTargetAddress,
+  srpPortIds,
+  type SrpTargetAddress,
 } from '../src/initiator/target-address.js';
 
-const IB = 'id_ext=0002c90300a0b0c0,ioc_guid=0002c90300a0b0c1,dgid=fe800000000000000002c90300a0b0c1,pkey=ffff,service_id=0002c90300a0b0c0';
+const IB =
+  'id_ext=0002c90300a0b0c0,ioc_guid=0002c90300a0b0c1,dgid=fe800000000000000002c90300a0b0c1,pkey=ffff,service_id=0002c90300a0b0c0';
 const CM = 'id_ext=0x1,ioc_guid=0x2,dest=192.0.2.1:5555';
 
 t.test('valid strings', async (t) => {
   const cases: [string, string, Partial<SrpTargetAddress>][] = [
-    ['IB CM, srp_daemon style', IB, {
-      transport: 'ib-cm', idExt: 0x0002c90300a0b0c0n, iocGuid: 0x0002c90300a0b0c1n,
-      dgid: Buffer.from('fe800000000000000002c90300a0b0c1', 'hex'), pkey: 0xffff, serviceId: 0x0002c90300a0b0c0n,
-    }],
+    [
+      'IB CM, srp_daemon style',
+      IB,
+      {
+        transport: 'ib-cm',
+        idExt: 0x0002c90300a0b0c0n,
+        iocGuid: 0x0002c90300a0b0c1n,
+        dgid: Buffer.from('fe800000000000000002c90300a0b0c1', 'hex'),
+        pkey: 0xffff,
+        serviceId: 0x0002c90300a0b0c0n,
+      },
+    ],
     ['IB CM, limited-member P_Key with 0x', IB.replace('pkey=ffff', 'pkey=0x7fff'), { pkey: 0x7fff }],
-    ['RDMA/CM IPv4', CM, { transport: 'rdma-cm', idExt: 1n, iocGuid: 2n, dest: { family: 4, address: '192.0.2.1', port: 5555 } }],
-    ['RDMA/CM IPv6', 'id_ext=1,ioc_guid=2,dest=[2001:db8::1]:5555', { dest: { family: 6, address: '2001:db8::1', port: 5555 } }],
-    ['RDMA/CM IPv6 with scope', 'id_ext=1,ioc_guid=2,dest=[fe80::1%eth0]:0', { dest: { family: 6, address: 'fe80::1', scopeId: 'eth0', port: 0 } }],
-    ['RDMA/CM with src (no port)', 'id_ext=1,ioc_guid=2,src=192.0.2.2,dest=192.0.2.1:5555', { src: { family: 4, address: '192.0.2.2' } }],
+    [
+      'RDMA/CM IPv4',
+      CM,
+      { transport: 'rdma-cm', idExt: 1n, iocGuid: 2n, dest: { family: 4, address: '192.0.2.1', port: 5555 } },
+    ],
+    [
+      'RDMA/CM IPv6',
+      'id_ext=1,ioc_guid=2,dest=[2001:db8::1]:5555',
+      { dest: { family: 6, address: '2001:db8::1', port: 5555 } },
+    ],
+    [
+      'RDMA/CM IPv6 with scope',
+      'id_ext=1,ioc_guid=2,dest=[fe80::1%eth0]:0',
+      { dest: { family: 6, address: 'fe80::1', scopeId: 'eth0', port: 0 } },
+    ],
+    [
+      'RDMA/CM with src (no port)',
+      'id_ext=1,ioc_guid=2,src=192.0.2.2,dest=192.0.2.1:5555',
+      { src: { family: 4, address: '192.0.2.2' } },
+    ],
     ['dest wins over IB addressing when both given', `${IB},dest=192.0.2.1:1`, { transport: 'rdma-cm' }],
-    ['every numeric option', `${CM},max_cmd_per_lun=32,max_sect=2048,queue_size=128,tl_retry_count=2,initiator_ext=00000000000000ab,ch_count=4,allow_ext_sg=1,sg_tablesize=256,comp_vector=3,cmd_sg_entries=255,target_can_queue=64,max_it_iu_size=8260,io_class=100`, {
-      maxCmdPerLun: 32, maxSect: 2048, queueSize: 128, tlRetryCount: 2, initiatorExt: 0xabn, chCount: 4, allowExtSg: true,
-      sgTablesize: 256, compVector: 3, cmdSgEntries: 255, targetCanQueue: 64, maxItIuSize: 8260, ioClass: 0x100,
-    }],
+    [
+      'every numeric option',
+      `${CM},max_cmd_per_lun=32,max_sect=2048,queue_size=128,tl_retry_count=2,initiator_ext=00000000000000ab,ch_count=4,allow_ext_sg=1,sg_tablesize=256,comp_vector=3,cmd_sg_entries=255,target_can_queue=64,max_it_iu_size=8260,io_class=100`,
+      {
+        maxCmdPerLun: 32,
+        maxSect: 2048,
+        queueSize: 128,
+        tlRetryCount: 2,
+        initiatorExt: 0xabn,
+        chCount: 4,
+        allowExtSg: true,
+        sgTablesize: 256,
+        compVector: 3,
+        cmdSgEntries: 255,
+        targetCanQueue: 64,
+        maxItIuSize: 8260,
+        ioClass: 0x100,
+      },
+    ],
     ['match_int base 0: hex and octal', `${CM},queue_size=0x40,max_sect=010`, { queueSize: 64, maxSect: 8 }],
-    ['newline separators and empty options, trailing newline', `id_ext=1\nioc_guid=2,,dest=192.0.2.1:1\n`, { transport: 'rdma-cm' }],
+    [
+      'newline separators and empty options, trailing newline',
+      `id_ext=1\nioc_guid=2,,dest=192.0.2.1:1\n`,
+      { transport: 'rdma-cm' },
+    ],
     ['repeated option: last wins', `${CM},queue_size=4,queue_size=8`, { queueSize: 8 }],
     ['tl_retry_count upper bound 7', `${CM},tl_retry_count=7`, { tlRetryCount: 7 }],
-    ['64-bit identifiers', 'id_ext=ffffffffffffffff,ioc_guid=0,dest=10.0.0.1:65535', { idExt: (1n << 64n) - 1n, iocGuid: 0n }],
+    [
+      '64-bit identifiers',
+      'id_ext=ffffffffffffffff,ioc_guid=0,dest=10.0.0.1:65535',
+      { idExt: (1n << 64n) - 1n, iocGuid: 0n },
+    ],
   ];
   for (const [name, input, want] of cases) {
     const got = parseTargetAddress(input);

@@ -70,7 +70,9 @@ ${CONNECTION_USAGE}
 Prints each LUN's export name, device (or "-") and NBD URI.
 `;
 
-const OPTION_FLAGS = Object.fromEntries(Object.keys(TARGET_OPTIONS).map((k) => [flag(k).slice(2), { type: 'string' as const }]));
+const OPTION_FLAGS = Object.fromEntries(
+  Object.keys(TARGET_OPTIONS).map((k) => [flag(k).slice(2), { type: 'string' as const }]),
+);
 
 /** Converts --flag strings to the JSON types the schema expects; the schema then validates. */
 function optionValue(key: keyof typeof TARGET_OPTIONS, text: string): unknown {
@@ -79,7 +81,8 @@ function optionValue(key: keyof typeof TARGET_OPTIONS, text: string): unknown {
     if (/^(0|off|no|false)$/i.test(text)) return false;
     throw new UsageError(`${flag(key)}: expected on or off, got '${text}'`);
   }
-  if (key === 'device' || key === 'reconnect_delay' || key === 'fast_io_fail_tmo' || key === 'dev_loss_tmo') return text;
+  if (key === 'device' || key === 'reconnect_delay' || key === 'fast_io_fail_tmo' || key === 'dev_loss_tmo')
+    return text;
   const n = Number(text);
   if (text.trim() === '' || !Number.isFinite(n)) throw new UsageError(`${flag(key)}: expected a number, got '${text}'`);
   return n;
@@ -111,17 +114,22 @@ export async function attach(argv: string[]): Promise<number> {
   let addresses: string[] = [];
   const named = ['id-ext', 'ioc-guid', 'dest', 'src', 'dgid', 'pkey', 'service-id'].filter((k) => v[k] !== undefined);
   if (named.length > 0) {
-    if (positionals.length > 0) throw new UsageError('attach: give an ADDRESS or named address flags (--id-ext …), not both');
+    if (positionals.length > 0)
+      throw new UsageError('attach: give an ADDRESS or named address flags (--id-ext …), not both');
     addresses = [named.map((k) => `${k.replace(/-/g, '_')}=${v[k] as string}`).join(',')];
   } else if (positionals.length === 1 && positionals[0] === '-') {
     const text = await readStdin();
-    addresses = text.split('\n').map((l) => l.trim()).filter((l) => l !== '' && !l.startsWith('#'));
+    addresses = text
+      .split('\n')
+      .map((l) => l.trim())
+      .filter((l) => l !== '' && !l.startsWith('#'));
     if (addresses.length === 0) throw new UsageError('attach: no address on standard input');
   } else {
     addresses = positionals;
   }
   if (addresses.length === 0) throw new UsageError('attach: missing ADDRESS (see srp-nbd attach --help)');
-  if (addresses.length > 1 && v.id !== undefined) throw new UsageError('attach: --id names one target; give one ADDRESS');
+  if (addresses.length > 1 && v.id !== undefined)
+    throw new UsageError('attach: --id names one target; give one ADDRESS');
   const overrides: Record<string, unknown> = {};
   for (const key of Object.keys(TARGET_OPTIONS) as (keyof typeof TARGET_OPTIONS)[]) {
     const text = v[flag(key).slice(2)];
@@ -132,7 +140,14 @@ export async function attach(argv: string[]): Promise<number> {
     if (v.id !== undefined) body.id = v.id;
     const r = targetSpecSchema.safeParse(body);
     if (!r.success) {
-      throw new UsageError(zodIssues(r.error).map((i) => `${i.path === 'address' ? `address '${body.address as string}'` : i.path in TARGET_OPTIONS ? flag(i.path) : i.path}: ${i.message}`).join('; '));
+      throw new UsageError(
+        zodIssues(r.error)
+          .map(
+            (i) =>
+              `${i.path === 'address' ? `address '${body.address as string}'` : i.path in TARGET_OPTIONS ? flag(i.path) : i.path}: ${i.message}`,
+          )
+          .join('; '),
+      );
     }
     return body;
   });
@@ -144,7 +159,9 @@ export async function attach(argv: string[]): Promise<number> {
       const view = await call(() => c.call<TargetView>('attach', { body }));
       results.push(view);
       if (!values.json) {
-        print(`${view.id}: attached (${view.lun_details.length} LUN${view.lun_details.length === 1 ? '' : 's'}, state ${view.state ?? view.status})`);
+        print(
+          `${view.id}: attached (${view.lun_details.length} LUN${view.lun_details.length === 1 ? '' : 's'}, state ${view.state ?? view.status})`,
+        );
         for (const l of view.lun_details) print(`  ${l.export}  ${l.device ?? '-'}  ${l.uri}`);
       }
     } catch (e) {
@@ -175,7 +192,12 @@ Removes the targets' exports and kernel devices (the only way a /dev/nbdN goes a
 ${CONNECTION_USAGE}`;
 
 export async function detach(argv: string[]): Promise<number> {
-  const { values, positionals } = parseArgs({ args: argv, allowPositionals: true, options: CONNECTION_OPTIONS, strict: true });
+  const { values, positionals } = parseArgs({
+    args: argv,
+    allowPositionals: true,
+    options: CONNECTION_OPTIONS,
+    strict: true,
+  });
   if (values.help) {
     print(DETACH_USAGE);
     return 0;
@@ -204,14 +226,23 @@ mismatch fixed) back to blocked and running. The device is the same.
 ${CONNECTION_USAGE}`;
 
 export async function reconnect(argv: string[]): Promise<number> {
-  const { values, positionals } = parseArgs({ args: argv, allowPositionals: true, options: CONNECTION_OPTIONS, strict: true });
+  const { values, positionals } = parseArgs({
+    args: argv,
+    allowPositionals: true,
+    options: CONNECTION_OPTIONS,
+    strict: true,
+  });
   if (values.help) {
     print(RECONNECT_USAGE);
     return 0;
   }
   if (positionals.length !== 1) throw new UsageError('reconnect: give exactly one TARGET');
   const view = await call(() => client(values).call<TargetView>('reconnect', { params: { id: positionals[0]! } }));
-  print(values.json ? JSON.stringify(view, null, 2) : `${view.id}: reconnect requested (state ${view.state ?? view.status}, phase ${view.reconnect.phase})`);
+  print(
+    values.json
+      ? JSON.stringify(view, null, 2)
+      : `${view.id}: reconnect requested (state ${view.state ?? view.status}, phase ${view.reconnect.phase})`,
+  );
   return 0;
 }
 
@@ -223,7 +254,12 @@ One line per target: id, status, rport state, exports and devices, address.
 ${CONNECTION_USAGE}`;
 
 export async function list(argv: string[]): Promise<number> {
-  const { values, positionals } = parseArgs({ args: argv, allowPositionals: true, options: CONNECTION_OPTIONS, strict: true });
+  const { values, positionals } = parseArgs({
+    args: argv,
+    allowPositionals: true,
+    options: CONNECTION_OPTIONS,
+    strict: true,
+  });
   if (values.help) {
     print(LIST_USAGE);
     return 0;
@@ -237,7 +273,13 @@ export async function list(argv: string[]): Promise<number> {
   const table: string[][] = [['TARGET', 'STATUS', 'STATE', 'EXPORT', 'DEVICE', 'ADDRESS']];
   for (const r of rows) {
     const luns = r.luns.length > 0 ? r.luns : [{ export: '-', device: null }];
-    luns.forEach((l, i) => table.push(i === 0 ? [r.id, r.status, r.state ?? '-', l.export, l.device ?? '-', r.address] : ['', '', '', l.export, l.device ?? '-', '']));
+    luns.forEach((l, i) =>
+      table.push(
+        i === 0
+          ? [r.id, r.status, r.state ?? '-', l.export, l.device ?? '-', r.address]
+          : ['', '', '', l.export, l.device ?? '-', ''],
+      ),
+    );
   }
   print(formatTable(table));
   return 0;
@@ -245,7 +287,14 @@ export async function list(argv: string[]): Promise<number> {
 
 export function formatTable(rows: string[][]): string {
   const widths = rows[0]!.map((_, c) => Math.max(...rows.map((r) => (r[c] ?? '').length)));
-  return rows.map((r) => r.map((cell, c) => (c === r.length - 1 ? cell : cell.padEnd(widths[c]!))).join('  ').trimEnd()).join('\n');
+  return rows
+    .map((r) =>
+      r
+        .map((cell, c) => (c === r.length - 1 ? cell : cell.padEnd(widths[c]!)))
+        .join('  ')
+        .trimEnd(),
+    )
+    .join('\n');
 }
 
 export const STATUS_USAGE = `usage: srp-nbd status [options] [TARGET]
@@ -255,14 +304,22 @@ device, md membership, identity and I/O counts. Without TARGET: every target.
 ${CONNECTION_USAGE}`;
 
 export async function status(argv: string[]): Promise<number> {
-  const { values, positionals } = parseArgs({ args: argv, allowPositionals: true, options: CONNECTION_OPTIONS, strict: true });
+  const { values, positionals } = parseArgs({
+    args: argv,
+    allowPositionals: true,
+    options: CONNECTION_OPTIONS,
+    strict: true,
+  });
   if (values.help) {
     print(STATUS_USAGE);
     return 0;
   }
   if (positionals.length > 1) throw new UsageError('status: give at most one TARGET');
   const c = client(values);
-  const ids = positionals.length === 1 ? positionals : (await call(() => c.call<TargetSummary[]>('listTargets'))).map((t) => t.id);
+  const ids =
+    positionals.length === 1
+      ? positionals
+      : (await call(() => c.call<TargetSummary[]>('listTargets'))).map((t) => t.id);
   const views: TargetView[] = [];
   for (const id of ids) views.push(await call(() => c.call<TargetView>('getTarget', { params: { id } })));
   if (values.json) {
@@ -284,14 +341,36 @@ function formatStatus(v: TargetView): string {
     `  timers      reconnect_delay=${t.reconnect_delay} reconnect_delay_max=${t.reconnect_delay_max} fast_io_fail_tmo=${t.fast_io_fail_tmo} dev_loss_tmo=${t.dev_loss_tmo}`,
     `  reconnects  ${r.reconnects_total} ok, ${r.failed_reconnects_total} failed (${r.failed_reconnects} in this outage), ${r.attempts_total} attempts, ${r.logins_total} logins${r.last_failure ? `; last failure: ${r.last_failure}` : ''}`,
   ];
-  if (v.credits) lines.push(`  credits     req_lim ${v.credits.req_lim}, granted ${v.credits.granted_total}, stalls ${v.credits.zero_req_lim_total}`);
-  if (v.io) lines.push(`  io gate     in flight ${v.io.in_flight}, held ${v.io.held}, waiting ${v.io.waiting}, replayed ${v.io.replayed_total}, failed EIO ${v.io.failed_eio_total}`);
-  lines.push(`  time        ${Object.entries(v.time_in_state_s).filter(([, s]) => s > 0).map(([k, s]) => `${k} ${s.toFixed(1)} s`).join(', ') || '-'}`);
+  if (v.credits)
+    lines.push(
+      `  credits     req_lim ${v.credits.req_lim}, granted ${v.credits.granted_total}, stalls ${v.credits.zero_req_lim_total}`,
+    );
+  if (v.io)
+    lines.push(
+      `  io gate     in flight ${v.io.in_flight}, held ${v.io.held}, waiting ${v.io.waiting}, replayed ${v.io.replayed_total}, failed EIO ${v.io.failed_eio_total}`,
+    );
+  lines.push(
+    `  time        ${
+      Object.entries(v.time_in_state_s)
+        .filter(([, s]) => s > 0)
+        .map(([k, s]) => `${k} ${s.toFixed(1)} s`)
+        .join(', ') || '-'
+    }`,
+  );
   for (const l of v.lun_details) {
-    lines.push(`  LUN ${l.lun}       ${l.export}  device ${l.device ?? '-'}  ${(l.size / 1048576).toFixed(0)} MiB, ${l.block_size}-byte blocks`);
+    lines.push(
+      `  LUN ${l.lun}       ${l.export}  device ${l.device ?? '-'}  ${(l.size / 1048576).toFixed(0)} MiB, ${l.block_size}-byte blocks`,
+    );
     lines.push(`              ${l.identity}`);
     for (const m of l.md) lines.push(`              md: ${describeMembership(m)}`);
-    lines.push(`              ${Object.entries(l.io).filter(([, s]) => s.ops + s.errors > 0).map(([op, s]) => `${op} ${s.ops} (${s.bytes} B${s.errors ? `, ${s.errors} errors` : ''})`).join(', ') || 'no I/O yet'}`);
+    lines.push(
+      `              ${
+        Object.entries(l.io)
+          .filter(([, s]) => s.ops + s.errors > 0)
+          .map(([op, s]) => `${op} ${s.ops} (${s.bytes} B${s.errors ? `, ${s.errors} errors` : ''})`)
+          .join(', ') || 'no I/O yet'
+      }`,
+    );
     if (l.device_note) lines.push(`              ${l.device_note}`);
   }
   return lines.join('\n');
@@ -312,7 +391,10 @@ export async function set(argv: string[]): Promise<number> {
   const { values, positionals } = parseArgs({
     args: argv,
     allowPositionals: true,
-    options: { ...CONNECTION_OPTIONS, ...Object.fromEntries(TIMER_KEYS.map((k) => [flag(k).slice(2), { type: 'string' as const }])) },
+    options: {
+      ...CONNECTION_OPTIONS,
+      ...Object.fromEntries(TIMER_KEYS.map((k) => [flag(k).slice(2), { type: 'string' as const }])),
+    },
     strict: true,
   });
   if (values.help) {
@@ -326,14 +408,24 @@ export async function set(argv: string[]): Promise<number> {
   for (const k of TIMER_KEYS) if (typeof v[flag(k).slice(2)] === 'string') patch[k] = v[flag(k).slice(2)];
   for (const p of pairs) {
     const m = /^([a-z_]+)=(.*)$/.exec(p);
-    if (!m || !(TIMER_KEYS as readonly string[]).includes(m[1]!)) throw new UsageError(`set: '${p}' is not KEY=VALUE with KEY one of ${TIMER_KEYS.join(', ')}`);
+    if (!m || !(TIMER_KEYS as readonly string[]).includes(m[1]!))
+      throw new UsageError(`set: '${p}' is not KEY=VALUE with KEY one of ${TIMER_KEYS.join(', ')}`);
     patch[m[1]!] = m[2]!;
   }
   if (patch.reconnect_delay_max !== undefined) patch.reconnect_delay_max = Number(patch.reconnect_delay_max);
   const r = timersPatchSchema.safeParse(patch);
-  if (!r.success) throw new UsageError(`set: ${id}: ${zodIssues(r.error).map((i) => `${i.path}: ${i.message}`).join('; ')}`);
+  if (!r.success)
+    throw new UsageError(
+      `set: ${id}: ${zodIssues(r.error)
+        .map((i) => `${i.path}: ${i.message}`)
+        .join('; ')}`,
+    );
   const view = await call(() => client(values).call<TargetView>('setTimers', { params: { id }, body: patch }));
   const t = view.timers;
-  print(values.json ? JSON.stringify(view, null, 2) : `${view.id}: reconnect_delay=${t.reconnect_delay} reconnect_delay_max=${t.reconnect_delay_max} fast_io_fail_tmo=${t.fast_io_fail_tmo} dev_loss_tmo=${t.dev_loss_tmo}`);
+  print(
+    values.json
+      ? JSON.stringify(view, null, 2)
+      : `${view.id}: reconnect_delay=${t.reconnect_delay} reconnect_delay_max=${t.reconnect_delay_max} fast_io_fail_tmo=${t.fast_io_fail_tmo} dev_loss_tmo=${t.dev_loss_tmo}`,
+  );
   return 0;
 }

@@ -83,7 +83,16 @@ export async function daemon(argv: string[]): Promise<number> {
     for (const l of locks) l.release();
     throw e;
   }
-  logger.info({ control: cfg.control_socket, nbd: cfg.nbd_socket, state: d.store.file, tcp: api.tcpPort ?? null, targets: d.list().length }, 'srp-nbd daemon ready');
+  logger.info(
+    {
+      control: cfg.control_socket,
+      nbd: cfg.nbd_socket,
+      state: d.store.file,
+      tcp: api.tcpPort ?? null,
+      targets: d.list().length,
+    },
+    'srp-nbd daemon ready',
+  );
   notifyReady(logger);
   const signal = await signals.stop;
   logger.info({ signal }, 'stopping: exports closed, kernel devices kept for the next start');

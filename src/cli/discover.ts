@@ -44,13 +44,20 @@ export interface DiscoveredLun {
 }
 
 export async function discover(argv: string[]): Promise<number> {
-  const { values, positionals } = parseArgs({ args: argv, allowPositionals: true, options: { json: { type: 'boolean', default: false }, help: { type: 'boolean', short: 'h' } }, strict: true });
+  const { values, positionals } = parseArgs({
+    args: argv,
+    allowPositionals: true,
+    options: { json: { type: 'boolean', default: false }, help: { type: 'boolean', short: 'h' } },
+    strict: true,
+  });
   if (values.help) {
     process.stdout.write(DISCOVER_USAGE);
     return 0;
   }
   if (positionals.length === 0) {
-    throw new Error('InfiniBand discovery (DM MADs over umad) is not supported yet: run `srp_daemon -o -n -c` and pipe its output to `srp-nbd attach -`; an RDMA/CM target is discovered by its address: srp-nbd discover id_ext=…,ioc_guid=…,dest=IP:PORT');
+    throw new Error(
+      'InfiniBand discovery (DM MADs over umad) is not supported yet: run `srp_daemon -o -n -c` and pipe its output to `srp-nbd attach -`; an RDMA/CM target is discovered by its address: srp-nbd discover id_ext=…,ioc_guid=…,dest=IP:PORT',
+    );
   }
   if (positionals.length > 1) throw new UsageError('give at most one ADDRESS');
   const text = positionals[0]!;
@@ -70,7 +77,12 @@ export async function discover(argv: string[]): Promise<number> {
     process.stdout.write(JSON.stringify({ address: text, ...found }, null, 2) + '\n');
     return 0;
   }
-  const rows = found.luns.map((l) => [String(l.lun), `${(l.size / 1048576).toFixed(0)} MiB`, String(l.block_size), l.identity]);
+  const rows = found.luns.map((l) => [
+    String(l.lun),
+    `${(l.size / 1048576).toFixed(0)} MiB`,
+    String(l.block_size),
+    l.identity,
+  ]);
   process.stdout.write(formatTable([['LUN', 'SIZE', 'BLOCK', 'IDENTITY'], ...rows]) + '\n');
   return 0;
 }
@@ -79,12 +91,20 @@ export async function discover(argv: string[]): Promise<number> {
 const logger = () => (process.env.SRP_NBD_LOG ? createLogger() : silentLogger());
 
 /** Logs in through `connector`, probes every reported LUN, logs out (also on failure); LUNs in number order. */
-async function listLuns(connector: ChannelConnector, ids: { initiatorPortId: Buffer; targetPortId: Buffer }): Promise<DiscoveredLun[]> {
+async function listLuns(
+  connector: ChannelConnector,
+  ids: { initiatorPortId: Buffer; targetPortId: Buffer },
+): Promise<DiscoveredLun[]> {
   const commandTimeoutMs = TARGET_OPTIONS.command_timeout.default * 1000;
   const port = await SrpPort.connect({
     name: 'discover',
     connector,
-    session: { ...ids, queueSize: TARGET_OPTIONS.queue_size.default, immediateData: TARGET_OPTIONS.immediate_data.default, commandTimeoutMs },
+    session: {
+      ...ids,
+      queueSize: TARGET_OPTIONS.queue_size.default,
+      immediateData: TARGET_OPTIONS.immediate_data.default,
+      commandTimeoutMs,
+    },
     commandTimeoutMs,
     logger: logger(),
   });
@@ -92,7 +112,12 @@ async function listLuns(connector: ChannelConnector, ids: { initiatorPortId: Buf
     const out: DiscoveredLun[] = [];
     for (const sam of await reportLuns(port.executor)) {
       const disk = await port.addLun(sam);
-      out.push({ lun: samToLun(sam), size: disk.geometry.sizeBytes, block_size: disk.geometry.blockSize, identity: describeIdentity(disk.probeResult!.identity) });
+      out.push({
+        lun: samToLun(sam),
+        size: disk.geometry.sizeBytes,
+        block_size: disk.geometry.blockSize,
+        identity: describeIdentity(disk.probeResult!.identity),
+      });
     }
     // in LUN order (LIO reports its LUNs newest first)
     return out.sort((a, b) => a.lun - b.lun);
@@ -102,10 +127,16 @@ async function listLuns(connector: ChannelConnector, ids: { initiatorPortId: Buf
 }
 
 /** The in-process test target (no image files are opened: discovery never writes). */
-export async function discoverTestTarget(spec: TestTargetSpec): Promise<{ transport: string; via: string; luns: DiscoveredLun[] }> {
+export async function discoverTestTarget(
+  spec: TestTargetSpec,
+): Promise<{ transport: string; via: string; luns: DiscoveredLun[] }> {
   const { fabric, close } = await createTestFabric({ ...spec, imageDir: undefined } as TestTargetSpec);
   try {
-    return { transport: TEST_TARGET_PREFIX, via: fabric.description, luns: await listLuns(fabric, { initiatorPortId: TEST_INITIATOR_PORT_ID, targetPortId: TEST_TARGET_PORT_ID }) };
+    return {
+      transport: TEST_TARGET_PREFIX,
+      via: fabric.description,
+      luns: await listLuns(fabric, { initiatorPortId: TEST_INITIATOR_PORT_ID, targetPortId: TEST_TARGET_PORT_ID }),
+    };
   } finally {
     close();
   }
@@ -115,12 +146,21 @@ export async function discoverTestTarget(spec: TestTargetSpec): Promise<{ transp
  * An RDMA/CM target through the daemon's connector (src/initiator/rdma/), with the
  * default transport options and no keep-alive (the session lives for a few commands).
  */
-export async function discoverRdmaTarget(addr: SrpTargetAddress): Promise<{ transport: string; via: string; luns: DiscoveredLun[] }> {
+export async function discoverRdmaTarget(
+  addr: SrpTargetAddress,
+): Promise<{ transport: string; via: string; luns: DiscoveredLun[] }> {
   if (addr.transport !== 'rdma-cm') {
-    throw new Error('discovery over IB CM (dgid/pkey/service_id) is not supported yet; give the RDMA/CM address (dest=IP:PORT)');
+    throw new Error(
+      'discovery over IB CM (dgid/pkey/service_id) is not supported yet; give the RDMA/CM address (dest=IP:PORT)',
+    );
   }
   const { createRdmaConnector } = await import('../initiator/rdma/index.js');
-  const made = await createRdmaConnector(addr, { ackTimeout: TARGET_OPTIONS.ack_timeout.default, retryCount: TARGET_OPTIONS.retry_count.default, keepaliveIntervalMs: 0, logger: logger() });
+  const made = await createRdmaConnector(addr, {
+    ackTimeout: TARGET_OPTIONS.ack_timeout.default,
+    retryCount: TARGET_OPTIONS.retry_count.default,
+    keepaliveIntervalMs: 0,
+    logger: logger(),
+  });
   try {
     return { transport: 'rdma-cm', via: made.connector.description, luns: await listLuns(made.connector, made) };
   } finally {

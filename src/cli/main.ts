@@ -44,9 +44,13 @@ export async function main(argv: string[]): Promise<number> {
     return 2;
   }
   try {
-    return await (await load())(rest);
+    return await (
+      await load()
+    )(rest);
   } catch (err) {
-    const usage = err instanceof Error && (err.name === 'UsageError' || (err as { code?: string }).code?.startsWith('ERR_PARSE_ARGS'));
+    const usage =
+      err instanceof Error &&
+      (err.name === 'UsageError' || (err as { code?: string }).code?.startsWith('ERR_PARSE_ARGS'));
     // "the daemon cannot be reached" is not about the command: mdadm-style `srp-nbd: …`
     const prefix = err instanceof Error && err.name === 'UnreachableError' ? 'srp-nbd' : `srp-nbd ${cmd}`;
     process.stderr.write(`${prefix}: ${err instanceof Error ? err.message : String(err)}\n`);

@@ -63,7 +63,9 @@ export async function serve(argv: string[]): Promise<number> {
     process.stdout.write(SERVE_USAGE);
     return 0;
   }
-  const sources = [values.memory !== undefined, values.file !== undefined, values['test-target']].filter(Boolean).length;
+  const sources = [values.memory !== undefined, values.file !== undefined, values['test-target']].filter(
+    Boolean,
+  ).length;
   if (sources !== 1) throw new UsageError('serve: give exactly one of --memory SIZE, --file PATH or --test-target');
   const minimumBlockSize = sizeArg('--block-size', values['block-size']!);
   const readOnly = values['read-only']!;

@@ -10,7 +10,12 @@
  * (test-target.ts).
  */
 import * as path from 'node:path';
-import { formatTargetAddress, parseTargetAddress, type SrpTargetAddress, TargetAddressError } from '../initiator/target-address.js';
+import {
+  formatTargetAddress,
+  parseTargetAddress,
+  type SrpTargetAddress,
+  TargetAddressError,
+} from '../initiator/target-address.js';
 import { parseSize } from '../util/size.js';
 
 export interface TestTargetSpec {
@@ -40,7 +45,8 @@ export function normalizeAddressLine(line: string): string {
 /** Parses an address of any kind; throws TargetAddressError naming the option. */
 export function parseAnyAddress(input: string): AnyAddress {
   const s = normalizeAddressLine(input);
-  if (s === TEST_TARGET_PREFIX || s.startsWith(`${TEST_TARGET_PREFIX},`)) return { kind: 'test', spec: parseTestTarget(s) };
+  if (s === TEST_TARGET_PREFIX || s.startsWith(`${TEST_TARGET_PREFIX},`))
+    return { kind: 'test', spec: parseTestTarget(s) };
   return { kind: 'srp', addr: parseTargetAddress(s) };
 }
 
@@ -54,12 +60,14 @@ function parseTestTarget(s: string): TestTargetSpec {
     if (v === '') throw new TargetAddressError(`missing value for ${key} in test-target address`, key);
     switch (key) {
       case 'name':
-        if (!/^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$/.test(v)) throw new TargetAddressError(`bad name '${v}': letters, digits, "_", ".", "-" (at most 32)`, key);
+        if (!/^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$/.test(v))
+          throw new TargetAddressError(`bad name '${v}': letters, digits, "_", ".", "-" (at most 32)`, key);
         spec.name = v;
         break;
       case 'luns': {
         const n = Number(v);
-        if (!Number.isInteger(n) || n < 1 || n > 16) throw new TargetAddressError(`bad luns '${v}': an integer 1..16`, key);
+        if (!Number.isInteger(n) || n < 1 || n > 16)
+          throw new TargetAddressError(`bad luns '${v}': an integer 1..16`, key);
         spec.luns = n;
         break;
       }
@@ -70,7 +78,8 @@ function parseTestTarget(s: string): TestTargetSpec {
         } catch (e) {
           throw new TargetAddressError(`bad lun_size '${v}': ${(e as Error).message}`, key);
         }
-        if (n < 1024 * 1024 || n > 4 * 1024 ** 3 || n % 4096 !== 0) throw new TargetAddressError(`bad lun_size '${v}': a multiple of 4K between 1M and 4G`, key);
+        if (n < 1024 * 1024 || n > 4 * 1024 ** 3 || n % 4096 !== 0)
+          throw new TargetAddressError(`bad lun_size '${v}': a multiple of 4K between 1M and 4G`, key);
         spec.lunSize = n;
         break;
       }
@@ -81,12 +90,18 @@ function parseTestTarget(s: string): TestTargetSpec {
       case 'image_dir':
         if (!v.startsWith('/')) throw new TargetAddressError(`bad image_dir '${v}': an absolute path`, key);
         if (v.split('/').includes('..') || path.posix.normalize(v).replace(/\/+$/, '') !== v.replace(/\/+$/, '')) {
-          throw new TargetAddressError(`bad image_dir '${v}': a normalized path without '..' (inside the state directory)`, key);
+          throw new TargetAddressError(
+            `bad image_dir '${v}': a normalized path without '..' (inside the state directory)`,
+            key,
+          );
         }
         spec.imageDir = v;
         break;
       default:
-        throw new TargetAddressError(`unknown parameter '${key}' in test-target address (name, luns, lun_size, block_size, image_dir)`, key);
+        throw new TargetAddressError(
+          `unknown parameter '${key}' in test-target address (name, luns, lun_size, block_size, image_dir)`,
+          key,
+        );
     }
   }
   return spec;
@@ -103,6 +118,7 @@ export function formatAnyAddress(a: AnyAddress): string {
 export function deriveTargetId(a: AnyAddress): string {
   if (a.kind === 'test') return `test-${a.spec.name}`;
   const ext = a.addr.idExt.toString(16).padStart(16, '0');
-  if (a.addr.dest) return `srp-${ext}-${a.addr.dest.address.replace(/[^0-9A-Za-z]/g, '.')}-${a.addr.dest.port}`.slice(0, 64);
+  if (a.addr.dest)
+    return `srp-${ext}-${a.addr.dest.address.replace(/[^0-9A-Za-z]/g, '.')}-${a.addr.dest.port}`.slice(0, 64);
   return `srp-${ext}-${(a.addr.dgid ?? Buffer.alloc(16)).subarray(8).toString('hex')}`;
 }

@@ -111,7 +111,8 @@ export function buildApp(daemon: Daemon, logger: Logger, opts: { token?: string 
   app.setErrorHandler((err: Error & { statusCode?: number }, req, reply) => {
     const status = err instanceof DaemonError ? err.status : (err.statusCode ?? 500);
     const url = urlForLog(req.url);
-    if (err instanceof DaemonError) logger.warn({ url, status, err: boundedField(err.message) }, 'control request refused');
+    if (err instanceof DaemonError)
+      logger.warn({ url, status, err: boundedField(err.message) }, 'control request refused');
     else if (status >= 500) logger.error({ err, url }, 'control request failed');
     const body: Record<string, unknown> = { error: REASONS[status] ?? 'Error', message: err.message };
     if (err instanceof DaemonError && err.details !== undefined) body.issues = err.details;
@@ -132,13 +133,11 @@ export function buildApp(daemon: Daemon, logger: Logger, opts: { token?: string 
           const parsed = r.body.safeParse(req.body ?? undefined);
           if (!parsed.success) {
             const issues = zodIssues(parsed.error);
-            return reply
-              .code(400)
-              .send({
-                error: 'Bad Request',
-                message: `invalid request body: ${issues.map((i) => `${i.path}: ${i.message} [${i.rule}]`).join('; ')}`,
-                issues,
-              });
+            return reply.code(400).send({
+              error: 'Bad Request',
+              message: `invalid request body: ${issues.map((i) => `${i.path}: ${i.message} [${i.rule}]`).join('; ')}`,
+              issues,
+            });
           }
           body = parsed.data;
         }

@@ -51,7 +51,12 @@ export class ControlClient {
       headers['content-length'] = String(payload.length);
     }
     if (this.opts.token) headers.authorization = `Bearer ${this.opts.token}`;
-    const target: http.RequestOptions = { method: r.method, path: pathname, headers, timeout: this.opts.timeoutMs ?? 120_000 };
+    const target: http.RequestOptions = {
+      method: r.method,
+      path: pathname,
+      headers,
+      timeout: this.opts.timeoutMs ?? 120_000,
+    };
     if (this.opts.url) {
       const u = new URL(this.opts.url);
       target.host = u.hostname;
@@ -60,26 +65,34 @@ export class ControlClient {
     } else {
       target.socketPath = this.where;
     }
-    const { status, text, type } = await new Promise<{ status: number; text: string; type: string }>((resolve, reject) => {
-      const q = http.request(target, (res) => {
-        const chunks: Buffer[] = [];
-        res.on('data', (c: Buffer) => chunks.push(c));
-        res.on('end', () => resolve({ status: res.statusCode ?? 0, text: Buffer.concat(chunks).toString('utf8'), type: String(res.headers['content-type'] ?? '') }));
-        res.on('error', reject);
-      });
-      q.on('timeout', () => q.destroy(new Error('timed out waiting for the daemon')));
-      q.on('error', (e: NodeJS.ErrnoException) => {
-        const why =
-          e.code === 'ENOENT' || e.code === 'ECONNREFUSED'
-            ? 'is the daemon running? (systemctl status srp-nbd, or srp-nbd daemon)'
-            : e.code === 'EACCES'
-              ? 'permission denied (root only)'
-              : e.message;
-        reject(new UnreachableError(`cannot reach the daemon at ${this.where}: ${why}`));
-      });
-      if (payload) q.write(payload);
-      q.end();
-    });
+    const { status, text, type } = await new Promise<{ status: number; text: string; type: string }>(
+      (resolve, reject) => {
+        const q = http.request(target, (res) => {
+          const chunks: Buffer[] = [];
+          res.on('data', (c: Buffer) => chunks.push(c));
+          res.on('end', () =>
+            resolve({
+              status: res.statusCode ?? 0,
+              text: Buffer.concat(chunks).toString('utf8'),
+              type: String(res.headers['content-type'] ?? ''),
+            }),
+          );
+          res.on('error', reject);
+        });
+        q.on('timeout', () => q.destroy(new Error('timed out waiting for the daemon')));
+        q.on('error', (e: NodeJS.ErrnoException) => {
+          const why =
+            e.code === 'ENOENT' || e.code === 'ECONNREFUSED'
+              ? 'is the daemon running? (systemctl status srp-nbd, or srp-nbd daemon)'
+              : e.code === 'EACCES'
+                ? 'permission denied (root only)'
+                : e.message;
+          reject(new UnreachableError(`cannot reach the daemon at ${this.where}: ${why}`));
+        });
+        if (payload) q.write(payload);
+        q.end();
+      },
+    );
     let body: unknown = text;
     if (type.includes('json')) {
       try {
@@ -92,9 +105,15 @@ export class ControlClient {
       const b = body as { message?: string; issues?: ConfigIssue[] };
       if (status === 403 && !this.opts.url) {
         // the socket's mode let us connect, but the daemon's SO_PEERCRED check did not
-        throw new UnreachableError(`cannot reach the daemon at ${this.where}: ${typeof b?.message === 'string' ? b.message : 'permission denied (root only)'}`);
+        throw new UnreachableError(
+          `cannot reach the daemon at ${this.where}: ${typeof b?.message === 'string' ? b.message : 'permission denied (root only)'}`,
+        );
       }
-      throw new ApiError(status, typeof b?.message === 'string' ? b.message : `HTTP ${status}: ${text.slice(0, 200)}`, b?.issues);
+      throw new ApiError(
+        status,
+        typeof b?.message === 'string' ? b.message : `HTTP ${status}: ${text.slice(0, 200)}`,
+        b?.issues,
+      );
     }
     return body as T;
   }

@@ -57,7 +57,7 @@ export const TARGET_OPTIONS = {
   queue_size: {
     schema: z.number().int().min(1).max(4096),
     default: 62,
-    doc: 'SRP commands outstanding at most per target (ib_srp queue_size minus its reserved slots); the target\'s credits (req_lim) may lower it.',
+    doc: "SRP commands outstanding at most per target (ib_srp queue_size minus its reserved slots); the target's credits (req_lim) may lower it.",
   },
   immediate_data: {
     schema: z.boolean(),
@@ -120,20 +120,34 @@ function optionShape(withDefaults: boolean): Record<OptionKey, z.ZodTypeAny> {
   const shape = {} as Record<OptionKey, z.ZodTypeAny>;
   for (const k of optionKeys) {
     const o = TARGET_OPTIONS[k];
-    shape[k] = (withDefaults ? (o.schema as z.ZodTypeAny).default(o.default) : (o.schema as z.ZodTypeAny).optional()).describe(o.doc);
+    shape[k] = (
+      withDefaults ? (o.schema as z.ZodTypeAny).default(o.default) : (o.schema as z.ZodTypeAny).optional()
+    ).describe(o.doc);
   }
   return shape;
 }
 
 /** The timer parameters of a full option set. */
-export function tmoOf(o: Pick<TargetOptions, 'reconnect_delay' | 'reconnect_delay_max' | 'fast_io_fail_tmo' | 'dev_loss_tmo'>): TmoParams {
-  return { reconnectDelay: o.reconnect_delay, reconnectDelayMax: o.reconnect_delay_max, fastIoFailTmo: o.fast_io_fail_tmo, devLossTmo: o.dev_loss_tmo };
+export function tmoOf(
+  o: Pick<TargetOptions, 'reconnect_delay' | 'reconnect_delay_max' | 'fast_io_fail_tmo' | 'dev_loss_tmo'>,
+): TmoParams {
+  return {
+    reconnectDelay: o.reconnect_delay,
+    reconnectDelayMax: o.reconnect_delay_max,
+    fastIoFailTmo: o.fast_io_fail_tmo,
+    devLossTmo: o.dev_loss_tmo,
+  };
 }
 
 /** Adds one issue per broken timer rule (validateTmo), at `path` + the first parameter the rule names. */
 export function addTmoIssues(ctx: z.RefinementCtx, tmo: TmoParams, path: (string | number)[], note = ''): void {
   for (const v of validateTmo(tmo)) {
-    ctx.addIssue({ code: z.ZodIssueCode.custom, path: [...path, v.params[0]!], message: v.message + note, params: { rule: v.rule } });
+    ctx.addIssue({
+      code: z.ZodIssueCode.custom,
+      path: [...path, v.params[0]!],
+      message: v.message + note,
+      params: { rule: v.rule },
+    });
   }
 }
 
@@ -153,15 +167,26 @@ export const targetSpecSchema = z
         try {
           parseAnyAddress(a);
         } catch (e) {
-          ctx.addIssue({ code: z.ZodIssueCode.custom, message: (e as Error).message, params: { rule: 'target-address' } });
+          ctx.addIssue({
+            code: z.ZodIssueCode.custom,
+            message: (e as Error).message,
+            params: { rule: 'target-address' },
+          });
         }
       })
-      .describe('The target: an ib_srp add_target string (`id_ext=…,ioc_guid=…,dgid=…,pkey=…,service_id=…` or `id_ext=…,ioc_guid=…,dest=IP:port`), as srp_daemon prints it, or `test-target[,name=N,luns=N,lun_size=SIZE,block_size=512|4096,image_dir=DIR]` for the in-process test target.'),
+      .describe(
+        'The target: an ib_srp add_target string (`id_ext=…,ioc_guid=…,dgid=…,pkey=…,service_id=…` or `id_ext=…,ioc_guid=…,dest=IP:port`), as srp_daemon prints it, or `test-target[,name=N,luns=N,lun_size=SIZE,block_size=512|4096,image_dir=DIR]` for the in-process test target.',
+      ),
     id: z
       .string()
-      .regex(TARGET_ID_RE, 'must be 1-64 characters of letters, digits, "_", ".", ":" or "-", starting with a letter or digit')
+      .regex(
+        TARGET_ID_RE,
+        'must be 1-64 characters of letters, digits, "_", ".", ":" or "-", starting with a letter or digit',
+      )
       .optional()
-      .describe('Stable name of the target in the CLI, the API and export names (`<id>-lun<N>`); derived from the address when omitted.'),
+      .describe(
+        'Stable name of the target in the CLI, the API and export names (`<id>-lun<N>`); derived from the address when omitted.',
+      ),
     ...optionShape(false),
   })
   .strict();
@@ -175,22 +200,47 @@ export const tcpListenerSchema = z
       .string()
       .min(16, 'must be at least 16 characters')
       .regex(/^[\x21-\x7e]+$/, 'printable ASCII without whitespace (a bearer token with whitespace can never match)')
-      .refine((t) => new Set(t).size >= 8, 'too weak: use at least 8 different characters (e.g. `openssl rand -hex 24`)')
-      .describe('Bearer token every request must carry (`Authorization: Bearer <token>`): printable ASCII, no whitespace, at least 8 different characters (e.g. `openssl rand -hex 24`); keep the config file mode 0600 (the daemon warns otherwise).'),
+      .refine(
+        (t) => new Set(t).size >= 8,
+        'too weak: use at least 8 different characters (e.g. `openssl rand -hex 24`)',
+      )
+      .describe(
+        'Bearer token every request must carry (`Authorization: Bearer <token>`): printable ASCII, no whitespace, at least 8 different characters (e.g. `openssl rand -hex 24`); keep the config file mode 0600 (the daemon warns otherwise).',
+      ),
   })
   .strict()
   .describe('Optional REST listener on TCP; only with a bearer token.');
 
 export const configSchema = z
   .object({
-    control_socket: z.string().min(1).default(DEFAULT_CONTROL_SOCKET).describe('Control and REST API unix socket, created mode 0600 (root only).'),
-    nbd_socket: z.string().min(1).default(DEFAULT_NBD_SOCKET).describe('NBD unix socket on which every LUN is exported by name (`nbd+unix:///<id>-lun<N>?socket=…`), mode 0600.'),
-    state_dir: z.string().min(1).default(DEFAULT_STATE_DIR).describe('Directory of state.json, the attached set re-attached at start (and test-target LUN images).'),
-    log_level: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal']).default('info').describe('pino log level (logs go to stderr as JSON lines).'),
+    control_socket: z
+      .string()
+      .min(1)
+      .default(DEFAULT_CONTROL_SOCKET)
+      .describe('Control and REST API unix socket, created mode 0600 (root only).'),
+    nbd_socket: z
+      .string()
+      .min(1)
+      .default(DEFAULT_NBD_SOCKET)
+      .describe(
+        'NBD unix socket on which every LUN is exported by name (`nbd+unix:///<id>-lun<N>?socket=…`), mode 0600.',
+      ),
+    state_dir: z
+      .string()
+      .min(1)
+      .default(DEFAULT_STATE_DIR)
+      .describe('Directory of state.json, the attached set re-attached at start (and test-target LUN images).'),
+    log_level: z
+      .enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal'])
+      .default('info')
+      .describe('pino log level (logs go to stderr as JSON lines).'),
     tcp: tcpListenerSchema.optional(),
     test_targets: z
       .object({
-        enabled: z.boolean().default(false).describe('Allow `test-target` addresses (in-process RAM LUNs, for tests and demos).'),
+        enabled: z
+          .boolean()
+          .default(false)
+          .describe('Allow `test-target` addresses (in-process RAM LUNs, for tests and demos).'),
         memory_budget_mib: z
           .number()
           .int()
@@ -201,9 +251,16 @@ export const configSchema = z
       })
       .strict()
       .default({})
-      .describe('The in-process test target: off unless enabled, and bounded in memory (the daemon is shielded from the OOM killer).'),
+      .describe(
+        'The in-process test target: off unless enabled, and bounded in memory (the daemon is shielded from the OOM killer).',
+      ),
     defaults: defaultsSchema.default({}),
-    targets: z.array(targetSpecSchema).default([]).describe('Targets attached at start (if not already in the persisted state), each `{ "address": …, "id"?: …, <any per-target option> }`.'),
+    targets: z
+      .array(targetSpecSchema)
+      .default([])
+      .describe(
+        'Targets attached at start (if not already in the persisted state), each `{ "address": …, "id"?: …, <any per-target option> }`.',
+      ),
   })
   .strict()
   .superRefine((c, ctx) => {
@@ -219,7 +276,8 @@ export type DaemonConfig = z.output<typeof configSchema>;
 /** Options of a target: the defaults with its overrides applied. */
 export function resolveOptions(defaults: TargetOptions, overrides: TargetOverrides): TargetOptions {
   const out = { ...defaults } as Record<string, unknown>;
-  for (const k of optionKeys) if ((overrides as Record<string, unknown>)[k] !== undefined) out[k] = (overrides as Record<string, unknown>)[k];
+  for (const k of optionKeys)
+    if ((overrides as Record<string, unknown>)[k] !== undefined) out[k] = (overrides as Record<string, unknown>)[k];
   return out as TargetOptions;
 }
 
@@ -263,12 +321,21 @@ export function zodIssues(err: z.ZodError, prefix: (string | number)[] = []): Co
   const out: ConfigIssue[] = [];
   for (const i of err.issues) {
     if (i.code === 'unrecognized_keys') {
-      for (const k of i.keys) out.push({ path: formatPath([...prefix, ...i.path, k]), rule: 'unknown-key', message: `unknown option '${k}'` });
+      for (const k of i.keys)
+        out.push({
+          path: formatPath([...prefix, ...i.path, k]),
+          rule: 'unknown-key',
+          message: `unknown option '${k}'`,
+        });
       continue;
     }
     if (i.code === 'invalid_union') {
       // tmo fields: string | number; say what is accepted instead of zod's union summary.
-      out.push({ path: formatPath([...prefix, ...i.path]), rule: 'type', message: 'expected an integer number of seconds or "off"' });
+      out.push({
+        path: formatPath([...prefix, ...i.path]),
+        rule: 'type',
+        message: 'expected an integer number of seconds or "off"',
+      });
       continue;
     }
     let message = i.message;
@@ -309,7 +376,9 @@ export function loadConfig(file: string | undefined): DaemonConfig {
   try {
     text = fs.readFileSync(file, 'utf8');
   } catch (e) {
-    throw new ConfigError(file, [{ path: '(file)', rule: 'readable', message: `cannot read: ${(e as Error).message}` }]);
+    throw new ConfigError(file, [
+      { path: '(file)', rule: 'readable', message: `cannot read: ${(e as Error).message}` },
+    ]);
   }
   let raw: unknown;
   try {

@@ -22,14 +22,35 @@ import { RPORT_STATES, type RportState } from '../fsm/rport.js';
 import { formatTmo, type TmoParams, validateTmo } from '../fsm/timers.js';
 import { samToLun } from '../initiator/scsi-cdb.js';
 import { reportLuns } from '../initiator/scsi-disk.js';
-import { describeIdentity, identityFromJSON, identityToJSON, type LunIdentity, sameIdentity } from '../initiator/lun-identity.js';
+import {
+  describeIdentity,
+  identityFromJSON,
+  identityToJSON,
+  type LunIdentity,
+  sameIdentity,
+} from '../initiator/lun-identity.js';
 import type { SrpTargetAddress } from '../initiator/target-address.js';
 import { tryLoadNative } from '../native/native.js';
-import { attach as nbdAttach, detach as nbdDetach, type NbdAttachment, NbdNetlink, type NetlinkBinding, reattach as nbdReattach } from '../nbd/netlink.js';
+import {
+  attach as nbdAttach,
+  detach as nbdDetach,
+  type NbdAttachment,
+  NbdNetlink,
+  type NetlinkBinding,
+  reattach as nbdReattach,
+} from '../nbd/netlink.js';
 import { NbdServer } from '../nbd/server.js';
 import { TEST_INITIATOR_PORT_ID, TEST_TARGET_PORT_ID } from '../testing/test-fabric.js';
 import { type AnyAddress, deriveTargetId, formatAnyAddress, parseAnyAddress } from './address.js';
-import { type DaemonConfig, overridesOf, resolveOptions, type TargetOptions, type TargetOverrides, type TargetSpec, tmoOf } from './config.js';
+import {
+  type DaemonConfig,
+  overridesOf,
+  resolveOptions,
+  type TargetOptions,
+  type TargetOverrides,
+  type TargetSpec,
+  tmoOf,
+} from './config.js';
 import { type MdMembership, mdMemberships, MdReaddPolicy } from './md.js';
 import { IO_OPS, MeteredBackend, renderMetrics, type TargetMetrics } from './metrics.js';
 import { type PersistedLun, type PersistedTarget, StateStore } from './state.js';
@@ -124,7 +145,8 @@ export interface DaemonOptions {
 /** How long NBD_CMD_DISCONNECT may wait for the kernel before the device's connection is closed under it. */
 const DISCONNECT_GRACE_MS = 1000;
 
-const emptyTimes = (): Record<RportState, number> => Object.fromEntries(RPORT_STATES.map((s) => [s, 0])) as Record<RportState, number>;
+const emptyTimes = (): Record<RportState, number> =>
+  Object.fromEntries(RPORT_STATES.map((s) => [s, 0])) as Record<RportState, number>;
 const hex16 = (n: bigint): string => n.toString(16).padStart(16, '0');
 
 export class Daemon {
@@ -165,7 +187,10 @@ export class Daemon {
     const firsts: Promise<void>[] = [];
     for (const p of persisted.targets) {
       if (this.targets.has(p.id) || this.unusable.has(p.id)) {
-        this.log.error({ target: p.id, entry: p }, 'state.json holds this id twice: the later entry is ignored (and not saved again)');
+        this.log.error(
+          { target: p.id, entry: p },
+          'state.json holds this id twice: the later entry is ignored (and not saved again)',
+        );
         continue;
       }
       let address: AnyAddress;
@@ -175,12 +200,18 @@ export class Daemon {
       } catch (e) {
         const error = (e as Error).message;
         this.unusable.set(p.id, { persisted: p, error });
-        this.log.error({ target: p.id, address: p.address, err: error }, 'persisted target not attached: kept in state.json (`srp-nbd detach` drops it)');
+        this.log.error(
+          { target: p.id, address: p.address, err: error },
+          'persisted target not attached: kept in state.json (`srp-nbd detach` drops it)',
+        );
         continue;
       }
       const rt = this.newRuntime(p.id, address, p.overrides as TargetOverrides, p.luns, p.attachedAt);
       this.targets.set(rt.id, rt);
-      rt.log.info({ luns: p.luns.map((l) => ({ export: l.export, device: l.device })) }, 're-attaching persisted target');
+      rt.log.info(
+        { luns: p.luns.map((l) => ({ export: l.export, device: l.device })) },
+        're-attaching persisted target',
+      );
       firsts.push(this.connectWithRetry(rt));
     }
     for (const spec of cfg.targets) {
@@ -210,12 +241,17 @@ export class Daemon {
       rt.md.cancel();
     }
     await this.nbd.close();
-    await Promise.all([...this.targets.values()].map(async (rt) => {
-      await rt.port?.close().catch(() => undefined);
-      rt.closeTransport?.();
-    }));
+    await Promise.all(
+      [...this.targets.values()].map(async (rt) => {
+        await rt.port?.close().catch(() => undefined);
+        rt.closeTransport?.();
+      }),
+    );
     if (this.netlink) {
-      await this.netlink.then(({ nl }) => nl.close(), () => undefined);
+      await this.netlink.then(
+        ({ nl }) => nl.close(),
+        () => undefined,
+      );
     }
   }
 
@@ -226,17 +262,23 @@ export class Daemon {
     if (this.closing) throw new DaemonError('the daemon is shutting down', 503);
     const address = parseAnyAddress(spec.address);
     const id = spec.id ?? deriveTargetId(address);
-    if (this.targets.has(id) || this.unusable.has(id)) throw new DaemonError(`target ${id} is already attached (detach it first, or give another id)`, 409);
+    if (this.targets.has(id) || this.unusable.has(id))
+      throw new DaemonError(`target ${id} is already attached (detach it first, or give another id)`, 409);
     this.checkTestTargetAllowed(address, 400);
     const text = formatAnyAddress(address);
     for (const other of this.targets.values()) {
-      if (other.addressText === text) throw new DaemonError(`target ${id}: ${text} is already attached as ${other.id}`, 409);
+      if (other.addressText === text)
+        throw new DaemonError(`target ${id}: ${text} is already attached as ${other.id}`, 409);
     }
     const overrides = overridesOf(spec as Record<string, unknown>);
     const rt = this.newRuntime(id, address, overrides, [], new Date().toISOString());
     const problems = validateTmo(tmoOf(rt.options));
     if (problems.length > 0) {
-      throw new DaemonError(`target ${id}: ${problems.map((p) => p.message).join('; ')}`, 400, problems.map((p) => ({ path: p.params[0], rule: p.rule, message: p.message })));
+      throw new DaemonError(
+        `target ${id}: ${problems.map((p) => p.message).join('; ')}`,
+        400,
+        problems.map((p) => ({ path: p.params[0], rule: p.rule, message: p.message })),
+      );
     }
     this.targets.set(id, rt);
     try {
@@ -266,7 +308,10 @@ export class Daemon {
     if (bad) {
       this.save(this.snapshot({ without: id }));
       this.unusable.delete(id);
-      this.log.info({ target: id, address: bad.persisted.address }, 'target detached (it was not attached: its entry is dropped)');
+      this.log.info(
+        { target: id, address: bad.persisted.address },
+        'target detached (it was not attached: its entry is dropped)',
+      );
       return;
     }
     const rt = this.get(id);
@@ -300,12 +345,21 @@ export class Daemon {
   }
 
   /** Changes timers at runtime (PATCH /targets/:id); the combination is checked by validateTmo. */
-  setTimers(id: string, patch: Partial<Pick<TargetOptions, 'reconnect_delay' | 'reconnect_delay_max' | 'fast_io_fail_tmo' | 'dev_loss_tmo'>>): TargetView {
+  setTimers(
+    id: string,
+    patch: Partial<
+      Pick<TargetOptions, 'reconnect_delay' | 'reconnect_delay_max' | 'fast_io_fail_tmo' | 'dev_loss_tmo'>
+    >,
+  ): TargetView {
     const rt = this.get(id);
     const next = { ...rt.options, ...definedOnly(patch) } as TargetOptions;
     const problems = validateTmo(tmoOf(next));
     if (problems.length > 0) {
-      throw new DaemonError(`target ${id}: ${problems.map((p) => p.message).join('; ')}`, 400, problems.map((p) => ({ path: p.params[0], rule: p.rule, message: p.message })));
+      throw new DaemonError(
+        `target ${id}: ${problems.map((p) => p.message).join('; ')}`,
+        400,
+        problems.map((p) => ({ path: p.params[0], rule: p.rule, message: p.message })),
+      );
     }
     const overrides = { ...rt.overrides, ...definedOnly(patch) };
     this.save(this.snapshot({ overrides: [id, overrides] })); // persist, then commit
@@ -335,12 +389,23 @@ export class Daemon {
   }
 
   health(): { status: 'ok'; version: string; uptime_s: number; targets: number } {
-    return { status: 'ok', version: VERSION, uptime_s: Math.round((Date.now() - this.startedAt) / 1000), targets: this.targets.size };
+    return {
+      status: 'ok',
+      version: VERSION,
+      uptime_s: Math.round((Date.now() - this.startedAt) / 1000),
+      targets: this.targets.size,
+    };
   }
 
   /* ------------------------------------------------------------------ attach machinery */
 
-  private newRuntime(id: string, address: AnyAddress, overrides: TargetOverrides, persisted: PersistedLun[], attachedAt: string): TargetRuntime {
+  private newRuntime(
+    id: string,
+    address: AnyAddress,
+    overrides: TargetOverrides,
+    persisted: PersistedLun[],
+    attachedAt: string,
+  ): TargetRuntime {
     const log = this.log.child({ target: id });
     const rt: TargetRuntime = {
       id,
@@ -361,15 +426,18 @@ export class Daemon {
       },
       restoreAttempt: 0,
       removed: false,
-      md: new MdReaddPolicy({
-        log,
-        readdEnabled: () => rt.options.md_readd,
-        active: () => !rt.removed && !this.closing,
-        running: () => rt.port?.state === 'running',
-        *devices() {
-          for (const l of rt.luns) if (l.device) yield { device: l.device, connected: l.attachment !== undefined };
+      md: new MdReaddPolicy(
+        {
+          log,
+          readdEnabled: () => rt.options.md_readd,
+          active: () => !rt.removed && !this.closing,
+          running: () => rt.port?.state === 'running',
+          *devices() {
+            for (const l of rt.luns) if (l.device) yield { device: l.device, connected: l.attachment !== undefined };
+          },
         },
-      }, { sysfs: this.opts.sysfs }),
+        { sysfs: this.opts.sysfs },
+      ),
       log,
     };
     return rt;
@@ -390,14 +458,20 @@ export class Daemon {
       if (rt.removed || this.closing) return;
       if (e instanceof IdentityCheckError || (e instanceof DaemonError && e.status === 503)) {
         rt.status = 'failed';
-        rt.log.error({ err: err.message }, 'target not attached; fix the cause, then `srp-nbd reconnect` or `srp-nbd detach` it');
+        rt.log.error(
+          { err: err.message },
+          'target not attached; fix the cause, then `srp-nbd reconnect` or `srp-nbd detach` it',
+        );
         return;
       }
       rt.status = 'connecting';
       const o = rt.options;
       const base = o.reconnect_delay === 'off' ? o.reconnect_delay_max : o.reconnect_delay;
       const delay = Math.min(o.reconnect_delay_max, base * 2 ** Math.min(rt.restoreAttempt - 1, 20));
-      rt.log.warn({ attempt: rt.restoreAttempt, delayS: delay, err: err.message }, `connect attempt ${rt.restoreAttempt} failed, next in ${delay.toFixed(1)} s`);
+      rt.log.warn(
+        { attempt: rt.restoreAttempt, delayS: delay, err: err.message },
+        `connect attempt ${rt.restoreAttempt} failed, next in ${delay.toFixed(1)} s`,
+      );
       rt.restoreTimer = setTimeout(() => {
         rt.restoreTimer = undefined;
         void this.connectWithRetry(rt);
@@ -448,7 +522,12 @@ export class Daemon {
     const portOpts: SrpPortOptions = {
       name: rt.id,
       connector,
-      session: { ...ids, queueSize: o.queue_size, immediateData: o.immediate_data, commandTimeoutMs: o.command_timeout * 1000 },
+      session: {
+        ...ids,
+        queueSize: o.queue_size,
+        immediateData: o.immediate_data,
+        commandTimeoutMs: o.command_timeout * 1000,
+      },
       tmo: tmoOf(o),
       queueDepth: o.max_hold_queue,
       commandTimeoutMs: o.command_timeout * 1000,
@@ -475,7 +554,10 @@ export class Daemon {
           mismatches.push(`LUN ${number} (export ${before.export}): ${cmp.differences.join('; ')}`);
           continue;
         }
-        rt.log.info({ lun: number, export: before.export, identity: describeIdentity(identity) }, 'identity check passed: same LUN as before');
+        rt.log.info(
+          { lun: number, export: before.export, identity: describeIdentity(identity) },
+          'identity check passed: same LUN as before',
+        );
       }
       const exportName = before?.export ?? `${rt.id}-lun${number}`;
       const lunBackend = new LunBackend(port, disk, `${rt.id} LUN ${number}: ${describeIdentity(identity)}`);
@@ -491,7 +573,8 @@ export class Daemon {
       });
     }
     for (const p of rt.persisted) {
-      if (!sams.some((s) => hex16(s) === p.lun)) mismatches.push(`LUN ${p.lun} (export ${p.export}) is no longer reported by the target`);
+      if (!sams.some((s) => hex16(s) === p.lun))
+        mismatches.push(`LUN ${p.lun} (export ${p.export}) is no longer reported by the target`);
     }
     if (mismatches.length > 0) {
       rt.log.error({ mismatches }, 'identity check failed: not exporting a different disk under the old name');
@@ -503,11 +586,17 @@ export class Daemon {
     rt.status = 'attached';
     rt.error = undefined;
     rt.persisted = this.persistedLuns(rt);
-    rt.log.info({ luns: luns.map((l) => ({ lun: l.number, export: l.exportName, device: l.device, size: l.backend.size })) }, 'target attached');
+    rt.log.info(
+      { luns: luns.map((l) => ({ lun: l.number, export: l.exportName, device: l.device, size: l.backend.size })) },
+      'target attached',
+    );
     rt.md.onAttached(); // a member md failed while we were away (restart after a long outage)
   }
 
-  private async rdmaConnector(rt: TargetRuntime, addr: SrpTargetAddress): Promise<{ connector: ChannelConnector; initiatorPortId: Buffer; targetPortId: Buffer; close?: () => void }> {
+  private async rdmaConnector(
+    rt: TargetRuntime,
+    addr: SrpTargetAddress,
+  ): Promise<{ connector: ChannelConnector; initiatorPortId: Buffer; targetPortId: Buffer; close?: () => void }> {
     let mod: RdmaConnectorModule;
     try {
       mod = await (this.opts.loadRdma ?? loadRdmaConnector)();
@@ -517,10 +606,18 @@ export class Daemon {
       throw new DaemonError(`target ${rt.id}: RDMA transport not available: ${why}`, 503);
     }
     if (addr.transport === 'ib-cm') {
-      throw new DaemonError(`target ${rt.id}: RDMA transport not available for IB CM addressing (dgid/pkey/service_id); use dest=IP:port (RDMA/CM)`, 503);
+      throw new DaemonError(
+        `target ${rt.id}: RDMA transport not available for IB CM addressing (dgid/pkey/service_id); use dest=IP:port (RDMA/CM)`,
+        503,
+      );
     }
     try {
-      return await mod.createRdmaConnector(addr, { ackTimeout: rt.options.ack_timeout, retryCount: rt.options.retry_count, keepaliveIntervalMs: rt.options.keepalive_interval * 1000, logger: rt.log });
+      return await mod.createRdmaConnector(addr, {
+        ackTimeout: rt.options.ack_timeout,
+        retryCount: rt.options.retry_count,
+        keepaliveIntervalMs: rt.options.keepalive_interval * 1000,
+        logger: rt.log,
+      });
     } catch (e) {
       throw new DaemonError(`target ${rt.id}: RDMA transport not available: ${(e as Error).message}`, 503);
     }
@@ -542,11 +639,21 @@ export class Daemon {
           throw new DaemonError(`target ${rt.id}: cannot attach ${want}: ${reason}`, 503);
         }
         l.deviceNote = `no kernel device: ${reason}`;
-        if (restoreIndex !== undefined) rt.log.error({ device: l.device, err: reason }, 'cannot take the kernel device back');
-        else rt.log.warn({ export: l.exportName, err: reason }, 'device auto: kernel NBD not available, exporting on the unix socket only');
+        if (restoreIndex !== undefined)
+          rt.log.error({ device: l.device, err: reason }, 'cannot take the kernel device back');
+        else
+          rt.log.warn(
+            { export: l.exportName, err: reason },
+            'device auto: kernel NBD not available, exporting on the unix socket only',
+          );
         continue;
       }
-      const common = { server: this.nbd, exportName: l.exportName, backendId: l.backendId, deadConnTimeoutSec: rt.options.dead_conn_timeout };
+      const common = {
+        server: this.nbd,
+        exportName: l.exportName,
+        backendId: l.backendId,
+        deadConnTimeoutSec: rt.options.dead_conn_timeout,
+      };
       if (restoreIndex !== undefined) {
         try {
           l.attachment = await nbdReattach(nb.nl, nb.b, { ...common, index: restoreIndex });
@@ -554,7 +661,10 @@ export class Daemon {
           rt.log.info({ device: l.attachment.device, export: l.exportName }, 'kernel device taken back (RECONFIGURE)');
           continue;
         } catch (e) {
-          rt.log.warn({ device: l.device, err: (e as Error).message }, 'RECONFIGURE refused; connecting the device anew');
+          rt.log.warn(
+            { device: l.device, err: (e as Error).message },
+            'RECONFIGURE refused; connecting the device anew',
+          );
         }
       }
       l.attachment = await nbdAttach(nb.nl, nb.b, { ...common, ...(fixed !== undefined ? { index: fixed } : {}) });
@@ -569,7 +679,8 @@ export class Daemon {
       const b = tryLoadNative();
       if (!b) throw new Error('the native addon is not built (npm run build:native)');
       // Without it, NBD netlink requests would block the event loop (and a detach could deadlock).
-      if (typeof b.netlinkSendAsync !== 'function') throw new Error('the native addon is out of date (no netlinkSendAsync): npm run build:native');
+      if (typeof b.netlinkSendAsync !== 'function')
+        throw new Error('the native addon is out of date (no netlinkSendAsync): npm run build:native');
       return { nl: await NbdNetlink.open(b), b };
     })();
     const p = this.netlink;
@@ -591,7 +702,10 @@ export class Daemon {
           const nb = await this.kernelNbd();
           const device = l.device;
           await nbdDetach(nb.nl, attachment, DISCONNECT_GRACE_MS, () =>
-            rt.log.warn({ device }, 'the kernel is still sending on the device (its I/O is held here): closing the connection so that the disconnect completes'),
+            rt.log.warn(
+              { device },
+              'the kernel is still sending on the device (its I/O is held here): closing the connection so that the disconnect completes',
+            ),
           );
         } catch (e) {
           rt.log.warn({ device: l.device, err: (e as Error).message }, 'NBD_CMD_DISCONNECT failed');
@@ -643,7 +757,10 @@ export class Daemon {
           if (a.to === 'running') rt.md.onPathReturned(a.from);
           if (a.cause === 'fast-io-fail-tmo' || a.cause === 'dev-loss-tmo') {
             const secs = a.cause === 'fast-io-fail-tmo' ? rt.options.fast_io_fail_tmo : rt.options.dev_loss_tmo;
-            rt.log.warn({ timer: a.cause, seconds: secs, state: a.to }, `${a.cause === 'fast-io-fail-tmo' ? 'fast_io_fail_tmo' : 'dev_loss_tmo'} (${formatTmo(secs)} s) expired: state ${a.to}`);
+            rt.log.warn(
+              { timer: a.cause, seconds: secs, state: a.to },
+              `${a.cause === 'fast-io-fail-tmo' ? 'fast_io_fail_tmo' : 'dev_loss_tmo'} (${formatTmo(secs)} s) expired: state ${a.to}`,
+            );
           }
           break;
         }
@@ -668,7 +785,13 @@ export class Daemon {
   }
 
   private persistedLuns(rt: TargetRuntime): PersistedLun[] {
-    return rt.luns.map((l) => ({ lun: hex16(l.sam), export: l.exportName, device: l.device, backendId: l.backendId, identity: identityToJSON(l.identity) as PersistedLun['identity'] }));
+    return rt.luns.map((l) => ({
+      lun: hex16(l.sam),
+      export: l.exportName,
+      device: l.device,
+      backendId: l.backendId,
+      identity: identityToJSON(l.identity) as PersistedLun['identity'],
+    }));
   }
 
   /** What state.json should hold, with a change not yet applied (persist, then commit). */
@@ -694,8 +817,14 @@ export class Daemon {
     try {
       this.store.save({ version: 1, targets });
     } catch (e) {
-      this.log.error({ err: (e as Error).message, file: this.store.file }, 'cannot save the state: the change is not made');
-      throw new DaemonError(`cannot save the state (${this.store.file}): ${(e as Error).message}; nothing was changed`, 500);
+      this.log.error(
+        { err: (e as Error).message, file: this.store.file },
+        'cannot save the state: the change is not made',
+      );
+      throw new DaemonError(
+        `cannot save the state (${this.store.file}): ${(e as Error).message}; nothing was changed`,
+        500,
+      );
     }
   }
 
@@ -704,7 +833,10 @@ export class Daemon {
     try {
       this.store.save({ version: 1, targets: this.snapshot() });
     } catch (e) {
-      this.log.error({ err: (e as Error).message, file: this.store.file }, 'cannot save the state; retried at the next change');
+      this.log.error(
+        { err: (e as Error).message, file: this.store.file },
+        'cannot save the state; retried at the next change',
+      );
     }
   }
 
@@ -721,7 +853,9 @@ export class Daemon {
     for (const rt of this.targets.values()) used += bytes(rt.address);
     const budget = tt.memory_budget_mib * 1024 * 1024;
     if (used + bytes(address) > budget) {
-      fail(`test target needs ${bytes(address) >> 20} MiB of RAM, ${used >> 20} MiB of test_targets.memory_budget_mib (${tt.memory_budget_mib}) are in use`);
+      fail(
+        `test target needs ${bytes(address) >> 20} MiB of RAM, ${used >> 20} MiB of test_targets.memory_budget_mib (${tt.memory_budget_mib}) are in use`,
+      );
     }
   }
 
@@ -733,7 +867,10 @@ export class Daemon {
       status: rt.status,
       state: rt.port?.state ?? null,
       address: rt.addressText,
-      luns: (rt.status === 'attached' ? rt.luns.map((l) => ({ export: l.exportName, device: l.device })) : rt.persisted.map((l) => ({ export: l.export, device: l.device }))),
+      luns:
+        rt.status === 'attached'
+          ? rt.luns.map((l) => ({ export: l.exportName, device: l.device }))
+          : rt.persisted.map((l) => ({ export: l.export, device: l.device })),
       ...(rt.error !== undefined ? { error: rt.error } : {}),
     };
   }
@@ -761,7 +898,16 @@ export class Daemon {
         last_failure: port?.rport.lastFailure?.message ?? null,
       },
       credits: c ? { req_lim: c.reqLim, granted_total: c.creditsGranted, zero_req_lim_total: c.zeroReqLim } : null,
-      io: g ? { in_flight: g.inFlight, held: g.held, waiting: g.waiting, released_total: g.released, replayed_total: g.retried, failed_eio_total: g.failedEio } : null,
+      io: g
+        ? {
+            in_flight: g.inFlight,
+            held: g.held,
+            waiting: g.waiting,
+            released_total: g.released,
+            replayed_total: g.retried,
+            failed_eio_total: g.failedEio,
+          }
+        : null,
       session: c
         ? {
             commands_completed: c.commandsCompleted,
@@ -785,10 +931,12 @@ export class Daemon {
         size: l.backend.size,
         block_size: l.backend.blockSize.minimum,
         identity: describeIdentity(l.identity),
-        io: Object.fromEntries(IO_OPS.map((op) => {
-          const s = l.backend.stats[op];
-          return [op, { ops: s.ops, bytes: s.bytes, errors: s.errors }];
-        })),
+        io: Object.fromEntries(
+          IO_OPS.map((op) => {
+            const s = l.backend.stats[op];
+            return [op, { ops: s.ops, bytes: s.bytes, errors: s.errors }];
+          }),
+        ),
       })),
     };
   }
@@ -860,7 +1008,14 @@ export interface TargetView extends TargetSummary {
     last_failure: string | null;
   };
   credits: { req_lim: number; granted_total: number; zero_req_lim_total: number } | null;
-  io: { in_flight: number; held: number; waiting: number; released_total: number; replayed_total: number; failed_eio_total: number } | null;
+  io: {
+    in_flight: number;
+    held: number;
+    waiting: number;
+    released_total: number;
+    replayed_total: number;
+    failed_eio_total: number;
+  } | null;
   session: Record<string, number> | null;
   time_in_state_s: Record<string, number>;
   lun_details: {
@@ -879,7 +1034,12 @@ export interface TargetView extends TargetSummary {
 }
 
 function timersOf(o: TargetOptions): TargetView['timers'] {
-  return { reconnect_delay: o.reconnect_delay, reconnect_delay_max: o.reconnect_delay_max, fast_io_fail_tmo: o.fast_io_fail_tmo, dev_loss_tmo: o.dev_loss_tmo };
+  return {
+    reconnect_delay: o.reconnect_delay,
+    reconnect_delay_max: o.reconnect_delay_max,
+    fast_io_fail_tmo: o.fast_io_fail_tmo,
+    dev_loss_tmo: o.dev_loss_tmo,
+  };
 }
 
 function definedOnly<T extends object>(o: T): Partial<T> {

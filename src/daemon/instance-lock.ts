@@ -21,7 +21,11 @@ export class InstanceLockedError extends Error {
  * Takes the lock on `file` (created 0600, never following a symlink) for `what` ("state
  * directory /var/lib/srp-nbd", …). Throws InstanceLockedError when another process holds it.
  */
-export function acquireInstanceLock(file: string, what: string, binding: Pick<NativeBinding, 'flockExclusive'>): InstanceLock {
+export function acquireInstanceLock(
+  file: string,
+  what: string,
+  binding: Pick<NativeBinding, 'flockExclusive'>,
+): InstanceLock {
   const fd = fs.openSync(file, fs.constants.O_RDWR | fs.constants.O_CREAT | fs.constants.O_NOFOLLOW, 0o600);
   let locked: boolean;
   try {

@@ -50,7 +50,7 @@ function convert(t: z.ZodTypeAny): JsonSchema {
     case 'ZodAny':
       return withDesc({});
     case 'ZodUnion':
-      return withDesc({ anyOf: ((t as z.ZodUnion<[z.ZodTypeAny, ...z.ZodTypeAny[]]>)._def.options).map(toJsonSchema) });
+      return withDesc({ anyOf: (t as z.ZodUnion<[z.ZodTypeAny, ...z.ZodTypeAny[]]>)._def.options.map(toJsonSchema) });
     case 'ZodNullable':
       return withDesc({ anyOf: [toJsonSchema((t as z.ZodNullable<z.ZodTypeAny>)._def.innerType), { type: 'null' }] });
     case 'ZodOptional':

@@ -72,35 +72,45 @@ export async function mdMemberships(device: string, sysfs = '/sys'): Promise<MdM
     return [];
   }
   const parts = entries.filter((n) => n.startsWith(`${disk}p`) && /^\d+$/.test(n.slice(disk.length + 1))).sort();
-  const members: [string, string][] = [[disk, path.join(diskDir, 'holders')], ...parts.map((p): [string, string] => [p, path.join(diskDir, p, 'holders')])];
+  const members: [string, string][] = [
+    [disk, path.join(diskDir, 'holders')],
+    ...parts.map((p): [string, string] => [p, path.join(diskDir, p, 'holders')]),
+  ];
   const found: [string, string][] = [];
   for (const [member, holdersDir] of members) {
     const holders = await fs.promises.readdir(holdersDir).catch(() => [] as string[]);
     for (const array of holders.filter((n) => /^md\d+$|^md_/.test(n)).sort()) found.push([member, array]);
   }
-  return Promise.all(found.map(async ([member, array]) => {
-    const md = path.join(sysfs, 'block', array, 'md');
-    const dev = path.join(md, `dev-${member}`);
-    const [state, slot, arrayState, level, degraded, syncAction, syncCompleted] = await Promise.all(
-      [path.join(dev, 'state'), path.join(dev, 'slot'), ...['array_state', 'level', 'degraded', 'sync_action', 'sync_completed'].map((f) => path.join(md, f))].map(read),
-    );
-    return {
-      array,
-      member,
-      state: (state ?? '').split(',').filter((s) => s.length > 0),
-      slot: num(slot ?? null),
-      array_state: arrayState ?? null,
-      level: level ?? null,
-      degraded: num(degraded ?? null),
-      sync_action: syncAction ?? null,
-      sync_completed: syncCompleted ?? null,
-    };
-  }));
+  return Promise.all(
+    found.map(async ([member, array]) => {
+      const md = path.join(sysfs, 'block', array, 'md');
+      const dev = path.join(md, `dev-${member}`);
+      const [state, slot, arrayState, level, degraded, syncAction, syncCompleted] = await Promise.all(
+        [
+          path.join(dev, 'state'),
+          path.join(dev, 'slot'),
+          ...['array_state', 'level', 'degraded', 'sync_action', 'sync_completed'].map((f) => path.join(md, f)),
+        ].map(read),
+      );
+      return {
+        array,
+        member,
+        state: (state ?? '').split(',').filter((s) => s.length > 0),
+        slot: num(slot ?? null),
+        array_state: arrayState ?? null,
+        level: level ?? null,
+        degraded: num(degraded ?? null),
+        sync_action: syncAction ?? null,
+        sync_completed: syncCompleted ?? null,
+      };
+    }),
+  );
 }
 
 /** One line for people: `md0 raid1 slot 0 in_sync (array clean, recover 1024 / 131072)`; a partition: `nbd0p1 in md3 ...`. */
 export function describeMembership(m: MdMembership): string {
-  const sync = m.sync_action && m.sync_action !== 'idle' ? `, ${m.sync_action} ${m.sync_completed ?? ''}`.trimEnd() : '';
+  const sync =
+    m.sync_action && m.sync_action !== 'idle' ? `, ${m.sync_action} ${m.sync_completed ?? ''}`.trimEnd() : '';
   const degraded = m.degraded ? `, ${m.degraded} missing` : '';
   const part = /p\d+$/.test(m.member) ? `${m.member} in ` : ''; // a partition of the device
   return `${part}${m.array}${m.level ? ` ${m.level}` : ''} slot ${m.slot ?? 'none'} ${m.state.join(',') || '?'} (array ${m.array_state ?? '?'}${degraded}${sync})`;
@@ -158,10 +168,14 @@ export interface ReaddOptions {
 const sleep = (ms: number, signal?: AbortSignal): Promise<void> =>
   new Promise((resolve) => {
     const t = setTimeout(resolve, ms);
-    signal?.addEventListener('abort', () => {
-      clearTimeout(t);
-      resolve();
-    }, { once: true });
+    signal?.addEventListener(
+      'abort',
+      () => {
+        clearTimeout(t);
+        resolve();
+      },
+      { once: true },
+    );
   });
 
 /**
@@ -196,14 +210,26 @@ export async function readdFaultyMember(device: string, opts: ReaddOptions = {})
     } else if (!m.state.includes('faulty')) {
       results.push({ array, member, outcome: 'in-array' }); // somebody (mdadm --re-add) was quicker
     } else if (m.slot !== null) {
-      results.push({ array, member, outcome: 'still-busy', detail: `state ${m.state.join(',')}, slot ${m.slot}`, hint });
+      results.push({
+        array,
+        member,
+        outcome: 'still-busy',
+        detail: `state ${m.state.join(',')}, slot ${m.slot}`,
+        hint,
+      });
     } else {
       try {
         await (opts.writeAttr ?? fs.promises.writeFile)(stateFile, 're-add');
         results.push({ array, member, outcome: 're-added' });
       } catch (e) {
         const err = e as NodeJS.ErrnoException;
-        results.push({ array, member, outcome: err.code === 'ENOENT' ? 'gone' : 'refused', detail: err.code ?? err.message, hint });
+        results.push({
+          array,
+          member,
+          outcome: err.code === 'ENOENT' ? 'gone' : 'refused',
+          detail: err.code ?? err.message,
+          hint,
+        });
       }
     }
   }
@@ -340,8 +366,11 @@ export class MdReaddPolicy {
     const already = (await exclude)?.get(device) ?? new Set<string>();
     for (const m of faulty.filter((x) => already.has(x.array))) {
       const where = { device, member: `/dev/${m.member}`, array: `/dev/${m.array}` };
-      log.warn(where, `md: /dev/${m.member} was already faulty in /dev/${m.array} before the path went down `
-        + '(mdadm --fail? medium errors?); not re-adding it');
+      log.warn(
+        where,
+        `md: /dev/${m.member} was already faulty in /dev/${m.array} before the path went down ` +
+          '(mdadm --fail? medium errors?); not re-adding it',
+      );
     }
     const arrays = faulty.filter((m) => !already.has(m.array)).map((m) => m.array);
     if (arrays.length === 0) return;
@@ -353,23 +382,33 @@ export class MdReaddPolicy {
       if (r.outcome === 're-added') {
         this.readded++;
         const now = (await mdMemberships(device, sysfs)).find((m) => m.array === r.array && m.member === r.member);
-        log.info({ ...where, md: now ? describeMembership(now) : null }, `md: re-added ${member} to /dev/${r.array}; `
-          + 'md resyncs what changed (write-intent bitmap) or the whole member');
+        log.info(
+          { ...where, md: now ? describeMembership(now) : null },
+          `md: re-added ${member} to /dev/${r.array}; ` +
+            'md resyncs what changed (write-intent bitmap) or the whole member',
+        );
       } else if (r.outcome === 'still-busy') {
         // md/dev-X/state also says "faulty" for unacknowledged bad blocks on a member still in its slot
-        log.warn({ ...where, outcome: r.outcome, detail: r.detail },
-          `md: ${member} is marked faulty but md kept it in its slot (${r.detail ?? ''}): `
-          + 'md may be recording bad blocks rather than failing it; '
-          + `if \`mdadm --detail /dev/${r.array}\` lists it as faulty, run: ${r.hint}`);
+        log.warn(
+          { ...where, outcome: r.outcome, detail: r.detail },
+          `md: ${member} is marked faulty but md kept it in its slot (${r.detail ?? ''}): ` +
+            'md may be recording bad blocks rather than failing it; ' +
+            `if \`mdadm --detail /dev/${r.array}\` lists it as faulty, run: ${r.hint}`,
+        );
       } else if (r.outcome === 'refused') {
-        log.error({ ...where, outcome: r.outcome, detail: r.detail },
-          `md: could not re-add ${member} to /dev/${r.array} (md refused: ${r.detail ?? ''}); run: ${r.hint}`);
+        log.error(
+          { ...where, outcome: r.outcome, detail: r.detail },
+          `md: could not re-add ${member} to /dev/${r.array} (md refused: ${r.detail ?? ''}); run: ${r.hint}`,
+        );
       } else if (r.outcome === 'gone') {
         log.warn(where, `md: /dev/${r.array} or its member ${member} went away before the re-add`);
       } else if (r.outcome === 'cancelled') {
         this.retry = true;
-        log.info(where, `md: re-add of ${member} to /dev/${r.array} cancelled (path lost again, detached or stopping); `
-          + 'it is tried again when the path is back');
+        log.info(
+          where,
+          `md: re-add of ${member} to /dev/${r.array} cancelled (path lost again, detached or stopping); ` +
+            'it is tried again when the path is back',
+        );
       }
     }
   }

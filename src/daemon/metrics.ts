@@ -15,7 +15,9 @@ import type { Backend, BlockSizeConstraints } from '../nbd/backend.js';
 import type { MdMembership } from './md.js';
 
 /** Latency bucket upper bounds in seconds. */
-export const LATENCY_BUCKETS = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30];
+export const LATENCY_BUCKETS = [
+  0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30,
+];
 
 export class Histogram {
   readonly counts = new Array<number>(LATENCY_BUCKETS.length).fill(0);
@@ -48,15 +50,33 @@ export class MeteredBackend implements Backend {
 
   constructor(readonly inner: Backend) {}
 
-  get size(): number { return this.inner.size; }
-  get readOnly(): boolean { return this.inner.readOnly; }
-  get blockSize(): BlockSizeConstraints { return this.inner.blockSize; }
-  get description(): string { return this.inner.description; }
-  get canFlush(): boolean { return this.inner.canFlush; }
-  get canFua(): boolean { return this.inner.canFua; }
-  get canTrim(): boolean { return this.inner.canTrim; }
-  get canWriteZeroes(): boolean { return this.inner.canWriteZeroes; }
-  get canMultiConn(): boolean { return this.inner.canMultiConn; }
+  get size(): number {
+    return this.inner.size;
+  }
+  get readOnly(): boolean {
+    return this.inner.readOnly;
+  }
+  get blockSize(): BlockSizeConstraints {
+    return this.inner.blockSize;
+  }
+  get description(): string {
+    return this.inner.description;
+  }
+  get canFlush(): boolean {
+    return this.inner.canFlush;
+  }
+  get canFua(): boolean {
+    return this.inner.canFua;
+  }
+  get canTrim(): boolean {
+    return this.inner.canTrim;
+  }
+  get canWriteZeroes(): boolean {
+    return this.inner.canWriteZeroes;
+  }
+  get canMultiConn(): boolean {
+    return this.inner.canMultiConn;
+  }
 
   read(offset: number, dst: Buffer): Promise<void> {
     return this.measure('read', dst.length, () => this.inner.read(offset, dst));
@@ -148,15 +168,21 @@ const FAMILIES: readonly [name: string, type: 'counter' | 'gauge' | 'histogram',
   ['srp_nbd_io_in_flight', 'gauge', 'Block requests dispatched to the target.'],
   ['srp_nbd_io_held', 'gauge', 'Block requests held while the path is blocked.'],
   ['srp_nbd_io_replayed_total', 'counter', 'Block requests dispatched again after a reconnect.'],
-  ['srp_nbd_io_failed_eio_total', 'counter',
-    'Block requests failed with EIO by the transport state (fail-fast, lost).'],
+  [
+    'srp_nbd_io_failed_eio_total',
+    'counter',
+    'Block requests failed with EIO by the transport state (fail-fast, lost).',
+  ],
   ['srp_nbd_md_readds_total', 'counter', 'Devices re-added to an md array that had failed them (option md_readd).'],
   ['srp_nbd_md_member_faulty', 'gauge', '1 while md has the device marked faulty in the array.'],
   ['srp_nbd_lun_ops_total', 'counter', 'Block requests completed, per export and operation.'],
   ['srp_nbd_lun_bytes_total', 'counter', 'Bytes transferred, per export and operation.'],
   ['srp_nbd_lun_errors_total', 'counter', 'Block requests that failed, per export and operation.'],
-  ['srp_nbd_lun_latency_seconds', 'histogram',
-    'Block request latency (NBD backend call to completion), per export and operation.'],
+  [
+    'srp_nbd_lun_latency_seconds',
+    'histogram',
+    'Block request latency (NBD backend call to completion), per export and operation.',
+  ],
 ];
 
 /** The exposition text of GET /metrics: every family declared (HELP, TYPE), then the samples. */
@@ -243,7 +269,9 @@ export class Exposition {
 }
 
 function formatLabels(labels: Record<string, string>): string {
-  const parts = Object.entries(labels).map(([k, v]) => `${k}="${v.replace(/\\/g, '\\\\').replace(/"/g, '\\"').replace(/\n/g, '\\n')}"`);
+  const parts = Object.entries(labels).map(
+    ([k, v]) => `${k}="${v.replace(/\\/g, '\\\\').replace(/"/g, '\\"').replace(/\n/g, '\\n')}"`,
+  );
   return parts.length ? `{${parts.join(',')}}` : '';
 }
 

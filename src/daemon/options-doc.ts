@@ -21,7 +21,7 @@ function typeText(s: JsonSchema): string {
   if (s.minimum !== undefined) range.push(`≥ ${String(s.minimum)}`);
   if (s.maximum !== undefined) range.push(`≤ ${String(s.maximum)}`);
   if (s.minLength !== undefined && (s.minLength as number) > 1) range.push(`length ≥ ${String(s.minLength)}`);
-  if (s.pattern !== undefined) range.push(`matching \`${String(s.pattern).replace(/\|/g, "\\|")}\``);
+  if (s.pattern !== undefined) range.push(`matching \`${String(s.pattern).replace(/\|/g, '\\|')}\``);
   if (range.length) t += ` (${range.join(', ')})`;
   return t;
 }
@@ -32,7 +32,10 @@ function rows(shape: Record<string, z.ZodTypeAny>, only?: string[]): string {
     if (only && !only.includes(k)) continue;
     const u = unwrap(t);
     const js = toJsonSchema(u.inner);
-    const kind = k in TARGET_OPTIONS && (k.endsWith('_tmo') || k === 'reconnect_delay') ? 'integer seconds \\| "off"' : typeText(js);
+    const kind =
+      k in TARGET_OPTIONS && (k.endsWith('_tmo') || k === 'reconnect_delay')
+        ? 'integer seconds \\| "off"'
+        : typeText(js);
     const def = u.default === undefined ? (u.optional ? '—' : 'required') : `\`${JSON.stringify(u.default)}\``;
     const desc = (t.description ?? u.inner.description ?? '').replace(/\|/g, '\\|').replace(/\n/g, ' ');
     out.push(`| \`${k}\` | ${kind} | ${def} | ${desc} |`);

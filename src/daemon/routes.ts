@@ -38,14 +38,61 @@ export interface RouteDef {
 }
 
 export const ROUTES = {
-  health: { method: 'GET', url: '/health', status: 200, summary: 'Liveness and readiness: { status: "ok", version, uptime_s, targets }.' },
-  listTargets: { method: 'GET', url: '/targets', status: 200, summary: 'Every target: id, status (connecting|attached|failed), rport state, address, LUN exports and devices.' },
-  getTarget: { method: 'GET', url: '/targets/:id', status: 200, summary: 'One target in detail: state, timers, options, reconnect counters, credits, I/O gate, session counters, time in each state, LUNs with identity, export URI, device and I/O counts.' },
-  attach: { method: 'POST', url: '/targets', status: 201, body: targetSpecSchema, summary: 'Attach a target: log in, export every LUN as <id>-lun<N> (and /dev/nbdN per `device`), persist. 409 if the id or address is attached, 502 if the login fails, 503 if its transport is not available.' },
-  detach: { method: 'DELETE', url: '/targets/:id', status: 200, summary: 'Detach a target: remove its exports and kernel devices, log out, forget it.' },
-  setTimers: { method: 'PATCH', url: '/targets/:id', status: 200, body: timersPatchSchema, summary: 'Change timers at runtime (validated like srp_tmo_valid); fast_io_fail_tmo/dev_loss_tmo apply from the next outage, reconnect_delay at once.' },
-  reconnect: { method: 'POST', url: '/targets/:id/reconnect', status: 200, summary: 'Reconnect now (also from lost; a target still connecting after a restart retries at once).' },
-  metrics: { method: 'GET', url: '/metrics', status: 200, text: true, summary: 'Prometheus text exposition: state, reconnects, failed reconnects, credits, I/O gate, per-LUN I/O counts and latency histograms, time in each state.' },
+  health: {
+    method: 'GET',
+    url: '/health',
+    status: 200,
+    summary: 'Liveness and readiness: { status: "ok", version, uptime_s, targets }.',
+  },
+  listTargets: {
+    method: 'GET',
+    url: '/targets',
+    status: 200,
+    summary: 'Every target: id, status (connecting|attached|failed), rport state, address, LUN exports and devices.',
+  },
+  getTarget: {
+    method: 'GET',
+    url: '/targets/:id',
+    status: 200,
+    summary:
+      'One target in detail: state, timers, options, reconnect counters, credits, I/O gate, session counters, time in each state, LUNs with identity, export URI, device and I/O counts.',
+  },
+  attach: {
+    method: 'POST',
+    url: '/targets',
+    status: 201,
+    body: targetSpecSchema,
+    summary:
+      'Attach a target: log in, export every LUN as <id>-lun<N> (and /dev/nbdN per `device`), persist. 409 if the id or address is attached, 502 if the login fails, 503 if its transport is not available.',
+  },
+  detach: {
+    method: 'DELETE',
+    url: '/targets/:id',
+    status: 200,
+    summary: 'Detach a target: remove its exports and kernel devices, log out, forget it.',
+  },
+  setTimers: {
+    method: 'PATCH',
+    url: '/targets/:id',
+    status: 200,
+    body: timersPatchSchema,
+    summary:
+      'Change timers at runtime (validated like srp_tmo_valid); fast_io_fail_tmo/dev_loss_tmo apply from the next outage, reconnect_delay at once.',
+  },
+  reconnect: {
+    method: 'POST',
+    url: '/targets/:id/reconnect',
+    status: 200,
+    summary: 'Reconnect now (also from lost; a target still connecting after a restart retries at once).',
+  },
+  metrics: {
+    method: 'GET',
+    url: '/metrics',
+    status: 200,
+    text: true,
+    summary:
+      'Prometheus text exposition: state, reconnects, failed reconnects, credits, I/O gate, per-LUN I/O counts and latency histograms, time in each state.',
+  },
   openapi: { method: 'GET', url: '/openapi.json', status: 200, summary: 'This API as an OpenAPI 3.0 document.' },
 } as const satisfies Record<string, RouteDef>;
 
@@ -68,7 +115,13 @@ export function openApiDocument(version: string): JsonSchema {
     properties: {
       error: { type: 'string' },
       message: { type: 'string', description: 'What went wrong, naming the target or the field.' },
-      issues: { type: 'array', items: { type: 'object', properties: { path: { type: 'string' }, rule: { type: 'string' }, message: { type: 'string' } } } },
+      issues: {
+        type: 'array',
+        items: {
+          type: 'object',
+          properties: { path: { type: 'string' }, rule: { type: 'string' }, message: { type: 'string' } },
+        },
+      },
     },
   };
   for (const [name, r] of Object.entries(ROUTES) as [RouteName, RouteDef][]) {
@@ -77,8 +130,16 @@ export function openApiDocument(version: string): JsonSchema {
       operationId: name,
       summary: r.summary,
       responses: {
-        [String(r.status)]: { description: 'OK', content: r.text ? { 'text/plain; version=0.0.4': { schema: { type: 'string' } } } : { 'application/json': { schema: {} } } },
-        400: { description: 'Invalid request body (the message names the field)', content: { 'application/json': { schema: errorSchema } } },
+        [String(r.status)]: {
+          description: 'OK',
+          content: r.text
+            ? { 'text/plain; version=0.0.4': { schema: { type: 'string' } } }
+            : { 'application/json': { schema: {} } },
+        },
+        400: {
+          description: 'Invalid request body (the message names the field)',
+          content: { 'application/json': { schema: errorSchema } },
+        },
         401: { description: 'TCP listener: missing or wrong bearer token' },
         404: { description: 'No such target', content: { 'application/json': { schema: errorSchema } } },
       },
@@ -90,7 +151,13 @@ export function openApiDocument(version: string): JsonSchema {
   return {
     openapi: '3.0.3',
     info: { title: 'srp-nbd control API', version },
-    servers: [{ url: 'http://localhost', description: 'unix socket /run/srp-nbd/control.sock (root only), or the optional TCP listener with a bearer token' }],
+    servers: [
+      {
+        url: 'http://localhost',
+        description:
+          'unix socket /run/srp-nbd/control.sock (root only), or the optional TCP listener with a bearer token',
+      },
+    ],
     components: { securitySchemes: { bearer: { type: 'http', scheme: 'bearer' } } },
     paths,
   };

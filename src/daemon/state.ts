@@ -73,11 +73,17 @@ export class StateStore {
     try {
       raw = JSON.parse(text);
     } catch (e) {
-      throw new Error(`${this.file}: not valid JSON (${(e as Error).message}); move it away to start with an empty set`);
+      throw new Error(
+        `${this.file}: not valid JSON (${(e as Error).message}); move it away to start with an empty set`,
+      );
     }
     const r = stateSchema.safeParse(raw);
     if (!r.success) {
-      throw new Error(`${this.file}: ${zodIssues(r.error).map((i) => `${i.path}: ${i.message}`).join('; ')}; move it away to start with an empty set`);
+      throw new Error(
+        `${this.file}: ${zodIssues(r.error)
+          .map((i) => `${i.path}: ${i.message}`)
+          .join('; ')}; move it away to start with an empty set`,
+      );
     }
     return r.data;
   }

@@ -53,7 +53,9 @@ export class ImageScsiLun implements ScsiTargetLun {
     const inside = (p: string): boolean => p === root || p.startsWith(root + path.sep);
     // refuse before creating anything outside the state directory
     if (!inside(path.resolve(dir)) && !inside(fs.realpathSync(nearestExisting(dir)))) {
-      throw new TestTargetImageError(`image_dir ${dir} is outside the state directory ${root}: put test-target images under it`);
+      throw new TestTargetImageError(
+        `image_dir ${dir} is outside the state directory ${root}: put test-target images under it`,
+      );
     }
     fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
     const realDir = fs.realpathSync(dir);
@@ -68,7 +70,8 @@ export class ImageScsiLun implements ScsiTargetLun {
     try {
       fd = await openFd(real, O_RDWR | O_NOFOLLOW);
     } catch (e) {
-      if ((e as NodeJS.ErrnoException).code === 'ELOOP') throw new TestTargetImageError(`image ${real} is a symbolic link: refused`);
+      if ((e as NodeJS.ErrnoException).code === 'ELOOP')
+        throw new TestTargetImageError(`image ${real} is a symbolic link: refused`);
       if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
       fd = await openFd(real, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW, 0o600);
       created = true;
@@ -76,7 +79,8 @@ export class ImageScsiLun implements ScsiTargetLun {
     try {
       const st = fs.fstatSync(fd);
       if (!st.isFile()) throw new TestTargetImageError(`image ${real} is not a regular file`);
-      if (st.uid !== (process.getuid?.() ?? st.uid)) throw new TestTargetImageError(`image ${real} belongs to uid ${st.uid}, not to the daemon: refused`);
+      if (st.uid !== (process.getuid?.() ?? st.uid))
+        throw new TestTargetImageError(`image ${real} belongs to uid ${st.uid}, not to the daemon: refused`);
       if (created) {
         fs.ftruncateSync(fd, size);
         fs.fsyncSync(fd);
@@ -121,7 +125,8 @@ export class ImageScsiLun implements ScsiTargetLun {
       }
       case UNMAP:
         if (dataOut && dataOut.length >= 8) {
-          for (let o = 8; o + 16 <= dataOut.length; o += 16) this.persist(Number(dataOut.readBigUInt64BE(o)), dataOut.readUInt32BE(o + 8));
+          for (let o = 8; o + 16 <= dataOut.length; o += 16)
+            this.persist(Number(dataOut.readBigUInt64BE(o)), dataOut.readUInt32BE(o + 8));
         }
         break;
       case SYNCHRONIZE_CACHE_16:
@@ -151,9 +156,16 @@ function nearestExisting(p: string): string {
  * A TestFabric for a test-target address; LUN serials are "<name>-<N>". Images (image_dir) must lie
  * inside `stateDir`; a failure closes every image opened so far.
  */
-export async function createTestFabric(spec: TestTargetSpec, stateDir?: string): Promise<{ fabric: TestFabric; close: () => void }> {
+export async function createTestFabric(
+  spec: TestTargetSpec,
+  stateDir?: string,
+): Promise<{ fabric: TestFabric; close: () => void }> {
   const fabric = new TestFabric(
-    Array.from({ length: spec.luns }, (_, i) => ({ blockSize: spec.blockSize, sizeBytes: spec.lunSize, serial: `${spec.name}-${i}` })),
+    Array.from({ length: spec.luns }, (_, i) => ({
+      blockSize: spec.blockSize,
+      sizeBytes: spec.lunSize,
+      serial: `${spec.name}-${i}`,
+    })),
   );
   const images: ImageScsiLun[] = [];
   const close = (): void => images.forEach((i) => i.close());

@@ -49,17 +49,24 @@ export class RportDriver {
   private onAction(a: RportAction): void {
     switch (a.type) {
       case 'reconnect':
-        this.run((s) => this.hooks.reconnect(a.attempt, s), () => ({ type: 'reconnect-succeeded', attempt: a.attempt }), (e) => ({
-          type: 'reconnect-failed',
-          attempt: a.attempt,
-          reason: errorText(e),
-        }));
+        this.run(
+          (s) => this.hooks.reconnect(a.attempt, s),
+          () => ({ type: 'reconnect-succeeded', attempt: a.attempt }),
+          (e) => ({
+            type: 'reconnect-failed',
+            attempt: a.attempt,
+            reason: errorText(e),
+          }),
+        );
         break;
       case 'verify-identity':
-        this.run((s) => this.hooks.verifyIdentity(a.attempt, s), () => ({ type: 'identity-verified', attempt: a.attempt }), (e) =>
-          e instanceof IdentityMismatchError
-            ? { type: 'identity-mismatch', attempt: a.attempt, detail: e.differences.join('; ') }
-            : { type: 'reconnect-failed', attempt: a.attempt, reason: errorText(e) },
+        this.run(
+          (s) => this.hooks.verifyIdentity(a.attempt, s),
+          () => ({ type: 'identity-verified', attempt: a.attempt }),
+          (e) =>
+            e instanceof IdentityMismatchError
+              ? { type: 'identity-mismatch', attempt: a.attempt, detail: e.differences.join('; ') }
+              : { type: 'reconnect-failed', attempt: a.attempt, reason: errorText(e) },
         );
         break;
       case 'stop-reconnecting':

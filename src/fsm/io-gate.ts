@@ -96,7 +96,8 @@ export class IoGate {
     opts: IoGateOptions = {},
   ) {
     this.depth = opts.queueDepth ?? 256;
-    if (!Number.isInteger(this.depth) || this.depth < 1) throw new RangeError(`queueDepth ${this.depth} must be an integer >= 1`);
+    if (!Number.isInteger(this.depth) || this.depth < 1)
+      throw new RangeError(`queueDepth ${this.depth} must be an integer >= 1`);
     this.isTransportError = opts.isTransportError ?? defaultIsTransportError;
     this.maxDispatches = opts.maxDispatches ?? 5;
     this.unsubscribe = rport.subscribe((a) => this.onAction(a));
@@ -126,7 +127,15 @@ export class IoGate {
    */
   submit<T>(op: () => Promise<T>): Promise<T> {
     return new Promise<T>((resolve, reject) => {
-      const e: Entry = { seq: this.seq++, op, resolve: resolve as (v: unknown) => void, reject, epoch: -1, where: 'waiting', dispatches: 0 };
+      const e: Entry = {
+        seq: this.seq++,
+        op,
+        resolve: resolve as (v: unknown) => void,
+        reject,
+        epoch: -1,
+        where: 'waiting',
+        dispatches: 0,
+      };
       if (chkready(this.rport.state) === 'fail') return this.failEio(e);
       if (this.admitted < this.depth && this.waiting.length === 0) this.admit(e);
       else this.waiting.push(e);
@@ -218,7 +227,8 @@ export class IoGate {
       this.admitted--;
       this.failEio(e, 'replay-limit', `I/O failed on ${e.dispatches} channels in a row: giving up on it`, err);
       this.pump();
-      if (current) this.rport.handle({ type: 'failure-detected', reason: err instanceof Error ? err.message : String(err) });
+      if (current)
+        this.rport.handle({ type: 'failure-detected', reason: err instanceof Error ? err.message : String(err) });
       return;
     }
     switch (chkready(this.rport.state)) {

@@ -128,7 +128,10 @@ const LIVE_OUTAGE: Readonly<Record<RportEventType, EventOutcome>> = {
   'dev-loss-tmo': 'lost',
 };
 
-const ALL_REFUSED = Object.fromEntries(RPORT_EVENT_TYPES.map((e) => [e, 'refused'])) as Record<RportEventType, EventOutcome>;
+const ALL_REFUSED = Object.fromEntries(RPORT_EVENT_TYPES.map((e) => [e, 'refused'])) as Record<
+  RportEventType,
+  EventOutcome
+>;
 
 /**
  * The event table: state x event -> outcome. Within blocked/fail-fast, results of the owner's
@@ -346,7 +349,8 @@ export class Rport {
         return done();
 
       case 'reconnect-succeeded':
-        if (this.ph !== 'connecting' || ev.attempt !== this.attemptNo) return refuse(this.staleReason(ev.type, ev.attempt, 'connecting'));
+        if (this.ph !== 'connecting' || ev.attempt !== this.attemptNo)
+          return refuse(this.staleReason(ev.type, ev.attempt, 'connecting'));
         this.ph = 'verifying';
         this.emit({ type: 'verify-identity', attempt: ev.attempt });
         return done();
@@ -360,14 +364,20 @@ export class Rport {
         return done();
 
       case 'identity-verified':
-        if (this.ph !== 'verifying' || ev.attempt !== this.attemptNo) return refuse(this.staleReason(ev.type, ev.attempt, 'verifying'));
+        if (this.ph !== 'verifying' || ev.attempt !== this.attemptNo)
+          return refuse(this.staleReason(ev.type, ev.attempt, 'verifying'));
         if (!this.setState('running', ev.type)) return refuse(transitionError(from, 'running')!);
         this.emit({ type: 'release-io' });
         return done();
 
       case 'identity-mismatch':
-        if (this.ph !== 'verifying' || ev.attempt !== this.attemptNo) return refuse(this.staleReason(ev.type, ev.attempt, 'verifying'));
-        this.enterLost(ev.type, 'identity-mismatch', `${this.name}: the LUN behind the new connection is a different disk (${ev.detail}); no I/O is sent to it, the device is kept in state lost; fix the target and request a reconnect`);
+        if (this.ph !== 'verifying' || ev.attempt !== this.attemptNo)
+          return refuse(this.staleReason(ev.type, ev.attempt, 'verifying'));
+        this.enterLost(
+          ev.type,
+          'identity-mismatch',
+          `${this.name}: the LUN behind the new connection is a different disk (${ev.detail}); no I/O is sent to it, the device is kept in state lost; fix the target and request a reconnect`,
+        );
         return done();
 
       case 'explicit-reconnect':
@@ -387,18 +397,26 @@ export class Rport {
         return done();
 
       case 'reconnect-timer':
-        if (this.ph !== 'waiting') return refuse(`reconnect-timer in phase ${this.ph}: no reconnect attempt is waiting`);
+        if (this.ph !== 'waiting')
+          return refuse(`reconnect-timer in phase ${this.ph}: no reconnect attempt is waiting`);
         this.cancelTimer('reconnect'); // no-op when the timer itself fired
         this.startAttempt();
         return done();
 
       case 'fast-io-fail-tmo':
         if (!this.setState('fail-fast', ev.type)) return refuse(transitionError(from, 'fail-fast')!);
-        this.failIo('fail-fast', `${this.name}: fast_io_fail_tmo (${formatTmo(this.params.fastIoFailTmo)} s) expired; I/O fails with EIO until the target is back`);
+        this.failIo(
+          'fail-fast',
+          `${this.name}: fast_io_fail_tmo (${formatTmo(this.params.fastIoFailTmo)} s) expired; I/O fails with EIO until the target is back`,
+        );
         return done();
 
       case 'dev-loss-tmo':
-        this.enterLost(ev.type, 'dev-loss', `${this.name}: dev_loss_tmo (${formatTmo(this.params.devLossTmo)} s) expired; reconnecting stopped, I/O fails with EIO, the device is kept; request a reconnect to resume`);
+        this.enterLost(
+          ev.type,
+          'dev-loss',
+          `${this.name}: dev_loss_tmo (${formatTmo(this.params.devLossTmo)} s) expired; reconnecting stopped, I/O fails with EIO, the device is kept; request a reconnect to resume`,
+        );
         return done();
     }
   }

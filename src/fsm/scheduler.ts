@@ -36,10 +36,13 @@ export class RealScheduler implements Scheduler {
 
   setTimer(ms: number, fn: () => void): TimerHandle {
     const id = this.nextId++;
-    const t = setTimeout(() => {
-      this.live.delete(id);
-      fn();
-    }, Math.max(0, ms));
+    const t = setTimeout(
+      () => {
+        this.live.delete(id);
+        fn();
+      },
+      Math.max(0, ms),
+    );
     if (this.unref) t.unref();
     this.live.set(id, t);
     return { id };

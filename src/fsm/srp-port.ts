@@ -128,7 +128,10 @@ export class SrpPort {
     const disk = new ScsiDisk(this.executor, opts);
     const probe = await disk.probe();
     this.luns.set(lun, { disk, identity: probe.identity });
-    this.log.info({ lun: lun.toString(16), identity: describeIdentity(probe.identity), size: probe.geometry.sizeBytes }, 'LUN added');
+    this.log.info(
+      { lun: lun.toString(16), identity: describeIdentity(probe.identity), size: probe.geometry.sizeBytes },
+      'LUN added',
+    );
     return disk;
   }
 
@@ -160,7 +163,9 @@ export class SrpPort {
   private execute(cmd: ScsiCommand): Promise<ScsiResult> {
     const s = this.session;
     if (this.rport.state !== 'running' || !s || s.state !== 'live') {
-      return Promise.reject(new TransportError(`${this.opts.name}: no usable channel (port ${this.rport.state})`, 'disconnected'));
+      return Promise.reject(
+        new TransportError(`${this.opts.name}: no usable channel (port ${this.rport.state})`, 'disconnected'),
+      );
     }
     return s.execute(cmd);
   }
@@ -227,7 +232,15 @@ export class SrpPort {
     }
     for (const [entry, cache] of caches) {
       if (entry.disk.adoptCache(cache)) {
-        this.log.warn({ lun: entry.disk.lun.toString(16), fua: entry.disk.limits.fua, writeCache: cache.writeCacheEnabled, dpoFua: cache.dpoFua }, `write cache mode changed across the reconnect: FUA is now ${entry.disk.limits.fua}`);
+        this.log.warn(
+          {
+            lun: entry.disk.lun.toString(16),
+            fua: entry.disk.limits.fua,
+            writeCache: cache.writeCacheEnabled,
+            dpoFua: cache.dpoFua,
+          },
+          `write cache mode changed across the reconnect: FUA is now ${entry.disk.limits.fua}`,
+        );
       }
     }
     this.candidate = undefined;
@@ -241,7 +254,10 @@ export class SrpPort {
         this.log.info({ from: a.from, to: a.to, cause: a.cause }, `state ${a.from} -> ${a.to}`);
         break;
       case 'reconnect-scheduled':
-        this.log.info({ attempt: a.attempt, delayMs: a.delayMs }, `reconnect attempt ${a.attempt}, next in ${(a.delayMs / 1000).toFixed(1)} s`);
+        this.log.info(
+          { attempt: a.attempt, delayMs: a.delayMs },
+          `reconnect attempt ${a.attempt}, next in ${(a.delayMs / 1000).toFixed(1)} s`,
+        );
         break;
       case 'fail-io':
         this.log.warn({ reason: a.reason }, a.message);

@@ -73,7 +73,10 @@ export class TmoParseError extends Error {
 export function parseTmo(input: string | number): Tmo {
   if (typeof input === 'number') {
     if (!Number.isInteger(input) || input > INT_MAX || input < INT_MIN) {
-      throw new TmoParseError(String(input), `invalid timeout ${input}: expected an integer number of seconds or "off"`);
+      throw new TmoParseError(
+        String(input),
+        `invalid timeout ${input}: expected an integer number of seconds or "off"`,
+      );
     }
     return input < 0 ? 'off' : input;
   }
@@ -81,7 +84,10 @@ export function parseTmo(input: string | number): Tmo {
   if (s === 'off') return 'off';
   const m = /^([+-]?)(0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)$/.exec(s);
   if (!m) {
-    throw new TmoParseError(input, `invalid timeout ${JSON.stringify(input)}: expected an integer number of seconds or "off"`);
+    throw new TmoParseError(
+      input,
+      `invalid timeout ${JSON.stringify(input)}: expected an integer number of seconds or "off"`,
+    );
   }
   const digits = m[2]!;
   const magnitude = /^0[xX]/.test(digits)
@@ -154,7 +160,11 @@ export function validateTmo(p: TmoParams): TmoViolation[] {
 
   const shapeOk = (name: string, v: unknown): boolean => {
     if (isTmo(v)) return true;
-    add('not-a-timeout', [name], `${name}=${String(v)} is not a timeout: use an integer number of seconds >= 0 or "off"`);
+    add(
+      'not-a-timeout',
+      [name],
+      `${name}=${String(v)} is not a timeout: use an integer number of seconds >= 0 or "off"`,
+    );
     return false;
   };
   const okRd = shapeOk('reconnect_delay', rd);
@@ -163,32 +173,68 @@ export function validateTmo(p: TmoParams): TmoViolation[] {
   let okMax = true;
   if (!(typeof rdMax === 'number' && Number.isInteger(rdMax) && rdMax >= 1)) {
     okMax = false;
-    add('not-a-timeout', ['reconnect_delay_max'], `reconnect_delay_max=${String(rdMax)} is not a timeout: use an integer number of seconds >= 1`);
+    add(
+      'not-a-timeout',
+      ['reconnect_delay_max'],
+      `reconnect_delay_max=${String(rdMax)} is not a timeout: use an integer number of seconds >= 1`,
+    );
   }
 
   if (okRd && rd === 0) {
-    add('reconnect-delay-zero', ['reconnect_delay'], 'reconnect_delay=0 is invalid: use a delay of at least 1 s, or "off" to reconnect only when asked (srp_tmo_valid)');
+    add(
+      'reconnect-delay-zero',
+      ['reconnect_delay'],
+      'reconnect_delay=0 is invalid: use a delay of at least 1 s, or "off" to reconnect only when asked (srp_tmo_valid)',
+    );
   }
   if (okFio && okDl && fio === 'off' && dl === 'off') {
-    add('no-io-timeout', ['fast_io_fail_tmo', 'dev_loss_tmo'], 'fast_io_fail_tmo and dev_loss_tmo are both "off": set at least one, otherwise I/O stays blocked forever during an outage');
+    add(
+      'no-io-timeout',
+      ['fast_io_fail_tmo', 'dev_loss_tmo'],
+      'fast_io_fail_tmo and dev_loss_tmo are both "off": set at least one, otherwise I/O stays blocked forever during an outage',
+    );
   }
   if (okFio && fio !== 'off' && fio > SCSI_DEVICE_BLOCK_MAX_TIMEOUT) {
-    add('fast-io-fail-too-long', ['fast_io_fail_tmo'], `fast_io_fail_tmo=${fio} exceeds SCSI_DEVICE_BLOCK_MAX_TIMEOUT (${SCSI_DEVICE_BLOCK_MAX_TIMEOUT} s): I/O must not stay blocked longer`);
+    add(
+      'fast-io-fail-too-long',
+      ['fast_io_fail_tmo'],
+      `fast_io_fail_tmo=${fio} exceeds SCSI_DEVICE_BLOCK_MAX_TIMEOUT (${SCSI_DEVICE_BLOCK_MAX_TIMEOUT} s): I/O must not stay blocked longer`,
+    );
   }
   if (okFio && okDl && fio === 'off' && dl !== 'off' && dl > SCSI_DEVICE_BLOCK_MAX_TIMEOUT) {
-    add('dev-loss-too-long-without-fast-io-fail', ['dev_loss_tmo', 'fast_io_fail_tmo'], `dev_loss_tmo=${dl} with fast_io_fail_tmo=off exceeds SCSI_DEVICE_BLOCK_MAX_TIMEOUT (${SCSI_DEVICE_BLOCK_MAX_TIMEOUT} s): without fast_io_fail, dev_loss_tmo bounds how long I/O stays blocked`);
+    add(
+      'dev-loss-too-long-without-fast-io-fail',
+      ['dev_loss_tmo', 'fast_io_fail_tmo'],
+      `dev_loss_tmo=${dl} with fast_io_fail_tmo=off exceeds SCSI_DEVICE_BLOCK_MAX_TIMEOUT (${SCSI_DEVICE_BLOCK_MAX_TIMEOUT} s): without fast_io_fail, dev_loss_tmo bounds how long I/O stays blocked`,
+    );
   }
   if (okDl && dl !== 'off' && dl >= SRP_TMO_MAX) {
-    add('dev-loss-too-long', ['dev_loss_tmo'], `dev_loss_tmo=${dl} must be below ${SRP_TMO_MAX} s (the kernel's LONG_MAX/HZ limit)`);
+    add(
+      'dev-loss-too-long',
+      ['dev_loss_tmo'],
+      `dev_loss_tmo=${dl} must be below ${SRP_TMO_MAX} s (the kernel's LONG_MAX/HZ limit)`,
+    );
   }
   if (okFio && okDl && fio !== 'off' && dl !== 'off' && fio >= dl) {
-    add('fast-io-fail-not-before-dev-loss', ['fast_io_fail_tmo', 'dev_loss_tmo'], `fast_io_fail_tmo=${fio} must be smaller than dev_loss_tmo=${dl}`);
+    add(
+      'fast-io-fail-not-before-dev-loss',
+      ['fast_io_fail_tmo', 'dev_loss_tmo'],
+      `fast_io_fail_tmo=${fio} must be smaller than dev_loss_tmo=${dl}`,
+    );
   }
   if ((okRd && rd !== 'off' && rd >= SRP_TMO_MAX) || (okMax && rdMax >= SRP_TMO_MAX)) {
-    add('reconnect-delay-too-long', ['reconnect_delay', 'reconnect_delay_max'], `reconnect_delay=${formatTmo(rd)} and reconnect_delay_max=${rdMax} must be below ${SRP_TMO_MAX} s`);
+    add(
+      'reconnect-delay-too-long',
+      ['reconnect_delay', 'reconnect_delay_max'],
+      `reconnect_delay=${formatTmo(rd)} and reconnect_delay_max=${rdMax} must be below ${SRP_TMO_MAX} s`,
+    );
   }
   if (okRd && okMax && rd !== 'off' && rdMax < rd) {
-    add('reconnect-delay-max-below-delay', ['reconnect_delay_max', 'reconnect_delay'], `reconnect_delay_max=${rdMax} must not be smaller than reconnect_delay=${rd}`);
+    add(
+      'reconnect-delay-max-below-delay',
+      ['reconnect_delay_max', 'reconnect_delay'],
+      `reconnect_delay_max=${rdMax} must not be smaller than reconnect_delay=${rd}`,
+    );
   }
   return out;
 }
@@ -201,16 +247,14 @@ export function assertValidTmo(p: TmoParams): TmoParams {
 }
 
 /** A timeout as configured: "off", a decimal/hex/octal string, or a JSON integer (negative = off). */
-export const tmoField = z
-  .union([z.string(), z.number()])
-  .transform((v, ctx): Tmo => {
-    try {
-      return parseTmo(v);
-    } catch (e) {
-      ctx.addIssue({ code: z.ZodIssueCode.custom, message: (e as Error).message });
-      return z.NEVER;
-    }
-  });
+export const tmoField = z.union([z.string(), z.number()]).transform((v, ctx): Tmo => {
+  try {
+    return parseTmo(v);
+  } catch (e) {
+    ctx.addIssue({ code: z.ZodIssueCode.custom, message: (e as Error).message });
+    return z.NEVER;
+  }
+});
 
 /**
  * zod schema of the timer parameters (sysfs names, as in Documentation/ABI/stable/sysfs-transport-srp),
@@ -220,7 +264,9 @@ export const tmoParamsSchema = z
   .object({
     reconnect_delay: tmoField
       .default(DEFAULT_TMO.reconnectDelay)
-      .describe('Seconds before the first reconnect attempt after a transport failure (doubling per failed attempt, with jitter, up to reconnect_delay_max), or "off" to reconnect only on request. Must not be 0.'),
+      .describe(
+        'Seconds before the first reconnect attempt after a transport failure (doubling per failed attempt, with jitter, up to reconnect_delay_max), or "off" to reconnect only on request. Must not be 0.',
+      ),
     reconnect_delay_max: z
       .number()
       .int()
@@ -228,10 +274,14 @@ export const tmoParamsSchema = z
       .describe('Cap in seconds of the exponential reconnect back-off.'),
     fast_io_fail_tmo: tmoField
       .default(DEFAULT_TMO.fastIoFailTmo)
-      .describe(`Seconds after a transport failure until held and new I/O fail with EIO, or "off". At most ${SCSI_DEVICE_BLOCK_MAX_TIMEOUT}; smaller than dev_loss_tmo.`),
+      .describe(
+        `Seconds after a transport failure until held and new I/O fail with EIO, or "off". At most ${SCSI_DEVICE_BLOCK_MAX_TIMEOUT}; smaller than dev_loss_tmo.`,
+      ),
     dev_loss_tmo: tmoField
       .default(DEFAULT_TMO.devLossTmo)
-      .describe(`Seconds after a transport failure until the port is lost (reconnecting stops, I/O fails, the device stays), or "off". Below ${SRP_TMO_MAX}; at most ${SCSI_DEVICE_BLOCK_MAX_TIMEOUT} when fast_io_fail_tmo is off.`),
+      .describe(
+        `Seconds after a transport failure until the port is lost (reconnecting stops, I/O fails, the device stays), or "off". Below ${SRP_TMO_MAX}; at most ${SCSI_DEVICE_BLOCK_MAX_TIMEOUT} when fast_io_fail_tmo is off.`,
+      ),
   })
   .transform((o, ctx): TmoParams => {
     const p: TmoParams = {
@@ -240,7 +290,8 @@ export const tmoParamsSchema = z
       fastIoFailTmo: o.fast_io_fail_tmo,
       devLossTmo: o.dev_loss_tmo,
     };
-    for (const v of validateTmo(p)) ctx.addIssue({ code: z.ZodIssueCode.custom, message: v.message, path: v.params.slice(0, 1) });
+    for (const v of validateTmo(p))
+      ctx.addIssue({ code: z.ZodIssueCode.custom, message: v.message, path: v.params.slice(0, 1) });
     return p;
   });
 

@@ -18,8 +18,14 @@
  */
 import { TransportError } from './scsi-executor.js';
 import {
-  Emitter, type ChannelEvents, type ChannelState, type ChannelTransport, type ConnectAnswer, type LoginForm,
-  type MemoryRegion, type TargetChannelTransport,
+  Emitter,
+  type ChannelEvents,
+  type ChannelState,
+  type ChannelTransport,
+  type ConnectAnswer,
+  type LoginForm,
+  type MemoryRegion,
+  type TargetChannelTransport,
 } from './transport.js';
 
 export type Direction = 'toTarget' | 'toInitiator';
@@ -84,10 +90,7 @@ interface RdmaItem {
   reject: (e: TransportError) => void;
 }
 type Item =
-  | IuItem
-  | RdmaItem
-  | { kind: 'fn'; run: () => void; subjectToBlackHole: boolean }
-  | { kind: 'close'; by: Direction };
+  IuItem | RdmaItem | { kind: 'fn'; run: () => void; subjectToBlackHole: boolean } | { kind: 'close'; by: Direction };
 
 /** Size of the reusable wire buffers: IUs up to this size are copied into one (larger ones get their own). */
 const WIRE_BUFFER_BYTES = 9 * 1024;
@@ -183,8 +186,13 @@ class Link {
   state: ChannelState = 'idle';
   readonly faults: LoopbackFaults;
   readonly stats: LoopbackStats = {
-    sent: { toTarget: 0, toInitiator: 0 }, delivered: { toTarget: 0, toInitiator: 0 },
-    dropped: 0, blackHoled: 0, rdmaReads: 0, rdmaWrites: 0, accessErrors: 0,
+    sent: { toTarget: 0, toInitiator: 0 },
+    delivered: { toTarget: 0, toInitiator: 0 },
+    dropped: 0,
+    blackHoled: 0,
+    rdmaReads: 0,
+    rdmaWrites: 0,
+    accessErrors: 0,
   };
   readonly regions = new Map<number, Region>();
   private nextRkey = 0x1000;
@@ -277,14 +285,26 @@ class Link {
 
   /** A target's RDMA READ or WRITE in flight; settles when its completion is back on the target side. */
   rdma(
-    write: boolean, va: bigint, rkey: number, length: number, data: Buffer | undefined,
+    write: boolean,
+    va: bigint,
+    rkey: number,
+    length: number,
+    data: Buffer | undefined,
   ): Promise<Buffer | undefined> {
     if (this.state !== 'connected') {
       return Promise.reject(new TransportError(`RDMA on a ${this.state} channel`, 'disconnected'));
     }
     const promise = new Promise<Buffer | undefined>(capture);
     const item: RdmaItem = {
-      kind: 'rdma', done: false, write, va, rkey, length, data, result: undefined, resolve: capturedResolve!,
+      kind: 'rdma',
+      done: false,
+      write,
+      va,
+      rkey,
+      length,
+      data,
+      result: undefined,
+      resolve: capturedResolve!,
       reject: capturedReject!,
     };
     this.pendingRdma.add(item);
@@ -338,8 +358,10 @@ class Link {
    * DREQ is lost (black hole); the wire only gets a bounded chance to flush earlier sends.
    */
   closeFallback(by: Direction): void {
-    const t = setTimeout(() => this.teardown(new TransportError('channel closed by peer', 'disconnected'), by),
-      200 + this.faults.delayMs[by]);
+    const t = setTimeout(
+      () => this.teardown(new TransportError('channel closed by peer', 'disconnected'), by),
+      200 + this.faults.delayMs[by],
+    );
     t.unref?.();
   }
 
@@ -429,44 +451,63 @@ export class LoopbackInitiatorEnd extends LoopbackEnd implements ChannelTranspor
       }, timeoutMs);
       // the request travels to the target; the answer travels back
       link.push('toTarget', {
-        kind: 'fn', subjectToBlackHole: true, run: () => {
+        kind: 'fn',
+        subjectToBlackHole: true,
+        run: () => {
           const handler = link.target.connectHandler;
           if (!handler) {
-            link.push('toInitiator', { kind: 'fn', subjectToBlackHole: true, run: () => {
-              link.state = 'closed';
-              finish(new TransportError('connection refused: no listener', 'disconnected'));
-            } });
+            link.push('toInitiator', {
+              kind: 'fn',
+              subjectToBlackHole: true,
+              run: () => {
+                link.state = 'closed';
+                finish(new TransportError('connection refused: no listener', 'disconnected'));
+              },
+            });
             return;
           }
           Promise.resolve()
             .then(() => handler(req))
-            .then((answer) => {
-              link.push('toInitiator', { kind: 'fn', subjectToBlackHole: true, run: () => {
-                if (done) return;
-                if ('accept' in answer) {
-                  link.state = 'connected';
-                  finish(undefined, Buffer.from(answer.accept));
-                } else {
-                  link.state = 'closed';
-                  finish(undefined, Buffer.from(answer.reject));
-                }
-              } });
-            }, (err: unknown) => {
-              link.push('toInitiator', { kind: 'fn', subjectToBlackHole: true, run: () => {
-                link.state = 'closed';
-                finish(new TransportError('connection refused by target', 'disconnected', { cause: err }));
-              } });
-            });
+            .then(
+              (answer) => {
+                link.push('toInitiator', {
+                  kind: 'fn',
+                  subjectToBlackHole: true,
+                  run: () => {
+                    if (done) return;
+                    if ('accept' in answer) {
+                      link.state = 'connected';
+                      finish(undefined, Buffer.from(answer.accept));
+                    } else {
+                      link.state = 'closed';
+                      finish(undefined, Buffer.from(answer.reject));
+                    }
+                  },
+                });
+              },
+              (err: unknown) => {
+                link.push('toInitiator', {
+                  kind: 'fn',
+                  subjectToBlackHole: true,
+                  run: () => {
+                    link.state = 'closed';
+                    finish(new TransportError('connection refused by target', 'disconnected', { cause: err }));
+                  },
+                });
+              },
+            );
         },
       });
     });
   }
   send(iu: Buffer): void {
-    if (this.link.state !== 'connected') throw new TransportError(`send on a ${this.link.state} channel`, 'disconnected');
+    if (this.link.state !== 'connected')
+      throw new TransportError(`send on a ${this.link.state} channel`, 'disconnected');
     this.link.pushIu('toTarget', iu);
   }
   registerBuffer(buf: Buffer): MemoryRegion {
-    if (buf.length > this.maxRegionSize) throw new RangeError(`region of ${buf.length} bytes exceeds ${this.maxRegionSize}`);
+    if (buf.length > this.maxRegionSize)
+      throw new RangeError(`region of ${buf.length} bytes exceeds ${this.maxRegionSize}`);
     return this.link.register(buf);
   }
   deregisterBuffer(mr: MemoryRegion): void {
@@ -490,7 +531,8 @@ export class LoopbackTargetEnd extends LoopbackEnd implements TargetChannelTrans
     this.connectHandler = handler;
   }
   send(iu: Buffer): void {
-    if (this.link.state !== 'connected') throw new TransportError(`send on a ${this.link.state} channel`, 'disconnected');
+    if (this.link.state !== 'connected')
+      throw new TransportError(`send on a ${this.link.state} channel`, 'disconnected');
     this.link.pushIu('toInitiator', iu);
   }
   rdmaRead(va: bigint, rkey: number, length: number): Promise<Buffer> {

@@ -89,7 +89,9 @@ const TYPE_LABEL: Record<number, string> = {
 };
 
 function cmpDesignator(a: IdentityDesignator, b: IdentityDesignator): number {
-  return a.designatorType - b.designatorType || a.codeSet - b.codeSet || (a.value < b.value ? -1 : a.value > b.value ? 1 : 0);
+  return (
+    a.designatorType - b.designatorType || a.codeSet - b.codeSet || (a.value < b.value ? -1 : a.value > b.value ? 1 : 0)
+  );
 }
 
 function canonical(ds: readonly IdentityDesignator[]): IdentityDesignator[] {
@@ -126,7 +128,13 @@ export function designatorString(d: IdentityDesignator): string {
   const text = d.codeSet === CODE_SET_ASCII || d.codeSet === CODE_SET_UTF8;
   if (d.designatorType === DESIGNATOR_NAA) return `naa.${d.value}`;
   if (d.designatorType === DESIGNATOR_EUI64) return `eui.${d.value}`;
-  if (text) return JSON.stringify(bytes.toString('latin1').replace(/[^\x20-\x7e]/g, '?').trim());
+  if (text)
+    return JSON.stringify(
+      bytes
+        .toString('latin1')
+        .replace(/[^\x20-\x7e]/g, '?')
+        .trim(),
+    );
   return d.value;
 }
 
@@ -191,9 +199,12 @@ export function sameIdentity(a: LunIdentity, b: LunIdentity): IdentityComparison
   }
   if (a.blockSize !== b.blockSize) differences.push(`logical block size changed: ${a.blockSize} -> ${b.blockSize}`);
   if (a.blockCount !== b.blockCount || a.blockSize !== b.blockSize) {
-    differences.push(`capacity changed: ${capacityString(a.blockCount, a.blockSize)} -> ${capacityString(b.blockCount, b.blockSize)}`);
+    differences.push(
+      `capacity changed: ${capacityString(a.blockCount, a.blockSize)} -> ${capacityString(b.blockCount, b.blockSize)}`,
+    );
   }
-  const weak = a.designators.length === 0 && a.serial === undefined && b.designators.length === 0 && b.serial === undefined;
+  const weak =
+    a.designators.length === 0 && a.serial === undefined && b.designators.length === 0 && b.serial === undefined;
   return { same: differences.length === 0, differences, weak };
 }
 
@@ -222,15 +233,22 @@ export function identityFromJSON(json: unknown): LunIdentity {
   const designators = o.designators.map((d: unknown, i: number): IdentityDesignator => {
     if (typeof d !== 'object' || d === null) return fail(`designators[${i}] is not an object`);
     const r = d as Record<string, unknown>;
-    const small = (v: unknown, max: number): v is number => typeof v === 'number' && Number.isInteger(v) && v >= 0 && v <= max;
+    const small = (v: unknown, max: number): v is number =>
+      typeof v === 'number' && Number.isInteger(v) && v >= 0 && v <= max;
     if (!small(r.designatorType, 15)) return fail(`designators[${i}].designatorType`);
     if (!small(r.codeSet, 15)) return fail(`designators[${i}].codeSet`);
-    if (typeof r.value !== 'string' || !/^([0-9a-f]{2}){0,255}$/.test(r.value)) return fail(`designators[${i}].value is not lower-case hex`);
+    if (typeof r.value !== 'string' || !/^([0-9a-f]{2}){0,255}$/.test(r.value))
+      return fail(`designators[${i}].value is not lower-case hex`);
     return { designatorType: r.designatorType, codeSet: r.codeSet, value: r.value };
   });
   if (typeof o.blockSize !== 'number' || !Number.isInteger(o.blockSize) || o.blockSize <= 0) return fail('blockSize');
-  if (typeof o.blockCount !== 'string' || !/^[0-9]{1,20}$/.test(o.blockCount)) return fail('blockCount is not a decimal string');
-  const id: LunIdentity = { designators: canonical(designators), blockSize: o.blockSize, blockCount: BigInt(o.blockCount) };
+  if (typeof o.blockCount !== 'string' || !/^[0-9]{1,20}$/.test(o.blockCount))
+    return fail('blockCount is not a decimal string');
+  const id: LunIdentity = {
+    designators: canonical(designators),
+    blockSize: o.blockSize,
+    blockCount: BigInt(o.blockCount),
+  };
   for (const k of ['serial', 'vendor', 'product', 'revision'] as const) {
     const v = o[k];
     if (v === undefined) continue;

@@ -127,7 +127,11 @@ export function buildInquiry(allocationLength: number, page?: number): Buffer {
  * PAGE CODE (5-0); byte 3 SUBPAGE CODE; 7..8 ALLOCATION LENGTH. DBD set by default: no block
  * descriptors, only the mode pages.
  */
-export function buildModeSense10(page: number, allocationLength: number, opts: { subpage?: number; pc?: number; dbd?: boolean } = {}): Buffer {
+export function buildModeSense10(
+  page: number,
+  allocationLength: number,
+  opts: { subpage?: number; pc?: number; dbd?: boolean } = {},
+): Buffer {
   checkU('page', page, 0x3f);
   checkU('allocationLength', allocationLength, 0xffff);
   const pc = opts.pc ?? MODE_PC_CURRENT;
@@ -194,7 +198,11 @@ function rw16(opcode: number, lba: bigint, blocks: number, flags: RwFlags): Buff
  * as two 32-bit halves (no bigint).
  */
 export function writeRw16(
-  cdb: Buffer, opcode: typeof READ_16 | typeof WRITE_16, lba: number, blocks: number, flags?: RwFlags,
+  cdb: Buffer,
+  opcode: typeof READ_16 | typeof WRITE_16,
+  lba: number,
+  blocks: number,
+  flags?: RwFlags,
 ): Buffer {
   if (cdb.length !== 16) throw new RangeError(`CDB buffer of ${cdb.length} bytes, READ(16)/WRITE(16) need 16`);
   checkU('lba', lba, Number.MAX_SAFE_INTEGER);

@@ -143,7 +143,8 @@ export function errnoForScsi(status: number, sense: ScsiSense | undefined): Disk
       if (sense.asc === ASC_INVALID_COMMAND_OPERATION_CODE) return 'ENOTSUP';
       return 'EINVAL';
     case DATA_PROTECT:
-      if (sense.asc === ASC_WRITE_PROTECTED && sense.ascq === ASCQ_SPACE_ALLOCATION_FAILED_WRITE_PROTECT) return 'ENOSPC';
+      if (sense.asc === ASC_WRITE_PROTECTED && sense.ascq === ASCQ_SPACE_ALLOCATION_FAILED_WRITE_PROTECT)
+        return 'ENOSPC';
       return 'EPERM';
     default:
       return 'EIO';
@@ -193,7 +194,11 @@ export type ScsiDiskEvent =
       sense: ScsiSense;
     }
   | { type: 'retry'; command: string; reason: string; attempt: number; delayMs: number }
-  | { type: 'trim-disabled' | 'write-same-disabled' | 'write-same-unmap-disabled' | 'fua-disabled'; command: string; reason: string };
+  | {
+      type: 'trim-disabled' | 'write-same-disabled' | 'write-same-unmap-disabled' | 'fua-disabled';
+      command: string;
+      reason: string;
+    };
 
 export interface ScsiDiskOptions {
   /** SAM LUN (8-byte big-endian as on the wire). */
@@ -289,7 +294,10 @@ function checkRead(lba: number, want: number, slot: Buffer, res: ScsiResult): vo
   if (!got || got.length < want || res.residual > 0) {
     throw new ScsiError(
       `READ_16 at LBA ${lba} returned ${got?.length ?? 0} of ${want} bytes (residual ${res.residual})`,
-      'READ_16', res.status, undefined, 'EIO',
+      'READ_16',
+      res.status,
+      undefined,
+      'EIO',
     );
   }
   if (got.buffer !== slot.buffer || got.byteOffset !== slot.byteOffset) got.copy(slot, 0, 0, want);
@@ -378,7 +386,8 @@ export class ScsiDisk {
       const st = res.status;
       if (completed(res)) return res;
       if (st === SAM_STAT_BUSY || st === SAM_STAT_TASK_SET_FULL) {
-        if (busy >= this.policy.busyRetries) throw this.fail(name, res, undefined, `still ${nameOfSamStatus(st)} after ${busy} retries`);
+        if (busy >= this.policy.busyRetries)
+          throw this.fail(name, res, undefined, `still ${nameOfSamStatus(st)} after ${busy} retries`);
         const delay = Math.min(this.policy.busyBackoffMs * 2 ** busy, this.policy.busyBackoffMaxMs);
         busy++;
         this.emit({ type: 'retry', command: name, reason: nameOfSamStatus(st), attempt: busy, delayMs: delay });
@@ -386,7 +395,8 @@ export class ScsiDisk {
         continue;
       }
       if (st === SAM_STAT_TASK_ABORTED) {
-        if (aborted >= this.policy.abortedRetries) throw this.fail(name, res, undefined, `still aborted after ${aborted} retries`);
+        if (aborted >= this.policy.abortedRetries)
+          throw this.fail(name, res, undefined, `still aborted after ${aborted} retries`);
         aborted++;
         this.emit({ type: 'retry', command: name, reason: nameOfSamStatus(st), attempt: aborted, delayMs: 0 });
         continue;
@@ -406,15 +416,23 @@ export class ScsiDisk {
           return res; /* the command completed; the target recovered */
         case UNIT_ATTENTION:
           this.recordUnitAttention(name, sense);
-          if (ua >= this.policy.unitAttentionRetries) throw this.fail(name, res, sense, `still UNIT ATTENTION after ${ua} retries`);
+          if (ua >= this.policy.unitAttentionRetries)
+            throw this.fail(name, res, sense, `still UNIT ATTENTION after ${ua} retries`);
           ua++;
           this.emit({ type: 'retry', command: name, reason: sense.text, attempt: ua, delayMs: 0 });
           continue;
         case NOT_READY:
           if (sense.asc === ASC_LUN_NOT_READY && TRANSIENT_NOT_READY.has(sense.ascq)) {
-            if (notReady >= this.policy.notReadyRetries) throw this.fail(name, res, sense, `still not ready after ${notReady} retries`);
+            if (notReady >= this.policy.notReadyRetries)
+              throw this.fail(name, res, sense, `still not ready after ${notReady} retries`);
             notReady++;
-            this.emit({ type: 'retry', command: name, reason: sense.text, attempt: notReady, delayMs: this.policy.notReadyDelayMs });
+            this.emit({
+              type: 'retry',
+              command: name,
+              reason: sense.text,
+              attempt: notReady,
+              delayMs: this.policy.notReadyDelayMs,
+            });
             await this.sleep(this.policy.notReadyDelayMs);
             continue;
           }
@@ -435,7 +453,14 @@ export class ScsiDisk {
     const what = sense ? sense.text : nameOfSamStatus(res.status);
     const info = sense?.info !== undefined ? ` at 0x${sense.info.toString(16)}` : '';
     const msg = `${name} on LUN 0x${this.lun.toString(16).padStart(16, '0')} failed: ${what}${info}${why ? ` (${why})` : ''}`;
-    return new ScsiError(msg, name, res.status, sense, errnoForScsi(res.status, sense), res.sense ? Buffer.from(res.sense) : undefined);
+    return new ScsiError(
+      msg,
+      name,
+      res.status,
+      sense,
+      errnoForScsi(res.status, sense),
+      res.sense ? Buffer.from(res.sense) : undefined,
+    );
   }
 
   private emit(e: ScsiDiskEvent): void {
@@ -451,8 +476,13 @@ export class ScsiDisk {
       this.capacityChanged = true;
     } else if (sense.asc === ASC_PARAMETERS_CHANGED) what = 'parameters-changed';
     else if (sense.asc === ASC_POWER_ON_RESET) what = 'reset';
-    else if (sense.asc === ASC_TARGET_OPERATING_CONDITIONS_CHANGED && sense.ascq === ASCQ_INQUIRY_DATA_HAS_CHANGED) what = 'inquiry-changed';
-    else if (sense.asc === ASC_TARGET_OPERATING_CONDITIONS_CHANGED && sense.ascq === ASCQ_REPORTED_LUNS_DATA_HAS_CHANGED) what = 'luns-changed';
+    else if (sense.asc === ASC_TARGET_OPERATING_CONDITIONS_CHANGED && sense.ascq === ASCQ_INQUIRY_DATA_HAS_CHANGED)
+      what = 'inquiry-changed';
+    else if (
+      sense.asc === ASC_TARGET_OPERATING_CONDITIONS_CHANGED &&
+      sense.ascq === ASCQ_REPORTED_LUNS_DATA_HAS_CHANGED
+    )
+      what = 'luns-changed';
     this.emit({ type: 'unit-attention', what, command, sense });
   }
 
@@ -471,19 +501,25 @@ export class ScsiDisk {
     const inquiry = this.parse(() => parseStandardInquiry(inqRes.dataIn ?? Buffer.alloc(0)), 'INQUIRY');
     const lunHex = `0x${this.lun.toString(16).padStart(16, '0')}`;
     if (inquiry.peripheralQualifier !== 0) {
-      throw new DiskRequestError(`no logical unit at LUN ${lunHex} (peripheral qualifier ${inquiry.peripheralQualifier})`, 'EIO');
+      throw new DiskRequestError(
+        `no logical unit at LUN ${lunHex} (peripheral qualifier ${inquiry.peripheralQualifier})`,
+        'EIO',
+      );
     }
     if (inquiry.peripheralDeviceType !== TYPE_DISK) {
-      throw new DiskRequestError(`LUN ${lunHex} is ${nameOfDeviceType(inquiry.peripheralDeviceType)}, not TYPE_DISK`, 'EIO');
+      throw new DiskRequestError(
+        `LUN ${lunHex} is ${nameOfDeviceType(inquiry.peripheralDeviceType)}, not TYPE_DISK`,
+        'EIO',
+      );
     }
 
-    const vpdPages = await this.optionalVpd(VPD_SUPPORTED_PAGES, (b) => parseSupportedVpdPages(b).pages) ?? [];
+    const vpdPages = (await this.optionalVpd(VPD_SUPPORTED_PAGES, (b) => parseSupportedVpdPages(b).pages)) ?? [];
     const has = (p: number): boolean => vpdPages.includes(p);
     const serial = has(VPD_UNIT_SERIAL_NUMBER)
       ? await this.optionalVpd(VPD_UNIT_SERIAL_NUMBER, (b) => parseUnitSerialNumber(b).serial)
       : undefined;
     const designators = has(VPD_DEVICE_IDENTIFICATION)
-      ? (await this.optionalVpd(VPD_DEVICE_IDENTIFICATION, (b) => parseDeviceIdentification(b).designators)) ?? []
+      ? ((await this.optionalVpd(VPD_DEVICE_IDENTIFICATION, (b) => parseDeviceIdentification(b).designators)) ?? [])
       : [];
     const blockLimits = has(VPD_BLOCK_LIMITS) ? await this.optionalVpd(VPD_BLOCK_LIMITS, parseBlockLimits) : undefined;
     const provisioning = has(VPD_LOGICAL_BLOCK_PROVISIONING)
@@ -522,7 +558,11 @@ export class ScsiDisk {
     if (this.probed) {
       this.probed.capacity = capacity;
       this.probed.geometry = this.geo;
-      this.probed.identity = { ...this.probed.identity, blockSize: capacity.blockLength, blockCount: capacity.blockCount };
+      this.probed.identity = {
+        ...this.probed.identity,
+        blockSize: capacity.blockLength,
+        blockCount: capacity.blockCount,
+      };
     }
     return this.geo;
   }
@@ -546,7 +586,8 @@ export class ScsiDisk {
     try {
       return f();
     } catch (e) {
-      if (e instanceof ScsiParseError) throw new DiskRequestError(`${what} data from the target is malformed: ${e.message}`, 'EIO');
+      if (e instanceof ScsiParseError)
+        throw new DiskRequestError(`${what} data from the target is malformed: ${e.message}`, 'EIO');
       throw e;
     }
   }
@@ -619,7 +660,8 @@ export class ScsiDisk {
 
   private geometryFrom(cap: ReadCapacity16): DiskGeometry {
     const size = cap.blockCount * BigInt(cap.blockLength);
-    if (size > BigInt(Number.MAX_SAFE_INTEGER)) throw new DiskRequestError(`capacity ${size} bytes is beyond 2^53`, 'EIO');
+    if (size > BigInt(Number.MAX_SAFE_INTEGER))
+      throw new DiskRequestError(`capacity ${size} bytes is beyond 2^53`, 'EIO');
     return {
       blockSize: cap.blockLength,
       blockCount: cap.blockCount,
@@ -630,7 +672,13 @@ export class ScsiDisk {
     };
   }
 
-  private limitsFrom(g: DiskGeometry, cap: ReadCapacity16, cache: CacheInfo, bl?: BlockLimits, lbp?: LogicalBlockProvisioning): DiskLimits {
+  private limitsFrom(
+    g: DiskGeometry,
+    cap: ReadCapacity16,
+    cache: CacheInfo,
+    bl?: BlockLimits,
+    lbp?: LogicalBlockProvisioning,
+  ): DiskLimits {
     const bs = g.blockSize;
     const caps = [0xffffffff, Math.floor((this.opts.maxTransferBytes ?? DEFAULT_MAX_TRANSFER_BYTES) / bs)];
     if (bl && bl.maxTransferLength > 0) caps.push(bl.maxTransferLength);
@@ -660,7 +708,8 @@ export class ScsiDisk {
       unmapAlignmentBlocks: bl?.ugavalid ? bl.unmapGranularityAlignment % granularity : 0,
       writeSame: true,
       writeSameUnmapZeroes: lbpme && canWsUnmap && lbprz,
-      maxWriteSameBlocks: wsLen > 0n ? Number(wsLen > 0xffffffffn ? 0xffffffffn : wsLen) : DEFAULT_MAX_WRITE_SAME_BLOCKS,
+      maxWriteSameBlocks:
+        wsLen > 0n ? Number(wsLen > 0xffffffffn ? 0xffffffffn : wsLen) : DEFAULT_MAX_WRITE_SAME_BLOCKS,
       lbpme,
       lbprz,
       fua: fuaMethod(cache, false),
@@ -695,7 +744,10 @@ export class ScsiDisk {
       throw new DiskRequestError(`${op}: offset ${offset} / length ${length} ${why}`, 'EINVAL');
     }
     if (offset + length > g.sizeBytes) {
-      throw new DiskRequestError(`${op}: ${offset}+${length} is beyond the end of the disk (${g.sizeBytes} bytes)`, beyondEnd);
+      throw new DiskRequestError(
+        `${op}: ${offset}+${length} is beyond the end of the disk (${g.sizeBytes} bytes)`,
+        beyondEnd,
+      );
     }
     return offset / g.blockSize;
   }
@@ -837,11 +889,17 @@ export class ScsiDisk {
     const rq = this.requests.pop();
     if (rq) return rq;
     const cmd: ScsiCommand = {
-      lun: this.lun, cdb: Buffer.alloc(16), dataOut: undefined, dataInLength: undefined, dataIn: undefined,
+      lun: this.lun,
+      cdb: Buffer.alloc(16),
+      dataOut: undefined,
+      dataInLength: undefined,
+      dataIn: undefined,
       timeoutMs: this.opts.timeoutMs,
     };
     const created: RwRequest = {
-      cmd, cdb: cmd.cdb, lba: 0,
+      cmd,
+      cdb: cmd.cdb,
+      lba: 0,
       onRead: (res) => this.readDone(created, res),
       onReadCompleted: (res) => this.readCompleted(created, res),
       onWrite: (res) => this.writeDone(created, res),
@@ -877,7 +935,11 @@ export class ScsiDisk {
       this.fuaRefused = true;
       if (this.limits.fua === 'fua') {
         this.limits.fua = 'sync-cache';
-        this.emit({ type: 'fua-disabled', command: 'WRITE_16', reason: 'the LU refused the FUA bit; emulated with SYNCHRONIZE CACHE' });
+        this.emit({
+          type: 'fua-disabled',
+          command: 'WRITE_16',
+          reason: 'the LU refused the FUA bit; emulated with SYNCHRONIZE CACHE',
+        });
       }
       await this.command(buildWrite16(BigInt(lba), blocks), { dataOut: data });
     }
@@ -885,7 +947,13 @@ export class ScsiDisk {
 
   /** SYNCHRONIZE CACHE of a block range (see synchronizeCache()). */
   private async syncRange(lba: number, n: number): Promise<void> {
-    await this.runChunks(ScsiDisk.split(lba, n, 0xffffffff).map(([l, c]) => () => this.synchronizeCache(l, c)));
+    await this.runChunks(
+      ScsiDisk.split(lba, n, 0xffffffff).map(
+        ([l, c]) =>
+          () =>
+            this.synchronizeCache(l, c),
+      ),
+    );
   }
 
   /**
@@ -952,7 +1020,10 @@ export class ScsiDisk {
         const cmds = ScsiDisk.split(start, end - start, perCmd);
         await this.runChunks(
           cmds.map(([l, c]) => async () => {
-            const descs: UnmapDescriptor[] = ScsiDisk.split(l, c, perDesc).map(([dl, dc]) => ({ lba: BigInt(dl), blocks: dc }));
+            const descs: UnmapDescriptor[] = ScsiDisk.split(l, c, perDesc).map(([dl, dc]) => ({
+              lba: BigInt(dl),
+              blocks: dc,
+            }));
             const { cdb, parameterList } = buildUnmap(descs);
             await this.command(cdb, { dataOut: parameterList });
           }),
@@ -1060,7 +1131,12 @@ function isUnsupported(e: ScsiError): boolean {
  */
 export async function reportLuns(
   executor: ScsiExecutor,
-  opts: { lun?: bigint; timeoutMs?: number; retry?: Partial<ScsiRetryPolicy>; sleep?: (ms: number) => Promise<void> } = {},
+  opts: {
+    lun?: bigint;
+    timeoutMs?: number;
+    retry?: Partial<ScsiRetryPolicy>;
+    sleep?: (ms: number) => Promise<void>;
+  } = {},
 ): Promise<bigint[]> {
   const disk = new ScsiDisk(executor, { ...opts, lun: opts.lun ?? 0n });
   let alloc = 8 + 8 * 256;

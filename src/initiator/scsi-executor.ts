@@ -66,7 +66,5 @@ export interface ScsiTargetLun {
     cdb: Buffer,
     dataOut: Buffer | undefined,
     allocationLength: number,
-  ):
-    | { status: number; sense?: Buffer; dataIn?: Buffer }
-    | Promise<{ status: number; sense?: Buffer; dataIn?: Buffer }>;
+  ): { status: number; sense?: Buffer; dataIn?: Buffer } | Promise<{ status: number; sense?: Buffer; dataIn?: Buffer }>;
 }

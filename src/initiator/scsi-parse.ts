@@ -427,10 +427,20 @@ export function parseModeSense10(buf: Uint8Array): ModeSense10 {
     if (spf && off + 4 > end) break;
     const hdr = spf ? 4 : 2;
     const len = spf ? u16(buf, off + 2) : buf[off + 1]!;
-    pages.push({ page: b0 & 0x3f, subpage: spf ? buf[off + 1]! : 0, data: Buffer.from(buf.subarray(off + hdr, Math.min(end, off + hdr + len))) });
+    pages.push({
+      page: b0 & 0x3f,
+      subpage: spf ? buf[off + 1]! : 0,
+      data: Buffer.from(buf.subarray(off + hdr, Math.min(end, off + hdr + len))),
+    });
     off += hdr + len;
   }
-  return { modeDataLength, writeProtected: (dsp & MODE_DSP_WP) !== 0, dpoFua: (dsp & MODE_DSP_DPOFUA) !== 0, pages, truncated: buf.length < 2 + modeDataLength };
+  return {
+    modeDataLength,
+    writeProtected: (dsp & MODE_DSP_WP) !== 0,
+    dpoFua: (dsp & MODE_DSP_DPOFUA) !== 0,
+    pages,
+    truncated: buf.length < 2 + modeDataLength,
+  };
 }
 
 export interface CachingPage {

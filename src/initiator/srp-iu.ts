@@ -13,13 +13,42 @@
  * req_lim_delta is a signed 32-bit field (the spec allows a target to take credits back).
  */
 import {
-  SRP_AER_REQ, SRP_AER_REQ_LEN, SRP_AER_RSP, SRP_AER_RSP_LEN, SRP_CMD, SRP_CMD_LEN, SRP_CRED_REQ,
-  SRP_CRED_REQ_LEN, SRP_CRED_RSP, SRP_CRED_RSP_LEN, SRP_DATA_DESC_DIRECT, SRP_DATA_DESC_IMM,
-  SRP_DATA_DESC_INDIRECT, SRP_DIRECT_BUF_LEN, SRP_IMM_BUF_LEN, SRP_INDIRECT_BUF_LEN, SRP_I_LOGOUT,
-  SRP_I_LOGOUT_LEN, SRP_LOGIN_REJ, SRP_LOGIN_REJ_LEN, SRP_LOGIN_REQ, SRP_LOGIN_REQ_LEN,
-  SRP_LOGIN_REQ_RDMA_LEN, SRP_LOGIN_RSP, SRP_LOGIN_RSP_LEN, SRP_MAX_ADD_CDB_LEN, SRP_NO_DATA_DESC,
-  SRP_RSP, SRP_RSP_FLAG_RSPVALID, SRP_RSP_FLAG_SNSVALID, SRP_RSP_LEN, SRP_TSK_MGMT, SRP_TSK_MGMT_LEN,
-  SRP_T_LOGOUT, SRP_T_LOGOUT_LEN, nameOfSrpOpcode,
+  SRP_AER_REQ,
+  SRP_AER_REQ_LEN,
+  SRP_AER_RSP,
+  SRP_AER_RSP_LEN,
+  SRP_CMD,
+  SRP_CMD_LEN,
+  SRP_CRED_REQ,
+  SRP_CRED_REQ_LEN,
+  SRP_CRED_RSP,
+  SRP_CRED_RSP_LEN,
+  SRP_DATA_DESC_DIRECT,
+  SRP_DATA_DESC_IMM,
+  SRP_DATA_DESC_INDIRECT,
+  SRP_DIRECT_BUF_LEN,
+  SRP_IMM_BUF_LEN,
+  SRP_INDIRECT_BUF_LEN,
+  SRP_I_LOGOUT,
+  SRP_I_LOGOUT_LEN,
+  SRP_LOGIN_REJ,
+  SRP_LOGIN_REJ_LEN,
+  SRP_LOGIN_REQ,
+  SRP_LOGIN_REQ_LEN,
+  SRP_LOGIN_REQ_RDMA_LEN,
+  SRP_LOGIN_RSP,
+  SRP_LOGIN_RSP_LEN,
+  SRP_MAX_ADD_CDB_LEN,
+  SRP_NO_DATA_DESC,
+  SRP_RSP,
+  SRP_RSP_FLAG_RSPVALID,
+  SRP_RSP_FLAG_SNSVALID,
+  SRP_RSP_LEN,
+  SRP_TSK_MGMT,
+  SRP_TSK_MGMT_LEN,
+  SRP_T_LOGOUT,
+  SRP_T_LOGOUT_LEN,
+  nameOfSrpOpcode,
 } from './srp-constants.js';
 
 /** The only exception a decoder throws: the input is not a valid IU of the expected kind. */
@@ -158,7 +187,8 @@ export interface SrpCodecContext {
 
 function out(len: number, buf: Buffer | undefined, offset: number): Buffer {
   if (!buf) return Buffer.alloc(len);
-  if (offset < 0 || offset + len > buf.length) throw new RangeError(`encode: ${len} bytes do not fit at offset ${offset}`);
+  if (offset < 0 || offset + len > buf.length)
+    throw new RangeError(`encode: ${len} bytes do not fit at offset ${offset}`);
   const view = buf.subarray(offset, offset + len);
   view.fill(0);
   return view;
@@ -178,7 +208,10 @@ function view(buf: Buffer, offset: number, length: number | undefined, opcode: n
   }
   const len = length ?? buf.length - offset;
   if (!Number.isInteger(len) || len < 0 || offset + len > buf.length) {
-    throw new SrpDecodeError(`${nameOfSrpOpcode(opcode)}: length ${len} at ${offset} exceeds buffer of ${buf.length}`, undefined);
+    throw new SrpDecodeError(
+      `${nameOfSrpOpcode(opcode)}: length ${len} at ${offset} exceeds buffer of ${buf.length}`,
+      undefined,
+    );
   }
   const v = buf.subarray(offset, offset + len);
   if (v.length < 1) throw new SrpDecodeError(`${nameOfSrpOpcode(opcode)}: empty IU`, undefined);
@@ -237,11 +270,16 @@ export function encodeLoginReqRdma(m: SrpLoginReq, buf?: Buffer, offset = 0): Bu
   return b;
 }
 export function decodeLoginReqRdma(buf: Buffer, offset = 0, length?: number): SrpLoginReq {
-  if (offset < 0 || offset > buf.length) throw new SrpDecodeError(`srp_login_req_rdma: bad offset ${offset}`, undefined);
+  if (offset < 0 || offset > buf.length)
+    throw new SrpDecodeError(`srp_login_req_rdma: bad offset ${offset}`, undefined);
   const len = length ?? buf.length - offset;
-  if (len < 0 || offset + len > buf.length) throw new SrpDecodeError(`srp_login_req_rdma: length ${len} exceeds buffer`, undefined);
+  if (len < 0 || offset + len > buf.length)
+    throw new SrpDecodeError(`srp_login_req_rdma: length ${len} exceeds buffer`, undefined);
   if (len < SRP_LOGIN_REQ_RDMA_LEN) {
-    throw new SrpDecodeError(`srp_login_req_rdma: ${len} bytes, needs ${SRP_LOGIN_REQ_RDMA_LEN}`, len > 11 ? buf[offset + 11] : undefined);
+    throw new SrpDecodeError(
+      `srp_login_req_rdma: ${len} bytes, needs ${SRP_LOGIN_REQ_RDMA_LEN}`,
+      len > 11 ? buf[offset + 11] : undefined,
+    );
   }
   const b = buf.subarray(offset, offset + len);
   if (b[11] !== SRP_LOGIN_REQ) {
@@ -349,19 +387,27 @@ export function decodeTskMgmt(buf: Buffer, offset = 0, length?: number): SrpTskM
 
 function descFormat(d: SrpDataDesc): number {
   switch (d.format) {
-    case 'none': return SRP_NO_DATA_DESC;
-    case 'direct': return SRP_DATA_DESC_DIRECT;
-    case 'indirect': return SRP_DATA_DESC_INDIRECT;
-    case 'imm': return SRP_DATA_DESC_IMM;
+    case 'none':
+      return SRP_NO_DATA_DESC;
+    case 'direct':
+      return SRP_DATA_DESC_DIRECT;
+    case 'indirect':
+      return SRP_DATA_DESC_INDIRECT;
+    case 'imm':
+      return SRP_DATA_DESC_IMM;
   }
 }
 /** Bytes the descriptor itself occupies in the IU (immediate data bytes excluded). */
 function descLen(d: SrpDataDesc): number {
   switch (d.format) {
-    case 'none': return 0;
-    case 'direct': return SRP_DIRECT_BUF_LEN;
-    case 'indirect': return SRP_INDIRECT_BUF_LEN + SRP_DIRECT_BUF_LEN * d.descs.length;
-    case 'imm': return SRP_IMM_BUF_LEN;
+    case 'none':
+      return 0;
+    case 'direct':
+      return SRP_DIRECT_BUF_LEN;
+    case 'indirect':
+      return SRP_INDIRECT_BUF_LEN + SRP_DIRECT_BUF_LEN * d.descs.length;
+    case 'imm':
+      return SRP_IMM_BUF_LEN;
   }
 }
 function writeDirect(b: Buffer, at: number, d: SrpDirectBuf): void {
@@ -374,14 +420,19 @@ function readDirect(b: Buffer, at: number): SrpDirectBuf {
 }
 function writeDesc(b: Buffer, at: number, d: SrpDataDesc): void {
   switch (d.format) {
-    case 'none': return;
-    case 'direct': writeDirect(b, at, d.buf); return;
+    case 'none':
+      return;
+    case 'direct':
+      writeDirect(b, at, d.buf);
+      return;
     case 'indirect':
       writeDirect(b, at, d.table);
       b.writeUInt32BE(u32(d.totalLen, 'total len'), at + 16);
       d.descs.forEach((x, i) => writeDirect(b, at + SRP_INDIRECT_BUF_LEN + i * SRP_DIRECT_BUF_LEN, x));
       return;
-    case 'imm': b.writeUInt32BE(d.data.length, at); return;
+    case 'imm':
+      b.writeUInt32BE(d.data.length, at);
+      return;
   }
 }
 
@@ -528,10 +579,16 @@ export function encodeCmdInPlace(b: Buffer, f: SrpCmdFields, immDataOffset: numb
 }
 
 function readDesc(
-  b: Buffer, at: number, fmt: number, cnt: number, dir: 'data-out' | 'data-in', ctx: SrpCodecContext,
+  b: Buffer,
+  at: number,
+  fmt: number,
+  cnt: number,
+  dir: 'data-out' | 'data-in',
+  ctx: SrpCodecContext,
 ): { desc: SrpDataDesc; len: number } {
   const need = (n: number) => {
-    if (at + n > b.length) throw new SrpDecodeError(`SRP_CMD: ${dir} descriptor needs ${n} bytes at ${at}, IU is ${b.length}`, SRP_CMD);
+    if (at + n > b.length)
+      throw new SrpDecodeError(`SRP_CMD: ${dir} descriptor needs ${n} bytes at ${at}, IU is ${b.length}`, SRP_CMD);
   };
   switch (fmt) {
     case SRP_NO_DATA_DESC:
@@ -551,10 +608,15 @@ function readDesc(
       need(SRP_IMM_BUF_LEN);
       const dataLen = b.readUInt32BE(at);
       const off = ctx.immDataOffset;
-      if (off === undefined || off === 0) throw new SrpDecodeError('SRP_CMD: immediate data not negotiated on this channel', SRP_CMD);
-      if (off < at + SRP_IMM_BUF_LEN) throw new SrpDecodeError(`SRP_CMD: imm_data_offset ${off} overlaps descriptors`, SRP_CMD);
+      if (off === undefined || off === 0)
+        throw new SrpDecodeError('SRP_CMD: immediate data not negotiated on this channel', SRP_CMD);
+      if (off < at + SRP_IMM_BUF_LEN)
+        throw new SrpDecodeError(`SRP_CMD: imm_data_offset ${off} overlaps descriptors`, SRP_CMD);
       if (off + dataLen > b.length) {
-        throw new SrpDecodeError(`SRP_CMD: ${dataLen} bytes of immediate data at ${off} exceed IU of ${b.length}`, SRP_CMD);
+        throw new SrpDecodeError(
+          `SRP_CMD: ${dataLen} bytes of immediate data at ${off} exceed IU of ${b.length}`,
+          SRP_CMD,
+        );
       }
       return { desc: { format: 'imm', data: b.subarray(off, off + dataLen) }, len: SRP_IMM_BUF_LEN };
     }
@@ -645,7 +707,12 @@ export class SrpCmdReader {
 
   /** readDesc() of decodeCmd, in place; returns the descriptor's length in the IU. */
   private readDesc(
-    b: Buffer, at: number, fmt: number, cnt: number, dir: 'data-out' | 'data-in', ctx: SrpCodecContext,
+    b: Buffer,
+    at: number,
+    fmt: number,
+    cnt: number,
+    dir: 'data-out' | 'data-in',
+    ctx: SrpCodecContext,
     d: SrpDirectBufParts,
   ): number {
     let len: number;
@@ -707,8 +774,10 @@ export function encodeRsp(m: SrpRsp, buf?: Buffer, offset = 0): Buffer {
   b[1] = m.solNot;
   b.writeInt32BE(m.reqLimDelta, 4);
   b.writeBigUInt64BE(m.tag, 8);
-  b[18] = (m.flags & ~(SRP_RSP_FLAG_RSPVALID | SRP_RSP_FLAG_SNSVALID))
-    | (m.responseData ? SRP_RSP_FLAG_RSPVALID : 0) | (m.sense ? SRP_RSP_FLAG_SNSVALID : 0);
+  b[18] =
+    (m.flags & ~(SRP_RSP_FLAG_RSPVALID | SRP_RSP_FLAG_SNSVALID)) |
+    (m.responseData ? SRP_RSP_FLAG_RSPVALID : 0) |
+    (m.sense ? SRP_RSP_FLAG_SNSVALID : 0);
   b[19] = m.status;
   b.writeUInt32BE(u32(m.dataOutResCnt, 'data_out_res_cnt'), 20);
   b.writeUInt32BE(u32(m.dataInResCnt, 'data_in_res_cnt'), 24);
@@ -729,7 +798,9 @@ export function decodeRsp(buf: Buffer, offset = 0, length?: number): SrpRsp {
   const respLen = flags & SRP_RSP_FLAG_RSPVALID ? b.readUInt32BE(32) : 0;
   if (SRP_RSP_LEN + respLen + senseLen > b.length) {
     throw new SrpDecodeError(
-      `SRP_RSP: response data ${respLen} + sense ${senseLen} bytes exceed IU of ${b.length}`, SRP_RSP);
+      `SRP_RSP: response data ${respLen} + sense ${senseLen} bytes exceed IU of ${b.length}`,
+      SRP_RSP,
+    );
   }
   const m: SrpRsp = {
     solNot: b[1]!,
@@ -774,8 +845,10 @@ export function encodeRspInPlace(b: Buffer, f: SrpRspFields): number {
   b.writeInt32BE(f.reqLimDelta, 4);
   b.writeUInt32BE(f.tagHi, 8);
   b.writeUInt32BE(f.tagLo, 12);
-  const flags = (f.flags & ~(SRP_RSP_FLAG_RSPVALID | SRP_RSP_FLAG_SNSVALID))
-    | (f.responseData ? SRP_RSP_FLAG_RSPVALID : 0) | (f.sense ? SRP_RSP_FLAG_SNSVALID : 0);
+  const flags =
+    (f.flags & ~(SRP_RSP_FLAG_RSPVALID | SRP_RSP_FLAG_SNSVALID)) |
+    (f.responseData ? SRP_RSP_FLAG_RSPVALID : 0) |
+    (f.sense ? SRP_RSP_FLAG_SNSVALID : 0);
   b.writeUInt32BE(((flags & 0xff) << 8) | (f.status & 0xff), 16);
   b.writeUInt32BE(u32(f.dataOutResCnt, 'data_out_res_cnt'), 20);
   b.writeUInt32BE(u32(f.dataInResCnt, 'data_in_res_cnt'), 24);
@@ -820,7 +893,9 @@ export class SrpRspReader {
     const respLen = flags & SRP_RSP_FLAG_RSPVALID ? b.readUInt32BE(32) : 0;
     if (SRP_RSP_LEN + respLen + senseLen > b.length) {
       throw new SrpDecodeError(
-        `SRP_RSP: response data ${respLen} + sense ${senseLen} bytes exceed IU of ${b.length}`, SRP_RSP);
+        `SRP_RSP: response data ${respLen} + sense ${senseLen} bytes exceed IU of ${b.length}`,
+        SRP_RSP,
+      );
     }
     this.solNot = b[1]!;
     this.reqLimDelta = b.readInt32BE(4);
@@ -911,18 +986,31 @@ export function decodeIu(buf: Buffer, offset = 0, length?: number, ctx: SrpCodec
   }
   const op = buf[offset]!;
   switch (op) {
-    case SRP_LOGIN_REQ: return { type: 'SRP_LOGIN_REQ', ...decodeLoginReq(buf, offset, length) };
-    case SRP_LOGIN_RSP: return { type: 'SRP_LOGIN_RSP', ...decodeLoginRsp(buf, offset, length) };
-    case SRP_LOGIN_REJ: return { type: 'SRP_LOGIN_REJ', ...decodeLoginRej(buf, offset, length) };
-    case SRP_I_LOGOUT: return { type: 'SRP_I_LOGOUT', ...decodeILogout(buf, offset, length) };
-    case SRP_T_LOGOUT: return { type: 'SRP_T_LOGOUT', ...decodeTLogout(buf, offset, length) };
-    case SRP_TSK_MGMT: return { type: 'SRP_TSK_MGMT', ...decodeTskMgmt(buf, offset, length) };
-    case SRP_CMD: return { type: 'SRP_CMD', ...decodeCmd(buf, offset, length, ctx) };
-    case SRP_RSP: return { type: 'SRP_RSP', ...decodeRsp(buf, offset, length) };
-    case SRP_CRED_REQ: return { type: 'SRP_CRED_REQ', ...decodeCredReq(buf, offset, length) };
-    case SRP_CRED_RSP: return { type: 'SRP_CRED_RSP', ...decodeCredRsp(buf, offset, length) };
-    case SRP_AER_REQ: return { type: 'SRP_AER_REQ', ...decodeAerReq(buf, offset, length) };
-    case SRP_AER_RSP: return { type: 'SRP_AER_RSP', ...decodeAerRsp(buf, offset, length) };
-    default: throw new SrpDecodeError(`unknown IU type ${nameOfSrpOpcode(op)}`, op);
+    case SRP_LOGIN_REQ:
+      return { type: 'SRP_LOGIN_REQ', ...decodeLoginReq(buf, offset, length) };
+    case SRP_LOGIN_RSP:
+      return { type: 'SRP_LOGIN_RSP', ...decodeLoginRsp(buf, offset, length) };
+    case SRP_LOGIN_REJ:
+      return { type: 'SRP_LOGIN_REJ', ...decodeLoginRej(buf, offset, length) };
+    case SRP_I_LOGOUT:
+      return { type: 'SRP_I_LOGOUT', ...decodeILogout(buf, offset, length) };
+    case SRP_T_LOGOUT:
+      return { type: 'SRP_T_LOGOUT', ...decodeTLogout(buf, offset, length) };
+    case SRP_TSK_MGMT:
+      return { type: 'SRP_TSK_MGMT', ...decodeTskMgmt(buf, offset, length) };
+    case SRP_CMD:
+      return { type: 'SRP_CMD', ...decodeCmd(buf, offset, length, ctx) };
+    case SRP_RSP:
+      return { type: 'SRP_RSP', ...decodeRsp(buf, offset, length) };
+    case SRP_CRED_REQ:
+      return { type: 'SRP_CRED_REQ', ...decodeCredReq(buf, offset, length) };
+    case SRP_CRED_RSP:
+      return { type: 'SRP_CRED_RSP', ...decodeCredRsp(buf, offset, length) };
+    case SRP_AER_REQ:
+      return { type: 'SRP_AER_REQ', ...decodeAerReq(buf, offset, length) };
+    case SRP_AER_RSP:
+      return { type: 'SRP_AER_RSP', ...decodeAerRsp(buf, offset, length) };
+    default:
+      throw new SrpDecodeError(`unknown IU type ${nameOfSrpOpcode(op)}`, op);
   }
 }

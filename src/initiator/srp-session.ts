@@ -27,21 +27,69 @@
  *   counted and logged and change nothing else.
  */
 import {
-  SRP_AER_REQ, SRP_BUF_FORMAT_DIRECT, SRP_BUF_FORMAT_INDIRECT, SRP_CMD_LEN, SRP_CMD_SIMPLE_Q, SRP_CRED_REQ,
-  SRP_DATA_DESC_DIRECT, SRP_DATA_DESC_IMM, SRP_NO_DATA_DESC,
-  SRP_DEFAULT_CMD_SQ_SIZE, SRP_DEF_SG_TABLESIZE, SRP_DIRECT_BUF_LEN, SRP_IMMED_REQUESTED, SRP_IMM_DATA_OFFSET,
-  SRP_INDIRECT_BUF_LEN, SRP_LOGIN_REJ, SRP_LOGIN_RSP, SRP_LOGIN_RSP_IMMED_SUPP, SRP_MAX_ADD_CDB_LEN,
-  SRP_MULTICHAN_MULTI, SRP_MULTICHAN_SINGLE, SRP_RSP, SRP_RSP_FLAG_DIOVER, SRP_RSP_FLAG_DIUNDER,
-  SRP_RSP_FLAG_DOOVER, SRP_RSP_FLAG_DOUNDER, SRP_TSK_ABORT_TASK, SRP_TSK_LUN_RESET, SRP_TSK_MGMT_SQ_SIZE,
-  SRP_TSK_MGMT_SUCCESS, SRP_T_LOGOUT, SRP_ABORT_TIMEOUT_MS, describeSrpLoginRejReason, nameOfSrpLoginRejReason,
-  nameOfSrpMultichanResult, nameOfSrpOpcode, nameOfSrpTLogoutReason, nameOfSrpTskMgmtFunc,
+  SRP_AER_REQ,
+  SRP_BUF_FORMAT_DIRECT,
+  SRP_BUF_FORMAT_INDIRECT,
+  SRP_CMD_LEN,
+  SRP_CMD_SIMPLE_Q,
+  SRP_CRED_REQ,
+  SRP_DATA_DESC_DIRECT,
+  SRP_DATA_DESC_IMM,
+  SRP_NO_DATA_DESC,
+  SRP_DEFAULT_CMD_SQ_SIZE,
+  SRP_DEF_SG_TABLESIZE,
+  SRP_DIRECT_BUF_LEN,
+  SRP_IMMED_REQUESTED,
+  SRP_IMM_DATA_OFFSET,
+  SRP_INDIRECT_BUF_LEN,
+  SRP_LOGIN_REJ,
+  SRP_LOGIN_RSP,
+  SRP_LOGIN_RSP_IMMED_SUPP,
+  SRP_MAX_ADD_CDB_LEN,
+  SRP_MULTICHAN_MULTI,
+  SRP_MULTICHAN_SINGLE,
+  SRP_RSP,
+  SRP_RSP_FLAG_DIOVER,
+  SRP_RSP_FLAG_DIUNDER,
+  SRP_RSP_FLAG_DOOVER,
+  SRP_RSP_FLAG_DOUNDER,
+  SRP_TSK_ABORT_TASK,
+  SRP_TSK_LUN_RESET,
+  SRP_TSK_MGMT_SQ_SIZE,
+  SRP_TSK_MGMT_SUCCESS,
+  SRP_T_LOGOUT,
+  SRP_ABORT_TIMEOUT_MS,
+  describeSrpLoginRejReason,
+  nameOfSrpLoginRejReason,
+  nameOfSrpMultichanResult,
+  nameOfSrpOpcode,
+  nameOfSrpTLogoutReason,
+  nameOfSrpTskMgmtFunc,
   nameOfSrpTskMgmtStatus,
 } from './srp-constants.js';
 import {
-  SrpDecodeError, SrpRspReader, cmdInPlaceLength, cmdLength, decodeAerReq, decodeCredReq, decodeLoginRej,
-  decodeLoginRsp, decodeTLogout, encodeAerRsp, encodeCmd, encodeCmdInPlace, encodeCredRsp, encodeILogout,
-  encodeLoginReq, encodeLoginReqRdma, encodeTskMgmt, type SrpCmd, type SrpCmdFields, type SrpDataDesc,
-  type SrpDirectBuf, type SrpLoginReq,
+  SrpDecodeError,
+  SrpRspReader,
+  cmdInPlaceLength,
+  cmdLength,
+  decodeAerReq,
+  decodeCredReq,
+  decodeLoginRej,
+  decodeLoginRsp,
+  decodeTLogout,
+  encodeAerRsp,
+  encodeCmd,
+  encodeCmdInPlace,
+  encodeCredRsp,
+  encodeILogout,
+  encodeLoginReq,
+  encodeLoginReqRdma,
+  encodeTskMgmt,
+  type SrpCmd,
+  type SrpCmdFields,
+  type SrpDataDesc,
+  type SrpDirectBuf,
+  type SrpLoginReq,
 } from './srp-iu.js';
 import { TransportError, type ScsiCommand, type ScsiExecutor, type ScsiResult } from './scsi-executor.js';
 import { Emitter, type ChannelTransport, type MemoryRegion } from './transport.js';
@@ -176,9 +224,14 @@ export type SrpSessionState = 'logging-in' | 'live' | 'closing' | 'closed' | 'di
 /** The target refused the login (SRP_LOGIN_REJ); `reasonName` is the srp.h name. */
 export class SrpLoginRejectedError extends Error {
   readonly reasonName: string;
-  constructor(readonly reason: number, readonly bufFmt: number) {
+  constructor(
+    readonly reason: number,
+    readonly bufFmt: number,
+  ) {
     const name = nameOfSrpLoginRejReason(reason);
-    super(`SRP login rejected: ${name} (0x${reason.toString(16).padStart(8, '0')}): ${describeSrpLoginRejReason(reason)}`);
+    super(
+      `SRP login rejected: ${name} (0x${reason.toString(16).padStart(8, '0')}): ${describeSrpLoginRejReason(reason)}`,
+    );
     this.name = 'SrpLoginRejectedError';
     this.reasonName = name;
   }
@@ -186,7 +239,12 @@ export class SrpLoginRejectedError extends Error {
 
 /** A task management function did not complete with SRP_TSK_MGMT_SUCCESS. */
 export class SrpTaskManagementError extends Error {
-  constructor(readonly func: number, readonly code: number | undefined, message: string, options?: { cause?: unknown }) {
+  constructor(
+    readonly func: number,
+    readonly code: number | undefined,
+    message: string,
+    options?: { cause?: unknown },
+  ) {
     super(message, options);
     this.name = 'SrpTaskManagementError';
   }
@@ -254,7 +312,11 @@ class CmdSlot {
   dirty = 0;
   /** the view of data last copied out, reused while the transfer length repeats */
   private dataView: Buffer | undefined = undefined;
-  constructor(readonly index: number, iuLen: number, data: Buffer | undefined) {
+  constructor(
+    readonly index: number,
+    iuLen: number,
+    data: Buffer | undefined,
+  ) {
     this.iu = Buffer.alloc(iuLen);
     this.view = this.iu.subarray(0, 0);
     this.data = data;
@@ -301,7 +363,9 @@ export class SrpSession extends Emitter<SrpSessionEvents> implements ScsiExecuto
   private stateValue: SrpSessionState = 'logging-in';
   private readonly log: SrpLogger;
   private readonly timers: SrpTimers;
-  private readonly opts: Required<Omit<SrpSessionOptions, 'logger' | 'timers' | 'maxItIuLen'>> & { maxItIuLen?: number };
+  private readonly opts: Required<Omit<SrpSessionOptions, 'logger' | 'timers' | 'maxItIuLen'>> & {
+    maxItIuLen?: number;
+  };
   private login!: SrpLoginResult;
   private reqLim = 0;
   /** next task management / SRP_I_LOGOUT tag */
@@ -314,9 +378,17 @@ export class SrpSession extends Emitter<SrpSessionEvents> implements ScsiExecuto
   private slotBytes = 0;
   private slotRegistrationWarned = false;
   private readonly fields: SrpCmdFields = {
-    tagHi: 0, tagLo: 0, lunHi: 0, lunLo: 0, taskAttr: SRP_CMD_SIMPLE_Q, cdb: NO_CDB,
-    outFmt: SRP_NO_DATA_DESC, out: { vaHi: 0, vaLo: 0, key: 0, len: 0 }, immData: undefined,
-    inFmt: SRP_NO_DATA_DESC, in: { vaHi: 0, vaLo: 0, key: 0, len: 0 },
+    tagHi: 0,
+    tagLo: 0,
+    lunHi: 0,
+    lunLo: 0,
+    taskAttr: SRP_CMD_SIMPLE_Q,
+    cdb: NO_CDB,
+    outFmt: SRP_NO_DATA_DESC,
+    out: { vaHi: 0, vaLo: 0, key: 0, len: 0 },
+    immData: undefined,
+    inFmt: SRP_NO_DATA_DESC,
+    in: { vaHi: 0, vaLo: 0, key: 0, len: 0 },
   };
   private readonly rsp = new SrpRspReader();
   private readonly lunCache = new Map<bigint, LunParts>();
@@ -336,14 +408,38 @@ export class SrpSession extends Emitter<SrpSessionEvents> implements ScsiExecuto
   private readonly early: Buffer[] = [];
   private readonly idleWaiters: (() => void)[] = [];
   private readonly c: Omit<SrpSessionCounters, 'reqLim' | 'inFlight' | 'queued'> = {
-    commandsSubmitted: 0, commandsSent: 0, commandsCompleted: 0, commandsFailed: 0, immediateDataCommands: 0,
-    indirectCommands: 0, bytesOut: 0, bytesIn: 0, creditsGranted: 0, zeroReqLim: 0, commandTimeouts: 0,
-    abortsSent: 0, abortsSucceeded: 0, abortsFailed: 0, lunResets: 0, tmTimeouts: 0, credReqs: 0, aerReqs: 0,
-    malformedIus: 0, unknownOpcodes: 0, unknownTags: 0, lateResponses: 0, memoryRegistrations: 0,
-    memoryRegistrationFailures: 0, perCommandRegistrations: 0, slotRegions: 0,
+    commandsSubmitted: 0,
+    commandsSent: 0,
+    commandsCompleted: 0,
+    commandsFailed: 0,
+    immediateDataCommands: 0,
+    indirectCommands: 0,
+    bytesOut: 0,
+    bytesIn: 0,
+    creditsGranted: 0,
+    zeroReqLim: 0,
+    commandTimeouts: 0,
+    abortsSent: 0,
+    abortsSucceeded: 0,
+    abortsFailed: 0,
+    lunResets: 0,
+    tmTimeouts: 0,
+    credReqs: 0,
+    aerReqs: 0,
+    malformedIus: 0,
+    unknownOpcodes: 0,
+    unknownTags: 0,
+    lateResponses: 0,
+    memoryRegistrations: 0,
+    memoryRegistrationFailures: 0,
+    perCommandRegistrations: 0,
+    slotRegions: 0,
   };
 
-  private constructor(private readonly transport: ChannelTransport, options: SrpSessionOptions) {
+  private constructor(
+    private readonly transport: ChannelTransport,
+    options: SrpSessionOptions,
+  ) {
     super();
     this.log = options.logger ?? silentLogger;
     this.timers = options.timers ?? realTimers;
@@ -402,8 +498,9 @@ export class SrpSession extends Emitter<SrpSessionEvents> implements ScsiExecuto
       tag: 0n,
       reqItIuLen: this.requestedItIuLen(),
       reqBufFmt: SRP_BUF_FORMAT_DIRECT | SRP_BUF_FORMAT_INDIRECT,
-      reqFlags: (this.opts.multichannel === 'multi' ? SRP_MULTICHAN_MULTI : SRP_MULTICHAN_SINGLE)
-        | (this.opts.immediateData ? SRP_IMMED_REQUESTED : 0),
+      reqFlags:
+        (this.opts.multichannel === 'multi' ? SRP_MULTICHAN_MULTI : SRP_MULTICHAN_SINGLE) |
+        (this.opts.immediateData ? SRP_IMMED_REQUESTED : 0),
       immDataOffset: this.opts.immediateData ? SRP_IMM_DATA_OFFSET : 0,
       initiatorPortId: this.opts.initiatorPortId,
       targetPortId: this.opts.targetPortId,
@@ -440,8 +537,14 @@ export class SrpSession extends Emitter<SrpSessionEvents> implements ScsiExecuto
     if (maxItIuLen < SRP_CMD_LEN + SRP_DIRECT_BUF_LEN) {
       fail(new Error(`SRP login: target max_it_iu_len ${rsp.maxItIuLen} cannot carry an SRP_CMD with a descriptor`));
     }
-    if (!(rsp.bufFmt & SRP_BUF_FORMAT_DIRECT)) fail(new Error(`SRP login: target supports no direct data buffer descriptors (buf_fmt 0x${rsp.bufFmt.toString(16)})`));
-    if (rsp.maxTiIuLen < 36) fail(new Error(`SRP login: target max_ti_iu_len ${rsp.maxTiIuLen} is smaller than SRP_RSP`));
+    if (!(rsp.bufFmt & SRP_BUF_FORMAT_DIRECT))
+      fail(
+        new Error(
+          `SRP login: target supports no direct data buffer descriptors (buf_fmt 0x${rsp.bufFmt.toString(16)})`,
+        ),
+      );
+    if (rsp.maxTiIuLen < 36)
+      fail(new Error(`SRP login: target max_ti_iu_len ${rsp.maxTiIuLen} is smaller than SRP_RSP`));
     const imm = this.opts.immediateData && (rsp.rspFlags & SRP_LOGIN_RSP_IMMED_SUPP) !== 0;
     this.login = {
       loginForm: t.loginForm,
@@ -647,12 +750,22 @@ export class SrpSession extends Emitter<SrpSessionEvents> implements ScsiExecuto
     }
     if (cmd.dataIn && cmd.dataIn.length < dataInLength) {
       this.c.commandsFailed++;
-      return Promise.reject(new RangeError(`dataIn buffer of ${cmd.dataIn.length} bytes < dataInLength ${dataInLength}`));
+      return Promise.reject(
+        new RangeError(`dataIn buffer of ${cmd.dataIn.length} bytes < dataInLength ${dataInLength}`),
+      );
     }
     const promise = new Promise<ScsiResult>(capture);
     const p: PendingCmd = {
-      tag: 0, cmd, inLen: dataInLength, resolve: capturedResolve!, reject: capturedReject!, state: 'queued',
-      slot: undefined, regions: undefined, dataInBuf: undefined, timeoutMs: cmd.timeoutMs ?? this.opts.commandTimeoutMs,
+      tag: 0,
+      cmd,
+      inLen: dataInLength,
+      resolve: capturedResolve!,
+      reject: capturedReject!,
+      state: 'queued',
+      slot: undefined,
+      regions: undefined,
+      dataInBuf: undefined,
+      timeoutMs: cmd.timeoutMs ?? this.opts.commandTimeoutMs,
       deadline: Infinity,
     };
     this.setDeadline(p);
@@ -730,11 +843,13 @@ export class SrpSession extends Emitter<SrpSessionEvents> implements ScsiExecuto
     const out = cmd.dataOut;
     const outLen = out?.length ?? 0;
     const inLen = p.inLen;
-    const imm = outLen > 0 && L.immediateData && outLen <= this.opts.maxImmData
-      && L.immDataOffset + outLen <= L.maxItIuLen;
+    const imm =
+      outLen > 0 && L.immediateData && outLen <= this.opts.maxImmData && L.immDataOffset + outLen <= L.maxItIuLen;
     const outRdma = outLen > 0 && !imm;
-    if ((outRdma || inLen > 0)
-      && (slot.mr === undefined || (outRdma && inLen > 0) || Math.max(outRdma ? outLen : 0, inLen) > this.slotBytes)) {
+    if (
+      (outRdma || inLen > 0) &&
+      (slot.mr === undefined || (outRdma && inLen > 0) || Math.max(outRdma ? outLen : 0, inLen) > this.slotBytes)
+    ) {
       return this.encodeWithOwnRegions(p, slot, tag);
     }
     const f = this.fields;
@@ -791,7 +906,13 @@ export class SrpSession extends Emitter<SrpSessionEvents> implements ScsiExecuto
       dataIn = this.describe(p, p.dataInBuf, 'in');
     }
     const m: SrpCmd = {
-      solNot: 0, tag: BigInt(tag), lun: cmd.lun, taskAttr: SRP_CMD_SIMPLE_Q, cdb: cmd.cdb, dataOut, dataIn,
+      solNot: 0,
+      tag: BigInt(tag),
+      lun: cmd.lun,
+      taskAttr: SRP_CMD_SIMPLE_Q,
+      cdb: cmd.cdb,
+      dataOut,
+      dataIn,
     };
     const ctx = { immDataOffset: this.login.immDataOffset };
     const len = cmdLength(m, ctx);
@@ -813,7 +934,12 @@ export class SrpSession extends Emitter<SrpSessionEvents> implements ScsiExecuto
   private describe(p: PendingCmd, buf: Buffer | undefined, dir: 'out' | 'in'): SrpDataDesc {
     if (!buf || buf.length === 0) return { format: 'none' };
     const L = this.login;
-    if (dir === 'out' && L.immediateData && buf.length <= this.opts.maxImmData && L.immDataOffset + buf.length <= L.maxItIuLen) {
+    if (
+      dir === 'out' &&
+      L.immediateData &&
+      buf.length <= this.opts.maxImmData &&
+      L.immDataOffset + buf.length <= L.maxItIuLen
+    ) {
       return { format: 'imm', data: buf };
     }
     const max = this.transport.maxRegionSize;
@@ -823,10 +949,16 @@ export class SrpSession extends Emitter<SrpSessionEvents> implements ScsiExecuto
     }
     const n = Math.ceil(buf.length / max);
     if (!(L.bufFmt & SRP_BUF_FORMAT_INDIRECT)) {
-      throw new TransportError(`transfer of ${buf.length} bytes needs ${n} descriptors but the target supports no indirect descriptors`, 'protocol');
+      throw new TransportError(
+        `transfer of ${buf.length} bytes needs ${n} descriptors but the target supports no indirect descriptors`,
+        'protocol',
+      );
     }
     if (n > this.opts.cmdSgEntries) {
-      throw new TransportError(`transfer of ${buf.length} bytes needs ${n} descriptors, cmd_sg_entries is ${this.opts.cmdSgEntries}`, 'protocol');
+      throw new TransportError(
+        `transfer of ${buf.length} bytes needs ${n} descriptors, cmd_sg_entries is ${this.opts.cmdSgEntries}`,
+        'protocol',
+      );
     }
     const descs: SrpDirectBuf[] = [];
     for (let off = 0; off < buf.length; off += max) {
@@ -897,17 +1029,33 @@ export class SrpSession extends Emitter<SrpSessionEvents> implements ScsiExecuto
     if (p.state !== 'sent') return;
     this.c.commandTimeouts++;
     p.state = 'aborting';
-    this.log.warn({ tag: p.tag, lun: p.cmd.lun.toString(16), cdb: p.cmd.cdb.toString('hex') }, 'srp: command timed out, sending ABORT TASK');
+    this.log.warn(
+      { tag: p.tag, lun: p.cmd.lun.toString(16), cdb: p.cmd.cdb.toString('hex') },
+      'srp: command timed out, sending ABORT TASK',
+    );
     this.c.abortsSent++;
     this.taskManagement(SRP_TSK_ABORT_TASK, p.cmd.lun, p.tag, this.opts.tmTimeoutMs).then(
       () => {
         this.c.abortsSucceeded++;
         // The channel answered the abort: the command failed, the channel did not.
-        this.giveUp(p, new TransportError(`command timed out after ${p.timeoutMs} ms and was aborted (ABORT TASK succeeded)`, 'aborted'));
+        this.giveUp(
+          p,
+          new TransportError(
+            `command timed out after ${p.timeoutMs} ms and was aborted (ABORT TASK succeeded)`,
+            'aborted',
+          ),
+        );
       },
       (err: Error) => {
         this.c.abortsFailed++;
-        this.giveUp(p, new TransportError(`command timed out after ${p.timeoutMs} ms; ABORT TASK failed: ${err.message}`, 'timeout', { cause: err }));
+        this.giveUp(
+          p,
+          new TransportError(
+            `command timed out after ${p.timeoutMs} ms; ABORT TASK failed: ${err.message}`,
+            'timeout',
+            { cause: err },
+          ),
+        );
       },
     );
   }
@@ -950,11 +1098,24 @@ export class SrpSession extends Emitter<SrpSessionEvents> implements ScsiExecuto
    */
   taskManagement(func: number, lun: bigint, taskTag: number, timeoutMs = this.opts.tmTimeoutMs): Promise<void> {
     if (this.stateValue !== 'live' && this.stateValue !== 'closing') {
-      return Promise.reject(new TransportError(`SRP session is ${this.stateValue}`, this.stateValue === 'disconnected' ? 'disconnected' : 'closed'));
+      return Promise.reject(
+        new TransportError(
+          `SRP session is ${this.stateValue}`,
+          this.stateValue === 'disconnected' ? 'disconnected' : 'closed',
+        ),
+      );
     }
     return new Promise<number>((resolve, reject) => {
       const tm: PendingTm = {
-        tag: 0, func, lun, taskTag, timeoutMs, resolve, reject, state: 'queued', timer: undefined,
+        tag: 0,
+        func,
+        lun,
+        taskTag,
+        timeoutMs,
+        resolve,
+        reject,
+        state: 'queued',
+        timer: undefined,
       };
       // the timeout covers waiting for a credit as well as the target's answer
       tm.timer = this.timers.setTimeout(() => this.onTmTimeout(tm), timeoutMs);
@@ -962,14 +1123,24 @@ export class SrpSession extends Emitter<SrpSessionEvents> implements ScsiExecuto
       this.pump();
     }).then((code) => {
       if (code !== SRP_TSK_MGMT_SUCCESS) {
-        throw new SrpTaskManagementError(func, code, `${nameOfSrpTskMgmtFunc(func)} failed: ${nameOfSrpTskMgmtStatus(code)}`);
+        throw new SrpTaskManagementError(
+          func,
+          code,
+          `${nameOfSrpTskMgmtFunc(func)} failed: ${nameOfSrpTskMgmtStatus(code)}`,
+        );
       }
     });
   }
 
   private sendTm(tm: PendingTm): void {
     tm.tag = this.nextTmTag++;
-    const iu = encodeTskMgmt({ solNot: 0, tag: BigInt(tm.tag), lun: tm.lun, func: tm.func, taskTag: BigInt(tm.taskTag) });
+    const iu = encodeTskMgmt({
+      solNot: 0,
+      tag: BigInt(tm.tag),
+      lun: tm.lun,
+      func: tm.func,
+      taskTag: BigInt(tm.taskTag),
+    });
     this.tmActive = tm;
     tm.state = 'sent';
     this.reqLim--;
@@ -1000,15 +1171,24 @@ export class SrpSession extends Emitter<SrpSessionEvents> implements ScsiExecuto
     this.c.tmTimeouts++;
     if (tm.state === 'sent') this.remember(tm.tag);
     this.log.warn({ func: nameOfSrpTskMgmtFunc(tm.func), tag: tm.tag }, 'srp: task management timed out');
-    this.finishTm(tm, new SrpTaskManagementError(tm.func, undefined,
-      `${nameOfSrpTskMgmtFunc(tm.func)} got no answer within ${tm.timeoutMs} ms`));
+    this.finishTm(
+      tm,
+      new SrpTaskManagementError(
+        tm.func,
+        undefined,
+        `${nameOfSrpTskMgmtFunc(tm.func)} got no answer within ${tm.timeoutMs} ms`,
+      ),
+    );
   }
 
   /* ------------------------------------------------------------ receiving */
 
   private malformed(iu: Buffer, why: string): void {
     this.c.malformedIus++;
-    this.log.warn({ opcode: iu.length ? nameOfSrpOpcode(iu[0]!) : 'none', len: iu.length, why }, 'srp: malformed IU from target ignored');
+    this.log.warn(
+      { opcode: iu.length ? nameOfSrpOpcode(iu[0]!) : 'none', len: iu.length, why },
+      'srp: malformed IU from target ignored',
+    );
   }
 
   private addCredits(delta: number): void {
@@ -1019,10 +1199,12 @@ export class SrpSession extends Emitter<SrpSessionEvents> implements ScsiExecuto
   private onIu(iu: Buffer): void {
     if (this.stateValue === 'closed' || this.stateValue === 'disconnected') return;
     if (iu.length === 0) return this.malformed(iu, 'empty');
-    if (iu.length > this.login.maxTiIuLen) return this.malformed(iu, `longer than max_ti_iu_len ${this.login.maxTiIuLen}`);
+    if (iu.length > this.login.maxTiIuLen)
+      return this.malformed(iu, `longer than max_ti_iu_len ${this.login.maxTiIuLen}`);
     try {
       switch (iu[0]) {
-        case SRP_RSP: return this.onRsp(iu);
+        case SRP_RSP:
+          return this.onRsp(iu);
         case SRP_CRED_REQ: {
           const m = decodeCredReq(iu);
           this.c.credReqs++;
@@ -1050,7 +1232,10 @@ export class SrpSession extends Emitter<SrpSessionEvents> implements ScsiExecuto
         }
         default:
           this.c.unknownOpcodes++;
-          this.log.warn({ opcode: nameOfSrpOpcode(iu[0]!), len: iu.length }, 'srp: unexpected IU type from target ignored');
+          this.log.warn(
+            { opcode: nameOfSrpOpcode(iu[0]!), len: iu.length },
+            'srp: unexpected IU type from target ignored',
+          );
           return;
       }
     } catch (err) {
@@ -1160,7 +1345,8 @@ export class SrpSession extends Emitter<SrpSessionEvents> implements ScsiExecuto
     if (this.stateValue === 'closed' || this.stateValue === 'disconnected') return;
     this.stateValue = final;
     const err = (what: string) => new TransportError(`${what}: ${reason.message}`, reason.code, { cause: reason });
-    for (const tm of [...this.tmQueue, ...(this.tmActive ? [this.tmActive] : [])]) this.finishTm(tm, err('task management not completed'));
+    for (const tm of [...this.tmQueue, ...(this.tmActive ? [this.tmActive] : [])])
+      this.finishTm(tm, err('task management not completed'));
     for (const slot of this.slots) {
       const p = slot?.req;
       if (p === undefined) continue;

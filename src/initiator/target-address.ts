@@ -50,7 +50,10 @@ export interface SrpTargetAddress {
 
 /** A malformed add_target string; `option` is the offending option name (or the whole string). */
 export class TargetAddressError extends Error {
-  constructor(message: string, readonly option: string) {
+  constructor(
+    message: string,
+    readonly option: string,
+  ) {
     super(message);
     this.name = 'TargetAddressError';
   }
@@ -87,7 +90,10 @@ function parseInt0(opt: string, v: string): number {
 function ranged(opt: string, v: string, min: number, max = INT_MAX, hint?: string): number {
   const n = parseInt0(opt, v);
   if (n < min || n > max) {
-    throw new TargetAddressError(`bad ${opt} parameter '${v}'${hint ? ` (${hint})` : max === INT_MAX ? ` (must be >= ${min})` : ` (must be ${min}..${max})`}`, opt);
+    throw new TargetAddressError(
+      `bad ${opt} parameter '${v}'${hint ? ` (${hint})` : max === INT_MAX ? ` (must be >= ${min})` : ` (must be ${min}..${max})`}`,
+      opt,
+    );
   }
   return n;
 }
@@ -116,7 +122,12 @@ function parseInet(opt: string, v: string, needPort: boolean): SocketAddress {
     const scope = pct >= 0 ? inner.slice(pct + 1) : undefined;
     if (scope !== undefined && scope === '') throw bad('empty IPv6 scope');
     if (isIPv6(addr)) {
-      return { family: 6, address: addr, ...(scope !== undefined ? { scopeId: scope } : {}), ...(port !== undefined ? { port } : {}) };
+      return {
+        family: 6,
+        address: addr,
+        ...(scope !== undefined ? { scopeId: scope } : {}),
+        ...(port !== undefined ? { port } : {}),
+      };
     }
   }
   throw bad('expected IPv4:port or [IPv6]:port');
@@ -126,10 +137,15 @@ type Setter = (a: SrpTargetAddress, opt: string, v: string) => void;
 
 /** The options ib_srp accepts, in srp_opt_tokens order. */
 const OPTIONS: Readonly<Record<string, Setter>> = {
-  id_ext: (a, o, v) => { a.idExt = parseHex64(o, v); },
-  ioc_guid: (a, o, v) => { a.iocGuid = parseHex64(o, v); },
+  id_ext: (a, o, v) => {
+    a.idExt = parseHex64(o, v);
+  },
+  ioc_guid: (a, o, v) => {
+    a.iocGuid = parseHex64(o, v);
+  },
   dgid: (a, o, v) => {
-    if (!/^[0-9a-f]{32}$/i.test(v)) throw new TargetAddressError(`bad dest GID parameter '${v}': expected 32 hex digits`, o);
+    if (!/^[0-9a-f]{32}$/i.test(v))
+      throw new TargetAddressError(`bad dest GID parameter '${v}': expected 32 hex digits`, o);
     a.dgid = Buffer.from(v, 'hex');
   },
   pkey: (a, o, v) => {
@@ -138,10 +154,18 @@ const OPTIONS: Readonly<Record<string, Setter>> = {
     }
     a.pkey = parseInt(v.replace(/^0x/i, ''), 16);
   },
-  service_id: (a, o, v) => { a.serviceId = parseHex64(o, v); },
-  max_sect: (a, o, v) => { a.maxSect = ranged(o, v, 1); },
-  max_cmd_per_lun: (a, o, v) => { a.maxCmdPerLun = ranged(o, v, 1); },
-  target_can_queue: (a, o, v) => { a.targetCanQueue = ranged(o, v, 1); },
+  service_id: (a, o, v) => {
+    a.serviceId = parseHex64(o, v);
+  },
+  max_sect: (a, o, v) => {
+    a.maxSect = ranged(o, v, 1);
+  },
+  max_cmd_per_lun: (a, o, v) => {
+    a.maxCmdPerLun = ranged(o, v, 1);
+  },
+  target_can_queue: (a, o, v) => {
+    a.targetCanQueue = ranged(o, v, 1);
+  },
   io_class: (a, o, v) => {
     if (!/^(?:0x)?[0-9a-f]+$/i.test(v)) throw new TargetAddressError(`bad IO class parameter '${v}'`, o);
     const n = parseInt(v.replace(/^0x/i, ''), 16);
@@ -150,17 +174,39 @@ const OPTIONS: Readonly<Record<string, Setter>> = {
     }
     a.ioClass = n;
   },
-  initiator_ext: (a, o, v) => { a.initiatorExt = parseHex64(o, v); },
-  cmd_sg_entries: (a, o, v) => { a.cmdSgEntries = ranged(o, v, 1, 255); },
-  allow_ext_sg: (a, o, v) => { a.allowExtSg = parseInt0(o, v) !== 0; },
-  sg_tablesize: (a, o, v) => { a.sgTablesize = ranged(o, v, 1, SG_MAX_SEGMENTS); },
-  comp_vector: (a, o, v) => { a.compVector = ranged(o, v, 0); },
-  tl_retry_count: (a, o, v) => { a.tlRetryCount = ranged(o, v, 2, 7, 'must be a number between 2 and 7'); },
-  queue_size: (a, o, v) => { a.queueSize = ranged(o, v, 1); },
-  src: (a, o, v) => { a.src = parseInet(o, v, false); },
-  dest: (a, o, v) => { a.dest = parseInet(o, v, true); },
-  max_it_iu_size: (a, o, v) => { a.maxItIuSize = ranged(o, v, 0); },
-  ch_count: (a, o, v) => { a.chCount = ranged(o, v, 1); },
+  initiator_ext: (a, o, v) => {
+    a.initiatorExt = parseHex64(o, v);
+  },
+  cmd_sg_entries: (a, o, v) => {
+    a.cmdSgEntries = ranged(o, v, 1, 255);
+  },
+  allow_ext_sg: (a, o, v) => {
+    a.allowExtSg = parseInt0(o, v) !== 0;
+  },
+  sg_tablesize: (a, o, v) => {
+    a.sgTablesize = ranged(o, v, 1, SG_MAX_SEGMENTS);
+  },
+  comp_vector: (a, o, v) => {
+    a.compVector = ranged(o, v, 0);
+  },
+  tl_retry_count: (a, o, v) => {
+    a.tlRetryCount = ranged(o, v, 2, 7, 'must be a number between 2 and 7');
+  },
+  queue_size: (a, o, v) => {
+    a.queueSize = ranged(o, v, 1);
+  },
+  src: (a, o, v) => {
+    a.src = parseInet(o, v, false);
+  },
+  dest: (a, o, v) => {
+    a.dest = parseInet(o, v, true);
+  },
+  max_it_iu_size: (a, o, v) => {
+    a.maxItIuSize = ranged(o, v, 0);
+  },
+  ch_count: (a, o, v) => {
+    a.chCount = ranged(o, v, 1);
+  },
 };
 
 /** Parses an add_target string. Throws TargetAddressError naming the offending option. */
@@ -174,7 +220,8 @@ export function parseTargetAddress(input: string): SrpTargetAddress {
     const value = eq < 0 ? undefined : part.slice(eq + 1);
     const set = Object.prototype.hasOwnProperty.call(OPTIONS, name) ? OPTIONS[name] : undefined;
     if (!set) throw new TargetAddressError(`unknown parameter '${name}' in target address`, name);
-    if (value === undefined || value === '') throw new TargetAddressError(`missing value for ${name} in target address`, name);
+    if (value === undefined || value === '')
+      throw new TargetAddressError(`missing value for ${name} in target address`, name);
     set(a as SrpTargetAddress, name, value);
     seen.add(name);
   }
@@ -188,7 +235,8 @@ export function parseTargetAddress(input: string): SrpTargetAddress {
     const names = missing(closer);
     throw new TargetAddressError(
       `target address is missing ${names.join(', ')} (need id_ext, ioc_guid and either dgid, pkey, service_id for IB CM or dest for RDMA/CM)`,
-      names[0]!);
+      names[0]!,
+    );
   }
   return a as SrpTargetAddress;
 }
@@ -208,9 +256,15 @@ export function formatTargetAddress(a: SrpTargetAddress): string {
   if (a.src) parts.push(`src=${inet(a.src)}`);
   if (a.dest) parts.push(`dest=${inet(a.dest)}`);
   const num: [keyof SrpTargetAddress, string][] = [
-    ['maxSect', 'max_sect'], ['maxCmdPerLun', 'max_cmd_per_lun'], ['targetCanQueue', 'target_can_queue'],
-    ['cmdSgEntries', 'cmd_sg_entries'], ['sgTablesize', 'sg_tablesize'], ['compVector', 'comp_vector'],
-    ['tlRetryCount', 'tl_retry_count'], ['queueSize', 'queue_size'], ['maxItIuSize', 'max_it_iu_size'],
+    ['maxSect', 'max_sect'],
+    ['maxCmdPerLun', 'max_cmd_per_lun'],
+    ['targetCanQueue', 'target_can_queue'],
+    ['cmdSgEntries', 'cmd_sg_entries'],
+    ['sgTablesize', 'sg_tablesize'],
+    ['compVector', 'comp_vector'],
+    ['tlRetryCount', 'tl_retry_count'],
+    ['queueSize', 'queue_size'],
+    ['maxItIuSize', 'max_it_iu_size'],
     ['chCount', 'ch_count'],
   ];
   if (a.initiatorExt !== undefined) parts.push(`initiator_ext=${hex16(a.initiatorExt)}`);
@@ -225,7 +279,10 @@ export function formatTargetAddress(a: SrpTargetAddress): string {
  * default): target port = id_ext || ioc_guid, initiator port = initiator_ext || local port GUID
  * (interface id of the local GID). Rev 10 (io_class 0xff00) swaps the halves of both.
  */
-export function srpPortIds(a: SrpTargetAddress, localPortGuid: bigint): { initiatorPortId: Buffer; targetPortId: Buffer } {
+export function srpPortIds(
+  a: SrpTargetAddress,
+  localPortGuid: bigint,
+): { initiatorPortId: Buffer; targetPortId: Buffer } {
   const rev10 = a.ioClass === 0xff00;
   const pair = (hi: bigint, lo: bigint) => {
     const b = Buffer.alloc(16);

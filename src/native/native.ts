@@ -215,7 +215,10 @@ export interface NativeBinding {
   cmCreateQp(id: number, init: QpInit): QpCaps;
   cmDestroyQp(id: number): void;
   qpQuery(id: number): QpAttr;
-  qpModify(id: number, attr: Partial<Pick<QpAttr, 'state' | 'timeout' | 'retryCnt' | 'rnrRetry' | 'minRnrTimer'>>): void;
+  qpModify(
+    id: number,
+    attr: Partial<Pick<QpAttr, 'state' | 'timeout' | 'retryCnt' | 'rnrRetry' | 'minRnrTimer'>>,
+  ): void;
 
   /* verbs: resources */
   pdAlloc(ctx: number): number;
@@ -233,8 +236,17 @@ export interface NativeBinding {
   mrReg(pd: number, buf: Buffer, access: number): MrInfo;
   mrDereg(mr: number): void;
   /** One work request; length 0 posts no SGE (zero-length RDMA WRITE = keep-alive probe). */
-  postSend(id: number, wrId: number, opcode: number, addr: bigint, length: number, lkey: number, flags: number,
-    remoteAddr: bigint, rkey: number): void;
+  postSend(
+    id: number,
+    wrId: number,
+    opcode: number,
+    addr: bigint,
+    length: number,
+    lkey: number,
+    flags: number,
+    remoteAddr: bigint,
+    rkey: number,
+  ): void;
   postRecv(id: number, wrId: number, addr: bigint, length: number, lkey: number): void;
   rdmaObjectCounts(): RdmaObjectCounts;
 }
@@ -266,11 +278,14 @@ export function readWc(buf: Buffer, i: number): WorkCompletion {
 
 /** The addon could not be loaded (not built, or built for another Node). */
 export class NativeAddonMissingError extends Error {
-  constructor(readonly tried: string[], options?: { cause?: unknown }) {
+  constructor(
+    readonly tried: string[],
+    options?: { cause?: unknown },
+  ) {
     super(
-      'srp-nbd native addon is not built or cannot be loaded: run `npm run build:native` '
-      + '(needs g++, make, python3 and the Debian packages libibverbs-dev librdmacm-dev). Tried: '
-      + tried.join(', '),
+      'srp-nbd native addon is not built or cannot be loaded: run `npm run build:native` ' +
+        '(needs g++, make, python3 and the Debian packages libibverbs-dev librdmacm-dev). Tried: ' +
+        tried.join(', '),
       options,
     );
     this.name = 'NativeAddonMissingError';

@@ -148,20 +148,64 @@ function namer(prefix: string, table: Record<string, number>): (v: number) => st
   return (v) => m.get(v) ?? `${prefix}${v}`;
 }
 const self = {
-  RDMA_CM_EVENT_ADDR_RESOLVED, RDMA_CM_EVENT_ADDR_ERROR, RDMA_CM_EVENT_ROUTE_RESOLVED, RDMA_CM_EVENT_ROUTE_ERROR,
-  RDMA_CM_EVENT_CONNECT_REQUEST, RDMA_CM_EVENT_CONNECT_RESPONSE, RDMA_CM_EVENT_CONNECT_ERROR, RDMA_CM_EVENT_UNREACHABLE,
-  RDMA_CM_EVENT_REJECTED, RDMA_CM_EVENT_ESTABLISHED, RDMA_CM_EVENT_DISCONNECTED, RDMA_CM_EVENT_DEVICE_REMOVAL,
-  RDMA_CM_EVENT_MULTICAST_JOIN, RDMA_CM_EVENT_MULTICAST_ERROR, RDMA_CM_EVENT_ADDR_CHANGE, RDMA_CM_EVENT_TIMEWAIT_EXIT,
-  IBV_EVENT_CQ_ERR, IBV_EVENT_QP_FATAL, IBV_EVENT_QP_REQ_ERR, IBV_EVENT_QP_ACCESS_ERR, IBV_EVENT_COMM_EST,
-  IBV_EVENT_SQ_DRAINED, IBV_EVENT_PATH_MIG, IBV_EVENT_PATH_MIG_ERR, IBV_EVENT_DEVICE_FATAL, IBV_EVENT_PORT_ACTIVE,
-  IBV_EVENT_PORT_ERR, IBV_EVENT_LID_CHANGE, IBV_EVENT_PKEY_CHANGE, IBV_EVENT_SM_CHANGE, IBV_EVENT_SRQ_ERR,
-  IBV_EVENT_SRQ_LIMIT_REACHED, IBV_EVENT_QP_LAST_WQE_REACHED, IBV_EVENT_CLIENT_REREGISTER, IBV_EVENT_GID_CHANGE,
+  RDMA_CM_EVENT_ADDR_RESOLVED,
+  RDMA_CM_EVENT_ADDR_ERROR,
+  RDMA_CM_EVENT_ROUTE_RESOLVED,
+  RDMA_CM_EVENT_ROUTE_ERROR,
+  RDMA_CM_EVENT_CONNECT_REQUEST,
+  RDMA_CM_EVENT_CONNECT_RESPONSE,
+  RDMA_CM_EVENT_CONNECT_ERROR,
+  RDMA_CM_EVENT_UNREACHABLE,
+  RDMA_CM_EVENT_REJECTED,
+  RDMA_CM_EVENT_ESTABLISHED,
+  RDMA_CM_EVENT_DISCONNECTED,
+  RDMA_CM_EVENT_DEVICE_REMOVAL,
+  RDMA_CM_EVENT_MULTICAST_JOIN,
+  RDMA_CM_EVENT_MULTICAST_ERROR,
+  RDMA_CM_EVENT_ADDR_CHANGE,
+  RDMA_CM_EVENT_TIMEWAIT_EXIT,
+  IBV_EVENT_CQ_ERR,
+  IBV_EVENT_QP_FATAL,
+  IBV_EVENT_QP_REQ_ERR,
+  IBV_EVENT_QP_ACCESS_ERR,
+  IBV_EVENT_COMM_EST,
+  IBV_EVENT_SQ_DRAINED,
+  IBV_EVENT_PATH_MIG,
+  IBV_EVENT_PATH_MIG_ERR,
+  IBV_EVENT_DEVICE_FATAL,
+  IBV_EVENT_PORT_ACTIVE,
+  IBV_EVENT_PORT_ERR,
+  IBV_EVENT_LID_CHANGE,
+  IBV_EVENT_PKEY_CHANGE,
+  IBV_EVENT_SM_CHANGE,
+  IBV_EVENT_SRQ_ERR,
+  IBV_EVENT_SRQ_LIMIT_REACHED,
+  IBV_EVENT_QP_LAST_WQE_REACHED,
+  IBV_EVENT_CLIENT_REREGISTER,
+  IBV_EVENT_GID_CHANGE,
   IBV_EVENT_WQ_FATAL,
-  IBV_WC_SUCCESS, IBV_WC_LOC_LEN_ERR, IBV_WC_LOC_QP_OP_ERR, IBV_WC_LOC_EEC_OP_ERR, IBV_WC_LOC_PROT_ERR,
-  IBV_WC_WR_FLUSH_ERR, IBV_WC_MW_BIND_ERR, IBV_WC_BAD_RESP_ERR, IBV_WC_LOC_ACCESS_ERR, IBV_WC_REM_INV_REQ_ERR,
-  IBV_WC_REM_ACCESS_ERR, IBV_WC_REM_OP_ERR, IBV_WC_RETRY_EXC_ERR, IBV_WC_RNR_RETRY_EXC_ERR, IBV_WC_LOC_RDD_VIOL_ERR,
-  IBV_WC_REM_INV_RD_REQ_ERR, IBV_WC_REM_ABORT_ERR, IBV_WC_INV_EECN_ERR, IBV_WC_INV_EEC_STATE_ERR, IBV_WC_FATAL_ERR,
-  IBV_WC_RESP_TIMEOUT_ERR, IBV_WC_GENERAL_ERR,
+  IBV_WC_SUCCESS,
+  IBV_WC_LOC_LEN_ERR,
+  IBV_WC_LOC_QP_OP_ERR,
+  IBV_WC_LOC_EEC_OP_ERR,
+  IBV_WC_LOC_PROT_ERR,
+  IBV_WC_WR_FLUSH_ERR,
+  IBV_WC_MW_BIND_ERR,
+  IBV_WC_BAD_RESP_ERR,
+  IBV_WC_LOC_ACCESS_ERR,
+  IBV_WC_REM_INV_REQ_ERR,
+  IBV_WC_REM_ACCESS_ERR,
+  IBV_WC_REM_OP_ERR,
+  IBV_WC_RETRY_EXC_ERR,
+  IBV_WC_RNR_RETRY_EXC_ERR,
+  IBV_WC_LOC_RDD_VIOL_ERR,
+  IBV_WC_REM_INV_RD_REQ_ERR,
+  IBV_WC_REM_ABORT_ERR,
+  IBV_WC_INV_EECN_ERR,
+  IBV_WC_INV_EEC_STATE_ERR,
+  IBV_WC_FATAL_ERR,
+  IBV_WC_RESP_TIMEOUT_ERR,
+  IBV_WC_GENERAL_ERR,
 };
 export const nameOfCmEvent = namer('RDMA_CM_EVENT_', self);
 export const nameOfAsyncEvent = namer('IBV_EVENT_', self);
@@ -170,12 +214,19 @@ export const nameOfWcStatus = namer('IBV_WC_', self);
 /** What a failed work completion means for the channel, for error messages. */
 export function describeWcStatus(status: number): string {
   switch (status) {
-    case IBV_WC_RETRY_EXC_ERR: return 'transport retry counter exceeded: the target stopped acknowledging (link down or black hole)';
-    case IBV_WC_RNR_RETRY_EXC_ERR: return 'receiver-not-ready retry counter exceeded: the target posted no receive buffer';
-    case IBV_WC_REM_ACCESS_ERR: return 'remote access error: the target rejected an RDMA access (bad rkey or range)';
-    case IBV_WC_LOC_PROT_ERR: return 'local protection error: a buffer was not registered';
-    case IBV_WC_LOC_QP_OP_ERR: return 'local QP operation error: the queue pair is no longer usable (link went down)';
-    case IBV_WC_WR_FLUSH_ERR: return 'work request flushed: the queue pair is in the error state';
-    default: return nameOfWcStatus(status);
+    case IBV_WC_RETRY_EXC_ERR:
+      return 'transport retry counter exceeded: the target stopped acknowledging (link down or black hole)';
+    case IBV_WC_RNR_RETRY_EXC_ERR:
+      return 'receiver-not-ready retry counter exceeded: the target posted no receive buffer';
+    case IBV_WC_REM_ACCESS_ERR:
+      return 'remote access error: the target rejected an RDMA access (bad rkey or range)';
+    case IBV_WC_LOC_PROT_ERR:
+      return 'local protection error: a buffer was not registered';
+    case IBV_WC_LOC_QP_OP_ERR:
+      return 'local QP operation error: the queue pair is no longer usable (link went down)';
+    case IBV_WC_WR_FLUSH_ERR:
+      return 'work request flushed: the queue pair is in the error state';
+    default:
+      return nameOfWcStatus(status);
   }
 }

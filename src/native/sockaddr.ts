@@ -12,8 +12,7 @@ export const SOCKADDR_IB_LEN = 48;
 
 /** Where to connect: an IP address and port (RDMA/CM over RoCE/iWARP/IPoIB), or an IB GID and service ID. */
 export type RdmaAddress =
-  | { family: 'ip'; host: string; port: number }
-  | { family: 'ib'; gid: Buffer; serviceId: bigint; pkey?: number };
+  { family: 'ip'; host: string; port: number } | { family: 'ib'; gid: Buffer; serviceId: bigint; pkey?: number };
 
 function ipv6Bytes(host: string): Buffer {
   const [head, tail = ''] = host.split('::') as [string, string?];

@@ -299,14 +299,14 @@ export class NbdConnection implements InputSink {
     if ((r.flags & ~NBD_CMD_FLAGS_KNOWN) !== 0) {
       return { code: 'EINVAL', reason: `${name}: unknown flags 0x${r.flags.toString(16)}` };
     }
-    if ((r.flags & C.NBD_CMD_FLAG_NO_HOLE) && r.type !== C.NBD_CMD_WRITE_ZEROES) {
+    if (r.flags & C.NBD_CMD_FLAG_NO_HOLE && r.type !== C.NBD_CMD_WRITE_ZEROES) {
       return { code: 'EINVAL', reason: `${name}: NO_HOLE is only valid on NBD_CMD_WRITE_ZEROES` };
     }
     // DF, REQ_ONE and FAST_ZERO belong to features this server does not advertise.
     if (r.flags & (C.NBD_CMD_FLAG_DF | C.NBD_CMD_FLAG_REQ_ONE | C.NBD_CMD_FLAG_FAST_ZERO)) {
       return { code: 'EINVAL', reason: `${name}: flag 0x${r.flags.toString(16)} not negotiated` };
     }
-    if ((r.flags & C.NBD_CMD_FLAG_FUA) && !(this.transmissionFlags & C.NBD_FLAG_SEND_FUA)) {
+    if (r.flags & C.NBD_CMD_FLAG_FUA && !(this.transmissionFlags & C.NBD_FLAG_SEND_FUA)) {
       return { code: 'EINVAL', reason: `${name}: FUA not negotiated` };
     }
     switch (r.type) {

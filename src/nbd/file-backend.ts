@@ -74,7 +74,7 @@ export class FileBackend implements Backend {
   }
 
   async writeZeroes(offset: number, length: number, fua: boolean): Promise<void> {
-    for (let done = 0; done < length; ) {
+    for (let done = 0; done < length;) {
       const n = Math.min(ZERO_CHUNK.length, length - done);
       await this.io(fs.write, ZERO_CHUNK.subarray(0, n), offset + done);
       done += n;

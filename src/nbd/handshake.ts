@@ -147,7 +147,8 @@ export class Handshake {
       case C.NBD_OPT_EXPORT_NAME: {
         const name = data.toString('utf8');
         const found = this.registry.lookup(name);
-        if (!found) return this.fatal('unknown-export', `NBD_OPT_EXPORT_NAME for unknown export '${boundedField(name)}'`);
+        if (!found)
+          return this.fatal('unknown-export', `NBD_OPT_EXPORT_NAME for unknown export '${boundedField(name)}'`);
         const negotiated = this.negotiated(found.name, found.backend);
         this.send(encodeExportNameReply(found.backend.size, negotiated.transmissionFlags, this.noZeroes));
         this.outcome = { kind: 'export', negotiated };

@@ -41,7 +41,10 @@ export class MemoryBackend implements Backend {
       throw new BackendError(`minimum block size ${minimum} is not a power of two in 1..65536`, 'EINVAL');
     }
     if (opts.size % minimum !== 0) {
-      throw new BackendError(`memory export size ${opts.size} is not a multiple of the block size ${minimum}`, 'EINVAL');
+      throw new BackendError(
+        `memory export size ${opts.size} is not a multiple of the block size ${minimum}`,
+        'EINVAL',
+      );
     }
     this.size = opts.size;
     this.readOnly = opts.readOnly ?? false;

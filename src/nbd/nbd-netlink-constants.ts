@@ -77,7 +77,14 @@ export const CTRL_ATTR_MCAST_GROUPS = 7;
 export const CTRL_ATTR_MCAST_GRP_NAME = 1;
 export const CTRL_ATTR_MCAST_GRP_ID = 2;
 
-const CMD_NAMES = ['NBD_CMD_UNSPEC', 'NBD_CMD_CONNECT', 'NBD_CMD_DISCONNECT', 'NBD_CMD_RECONFIGURE', 'NBD_CMD_LINK_DEAD', 'NBD_CMD_STATUS'];
+const CMD_NAMES = [
+  'NBD_CMD_UNSPEC',
+  'NBD_CMD_CONNECT',
+  'NBD_CMD_DISCONNECT',
+  'NBD_CMD_RECONFIGURE',
+  'NBD_CMD_LINK_DEAD',
+  'NBD_CMD_STATUS',
+];
 export function nameOfNbdGenlCmd(cmd: number): string {
   return CMD_NAMES[cmd] ?? `NBD_CMD_${cmd}`;
 }

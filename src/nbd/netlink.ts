@@ -38,9 +38,21 @@ const align4 = (n: number) => (n + 3) & ~3;
 
 function attrPayload(a: NlAttr): Buffer {
   if ('u8' in a) return Buffer.from([a.u8]);
-  if ('u16' in a) { const b = Buffer.alloc(2); b.writeUInt16LE(a.u16); return b; }
-  if ('u32' in a) { const b = Buffer.alloc(4); b.writeUInt32LE(a.u32 >>> 0); return b; }
-  if ('u64' in a) { const b = Buffer.alloc(8); b.writeBigUInt64LE(BigInt(a.u64)); return b; }
+  if ('u16' in a) {
+    const b = Buffer.alloc(2);
+    b.writeUInt16LE(a.u16);
+    return b;
+  }
+  if ('u32' in a) {
+    const b = Buffer.alloc(4);
+    b.writeUInt32LE(a.u32 >>> 0);
+    return b;
+  }
+  if ('u64' in a) {
+    const b = Buffer.alloc(8);
+    b.writeBigUInt64LE(BigInt(a.u64));
+    return b;
+  }
   if ('str' in a) return Buffer.from(a.str + '\0', 'utf8');
   return encodeNlAttrs(a.nested);
 }
@@ -60,12 +72,19 @@ export function encodeNlAttrs(attrs: NlAttr[]): Buffer {
 }
 
 /** One generic netlink request: nlmsghdr + genlmsghdr + attributes. */
-export function encodeGenlMessage(m: { family: number; cmd: number; version?: number; flags?: number; seq: number; attrs: NlAttr[] }): Buffer {
+export function encodeGenlMessage(m: {
+  family: number;
+  cmd: number;
+  version?: number;
+  flags?: number;
+  seq: number;
+  attrs: NlAttr[];
+}): Buffer {
   const attrs = encodeNlAttrs(m.attrs);
   const b = Buffer.alloc(C.NLMSG_HDRLEN + C.GENL_HDRLEN + attrs.length);
   b.writeUInt32LE(b.length, 0);
   b.writeUInt16LE(m.family, 4);
-  b.writeUInt16LE(m.flags ?? (C.NLM_F_REQUEST | C.NLM_F_ACK), 6);
+  b.writeUInt16LE(m.flags ?? C.NLM_F_REQUEST | C.NLM_F_ACK, 6);
   b.writeUInt32LE(m.seq >>> 0, 8);
   b.writeUInt32LE(0, 12);
   b[16] = m.cmd;
@@ -91,8 +110,11 @@ export function parseNlMessages(buf: Buffer): NlMessage[] {
     const len = buf.readUInt32LE(off);
     if (len < C.NLMSG_HDRLEN || off + len > buf.length) break;
     out.push({
-      type: buf.readUInt16LE(off + 4), flags: buf.readUInt16LE(off + 6), seq: buf.readUInt32LE(off + 8),
-      pid: buf.readUInt32LE(off + 12), payload: buf.subarray(off + C.NLMSG_HDRLEN, off + len),
+      type: buf.readUInt16LE(off + 4),
+      flags: buf.readUInt16LE(off + 6),
+      seq: buf.readUInt32LE(off + 8),
+      pid: buf.readUInt32LE(off + 12),
+      payload: buf.subarray(off + C.NLMSG_HDRLEN, off + len),
     });
     off += align4(len);
   }
@@ -107,7 +129,10 @@ export class NlAttrs {
     while (off + C.NLA_HDRLEN <= buf.length) {
       const len = buf.readUInt16LE(off);
       if (len < C.NLA_HDRLEN || off + len > buf.length) break;
-      this.list.push({ type: buf.readUInt16LE(off + 2) & C.NLA_TYPE_MASK, value: buf.subarray(off + C.NLA_HDRLEN, off + len) });
+      this.list.push({
+        type: buf.readUInt16LE(off + 2) & C.NLA_TYPE_MASK,
+        value: buf.subarray(off + C.NLA_HDRLEN, off + len),
+      });
       off += align4(len);
     }
   }
@@ -115,16 +140,28 @@ export class NlAttrs {
     for (let i = this.list.length - 1; i >= 0; i--) if (this.list[i]!.type === type) return this.list[i]!.value;
     return undefined;
   }
-  u8(type: number): number | undefined { const v = this.get(type); return v && v.length >= 1 ? v[0] : undefined; }
-  u16(type: number): number | undefined { const v = this.get(type); return v && v.length >= 2 ? v.readUInt16LE(0) : undefined; }
-  u32(type: number): number | undefined { const v = this.get(type); return v && v.length >= 4 ? v.readUInt32LE(0) : undefined; }
+  u8(type: number): number | undefined {
+    const v = this.get(type);
+    return v && v.length >= 1 ? v[0] : undefined;
+  }
+  u16(type: number): number | undefined {
+    const v = this.get(type);
+    return v && v.length >= 2 ? v.readUInt16LE(0) : undefined;
+  }
+  u32(type: number): number | undefined {
+    const v = this.get(type);
+    return v && v.length >= 4 ? v.readUInt32LE(0) : undefined;
+  }
   str(type: number): string | undefined {
     const v = this.get(type);
     if (!v) return undefined;
     const z = v.indexOf(0);
     return v.subarray(0, z < 0 ? v.length : z).toString('utf8');
   }
-  nested(type: number): NlAttrs | undefined { const v = this.get(type); return v ? new NlAttrs(v) : undefined; }
+  nested(type: number): NlAttrs | undefined {
+    const v = this.get(type);
+    return v ? new NlAttrs(v) : undefined;
+  }
 }
 
 /** NLMSG_ERROR payload: errno (positive; 0 = ACK) and the extended-ACK message if any. */
@@ -142,7 +179,13 @@ export function parseNlError(m: NlMessage): { errno: number; message?: string } 
 
 /** CTRL_CMD_GETFAMILY for a family name. */
 export function encodeGetFamily(name: string, seq: number): Buffer {
-  return encodeGenlMessage({ family: C.GENL_ID_CTRL, cmd: C.CTRL_CMD_GETFAMILY, version: 1, seq, attrs: [{ type: C.CTRL_ATTR_FAMILY_NAME, str: name }] });
+  return encodeGenlMessage({
+    family: C.GENL_ID_CTRL,
+    cmd: C.CTRL_CMD_GETFAMILY,
+    version: 1,
+    seq,
+    attrs: [{ type: C.CTRL_ATTR_FAMILY_NAME, str: name }],
+  });
 }
 
 /** The family id and multicast groups from a CTRL_CMD_NEWFAMILY reply payload (genl header included). */
@@ -212,7 +255,8 @@ export interface NbdReconfigureParams {
 export function encodeReconfigure(family: number, seq: number, p: NbdReconfigureParams): Buffer {
   const attrs: NlAttr[] = [{ type: C.NBD_ATTR_INDEX, u32: p.index }];
   if (p.timeoutSec !== undefined) attrs.push({ type: C.NBD_ATTR_TIMEOUT, u64: BigInt(p.timeoutSec) });
-  if (p.deadConnTimeoutSec !== undefined) attrs.push({ type: C.NBD_ATTR_DEAD_CONN_TIMEOUT, u64: BigInt(p.deadConnTimeoutSec) });
+  if (p.deadConnTimeoutSec !== undefined)
+    attrs.push({ type: C.NBD_ATTR_DEAD_CONN_TIMEOUT, u64: BigInt(p.deadConnTimeoutSec) });
   attrs.push({ type: C.NBD_ATTR_BACKEND_IDENTIFIER, str: p.backendId }, sockets(p.sockets));
   return encodeGenlMessage({ family, cmd: C.NBD_CMD_RECONFIGURE, seq, attrs });
 }
@@ -222,7 +266,12 @@ export function encodeDisconnect(family: number, seq: number, index: number): Bu
 }
 
 export function encodeStatus(family: number, seq: number, index?: number): Buffer {
-  return encodeGenlMessage({ family, cmd: C.NBD_CMD_STATUS, seq, attrs: index === undefined ? [] : [{ type: C.NBD_ATTR_INDEX, u32: index }] });
+  return encodeGenlMessage({
+    family,
+    cmd: C.NBD_CMD_STATUS,
+    seq,
+    attrs: index === undefined ? [] : [{ type: C.NBD_ATTR_INDEX, u32: index }],
+  });
 }
 
 export interface NbdDeviceStatus {
@@ -255,7 +304,12 @@ export const errnoName = (e: number): string => errnoNames.get(e) ?? `errno ${e}
 
 /** A failed NBD netlink operation, with what to do about it in the message. */
 export class NbdNetlinkError extends Error {
-  constructor(message: string, readonly code: string, readonly errno: number, options?: { cause?: unknown }) {
+  constructor(
+    message: string,
+    readonly code: string,
+    readonly errno: number,
+    options?: { cause?: unknown },
+  ) {
     super(message, options);
     this.name = 'NbdNetlinkError';
   }
@@ -267,17 +321,25 @@ function explain(op: string, errno: number, index: number | undefined, ext?: str
   const tail = ext ? ` (kernel: ${ext})` : '';
   let msg: string;
   switch (code) {
-    case 'EPERM': case 'EACCES':
-      msg = `${op} of ${dev} refused: NBD netlink needs CAP_SYS_ADMIN, run srp-nbd as root`; break;
+    case 'EPERM':
+    case 'EACCES':
+      msg = `${op} of ${dev} refused: NBD netlink needs CAP_SYS_ADMIN, run srp-nbd as root`;
+      break;
     case 'EBUSY':
-      msg = `${op} refused: ${dev} is already in use (configured by another process or still attached); `
-        + 'choose another index, or detach it first; a restarted daemon takes its node back with RECONFIGURE'; break;
+      msg =
+        `${op} refused: ${dev} is already in use (configured by another process or still attached); ` +
+        'choose another index, or detach it first; a restarted daemon takes its node back with RECONFIGURE';
+      break;
     case 'EINVAL':
-      msg = op === 'NBD_CMD_RECONFIGURE'
-        ? `${op} of ${dev} refused (EINVAL): the node is not connected or its backend identifier differs`
-        : `${op} of ${dev} refused (EINVAL): invalid parameters`; break;
-    case 'ENOENT': case 'ENODEV':
-      msg = `${op}: ${dev} does not exist (${code})`; break;
+      msg =
+        op === 'NBD_CMD_RECONFIGURE'
+          ? `${op} of ${dev} refused (EINVAL): the node is not connected or its backend identifier differs`
+          : `${op} of ${dev} refused (EINVAL): invalid parameters`;
+      break;
+    case 'ENOENT':
+    case 'ENODEV':
+      msg = `${op}: ${dev} does not exist (${code})`;
+      break;
     default:
       msg = `${op} of ${dev} failed: ${code}`;
   }
@@ -287,8 +349,12 @@ function explain(op: string, errno: number, index: number | undefined, ext?: str
 /** The nbd module is not loaded (generic netlink family "nbd" unknown). */
 export class NbdModuleMissingError extends NbdNetlinkError {
   constructor(options?: { cause?: unknown }) {
-    super("the kernel NBD driver is not available (generic netlink family 'nbd' not found): run `modprobe nbd`",
-      'ENOENT', 2, options);
+    super(
+      "the kernel NBD driver is not available (generic netlink family 'nbd' not found): run `modprobe nbd`",
+      'ENOENT',
+      2,
+      options,
+    );
     this.name = 'NbdModuleMissingError';
   }
 }
@@ -296,8 +362,18 @@ export class NbdModuleMissingError extends NbdNetlinkError {
 /* ---------------------------------------------------------------- socket */
 
 /** What NbdNetlink needs from the addon. */
-export type NetlinkBinding = Pick<NativeBinding,
-  'netlinkOpen' | 'netlinkSend' | 'netlinkRecv' | 'setsockoptInt' | 'close' | 'pollStart' | 'pollStop' | 'pollRef' | 'socketPair'> &
+export type NetlinkBinding = Pick<
+  NativeBinding,
+  | 'netlinkOpen'
+  | 'netlinkSend'
+  | 'netlinkRecv'
+  | 'setsockoptInt'
+  | 'close'
+  | 'pollStart'
+  | 'pollStop'
+  | 'pollRef'
+  | 'socketPair'
+> &
   Partial<Pick<NativeBinding, 'netlinkSendAsync'>>;
 
 const RECV_BUF = 65536;
@@ -308,7 +384,15 @@ class GenlSocket {
   private seq = Math.floor(Math.random() * 0x7fff_ffff);
   private readonly rx = Buffer.alloc(RECV_BUF);
   private poller = 0;
-  private pending: { seq: number; replies: NlMessage[]; resolve: (r: NlMessage[]) => void; reject: (e: Error) => void; timer: NodeJS.Timeout | undefined } | undefined;
+  private pending:
+    | {
+        seq: number;
+        replies: NlMessage[];
+        resolve: (r: NlMessage[]) => void;
+        reject: (e: Error) => void;
+        timer: NodeJS.Timeout | undefined;
+      }
+    | undefined;
   /** A send still in the kernel (netlinkSendAsync): the fd is closed only after it. */
   private sending: Promise<void> | undefined;
   private chain: Promise<unknown> = Promise.resolve();
@@ -319,7 +403,9 @@ class GenlSocket {
     for (const opt of [C.NETLINK_EXT_ACK, C.NETLINK_CAP_ACK]) {
       try {
         b.setsockoptInt(this.fd, C.SOL_NETLINK, opt, 1);
-      } catch { /* older kernels: plain errors only */ }
+      } catch {
+        /* older kernels: plain errors only */
+      }
     }
   }
 
@@ -336,37 +422,48 @@ class GenlSocket {
    * keeps (it waits for something) keeps the request, and the ones behind it, waiting.
    */
   request(build: (seq: number) => Buffer, timeoutMs = 5000): Promise<NlMessage[]> {
-    const run = () => new Promise<NlMessage[]>((resolve, reject) => {
-      const seq = (this.seq = (this.seq + 1) >>> 0);
-      const pending = { seq, replies: [] as NlMessage[], resolve, reject, timer: undefined as NodeJS.Timeout | undefined };
-      this.pending = pending;
-      const sent = (): void => {
-        if (this.pending !== pending) return; // answered already
-        pending.timer = setTimeout(() => this.settle(new Error(`netlink request got no answer within ${timeoutMs} ms`)), timeoutMs);
-      };
-      try {
-        const message = build(seq);
-        if (this.b.netlinkSendAsync) {
-          // Off the event loop, a handler that waits for an NBD socket this process serves
-          // (DISCONNECT does) does not stop the loop that serves it.
-          const send = this.b.netlinkSendAsync(this.fd, message).then(sent, (err: Error) => {
-            if (this.pending === pending) this.settle(err);
-          });
-          this.sending = send;
-          void send.finally(() => {
-            if (this.sending === send) this.sending = undefined;
-          });
-        } else {
-          this.b.netlinkSend(this.fd, message);
-          sent();
-          this.drain();
+    const run = () =>
+      new Promise<NlMessage[]>((resolve, reject) => {
+        const seq = (this.seq = (this.seq + 1) >>> 0);
+        const pending = {
+          seq,
+          replies: [] as NlMessage[],
+          resolve,
+          reject,
+          timer: undefined as NodeJS.Timeout | undefined,
+        };
+        this.pending = pending;
+        const sent = (): void => {
+          if (this.pending !== pending) return; // answered already
+          pending.timer = setTimeout(
+            () => this.settle(new Error(`netlink request got no answer within ${timeoutMs} ms`)),
+            timeoutMs,
+          );
+        };
+        try {
+          const message = build(seq);
+          if (this.b.netlinkSendAsync) {
+            // Off the event loop, a handler that waits for an NBD socket this process serves
+            // (DISCONNECT does) does not stop the loop that serves it.
+            const send = this.b.netlinkSendAsync(this.fd, message).then(sent, (err: Error) => {
+              if (this.pending === pending) this.settle(err);
+            });
+            this.sending = send;
+            void send.finally(() => {
+              if (this.sending === send) this.sending = undefined;
+            });
+          } else {
+            this.b.netlinkSend(this.fd, message);
+            sent();
+            this.drain();
+          }
+        } catch (err) {
+          this.settle(err as Error);
+          return;
         }
-      } catch (err) {
-        this.settle(err as Error);
-        return;
-      }
-      if (this.pending && !this.poller) this.poller = this.b.pollStart(this.fd, UV_READABLE, (err) => this.onPoll(err));
-    });
+        if (this.pending && !this.poller)
+          this.poller = this.b.pollStart(this.fd, UV_READABLE, (err) => this.onPoll(err));
+      });
     const p = this.chain.then(run, run);
     this.chain = p.catch(() => undefined);
     return p;
@@ -437,7 +534,12 @@ class GenlSocket {
 
 /** NBD generic netlink client. open() resolves the family and fails clearly without the module. */
 export class NbdNetlink {
-  private constructor(private readonly b: NetlinkBinding, private readonly sock: GenlSocket, readonly familyId: number, readonly mcastGroup: number | undefined) {}
+  private constructor(
+    private readonly b: NetlinkBinding,
+    private readonly sock: GenlSocket,
+    readonly familyId: number,
+    readonly mcastGroup: number | undefined,
+  ) {}
 
   static async open(binding: NetlinkBinding): Promise<NbdNetlink> {
     const sock = new GenlSocket(binding);
@@ -450,7 +552,9 @@ export class NbdNetlink {
       sock.close();
       if (err instanceof NbdNetlinkError) throw err;
       if (isErrno(err, 'ENOENT')) throw new NbdModuleMissingError({ cause: err });
-      throw new NbdNetlinkError(`generic netlink family lookup failed: ${(err as Error).message}`, 'EIO', 5, { cause: err });
+      throw new NbdNetlinkError(`generic netlink family lookup failed: ${(err as Error).message}`, 'EIO', 5, {
+        cause: err,
+      });
     }
   }
 
@@ -468,7 +572,8 @@ export class NbdNetlink {
   async connect(p: NbdConnectParams): Promise<number> {
     const replies = await this.call('NBD_CMD_CONNECT', p.index, (seq) => encodeConnect(this.familyId, seq, p));
     const idx = replies.map((m) => decodeIndex(m.payload)).find((i) => i !== undefined) ?? p.index;
-    if (idx === undefined) throw new NbdNetlinkError('NBD_CMD_CONNECT: the kernel did not say which device it used', 'EIO', 5);
+    if (idx === undefined)
+      throw new NbdNetlinkError('NBD_CMD_CONNECT: the kernel did not say which device it used', 'EIO', 5);
     return idx;
   }
 
@@ -490,7 +595,12 @@ export class NbdNetlink {
    * Returns a function that stops watching. The watcher does not keep the process alive.
    */
   watchLinkDead(fn: (index: number) => void): () => void {
-    if (this.mcastGroup === undefined) throw new NbdNetlinkError(`NBD multicast group '${C.NBD_GENL_MCAST_GROUP_NAME}' not offered by the kernel`, 'ENOENT', 2);
+    if (this.mcastGroup === undefined)
+      throw new NbdNetlinkError(
+        `NBD multicast group '${C.NBD_GENL_MCAST_GROUP_NAME}' not offered by the kernel`,
+        'ENOENT',
+        2,
+      );
     const s = new GenlSocket(this.b);
     this.b.setsockoptInt(s.fd, C.SOL_NETLINK, C.NETLINK_ADD_MEMBERSHIP, this.mcastGroup);
     s.onNotification = (m) => {
@@ -531,12 +641,17 @@ export interface NbdAttachment {
 
 function blockSizeFor(b: Backend, want?: number): number {
   const bs = want ?? Math.min(4096, Math.max(512, b.blockSize.minimum));
-  if (bs < 512 || bs > 4096 || (bs & (bs - 1)) !== 0) throw new RangeError(`NBD block size ${bs} must be a power of two in 512..4096`);
+  if (bs < 512 || bs > 4096 || (bs & (bs - 1)) !== 0)
+    throw new RangeError(`NBD block size ${bs} must be a power of two in 512..4096`);
   return bs;
 }
 
 /** Makes a socketpair and serves our end in transmission-only mode; the caller hands the other to the kernel. */
-function servePair(b: NetlinkBinding, server: NbdServer, exportName: string): { kernelFd: number; connection: NbdConnection; socket: () => Socket | undefined } {
+function servePair(
+  b: NetlinkBinding,
+  server: NbdServer,
+  exportName: string,
+): { kernelFd: number; connection: NbdConnection; socket: () => Socket | undefined } {
   const [kernelFd, ourFd] = b.socketPair();
   let sock: Socket | undefined;
   try {
@@ -564,8 +679,13 @@ export async function attach(nl: NbdNetlink, b: NetlinkBinding, opts: AttachOpti
   try {
     const index = await nl.connect({
       ...(opts.index !== undefined ? { index: opts.index } : {}),
-      sockets: [kernelFd], sizeBytes: found.backend.size, blockSize, serverFlags: transmissionFlags(found.backend),
-      timeoutSec: 0, deadConnTimeoutSec: opts.deadConnTimeoutSec ?? 30, backendId,
+      sockets: [kernelFd],
+      sizeBytes: found.backend.size,
+      blockSize,
+      serverFlags: transmissionFlags(found.backend),
+      timeoutSec: 0,
+      deadConnTimeoutSec: opts.deadConnTimeoutSec ?? 30,
+      backendId,
     });
     return { index, device: `/dev/nbd${index}`, backendId, connection };
   } catch (err) {
@@ -603,14 +723,20 @@ export async function detach(nl: NbdNetlink, att: NbdAttachment, graceMs = 1000,
  * NBD_CMD_RECONFIGURE and a fresh socketpair. Wait for LINK_DEAD first: a RECONFIGURE before the
  * kernel marked the old socket dead is accepted but ignored (6.1).
  */
-export async function reattach(nl: NbdNetlink, b: NetlinkBinding, opts: AttachOptions & { index: number }): Promise<NbdAttachment> {
+export async function reattach(
+  nl: NbdNetlink,
+  b: NetlinkBinding,
+  opts: AttachOptions & { index: number },
+): Promise<NbdAttachment> {
   const found = opts.server.lookup(opts.exportName);
   if (!found) throw new Error(`reattach: no export named '${opts.exportName}'`);
   const backendId = opts.backendId ?? `srp-nbd:${found.name}`;
   const { kernelFd, connection } = servePair(b, opts.server, found.name);
   try {
     await nl.reconfigure({
-      index: opts.index, sockets: [kernelFd], backendId,
+      index: opts.index,
+      sockets: [kernelFd],
+      backendId,
       ...(opts.deadConnTimeoutSec !== undefined ? { deadConnTimeoutSec: opts.deadConnTimeoutSec } : {}),
     });
     return { index: opts.index, device: `/dev/nbd${opts.index}`, backendId, connection };

@@ -266,7 +266,13 @@ export class ReplyWriter {
   private writeReadHeader(buf: Buffer, at: number, r: ReplyTo): void {
     if (this.structured) {
       writeStructuredReply(
-        buf, at, C.NBD_REPLY_FLAG_DONE, C.NBD_REPLY_TYPE_OFFSET_DATA, r.cookieHi, r.cookieLo, 8 + r.length,
+        buf,
+        at,
+        C.NBD_REPLY_FLAG_DONE,
+        C.NBD_REPLY_TYPE_OFFSET_DATA,
+        r.cookieHi,
+        r.cookieLo,
+        8 + r.length,
       );
       writeU64(buf, at + C.NBD_STRUCTURED_REPLY_SIZE, r.offset);
     } else {

@@ -20,7 +20,13 @@ export interface InputSink {
 
 /** Creates a socket over an inherited file descriptor (e.g. one end of a kernel NBD socketpair). */
 export function socketFromFd(fd: number, sink: InputSink): net.Socket {
-  return new net.Socket({ fd, allowHalfOpen: true, readable: true, writable: true, onread: onreadFor(sink) } as net.SocketConstructorOpts);
+  return new net.Socket({
+    fd,
+    allowHalfOpen: true,
+    readable: true,
+    writable: true,
+    onread: onreadFor(sink),
+  } as net.SocketConstructorOpts);
 }
 
 /**
@@ -36,7 +42,13 @@ export function adoptAccepted(accepted: net.Socket, sink: InputSink): net.Socket
   if (!handle) return undefined;
   holder._handle = null;
   accepted.destroy();
-  const s = new net.Socket({ handle, allowHalfOpen: true, readable: true, writable: true, onread: onreadFor(sink) } as net.SocketConstructorOpts);
+  const s = new net.Socket({
+    handle,
+    allowHalfOpen: true,
+    readable: true,
+    writable: true,
+    onread: onreadFor(sink),
+  } as net.SocketConstructorOpts);
   return s;
 }
 

@@ -42,8 +42,21 @@ async function main(): Promise<number> {
   const fio = new Promise<{ code: number; out: string }>((resolve) => {
     execFile(
       'fio',
-      ['--name=demo', '--ioengine=nbd', `--uri=${uri}`, '--rw=randwrite', '--bs=4k', '--iodepth=8', '--size=32M',
-        '--rate_iops=4000', '--verify=crc32c', '--do_verify=1', '--verify_fatal=1', '--verify_state_save=0', '--output-format=json'],
+      [
+        '--name=demo',
+        '--ioengine=nbd',
+        `--uri=${uri}`,
+        '--rw=randwrite',
+        '--bs=4k',
+        '--iodepth=8',
+        '--size=32M',
+        '--rate_iops=4000',
+        '--verify=crc32c',
+        '--do_verify=1',
+        '--verify_fatal=1',
+        '--verify_state_save=0',
+        '--output-format=json',
+      ],
       { maxBuffer: 16 << 20 },
       (err, stdout) => resolve({ code: err ? 1 : 0, out: stdout }),
     );
@@ -57,19 +70,29 @@ async function main(): Promise<number> {
   const up = Date.now();
   fabric.restoreLink();
   while (port.state !== 'running') await new Promise((r) => setTimeout(r, 5));
-  say(`I/O released ${Date.now() - up} ms after the link returned; held requests replayed: ${port.gate.stats.released}`);
+  say(
+    `I/O released ${Date.now() - up} ms after the link returned; held requests replayed: ${port.gate.stats.released}`,
+  );
   const { code, out } = await fio;
   let verdict = false;
   try {
     const job = JSON.parse(out.slice(out.indexOf('{'))).jobs[0];
-    say(`fio finished: error=${job.error}, written ${job.write.io_bytes >> 20} MiB, verified ${job.read.io_bytes >> 20} MiB`);
+    say(
+      `fio finished: error=${job.error}, written ${job.write.io_bytes >> 20} MiB, verified ${job.read.io_bytes >> 20} MiB`,
+    );
     verdict = code === 0 && job.error === 0 && job.read.io_bytes === 32 << 20;
   } catch {
     say('fio produced no result');
   }
-  say(`export still listed: ${server.list().map((e) => e.name).join(', ')}; logins: ${port.logins}`);
-  console.log(verdict ? '\nVERDICT: PASS - no I/O error, every block verified, same export throughout'
-                      : '\nVERDICT: FAIL');
+  say(
+    `export still listed: ${server
+      .list()
+      .map((e) => e.name)
+      .join(', ')}; logins: ${port.logins}`,
+  );
+  console.log(
+    verdict ? '\nVERDICT: PASS - no I/O error, every block verified, same export throughout' : '\nVERDICT: FAIL',
+  );
   await server.close();
   await port.close();
   fs.rmSync(dir, { recursive: true, force: true });

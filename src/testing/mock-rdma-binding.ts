@@ -10,25 +10,75 @@
  * blackHoleDetectMs), disconnectFromTarget(), failPolls() (a poll fails as the addon reports it).
  */
 import { TransportError } from '../initiator/scsi-executor.js';
-import { Emitter, type ChannelEvents, type ChannelState, type ConnectAnswer, type TargetChannelTransport } from '../initiator/transport.js';
 import {
-  UV_READABLE, type AsyncEvent, type CmEvent, type CmIdInfo, type ConnParam, type DeviceAttr, type MrInfo,
-  type NativeBinding, type NativeError, type PortAttr, type QpAttr, type QpCaps, type QpInit, type RdmaObjectCounts,
+  Emitter,
+  type ChannelEvents,
+  type ChannelState,
+  type ConnectAnswer,
+  type TargetChannelTransport,
+} from '../initiator/transport.js';
+import {
+  UV_READABLE,
+  type AsyncEvent,
+  type CmEvent,
+  type CmIdInfo,
+  type ConnParam,
+  type DeviceAttr,
+  type MrInfo,
+  type NativeBinding,
+  type NativeError,
+  type PortAttr,
+  type QpAttr,
+  type QpCaps,
+  type QpInit,
+  type RdmaObjectCounts,
 } from '../native/native.js';
 import * as R from '../native/rdma-constants.js';
 
-interface MockMr { pd: number; buf: Buffer; addr: bigint; lkey: number; rkey: number; access: number }
-interface MockCq { compChannel: number; wcs: Buffer[]; armed: boolean }
-interface MockQp { qpNum: number; pd: number; cq: number; recvs: { wrId: number; addr: bigint; length: number; lkey: number }[]; state: number }
-interface MockPoller { fd: number; cb: (err: NativeError | null, events: number) => void; failed?: boolean }
-interface MockId { channel: number; ctx: number; qp?: MockQp; peer?: MockTargetEnd; param?: ConnParam; connected: boolean; options: Map<number, Buffer> }
+interface MockMr {
+  pd: number;
+  buf: Buffer;
+  addr: bigint;
+  lkey: number;
+  rkey: number;
+  access: number;
+}
+interface MockCq {
+  compChannel: number;
+  wcs: Buffer[];
+  armed: boolean;
+}
+interface MockQp {
+  qpNum: number;
+  pd: number;
+  cq: number;
+  recvs: { wrId: number; addr: bigint; length: number; lkey: number }[];
+  state: number;
+}
+interface MockPoller {
+  fd: number;
+  cb: (err: NativeError | null, events: number) => void;
+  failed?: boolean;
+}
+interface MockId {
+  channel: number;
+  ctx: number;
+  qp?: MockQp;
+  peer?: MockTargetEnd;
+  param?: ConnParam;
+  connected: boolean;
+  options: Map<number, Buffer>;
+}
 
 /** Target end of a mock RDMA connection. */
 export class MockTargetEnd extends Emitter<ChannelEvents> implements TargetChannelTransport {
   stateValue: ChannelState = 'connecting';
   handler: ((req: Buffer) => ConnectAnswer | Promise<ConnectAnswer>) | undefined;
   private gone = false;
-  constructor(private readonly fabric: MockRdmaBinding, readonly idHandle: number) {
+  constructor(
+    private readonly fabric: MockRdmaBinding,
+    readonly idHandle: number,
+  ) {
     super();
   }
   get state(): ChannelState {
@@ -38,16 +88,21 @@ export class MockTargetEnd extends Emitter<ChannelEvents> implements TargetChann
     this.handler = handler;
   }
   send(iu: Buffer): void {
-    if (this.stateValue !== 'connected') throw new TransportError(`send on a ${this.stateValue} channel`, 'disconnected');
+    if (this.stateValue !== 'connected')
+      throw new TransportError(`send on a ${this.stateValue} channel`, 'disconnected');
     const copy = Buffer.from(iu);
     this.fabric.later(() => this.fabric.deliverToInitiator(this.idHandle, copy));
   }
   rdmaRead(va: bigint, rkey: number, length: number): Promise<Buffer> {
-    return this.fabric.remoteAccess(this.idHandle, va, rkey, length, R.IBV_ACCESS_REMOTE_READ).then((v) => Buffer.from(v));
+    return this.fabric
+      .remoteAccess(this.idHandle, va, rkey, length, R.IBV_ACCESS_REMOTE_READ)
+      .then((v) => Buffer.from(v));
   }
   rdmaWrite(va: bigint, rkey: number, data: Buffer): Promise<void> {
     const copy = Buffer.from(data);
-    return this.fabric.remoteAccess(this.idHandle, va, rkey, copy.length, R.IBV_ACCESS_REMOTE_WRITE).then((v) => { copy.copy(v); });
+    return this.fabric.remoteAccess(this.idHandle, va, rkey, copy.length, R.IBV_ACCESS_REMOTE_WRITE).then((v) => {
+      copy.copy(v);
+    });
   }
   close(): void {
     this.fabric.disconnectFromTarget(this.idHandle);
@@ -95,9 +150,13 @@ export class MockRdmaBinding implements Partial<NativeBinding> {
     this.pollers.set(id, { fd, cb });
     return id;
   }
-  pollStop(id: number): void { this.pollers.delete(id); }
+  pollStop(id: number): void {
+    this.pollers.delete(id);
+  }
   pollRef(): void {}
-  pollCount(): number { return this.pollers.size; }
+  pollCount(): number {
+    return this.pollers.size;
+  }
   private kick(fd: number): void {
     setImmediate(() => {
       for (const p of [...this.pollers.values()]) if (p.fd === fd && !p.failed) p.cb(null, UV_READABLE);
@@ -108,8 +167,13 @@ export class MockRdmaBinding implements Partial<NativeBinding> {
    * (code `code`, syscall 'uv_poll') and stays stopped until pollStop(). Returns how many failed.
    */
   failPolls(kind: 'cm' | 'completion' | 'async', code = 'EBADF'): number {
-    const fds = new Set(kind === 'cm' ? [...this.channels.values()].map((c) => c.fd)
-      : kind === 'completion' ? [...this.compChannels.values()].map((c) => c.fd) : [this.asyncFd]);
+    const fds = new Set(
+      kind === 'cm'
+        ? [...this.channels.values()].map((c) => c.fd)
+        : kind === 'completion'
+          ? [...this.compChannels.values()].map((c) => c.fd)
+          : [this.asyncFd],
+    );
     const failing = [...this.pollers.values()].filter((p) => fds.has(p.fd) && !p.failed);
     for (const p of failing) {
       p.failed = true;
@@ -124,12 +188,29 @@ export class MockRdmaBinding implements Partial<NativeBinding> {
   }
 
   /* ---- devices ---- */
-  getDeviceList(): string[] { return [...this.devices]; }
-  ctxQuery(): DeviceAttr {
-    return { device: 'mock0', maxQpWr: 16384, maxSge: 32, maxCqe: 65536, maxMrSize: 1n << 40n, maxQpRdAtom: 128, maxQpInitRdAtom: 128, physPortCnt: 1, nodeGuid: 0x1122334455667788n, asyncFd: this.asyncFd };
+  getDeviceList(): string[] {
+    return [...this.devices];
   }
-  portQuery(): PortAttr { return { state: this.portState, activeMtu: 3, lid: 0, linkLayer: 2, pkeyTblLen: 1 }; }
-  getAsyncEvent(): AsyncEvent | null { return this.asyncEvents.shift() ?? null; }
+  ctxQuery(): DeviceAttr {
+    return {
+      device: 'mock0',
+      maxQpWr: 16384,
+      maxSge: 32,
+      maxCqe: 65536,
+      maxMrSize: 1n << 40n,
+      maxQpRdAtom: 128,
+      maxQpInitRdAtom: 128,
+      physPortCnt: 1,
+      nodeGuid: 0x1122334455667788n,
+      asyncFd: this.asyncFd,
+    };
+  }
+  portQuery(): PortAttr {
+    return { state: this.portState, activeMtu: 3, lid: 0, linkLayer: 2, pkeyTblLen: 1 };
+  }
+  getAsyncEvent(): AsyncEvent | null {
+    return this.asyncEvents.shift() ?? null;
+  }
   /** port state as portQuery() reports it */
   portState: number = R.IBV_PORT_ACTIVE;
   /** CM MADs (DREQ from rdma_disconnect or from destroying a connected id) sent while the port was down */
@@ -154,7 +235,9 @@ export class MockRdmaBinding implements Partial<NativeBinding> {
     this.channels.set(h, { fd, events: [] });
     return { channel: h, fd };
   }
-  cmDestroyChannel(h: number): void { this.channels.delete(h); }
+  cmDestroyChannel(h: number): void {
+    this.channels.delete(h);
+  }
   cmCreateId(channel: number): number {
     const h = this.next++;
     this.ids.set(h, { channel, ctx: 0, connected: false, options: new Map() });
@@ -186,23 +269,31 @@ export class MockRdmaBinding implements Partial<NativeBinding> {
       this.cmEvent(h, R.RDMA_CM_EVENT_ADDR_RESOLVED);
     }, 1);
   }
-  cmResolveRoute(h: number): void { this.later(() => this.cmEvent(h, R.RDMA_CM_EVENT_ROUTE_RESOLVED)); }
+  cmResolveRoute(h: number): void {
+    this.later(() => this.cmEvent(h, R.RDMA_CM_EVENT_ROUTE_RESOLVED));
+  }
   cmSetOption(h: number, level: number, name: number, value: Buffer): void {
     this.ids.get(h)!.options.set(level * 256 + name, Buffer.from(value));
     if (level === R.RDMA_OPTION_ID && name === R.RDMA_OPTION_ID_ACK_TIMEOUT) this.ackTimeouts.push(value[0]!);
   }
-  cmGetEvent(channel: number): CmEvent | null { return this.channels.get(channel)?.events.shift() ?? null; }
+  cmGetEvent(channel: number): CmEvent | null {
+    return this.channels.get(channel)?.events.shift() ?? null;
+  }
   cmIdInfo(h: number): CmIdInfo {
     const id = this.ids.get(h)!;
     return { context: id.ctx, device: id.ctx ? 'mock0' : null, port: id.ctx ? 1 : 0, qpNum: id.qp?.qpNum ?? 0 };
   }
   cmCreateQp(h: number, init: QpInit): QpCaps {
     const id = this.ids.get(h)!;
-    if (!this.pds.has(init.pd) || !this.cqs.has(init.sendCq)) throw Object.assign(new Error('bad pd/cq'), { code: 'EINVAL' });
+    if (!this.pds.has(init.pd) || !this.cqs.has(init.sendCq))
+      throw Object.assign(new Error('bad pd/cq'), { code: 'EINVAL' });
     id.qp = { qpNum: this.nextQpNum++, pd: init.pd, cq: init.sendCq, recvs: [], state: R.IBV_QPS_INIT };
     return { qpNum: id.qp.qpNum, maxSendWr: init.maxSendWr ?? 64, maxRecvWr: init.maxRecvWr ?? 64, maxInlineData: 0 };
   }
-  cmDestroyQp(h: number): void { const id = this.ids.get(h); if (id) delete id.qp; }
+  cmDestroyQp(h: number): void {
+    const id = this.ids.get(h);
+    if (id) delete id.qp;
+  }
   cmConnect(h: number, param: ConnParam): void {
     const id = this.ids.get(h)!;
     id.param = param;
@@ -212,7 +303,10 @@ export class MockRdmaBinding implements Partial<NativeBinding> {
     this.onConnect?.(end);
     const req = Buffer.from(param.privateData ?? Buffer.alloc(0));
     this.later(async () => {
-      if (!end.handler) { this.cmEvent(h, R.RDMA_CM_EVENT_REJECTED, R.IB_CM_REJ_INVALID_SERVICE_ID); return; }
+      if (!end.handler) {
+        this.cmEvent(h, R.RDMA_CM_EVENT_REJECTED, R.IB_CM_REJ_INVALID_SERVICE_ID);
+        return;
+      }
       let answer: ConnectAnswer;
       try {
         answer = await end.handler(req);
@@ -253,7 +347,16 @@ export class MockRdmaBinding implements Partial<NativeBinding> {
   qpQuery(h: number): QpAttr {
     const id = this.ids.get(h)!;
     const t = id.options.get(R.RDMA_OPTION_ID * 256 + R.RDMA_OPTION_ID_ACK_TIMEOUT);
-    return { state: id.qp?.state ?? R.IBV_QPS_RESET, timeout: t ? t[0]! : 0, retryCnt: id.param?.retryCount ?? 0, rnrRetry: id.param?.rnrRetryCount ?? 0, minRnrTimer: 0, maxSendWr: 0, maxRecvWr: 0, maxInlineData: 0 };
+    return {
+      state: id.qp?.state ?? R.IBV_QPS_RESET,
+      timeout: t ? t[0]! : 0,
+      retryCnt: id.param?.retryCount ?? 0,
+      rnrRetry: id.param?.rnrRetryCount ?? 0,
+      minRnrTimer: 0,
+      maxSendWr: 0,
+      maxRecvWr: 0,
+      maxInlineData: 0,
+    };
   }
   qpModify(h: number, attr: { state?: number }): void {
     const id = this.ids.get(h)!;
@@ -262,11 +365,16 @@ export class MockRdmaBinding implements Partial<NativeBinding> {
   private qpError(id: MockId): void {
     if (!id.qp) return;
     id.qp.state = R.IBV_QPS_ERR;
-    for (const r of id.qp.recvs.splice(0)) this.complete(id.qp.cq, r.wrId, R.IBV_WC_WR_FLUSH_ERR, R.IBV_WC_RECV, 0, id.qp.qpNum);
+    for (const r of id.qp.recvs.splice(0))
+      this.complete(id.qp.cq, r.wrId, R.IBV_WC_WR_FLUSH_ERR, R.IBV_WC_RECV, 0, id.qp.qpNum);
   }
 
   /* ---- verbs ---- */
-  pdAlloc(): number { const h = this.next++; this.pds.add(h); return h; }
+  pdAlloc(): number {
+    const h = this.next++;
+    this.pds.add(h);
+    return h;
+  }
   pdDealloc(h: number): void {
     for (const m of this.mrs.values()) if (m.pd === h) throw Object.assign(new Error('pd busy'), { code: 'EBUSY' });
     this.pds.delete(h);
@@ -278,7 +386,8 @@ export class MockRdmaBinding implements Partial<NativeBinding> {
     return { channel: h, fd };
   }
   compChannelDestroy(h: number): void {
-    for (const c of this.cqs.values()) if (c.compChannel === h) throw Object.assign(new Error('busy'), { code: 'EBUSY' });
+    for (const c of this.cqs.values())
+      if (c.compChannel === h) throw Object.assign(new Error('busy'), { code: 'EBUSY' });
     this.compChannels.delete(h);
   }
   cqCreate(_ctx: number, _cqe: number, compChannel: number): number {
@@ -286,12 +395,16 @@ export class MockRdmaBinding implements Partial<NativeBinding> {
     this.cqs.set(h, { compChannel, wcs: [], armed: false });
     return h;
   }
-  cqDestroy(h: number): void { this.cqs.delete(h); }
+  cqDestroy(h: number): void {
+    this.cqs.delete(h);
+  }
   cqReqNotify(h: number): void {
     const cq = this.cqs.get(h)!;
     cq.armed = true;
   }
-  cqGetEvent(ch: number): number { return this.compChannels.get(ch)?.events.shift() ?? 0; }
+  cqGetEvent(ch: number): number {
+    return this.compChannels.get(ch)?.events.shift() ?? 0;
+  }
   cqPoll(h: number, out: Buffer, max: number): number {
     const cq = this.cqs.get(h);
     if (!cq) return 0;
@@ -305,7 +418,10 @@ export class MockRdmaBinding implements Partial<NativeBinding> {
     const r = Buffer.alloc(R.WC_RECORD_LEN);
     r.writeUInt32LE(wrId % 0x1_0000_0000, 0);
     r.writeUInt32LE(Math.floor(wrId / 0x1_0000_0000), 4);
-    r.writeUInt32LE(status, 8); r.writeUInt32LE(opcode, 12); r.writeUInt32LE(byteLen, 16); r.writeUInt32LE(qpNum, 20);
+    r.writeUInt32LE(status, 8);
+    r.writeUInt32LE(opcode, 12);
+    r.writeUInt32LE(byteLen, 16);
+    r.writeUInt32LE(qpNum, 20);
     cq.wcs.push(r);
     if (cq.armed) {
       cq.armed = false;
@@ -338,24 +454,46 @@ export class MockRdmaBinding implements Partial<NativeBinding> {
     const id = this.ids.get(h);
     const qp = id?.qp;
     if (!id || !qp) throw Object.assign(new Error('no qp'), { code: 'EBADF' });
-    if (qp.state !== R.IBV_QPS_RTS) throw Object.assign(new Error('ibv_post_send failed: Invalid argument (EINVAL)'), { code: 'EINVAL' });
+    if (qp.state !== R.IBV_QPS_RTS)
+      throw Object.assign(new Error('ibv_post_send failed: Invalid argument (EINVAL)'), { code: 'EINVAL' });
     const data = length ? this.local(addr, length, lkey) : Buffer.alloc(0);
-    if (!data) { this.later(() => this.complete(qp.cq, wrId, R.IBV_WC_LOC_PROT_ERR, R.IBV_WC_SEND, 0, qp.qpNum)); return; }
+    if (!data) {
+      this.later(() => this.complete(qp.cq, wrId, R.IBV_WC_LOC_PROT_ERR, R.IBV_WC_SEND, 0, qp.qpNum));
+      return;
+    }
     if (this.blackHole) {
-      setTimeout(() => { if (id.qp) { this.complete(qp.cq, wrId, R.IBV_WC_RETRY_EXC_ERR, R.IBV_WC_SEND, 0, qp.qpNum); this.qpError(id); } }, this.blackHoleDetectMs);
+      setTimeout(() => {
+        if (id.qp) {
+          this.complete(qp.cq, wrId, R.IBV_WC_RETRY_EXC_ERR, R.IBV_WC_SEND, 0, qp.qpNum);
+          this.qpError(id);
+        }
+      }, this.blackHoleDetectMs);
       return;
     }
     const copy = Buffer.from(data);
     this.later(() => {
-      if (!id.qp || id.qp.state !== R.IBV_QPS_RTS) { this.complete(qp.cq, wrId, R.IBV_WC_WR_FLUSH_ERR, R.IBV_WC_SEND, 0, qp.qpNum); return; }
+      if (!id.qp || id.qp.state !== R.IBV_QPS_RTS) {
+        this.complete(qp.cq, wrId, R.IBV_WC_WR_FLUSH_ERR, R.IBV_WC_SEND, 0, qp.qpNum);
+        return;
+      }
       if (opcode === R.IBV_WR_SEND) id.peer?.deliver(copy);
-      this.complete(qp.cq, wrId, R.IBV_WC_SUCCESS, opcode === R.IBV_WR_SEND ? R.IBV_WC_SEND : R.IBV_WC_RDMA_WRITE, 0, qp.qpNum);
+      this.complete(
+        qp.cq,
+        wrId,
+        R.IBV_WC_SUCCESS,
+        opcode === R.IBV_WR_SEND ? R.IBV_WC_SEND : R.IBV_WC_RDMA_WRITE,
+        0,
+        qp.qpNum,
+      );
     });
   }
   postRecv(h: number, wrId: number, addr: bigint, length: number, lkey: number): void {
     const qp = this.ids.get(h)?.qp;
     if (!qp) throw Object.assign(new Error('no qp'), { code: 'EBADF' });
-    if (qp.state === R.IBV_QPS_ERR) { this.later(() => this.complete(qp.cq, wrId, R.IBV_WC_WR_FLUSH_ERR, R.IBV_WC_RECV, 0, qp.qpNum)); return; }
+    if (qp.state === R.IBV_QPS_ERR) {
+      this.later(() => this.complete(qp.cq, wrId, R.IBV_WC_WR_FLUSH_ERR, R.IBV_WC_RECV, 0, qp.qpNum));
+      return;
+    }
     qp.recvs.push({ wrId, addr, length, lkey });
   }
   /** @internal a SEND from the target lands in the next posted receive */
@@ -364,9 +502,15 @@ export class MockRdmaBinding implements Partial<NativeBinding> {
     const qp = id?.qp;
     if (!id || !qp || !id.connected || this.blackHole) return;
     const r = qp.recvs.shift();
-    if (!r) { this.qpError(id); return; } // RNR exhausted in this model
+    if (!r) {
+      this.qpError(id);
+      return;
+    } // RNR exhausted in this model
     const dst = this.local(r.addr, r.length, r.lkey);
-    if (!dst || iu.length > r.length) { this.complete(qp.cq, r.wrId, R.IBV_WC_LOC_LEN_ERR, R.IBV_WC_RECV, 0, qp.qpNum); return; }
+    if (!dst || iu.length > r.length) {
+      this.complete(qp.cq, r.wrId, R.IBV_WC_LOC_LEN_ERR, R.IBV_WC_RECV, 0, qp.qpNum);
+      return;
+    }
     iu.copy(dst);
     this.complete(qp.cq, r.wrId, R.IBV_WC_SUCCESS, R.IBV_WC_RECV, iu.length, qp.qpNum);
   }
@@ -375,7 +519,8 @@ export class MockRdmaBinding implements Partial<NativeBinding> {
     return new Promise((resolve, reject) => {
       this.later(() => {
         const id = this.ids.get(h);
-        if (!id || !id.connected || !id.qp) return reject(new TransportError('RDMA on a closed channel', 'disconnected'));
+        if (!id || !id.connected || !id.qp)
+          return reject(new TransportError('RDMA on a closed channel', 'disconnected'));
         if (this.blackHole) return; // never completes
         for (const m of this.mrs.values()) {
           if (m.rkey !== rkey || va < m.addr || !(m.access & need)) continue;
@@ -384,14 +529,27 @@ export class MockRdmaBinding implements Partial<NativeBinding> {
         }
         this.asyncEvents.push({ type: R.IBV_EVENT_QP_ACCESS_ERR, portNum: 0, qpNum: id.qp.qpNum });
         this.kick(this.asyncFd);
-        reject(new TransportError(`remote access error va=0x${va.toString(16)} rkey=0x${rkey.toString(16)} len=${length}`, 'protocol'));
+        reject(
+          new TransportError(
+            `remote access error va=0x${va.toString(16)} rkey=0x${rkey.toString(16)} len=${length}`,
+            'protocol',
+          ),
+        );
       });
     });
   }
   rdmaObjectCounts(): RdmaObjectCounts {
     let qps = 0;
     for (const id of this.ids.values()) if (id.qp) qps++;
-    return { channels: this.channels.size, ids: this.ids.size, qps, pds: this.pds.size, compChannels: this.compChannels.size, cqs: this.cqs.size, mrs: this.mrs.size };
+    return {
+      channels: this.channels.size,
+      ids: this.ids.size,
+      qps,
+      pds: this.pds.size,
+      compChannels: this.compChannels.size,
+      cqs: this.cqs.size,
+      mrs: this.mrs.size,
+    };
   }
   /** The binding as the transport takes it (only the RDMA half is implemented). */
   asBinding(): NativeBinding {

@@ -538,9 +538,10 @@ export class RamScsiLun implements ScsiTargetLun {
         }
         if ((cdb[1]! & 0xe0) !== 0) throw invalidField(1); /* no protection information */
         if ((cdb[1]! & 0x18) !== 0 && !this.dpoFua) throw invalidField(1); /* DPO/FUA not supported */
-        const start = lbaHi < 0x200000 && lbaHi * 0x100000000 + lbaLo + n <= this.blocks
-          ? lbaHi * 0x100000000 + lbaLo
-          : this.checkRange((BigInt(lbaHi) << 32n) | BigInt(lbaLo), n);
+        const start =
+          lbaHi < 0x200000 && lbaHi * 0x100000000 + lbaLo + n <= this.blocks
+            ? lbaHi * 0x100000000 + lbaLo
+            : this.checkRange((BigInt(lbaHi) << 32n) | BigInt(lbaLo), n);
         if (this.limits.maxTransferLength > 0 && n > this.limits.maxTransferLength) throw invalidField(10);
         const len = n * this.blockSize;
         if (op === READ_16) {
@@ -562,7 +563,11 @@ export class RamScsiLun implements ScsiTargetLun {
         return { status: SAM_STAT_GOOD };
       }
       case SYNCHRONIZE_CACHE_16: {
-        if (!this.syncCache16) throw new CheckCondition(ILLEGAL_REQUEST, ASC_INVALID_COMMAND_OPERATION_CODE, 0, undefined, { byte: 0, inCdb: true });
+        if (!this.syncCache16)
+          throw new CheckCondition(ILLEGAL_REQUEST, ASC_INVALID_COMMAND_OPERATION_CODE, 0, undefined, {
+            byte: 0,
+            inCdb: true,
+          });
         this.needCdb(cdb, 16);
         const lba = cdb.readBigUInt64BE(2);
         const n = cdb.readUInt32BE(10);
@@ -571,14 +576,21 @@ export class RamScsiLun implements ScsiTargetLun {
         return { status: SAM_STAT_GOOD };
       }
       case MODE_SENSE_10:
-        if (!this.modeSense) throw new CheckCondition(ILLEGAL_REQUEST, ASC_INVALID_COMMAND_OPERATION_CODE, 0, undefined, { byte: 0, inCdb: true });
+        if (!this.modeSense)
+          throw new CheckCondition(ILLEGAL_REQUEST, ASC_INVALID_COMMAND_OPERATION_CODE, 0, undefined, {
+            byte: 0,
+            inCdb: true,
+          });
         return this.modeSense10(cdb);
       case UNMAP:
         return this.unmap(cdb, dataOut, entry);
       case WRITE_SAME_16:
         return this.writeSame16(cdb, dataOut, entry);
       default:
-        throw new CheckCondition(ILLEGAL_REQUEST, ASC_INVALID_COMMAND_OPERATION_CODE, 0, undefined, { byte: 0, inCdb: true });
+        throw new CheckCondition(ILLEGAL_REQUEST, ASC_INVALID_COMMAND_OPERATION_CODE, 0, undefined, {
+          byte: 0,
+          inCdb: true,
+        });
     }
   }
 
@@ -593,7 +605,12 @@ export class RamScsiLun implements ScsiTargetLun {
   /** Range check [lba, lba + n); returns lba as a number. LBA OUT OF RANGE names the first bad LBA. */
   private checkRange(lba: bigint, n: number): number {
     if (lba + BigInt(n) > BigInt(this.blocks)) {
-      throw new CheckCondition(ILLEGAL_REQUEST, ASC_LBA_OUT_OF_RANGE, 0, lba >= BigInt(this.blocks) ? lba : BigInt(this.blocks));
+      throw new CheckCondition(
+        ILLEGAL_REQUEST,
+        ASC_LBA_OUT_OF_RANGE,
+        0,
+        lba >= BigInt(this.blocks) ? lba : BigInt(this.blocks),
+      );
     }
     return Number(lba);
   }
@@ -673,7 +690,8 @@ export class RamScsiLun implements ScsiTargetLun {
     b.writeUInt32BE(l.maxUnmapLbaCount, 16);
     b.writeUInt32BE(l.maxUnmapBlockDescriptorCount, 20);
     b.writeUInt32BE(l.optimalUnmapGranularity, 24);
-    if (l.unmapGranularityAlignment !== undefined) b.writeUInt32BE((0x80000000 | l.unmapGranularityAlignment) >>> 0, 28);
+    if (l.unmapGranularityAlignment !== undefined)
+      b.writeUInt32BE((0x80000000 | l.unmapGranularityAlignment) >>> 0, 28);
     b.writeBigUInt64BE(BigInt(l.maxWriteSameLength), 32);
     return b;
   }
@@ -681,7 +699,12 @@ export class RamScsiLun implements ScsiTargetLun {
   private lbpPage(): Buffer {
     const p = this.provisioning;
     const b = Buffer.alloc(4);
-    b[1] = (p.lbpu ? 0x80 : 0) | (p.lbpws ? 0x40 : 0) | (p.lbpws10 ? 0x20 : 0) | (p.lbprz ? 0x04 : 0) | (p.ancSup ? 0x02 : 0);
+    b[1] =
+      (p.lbpu ? 0x80 : 0) |
+      (p.lbpws ? 0x40 : 0) |
+      (p.lbpws10 ? 0x20 : 0) |
+      (p.lbprz ? 0x04 : 0) |
+      (p.ancSup ? 0x02 : 0);
     b[2] = p.lbpme ? 0x02 : 0; /* PROVISIONING TYPE: thin */
     return b;
   }

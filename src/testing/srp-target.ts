@@ -22,26 +22,74 @@
  * A reconnect is simply another newChannel() + login (the target keeps its LUNs).
  */
 import {
-  SRP_BUF_FORMAT_DIRECT, SRP_BUF_FORMAT_INDIRECT, SRP_CMD, SRP_CMD_LEN, SRP_CRED_RSP, SRP_AER_RSP,
-  SRP_DATA_DESC_DIRECT, SRP_DATA_DESC_IMM, SRP_DATA_DESC_INDIRECT, SRP_I_LOGOUT, SRP_MAX_ADD_CDB_LEN,
-  SRP_IMMED_REQUESTED, SRP_LOGIN_REJ_CHANNEL_LIMIT_REACHED,
-  SRP_LOGIN_REJ_MULTI_CHANNEL_UNSUPPORTED, SRP_LOGIN_REJ_REQ_IT_IU_LENGTH_TOO_LARGE,
-  SRP_LOGIN_REJ_UNABLE_ESTABLISH_CHANNEL, SRP_LOGIN_REJ_UNSUPPORTED_DESCRIPTOR_FMT, SRP_LOGIN_REQ,
-  SRP_LOGIN_REQ_LEN, SRP_LOGIN_REQ_RDMA_LEN, SRP_LOGIN_RSP_IMMED_SUPP, SRP_LOGIN_RSP_MULTICHAN_MAINTAINED,
-  SRP_LOGIN_RSP_MULTICHAN_NO_CHAN, SRP_LOGIN_RSP_MULTICHAN_TERMINATED, SRP_MAX_IMM_DATA_OFFSET,
-  SRP_MTCH_ACTION, SRP_MULTICHAN_MULTI, SRP_RSP_FLAG_DIOVER, SRP_RSP_FLAG_DIUNDER, SRP_RSP_LEN,
-  SRP_TSK_ABORT_TASK, SRP_TSK_ABORT_TASK_SET, SRP_TSK_CLEAR_TASK_SET, SRP_TSK_LUN_RESET, SRP_TSK_MGMT,
-  SRP_TSK_MGMT_FAILED, SRP_TSK_MGMT_FUNC_NOT_SUPP, SRP_TSK_MGMT_SUCCESS, SRP_T_LOGOUT_MULTICHANNEL_ACTION,
+  SRP_BUF_FORMAT_DIRECT,
+  SRP_BUF_FORMAT_INDIRECT,
+  SRP_CMD,
+  SRP_CMD_LEN,
+  SRP_CRED_RSP,
+  SRP_AER_RSP,
+  SRP_DATA_DESC_DIRECT,
+  SRP_DATA_DESC_IMM,
+  SRP_DATA_DESC_INDIRECT,
+  SRP_I_LOGOUT,
+  SRP_MAX_ADD_CDB_LEN,
+  SRP_IMMED_REQUESTED,
+  SRP_LOGIN_REJ_CHANNEL_LIMIT_REACHED,
+  SRP_LOGIN_REJ_MULTI_CHANNEL_UNSUPPORTED,
+  SRP_LOGIN_REJ_REQ_IT_IU_LENGTH_TOO_LARGE,
+  SRP_LOGIN_REJ_UNABLE_ESTABLISH_CHANNEL,
+  SRP_LOGIN_REJ_UNSUPPORTED_DESCRIPTOR_FMT,
+  SRP_LOGIN_REQ,
+  SRP_LOGIN_REQ_LEN,
+  SRP_LOGIN_REQ_RDMA_LEN,
+  SRP_LOGIN_RSP_IMMED_SUPP,
+  SRP_LOGIN_RSP_MULTICHAN_MAINTAINED,
+  SRP_LOGIN_RSP_MULTICHAN_NO_CHAN,
+  SRP_LOGIN_RSP_MULTICHAN_TERMINATED,
+  SRP_MAX_IMM_DATA_OFFSET,
+  SRP_MTCH_ACTION,
+  SRP_MULTICHAN_MULTI,
+  SRP_RSP_FLAG_DIOVER,
+  SRP_RSP_FLAG_DIUNDER,
+  SRP_RSP_LEN,
+  SRP_TSK_ABORT_TASK,
+  SRP_TSK_ABORT_TASK_SET,
+  SRP_TSK_CLEAR_TASK_SET,
+  SRP_TSK_LUN_RESET,
+  SRP_TSK_MGMT,
+  SRP_TSK_MGMT_FAILED,
+  SRP_TSK_MGMT_FUNC_NOT_SUPP,
+  SRP_TSK_MGMT_SUCCESS,
+  SRP_T_LOGOUT_MULTICHANNEL_ACTION,
   nameOfSrpOpcode,
 } from '../initiator/srp-constants.js';
 import {
-  SrpCmdReader, SrpDecodeError, copySmall, decodeCmd, decodeLoginReq, decodeLoginReqRdma, decodeTskMgmt, encodeAerReq,
-  encodeCredReq, encodeLoginRej, encodeLoginRsp, encodeRspInPlace, encodeTLogout, type SrpDataDesc,
-  type SrpDirectBuf, type SrpLoginReq, type SrpRspFields,
+  SrpCmdReader,
+  SrpDecodeError,
+  copySmall,
+  decodeCmd,
+  decodeLoginReq,
+  decodeLoginReqRdma,
+  decodeTskMgmt,
+  encodeAerReq,
+  encodeCredReq,
+  encodeLoginRej,
+  encodeLoginRsp,
+  encodeRspInPlace,
+  encodeTLogout,
+  type SrpDataDesc,
+  type SrpDirectBuf,
+  type SrpLoginReq,
+  type SrpRspFields,
 } from '../initiator/srp-iu.js';
 import type { ScsiTargetLun } from '../initiator/scsi-executor.js';
 import type { ConnectAnswer, TargetChannelTransport } from '../initiator/transport.js';
-import { createLoopbackPair, type LoopbackOptions, type LoopbackPair, type LoopbackTargetEnd } from '../initiator/loopback.js';
+import {
+  createLoopbackPair,
+  type LoopbackOptions,
+  type LoopbackPair,
+  type LoopbackTargetEnd,
+} from '../initiator/loopback.js';
 import type { SrpLogger } from '../initiator/srp-session.js';
 
 const GOOD = 0x00;
@@ -251,16 +299,35 @@ export class SrpTestTarget {
   commandHook: ((lun: bigint, cdb: Buffer) => CommandHookResult) | undefined;
 
   readonly stats: SrpTestTargetStats = {
-    logins: 0, loginRejects: 0, commands: 0, tasks: 0, tmAborted: 0, creditViolations: 0, immediateDataCommands: 0,
-    indirectCommands: 0, credRsps: 0, aerRsps: 0, iLogouts: 0, malformed: 0, maxOutstanding: 0,
+    logins: 0,
+    loginRejects: 0,
+    commands: 0,
+    tasks: 0,
+    tmAborted: 0,
+    creditViolations: 0,
+    immediateDataCommands: 0,
+    indirectCommands: 0,
+    credRsps: 0,
+    aerRsps: 0,
+    iLogouts: 0,
+    malformed: 0,
+    maxOutstanding: 0,
   };
   readonly channels: SrpTargetChannel[] = [];
   private readonly log: SrpLogger | undefined;
   /** reused by every channel's commands and responses (the target runs on one thread) */
   private readonly cmdReader = new SrpCmdReader();
   private readonly rspFields: SrpRspFields = {
-    solNot: 0, reqLimDelta: 0, tagHi: 0, tagLo: 0, flags: 0, status: 0, dataOutResCnt: 0, dataInResCnt: 0,
-    responseData: undefined, sense: undefined,
+    solNot: 0,
+    reqLimDelta: 0,
+    tagHi: 0,
+    tagLo: 0,
+    flags: 0,
+    status: 0,
+    dataOutResCnt: 0,
+    dataInResCnt: 0,
+    responseData: undefined,
+    sense: undefined,
   };
   /** LUNs and initiator addresses by their 64-bit value as a Number */
   private readonly lunCache = new Map<number, bigint>();
@@ -272,7 +339,7 @@ export class SrpTestTarget {
     this.maxItIuLen = opts.maxItIuLen ?? 8260;
     this.maxTiIuLen = opts.maxTiIuLen ?? 1024;
     this.immediateData = opts.immediateData ?? true;
-    this.bufFmt = opts.bufFmt ?? (SRP_BUF_FORMAT_DIRECT | SRP_BUF_FORMAT_INDIRECT);
+    this.bufFmt = opts.bufFmt ?? SRP_BUF_FORMAT_DIRECT | SRP_BUF_FORMAT_INDIRECT;
     this.multichannel = opts.multichannel ?? true;
     this.maxChannels = opts.maxChannels ?? 4;
     this.withholdCredits = opts.withholdCredits ?? false;
@@ -308,7 +375,8 @@ export class SrpTestTarget {
       return this.reject(SRP_LOGIN_REJ_UNABLE_ESTABLISH_CHANNEL);
     }
     if (this.rejectLogin !== undefined) return this.reject(this.rejectLogin);
-    if (req.reqItIuLen > this.maxItIuLen || req.reqItIuLen < 64) return this.reject(SRP_LOGIN_REJ_REQ_IT_IU_LENGTH_TOO_LARGE);
+    if (req.reqItIuLen > this.maxItIuLen || req.reqItIuLen < 64)
+      return this.reject(SRP_LOGIN_REJ_REQ_IT_IU_LENGTH_TOO_LARGE);
     if (!(req.reqBufFmt & this.bufFmt)) return this.reject(SRP_LOGIN_REJ_UNSUPPORTED_DESCRIPTOR_FMT);
     const same = this.channels.filter((c) => c.open && c.initiatorPortId === req.initiatorPortId.toString('hex'));
     let rspFlags: number = SRP_LOGIN_RSP_MULTICHAN_NO_CHAN;
@@ -325,21 +393,34 @@ export class SrpTestTarget {
       rspFlags = SRP_LOGIN_RSP_MULTICHAN_TERMINATED;
     }
     let immOffset = 0;
-    if (this.immediateData && req.reqFlags & SRP_IMMED_REQUESTED
-      && req.immDataOffset >= SRP_CMD_LEN && req.immDataOffset <= SRP_MAX_IMM_DATA_OFFSET) {
+    if (
+      this.immediateData &&
+      req.reqFlags & SRP_IMMED_REQUESTED &&
+      req.immDataOffset >= SRP_CMD_LEN &&
+      req.immDataOffset <= SRP_MAX_IMM_DATA_OFFSET
+    ) {
       immOffset = req.immDataOffset;
       rspFlags |= SRP_LOGIN_RSP_IMMED_SUPP;
     }
-    const ch = new SrpTargetChannel(end, { ...req, initiatorPortId: Buffer.from(req.initiatorPortId), targetPortId: Buffer.from(req.targetPortId) },
-      immOffset, this.maxTiIuLen, this.reqLim);
+    const ch = new SrpTargetChannel(
+      end,
+      { ...req, initiatorPortId: Buffer.from(req.initiatorPortId), targetPortId: Buffer.from(req.targetPortId) },
+      immOffset,
+      this.maxTiIuLen,
+      this.reqLim,
+    );
     this.channels.push(ch);
     this.stats.logins++;
     end.on('iu', (iu) => this.onIu(ch, iu));
     end.on('disconnect', () => this.forget(ch));
     return {
       accept: encodeLoginRsp({
-        reqLimDelta: this.reqLim, tag: req.tag, maxItIuLen: req.reqItIuLen, maxTiIuLen: this.maxTiIuLen,
-        bufFmt: this.bufFmt, rspFlags,
+        reqLimDelta: this.reqLim,
+        tag: req.tag,
+        maxItIuLen: req.reqItIuLen,
+        maxTiIuLen: this.maxTiIuLen,
+        bufFmt: this.bufFmt,
+        rspFlags,
       }),
     };
   }
@@ -364,7 +445,8 @@ export class SrpTestTarget {
     if (!ch.open || this.blackHole) return;
     try {
       switch (iu[0]) {
-        case SRP_CMD: return this.onCmd(ch, iu);
+        case SRP_CMD:
+          return this.onCmd(ch, iu);
         case SRP_TSK_MGMT: {
           const m = decodeTskMgmt(iu);
           if (!this.takeCredit(ch)) return;
@@ -414,9 +496,18 @@ export class SrpTestTarget {
   }
 
   /** Sends an SRP_RSP encoded in the channel's response buffer (the send copies it). */
-  private sendRsp(ch: SrpTargetChannel, tagHi: number, tagLo: number, status: number, opts: {
-    sense?: Buffer | undefined; responseData?: Buffer; flags?: number; dataInResCnt?: number;
-  } = {}): void {
+  private sendRsp(
+    ch: SrpTargetChannel,
+    tagHi: number,
+    tagLo: number,
+    status: number,
+    opts: {
+      sense?: Buffer | undefined;
+      responseData?: Buffer;
+      flags?: number;
+      dataInResCnt?: number;
+    } = {},
+  ): void {
     let sense = opts.sense;
     const respLen = opts.responseData?.length ?? 0;
     if (sense && SRP_RSP_LEN + respLen + sense.length > ch.maxTiIuLen) {
@@ -473,8 +564,10 @@ export class SrpTestTarget {
     if (ch.tasks.size + 1 > this.stats.maxOutstanding) this.stats.maxOutstanding = ch.tasks.size + 1;
 
     // indirect descriptors: decodeCmd gives them (values, not views of the IU)
-    const m = r.outFmt === SRP_DATA_DESC_INDIRECT || r.inFmt === SRP_DATA_DESC_INDIRECT
-      ? decodeCmd(iu, 0, undefined, ch.codec) : undefined;
+    const m =
+      r.outFmt === SRP_DATA_DESC_INDIRECT || r.inFmt === SRP_DATA_DESC_INDIRECT
+        ? decodeCmd(iu, 0, undefined, ch.codec)
+        : undefined;
     let fetchOut: SrpDataDesc | undefined;
     let fetchInTable: SrpDirectBuf | undefined;
     if (r.outFmt === SRP_DATA_DESC_IMM) {
@@ -497,7 +590,8 @@ export class SrpTestTarget {
     } else if (r.inFmt === SRP_DATA_DESC_INDIRECT) {
       this.stats.indirectCommands++;
       const d = m!.dataIn as Extract<SrpDataDesc, { format: 'indirect' }>;
-      if (d.table.len !== d.descs.length * 16) fetchInTable = d.table; // external table: in initiator memory
+      if (d.table.len !== d.descs.length * 16)
+        fetchInTable = d.table; // external table: in initiator memory
       else this.setInDescs(task, d.descs);
     } else {
       task.inDescs = NO_DESCS;
@@ -532,11 +626,14 @@ export class SrpTestTarget {
 
   /** Data-out by RDMA READ (and an external data-in descriptor table), then the command. */
   private async fetchThenRun(
-    ch: SrpTargetChannel, task: Task, out: SrpDataDesc | undefined, inTable: SrpDirectBuf | undefined,
+    ch: SrpTargetChannel,
+    task: Task,
+    out: SrpDataDesc | undefined,
+    inTable: SrpDirectBuf | undefined,
   ): Promise<void> {
     if (out) {
-      const descs = out.format === 'direct' ? [out.buf]
-        : out.format === 'indirect' ? await this.indirectDescs(ch, out) : [];
+      const descs =
+        out.format === 'direct' ? [out.buf] : out.format === 'indirect' ? await this.indirectDescs(ch, out) : [];
       const parts: Buffer[] = [];
       let total = 0;
       for (const d of descs) {
@@ -559,7 +656,8 @@ export class SrpTestTarget {
 
   /** The descriptors of an indirect descriptor: inside the IU, or the external table fetched. */
   private indirectDescs(
-    ch: SrpTargetChannel, d: Extract<SrpDataDesc, { format: 'indirect' }>,
+    ch: SrpTargetChannel,
+    d: Extract<SrpDataDesc, { format: 'indirect' }>,
   ): Promise<SrpDirectBuf[]> | SrpDirectBuf[] {
     return d.table.len !== d.descs.length * 16 ? this.tableDescs(ch, d.table) : d.descs;
   }
@@ -597,7 +695,10 @@ export class SrpTestTarget {
     }
     if (reply instanceof Promise) {
       this.pend(ch, task);
-      reply.then((rep) => this.answer(ch, task, rep), (err: unknown) => this.answer(ch, task, this.lunThrew(err)));
+      reply.then(
+        (rep) => this.answer(ch, task, rep),
+        (err: unknown) => this.answer(ch, task, this.lunThrew(err)),
+      );
       return;
     }
     this.answer(ch, task, reply);

@@ -122,7 +122,10 @@ export async function startTestTarget(opts: {
   for (let i = 0; i < opts.luns.length; i++) {
     const disk = await port.addLun(lunToSam(i));
     const spec = opts.luns[i]!;
-    exports.set(`lun${i}`, new LunBackend(port, disk, `test target LUN ${i}, ${spec.blockSize}-byte blocks, serial ${spec.serial}`));
+    exports.set(
+      `lun${i}`,
+      new LunBackend(port, disk, `test target LUN ${i}, ${spec.blockSize}-byte blocks, serial ${spec.serial}`),
+    );
   }
   return { fabric, port, exports };
 }

@@ -49,7 +49,10 @@ export const daemons: { current?: Daemon } = {};
 export async function startDaemon(): Promise<Daemon> {
   const logFile = path.join(dir, `daemon-${Date.now()}.log`);
   const out = fs.openSync(logFile, 'w');
-  const child = spawn(process.execPath, [bin, 'daemon', '--config', configFile], { stdio: ['ignore', out, out], env: childEnv });
+  const child = spawn(process.execPath, [bin, 'daemon', '--config', configFile], {
+    stdio: ['ignore', out, out],
+    env: childEnv,
+  });
   fs.closeSync(out);
   const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
   const log = (): string => fs.readFileSync(logFile, 'utf8');
@@ -102,18 +105,32 @@ export function cli(args: string[], opts: { stdin?: string; socket?: boolean } =
   });
 }
 
-export function request(opts: { method: string; path: string; body?: string; port?: number; headers?: Record<string, string> }): Promise<{ status: number; headers: http.IncomingHttpHeaders; body: string }> {
+export function request(opts: {
+  method: string;
+  path: string;
+  body?: string;
+  port?: number;
+  headers?: Record<string, string>;
+}): Promise<{ status: number; headers: http.IncomingHttpHeaders; body: string }> {
   return new Promise((resolve, reject) => {
     const headers: Record<string, string> = { ...opts.headers };
     if (opts.body !== undefined) {
       headers['content-type'] ??= 'application/json';
       headers['content-length'] = String(Buffer.byteLength(opts.body));
     }
-    const q = http.request({ method: opts.method, path: opts.path, headers, ...(opts.port ? { host: '127.0.0.1', port: opts.port } : { socketPath: controlSock }) }, (res) => {
-      let b = '';
-      res.on('data', (c) => (b += c));
-      res.on('end', () => resolve({ status: res.statusCode!, headers: res.headers, body: b }));
-    });
+    const q = http.request(
+      {
+        method: opts.method,
+        path: opts.path,
+        headers,
+        ...(opts.port ? { host: '127.0.0.1', port: opts.port } : { socketPath: controlSock }),
+      },
+      (res) => {
+        let b = '';
+        res.on('data', (c) => (b += c));
+        res.on('end', () => resolve({ status: res.statusCode!, headers: res.headers, body: b }));
+      },
+    );
     q.on('error', reject);
     if (opts.body !== undefined) q.write(opts.body);
     q.end();
@@ -125,10 +142,19 @@ export const sha = (b: Buffer): string => createHash('sha256').update(b).digest(
 
 export async function fioVerify(exp: string): Promise<void> {
   const out = await run('fio', [
-    '--name=v', '--ioengine=nbd', `--uri=${uri(exp)}`, '--rw=randwrite', '--bsrange=4k-64k', '--iodepth=8',
-    '--size=8M', '--verify=crc32c', '--do_verify=1', '--verify_fatal=1', '--verify_state_save=0', '--output-format=json',
+    '--name=v',
+    '--ioengine=nbd',
+    `--uri=${uri(exp)}`,
+    '--rw=randwrite',
+    '--bsrange=4k-64k',
+    '--iodepth=8',
+    '--size=8M',
+    '--verify=crc32c',
+    '--do_verify=1',
+    '--verify_fatal=1',
+    '--verify_state_save=0',
+    '--output-format=json',
   ]);
   const job = JSON.parse(out.slice(out.indexOf('{'))).jobs[0];
   if (job.error !== 0) throw new Error(`fio error ${job.error}`);
 }
-

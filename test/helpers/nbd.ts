@@ -5,16 +5,11 @@ import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import type { Backend } from '../../src/nbd/backend.js';
-import {
-  encodeInfoRequest,
-  encodeOption,
-  encodeRequest,
-} from '../../src/nbd/codec.js';
+import { encodeInfoRequest, encodeOption, encodeRequest } from '../../src/nbd/codec.js';
 import * as C from '../../src/nbd/nbd-constants.js';
 import { NbdServer, type NbdServerOptions } from '../../src/nbd/server.js';
 import { silentLogger } from '../../src/util/log.js';
 import { ByteReader } from './byte-reader.js';
-
 
 export interface Running {
   server: NbdServer;
@@ -26,7 +21,10 @@ export interface Running {
   close(): Promise<void>;
 }
 
-export async function startServer(exports: Record<string, Backend>, opts: Partial<NbdServerOptions> = {}): Promise<Running> {
+export async function startServer(
+  exports: Record<string, Backend>,
+  opts: Partial<NbdServerOptions> = {},
+): Promise<Running> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'srp-nbd-test-'));
   const socketPath = path.join(dir, 'nbd.sock');
   const server = new NbdServer({ logger: silentLogger(), ...opts });
@@ -39,9 +37,7 @@ export async function startServer(exports: Record<string, Backend>, opts: Partia
     socketPath,
     port,
     uri: (kind, exportName = Object.keys(exports)[0]!) =>
-      kind === 'unix'
-        ? `nbd+unix:///${exportName}?socket=${socketPath}`
-        : `nbd://127.0.0.1:${port}/${exportName}`,
+      kind === 'unix' ? `nbd+unix:///${exportName}?socket=${socketPath}` : `nbd://127.0.0.1:${port}/${exportName}`,
     close: async () => {
       await server.close();
       fs.rmSync(dir, { recursive: true, force: true });
@@ -132,13 +128,18 @@ export class RawClient {
   }
 
   request(type: number, cookie: bigint, offset: number | bigint, length: number, flags = 0, payload?: Buffer): void {
-    this.write(payload ? Buffer.concat([encodeRequest(type, flags, cookie, offset, length), payload]) : encodeRequest(type, flags, cookie, offset, length));
+    this.write(
+      payload
+        ? Buffer.concat([encodeRequest(type, flags, cookie, offset, length), payload])
+        : encodeRequest(type, flags, cookie, offset, length),
+    );
   }
 
   /** Reads a simple reply; with `dataLength` also its payload (for a successful READ). */
   async simpleReply(dataLength = 0): Promise<{ error: number; cookie: bigint; data: Buffer }> {
     const h = await this.reader.read(16);
-    if (h.readUInt32BE(0) !== C.NBD_SIMPLE_REPLY_MAGIC) throw new Error(`bad reply magic 0x${h.readUInt32BE(0).toString(16)}`);
+    if (h.readUInt32BE(0) !== C.NBD_SIMPLE_REPLY_MAGIC)
+      throw new Error(`bad reply magic 0x${h.readUInt32BE(0).toString(16)}`);
     const error = h.readUInt32BE(4);
     const data = error === 0 && dataLength > 0 ? await this.reader.read(dataLength) : Buffer.alloc(0);
     return { error, cookie: h.readBigUInt64BE(8), data };

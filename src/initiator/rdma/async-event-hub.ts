@@ -8,17 +8,28 @@ export type AsyncListener = (ev: AsyncEvent) => void;
 /** The device's async fd can no longer be polled: no more events come until a new subscription restarts it. */
 export type AsyncErrorListener = (err: NativeError) => void;
 
-interface Subscriber { event: AsyncListener; error?: AsyncErrorListener }
+interface Subscriber {
+  event: AsyncListener;
+  error?: AsyncErrorListener;
+}
 
 /** One poller per device context, shared by every channel on that device. */
 export class AsyncEventHub {
   private static readonly hubs = new Map<NativeBinding, Map<number, AsyncEventHub>>();
   private readonly listeners = new Set<Subscriber>();
   private poller = 0;
-  private constructor(private readonly b: NativeBinding, private readonly ctx: number, private readonly fd: number) {}
+  private constructor(
+    private readonly b: NativeBinding,
+    private readonly ctx: number,
+    private readonly fd: number,
+  ) {}
 
   static subscribe(
-    b: NativeBinding, ctx: number, asyncFd: number, fn: AsyncListener, onError?: AsyncErrorListener,
+    b: NativeBinding,
+    ctx: number,
+    asyncFd: number,
+    fn: AsyncListener,
+    onError?: AsyncErrorListener,
   ): () => void {
     let m = this.hubs.get(b);
     if (!m) this.hubs.set(b, (m = new Map()));

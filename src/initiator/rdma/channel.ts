@@ -23,7 +23,12 @@ import { SRP_LOGIN_REJ, SRP_LOGIN_RSP, SRP_LOGIN_RSP_LEN } from '../srp-constant
 import { decodeLoginRsp } from '../srp-iu.js';
 import type { SrpLogger } from '../srp-session.js';
 import {
-  Emitter, type ChannelEvents, type ChannelState, type ChannelTransport, type LoginForm, type MemoryRegion,
+  Emitter,
+  type ChannelEvents,
+  type ChannelState,
+  type ChannelTransport,
+  type LoginForm,
+  type MemoryRegion,
 } from '../transport.js';
 import { readWc, type AsyncEvent, type CmEvent, type NativeBinding, type NativeError } from '../../native/native.js';
 import * as R from '../../native/rdma-constants.js';
@@ -55,7 +60,11 @@ const CLOSE_DISCONNECT_MS = 1000;
 const NO_LISTENER = ': invalid service ID, no SRP target listening there';
 
 /** A keep-alive probe in flight. */
-interface Probe { resolve: (ms: number) => void; reject: (e: Error) => void; t0: number }
+interface Probe {
+  resolve: (ms: number) => void;
+  reject: (e: Error) => void;
+  t0: number;
+}
 
 /* ------------------------------------------------------------ transport */
 
@@ -81,7 +90,10 @@ export class RdmaChannelTransport extends Emitter<RdmaChannelEvents> implements 
   /** counters for status and tests */
   readonly stats = { sends: 0, recvs: 0, completions: 0, pollBatches: 0, probes: 0, resolveAttempts: 0, connectMs: 0 };
 
-  constructor(private readonly b: NativeBinding, options: RdmaTransportOptions) {
+  constructor(
+    private readonly b: NativeBinding,
+    options: RdmaTransportOptions,
+  ) {
     super();
     this.o = resolveTransportOptions(options);
     this.maxRegion = this.o.maxRegionSize;
@@ -152,8 +164,10 @@ export class RdmaChannelTransport extends Emitter<RdmaChannelEvents> implements 
           this.stateValue = 'connected';
           this.stats.connectMs = Date.now() - t0;
           this.startKeepalive();
-          this.log.info({ dst, device: this.device, port: this.port, qpNum: res.qpNum, ms: this.stats.connectMs },
-            'rdma: connected');
+          this.log.info(
+            { dst, device: this.device, port: this.port, qpNum: res.qpNum, ms: this.stats.connectMs },
+            'rdma: connected',
+          );
           return rsp;
         }
         case R.RDMA_CM_EVENT_REJECTED:
@@ -163,13 +177,18 @@ export class RdmaChannelTransport extends Emitter<RdmaChannelEvents> implements 
             this.stateValue = 'closed';
             return rej;
           }
-          throw new TransportError(`connection to ${dst} rejected (CM reject reason ${ev.status}`
-            + `${ev.status === R.IB_CM_REJ_INVALID_SERVICE_ID ? NO_LISTENER : ''})`, 'disconnected');
+          throw new TransportError(
+            `connection to ${dst} rejected (CM reject reason ${ev.status}` +
+              `${ev.status === R.IB_CM_REJ_INVALID_SERVICE_ID ? NO_LISTENER : ''})`,
+            'disconnected',
+          );
         case R.RDMA_CM_EVENT_UNREACHABLE:
           throw new TransportError(`target ${dst} unreachable (no answer to the CM REQ)`, 'disconnected');
         default:
-          throw new TransportError(`connect to ${dst} failed: ${R.nameOfCmEvent(ev.event)} (status ${ev.status})`,
-            'disconnected');
+          throw new TransportError(
+            `connect to ${dst} failed: ${R.nameOfCmEvent(ev.event)} (status ${ev.status})`,
+            'disconnected',
+          );
       }
     } catch (err) {
       this.release();
@@ -188,22 +207,26 @@ export class RdmaChannelTransport extends Emitter<RdmaChannelEvents> implements 
     for (let attempt = 1; ; attempt++) {
       this.stats.resolveAttempts++;
       res.createCmId();
-      verbsCall(() => this.b.cmResolveAddr(res.cmId, srcAddr, dstAddr, this.o.resolveTimeoutMs),
-        'rdma_resolve_addr');
+      verbsCall(() => this.b.cmResolveAddr(res.cmId, srcAddr, dstAddr, this.o.resolveTimeoutMs), 'rdma_resolve_addr');
       const ev = await this.nextCmEvent(deadline, `address of ${dst} not resolved`);
       if (ev.event === R.RDMA_CM_EVENT_ADDR_RESOLVED) break;
       last = `${R.nameOfCmEvent(ev.event)} status ${ev.status}`;
       res.destroyCmId();
       if (attempt >= this.o.resolveAttempts) {
-        throw new TransportError(`target ${dst} unreachable: address resolution failed ${attempt} times (${last}); `
-          + 'check the route and that the local RDMA port is up', 'disconnected');
+        throw new TransportError(
+          `target ${dst} unreachable: address resolution failed ${attempt} times (${last}); ` +
+            'check the route and that the local RDMA port is up',
+          'disconnected',
+        );
       }
     }
     verbsCall(() => this.b.cmResolveRoute(res.cmId, this.o.routeTimeoutMs), 'rdma_resolve_route');
     const ev = await this.nextCmEvent(deadline, `route to ${dst} not resolved`);
     if (ev.event !== R.RDMA_CM_EVENT_ROUTE_RESOLVED) {
-      throw new TransportError(`target ${dst} unreachable: ${R.nameOfCmEvent(ev.event)} (status ${ev.status})`,
-        'disconnected');
+      throw new TransportError(
+        `target ${dst} unreachable: ${R.nameOfCmEvent(ev.event)} (status ${ev.status})`,
+        'disconnected',
+      );
     }
   }
 
@@ -211,8 +234,10 @@ export class RdmaChannelTransport extends Emitter<RdmaChannelEvents> implements 
     if (rsp.length < SRP_LOGIN_RSP_LEN || rsp[0] !== SRP_LOGIN_RSP) return; // the session judges what it got
     const { maxTiIuLen } = decodeLoginRsp(rsp);
     if (maxTiIuLen > this.o.recvIuLen) {
-      throw new TransportError(`target max_ti_iu_len ${maxTiIuLen} exceeds the receive buffers (${this.o.recvIuLen}): `
-        + 'raise recvIuLen', 'protocol');
+      throw new TransportError(
+        `target max_ti_iu_len ${maxTiIuLen} exceeds the receive buffers (${this.o.recvIuLen}): ` + 'raise recvIuLen',
+        'protocol',
+      );
     }
   }
 
@@ -220,10 +245,13 @@ export class RdmaChannelTransport extends Emitter<RdmaChannelEvents> implements 
 
   private nextCmEvent(deadline: number, what: string): Promise<CmEvent> {
     return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => {
-        this.cmWaiter = undefined;
-        reject(new TransportError(`${what} before the connect timeout`, 'timeout'));
-      }, Math.max(0, deadline - Date.now()));
+      const timer = setTimeout(
+        () => {
+          this.cmWaiter = undefined;
+          reject(new TransportError(`${what} before the connect timeout`, 'timeout'));
+        },
+        Math.max(0, deadline - Date.now()),
+      );
       this.cmWaiter = (ev) => {
         clearTimeout(timer);
         this.cmWaiter = undefined;
@@ -278,7 +306,9 @@ export class RdmaChannelTransport extends Emitter<RdmaChannelEvents> implements 
       case R.IBV_EVENT_PORT_ERR:
         if (ev.portNum === this.port) this.lost(`link down: ${name} on ${this.device} port ${ev.portNum}`);
         return;
-      case R.IBV_EVENT_QP_FATAL: case R.IBV_EVENT_QP_REQ_ERR: case R.IBV_EVENT_QP_ACCESS_ERR:
+      case R.IBV_EVENT_QP_FATAL:
+      case R.IBV_EVENT_QP_REQ_ERR:
+      case R.IBV_EVENT_QP_ACCESS_ERR:
         if (ev.qpNum === this.res.qpNum) this.lost(`queue pair ${this.res.qpNum} failed: ${name}`);
         return;
       case R.IBV_EVENT_DEVICE_FATAL:
@@ -305,7 +335,9 @@ export class RdmaChannelTransport extends Emitter<RdmaChannelEvents> implements 
   private onCompletionEvent(): void {
     const res = this.res;
     if (!res.compChannel) return;
-    while (this.b.cqGetEvent(res.compChannel) !== 0) { /* acknowledged in the addon */ }
+    while (this.b.cqGetEvent(res.compChannel) !== 0) {
+      /* acknowledged in the addon */
+    }
     this.pollAll();
     if (!res.cq) return;
     this.b.cqReqNotify(res.cq);
@@ -340,8 +372,10 @@ export class RdmaChannelTransport extends Emitter<RdmaChannelEvents> implements 
     if (wc.status !== R.IBV_WC_SUCCESS) {
       if (wc.wrId < WR_RECV) this.freeSlots.push(wc.wrId);
       if (this.closing || this.stateValue !== 'connected') return; // flushed while going away
-      this.lost(`${wc.wrId >= WR_RECV ? 'receive' : 'send'} failed: ${R.describeWcStatus(wc.status)} `
-        + `(vendor error 0x${wc.vendorErr.toString(16)})`);
+      this.lost(
+        `${wc.wrId >= WR_RECV ? 'receive' : 'send'} failed: ${R.describeWcStatus(wc.status)} ` +
+          `(vendor error 0x${wc.vendorErr.toString(16)})`,
+      );
       return;
     }
     if (wc.wrId >= WR_RECV) {
@@ -386,8 +420,17 @@ export class RdmaChannelTransport extends Emitter<RdmaChannelEvents> implements 
     const off = slot * this.o.maxSendIuLen;
     iu.copy(p.buf, off);
     try {
-      this.b.postSend(this.res.cmId, slot, R.IBV_WR_SEND, p.addr + BigInt(off), iu.length, p.lkey, R.IBV_SEND_SIGNALED,
-        0n, 0);
+      this.b.postSend(
+        this.res.cmId,
+        slot,
+        R.IBV_WR_SEND,
+        p.addr + BigInt(off),
+        iu.length,
+        p.lkey,
+        R.IBV_SEND_SIGNALED,
+        0n,
+        0,
+      );
       this.stats.sends++;
     } catch (err) {
       this.freeSlots.push(slot);
@@ -426,7 +469,11 @@ export class RdmaChannelTransport extends Emitter<RdmaChannelEvents> implements 
       if (this.keepaliveInFlight || this.stateValue !== 'connected' || this.closing) return;
       this.keepaliveInFlight = true;
       // a failed probe has already declared the channel lost (lost() -> 'disconnect')
-      this.probe().catch(() => undefined).finally(() => { this.keepaliveInFlight = false; });
+      this.probe()
+        .catch(() => undefined)
+        .finally(() => {
+          this.keepaliveInFlight = false;
+        });
     }, this.o.keepaliveIntervalMs);
     this.keepaliveTimer.unref?.();
   }
@@ -498,7 +545,9 @@ export class RdmaChannelTransport extends Emitter<RdmaChannelEvents> implements 
     if (this.res.cmId && !this.res.portDown()) {
       try {
         this.b.cmDisconnect(this.res.cmId);
-      } catch { /* already disconnected */ }
+      } catch {
+        /* already disconnected */
+      }
     }
     this.release();
     this.stateValue = 'closed';

@@ -25,8 +25,9 @@ export interface RdmaConnectorOptions {
   /** overrides the derived initiator port id (16 bytes) */
   initiatorPortId?: Buffer;
   /** per-channel transport options (tests, tuning) */
-  transport?: Partial<Omit<RdmaTransportOptions,
-    'dst' | 'src' | 'ackTimeout' | 'retryCount' | 'keepaliveIntervalMs' | 'logger'>>;
+  transport?: Partial<
+    Omit<RdmaTransportOptions, 'dst' | 'src' | 'ackTimeout' | 'retryCount' | 'keepaliveIntervalMs' | 'logger'>
+  >;
 }
 
 /** The part of SrpTargetAddress the connector needs (src/initiator/target-address.ts). */
@@ -78,7 +79,10 @@ export async function hostPortGuid(): Promise<bigint> {
     seed = '';
   }
   if (!seed) seed = hostname();
-  return createHash('sha256').update('srp-nbd initiator ' + seed).digest().readBigUInt64BE(0);
+  return createHash('sha256')
+    .update('srp-nbd initiator ' + seed)
+    .digest()
+    .readBigUInt64BE(0);
 }
 
 /**
@@ -93,7 +97,10 @@ export class RdmaConnector {
   /** channels opened (for status and tests) */
   opened = 0;
 
-  constructor(private readonly b: NativeBinding, private readonly o: RdmaTransportOptions) {
+  constructor(
+    private readonly b: NativeBinding,
+    private readonly o: RdmaTransportOptions,
+  ) {
     this.description = `dest=${formatRdmaAddress(o.dst)}${o.src && o.src.family === 'ip' ? `,src=${o.src.host}` : ''}`;
   }
 
@@ -139,12 +146,21 @@ export class RdmaConnector {
   private watch(h: { ctx: number; port: number; asyncFd: number; device: string }): void {
     if (this.closed || (this.watched && this.watched.ctx === h.ctx && this.watched.port === h.port)) return;
     this.watched?.unsubscribe();
-    const unsubscribe = AsyncEventHub.subscribe(this.b, h.ctx, h.asyncFd, (ev) => {
-      if (ev.type !== R.IBV_EVENT_PORT_ACTIVE || ev.portNum !== h.port) return;
-      this.o.logger?.info({ device: h.device, port: h.port }, 'rdma: port active again');
-      for (const l of [...this.pathUp]) l();
-    }, (err) => this.o.logger?.warn({ err, device: h.device, port: h.port },
-      'rdma: device async events lost: no path-up on PORT_ACTIVE until a channel opens again'));
+    const unsubscribe = AsyncEventHub.subscribe(
+      this.b,
+      h.ctx,
+      h.asyncFd,
+      (ev) => {
+        if (ev.type !== R.IBV_EVENT_PORT_ACTIVE || ev.portNum !== h.port) return;
+        this.o.logger?.info({ device: h.device, port: h.port }, 'rdma: port active again');
+        for (const l of [...this.pathUp]) l();
+      },
+      (err) =>
+        this.o.logger?.warn(
+          { err, device: h.device, port: h.port },
+          'rdma: device async events lost: no path-up on PORT_ACTIVE until a channel opens again',
+        ),
+    );
     this.watched = { ctx: h.ctx, port: h.port, unsubscribe };
   }
 }

@@ -50,15 +50,17 @@ export interface RdmaTransportOptions {
 }
 
 /** The options with every default applied (pools and logger are taken as given). */
-export type ResolvedTransportOptions = Required<Omit<RdmaTransportOptions, 'src' | 'logger' | 'pools'>>
-  & Pick<RdmaTransportOptions, 'src'>;
+export type ResolvedTransportOptions = Required<Omit<RdmaTransportOptions, 'src' | 'logger' | 'pools'>> &
+  Pick<RdmaTransportOptions, 'src'>;
 
 /** Applies the defaults and checks the bounds; throws RangeError naming the option. */
 export function resolveTransportOptions(options: RdmaTransportOptions): ResolvedTransportOptions {
   const retry = options.retryCount ?? RETRY_COUNT.default;
   if (!Number.isInteger(retry) || retry < RETRY_COUNT.min || retry > RETRY_COUNT.max) {
-    throw new RangeError(`retryCount ${retry} must be ${RETRY_COUNT.min}..${RETRY_COUNT.max} `
-      + '(7 means retry forever: a dead path would never be noticed)');
+    throw new RangeError(
+      `retryCount ${retry} must be ${RETRY_COUNT.min}..${RETRY_COUNT.max} ` +
+        '(7 means retry forever: a dead path would never be noticed)',
+    );
   }
   const ack = options.ackTimeout ?? ACK_TIMEOUT.default;
   if (!Number.isInteger(ack) || ack < ACK_TIMEOUT.min || ack > ACK_TIMEOUT.max) {

@@ -29,7 +29,13 @@ export class ParkedIds {
   private static readonly parked = new Map<NativeBinding, Map<string, ParkedPort>>();
 
   static park(
-    b: NativeBinding, ctx: number, port: number, asyncFd: number, id: number, channel: number, log: SrpLogger,
+    b: NativeBinding,
+    ctx: number,
+    port: number,
+    asyncFd: number,
+    id: number,
+    channel: number,
+    log: SrpLogger,
   ): void {
     let m = this.parked.get(b);
     if (!m) this.parked.set(b, (m = new Map()));
@@ -37,15 +43,26 @@ export class ParkedIds {
     let e = m.get(key);
     if (!e) {
       const entry: ParkedPort = { ids: [], unsubscribe: () => {} };
-      entry.unsubscribe = AsyncEventHub.subscribe(b, ctx, asyncFd, (ev) => {
-        if (ev.type === R.IBV_EVENT_PORT_ACTIVE && ev.portNum === port) this.release(b, key, log);
-      }, (err) => log.warn({ err, port, parked: entry.ids.length },
-        'rdma: device async events lost: parked cm ids stay until a channel polls the device again (or exit)'));
+      entry.unsubscribe = AsyncEventHub.subscribe(
+        b,
+        ctx,
+        asyncFd,
+        (ev) => {
+          if (ev.type === R.IBV_EVENT_PORT_ACTIVE && ev.portNum === port) this.release(b, key, log);
+        },
+        (err) =>
+          log.warn(
+            { err, port, parked: entry.ids.length },
+            'rdma: device async events lost: parked cm ids stay until a channel polls the device again (or exit)',
+          ),
+      );
       m.set(key, (e = entry));
     }
     e.ids.push({ id, channel });
-    log.info({ port, parked: e.ids.length },
-      'rdma: port down: cm id kept until the port is active again (no DREQ through a downed port)');
+    log.info(
+      { port, parked: e.ids.length },
+      'rdma: port down: cm id kept until the port is active again (no DREQ through a downed port)',
+    );
   }
 
   /** Disconnects and destroys the parked ids of one port (on PORT_ACTIVE); safe to call again. */
@@ -56,8 +73,16 @@ export class ParkedIds {
     m.delete(key);
     e.unsubscribe();
     for (const { id, channel } of e.ids) {
-      try { b.cmDisconnect(id); } catch { /* not connected */ }
-      try { b.cmDestroyId(id); } catch (err) { log.warn({ err }, 'rdma: destroying a parked cm id failed'); }
+      try {
+        b.cmDisconnect(id);
+      } catch {
+        /* not connected */
+      }
+      try {
+        b.cmDestroyId(id);
+      } catch (err) {
+        log.warn({ err }, 'rdma: destroying a parked cm id failed');
+      }
       try {
         b.cmDestroyChannel(channel);
       } catch (err) {

@@ -19,7 +19,12 @@ import { TransportError } from '../scsi-executor.js';
 import type { SrpLogger } from '../srp-session.js';
 import type { MemoryRegion } from '../transport.js';
 import {
-  UV_READABLE, type AsyncEvent, type ConnParam, type DeviceAttr, type NativeBinding, type NativeError,
+  UV_READABLE,
+  type AsyncEvent,
+  type ConnParam,
+  type DeviceAttr,
+  type NativeBinding,
+  type NativeError,
 } from '../../native/native.js';
 import * as R from '../../native/rdma-constants.js';
 import { AsyncEventHub } from './async-event-hub.js';
@@ -29,10 +34,13 @@ import { ParkedIds } from './parked-ids.js';
 /** No usable RDMA device / kernel support, with what to do. */
 export class RdmaUnavailableError extends TransportError {
   constructor(detail: string, options?: { cause?: unknown }) {
-    super(`no RDMA device available (${detail}): load an RDMA driver, e.g. `
-      + '`modprobe rdma_rxe && rdma link add rxe0 type rxe netdev eth0`, '
-      + 'and make sure /dev/infiniband/rdma_cm and uverbs devices exist (modprobe rdma_ucm ib_uverbs)',
-    'disconnected', options);
+    super(
+      `no RDMA device available (${detail}): load an RDMA driver, e.g. ` +
+        '`modprobe rdma_rxe && rdma link add rxe0 type rxe netdev eth0`, ' +
+        'and make sure /dev/infiniband/rdma_cm and uverbs devices exist (modprobe rdma_ucm ib_uverbs)',
+      'disconnected',
+      options,
+    );
     this.name = 'RdmaUnavailableError';
   }
 }
@@ -44,9 +52,12 @@ export function checkRdmaAvailable(b: NativeBinding): string[] {
     names = b.getDeviceList();
   } catch (err) {
     const code = (err as NativeError).code;
-    throw new RdmaUnavailableError(code === 'ENOSYS'
-      ? 'the kernel has no RDMA support loaded (ibv_get_device_list: ENOSYS)'
-      : `ibv_get_device_list: ${code}`, { cause: err });
+    throw new RdmaUnavailableError(
+      code === 'ENOSYS'
+        ? 'the kernel has no RDMA support loaded (ibv_get_device_list: ENOSYS)'
+        : `ibv_get_device_list: ${code}`,
+      { cause: err },
+    );
   }
   if (names.length === 0) throw new RdmaUnavailableError('ibv_get_device_list returned no device');
   return names;
@@ -62,8 +73,11 @@ export function verbsCall<T>(fn: () => T, what: string): T {
       throw new RdmaUnavailableError(`${what}: ${code}, /dev/infiniband/rdma_cm missing`, { cause: err });
     }
     if (code === 'EPERM' || code === 'EACCES') {
-      throw new TransportError(`${what}: permission denied: run as root or grant access to /dev/infiniband/* `
-        + 'and raise RLIMIT_MEMLOCK', 'disconnected', { cause: err });
+      throw new TransportError(
+        `${what}: permission denied: run as root or grant access to /dev/infiniband/* ` + 'and raise RLIMIT_MEMLOCK',
+        'disconnected',
+        { cause: err },
+      );
     }
     throw new TransportError(`${what} failed: ${(err as Error).message}`, 'disconnected', { cause: err });
   }
@@ -100,8 +114,16 @@ export interface IuPool {
   lkey: number;
 }
 
-interface PoolRegion { buf: Buffer; mr: number; addr: bigint; rkey: number }
-interface UserRegion { mr: number; length: number }
+interface PoolRegion {
+  buf: Buffer;
+  mr: number;
+  addr: bigint;
+  rkey: number;
+}
+interface UserRegion {
+  mr: number;
+  length: number;
+}
 
 interface Step {
   /** the undoing call, for the log line when it fails */
@@ -149,7 +171,9 @@ export class VerbsResources {
     const ch = verbsCall(() => b.cmCreateChannel(), 'rdma_create_event_channel');
     this.eventChannel = ch.channel;
     this.steps.push({
-      what: 'rdma_destroy_event_channel', undo: () => b.cmDestroyChannel(ch.channel), keptWhenParked: true,
+      what: 'rdma_destroy_event_channel',
+      undo: () => b.cmDestroyChannel(ch.channel),
+      keptWhenParked: true,
     });
     const poller = b.pollStart(ch.fd, UV_READABLE, (err) => {
       if (err) this.on.pollFailed('rdma_cm event channel', err);
@@ -188,8 +212,13 @@ export class VerbsResources {
     const ctx = info.context;
     const attr = b.ctxQuery(ctx);
     this.device = { ctx, port: info.port, name: info.device ?? '?', attr };
-    const unsubscribe = AsyncEventHub.subscribe(b, ctx, attr.asyncFd, (ev) => this.on.asyncEvent(ev),
-      (err) => this.on.pollFailed('device async events', err));
+    const unsubscribe = AsyncEventHub.subscribe(
+      b,
+      ctx,
+      attr.asyncFd,
+      (ev) => this.on.asyncEvent(ev),
+      (err) => this.on.pollFailed('device async events', err),
+    );
     this.steps.push({ what: 'unsubscribe from device async events', undo: unsubscribe });
 
     const pd = (this.pd = verbsCall(() => b.pdAlloc(ctx), 'ibv_alloc_pd'));
@@ -217,10 +246,19 @@ export class VerbsResources {
     }
     this.steps.push({ what: 'ibv_dereg_mr', undo: () => this.deregisterAll() });
 
-    const caps = verbsCall(() => b.cmCreateQp(this.cmId, {
-      pd, sendCq: cq, recvCq: cq, maxSendWr: o.sendQueueDepth + EXTRA_SEND_WRS, maxRecvWr: o.recvQueueDepth,
-      maxSendSge: 1, maxRecvSge: 1,
-    }), 'rdma_create_qp');
+    const caps = verbsCall(
+      () =>
+        b.cmCreateQp(this.cmId, {
+          pd,
+          sendCq: cq,
+          recvCq: cq,
+          maxSendWr: o.sendQueueDepth + EXTRA_SEND_WRS,
+          maxRecvWr: o.recvQueueDepth,
+          maxSendSge: 1,
+          maxRecvSge: 1,
+        }),
+      'rdma_create_qp',
+    );
     this.qpNum = caps.qpNum;
     const id = this.cmId;
     this.steps.push({ what: 'rdma_destroy_qp', undo: () => b.cmDestroyQp(id) });
@@ -258,8 +296,11 @@ export class VerbsResources {
    */
   register(buf: Buffer): MemoryRegion {
     for (const p of this.pools) {
-      if (buf.buffer === p.buf.buffer && buf.byteOffset >= p.buf.byteOffset
-        && buf.byteOffset + buf.length <= p.buf.byteOffset + p.buf.length) {
+      if (
+        buf.buffer === p.buf.buffer &&
+        buf.byteOffset >= p.buf.byteOffset &&
+        buf.byteOffset + buf.length <= p.buf.byteOffset + p.buf.length
+      ) {
         return { va: p.addr + BigInt(buf.byteOffset - p.buf.byteOffset), rkey: p.rkey, length: buf.length };
       }
     }
@@ -297,7 +338,11 @@ export class VerbsResources {
     const d = this.device;
     const park = this.cmId !== 0 && this.connectSent && d !== undefined && this.portDown();
     if (park) {
-      try { this.b.qpModify(this.cmId, { state: R.IBV_QPS_ERR }); } catch { /* no QP */ }
+      try {
+        this.b.qpModify(this.cmId, { state: R.IBV_QPS_ERR });
+      } catch {
+        /* no QP */
+      }
     }
     for (let step = this.steps.pop(); step; step = this.steps.pop()) {
       if (park && step.keptWhenParked) continue;
