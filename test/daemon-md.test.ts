@@ -246,6 +246,14 @@ function policyTarget(devices: MdDevice[], flags: Flags = {}): { target: MdReadd
 }
 
 const settle = (ms = 150): Promise<void> => new Promise((r) => setTimeout(r, ms));
+/** The policy's snapshot of what was faulty when the path went down (sysfs is read asynchronously). */
+const snapshotTaken = (p: MdReaddPolicy): Promise<unknown> =>
+  (p as unknown as { faultyBefore: Promise<unknown> }).faultyBefore;
+/** Polls `cond` every 20 ms for up to 5 s (a loaded machine delays the asynchronous sysfs work). */
+async function until(cond: () => boolean): Promise<void> {
+  for (let i = 0; i < 250 && !cond(); i++) await settle(20);
+}
+const stateOf = (dev: (n: string) => string, n = 'nbd0'): string => fs.readFileSync(path.join(dev(n), 'state'), 'utf8');
 
 t.test('policy: a member md failed during a fail-fast outage is re-added when the path returns', async (t) => {
   const { root, dev } = fakeSysfs({ nbd0: { state: 'in_sync', slot: '0' } });
@@ -253,12 +261,12 @@ t.test('policy: a member md failed during a fail-fast outage is re-added when th
   const p = new MdReaddPolicy(target, { sysfs: root });
   t.teardown(() => p.cancel());
   p.onPathDown();
-  await settle(50); // the policy notes what is faulty as the path goes down
+  await snapshotTaken(p); // the policy notes what is faulty as the path goes down
   fs.writeFileSync(path.join(dev('nbd0'), 'state'), 'faulty\n'); // EIO in fail-fast: md fails the member
   fs.writeFileSync(path.join(dev('nbd0'), 'slot'), 'none\n');
   p.onPathReturned('fail-fast');
-  await settle();
-  t.equal(fs.readFileSync(path.join(dev('nbd0'), 'state'), 'utf8'), 're-add');
+  await until(() => messages().length >= 2); // the re-add and its log line
+  t.equal(stateOf(dev), 're-add');
   t.equal(p.readds, 1);
   t.match(messages(), [
     'md: the device is faulty in an array; re-adding it now that the path is back',
@@ -272,7 +280,7 @@ t.test('policy: a return from blocked re-adds nothing (no I/O failed: md failed 
   const p = new MdReaddPolicy(target, { sysfs: root, lateCheckMs: 50 });
   t.teardown(() => p.cancel());
   p.onPathDown();
-  await settle(50);
+  await snapshotTaken(p);
   fs.writeFileSync(path.join(dev('nbd0'), 'state'), 'faulty\n');
   fs.writeFileSync(path.join(dev('nbd0'), 'slot'), 'none\n');
   p.onPathReturned('blocked');
@@ -307,8 +315,8 @@ t.test('policy: the second look re-adds a member md failed just after the path c
   t.equal(p.readds, 0, 'nothing faulty yet');
   fs.writeFileSync(path.join(dev('nbd0'), 'state'), 'faulty\n'); // md's error handling catches up
   fs.writeFileSync(path.join(dev('nbd0'), 'slot'), 'none\n');
-  await settle(250);
-  t.equal(fs.readFileSync(path.join(dev('nbd0'), 'state'), 'utf8'), 're-add');
+  await until(() => p.readds === 1);
+  t.equal(stateOf(dev), 're-add');
   t.equal(p.readds, 1);
 });
 
@@ -325,7 +333,8 @@ t.test('policy: at attach each faulty member is re-added; not with md_readd off,
   ];
   const p = new MdReaddPolicy(policyTarget(devices).target, { sysfs: root });
   p.onAttached();
-  await settle();
+  await until(() => p.readds === 1);
+  await settle(); // and the others had as long
   const nbd0State = fs.readFileSync(path.join(dev('nbd0'), 'state'), 'utf8');
   t.equal(nbd0State, 'faulty\n', 'md_readd off, detached, unconnected: untouched');
   t.equal(fs.readFileSync(path.join(dev('nbd1'), 'state'), 'utf8'), 're-add');
@@ -352,7 +361,7 @@ t.test('policy: the path lost again while a re-add waits for md: re-added when i
   const p = new MdReaddPolicy(target, { sysfs: root, lateCheckMs: 60_000 });
   t.teardown(() => p.cancel());
   p.onPathDown();
-  await settle(50);
+  await snapshotTaken(p);
   fs.writeFileSync(path.join(dev('nbd0'), 'state'), 'faulty\n'); // md failed it but still holds its slot
   p.onPathReturned('fail-fast');
   await settle(50); // the re-add waits for md to release the slot
@@ -360,8 +369,7 @@ t.test('policy: the path lost again while a re-add waits for md: re-added when i
   await settle(50);
   fs.writeFileSync(path.join(dev('nbd0'), 'slot'), 'none\n');
   p.onPathReturned('fail-fast');
-  const state = (): string => fs.readFileSync(path.join(dev('nbd0'), 'state'), 'utf8');
-  for (let i = 0; i < 100 && state() !== 're-add'; i++) await settle(30);
-  t.equal(state(), 're-add', 'not taken for "faulty before the outage"');
+  await until(() => stateOf(dev) === 're-add');
+  t.equal(stateOf(dev), 're-add', 'not taken for "faulty before the outage"');
   t.notOk(messages().some((m) => /already faulty/.test(m)));
 });
