@@ -307,7 +307,8 @@ t.test('policy: a member already faulty when the path went down is left alone, w
 t.test('policy: the second look re-adds a member md failed just after the path came back', async (t) => {
   const { root, dev } = fakeSysfs({ nbd0: { state: 'in_sync', slot: '0' } });
   const { target } = policyTarget([{ device: '/dev/nbd0', connected: true }]);
-  const p = new MdReaddPolicy(target, { sysfs: root, lateCheckMs: 100 });
+  // the second look comes late enough that the test has failed the member by then, however loaded
+  const p = new MdReaddPolicy(target, { sysfs: root, lateCheckMs: 1500 });
   t.teardown(() => p.cancel());
   p.onPathDown();
   p.onPathReturned('fail-fast');
