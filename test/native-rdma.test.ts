@@ -136,6 +136,35 @@ t.test('SRP session over the RDMA transport (mock fabric): login, verified I/O, 
   t.equal(m.pollCount(), 0, 'no poller left');
 });
 
+t.test('posting: IUs queued in one event go out as one list, only its last work request signalled', async (t) => {
+  const target = newTarget();
+  const m = fabric(target);
+  const tr = transport(m.asBinding(), { sendQueueDepth: 64, recvQueueDepth: 64 });
+  const session = await SrpSession.login(tr, { ...ids, queueSize: 32 });
+  const disk = new ScsiDisk(session, { lun: 0n });
+  await disk.probe();
+  const before = { sends: tr.stats.sends, completions: tr.stats.completions, lists: m.sendLists.length };
+  const data = randomBytes(32 * 4096);
+  await Promise.all(
+    Array.from({ length: 32 }, (_, i) => disk.write(i * 4096, data.subarray(i * 4096, (i + 1) * 4096))),
+  );
+  const reads = await Promise.all(Array.from({ length: 32 }, (_, i) => disk.read(i * 4096, 4096)));
+  t.same(Buffer.concat(reads), data, 'the data went through');
+  const sends = tr.stats.sends - before.sends;
+  const lists = m.sendLists.slice(before.lists);
+  t.equal(sends, 64, 'one SRP_CMD per command');
+  t.equal(
+    lists.reduce((a, b) => a + b, 0),
+    sends,
+    'every IU posted exactly once',
+  );
+  t.ok(Math.max(...lists) >= 16, `commands issued together share a post (lists: ${lists.join(',')})`);
+  const completions = tr.stats.completions - before.completions;
+  t.ok(completions < 2 * sends, `a send completion per list, not per IU (${completions} for ${sends} IUs each way)`);
+  await session.close();
+  t.same(m.rdmaObjectCounts().qps, 0, 'closed cleanly: every send slot came back');
+});
+
 t.test('pre-registered pool: views need no registration', async (t) => {
   const target = newTarget();
   const m = fabric(target);

@@ -581,6 +581,84 @@ Napi::Value PostRecv(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+// Work request lists: one ibv_post_send/ibv_post_recv for many WRs, chained, so a provider that
+// rings a doorbell per call (rxe: a write() into the kernel) rings it once per list. Records are
+// little-endian, laid out as SEND_WR_LEN / RECV_WR_LEN in src/native/rdma-constants.ts:
+//   send: wr_id u64 | addr u64 | remote_addr u64 | length u32 | lkey u32 | rkey u32 | opcode u32 |
+//         send_flags u32 | reserved u32                                             (48 bytes)
+//   recv: wr_id u64 | addr u64 | length u32 | lkey u32                              (24 bytes)
+// A send record of length 0 posts no SGE (the zero-length RDMA WRITE of the keep-alive probe).
+constexpr size_t SEND_WR = 48, RECV_WR = 24, MAX_LIST = 1024;
+
+template <typename T>
+T Field(const uint8_t* r, size_t off) {
+  T v;
+  memcpy(&v, r + off, sizeof v);
+  return v;
+}
+
+size_t ListCount(const Napi::CallbackInfo& info, const Napi::Buffer<uint8_t>& wrs, size_t rec) {
+  size_t n = ArgU32(info, 2, "count");
+  if (n > MAX_LIST || n * rec > wrs.Length()) ThrowType(info.Env(), "count exceeds the work request buffer");
+  return n;
+}
+
+// postSendList(id, wrs, count)
+Napi::Value PostSendList(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  ibv_qp* qp = QpOf(info, 0);
+  auto wrs = ArgBuffer(info, 1, "wrs");
+  size_t n = ListCount(info, wrs, SEND_WR);
+  if (n == 0) return env.Undefined();
+  std::vector<ibv_send_wr> wr(n);
+  std::vector<ibv_sge> sge(n);
+  for (size_t i = 0; i < n; i++) {
+    const uint8_t* r = wrs.Data() + i * SEND_WR;
+    memset(&wr[i], 0, sizeof wr[i]);
+    wr[i].wr_id = Field<uint64_t>(r, 0);
+    sge[i].addr = Field<uint64_t>(r, 8);
+    wr[i].wr.rdma.remote_addr = Field<uint64_t>(r, 16);
+    sge[i].length = Field<uint32_t>(r, 24);
+    sge[i].lkey = Field<uint32_t>(r, 28);
+    wr[i].wr.rdma.rkey = Field<uint32_t>(r, 32);
+    wr[i].opcode = static_cast<ibv_wr_opcode>(Field<uint32_t>(r, 36));
+    wr[i].send_flags = Field<uint32_t>(r, 40);
+    wr[i].sg_list = sge[i].length ? &sge[i] : nullptr;
+    wr[i].num_sge = sge[i].length ? 1 : 0;
+    wr[i].next = i + 1 < n ? &wr[i + 1] : nullptr;
+  }
+  ibv_send_wr* bad = nullptr;
+  int rc = ibv_post_send(qp, wr.data(), &bad);
+  if (rc) ThrowErrno(env, rc, "ibv_post_send");
+  return env.Undefined();
+}
+
+// postRecvList(id, wrs, count)
+Napi::Value PostRecvList(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  ibv_qp* qp = QpOf(info, 0);
+  auto wrs = ArgBuffer(info, 1, "wrs");
+  size_t n = ListCount(info, wrs, RECV_WR);
+  if (n == 0) return env.Undefined();
+  std::vector<ibv_recv_wr> wr(n);
+  std::vector<ibv_sge> sge(n);
+  for (size_t i = 0; i < n; i++) {
+    const uint8_t* r = wrs.Data() + i * RECV_WR;
+    memset(&wr[i], 0, sizeof wr[i]);
+    wr[i].wr_id = Field<uint64_t>(r, 0);
+    sge[i].addr = Field<uint64_t>(r, 8);
+    sge[i].length = Field<uint32_t>(r, 16);
+    sge[i].lkey = Field<uint32_t>(r, 20);
+    wr[i].sg_list = &sge[i];
+    wr[i].num_sge = 1;
+    wr[i].next = i + 1 < n ? &wr[i + 1] : nullptr;
+  }
+  ibv_recv_wr* bad = nullptr;
+  int rc = ibv_post_recv(qp, wr.data(), &bad);
+  if (rc) ThrowErrno(env, rc, "ibv_post_recv");
+  return env.Undefined();
+}
+
 // rdmaObjectCounts() -> { channels, ids, qps, pds, compChannels, cqs, mrs }: for leak checks.
 Napi::Value ObjectCounts(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
@@ -636,7 +714,8 @@ void InitRdma(Napi::Env env, Napi::Object exports) {
     {"pdAlloc", PdAlloc}, {"pdDealloc", PdDealloc}, {"compChannelCreate", CompChannelCreate},
     {"compChannelDestroy", CompChannelDestroy}, {"cqCreate", CqCreate}, {"cqDestroy", CqDestroy},
     {"cqReqNotify", CqReqNotify}, {"cqGetEvent", CqGetEvent}, {"cqPoll", CqPoll}, {"mrReg", MrReg},
-    {"mrDereg", MrDereg}, {"postSend", PostSend}, {"postRecv", PostRecv}, {"rdmaObjectCounts", ObjectCounts},
+    {"mrDereg", MrDereg}, {"postSend", PostSend}, {"postRecv", PostRecv}, {"postSendList", PostSendList},
+    {"postRecvList", PostRecvList}, {"rdmaObjectCounts", ObjectCounts},
   };
   for (auto& f : fns) exports.Set(f.name, Napi::Function::New(env, f.fn, f.name));
   napi_add_env_cleanup_hook(env, Cleanup, nullptr);

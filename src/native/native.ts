@@ -12,6 +12,7 @@ import { createRequire } from 'node:module';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { RECV_WR_LEN, SEND_WR_LEN } from './rdma-constants.js';
 
 /**
  * Error thrown by the addon for a failed system call. Like Node's own system errors it names the
@@ -248,6 +249,13 @@ export interface NativeBinding {
     rkey: number,
   ): void;
   postRecv(id: number, wrId: number, addr: bigint, length: number, lkey: number): void;
+  /**
+   * Posts the first count records of wrs (SEND_WR_LEN bytes each, written by writeSendWr) as one
+   * chained list: one ibv_post_send, so one doorbell for the lot.
+   */
+  postSendList(id: number, wrs: Buffer, count: number): void;
+  /** Posts the first count records of wrs (RECV_WR_LEN bytes each, written by writeRecvWr) as one list. */
+  postRecvList(id: number, wrs: Buffer, count: number): void;
   rdmaObjectCounts(): RdmaObjectCounts;
 }
 
@@ -260,6 +268,98 @@ export interface WorkCompletion {
   qpNum: number;
   vendorErr: number;
   wcFlags: number;
+}
+
+const U32 = 0x1_0000_0000;
+
+/** Writes a u64 given as a Number (addresses and wr_ids stay below 2^53) little-endian at off. */
+function writeU64(buf: Buffer, value: number, off: number): void {
+  buf.writeUInt32LE(value % U32, off);
+  buf.writeUInt32LE(Math.floor(value / U32), off + 4);
+}
+
+/** Reads a u64 written by writeU64 (or the addon) as a Number. */
+export function readU64(buf: Buffer, off: number): number {
+  return buf.readUInt32LE(off) + buf.readUInt32LE(off + 4) * U32;
+}
+
+/**
+ * Fills send work request record i of a postSendList() buffer. Numbers, not bigints: user-space
+ * addresses are below 2^47, so a Number holds them exactly, and the I/O path allocates nothing.
+ * length 0 posts no SGE (the keep-alive probe's zero-length RDMA WRITE).
+ */
+export function writeSendWr(
+  buf: Buffer,
+  i: number,
+  wrId: number,
+  opcode: number,
+  flags: number,
+  addr: number,
+  length: number,
+  lkey: number,
+  remoteAddr = 0,
+  rkey = 0,
+): void {
+  const o = i * SEND_WR_LEN;
+  writeU64(buf, wrId, o);
+  writeU64(buf, addr, o + 8);
+  writeU64(buf, remoteAddr, o + 16);
+  buf.writeUInt32LE(length, o + 24);
+  buf.writeUInt32LE(lkey, o + 28);
+  buf.writeUInt32LE(rkey, o + 32);
+  buf.writeUInt32LE(opcode, o + 36);
+  buf.writeUInt32LE(flags, o + 40);
+  buf.writeUInt32LE(0, o + 44);
+}
+
+/** Sets the send flags of record i of a postSendList() buffer. */
+export function setSendWrFlags(buf: Buffer, i: number, flags: number): void {
+  buf.writeUInt32LE(flags, i * SEND_WR_LEN + 40);
+}
+
+/** Fills receive work request record i of a postRecvList() buffer. */
+export function writeRecvWr(buf: Buffer, i: number, wrId: number, addr: number, length: number, lkey: number): void {
+  const o = i * RECV_WR_LEN;
+  writeU64(buf, wrId, o);
+  writeU64(buf, addr, o + 8);
+  buf.writeUInt32LE(length, o + 16);
+  buf.writeUInt32LE(lkey, o + 20);
+}
+
+/** One decoded send work request record (tests and the mock binding). */
+export interface SendWr {
+  wrId: number;
+  opcode: number;
+  flags: number;
+  addr: number;
+  length: number;
+  lkey: number;
+  remoteAddr: number;
+  rkey: number;
+}
+
+export function readSendWr(buf: Buffer, i: number): SendWr {
+  const o = i * SEND_WR_LEN;
+  return {
+    wrId: readU64(buf, o),
+    addr: readU64(buf, o + 8),
+    remoteAddr: readU64(buf, o + 16),
+    length: buf.readUInt32LE(o + 24),
+    lkey: buf.readUInt32LE(o + 28),
+    rkey: buf.readUInt32LE(o + 32),
+    opcode: buf.readUInt32LE(o + 36),
+    flags: buf.readUInt32LE(o + 40),
+  };
+}
+
+export function readRecvWr(buf: Buffer, i: number): { wrId: number; addr: number; length: number; lkey: number } {
+  const o = i * RECV_WR_LEN;
+  return {
+    wrId: readU64(buf, o),
+    addr: readU64(buf, o + 8),
+    length: buf.readUInt32LE(o + 16),
+    lkey: buf.readUInt32LE(o + 20),
+  };
 }
 
 /** Decodes record i of a cqPoll() output buffer. */

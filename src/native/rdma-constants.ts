@@ -135,6 +135,11 @@ export const IBV_PORT_ACTIVE = 4;
 
 /** Size of one completion record written by cqPoll() (see native/src/rdma.cc). */
 export const WC_RECORD_LEN = 32;
+/** Sizes of one work request record of postSendList() / postRecvList() (see native/src/rdma.cc). */
+export const SEND_WR_LEN = 48;
+export const RECV_WR_LEN = 24;
+/** Most work requests one postSendList() / postRecvList() takes. */
+export const MAX_WR_LIST = 1024;
 
 /**
  * Largest retry_count that still gives up: rxe (soft-RoCE) takes 7 as "retry forever", so a path

@@ -19,6 +19,8 @@ import {
 } from '../initiator/transport.js';
 import {
   UV_READABLE,
+  readRecvWr,
+  readSendWr,
   type AsyncEvent,
   type CmEvent,
   type CmIdInfo,
@@ -450,7 +452,39 @@ export class MockRdmaBinding implements Partial<NativeBinding> {
     }
     return undefined;
   }
-  postSend(h: number, wrId: number, opcode: number, addr: bigint, length: number, lkey: number): void {
+  postSendList(h: number, wrs: Buffer, count: number): void {
+    if (count > R.MAX_WR_LIST || count * R.SEND_WR_LEN > wrs.length)
+      throw new TypeError('count exceeds the work request buffer');
+    this.sendLists.push(count);
+    for (let i = 0; i < count; i++) {
+      const w = readSendWr(wrs, i);
+      this.postSend(h, w.wrId, w.opcode, BigInt(w.addr), w.length, w.lkey, w.flags);
+    }
+  }
+  postRecvList(h: number, wrs: Buffer, count: number): void {
+    if (count > R.MAX_WR_LIST || count * R.RECV_WR_LEN > wrs.length)
+      throw new TypeError('count exceeds the work request buffer');
+    for (let i = 0; i < count; i++) {
+      const w = readRecvWr(wrs, i);
+      this.postRecv(h, w.wrId, BigInt(w.addr), w.length, w.lkey);
+    }
+  }
+  /** Length of every postSendList() call so far (tests check the batching). */
+  readonly sendLists: number[] = [];
+  /**
+   * One send work request. As on a real QP, a successful unsignalled request (flags without
+   * IBV_SEND_SIGNALED) completes without a work completion; a failed one always has one.
+   */
+  postSend(
+    h: number,
+    wrId: number,
+    opcode: number,
+    addr: bigint,
+    length: number,
+    lkey: number,
+    flags: number = R.IBV_SEND_SIGNALED,
+  ): void {
+    const signaled = (flags & R.IBV_SEND_SIGNALED) !== 0;
     const id = this.ids.get(h);
     const qp = id?.qp;
     if (!id || !qp) throw Object.assign(new Error('no qp'), { code: 'EBADF' });
@@ -477,6 +511,7 @@ export class MockRdmaBinding implements Partial<NativeBinding> {
         return;
       }
       if (opcode === R.IBV_WR_SEND) id.peer?.deliver(copy);
+      if (!signaled) return;
       this.complete(
         qp.cq,
         wrId,

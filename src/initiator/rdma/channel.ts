@@ -10,6 +10,13 @@
  * of a view into one costs no system call) and the QP. They are created in that order on connect
  * and freed in reverse order on close, on loss and on failed connects.
  *
+ * Posting: send() copies the IU into a send slot and queues a work request; the queue goes out as
+ * one chained list (postSendList) in a microtask, so every IU queued by one event (an NBD read of
+ * 32 requests, a completion batch of 32 responses) costs one ibv_post_send, which is one doorbell
+ * system call on rxe. Only the last work request of a list is signalled: a QP completes its sends
+ * in order, so that completion frees the slots of the whole list (send completions per list, not
+ * per IU). Receive buffers consumed by one poll batch are reposted as one list as well.
+ *
  * Failure detection: QP async events (PORT_ERR, QP_FATAL, DEVICE_FATAL), CM
  * DISCONNECTED / DEVICE_REMOVAL, failed work completions, and probe() (a zero-length RDMA WRITE) for a
  * silent black hole, which fails after (retryCount + 1) × 4.096 µs × 2^ackTimeout. retryCount is
@@ -30,7 +37,16 @@ import {
   type LoginForm,
   type MemoryRegion,
 } from '../transport.js';
-import { readWc, type AsyncEvent, type CmEvent, type NativeBinding, type NativeError } from '../../native/native.js';
+import {
+  readU64,
+  setSendWrFlags,
+  writeRecvWr,
+  writeSendWr,
+  type AsyncEvent,
+  type CmEvent,
+  type NativeBinding,
+  type NativeError,
+} from '../../native/native.js';
 import * as R from '../../native/rdma-constants.js';
 import { encodeRdmaAddress, formatRdmaAddress } from '../../native/sockaddr.js';
 import { resolveTransportOptions, type RdmaTransportOptions, type ResolvedTransportOptions } from './options.js';
@@ -80,6 +96,22 @@ export class RdmaChannelTransport extends Emitter<RdmaChannelEvents> implements 
   /** the event channel, cm id, device, PD, CQ, QP and registered memory: created and freed as one */
   private readonly res: VerbsResources;
   private freeSlots: number[] = [];
+  /** Send slots posted and not yet completed, in posting order (a ring of sendQueueDepth). */
+  private readonly posted: Int32Array;
+  private postedHead = 0;
+  private postedCount = 0;
+  /** Send work requests queued by send() for the next postSendList (one per free slot at most). */
+  private readonly sendWrs: Buffer;
+  private queuedSends = 0;
+  private flushQueued = false;
+  private readonly flushSendsFn = () => this.flushSends();
+  /** Receive slots consumed by a poll batch, reposted as one list. */
+  private readonly recvWrs: Buffer;
+  private queuedRecvs = 0;
+  /** Pool base addresses as Numbers (exact below 2^53), so posting does no bigint arithmetic. */
+  private sendBase = 0;
+  private recvBase = 0;
+  private readonly probeWr = Buffer.alloc(R.SEND_WR_LEN);
   private readonly wcBuf = Buffer.alloc(POLL_BATCH * R.WC_RECORD_LEN);
   private cmWaiter: ((ev: CmEvent) => void) | undefined;
   private probeSeq = 0;
@@ -88,7 +120,18 @@ export class RdmaChannelTransport extends Emitter<RdmaChannelEvents> implements 
   private disconnectedFired = false;
   private drainWaiter: (() => void) | undefined;
   /** counters for status and tests */
-  readonly stats = { sends: 0, recvs: 0, completions: 0, pollBatches: 0, probes: 0, resolveAttempts: 0, connectMs: 0 };
+  readonly stats = {
+    sends: 0,
+    /** ibv_post_send calls for IUs (one per list); sends / sendPosts is the batching achieved */
+    sendPosts: 0,
+    recvs: 0,
+    recvPosts: 0,
+    completions: 0,
+    pollBatches: 0,
+    probes: 0,
+    resolveAttempts: 0,
+    connectMs: 0,
+  };
 
   constructor(
     private readonly b: NativeBinding,
@@ -98,6 +141,9 @@ export class RdmaChannelTransport extends Emitter<RdmaChannelEvents> implements 
     this.o = resolveTransportOptions(options);
     this.maxRegion = this.o.maxRegionSize;
     this.poolBufs = options.pools ?? [];
+    this.posted = new Int32Array(this.o.sendQueueDepth);
+    this.sendWrs = Buffer.alloc(Math.min(this.o.sendQueueDepth, R.MAX_WR_LIST) * R.SEND_WR_LEN);
+    this.recvWrs = Buffer.alloc(Math.min(this.o.recvQueueDepth, R.MAX_WR_LIST) * R.RECV_WR_LEN);
     this.log = options.logger ?? silent;
     this.res = new VerbsResources(b, this.log, {
       cmEvents: () => this.drainCm(),
@@ -146,7 +192,11 @@ export class RdmaChannelTransport extends Emitter<RdmaChannelEvents> implements 
       const attr = res.device!.attr;
       this.maxRegion = Math.min(this.o.maxRegionSize, Number(attr.maxMrSize));
       this.freeSlots = Array.from({ length: this.o.sendQueueDepth }, (_, i) => this.o.sendQueueDepth - 1 - i);
-      for (let i = 0; i < this.o.recvQueueDepth; i++) this.postRecv(i);
+      this.postedHead = this.postedCount = this.queuedSends = this.queuedRecvs = 0;
+      this.sendBase = Number(res.sendPool!.addr);
+      this.recvBase = Number(res.recvPool!.addr);
+      for (let i = 0; i < this.o.recvQueueDepth; i++) this.queueRecv(i);
+      this.flushRecvs();
       this.b.cqReqNotify(res.cq);
       this.b.cmSetOption(res.cmId, R.RDMA_OPTION_ID, R.RDMA_OPTION_ID_ACK_TIMEOUT, Buffer.from([this.o.ackTimeout]));
       res.connect({
@@ -348,55 +398,87 @@ export class RdmaChannelTransport extends Emitter<RdmaChannelEvents> implements 
     const res = this.res;
     while (res.cq) {
       const n = this.b.cqPoll(res.cq, this.wcBuf, POLL_BATCH);
-      if (n === 0) return;
+      if (n === 0) break;
       this.stats.pollBatches++;
       for (let i = 0; i < n && res.cq; i++) this.onWc(i);
-      if (n < POLL_BATCH) return;
+      if (n < POLL_BATCH) break;
     }
+    if (this.queuedRecvs) this.flushRecvs();
   }
 
+  /** One completion record of wcBuf (layout: cqPoll in native/src/rdma.cc), read in place. */
   private onWc(i: number): void {
-    const wc = readWc(this.wcBuf, i);
+    const o = i * R.WC_RECORD_LEN;
+    const wrId = readU64(this.wcBuf, o);
+    const status = this.wcBuf.readUInt32LE(o + 8);
     this.stats.completions++;
-    if (wc.wrId >= WR_PROBE) {
-      const p = this.probes.get(wc.wrId);
-      this.probes.delete(wc.wrId);
-      if (wc.status === R.IBV_WC_SUCCESS) p?.resolve(Date.now() - p.t0);
+    if (wrId >= WR_PROBE) {
+      const p = this.probes.get(wrId);
+      this.probes.delete(wrId);
+      if (status === R.IBV_WC_SUCCESS) p?.resolve(Date.now() - p.t0);
       else {
-        const e = new TransportError(`keep-alive probe failed: ${R.describeWcStatus(wc.status)}`, 'disconnected');
+        const e = new TransportError(`keep-alive probe failed: ${R.describeWcStatus(status)}`, 'disconnected');
         p?.reject(e);
         this.lost(e.message);
       }
       return;
     }
-    if (wc.status !== R.IBV_WC_SUCCESS) {
-      if (wc.wrId < WR_RECV) this.freeSlots.push(wc.wrId);
+    if (status !== R.IBV_WC_SUCCESS) {
+      if (wrId < WR_RECV) this.completeSends(wrId);
       if (this.closing || this.stateValue !== 'connected') return; // flushed while going away
       this.lost(
-        `${wc.wrId >= WR_RECV ? 'receive' : 'send'} failed: ${R.describeWcStatus(wc.status)} ` +
-          `(vendor error 0x${wc.vendorErr.toString(16)})`,
+        `${wrId >= WR_RECV ? 'receive' : 'send'} failed: ${R.describeWcStatus(status)} ` +
+          `(vendor error 0x${this.wcBuf.readUInt32LE(o + 24).toString(16)})`,
       );
       return;
     }
-    if (wc.wrId >= WR_RECV) {
-      const slot = wc.wrId - WR_RECV;
+    if (wrId >= WR_RECV) {
+      const slot = wrId - WR_RECV;
       const off = slot * this.o.recvIuLen;
       this.stats.recvs++;
       if (this.stateValue === 'connected' || this.stateValue === 'connecting') {
-        this.emit('iu', this.res.recvPool!.buf.subarray(off, off + wc.byteLen));
+        this.emit('iu', this.res.recvPool!.buf.subarray(off, off + this.wcBuf.readUInt32LE(o + 16)));
       }
-      if (this.stateValue === 'connected' && !this.closing) this.postRecv(slot);
+      if (this.stateValue === 'connected' && !this.closing) this.queueRecv(slot);
       return;
     }
-    this.freeSlots.push(wc.wrId);
+    this.completeSends(wrId);
     if (this.drainWaiter && this.freeSlots.length === this.o.sendQueueDepth) this.drainWaiter();
   }
 
-  private postRecv(slot: number): void {
-    const p = this.res.recvPool!;
+  /**
+   * A send completed (signalled, or failed): it and every send posted before it are done, since a
+   * QP completes its sends in order. Their slots are free again.
+   */
+  private completeSends(slot: number): void {
+    const depth = this.posted.length;
+    while (this.postedCount > 0) {
+      const s = this.posted[this.postedHead];
+      this.postedHead = (this.postedHead + 1) % depth;
+      this.postedCount--;
+      this.freeSlots.push(s);
+      if (s === slot) return;
+    }
+  }
+
+  private queueRecv(slot: number): void {
+    const len = this.o.recvIuLen;
+    writeRecvWr(
+      this.recvWrs,
+      this.queuedRecvs++,
+      WR_RECV + slot,
+      this.recvBase + slot * len,
+      len,
+      this.res.recvPool!.lkey,
+    );
+  }
+
+  private flushRecvs(): void {
+    const n = this.queuedRecvs;
+    this.queuedRecvs = 0;
     try {
-      const len = this.o.recvIuLen;
-      this.b.postRecv(this.res.cmId, WR_RECV + slot, p.addr + BigInt(slot * len), len, p.lkey);
+      this.b.postRecvList(this.res.cmId, this.recvWrs, n);
+      this.stats.recvPosts++;
     } catch (err) {
       if (this.stateValue === 'connected') this.lost(`ibv_post_recv failed: ${(err as Error).message}`);
       else throw err;
@@ -419,24 +501,34 @@ export class RdmaChannelTransport extends Emitter<RdmaChannelEvents> implements 
     const p = this.res.sendPool!;
     const off = slot * this.o.maxSendIuLen;
     iu.copy(p.buf, off);
+    writeSendWr(this.sendWrs, this.queuedSends++, slot, R.IBV_WR_SEND, 0, this.sendBase + off, iu.length, p.lkey);
+    this.stats.sends++;
+    if (!this.flushQueued) {
+      this.flushQueued = true;
+      queueMicrotask(this.flushSendsFn);
+    }
+  }
+
+  /**
+   * Posts the IUs queued since the last flush as one list, the last one signalled. A failed post
+   * loses the channel: the session sees 'disconnect' and its commands fail as transport errors.
+   */
+  private flushSends(): void {
+    this.flushQueued = false;
+    const n = this.queuedSends;
+    this.queuedSends = 0;
+    if (n === 0 || this.stateValue !== 'connected') return;
+    const depth = this.posted.length;
+    for (let i = 0; i < n; i++) {
+      this.posted[(this.postedHead + this.postedCount) % depth] = this.sendWrs.readUInt32LE(i * R.SEND_WR_LEN);
+      this.postedCount++;
+    }
+    setSendWrFlags(this.sendWrs, n - 1, R.IBV_SEND_SIGNALED);
     try {
-      this.b.postSend(
-        this.res.cmId,
-        slot,
-        R.IBV_WR_SEND,
-        p.addr + BigInt(off),
-        iu.length,
-        p.lkey,
-        R.IBV_SEND_SIGNALED,
-        0n,
-        0,
-      );
-      this.stats.sends++;
+      this.b.postSendList(this.res.cmId, this.sendWrs, n);
+      this.stats.sendPosts++;
     } catch (err) {
-      this.freeSlots.push(slot);
-      const msg = `ibv_post_send failed: ${(err as Error).message}`;
-      this.lost(msg);
-      throw new TransportError(msg, 'disconnected', { cause: err });
+      this.lost(`ibv_post_send failed: ${(err as Error).message}`, err as Error);
     }
   }
 
@@ -452,7 +544,8 @@ export class RdmaChannelTransport extends Emitter<RdmaChannelEvents> implements 
     return new Promise((resolve, reject) => {
       this.probes.set(wrId, { resolve, reject, t0: Date.now() });
       try {
-        this.b.postSend(this.res.cmId, wrId, R.IBV_WR_RDMA_WRITE, 0n, 0, 0, R.IBV_SEND_SIGNALED, 0n, 0);
+        writeSendWr(this.probeWr, 0, wrId, R.IBV_WR_RDMA_WRITE, R.IBV_SEND_SIGNALED, 0, 0, 0);
+        this.b.postSendList(this.res.cmId, this.probeWr, 1);
         this.stats.probes++;
       } catch (err) {
         this.probes.delete(wrId);
