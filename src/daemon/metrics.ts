@@ -11,7 +11,7 @@
 import type { IoGateStats } from '../fsm/io-gate.js';
 import { RPORT_STATES, type RportState } from '../fsm/rport.js';
 import type { SrpSessionCounters } from '../initiator/srp-session.js';
-import type { Backend, BlockSizeConstraints } from '../nbd/backend.js';
+import type { Backend, BlockSizeConstraints, MaybePromise } from '../nbd/backend.js';
 import type { MdMembership } from './md.js';
 
 /** Latency bucket upper bounds in seconds. */
@@ -27,8 +27,12 @@ export class Histogram {
   observe(seconds: number): void {
     this.count++;
     this.sum += seconds;
-    const i = LATENCY_BUCKETS.findIndex((b) => seconds <= b);
-    if (i >= 0) this.counts[i]!++;
+    for (let i = 0; i < LATENCY_BUCKETS.length; i++) {
+      if (seconds <= LATENCY_BUCKETS[i]!) {
+        this.counts[i]!++;
+        return;
+      }
+    }
   }
 }
 
@@ -79,37 +83,80 @@ export class MeteredBackend implements Backend {
   }
 
   read(offset: number, dst: Buffer): Promise<void> {
-    return this.measure('read', dst.length, () => this.inner.read(offset, dst));
+    const t0 = performance.now();
+    return this.track(
+      this.stats.read,
+      dst.length,
+      t0,
+      call(() => this.inner.read(offset, dst)),
+    );
   }
   write(offset: number, data: Buffer, fua: boolean): Promise<void> {
-    return this.measure('write', data.length, () => this.inner.write(offset, data, fua));
+    const t0 = performance.now();
+    return this.track(
+      this.stats.write,
+      data.length,
+      t0,
+      call(() => this.inner.write(offset, data, fua)),
+    );
   }
   flush(): Promise<void> {
-    return this.measure('flush', 0, () => this.inner.flush());
+    const t0 = performance.now();
+    return this.track(
+      this.stats.flush,
+      0,
+      t0,
+      call(() => this.inner.flush()),
+    );
   }
   trim(offset: number, length: number, fua: boolean): Promise<void> {
-    return this.measure('trim', length, () => this.inner.trim(offset, length, fua));
+    const t0 = performance.now();
+    return this.track(
+      this.stats.trim,
+      length,
+      t0,
+      call(() => this.inner.trim(offset, length, fua)),
+    );
   }
   writeZeroes(offset: number, length: number, fua: boolean, noHole: boolean): Promise<void> {
-    return this.measure('write_zeroes', length, () => this.inner.writeZeroes(offset, length, fua, noHole));
+    const t0 = performance.now();
+    return this.track(
+      this.stats.write_zeroes,
+      length,
+      t0,
+      call(() => this.inner.writeZeroes(offset, length, fua, noHole)),
+    );
   }
   async close(): Promise<void> {
     await this.inner.close?.();
   }
 
-  private async measure(op: IoOp, bytes: number, fn: () => void | Promise<void>): Promise<void> {
-    const s = this.stats[op];
-    const t0 = process.hrtime.bigint();
-    try {
-      await fn();
-      s.ops++;
-      s.bytes += bytes;
-    } catch (e) {
-      s.errors++;
-      throw e;
-    } finally {
-      s.latency.observe(Number(process.hrtime.bigint() - t0) / 1e9);
-    }
+  /**
+   * Counts a request when it settles. One then() on the request's own promise: this runs once per
+   * I/O, so no async wrapper and no bigint clock (performance.now() is a double in ms).
+   */
+  private track(s: OpStats, bytes: number, t0: number, p: Promise<void>): Promise<void> {
+    return p.then(
+      () => {
+        s.ops++;
+        s.bytes += bytes;
+        s.latency.observe((performance.now() - t0) / 1e3);
+      },
+      (e: unknown) => {
+        s.errors++;
+        s.latency.observe((performance.now() - t0) / 1e3);
+        throw e;
+      },
+    );
+  }
+}
+
+/** fn() as a promise, also when it throws instead of rejecting. */
+function call(fn: () => MaybePromise): Promise<void> {
+  try {
+    return Promise.resolve(fn());
+  } catch (e) {
+    return Promise.reject(e);
   }
 }
 

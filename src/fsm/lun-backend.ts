@@ -16,6 +16,8 @@ import type { Backend, BlockSizeConstraints } from '../nbd/backend.js';
 import * as C from '../nbd/nbd-constants.js';
 import type { SrpPort } from './srp-port.js';
 
+const nothing = (): void => undefined;
+
 export class LunBackend implements Backend {
   readonly size: number;
   readonly readOnly = false;
@@ -43,10 +45,11 @@ export class LunBackend implements Backend {
   }
 
   read(offset: number, dst: Buffer): Promise<void> {
-    // dst is recycled memory (the NBD server's buffer pool): a target that transfers less than
-    // asked without saying so must not hand the client another request's data.
-    dst.fill(0);
-    return this.port.gate.submit(() => this.disk.read(offset, dst.length, dst)).then(() => undefined);
+    // dst is recycled memory (the NBD server's buffer pool), yet it needs no zeroing: ScsiDisk.read
+    // resolves only when the target transferred every byte asked for (a residual or a short
+    // transfer is EIO, and an error reply carries no data), and the session zeroes what a target
+    // claims to have written into a slot but did not.
+    return this.port.gate.submit(() => this.disk.read(offset, dst.length, dst)).then(nothing);
   }
 
   write(offset: number, data: Buffer, fua: boolean): Promise<void> {
