@@ -103,6 +103,8 @@ t.test('REST: bad bodies get 400s naming the field; OpenAPI; metrics', async (t)
   t.match(m.body, /srp_nbd_target_state\{target="test-a",state="running"\} 1/);
   t.match(m.body, /srp_nbd_target_state\{target="test-a",state="blocked"\} 0/);
   t.match(m.body, /srp_nbd_credits\{target="test-a"\} [1-9]/);
+  t.match(m.body, /srp_nbd_memory_registrations_total\{target="test-a"\} [1-9]/, 'command slots registered');
+  t.match(m.body, /srp_nbd_per_command_registrations_total\{target="test-a"\} \d+/);
   t.match(m.body, /srp_nbd_failed_reconnects_total\{target="test-a"\} 0/);
   t.match(m.body, /srp_nbd_state_seconds_total\{target="test-a",state="running"\} [0-9.]+/);
   t.match(m.body, /srp_nbd_lun_ops_total\{target="test-a",export="test-a-lun1",op="write"\} [1-9]/);

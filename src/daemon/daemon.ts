@@ -918,6 +918,9 @@ export class Daemon {
             bytes_in: c.bytesIn,
             bytes_out: c.bytesOut,
             immediate_data_commands: c.immediateDataCommands,
+            memory_registrations: c.memoryRegistrations,
+            per_command_registrations: c.perCommandRegistrations,
+            slot_regions: c.slotRegions,
           }
         : null,
       time_in_state_s: Object.fromEntries(Object.entries(times).map(([k, v]) => [k, Math.round(v * 1000) / 1000])),

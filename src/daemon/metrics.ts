@@ -184,7 +184,12 @@ export interface TargetMetrics {
   failedReconnectsTotal: number;
   logins: number;
   /** The current SRP session's counters; undefined without a session. */
-  session: Pick<SrpSessionCounters, 'reqLim' | 'creditsGranted' | 'zeroReqLim'> | undefined;
+  session:
+    | Pick<
+        SrpSessionCounters,
+        'reqLim' | 'creditsGranted' | 'zeroReqLim' | 'memoryRegistrations' | 'perCommandRegistrations'
+      >
+    | undefined;
   /** The port's I/O gate; undefined without a port. */
   io: Pick<IoGateStats, 'inFlight' | 'held' | 'retried' | 'failedEio'> | undefined;
   mdReadds: number;
@@ -212,6 +217,16 @@ const FAMILIES: readonly [name: string, type: 'counter' | 'gauge' | 'histogram',
   ['srp_nbd_credits', 'gauge', 'SRP credits held (req_lim).'],
   ['srp_nbd_credits_granted_total', 'counter', 'SRP credits granted by the target (current session).'],
   ['srp_nbd_credit_stalls_total', 'counter', 'Times the queue stalled for lack of credits (current session).'],
+  [
+    'srp_nbd_memory_registrations_total',
+    'counter',
+    'RDMA memory registrations (ibv_reg_mr) by the session: its command slots, then only larger transfers (current session).',
+  ],
+  [
+    'srp_nbd_per_command_registrations_total',
+    'counter',
+    'Commands that registered memory of their own, being larger than a command slot (current session).',
+  ],
   ['srp_nbd_io_in_flight', 'gauge', 'Block requests dispatched to the target.'],
   ['srp_nbd_io_held', 'gauge', 'Block requests held while the path is blocked.'],
   ['srp_nbd_io_replayed_total', 'counter', 'Block requests dispatched again after a reconnect.'],
@@ -254,6 +269,8 @@ export function renderMetrics(d: DaemonMetrics): string {
     e.sample('srp_nbd_credits', '', t, c?.reqLim ?? 0);
     e.sample('srp_nbd_credits_granted_total', '', t, c?.creditsGranted ?? 0);
     e.sample('srp_nbd_credit_stalls_total', '', t, c?.zeroReqLim ?? 0);
+    e.sample('srp_nbd_memory_registrations_total', '', t, c?.memoryRegistrations ?? 0);
+    e.sample('srp_nbd_per_command_registrations_total', '', t, c?.perCommandRegistrations ?? 0);
     const g = m.io;
     e.sample('srp_nbd_io_in_flight', '', t, g?.inFlight ?? 0);
     e.sample('srp_nbd_io_held', '', t, g?.held ?? 0);
