@@ -32,6 +32,16 @@ export interface Cell {
   median: number;
   /** Median CPU µs per I/O of the serving process (srp-nbd daemon, nbdkit); null for ib_srp. */
   cpuUsPerIo: number | null;
+  /** The same split into user and system (kernel) time; null without a process or in older runs. */
+  userUsPerIo: number | null;
+  sysUsPerIo: number | null;
+  /**
+   * Median CPU µs per I/O of the whole guest (every vCPU, user + system + interrupts, /proc/stat):
+   * what the I/O costs wherever it runs, so also for ib_srp, whose work is in kernel context.
+   */
+  guestUsPerIo: number | null;
+  /** Median share of one vCPU the serving process used during the runs (1 = one vCPU saturated). */
+  busy: number | null;
   /** System calls per I/O of the serving process, from the strace pass; null without one. */
   syscallsPerIo: number | null;
   topSyscalls: string[];
@@ -79,11 +89,27 @@ export function buildRows(dir: string): Row[] {
       const runs = tsv.map((l) => l.split('\t')).filter((f) => f[0] === w && f[1] === i && f[3] === 'run');
       const rates: number[] = [];
       const cpu: number[] = [];
+      const user: number[] = [];
+      const sys: number[] = [];
+      const guest: number[] = [];
+      const busy: number[] = [];
+      // runs.tsv: workload, initiator, rep, "run", process CPU s, seconds, [process user s, system s, guest CPU s]
+      const perIo = (v: string | undefined, ios: number) =>
+        v === undefined || v === '-' ? null : (Number(v) * 1e6) / ios;
       for (const f of runs) {
         const r = fioResult(path.join(dir, `${w}-${i}-${f[2]}.json`), w);
+        const ios = Math.max(1, r.ios);
         rates.push(r.rate);
-        if (f[4] !== '-') cpu.push((Number(f[4]) * 1e6) / Math.max(1, r.ios));
+        if (f[4] !== '-') cpu.push((Number(f[4]) * 1e6) / ios);
+        if (f[4] !== '-' && Number(f[5]) > 0) busy.push(Number(f[4]) / Number(f[5]));
+        const u = perIo(f[6], ios);
+        const k = perIo(f[7], ios);
+        const g = perIo(f[8], ios);
+        if (u !== null) user.push(u);
+        if (k !== null) sys.push(k);
+        if (g !== null) guest.push(g);
       }
+      const med = (xs: number[]) => (xs.length ? median(xs) : null);
       let syscallsPerIo: number | null = null;
       let topSyscalls: string[] = [];
       const st = path.join(dir, `${w}-${i}.strace`);
@@ -96,7 +122,11 @@ export function buildRows(dir: string): Row[] {
       cells[i] = {
         rates,
         median: median(rates),
-        cpuUsPerIo: cpu.length ? median(cpu) : null,
+        cpuUsPerIo: med(cpu),
+        userUsPerIo: med(user),
+        sysUsPerIo: med(sys),
+        guestUsPerIo: med(guest),
+        busy: med(busy),
         syscallsPerIo,
         topSyscalls,
       };
@@ -135,6 +165,23 @@ export function markdownTable(rows: Row[], host: HostRow[]): string {
         `${n0(c['srp-nbd'].cpuUsPerIo)} | ${n0(c.nbdkit.cpuUsPerIo)} | ${cpuRatio === null ? '–' : cpuRatio.toFixed(1) + 'x'} | ` +
         `${n1(c['srp-nbd'].syscallsPerIo)} | ${n1(c.nbdkit.syscallsPerIo)} |`,
     );
+  }
+  if (rows.some((r) => r.cells.ib_srp.guestUsPerIo !== null)) {
+    out.push('');
+    out.push(
+      '| where the CPU goes | daemon user µs/IO | daemon system µs/IO | daemon busy (vCPUs) | guest µs/IO srp-nbd | guest µs/IO ib_srp | guest µs/IO nbdkit | srp-nbd / ib_srp guest CPU |',
+    );
+    out.push('|---|---|---|---|---|---|---|---|');
+    for (const r of rows) {
+      const c = r.cells;
+      const g = c['srp-nbd'].guestUsPerIo;
+      const k = c.ib_srp.guestUsPerIo;
+      out.push(
+        `| ${r.workload} | ${n0(c['srp-nbd'].userUsPerIo)} | ${n0(c['srp-nbd'].sysUsPerIo)} | ` +
+          `${c['srp-nbd'].busy === null ? '–' : c['srp-nbd'].busy.toFixed(2)} | ${n0(g)} | ${n0(k)} | ` +
+          `${n0(c.nbdkit.guestUsPerIo)} | ${g !== null && k ? (g / k).toFixed(1) + 'x' : '–'} |`,
+      );
+    }
   }
   if (host.length) {
     out.push('');

@@ -87,4 +87,33 @@ t.test('rows: medians, ratio and paired range, CPU and syscalls per I/O', async 
   t.match(table, /\| randread-4k-qd32 \| 900 IOPS \| 1000 \| 2200 \| \*\*0\.90\*\* \(0\.80–0\.90\) \| ≥ 0\.8 \|/);
   t.match(table, /\| 625 \| 125 \| 5\.0x \| 7\.0 \| – \|/);
   t.match(table, /\*\*3\.5x\*\*/, 'host row: test-target / memory CPU');
+  t.notMatch(table, /where the CPU goes/, 'no split table for runs without the split columns');
+});
+
+t.test('rows: user/system split, guest CPU per I/O and busy share (runs with the extra columns)', async (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'e2e-report-'));
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const w = 'randwrite-4k-qd32';
+  // initiator, IOPS, process CPU s, seconds, user s, system s, guest CPU s (8 s runs, ios = IOPS * 8)
+  const runs: [string, number, string, string, string, string, string][] = [
+    ['srp-nbd', 250, '7.800', '8.0', '2.600', '5.200', '15.000'],
+    ['ib_srp', 2000, '-', '8.0', '-', '-', '12.000'],
+    ['nbdkit', 2500, '0.400', '8.0', '0.100', '0.300', '10.000'],
+  ];
+  const tsv: string[] = [];
+  for (const [i, iops, cpu, secs, u, k, g] of runs) {
+    fs.writeFileSync(path.join(dir, `${w}-${i}-0.json`), fioJson('write', iops, iops * 8, iops * 4096));
+    tsv.push(`${w}\t${i}\t0\trun\t${cpu}\t${secs}\t${u}\t${k}\t${g}`);
+  }
+  fs.writeFileSync(path.join(dir, 'runs.tsv'), tsv.join('\n') + '\n');
+  const [row] = buildRows(dir);
+  const c = row!.cells;
+  t.equal(c['srp-nbd'].userUsPerIo, 1300, '2.6 s over 2,000 I/Os');
+  t.equal(c['srp-nbd'].sysUsPerIo, 2600);
+  t.equal(c['srp-nbd'].guestUsPerIo, 7500, '15 s of guest CPU over 2,000 I/Os');
+  t.equal(c.ib_srp.guestUsPerIo, 750, 'the kernel initiator has a whole-guest figure');
+  t.equal(c.ib_srp.userUsPerIo, null);
+  t.equal(c['srp-nbd'].busy, 0.975, 'the daemon used 0.975 of a vCPU');
+  const table = markdownTable([row!], []);
+  t.match(table, /\| randwrite-4k-qd32 \| 1300 \| 2600 \| 0\.97 \| 7500 \| 750 \| 500 \| 10\.0x \|/);
 });

@@ -46,12 +46,16 @@ pass setup "srp-nbd $SRP_DEV (daemon pid $DAEMON_PID), ib_srp $KIB_DEV, nbdkit /
 
 dev_of() { case $1 in srp-nbd) echo $SRP_DEV ;; ib_srp) echo "$KIB_DEV" ;; nbdkit) echo /dev/nbd1 ;; esac; }
 pid_of() { case $1 in srp-nbd) echo "$DAEMON_PID" ;; nbdkit) echo "$NBDKIT_PID" ;; *) echo - ;; esac; }
-# cpu_ticks PID: utime + stime of every thread, clock ticks; "-" without a process
+# cpu_ticks PID: "utime stime" of every thread, clock ticks; "- -" without a process
 cpu_ticks() {
-  [ "$1" = - ] && { echo -; return; }
-  local s; s=$(cat "/proc/$1/stat") || { echo -; return; }
-  s=${s##*) }; set -- $s; echo $(( ${12} + ${13} ))
+  [ "$1" = - ] && { echo "- -"; return; }
+  local s; s=$(cat "/proc/$1/stat") || { echo "- -"; return; }
+  s=${s##*) }; set -- $s; echo "${12} ${13}"
 }
+# guest_ticks: busy time of every vCPU (user nice system irq softirq of /proc/stat), clock ticks
+guest_ticks() { awk '$1 == "cpu" { print $2 + $3 + $4 + $7 + $8; exit }' /proc/stat; }
+# secs A B: clock ticks A..B in seconds
+secs() { awk -v a="$1" -v b="$2" -v t="$ticks" 'BEGIN{printf "%.3f", (b-a)/t}'; }
 for i in srp-nbd ib_srp nbdkit; do
   d=$(dev_of $i); q=/sys/block/${d##*/}/queue
   note "device-$i" "$d max_sectors_kb=$(sysfs_get $q/max_sectors_kb) max_hw_sectors_kb=$(sysfs_get $q/max_hw_sectors_kb) nr_requests=$(sysfs_get $q/nr_requests) size=$(blockdev --getsize64 "$d")"
@@ -77,11 +81,16 @@ for w in $WORKLOADS; do
   for ((r=0; r<REPS; r++)); do
     for ((j=0; j<3; j++)); do
       i=${order[$(( (r + j) % 3 ))]}; pid=$(pid_of $i); out=$E2E/$w-$i-$r.json
-      c0=$(cpu_ticks "$pid"); t0=$(now)
+      read -r u0 s0 < <(cpu_ticks "$pid"); g0=$(guest_ticks); t0=$(now)
       fio_run "$i" "$w" "$RUNTIME" "$out" || fail "fio-$w-$i-$r" "$(tail -n 3 "$out.err")"
-      c1=$(cpu_ticks "$pid")
-      cpu=-; [ "$c0" != - ] && [ "$c1" != - ] && cpu=$(awk -v a="$c0" -v b="$c1" -v t="$ticks" 'BEGIN{printf "%.3f", (b-a)/t}')
-      printf '%s\t%s\t%s\trun\t%s\t%s\n' "$w" "$i" "$r" "$cpu" "$(since "$t0")" >> "$E2E/runs.tsv"
+      read -r u1 s1 < <(cpu_ticks "$pid"); g1=$(guest_ticks)
+      cpu=-; user=-; sys=-
+      if [ "$u0" != - ] && [ "$u1" != - ]; then
+        cpu=$(secs $((u0 + s0)) $((u1 + s1))); user=$(secs "$u0" "$u1"); sys=$(secs "$s0" "$s1")
+      fi
+      # workload, initiator, rep, run, process CPU s, seconds, process user s, system s, guest CPU s
+      printf '%s\t%s\t%s\trun\t%s\t%s\t%s\t%s\t%s\n' "$w" "$i" "$r" "$cpu" "$(since "$t0")" "$user" "$sys" \
+        "$(secs "$g0" "$g1")" >> "$E2E/runs.tsv"
     done
   done
   log "bench-e2e: $w measured"
