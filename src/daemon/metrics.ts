@@ -12,6 +12,7 @@ import type { IoGateStats } from '../fsm/io-gate.js';
 import { RPORT_STATES, type RportState } from '../fsm/rport.js';
 import type { SrpSessionCounters } from '../initiator/srp-session.js';
 import type { Backend, BlockSizeConstraints, MaybePromise } from '../nbd/backend.js';
+import { batchNow } from '../util/clock.js';
 import type { MdMembership } from './md.js';
 
 /** Latency bucket upper bounds in seconds. */
@@ -83,7 +84,7 @@ export class MeteredBackend implements Backend {
   }
 
   read(offset: number, dst: Buffer): Promise<void> {
-    const t0 = performance.now();
+    const t0 = batchNow();
     return this.track(
       this.stats.read,
       dst.length,
@@ -92,7 +93,7 @@ export class MeteredBackend implements Backend {
     );
   }
   write(offset: number, data: Buffer, fua: boolean): Promise<void> {
-    const t0 = performance.now();
+    const t0 = batchNow();
     return this.track(
       this.stats.write,
       data.length,
@@ -101,7 +102,7 @@ export class MeteredBackend implements Backend {
     );
   }
   flush(): Promise<void> {
-    const t0 = performance.now();
+    const t0 = batchNow();
     return this.track(
       this.stats.flush,
       0,
@@ -110,7 +111,7 @@ export class MeteredBackend implements Backend {
     );
   }
   trim(offset: number, length: number, fua: boolean): Promise<void> {
-    const t0 = performance.now();
+    const t0 = batchNow();
     return this.track(
       this.stats.trim,
       length,
@@ -119,7 +120,7 @@ export class MeteredBackend implements Backend {
     );
   }
   writeZeroes(offset: number, length: number, fua: boolean, noHole: boolean): Promise<void> {
-    const t0 = performance.now();
+    const t0 = batchNow();
     return this.track(
       this.stats.write_zeroes,
       length,
@@ -133,18 +134,18 @@ export class MeteredBackend implements Backend {
 
   /**
    * Counts a request when it settles. One then() on the request's own promise: this runs once per
-   * I/O, so no async wrapper and no bigint clock (performance.now() is a double in ms).
+   * I/O, so no async wrapper and no bigint clock; the clock is read once per batch (batchNow).
    */
   private track(s: OpStats, bytes: number, t0: number, p: Promise<void>): Promise<void> {
     return p.then(
       () => {
         s.ops++;
         s.bytes += bytes;
-        s.latency.observe((performance.now() - t0) / 1e3);
+        s.latency.observe((batchNow() - t0) / 1e3);
       },
       (e: unknown) => {
         s.errors++;
-        s.latency.observe((performance.now() - t0) / 1e3);
+        s.latency.observe((batchNow() - t0) / 1e3);
         throw e;
       },
     );
