@@ -14,7 +14,7 @@
 # Env: TIMEOUT=900 (s, whole run)  SMP=2  MEM=3072 (MiB)  ACCEL=tcg|kvm
 #      KERNEL_ARGS  appended to the guest kernel command line (e.g. oops=panic)
 #      QUIET=1      do not stream the guest console (it is always in the job's console.log)
-#      TAIL=60      console lines printed on failure
+#      TAIL=100     console lines printed on failure
 #      VM_CACHE     as for setup.sh (default test/vm/cache)
 #      VM_OUT       the job directory (default $VM_CACHE/out/<script>-<date>-<pid>); the
 #                   guest sees it read-write at /mnt/out ($OUT_DIR) and keeps its files there
@@ -23,7 +23,7 @@ set -uo pipefail
 VM_DIR=$(cd "$(dirname "$0")" && pwd)
 REPO_ROOT=$(cd "$VM_DIR/../.." && pwd)
 VM_CACHE=${VM_CACHE:-$VM_DIR/cache}
-TIMEOUT=${TIMEOUT:-900}; SMP=${SMP:-2}; MEM=${MEM:-3072}; ACCEL=${ACCEL:-tcg}; TAIL=${TAIL:-60}
+TIMEOUT=${TIMEOUT:-900}; SMP=${SMP:-2}; MEM=${MEM:-3072}; ACCEL=${ACCEL:-tcg}; TAIL=${TAIL:-100}
 host() { echo "[host] $*"; }
 
 [ $# -ge 1 ] || { sed -n '2,20s/^# \{0,1\}//p' "$0"; exit 2; }

@@ -85,6 +85,10 @@ crash_unexpected() { rm -f "$OUT_DIR/crash-expected"; }
 # finish: summary line for the console, exit status = number of FAILs (capped)
 finish() {
   echo "[scenario] $SCENARIO done at uptime $(now)s: pass=$NPASS fail=$NFAIL"
+  # a failed scenario shows the end of the daemon's log on the console (the host prints its tail)
+  if [ $NFAIL != 0 ] && [ -s "$OUT_DIR/daemon.log" ]; then
+    echo "[scenario] last lines of $OUT_DIR/daemon.log:"; tail -n 40 "$OUT_DIR/daemon.log"
+  fi
   [ $NFAIL = 0 ] || exit $(( NFAIL > 100 ? 100 : NFAIL ))
   [ $NPASS -gt 0 ] || { echo "FAIL $SCENARIO: no checks ran" | tee -a "$OUT_DIR/results"; exit 1; }
   exit 0
