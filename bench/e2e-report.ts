@@ -30,6 +30,8 @@ export interface Cell {
   /** IOPS (4K) or MiB/s (1M) of each run, in run order. */
   rates: number[];
   median: number;
+  /** Median of the runs' mean I/O latency (fio lat_ns: submission to completion), µs. */
+  latUs: number;
   /** Median CPU µs per I/O of the serving process (srp-nbd daemon, nbdkit); null for ib_srp. */
   cpuUsPerIo: number | null;
   /** The same split into user and system (kernel) time; null without a process or in older runs. */
@@ -57,12 +59,43 @@ export interface Row {
 }
 
 /** Rate and I/O count of one fio JSON result. */
-export function fioResult(file: string, workload: string): { rate: number; ios: number } {
+export function fioResult(file: string, workload: string): { rate: number; ios: number; latUs: number } {
   const text = fs.readFileSync(file, 'utf8');
   const job = JSON.parse(text.slice(text.indexOf('{'))).jobs[0];
   const side = workload.includes('write') ? job.write : job.read;
   const big = workload.includes('-1m-');
-  return { rate: big ? side.bw_bytes / (1 << 20) : side.iops, ios: side.total_ios };
+  const latNs = side.lat_ns?.mean ?? side.clat_ns?.mean ?? NaN;
+  return { rate: big ? side.bw_bytes / (1 << 20) : side.iops, ios: side.total_ios, latUs: latNs / 1000 };
+}
+
+/** One result line of perftest's latency tests (ib_send_lat): half the round trip, µs. */
+export interface VerbsLatency {
+  bytes: number;
+  iterations: number;
+  minUs: number;
+  typicalUs: number;
+  avgUs: number;
+}
+
+/** The result of an ib_send_lat run (its table: #bytes #iterations t_min t_max t_typical t_avg ...). */
+export function parsePerftestLatency(text: string): VerbsLatency | null {
+  const lines = text.split('\n');
+  const head = lines.findIndex((l) => /#bytes\s+#iterations\s+t_min/.test(l));
+  if (head < 0) return null;
+  const f = (lines[head + 1] ?? '').trim().split(/\s+/).map(Number);
+  if (f.length < 6 || f.slice(0, 6).some((x) => !Number.isFinite(x))) return null;
+  return { bytes: f[0]!, iterations: f[1]!, minUs: f[2]!, typicalUs: f[4]!, avgUs: f[5]! };
+}
+
+/** The user-space verbs floor the bench measured (verbs-events.txt, verbs-polling.txt), if any. */
+export function readVerbsFloor(dir: string): Partial<Record<'events' | 'polling', VerbsLatency>> {
+  const floor: Partial<Record<'events' | 'polling', VerbsLatency>> = {};
+  for (const mode of ['events', 'polling'] as const) {
+    const f = path.join(dir, `verbs-${mode}.txt`);
+    const r = fs.existsSync(f) ? parsePerftestLatency(fs.readFileSync(f, 'utf8')) : null;
+    if (r) floor[mode] = r;
+  }
+  return floor;
 }
 
 /** Calls per syscall from `strace -c` output, most frequent first. */
@@ -88,6 +121,7 @@ export function buildRows(dir: string): Row[] {
     for (const i of INITIATORS) {
       const runs = tsv.map((l) => l.split('\t')).filter((f) => f[0] === w && f[1] === i && f[3] === 'run');
       const rates: number[] = [];
+      const lat: number[] = [];
       const cpu: number[] = [];
       const user: number[] = [];
       const sys: number[] = [];
@@ -100,6 +134,7 @@ export function buildRows(dir: string): Row[] {
         const r = fioResult(path.join(dir, `${w}-${i}-${f[2]}.json`), w);
         const ios = Math.max(1, r.ios);
         rates.push(r.rate);
+        if (Number.isFinite(r.latUs)) lat.push(r.latUs);
         if (f[4] !== '-') cpu.push((Number(f[4]) * 1e6) / ios);
         if (f[4] !== '-' && Number(f[5]) > 0) busy.push(Number(f[4]) / Number(f[5]));
         const u = perIo(f[6], ios);
@@ -122,6 +157,7 @@ export function buildRows(dir: string): Row[] {
       cells[i] = {
         rates,
         median: median(rates),
+        latUs: lat.length ? median(lat) : NaN,
         cpuUsPerIo: med(cpu),
         userUsPerIo: med(user),
         sysUsPerIo: med(sys),
@@ -146,10 +182,14 @@ export function buildRows(dir: string): Row[] {
   return rows;
 }
 
-const n0 = (x: number | null): string => (x === null ? '–' : x.toFixed(0));
+const n0 = (x: number | null): string => (x === null || !Number.isFinite(x) ? '–' : x.toFixed(0));
 const n1 = (x: number | null): string => (x === null ? '–' : x.toFixed(1));
 
-export function markdownTable(rows: Row[], host: HostRow[]): string {
+export function markdownTable(
+  rows: Row[],
+  host: HostRow[],
+  verbs: Partial<Record<'events' | 'polling', VerbsLatency>> = {},
+): string {
   const out: string[] = [];
   out.push(
     '| workload | srp-nbd | ib_srp | nbdkit + nbd-client | srp-nbd / ib_srp (paired runs) | target | daemon µs CPU/IO | nbdkit µs CPU/IO | daemon / nbdkit CPU | daemon syscalls/IO | nbdkit syscalls/IO |',
@@ -183,6 +223,20 @@ export function markdownTable(rows: Row[], host: HostRow[]): string {
       );
     }
   }
+  const qd1 = rows.find((r) => r.workload === 'randread-4k-qd1');
+  if (qd1 && (verbs.events || verbs.polling)) {
+    const c = qd1.cells;
+    const v = (x: VerbsLatency | undefined) => (x ? `${n0(x.typicalUs)} (avg ${n0(x.avgUs)})` : '–');
+    out.push('');
+    out.push(
+      '| latency at QD1, µs | srp-nbd 4K read | ib_srp 4K read | nbdkit 4K read | verbs floor, one way, events | verbs floor, one way, polling |',
+    );
+    out.push('|---|---|---|---|---|---|');
+    out.push(
+      `| randread-4k-qd1 | ${n0(c['srp-nbd'].latUs)} | ${n0(c.ib_srp.latUs)} | ${n0(c.nbdkit.latUs)} | ` +
+        `${v(verbs.events)} | ${v(verbs.polling)} |`,
+    );
+  }
   if (host.length) {
     out.push('');
     out.push(
@@ -210,7 +264,8 @@ function main(): void {
   const rows = buildRows(dir);
   const host: HostRow[] =
     hostFile && hostFile !== '-' && fs.existsSync(hostFile) ? JSON.parse(fs.readFileSync(hostFile, 'utf8')).rows : [];
-  const table = markdownTable(rows, host);
+  const verbs = readVerbsFloor(dir);
+  const table = markdownTable(rows, host, verbs);
   console.log(table);
   for (const r of rows) {
     const top = r.cells['srp-nbd'].topSyscalls.join(', ');
@@ -218,7 +273,7 @@ function main(): void {
   }
   const when = new Date().toISOString();
   fs.mkdirSync(path.dirname(outFile), { recursive: true });
-  fs.writeFileSync(outFile, JSON.stringify({ when, rows, host }, null, 2) + '\n');
+  fs.writeFileSync(outFile, JSON.stringify({ when, rows, host, verbs }, null, 2) + '\n');
   if (doc && fs.existsSync(doc)) {
     const text = fs.readFileSync(doc, 'utf8');
     const begin = '<!-- bench:e2e begin -->';

@@ -4,7 +4,7 @@
 #      disk for the same LIO LUN, and nbdkit + nbd-client, interleaved;
 #   2. the host-native row: serve --test-target against serve --memory, CPU per request;
 #   3. the report: the table printed, bench/results/e2e.json and docs/performance.md updated.
-# Env: WARMUP, RUNTIME, REPS, STRACE_RUNTIME, WORKLOADS (the guest), BENCH_RUNTIME, BENCH_REPEAT (the host),
+# Env: WARMUP, RUNTIME, REPS, STRACE_RUNTIME, WORKLOADS, VERBS_ITERS (the guest), BENCH_RUNTIME, BENCH_REPEAT (the host),
 #      E2E_OUT (where the guest's files go; default a new directory under test/vm/cache/runs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 out=${E2E_OUT:-$PWD/test/vm/cache/runs/bench-e2e-$(date +%Y%m%d-%H%M%S)}
 mkdir -p "$out"
 vars=()
-for v in WARMUP RUNTIME REPS STRACE_RUNTIME WORKLOADS LUN_MIB; do [ -n "${!v:-}" ] && vars+=("$v=${!v}"); done
+for v in WARMUP RUNTIME REPS STRACE_RUNTIME WORKLOADS LUN_MIB VERBS_ITERS; do [ -n "${!v:-}" ] && vars+=("$v=${!v}"); done
 test/vm/setup.sh >/dev/null
 QUIET=${QUIET:-1} VM_OUT=$out TIMEOUT=${TIMEOUT:-3000} test/vm/boot.sh test/vm/scenarios/bench-e2e.sh "${vars[@]}" ||
   { echo "bench:e2e: guest scenario failed (console: $out/console.log)"; cat "$out/results" 2>/dev/null; exit 1; }

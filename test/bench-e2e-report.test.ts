@@ -7,7 +7,13 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import t from 'tap';
-import { buildRows, markdownTable, parseStraceSummary } from '../bench/e2e-report.js';
+import {
+  buildRows,
+  markdownTable,
+  parsePerftestLatency,
+  parseStraceSummary,
+  readVerbsFloor,
+} from '../bench/e2e-report.js';
 
 // strace 6.1 `-c -f` output (a row without errors has five fields, the total line is skipped).
 const STRACE = `% time     seconds  usecs/call     calls    errors syscall
@@ -30,8 +36,8 @@ t.test('strace -c summary: calls per syscall, most frequent first', async (t) =>
   t.equal(parseStraceSummary('strace: Process 1 detached\n').total, 0);
 });
 
-function fioJson(rw: 'read' | 'write', iops: number, ios: number, bw: number): string {
-  const side = { iops, total_ios: ios, bw_bytes: bw };
+function fioJson(rw: 'read' | 'write', iops: number, ios: number, bw: number, latNs = 1e6): string {
+  const side = { iops, total_ios: ios, bw_bytes: bw, lat_ns: { mean: latNs } };
   const idle = { iops: 0, total_ios: 0, bw_bytes: 0 };
   return (
     'fio: note\n' +
@@ -116,4 +122,52 @@ t.test('rows: user/system split, guest CPU per I/O and busy share (runs with the
   t.equal(c['srp-nbd'].busy, 0.975, 'the daemon used 0.975 of a vCPU');
   const table = markdownTable([row!], []);
   t.match(table, /\| randwrite-4k-qd32 \| 1300 \| 2600 \| 0\.97 \| 7500 \| 750 \| 500 \| 10\.0x \|/);
+});
+
+// perftest 4.5 ib_send_lat -e over rxe in the guest (the header lines trimmed)
+const SEND_LAT = ` Test with events. Using rxe0_comp0
+---------------------------------------------------------------------------------------
+ #bytes #iterations    t_min[usec]    t_max[usec]  t_typical[usec]    t_avg[usec]    t_stdev[usec]   99% percentile[usec]   99.9% percentile[usec] 
+ 64      2000          179.76         37817.64      3799.14  \t       3364.41     \t2192.55\t\t10038.90 \t\t33340.61
+---------------------------------------------------------------------------------------
+`;
+
+t.test('verbs floor: ib_send_lat results, and the QD1 latency table', async (t) => {
+  t.same(parsePerftestLatency(SEND_LAT), {
+    bytes: 64,
+    iterations: 2000,
+    minUs: 179.76,
+    typicalUs: 3799.14,
+    avgUs: 3364.41,
+  });
+  t.equal(parsePerftestLatency("Couldn't connect to 192.0.2.2:18515\n"), null, 'a failed run has no result');
+  t.equal(
+    parsePerftestLatency(' #bytes #iterations    t_min[usec]\n 64 2000 inf inf\n'),
+    null,
+    'no numbers, no result',
+  );
+
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'e2e-report-'));
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const w = 'randread-4k-qd1';
+  const runs: [string, number, number, string][] = [
+    ['srp-nbd', 150, 6600e3, '1.0'],
+    ['ib_srp', 900, 1100e3, '-'],
+    ['nbdkit', 1100, 900e3, '0.3'],
+  ];
+  const tsv: string[] = [];
+  for (const [i, iops, lat, cpu] of runs) {
+    fs.writeFileSync(path.join(dir, `${w}-${i}-0.json`), fioJson('read', iops, iops * 8, iops * 4096, lat));
+    tsv.push(`${w}\t${i}\t0\trun\t${cpu}\t8.0`);
+  }
+  fs.writeFileSync(path.join(dir, 'runs.tsv'), tsv.join('\n') + '\n');
+  fs.writeFileSync(path.join(dir, 'verbs-events.txt'), SEND_LAT);
+  const [row] = buildRows(dir);
+  t.equal(row!.cells['srp-nbd'].latUs, 6600, 'fio lat_ns mean in µs');
+  const floor = readVerbsFloor(dir);
+  t.equal(floor.events?.typicalUs, 3799.14);
+  t.equal(floor.polling, undefined, 'no polling run, no polling figure');
+  const table = markdownTable([row!], [], floor);
+  t.match(table, /\| randread-4k-qd1 \| 6600 \| 1100 \| 900 \| 3799 \(avg 3364\) \| – \|/);
+  t.notMatch(markdownTable([row!], []), /verbs floor/, 'no floor table without a perftest run');
 });

@@ -15,11 +15,13 @@
 # at the few hundred IOPS of a TCG guest V8 needs thousands of requests before it optimizes the
 # daemon's I/O path (below that the figures measure its interpreter, which real hardware leaves
 # within milliseconds); without the warm-up the daemon costs ~2.6x the CPU per I/O here.
-# Env: WARMUP=40 RUNTIME=8 REPS=2 STRACE_RUNTIME=4 LUN_MIB=256 WORKLOADS="randread-4k-qd32 ..."
+# Last, the user-space verbs floor: perftest's ib_send_lat between the two rxe ports of the path.
+# Env: WARMUP=40 RUNTIME=8 REPS=2 STRACE_RUNTIME=4 LUN_MIB=256 WORKLOADS="randread-4k-qd32 ..." VERBS_ITERS=1000
 # vm-default: no
 # vm-timeout: 3000
 . "$(dirname "$0")/../guest-lib.sh"
 WARMUP=${WARMUP:-40}; RUNTIME=${RUNTIME:-8}; REPS=${REPS:-2}; STRACE_RUNTIME=${STRACE_RUNTIME:-4}; LUN_MIB=${LUN_MIB:-256}
+VERBS_ITERS=${VERBS_ITERS:-1000}
 WORKLOADS=${WORKLOADS:-randread-4k-qd32 randwrite-4k-qd32 randread-4k-qd1 read-1m-qd8 write-1m-qd8}
 E2E=$OUT_DIR/e2e
 mkdir -p "$E2E"; : > "$E2E/runs.tsv"
@@ -105,6 +107,20 @@ for w in $WORKLOADS; do
     kill -INT "$sp"; wait "$sp" 2>/dev/null
     printf '%s\t%s\t-\tstrace\t-\t-\n' "$w" "$i" >> "$E2E/runs.tsv"
   done
+done
+# The user-space verbs floor: perftest's send latency test between the path's two rxe ports (C,
+# user space at both ends, one 64-byte SEND each way, as an SRP_CMD and its SRP_RSP), waiting for
+# completions on events as the daemon does (-e) and busy-polling; it prints half the round trip.
+# What one user-space wake-up over rxe costs here, whatever the language.
+for v in events:-e polling:; do
+  name=${v%%:*}; flag=${v#*:}
+  # shellcheck disable=SC2086
+  ib_send_lat -R -s 64 -n "$VERBS_ITERS" $flag -d "$(tgt_rxe 0)" >"$E2E/verbs-$name-server.txt" 2>&1 &
+  srv=$!; nap 2
+  # shellcheck disable=SC2086
+  timeout 300 ib_send_lat -R -s 64 -n "$VERBS_ITERS" $flag -d "$(ini_rxe 0)" "${TGT_IP[0]}" >"$E2E/verbs-$name.txt" 2>&1 ||
+    fail "verbs-floor-$name" "ib_send_lat exited $?"
+  wait "$srv" 2>/dev/null
 done
 check daemon-alive kill -0 "$DAEMON_PID"
 check srp-nbd-still-running target_state_is e2e running
