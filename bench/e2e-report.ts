@@ -87,6 +87,40 @@ export function parsePerftestLatency(text: string): VerbsLatency | null {
   return { bytes: f[0]!, iterations: f[1]!, minUs: f[2]!, typicalUs: f[4]!, avgUs: f[5]! };
 }
 
+/** The daemon's session counters after the runs (srp-nbd status --json), if the bench saved them. */
+export interface SessionCounters {
+  commands: number;
+  registrations: number;
+  perCommand: number;
+  slotRegions: number;
+}
+
+export function readSessionCounters(dir: string): SessionCounters | null {
+  const f = path.join(dir, 'srp-nbd-status.json');
+  if (!fs.existsSync(f)) return null;
+  let found: Record<string, unknown> | null = null;
+  const walk = (v: unknown): void => {
+    if (found || v === null || typeof v !== 'object') return;
+    const o = v as Record<string, unknown>;
+    const sess = o.session as Record<string, unknown> | undefined;
+    if (sess && typeof sess === 'object' && typeof sess.memory_registrations === 'number') found = sess;
+    else Object.values(o).forEach(walk);
+  };
+  try {
+    walk(JSON.parse(fs.readFileSync(f, 'utf8')));
+  } catch {
+    return null;
+  }
+  const s = found as Record<string, number> | null;
+  if (!s) return null;
+  return {
+    commands: s.commands_completed ?? 0,
+    registrations: s.memory_registrations ?? 0,
+    perCommand: s.per_command_registrations ?? 0,
+    slotRegions: s.slot_regions ?? 0,
+  };
+}
+
 /** The user-space verbs floor the bench measured (verbs-events.txt, verbs-polling.txt), if any. */
 export function readVerbsFloor(dir: string): Partial<Record<'events' | 'polling', VerbsLatency>> {
   const floor: Partial<Record<'events' | 'polling', VerbsLatency>> = {};
@@ -189,6 +223,7 @@ export function markdownTable(
   rows: Row[],
   host: HostRow[],
   verbs: Partial<Record<'events' | 'polling', VerbsLatency>> = {},
+  session: SessionCounters | null = null,
 ): string {
   const out: string[] = [];
   out.push(
@@ -222,6 +257,14 @@ export function markdownTable(
           `${n0(c.nbdkit.guestUsPerIo)} | ${g !== null && k ? (g / k).toFixed(1) + 'x' : '–'} |`,
       );
     }
+  }
+  if (session) {
+    out.push('');
+    out.push(
+      `srp-nbd's session over the whole run: ${session.commands} commands, ${session.registrations} memory ` +
+        `registrations (${session.slotRegions} command slots registered once, ${session.perCommand} commands that ` +
+        `registered their own memory).`,
+    );
   }
   const qd1 = rows.find((r) => r.workload === 'randread-4k-qd1');
   if (qd1 && (verbs.events || verbs.polling)) {
@@ -265,7 +308,8 @@ function main(): void {
   const host: HostRow[] =
     hostFile && hostFile !== '-' && fs.existsSync(hostFile) ? JSON.parse(fs.readFileSync(hostFile, 'utf8')).rows : [];
   const verbs = readVerbsFloor(dir);
-  const table = markdownTable(rows, host, verbs);
+  const session = readSessionCounters(dir);
+  const table = markdownTable(rows, host, verbs, session);
   console.log(table);
   for (const r of rows) {
     const top = r.cells['srp-nbd'].topSyscalls.join(', ');
@@ -273,7 +317,7 @@ function main(): void {
   }
   const when = new Date().toISOString();
   fs.mkdirSync(path.dirname(outFile), { recursive: true });
-  fs.writeFileSync(outFile, JSON.stringify({ when, rows, host, verbs }, null, 2) + '\n');
+  fs.writeFileSync(outFile, JSON.stringify({ when, rows, host, verbs, session }, null, 2) + '\n');
   if (doc && fs.existsSync(doc)) {
     const text = fs.readFileSync(doc, 'utf8');
     const begin = '<!-- bench:e2e begin -->';

@@ -12,6 +12,7 @@ import {
   markdownTable,
   parsePerftestLatency,
   parseStraceSummary,
+  readSessionCounters,
   readVerbsFloor,
 } from '../bench/e2e-report.js';
 
@@ -170,4 +171,32 @@ t.test('verbs floor: ib_send_lat results, and the QD1 latency table', async (t) 
   const table = markdownTable([row!], [], floor);
   t.match(table, /\| randread-4k-qd1 \| 6600 \| 1100 \| 900 \| 3799 \(avg 3364\) \| – \|/);
   t.notMatch(markdownTable([row!], []), /verbs floor/, 'no floor table without a perftest run');
+});
+
+t.test('session counters from the saved status: registrations once per slot, per command', async (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'e2e-report-'));
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  t.equal(readSessionCounters(dir), null, 'no file, no counters');
+  fs.writeFileSync(path.join(dir, 'srp-nbd-status.json'), '{ not json');
+  t.equal(readSessionCounters(dir), null, 'a broken file, no counters');
+  const status = {
+    targets: [
+      {
+        id: 'e2e',
+        session: {
+          commands_completed: 52000,
+          memory_registrations: 70,
+          per_command_registrations: 6,
+          slot_regions: 64,
+        },
+      },
+    ],
+  };
+  fs.writeFileSync(path.join(dir, 'srp-nbd-status.json'), JSON.stringify(status));
+  const s = readSessionCounters(dir);
+  t.same(s, { commands: 52000, registrations: 70, perCommand: 6, slotRegions: 64 });
+  t.match(
+    markdownTable([], [], {}, s),
+    /52000 commands, 70 memory registrations \(64 command slots registered once, 6 commands/,
+  );
 });

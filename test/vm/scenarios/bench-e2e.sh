@@ -122,6 +122,8 @@ for v in events:-e polling:; do
     fail "verbs-floor-$name" "ib_send_lat exited $?"
   wait "$srv" 2>/dev/null
 done
+# the daemon's own view after the runs: memory registrations (slots vs per command), credits
+srp_nbd status e2e --json > "$E2E/srp-nbd-status.json" 2>/dev/null || fail status "srp-nbd status"
 check daemon-alive kill -0 "$DAEMON_PID"
 check srp-nbd-still-running target_state_is e2e running
 check fio-verify-after fio_verify $SRP_DEV 4M
