@@ -1,13 +1,14 @@
 /**
- * A pool of large buffers in power-of-two size classes, so the data path
- * does not allocate (and the GC does not sweep) a fresh megabyte per request.
+ * A pool of buffers in power-of-two size classes, so the data path does not
+ * allocate (and the GC does not sweep) a fresh buffer per request.
  *
  * acquire(n) returns a Buffer of exactly n bytes that is a view on a pooled
  * ArrayBuffer; release() hands it back. A released buffer must not be used
- * again by the caller. Small sizes fall through to Buffer.allocUnsafe, whose
- * own slab allocator is already cheap for them.
+ * again by the caller. Sizes below 4 KiB fall through to Buffer.allocUnsafe,
+ * whose own slab serves them; from 4 KiB (a 4K read's reply with its header)
+ * Node would allocate a fresh ArrayBuffer per request, which the GC then sweeps.
  */
-const MIN_POOLED = 16 * 1024;
+const MIN_POOLED = 4 * 1024;
 
 export class BufferPool {
   private readonly free = new Map<number, ArrayBuffer[]>();

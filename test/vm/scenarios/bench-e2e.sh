@@ -116,11 +116,18 @@ for v in events:-e polling:; do
   name=${v%%:*}; flag=${v#*:}
   # shellcheck disable=SC2086
   ib_send_lat -R -s 64 -n "$VERBS_ITERS" $flag -d "$(tgt_rxe 0)" >"$E2E/verbs-$name-server.txt" 2>&1 &
-  srv=$!; nap 2
-  # shellcheck disable=SC2086
-  timeout 300 ib_send_lat -R -s 64 -n "$VERBS_ITERS" $flag -d "$(ini_rxe 0)" "${TGT_IP[0]}" >"$E2E/verbs-$name.txt" 2>&1 ||
-    fail "verbs-floor-$name" "ib_send_lat exited $?"
-  wait "$srv" 2>/dev/null
+  srv=$!
+  # the client is rejected until the server listens (it may take seconds to start here): retry
+  rc=1
+  for try in 1 2 3 4 5 6; do
+    nap 2
+    # shellcheck disable=SC2086
+    timeout 300 ib_send_lat -R -s 64 -n "$VERBS_ITERS" $flag -d "$(ini_rxe 0)" "${TGT_IP[0]}" >"$E2E/verbs-$name.txt" 2>&1
+    rc=$?; [ $rc = 0 ] && break
+    kill -0 "$srv" 2>/dev/null || break
+  done
+  [ $rc = 0 ] || fail "verbs-floor-$name" "ib_send_lat exited $rc after $try tries: $(tail -n 2 "$E2E/verbs-$name.txt")"
+  kill "$srv" 2>/dev/null; wait "$srv" 2>/dev/null
 done
 # the daemon's own view after the runs: memory registrations (slots vs per command), credits
 srp_nbd status e2e --json > "$E2E/srp-nbd-status.json" 2>/dev/null || fail status "srp-nbd status"
