@@ -679,8 +679,35 @@ t.test('steady state: data through the command slots, no memory registered per c
   t.equal(pair.initiator.registeredRegions, 0);
 });
 
-t.test('a transfer larger than a slot registers its own memory (counted), then releases it', async (t) => {
+t.test('a large transfer grows its slot once; later ones of that size register nothing', async (t) => {
   const { session, pair, lun0 } = await setup({ session: { slotDataBytes: 16384 } });
+  const regs = session.counters.memoryRegistrations;
+  for (let i = 0; i < 10; i++) {
+    const big = pattern(65536 + 512 * i, 90 + i);
+    t.equal((await write(session, LUN0, 0, big, 512)).status, 0);
+    const r = await read(session, LUN0, 0, big.length, 512);
+    if (!r.dataIn!.equals(big) || !lun0.peek(0, big.length / 512).equals(big)) t.fail(`round ${i}: differs`);
+  }
+  t.equal(session.counters.perCommandRegistrations, 0, 'no command registered its own memory');
+  // one command at a time: the write and the read take at most two distinct slots
+  const grown = session.counters.slotGrowths;
+  t.ok(grown >= 1 && grown <= 2, `20 large commands grew ${grown} slot(s) once: the grown buffers are kept`);
+  t.equal(session.counters.memoryRegistrations, regs + grown, 'one registration per grown buffer, none per command');
+  onlySlotRegions(t, pair, session, 'the grown slot holds one region, the old one released');
+  // a short read through the grown slot after a long write: zeroes, never the earlier data
+  const short = await read(session, LUN0, 4096, 4096, 512, Buffer.alloc(4096));
+  t.same(short.dataIn, lun0.peek(4096, 8), 'a short read returns what the target holds');
+  // beyond maxSlotDataBytes (1 MiB by default): per-command memory, released after
+  const huge = pattern(2 * 1024 * 1024, 99);
+  t.equal((await write(session, LUN0, 0, huge, 512)).status, 0);
+  t.equal(session.counters.perCommandRegistrations, 1, 'above the growth limit: registered per command');
+  onlySlotRegions(t, pair, session, 'per-command registration released');
+  await session.close();
+  t.equal(pair.initiator.registeredRegions, 0);
+});
+
+t.test('a transfer larger than a slot may grow to registers its own memory (counted), then releases it', async (t) => {
+  const { session, pair, lun0 } = await setup({ session: { slotDataBytes: 16384, maxSlotDataBytes: 16384 } });
   const regs = session.counters.memoryRegistrations;
   const big = pattern(65536, 77);
   t.equal((await write(session, LUN0, 0, big, 512)).status, 0);

@@ -133,10 +133,17 @@ export interface SrpSessionOptions {
   /**
    * Bytes of registered memory per command slot (default 128 KiB, capped by the transport's
    * maxRegionSize; 0: none). Transfers up to this size use the slot's buffer, registered once;
-   * larger ones register memory per command. Slots the initial credits can keep busy are set up
+   * larger ones grow the slot's buffer (below). Slots the initial credits can keep busy are set up
    * at login, the others when first needed.
    */
   slotDataBytes?: number;
+  /**
+   * Largest registered buffer a command slot grows to (default 1 MiB, capped by maxRegionSize): a
+   * transfer above slotDataBytes and up to this replaces the slot's buffer with one of the next
+   * power of two, registered once and kept, so large I/O in steady state registers nothing.
+   * Larger transfers register memory per command. Bound: queueSize × this per session.
+   */
+  maxSlotDataBytes?: number;
   /** Login (CM REQ -> REP/REJ) timeout, default 5000 ms. */
   loginTimeoutMs?: number;
   /** Timeout of commands that do not set their own; 0 disables (default 30000 ms). */
@@ -207,6 +214,8 @@ export interface SrpSessionCounters {
   perCommandRegistrations: number;
   /** Command slots whose data buffer is registered now (regions the session holds between commands). */
   slotRegions: number;
+  /** Slot buffers replaced by a larger one for a large transfer (maxSlotDataBytes); each registered once. */
+  slotGrowths: number;
 }
 
 export interface SrpSessionEvents {
@@ -297,8 +306,8 @@ class CmdSlot {
   readonly iu: Buffer;
   /** the view of iu last handed to send(), reused while the IU length repeats */
   view: Buffer;
-  /** slotDataBytes bytes (undefined when slots carry no data) */
-  readonly data: Buffer | undefined;
+  /** slotDataBytes bytes, or more once grown (undefined when slots carry no data) */
+  data: Buffer | undefined;
   mr: MemoryRegion | undefined = undefined;
   /** mr.va as 32-bit halves, for the descriptor */
   vaHi = 0;
@@ -320,6 +329,12 @@ class CmdSlot {
     this.iu = Buffer.alloc(iuLen);
     this.view = this.iu.subarray(0, 0);
     this.data = data;
+  }
+  /** A new, larger data buffer (not yet registered); nothing of the old one is kept. */
+  replaceData(data: Buffer): void {
+    this.data = data;
+    this.dataView = undefined;
+    this.dirty = 0;
   }
   /** data.subarray(0, len), cached: copying out of a whole view costs no view per command. */
   dataIn(len: number): Buffer {
@@ -345,6 +360,8 @@ const TWO_32 = 2 ** 32;
 const TAG_HI_LIMIT = 2 ** 21;
 /** Default registered memory per command slot. */
 export const DEFAULT_SLOT_DATA_BYTES = 128 * 1024;
+/** Default size a slot's registered buffer may grow to for a large transfer. */
+export const DEFAULT_MAX_SLOT_DATA_BYTES = 1024 * 1024;
 
 /** Sweep period while commands with this timeout are pending: an eighth of it, 1 ms .. 1 s. */
 function sweepPeriodFor(timeoutMs: number): number {
@@ -376,6 +393,8 @@ export class SrpSession extends Emitter<SrpSessionEvents> implements ScsiExecuto
   private readonly freeSlots: number[] = [];
   /** data bytes per slot (0: slots carry no data) */
   private slotBytes = 0;
+  /** what a slot's buffer may grow to (maxSlotDataBytes capped by the transport) */
+  private maxSlotBytes = 0;
   private slotRegistrationWarned = false;
   private readonly fields: SrpCmdFields = {
     tagHi: 0,
@@ -433,6 +452,7 @@ export class SrpSession extends Emitter<SrpSessionEvents> implements ScsiExecuto
     memoryRegistrations: 0,
     memoryRegistrationFailures: 0,
     perCommandRegistrations: 0,
+    slotGrowths: 0,
     slotRegions: 0,
   };
 
@@ -458,6 +478,7 @@ export class SrpSession extends Emitter<SrpSessionEvents> implements ScsiExecuto
       tmTimeoutMs: options.tmTimeoutMs ?? SRP_ABORT_TIMEOUT_MS,
       closeTimeoutMs: options.closeTimeoutMs ?? 5000,
       slotDataBytes: options.slotDataBytes ?? DEFAULT_SLOT_DATA_BYTES,
+      maxSlotDataBytes: options.maxSlotDataBytes ?? DEFAULT_MAX_SLOT_DATA_BYTES,
       ...(options.maxItIuLen !== undefined ? { maxItIuLen: options.maxItIuLen } : {}),
     };
     if (this.opts.cmdSgEntries < 1 || this.opts.cmdSgEntries > 255) throw new RangeError('cmdSgEntries must be 1..255');
@@ -590,6 +611,10 @@ export class SrpSession extends Emitter<SrpSessionEvents> implements ScsiExecuto
   private setupSlots(): void {
     const n = this.opts.queueSize;
     this.slotBytes = Math.min(this.opts.slotDataBytes, this.transport.maxRegionSize);
+    this.maxSlotBytes =
+      this.slotBytes > 0
+        ? Math.max(this.slotBytes, Math.min(this.opts.maxSlotDataBytes, this.transport.maxRegionSize))
+        : 0;
     this.slots = new Array<CmdSlot | undefined>(n).fill(undefined);
     for (let i = n - 1; i >= 0; i--) this.freeSlots.push(i);
     const now = Math.min(n, Math.max(1, this.login.initialReqLim - SRP_TSK_MGMT_SQ_SIZE));
@@ -624,6 +649,19 @@ export class SrpSession extends Emitter<SrpSessionEvents> implements ScsiExecuto
         this.log.warn({ err, bytes: slot.data!.length }, msg);
       }
     }
+  }
+
+  /**
+   * Replaces a free slot's buffer with a registered one of the next power of two at or above need
+   * (at most maxSlotBytes): registered once and kept, so the next transfers of that size register
+   * nothing. If the registration fails the slot's commands register per command, as before.
+   */
+  private growSlot(slot: CmdSlot, need: number): void {
+    const size = Math.min(this.maxSlotBytes, 2 ** Math.ceil(Math.log2(need)));
+    this.deregisterSlot(slot);
+    slot.replaceData(Buffer.alloc(size));
+    this.c.slotGrowths++;
+    this.registerSlot(slot);
   }
 
   private deregisterSlot(slot: CmdSlot): void {
@@ -846,10 +884,11 @@ export class SrpSession extends Emitter<SrpSessionEvents> implements ScsiExecuto
     const imm =
       outLen > 0 && L.immediateData && outLen <= this.opts.maxImmData && L.immDataOffset + outLen <= L.maxItIuLen;
     const outRdma = outLen > 0 && !imm;
-    if (
-      (outRdma || inLen > 0) &&
-      (slot.mr === undefined || (outRdma && inLen > 0) || Math.max(outRdma ? outLen : 0, inLen) > this.slotBytes)
-    ) {
+    const need = Math.max(outRdma ? outLen : 0, inLen);
+    if (need > 0 && slot.data !== undefined && need > slot.data.length && need <= this.maxSlotBytes) {
+      this.growSlot(slot, need);
+    }
+    if ((outRdma || inLen > 0) && (slot.mr === undefined || (outRdma && inLen > 0) || need > slot.data!.length)) {
       return this.encodeWithOwnRegions(p, slot, tag);
     }
     const f = this.fields;
