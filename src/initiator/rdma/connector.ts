@@ -3,6 +3,7 @@
  * the login's port ids, and path-up events on PORT_ACTIVE.
  */
 import { TransportError } from '../scsi-executor.js';
+import { srpPortIds } from '../target-address.js';
 import type { SrpLogger } from '../srp-session.js';
 import type { NativeBinding } from '../../native/native.js';
 import * as R from '../../native/rdma-constants.js';
@@ -39,32 +40,6 @@ export interface RdmaCmTargetAddress {
   src?: { family: 4 | 6; address: string; scopeId?: string; port?: number };
   initiatorExt?: bigint;
   ioClass?: number;
-}
-
-/** ib_srp's SRP_REV10_IB_IO_CLASS: the port ids are laid out the other way round. */
-const SRP_REV10_IB_IO_CLASS = 0x0100;
-
-/**
- * The 16-byte port ids of a login, as ib_srp lays them out (srp_send_req): target = id_ext ‖ ioc_guid,
- * initiator = initiator_ext ‖ a host identifier (ib_srp uses the source GID's interface id; we use a
- * stable per-host id so every path of this host is one initiator to the target). Rev. 10 io_class
- * swaps both halves.
- */
-export function srpPortIds(
-  addr: Pick<RdmaCmTargetAddress, 'idExt' | 'iocGuid' | 'initiatorExt' | 'ioClass'>,
-  hostId: bigint,
-): { initiatorPortId: Buffer; targetPortId: Buffer } {
-  const pair = (a: bigint, b: bigint) => {
-    const x = Buffer.alloc(16);
-    x.writeBigUInt64BE(a, 0);
-    x.writeBigUInt64BE(b, 8);
-    return x;
-  };
-  const ext = addr.initiatorExt ?? 0n;
-  if (addr.ioClass === SRP_REV10_IB_IO_CLASS) {
-    return { initiatorPortId: pair(hostId, ext), targetPortId: pair(addr.iocGuid, addr.idExt) };
-  }
-  return { initiatorPortId: pair(ext, hostId), targetPortId: pair(addr.idExt, addr.iocGuid) };
 }
 
 /** 64 bits naming this host: from /etc/machine-id (else the host name), stable across restarts. */
