@@ -33,10 +33,10 @@ import type { SrpTargetAddress } from '../initiator/target-address.js';
 import { tryLoadNative } from '../native/native.js';
 import {
   attach as nbdAttach,
+  type AttachOptions,
   detach as nbdDetach,
   type NbdAttachment,
   NbdNetlink,
-  type NetlinkBinding,
   reattach as nbdReattach,
 } from '../nbd/netlink.js';
 import { NbdServer } from '../nbd/server.js';
@@ -140,6 +140,19 @@ export interface DaemonOptions {
   loadRdma?: () => Promise<RdmaConnectorModule>;
   /** sysfs root for md membership (tests use a fake tree); default /sys. */
   sysfs?: string;
+  /**
+   * The kernel NBD driver (tests use src/testing/mock-nbd-kernel.ts); default: NBD netlink through
+   * the native addon, opened at the first device attach (a failure is retried at the next one).
+   */
+  nbdKernel?: () => Promise<NbdKernel>;
+}
+
+/** What the daemon does with kernel NBD devices: CONNECT, RECONFIGURE (take back), DISCONNECT. */
+export interface NbdKernel {
+  attach(opts: AttachOptions): Promise<NbdAttachment>;
+  reattach(opts: AttachOptions & { index: number }): Promise<NbdAttachment>;
+  detach(att: NbdAttachment, graceMs: number, onAbort?: () => void): Promise<void>;
+  close(): void;
 }
 
 /** How long NBD_CMD_DISCONNECT may wait for the kernel before the device's connection is closed under it. */
@@ -160,7 +173,7 @@ export class Daemon {
    */
   private readonly unusable = new Map<string, { persisted: PersistedTarget; error: string }>();
   private readonly log: Logger;
-  private netlink: Promise<{ nl: NbdNetlink; b: NetlinkBinding }> | undefined;
+  private netlink: Promise<NbdKernel> | undefined;
   private readonly startedAt = Date.now();
   private closing = false;
 
@@ -249,7 +262,7 @@ export class Daemon {
     );
     if (this.netlink) {
       await this.netlink.then(
-        ({ nl }) => nl.close(),
+        (k) => k.close(),
         () => undefined,
       );
     }
@@ -538,7 +551,9 @@ export class Daemon {
     rt.port = port;
     this.stillWanted(rt);
     this.follow(rt, port);
-    const sams = await reportLuns(port.executor);
+    // in LUN order, whatever order REPORT LUNS lists them in (LIO: newest first), so that devices
+    // are handed out in LUN order: the lowest LUN gets the lowest free /dev/nbdN (or N of /dev/nbdN)
+    const sams = sortLuns(await reportLuns(port.executor));
     this.stillWanted(rt);
     const luns: LunRuntime[] = [];
     const mismatches: string[] = [];
@@ -630,7 +645,7 @@ export class Daemon {
       const restoreIndex = l.device ? Number(/\d+$/.exec(l.device)![0]) : undefined;
       if (restoreIndex === undefined && want === 'none') continue;
       const fixed = restoreIndex ?? (want.startsWith('/dev/nbd') ? Number(want.slice(8)) + i : undefined);
-      let nb: { nl: NbdNetlink; b: NetlinkBinding };
+      let nb: NbdKernel;
       try {
         nb = await this.kernelNbd();
       } catch (e) {
@@ -656,7 +671,7 @@ export class Daemon {
       };
       if (restoreIndex !== undefined) {
         try {
-          l.attachment = await nbdReattach(nb.nl, nb.b, { ...common, index: restoreIndex });
+          l.attachment = await nb.reattach({ ...common, index: restoreIndex });
           this.stillWanted(rt);
           rt.log.info({ device: l.attachment.device, export: l.exportName }, 'kernel device taken back (RECONFIGURE)');
           continue;
@@ -667,22 +682,30 @@ export class Daemon {
           );
         }
       }
-      l.attachment = await nbdAttach(nb.nl, nb.b, { ...common, ...(fixed !== undefined ? { index: fixed } : {}) });
+      l.attachment = await nb.attach({ ...common, ...(fixed !== undefined ? { index: fixed } : {}) });
       l.device = l.attachment.device;
       this.stillWanted(rt); // the caller's teardown disconnects what was attached
       rt.log.info({ device: l.device, export: l.exportName }, 'kernel device attached (CONNECT)');
     }
   }
 
-  private kernelNbd(): Promise<{ nl: NbdNetlink; b: NetlinkBinding }> {
-    this.netlink ??= (async () => {
-      const b = tryLoadNative();
-      if (!b) throw new Error('the native addon is not built (npm run build:native)');
-      // Without it, NBD netlink requests would block the event loop (and a detach could deadlock).
-      if (typeof b.netlinkSendAsync !== 'function')
-        throw new Error('the native addon is out of date (no netlinkSendAsync): npm run build:native');
-      return { nl: await NbdNetlink.open(b), b };
-    })();
+  private kernelNbd(): Promise<NbdKernel> {
+    this.netlink ??= this.opts.nbdKernel
+      ? this.opts.nbdKernel()
+      : (async () => {
+          const b = tryLoadNative();
+          if (!b) throw new Error('the native addon is not built (npm run build:native)');
+          // Without it, NBD netlink requests would block the event loop (and a detach could deadlock).
+          if (typeof b.netlinkSendAsync !== 'function')
+            throw new Error('the native addon is out of date (no netlinkSendAsync): npm run build:native');
+          const nl = await NbdNetlink.open(b);
+          return {
+            attach: (o) => nbdAttach(nl, b, o),
+            reattach: (o) => nbdReattach(nl, b, o),
+            detach: (att, graceMs, onAbort) => nbdDetach(nl, att, graceMs, onAbort),
+            close: () => nl.close(),
+          } satisfies NbdKernel;
+        })();
     const p = this.netlink;
     p.catch(() => {
       if (this.netlink === p) this.netlink = undefined; // try again next time (modprobe nbd)
@@ -701,7 +724,7 @@ export class Daemon {
         try {
           const nb = await this.kernelNbd();
           const device = l.device;
-          await nbdDetach(nb.nl, attachment, DISCONNECT_GRACE_MS, () =>
+          await nb.detach(attachment, DISCONNECT_GRACE_MS, () =>
             rt.log.warn(
               { device },
               'the kernel is still sending on the device (its I/O is held here): closing the connection so that the disconnect completes',
@@ -1047,6 +1070,11 @@ function timersOf(o: TargetOptions): TargetView['timers'] {
 
 function definedOnly<T extends object>(o: T): Partial<T> {
   return Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) as Partial<T>;
+}
+
+/** SAM LUNs sorted by LUN number (then by their 8 bytes, for LUNs of other address methods). */
+export function sortLuns(sams: readonly bigint[]): bigint[] {
+  return [...sams].sort((a, b) => lunNumber(a) - lunNumber(b) || (a < b ? -1 : a > b ? 1 : 0));
 }
 
 function lunNumber(sam: bigint): number {

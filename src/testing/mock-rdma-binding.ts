@@ -70,6 +70,16 @@ interface MockId {
   param?: ConnParam;
   connected: boolean;
   options: Map<number, Buffer>;
+  /** "192.0.2.2:5000" (IPv4) or the sockaddr's hex, as given to cmResolveAddr */
+  dst?: string;
+  src?: string;
+}
+
+/** "a.b.c.d:port" of a sockaddr_in, else the bytes in hex. */
+function sockaddrText(b: Buffer | null): string | undefined {
+  if (!b) return undefined;
+  if (b.length >= 8 && b.readUInt16LE(0) === 2) return `${[...b.subarray(4, 8)].join('.')}:${b.readUInt16BE(2)}`;
+  return b.toString('hex');
 }
 
 /** Target end of a mock RDMA connection. */
@@ -80,6 +90,8 @@ export class MockTargetEnd extends Emitter<ChannelEvents> implements TargetChann
   constructor(
     private readonly fabric: MockRdmaBinding,
     readonly idHandle: number,
+    /** the destination the initiator resolved ("192.0.2.2:5000") */
+    readonly dest: string = '',
   ) {
     super();
   }
@@ -259,8 +271,11 @@ export class MockRdmaBinding implements Partial<NativeBinding> {
     ch.events.push({ event, id: h, status, privateData });
     this.kick(ch.fd);
   }
-  cmResolveAddr(h: number, _src: Buffer | null, dst: Buffer): void {
+  cmResolveAddr(h: number, src: Buffer | null, dst: Buffer): void {
     if (dst.length < 16) throw Object.assign(new Error('bad sockaddr'), { code: 'EINVAL' });
+    const rid = this.ids.get(h)!;
+    rid.dst = sockaddrText(dst);
+    rid.src = sockaddrText(src);
     setTimeout(() => {
       if (this.resolveFailures > 0) {
         this.resolveFailures--;
@@ -300,7 +315,7 @@ export class MockRdmaBinding implements Partial<NativeBinding> {
     const id = this.ids.get(h)!;
     id.param = param;
     this.connectParams.push(param);
-    const end = new MockTargetEnd(this, h);
+    const end = new MockTargetEnd(this, h, id.dst ?? '');
     id.peer = end;
     this.onConnect?.(end);
     const req = Buffer.from(param.privateData ?? Buffer.alloc(0));

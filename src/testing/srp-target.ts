@@ -284,6 +284,9 @@ export class SrpTestTarget {
   multichannel: boolean;
   maxChannels: number;
 
+  /** REPORT LUNS lists the LUNs newest (last added) first, as LIO does; default: ascending. */
+  reportLunsNewestFirst = false;
+
   /* ---- fault injection ---- */
   /** Reject every login with this SRP_LOGIN_REJ reason. */
   rejectLogin: number | undefined;
@@ -766,7 +769,9 @@ export class SrpTestTarget {
   }
 
   private reportLuns(): Buffer {
-    const luns = [...this.luns.keys()].sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
+    const luns = this.reportLunsNewestFirst
+      ? [...this.luns.keys()].reverse()
+      : [...this.luns.keys()].sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
     const b = Buffer.alloc(8 + 8 * luns.length);
     b.writeUInt32BE(8 * luns.length, 0);
     luns.forEach((l, i) => b.writeBigUInt64BE(l, 8 + 8 * i));
