@@ -74,6 +74,11 @@ export const TARGET_OPTIONS = {
     default: RETRY_COUNT.default,
     doc: 'RDMA transport: RC retry count 0..6 (7 means "retry forever" on rxe and is refused).',
   },
+  initiator_id: {
+    schema: z.enum(['port', 'host']),
+    default: 'port' as 'port' | 'host',
+    doc: 'The initiator port id the target sees (and its ACLs must name): "port" is ib_srp\'s, initiator_ext ‖ the port GUID (interface id of GID 0) of the local RDMA port the connection leaves from, so each local port is its own initiator; "host" is initiator_ext ‖ a fixed id of this host derived from /etc/machine-id (srp-nbd before 0.2), one initiator across all local ports.',
+  },
   keepalive_interval: {
     schema: z.number().min(0).max(3600),
     default: 1,

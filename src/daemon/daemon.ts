@@ -29,6 +29,7 @@ import {
   type LunIdentity,
   sameIdentity,
 } from '../initiator/lun-identity.js';
+import { formatPortId } from '../initiator/login-reject.js';
 import type { SrpTargetAddress } from '../initiator/target-address.js';
 import { tryLoadNative } from '../native/native.js';
 import {
@@ -105,6 +106,10 @@ interface TargetRuntime {
   status: TargetStatus;
   error?: string;
   connectorDescription?: string;
+  /** the connector of the last connect (its loginContext() is what the target saw) */
+  connector?: ChannelConnector;
+  /** the initiator port id of a connector that does not report one (the test target's) */
+  fixedInitiatorPortId?: Buffer;
   port?: SrpPort;
   closeTransport?: () => void;
   luns: LunRuntime[];
@@ -532,6 +537,8 @@ export class Daemon {
       ids = made;
     }
     rt.connectorDescription = connector.description;
+    rt.connector = connector;
+    rt.fixedInitiatorPortId = rt.address.kind === 'test' ? ids.initiatorPortId : undefined;
     const portOpts: SrpPortOptions = {
       name: rt.id,
       connector,
@@ -631,6 +638,7 @@ export class Daemon {
         ackTimeout: rt.options.ack_timeout,
         retryCount: rt.options.retry_count,
         keepaliveIntervalMs: rt.options.keepalive_interval * 1000,
+        initiatorId: rt.options.initiator_id,
         logger: rt.log,
       });
     } catch (e) {
@@ -907,6 +915,8 @@ export class Daemon {
       ...this.summary(rt),
       transport: rt.address.kind === 'test' ? 'test-target' : rt.address.addr.transport,
       via: rt.connectorDescription ?? null,
+      initiator_port_id: this.initiatorPortIdOf(rt),
+      last_error: rt.error ?? port?.rport.lastFailure?.message ?? null,
       attached_at: rt.attachedAt,
       timers: timersOf(rt.options),
       options: { ...rt.options },
@@ -967,6 +977,12 @@ export class Daemon {
     };
   }
 
+  /** The initiator port id of the target's last login, as the target saw it ("0x" + 32 hex), if known. */
+  private initiatorPortIdOf(rt: TargetRuntime): string | null {
+    const id = rt.connector?.loginContext?.()?.initiatorPortId ?? rt.fixedInitiatorPortId;
+    return id ? formatPortId(id) : null;
+  }
+
   /** Prometheus exposition text (GET /metrics). */
   async metrics(): Promise<string> {
     await this.refreshMd(this.targets.values());
@@ -1020,6 +1036,10 @@ export interface TargetSummary {
 export interface TargetView extends TargetSummary {
   transport: string;
   via: string | null;
+  /** the initiator port id of the last login as the target saw it ("0x" + 32 hex digits); null before one */
+  initiator_port_id: string | null;
+  /** the last attach, connect or reconnect failure (a login reject explained), null when none */
+  last_error: string | null;
   attached_at: string;
   timers: Record<'reconnect_delay' | 'reconnect_delay_max' | 'fast_io_fail_tmo' | 'dev_loss_tmo', number | 'off'>;
   options: TargetOptions;

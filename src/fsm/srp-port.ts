@@ -14,7 +14,7 @@ import { type CacheInfo, ScsiDisk } from '../initiator/scsi-disk.js';
 import { type ScsiCommand, type ScsiExecutor, type ScsiResult, TransportError } from '../initiator/scsi-executor.js';
 import { type LunIdentity, describeIdentity, sameIdentity } from '../initiator/lun-identity.js';
 import { SrpSession, type SrpSessionOptions } from '../initiator/srp-session.js';
-import type { ChannelTransport } from '../initiator/transport.js';
+import type { ChannelTransport, LoginContext } from '../initiator/transport.js';
 import { RportDriver } from './driver.js';
 import { IdentityMismatchError } from './identity.js';
 import { IoGate, defaultIsTransportError } from './io-gate.js';
@@ -34,6 +34,8 @@ export interface ChannelConnector {
    * waiting out its back-off. Returns an unsubscribe function.
    */
   onPathUp?(listener: () => void): () => void;
+  /** Optional: the last login as the target saw it (initiator port id, source address). */
+  loginContext?(): LoginContext | undefined;
 }
 
 export interface SrpPortOptions {

@@ -59,7 +59,6 @@ import {
   SRP_TSK_MGMT_SUCCESS,
   SRP_T_LOGOUT,
   SRP_ABORT_TIMEOUT_MS,
-  describeSrpLoginRejReason,
   nameOfSrpLoginRejReason,
   nameOfSrpMultichanResult,
   nameOfSrpOpcode,
@@ -92,7 +91,8 @@ import {
   type SrpLoginReq,
 } from './srp-iu.js';
 import { TransportError, type ScsiCommand, type ScsiExecutor, type ScsiResult } from './scsi-executor.js';
-import { Emitter, type ChannelTransport, type MemoryRegion } from './transport.js';
+import { explainLoginReject } from './login-reject.js';
+import { Emitter, type ChannelTransport, type LoginContext, type MemoryRegion } from './transport.js';
 
 /** pino-compatible subset. */
 export interface SrpLogger {
@@ -221,19 +221,22 @@ export interface SrpSessionEvents {
 
 export type SrpSessionState = 'logging-in' | 'live' | 'closing' | 'closed' | 'disconnected';
 
-/** The target refused the login (SRP_LOGIN_REJ); `reasonName` is the srp.h name. */
+/**
+ * The target refused the login (SRP_LOGIN_REJ); `reasonName` is the srp.h name. The message explains
+ * it for an operator (login-reject.ts): for LIO's "no ACL" answer it names the initiator port id and
+ * source address the target saw, and the ACL to add.
+ */
 export class SrpLoginRejectedError extends Error {
   readonly reasonName: string;
   constructor(
     readonly reason: number,
     readonly bufFmt: number,
+    /** what the target saw of the login, when known */
+    readonly context?: LoginContext,
   ) {
-    const name = nameOfSrpLoginRejReason(reason);
-    super(
-      `SRP login rejected: ${name} (0x${reason.toString(16).padStart(8, '0')}): ${describeSrpLoginRejReason(reason)}`,
-    );
+    super(explainLoginReject(reason, context));
     this.name = 'SrpLoginRejectedError';
-    this.reasonName = name;
+    this.reasonName = nameOfSrpLoginRejReason(reason);
   }
 }
 
@@ -523,8 +526,10 @@ export class SrpSession extends Emitter<SrpSessionEvents> implements ScsiExecuto
       } catch (e) {
         fail(new Error(`SRP login rejected with a malformed SRP_LOGIN_REJ: ${(e as Error).message}`));
       }
-      this.log.warn({ reason: nameOfSrpLoginRejReason(rej!.reason) }, 'srp: login rejected');
-      fail(new SrpLoginRejectedError(rej!.reason, rej!.bufFmt));
+      const ctx = t.loginContext?.() ?? { initiatorPortId: req.initiatorPortId, source: undefined };
+      const err = new SrpLoginRejectedError(rej!.reason, rej!.bufFmt, ctx);
+      this.log.warn({ reason: err.reasonName, err: err.message }, 'srp: login rejected');
+      fail(err);
     }
     if (answer[0] !== SRP_LOGIN_RSP) fail(new Error(`SRP login: unexpected answer ${nameOfSrpOpcode(answer[0]!)}`));
     let rsp;

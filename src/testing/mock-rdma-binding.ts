@@ -222,6 +222,20 @@ export class MockRdmaBinding implements Partial<NativeBinding> {
   portQuery(): PortAttr {
     return { state: this.portState, activeMtu: 3, lid: 0, linkLayer: 2, pkeyTblLen: 1 };
   }
+  /** Port GUID of the mock device's port 1 (the interface id of its GID 0). */
+  portGuid = 0x0200_5eff_fe00_0001n;
+  /** Completion vectors of the mock device. */
+  numCompVectors = 2;
+  /** Completion vector of every CQ created, in order. */
+  readonly cqVectors: number[] = [];
+  portGid(_ctx: number, port: number, index: number): Buffer {
+    if (port !== 1 || index !== 0)
+      throw Object.assign(new Error('ibv_query_gid failed: Invalid argument (EINVAL)'), { code: 'EINVAL' });
+    const gid = Buffer.alloc(16);
+    gid.writeUInt16BE(0xfe80, 0);
+    gid.writeBigUInt64BE(this.portGuid, 8);
+    return gid;
+  }
   getAsyncEvent(): AsyncEvent | null {
     return this.asyncEvents.shift() ?? null;
   }
@@ -298,7 +312,13 @@ export class MockRdmaBinding implements Partial<NativeBinding> {
   }
   cmIdInfo(h: number): CmIdInfo {
     const id = this.ids.get(h)!;
-    return { context: id.ctx, device: id.ctx ? 'mock0' : null, port: id.ctx ? 1 : 0, qpNum: id.qp?.qpNum ?? 0 };
+    return {
+      context: id.ctx,
+      device: id.ctx ? 'mock0' : null,
+      port: id.ctx ? 1 : 0,
+      qpNum: id.qp?.qpNum ?? 0,
+      srcAddr: id.ctx ? (id.src?.replace(/:\d+$/, '') ?? '192.0.2.1') : null,
+    };
   }
   cmCreateQp(h: number, init: QpInit): QpCaps {
     const id = this.ids.get(h)!;
@@ -407,7 +427,12 @@ export class MockRdmaBinding implements Partial<NativeBinding> {
       if (c.compChannel === h) throw Object.assign(new Error('busy'), { code: 'EBUSY' });
     this.compChannels.delete(h);
   }
-  cqCreate(_ctx: number, _cqe: number, compChannel: number): number {
+  cqCreate(_ctx: number, _cqe: number, compChannel: number, compVector = 0): number {
+    if (compVector < 0 || compVector >= this.numCompVectors)
+      throw new TypeError(
+        `compVector ${compVector} is out of range: the device has ${this.numCompVectors} completion vectors`,
+      );
+    this.cqVectors.push(compVector);
     const h = this.next++;
     this.cqs.set(h, { compChannel, wcs: [], armed: false });
     return h;

@@ -11,6 +11,7 @@ import { formatRdmaAddress } from '../../native/sockaddr.js';
 import { AsyncEventHub } from './async-event-hub.js';
 import { RdmaChannelTransport } from './channel.js';
 import type { RdmaTransportOptions } from './options.js';
+import type { LoginContext } from '../transport.js';
 
 /** Options of createRdmaConnector() (the daemon's per-target options). */
 export interface RdmaConnectorOptions {
@@ -23,6 +24,13 @@ export interface RdmaConnectorOptions {
   logger: SrpLogger;
   /** the native binding; default: the built addon (loadNative) */
   binding?: NativeBinding;
+  /**
+   * Which initiator port id the target sees. 'port' (default): ib_srp's, initiator_ext ‖ the port
+   * GUID (interface id of GID 0) of the local port each channel resolves to, so every local port is
+   * its own initiator, as with the kernel initiator. 'host': initiator_ext ‖ a fixed id of this host
+   * (from /etc/machine-id), one initiator across all local ports.
+   */
+  initiatorId?: 'port' | 'host';
   /** overrides the derived initiator port id (16 bytes) */
   initiatorPortId?: Buffer;
   /** per-channel transport options (tests, tuning) */
@@ -71,6 +79,7 @@ export class RdmaConnector {
   private closed = false;
   /** channels opened (for status and tests) */
   opened = 0;
+  private lastLogin: LoginContext | undefined;
 
   constructor(
     private readonly b: NativeBinding,
@@ -97,12 +106,18 @@ export class RdmaConnector {
       try {
         return await origConnect(req, opts);
       } finally {
+        this.lastLogin = tr.loginContext() ?? this.lastLogin;
         const h = tr.deviceHandle;
         if (h) this.watch(h);
         if (tr.state === 'connected') done();
       }
     };
     return tr;
+  }
+
+  /** The last login as the target saw it (initiator port id, source address), once one was sent. */
+  loginContext(): LoginContext | undefined {
+    return this.lastLogin;
   }
 
   onPathUp(listener: () => void): () => void {
@@ -158,6 +173,8 @@ export async function createRdmaConnector(
     b = loadNative();
   }
   const host = (a: { address: string; scopeId?: string }) => (a.scopeId ? `${a.address}%${a.scopeId}` : a.address);
+  const perPort = opts.initiatorPortId === undefined && (opts.initiatorId ?? 'port') === 'port';
+  const ids = srpPortIds(addr, perPort ? 0n : await hostPortGuid());
   const connector = new RdmaConnector(b, {
     ...opts.transport,
     dst: { family: 'ip', host: host(addr.dest), port: addr.dest.port },
@@ -166,8 +183,9 @@ export async function createRdmaConnector(
     retryCount: opts.retryCount,
     keepaliveIntervalMs: opts.keepaliveIntervalMs,
     logger: opts.logger,
+    // ib_srp: initiator_ext ‖ the interface id of the source port's GID 0 (its port GUID)
+    ...(perPort ? { initiatorPortId: (local) => srpPortIds(addr, local.gid.readBigUInt64BE(8)).initiatorPortId } : {}),
   });
-  const ids = srpPortIds(addr, await hostPortGuid());
   return {
     connector,
     initiatorPortId: opts.initiatorPortId ?? ids.initiatorPortId,
