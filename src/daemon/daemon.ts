@@ -26,6 +26,7 @@ import {
   describeIdentity,
   identityFromJSON,
   identityToJSON,
+  logicalUnitKey,
   type LunIdentity,
   sameIdentity,
 } from '../initiator/lun-identity.js';
@@ -474,7 +475,11 @@ export class Daemon {
       rt.error = err.message;
       await this.teardown(rt, rt.removed);
       if (rt.removed || this.closing) return;
-      if (e instanceof IdentityCheckError || (e instanceof DaemonError && e.status === 503)) {
+      if (
+        e instanceof IdentityCheckError ||
+        e instanceof DuplicateLuError ||
+        (e instanceof DaemonError && e.status === 503)
+      ) {
         rt.status = 'failed';
         rt.log.error(
           { err: err.message },
@@ -602,6 +607,8 @@ export class Daemon {
       rt.log.error({ mismatches }, 'identity check failed: not exporting a different disk under the old name');
       throw new IdentityCheckError(`target ${rt.id}: identity check failed: ${mismatches.join('; ')}`);
     }
+    // synchronously from here to rt.luns: a concurrent attach of the same LU sees this one
+    this.refuseDuplicateLus(rt, luns);
     for (const l of luns) this.nbd.addExport(l.exportName, l.backend);
     rt.luns = luns;
     await this.attachDevices(rt);
@@ -613,6 +620,50 @@ export class Daemon {
       'target attached',
     );
     rt.md.onAttached(); // a member md failed while we were away (restart after a long outage)
+  }
+
+  /**
+   * One LU is exported once: a LUN whose identity (designators + serial, logicalUnitKey) is already
+   * attached under another target (another path, another src=, another id) is refused, naming the
+   * target and the device that have it. Targets not connected at the moment count with their
+   * persisted LUNs.
+   */
+  private refuseDuplicateLus(rt: TargetRuntime, luns: LunRuntime[]): void {
+    const mine = new Map<string, LunRuntime>();
+    for (const l of luns) {
+      const key = logicalUnitKey(l.identity);
+      if (key !== undefined) mine.set(key, l);
+    }
+    if (mine.size === 0) return;
+    const clashes: string[] = [];
+    for (const other of this.targets.values()) {
+      if (other === rt || other.removed) continue;
+      const theirs =
+        other.luns.length > 0
+          ? other.luns.map((l) => ({ lun: l.number, where: l.device ?? `export ${l.exportName}`, identity: l.identity }))
+          : other.persisted.flatMap((p) => {
+              try {
+                const identity = identityFromJSON(p.identity);
+                return [{ lun: lunNumber(BigInt('0x' + p.lun)), where: p.device ?? `export ${p.export}`, identity }];
+              } catch {
+                return [];
+              }
+            });
+      for (const o of theirs) {
+        const key = logicalUnitKey(o.identity);
+        const l = key === undefined ? undefined : mine.get(key);
+        if (l)
+          clashes.push(
+            `LUN ${l.number} (${describeIdentity(l.identity)}) is already attached as target ${other.id} LUN ${o.lun} (${o.where})`,
+          );
+      }
+    }
+    if (clashes.length > 0) {
+      rt.log.error({ clashes }, 'duplicate attach refused: the same logical unit would get two devices');
+      throw new DuplicateLuError(
+        `target ${rt.id}: ${clashes.join('; ')}: one logical unit is never attached twice (use that device, or detach it first)`,
+      );
+    }
   }
 
   private async rdmaConnector(
@@ -1020,6 +1071,14 @@ export class Daemon {
 /** A LUN behind the new login is not the one recorded: the target stays unexported. */
 export class IdentityCheckError extends Error {
   override readonly name = 'IdentityCheckError';
+}
+
+/** The target's LU is already attached under another target: refused (409), never retried on its own. */
+export class DuplicateLuError extends DaemonError {
+  constructor(message: string) {
+    super(message, 409);
+    this.name = 'DuplicateLuError';
+  }
 }
 
 /** Row of GET /targets. */
