@@ -15,6 +15,7 @@ import { z } from 'zod';
 import { DEFAULT_TMO, type Tmo, type TmoParams, tmoField, validateTmo } from '../fsm/timers.js';
 import { ACK_TIMEOUT, RETRY_COUNT } from '../initiator/rdma/options.js';
 import { parseAnyAddress } from './address.js';
+import { addTargetConflicts, addTargetTuning } from './add-target-options.js';
 
 /** Where the daemon listens for control requests by default; created with CONTROL_SOCKET_MODE. */
 export const DEFAULT_CONTROL_SOCKET = '/run/srp-nbd/control.sock';
@@ -169,14 +170,21 @@ export const targetSpecSchema = z
       .string()
       .min(1)
       .superRefine((a, ctx) => {
+        let parsed;
         try {
-          parseAnyAddress(a);
+          parsed = parseAnyAddress(a);
         } catch (e) {
           ctx.addIssue({
             code: z.ZodIssueCode.custom,
             message: (e as Error).message,
             params: { rule: 'target-address' },
           });
+          return;
+        }
+        // every add_target option is honoured or refused here (add-target-options.ts)
+        if (parsed.kind === 'srp') {
+          for (const r of addTargetTuning(parsed.addr).refused)
+            ctx.addIssue({ code: z.ZodIssueCode.custom, message: r.message, params: { rule: 'add-target-option' } });
         }
       })
       .describe(
@@ -273,6 +281,20 @@ export const configSchema = z
     c.targets.forEach((t, i) => {
       const merged = resolveOptions(defaults, t);
       addTmoIssues(ctx, tmoOf(merged), ['targets', i], ' (with the defaults applied)');
+      let a;
+      try {
+        a = parseAnyAddress(t.address);
+      } catch {
+        return; // reported on the address
+      }
+      if (a.kind !== 'srp') return;
+      for (const r of addTargetConflicts(a.addr, t))
+        ctx.addIssue({
+          code: z.ZodIssueCode.custom,
+          path: ['targets', i, 'address'],
+          message: r.message,
+          params: { rule: 'add-target-option' },
+        });
     });
   });
 

@@ -44,6 +44,7 @@ import {
 import { NbdServer } from '../nbd/server.js';
 import { TEST_INITIATOR_PORT_ID, TEST_TARGET_PORT_ID } from '../testing/test-fabric.js';
 import { type AnyAddress, deriveTargetId, formatAnyAddress, parseAnyAddress } from './address.js';
+import { addTargetConflicts, type AddTargetTuning, addTargetTuning, applyTuning } from './add-target-options.js';
 import {
   type DaemonConfig,
   overridesOf,
@@ -102,7 +103,10 @@ interface TargetRuntime {
   address: AnyAddress;
   addressText: string;
   overrides: TargetOverrides;
+  /** the options in force: defaults, overrides, then the address's tuning (queue_size, retry_count) */
   options: TargetOptions;
+  /** the add_target tuning options of the address (add-target-options.ts) */
+  tuning: AddTargetTuning;
   attachedAt: string;
   status: TargetStatus;
   error?: string;
@@ -216,6 +220,10 @@ export class Daemon {
       try {
         address = parseAnyAddress(p.address);
         this.checkTestTargetAllowed(address);
+        if (address.kind === 'srp') {
+          const refused = addTargetTuning(address.addr).refused;
+          if (refused.length > 0) throw new Error(refused.map((r) => r.message).join('; '));
+        }
       } catch (e) {
         const error = (e as Error).message;
         this.unusable.set(p.id, { persisted: p, error });
@@ -290,6 +298,17 @@ export class Daemon {
         throw new DaemonError(`target ${id}: ${text} is already attached as ${other.id}`, 409);
     }
     const overrides = overridesOf(spec as Record<string, unknown>);
+    const refused =
+      address.kind === 'srp'
+        ? [...addTargetTuning(address.addr).refused, ...addTargetConflicts(address.addr, overrides)]
+        : [];
+    if (refused.length > 0) {
+      throw new DaemonError(
+        `target ${id}: ${refused.map((r) => r.message).join('; ')}`,
+        400,
+        refused.map((r) => ({ path: 'address', rule: 'add-target-option', message: r.message })),
+      );
+    }
     const rt = this.newRuntime(id, address, overrides, [], new Date().toISOString());
     const problems = validateTmo(tmoOf(rt.options));
     if (problems.length > 0) {
@@ -426,12 +445,14 @@ export class Daemon {
     attachedAt: string,
   ): TargetRuntime {
     const log = this.log.child({ target: id });
+    const tuning = address.kind === 'srp' ? addTargetTuning(address.addr).tuning : {};
     const rt: TargetRuntime = {
       id,
       address,
       addressText: formatAnyAddress(address),
       overrides,
-      options: resolveOptions(this.opts.config.defaults as TargetOptions, overrides),
+      options: applyTuning(resolveOptions(this.opts.config.defaults as TargetOptions, overrides), tuning),
+      tuning,
       attachedAt,
       status: 'connecting',
       luns: [],
@@ -552,10 +573,14 @@ export class Daemon {
         queueSize: o.queue_size,
         immediateData: o.immediate_data,
         commandTimeoutMs: o.command_timeout * 1000,
+        ...(rt.tuning.cmdSgEntries !== undefined ? { cmdSgEntries: rt.tuning.cmdSgEntries } : {}),
+        ...(rt.tuning.maxItIuSize !== undefined ? { maxItIuSize: rt.tuning.maxItIuSize } : {}),
       },
       tmo: tmoOf(o),
       queueDepth: o.max_hold_queue,
       commandTimeoutMs: o.command_timeout * 1000,
+      ...(rt.tuning.maxTransferBytes !== undefined ? { maxTransferBytes: rt.tuning.maxTransferBytes } : {}),
+      ...(rt.tuning.maxCmdPerLun !== undefined ? { maxCmdPerLun: rt.tuning.maxCmdPerLun } : {}),
       logger: this.log,
     };
     rt.log.info({ via: connector.description }, 'logging in');
@@ -640,7 +665,11 @@ export class Daemon {
       if (other === rt || other.removed) continue;
       const theirs =
         other.luns.length > 0
-          ? other.luns.map((l) => ({ lun: l.number, where: l.device ?? `export ${l.exportName}`, identity: l.identity }))
+          ? other.luns.map((l) => ({
+              lun: l.number,
+              where: l.device ?? `export ${l.exportName}`,
+              identity: l.identity,
+            }))
           : other.persisted.flatMap((p) => {
               try {
                 const identity = identityFromJSON(p.identity);
@@ -691,6 +720,7 @@ export class Daemon {
         keepaliveIntervalMs: rt.options.keepalive_interval * 1000,
         initiatorId: rt.options.initiator_id,
         logger: rt.log,
+        ...(rt.tuning.compVector !== undefined ? { transport: { compVector: rt.tuning.compVector } } : {}),
       });
     } catch (e) {
       throw new DaemonError(`target ${rt.id}: RDMA transport not available: ${(e as Error).message}`, 503);

@@ -49,6 +49,10 @@ export interface SrpPortOptions {
   queueDepth?: number;
   /** Per-command timeout handed to ScsiDisk (ABORT TASK after it). */
   commandTimeoutMs?: number;
+  /** Largest transfer of one SCSI command, bytes (ib_srp max_sect × 512); larger requests are split. */
+  maxTransferBytes?: number;
+  /** SCSI commands outstanding per LUN at most (ib_srp max_cmd_per_lun); the others wait their turn. */
+  maxCmdPerLun?: number;
   logger: Logger;
 }
 
@@ -127,7 +131,10 @@ export class SrpPort {
   async addLun(lun: bigint): Promise<ScsiDisk> {
     const opts: ConstructorParameters<typeof ScsiDisk>[1] = { lun };
     if (this.opts.commandTimeoutMs !== undefined) opts.timeoutMs = this.opts.commandTimeoutMs;
-    const disk = new ScsiDisk(this.executor, opts);
+    if (this.opts.maxTransferBytes !== undefined) opts.maxTransferBytes = this.opts.maxTransferBytes;
+    const executor =
+      this.opts.maxCmdPerLun !== undefined ? limitExecutor(this.executor, this.opts.maxCmdPerLun) : this.executor;
+    const disk = new ScsiDisk(executor, opts);
     const probe = await disk.probe();
     this.luns.set(lun, { disk, identity: probe.identity });
     this.log.info(
@@ -268,4 +275,28 @@ export class SrpPort {
         break;
     }
   }
+}
+
+/** An executor that lets at most `max` commands be outstanding at once; the others queue in order. */
+export function limitExecutor(inner: ScsiExecutor, max: number): ScsiExecutor & { readonly outstanding: number } {
+  let outstanding = 0;
+  const waiting: (() => void)[] = [];
+  const release = () => {
+    outstanding--;
+    waiting.shift()?.();
+  };
+  return {
+    get outstanding() {
+      return outstanding;
+    },
+    async execute(cmd: ScsiCommand): Promise<ScsiResult> {
+      if (outstanding >= max) await new Promise<void>((r) => waiting.push(r));
+      outstanding++;
+      try {
+        return await inner.execute(cmd);
+      } finally {
+        release();
+      }
+    },
+  };
 }

@@ -126,8 +126,10 @@ export interface SrpSessionOptions {
   maxImmData?: number;
   /** Descriptors an SRP_CMD may carry (ib_srp cmd_sg_entries, default 12). */
   cmdSgEntries?: number;
-  /** Overrides the requested max_it_iu_len (ib_srp max_it_iu_size). */
+  /** Overrides the requested max_it_iu_len. */
   maxItIuLen?: number;
+  /** Caps the requested max_it_iu_len (ib_srp max_it_iu_size; 0 or absent: no cap). */
+  maxItIuSize?: number;
   /** Commands outstanding at most (ib_srp queue_size minus reserves, default 62): the number of command slots. */
   queueSize?: number;
   /**
@@ -366,7 +368,8 @@ export class SrpSession extends Emitter<SrpSessionEvents> implements ScsiExecuto
   private stateValue: SrpSessionState = 'logging-in';
   private readonly log: SrpLogger;
   private readonly timers: SrpTimers;
-  private readonly opts: Required<Omit<SrpSessionOptions, 'logger' | 'timers' | 'maxItIuLen'>> & {
+  private readonly opts: Required<Omit<SrpSessionOptions, 'logger' | 'timers' | 'maxItIuLen' | 'maxItIuSize'>> & {
+    maxItIuSize?: number;
     maxItIuLen?: number;
   };
   private login!: SrpLoginResult;
@@ -462,6 +465,7 @@ export class SrpSession extends Emitter<SrpSessionEvents> implements ScsiExecuto
       closeTimeoutMs: options.closeTimeoutMs ?? 5000,
       slotDataBytes: options.slotDataBytes ?? DEFAULT_SLOT_DATA_BYTES,
       ...(options.maxItIuLen !== undefined ? { maxItIuLen: options.maxItIuLen } : {}),
+      ...(options.maxItIuSize !== undefined ? { maxItIuSize: options.maxItIuSize } : {}),
     };
     if (this.opts.cmdSgEntries < 1 || this.opts.cmdSgEntries > 255) throw new RangeError('cmdSgEntries must be 1..255');
     if (this.opts.queueSize < 1) throw new RangeError('queueSize must be >= 1');
@@ -484,6 +488,7 @@ export class SrpSession extends Emitter<SrpSessionEvents> implements ScsiExecuto
     if (this.opts.maxItIuLen !== undefined) return this.opts.maxItIuLen;
     let len = SRP_CMD_LEN + SRP_MAX_ADD_CDB_LEN + SRP_INDIRECT_BUF_LEN + this.opts.cmdSgEntries * SRP_DIRECT_BUF_LEN;
     if (this.opts.immediateData) len = Math.max(len, SRP_IMM_DATA_OFFSET + this.opts.maxImmData);
+    if (this.opts.maxItIuSize) len = Math.min(len, this.opts.maxItIuSize);
     return len;
   }
 
