@@ -45,6 +45,18 @@ t.test('config errors: exit status 2 and the key path and rule named', async (t)
   const missing = await cli(['daemon', '--config', path.join(dir, 'nope.json')], { socket: false });
   t.equal(missing.code, 2);
   t.match(missing.stderr, /nope\.json: invalid configuration:\n\s+\(file\): cannot read: ENOENT/);
+  const sg = path.join(dir, 'ext-sg.json');
+  fs.writeFileSync(
+    sg,
+    JSON.stringify({
+      state_dir: stateDir,
+      targets: [{ address: 'id_ext=1,ioc_guid=1,dest=192.0.2.2:5000,allow_ext_sg=1,ch_count=2' }],
+    }),
+  );
+  const refused = await cli(['daemon', '--config', sg, '--check'], { socket: false });
+  t.equal(refused.code, 2, 'an add_target option srp-nbd cannot honour stops the configuration');
+  t.match(refused.stderr, /targets\[0\]\.address: allow_ext_sg: external indirect descriptor tables/);
+  t.match(refused.stderr, /targets\[0\]\.address: ch_count: 2 channels/);
   const ok = await cli(['daemon', '--config', configFile, '--check'], { socket: false });
   t.equal(ok.code, 0, ok.stderr);
   t.equal(JSON.parse(ok.stdout).defaults.dev_loss_tmo, 600);
@@ -81,6 +93,9 @@ t.test('CLI round trip: attach, list, status, set, reconnect, detach (text and -
   const dup = await cli(['attach', 'test-target,name=a']);
   t.equal(dup.code, 1);
   t.match(dup.stderr, /target test-a is already attached/);
+  const ext = await cli(['attach', 'id_ext=1,ioc_guid=1,dest=192.0.2.2:5000,allow_ext_sg=1']);
+  t.equal(ext.code, 2, 'an add_target option srp-nbd cannot honour: usage error');
+  t.match(ext.stderr, /allow_ext_sg: external indirect descriptor tables are not implemented/);
   const rdma = await cli(['attach', 'id_ext=0002c90300aabbcc,ioc_guid=0002c90300aabbcc,dest=192.0.2.2:5000']);
   t.equal(rdma.code, 1);
   // no RDMA on the test host: the connector loads, the login names what is missing

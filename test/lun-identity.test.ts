@@ -8,6 +8,7 @@ import {
   describeIdentity,
   identityFromJSON,
   identityToJSON,
+  logicalUnitKey,
   lunIdentity,
   sameIdentity,
 } from '../src/initiator/lun-identity.js';
@@ -175,4 +176,19 @@ t.test('end to end: probe, identity change on the LU, probe again', async (t) =>
   t.same(sameIdentity(first, third).differences, [
     'capacity changed: 1024 x 512-byte blocks (512 KiB) -> 2048 x 512-byte blocks (1 MiB)',
   ]);
+});
+
+t.test('logicalUnitKey: designators and serial, not the path, the size or the revision', async (t) => {
+  const a = logicalUnitKey(lunIdentity(base));
+  t.type(a, 'string');
+  const samePathless = lunIdentity({
+    ...base,
+    designators: [tpg(2), naa(NAA1), t10('LIO-ORG abc'), port(2)],
+    blockCount: 4096n,
+    revision: '5.0',
+  });
+  t.equal(logicalUnitKey(samePathless), a, 'another port, grown, new firmware: the same LU');
+  t.not(logicalUnitKey(lunIdentity({ ...base, designators: [naa(NAA2), t10('LIO-ORG abc')] })), a, 'other NAA');
+  t.not(logicalUnitKey(lunIdentity({ ...base, serial: 'abd' })), a, 'other serial');
+  t.equal(logicalUnitKey(lunIdentity({ ...base, designators: [port(1)], serial: '' })), undefined, 'nothing names it');
 });

@@ -4,7 +4,7 @@
 import t, { type Test } from 'tap';
 import pino from 'pino';
 import { SrpPort } from '../src/fsm/srp-port.js';
-import { createRdmaConnector, srpPortIds } from '../src/initiator/rdma/index.js';
+import { createRdmaConnector } from '../src/initiator/rdma/index.js';
 import { SrpSession } from '../src/initiator/srp-session.js';
 import { parseTargetAddress } from '../src/initiator/target-address.js';
 import type { TransportError } from '../src/initiator/scsi-executor.js';
@@ -26,18 +26,6 @@ const hold = (t: Test) => {
   const h = setInterval(() => undefined, 1000);
   t.teardown(() => clearInterval(h));
 };
-
-t.test('port ids as ib_srp lays them out', async (t) => {
-  const a = parseTargetAddress(
-    'id_ext=1122334455667788,ioc_guid=99aabbccddeeff00,dest=192.0.2.2:5000,initiator_ext=42',
-  );
-  const ids = srpPortIds(a, 0x0102030405060708n);
-  t.equal(ids.targetPortId.toString('hex'), '112233445566778899aabbccddeeff00');
-  t.equal(ids.initiatorPortId.toString('hex'), '00000000000000420102030405060708');
-  const rev10 = srpPortIds({ ...a, ioClass: 0x100 }, 0x0102030405060708n);
-  t.equal(rev10.targetPortId.toString('hex'), '99aabbccddeeff001122334455667788');
-  t.equal(rev10.initiatorPortId.toString('hex'), '01020304050607080000000000000042');
-});
 
 t.test('createRdmaConnector: dest= only; channels, description, port ids', async (t) => {
   const { m } = newFabric();

@@ -7,6 +7,7 @@ import {
   srpPortIds,
   type SrpTargetAddress,
 } from '../src/initiator/target-address.js';
+import { SRP_REV10_IB_IO_CLASS, SRP_REV16A_IB_IO_CLASS } from '../src/initiator/srp-constants.js';
 
 const IB =
   'id_ext=0002c90300a0b0c0,ioc_guid=0002c90300a0b0c1,dgid=fe800000000000000002c90300a0b0c1,pkey=ffff,service_id=0002c90300a0b0c0';
@@ -138,12 +139,20 @@ t.test('malformed strings name the option', async (t) => {
   }
 });
 
-t.test('SRP port identifiers as ib_srp builds them', async (t) => {
+t.test('SRP port identifiers as ib_srp builds them (golden bytes, both io_class layouts)', async (t) => {
+  // ib_srp srp_send_req(): r16a (SRP_REV16A_IB_IO_CLASS 0x0100, the default): ipi = initiator_ext ‖
+  // port GUID, tpi = id_ext ‖ ioc_guid; rev. 10 (SRP_REV10_IB_IO_CLASS 0xff00): both halves swapped.
+  t.equal(SRP_REV10_IB_IO_CLASS, 0xff00, 'include/scsi/srp.h SRP_REV10_IB_IO_CLASS');
+  t.equal(SRP_REV16A_IB_IO_CLASS, 0x0100, 'include/scsi/srp.h SRP_REV16A_IB_IO_CLASS');
   const a = parseTargetAddress(`${IB},initiator_ext=00000000000000ab`);
   const ids = srpPortIds(a, 0x0002c90300112233n);
-  t.same(ids.targetPortId, Buffer.from('0002c90300a0b0c0' + '0002c90300a0b0c1', 'hex'));
-  t.same(ids.initiatorPortId, Buffer.from('00000000000000ab' + '0002c90300112233', 'hex'));
-  const r10 = srpPortIds(parseTargetAddress(`${IB},io_class=ff00`), 0x5n);
-  t.same(r10.targetPortId, Buffer.from('0002c90300a0b0c1' + '0002c90300a0b0c0', 'hex'));
-  t.same(r10.initiatorPortId, Buffer.from('0000000000000005' + '0000000000000000', 'hex'));
+  t.equal(ids.targetPortId.toString('hex'), '0002c90300a0b0c0' + '0002c90300a0b0c1', 'r16a target: id_ext ‖ ioc_guid');
+  t.equal(ids.initiatorPortId.toString('hex'), '00000000000000ab' + '0002c90300112233', 'r16a initiator');
+  const r16 = srpPortIds(parseTargetAddress(`${IB},io_class=100,initiator_ext=ab`), 0x0002c90300112233n);
+  t.same(r16, ids, 'io_class=100 is the default layout');
+  const r10 = srpPortIds(parseTargetAddress(`${IB},io_class=ff00,initiator_ext=ab`), 0x0002c90300112233n);
+  t.equal(r10.targetPortId.toString('hex'), '0002c90300a0b0c1' + '0002c90300a0b0c0', 'rev10 target: ioc_guid ‖ id_ext');
+  t.equal(r10.initiatorPortId.toString('hex'), '0002c90300112233' + '00000000000000ab', 'rev10 initiator');
+  const r10noExt = srpPortIds(parseTargetAddress(`${IB},io_class=ff00`), 0x5n);
+  t.equal(r10noExt.initiatorPortId.toString('hex'), '0000000000000005' + '0000000000000000');
 });

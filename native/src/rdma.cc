@@ -10,6 +10,9 @@
 #include <infiniband/verbs.h>
 #include <rdma/rdma_cma.h>
 
+#include <arpa/inet.h>
+#include <net/if.h>
+
 #include <cstring>
 #include <map>
 #include <vector>
@@ -119,6 +122,19 @@ Napi::Value PortQuery(const Napi::CallbackInfo& info) {
   o.Set("linkLayer", Num(env, a.link_layer));
   o.Set("pkeyTblLen", Num(env, a.pkey_tbl_len));
   return o;
+}
+
+// portGid(ctx, port, index) -> Buffer(16): ibv_query_gid. GID index 0 of a port is its default GID,
+// whose interface id (bytes 8..15) is the port GUID ib_srp puts into the initiator port id.
+Napi::Value PortGid(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  auto* c = Get<ibv_context>(info, 0, Kind::Ctx);
+  uint32_t port = ArgU32(info, 1, "port");
+  uint32_t index = ArgU32(info, 2, "index");
+  ibv_gid gid;
+  int rc = ibv_query_gid(c, static_cast<uint8_t>(port), static_cast<int>(index), &gid);
+  if (rc) ThrowErrno(env, rc > 0 ? rc : (errno ? errno : EINVAL), "ibv_query_gid");
+  return Napi::Buffer<uint8_t>::Copy(env, gid.raw, sizeof(gid.raw));
 }
 
 // getAsyncEvent(ctx) -> null | { type, portNum, qpNum }
@@ -289,7 +305,7 @@ Napi::Value CmDisconnect(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
-// cmIdInfo(id) -> { context, device, port, qpNum }
+// cmIdInfo(id) -> { context, device, port, qpNum, srcAddr }
 Napi::Value CmIdInfo(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   auto* id = Get<rdma_cm_id>(info, 0, Kind::Id);
@@ -298,6 +314,21 @@ Napi::Value CmIdInfo(const Napi::CallbackInfo& info) {
   o.Set("device", id->verbs ? Napi::Value(Napi::String::New(env, ibv_get_device_name(id->verbs->device))) : env.Null());
   o.Set("port", Num(env, id->port_num));
   o.Set("qpNum", Num(env, id->qp ? id->qp->qp_num : 0));
+  // the local IP address the id is bound to (after address resolution), without the port
+  const sockaddr* sa = rdma_get_local_addr(id);
+  char text[INET6_ADDRSTRLEN + IF_NAMESIZE + 2] = "";
+  if (sa && sa->sa_family == AF_INET) {
+    inet_ntop(AF_INET, &reinterpret_cast<const sockaddr_in*>(sa)->sin_addr, text, sizeof(text));
+  } else if (sa && sa->sa_family == AF_INET6) {
+    auto* s6 = reinterpret_cast<const sockaddr_in6*>(sa);
+    inet_ntop(AF_INET6, &s6->sin6_addr, text, sizeof(text));
+    char ifname[IF_NAMESIZE];
+    if (s6->sin6_scope_id && if_indextoname(s6->sin6_scope_id, ifname)) {
+      strncat(text, "%", sizeof(text) - strlen(text) - 1);
+      strncat(text, ifname, sizeof(text) - strlen(text) - 1);
+    }
+  }
+  o.Set("srcAddr", text[0] ? Napi::Value(Napi::String::New(env, text)) : env.Null());
   return o;
 }
 
@@ -446,8 +477,13 @@ Napi::Value CqCreate(const Napi::CallbackInfo& info) {
   auto* c = Get<ibv_context>(info, 0, Kind::Ctx);
   int cqe = ArgI32(info, 1, "cqe");
   auto* ch = Get<ibv_comp_channel>(info, 2, Kind::CompChannel);
+  // optional completion vector (ib_srp comp_vector); must be below the device's num_comp_vectors
+  int vector = info.Length() > 3 && info[3].IsNumber() ? ArgI32(info, 3, "compVector") : 0;
+  if (vector < 0 || vector >= c->num_comp_vectors)
+    ThrowType(env, "compVector " + std::to_string(vector) + " is out of range: the device has " +
+                       std::to_string(c->num_comp_vectors) + " completion vectors");
   uint32_t h = nextHandle;
-  ibv_cq* cq = ibv_create_cq(c, cqe, reinterpret_cast<void*>(static_cast<uintptr_t>(h)), ch, 0);
+  ibv_cq* cq = ibv_create_cq(c, cqe, reinterpret_cast<void*>(static_cast<uintptr_t>(h)), ch, vector);
   if (!cq) ThrowErrno(env, errno ? errno : ENOMEM, "ibv_create_cq");
   return Num(env, Put(Kind::Cq, cq));
 }
@@ -705,7 +741,7 @@ void Cleanup(void*) {
 
 void InitRdma(Napi::Env env, Napi::Object exports) {
   struct { const char* name; Napi::Value (*fn)(const Napi::CallbackInfo&); } fns[] = {
-    {"getDeviceList", GetDeviceList}, {"ctxQuery", CtxQuery}, {"portQuery", PortQuery},
+    {"getDeviceList", GetDeviceList}, {"ctxQuery", CtxQuery}, {"portQuery", PortQuery}, {"portGid", PortGid},
     {"getAsyncEvent", GetAsyncEvent}, {"cmCreateChannel", CmCreateChannel}, {"cmDestroyChannel", CmDestroyChannel},
     {"cmCreateId", CmCreateId}, {"cmDestroyId", CmDestroyId}, {"cmResolveAddr", CmResolveAddr},
     {"cmResolveRoute", CmResolveRoute}, {"cmSetOption", CmSetOption}, {"cmGetEvent", CmGetEvent},

@@ -81,7 +81,13 @@ function optionValue(key: keyof typeof TARGET_OPTIONS, text: string): unknown {
     if (/^(0|off|no|false)$/i.test(text)) return false;
     throw new UsageError(`${flag(key)}: expected on or off, got '${text}'`);
   }
-  if (key === 'device' || key === 'reconnect_delay' || key === 'fast_io_fail_tmo' || key === 'dev_loss_tmo')
+  if (
+    key === 'device' ||
+    key === 'initiator_id' ||
+    key === 'reconnect_delay' ||
+    key === 'fast_io_fail_tmo' ||
+    key === 'dev_loss_tmo'
+  )
     return text;
   const n = Number(text);
   if (text.trim() === '' || !Number.isFinite(n)) throw new UsageError(`${flag(key)}: expected a number, got '${text}'`);
@@ -338,6 +344,7 @@ function formatStatus(v: TargetView): string {
     `${v.id}  ${v.address}`,
     `  status      ${v.status}${v.state ? `, state ${v.state}` : ''}${r.phase !== 'none' ? ` (reconnect ${r.phase}, attempt ${r.attempt})` : ''}${v.error ? `: ${v.error}` : ''}`,
     `  transport   ${v.transport}${v.via ? ` via ${v.via}` : ''}`,
+    `  initiator   ${v.initiator_port_id ?? '(not logged in yet)'} (initiator_id=${v.options.initiator_id})`,
     `  timers      reconnect_delay=${t.reconnect_delay} reconnect_delay_max=${t.reconnect_delay_max} fast_io_fail_tmo=${t.fast_io_fail_tmo} dev_loss_tmo=${t.dev_loss_tmo}`,
     `  reconnects  ${r.reconnects_total} ok, ${r.failed_reconnects_total} failed (${r.failed_reconnects} in this outage), ${r.attempts_total} attempts, ${r.logins_total} logins${r.last_failure ? `; last failure: ${r.last_failure}` : ''}`,
   ];

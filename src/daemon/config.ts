@@ -15,6 +15,7 @@ import { z } from 'zod';
 import { DEFAULT_TMO, type Tmo, type TmoParams, tmoField, validateTmo } from '../fsm/timers.js';
 import { ACK_TIMEOUT, RETRY_COUNT } from '../initiator/rdma/options.js';
 import { parseAnyAddress } from './address.js';
+import { addTargetConflicts, addTargetTuning } from './add-target-options.js';
 
 /** Where the daemon listens for control requests by default; created with CONTROL_SOCKET_MODE. */
 export const DEFAULT_CONTROL_SOCKET = '/run/srp-nbd/control.sock';
@@ -73,6 +74,11 @@ export const TARGET_OPTIONS = {
     schema: z.number().int().min(RETRY_COUNT.min).max(RETRY_COUNT.max),
     default: RETRY_COUNT.default,
     doc: 'RDMA transport: RC retry count 0..6 (7 means "retry forever" on rxe and is refused).',
+  },
+  initiator_id: {
+    schema: z.enum(['port', 'host']),
+    default: 'port' as 'port' | 'host',
+    doc: 'The initiator port id the target sees (and its ACLs must name): "port" is ib_srp\'s, initiator_ext ‖ the port GUID (interface id of GID 0) of the local RDMA port the connection leaves from, so each local port is its own initiator; "host" is initiator_ext ‖ a fixed id of this host derived from /etc/machine-id (srp-nbd before 0.2), one initiator across all local ports.',
   },
   keepalive_interval: {
     schema: z.number().min(0).max(3600),
@@ -164,14 +170,21 @@ export const targetSpecSchema = z
       .string()
       .min(1)
       .superRefine((a, ctx) => {
+        let parsed;
         try {
-          parseAnyAddress(a);
+          parsed = parseAnyAddress(a);
         } catch (e) {
           ctx.addIssue({
             code: z.ZodIssueCode.custom,
             message: (e as Error).message,
             params: { rule: 'target-address' },
           });
+          return;
+        }
+        // every add_target option is honoured or refused here (add-target-options.ts)
+        if (parsed.kind === 'srp') {
+          for (const r of addTargetTuning(parsed.addr).refused)
+            ctx.addIssue({ code: z.ZodIssueCode.custom, message: r.message, params: { rule: 'add-target-option' } });
         }
       })
       .describe(
@@ -268,6 +281,20 @@ export const configSchema = z
     c.targets.forEach((t, i) => {
       const merged = resolveOptions(defaults, t);
       addTmoIssues(ctx, tmoOf(merged), ['targets', i], ' (with the defaults applied)');
+      let a;
+      try {
+        a = parseAnyAddress(t.address);
+      } catch {
+        return; // reported on the address
+      }
+      if (a.kind !== 'srp') return;
+      for (const r of addTargetConflicts(a.addr, t))
+        ctx.addIssue({
+          code: z.ZodIssueCode.custom,
+          path: ['targets', i, 'address'],
+          message: r.message,
+          params: { rule: 'add-target-option' },
+        });
     });
   });
 

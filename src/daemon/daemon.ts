@@ -26,22 +26,25 @@ import {
   describeIdentity,
   identityFromJSON,
   identityToJSON,
+  logicalUnitKey,
   type LunIdentity,
   sameIdentity,
 } from '../initiator/lun-identity.js';
+import { formatPortId } from '../initiator/login-reject.js';
 import type { SrpTargetAddress } from '../initiator/target-address.js';
 import { tryLoadNative } from '../native/native.js';
 import {
   attach as nbdAttach,
+  type AttachOptions,
   detach as nbdDetach,
   type NbdAttachment,
   NbdNetlink,
-  type NetlinkBinding,
   reattach as nbdReattach,
 } from '../nbd/netlink.js';
 import { NbdServer } from '../nbd/server.js';
 import { TEST_INITIATOR_PORT_ID, TEST_TARGET_PORT_ID } from '../testing/test-fabric.js';
 import { type AnyAddress, deriveTargetId, formatAnyAddress, parseAnyAddress } from './address.js';
+import { addTargetConflicts, type AddTargetTuning, addTargetTuning, applyTuning } from './add-target-options.js';
 import {
   type DaemonConfig,
   overridesOf,
@@ -100,11 +103,18 @@ interface TargetRuntime {
   address: AnyAddress;
   addressText: string;
   overrides: TargetOverrides;
+  /** the options in force: defaults, overrides, then the address's tuning (queue_size, retry_count) */
   options: TargetOptions;
+  /** the add_target tuning options of the address (add-target-options.ts) */
+  tuning: AddTargetTuning;
   attachedAt: string;
   status: TargetStatus;
   error?: string;
   connectorDescription?: string;
+  /** the connector of the last connect (its loginContext() is what the target saw) */
+  connector?: ChannelConnector;
+  /** the initiator port id of a connector that does not report one (the test target's) */
+  fixedInitiatorPortId?: Buffer;
   port?: SrpPort;
   closeTransport?: () => void;
   luns: LunRuntime[];
@@ -140,6 +150,19 @@ export interface DaemonOptions {
   loadRdma?: () => Promise<RdmaConnectorModule>;
   /** sysfs root for md membership (tests use a fake tree); default /sys. */
   sysfs?: string;
+  /**
+   * The kernel NBD driver (tests use src/testing/mock-nbd-kernel.ts); default: NBD netlink through
+   * the native addon, opened at the first device attach (a failure is retried at the next one).
+   */
+  nbdKernel?: () => Promise<NbdKernel>;
+}
+
+/** What the daemon does with kernel NBD devices: CONNECT, RECONFIGURE (take back), DISCONNECT. */
+export interface NbdKernel {
+  attach(opts: AttachOptions): Promise<NbdAttachment>;
+  reattach(opts: AttachOptions & { index: number }): Promise<NbdAttachment>;
+  detach(att: NbdAttachment, graceMs: number, onAbort?: () => void): Promise<void>;
+  close(): void;
 }
 
 /** How long NBD_CMD_DISCONNECT may wait for the kernel before the device's connection is closed under it. */
@@ -160,7 +183,7 @@ export class Daemon {
    */
   private readonly unusable = new Map<string, { persisted: PersistedTarget; error: string }>();
   private readonly log: Logger;
-  private netlink: Promise<{ nl: NbdNetlink; b: NetlinkBinding }> | undefined;
+  private netlink: Promise<NbdKernel> | undefined;
   private readonly startedAt = Date.now();
   private closing = false;
 
@@ -197,6 +220,10 @@ export class Daemon {
       try {
         address = parseAnyAddress(p.address);
         this.checkTestTargetAllowed(address);
+        if (address.kind === 'srp') {
+          const refused = addTargetTuning(address.addr).refused;
+          if (refused.length > 0) throw new Error(refused.map((r) => r.message).join('; '));
+        }
       } catch (e) {
         const error = (e as Error).message;
         this.unusable.set(p.id, { persisted: p, error });
@@ -249,7 +276,7 @@ export class Daemon {
     );
     if (this.netlink) {
       await this.netlink.then(
-        ({ nl }) => nl.close(),
+        (k) => k.close(),
         () => undefined,
       );
     }
@@ -271,6 +298,17 @@ export class Daemon {
         throw new DaemonError(`target ${id}: ${text} is already attached as ${other.id}`, 409);
     }
     const overrides = overridesOf(spec as Record<string, unknown>);
+    const refused =
+      address.kind === 'srp'
+        ? [...addTargetTuning(address.addr).refused, ...addTargetConflicts(address.addr, overrides)]
+        : [];
+    if (refused.length > 0) {
+      throw new DaemonError(
+        `target ${id}: ${refused.map((r) => r.message).join('; ')}`,
+        400,
+        refused.map((r) => ({ path: 'address', rule: 'add-target-option', message: r.message })),
+      );
+    }
     const rt = this.newRuntime(id, address, overrides, [], new Date().toISOString());
     const problems = validateTmo(tmoOf(rt.options));
     if (problems.length > 0) {
@@ -407,12 +445,14 @@ export class Daemon {
     attachedAt: string,
   ): TargetRuntime {
     const log = this.log.child({ target: id });
+    const tuning = address.kind === 'srp' ? addTargetTuning(address.addr).tuning : {};
     const rt: TargetRuntime = {
       id,
       address,
       addressText: formatAnyAddress(address),
       overrides,
-      options: resolveOptions(this.opts.config.defaults as TargetOptions, overrides),
+      options: applyTuning(resolveOptions(this.opts.config.defaults as TargetOptions, overrides), tuning),
+      tuning,
       attachedAt,
       status: 'connecting',
       luns: [],
@@ -456,7 +496,11 @@ export class Daemon {
       rt.error = err.message;
       await this.teardown(rt, rt.removed);
       if (rt.removed || this.closing) return;
-      if (e instanceof IdentityCheckError || (e instanceof DaemonError && e.status === 503)) {
+      if (
+        e instanceof IdentityCheckError ||
+        e instanceof DuplicateLuError ||
+        (e instanceof DaemonError && e.status === 503)
+      ) {
         rt.status = 'failed';
         rt.log.error(
           { err: err.message },
@@ -519,6 +563,8 @@ export class Daemon {
       ids = made;
     }
     rt.connectorDescription = connector.description;
+    rt.connector = connector;
+    rt.fixedInitiatorPortId = rt.address.kind === 'test' ? ids.initiatorPortId : undefined;
     const portOpts: SrpPortOptions = {
       name: rt.id,
       connector,
@@ -527,10 +573,14 @@ export class Daemon {
         queueSize: o.queue_size,
         immediateData: o.immediate_data,
         commandTimeoutMs: o.command_timeout * 1000,
+        ...(rt.tuning.cmdSgEntries !== undefined ? { cmdSgEntries: rt.tuning.cmdSgEntries } : {}),
+        ...(rt.tuning.maxItIuSize !== undefined ? { maxItIuSize: rt.tuning.maxItIuSize } : {}),
       },
       tmo: tmoOf(o),
       queueDepth: o.max_hold_queue,
       commandTimeoutMs: o.command_timeout * 1000,
+      ...(rt.tuning.maxTransferBytes !== undefined ? { maxTransferBytes: rt.tuning.maxTransferBytes } : {}),
+      ...(rt.tuning.maxCmdPerLun !== undefined ? { maxCmdPerLun: rt.tuning.maxCmdPerLun } : {}),
       logger: this.log,
     };
     rt.log.info({ via: connector.description }, 'logging in');
@@ -538,7 +588,9 @@ export class Daemon {
     rt.port = port;
     this.stillWanted(rt);
     this.follow(rt, port);
-    const sams = await reportLuns(port.executor);
+    // in LUN order, whatever order REPORT LUNS lists them in (LIO: newest first), so that devices
+    // are handed out in LUN order: the lowest LUN gets the lowest free /dev/nbdN (or N of /dev/nbdN)
+    const sams = sortLuns(await reportLuns(port.executor));
     this.stillWanted(rt);
     const luns: LunRuntime[] = [];
     const mismatches: string[] = [];
@@ -580,6 +632,8 @@ export class Daemon {
       rt.log.error({ mismatches }, 'identity check failed: not exporting a different disk under the old name');
       throw new IdentityCheckError(`target ${rt.id}: identity check failed: ${mismatches.join('; ')}`);
     }
+    // synchronously from here to rt.luns: a concurrent attach of the same LU sees this one
+    this.refuseDuplicateLus(rt, luns);
     for (const l of luns) this.nbd.addExport(l.exportName, l.backend);
     rt.luns = luns;
     await this.attachDevices(rt);
@@ -591,6 +645,54 @@ export class Daemon {
       'target attached',
     );
     rt.md.onAttached(); // a member md failed while we were away (restart after a long outage)
+  }
+
+  /**
+   * One LU is exported once: a LUN whose identity (designators + serial, logicalUnitKey) is already
+   * attached under another target (another path, another src=, another id) is refused, naming the
+   * target and the device that have it. Targets not connected at the moment count with their
+   * persisted LUNs.
+   */
+  private refuseDuplicateLus(rt: TargetRuntime, luns: LunRuntime[]): void {
+    const mine = new Map<string, LunRuntime>();
+    for (const l of luns) {
+      const key = logicalUnitKey(l.identity);
+      if (key !== undefined) mine.set(key, l);
+    }
+    if (mine.size === 0) return;
+    const clashes: string[] = [];
+    for (const other of this.targets.values()) {
+      if (other === rt || other.removed) continue;
+      const theirs =
+        other.luns.length > 0
+          ? other.luns.map((l) => ({
+              lun: l.number,
+              where: l.device ?? `export ${l.exportName}`,
+              identity: l.identity,
+            }))
+          : other.persisted.flatMap((p) => {
+              try {
+                const identity = identityFromJSON(p.identity);
+                return [{ lun: lunNumber(BigInt('0x' + p.lun)), where: p.device ?? `export ${p.export}`, identity }];
+              } catch {
+                return [];
+              }
+            });
+      for (const o of theirs) {
+        const key = logicalUnitKey(o.identity);
+        const l = key === undefined ? undefined : mine.get(key);
+        if (l)
+          clashes.push(
+            `LUN ${l.number} (${describeIdentity(l.identity)}) is already attached as target ${other.id} LUN ${o.lun} (${o.where})`,
+          );
+      }
+    }
+    if (clashes.length > 0) {
+      rt.log.error({ clashes }, 'duplicate attach refused: the same logical unit would get two devices');
+      throw new DuplicateLuError(
+        `target ${rt.id}: ${clashes.join('; ')}: one logical unit is never attached twice (use that device, or detach it first)`,
+      );
+    }
   }
 
   private async rdmaConnector(
@@ -616,7 +718,9 @@ export class Daemon {
         ackTimeout: rt.options.ack_timeout,
         retryCount: rt.options.retry_count,
         keepaliveIntervalMs: rt.options.keepalive_interval * 1000,
+        initiatorId: rt.options.initiator_id,
         logger: rt.log,
+        ...(rt.tuning.compVector !== undefined ? { transport: { compVector: rt.tuning.compVector } } : {}),
       });
     } catch (e) {
       throw new DaemonError(`target ${rt.id}: RDMA transport not available: ${(e as Error).message}`, 503);
@@ -630,7 +734,7 @@ export class Daemon {
       const restoreIndex = l.device ? Number(/\d+$/.exec(l.device)![0]) : undefined;
       if (restoreIndex === undefined && want === 'none') continue;
       const fixed = restoreIndex ?? (want.startsWith('/dev/nbd') ? Number(want.slice(8)) + i : undefined);
-      let nb: { nl: NbdNetlink; b: NetlinkBinding };
+      let nb: NbdKernel;
       try {
         nb = await this.kernelNbd();
       } catch (e) {
@@ -656,7 +760,7 @@ export class Daemon {
       };
       if (restoreIndex !== undefined) {
         try {
-          l.attachment = await nbdReattach(nb.nl, nb.b, { ...common, index: restoreIndex });
+          l.attachment = await nb.reattach({ ...common, index: restoreIndex });
           this.stillWanted(rt);
           rt.log.info({ device: l.attachment.device, export: l.exportName }, 'kernel device taken back (RECONFIGURE)');
           continue;
@@ -667,22 +771,30 @@ export class Daemon {
           );
         }
       }
-      l.attachment = await nbdAttach(nb.nl, nb.b, { ...common, ...(fixed !== undefined ? { index: fixed } : {}) });
+      l.attachment = await nb.attach({ ...common, ...(fixed !== undefined ? { index: fixed } : {}) });
       l.device = l.attachment.device;
       this.stillWanted(rt); // the caller's teardown disconnects what was attached
       rt.log.info({ device: l.device, export: l.exportName }, 'kernel device attached (CONNECT)');
     }
   }
 
-  private kernelNbd(): Promise<{ nl: NbdNetlink; b: NetlinkBinding }> {
-    this.netlink ??= (async () => {
-      const b = tryLoadNative();
-      if (!b) throw new Error('the native addon is not built (npm run build:native)');
-      // Without it, NBD netlink requests would block the event loop (and a detach could deadlock).
-      if (typeof b.netlinkSendAsync !== 'function')
-        throw new Error('the native addon is out of date (no netlinkSendAsync): npm run build:native');
-      return { nl: await NbdNetlink.open(b), b };
-    })();
+  private kernelNbd(): Promise<NbdKernel> {
+    this.netlink ??= this.opts.nbdKernel
+      ? this.opts.nbdKernel()
+      : (async () => {
+          const b = tryLoadNative();
+          if (!b) throw new Error('the native addon is not built (npm run build:native)');
+          // Without it, NBD netlink requests would block the event loop (and a detach could deadlock).
+          if (typeof b.netlinkSendAsync !== 'function')
+            throw new Error('the native addon is out of date (no netlinkSendAsync): npm run build:native');
+          const nl = await NbdNetlink.open(b);
+          return {
+            attach: (o) => nbdAttach(nl, b, o),
+            reattach: (o) => nbdReattach(nl, b, o),
+            detach: (att, graceMs, onAbort) => nbdDetach(nl, att, graceMs, onAbort),
+            close: () => nl.close(),
+          } satisfies NbdKernel;
+        })();
     const p = this.netlink;
     p.catch(() => {
       if (this.netlink === p) this.netlink = undefined; // try again next time (modprobe nbd)
@@ -701,7 +813,7 @@ export class Daemon {
         try {
           const nb = await this.kernelNbd();
           const device = l.device;
-          await nbdDetach(nb.nl, attachment, DISCONNECT_GRACE_MS, () =>
+          await nb.detach(attachment, DISCONNECT_GRACE_MS, () =>
             rt.log.warn(
               { device },
               'the kernel is still sending on the device (its I/O is held here): closing the connection so that the disconnect completes',
@@ -884,6 +996,8 @@ export class Daemon {
       ...this.summary(rt),
       transport: rt.address.kind === 'test' ? 'test-target' : rt.address.addr.transport,
       via: rt.connectorDescription ?? null,
+      initiator_port_id: this.initiatorPortIdOf(rt),
+      last_error: rt.error ?? port?.rport.lastFailure?.message ?? null,
       attached_at: rt.attachedAt,
       timers: timersOf(rt.options),
       options: { ...rt.options },
@@ -944,6 +1058,12 @@ export class Daemon {
     };
   }
 
+  /** The initiator port id of the target's last login, as the target saw it ("0x" + 32 hex), if known. */
+  private initiatorPortIdOf(rt: TargetRuntime): string | null {
+    const id = rt.connector?.loginContext?.()?.initiatorPortId ?? rt.fixedInitiatorPortId;
+    return id ? formatPortId(id) : null;
+  }
+
   /** Prometheus exposition text (GET /metrics). */
   async metrics(): Promise<string> {
     await this.refreshMd(this.targets.values());
@@ -983,6 +1103,14 @@ export class IdentityCheckError extends Error {
   override readonly name = 'IdentityCheckError';
 }
 
+/** The target's LU is already attached under another target: refused (409), never retried on its own. */
+export class DuplicateLuError extends DaemonError {
+  constructor(message: string) {
+    super(message, 409);
+    this.name = 'DuplicateLuError';
+  }
+}
+
 /** Row of GET /targets. */
 export interface TargetSummary {
   id: string;
@@ -997,6 +1125,10 @@ export interface TargetSummary {
 export interface TargetView extends TargetSummary {
   transport: string;
   via: string | null;
+  /** the initiator port id of the last login as the target saw it ("0x" + 32 hex digits); null before one */
+  initiator_port_id: string | null;
+  /** the last attach, connect or reconnect failure (a login reject explained), null when none */
+  last_error: string | null;
   attached_at: string;
   timers: Record<'reconnect_delay' | 'reconnect_delay_max' | 'fast_io_fail_tmo' | 'dev_loss_tmo', number | 'off'>;
   options: TargetOptions;
@@ -1047,6 +1179,11 @@ function timersOf(o: TargetOptions): TargetView['timers'] {
 
 function definedOnly<T extends object>(o: T): Partial<T> {
   return Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) as Partial<T>;
+}
+
+/** SAM LUNs sorted by LUN number (then by their 8 bytes, for LUNs of other address methods). */
+export function sortLuns(sams: readonly bigint[]): bigint[] {
+  return [...sams].sort((a, b) => lunNumber(a) - lunNumber(b) || (a < b ? -1 : a > b ? 1 : 0));
 }
 
 function lunNumber(sam: bigint): number {

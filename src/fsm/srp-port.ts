@@ -14,7 +14,7 @@ import { type CacheInfo, ScsiDisk } from '../initiator/scsi-disk.js';
 import { type ScsiCommand, type ScsiExecutor, type ScsiResult, TransportError } from '../initiator/scsi-executor.js';
 import { type LunIdentity, describeIdentity, sameIdentity } from '../initiator/lun-identity.js';
 import { SrpSession, type SrpSessionOptions } from '../initiator/srp-session.js';
-import type { ChannelTransport } from '../initiator/transport.js';
+import type { ChannelTransport, LoginContext } from '../initiator/transport.js';
 import { RportDriver } from './driver.js';
 import { IdentityMismatchError } from './identity.js';
 import { IoGate, defaultIsTransportError } from './io-gate.js';
@@ -34,6 +34,8 @@ export interface ChannelConnector {
    * waiting out its back-off. Returns an unsubscribe function.
    */
   onPathUp?(listener: () => void): () => void;
+  /** Optional: the last login as the target saw it (initiator port id, source address). */
+  loginContext?(): LoginContext | undefined;
 }
 
 export interface SrpPortOptions {
@@ -47,6 +49,10 @@ export interface SrpPortOptions {
   queueDepth?: number;
   /** Per-command timeout handed to ScsiDisk (ABORT TASK after it). */
   commandTimeoutMs?: number;
+  /** Largest transfer of one SCSI command, bytes (ib_srp max_sect × 512); larger requests are split. */
+  maxTransferBytes?: number;
+  /** SCSI commands outstanding per LUN at most (ib_srp max_cmd_per_lun); the others wait their turn. */
+  maxCmdPerLun?: number;
   logger: Logger;
 }
 
@@ -125,7 +131,10 @@ export class SrpPort {
   async addLun(lun: bigint): Promise<ScsiDisk> {
     const opts: ConstructorParameters<typeof ScsiDisk>[1] = { lun };
     if (this.opts.commandTimeoutMs !== undefined) opts.timeoutMs = this.opts.commandTimeoutMs;
-    const disk = new ScsiDisk(this.executor, opts);
+    if (this.opts.maxTransferBytes !== undefined) opts.maxTransferBytes = this.opts.maxTransferBytes;
+    const executor =
+      this.opts.maxCmdPerLun !== undefined ? limitExecutor(this.executor, this.opts.maxCmdPerLun) : this.executor;
+    const disk = new ScsiDisk(executor, opts);
     const probe = await disk.probe();
     this.luns.set(lun, { disk, identity: probe.identity });
     this.log.info(
@@ -266,4 +275,28 @@ export class SrpPort {
         break;
     }
   }
+}
+
+/** An executor that lets at most `max` commands be outstanding at once; the others queue in order. */
+export function limitExecutor(inner: ScsiExecutor, max: number): ScsiExecutor & { readonly outstanding: number } {
+  let outstanding = 0;
+  const waiting: (() => void)[] = [];
+  const release = () => {
+    outstanding--;
+    waiting.shift()?.();
+  };
+  return {
+    get outstanding() {
+      return outstanding;
+    },
+    async execute(cmd: ScsiCommand): Promise<ScsiResult> {
+      if (outstanding >= max) await new Promise<void>((r) => waiting.push(r));
+      outstanding++;
+      try {
+        return await inner.execute(cmd);
+      } finally {
+        release();
+      }
+    },
+  };
 }

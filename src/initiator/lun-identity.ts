@@ -257,3 +257,13 @@ export function identityFromJSON(json: unknown): LunIdentity {
   }
   return id;
 }
+
+/**
+ * What names the logical unit itself, whatever path or size: its identifying designators (NAA,
+ * EUI-64, ...) and unit serial number, as one string; undefined when it has neither (then two
+ * paths to it cannot be told from two disks). Capacity is left out: a grown LU is the same LU.
+ */
+export function logicalUnitKey(id: LunIdentity): string | undefined {
+  if (id.designators.length === 0 && id.serial === undefined) return undefined;
+  return JSON.stringify([id.designators.map((d) => [d.designatorType, d.codeSet, d.value]), id.serial ?? null]);
+}

@@ -252,6 +252,8 @@ export function nameOfSrpTLogoutReason(reason: number): string {
 export const SRP_LOGIN_REQ_LEN = 64;
 /** struct srp_login_req_rdma: RDMA/CM private data is limited to 56 bytes. */
 export const SRP_LOGIN_REQ_RDMA_LEN = 56;
+/** Offset of initiator_port_id[16] in struct srp_login_req_rdma (target_port_id follows at 32). */
+export const SRP_LOGIN_REQ_RDMA_INITIATOR_PORT_ID = 16;
 export const SRP_LOGIN_RSP_LEN = 52;
 export const SRP_LOGIN_REJ_LEN = 32;
 export const SRP_I_LOGOUT_LEN = 16;

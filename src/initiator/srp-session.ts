@@ -59,7 +59,6 @@ import {
   SRP_TSK_MGMT_SUCCESS,
   SRP_T_LOGOUT,
   SRP_ABORT_TIMEOUT_MS,
-  describeSrpLoginRejReason,
   nameOfSrpLoginRejReason,
   nameOfSrpMultichanResult,
   nameOfSrpOpcode,
@@ -92,7 +91,8 @@ import {
   type SrpLoginReq,
 } from './srp-iu.js';
 import { TransportError, type ScsiCommand, type ScsiExecutor, type ScsiResult } from './scsi-executor.js';
-import { Emitter, type ChannelTransport, type MemoryRegion } from './transport.js';
+import { explainLoginReject } from './login-reject.js';
+import { Emitter, type ChannelTransport, type LoginContext, type MemoryRegion } from './transport.js';
 
 /** pino-compatible subset. */
 export interface SrpLogger {
@@ -126,8 +126,10 @@ export interface SrpSessionOptions {
   maxImmData?: number;
   /** Descriptors an SRP_CMD may carry (ib_srp cmd_sg_entries, default 12). */
   cmdSgEntries?: number;
-  /** Overrides the requested max_it_iu_len (ib_srp max_it_iu_size). */
+  /** Overrides the requested max_it_iu_len. */
   maxItIuLen?: number;
+  /** Caps the requested max_it_iu_len (ib_srp max_it_iu_size; 0 or absent: no cap). */
+  maxItIuSize?: number;
   /** Commands outstanding at most (ib_srp queue_size minus reserves, default 62): the number of command slots. */
   queueSize?: number;
   /**
@@ -230,19 +232,22 @@ export interface SrpSessionEvents {
 
 export type SrpSessionState = 'logging-in' | 'live' | 'closing' | 'closed' | 'disconnected';
 
-/** The target refused the login (SRP_LOGIN_REJ); `reasonName` is the srp.h name. */
+/**
+ * The target refused the login (SRP_LOGIN_REJ); `reasonName` is the srp.h name. The message explains
+ * it for an operator (login-reject.ts): for LIO's "no ACL" answer it names the initiator port id and
+ * source address the target saw, and the ACL to add.
+ */
 export class SrpLoginRejectedError extends Error {
   readonly reasonName: string;
   constructor(
     readonly reason: number,
     readonly bufFmt: number,
+    /** what the target saw of the login, when known */
+    readonly context?: LoginContext,
   ) {
-    const name = nameOfSrpLoginRejReason(reason);
-    super(
-      `SRP login rejected: ${name} (0x${reason.toString(16).padStart(8, '0')}): ${describeSrpLoginRejReason(reason)}`,
-    );
+    super(explainLoginReject(reason, context));
     this.name = 'SrpLoginRejectedError';
-    this.reasonName = name;
+    this.reasonName = nameOfSrpLoginRejReason(reason);
   }
 }
 
@@ -380,7 +385,8 @@ export class SrpSession extends Emitter<SrpSessionEvents> implements ScsiExecuto
   private stateValue: SrpSessionState = 'logging-in';
   private readonly log: SrpLogger;
   private readonly timers: SrpTimers;
-  private readonly opts: Required<Omit<SrpSessionOptions, 'logger' | 'timers' | 'maxItIuLen'>> & {
+  private readonly opts: Required<Omit<SrpSessionOptions, 'logger' | 'timers' | 'maxItIuLen' | 'maxItIuSize'>> & {
+    maxItIuSize?: number;
     maxItIuLen?: number;
   };
   private login!: SrpLoginResult;
@@ -480,6 +486,7 @@ export class SrpSession extends Emitter<SrpSessionEvents> implements ScsiExecuto
       slotDataBytes: options.slotDataBytes ?? DEFAULT_SLOT_DATA_BYTES,
       maxSlotDataBytes: options.maxSlotDataBytes ?? DEFAULT_MAX_SLOT_DATA_BYTES,
       ...(options.maxItIuLen !== undefined ? { maxItIuLen: options.maxItIuLen } : {}),
+      ...(options.maxItIuSize !== undefined ? { maxItIuSize: options.maxItIuSize } : {}),
     };
     if (this.opts.cmdSgEntries < 1 || this.opts.cmdSgEntries > 255) throw new RangeError('cmdSgEntries must be 1..255');
     if (this.opts.queueSize < 1) throw new RangeError('queueSize must be >= 1');
@@ -502,6 +509,7 @@ export class SrpSession extends Emitter<SrpSessionEvents> implements ScsiExecuto
     if (this.opts.maxItIuLen !== undefined) return this.opts.maxItIuLen;
     let len = SRP_CMD_LEN + SRP_MAX_ADD_CDB_LEN + SRP_INDIRECT_BUF_LEN + this.opts.cmdSgEntries * SRP_DIRECT_BUF_LEN;
     if (this.opts.immediateData) len = Math.max(len, SRP_IMM_DATA_OFFSET + this.opts.maxImmData);
+    if (this.opts.maxItIuSize) len = Math.min(len, this.opts.maxItIuSize);
     return len;
   }
 
@@ -544,8 +552,10 @@ export class SrpSession extends Emitter<SrpSessionEvents> implements ScsiExecuto
       } catch (e) {
         fail(new Error(`SRP login rejected with a malformed SRP_LOGIN_REJ: ${(e as Error).message}`));
       }
-      this.log.warn({ reason: nameOfSrpLoginRejReason(rej!.reason) }, 'srp: login rejected');
-      fail(new SrpLoginRejectedError(rej!.reason, rej!.bufFmt));
+      const ctx = t.loginContext?.() ?? { initiatorPortId: req.initiatorPortId, source: undefined };
+      const err = new SrpLoginRejectedError(rej!.reason, rej!.bufFmt, ctx);
+      this.log.warn({ reason: err.reasonName, err: err.message }, 'srp: login rejected');
+      fail(err);
     }
     if (answer[0] !== SRP_LOGIN_RSP) fail(new Error(`SRP login: unexpected answer ${nameOfSrpOpcode(answer[0]!)}`));
     let rsp;

@@ -11,6 +11,7 @@
  * (match_int base 0), and the value ranges are the kernel's. Every error names the option.
  */
 import { isIPv4, isIPv6 } from 'node:net';
+import { SRP_REV10_IB_IO_CLASS, SRP_REV16A_IB_IO_CLASS } from './srp-constants.js';
 
 export interface SocketAddress {
   family: 4 | 6;
@@ -169,7 +170,7 @@ const OPTIONS: Readonly<Record<string, Setter>> = {
   io_class: (a, o, v) => {
     if (!/^(?:0x)?[0-9a-f]+$/i.test(v)) throw new TargetAddressError(`bad IO class parameter '${v}'`, o);
     const n = parseInt(v.replace(/^0x/i, ''), 16);
-    if (n !== 0xff00 && n !== 0x0100) {
+    if (n !== SRP_REV10_IB_IO_CLASS && n !== SRP_REV16A_IB_IO_CLASS) {
       throw new TargetAddressError(`unknown IO class parameter value ${v} (use ff00 or 100)`, o);
     }
     a.ioClass = n;
@@ -275,20 +276,27 @@ export function formatTargetAddress(a: SrpTargetAddress): string {
 }
 
 /**
- * SRP port identifiers as ib_srp's srp_send_req() builds them. SRP r16a (io_class 0x0100, the
- * default): target port = id_ext || ioc_guid, initiator port = initiator_ext || local port GUID
- * (interface id of the local GID). Rev 10 (io_class 0xff00) swaps the halves of both.
+ * The 16-byte SRP port identifiers of a login, exactly as ib_srp's srp_send_req() lays them out.
+ *
+ * SRP r16a (io_class 0x0100, SRP_REV16A_IB_IO_CLASS, the default):
+ *   initiator port id = initiator_ext ‖ port GUID   (the interface id of the source port's GID 0)
+ *   target port id    = id_ext ‖ ioc_guid
+ * SRP rev. 10 (io_class 0xff00, SRP_REV10_IB_IO_CLASS) puts the halves the other way round:
+ *   initiator port id = port GUID ‖ initiator_ext
+ *   target port id    = ioc_guid ‖ id_ext
+ * `portGuid` is the 64-bit second half ib_srp takes from the source GID (or, with initiator_id=host,
+ * the fixed per-host id); every 64-bit value is written big-endian.
  */
 export function srpPortIds(
-  a: SrpTargetAddress,
-  localPortGuid: bigint,
+  a: Pick<SrpTargetAddress, 'idExt' | 'iocGuid' | 'initiatorExt' | 'ioClass'>,
+  portGuid: bigint,
 ): { initiatorPortId: Buffer; targetPortId: Buffer } {
-  const rev10 = a.ioClass === 0xff00;
-  const pair = (hi: bigint, lo: bigint) => {
+  const rev10 = (a.ioClass ?? SRP_REV16A_IB_IO_CLASS) === SRP_REV10_IB_IO_CLASS;
+  const pair = (ext: bigint, guid: bigint) => {
     const b = Buffer.alloc(16);
-    b.writeBigUInt64BE(rev10 ? lo : hi, 0);
-    b.writeBigUInt64BE(rev10 ? hi : lo, 8);
+    b.writeBigUInt64BE(rev10 ? guid : ext, 0);
+    b.writeBigUInt64BE(rev10 ? ext : guid, 8);
     return b;
   };
-  return { initiatorPortId: pair(a.initiatorExt ?? 0n, localPortGuid), targetPortId: pair(a.idExt, a.iocGuid) };
+  return { initiatorPortId: pair(a.initiatorExt ?? 0n, portGuid), targetPortId: pair(a.idExt, a.iocGuid) };
 }

@@ -88,8 +88,26 @@ export interface ChannelTransport {
   deregisterBuffer(mr: MemoryRegion): void;
   /** Graceful: IUs already sent are delivered first, then the channel disconnects ('closed'). */
   close(): void;
+  /**
+   * Optional: what the target saw of the last connect (the initiator port id actually sent, the
+   * local address), known once connect() has resolved the local port; for login errors and status.
+   */
+  loginContext?(): LoginContext | undefined;
   on<K extends keyof ChannelEvents>(ev: K, fn: (...args: ChannelEvents[K]) => void): this;
   off<K extends keyof ChannelEvents>(ev: K, fn: (...args: ChannelEvents[K]) => void): this;
+}
+
+/** A login as the target saw it. */
+export interface LoginContext {
+  /** the 16-byte initiator port id of the SRP_LOGIN_REQ sent (undefined if not known) */
+  initiatorPortId: Buffer | undefined;
+  /** local (source) address of the connection, e.g. "192.0.2.1" */
+  source: string | undefined;
+  /** the target's address, e.g. "192.0.2.2:5000" */
+  destination?: string;
+  /** local RDMA device and port */
+  device?: string;
+  port?: number;
 }
 
 /** What the target side answers to a connect request. */

@@ -59,6 +59,8 @@ export interface CmIdInfo {
   device: string | null;
   port: number;
   qpNum: number;
+  /** the local IP address the id is bound to ("192.0.2.1", "fe80::1%eth0"); null before address resolution */
+  srcAddr: string | null;
 }
 
 export interface DeviceAttr {
@@ -195,6 +197,11 @@ export interface NativeBinding {
   getDeviceList(): string[];
   ctxQuery(ctx: number): DeviceAttr;
   portQuery(ctx: number, port: number): PortAttr;
+  /**
+   * GID `index` of a port (ibv_query_gid), 16 bytes. Index 0 is the port's default GID: its interface
+   * id (bytes 8..15) is the port GUID, the second half of ib_srp's initiator port id.
+   */
+  portGid(ctx: number, port: number, index: number): Buffer;
   /** Next async event of the device, or null. */
   getAsyncEvent(ctx: number): AsyncEvent | null;
 
@@ -226,7 +233,8 @@ export interface NativeBinding {
   pdDealloc(pd: number): void;
   compChannelCreate(ctx: number): { channel: number; fd: number };
   compChannelDestroy(channel: number): void;
-  cqCreate(ctx: number, cqe: number, compChannel: number): number;
+  /** compVector: the completion vector (ib_srp comp_vector), default 0; below the device's count. */
+  cqCreate(ctx: number, cqe: number, compChannel: number, compVector?: number): number;
   cqDestroy(cq: number): void;
   cqReqNotify(cq: number, solicitedOnly?: boolean): void;
   /** The cq handle of the next completion event (acknowledged), or 0. */

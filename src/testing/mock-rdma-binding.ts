@@ -70,6 +70,16 @@ interface MockId {
   param?: ConnParam;
   connected: boolean;
   options: Map<number, Buffer>;
+  /** "192.0.2.2:5000" (IPv4) or the sockaddr's hex, as given to cmResolveAddr */
+  dst?: string;
+  src?: string;
+}
+
+/** "a.b.c.d:port" of a sockaddr_in, else the bytes in hex. */
+function sockaddrText(b: Buffer | null): string | undefined {
+  if (!b) return undefined;
+  if (b.length >= 8 && b.readUInt16LE(0) === 2) return `${[...b.subarray(4, 8)].join('.')}:${b.readUInt16BE(2)}`;
+  return b.toString('hex');
 }
 
 /** Target end of a mock RDMA connection. */
@@ -80,6 +90,8 @@ export class MockTargetEnd extends Emitter<ChannelEvents> implements TargetChann
   constructor(
     private readonly fabric: MockRdmaBinding,
     readonly idHandle: number,
+    /** the destination the initiator resolved ("192.0.2.2:5000") */
+    readonly dest: string = '',
   ) {
     super();
   }
@@ -210,6 +222,20 @@ export class MockRdmaBinding implements Partial<NativeBinding> {
   portQuery(): PortAttr {
     return { state: this.portState, activeMtu: 3, lid: 0, linkLayer: 2, pkeyTblLen: 1 };
   }
+  /** Port GUID of the mock device's port 1 (the interface id of its GID 0). */
+  portGuid = 0x0200_5eff_fe00_0001n;
+  /** Completion vectors of the mock device. */
+  numCompVectors = 2;
+  /** Completion vector of every CQ created, in order. */
+  readonly cqVectors: number[] = [];
+  portGid(_ctx: number, port: number, index: number): Buffer {
+    if (port !== 1 || index !== 0)
+      throw Object.assign(new Error('ibv_query_gid failed: Invalid argument (EINVAL)'), { code: 'EINVAL' });
+    const gid = Buffer.alloc(16);
+    gid.writeUInt16BE(0xfe80, 0);
+    gid.writeBigUInt64BE(this.portGuid, 8);
+    return gid;
+  }
   getAsyncEvent(): AsyncEvent | null {
     return this.asyncEvents.shift() ?? null;
   }
@@ -259,8 +285,11 @@ export class MockRdmaBinding implements Partial<NativeBinding> {
     ch.events.push({ event, id: h, status, privateData });
     this.kick(ch.fd);
   }
-  cmResolveAddr(h: number, _src: Buffer | null, dst: Buffer): void {
+  cmResolveAddr(h: number, src: Buffer | null, dst: Buffer): void {
     if (dst.length < 16) throw Object.assign(new Error('bad sockaddr'), { code: 'EINVAL' });
+    const rid = this.ids.get(h)!;
+    rid.dst = sockaddrText(dst);
+    rid.src = sockaddrText(src);
     setTimeout(() => {
       if (this.resolveFailures > 0) {
         this.resolveFailures--;
@@ -283,7 +312,13 @@ export class MockRdmaBinding implements Partial<NativeBinding> {
   }
   cmIdInfo(h: number): CmIdInfo {
     const id = this.ids.get(h)!;
-    return { context: id.ctx, device: id.ctx ? 'mock0' : null, port: id.ctx ? 1 : 0, qpNum: id.qp?.qpNum ?? 0 };
+    return {
+      context: id.ctx,
+      device: id.ctx ? 'mock0' : null,
+      port: id.ctx ? 1 : 0,
+      qpNum: id.qp?.qpNum ?? 0,
+      srcAddr: id.ctx ? (id.src?.replace(/:\d+$/, '') ?? '192.0.2.1') : null,
+    };
   }
   cmCreateQp(h: number, init: QpInit): QpCaps {
     const id = this.ids.get(h)!;
@@ -300,7 +335,7 @@ export class MockRdmaBinding implements Partial<NativeBinding> {
     const id = this.ids.get(h)!;
     id.param = param;
     this.connectParams.push(param);
-    const end = new MockTargetEnd(this, h);
+    const end = new MockTargetEnd(this, h, id.dst ?? '');
     id.peer = end;
     this.onConnect?.(end);
     const req = Buffer.from(param.privateData ?? Buffer.alloc(0));
@@ -392,7 +427,12 @@ export class MockRdmaBinding implements Partial<NativeBinding> {
       if (c.compChannel === h) throw Object.assign(new Error('busy'), { code: 'EBUSY' });
     this.compChannels.delete(h);
   }
-  cqCreate(_ctx: number, _cqe: number, compChannel: number): number {
+  cqCreate(_ctx: number, _cqe: number, compChannel: number, compVector = 0): number {
+    if (compVector < 0 || compVector >= this.numCompVectors)
+      throw new TypeError(
+        `compVector ${compVector} is out of range: the device has ${this.numCompVectors} completion vectors`,
+      );
+    this.cqVectors.push(compVector);
     const h = this.next++;
     this.cqs.set(h, { compChannel, wcs: [], armed: false });
     return h;

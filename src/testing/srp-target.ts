@@ -284,6 +284,16 @@ export class SrpTestTarget {
   multichannel: boolean;
   maxChannels: number;
 
+  /**
+   * Initiator port ids (32 hex digits) admitted, as LIO ib_srpt's ACLs on a port named by its GID:
+   * any other login is rejected with SRP_LOGIN_REJ_CHANNEL_LIMIT_REACHED. Undefined: everyone.
+   */
+  acls: Set<string> | undefined;
+  /** The initiator port id of the last login request (hex), rejected or not. */
+  lastInitiatorPortId: string | undefined;
+  /** REPORT LUNS lists the LUNs newest (last added) first, as LIO does; default: ascending. */
+  reportLunsNewestFirst = false;
+
   /* ---- fault injection ---- */
   /** Reject every login with this SRP_LOGIN_REJ reason. */
   rejectLogin: number | undefined;
@@ -375,6 +385,9 @@ export class SrpTestTarget {
       return this.reject(SRP_LOGIN_REJ_UNABLE_ESTABLISH_CHANNEL);
     }
     if (this.rejectLogin !== undefined) return this.reject(this.rejectLogin);
+    this.lastInitiatorPortId = req.initiatorPortId.toString('hex');
+    // LIO ib_srpt: no ACL for this initiator port id -> SRP_LOGIN_REJ_CHANNEL_LIMIT_REACHED
+    if (this.acls && !this.acls.has(this.lastInitiatorPortId)) return this.reject(SRP_LOGIN_REJ_CHANNEL_LIMIT_REACHED);
     if (req.reqItIuLen > this.maxItIuLen || req.reqItIuLen < 64)
       return this.reject(SRP_LOGIN_REJ_REQ_IT_IU_LENGTH_TOO_LARGE);
     if (!(req.reqBufFmt & this.bufFmt)) return this.reject(SRP_LOGIN_REJ_UNSUPPORTED_DESCRIPTOR_FMT);
@@ -766,7 +779,9 @@ export class SrpTestTarget {
   }
 
   private reportLuns(): Buffer {
-    const luns = [...this.luns.keys()].sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
+    const luns = this.reportLunsNewestFirst
+      ? [...this.luns.keys()].reverse()
+      : [...this.luns.keys()].sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
     const b = Buffer.alloc(8 + 8 * luns.length);
     b.writeUInt32BE(8 * luns.length, 0);
     luns.forEach((l, i) => b.writeBigUInt64BE(l, 8 + 8 * i));

@@ -26,7 +26,14 @@
  * neighbour entry exists yet, then succeeds).
  */
 import { TransportError } from '../scsi-executor.js';
-import { SRP_LOGIN_REJ, SRP_LOGIN_RSP, SRP_LOGIN_RSP_LEN } from '../srp-constants.js';
+import {
+  SRP_LOGIN_REJ,
+  SRP_LOGIN_REQ,
+  SRP_LOGIN_REQ_RDMA_INITIATOR_PORT_ID,
+  SRP_LOGIN_REQ_RDMA_LEN,
+  SRP_LOGIN_RSP,
+  SRP_LOGIN_RSP_LEN,
+} from '../srp-constants.js';
 import { decodeLoginRsp } from '../srp-iu.js';
 import type { SrpLogger } from '../srp-session.js';
 import {
@@ -34,6 +41,7 @@ import {
   type ChannelEvents,
   type ChannelState,
   type ChannelTransport,
+  type LoginContext,
   type LoginForm,
   type MemoryRegion,
 } from '../transport.js';
@@ -114,6 +122,7 @@ export class RdmaChannelTransport extends Emitter<RdmaChannelEvents> implements 
   private readonly probeWr = Buffer.alloc(R.SEND_WR_LEN);
   private readonly wcBuf = Buffer.alloc(POLL_BATCH * R.WC_RECORD_LEN);
   private cmWaiter: ((ev: CmEvent) => void) | undefined;
+  private login: LoginContext | undefined;
   private probeSeq = 0;
   private readonly probes = new Map<number, Probe>();
   private closing = false;
@@ -189,6 +198,7 @@ export class RdmaChannelTransport extends Emitter<RdmaChannelEvents> implements 
       res.openEventChannel();
       await this.resolve(deadline, dst);
       res.allocate(this.o, this.poolBufs);
+      loginReq = this.fillInitiatorPortId(loginReq);
       const attr = res.device!.attr;
       this.maxRegion = Math.min(this.o.maxRegionSize, Number(attr.maxMrSize));
       this.freeSlots = Array.from({ length: this.o.sendQueueDepth }, (_, i) => this.o.sendQueueDepth - 1 - i);
@@ -278,6 +288,44 @@ export class RdmaChannelTransport extends Emitter<RdmaChannelEvents> implements 
         'disconnected',
       );
     }
+  }
+
+  /**
+   * What the target saw of this channel's login (once the address is resolved): the initiator port
+   * id sent and the local address it came from. For login reject messages and status.
+   */
+  loginContext(): LoginContext | undefined {
+    return this.login;
+  }
+
+  /** Puts the initiator port id of the resolved source port into the login (options.initiatorPortId). */
+  private fillInitiatorPortId(loginReq: Buffer): Buffer {
+    const d = this.res.device!;
+    let source: string | undefined;
+    try {
+      source = this.b.cmIdInfo(this.res.cmId).srcAddr ?? undefined;
+    } catch {
+      source = undefined;
+    }
+    const rdmaForm = loginReq.length >= SRP_LOGIN_REQ_RDMA_LEN && loginReq[11] === SRP_LOGIN_REQ;
+    let req = loginReq;
+    if (this.o.initiatorPortId && rdmaForm) {
+      const gid = verbsCall(() => this.b.portGid(d.ctx, d.port, 0), 'ibv_query_gid');
+      const id = this.o.initiatorPortId({ device: d.name, port: d.port, gid, source });
+      if (id.length !== 16) throw new RangeError(`initiator port id of ${id.length} bytes, not 16`);
+      req = Buffer.from(loginReq);
+      id.copy(req, SRP_LOGIN_REQ_RDMA_INITIATOR_PORT_ID);
+    }
+    this.login = {
+      initiatorPortId: rdmaForm
+        ? Buffer.from(req.subarray(SRP_LOGIN_REQ_RDMA_INITIATOR_PORT_ID, SRP_LOGIN_REQ_RDMA_INITIATOR_PORT_ID + 16))
+        : undefined,
+      source,
+      destination: formatRdmaAddress(this.o.dst),
+      device: d.name,
+      port: d.port,
+    };
+    return req;
   }
 
   private checkLoginRsp(rsp: Buffer): void {

@@ -3,6 +3,7 @@
  * the login's port ids, and path-up events on PORT_ACTIVE.
  */
 import { TransportError } from '../scsi-executor.js';
+import { srpPortIds } from '../target-address.js';
 import type { SrpLogger } from '../srp-session.js';
 import type { NativeBinding } from '../../native/native.js';
 import * as R from '../../native/rdma-constants.js';
@@ -10,6 +11,7 @@ import { formatRdmaAddress } from '../../native/sockaddr.js';
 import { AsyncEventHub } from './async-event-hub.js';
 import { RdmaChannelTransport } from './channel.js';
 import type { RdmaTransportOptions } from './options.js';
+import type { LoginContext } from '../transport.js';
 
 /** Options of createRdmaConnector() (the daemon's per-target options). */
 export interface RdmaConnectorOptions {
@@ -22,6 +24,13 @@ export interface RdmaConnectorOptions {
   logger: SrpLogger;
   /** the native binding; default: the built addon (loadNative) */
   binding?: NativeBinding;
+  /**
+   * Which initiator port id the target sees. 'port' (default): ib_srp's, initiator_ext ‖ the port
+   * GUID (interface id of GID 0) of the local port each channel resolves to, so every local port is
+   * its own initiator, as with the kernel initiator. 'host': initiator_ext ‖ a fixed id of this host
+   * (from /etc/machine-id), one initiator across all local ports.
+   */
+  initiatorId?: 'port' | 'host';
   /** overrides the derived initiator port id (16 bytes) */
   initiatorPortId?: Buffer;
   /** per-channel transport options (tests, tuning) */
@@ -39,32 +48,6 @@ export interface RdmaCmTargetAddress {
   src?: { family: 4 | 6; address: string; scopeId?: string; port?: number };
   initiatorExt?: bigint;
   ioClass?: number;
-}
-
-/** ib_srp's SRP_REV10_IB_IO_CLASS: the port ids are laid out the other way round. */
-const SRP_REV10_IB_IO_CLASS = 0x0100;
-
-/**
- * The 16-byte port ids of a login, as ib_srp lays them out (srp_send_req): target = id_ext ‖ ioc_guid,
- * initiator = initiator_ext ‖ a host identifier (ib_srp uses the source GID's interface id; we use a
- * stable per-host id so every path of this host is one initiator to the target). Rev. 10 io_class
- * swaps both halves.
- */
-export function srpPortIds(
-  addr: Pick<RdmaCmTargetAddress, 'idExt' | 'iocGuid' | 'initiatorExt' | 'ioClass'>,
-  hostId: bigint,
-): { initiatorPortId: Buffer; targetPortId: Buffer } {
-  const pair = (a: bigint, b: bigint) => {
-    const x = Buffer.alloc(16);
-    x.writeBigUInt64BE(a, 0);
-    x.writeBigUInt64BE(b, 8);
-    return x;
-  };
-  const ext = addr.initiatorExt ?? 0n;
-  if (addr.ioClass === SRP_REV10_IB_IO_CLASS) {
-    return { initiatorPortId: pair(hostId, ext), targetPortId: pair(addr.iocGuid, addr.idExt) };
-  }
-  return { initiatorPortId: pair(ext, hostId), targetPortId: pair(addr.idExt, addr.iocGuid) };
 }
 
 /** 64 bits naming this host: from /etc/machine-id (else the host name), stable across restarts. */
@@ -96,6 +79,7 @@ export class RdmaConnector {
   private closed = false;
   /** channels opened (for status and tests) */
   opened = 0;
+  private lastLogin: LoginContext | undefined;
 
   constructor(
     private readonly b: NativeBinding,
@@ -122,12 +106,18 @@ export class RdmaConnector {
       try {
         return await origConnect(req, opts);
       } finally {
+        this.lastLogin = tr.loginContext() ?? this.lastLogin;
         const h = tr.deviceHandle;
         if (h) this.watch(h);
         if (tr.state === 'connected') done();
       }
     };
     return tr;
+  }
+
+  /** The last login as the target saw it (initiator port id, source address), once one was sent. */
+  loginContext(): LoginContext | undefined {
+    return this.lastLogin;
   }
 
   onPathUp(listener: () => void): () => void {
@@ -183,6 +173,8 @@ export async function createRdmaConnector(
     b = loadNative();
   }
   const host = (a: { address: string; scopeId?: string }) => (a.scopeId ? `${a.address}%${a.scopeId}` : a.address);
+  const perPort = opts.initiatorPortId === undefined && (opts.initiatorId ?? 'port') === 'port';
+  const ids = srpPortIds(addr, perPort ? 0n : await hostPortGuid());
   const connector = new RdmaConnector(b, {
     ...opts.transport,
     dst: { family: 'ip', host: host(addr.dest), port: addr.dest.port },
@@ -191,8 +183,9 @@ export async function createRdmaConnector(
     retryCount: opts.retryCount,
     keepaliveIntervalMs: opts.keepaliveIntervalMs,
     logger: opts.logger,
+    // ib_srp: initiator_ext ‖ the interface id of the source port's GID 0 (its port GUID)
+    ...(perPort ? { initiatorPortId: (local) => srpPortIds(addr, local.gid.readBigUInt64BE(8)).initiatorPortId } : {}),
   });
-  const ids = srpPortIds(addr, await hostPortGuid());
   return {
     connector,
     initiatorPortId: opts.initiatorPortId ?? ids.initiatorPortId,

@@ -10,7 +10,7 @@
  */
 export { RdmaChannelTransport } from './channel.js';
 export type { RdmaChannelEvents } from './channel.js';
-export { createRdmaConnector, hostPortGuid, RdmaConnector, srpPortIds } from './connector.js';
+export { createRdmaConnector, hostPortGuid, RdmaConnector } from './connector.js';
 export type { RdmaCmTargetAddress, RdmaConnectorOptions } from './connector.js';
 export { ACK_TIMEOUT, RETRY_COUNT } from './options.js';
 export type { RdmaTransportOptions } from './options.js';

@@ -46,12 +46,32 @@ export interface RdmaTransportOptions {
    * A probe that fails (black hole: after the QP's retries) is a channel loss ('disconnect').
    */
   keepaliveIntervalMs?: number;
+  /**
+   * The login's initiator port id, computed once the source port is known (after address
+   * resolution): ib_srp's is initiator_ext ‖ the interface id of that port's GID 0. When given, it
+   * replaces the id in the SRP_LOGIN_REQ handed to connect(). (connector.ts builds it.)
+   */
+  initiatorPortId?: (local: RdmaLocalPort) => Buffer;
+  /** Completion vector of the channel's CQ (ib_srp comp_vector), default 0. */
+  compVector?: number;
   logger?: SrpLogger;
 }
 
+/** The local end a channel resolved to: what ib_srp takes its initiator port id from. */
+export interface RdmaLocalPort {
+  device: string;
+  port: number;
+  /** GID index 0 of the port (16 bytes); its interface id (bytes 8..15) is the port GUID */
+  gid: Buffer;
+  /** the local IP address of the connection, when known */
+  source: string | undefined;
+}
+
 /** The options with every default applied (pools and logger are taken as given). */
-export type ResolvedTransportOptions = Required<Omit<RdmaTransportOptions, 'src' | 'logger' | 'pools'>> &
-  Pick<RdmaTransportOptions, 'src'>;
+export type ResolvedTransportOptions = Required<
+  Omit<RdmaTransportOptions, 'src' | 'logger' | 'pools' | 'initiatorPortId'>
+> &
+  Pick<RdmaTransportOptions, 'src' | 'initiatorPortId'>;
 
 /** Applies the defaults and checks the bounds; throws RangeError naming the option. */
 export function resolveTransportOptions(options: RdmaTransportOptions): ResolvedTransportOptions {
@@ -81,7 +101,11 @@ export function resolveTransportOptions(options: RdmaTransportOptions): Resolved
     recvIuLen: options.recvIuLen ?? 8448,
     maxRegionSize: options.maxRegionSize ?? 16 << 20,
     keepaliveIntervalMs: options.keepaliveIntervalMs ?? 0,
+    initiatorPortId: options.initiatorPortId,
+    compVector: options.compVector ?? 0,
   };
+  if (!Number.isInteger(o.compVector) || o.compVector < 0)
+    throw new RangeError(`compVector ${o.compVector} must be an integer >= 0`);
   if (!(o.keepaliveIntervalMs >= 0)) throw new RangeError(`keepaliveIntervalMs ${o.keepaliveIntervalMs} must be >= 0`);
   return o;
 }

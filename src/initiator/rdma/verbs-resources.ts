@@ -234,7 +234,10 @@ export class VerbsResources {
     this.steps.push({ what: 'stop the completion poller', undo: () => b.pollStop(poller) });
 
     const depth = o.sendQueueDepth + o.recvQueueDepth + EXTRA_CQES;
-    const cq = (this.cq = verbsCall(() => b.cqCreate(ctx, depth, cc.channel), 'ibv_create_cq'));
+    const cq = (this.cq = verbsCall(
+      () => (o.compVector ? b.cqCreate(ctx, depth, cc.channel, o.compVector) : b.cqCreate(ctx, depth, cc.channel)),
+      'ibv_create_cq',
+    ));
     this.steps.push({ what: 'ibv_destroy_cq', undo: () => b.cqDestroy(cq) });
 
     this.sendPool = this.registerIuPool(o.sendQueueDepth * o.maxSendIuLen);
