@@ -54,6 +54,7 @@ import {
   type TargetSpec,
   tmoOf,
 } from './config.js';
+import { limitDeviceIo } from './device-limits.js';
 import { type MdMembership, mdMemberships, MdReaddPolicy } from './md.js';
 import { IO_OPS, MeteredBackend, renderMetrics, type TargetMetrics } from './metrics.js';
 import { type PersistedLun, type PersistedTarget, StateStore } from './state.js';
@@ -85,6 +86,10 @@ interface LunRuntime {
   deviceNote?: string;
   identity: LunIdentity;
   backend: MeteredBackend;
+  /** the largest transfer of one SCSI command to this LUN (Block Limits VPD, max_sect) */
+  maxTransferBytes: number;
+  /** the kernel device's max_sectors_kb as the daemon set it (device-limits.ts) */
+  deviceMaxIoKb?: number;
   attachment?: NbdAttachment;
   /** md membership of the device as last read (refreshed asynchronously by status and metrics). */
   md: MdMembership[];
@@ -621,6 +626,7 @@ export class Daemon {
         device: before?.device ?? null,
         identity,
         backend: new MeteredBackend(lunBackend),
+        maxTransferBytes: disk.limits.maxTransferBlocks * disk.geometry.blockSize,
         md: [],
       });
     }
@@ -762,6 +768,7 @@ export class Daemon {
         try {
           l.attachment = await nb.reattach({ ...common, index: restoreIndex });
           this.stillWanted(rt);
+          await this.limitDeviceIo(rt, l);
           rt.log.info({ device: l.attachment.device, export: l.exportName }, 'kernel device taken back (RECONFIGURE)');
           continue;
         } catch (e) {
@@ -774,7 +781,20 @@ export class Daemon {
       l.attachment = await nb.attach({ ...common, ...(fixed !== undefined ? { index: fixed } : {}) });
       l.device = l.attachment.device;
       this.stillWanted(rt); // the caller's teardown disconnects what was attached
+      await this.limitDeviceIo(rt, l);
       rt.log.info({ device: l.device, export: l.exportName }, 'kernel device attached (CONNECT)');
+    }
+  }
+
+  /** The device's largest request from the LUN's limits; a refusal is logged, never fatal. */
+  private async limitDeviceIo(rt: TargetRuntime, l: LunRuntime): Promise<void> {
+    if (!l.attachment) return;
+    try {
+      const bs = l.backend.blockSize.minimum;
+      l.deviceMaxIoKb = await limitDeviceIo(l.attachment.device, l.maxTransferBytes, bs, this.opts.sysfs);
+      rt.log.info({ device: l.attachment.device, max_sectors_kb: l.deviceMaxIoKb }, 'device request size set');
+    } catch (e) {
+      rt.log.warn({ device: l.attachment.device, err: (e as Error).message }, 'cannot set the device request size');
     }
   }
 
@@ -1047,6 +1067,7 @@ export class Daemon {
         ...(l.deviceNote ? { device_note: l.deviceNote } : {}),
         size: l.backend.size,
         block_size: l.backend.blockSize.minimum,
+        max_io_bytes: l.deviceMaxIoKb !== undefined ? l.deviceMaxIoKb * 1024 : null,
         identity: describeIdentity(l.identity),
         io: Object.fromEntries(
           IO_OPS.map((op) => {
@@ -1163,6 +1184,8 @@ export interface TargetView extends TargetSummary {
     device_note?: string;
     size: number;
     block_size: number;
+    /** the kernel device's largest request as set at attach (max_sectors_kb × 1024); null if not set */
+    max_io_bytes: number | null;
     identity: string;
     io: Record<string, { ops: number; bytes: number; errors: number }>;
   }[];

@@ -37,7 +37,8 @@ export interface RdmaDaemonFixture {
 
 /**
  * A started daemon (config: `defaults` merged in; device auto) whose RDMA connects reach
- * `targets` by dest address. Torn down with the test.
+ * `targets` by dest address; its sysfs root is `dir`/sys (empty unless the test lays out files).
+ * Torn down with the test.
  */
 export async function rdmaDaemon(
   t: { teardown: (fn: () => Promise<void>) => void },
@@ -60,6 +61,8 @@ export async function rdmaDaemon(
     config,
     logger: pino({ level: 'silent' }),
     nbdKernel: () => Promise.resolve(kernel),
+    // the mock kernel's devices live in a sysfs tree of the test's own (dir/sys), never in /sys
+    sysfs: path.join(dir, 'sys'),
     loadRdma: () =>
       Promise.resolve({
         createRdmaConnector: (addr, opts) =>
