@@ -362,6 +362,13 @@ function formatStatus(v: TargetView): string {
       `  LUN ${l.lun}       ${l.export}  device ${l.device ?? '-'}  ${(l.size / 1048576).toFixed(0)} MiB, ${l.block_size}-byte blocks`,
     );
     lines.push(`              ${l.identity}`);
+    if (l.read_only || l.write_protect) {
+      const kernel =
+        l.kernel_read_only === null ? '' : `, kernel device ${l.kernel_read_only ? 'read-only' : 'read-write'}`;
+      lines.push(
+        `              read-only (${l.read_only_reason ?? 'no'}; WP ${l.write_protect ? 'on' : 'off'}${kernel})`,
+      );
+    }
     for (const m of l.md) lines.push(`              md: ${describeMembership(m)}`);
     lines.push(
       `              ${

@@ -81,6 +81,7 @@ interface LunRuntime {
   device: string | null;
   deviceNote?: string;
   identity: LunIdentity;
+  lunBackend: LunBackend;
   backend: MeteredBackend;
   attachment?: NbdAttachment;
   /** md membership of the device as last read (refreshed asynchronously by status and metrics). */
@@ -560,7 +561,14 @@ export class Daemon {
         );
       }
       const exportName = before?.export ?? `${rt.id}-lun${number}`;
-      const lunBackend = new LunBackend(port, disk, `${rt.id} LUN ${number}: ${describeIdentity(identity)}`);
+      const lunBackend = new LunBackend(
+        port,
+        disk,
+        `${rt.id} LUN ${number}: ${describeIdentity(identity)}`,
+        o.read_only,
+      );
+      if (lunBackend.readOnly)
+        rt.log.info({ lun: number, reason: lunBackend.readOnlyReason }, 'LUN exported read-only');
       luns.push({
         sam,
         number,
@@ -568,6 +576,7 @@ export class Daemon {
         backendId: before?.backendId ?? `srp-nbd:${exportName}`,
         device: before?.device ?? null,
         identity,
+        lunBackend,
         backend: new MeteredBackend(lunBackend),
         md: [],
       });
@@ -933,6 +942,10 @@ export class Daemon {
         ...(l.deviceNote ? { device_note: l.deviceNote } : {}),
         size: l.backend.size,
         block_size: l.backend.blockSize.minimum,
+        read_only: l.lunBackend.readOnly,
+        read_only_reason: l.lunBackend.readOnlyReason,
+        write_protect: l.lunBackend.writeProtected,
+        kernel_read_only: l.device ? kernelReadOnly(l.device, this.opts.sysfs) : null,
         identity: describeIdentity(l.identity),
         io: Object.fromEntries(
           IO_OPS.map((op) => {
@@ -1031,6 +1044,13 @@ export interface TargetView extends TargetSummary {
     device_note?: string;
     size: number;
     block_size: number;
+    /** Writes refused with EPERM (NBD_FLAG_READ_ONLY at export), and why. */
+    read_only: boolean;
+    read_only_reason: 'option' | 'write_protect' | null;
+    /** The LU's WP bit as last read (MODE SENSE). */
+    write_protect: boolean;
+    /** /sys/block/nbdN/ro: fixed when the device was connected (netlink cannot change it later). */
+    kernel_read_only: boolean | null;
     identity: string;
     io: Record<string, { ops: number; bytes: number; errors: number }>;
   }[];
@@ -1047,6 +1067,15 @@ function timersOf(o: TargetOptions): TargetView['timers'] {
 
 function definedOnly<T extends object>(o: T): Partial<T> {
   return Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) as Partial<T>;
+}
+
+/** /sys/block/nbdN/ro of a device, null when it cannot be read. */
+function kernelReadOnly(device: string, sysfs = '/sys'): boolean | null {
+  try {
+    return fs.readFileSync(path.join(sysfs, 'block', path.basename(device), 'ro'), 'utf8').trim() === '1';
+  } catch {
+    return null;
+  }
 }
 
 function lunNumber(sam: bigint): number {
