@@ -26,9 +26,6 @@ for a in "$TPG"/acls/*; do echo 1 > "$a/lun_1/write_protect" || die "write_prote
 daemon_up
 attach_nbd t0 "$ADDR" nbd0 --dead-conn-timeout 180
 check nbd1-connected wait_for 30 nbd_connected nbd1
-D0=$(dev_of 0)   # the fileio LUN
-D1=$(dev_of 1)   # the write-protected LUN
-note devices "LUN 0 on $D0, LUN 1 on $D1"
 # lun_field LUN FIELD: lun_details[LUN].FIELD of `srp-nbd status t0 --json`, as JSON
 lun_field() {
   srp_nbd status t0 --json | node -e "let v=JSON.parse(require('fs').readFileSync(0,'utf8'));
@@ -40,6 +37,10 @@ lun_is() { local got; got=$(lun_field "$1" "$2"); [ "$got" = "$3" ] || { log "LU
 # dev_of LUN: the LUN's device (/dev/nbdN): taken from status, whatever order devices were given in
 dev_of() { local d; d=$(lun_field "$1" device); d=${d#\"}; echo "${d%\"}"; }
 size_is() { [ "$(nbd_size_bytes "$1")" = "$2" ]; }  # size_is nbdN BYTES
+D0=$(dev_of 0)   # the fileio LUN
+D1=$(dev_of 1)   # the write-protected LUN
+note devices "LUN 0 on $D0, LUN 1 on $D1"
+[ -b "$D0" ] && [ -b "$D1" ] || die "no device for LUN 0 ($D0) or LUN 1 ($D1)"
 
 # ---- write protect
 check getro-wp-lun test "$(blockdev --getro $D1)" = 1
