@@ -133,6 +133,12 @@ t.test('CLI round trip: attach, list, status, set, reconnect, detach (text and -
   const rc = await cli(['reconnect', 'test-a', '--json']);
   t.equal(rc.code, 0, rc.stderr);
   t.equal(JSON.parse(rc.stdout).id, 'test-a');
+  const rs = await cli(['rescan', 'test-a']);
+  t.equal(rs.code, 0, rs.stderr);
+  t.match(rs.stdout, /^test-a: rescanned\n {2}LUN 0 {2}test-a-lun0 {2}device - {2}\d+ bytes {2}attached/);
+  const rsNope = await cli(['rescan', 'nope']);
+  t.equal(rsNope.code, 1);
+  t.match(rsNope.stderr, /^srp-nbd rescan: target nope: no such target/);
   const nope = await cli(['status', 'nope']);
   t.equal(nope.code, 1);
   t.match(nope.stderr, /^srp-nbd status: target nope: no such target/);
