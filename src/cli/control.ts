@@ -76,7 +76,7 @@ const OPTION_FLAGS = Object.fromEntries(
 
 /** Converts --flag strings to the JSON types the schema expects; the schema then validates. */
 function optionValue(key: keyof typeof TARGET_OPTIONS, text: string): unknown {
-  if (key === 'immediate_data' || key === 'md_readd') {
+  if (typeof TARGET_OPTIONS[key].default === 'boolean') {
     if (/^(1|on|yes|true)$/i.test(text)) return true;
     if (/^(0|off|no|false)$/i.test(text)) return false;
     throw new UsageError(`${flag(key)}: expected on or off, got '${text}'`);
