@@ -90,6 +90,9 @@ t.test('REST: bad bodies get 400s naming the field; OpenAPI; metrics', async (t)
   const ok = await request({ method: 'PATCH', path: '/targets/test-a', body: JSON.stringify({ reconnect_delay: 2 }) });
   t.equal(ok.status, 200);
   t.equal(JSON.parse(ok.body).timers.reconnect_delay, 2);
+  const rescan = await request({ method: 'POST', path: '/targets/test-a/rescan' });
+  t.equal(rescan.status, 200, rescan.body);
+  t.match(JSON.parse(rescan.body).lun_details[0], { state: 'attached', read_only: false, write_protect: false });
 
   const api = await request({ method: 'GET', path: '/openapi.json' });
   t.equal(api.status, 200);

@@ -148,6 +148,18 @@ t.test('CLI round trip: attach, list, status, set, reconnect, detach (text and -
   const rc = await cli(['reconnect', 'test-a', '--json']);
   t.equal(rc.code, 0, rc.stderr);
   t.equal(JSON.parse(rc.stdout).id, 'test-a');
+  const rs = await cli(['rescan', 'test-a']);
+  t.equal(rs.code, 0, rs.stderr);
+  t.match(rs.stdout, /^test-a: rescanned\n {2}LUN 0 {2}test-a-lun0 {2}device - {2}\d+ bytes {2}attached/);
+  const ro = await cli(['attach', 'test-target,name=ro,lun_size=1M', '--id', 'test-ro', '--read-only', 'on', '--json']);
+  t.equal(ro.code, 0, ro.stderr);
+  const roView = JSON.parse((await cli(['status', 'test-ro', '--json'])).stdout);
+  t.match(roView.lun_details[0], { read_only: true, read_only_reason: 'option' });
+  t.equal((await cli(['attach', 'test-target,name=x', '--read-only', 'maybe'])).code, 2, 'on or off');
+  t.equal((await cli(['detach', 'test-ro'])).code, 0);
+  const rsNope = await cli(['rescan', 'nope']);
+  t.equal(rsNope.code, 1);
+  t.match(rsNope.stderr, /^srp-nbd rescan: target nope: no such target/);
   const nope = await cli(['status', 'nope']);
   t.equal(nope.code, 1);
   t.match(nope.stderr, /^srp-nbd status: target nope: no such target/);

@@ -47,6 +47,11 @@ const FAMILIES: [name: string, type: string, help: string][] = [
     'Block requests failed with EIO by the transport state (fail-fast, lost).',
   ],
   ['srp_nbd_md_readds_total', 'counter', 'Devices re-added to an md array that had failed them (option md_readd).'],
+  [
+    'srp_nbd_lun_changes_total',
+    'counter',
+    'LUN changes seen while attached: grown (resized), shrunk (not followed), added, removed, write_protected, write_enabled.',
+  ],
   ['srp_nbd_md_member_faulty', 'gauge', '1 while md has the device marked faulty in the array.'],
   ['srp_nbd_lun_ops_total', 'counter', 'Block requests completed, per export and operation.'],
   ['srp_nbd_lun_bytes_total', 'counter', 'Bytes transferred, per export and operation.'],
@@ -134,6 +139,7 @@ t.test('renderMetrics: md membership per export and array; a target without a po
         session: undefined,
         io: undefined,
         mdReadds: 5,
+        lunChanges: { grown: 2, added: 1 },
         luns: [
           {
             export: 'srp-x-lun0',
@@ -162,6 +168,9 @@ t.test('renderMetrics: md membership per export and array; a target without a po
     'srp_nbd_credits{target="srp-x"} 0',
     'srp_nbd_io_in_flight{target="srp-x"} 0',
     'srp_nbd_md_readds_total{target="srp-x"} 5',
+    'srp_nbd_lun_changes_total{target="srp-x",change="grown"} 2',
+    'srp_nbd_lun_changes_total{target="srp-x",change="added"} 1',
+    'srp_nbd_lun_changes_total{target="srp-x",change="removed"} 0',
     'srp_nbd_md_member_faulty{target="srp-x",export="srp-x-lun0",array="md0"} 1',
     'srp_nbd_md_member_faulty{target="srp-x",export="srp-x-lun0",array="md3"} 0',
     'srp_nbd_lun_ops_total{target="srp-x",export="srp-x-lun0",op="write"} 3',

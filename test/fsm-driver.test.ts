@@ -18,7 +18,7 @@ t.test('assertSameLun: same disk passes; every difference is named in the error'
     assertSameLun(A, {
       designators: [naa('6001405011110000000000000000ffff')],
       serial: 'S2',
-      blockCount: 4096n,
+      blockCount: 1024n,
       blockSize: 512,
     });
     t.fail('should have thrown');
@@ -28,9 +28,10 @@ t.test('assertSameLun: same disk passes; every difference is named in the error'
     t.equal(d.length, 3);
     t.match(d[0], /NAA.*changed/);
     t.match(d[1], /serial number changed: "S1" -> "S2"/);
-    t.match(d[2], /capacity changed/);
+    t.match(d[2], /capacity shrank below the attached size/);
   }
   t.throws(() => assertSameLun(A, { ...A, blockSize: 4096 }), /logical block size changed/);
+  t.doesNotThrow(() => assertSameLun(A, { ...A, blockCount: 4096n }), 'a LUN that grew is the same disk');
   t.throws(() => assertSameLun(A, { ...A, designators: [] }), /is gone/);
 });
 

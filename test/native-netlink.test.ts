@@ -108,7 +108,23 @@ t.test('CONNECT carries TIMEOUT 0, no client flags, backend id and the socket fd
   t.equal(re.u32(C.NBD_ATTR_INDEX), 2);
   t.equal(re.str(C.NBD_ATTR_BACKEND_IDENTIFIER), 'ab');
   t.equal(re.get(C.NBD_ATTR_TIMEOUT), undefined, 'RECONFIGURE leaves the timeout alone unless asked');
+  t.equal(re.get(C.NBD_ATTR_SIZE_BYTES), undefined, 'and the size');
 });
+
+t.test(
+  'RECONFIGURE that resizes: INDEX, SIZE_BYTES, BACKEND_IDENTIFIER, no sockets (hand-written bytes)',
+  async (t) => {
+    t.same(
+      encodeReconfigure(0x1a, 9, { index: 3, backendId: 'srp-nbd:t-lun0', sizeBytes: 0x1_4000_0000 }),
+      hex(`
+    3c000000 1a00 0500 09000000 00000000   // nlmsghdr: len 60, family 0x1a, REQUEST|ACK, seq 9
+    03 01 0000                             // genl: NBD_CMD_RECONFIGURE, version 1
+    0800 0100 03000000                     // NBD_ATTR_INDEX 3
+    0c00 0200 00000040 01000000            // NBD_ATTR_SIZE_BYTES 5 GiB (u64, host order)
+    1300 0a00 7372702d 6e62643a 742d6c75 6e3000 00  // NBD_ATTR_BACKEND_IDENTIFIER "srp-nbd:t-lun0"`),
+    );
+  },
+);
 
 t.test('parsing: family reply with groups, status list, error with extended ACK, split datagrams', async (t) => {
   const fam = Buffer.concat([

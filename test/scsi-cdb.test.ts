@@ -9,6 +9,7 @@ import {
   buildRead16,
   buildReadCapacity16,
   buildReportLuns,
+  buildModeSense6,
   buildModeSense10,
   buildSynchronizeCache10,
   buildSynchronizeCache16,
@@ -148,6 +149,14 @@ t.test('SAM LUN encoding: peripheral and flat space', async (t) => {
   t.throws(() => samToLun(0x8005000000000000n), LunEncodingError, 'logical unit addressing');
   t.throws(() => samToLun(0xc005000000000000n), LunEncodingError, 'extended addressing');
   t.throws(() => samToLun(-1n), LunEncodingError);
+});
+
+t.test('MODE SENSE(6) (SPC-4 table 151)', async (t) => {
+  t.same(buildModeSense6(0x3f, 4), hex('1a 00 3f 00 04 00'), 'what sd sends for the WP bit: all pages, 4 bytes');
+  t.same(buildModeSense6(0x00, 4), hex('1a 00 00 00 04 00'), "sd's second try: page 0");
+  t.same(buildModeSense6(0x08, 0xff, { pc: 2, dbd: true, subpage: 0x01 }), hex('1a 08 88 01 ff 00'));
+  t.throws(() => buildModeSense6(0x40, 4));
+  t.throws(() => buildModeSense6(0x3f, 0x100));
 });
 
 t.test('MODE SENSE(10) (SPC-4 table 154)', async (t) => {

@@ -162,8 +162,38 @@ t.test('probe a thin 512-byte LUN', async (t) => {
       'INQUIRY',
       'READ_CAPACITY_16',
       'MODE_SENSE_10',
+      'MODE_SENSE',
     ],
   );
+  t.same(p.writeProtect, { writeProtected: false, source: 'mode-sense' });
+  t.same(lun.log.at(-1)!.cdb, Buffer.from('1a003f000400', 'hex'), 'WP read as sd: MODE SENSE(6), page 3Fh, 4 bytes');
+});
+
+t.test('the WP bit: MODE SENSE(6), then page 0, then MODE SENSE(10), else assumed off (sd)', async (t) => {
+  const wp = rig({ writeProtected: true });
+  t.same((await wp.disk.probe()).writeProtect, { writeProtected: true, source: 'mode-sense' });
+  t.equal(wp.disk.writeProtected, true);
+
+  // A target without MODE SENSE(6): the 10-byte command after two refusals.
+  const ten = rig({ writeProtected: true });
+  ten.lun.injectSense(c.ILLEGAL_REQUEST, c.ASC_INVALID_COMMAND_OPERATION_CODE, 0, 2, (cdb) => cdb[0] === c.MODE_SENSE);
+  t.same(await ten.disk.readWriteProtect(), { writeProtected: true, source: 'mode-sense' });
+  t.same(
+    ten.lun.log.map((e) => e.cdb.toString('hex')),
+    ['1a003f000400', '1a0000000400', '5a083f00000000000800'],
+    'page 3Fh, page 0, then MODE SENSE(10) page 3Fh for the 8-byte header',
+  );
+
+  // No MODE SENSE at all: write enabled, as sd assumes.
+  const none = rig({ writeProtected: true, modeSense: false });
+  t.same((await none.disk.probe()).writeProtect, { writeProtected: false, source: 'assumed' });
+
+  // The bit followed later (identity check, rescan): adoptWriteProtect says whether it changed.
+  wp.lun.writeProtected = false;
+  const now = await wp.disk.readWriteProtect();
+  t.equal(wp.disk.adoptWriteProtect(now), true);
+  t.equal(wp.disk.writeProtected, false);
+  t.equal(wp.disk.adoptWriteProtect(now), false);
 });
 
 t.test('probe a 4096-byte LUN without VPD pages', async (t) => {

@@ -11,6 +11,7 @@ import {
   parseDeviceIdentification,
   parseLogicalBlockProvisioning,
   findCachingPage,
+  parseModeSense6,
   parseModeSense10,
   parseReadCapacity16,
   parseReportLuns,
@@ -324,6 +325,28 @@ t.test('random and mutated input never escapes as anything but ScsiParseError', 
     }
   }
   t.equal(others, 0, `${runs} parser runs, no foreign exception`);
+});
+
+t.test('MODE SENSE(6) data: the 4-byte header, WP and DPOFUA (SPC-4 table 443, SBC-3 table 171)', async (t) => {
+  // LIO's answer to sd's MODE SENSE(6) for all pages, cut to 4 bytes: a write-protected LUN
+  // (DEVICE-SPECIFIC PARAMETER 90h: WP, DPOFUA) with an 8-byte block descriptor not sent.
+  const wp = parseModeSense6(hex('2b 00 90 08'));
+  t.equal(wp.writeProtected, true);
+  t.equal(wp.dpoFua, true);
+  t.equal(wp.modeDataLength, 0x2b);
+  t.equal(wp.truncated, true);
+  t.same(wp.pages, []);
+  const rw = parseModeSense6(hex('03 00 00 00'));
+  t.equal(rw.writeProtected, false);
+  t.equal(rw.truncated, false);
+  // A block descriptor skipped, then the caching page.
+  const full = parseModeSense6(
+    hex(`17 00 80 08  00 00 00 00 00 00 02 00
+                                   08 0a 04 00 00 00 00 00 00 00 00 00`),
+  );
+  t.equal(full.writeProtected, true);
+  t.same(findCachingPage(full), { writeCacheEnabled: true, readCacheDisabled: false });
+  t.throws(() => parseModeSense6(hex('03 00 80')), { code: 'short' });
 });
 
 t.test('MODE SENSE(10) data and the caching page (SPC-4 table 443, SBC-3 table 174)', async (t) => {

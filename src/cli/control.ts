@@ -1,6 +1,6 @@
 /**
  * CLI commands that talk to the daemon over the control socket with the shared route table:
- * attach, detach, list, status, set, reconnect (discover, local, is in discover.ts).
+ * attach, detach, list, status, set, reconnect, rescan (discover, local, is in discover.ts).
  *
  * Exit status like mdadm/nvme-cli: 0 ok, 1 the operation failed (daemon unreachable, no such
  * target, login failed, ...), 2 usage error (bad option or value, also when the daemon refuses a
@@ -76,7 +76,7 @@ const OPTION_FLAGS = Object.fromEntries(
 
 /** Converts --flag strings to the JSON types the schema expects; the schema then validates. */
 function optionValue(key: keyof typeof TARGET_OPTIONS, text: string): unknown {
-  if (key === 'immediate_data' || key === 'md_readd') {
+  if (typeof TARGET_OPTIONS[key].default === 'boolean') {
     if (/^(1|on|yes|true)$/i.test(text)) return true;
     if (/^(0|off|no|false)$/i.test(text)) return false;
     throw new UsageError(`${flag(key)}: expected on or off, got '${text}'`);
@@ -252,6 +252,42 @@ export async function reconnect(argv: string[]): Promise<number> {
   return 0;
 }
 
+export const RESCAN_USAGE = `usage: srp-nbd rescan [options] TARGET
+
+Follows LUN changes on the target now: re-reads every LUN's capacity (a LUN that grew gets its
+export and /dev/nbdN resized; one that shrank is reported, not followed) and WP bit, then the LUN
+list (new LUNs are exported on the lowest free /dev/nbdN; vanished ones fail I/O with EIO until
+detach). The daemon does the same on its own for the unit attentions CAPACITY DATA HAS CHANGED and
+REPORTED LUNS DATA HAS CHANGED.
+${CONNECTION_USAGE}`;
+
+export async function rescan(argv: string[]): Promise<number> {
+  const { values, positionals } = parseArgs({
+    args: argv,
+    allowPositionals: true,
+    options: CONNECTION_OPTIONS,
+    strict: true,
+  });
+  if (values.help) {
+    print(RESCAN_USAGE);
+    return 0;
+  }
+  if (positionals.length !== 1) throw new UsageError('rescan: give exactly one TARGET');
+  const view = await call(() => client(values).call<TargetView>('rescan', { params: { id: positionals[0]! } }));
+  print(
+    values.json
+      ? JSON.stringify(view, null, 2)
+      : [
+          `${view.id}: rescanned`,
+          ...view.lun_details.map(
+            (l) =>
+              `  LUN ${l.lun}  ${l.export}  device ${l.device ?? '-'}  ${l.size} bytes  ${l.state}${l.read_only ? ', read-only' : ''}${l.capacity_note ? `; ${l.capacity_note}` : ''}`,
+          ),
+        ].join('\n'),
+  );
+  return 0;
+}
+
 /* ------------------------------------------------------------------ list / status */
 
 export const LIST_USAGE = `usage: srp-nbd list [options]
@@ -369,6 +405,16 @@ function formatStatus(v: TargetView): string {
       `  LUN ${l.lun}       ${l.export}  device ${l.device ?? '-'}  ${(l.size / 1048576).toFixed(0)} MiB, ${l.block_size}-byte blocks`,
     );
     lines.push(`              ${l.identity}`);
+    if (l.state === 'removed')
+      lines.push('              removed: the target no longer reports it (I/O fails with EIO)');
+    if (l.capacity_note) lines.push(`              ${l.capacity_note}`);
+    if (l.read_only || l.write_protect) {
+      const kernel =
+        l.kernel_read_only === null ? '' : `, kernel device ${l.kernel_read_only ? 'read-only' : 'read-write'}`;
+      lines.push(
+        `              read-only (${l.read_only_reason ?? 'no'}; WP ${l.write_protect ? 'on' : 'off'}${kernel})`,
+      );
+    }
     for (const m of l.md) lines.push(`              md: ${describeMembership(m)}`);
     lines.push(
       `              ${

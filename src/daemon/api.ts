@@ -34,6 +34,7 @@ const HANDLERS: Record<RouteName, Handler> = {
   },
   setTimers: (d, p, body) => d.setTimers(p.id!, body as TimersPatch),
   reconnect: (d, p) => d.reconnect(p.id!),
+  rescan: (d, p) => d.rescan(p.id!),
   metrics: (d) => d.metrics(),
   openapi: () => openApiDocument(VERSION),
 };

@@ -105,6 +105,11 @@ export const TARGET_OPTIONS = {
     default: true,
     doc: 'When the path comes back (the LUN identity checked), re-add the device to every md array that failed it meanwhile, as `mdadm --re-add` would (with a write-intent bitmap md resyncs only what changed). false leaves that to the administrator.',
   },
+  read_only: {
+    schema: z.boolean(),
+    default: false,
+    doc: 'Export every LUN of the target read-only (NBD_FLAG_READ_ONLY, a read-only /dev/nbdN; writes, trims and write-zeroes fail with EPERM before reaching the target). A LUN that reports the WP bit (MODE SENSE) is read-only whatever this says.',
+  },
   dead_conn_timeout: {
     schema: z.number().int().min(1).max(3600),
     default: 30,

@@ -16,7 +16,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { Logger } from 'pino';
-import { type ChannelConnector, SrpPort, type SrpPortOptions } from '../fsm/srp-port.js';
+import { type ChannelConnector, type LunEvent, SrpPort, type SrpPortOptions } from '../fsm/srp-port.js';
 import { LunBackend } from '../fsm/lun-backend.js';
 import { RPORT_STATES, type RportState } from '../fsm/rport.js';
 import { formatTmo, type TmoParams, validateTmo } from '../fsm/timers.js';
@@ -42,7 +42,7 @@ import {
   reattach as nbdReattach,
 } from '../nbd/netlink.js';
 import { NbdServer } from '../nbd/server.js';
-import { TEST_INITIATOR_PORT_ID, TEST_TARGET_PORT_ID } from '../testing/test-fabric.js';
+import { TEST_INITIATOR_PORT_ID, TEST_TARGET_PORT_ID, type TestFabric } from '../testing/test-fabric.js';
 import { type AnyAddress, deriveTargetId, formatAnyAddress, parseAnyAddress } from './address.js';
 import { addTargetConflicts, type AddTargetTuning, addTargetTuning, applyTuning } from './add-target-options.js';
 import {
@@ -56,7 +56,7 @@ import {
 } from './config.js';
 import { limitDeviceIo } from './device-limits.js';
 import { type MdMembership, mdMemberships, MdReaddPolicy } from './md.js';
-import { IO_OPS, MeteredBackend, renderMetrics, type TargetMetrics } from './metrics.js';
+import { IO_OPS, type LunChange, MeteredBackend, renderMetrics, type TargetMetrics } from './metrics.js';
 import { type PersistedLun, type PersistedTarget, StateStore } from './state.js';
 import { createTestFabric } from './test-target.js';
 
@@ -85,6 +85,7 @@ interface LunRuntime {
   device: string | null;
   deviceNote?: string;
   identity: LunIdentity;
+  lunBackend: LunBackend;
   backend: MeteredBackend;
   /** the largest transfer of one SCSI command to this LUN (Block Limits VPD, max_sect) */
   maxTransferBytes: number;
@@ -93,6 +94,10 @@ interface LunRuntime {
   attachment?: NbdAttachment;
   /** md membership of the device as last read (refreshed asynchronously by status and metrics). */
   md: MdMembership[];
+  /** 'removed': the target no longer reports the LUN; its export fails I/O with EIO until detach. */
+  state: 'attached' | 'removed';
+  /** A capacity change that was not followed (the LUN shrank). */
+  capacityNote?: string;
 }
 
 interface TargetStats {
@@ -133,6 +138,12 @@ interface TargetRuntime {
   connecting?: Promise<void>;
   /** When to re-add the target's devices to md arrays that failed them (told of attach and path changes). */
   md: MdReaddPolicy;
+  /** LUN changes followed (rescan, unit attentions), one after the other. */
+  lunWork: Promise<unknown>;
+  /** LUN changes seen, by kind (srp_nbd_lun_changes_total). */
+  lunChanges: Partial<Record<LunChange, number>>;
+  /** The in-process test target behind a test address (tests reach its LUNs through testFabric()). */
+  fabric?: TestFabric;
   log: Logger;
 }
 
@@ -167,6 +178,8 @@ export interface NbdKernel {
   attach(opts: AttachOptions): Promise<NbdAttachment>;
   reattach(opts: AttachOptions & { index: number }): Promise<NbdAttachment>;
   detach(att: NbdAttachment, graceMs: number, onAbort?: () => void): Promise<void>;
+  /** NBD_CMD_RECONFIGURE with NBD_ATTR_SIZE_BYTES (Linux >= 5.3). */
+  resize(att: NbdAttachment, sizeBytes: number): Promise<void>;
   close(): void;
 }
 
@@ -431,6 +444,34 @@ export class Daemon {
     return this.view(rt);
   }
 
+  /**
+   * Follows LUN changes now (POST /targets/:id/rescan): REPORT LUNS (new LUNs are exported,
+   * vanished ones fail I/O with EIO until detach), then every LUN's capacity and WP bit (a LUN that
+   * grew is resized: export and /dev/nbdN). Needs the path running.
+   */
+  async rescan(id: string): Promise<TargetView> {
+    const rt = this.get(id);
+    if (rt.status !== 'attached' || !rt.port)
+      throw new DaemonError(`target ${id}: not attached (${rt.status}): nothing to rescan`, 409);
+    if (rt.port.state !== 'running')
+      throw new DaemonError(`target ${id}: the path is ${rt.port.state}: rescan once it is running`, 409);
+    rt.log.info('rescan requested');
+    try {
+      await this.lunWork(rt, async () => {
+        await this.rescanLuns(rt); // first: a LUN that vanished has no capacity to re-read
+        await this.refreshLuns(rt, rt.luns);
+      });
+    } catch (e) {
+      throw new DaemonError(`target ${id}: rescan failed: ${(e as Error).message}`, 502);
+    }
+    return this.view(rt);
+  }
+
+  /** The in-process test target of a test address (for tests: its LUNs can be changed under the daemon). */
+  testFabric(id: string): TestFabric | undefined {
+    return this.targets.get(id)?.fabric;
+  }
+
   health(): { status: 'ok'; version: string; uptime_s: number; targets: number } {
     return {
       status: 'ok',
@@ -471,6 +512,8 @@ export class Daemon {
       },
       restoreAttempt: 0,
       removed: false,
+      lunWork: Promise.resolve(),
+      lunChanges: {},
       md: new MdReaddPolicy(
         {
           log,
@@ -557,6 +600,7 @@ export class Daemon {
     if (rt.address.kind === 'test') {
       const { fabric, close } = await createTestFabric(rt.address.spec, this.config.state_dir);
       rt.closeTransport = close;
+      rt.fabric = fabric;
       this.stillWanted(rt);
       connector = fabric;
       ids = { initiatorPortId: TEST_INITIATOR_PORT_ID, targetPortId: TEST_TARGET_PORT_ID };
@@ -587,6 +631,7 @@ export class Daemon {
       ...(rt.tuning.maxTransferBytes !== undefined ? { maxTransferBytes: rt.tuning.maxTransferBytes } : {}),
       ...(rt.tuning.maxCmdPerLun !== undefined ? { maxCmdPerLun: rt.tuning.maxCmdPerLun } : {}),
       logger: this.log,
+      onLunEvent: (sam, ev) => this.onLunEvent(rt, sam, ev),
     };
     rt.log.info({ via: connector.description }, 'logging in');
     const port = await SrpPort.connect(portOpts);
@@ -617,7 +662,14 @@ export class Daemon {
         );
       }
       const exportName = before?.export ?? `${rt.id}-lun${number}`;
-      const lunBackend = new LunBackend(port, disk, `${rt.id} LUN ${number}: ${describeIdentity(identity)}`);
+      const lunBackend = new LunBackend(
+        port,
+        disk,
+        `${rt.id} LUN ${number}: ${describeIdentity(identity)}`,
+        o.read_only,
+      );
+      if (lunBackend.readOnly)
+        rt.log.info({ lun: number, reason: lunBackend.readOnlyReason }, 'LUN exported read-only');
       luns.push({
         sam,
         number,
@@ -625,9 +677,11 @@ export class Daemon {
         backendId: before?.backendId ?? `srp-nbd:${exportName}`,
         device: before?.device ?? null,
         identity,
+        lunBackend,
         backend: new MeteredBackend(lunBackend),
         maxTransferBytes: disk.limits.maxTransferBlocks * disk.geometry.blockSize,
         md: [],
+        state: 'attached',
       });
     }
     for (const p of rt.persisted) {
@@ -812,6 +866,7 @@ export class Daemon {
             attach: (o) => nbdAttach(nl, b, o),
             reattach: (o) => nbdReattach(nl, b, o),
             detach: (att, graceMs, onAbort) => nbdDetach(nl, att, graceMs, onAbort),
+            resize: (att, sizeBytes) => nl.resize(att.index, att.backendId, sizeBytes),
             close: () => nl.close(),
           } satisfies NbdKernel;
         })();
@@ -820,6 +875,210 @@ export class Daemon {
       if (this.netlink === p) this.netlink = undefined; // try again next time (modprobe nbd)
     });
     return p;
+  }
+
+  /* ------------------------------------------------------------------ LUN changes while attached */
+
+  /** Runs `fn` after the target's earlier LUN work (one change followed at a time). */
+  private lunWork<T>(rt: TargetRuntime, fn: () => Promise<T>): Promise<T> {
+    const p = rt.lunWork.then(fn);
+    rt.lunWork = p.catch(() => undefined);
+    return p;
+  }
+
+  /** What a unit attention or an identity check told about a LUN: follow it in the background. */
+  private onLunEvent(rt: TargetRuntime, sam: bigint, ev: LunEvent): void {
+    const l = rt.luns.find((x) => x.sam === sam);
+    const background = (what: string, fn: () => Promise<void>): void => {
+      this.lunWork(rt, async () => {
+        if (rt.removed || this.closing || rt.status !== 'attached') return;
+        await fn();
+      }).catch((e: unknown) => rt.log.warn({ err: (e as Error).message }, `${what} failed`));
+    };
+    switch (ev.type) {
+      case 'unit-attention':
+        if (ev.what === 'capacity-changed' && l) {
+          rt.log.info({ lun: l.number }, 'CAPACITY DATA HAS CHANGED: re-reading the capacity');
+          background('capacity re-read', () => this.refreshLuns(rt, [l]));
+        } else if (ev.what === 'luns-changed') {
+          rt.log.info('REPORTED LUNS DATA HAS CHANGED: re-reading the LUN list');
+          background('LUN rescan', () => this.rescanLuns(rt));
+        }
+        break;
+      case 'grown':
+        if (!l) break;
+        this.countLunChange(rt, 'grown');
+        background('device resize', async () => {
+          l.identity = rt.port?.identityOf(sam) ?? l.identity;
+          await this.resizeDevice(rt, l);
+          this.persist();
+        });
+        break;
+      case 'write-protect':
+        if (!l) break;
+        this.countLunChange(rt, ev.writeProtected ? 'write_protected' : 'write_enabled');
+        this.noteWriteProtect(rt, l);
+        break;
+      default:
+        break;
+    }
+  }
+
+  private countLunChange(rt: TargetRuntime, change: LunChange): void {
+    rt.lunChanges[change] = (rt.lunChanges[change] ?? 0) + 1;
+  }
+
+  /** The WP bit changed while attached: writes follow it at once; the kernel device cannot. */
+  private noteWriteProtect(rt: TargetRuntime, l: LunRuntime): void {
+    const wp = l.lunBackend.writeProtected;
+    rt.log.warn(
+      { lun: l.number, device: l.device, writeProtected: wp, readOnly: l.lunBackend.readOnly },
+      wp
+        ? 'the LU is now write protected: writes are refused with EPERM (the kernel device stays as it was connected)'
+        : 'the LU is no longer write protected: the kernel device stays as it was connected until detach and attach',
+    );
+  }
+
+  /** Re-reads the capacity and WP bit of `luns` (attached ones): grown ones are resized. */
+  private async refreshLuns(rt: TargetRuntime, luns: readonly LunRuntime[]): Promise<void> {
+    const port = rt.port;
+    if (!port) return;
+    let grown = false;
+    let failed: Error | undefined;
+    for (const l of luns) {
+      if (l.state !== 'attached') continue;
+      let r: Awaited<ReturnType<SrpPort['refreshLun']>>;
+      try {
+        r = await port.refreshLun(l.sam);
+      } catch (e) {
+        rt.log.warn({ lun: l.number, err: (e as Error).message }, 'cannot re-read the capacity and WP bit');
+        failed ??= new Error(`LUN ${l.number}: ${(e as Error).message}`);
+        continue;
+      }
+      if (r.writeProtectChanged) {
+        this.countLunChange(rt, r.writeProtected ? 'write_protected' : 'write_enabled');
+        this.noteWriteProtect(rt, l);
+      }
+      if (r.capacity === 'grown') {
+        this.countLunChange(rt, 'grown');
+        l.identity = port.identityOf(l.sam) ?? l.identity;
+        l.capacityNote = undefined;
+        rt.log.info(
+          { lun: l.number, from: r.blocksBefore, to: r.blocksNow, size: l.backend.size },
+          'the LUN grew: resizing its export and device',
+        );
+        await this.resizeDevice(rt, l);
+        grown = true;
+      } else if (r.capacity === 'shrank') {
+        const note = `the target reports ${r.blocksNow} blocks, fewer than the ${r.blocksBefore} attached: not followed (I/O beyond the new end fails); detach and attach to take the new size`;
+        if (l.capacityNote !== note) {
+          this.countLunChange(rt, 'shrunk');
+          rt.log.error({ lun: l.number, from: r.blocksBefore, to: r.blocksNow }, `the LUN shrank: ${note}`);
+        }
+        l.capacityNote = note;
+      }
+    }
+    if (grown) this.persist();
+    if (failed) throw failed;
+  }
+
+  /** Sets the kernel device's size to the export's (NBD_CMD_RECONFIGURE with NBD_ATTR_SIZE_BYTES). */
+  private async resizeDevice(rt: TargetRuntime, l: LunRuntime): Promise<void> {
+    const att = l.attachment;
+    if (!att) return;
+    try {
+      const nb = await this.kernelNbd();
+      await nb.resize(att, l.backend.size);
+      l.deviceNote = undefined;
+      rt.log.info({ device: l.device, size: l.backend.size }, 'kernel device resized (RECONFIGURE)');
+    } catch (e) {
+      l.deviceNote = `resize of ${l.device} to ${l.backend.size} bytes failed: ${(e as Error).message} (Linux >= 5.3 needed)`;
+      rt.log.warn({ device: l.device, err: (e as Error).message }, 'kernel device not resized');
+    }
+  }
+
+  /** REPORT LUNS again: new LUNs exported (LUN order, lowest free /dev/nbdN), vanished ones fail with EIO. */
+  private async rescanLuns(rt: TargetRuntime): Promise<void> {
+    const port = rt.port;
+    if (!port) return;
+    const sams = new Set(await reportLuns(port.executor));
+    this.stillWanted(rt);
+    let changed = false;
+    for (const l of rt.luns) {
+      if (l.state !== 'attached' || sams.has(l.sam)) continue;
+      l.state = 'removed';
+      l.lunBackend.gone = true;
+      port.removeLun(l.sam);
+      this.countLunChange(rt, 'removed');
+      changed = true;
+      rt.log.warn(
+        { lun: l.number, export: l.exportName, device: l.device },
+        'the target no longer reports this LUN: its I/O fails with EIO; the device stays until detach',
+      );
+    }
+    const added = [...sams].filter((sam) => !rt.luns.some((l) => l.sam === sam)).sort((a, b) => (a < b ? -1 : 1));
+    for (const sam of added) {
+      const number = lunNumber(sam);
+      const exportName = `${rt.id}-lun${number}`;
+      if (this.nbd.lookup(exportName)) {
+        rt.log.error({ lun: number, export: exportName }, 'new LUN not exported: the export name is taken');
+        continue;
+      }
+      const disk = await port.addLun(sam);
+      this.stillWanted(rt);
+      const identity = disk.probeResult!.identity;
+      const lunBackend = new LunBackend(
+        port,
+        disk,
+        `${rt.id} LUN ${number}: ${describeIdentity(identity)}`,
+        rt.options.read_only,
+      );
+      const l: LunRuntime = {
+        sam,
+        number,
+        exportName,
+        backendId: `srp-nbd:${exportName}`,
+        device: null,
+        identity,
+        lunBackend,
+        backend: new MeteredBackend(lunBackend),
+        maxTransferBytes: disk.limits.maxTransferBlocks * disk.geometry.blockSize,
+        md: [],
+        state: 'attached',
+      };
+      this.nbd.addExport(exportName, l.backend);
+      rt.luns.push(l);
+      this.countLunChange(rt, 'added');
+      changed = true;
+      await this.attachNewDevice(rt, l);
+      rt.log.info(
+        { lun: number, export: exportName, device: l.device, identity: describeIdentity(identity) },
+        'new LUN exported',
+      );
+    }
+    if (changed) {
+      rt.persisted = this.persistedLuns(rt);
+      this.persist();
+    }
+  }
+
+  /** A kernel device for a LUN found by a rescan: the lowest free /dev/nbdN (unless device is none). */
+  private async attachNewDevice(rt: TargetRuntime, l: LunRuntime): Promise<void> {
+    if (rt.options.device === 'none') return;
+    try {
+      const nb = await this.kernelNbd();
+      l.attachment = await nb.attach({
+        server: this.nbd,
+        exportName: l.exportName,
+        backendId: l.backendId,
+        deadConnTimeoutSec: rt.options.dead_conn_timeout,
+      });
+      l.device = l.attachment.device;
+      await this.limitDeviceIo(rt, l);
+    } catch (e) {
+      l.deviceNote = `no kernel device: ${(e as Error).message}`;
+      rt.log.warn({ export: l.exportName, err: (e as Error).message }, 'new LUN: no kernel device');
+    }
   }
 
   /** Undoes connect(): exports, devices (only when `removeDevices`), the port, the transport. */
@@ -916,14 +1175,17 @@ export class Daemon {
     return rt;
   }
 
+  /** The LUNs a restart must find again (not those the target stopped reporting). */
   private persistedLuns(rt: TargetRuntime): PersistedLun[] {
-    return rt.luns.map((l) => ({
-      lun: hex16(l.sam),
-      export: l.exportName,
-      device: l.device,
-      backendId: l.backendId,
-      identity: identityToJSON(l.identity) as PersistedLun['identity'],
-    }));
+    return rt.luns
+      .filter((l) => l.state === 'attached')
+      .map((l) => ({
+        lun: hex16(l.sam),
+        export: l.exportName,
+        device: l.device,
+        backendId: l.backendId,
+        identity: identityToJSON(l.identity) as PersistedLun['identity'],
+      }));
   }
 
   /** What state.json should hold, with a change not yet applied (persist, then commit). */
@@ -1068,6 +1330,12 @@ export class Daemon {
         size: l.backend.size,
         block_size: l.backend.blockSize.minimum,
         max_io_bytes: l.deviceMaxIoKb !== undefined ? l.deviceMaxIoKb * 1024 : null,
+        state: l.state,
+        ...(l.capacityNote ? { capacity_note: l.capacityNote } : {}),
+        read_only: l.lunBackend.readOnly,
+        read_only_reason: l.lunBackend.readOnlyReason,
+        write_protect: l.lunBackend.writeProtected,
+        kernel_read_only: l.device ? kernelReadOnly(l.device, this.opts.sysfs) : null,
         identity: describeIdentity(l.identity),
         io: Object.fromEntries(
           IO_OPS.map((op) => {
@@ -1107,6 +1375,7 @@ export class Daemon {
       session: port?.sessionCounters,
       io: port?.gate.stats,
       mdReadds: rt.md.readds,
+      lunChanges: rt.lunChanges,
       luns: rt.luns.map((l) => ({ export: l.exportName, md: l.md, stats: l.backend.stats })),
     };
   }
@@ -1182,10 +1451,21 @@ export interface TargetView extends TargetSummary {
     /** md arrays holding the device (/sys/block/nbdN/holders) and its state in each. */
     md: MdMembership[];
     device_note?: string;
+    /** 'removed': the target stopped reporting the LUN; I/O fails with EIO until detach. */
+    state: 'attached' | 'removed';
+    /** A capacity change not followed (the LUN shrank). */
+    capacity_note?: string;
     size: number;
     block_size: number;
     /** the kernel device's largest request as set at attach (max_sectors_kb × 1024); null if not set */
     max_io_bytes: number | null;
+    /** Writes refused with EPERM (NBD_FLAG_READ_ONLY at export), and why. */
+    read_only: boolean;
+    read_only_reason: 'option' | 'write_protect' | null;
+    /** The LU's WP bit as last read (MODE SENSE). */
+    write_protect: boolean;
+    /** /sys/block/nbdN/ro: fixed when the device was connected (netlink cannot change it later). */
+    kernel_read_only: boolean | null;
     identity: string;
     io: Record<string, { ops: number; bytes: number; errors: number }>;
   }[];
@@ -1207,6 +1487,15 @@ function definedOnly<T extends object>(o: T): Partial<T> {
 /** SAM LUNs sorted by LUN number (then by their 8 bytes, for LUNs of other address methods). */
 export function sortLuns(sams: readonly bigint[]): bigint[] {
   return [...sams].sort((a, b) => lunNumber(a) - lunNumber(b) || (a < b ? -1 : a > b ? 1 : 0));
+}
+
+/** /sys/block/nbdN/ro of a device, null when it cannot be read. */
+function kernelReadOnly(device: string, sysfs = '/sys'): boolean | null {
+  try {
+    return fs.readFileSync(path.join(sysfs, 'block', path.basename(device), 'ro'), 'utf8').trim() === '1';
+  } catch {
+    return null;
+  }
 }
 
 function lunNumber(sam: bigint): number {

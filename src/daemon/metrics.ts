@@ -194,8 +194,14 @@ export interface TargetMetrics {
   /** The port's I/O gate; undefined without a port. */
   io: Pick<IoGateStats, 'inFlight' | 'held' | 'retried' | 'failedEio'> | undefined;
   mdReadds: number;
+  /** LUN changes followed while attached, by kind. */
+  lunChanges: Partial<Record<LunChange, number>>;
   luns: LunMetrics[];
 }
+
+/** Kinds of srp_nbd_lun_changes_total. */
+export const LUN_CHANGES = ['grown', 'shrunk', 'added', 'removed', 'write_protected', 'write_enabled'] as const;
+export type LunChange = (typeof LUN_CHANGES)[number];
 
 /** What the daemon hands renderMetrics() at each scrape. */
 export interface DaemonMetrics {
@@ -237,6 +243,11 @@ const FAMILIES: readonly [name: string, type: 'counter' | 'gauge' | 'histogram',
     'Block requests failed with EIO by the transport state (fail-fast, lost).',
   ],
   ['srp_nbd_md_readds_total', 'counter', 'Devices re-added to an md array that had failed them (option md_readd).'],
+  [
+    'srp_nbd_lun_changes_total',
+    'counter',
+    'LUN changes seen while attached: grown (resized), shrunk (not followed), added, removed, write_protected, write_enabled.',
+  ],
   ['srp_nbd_md_member_faulty', 'gauge', '1 while md has the device marked faulty in the array.'],
   ['srp_nbd_lun_ops_total', 'counter', 'Block requests completed, per export and operation.'],
   ['srp_nbd_lun_bytes_total', 'counter', 'Bytes transferred, per export and operation.'],
@@ -278,6 +289,7 @@ export function renderMetrics(d: DaemonMetrics): string {
     e.sample('srp_nbd_io_replayed_total', '', t, g?.retried ?? 0);
     e.sample('srp_nbd_io_failed_eio_total', '', t, g?.failedEio ?? 0);
     e.sample('srp_nbd_md_readds_total', '', t, m.mdReadds);
+    for (const c of LUN_CHANGES) e.sample('srp_nbd_lun_changes_total', '', { ...t, change: c }, m.lunChanges[c] ?? 0);
     for (const l of m.luns) {
       for (const md of l.md) {
         const faulty = md.state.includes('faulty') ? 1 : 0;

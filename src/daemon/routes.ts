@@ -85,6 +85,13 @@ export const ROUTES = {
     status: 200,
     summary: 'Reconnect now (also from lost; a target still connecting after a restart retries at once).',
   },
+  rescan: {
+    method: 'POST',
+    url: '/targets/:id/rescan',
+    status: 200,
+    summary:
+      "Follow LUN changes now: re-read every LUN's capacity (a grown LUN's export and /dev/nbdN are resized) and WP bit, and REPORT LUNS (new LUNs exported, vanished ones fail I/O with EIO until detach).",
+  },
   metrics: {
     method: 'GET',
     url: '/metrics',

@@ -10,17 +10,25 @@
  * Failures reach the NBD server as they are: ScsiError and DiskRequestError
  * name their errno in `code`, and so does the gate's EioError, which is what
  * the server maps to an NBD error number (see backend.ts).
+ *
+ * Read-only as Linux sd makes a disk: when the LU reports the WP bit (read at
+ * probe, at every identity check and rescan) or the operator forced it, the
+ * export is offered read-only and writes, trims and write-zeroes are refused
+ * here with EPERM, never sent. The size follows the disk's geometry (a LUN
+ * that grew). A LUN the target no longer reports is `gone`: every request
+ * fails with EIO until the export is removed.
  */
 import type { ScsiDisk } from '../initiator/scsi-disk.js';
-import type { Backend, BlockSizeConstraints } from '../nbd/backend.js';
+import { type Backend, BackendError, type BlockSizeConstraints } from '../nbd/backend.js';
 import * as C from '../nbd/nbd-constants.js';
 import type { SrpPort } from './srp-port.js';
 
 const nothing = (): void => undefined;
 
+/** Why an export is read-only: the per-target option, or the LU's WP bit. */
+export type ReadOnlyReason = 'option' | 'write_protect';
+
 export class LunBackend implements Backend {
-  readonly size: number;
-  readonly readOnly = false;
   readonly blockSize: BlockSizeConstraints;
   readonly canFlush = true;
   readonly canFua = true;
@@ -29,13 +37,17 @@ export class LunBackend implements Backend {
   /** One LUN, one cache: SYNCHRONIZE CACHE covers writes from every connection. */
   readonly canMultiConn = true;
 
+  /** The target no longer reports the LUN: every request fails with EIO. */
+  gone = false;
+
   constructor(
     private readonly port: SrpPort,
     private readonly disk: ScsiDisk,
     readonly description: string,
+    /** The per-target option `read_only`. */
+    private readonly forceReadOnly = false,
   ) {
     const g = disk.geometry;
-    this.size = g.sizeBytes;
     this.blockSize = {
       minimum: g.blockSize,
       preferred: Math.max(4096, g.physicalBlockSize),
@@ -44,7 +56,38 @@ export class LunBackend implements Backend {
     this.canTrim = disk.limits.trim !== 'none';
   }
 
+  /** The disk's size as last adopted (grows with the LUN; a shrink is never adopted). */
+  get size(): number {
+    return this.disk.geometry.sizeBytes;
+  }
+
+  get readOnly(): boolean {
+    return this.readOnlyReason !== null;
+  }
+
+  /** The LU's WP bit as last read. */
+  get writeProtected(): boolean {
+    return this.disk.writeProtected;
+  }
+
+  get readOnlyReason(): ReadOnlyReason | null {
+    if (this.forceReadOnly) return 'option';
+    return this.disk.writeProtected ? 'write_protect' : null;
+  }
+
+  /** Refuses a request before it reaches the target: EIO when the LUN is gone, EPERM when read-only. */
+  private refused(write: boolean): Promise<never> | undefined {
+    if (this.gone)
+      return Promise.reject(new BackendError(`${this.description}: the target no longer reports this LUN`, 'EIO'));
+    const ro = write ? this.readOnlyReason : null;
+    if (ro === null) return undefined;
+    const why = ro === 'option' ? 'read_only is set for the target' : 'the LU is write protected';
+    return Promise.reject(new BackendError(`${this.description}: read-only (${why})`, 'EPERM'));
+  }
+
   read(offset: number, dst: Buffer): Promise<void> {
+    const no = this.refused(false);
+    if (no) return no;
     // dst is recycled memory (the NBD server's buffer pool), yet it needs no zeroing: ScsiDisk.read
     // resolves only when the target transferred every byte asked for (a residual or a short
     // transfer is EIO, and an error reply carries no data), and the session zeroes what a target
@@ -53,18 +96,18 @@ export class LunBackend implements Backend {
   }
 
   write(offset: number, data: Buffer, fua: boolean): Promise<void> {
-    return this.port.gate.submit(() => this.disk.write(offset, data, { fua }));
+    return this.refused(true) ?? this.port.gate.submit(() => this.disk.write(offset, data, { fua }));
   }
 
   flush(): Promise<void> {
-    return this.port.gate.submit(() => this.disk.flush());
+    return this.refused(false) ?? this.port.gate.submit(() => this.disk.flush());
   }
 
   trim(offset: number, length: number): Promise<void> {
-    return this.port.gate.submit(() => this.disk.trim(offset, length));
+    return this.refused(true) ?? this.port.gate.submit(() => this.disk.trim(offset, length));
   }
 
   writeZeroes(offset: number, length: number, fua: boolean, noHole: boolean): Promise<void> {
-    return this.port.gate.submit(() => this.disk.writeZeroes(offset, length, { fua, noHole }));
+    return this.refused(true) ?? this.port.gate.submit(() => this.disk.writeZeroes(offset, length, { fua, noHole }));
   }
 }

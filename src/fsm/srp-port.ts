@@ -10,7 +10,7 @@
  * reconnects unchanged.
  */
 import type { Logger } from 'pino';
-import { type CacheInfo, ScsiDisk } from '../initiator/scsi-disk.js';
+import { type ProbeResult, ScsiDisk, type ScsiDiskEvent } from '../initiator/scsi-disk.js';
 import { type ScsiCommand, type ScsiExecutor, type ScsiResult, TransportError } from '../initiator/scsi-executor.js';
 import { type LunIdentity, describeIdentity, sameIdentity } from '../initiator/lun-identity.js';
 import { SrpSession, type SrpSessionOptions } from '../initiator/srp-session.js';
@@ -38,6 +38,26 @@ export interface ChannelConnector {
   loginContext?(): LoginContext | undefined;
 }
 
+/**
+ * What the port learns about one of its LUNs while it runs: a unit attention a command saw (the
+ * owner decides what to re-read), or what an identity check after a reconnect found changed on
+ * the same disk (it grew; its WP bit flipped).
+ */
+export type LunEvent =
+  | { type: 'unit-attention'; what: Extract<ScsiDiskEvent, { type: 'unit-attention' }>['what'] }
+  | { type: 'grown'; from: bigint; to: bigint }
+  | { type: 'write-protect'; writeProtected: boolean };
+
+/** What re-reading a LUN's capacity and WP bit found (SrpPort.refreshLun). */
+export interface LunRefresh {
+  /** Block counts before and now; a shrink is reported, not adopted. */
+  blocksBefore: bigint;
+  blocksNow: bigint;
+  capacity: 'same' | 'grown' | 'shrank';
+  writeProtected: boolean;
+  writeProtectChanged: boolean;
+}
+
 export interface SrpPortOptions {
   /** Name in logs and the REST view, e.g. the target's id_ext or address. */
   name: string;
@@ -54,6 +74,8 @@ export interface SrpPortOptions {
   /** SCSI commands outstanding per LUN at most (ib_srp max_cmd_per_lun); the others wait their turn. */
   maxCmdPerLun?: number;
   logger: Logger;
+  /** Told of unit attentions and of changes found on a LUN (see LunEvent). */
+  onLunEvent?: (lun: bigint, event: LunEvent) => void;
 }
 
 interface LunEntry {
@@ -129,7 +151,12 @@ export class SrpPort {
 
   /** Probes a LUN and records its identity; later reconnects must find the same disk. */
   async addLun(lun: bigint): Promise<ScsiDisk> {
-    const opts: ConstructorParameters<typeof ScsiDisk>[1] = { lun };
+    const opts: ConstructorParameters<typeof ScsiDisk>[1] = {
+      lun,
+      onEvent: (e) => {
+        if (e.type === 'unit-attention') this.opts.onLunEvent?.(lun, { type: 'unit-attention', what: e.what });
+      },
+    };
     if (this.opts.commandTimeoutMs !== undefined) opts.timeoutMs = this.opts.commandTimeoutMs;
     if (this.opts.maxTransferBytes !== undefined) opts.maxTransferBytes = this.opts.maxTransferBytes;
     const executor =
@@ -142,6 +169,40 @@ export class SrpPort {
       'LUN added',
     );
     return disk;
+  }
+
+  /** Forgets a LUN the target no longer reports: later identity checks leave it out. */
+  removeLun(lun: bigint): void {
+    this.luns.delete(lun);
+  }
+
+  /**
+   * Re-reads a LUN's capacity (READ CAPACITY(16)) and WP bit on the current session (after a
+   * CAPACITY DATA HAS CHANGED unit attention, or a rescan). A LUN that grew is followed (its disk
+   * and recorded identity take the new size); one that shrank is reported and not followed.
+   */
+  async refreshLun(lun: bigint): Promise<LunRefresh> {
+    const entry = this.luns.get(lun);
+    if (!entry) throw new Error(`LUN ${lun.toString(16)} is not attached`);
+    const disk = entry.disk;
+    const capacity = await disk.readCapacityNow();
+    const wp = await disk.readWriteProtect();
+    const blocksBefore = disk.geometry.blockCount;
+    const blocksNow = capacity.blockCount;
+    let change: LunRefresh['capacity'] = 'same';
+    if (capacity.blockLength !== disk.geometry.blockSize || blocksNow < blocksBefore) change = 'shrank';
+    else if (blocksNow > blocksBefore) {
+      disk.adoptCapacity(capacity);
+      entry.identity = { ...entry.identity, blockCount: blocksNow };
+      change = 'grown';
+    }
+    const writeProtectChanged = disk.adoptWriteProtect(wp);
+    return { blocksBefore, blocksNow, capacity: change, writeProtected: wp.writeProtected, writeProtectChanged };
+  }
+
+  /** The identity recorded for a LUN (its block count follows a LUN that grew). */
+  identityOf(lun: bigint): LunIdentity | undefined {
+    return this.luns.get(lun)?.identity;
   }
 
   /** Operator request: reconnect now (from lost: start over). */
@@ -226,20 +287,37 @@ export class SrpPort {
     if (!candidate) throw new Error('no new session to verify');
     const probeVia: ScsiExecutor = { execute: (cmd) => candidate.execute(cmd) };
     const differences: string[] = [];
-    const caches: [LunEntry, CacheInfo][] = [];
+    const probes: [LunEntry, ProbeResult][] = [];
     for (const [lun, entry] of this.luns) {
       const probe = await new ScsiDisk(probeVia, { lun }).probe();
       if (signal.aborted || this.candidate !== candidate) throw new Error('identity check aborted');
       const cmp = sameIdentity(entry.identity, probe.identity);
       if (!cmp.same) differences.push(...cmp.differences.map((d) => `LUN ${lun.toString(16)}: ${d}`));
-      caches.push([entry, probe.cache]);
+      probes.push([entry, probe]);
     }
     if (differences.length > 0) {
       // Never send I/O to a different disk: drop this session now.
       this.dropCandidate();
       throw new IdentityMismatchError(differences);
     }
-    for (const [entry, cache] of caches) {
+    const events: [bigint, LunEvent][] = [];
+    for (const [entry, probe] of probes) {
+      const { cache, writeProtect, capacity } = probe;
+      const lun = entry.disk.lun;
+      if (entry.disk.adoptWriteProtect(writeProtect)) {
+        this.log.warn(
+          { lun: lun.toString(16), writeProtected: writeProtect.writeProtected },
+          `the LU's write protect (WP) changed across the reconnect: now ${writeProtect.writeProtected ? 'on' : 'off'}`,
+        );
+        events.push([lun, { type: 'write-protect', writeProtected: writeProtect.writeProtected }]);
+      }
+      const from = entry.disk.geometry.blockCount;
+      if (capacity.blockCount > from) {
+        entry.disk.adoptCapacity(capacity);
+        entry.identity = { ...entry.identity, blockCount: capacity.blockCount };
+        this.log.info({ lun: lun.toString(16), from, to: capacity.blockCount }, 'the LUN grew across the reconnect');
+        events.push([lun, { type: 'grown', from, to: capacity.blockCount }]);
+      }
       if (entry.disk.adoptCache(cache)) {
         this.log.warn(
           {
@@ -255,6 +333,7 @@ export class SrpPort {
     this.candidate = undefined;
     this.install(candidate);
     this.log.info({ attempt, luns: this.luns.size }, 'identity verified');
+    for (const [lun, ev] of events) this.opts.onLunEvent?.(lun, ev);
   }
 
   private onAction(a: RportAction): void {

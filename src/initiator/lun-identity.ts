@@ -3,11 +3,14 @@
  * releases I/O to a different disk that happens to sit behind the same target and LUN number.
  *
  * identity = the logical unit's designators from VPD 83h (association "logical unit": NAA, EUI-64,
- * T10 vendor ID, SCSI name string, UUID, MD5, vendor specific) + unit serial number (VPD 80h) +
- * capacity (block count) + logical block size. Target port designators (relative target port,
- * target port group) are left out on purpose: they differ between paths to the same LU, as does
- * the logical unit group. Vendor/product/revision are kept for messages but not compared (a
- * firmware upgrade changes the revision of the same disk).
+ * T10 vendor ID, SCSI name string, UUID, MD5, vendor specific) + unit serial number (VPD 80h).
+ * Target port designators (relative target port, target port group) are left out on purpose: they
+ * differ between paths to the same LU, as does the logical unit group. Vendor/product/revision are
+ * kept for messages but not compared (a firmware upgrade changes the revision of the same disk).
+ *
+ * Capacity is recorded but is not identity: a LUN grown on the target is the same disk (its device
+ * grows with it). What the comparison still refuses is a LUN that can no longer hold what was
+ * attached: one that shrank below the recorded size, or whose logical block size changed.
  */
 
 import {
@@ -163,8 +166,10 @@ export function describeIdentity(id: LunIdentity): string {
 }
 
 export interface IdentityComparison {
-  /** Same logical unit, same size: safe to carry on. */
+  /** Same logical unit, not smaller, same block size: safe to carry on. */
   same: boolean;
+  /** Same logical unit, more blocks than recorded. */
+  grown: boolean;
   /** One readable sentence per difference (empty when same). */
   differences: string[];
   /** Neither identity has a designator or serial: only capacity could be compared. */
@@ -174,7 +179,7 @@ export interface IdentityComparison {
 /**
  * Compare the identity recorded before (`a`) with the one found now (`b`). Designators are compared
  * as sets per designator type; a type present on one side only is a difference too (a LU does not
- * lose its NAA). Serial, block size and block count must be equal.
+ * lose its NAA). Serial and block size must be equal; the block count may grow, not shrink.
  */
 export function sameIdentity(a: LunIdentity, b: LunIdentity): IdentityComparison {
   const differences: string[] = [];
@@ -198,14 +203,15 @@ export function sameIdentity(a: LunIdentity, b: LunIdentity): IdentityComparison
     differences.push(`serial number changed: ${s(a.serial)} -> ${s(b.serial)}`);
   }
   if (a.blockSize !== b.blockSize) differences.push(`logical block size changed: ${a.blockSize} -> ${b.blockSize}`);
-  if (a.blockCount !== b.blockCount || a.blockSize !== b.blockSize) {
+  else if (b.blockCount < a.blockCount) {
     differences.push(
-      `capacity changed: ${capacityString(a.blockCount, a.blockSize)} -> ${capacityString(b.blockCount, b.blockSize)}`,
+      `capacity shrank below the attached size: ${capacityString(a.blockCount, a.blockSize)} -> ${capacityString(b.blockCount, b.blockSize)}`,
     );
   }
   const weak =
     a.designators.length === 0 && a.serial === undefined && b.designators.length === 0 && b.serial === undefined;
-  return { same: differences.length === 0, differences, weak };
+  const same = differences.length === 0;
+  return { same, grown: same && b.blockCount > a.blockCount, differences, weak };
 }
 
 /** JSON-serializable form (for persistence). */

@@ -9,6 +9,7 @@
 import {
   INQUIRY,
   MODE_PC_CURRENT,
+  MODE_SENSE,
   MODE_SENSE_10,
   READ_16,
   REPORT_LUNS,
@@ -119,6 +120,29 @@ export function buildInquiry(allocationLength: number, page?: number): Buffer {
     cdb[2] = page;
   }
   cdb.writeUInt16BE(allocationLength, 3);
+  return cdb;
+}
+
+/**
+ * MODE SENSE(6) (SPC-4 6.11, table 151): byte 1 DBD bit 3; byte 2 PC (bits 7-6) and PAGE CODE
+ * (5-0); byte 3 SUBPAGE CODE; byte 4 ALLOCATION LENGTH. What Linux sd sends to read the WP bit
+ * (sd_read_write_protect_flag(): page 3Fh, 4 bytes). DBD clear by default, as sd sends it.
+ */
+export function buildModeSense6(
+  page: number,
+  allocationLength: number,
+  opts: { subpage?: number; pc?: number; dbd?: boolean } = {},
+): Buffer {
+  checkU('page', page, 0x3f);
+  checkU('allocationLength', allocationLength, 0xff);
+  const pc = opts.pc ?? MODE_PC_CURRENT;
+  checkU('pc', pc, 3);
+  const cdb = Buffer.alloc(6);
+  cdb[0] = MODE_SENSE;
+  cdb[1] = opts.dbd === true ? 0x08 : 0;
+  cdb[2] = (pc << 6) | page;
+  cdb[3] = opts.subpage ?? 0;
+  cdb[4] = allocationLength;
   return cdb;
 }
 

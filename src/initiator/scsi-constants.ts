@@ -126,6 +126,10 @@ export const MODE_DSP_WP = 0x80;
 export const MODE_DSP_DPOFUA = 0x10;
 /** MODE SENSE PC field: current values. */
 export const MODE_PC_CURRENT = 0;
+/** MODE SENSE PAGE CODE 3Fh: return all mode pages (Linux sd_read_write_protect_flag() asks for it). */
+export const MODE_PAGE_ALL = 0x3f;
+/** MODE SENSE PAGE CODE 00h: vendor specific, no page format (sd's second try for the WP bit). */
+export const MODE_PAGE_VENDOR = 0x00;
 
 /** PAGE LENGTH of the Block Limits VPD page (SBC-3 table 209): 003Ch. */
 export const VPD_BLOCK_LIMITS_PAGE_LENGTH = 0x3c;

@@ -35,6 +35,8 @@ import {
   ASCQ_SPACE_ALLOCATION_FAILED_WRITE_PROTECT,
   DATA_PROTECT,
   CACHING_MODE_PAGE,
+  MODE_PAGE_ALL,
+  MODE_PAGE_VENDOR,
   ILLEGAL_REQUEST,
   NOT_READY,
   NO_SENSE,
@@ -61,6 +63,7 @@ import {
 import {
   buildInquiry,
   buildRead16,
+  buildModeSense6,
   buildModeSense10,
   buildReadCapacity16,
   buildReportLuns,
@@ -81,6 +84,7 @@ import {
   parseDeviceIdentification,
   findCachingPage,
   parseLogicalBlockProvisioning,
+  parseModeSense6,
   parseModeSense10,
   parseReadCapacity16,
   parseReportLuns,
@@ -264,6 +268,16 @@ export interface CacheInfo {
   source: 'mode-sense' | 'assumed';
 }
 
+/**
+ * The WP bit of the mode parameter header (DEVICE-SPECIFIC PARAMETER bit 7), read as Linux sd
+ * reads it (sd_read_write_protect_flag()); 'assumed' when no MODE SENSE answered ("Test WP
+ * failed, assume Write Enabled").
+ */
+export interface WriteProtectInfo {
+  writeProtected: boolean;
+  source: 'mode-sense' | 'assumed';
+}
+
 export interface ProbeResult {
   inquiry: StandardInquiry;
   vpdPages: number[];
@@ -275,6 +289,7 @@ export interface ProbeResult {
   geometry: DiskGeometry;
   limits: DiskLimits;
   cache: CacheInfo;
+  writeProtect: WriteProtectInfo;
   identity: LunIdentity;
 }
 
@@ -528,6 +543,7 @@ export class ScsiDisk {
 
     const capacity = await this.readCapacity();
     const cache = await this.readCache();
+    const writeProtect = await this.readWriteProtect();
     const geometry = this.geometryFrom(capacity);
     const limits = this.limitsFrom(geometry, capacity, cache, blockLimits, provisioning);
     const identity = lunIdentity({
@@ -539,7 +555,17 @@ export class ScsiDisk {
       product: inquiry.product,
       revision: inquiry.revision,
     });
-    const result: ProbeResult = { inquiry, vpdPages, designators, capacity, geometry, limits, cache, identity };
+    const result: ProbeResult = {
+      inquiry,
+      vpdPages,
+      designators,
+      capacity,
+      geometry,
+      limits,
+      cache,
+      writeProtect,
+      identity,
+    };
     if (serial !== undefined) result.serial = serial;
     if (blockLimits) result.blockLimits = blockLimits;
     if (provisioning) result.provisioning = provisioning;
@@ -552,7 +578,24 @@ export class ScsiDisk {
 
   /** Re-read the capacity (after CAPACITY DATA HAS CHANGED); returns the new geometry. */
   async refreshCapacity(): Promise<DiskGeometry> {
-    const capacity = await this.readCapacity();
+    return this.adoptCapacity(await this.readCapacity());
+  }
+
+  /** READ CAPACITY(16) now, without adopting it (the owner decides: a LU that shrank is not followed). */
+  readCapacityNow(): Promise<ReadCapacity16> {
+    return this.readCapacity();
+  }
+
+  /**
+   * Takes a capacity read later (readCapacityNow(), or a probe after a reconnect): block operations
+   * are checked against it from now on. The logical block size must be the one probed.
+   */
+  adoptCapacity(capacity: ReadCapacity16): DiskGeometry {
+    if (this.geo && capacity.blockLength !== this.geo.blockSize)
+      throw new DiskRequestError(
+        `logical block size changed from ${this.geo.blockSize} to ${capacity.blockLength}: not followed`,
+        'EIO',
+      );
     this.geo = this.geometryFrom(capacity);
     this.capacityChanged = false;
     if (this.probed) {
@@ -575,6 +618,19 @@ export class ScsiDisk {
   get limits(): DiskLimits {
     if (!this.lim) throw new DiskRequestError('ScsiDisk used before probe()', 'EIO');
     return this.lim;
+  }
+
+  /** The WP bit as last read (probe, identity check or rescan); false before probe(). */
+  get writeProtected(): boolean {
+    return this.probed?.writeProtect.writeProtected ?? false;
+  }
+
+  /** Takes the WP bit read by a later probe or readWriteProtect(); returns whether it changed. */
+  adoptWriteProtect(wp: WriteProtectInfo): boolean {
+    if (!this.probed) return false;
+    const before = this.probed.writeProtect.writeProtected;
+    this.probed.writeProtect = wp;
+    return before !== wp.writeProtected;
   }
 
   /** The last probe result (identity, INQUIRY, VPD), if probed. */
@@ -630,6 +686,35 @@ export class ScsiDisk {
       if (e instanceof ScsiParseError) return assumed;
       throw e;
     }
+  }
+
+  /**
+   * The WP bit as Linux sd reads it (sd_read_write_protect_flag()): MODE SENSE(6) for all pages
+   * with 4 bytes (the header only: some devices hang when asked for more), then page 0, then
+   * MODE SENSE(10) for targets without the 6-byte command. Whatever fails, the LU is taken as
+   * write enabled, as sd does; transport errors are passed on.
+   */
+  async readWriteProtect(): Promise<WriteProtectInfo> {
+    const tries: [Buffer, number, (b: Buffer) => { writeProtected: boolean }][] = [
+      [buildModeSense6(MODE_PAGE_ALL, 4), 4, parseModeSense6],
+      [buildModeSense6(MODE_PAGE_VENDOR, 4), 4, parseModeSense6],
+      [buildModeSense10(MODE_PAGE_ALL, 8), 8, parseModeSense10],
+    ];
+    for (const [cdb, alloc, parse] of tries) {
+      let res: ScsiResult;
+      try {
+        res = await this.command(cdb, { dataInLength: alloc });
+      } catch (e) {
+        if (e instanceof ScsiError) continue;
+        throw e;
+      }
+      try {
+        return { writeProtected: parse(res.dataIn ?? Buffer.alloc(0)).writeProtected, source: 'mode-sense' };
+      } catch (e) {
+        if (!(e instanceof ScsiParseError)) throw e;
+      }
+    }
+    return { writeProtected: false, source: 'assumed' };
   }
 
   private async optionalVpd<T>(page: number, parse: (b: Buffer) => T): Promise<T | undefined> {

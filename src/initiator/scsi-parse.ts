@@ -419,8 +419,19 @@ export function parseModeSense10(buf: Uint8Array): ModeSense10 {
   const modeDataLength = u16(buf, 0);
   const dsp = buf[3]!;
   const end = Math.min(buf.length, 2 + modeDataLength);
+  return {
+    modeDataLength,
+    writeProtected: (dsp & MODE_DSP_WP) !== 0,
+    dpoFua: (dsp & MODE_DSP_DPOFUA) !== 0,
+    pages: modePages(buf, 8 + u16(buf, 6), end),
+    truncated: buf.length < 2 + modeDataLength,
+  };
+}
+
+/** The mode pages in buf[start, end) (a page cut by `end` keeps what was sent). */
+function modePages(buf: Uint8Array, start: number, end: number): ModePage[] {
   const pages: ModePage[] = [];
-  let off = 8 + u16(buf, 6);
+  let off = start;
   while (off + 2 <= end) {
     const b0 = buf[off]!;
     const spf = (b0 & 0x40) !== 0;
@@ -434,12 +445,25 @@ export function parseModeSense10(buf: Uint8Array): ModeSense10 {
     });
     off += hdr + len;
   }
+  return pages;
+}
+
+/**
+ * Parse MODE SENSE(6) data (SPC-4 7.5.5, table 443): the 4-byte header (MODE DATA LENGTH, MEDIUM
+ * TYPE, DEVICE-SPECIFIC PARAMETER, BLOCK DESCRIPTOR LENGTH), block descriptors skipped, then pages.
+ * The result has the MODE SENSE(10) shape.
+ */
+export function parseModeSense6(buf: Uint8Array): ModeSense10 {
+  need(buf, 4, 'MODE SENSE(6) header');
+  const modeDataLength = buf[0]!;
+  const dsp = buf[2]!;
+  const end = Math.min(buf.length, 1 + modeDataLength);
   return {
     modeDataLength,
     writeProtected: (dsp & MODE_DSP_WP) !== 0,
     dpoFua: (dsp & MODE_DSP_DPOFUA) !== 0,
-    pages,
-    truncated: buf.length < 2 + modeDataLength,
+    pages: modePages(buf, 4 + buf[3]!, end),
+    truncated: buf.length < 1 + modeDataLength,
   };
 }
 

@@ -245,19 +245,28 @@ export function encodeConnect(family: number, seq: number, p: NbdConnectParams):
 
 export interface NbdReconfigureParams {
   index: number;
-  sockets: number[];
+  /** replacement sockets for dead ones; none for a resize alone */
+  sockets?: number[];
   backendId: string;
+  /** new size: the kernel resizes the device when it differs (nbd_genl_size_set, Linux >= 5.3) */
+  sizeBytes?: bigint | number;
   deadConnTimeoutSec?: number;
   timeoutSec?: number;
 }
 
-/** NBD_CMD_RECONFIGURE: replaces the dead socket of a configured node (same backend id). */
+/**
+ * NBD_CMD_RECONFIGURE: replaces the dead socket of a configured node (same backend id), and/or
+ * sets its size. Server flags (NBD_FLAG_READ_ONLY) are taken only by CONNECT: a device's
+ * read-only state cannot be changed while it is configured.
+ */
 export function encodeReconfigure(family: number, seq: number, p: NbdReconfigureParams): Buffer {
   const attrs: NlAttr[] = [{ type: C.NBD_ATTR_INDEX, u32: p.index }];
+  if (p.sizeBytes !== undefined) attrs.push({ type: C.NBD_ATTR_SIZE_BYTES, u64: BigInt(p.sizeBytes) });
   if (p.timeoutSec !== undefined) attrs.push({ type: C.NBD_ATTR_TIMEOUT, u64: BigInt(p.timeoutSec) });
   if (p.deadConnTimeoutSec !== undefined)
     attrs.push({ type: C.NBD_ATTR_DEAD_CONN_TIMEOUT, u64: BigInt(p.deadConnTimeoutSec) });
-  attrs.push({ type: C.NBD_ATTR_BACKEND_IDENTIFIER, str: p.backendId }, sockets(p.sockets));
+  attrs.push({ type: C.NBD_ATTR_BACKEND_IDENTIFIER, str: p.backendId });
+  if (p.sockets !== undefined && p.sockets.length > 0) attrs.push(sockets(p.sockets));
   return encodeGenlMessage({ family, cmd: C.NBD_CMD_RECONFIGURE, seq, attrs });
 }
 
@@ -581,6 +590,13 @@ export class NbdNetlink {
     await this.call('NBD_CMD_RECONFIGURE', p.index, (seq) => encodeReconfigure(this.familyId, seq, p));
   }
 
+  /** Resizes a configured /dev/nbd<index> (NBD_CMD_RECONFIGURE with NBD_ATTR_SIZE_BYTES, no sockets). */
+  async resize(index: number, backendId: string, sizeBytes: bigint | number): Promise<void> {
+    await this.call('NBD_CMD_RECONFIGURE', index, (seq) =>
+      encodeReconfigure(this.familyId, seq, { index, backendId, sizeBytes }),
+    );
+  }
+
   async disconnect(index: number): Promise<void> {
     await this.call('NBD_CMD_DISCONNECT', index, (seq) => encodeDisconnect(this.familyId, seq, index));
   }
@@ -737,6 +753,8 @@ export async function reattach(
       index: opts.index,
       sockets: [kernelFd],
       backendId,
+      // the export's size now: a LUN that grew while the daemon was away (no-op when unchanged)
+      sizeBytes: found.backend.size,
       ...(opts.deadConnTimeoutSec !== undefined ? { deadConnTimeoutSec: opts.deadConnTimeoutSec } : {}),
     });
     return { index: opts.index, device: `/dev/nbd${opts.index}`, backendId, connection };

@@ -1,7 +1,7 @@
 /**
  * A stand-in for the kernel NBD driver as the daemon uses it (DaemonOptions.nbdKernel), for tests
  * without root or the nbd module: CONNECT takes the given /dev/nbdN or the lowest free one (as
- * nbd_genl_connect does), RECONFIGURE takes back a connected one, DISCONNECT frees it. Nothing is
+ * nbd_genl_connect does), RECONFIGURE takes back a connected one or resizes it, DISCONNECT frees it. Nothing is
  * served to a kernel; `devices` says which export each /dev/nbdN carries.
  */
 import type { NbdKernel } from '../daemon/daemon.js';
@@ -54,6 +54,15 @@ export class MockNbdKernel implements NbdKernel {
   detach(att: NbdAttachment): Promise<void> {
     this.devices.delete(att.index);
     this.calls.push(`disconnect ${att.index}`);
+    return Promise.resolve();
+  }
+
+  resize(att: NbdAttachment, sizeBytes: number): Promise<void> {
+    const d = this.devices.get(att.index);
+    if (!d || d.backendId !== att.backendId)
+      return Promise.reject(new NbdNetlinkError(`NBD_CMD_RECONFIGURE: /dev/nbd${att.index} not ours`, 'EINVAL', 22));
+    d.sizeBytes = sizeBytes;
+    this.calls.push(`resize ${att.index} ${sizeBytes}`);
     return Promise.resolve();
   }
 

@@ -38,6 +38,7 @@ import {
   DESIGNATOR_T10_VENDOR_ID,
   ILLEGAL_REQUEST,
   INQUIRY,
+  MODE_SENSE,
   MODE_SENSE_10,
   READ_16,
   REPORT_LUNS,
@@ -174,7 +175,7 @@ export interface RamScsiLunOptions {
   /** What unmapped blocks read as when LBPRZ = 0 (default 0xA5: garbage that is not zero). */
   unmappedPattern?: number;
   writeProtected?: boolean;
-  /** Answer MODE SENSE(10) with the caching page (default true); false: INVALID COMMAND OPERATION CODE. */
+  /** Answer MODE SENSE(6) and (10) with the caching page (default true); false: INVALID COMMAND OPERATION CODE. */
   modeSense?: boolean;
   /** Caching page WCE: a volatile write cache (default true). */
   writeCache?: boolean;
@@ -487,23 +488,34 @@ export class RamScsiLun implements ScsiTargetLun {
   }
 
   /**
-   * MODE SENSE(10): header with WP and DPOFUA, no block descriptors, and the caching page (08h)
-   * when asked for it or for all pages (3Fh); PC must be current (0) or default (2) values.
+   * MODE SENSE(6) and (10): header with WP and DPOFUA, no block descriptors, and the caching page
+   * (08h) when asked for it or for all pages (3Fh); page 00h is the header alone. PC must be
+   * current (0), changeable (1) or default (2) values.
    */
-  private modeSense10(cdb: Buffer): Reply {
-    this.needCdb(cdb, 10);
+  private modeSenseReply(cdb: Buffer): Reply {
+    const six = cdb[0] === MODE_SENSE;
+    this.needCdb(cdb, six ? 6 : 10);
     const pc = cdb[2]! >> 6;
     const page = cdb[2]! & 0x3f;
-    if (pc === 3 || (page !== 0x08 && page !== 0x3f) || cdb[3] !== 0) throw invalidField(2); // saved values: none
-    const caching = Buffer.alloc(20); // SBC-3 table 174: page 08h, PAGE LENGTH 12h
-    caching[0] = 0x08;
-    caching[1] = 0x12;
-    if (pc !== 1 && this.writeCache) caching[2] = 0x04; // WCE (changeable-values mask: none)
-    const data = Buffer.alloc(8 + caching.length);
-    data.writeUInt16BE(data.length - 2, 0);
-    data[3] = (this.writeProtected ? 0x80 : 0) | (this.dpoFua ? 0x10 : 0);
-    caching.copy(data, 8);
-    const alloc = cdb.readUInt16BE(7);
+    if (pc === 3 || (page !== 0x08 && page !== 0x3f && page !== 0x00) || cdb[3] !== 0) throw invalidField(2); // saved values: none
+    const caching = Buffer.alloc(page === 0x00 ? 0 : 20); // SBC-3 table 174: page 08h, PAGE LENGTH 12h
+    if (caching.length > 0) {
+      caching[0] = 0x08;
+      caching[1] = 0x12;
+      if (pc !== 1 && this.writeCache) caching[2] = 0x04; // WCE (changeable-values mask: none)
+    }
+    const hdr = six ? 4 : 8;
+    const data = Buffer.alloc(hdr + caching.length);
+    const dsp = (this.writeProtected ? 0x80 : 0) | (this.dpoFua ? 0x10 : 0);
+    if (six) {
+      data[0] = data.length - 1;
+      data[2] = dsp;
+    } else {
+      data.writeUInt16BE(data.length - 2, 0);
+      data[3] = dsp;
+    }
+    caching.copy(data, hdr);
+    const alloc = six ? cdb[4]! : cdb.readUInt16BE(7);
     return { status: SAM_STAT_GOOD, dataIn: data.subarray(0, Math.min(alloc, data.length)) };
   }
 
@@ -575,13 +587,14 @@ export class RamScsiLun implements ScsiTargetLun {
         this.checkRange(lba, n);
         return { status: SAM_STAT_GOOD };
       }
+      case MODE_SENSE:
       case MODE_SENSE_10:
         if (!this.modeSense)
           throw new CheckCondition(ILLEGAL_REQUEST, ASC_INVALID_COMMAND_OPERATION_CODE, 0, undefined, {
             byte: 0,
             inCdb: true,
           });
-        return this.modeSense10(cdb);
+        return this.modeSenseReply(cdb);
       case UNMAP:
         return this.unmap(cdb, dataOut, entry);
       case WRITE_SAME_16:
