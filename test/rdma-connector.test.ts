@@ -150,3 +150,31 @@ t.test('SrpPort over the connector: black hole blocks the rport, PORT_ACTIVE rec
   await port.close();
   made.close();
 });
+
+t.test('a channel to the same destination connecting is a path-up for the other connectors', async (t) => {
+  const { m } = newFabric();
+  const opts = {
+    ackTimeout: 14,
+    retryCount: 6,
+    keepaliveIntervalMs: 0,
+    logger,
+    binding: m.asBinding(),
+    transport: small,
+  };
+  const a = await createRdmaConnector(parseTargetAddress('id_ext=1,ioc_guid=2,dest=192.0.2.7:5000'), opts);
+  const b = await createRdmaConnector(parseTargetAddress('id_ext=3,ioc_guid=2,dest=192.0.2.7:5000'), opts);
+  const other = await createRdmaConnector(parseTargetAddress('id_ext=1,ioc_guid=2,dest=192.0.2.8:5000'), opts);
+  const heard = { a: 0, b: 0, other: 0 };
+  a.connector.onPathUp(() => heard.a++);
+  b.connector.onPathUp(() => heard.b++);
+  other.connector.onPathUp(() => heard.other++);
+  const s = await SrpSession.login(await b.connector.open(new AbortController().signal), b);
+  t.same(heard, { a: 1, b: 0, other: 0 }, 'only the other connector to that destination hears it');
+  await s.close();
+  a.close();
+  const s2 = await SrpSession.login(await b.connector.open(new AbortController().signal), b);
+  t.same(heard, { a: 1, b: 0, other: 0 }, 'a closed connector hears nothing');
+  await s2.close();
+  b.close();
+  other.close();
+});

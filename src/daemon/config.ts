@@ -12,7 +12,16 @@
  */
 import * as fs from 'node:fs';
 import { z } from 'zod';
-import { DEFAULT_TMO, type Tmo, type TmoParams, tmoField, validateTmo } from '../fsm/timers.js';
+import {
+  DEFAULT_TMO,
+  RECONNECT_DELAY_DOC,
+  RECONNECT_DELAY_MAX_DOC,
+  reconnectDelayField,
+  type Tmo,
+  type TmoParams,
+  tmoField,
+  validateTmo,
+} from '../fsm/timers.js';
 import { ACK_TIMEOUT, RETRY_COUNT } from '../initiator/rdma/options.js';
 import { parseAnyAddress } from './address.js';
 
@@ -35,14 +44,14 @@ export const TARGET_ID_RE = /^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$/;
  */
 export const TARGET_OPTIONS = {
   reconnect_delay: {
-    schema: tmoField,
+    schema: reconnectDelayField,
     default: DEFAULT_TMO.reconnectDelay as Tmo,
-    doc: 'Seconds before the first reconnect attempt after a transport failure (doubling per failed attempt, with jitter, up to reconnect_delay_max), or "off" to reconnect only on request. Must not be 0.',
+    doc: RECONNECT_DELAY_DOC,
   },
   reconnect_delay_max: {
     schema: z.number().int(),
     default: DEFAULT_TMO.reconnectDelayMax,
-    doc: 'Cap in seconds of the exponential reconnect back-off; at least reconnect_delay.',
+    doc: RECONNECT_DELAY_MAX_DOC,
   },
   fast_io_fail_tmo: {
     schema: tmoField,

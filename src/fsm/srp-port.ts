@@ -92,10 +92,9 @@ export class SrpPort {
     });
     this.offPathUp = opts.connector.onPathUp?.(() => {
       // Lost stays lost until an operator asks: only a live outage retries on its own.
-      const st = this.rport.state;
-      if (st === 'blocked' || st === 'fail-fast') {
+      if (this.rport.phase === 'waiting' || this.rport.phase === 'idle') {
         this.log.info('path is back: reconnecting now');
-        this.rport.handle({ type: 'explicit-reconnect' });
+        this.rport.handle({ type: 'path-up' });
       }
     });
   }
