@@ -5,6 +5,7 @@ import t, { type Test } from 'tap';
 import pino from 'pino';
 import { SrpPort } from '../src/fsm/srp-port.js';
 import { createRdmaConnector, srpPortIds } from '../src/initiator/rdma/index.js';
+import { rcRetryBoundMs } from '../src/initiator/rdma/options.js';
 import { SrpSession } from '../src/initiator/srp-session.js';
 import { parseTargetAddress } from '../src/initiator/target-address.js';
 import type { TransportError } from '../src/initiator/scsi-executor.js';
@@ -94,7 +95,9 @@ t.test('keep-alive: probes on the interval; a failed probe is a channel disconne
   });
   const tr = await made.connector.open(new AbortController().signal);
   const s = await SrpSession.login(tr, made);
-  await new Promise((r) => setTimeout(r, 120));
+  // poll for the condition (a loaded machine stretches the interval), bounded
+  for (const t0 = Date.now(); tr.stats.probes < 3 && Date.now() - t0 < 2000;)
+    await new Promise((r) => setTimeout(r, 10));
   t.ok(tr.stats.probes >= 3, `probes sent on the interval (${tr.stats.probes})`);
   const lost = new Promise<TransportError>((r) => s.on('disconnect', r));
   m.blackHole = true;
@@ -177,4 +180,37 @@ t.test('a channel to the same destination connecting is a path-up for the other 
   await s2.close();
   b.close();
   other.close();
+});
+
+t.test('black hole the device never reports: an overdue send or probe is a dead path', async (t) => {
+  hold(t);
+  // ack_timeout 10, retry_count 6: (6 + 1) x 4.096 µs x 2^10 = 29.4 ms
+  t.equal(rcRetryBoundMs(10, 6).toFixed(1), '29.4');
+  t.equal(rcRetryBoundMs(14, 6).toFixed(2), '469.76', 'the defaults');
+  for (const load of [true, false]) {
+    const { m } = newFabric();
+    m.blackHoleDetectMs = Infinity;
+    const made = await createRdmaConnector(parseTargetAddress('id_ext=1,ioc_guid=2,dest=192.0.2.2:5000'), {
+      ackTimeout: 10,
+      retryCount: 6,
+      keepaliveIntervalMs: 20,
+      logger,
+      binding: m.asBinding(),
+      transport: small,
+    });
+    const tr = await made.connector.open(new AbortController().signal);
+    const s = await SrpSession.login(tr, made);
+    const lost = new Promise<TransportError>((r) => s.on('disconnect', r));
+    m.blackHole = true;
+    const t0 = performance.now();
+    const cmd = load ? s.execute({ lun: 0n, cdb: Buffer.alloc(6) }) : undefined; // TEST UNIT READY
+    const e = await lost;
+    const ms = performance.now() - t0;
+    const what = load ? 'under load' : 'idle';
+    t.match(e.message, /path dead: a send waited \d+ ms .* RC retry bound of 29\.4 ms/, `${what}: ${e.message}`);
+    t.ok(ms < 29.4 + 20 + 150, `${what}: noticed after ${ms.toFixed(0)} ms (bound + interval 49.4 ms, plus slack)`);
+    if (cmd) await t.rejects(cmd, { code: 'disconnected' }, 'the command in flight fails as a transport error');
+    m.blackHole = false;
+    made.close();
+  }
 });

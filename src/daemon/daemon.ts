@@ -30,6 +30,7 @@ import {
   sameIdentity,
 } from '../initiator/lun-identity.js';
 import type { SrpTargetAddress } from '../initiator/target-address.js';
+import { rcRetryBoundMs } from '../initiator/rdma/options.js';
 import { tryLoadNative } from '../native/native.js';
 import {
   attach as nbdAttach,
@@ -897,6 +898,8 @@ export class Daemon {
         logins_total: port?.logins ?? 0,
         last_failure: port?.rport.lastFailure?.message ?? null,
       },
+      path_check: rt.address.kind === 'test' ? null : pathCheckOf(rt.options),
+      last_error: port?.rport.lastError ?? rt.error ?? null,
       credits: c ? { req_lim: c.reqLim, granted_total: c.creditsGranted, zero_req_lim_total: c.zeroReqLim } : null,
       io: g
         ? {
@@ -1010,6 +1013,14 @@ export interface TargetView extends TargetSummary {
     logins_total: number;
     last_failure: string | null;
   };
+  /**
+   * How soon a dead path (black hole) is noticed at the latest, idle or under load: the RC retry
+   * bound (retry_count + 1) × 4.096 µs × 2^ack_timeout plus the keep-alive interval; bound_ms is
+   * null with keep-alive off. null for the test target.
+   */
+  path_check: { bound_ms: number | null; rc_retry_ms: number; keepalive_interval_s: number } | null;
+  /** The last transport failure, failed reconnect or login reject, kept after the port runs again. */
+  last_error: string | null;
   credits: { req_lim: number; granted_total: number; zero_req_lim_total: number } | null;
   io: {
     in_flight: number;
@@ -1034,6 +1045,16 @@ export interface TargetView extends TargetSummary {
     identity: string;
     io: Record<string, { ops: number; bytes: number; errors: number }>;
   }[];
+}
+
+function pathCheckOf(o: TargetOptions): NonNullable<TargetView['path_check']> {
+  const rc = rcRetryBoundMs(o.ack_timeout, o.retry_count);
+  const round = (ms: number) => Math.round(ms * 10) / 10;
+  return {
+    bound_ms: o.keepalive_interval > 0 ? round(rc + o.keepalive_interval * 1000) : null,
+    rc_retry_ms: round(rc),
+    keepalive_interval_s: o.keepalive_interval,
+  };
 }
 
 function timersOf(o: TargetOptions): TargetView['timers'] {

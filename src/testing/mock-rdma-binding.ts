@@ -7,7 +7,7 @@
  *
  * Faults: resolveFailures (ADDR_ERROR before success), portDown() (PORT_ERR), blackHole (nothing
  * is delivered or completed until the retry budget: a RETRY_EXC_ERR completion after
- * blackHoleDetectMs), disconnectFromTarget(), failPolls() (a poll fails as the addon reports it).
+ * blackHoleDetectMs, never if that is Infinity), disconnectFromTarget(), failPolls() (a poll fails as the addon reports it).
  */
 import { TransportError } from '../initiator/scsi-executor.js';
 import {
@@ -496,6 +496,7 @@ export class MockRdmaBinding implements Partial<NativeBinding> {
       return;
     }
     if (this.blackHole) {
+      if (!Number.isFinite(this.blackHoleDetectMs)) return; // a device that never gives up
       setTimeout(() => {
         if (id.qp) {
           this.complete(qp.cq, wrId, R.IBV_WC_RETRY_EXC_ERR, R.IBV_WC_SEND, 0, qp.qpNum);
