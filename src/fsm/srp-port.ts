@@ -15,7 +15,8 @@ import { type ScsiCommand, type ScsiExecutor, type ScsiResult, TransportError } 
 import { type LunIdentity, describeIdentity, sameIdentity } from '../initiator/lun-identity.js';
 import { SrpSession, type SrpSessionOptions } from '../initiator/srp-session.js';
 import type { ChannelTransport } from '../initiator/transport.js';
-import { RportDriver } from './driver.js';
+import { classifyLoginFailure, STALE_CONNECTION_RETRIES } from '../initiator/login-failure.js';
+import { HardReconnectError, RportDriver } from './driver.js';
 import { IdentityMismatchError } from './identity.js';
 import { IoGate, defaultIsTransportError } from './io-gate.js';
 import { Rport, type RportAction } from './rport.js';
@@ -197,14 +198,35 @@ export class SrpPort {
     void c?.close().catch(() => undefined);
   }
 
-  /** Reconnect attempt: the old session is closed (its commands settled) before a new login. */
+  /**
+   * Reconnect attempt: the old session is closed (its commands settled) before a new login. How a
+   * failed login goes on depends on its class (src/initiator/login-failure.ts): a stale connection
+   * is retried at once with a new connection (bounded), a hard reject fails the attempt as hard,
+   * anything else waits for the next attempt on the cadence.
+   */
   private async reconnect(attempt: number, signal: AbortSignal): Promise<void> {
     const old = this.session;
     this.session = undefined;
     this.dropCandidate();
     if (old) await old.close().catch(() => undefined);
-    this.log.info({ attempt, via: this.opts.connector.description }, 'reconnect attempt');
-    this.candidate = await this.login(signal);
+    for (let stale = 0; ; stale++) {
+      this.log.info({ attempt, via: this.opts.connector.description }, 'reconnect attempt');
+      try {
+        this.candidate = await this.login(signal);
+        return;
+      } catch (err) {
+        if (signal.aborted) throw err;
+        const f = classifyLoginFailure(err);
+        if (f.kind === 'stale-connection' && stale < STALE_CONNECTION_RETRIES) {
+          this.log.warn({ attempt, retry: stale + 1 }, `${f.message}: retrying with a new connection`);
+          continue;
+        }
+        this.log.warn({ attempt, kind: f.kind }, `login failed: ${f.message}`);
+        if (!f.retryable) throw new HardReconnectError(f.message, { cause: err });
+        if (f.message !== (err as Error).message) throw new Error(f.message, { cause: err });
+        throw err;
+      }
+    }
   }
 
   /**

@@ -28,6 +28,7 @@
  * Address resolution uses a short timeout with retries (100 ms: it waits the whole timeout when no
  * neighbour entry exists yet, then succeeds).
  */
+import { CmRejectedError } from '../login-failure.js';
 import { TransportError } from '../scsi-executor.js';
 import { SRP_LOGIN_REJ, SRP_LOGIN_RSP, SRP_LOGIN_RSP_LEN } from '../srp-constants.js';
 import { decodeLoginRsp } from '../srp-iu.js';
@@ -241,10 +242,10 @@ export class RdmaChannelTransport extends Emitter<RdmaChannelEvents> implements 
             this.stateValue = 'closed';
             return rej;
           }
-          throw new TransportError(
+          throw new CmRejectedError(
             `connection to ${dst} rejected (CM reject reason ${ev.status}` +
               `${ev.status === R.IB_CM_REJ_INVALID_SERVICE_ID ? NO_LISTENER : ''})`,
-            'disconnected',
+            ev.status,
           );
         case R.RDMA_CM_EVENT_UNREACHABLE:
           throw new TransportError(`target ${dst} unreachable (no answer to the CM REQ)`, 'disconnected');
