@@ -47,6 +47,11 @@ const FAMILIES: [name: string, type: string, help: string][] = [
     'Block requests failed with EIO by the transport state (fail-fast, lost).',
   ],
   ['srp_nbd_md_readds_total', 'counter', 'Devices re-added to an md array that had failed them (option md_readd).'],
+  [
+    'srp_nbd_md_readd_last_seconds',
+    'gauge',
+    "Seconds from the path's return to the last md re-add (absent before the first).",
+  ],
   ['srp_nbd_md_member_faulty', 'gauge', '1 while md has the device marked faulty in the array.'],
   ['srp_nbd_lun_ops_total', 'counter', 'Block requests completed, per export and operation.'],
   ['srp_nbd_lun_bytes_total', 'counter', 'Bytes transferred, per export and operation.'],
@@ -88,6 +93,7 @@ t.test('every metric family with its HELP and TYPE, and the samples of a test ta
   const samples = text.split('\n').filter((l) => l !== '' && !l.startsWith('# '));
   for (const [name] of FAMILIES) {
     if (name === 'srp_nbd_md_member_faulty') continue; // only for a kernel device in an md array
+    if (name === 'srp_nbd_md_readd_last_seconds') continue; // only after a re-add
     const ofFamily = (l: string): boolean => [`${name}{`, `${name} `, `${name}_`].some((p) => l.startsWith(p));
     t.ok(samples.some(ofFamily), `a sample of ${name}`);
   }
@@ -134,6 +140,7 @@ t.test('renderMetrics: md membership per export and array; a target without a po
         session: undefined,
         io: undefined,
         mdReadds: 5,
+        mdReaddLastSeconds: 0.412,
         luns: [
           {
             export: 'srp-x-lun0',
@@ -162,6 +169,7 @@ t.test('renderMetrics: md membership per export and array; a target without a po
     'srp_nbd_credits{target="srp-x"} 0',
     'srp_nbd_io_in_flight{target="srp-x"} 0',
     'srp_nbd_md_readds_total{target="srp-x"} 5',
+    'srp_nbd_md_readd_last_seconds{target="srp-x"} 0.412',
     'srp_nbd_md_member_faulty{target="srp-x",export="srp-x-lun0",array="md0"} 1',
     'srp_nbd_md_member_faulty{target="srp-x",export="srp-x-lun0",array="md3"} 0',
     'srp_nbd_lun_ops_total{target="srp-x",export="srp-x-lun0",op="write"} 3',

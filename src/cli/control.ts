@@ -347,6 +347,10 @@ function formatStatus(v: TargetView): string {
       `  path_check  ${pc.bound_ms !== null ? `a dead path is noticed within ${pc.bound_ms} ms` : 'keep-alive off: a silent dead path is noticed only by I/O'} (RC retry bound ${pc.rc_retry_ms} ms + keepalive_interval ${pc.keepalive_interval_s} s)`,
     );
   if (v.last_error) lines.push(`  last_error  ${v.last_error}`);
+  if (v.md_readd.readds_total > 0)
+    lines.push(
+      `  md_readd    ${v.md_readd.readds_total} re-adds, the last ${v.md_readd.last_readd_ms} ms after the path returned`,
+    );
   if (v.credits)
     lines.push(
       `  credits     req_lim ${v.credits.req_lim}, granted ${v.credits.granted_total}, stalls ${v.credits.zero_req_lim_total}`,

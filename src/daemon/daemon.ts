@@ -899,6 +899,7 @@ export class Daemon {
         last_failure: port?.rport.lastFailure?.message ?? null,
       },
       path_check: rt.address.kind === 'test' ? null : pathCheckOf(rt.options),
+      md_readd: { readds_total: rt.md.readds, last_readd_ms: rt.md.lastReaddMs ?? null },
       last_error: port?.rport.lastError ?? rt.error ?? null,
       credits: c ? { req_lim: c.reqLim, granted_total: c.creditsGranted, zero_req_lim_total: c.zeroReqLim } : null,
       io: g
@@ -969,6 +970,7 @@ export class Daemon {
       session: port?.sessionCounters,
       io: port?.gate.stats,
       mdReadds: rt.md.readds,
+      mdReaddLastSeconds: rt.md.lastReaddMs === undefined ? undefined : rt.md.lastReaddMs / 1000,
       luns: rt.luns.map((l) => ({ export: l.exportName, md: l.md, stats: l.backend.stats })),
     };
   }
@@ -1021,6 +1023,8 @@ export interface TargetView extends TargetSummary {
   path_check: { bound_ms: number | null; rc_retry_ms: number; keepalive_interval_s: number } | null;
   /** The last transport failure, failed reconnect or login reject, kept after the port runs again. */
   last_error: string | null;
+  /** md re-adds (option md_readd): how many, and ms from the path's return to the last one. */
+  md_readd: { readds_total: number; last_readd_ms: number | null };
   credits: { req_lim: number; granted_total: number; zero_req_lim_total: number } | null;
   io: {
     in_flight: number;

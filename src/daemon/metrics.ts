@@ -194,6 +194,8 @@ export interface TargetMetrics {
   /** The port's I/O gate; undefined without a port. */
   io: Pick<IoGateStats, 'inFlight' | 'held' | 'retried' | 'failedEio'> | undefined;
   mdReadds: number;
+  /** Seconds from the path's return to the last md re-add; undefined before the first. */
+  mdReaddLastSeconds: number | undefined;
   luns: LunMetrics[];
 }
 
@@ -237,6 +239,11 @@ const FAMILIES: readonly [name: string, type: 'counter' | 'gauge' | 'histogram',
     'Block requests failed with EIO by the transport state (fail-fast, lost).',
   ],
   ['srp_nbd_md_readds_total', 'counter', 'Devices re-added to an md array that had failed them (option md_readd).'],
+  [
+    'srp_nbd_md_readd_last_seconds',
+    'gauge',
+    "Seconds from the path's return to the last md re-add (absent before the first).",
+  ],
   ['srp_nbd_md_member_faulty', 'gauge', '1 while md has the device marked faulty in the array.'],
   ['srp_nbd_lun_ops_total', 'counter', 'Block requests completed, per export and operation.'],
   ['srp_nbd_lun_bytes_total', 'counter', 'Bytes transferred, per export and operation.'],
@@ -278,6 +285,7 @@ export function renderMetrics(d: DaemonMetrics): string {
     e.sample('srp_nbd_io_replayed_total', '', t, g?.retried ?? 0);
     e.sample('srp_nbd_io_failed_eio_total', '', t, g?.failedEio ?? 0);
     e.sample('srp_nbd_md_readds_total', '', t, m.mdReadds);
+    if (m.mdReaddLastSeconds !== undefined) e.sample('srp_nbd_md_readd_last_seconds', '', t, m.mdReaddLastSeconds);
     for (const l of m.luns) {
       for (const md of l.md) {
         const faulty = md.state.includes('faulty') ? 1 : 0;
