@@ -26,13 +26,17 @@ attach_nbd t0 "$ADDR" nbd0
 MM1=$(majmin /dev/nbd0)
 T0=$(now)
 srpt_remove_target 0 || die "tear target down"
+timing teardown "$(since "$T0")" "LIO teardown (configfs) with srp-nbd logged in"
 check blocked wait_for 30 target_outage t0
 timing detect "$(since "$T0")" "target torn down -> port no longer running"
 nap 3
 T1=$(now)
 srpt_add_target 0 default ram:64:512 || die "rebuild target"
+T2=$(now)
+timing rebuild "$(since "$T1")" "LIO rebuild (configfs), port enabled last"
 check reconnected wait_for 120 target_state_is t0 running
-timing reconnect "$(since "$T1")" "target rebuilt -> port running"
+timing reconnect "$(since "$T1")" "target rebuild started -> port running"
+timing back "$(since "$T2")" "target rebuilt and enabled -> port running (includes the CLI polling)"
 check same-device test "$(majmin /dev/nbd0)" = "$MM1"
 check node-kept nbd_connected nbd0
 check fio-after-restart fio_verify /dev/nbd0 4M
