@@ -214,3 +214,28 @@ t.test('black hole the device never reports: an overdue send or probe is a dead 
     made.close();
   }
 });
+
+t.test('idle black hole: the probe is judged the RC retry bound after it was posted, not a tick later', async (t) => {
+  hold(t);
+  const { m } = newFabric();
+  m.blackHoleDetectMs = Infinity;
+  const made = await createRdmaConnector(parseTargetAddress('id_ext=1,ioc_guid=2,dest=192.0.2.2:5000'), {
+    ackTimeout: 10, // bound 29.4 ms
+    retryCount: 6,
+    keepaliveIntervalMs: 300,
+    logger,
+    binding: m.asBinding(),
+    transport: small,
+  });
+  const s = await SrpSession.login(await made.connector.open(new AbortController().signal), made);
+  const lost = new Promise<TransportError>((r) => s.on('disconnect', r));
+  m.blackHole = true;
+  const t0 = performance.now();
+  const e = await lost;
+  const ms = performance.now() - t0;
+  t.match(e.message, /path dead/);
+  // within interval + bound (329.4 ms); judged at the next tick it would take about 600 ms
+  t.ok(ms < 480, `noticed after ${ms.toFixed(0)} ms`);
+  m.blackHole = false;
+  made.close();
+});

@@ -99,6 +99,8 @@ export class RdmaChannelTransport extends Emitter<RdmaChannelEvents> implements 
   private readonly o: ResolvedTransportOptions;
   private keepaliveTimer: ReturnType<typeof setInterval> | undefined;
   private keepaliveInFlight = false;
+  /** One check per probe, the RC retry bound after it was posted (idle: no tick is due then). */
+  private probeCheck: ReturnType<typeof setTimeout> | undefined;
   private readonly log: SrpLogger;
   private readonly poolBufs: Buffer[];
   private maxRegion: number;
@@ -587,6 +589,15 @@ export class RdmaChannelTransport extends Emitter<RdmaChannelEvents> implements 
         .finally(() => {
           this.keepaliveInFlight = false;
         });
+      // without it a probe posted into a black hole would be judged only at the next tick
+      clearTimeout(this.probeCheck);
+      this.probeCheck = setTimeout(
+        () => {
+          if (this.stateValue === 'connected' && !this.closing) this.overdue();
+        },
+        Math.ceil(this.overdueMs) + 1,
+      );
+      this.probeCheck.unref?.();
     }, this.o.keepaliveIntervalMs);
     this.keepaliveTimer.unref?.();
   }
@@ -701,6 +712,7 @@ export class RdmaChannelTransport extends Emitter<RdmaChannelEvents> implements 
       clearInterval(this.keepaliveTimer);
       this.keepaliveTimer = undefined;
     }
+    clearTimeout(this.probeCheck);
     this.cmWaiter = undefined;
     this.res.free();
   }
