@@ -7,6 +7,7 @@ import pino from 'pino';
 import { SrpPort } from '../src/fsm/srp-port.js';
 import { CmRejectedError, classifyLoginFailure, STALE_CONNECTION_RETRIES } from '../src/initiator/login-failure.js';
 import { createRdmaConnector } from '../src/initiator/rdma/index.js';
+import { cmRejectKind } from '../src/initiator/rdma/channel.js';
 import type { LoopbackTargetEnd } from '../src/initiator/loopback.js';
 import { TransportError } from '../src/initiator/scsi-executor.js';
 import * as C from '../src/initiator/srp-constants.js';
@@ -21,7 +22,8 @@ const logger = pino({ level: 'silent' });
 
 t.test('classes: SRP_LOGIN_REJ reasons, CM reject reasons, other errors', async (t) => {
   const rej = (reason: number) => classifyLoginFailure(new SrpLoginRejectedError(reason, 0));
-  const cm = (reason: number) => classifyLoginFailure(new CmRejectedError(`rejected (${reason})`, reason));
+  const cm = (reason: number) =>
+    classifyLoginFailure(new CmRejectedError(`rejected (${reason})`, reason, cmRejectKind(reason)));
   t.match(rej(C.SRP_LOGIN_REJ_INSUFFICIENT_RESOURCES), { kind: 'transient', retryable: true }, 'LIO port disabled');
   t.match(rej(C.SRP_LOGIN_REJ_CHANNEL_LIMIT_REACHED), { kind: 'transient', retryable: true }, 'LIO: no ACL');
   t.match(rej(C.SRP_LOGIN_REJ_UNABLE_ESTABLISH_CHANNEL), { kind: 'transient' });

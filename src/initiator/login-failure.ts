@@ -21,7 +21,6 @@
  *   _MULTI_CHANNEL_UNSUPPORTED): the port goes to fail-fast at once (md fails the member instead of
  *   waiting out fast_io_fail_tmo) and keeps trying with back-off, in case the target is changed.
  */
-import * as R from '../native/rdma-constants.js';
 import { TransportError } from './scsi-executor.js';
 import { SrpLoginRejectedError } from './srp-session.js';
 import {
@@ -33,11 +32,18 @@ import {
 /** Immediate retries with a new connection after IB_CM_REJ_STALE_CONN. */
 export const STALE_CONNECTION_RETRIES = 3;
 
+/**
+ * What a CM reject reason (enum ib_cm_rej_reason) means for a login; the transport that knows the
+ * reasons sorts them (src/initiator/rdma/channel.ts cmRejectKind()).
+ */
+export type CmRejectKind = 'stale-connection' | 'redirect' | 'other';
+
 /** A connect refused by the CM (RDMA_CM_EVENT_REJECTED without an SRP_LOGIN_REJ); `cmReason` is enum ib_cm_rej_reason. */
 export class CmRejectedError extends TransportError {
   constructor(
     message: string,
     readonly cmReason: number,
+    readonly kind: CmRejectKind,
   ) {
     super(message, 'disconnected');
     this.name = 'CmRejectedError';
@@ -70,11 +76,10 @@ export function classifyLoginFailure(err: unknown): LoginFailure {
     return { kind: 'transient', retryable: true, message: text };
   }
   if (err instanceof CmRejectedError) {
-    switch (err.cmReason) {
-      case R.IB_CM_REJ_STALE_CONN:
+    switch (err.kind) {
+      case 'stale-connection':
         return { kind: 'stale-connection', retryable: true, message: `${text}: stale connection` };
-      case R.IB_CM_REJ_PORT_CM_REDIRECT:
-      case R.IB_CM_REJ_PORT_REDIRECT:
+      case 'redirect':
         return {
           kind: 'redirect',
           retryable: true,

@@ -28,7 +28,7 @@
  * Address resolution uses a short timeout with retries (100 ms: it waits the whole timeout when no
  * neighbour entry exists yet, then succeeds).
  */
-import { CmRejectedError } from '../login-failure.js';
+import { CmRejectedError, type CmRejectKind } from '../login-failure.js';
 import { TransportError } from '../scsi-executor.js';
 import { SRP_LOGIN_REJ, SRP_LOGIN_RSP, SRP_LOGIN_RSP_LEN } from '../srp-constants.js';
 import { decodeLoginRsp } from '../srp-iu.js';
@@ -83,6 +83,23 @@ const CLOSE_DRAIN_MS = 1000;
 const CLOSE_DISCONNECT_MS = 1000;
 /** What IB_CM_REJ_INVALID_SERVICE_ID means for a login */
 const NO_LISTENER = ': invalid service ID, no SRP target listening there';
+
+/**
+ * A CM reject reason as a login sees it (src/initiator/login-failure.ts), after ib_srp's CM reject
+ * handlers: STALE_CONN is retried with a new connection; the redirects (port, DLID/GID) carry their
+ * target in the ARI, which rdma_cm does not pass on.
+ */
+export function cmRejectKind(reason: number): CmRejectKind {
+  switch (reason) {
+    case R.IB_CM_REJ_STALE_CONN:
+      return 'stale-connection';
+    case R.IB_CM_REJ_PORT_CM_REDIRECT:
+    case R.IB_CM_REJ_PORT_REDIRECT:
+      return 'redirect';
+    default:
+      return 'other';
+  }
+}
 
 /** A keep-alive probe in flight. */
 interface Probe {
@@ -248,6 +265,7 @@ export class RdmaChannelTransport extends Emitter<RdmaChannelEvents> implements 
             `connection to ${dst} rejected (CM reject reason ${ev.status}` +
               `${ev.status === R.IB_CM_REJ_INVALID_SERVICE_ID ? NO_LISTENER : ''})`,
             ev.status,
+            cmRejectKind(ev.status),
           );
         case R.RDMA_CM_EVENT_UNREACHABLE:
           throw new TransportError(`target ${dst} unreachable (no answer to the CM REQ)`, 'disconnected');
