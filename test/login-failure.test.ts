@@ -147,3 +147,28 @@ t.test('port redirect: not expressible over RDMA/CM, retried on the cadence', as
   t.ok(await until(() => port.logins > logins && port.state === 'running'), 'running on the next attempt');
   t.match(port.rport.lastError, /redirects to another port, which RDMA\/CM cannot follow/);
 });
+
+t.test('the first login retries a stale connection too', async (t) => {
+  const target = new SrpTestTarget({ luns: [[0n, new RamScsiLun({ blocks: 8192 })]] });
+  const m = new MockRdmaBinding();
+  m.onConnect = (end) => target.accept(end as unknown as LoopbackTargetEnd);
+  m.cmRejects = [R.IB_CM_REJ_STALE_CONN];
+  const made = await createRdmaConnector(parseTargetAddress('id_ext=1,ioc_guid=2,dest=192.0.2.10:5000'), {
+    ackTimeout: 14,
+    retryCount: 6,
+    keepaliveIntervalMs: 0,
+    logger,
+    binding: m.asBinding(),
+    transport: { sendQueueDepth: 16, recvQueueDepth: 16 },
+  });
+  const port = await SrpPort.connect({
+    name: 'first',
+    connector: made.connector,
+    session: { initiatorPortId: made.initiatorPortId, targetPortId: made.targetPortId },
+    logger,
+  });
+  t.equal(port.state, 'running');
+  t.equal(made.connector.opened, 2, 'one stale reject, then a new connection');
+  await port.close();
+  made.close();
+});

@@ -104,7 +104,7 @@ export class SrpPort {
   static async connect(opts: SrpPortOptions): Promise<SrpPort> {
     const port = new SrpPort(opts);
     try {
-      port.install(await port.login(new AbortController().signal));
+      port.install(await port.loginRetryingStale(new AbortController().signal));
     } catch (err) {
       port.dispose();
       throw err;
@@ -209,22 +209,28 @@ export class SrpPort {
     this.session = undefined;
     this.dropCandidate();
     if (old) await old.close().catch(() => undefined);
+    this.log.info({ attempt, via: this.opts.connector.description }, 'reconnect attempt');
+    try {
+      this.candidate = await this.loginRetryingStale(signal);
+    } catch (err) {
+      if (signal.aborted) throw err;
+      const f = classifyLoginFailure(err);
+      this.log.warn({ attempt, kind: f.kind }, `login failed: ${f.message}`);
+      if (!f.retryable) throw new HardReconnectError(f.message, { cause: err });
+      if (f.message !== (err as Error).message) throw new Error(f.message, { cause: err });
+      throw err;
+    }
+  }
+
+  /** login(), again at once with a new connection after a stale-connection reject (bounded). */
+  private async loginRetryingStale(signal: AbortSignal): Promise<SrpSession> {
     for (let stale = 0; ; stale++) {
-      this.log.info({ attempt, via: this.opts.connector.description }, 'reconnect attempt');
       try {
-        this.candidate = await this.login(signal);
-        return;
+        return await this.login(signal);
       } catch (err) {
-        if (signal.aborted) throw err;
         const f = classifyLoginFailure(err);
-        if (f.kind === 'stale-connection' && stale < STALE_CONNECTION_RETRIES) {
-          this.log.warn({ attempt, retry: stale + 1 }, `${f.message}: retrying with a new connection`);
-          continue;
-        }
-        this.log.warn({ attempt, kind: f.kind }, `login failed: ${f.message}`);
-        if (!f.retryable) throw new HardReconnectError(f.message, { cause: err });
-        if (f.message !== (err as Error).message) throw new Error(f.message, { cause: err });
-        throw err;
+        if (signal.aborted || f.kind !== 'stale-connection' || stale >= STALE_CONNECTION_RETRIES) throw err;
+        this.log.warn({ retry: stale + 1 }, `${f.message}: retrying with a new connection`);
       }
     }
   }
