@@ -268,6 +268,7 @@ t.test('policy: a member md failed during a fail-fast outage is re-added when th
   await until(() => messages().length >= 2); // the re-add and its log line
   t.equal(stateOf(dev), 're-add');
   t.equal(p.readds, 1);
+  t.type(p.lastReaddMs, 'number', 'the time from the return to the re-add is kept');
   t.match(messages(), [
     'md: the device is faulty in an array; re-adding it now that the path is back',
     /^md: re-added \/dev\/nbd0 to \/dev\/md0; /,
@@ -277,7 +278,7 @@ t.test('policy: a member md failed during a fail-fast outage is re-added when th
 t.test('policy: a return from blocked re-adds nothing (no I/O failed: md failed it for another reason)', async (t) => {
   const { root, dev } = fakeSysfs({ nbd0: { state: 'in_sync', slot: '0' } });
   const { target } = policyTarget([{ device: '/dev/nbd0', connected: true }]);
-  const p = new MdReaddPolicy(target, { sysfs: root, lateCheckMs: 50 });
+  const p = new MdReaddPolicy(target, { sysfs: root });
   t.teardown(() => p.cancel());
   p.onPathDown();
   await snapshotTaken(p);
@@ -304,21 +305,45 @@ t.test('policy: a member already faulty when the path went down is left alone, w
   ]);
 });
 
-t.test('policy: the second look re-adds a member md failed just after the path came back', async (t) => {
+t.test('policy: the watch re-adds a member as soon as md releases it after the path came back', async (t) => {
   const { root, dev } = fakeSysfs({ nbd0: { state: 'in_sync', slot: '0' } });
   const { target } = policyTarget([{ device: '/dev/nbd0', connected: true }]);
-  // the second look comes late enough that the test has failed the member by then, however loaded
-  const p = new MdReaddPolicy(target, { sysfs: root, lateCheckMs: 1500 });
+  const p = new MdReaddPolicy(target, { sysfs: root, pollMs: 20 });
   t.teardown(() => p.cancel());
   p.onPathDown();
+  await snapshotTaken(p);
   p.onPathReturned('fail-fast');
-  await settle(30);
+  await settle(60);
   t.equal(p.readds, 0, 'nothing faulty yet');
   fs.writeFileSync(path.join(dev('nbd0'), 'state'), 'faulty\n'); // md's error handling catches up
-  fs.writeFileSync(path.join(dev('nbd0'), 'slot'), 'none\n');
+  await settle(60);
+  t.equal(stateOf(dev), 'faulty\n', 'not written while md holds the slot');
+  const released = performance.now();
+  fs.writeFileSync(path.join(dev('nbd0'), 'slot'), 'none\n'); // md releases the member
   await until(() => p.readds === 1);
+  const after = performance.now() - released;
   t.equal(stateOf(dev), 're-add');
-  t.equal(p.readds, 1);
+  t.ok(p.lastReaddMs! >= 120, `timed from the return (${p.lastReaddMs} ms)`);
+  t.ok(after < 2000, `written ${after.toFixed(0)} ms after md released it (poll 20 ms; slack for a loaded machine)`);
+});
+
+t.test('policy: the watch ends after watchMs; a member failed later is left to the next return', async (t) => {
+  const { root, dev } = fakeSysfs({ nbd0: { state: 'in_sync', slot: '0' } });
+  const { target } = policyTarget([{ device: '/dev/nbd0', connected: true }]);
+  const p = new MdReaddPolicy(target, { sysfs: root, watchMs: 100, pollMs: 20 });
+  t.teardown(() => p.cancel());
+  p.onPathDown();
+  await snapshotTaken(p);
+  p.onPathReturned('fail-fast');
+  t.ok(p.watching, 'watching after the return');
+  await until(() => !p.watching);
+  t.notOk(p.watching, 'the watch stopped');
+  fs.writeFileSync(path.join(dev('nbd0'), 'state'), 'faulty\n');
+  fs.writeFileSync(path.join(dev('nbd0'), 'slot'), 'none\n');
+  await settle(100);
+  t.equal(stateOf(dev), 'faulty\n', 'nothing written after the watch');
+  t.equal(p.readds, 0);
+  t.equal(p.lastReaddMs, undefined);
 });
 
 t.test('policy: at attach each faulty member is re-added; not with md_readd off, nor unconnected', async (t) => {
@@ -359,7 +384,7 @@ t.test('policy: cancel() while md still holds the slot writes nothing', async (t
 t.test('policy: the path lost again while a re-add waits for md: re-added when it returns', async (t) => {
   const { root, dev } = fakeSysfs({ nbd0: { state: 'in_sync', slot: '0' } });
   const { target, messages } = policyTarget([{ device: '/dev/nbd0', connected: true }]);
-  const p = new MdReaddPolicy(target, { sysfs: root, lateCheckMs: 60_000 });
+  const p = new MdReaddPolicy(target, { sysfs: root });
   t.teardown(() => p.cancel());
   p.onPathDown();
   await snapshotTaken(p);

@@ -52,6 +52,11 @@ const FAMILIES: [name: string, type: string, help: string][] = [
     'counter',
     'LUN changes seen while attached: grown (resized), shrunk (not followed), added, removed, write_protected, write_enabled.',
   ],
+  [
+    'srp_nbd_md_readd_last_seconds',
+    'gauge',
+    "Seconds from the path's return to the last md re-add (absent before the first).",
+  ],
   ['srp_nbd_md_member_faulty', 'gauge', '1 while md has the device marked faulty in the array.'],
   ['srp_nbd_lun_ops_total', 'counter', 'Block requests completed, per export and operation.'],
   ['srp_nbd_lun_bytes_total', 'counter', 'Bytes transferred, per export and operation.'],
@@ -93,6 +98,7 @@ t.test('every metric family with its HELP and TYPE, and the samples of a test ta
   const samples = text.split('\n').filter((l) => l !== '' && !l.startsWith('# '));
   for (const [name] of FAMILIES) {
     if (name === 'srp_nbd_md_member_faulty') continue; // only for a kernel device in an md array
+    if (name === 'srp_nbd_md_readd_last_seconds') continue; // only after a re-add
     const ofFamily = (l: string): boolean => [`${name}{`, `${name} `, `${name}_`].some((p) => l.startsWith(p));
     t.ok(samples.some(ofFamily), `a sample of ${name}`);
   }
@@ -140,6 +146,7 @@ t.test('renderMetrics: md membership per export and array; a target without a po
         io: undefined,
         mdReadds: 5,
         lunChanges: { grown: 2, added: 1 },
+        mdReaddLastSeconds: 0.412,
         luns: [
           {
             export: 'srp-x-lun0',
@@ -171,6 +178,7 @@ t.test('renderMetrics: md membership per export and array; a target without a po
     'srp_nbd_lun_changes_total{target="srp-x",change="grown"} 2',
     'srp_nbd_lun_changes_total{target="srp-x",change="added"} 1',
     'srp_nbd_lun_changes_total{target="srp-x",change="removed"} 0',
+    'srp_nbd_md_readd_last_seconds{target="srp-x"} 0.412',
     'srp_nbd_md_member_faulty{target="srp-x",export="srp-x-lun0",array="md0"} 1',
     'srp_nbd_md_member_faulty{target="srp-x",export="srp-x-lun0",array="md3"} 0',
     'srp_nbd_lun_ops_total{target="srp-x",export="srp-x-lun0",op="write"} 3',

@@ -11,6 +11,11 @@ import { pino } from 'pino';
 import t from 'tap';
 import { parseConfig } from '../src/daemon/config.js';
 import { Daemon, DaemonError, type DaemonOptions } from '../src/daemon/daemon.js';
+import { createRdmaConnector } from '../src/initiator/rdma/index.js';
+import type { LoopbackTargetEnd } from '../src/initiator/loopback.js';
+import { MockRdmaBinding, type MockTargetEnd } from '../src/testing/mock-rdma-binding.js';
+import { RamScsiLun } from '../src/testing/scsi-lun.js';
+import { SrpTestTarget } from '../src/testing/srp-target.js';
 
 /** A daemon whose directory and sockets go away with the test. */
 function daemon(t: { teardown: (fn: () => Promise<void>) => void }, loadRdma?: DaemonOptions['loadRdma']): Daemon {
@@ -67,4 +72,36 @@ t.test('the default loader finds the connector module (the attach fails later: n
   t.type(err, DaemonError);
   t.notMatch((err as DaemonError).message, /cannot be loaded/, (err as DaemonError).message);
   t.match((err as DaemonError).message, /RDMA transport not available|attach failed|native addon/);
+});
+
+t.test('status over RDMA: path_check states the dead-path bound; last_error the last failure', async (t) => {
+  const target = new SrpTestTarget({ luns: [[0n, new RamScsiLun({ blocks: 8192 })]] });
+  const m = new MockRdmaBinding();
+  let lastEnd: MockTargetEnd | undefined;
+  m.onConnect = (end) => {
+    lastEnd = end;
+    target.accept(end as unknown as LoopbackTargetEnd);
+  };
+  const d = daemon(t, async () => ({
+    createRdmaConnector: (addr, opts) => createRdmaConnector(addr, { ...opts, binding: m.asBinding() }),
+  }));
+  await d.start();
+  const v = await d.attach({ address: RDMA_CM, reconnect_delay: 0.2 });
+  t.equal(v.state, 'running');
+  t.same(v.path_check, { bound_ms: 1469.8, rc_retry_ms: 469.8, keepalive_interval_s: 1 }, 'defaults 14/6, 1 s');
+  t.equal(v.last_error, null);
+  t.equal(v.timers.reconnect_delay, 0.2, 'a sub-second reconnect_delay');
+  lastEnd!.close(); // the target drops the connection
+  let st = await d.status(v.id);
+  for (let i = 0; i < 200 && st.last_error === null; i++) {
+    await new Promise((r) => setTimeout(r, 10));
+    st = await d.status(v.id);
+  }
+  t.match(st.last_error, /disconnected/, `last_error: ${st.last_error}`);
+  for (let i = 0; i < 300 && st.state !== 'running'; i++) {
+    await new Promise((r) => setTimeout(r, 10));
+    st = await d.status(v.id);
+  }
+  t.equal(st.state, 'running', 'reconnected');
+  t.match(st.last_error, /disconnected/, 'last_error is kept after the port runs again');
 });

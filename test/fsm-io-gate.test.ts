@@ -218,7 +218,7 @@ t.test('short outage: every op succeeds exactly once, replayed in submission ord
   link.restore();
   const returnedAt = s.now();
   const before = h.diskA.executed.length;
-  await s.advanceAsync(2000); // attempt 2 at 3 s succeeds, identity verified, I/O released
+  await s.advanceAsync(2000); // attempt 2 at 2 s succeeds, identity verified, I/O released
   t.equal(rport.state, 'running');
   t.ok(h.settledOnce(), 'every op settled exactly once');
   t.equal(h.eioOps().length, 0, 'no I/O error during an outage shorter than fast_io_fail_tmo');
@@ -232,9 +232,9 @@ t.test('short outage: every op succeeds exactly once, replayed in submission ord
     'the export never went away',
   );
   const firstDone = Math.min(...h.okOps().map((op) => h.outcomes.get(op)![0]!.at));
-  // Attempt 1 failed at 1002 ms, attempt 2 starts 2000 ms later, login 2 ms, write 1 ms.
-  t.equal(firstDone, 1002 + 2000 + 2 + 1, 'first completion as the back-off predicts');
-  t.equal(firstDone - returnedAt, 1005, 'link return to first completed I/O');
+  // Attempt 1 failed at 1002 ms; blocked: attempt 2 one reconnect_delay (1000 ms) later, login 2 ms, write 1 ms.
+  t.equal(firstDone, 1002 + 1000 + 2 + 1, 'first completion as the blocked cadence predicts');
+  t.equal(firstDone - returnedAt, 5, 'link return to first completed I/O');
   t.same(h.misfires, []);
 });
 

@@ -40,13 +40,13 @@ type Expect = RportState | 'stay' | 'refused';
 const R = 'refused' as const;
 // Columns in RPORT_EVENT_TYPES order:
 // failure-detected, reconnect-succeeded, reconnect-failed, identity-verified, identity-mismatch,
-// explicit-reconnect, detach, reconnect-timer, fast-io-fail-tmo, dev-loss-tmo
+// explicit-reconnect, path-up, detach, reconnect-timer, fast-io-fail-tmo, dev-loss-tmo
 const MATRIX: Record<RportState, Expect[]> = {
-  running: ['blocked', R, R, R, R, R, 'detached', R, R, R],
-  blocked: ['stay', 'stay', 'stay', 'running', 'lost', 'stay', 'detached', 'stay', 'fail-fast', 'lost'],
-  'fail-fast': ['stay', 'stay', 'stay', 'running', 'lost', 'stay', 'detached', 'stay', R, 'lost'],
-  lost: ['stay', R, R, R, R, 'blocked', 'detached', R, R, R],
-  detached: [R, R, R, R, R, R, R, R, R, R],
+  running: ['blocked', R, R, R, R, R, R, 'detached', R, R, R],
+  blocked: ['stay', 'stay', 'stay', 'running', 'lost', 'stay', 'stay', 'detached', 'stay', 'fail-fast', 'lost'],
+  'fail-fast': ['stay', 'stay', 'stay', 'running', 'lost', 'stay', 'stay', 'detached', 'stay', R, 'lost'],
+  lost: ['stay', R, R, R, R, 'blocked', R, 'detached', R, R, R],
+  detached: [R, R, R, R, R, R, R, R, R, R, R],
 };
 
 /** Actions (types) each accepted pair must emit, in order. Key "state/event". */
@@ -65,6 +65,7 @@ for (const s of ['blocked', 'fail-fast'] as const) {
     [`${s}/identity-verified`]: ['state-changed', 'release-io'],
     [`${s}/identity-mismatch`]: ['state-changed', 'stop-reconnecting', 'fail-io'],
     [`${s}/explicit-reconnect`]: ['reconnect'],
+    [`${s}/path-up`]: ['reconnect'],
     [`${s}/detach`]: ['state-changed', 'stop-reconnecting', 'fail-io', 'remove-device'],
     [`${s}/reconnect-timer`]: ['reconnect'],
     [`${s}/dev-loss-tmo`]: ['state-changed', 'stop-reconnecting', 'fail-io'],
@@ -76,7 +77,8 @@ ACTIONS['blocked/fast-io-fail-tmo'] = ['state-changed', 'fail-io'];
 
 const TMO: TmoParams = { reconnectDelay: 1, reconnectDelayMax: 30, fastIoFailTmo: 5, devLossTmo: 600 };
 
-function make(tmo: Partial<TmoParams> = {}, random: () => number = () => 0) {
+/** random() = 0.5 leaves back-off delays unjittered. */
+function make(tmo: Partial<TmoParams> = {}, random: () => number = () => 0.5) {
   const s = new VirtualScheduler();
   const r = new Rport({ scheduler: s, tmo: { ...TMO, ...tmo }, random, name: 'port-1:1' });
   const actions: RportAction[] = [];
@@ -209,6 +211,7 @@ t.test('reconnect phases within blocked: stale and out-of-phase results are refu
     'identity-mismatch',
     'reconnect-timer',
     'explicit-reconnect',
+    'path-up',
   ];
   // expected [outcome, phase after] per phase, columns as `types`
   const want: Record<P, [string, string][]> = {
@@ -219,12 +222,14 @@ t.test('reconnect phases within blocked: stale and out-of-phase results are refu
       ['refused', 'idle'],
       ['refused', 'idle'],
       ['stayed', 'connecting'],
+      ['stayed', 'connecting'],
     ],
     waiting: [
       ['refused', 'waiting'],
       ['refused', 'waiting'],
       ['refused', 'waiting'],
       ['refused', 'waiting'],
+      ['stayed', 'connecting'],
       ['stayed', 'connecting'],
       ['stayed', 'connecting'],
     ],
@@ -235,6 +240,7 @@ t.test('reconnect phases within blocked: stale and out-of-phase results are refu
       ['refused', 'connecting'],
       ['refused', 'connecting'],
       ['stayed', 'connecting'],
+      ['stayed', 'connecting'],
     ],
     verifying: [
       ['refused', 'verifying'],
@@ -242,6 +248,7 @@ t.test('reconnect phases within blocked: stale and out-of-phase results are refu
       ['moved', 'none'],
       ['moved', 'none'],
       ['refused', 'verifying'],
+      ['stayed', 'verifying'],
       ['stayed', 'verifying'],
     ],
   };
@@ -274,7 +281,7 @@ t.test('reconnect phases within blocked: stale and out-of-phase results are refu
   t.equal(r.state, 'running');
 });
 
-t.test('outage timeline: back-off, fast_io_fail, dev_loss, nothing after lost', async (t) => {
+t.test('outage timeline: cadence, fast_io_fail, back-off, dev_loss, nothing after lost', async (t) => {
   const { s, r, actions, misfires } = make();
   const attempts: [number, number][] = [];
   // The owner fails every attempt at once, from inside the listener (exercises run-to-completion).
@@ -300,10 +307,12 @@ t.test('outage timeline: back-off, fast_io_fail, dev_loss, nothing after lost', 
   s.advance(1);
   t.equal(r.state, 'lost', 'lost at exactly dev_loss_tmo');
   t.same(r.armedTimers(), [], 'no timer armed in lost');
-  // Attempt n starts base*2^(n-1) (capped at 30 s) after the previous failure (random() = 0: no jitter).
-  const expectTimes: number[] = [];
-  for (let n = 1, at = 0; ; n++) {
-    at += Math.min(30_000, 1000 * 2 ** (n - 1));
+  // Blocked: an attempt every reconnect_delay (1 s), no growth; the one due at 5 s runs just after
+  // fast_io_fail_tmo (its timer was armed first). Fail-fast: step k waits min(30 s, 1 s x 2^k)
+  // after the previous failure (random() = 0.5: no jitter).
+  const expectTimes = [1000, 2000, 3000, 4000, 5000];
+  for (let k = 1, at = 5000; ; k++) {
+    at += Math.min(30_000, 1000 * 2 ** k);
     if (at >= 600_000) break;
     expectTimes.push(at);
   }
@@ -335,22 +344,73 @@ t.test('outage timeline: back-off, fast_io_fail, dev_loss, nothing after lost', 
   t.same(r.armedTimers().sort(), ['dev-loss', 'fast-io-fail', 'reconnect']);
 });
 
-t.test('jitter only shortens the delay, from the injected random source', async (t) => {
+t.test('fail-fast back-off: ±jitter from the injected random source; blocked has none', async (t) => {
   const seq = [0.5, 0.25, 0.999];
   let i = 0;
-  const { s, r, actions } = make({ fastIoFailTmo: 60 }, () => seq[i++ % seq.length]!);
+  const { s, r, actions } = make({ fastIoFailTmo: 2 }, () => seq[i++ % seq.length]!);
   r.handle({ type: 'failure-detected' });
-  for (let k = 0; k < 3; k++) {
+  for (let k = 0; k < 5; k++) {
     s.advance(s.nextDue()! - s.now());
-    r.handle({ type: 'reconnect-failed', attempt: r.attempt });
+    if (r.phase === 'connecting') r.handle({ type: 'reconnect-failed', attempt: r.attempt });
   }
   const delays = actions.flatMap((a) => (a.type === 'reconnect-scheduled' ? [[a.attempt, a.delayMs]] : []));
   t.same(delays, [
-    [1, 900],
-    [2, 1900],
-    [3, 3201],
-    [4, 7200], // 8000 x (1 - 0.2 x 0.5): the source wrapped round
+    [1, 1000], // blocked: every reconnect_delay
+    [2, 1000],
+    [3, 2000], // fail-fast step 1: 2 s x (1 + 0.2 x (2 x 0.5 - 1))
+    [4, 3600], // step 2: 4 s, 10 % shorter
+    [5, 9597], // step 3: 8 s, 20 % longer (almost)
+    [6, 16000], // the source wrapped round
   ]);
+  t.equal(r.state, 'fail-fast');
+});
+
+t.test('sub-second reconnect_delay: the blocked cadence follows it', async (t) => {
+  const { s, r } = make({ reconnectDelay: 0.25 });
+  const at: number[] = [];
+  r.subscribe((a) => {
+    if (a.type === 'reconnect') {
+      at.push(s.now());
+      r.handle({ type: 'reconnect-failed', attempt: a.attempt });
+    }
+  });
+  r.handle({ type: 'failure-detected' });
+  s.advance(1000);
+  t.same(at, [250, 500, 750, 1000]);
+});
+
+t.test('a hard reject moves blocked to fail-fast at once, with the reason', async (t) => {
+  const { s, r, actions } = make();
+  r.handle({ type: 'failure-detected', reason: 'link down' });
+  t.equal(r.lastError, 'link down');
+  s.advance(1000);
+  t.equal(r.phase, 'connecting');
+  const res = r.handle({ type: 'reconnect-failed', attempt: 1, reason: 'IU too large', hard: true });
+  t.same([res.outcome, r.state], ['moved', 'fail-fast']);
+  t.equal(r.lastError, 'IU too large');
+  t.match(r.lastFailure, { reason: 'fail-fast', message: /IU too large.*EIO/ });
+  t.match(actions.at(-1), { type: 'reconnect-scheduled', attempt: 2, delayMs: 2000 }, 'back-off from step 1');
+  t.notOk(r.armedTimers().includes('fast-io-fail'), 'fast_io_fail timer cancelled');
+  // A transient failure in blocked stays blocked, on the cadence.
+  const m = make();
+  m.r.handle({ type: 'failure-detected' });
+  m.s.advance(1000);
+  m.r.handle({ type: 'reconnect-failed', attempt: 1, reason: 'port not enabled' });
+  t.equal(m.r.state, 'blocked');
+  t.match(m.actions.at(-1), { type: 'reconnect-scheduled', delayMs: 1000 });
+});
+
+t.test('path-up starts an attempt at once while waiting; never from lost', async (t) => {
+  const { s, r } = make({ fastIoFailTmo: 2 });
+  r.handle({ type: 'failure-detected' });
+  s.advance(300);
+  r.handle({ type: 'path-up' });
+  t.same([r.phase, r.attempt], ['connecting', 1]);
+  r.handle({ type: 'path-up' });
+  t.equal(r.attempt, 1, 'no second attempt while one is under way');
+  r.handle({ type: 'dev-loss-tmo' });
+  t.equal(r.handle({ type: 'path-up' }).outcome, 'refused');
+  t.equal(r.state, 'lost');
 });
 
 t.test('successful reconnect: verify identity, then running with timers cancelled', async (t) => {
@@ -460,12 +520,12 @@ t.test('randomized event sequences keep the invariants', async (t) => {
     r.subscribe((a) => {
       if (a.type === 'state-changed' && !LEGAL.has(`${a.from}>${a.to}`)) errors.push(`illegal move ${a.from}>${a.to}`);
       if (a.type === 'reconnect-scheduled') {
-        const ideal = Math.min(
-          tmo.reconnectDelayMax * 1000,
-          (tmo.reconnectDelay as number) * 1000 * 2 ** (a.attempt - 1),
-        );
-        if (a.delayMs > ideal || a.delayMs < Math.floor(ideal * 0.8))
-          errors.push(`attempt ${a.attempt} delay ${a.delayMs} outside [0.8, 1] x ${ideal}`);
+        const base = (tmo.reconnectDelay as number) * 1000;
+        const cap = tmo.reconnectDelayMax * 1000;
+        if (r.state === 'blocked' && a.delayMs !== base)
+          errors.push(`blocked: attempt ${a.attempt} delay ${a.delayMs}, not reconnect_delay ${base}`);
+        if (r.state === 'fail-fast' && a.delayMs !== base && (a.delayMs > cap || a.delayMs < Math.floor(base * 1.6)))
+          errors.push(`fail-fast: attempt ${a.attempt} delay ${a.delayMs} outside [1.6 x ${base}, ${cap}]`);
         lastScheduled = { ...a, at: s.now() };
       }
     });

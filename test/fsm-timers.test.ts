@@ -142,9 +142,18 @@ t.test('validateTmo: one rule per case, messages name parameters and rule', asyn
     },
     { name: 'reconnect_delay too long', p: P(SRP_TMO_MAX, 5, 600, SRP_TMO_MAX), rules: ['reconnect-delay-too-long'] },
     {
-      name: 'not integers',
-      p: P(1.5 as Tmo, -1 as Tmo, 'never' as unknown as Tmo),
+      name: 'not timeouts',
+      p: P(Number.NaN as Tmo, -1 as Tmo, 'never' as unknown as Tmo),
       rules: ['not-a-timeout', 'not-a-timeout', 'not-a-timeout'],
+    },
+    { name: 'fio not an integer', p: P(1, 1.5 as Tmo, 600), rules: ['not-a-timeout'] },
+    { name: 'sub-second reconnect_delay', p: P(0.25, 5, 600), rules: [] },
+    { name: 'reconnect_delay at the minimum', p: P(0.1, 5, 600), rules: [] },
+    {
+      name: 'reconnect_delay below the minimum',
+      p: P(0.05, 5, 600),
+      rules: ['reconnect-delay-too-short'],
+      msg: /reconnect_delay=0.05 is below the minimum of 0.1 s/,
     },
     { name: 'reconnect_delay_max 0', p: P(1, 5, 600, 0), rules: ['not-a-timeout'], msg: /reconnect_delay_max=0/ },
     {
@@ -186,6 +195,11 @@ t.test('tmoParamsSchema: defaults, "off", kernel syntax, cross-field rules', asy
       reconnectDelayMax: 60,
     },
   );
+  t.equal(tmoParamsSchema.parse({ reconnect_delay: '0.5' }).reconnectDelay, 0.5, 'reconnect_delay "0.5"');
+  t.equal(tmoParamsSchema.parse({ reconnect_delay: 0.25 }).reconnectDelay, 0.25, 'reconnect_delay 0.25');
+  t.equal(tmoParamsSchema.safeParse({ reconnect_delay: '0.01' }).success, false, 'below 0.1 s refused');
+  t.equal(tmoParamsSchema.safeParse({ reconnect_delay: '1.5s' }).success, false, 'units refused');
+  t.equal(tmoParamsSchema.safeParse({ fast_io_fail_tmo: '1.5' }).success, false, 'fractional fio refused');
   const r = tmoParamsSchema.safeParse({ fast_io_fail_tmo: 'off', dev_loss_tmo: 'off' });
   t.equal(r.success, false);
   if (!r.success) t.match(r.error.issues[0]?.message, /both "off"/);
@@ -197,40 +211,63 @@ t.test('tmoParamsSchema: defaults, "off", kernel syntax, cross-field rules', asy
   if (!r3.success) t.same(r3.error.issues[0]?.path, ['fast_io_fail_tmo']);
 });
 
-t.test('back-off: min(cap, base * 2^(n-1)) shortened by at most the jitter', async (t) => {
+t.test('back-off: min(cap, base * 2^step), ±jitter, never above the cap', async (t) => {
   const p = { reconnectDelay: 1, reconnectDelayMax: 30 } as const;
-  const noJitter = [1000, 2000, 4000, 8000, 16000, 30000, 30000, 30000];
+  const noJitter = [2000, 4000, 8000, 16000, 30000, 30000, 30000];
   noJitter.forEach((want, i) =>
     t.equal(
-      backoffDelayMs(i + 1, p, 0.2, () => 0),
+      backoffDelayMs(i + 1, p, 0.2, () => 0.5),
       want,
-      `attempt ${i + 1} without jitter`,
+      `step ${i + 1} without jitter (random 0.5)`,
     ),
   );
-  // Maximum jitter (random -> 1) shortens by 20 %.
+  t.equal(
+    backoffDelayMs(1, p, 0.2, () => 0),
+    1600,
+    'random 0 shortens by 20 %',
+  );
   t.equal(
     backoffDelayMs(1, p, 0.2, () => 0.999999),
-    800,
+    2400,
+    'random -> 1 lengthens by 20 %',
   );
   t.equal(
-    backoffDelayMs(10, p, 0.2, () => 0.5),
-    27000,
-  );
-  t.equal(
-    backoffDelayMs(5000, p, 0.2, () => 0),
+    backoffDelayMs(10, p, 0.2, () => 0.999999),
     30000,
-    'huge attempt numbers stay at the cap',
+    'lengthened, still capped',
+  );
+  t.equal(
+    backoffDelayMs(10, p, 0.2, () => 0),
+    24000,
+  );
+  t.equal(
+    backoffDelayMs(5000, p, 0.2, () => 0.5),
+    30000,
+    'huge step numbers stay at the cap',
+  );
+  t.equal(
+    backoffDelayMs(1, { reconnectDelay: 0.25, reconnectDelayMax: 30 }, 0, () => 0.3),
+    500,
+    'sub-second base',
   );
   t.equal(
     backoffDelayMs(3, { reconnectDelay: 7, reconnectDelayMax: 10 }, 0, () => 0.3),
     10000,
   );
   const rnd = mulberry32(42);
+  let below = 0;
+  let above = 0;
   for (let n = 1; n <= 200; n++) {
-    const ideal = Math.min(30000, 1000 * 2 ** (n - 1));
+    const ideal = Math.min(30000, 1000 * 2 ** n);
     const d = backoffDelayMs(n, p, 0.2, rnd);
-    t.ok(d <= ideal && d >= Math.floor(ideal * 0.8), `attempt ${n}: ${d} within [0.8, 1] x ${ideal}`);
+    t.ok(
+      d <= Math.min(30000, Math.ceil(ideal * 1.2)) && d >= Math.floor(ideal * 0.8),
+      `step ${n}: ${d} within ±20 % of ${ideal}`,
+    );
+    if (d < ideal) below++;
+    if (d > ideal) above++;
   }
+  t.ok(below > 50 && above > 0, `jitter goes both ways (${below} shorter, ${above} longer)`);
   t.throws(() => backoffDelayMs(1, { reconnectDelay: 'off', reconnectDelayMax: 30 }, 0, () => 0));
   t.throws(() => backoffDelayMs(0, p, 0, () => 0));
 });

@@ -5,6 +5,7 @@ import t, { type Test } from 'tap';
 import pino from 'pino';
 import { SrpPort } from '../src/fsm/srp-port.js';
 import { createRdmaConnector } from '../src/initiator/rdma/index.js';
+import { rcRetryBoundMs } from '../src/initiator/rdma/options.js';
 import { SrpSession } from '../src/initiator/srp-session.js';
 import { parseTargetAddress } from '../src/initiator/target-address.js';
 import type { TransportError } from '../src/initiator/scsi-executor.js';
@@ -82,7 +83,9 @@ t.test('keep-alive: probes on the interval; a failed probe is a channel disconne
   });
   const tr = await made.connector.open(new AbortController().signal);
   const s = await SrpSession.login(tr, made);
-  await new Promise((r) => setTimeout(r, 120));
+  // poll for the condition (a loaded machine stretches the interval), bounded
+  for (const t0 = Date.now(); tr.stats.probes < 3 && Date.now() - t0 < 2000;)
+    await new Promise((r) => setTimeout(r, 10));
   t.ok(tr.stats.probes >= 3, `probes sent on the interval (${tr.stats.probes})`);
   const lost = new Promise<TransportError>((r) => s.on('disconnect', r));
   m.blackHole = true;
@@ -136,5 +139,91 @@ t.test('SrpPort over the connector: black hole blocks the rport, PORT_ACTIVE rec
   t.ok(await until(() => port.state === 'running'), `reconnected on PORT_ACTIVE (${port.state})`);
   t.equal(port.logins, 2);
   await port.close();
+  made.close();
+});
+
+t.test('a channel to the same destination connecting is a path-up for the other connectors', async (t) => {
+  const { m } = newFabric();
+  const opts = {
+    ackTimeout: 14,
+    retryCount: 6,
+    keepaliveIntervalMs: 0,
+    logger,
+    binding: m.asBinding(),
+    transport: small,
+  };
+  const a = await createRdmaConnector(parseTargetAddress('id_ext=1,ioc_guid=2,dest=192.0.2.7:5000'), opts);
+  const b = await createRdmaConnector(parseTargetAddress('id_ext=3,ioc_guid=2,dest=192.0.2.7:5000'), opts);
+  const other = await createRdmaConnector(parseTargetAddress('id_ext=1,ioc_guid=2,dest=192.0.2.8:5000'), opts);
+  const heard = { a: 0, b: 0, other: 0 };
+  a.connector.onPathUp(() => heard.a++);
+  b.connector.onPathUp(() => heard.b++);
+  other.connector.onPathUp(() => heard.other++);
+  const s = await SrpSession.login(await b.connector.open(new AbortController().signal), b);
+  t.same(heard, { a: 1, b: 0, other: 0 }, 'only the other connector to that destination hears it');
+  await s.close();
+  a.close();
+  const s2 = await SrpSession.login(await b.connector.open(new AbortController().signal), b);
+  t.same(heard, { a: 1, b: 0, other: 0 }, 'a closed connector hears nothing');
+  await s2.close();
+  b.close();
+  other.close();
+});
+
+t.test('black hole the device never reports: an overdue send or probe is a dead path', async (t) => {
+  hold(t);
+  // ack_timeout 10, retry_count 6: (6 + 1) x 4.096 µs x 2^10 = 29.4 ms
+  t.equal(rcRetryBoundMs(10, 6).toFixed(1), '29.4');
+  t.equal(rcRetryBoundMs(14, 6).toFixed(2), '469.76', 'the defaults');
+  for (const load of [true, false]) {
+    const { m } = newFabric();
+    m.blackHoleDetectMs = Infinity;
+    const made = await createRdmaConnector(parseTargetAddress('id_ext=1,ioc_guid=2,dest=192.0.2.2:5000'), {
+      ackTimeout: 10,
+      retryCount: 6,
+      keepaliveIntervalMs: 20,
+      logger,
+      binding: m.asBinding(),
+      transport: small,
+    });
+    const tr = await made.connector.open(new AbortController().signal);
+    const s = await SrpSession.login(tr, made);
+    const lost = new Promise<TransportError>((r) => s.on('disconnect', r));
+    m.blackHole = true;
+    const t0 = performance.now();
+    const cmd = load ? s.execute({ lun: 0n, cdb: Buffer.alloc(6) }) : undefined; // TEST UNIT READY
+    const e = await lost;
+    const ms = performance.now() - t0;
+    const what = load ? 'under load' : 'idle';
+    t.match(e.message, /path dead: a send waited \d+ ms .* RC retry bound of 29\.4 ms/, `${what}: ${e.message}`);
+    t.ok(ms < 29.4 + 20 + 150, `${what}: noticed after ${ms.toFixed(0)} ms (bound + interval 49.4 ms, plus slack)`);
+    if (cmd) await t.rejects(cmd, { code: 'disconnected' }, 'the command in flight fails as a transport error');
+    m.blackHole = false;
+    made.close();
+  }
+});
+
+t.test('idle black hole: the probe is judged the RC retry bound after it was posted, not a tick later', async (t) => {
+  hold(t);
+  const { m } = newFabric();
+  m.blackHoleDetectMs = Infinity;
+  const made = await createRdmaConnector(parseTargetAddress('id_ext=1,ioc_guid=2,dest=192.0.2.2:5000'), {
+    ackTimeout: 10, // bound 29.4 ms
+    retryCount: 6,
+    keepaliveIntervalMs: 300,
+    logger,
+    binding: m.asBinding(),
+    transport: small,
+  });
+  const s = await SrpSession.login(await made.connector.open(new AbortController().signal), made);
+  const lost = new Promise<TransportError>((r) => s.on('disconnect', r));
+  m.blackHole = true;
+  const t0 = performance.now();
+  const e = await lost;
+  const ms = performance.now() - t0;
+  t.match(e.message, /path dead/);
+  // within interval + bound (329.4 ms); judged at the next tick it would take about 600 ms
+  t.ok(ms < 480, `noticed after ${ms.toFixed(0)} ms`);
+  m.blackHole = false;
   made.close();
 });

@@ -384,6 +384,16 @@ function formatStatus(v: TargetView): string {
     `  timers      reconnect_delay=${t.reconnect_delay} reconnect_delay_max=${t.reconnect_delay_max} fast_io_fail_tmo=${t.fast_io_fail_tmo} dev_loss_tmo=${t.dev_loss_tmo}`,
     `  reconnects  ${r.reconnects_total} ok, ${r.failed_reconnects_total} failed (${r.failed_reconnects} in this outage), ${r.attempts_total} attempts, ${r.logins_total} logins${r.last_failure ? `; last failure: ${r.last_failure}` : ''}`,
   ];
+  const pc = v.path_check;
+  if (pc)
+    lines.push(
+      `  path_check  ${pc.bound_ms !== null ? `a dead path is noticed within ${pc.bound_ms} ms` : 'keep-alive off: a silent dead path is noticed only by I/O'} (RC retry bound ${pc.rc_retry_ms} ms + keepalive_interval ${pc.keepalive_interval_s} s)`,
+    );
+  if (v.last_error) lines.push(`  last_error  ${v.last_error}`);
+  if (v.md_readd.readds_total > 0)
+    lines.push(
+      `  md_readd    ${v.md_readd.readds_total} re-adds, the last ${v.md_readd.last_readd_ms} ms after the path returned`,
+    );
   if (v.credits)
     lines.push(
       `  credits     req_lim ${v.credits.req_lim}, granted ${v.credits.granted_total}, stalls ${v.credits.zero_req_lim_total}`,

@@ -7,7 +7,7 @@ import type { Backend } from '../nbd/backend.js';
 import { FileBackend } from '../nbd/file-backend.js';
 import { MemoryBackend } from '../nbd/memory-backend.js';
 import { NbdServer } from '../nbd/server.js';
-import { DEFAULT_TMO, parseTmo, type TmoParams, validateTmo } from '../fsm/timers.js';
+import { DEFAULT_TMO, parseReconnectDelay, parseTmo, type TmoParams, validateTmo } from '../fsm/timers.js';
 import { startTestTarget } from '../testing/test-fabric.js';
 import { createLogger } from '../util/log.js';
 import { parseSize } from '../util/size.js';
@@ -122,7 +122,7 @@ function parseTmoOptions(values: Record<string, unknown>): Partial<TmoParams> {
     const v = values[flag];
     if (typeof v !== 'string') continue;
     try {
-      tmo[key] = parseTmo(v);
+      tmo[key] = key === 'reconnectDelay' ? parseReconnectDelay(v) : parseTmo(v);
     } catch (err) {
       throw new UsageError(`--${flag}: ${(err as Error).message}`);
     }

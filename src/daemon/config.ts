@@ -12,7 +12,16 @@
  */
 import * as fs from 'node:fs';
 import { z } from 'zod';
-import { DEFAULT_TMO, type Tmo, type TmoParams, tmoField, validateTmo } from '../fsm/timers.js';
+import {
+  DEFAULT_TMO,
+  RECONNECT_DELAY_DOC,
+  RECONNECT_DELAY_MAX_DOC,
+  reconnectDelayField,
+  type Tmo,
+  type TmoParams,
+  tmoField,
+  validateTmo,
+} from '../fsm/timers.js';
 import { ACK_TIMEOUT, RETRY_COUNT } from '../initiator/rdma/options.js';
 import { parseAnyAddress } from './address.js';
 import { addTargetConflicts, addTargetTuning } from './add-target-options.js';
@@ -36,14 +45,14 @@ export const TARGET_ID_RE = /^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$/;
  */
 export const TARGET_OPTIONS = {
   reconnect_delay: {
-    schema: tmoField,
+    schema: reconnectDelayField,
     default: DEFAULT_TMO.reconnectDelay as Tmo,
-    doc: 'Seconds before the first reconnect attempt after a transport failure (doubling per failed attempt, with jitter, up to reconnect_delay_max), or "off" to reconnect only on request. Must not be 0.',
+    doc: RECONNECT_DELAY_DOC,
   },
   reconnect_delay_max: {
     schema: z.number().int(),
     default: DEFAULT_TMO.reconnectDelayMax,
-    doc: 'Cap in seconds of the exponential reconnect back-off; at least reconnect_delay.',
+    doc: RECONNECT_DELAY_MAX_DOC,
   },
   fast_io_fail_tmo: {
     schema: tmoField,
@@ -83,7 +92,7 @@ export const TARGET_OPTIONS = {
   keepalive_interval: {
     schema: z.number().min(0).max(3600),
     default: 1,
-    doc: 'RDMA transport: seconds between keep-alive probes (a zero-length RDMA WRITE) on an idle channel; 0 disables them.',
+    doc: 'RDMA transport: seconds between keep-alive ticks: a probe (a zero-length RDMA WRITE) when none is in flight, and a check that no send has waited for its completion beyond the RC retry bound, idle or under load. A dead path is noticed within (retry_count + 1) × 4.096 µs × 2^ack_timeout + keepalive_interval (status: path_check). 0 disables both.',
   },
   max_hold_queue: {
     schema: z.number().int().min(1).max(65536),

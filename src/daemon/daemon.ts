@@ -32,6 +32,7 @@ import {
 } from '../initiator/lun-identity.js';
 import { formatPortId } from '../initiator/login-reject.js';
 import type { SrpTargetAddress } from '../initiator/target-address.js';
+import { rcRetryBoundMs } from '../initiator/rdma/options.js';
 import { tryLoadNative } from '../native/native.js';
 import {
   attach as nbdAttach,
@@ -1279,7 +1280,6 @@ export class Daemon {
       transport: rt.address.kind === 'test' ? 'test-target' : rt.address.addr.transport,
       via: rt.connectorDescription ?? null,
       initiator_port_id: this.initiatorPortIdOf(rt),
-      last_error: rt.error ?? port?.rport.lastFailure?.message ?? null,
       attached_at: rt.attachedAt,
       timers: timersOf(rt.options),
       options: { ...rt.options },
@@ -1293,6 +1293,9 @@ export class Daemon {
         logins_total: port?.logins ?? 0,
         last_failure: port?.rport.lastFailure?.message ?? null,
       },
+      path_check: rt.address.kind === 'test' ? null : pathCheckOf(rt.options),
+      md_readd: { readds_total: rt.md.readds, last_readd_ms: rt.md.lastReaddMs ?? null },
+      last_error: port?.rport.lastError ?? rt.error ?? null,
       credits: c ? { req_lim: c.reqLim, granted_total: c.creditsGranted, zero_req_lim_total: c.zeroReqLim } : null,
       io: g
         ? {
@@ -1376,6 +1379,7 @@ export class Daemon {
       io: port?.gate.stats,
       mdReadds: rt.md.readds,
       lunChanges: rt.lunChanges,
+      mdReaddLastSeconds: rt.md.lastReaddMs === undefined ? undefined : rt.md.lastReaddMs / 1000,
       luns: rt.luns.map((l) => ({ export: l.exportName, md: l.md, stats: l.backend.stats })),
     };
   }
@@ -1417,8 +1421,6 @@ export interface TargetView extends TargetSummary {
   via: string | null;
   /** the initiator port id of the last login as the target saw it ("0x" + 32 hex digits); null before one */
   initiator_port_id: string | null;
-  /** the last attach, connect or reconnect failure (a login reject explained), null when none */
-  last_error: string | null;
   attached_at: string;
   timers: Record<'reconnect_delay' | 'reconnect_delay_max' | 'fast_io_fail_tmo' | 'dev_loss_tmo', number | 'off'>;
   options: TargetOptions;
@@ -1432,6 +1434,19 @@ export interface TargetView extends TargetSummary {
     logins_total: number;
     last_failure: string | null;
   };
+  /**
+   * How soon a dead path (black hole) is noticed at the latest, idle or under load: the RC retry
+   * bound (retry_count + 1) × 4.096 µs × 2^ack_timeout plus the keep-alive interval; bound_ms is
+   * null with keep-alive off. null for the test target.
+   */
+  path_check: { bound_ms: number | null; rc_retry_ms: number; keepalive_interval_s: number } | null;
+  /**
+   * The last transport failure, failed reconnect or login reject (explained for an operator), kept
+   * after the port runs again; else the last attach or connect failure; null when none.
+   */
+  last_error: string | null;
+  /** md re-adds (option md_readd): how many, and ms from the path's return to the last one. */
+  md_readd: { readds_total: number; last_readd_ms: number | null };
   credits: { req_lim: number; granted_total: number; zero_req_lim_total: number } | null;
   io: {
     in_flight: number;
@@ -1469,6 +1484,16 @@ export interface TargetView extends TargetSummary {
     identity: string;
     io: Record<string, { ops: number; bytes: number; errors: number }>;
   }[];
+}
+
+function pathCheckOf(o: TargetOptions): NonNullable<TargetView['path_check']> {
+  const rc = rcRetryBoundMs(o.ack_timeout, o.retry_count);
+  const round = (ms: number) => Math.round(ms * 10) / 10;
+  return {
+    bound_ms: o.keepalive_interval > 0 ? round(rc + o.keepalive_interval * 1000) : null,
+    rc_retry_ms: round(rc),
+    keepalive_interval_s: o.keepalive_interval,
+  };
 }
 
 function timersOf(o: TargetOptions): TargetView['timers'] {

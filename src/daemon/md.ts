@@ -264,9 +264,15 @@ export interface MdReaddTarget {
 export interface MdReaddPolicyOptions {
   /** sysfs root; default /sys. */
   sysfs?: string;
-  /** Delay of the second look for members md failed just after the path came back (ms); default 5 s. */
-  lateCheckMs?: number;
+  /** How long after the path returns (or the target is attached) md's member states are watched (ms); default 10 s. */
+  watchMs?: number;
+  /** How often they are read meanwhile, and while a faulty member waits for md to release it (ms); default 100. */
+  pollMs?: number;
 }
+
+/** Defaults of MdReaddPolicyOptions: md usually releases a failed member within a second of the path's return. */
+export const MD_WATCH_MS = 10_000;
+export const MD_POLL_MS = 100;
 
 /**
  * When to re-add one target's devices to the md arrays that failed them (option md_readd).
@@ -277,8 +283,10 @@ export interface MdReaddPolicyOptions {
  * is attached (at daemon start the daemon cannot know what happened while it was away). A member
  * that was already faulty in an array when the path went down was failed for another reason
  * (mdadm --fail, medium errors) and is left alone, with a warning. md may fail a member a moment
- * after the path is back (its error handling is asynchronous), so the policy looks again a little
- * later. A path loss cancels the re-adds in progress, so no "re-add" is written for a device that
+ * after the path is back (its error handling is asynchronous), and releases its slot only once no
+ * I/O is pending on it, so the policy watches the members' states (md/dev-X/state, slot) every
+ * pollMs for watchMs after the return and writes "re-add" as soon as md has released the member;
+ * the time from the return to that write is lastReaddMs. A path loss cancels the re-adds in progress, so no "re-add" is written for a device that
  * cannot do I/O; a cancelled re-add is tried again at the next return to running, even from
  * blocked.
  */
@@ -292,8 +300,13 @@ export class MdReaddPolicy {
   private retry = false;
   /** Per device, the arrays in which it was already faulty when the path left running. */
   private faultyBefore?: Promise<FaultyArrays>;
-  /** The second look for members md failed just after the path came back. */
-  private late?: NodeJS.Timeout;
+  /** Watches the members' states for a while after the path came back. */
+  private watchTimer?: NodeJS.Timeout;
+  /** When the path came back (or the target was attached): performance.now(). */
+  private returnedAt = 0;
+  private lastMs: number | undefined;
+  /** "already faulty before the outage" warnings given in this watch (device:array), said once. */
+  private readonly warned = new Set<string>();
 
   constructor(
     private readonly target: MdReaddTarget,
@@ -305,9 +318,14 @@ export class MdReaddPolicy {
     return this.readded;
   }
 
+  /** Milliseconds from the path's return (or the attach) to the last re-add written; undefined before the first. */
+  get lastReaddMs(): number | undefined {
+    return this.lastMs;
+  }
+
   /** The target is attached with its devices: re-adds each member md failed while the daemon was away. */
   onAttached(): void {
-    this.readd();
+    this.watch();
   }
 
   /** The path left running: no re-add while it is down; notes the members md has failed already. */
@@ -316,7 +334,7 @@ export class MdReaddPolicy {
     // the members md failed are ours to re-add: the snapshot of the first outage stays.
     if (this.busy.size > 0) this.retry = true;
     this.controller?.abort();
-    clearTimeout(this.late);
+    this.stopWatch();
     if (!this.retry) this.faultyBefore = this.faultyNow();
   }
 
@@ -324,18 +342,37 @@ export class MdReaddPolicy {
   onPathReturned(from: RportState): void {
     if (from !== 'fail-fast' && from !== 'lost' && !this.retry) return;
     this.retry = false;
-    const before = this.faultyBefore;
-    this.readd(before);
-    this.late = setTimeout(() => {
-      if (this.target.running() && this.target.active()) this.readd(before);
-    }, this.opts.lateCheckMs ?? 5000);
-    this.late.unref();
+    this.watch(this.faultyBefore);
   }
 
-  /** Cancels the re-adds in progress and the second look (detach, teardown, daemon stop). */
+  /** Cancels the re-adds in progress and the watch (detach, teardown, daemon stop). */
   cancel(): void {
     this.controller?.abort();
-    clearTimeout(this.late);
+    this.stopWatch();
+  }
+
+  /** md's member states are being watched (after a return or an attach). */
+  get watching(): boolean {
+    return this.watchTimer !== undefined;
+  }
+
+  private stopWatch(): void {
+    clearInterval(this.watchTimer);
+    this.watchTimer = undefined;
+  }
+
+  /** readd() now and every pollMs for watchMs while the path runs: a member is re-added as soon as md releases it. */
+  private watch(exclude?: Promise<FaultyArrays>): void {
+    this.stopWatch();
+    this.returnedAt = performance.now();
+    this.warned.clear();
+    this.readd(exclude);
+    const until = this.returnedAt + (this.opts.watchMs ?? MD_WATCH_MS);
+    this.watchTimer = setInterval(() => {
+      if (performance.now() >= until || !this.target.active()) this.stopWatch();
+      else if (this.target.running()) this.readd(exclude);
+    }, this.opts.pollMs ?? MD_POLL_MS);
+    this.watchTimer.unref();
   }
 
   /**
@@ -366,6 +403,8 @@ export class MdReaddPolicy {
     const already = (await exclude)?.get(device) ?? new Set<string>();
     for (const m of faulty.filter((x) => already.has(x.array))) {
       const where = { device, member: `/dev/${m.member}`, array: `/dev/${m.array}` };
+      if (this.warned.has(`${m.member}:${m.array}`)) continue;
+      this.warned.add(`${m.member}:${m.array}`);
       log.warn(
         where,
         `md: /dev/${m.member} was already faulty in /dev/${m.array} before the path went down ` +
@@ -376,14 +415,16 @@ export class MdReaddPolicy {
     if (arrays.length === 0) return;
     const md = now.map(describeMembership);
     log.info({ device, md }, 'md: the device is faulty in an array; re-adding it now that the path is back');
-    for (const r of await readdFaultyMember(device, { sysfs, signal, arrays })) {
+    const pollMs = this.opts.pollMs ?? MD_POLL_MS;
+    for (const r of await readdFaultyMember(device, { sysfs, signal, arrays, pollMs })) {
       const member = `/dev/${r.member}`; // the device or one of its partitions
       const where = { device, member, array: `/dev/${r.array}` };
       if (r.outcome === 're-added') {
         this.readded++;
+        this.lastMs = Math.round(performance.now() - this.returnedAt);
         const now = (await mdMemberships(device, sysfs)).find((m) => m.array === r.array && m.member === r.member);
         log.info(
-          { ...where, md: now ? describeMembership(now) : null },
+          { ...where, md: now ? describeMembership(now) : null, ms: this.lastMs },
           `md: re-added ${member} to /dev/${r.array}; ` +
             'md resyncs what changed (write-intent bitmap) or the whole member',
         );

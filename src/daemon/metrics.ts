@@ -196,6 +196,8 @@ export interface TargetMetrics {
   mdReadds: number;
   /** LUN changes followed while attached, by kind. */
   lunChanges: Partial<Record<LunChange, number>>;
+  /** Seconds from the path's return to the last md re-add; undefined before the first. */
+  mdReaddLastSeconds: number | undefined;
   luns: LunMetrics[];
 }
 
@@ -248,6 +250,11 @@ const FAMILIES: readonly [name: string, type: 'counter' | 'gauge' | 'histogram',
     'counter',
     'LUN changes seen while attached: grown (resized), shrunk (not followed), added, removed, write_protected, write_enabled.',
   ],
+  [
+    'srp_nbd_md_readd_last_seconds',
+    'gauge',
+    "Seconds from the path's return to the last md re-add (absent before the first).",
+  ],
   ['srp_nbd_md_member_faulty', 'gauge', '1 while md has the device marked faulty in the array.'],
   ['srp_nbd_lun_ops_total', 'counter', 'Block requests completed, per export and operation.'],
   ['srp_nbd_lun_bytes_total', 'counter', 'Bytes transferred, per export and operation.'],
@@ -290,6 +297,7 @@ export function renderMetrics(d: DaemonMetrics): string {
     e.sample('srp_nbd_io_failed_eio_total', '', t, g?.failedEio ?? 0);
     e.sample('srp_nbd_md_readds_total', '', t, m.mdReadds);
     for (const c of LUN_CHANGES) e.sample('srp_nbd_lun_changes_total', '', { ...t, change: c }, m.lunChanges[c] ?? 0);
+    if (m.mdReaddLastSeconds !== undefined) e.sample('srp_nbd_md_readd_last_seconds', '', t, m.mdReaddLastSeconds);
     for (const l of m.luns) {
       for (const md of l.md) {
         const faulty = md.state.includes('faulty') ? 1 : 0;

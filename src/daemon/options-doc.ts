@@ -33,9 +33,11 @@ function rows(shape: Record<string, z.ZodTypeAny>, only?: string[]): string {
     const u = unwrap(t);
     const js = toJsonSchema(u.inner);
     const kind =
-      k in TARGET_OPTIONS && (k.endsWith('_tmo') || k === 'reconnect_delay')
-        ? 'integer seconds \\| "off"'
-        : typeText(js);
+      k === 'reconnect_delay' && k in TARGET_OPTIONS
+        ? 'seconds (≥ 0.1) \\| "off"'
+        : k in TARGET_OPTIONS && k.endsWith('_tmo')
+          ? 'integer seconds \\| "off"'
+          : typeText(js);
     const def = u.default === undefined ? (u.optional ? '—' : 'required') : `\`${JSON.stringify(u.default)}\``;
     const desc = (t.description ?? u.inner.description ?? '').replace(/\|/g, '\\|').replace(/\n/g, ' ');
     out.push(`| \`${k}\` | ${kind} | ${def} | ${desc} |`);
@@ -71,7 +73,7 @@ fields of a \`POST /targets\` body and, with dashes (\`--fast-io-fail-tmo\`), th
 The four timers can be changed at runtime (\`srp-nbd set\`, \`PATCH /targets/:id\`). Timer combinations
 are checked like the kernel's \`srp_tmo_valid()\`: at least one of fast_io_fail_tmo/dev_loss_tmo set,
 fast_io_fail_tmo < dev_loss_tmo, fast_io_fail_tmo ≤ 600, dev_loss_tmo ≤ 600 when fast_io_fail_tmo is off,
-reconnect_delay not 0, reconnect_delay ≤ reconnect_delay_max.
+reconnect_delay not 0 and at least 0.1, reconnect_delay ≤ reconnect_delay_max.
 
 ${rows(defaults)}
 

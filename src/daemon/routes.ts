@@ -7,14 +7,14 @@
  * `{ "error": <HTTP reason>, "message": <text naming the target/field>, "issues"?: [{ path, rule, message }] }`.
  */
 import { z } from 'zod';
-import { tmoField } from '../fsm/timers.js';
+import { reconnectDelayField, tmoField } from '../fsm/timers.js';
 import { TARGET_OPTIONS, targetSpecSchema } from './config.js';
 import { type JsonSchema, toJsonSchema } from './json-schema.js';
 
 /** PATCH /targets/:id body: any of the four timers; the combination is checked with validateTmo. */
 export const timersPatchSchema = z
   .object({
-    reconnect_delay: tmoField.optional().describe(TARGET_OPTIONS.reconnect_delay.doc),
+    reconnect_delay: reconnectDelayField.optional().describe(TARGET_OPTIONS.reconnect_delay.doc),
     reconnect_delay_max: z.number().int().optional().describe(TARGET_OPTIONS.reconnect_delay_max.doc),
     fast_io_fail_tmo: tmoField.optional().describe(TARGET_OPTIONS.fast_io_fail_tmo.doc),
     dev_loss_tmo: tmoField.optional().describe(TARGET_OPTIONS.dev_loss_tmo.doc),

@@ -8,7 +8,8 @@ import type { Rport, RportAction } from './rport.js';
 
 export interface TransportHooks {
   /**
-   * Re-establish the channel for attempt `attempt` (SRP login). Before resolving, the old channel
+   * Re-establish the channel for attempt `attempt` (SRP login). Reject with HardReconnectError
+   * when retrying soon cannot help (the port then fails I/O at once). Before resolving, the old channel
    * must be closed and every command it carried settled (task management has cleared it on the
    * target), because held I/O is replayed on the new channel and a stale write landing later
    * could overwrite newer data. Reject if the target cannot be reached. Stop when `signal` aborts
@@ -27,6 +28,17 @@ export interface TransportHooks {
    * any, has already been aborted through its signal.
    */
   stop?(): void;
+}
+
+/**
+ * A reconnect attempt failed in a way that retrying on the blocked cadence will not cure (e.g. the
+ * target refused our IU size): reported as a hard reconnect-failed, which fails I/O at once.
+ */
+export class HardReconnectError extends Error {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = 'HardReconnectError';
+  }
 }
 
 /** Subscribes to `rport` and drives reconnect attempts and identity checks. dispose() unsubscribes and aborts. */
@@ -56,6 +68,7 @@ export class RportDriver {
             type: 'reconnect-failed',
             attempt: a.attempt,
             reason: errorText(e),
+            ...(e instanceof HardReconnectError ? { hard: true } : {}),
           }),
         );
         break;

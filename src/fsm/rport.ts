@@ -7,10 +7,16 @@
  *   running   --failure-detected-->  blocked     I/O held (bounded), timers + reconnect attempts start
  *   blocked   --identity-verified--> running     held I/O replayed (after reconnect-succeeded + identity check)
  *   blocked   --fast-io-fail-tmo-->  fail-fast   held and new I/O fail with EIO; reconnecting goes on
+ *   blocked   --reconnect-failed (hard)--> fail-fast   a reject that retrying will not cure
  *   fail-fast --identity-verified--> running
  *   blocked|fail-fast --dev-loss-tmo | identity-mismatch--> lost   reconnecting stops, I/O fails
  *   lost      --explicit-reconnect-> blocked
  *   any       --detach------------>  detached    the only way the device goes away
+ *
+ * Reconnect cadence: while blocked an attempt every reconnect_delay (no growth: the outage may
+ * still end before fast_io_fail_tmo); in fail-fast the delay doubles per failed attempt from
+ * 2 x reconnect_delay, with ±jitter, up to reconnect_delay_max. A sign that the path is back
+ * ('path-up') starts an attempt at once.
  *
  * Pure and deterministic: no I/O. Time comes from the injected Scheduler, randomness (back-off
  * jitter) from the injected random(). Events go in through handle(); actions come out to
@@ -82,14 +88,20 @@ export type RportEvent =
   | { type: 'failure-detected'; reason?: string }
   /** The owner's reconnect attempt `attempt` produced a usable channel (old channel fully cleared). */
   | { type: 'reconnect-succeeded'; attempt: number }
-  /** The owner's reconnect attempt `attempt` failed (including a failed identity check for a reason other than a mismatch). */
-  | { type: 'reconnect-failed'; attempt: number; reason?: string }
+  /**
+   * The owner's reconnect attempt `attempt` failed (including a failed identity check for a reason
+   * other than a mismatch). `hard`: retrying on the blocked cadence will not help (e.g. the target
+   * refused our IU size): go to fail-fast at once; reconnecting goes on with back-off.
+   */
+  | { type: 'reconnect-failed'; attempt: number; reason?: string; hard?: boolean }
   /** The LUN behind the new channel of attempt `attempt` is the same one: release I/O. */
   | { type: 'identity-verified'; attempt: number }
   /** The LUN behind the new channel of attempt `attempt` is a different one: never send it I/O. */
   | { type: 'identity-mismatch'; attempt: number; detail: string }
   /** Operator/API request: reconnect now (from lost: start over in blocked). */
   | { type: 'explicit-reconnect' }
+  /** The transport saw a sign that the path is back (PORT_ACTIVE, a channel to the same destination connected): attempt now. Lost stays lost. */
+  | { type: 'path-up'; reason?: string }
   /** Operator/API request: remove the device. Terminal. */
   | { type: 'detach'; reason?: string }
   /** Timer expiries; normally raised by the FSM's own timers (tests may inject them). */
@@ -106,6 +118,7 @@ export const RPORT_EVENT_TYPES: readonly RportEventType[] = Object.freeze([
   'identity-verified',
   'identity-mismatch',
   'explicit-reconnect',
+  'path-up',
   'detach',
   'reconnect-timer',
   'fast-io-fail-tmo',
@@ -122,6 +135,7 @@ const LIVE_OUTAGE: Readonly<Record<RportEventType, EventOutcome>> = {
   'identity-verified': 'running',
   'identity-mismatch': 'lost',
   'explicit-reconnect': 'stay',
+  'path-up': 'stay',
   detach: 'detached',
   'reconnect-timer': 'stay',
   'fast-io-fail-tmo': 'fail-fast',
@@ -196,7 +210,7 @@ export interface RportOptions {
   tmo?: Partial<TmoParams>;
   /** Uniform random in [0, 1) for back-off jitter; default Math.random. */
   random?: () => number;
-  /** Fraction by which a back-off delay may be shortened at random, in [0, 1); default 0.2. */
+  /** Fraction by which a fail-fast back-off delay varies at random (±), in [0, 1); default 0.2. */
   jitter?: number;
   /** Name used in messages and timer labels, e.g. "port-1:1". */
   name?: string;
@@ -215,6 +229,9 @@ export class Rport {
   private ph: ReconnectPhase = 'none';
   private attemptNo = 0;
   private failed = 0;
+  /** Failed attempts since the port went fail-fast in this outage: the back-off step. */
+  private failedInFailFast = 0;
+  private lastErr: string | undefined;
   private params: TmoParams;
   private failure: { reason: FailReason; message: string } | undefined;
   private readonly timers: Partial<Record<TimerName, TimerHandle>> = {};
@@ -257,6 +274,10 @@ export class Rport {
   /** Why I/O currently fails (set by the last fail-io, cleared on running). */
   get lastFailure(): { reason: FailReason; message: string } | undefined {
     return this.failure;
+  }
+  /** The last transport failure or failed reconnect's reason (kept after the port runs again). */
+  get lastError(): string | undefined {
+    return this.lastErr;
   }
   /** Timers currently armed. */
   armedTimers(): TimerName[] {
@@ -345,6 +366,7 @@ export class Rport {
 
     switch (ev.type) {
       case 'failure-detected':
+        if (ev.reason !== undefined) this.lastErr = ev.reason;
         if (from === 'running') this.enterBlocked(ev.type, false);
         return done();
 
@@ -360,6 +382,15 @@ export class Rport {
           return refuse(this.staleReason(ev.type, ev.attempt, 'connecting'));
         }
         this.failed++;
+        if (ev.reason !== undefined) this.lastErr = ev.reason;
+        if (ev.hard && from === 'blocked') {
+          if (!this.setState('fail-fast', ev.type)) return refuse(transitionError(from, 'fail-fast')!);
+          this.failIo(
+            'fail-fast',
+            `${this.name}: reconnecting cannot succeed as things are (${ev.reason ?? 'hard reject'}); I/O fails with EIO until the target accepts a login`,
+          );
+        }
+        if (this.st === 'fail-fast') this.failedInFailFast++;
         this.scheduleNextAttempt();
         return done();
 
@@ -384,6 +415,14 @@ export class Rport {
         if (from === 'lost') {
           this.enterBlocked(ev.type, true);
         } else if (this.ph === 'waiting' || this.ph === 'idle') {
+          this.cancelTimer('reconnect');
+          this.startAttempt();
+        } // connecting/verifying: an attempt is already under way.
+        return done();
+
+      case 'path-up':
+        // Also when reconnect_delay is off ('idle'): the path coming back is what it waits for.
+        if (this.ph === 'waiting' || this.ph === 'idle') {
           this.cancelTimer('reconnect');
           this.startAttempt();
         } // connecting/verifying: an attempt is already under way.
@@ -448,6 +487,7 @@ export class Rport {
     if (!this.setState('blocked', cause)) return;
     this.failure = undefined;
     this.attemptNo = 0;
+    this.failedInFailFast = 0;
     this.emit({ type: 'hold-io' });
     const { fastIoFailTmo, devLossTmo } = this.params;
     if (fastIoFailTmo !== 'off') this.armTimer('fast-io-fail', fastIoFailTmo * 1000);
@@ -473,14 +513,21 @@ export class Rport {
     this.emit({ type: 'reconnect', attempt: this.attemptNo });
   }
 
-  /** Arm the reconnect timer for the next attempt with back-off, or go idle if reconnect_delay is off. */
+  /**
+   * Arm the reconnect timer for the next attempt, or go idle if reconnect_delay is off: every
+   * reconnect_delay while blocked (and for the first attempt of fail-fast), with back-off after
+   * each failure in fail-fast.
+   */
   private scheduleNextAttempt(): void {
     if (this.params.reconnectDelay === 'off') {
       this.ph = 'idle';
       return;
     }
     const next = this.attemptNo + 1;
-    const delayMs = backoffDelayMs(next, this.params, this.jitter, this.random);
+    const delayMs =
+      this.st === 'fail-fast' && this.failedInFailFast > 0
+        ? backoffDelayMs(this.failedInFailFast, this.params, this.jitter, this.random)
+        : Math.round(this.params.reconnectDelay * 1000);
     this.ph = 'waiting';
     this.armTimer('reconnect', delayMs);
     this.emit({ type: 'reconnect-scheduled', attempt: next, delayMs });

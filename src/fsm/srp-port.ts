@@ -15,7 +15,8 @@ import { type ScsiCommand, type ScsiExecutor, type ScsiResult, TransportError } 
 import { type LunIdentity, describeIdentity, sameIdentity } from '../initiator/lun-identity.js';
 import { SrpSession, type SrpSessionOptions } from '../initiator/srp-session.js';
 import type { ChannelTransport, LoginContext } from '../initiator/transport.js';
-import { RportDriver } from './driver.js';
+import { classifyLoginFailure, STALE_CONNECTION_RETRIES } from '../initiator/login-failure.js';
+import { HardReconnectError, RportDriver } from './driver.js';
 import { IdentityMismatchError } from './identity.js';
 import { IoGate, defaultIsTransportError } from './io-gate.js';
 import { Rport, type RportAction } from './rport.js';
@@ -120,10 +121,9 @@ export class SrpPort {
     });
     this.offPathUp = opts.connector.onPathUp?.(() => {
       // Lost stays lost until an operator asks: only a live outage retries on its own.
-      const st = this.rport.state;
-      if (st === 'blocked' || st === 'fail-fast') {
+      if (this.rport.phase === 'waiting' || this.rport.phase === 'idle') {
         this.log.info('path is back: reconnecting now');
-        this.rport.handle({ type: 'explicit-reconnect' });
+        this.rport.handle({ type: 'path-up' });
       }
     });
   }
@@ -132,7 +132,7 @@ export class SrpPort {
   static async connect(opts: SrpPortOptions): Promise<SrpPort> {
     const port = new SrpPort(opts);
     try {
-      port.install(await port.login(new AbortController().signal));
+      port.install(await port.loginRetryingStale(new AbortController().signal));
     } catch (err) {
       port.dispose();
       throw err;
@@ -268,14 +268,41 @@ export class SrpPort {
     void c?.close().catch(() => undefined);
   }
 
-  /** Reconnect attempt: the old session is closed (its commands settled) before a new login. */
+  /**
+   * Reconnect attempt: the old session is closed (its commands settled) before a new login. How a
+   * failed login goes on depends on its class (src/initiator/login-failure.ts): a stale connection
+   * is retried at once with a new connection (bounded), a hard reject fails the attempt as hard,
+   * anything else waits for the next attempt on the cadence.
+   */
   private async reconnect(attempt: number, signal: AbortSignal): Promise<void> {
     const old = this.session;
     this.session = undefined;
     this.dropCandidate();
     if (old) await old.close().catch(() => undefined);
     this.log.info({ attempt, via: this.opts.connector.description }, 'reconnect attempt');
-    this.candidate = await this.login(signal);
+    try {
+      this.candidate = await this.loginRetryingStale(signal);
+    } catch (err) {
+      if (signal.aborted) throw err;
+      const f = classifyLoginFailure(err);
+      this.log.warn({ attempt, kind: f.kind }, `login failed: ${f.message}`);
+      if (!f.retryable) throw new HardReconnectError(f.message, { cause: err });
+      if (f.message !== (err as Error).message) throw new Error(f.message, { cause: err });
+      throw err;
+    }
+  }
+
+  /** login(), again at once with a new connection after a stale-connection reject (bounded). */
+  private async loginRetryingStale(signal: AbortSignal): Promise<SrpSession> {
+    for (let stale = 0; ; stale++) {
+      try {
+        return await this.login(signal);
+      } catch (err) {
+        const f = classifyLoginFailure(err);
+        if (signal.aborted || f.kind !== 'stale-connection' || stale >= STALE_CONNECTION_RETRIES) throw err;
+        this.log.warn({ retry: stale + 1 }, `${f.message}: retrying with a new connection`);
+      }
+    }
   }
 
   /**

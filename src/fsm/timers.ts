@@ -13,9 +13,12 @@ export type Tmo = number | 'off';
 
 /** Timer parameters of one rport, in seconds. */
 export interface TmoParams {
-  /** Delay before the first reconnect attempt after a transport failure; 'off' = only explicit reconnects. */
+  /**
+   * Period of reconnect attempts while blocked, and the base of the back-off in fail-fast; may be
+   * fractional (at least RECONNECT_DELAY_MIN); 'off' = only explicit reconnects.
+   */
   reconnectDelay: Tmo;
-  /** Cap of the exponential reconnect back-off (our addition; the kernel has a linear ramp). */
+  /** Cap of the exponential reconnect back-off in fail-fast (our addition; the kernel has a linear ramp). */
   reconnectDelayMax: number;
   /** Time from transport failure until held and new I/O fail with EIO. */
   fastIoFailTmo: Tmo;
@@ -24,10 +27,11 @@ export interface TmoParams {
 }
 
 /**
- * Defaults: the first reconnect 1 s after a failure, the back-off doubling up to 30 s, so a short
- * outage ends quickly and a long one is not hammered; fail fast after 5 s, so md fails the member
- * and serves from its mirror instead of stalling the array, while shorter outages stay invisible
- * (I/O held and replayed); lost after 600 s, ib_srp's dev_loss_tmo default.
+ * Defaults: while blocked a reconnect attempt every 1 s, so an outage shorter than fast_io_fail_tmo
+ * ends within a second of the target's return; in fail-fast the back-off doubles up to 30 s, so a
+ * long outage is not hammered; fail fast after 5 s, so md fails the member and serves from its
+ * mirror instead of stalling the array, while shorter outages stay invisible (I/O held and
+ * replayed); lost after 600 s, ib_srp's dev_loss_tmo default.
  */
 export const DEFAULT_TMO: Readonly<TmoParams> = Object.freeze({
   reconnectDelay: 1,
@@ -35,6 +39,9 @@ export const DEFAULT_TMO: Readonly<TmoParams> = Object.freeze({
   fastIoFailTmo: 5,
   devLossTmo: 600,
 });
+
+/** The shortest reconnect_delay, in seconds: sub-second periods are allowed, a busy loop is not. */
+export const RECONNECT_DELAY_MIN = 0.1;
 
 /** include/scsi/scsi_device.h: the longest a SCSI device may stay blocked, in seconds. */
 export const SCSI_DEVICE_BLOCK_MAX_TIMEOUT = 600;
@@ -102,6 +109,21 @@ export function parseTmo(input: string | number): Tmo {
   return value < 0 ? 'off' : Math.max(0, value); // max() turns "-0" into 0
 }
 
+/**
+ * reconnect_delay as configured: what parseTmo() accepts, plus a decimal fraction of a second
+ * ("0.5", or a JSON number 0.25). Whether it is long enough is validateTmo's call.
+ * @throws TmoParseError naming the input and why.
+ */
+export function parseReconnectDelay(input: string | number): Tmo {
+  if (typeof input === 'number') {
+    if (Number.isFinite(input) && !Number.isInteger(input)) return input < 0 ? 'off' : input;
+    return parseTmo(input);
+  }
+  const s = input.endsWith('\n') ? input.slice(0, -1) : input;
+  if (/^\+?[0-9]*\.[0-9]+$/.test(s)) return Number(s);
+  return parseTmo(input);
+}
+
 /** Show a timeout like srp_show_tmo(): the number, or "off". */
 export function formatTmo(tmo: Tmo): string {
   return tmo === 'off' ? 'off' : String(tmo);
@@ -113,6 +135,8 @@ export type TmoRule =
   | 'not-a-timeout'
   /** srp_tmo_valid: reconnect_delay == 0 */
   | 'reconnect-delay-zero'
+  /** ours: 0 < reconnect_delay < RECONNECT_DELAY_MIN (sub-second is allowed, a busy loop is not) */
+  | 'reconnect-delay-too-short'
   /**
    * ours, stricter than srp_tmo_valid's "not all three off": fast_io_fail_tmo and dev_loss_tmo both
    * off, which would leave I/O blocked forever during an outage
@@ -167,7 +191,15 @@ export function validateTmo(p: TmoParams): TmoViolation[] {
     );
     return false;
   };
-  const okRd = shapeOk('reconnect_delay', rd);
+  let okRd = true;
+  if (!(rd === 'off' || (typeof rd === 'number' && Number.isFinite(rd) && rd >= 0))) {
+    okRd = false;
+    add(
+      'not-a-timeout',
+      ['reconnect_delay'],
+      `reconnect_delay=${String(rd)} is not a timeout: use a number of seconds >= ${RECONNECT_DELAY_MIN} or "off"`,
+    );
+  }
   const okFio = shapeOk('fast_io_fail_tmo', fio);
   const okDl = shapeOk('dev_loss_tmo', dl);
   let okMax = true;
@@ -184,7 +216,14 @@ export function validateTmo(p: TmoParams): TmoViolation[] {
     add(
       'reconnect-delay-zero',
       ['reconnect_delay'],
-      'reconnect_delay=0 is invalid: use a delay of at least 1 s, or "off" to reconnect only when asked (srp_tmo_valid)',
+      `reconnect_delay=0 is invalid: use a delay of at least ${RECONNECT_DELAY_MIN} s, or "off" to reconnect only when asked (srp_tmo_valid)`,
+    );
+  }
+  if (okRd && rd !== 'off' && rd > 0 && rd < RECONNECT_DELAY_MIN) {
+    add(
+      'reconnect-delay-too-short',
+      ['reconnect_delay'],
+      `reconnect_delay=${rd} is below the minimum of ${RECONNECT_DELAY_MIN} s`,
     );
   }
   if (okFio && okDl && fio === 'off' && dl === 'off') {
@@ -246,6 +285,16 @@ export function assertValidTmo(p: TmoParams): TmoParams {
   return p;
 }
 
+/** reconnect_delay as configured: tmoField's forms plus fractions of a second ("0.5", 0.25). */
+export const reconnectDelayField = z.union([z.string(), z.number()]).transform((v, ctx): Tmo => {
+  try {
+    return parseReconnectDelay(v);
+  } catch (e) {
+    ctx.addIssue({ code: z.ZodIssueCode.custom, message: (e as Error).message });
+    return z.NEVER;
+  }
+});
+
 /** A timeout as configured: "off", a decimal/hex/octal string, or a JSON integer (negative = off). */
 export const tmoField = z.union([z.string(), z.number()]).transform((v, ctx): Tmo => {
   try {
@@ -256,22 +305,21 @@ export const tmoField = z.union([z.string(), z.number()]).transform((v, ctx): Tm
   }
 });
 
+/** The documentation of reconnect_delay (config, REST, docs/options.md). */
+export const RECONNECT_DELAY_DOC = `Seconds between reconnect attempts while the port is blocked (no growth), and the base of the exponential back-off (with ±20 % jitter, up to reconnect_delay_max) once fast_io_fail_tmo has expired; fractions allowed, at least ${RECONNECT_DELAY_MIN}; or "off" to reconnect only on request. A sign that the path is back (PORT_ACTIVE, another channel to the same destination connecting) triggers an attempt at once.`;
+
+/** The documentation of reconnect_delay_max. */
+export const RECONNECT_DELAY_MAX_DOC =
+  'Cap in seconds of the exponential reconnect back-off in fail-fast; at least reconnect_delay.';
+
 /**
  * zod schema of the timer parameters (sysfs names, as in Documentation/ABI/stable/sysfs-transport-srp),
  * with defaults; refined by validateTmo(), one issue per broken rule.
  */
 export const tmoParamsSchema = z
   .object({
-    reconnect_delay: tmoField
-      .default(DEFAULT_TMO.reconnectDelay)
-      .describe(
-        'Seconds before the first reconnect attempt after a transport failure (doubling per failed attempt, with jitter, up to reconnect_delay_max), or "off" to reconnect only on request. Must not be 0.',
-      ),
-    reconnect_delay_max: z
-      .number()
-      .int()
-      .default(DEFAULT_TMO.reconnectDelayMax)
-      .describe('Cap in seconds of the exponential reconnect back-off.'),
+    reconnect_delay: reconnectDelayField.default(DEFAULT_TMO.reconnectDelay).describe(RECONNECT_DELAY_DOC),
+    reconnect_delay_max: z.number().int().default(DEFAULT_TMO.reconnectDelayMax).describe(RECONNECT_DELAY_MAX_DOC),
     fast_io_fail_tmo: tmoField
       .default(DEFAULT_TMO.fastIoFailTmo)
       .describe(
@@ -296,21 +344,22 @@ export const tmoParamsSchema = z
   });
 
 /**
- * Delay in ms before reconnect attempt `attempt` (1-based): min(cap, base * 2^(attempt-1)), then
- * shortened by up to `jitter` (fraction in [0, 1)) using `random()` in [0, 1). Never above the cap,
- * never below (1 - jitter) of the un-jittered delay. Precondition: reconnectDelay is not 'off'.
+ * Delay in ms of back-off step `step` (1-based) in fail-fast: min(cap, base * 2^step), then varied
+ * by ±`jitter` (fraction in [0, 1)) with `random()` in [0, 1) (0.5 = no change), and never above
+ * the cap. Step 1 (the first failure in fail-fast) is twice reconnect_delay. Precondition:
+ * reconnectDelay is not 'off'.
  */
 export function backoffDelayMs(
-  attempt: number,
+  step: number,
   params: Pick<TmoParams, 'reconnectDelay' | 'reconnectDelayMax'>,
   jitter: number,
   random: () => number,
 ): number {
   if (params.reconnectDelay === 'off') throw new Error('backoffDelayMs: reconnect_delay is off');
-  if (!Number.isInteger(attempt) || attempt < 1) throw new Error(`backoffDelayMs: attempt ${attempt} < 1`);
+  if (!Number.isInteger(step) || step < 1) throw new Error(`backoffDelayMs: step ${step} < 1`);
   const baseMs = params.reconnectDelay * 1000;
   const capMs = Math.max(params.reconnectDelayMax * 1000, baseMs);
-  // 2^(attempt-1) overflows to Infinity for huge attempt numbers; min() keeps the cap.
-  const d = Math.min(capMs, baseMs * 2 ** Math.min(attempt - 1, 1024));
-  return Math.round(d * (1 - jitter * random()));
+  // 2^step overflows to Infinity for huge step numbers; min() keeps the cap.
+  const d = Math.min(capMs, baseMs * 2 ** Math.min(step, 1024));
+  return Math.round(Math.min(capMs, d * (1 + jitter * (2 * random() - 1))));
 }

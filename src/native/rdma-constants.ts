@@ -34,6 +34,14 @@ export const RDMA_PS_IB = 0x013f;
  */
 /** Nothing listens on the service ID (port) the REQ was sent to. */
 export const IB_CM_REJ_INVALID_SERVICE_ID = 8;
+/** The passive side still holds a connection with our QP number (an old one not yet timed out). */
+export const IB_CM_REJ_STALE_CONN = 10;
+/** Redirect to another port/LID, the target in the ARI (ClassPortInfo); not visible through rdma_cm. */
+export const IB_CM_REJ_PORT_CM_REDIRECT = 24;
+/** Redirect to another port (Topspin/Cisco gateways send it for 24, the GID in the ARI). */
+export const IB_CM_REJ_PORT_REDIRECT = 25;
+/** The passive side already has a connection with our local communication ID. */
+export const IB_CM_REJ_DUPLICATE_LOCAL_COMM_ID = 30;
 /** The peer refused the connection itself (for SRP: an SRP_LOGIN_REJ in the private data). */
 export const IB_CM_REJ_CONSUMER_DEFINED = 28;
 

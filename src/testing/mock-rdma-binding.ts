@@ -5,9 +5,9 @@
  * every connection is a MockTargetEnd (TargetChannelTransport with onConnect), so the test SRP
  * target serves it: `fabric.onConnect = (end) => target.accept(end as unknown as LoopbackTargetEnd)`.
  *
- * Faults: resolveFailures (ADDR_ERROR before success), portDown() (PORT_ERR), blackHole (nothing
+ * Faults: resolveFailures (ADDR_ERROR before success), cmRejects (CM REJ reasons for the next connects), portDown() (PORT_ERR), blackHole (nothing
  * is delivered or completed until the retry budget: a RETRY_EXC_ERR completion after
- * blackHoleDetectMs), disconnectFromTarget(), failPolls() (a poll fails as the addon reports it).
+ * blackHoleDetectMs, never if that is Infinity), disconnectFromTarget(), failPolls() (a poll fails as the addon reports it).
  */
 import { TransportError } from '../initiator/scsi-executor.js';
 import {
@@ -141,6 +141,8 @@ export class MockRdmaBinding implements Partial<NativeBinding> {
   resolveFailures = 0;
   blackHole = false;
   blackHoleDetectMs = 50;
+  /** CM reject reasons (enum ib_cm_rej_reason) for the next connects, first first: RDMA_CM_EVENT_REJECTED without private data. */
+  cmRejects: number[] = [];
   readonly connectParams: ConnParam[] = [];
   readonly ackTimeouts: number[] = [];
 
@@ -339,7 +341,13 @@ export class MockRdmaBinding implements Partial<NativeBinding> {
     id.peer = end;
     this.onConnect?.(end);
     const req = Buffer.from(param.privateData ?? Buffer.alloc(0));
+    const cmReject = this.cmRejects.shift();
     this.later(async () => {
+      if (cmReject !== undefined) {
+        end.stateValue = 'closed';
+        this.cmEvent(h, R.RDMA_CM_EVENT_REJECTED, cmReject);
+        return;
+      }
       if (!end.handler) {
         this.cmEvent(h, R.RDMA_CM_EVENT_REJECTED, R.IB_CM_REJ_INVALID_SERVICE_ID);
         return;
@@ -536,6 +544,7 @@ export class MockRdmaBinding implements Partial<NativeBinding> {
       return;
     }
     if (this.blackHole) {
+      if (!Number.isFinite(this.blackHoleDetectMs)) return; // a device that never gives up
       setTimeout(() => {
         if (id.qp) {
           this.complete(qp.cq, wrId, R.IBV_WC_RETRY_EXC_ERR, R.IBV_WC_SEND, 0, qp.qpNum);

@@ -18,13 +18,17 @@
  * per IU). Receive buffers consumed by one poll batch are reposted as one list as well.
  *
  * Failure detection: QP async events (PORT_ERR, QP_FATAL, DEVICE_FATAL), CM
- * DISCONNECTED / DEVICE_REMOVAL, failed work completions, and probe() (a zero-length RDMA WRITE) for a
- * silent black hole, which fails after (retryCount + 1) × 4.096 µs × 2^ackTimeout. retryCount is
+ * DISCONNECTED / DEVICE_REMOVAL, failed work completions, and the keep-alive for a silent black hole:
+ * probe() (a zero-length RDMA WRITE, which fails after (retryCount + 1) × 4.096 µs × 2^ackTimeout)
+ * while idle, and under load a check of the oldest posted send: each posted list is stamped with
+ * one clock read, and a send (or probe) still not completed after that RC retry bound is a dead
+ * path, whatever the device reports or fails to report. retryCount is
  * kept ≤ 6 because 7 means "retry forever" on rxe; the ACK timeout is set with rdma_set_option.
  * librdmacm does not move the QP to error on DISCONNECTED, so we call rdma_disconnect ourselves.
  * Address resolution uses a short timeout with retries (100 ms: it waits the whole timeout when no
  * neighbour entry exists yet, then succeeds).
  */
+import { CmRejectedError, type CmRejectKind } from '../login-failure.js';
 import { TransportError } from '../scsi-executor.js';
 import {
   SRP_LOGIN_REJ,
@@ -57,7 +61,12 @@ import {
 } from '../../native/native.js';
 import * as R from '../../native/rdma-constants.js';
 import { encodeRdmaAddress, formatRdmaAddress } from '../../native/sockaddr.js';
-import { resolveTransportOptions, type RdmaTransportOptions, type ResolvedTransportOptions } from './options.js';
+import {
+  rcRetryBoundMs,
+  resolveTransportOptions,
+  type RdmaTransportOptions,
+  type ResolvedTransportOptions,
+} from './options.js';
 import { checkRdmaAvailable, verbsCall, VerbsResources, type PolledFd } from './verbs-resources.js';
 
 export interface RdmaChannelEvents extends ChannelEvents {
@@ -83,6 +92,23 @@ const CLOSE_DISCONNECT_MS = 1000;
 /** What IB_CM_REJ_INVALID_SERVICE_ID means for a login */
 const NO_LISTENER = ': invalid service ID, no SRP target listening there';
 
+/**
+ * A CM reject reason as a login sees it (src/initiator/login-failure.ts), after ib_srp's CM reject
+ * handlers: STALE_CONN is retried with a new connection; the redirects (port, DLID/GID) carry their
+ * target in the ARI, which rdma_cm does not pass on.
+ */
+export function cmRejectKind(reason: number): CmRejectKind {
+  switch (reason) {
+    case R.IB_CM_REJ_STALE_CONN:
+      return 'stale-connection';
+    case R.IB_CM_REJ_PORT_CM_REDIRECT:
+    case R.IB_CM_REJ_PORT_REDIRECT:
+      return 'redirect';
+    default:
+      return 'other';
+  }
+}
+
 /** A keep-alive probe in flight. */
 interface Probe {
   resolve: (ms: number) => void;
@@ -98,6 +124,8 @@ export class RdmaChannelTransport extends Emitter<RdmaChannelEvents> implements 
   private readonly o: ResolvedTransportOptions;
   private keepaliveTimer: ReturnType<typeof setInterval> | undefined;
   private keepaliveInFlight = false;
+  /** One check per probe, the RC retry bound after it was posted (idle: no tick is due then). */
+  private probeCheck: ReturnType<typeof setTimeout> | undefined;
   private readonly log: SrpLogger;
   private readonly poolBufs: Buffer[];
   private maxRegion: number;
@@ -106,6 +134,10 @@ export class RdmaChannelTransport extends Emitter<RdmaChannelEvents> implements 
   private freeSlots: number[] = [];
   /** Send slots posted and not yet completed, in posting order (a ring of sendQueueDepth). */
   private readonly posted: Int32Array;
+  /** performance.now() when each entry of `posted` was posted (one clock read per list). */
+  private readonly postedAt: Float64Array;
+  /** A send not completed after this many ms is overdue: the path is dead. */
+  private readonly overdueMs: number;
   private postedHead = 0;
   private postedCount = 0;
   /** Send work requests queued by send() for the next postSendList (one per free slot at most). */
@@ -151,6 +183,8 @@ export class RdmaChannelTransport extends Emitter<RdmaChannelEvents> implements 
     this.maxRegion = this.o.maxRegionSize;
     this.poolBufs = options.pools ?? [];
     this.posted = new Int32Array(this.o.sendQueueDepth);
+    this.postedAt = new Float64Array(this.o.sendQueueDepth);
+    this.overdueMs = rcRetryBoundMs(this.o.ackTimeout, this.o.retryCount);
     this.sendWrs = Buffer.alloc(Math.min(this.o.sendQueueDepth, R.MAX_WR_LIST) * R.SEND_WR_LEN);
     this.recvWrs = Buffer.alloc(Math.min(this.o.recvQueueDepth, R.MAX_WR_LIST) * R.RECV_WR_LEN);
     this.log = options.logger ?? silent;
@@ -237,10 +271,11 @@ export class RdmaChannelTransport extends Emitter<RdmaChannelEvents> implements 
             this.stateValue = 'closed';
             return rej;
           }
-          throw new TransportError(
+          throw new CmRejectedError(
             `connection to ${dst} rejected (CM reject reason ${ev.status}` +
               `${ev.status === R.IB_CM_REJ_INVALID_SERVICE_ID ? NO_LISTENER : ''})`,
-            'disconnected',
+            ev.status,
+            cmRejectKind(ev.status),
           );
         case R.RDMA_CM_EVENT_UNREACHABLE:
           throw new TransportError(`target ${dst} unreachable (no answer to the CM REQ)`, 'disconnected');
@@ -463,7 +498,7 @@ export class RdmaChannelTransport extends Emitter<RdmaChannelEvents> implements 
     if (wrId >= WR_PROBE) {
       const p = this.probes.get(wrId);
       this.probes.delete(wrId);
-      if (status === R.IBV_WC_SUCCESS) p?.resolve(Date.now() - p.t0);
+      if (status === R.IBV_WC_SUCCESS) p?.resolve(performance.now() - p.t0);
       else {
         const e = new TransportError(`keep-alive probe failed: ${R.describeWcStatus(status)}`, 'disconnected');
         p?.reject(e);
@@ -567,8 +602,11 @@ export class RdmaChannelTransport extends Emitter<RdmaChannelEvents> implements 
     this.queuedSends = 0;
     if (n === 0 || this.stateValue !== 'connected') return;
     const depth = this.posted.length;
+    const now = this.o.keepaliveIntervalMs ? performance.now() : 0;
     for (let i = 0; i < n; i++) {
-      this.posted[(this.postedHead + this.postedCount) % depth] = this.sendWrs.readUInt32LE(i * R.SEND_WR_LEN);
+      const at = (this.postedHead + this.postedCount) % depth;
+      this.posted[at] = this.sendWrs.readUInt32LE(i * R.SEND_WR_LEN);
+      this.postedAt[at] = now;
       this.postedCount++;
     }
     setSendWrFlags(this.sendWrs, n - 1, R.IBV_SEND_SIGNALED);
@@ -590,7 +628,7 @@ export class RdmaChannelTransport extends Emitter<RdmaChannelEvents> implements 
     }
     const wrId = WR_PROBE + (this.probeSeq = (this.probeSeq + 1) % WR_SPACE);
     return new Promise((resolve, reject) => {
-      this.probes.set(wrId, { resolve, reject, t0: Date.now() });
+      this.probes.set(wrId, { resolve, reject, t0: performance.now() });
       try {
         writeSendWr(this.probeWr, 0, wrId, R.IBV_WR_RDMA_WRITE, R.IBV_SEND_SIGNALED, 0, 0, 0);
         this.b.postSendList(this.res.cmId, this.probeWr, 1);
@@ -607,7 +645,9 @@ export class RdmaChannelTransport extends Emitter<RdmaChannelEvents> implements 
   private startKeepalive(): void {
     if (!this.o.keepaliveIntervalMs) return;
     this.keepaliveTimer = setInterval(() => {
-      if (this.keepaliveInFlight || this.stateValue !== 'connected' || this.closing) return;
+      if (this.stateValue !== 'connected' || this.closing) return;
+      if (this.overdue()) return;
+      if (this.keepaliveInFlight) return;
       this.keepaliveInFlight = true;
       // a failed probe has already declared the channel lost (lost() -> 'disconnect')
       this.probe()
@@ -615,8 +655,37 @@ export class RdmaChannelTransport extends Emitter<RdmaChannelEvents> implements 
         .finally(() => {
           this.keepaliveInFlight = false;
         });
+      // without it a probe posted into a black hole would be judged only at the next tick
+      clearTimeout(this.probeCheck);
+      this.probeCheck = setTimeout(
+        () => {
+          if (this.stateValue === 'connected' && !this.closing) this.overdue();
+        },
+        Math.ceil(this.overdueMs) + 1,
+      );
+      this.probeCheck.unref?.();
     }, this.o.keepaliveIntervalMs);
     this.keepaliveTimer.unref?.();
+  }
+
+  /**
+   * Under load as when idle: the oldest send not completed (or the probe) waited longer than the
+   * RC retry bound. Completions already in the CQ are taken first, so a late timer tick (a busy
+   * event loop) is not taken for a dead path. Declares the channel lost and returns true if so.
+   */
+  private overdue(): boolean {
+    this.pollAll();
+    if (this.stateValue !== 'connected') return true;
+    const now = performance.now();
+    let oldest = this.postedCount > 0 ? this.postedAt[this.postedHead]! : now;
+    for (const p of this.probes.values()) oldest = Math.min(oldest, p.t0);
+    const waited = now - oldest;
+    if (waited <= this.overdueMs) return false;
+    this.lost(
+      `path dead: a send waited ${Math.round(waited)} ms for its completion, beyond the RC retry bound ` +
+        `of ${this.overdueMs.toFixed(1)} ms (retry_count ${this.o.retryCount}, ack_timeout ${this.o.ackTimeout})`,
+    );
+    return true;
   }
 
   registerBuffer(buf: Buffer): MemoryRegion {
@@ -709,6 +778,7 @@ export class RdmaChannelTransport extends Emitter<RdmaChannelEvents> implements 
       clearInterval(this.keepaliveTimer);
       this.keepaliveTimer = undefined;
     }
+    clearTimeout(this.probeCheck);
     this.cmWaiter = undefined;
     this.res.free();
   }

@@ -1,6 +1,8 @@
 /**
  * The daemon's RDMA connector: RDMA/CM channels to one target (ib_srp add_target with dest=IP:port),
- * the login's port ids, and path-up events on PORT_ACTIVE.
+ * the login's port ids, and path-up events: PORT_ACTIVE on the port, or another connector's channel
+ * to the same destination connecting (the target is reachable again, so a waiting port need not
+ * sit out its reconnect timer).
  */
 import { TransportError } from '../scsi-executor.js';
 import { srpPortIds } from '../target-address.js';
@@ -50,6 +52,9 @@ export interface RdmaCmTargetAddress {
   ioClass?: number;
 }
 
+/** Open connectors by destination (formatted address): a connect to one is a path-up for the others. */
+const byDestination = new Map<string, Set<RdmaConnector>>();
+
 /** 64 bits naming this host: from /etc/machine-id (else the host name), stable across restarts. */
 export async function hostPortGuid(): Promise<bigint> {
   const { readFile } = await import('node:fs/promises');
@@ -77,6 +82,7 @@ export class RdmaConnector {
   private readonly pathUp = new Set<() => void>();
   private watched: { ctx: number; port: number; unsubscribe: () => void } | undefined;
   private closed = false;
+  private readonly destination: string;
   /** channels opened (for status and tests) */
   opened = 0;
   private lastLogin: LoginContext | undefined;
@@ -85,7 +91,11 @@ export class RdmaConnector {
     private readonly b: NativeBinding,
     private readonly o: RdmaTransportOptions,
   ) {
-    this.description = `dest=${formatRdmaAddress(o.dst)}${o.src && o.src.family === 'ip' ? `,src=${o.src.host}` : ''}`;
+    this.destination = formatRdmaAddress(o.dst);
+    this.description = `dest=${this.destination}${o.src && o.src.family === 'ip' ? `,src=${o.src.host}` : ''}`;
+    let peers = byDestination.get(this.destination);
+    if (!peers) byDestination.set(this.destination, (peers = new Set()));
+    peers.add(this);
   }
 
   /** A fresh channel, not logged in yet (SrpSession.login connects it). */
@@ -109,7 +119,10 @@ export class RdmaConnector {
         this.lastLogin = tr.loginContext() ?? this.lastLogin;
         const h = tr.deviceHandle;
         if (h) this.watch(h);
-        if (tr.state === 'connected') done();
+        if (tr.state === 'connected') {
+          done();
+          this.tellPeers();
+        }
       }
     };
     return tr;
@@ -128,9 +141,21 @@ export class RdmaConnector {
   /** Stops watching the device; channels already open are the caller's. */
   close(): void {
     this.closed = true;
+    const peers = byDestination.get(this.destination);
+    peers?.delete(this);
+    if (peers?.size === 0) byDestination.delete(this.destination);
     this.watched?.unsubscribe();
     this.watched = undefined;
     this.pathUp.clear();
+  }
+
+  /** A channel of ours connected: the destination is reachable, so a port waiting to retry it may go now. */
+  private tellPeers(): void {
+    for (const peer of byDestination.get(this.destination) ?? []) {
+      if (peer === this || peer.closed || peer.pathUp.size === 0) continue;
+      this.o.logger?.info({ dest: this.destination }, 'rdma: a channel to the same destination connected');
+      for (const l of [...peer.pathUp]) l();
+    }
   }
 
   private watch(h: { ctx: number; port: number; asyncFd: number; device: string }): void {

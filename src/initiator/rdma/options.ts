@@ -13,6 +13,18 @@ export const ACK_TIMEOUT = { min: 0, max: 31, default: 14 } as const;
 /** Transport retry count: at most 6, since rxe takes 7 as "retry forever" (a dead path would never be noticed). */
 export const RETRY_COUNT = { min: 0, max: MAX_FINITE_RETRY_COUNT, default: MAX_FINITE_RETRY_COUNT } as const;
 
+/** IBA's unit of the local ACK timeout: 4.096 µs, in ms. */
+const ACK_TIMEOUT_UNIT_MS = 4.096e-3;
+
+/**
+ * How long an RC send may go unacknowledged before the QP gives up on it: (retry_count + 1) ×
+ * 4.096 µs × 2^ack_timeout, in ms (469.76 ms with the defaults 14 and 6). A completion overdue
+ * beyond it means the path is dead even if the device has not said so yet.
+ */
+export function rcRetryBoundMs(ackTimeout: number, retryCount: number): number {
+  return (retryCount + 1) * ACK_TIMEOUT_UNIT_MS * 2 ** ackTimeout;
+}
+
 export interface RdmaTransportOptions {
   dst: RdmaAddress;
   /** local address to bind (selects the device/port), optional */
@@ -42,8 +54,10 @@ export interface RdmaTransportOptions {
   /** buffers to register once per connection; views into them register without a system call */
   pools?: Buffer[];
   /**
-   * Keep-alive: a zero-length RDMA WRITE every this many ms while connected (0 = off, the default).
-   * A probe that fails (black hole: after the QP's retries) is a channel loss ('disconnect').
+   * Keep-alive: every this many ms while connected (0 = off, the default), a zero-length RDMA WRITE
+   * when none is in flight, and a check that no send (probe included) has waited for its completion
+   * longer than rcRetryBoundMs(). A failed probe or an overdue send (black hole, idle or under load)
+   * is a channel loss ('disconnect'), noticed at most rcRetryBoundMs() + this interval after it began.
    */
   keepaliveIntervalMs?: number;
   /**

@@ -108,7 +108,9 @@ if wait_for 120 target_state_is a running; then
   say "target a running again $(ms_between "$TU_MS" "${TR_MS:-$TU_MS}") s after the link came up (RDMA port active -> immediate reconnect, identity checked)"
 else fail reconnected "target a not running 120 s after link up"; fi
 if wait_for 120 member_back nbd0; then
-  timing readd "$(since "$TU")" "link up -> nbd0 back in md0 (daemon re-add)"
+  timing readd "$(since "$TU")" "link up -> nbd0 back in md0 (seen after the CLI polling above)"
+  RA_MS=$(daemon_log_first "$TU_MS" 're-added /dev/nbd0 to /dev/md0')
+  [ -n "$RA_MS" ] && timing readd-log "$(ms_between "$TU_MS" "$RA_MS")" "link up -> re-add written (daemon log)"
   pass member-readded "$(md_members /dev/md0)"
   say "srp-nbd re-added /dev/nbd0 to /dev/md0; md resyncs the regions the bitmap marked"
 else fail member-readded "nbd0 still faulty 120 s after link up: $(md_members /dev/md0)"; fi
