@@ -11,7 +11,8 @@ import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { TARGET_OPTIONS, targetSpecSchema, zodIssues } from '../daemon/config.js';
 import { ApiError, ControlClient } from '../daemon/client.js';
 import { describeMembership } from '../daemon/md.js';
-import type { TargetSummary, TargetView } from '../daemon/daemon.js';
+import type { DetachResult, TargetSummary, TargetView } from '../daemon/daemon.js';
+import { BY_ID_DIR } from '../daemon/names.js';
 import { normalizeAddressLine } from '../daemon/address.js';
 import { timersPatchSchema } from '../daemon/routes.js';
 import { UsageError } from './serve.js';
@@ -186,36 +187,51 @@ function readStdin(): Promise<string> {
 
 /* ------------------------------------------------------------------ detach / reconnect */
 
-export const DETACH_USAGE = `usage: srp-nbd detach [options] TARGET...
+export const DETACH_USAGE = `usage: srp-nbd detach [options] NAME...
+       srp-nbd detach [options] --all
 
 Removes the targets' exports and kernel devices (the only way a /dev/nbdN goes away), logs out.
+NAME is a target id, a device (/dev/nbdN or nbdN), an export name or a stable name
+(/dev/disk/by-id/srp-nbd-…); a device or an export detaches its whole target (every LUN).
+Prints each target detached with its devices.
+
+  --all           every target
 ${CONNECTION_USAGE}`;
 
 export async function detach(argv: string[]): Promise<number> {
   const { values, positionals } = parseArgs({
     args: argv,
     allowPositionals: true,
-    options: CONNECTION_OPTIONS,
+    options: { ...CONNECTION_OPTIONS, all: { type: 'boolean', default: false } },
     strict: true,
   });
   if (values.help) {
     print(DETACH_USAGE);
     return 0;
   }
-  if (positionals.length === 0) throw new UsageError('detach: missing TARGET');
+  if (values.all && positionals.length > 0) throw new UsageError('detach: give NAMEs or --all, not both');
+  if (!values.all && positionals.length === 0) throw new UsageError('detach: missing NAME (or --all)');
   const c = client(values);
+  const names = values.all ? (await call(() => c.call<TargetSummary[]>('listTargets'))).map((t) => t.id) : positionals;
   let failed = 0;
-  for (const id of positionals) {
+  const results: DetachResult[] = [];
+  for (const name of names) {
     try {
-      await call(() => c.call('detach', { params: { id } }));
-      if (!values.json) print(`${id}: detached`);
+      const r = await call(() => c.call<DetachResult>('detach', { params: { id: name } }));
+      results.push(r);
+      if (!values.json) {
+        const what = r.devices.length > 0 ? ` (${r.devices.join(', ')})` : '';
+        print(`${r.detached}: detached${what}${r.detached !== name ? ` [${name}]` : ''}`);
+      }
     } catch (e) {
-      if (positionals.length === 1) throw e;
+      if (names.length === 1 && !values.all) throw e;
       failed++;
       process.stderr.write(`srp-nbd detach: ${(e as Error).message}\n`);
     }
   }
-  if (values.json) print(JSON.stringify({ detached: positionals.length - failed, failed }));
+  if (values.json) {
+    print(JSON.stringify({ detached: results, devices: results.flatMap((r) => r.devices), failed }, null, 2));
+  } else if (values.all && names.length === 0) print('no targets attached');
   return failed > 0 ? 1 : 0;
 }
 
@@ -270,16 +286,13 @@ export async function list(argv: string[]): Promise<number> {
     print(JSON.stringify(rows, null, 2));
     return 0;
   }
-  const table: string[][] = [['TARGET', 'STATUS', 'STATE', 'EXPORT', 'DEVICE', 'ADDRESS']];
+  const table: string[][] = [['TARGET', 'STATUS', 'STATE', 'EXPORT', 'DEVICE', 'BY-ID', 'ADDRESS']];
   for (const r of rows) {
-    const luns = r.luns.length > 0 ? r.luns : [{ export: '-', device: null }];
-    luns.forEach((l, i) =>
-      table.push(
-        i === 0
-          ? [r.id, r.status, r.state ?? '-', l.export, l.device ?? '-', r.address]
-          : ['', '', '', l.export, l.device ?? '-', ''],
-      ),
-    );
+    const luns = r.luns.length > 0 ? r.luns : [{ export: '-', device: null, by_id: null }];
+    luns.forEach((l, i) => {
+      const lun = [l.export, l.device ?? '-', (l.device && l.by_id) ?? '-'];
+      table.push(i === 0 ? [r.id, r.status, r.state ?? '-', ...lun, r.address] : ['', '', '', ...lun, '']);
+    });
   }
   print(formatTable(table));
   return 0;
@@ -297,10 +310,12 @@ export function formatTable(rows: string[][]): string {
     .join('\n');
 }
 
-export const STATUS_USAGE = `usage: srp-nbd status [options] [TARGET]
+export const STATUS_USAGE = `usage: srp-nbd status [options] [NAME]
 
 State, timers, reconnect counters, credits, I/O gate, time in each state and, per LUN, export,
-device, md membership, identity and I/O counts. Without TARGET: every target.
+device, stable name, md membership, identity and I/O counts. NAME is a target id, a device
+(/dev/nbdN or nbdN), an export name or a stable name (/dev/disk/by-id/srp-nbd-…): the status of
+its target. Without NAME: every target.
 ${CONNECTION_USAGE}`;
 
 export async function status(argv: string[]): Promise<number> {
@@ -314,7 +329,7 @@ export async function status(argv: string[]): Promise<number> {
     print(STATUS_USAGE);
     return 0;
   }
-  if (positionals.length > 1) throw new UsageError('status: give at most one TARGET');
+  if (positionals.length > 1) throw new UsageError('status: give at most one NAME');
   const c = client(values);
   const ids =
     positionals.length === 1
@@ -362,6 +377,7 @@ function formatStatus(v: TargetView): string {
       `  LUN ${l.lun}       ${l.export}  device ${l.device ?? '-'}  ${(l.size / 1048576).toFixed(0)} MiB, ${l.block_size}-byte blocks`,
     );
     lines.push(`              ${l.identity}`);
+    if (l.device) lines.push(`              by-id ${BY_ID_DIR}/${l.by_id}`);
     for (const m of l.md) lines.push(`              md: ${describeMembership(m)}`);
     lines.push(
       `              ${
