@@ -9,7 +9,7 @@
  */
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { TARGET_OPTIONS, targetSpecSchema, zodIssues } from '../daemon/config.js';
-import { ApiError, ControlClient } from '../daemon/client.js';
+import { ApiError, ControlClient, UnreachableError } from '../daemon/client.js';
 import { describeMembership } from '../daemon/md.js';
 import type { DetachResult, TargetSummary, TargetView } from '../daemon/daemon.js';
 import { BY_ID_DIR } from '../daemon/names.js';
@@ -444,4 +444,62 @@ export async function set(argv: string[]): Promise<number> {
       : `${view.id}: reconnect_delay=${t.reconnect_delay} reconnect_delay_max=${t.reconnect_delay_max} fast_io_fail_tmo=${t.fast_io_fail_tmo} dev_loss_tmo=${t.dev_loss_tmo}`,
   );
   return 0;
+}
+
+/* ------------------------------------------------------------------ wait-online */
+
+export const WAIT_ONLINE_USAGE = `usage: srp-nbd wait-online [options] [--timeout S]
+
+Waits until the daemon answers and none of its targets is still connecting: exit 0 when every
+target is attached, 1 when one has failed or at the timeout (default 90 s), naming them. For
+units that need the devices (packaging/srp-nbd-wait-online.service), like
+systemd-networkd-wait-online.
+
+  --timeout S     give up after S seconds (default 90)
+${CONNECTION_USAGE}`;
+
+export async function waitOnline(argv: string[]): Promise<number> {
+  const { values, positionals } = parseArgs({
+    args: argv,
+    allowPositionals: true,
+    options: { ...CONNECTION_OPTIONS, timeout: { type: 'string', default: '90' } },
+    strict: true,
+  });
+  if (values.help) {
+    print(WAIT_ONLINE_USAGE);
+    return 0;
+  }
+  if (positionals.length > 0) throw new UsageError(`wait-online: unexpected argument '${positionals[0]}'`);
+  const timeout = Number(values.timeout);
+  if (values.timeout.trim() === '' || !Number.isFinite(timeout) || timeout < 0)
+    throw new UsageError(`wait-online: --timeout: expected seconds, got '${values.timeout}'`);
+  const c = client(values);
+  const deadline = Date.now() + timeout * 1000;
+  let rows: TargetSummary[] | undefined;
+  let lastError = '';
+  for (;;) {
+    try {
+      rows = await c.call<TargetSummary[]>('listTargets');
+      if (!rows.some((r) => r.status === 'connecting')) break;
+    } catch (e) {
+      // the daemon may still be starting; a refusal (403) will not change
+      if (!(e instanceof UnreachableError) || /permission denied/.test(e.message)) throw e;
+      lastError = e.message;
+    }
+    if (Date.now() >= deadline) break;
+    await new Promise((r) => setTimeout(r, Math.min(250, Math.max(0, deadline - Date.now()))));
+  }
+  if (rows === undefined) throw new UnreachableError(`timed out after ${timeout} s: ${lastError}`);
+  const notAttached = rows.filter((r) => r.status !== 'attached');
+  if (values.json) print(JSON.stringify({ online: notAttached.length === 0, targets: rows }, null, 2));
+  if (notAttached.length === 0) {
+    if (!values.json) print(`online: ${rows.length} target${rows.length === 1 ? '' : 's'} attached`);
+    return 0;
+  }
+  process.stderr.write(
+    `srp-nbd wait-online: ${Date.now() >= deadline ? `timed out after ${timeout} s: ` : ''}not attached: ${notAttached
+      .map((r) => `${r.id} (${r.status}${r.error ? `: ${r.error}` : ''})`)
+      .join(', ')}\n`,
+  );
+  return 1;
 }

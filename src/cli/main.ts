@@ -10,6 +10,7 @@ commands:
   status     state, timers, credits and counters of one or every target (--json)
   set        change a target's timers at runtime
   reconnect  reconnect a target now (also from lost)
+  wait-online  wait until every target is attached (for units ordered after the devices)
   discover   log in to a target and list its LUNs (local, no daemon)
   serve      serve a RAM disk, a file or the test target over NBD, without the daemon
 
@@ -27,6 +28,7 @@ const COMMANDS: Record<string, () => Promise<Handler>> = {
   status: async () => (await import('./control.js')).status,
   set: async () => (await import('./control.js')).set,
   reconnect: async () => (await import('./control.js')).reconnect,
+  'wait-online': async () => (await import('./control.js')).waitOnline,
   discover: async () => (await import('./discover.js')).discover,
   serve: async () => (await import('./serve.js')).serve,
 };

@@ -235,6 +235,14 @@ export const configSchema = z
       .default('info')
       .describe('pino log level (logs go to stderr as JSON lines).'),
     tcp: tcpListenerSchema.optional(),
+    ready_timeout: z
+      .number()
+      .min(0)
+      .max(3600)
+      .default(90)
+      .describe(
+        "Seconds the start may wait for the persisted and configured targets (each attached or its first attempt failed) before the daemon reports ready anyway (systemd READY=1, the `srp-nbd daemon ready` log line); keep it below the unit's TimeoutStartSec (120).",
+      ),
     test_targets: z
       .object({
         enabled: z

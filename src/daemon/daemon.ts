@@ -177,10 +177,16 @@ export class Daemon {
   }
 
   /**
-   * Listens on the NBD socket, re-attaches the persisted set (first attempt awaited; unreachable
-   * targets keep retrying in the background), then attaches config targets not yet known.
+   * Resolves when every target of the start (persisted and configured) is attached or its first
+   * attempt failed (unreachable targets keep retrying in the background); set by start().
    */
-  async start(): Promise<void> {
+  settled: Promise<void> = Promise.resolve();
+
+  /**
+   * Listens on the NBD socket, re-attaches the persisted set, then attaches config targets not
+   * yet known; with `waitForTargets` (the default) it returns once they are `settled`.
+   */
+  async start(opts: { waitForTargets?: boolean } = {}): Promise<void> {
     const cfg = this.opts.config;
     const persisted = this.store.load(); // a damaged state file stops the start: never guess
     fs.mkdirSync(path.dirname(cfg.nbd_socket), { recursive: true, mode: 0o755 });
@@ -231,8 +237,8 @@ export class Daemon {
       rt.log.info('attaching target from the configuration');
       firsts.push(this.connectWithRetry(rt));
     }
-    await Promise.all(firsts);
-    this.persist();
+    this.settled = Promise.all(firsts).then(() => this.persist());
+    if (opts.waitForTargets !== false) await this.settled;
   }
 
   /** Stops serving; kernel devices are left configured (the next start takes them back with RECONFIGURE). */
