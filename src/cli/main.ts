@@ -12,6 +12,7 @@ commands:
   reconnect  reconnect a target now (also from lost)
   wait-online  wait until every target is attached (for units ordered after the devices)
   discover   log in to a target and list its LUNs (local, no daemon)
+  udev-info  udev properties of an srp-nbd device (for packaging/60-srp-nbd.rules)
   serve      serve a RAM disk, a file or the test target over NBD, without the daemon
 
 Run 'srp-nbd <command> --help' for a command's options.
@@ -30,6 +31,7 @@ const COMMANDS: Record<string, () => Promise<Handler>> = {
   reconnect: async () => (await import('./control.js')).reconnect,
   'wait-online': async () => (await import('./control.js')).waitOnline,
   discover: async () => (await import('./discover.js')).discover,
+  'udev-info': async () => (await import('./udev-info.js')).udevInfo,
   serve: async () => (await import('./serve.js')).serve,
 };
 
