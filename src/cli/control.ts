@@ -12,6 +12,7 @@ import { TARGET_OPTIONS, targetSpecSchema, zodIssues } from '../daemon/config.js
 import { ApiError, ControlClient, UnreachableError } from '../daemon/client.js';
 import { describeMembership } from '../daemon/md.js';
 import type { DetachResult, TargetSummary, TargetView } from '../daemon/daemon.js';
+import { describeMemory, type MemoryReport } from '../daemon/memory.js';
 import { BY_ID_DIR } from '../daemon/names.js';
 import { normalizeAddressLine } from '../daemon/address.js';
 import { timersPatchSchema } from '../daemon/routes.js';
@@ -340,6 +341,10 @@ export async function status(argv: string[]): Promise<number> {
   if (values.json) {
     print(JSON.stringify(positionals.length === 1 ? views[0] : views, null, 2));
     return 0;
+  }
+  if (positionals.length === 0) {
+    const h = await call(() => c.call<{ memory: MemoryReport | null }>('health'));
+    if (h.memory) print(`daemon  memory: ${describeMemory(h.memory)}\n`);
   }
   if (views.length === 0) print('no targets attached');
   print(views.map(formatStatus).join('\n\n'));

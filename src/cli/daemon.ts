@@ -12,6 +12,7 @@ import { removeStaleSocket, startApi } from '../daemon/api.js';
 import { ConfigError, type DaemonConfig, loadConfig, parseConfig } from '../daemon/config.js';
 import { Daemon } from '../daemon/daemon.js';
 import { acquireInstanceLock, type InstanceLock } from '../daemon/instance-lock.js';
+import { applyIoFlusher, lockMappings, memoryReport } from '../daemon/memory.js';
 import { describeTargets, settledWithin, SystemdNotifier } from '../daemon/systemd.js';
 import { tryLoadNative } from '../native/native.js';
 import { createLogger } from '../util/log.js';
@@ -68,6 +69,8 @@ export async function daemon(argv: string[]): Promise<number> {
   }
   const logger = createLogger(cfg.log_level, 'srp-nbd');
   signals.setLogger(logger);
+  const memory = memoryReport(cfg.memory);
+  applyIoFlusher(memory, tryLoadNative(), logger); // first: threads created later inherit it
   warnAboutExposure(cfg, values.config, logger);
   const locks = takeInstanceLocks(cfg, logger);
   const systemd = new SystemdNotifier(process.env.NOTIFY_SOCKET, tryLoadNative(), logger);
@@ -95,6 +98,8 @@ export async function daemon(argv: string[]): Promise<number> {
       'ready_timeout reached: reporting ready while targets are still connecting',
     );
   }
+  lockMappings(memory, tryLoadNative(), logger); // start-up done: its code is mapped
+  d.memory = memory;
   logger.info(
     {
       control: cfg.control_socket,

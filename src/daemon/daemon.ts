@@ -53,6 +53,7 @@ import {
   tmoOf,
 } from './config.js';
 import { type MdMembership, mdMemberships, MdReaddPolicy } from './md.js';
+import type { MemoryReport } from './memory.js';
 import { BY_ID_DIR, byIdName, type Resolved, resolveName, UnknownNameError } from './names.js';
 import { IO_OPS, MeteredBackend, renderMetrics, type TargetMetrics } from './metrics.js';
 import { type PersistedLun, type PersistedTarget, StateStore } from './state.js';
@@ -165,6 +166,8 @@ export class Daemon {
   private netlink: Promise<{ nl: NbdNetlink; b: NetlinkBinding }> | undefined;
   private readonly startedAt = Date.now();
   private closing = false;
+  /** The memory protections applied (memory.ts), set by the daemon command. */
+  memory: MemoryReport | null = null;
 
   constructor(private readonly opts: DaemonOptions) {
     this.log = opts.logger;
@@ -462,12 +465,13 @@ export class Daemon {
     return this.view(rt);
   }
 
-  health(): { status: 'ok'; version: string; uptime_s: number; targets: number } {
+  health(): { status: 'ok'; version: string; uptime_s: number; targets: number; memory: MemoryReport | null } {
     return {
       status: 'ok',
       version: VERSION,
       uptime_s: Math.round((Date.now() - this.startedAt) / 1000),
       targets: this.targets.size,
+      memory: this.memory,
     };
   }
 
