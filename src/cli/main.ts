@@ -57,6 +57,14 @@ export async function main(argv: string[]): Promise<number> {
       (err.name === 'UsageError' || (err as { code?: string }).code?.startsWith('ERR_PARSE_ARGS'));
     // "the daemon cannot be reached" is not about the command: mdadm-style `srp-nbd: …`
     const prefix = err instanceof Error && err.name === 'UnreachableError' ? 'srp-nbd' : `srp-nbd ${cmd}`;
+    if ((err as { code?: string }).code === 'ERR_MODULE_NOT_FOUND') {
+      // a checkout built without its node modules (or with stale ones): say how to install
+      const what = /Cannot find (?:package|module) '([^']+)'/.exec((err as Error).message)?.[1] ?? 'a module';
+      process.stderr.write(
+        `srp-nbd: ${what} is not installed: run \`npm ci\` and \`npm run build\` in the repository (or \`npm test\` / \`npm run demo\`, which do both)\n`,
+      );
+      return 1;
+    }
     process.stderr.write(`${prefix}: ${err instanceof Error ? err.message : String(err)}\n`);
     return usage ? 2 : 1;
   }
