@@ -8,7 +8,7 @@ import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import t from 'tap';
-import { settledWithin } from '../src/daemon/systemd.js';
+import { describeTargets, settledWithin } from '../src/daemon/systemd.js';
 import { bin, childEnv, cleanup, cli, controlSock, dir, nbdSock, stateDir } from './helpers/daemon.js';
 
 t.teardown(cleanup);
@@ -63,6 +63,15 @@ t.test('the unit starts before remote file systems and stops after them', async 
   t.match(w.get('ExecStart')!, /srp-nbd wait-online --timeout \d+/);
 });
 
+t.test('describeTargets: counts by status, paths not running', async (t) => {
+  const row = (status: string, state: string | null) => ({ id: 'x', status, state, address: '', luns: [] });
+  t.equal(describeTargets([]), 'no targets');
+  t.equal(
+    describeTargets([row('attached', 'running'), row('attached', 'blocked'), row('connecting', null)] as never),
+    '3 targets: 2 attached, 1 connecting; paths: 1 blocked',
+  );
+});
+
 t.test('settledWithin: false when settled first, true at the timeout', async (t) => {
   t.equal(await settledWithin(Promise.resolve(), 1000), false);
   t.equal(await settledWithin(new Promise(() => undefined), 20), true);
@@ -111,9 +120,15 @@ with open(sys.argv[2],'a') as f:
   t.match(notes(), /STATUS=starting: 1 target: 1 connecting\n--\n/, log);
   t.match(notes(), new RegExp(`READY=1\\nSTATUS=ready: 1 target: 1 attached\\nMAINPID=${daemon.pid}\\n`));
 
+  t.equal((await cli(['attach', 'test-target,name=o,luns=1,lun_size=4M'])).code, 0);
+  const until = Date.now() + 10_000;
+  while (!/STATUS=running: 2 targets: 2 attached\n/.test(notes()) && Date.now() < until)
+    await new Promise((r) => setTimeout(r, 100));
+  t.match(notes(), /STATUS=running: 2 targets: 2 attached\n--\n/, 'STATUS follows the targets');
+
   const wait = await cli(['wait-online', '--timeout', '5']);
   t.equal(wait.code, 0, wait.stderr);
-  t.equal(wait.stdout, 'online: 1 target attached\n');
+  t.equal(wait.stdout, 'online: 2 targets attached\n');
 
   daemon.kill('SIGTERM');
   t.equal(await exited, 0, log);

@@ -13,7 +13,7 @@ import { ConfigError, type DaemonConfig, loadConfig, parseConfig } from '../daem
 import { Daemon } from '../daemon/daemon.js';
 import { acquireInstanceLock, type InstanceLock } from '../daemon/instance-lock.js';
 import { applyIoFlusher, lockMappings, memoryReport } from '../daemon/memory.js';
-import { describeTargets, settledWithin, SystemdNotifier } from '../daemon/systemd.js';
+import { describeTargets, settledWithin, STATUS_INTERVAL_MS, SystemdNotifier } from '../daemon/systemd.js';
 import { tryLoadNative } from '../native/native.js';
 import { createLogger } from '../util/log.js';
 import { UsageError } from './serve.js';
@@ -112,7 +112,13 @@ export async function daemon(argv: string[]): Promise<number> {
     'srp-nbd daemon ready',
   );
   systemd.ready(d.list(), timedOut);
+  const daemonRef = d;
+  const statusTimer = systemd.enabled
+    ? setInterval(() => systemd.status(`running: ${describeTargets(daemonRef.list())}`), STATUS_INTERVAL_MS)
+    : undefined;
+  statusTimer?.unref();
   const signal = await signals.stop;
+  clearInterval(statusTimer);
   systemd.stopping();
   logger.info({ signal }, 'stopping: exports closed, kernel devices kept for the next start');
   await api.close();

@@ -5,12 +5,15 @@
  * addon sends the datagram (Node has no unix datagram sockets); what to say and when is here.
  *
  * The daemon says READY=1 once every persisted target is attached or its first attempt failed (at
- * most `ready_timeout` after the start), STATUS= with the targets' count by status, STOPPING=1 at
- * SIGTERM. Outside systemd (no $NOTIFY_SOCKET) nothing is sent.
+ * most `ready_timeout` after the start), STATUS= with the targets' count by status and paths not
+ * running (refreshed every STATUS_INTERVAL_MS when it changes), STOPPING=1 at SIGTERM. Outside systemd (no $NOTIFY_SOCKET) nothing is sent.
  */
 import type { Logger } from 'pino';
 import type { NativeBinding } from '../native/native.js';
 import type { TargetSummary } from './daemon.js';
+
+/** How often the daemon refreshes STATUS= (sent only when it changed). */
+export const STATUS_INTERVAL_MS = 2000;
 
 export class SystemdNotifier {
   private warned = false;
@@ -50,7 +53,12 @@ export class SystemdNotifier {
     return this.notify({ READY: 1, STATUS: status, MAINPID: process.pid });
   }
 
+  private lastStatus = '';
+
+  /** STATUS=text, unless it is what was sent last. */
   status(text: string): boolean {
+    if (text === this.lastStatus) return false;
+    this.lastStatus = text;
     return this.notify({ STATUS: text });
   }
 
@@ -65,7 +73,11 @@ export function describeTargets(targets: readonly TargetSummary[]): string {
   const by = new Map<string, number>();
   for (const t of targets) by.set(t.status, (by.get(t.status) ?? 0) + 1);
   const parts = [...by].map(([s, n]) => `${n} ${s}`);
-  return `${targets.length} target${targets.length === 1 ? '' : 's'}: ${parts.join(', ')}`;
+  const paths = new Map<string, number>();
+  for (const t of targets)
+    if (t.status === 'attached' && t.state && t.state !== 'running') paths.set(t.state, (paths.get(t.state) ?? 0) + 1);
+  const down = [...paths].map(([s, n]) => `${n} ${s}`);
+  return `${targets.length} target${targets.length === 1 ? '' : 's'}: ${parts.join(', ')}${down.length > 0 ? `; paths: ${down.join(', ')}` : ''}`;
 }
 
 /**
