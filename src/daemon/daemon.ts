@@ -345,8 +345,18 @@ export class Daemon {
 
   /** Resolves a target id, /dev/nbdN, nbdN, export name or stable name; 404 listing what exists. */
   resolve(name: string): Resolved {
+    // LUNs already exported count before the attach completes: udev asks (udev-info) while the
+    // kernel device is being connected
+    const named = this.list().map((t) => {
+      const live = this.targets.get(t.id)?.luns ?? [];
+      if (live.length === 0) return t;
+      return {
+        ...t,
+        luns: live.map((l) => ({ export: l.exportName, device: l.device, by_id: byIdName(l.identity, l.exportName) })),
+      };
+    });
     try {
-      return resolveName(name, this.list());
+      return resolveName(name, named);
     } catch (e) {
       if (e instanceof UnknownNameError) throw new DaemonError(e.message, 404);
       throw e;
