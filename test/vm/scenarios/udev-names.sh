@@ -3,7 +3,8 @@
 #   udevd        systemd-udevd runs (started here: the guest's init starts no udev)
 #   link         after `attach --device /dev/nbd0`, /dev/disk/by-id/<by_id of `srp-nbd status`>
 #                exists and resolves to /dev/nbd0; `list` shows it in the BY-ID column
-#   part-link    a partition table written on it gives <name>-part1 -> /dev/nbd0p1
+#   part-link    a partition table written on it (partition: the kernel shows nbd0p1) gives
+#                <name>-part1 -> /dev/nbd0p1
 #   status-by-id `srp-nbd status /dev/disk/by-id/<name>` names the target
 #   detach-dev   `srp-nbd detach /dev/nbd0` detaches the target, reports /dev/nbd0
 #   link-gone    the link goes at detach (and -part1 with it)
@@ -39,11 +40,21 @@ check list-by-id bash -c "node $SRP_NBD_CLI list | grep -q 't0 .* /dev/nbd0  *$N
 # one Linux partition from sector 2048 to the end (an MBR, no partitioning tool needed)
 le32() { local v=$1 i; for i in 0 8 16 24; do printf "\\x$(printf %02x $(((v >> i) & 255)))"; done; }
 SECTORS=$(($(blockdev --getsz /dev/nbd0) - 2048))
+# (into a file first: dd reading a pipe may get a short block)
 { head -c 446 /dev/zero; printf '\x00\x00\x00\x00\x83\x00\x00\x00'; le32 2048; le32 "$SECTORS"
-  head -c 48 /dev/zero; printf '\x55\xaa'; } | dd of=/dev/nbd0 bs=512 count=1 oflag=direct status=none
+  head -c 48 /dev/zero; printf '\x55\xaa'; } > /tmp/mbr
+check mbr-write dd if=/tmp/mbr of=/dev/nbd0 bs=512 count=1 oflag=direct status=none
 blockdev --rereadpt /dev/nbd0 || log "BLKRRPART failed"
+# (if the rescan did not add it, BLKPG does)
+wait_for 5 test -e /sys/block/nbd0/nbd0p1 || partx -a /dev/nbd0 || log "partx -a failed"
+check partition wait_for 10 test -b /dev/nbd0p1
 settle
-check part-link wait_for 30 bash -c "[ \"\$(readlink -f /dev/disk/by-id/$NAME-part1)\" = /dev/nbd0p1 ]"
+if ! check part-link wait_for 30 bash -c "[ \"\$(readlink -f /dev/disk/by-id/$NAME-part1)\" = /dev/nbd0p1 ]"; then
+  grep nbd /proc/partitions | sed 's/^/  partitions: /'
+  ls -l /dev/disk/by-id/ 2>&1 | sed 's/^/  by-id: /'
+  udevadm info /dev/nbd0p1 2>&1 | sed 's/^/  nbd0p1: /'
+  udevadm info /dev/nbd0 2>&1 | grep -E 'SRP_NBD|DEVLINKS' | sed 's/^/  nbd0: /'
+fi
 check status-by-id bash -c "node $SRP_NBD_CLI status /dev/disk/by-id/$NAME --json | grep -q '\"id\": \"t0\"'"
 
 OUT=$(srp_nbd detach /dev/nbd0); log "detach: $OUT"
