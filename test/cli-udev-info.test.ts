@@ -58,6 +58,17 @@ t.test('udev-info prints the stable name and ID_* properties of an srp-nbd devic
   t.match(bad.stderr, /give one device, nbdN or \/dev\/nbdN/);
 });
 
+t.test('udev-info retries a daemon it cannot reach for --wait seconds, then fails', async (t) => {
+  const start = Date.now();
+  const r = await cli(['udev-info', 'nbd7', '--sysfs', sysfs, '--wait', '1', '--socket', path.join(dir, 'none.sock')], {
+    socket: false,
+  });
+  t.equal(r.code, 1);
+  t.match(r.stderr, /cannot reach the daemon/);
+  t.ok(Date.now() - start >= 1000, 'it retried for a second');
+  t.equal((await cli(['udev-info', 'nbd7', '--wait', 'x'])).code, 2);
+});
+
 t.test('the rule imports udev-info and links by-id names for disks and partitions', async (t) => {
   const rules = fs.readFileSync(new URL('../../packaging/60-srp-nbd.rules', import.meta.url), 'utf8');
   t.match(rules, /IMPORT\{program\}="\/usr\/local\/bin\/srp-nbd udev-info %k"/);

@@ -13,16 +13,17 @@
  */
 import * as fs from 'node:fs';
 import { parseArgs } from 'node:util';
-import { ApiError, ControlClient } from '../daemon/client.js';
+import { ApiError, ControlClient, UnreachableError } from '../daemon/client.js';
 import type { LunView } from '../daemon/daemon.js';
 import { UsageError } from './serve.js';
 
-export const UDEV_INFO_USAGE = `usage: srp-nbd udev-info [--socket PATH] [--sysfs DIR] nbdN
+export const UDEV_INFO_USAGE = `usage: srp-nbd udev-info [--socket PATH] [--sysfs DIR] [--wait S] nbdN
 
 Prints udev properties (KEY=value) of an srp-nbd device: SRP_NBD_BY_ID (the stable name,
 linked as /dev/disk/by-id/<it> by packaging/60-srp-nbd.rules), SRP_NBD_TARGET, SRP_NBD_EXPORT,
 ID_SERIAL, ID_SERIAL_SHORT, ID_WWN, ID_VENDOR, ID_MODEL, ID_REVISION. Nothing for another nbd
-device. For udev's IMPORT{program}.
+device. For udev's IMPORT{program}. A daemon that cannot be reached is retried for S seconds
+(--wait, default 10: a restart), then it is an error (exit 1).
 `;
 
 const BACKEND_PREFIX = 'srp-nbd:';
@@ -53,6 +54,7 @@ export async function udevInfo(argv: string[]): Promise<number> {
     args: argv,
     allowPositionals: true,
     options: {
+      wait: { type: 'string', default: '10' },
       socket: { type: 'string' },
       sysfs: { type: 'string', default: '/sys' },
       help: { type: 'boolean', short: 'h' },
@@ -75,12 +77,21 @@ export async function udevInfo(argv: string[]): Promise<number> {
   if (backend !== undefined && !backend.startsWith(BACKEND_PREFIX)) return 0; // another nbd user
   const name = backend !== undefined ? backend.slice(BACKEND_PREFIX.length) : `/dev/${dev}`;
   const c = new ControlClient({ ...(values.socket !== undefined ? { socket: values.socket } : {}), timeoutMs: 20_000 });
+  const wait = Number(values.wait);
+  if (values.wait.trim() === '' || !Number.isFinite(wait) || wait < 0)
+    throw new UsageError(`udev-info: --wait: expected seconds, got '${values.wait}'`);
+  const deadline = Date.now() + wait * 1000;
   let lun: LunView;
-  try {
-    lun = await c.call<LunView>('getLun', { params: { name } });
-  } catch (e) {
-    if (e instanceof ApiError && e.status === 404 && backend === undefined) return 0; // not ours
-    throw e;
+  for (;;) {
+    try {
+      lun = await c.call<LunView>('getLun', { params: { name } });
+      break;
+    } catch (e) {
+      if (e instanceof ApiError && e.status === 404 && backend === undefined) return 0; // not ours
+      // a daemon restarting (Restart=always) answers again within seconds
+      if (!(e instanceof UnreachableError) || /permission denied/.test(e.message) || Date.now() >= deadline) throw e;
+      await new Promise((r) => setTimeout(r, 500));
+    }
   }
   process.stdout.write(udevProperties(lun).join('\n') + '\n');
   return 0;
