@@ -4,7 +4,7 @@
   "targets": [
     {
       "target_name": "srp_nbd_native",
-      "sources": ["src/addon.cc", "src/rdma.cc", "src/sys.cc"],
+      "sources": ["src/addon.cc", "src/proc.cc", "src/rdma.cc", "src/sys.cc"],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_VERSION=8", "NODE_ADDON_API_DISABLE_DEPRECATED"],
       "cflags!": ["-fno-exceptions"],

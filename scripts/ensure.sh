@@ -4,8 +4,9 @@
 #   - Debian packages of scripts/setup.sh (as root; without root the missing ones are named and
 #     the tests that need them fail saying so);
 #   - node_modules with `npm ci` when absent or older than package-lock.json (its install script
-#     builds the native addon);
-#   - the addon when its build is missing.
+#     builds the native addon; without root and the build packages, the modules without it);
+#   - the addon when its build is missing or older than its sources.
+# The TypeScript build (`npm run build`) follows in the npm script.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 say() { echo "ensure: $*" >&2; }
@@ -23,10 +24,15 @@ if [ -n "$missing" ]; then
     say "missing Debian packages:$missing (run as root once: sudo bash scripts/setup.sh)"
   fi
 fi
+addon=native/build/Release/srp_nbd_native.node
 if [ ! -e node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
   say "npm ci (node modules and the native addon)"
-  npm ci --no-audit --no-fund
-elif [ ! -e native/build/Release/srp_nbd_native.node ]; then
-  say "building the native addon"
-  npm run build:native
+  if ! npm ci --no-audit --no-fund; then
+    [ "$(id -u)" != 0 ] || exit 1
+    say "npm ci failed (the native addon needs:${missing:- the packages of scripts/setup.sh}): installing the modules without it; the tests that need the addon say so"
+    npm ci --no-audit --no-fund --ignore-scripts
+  fi
+elif [ ! -e "$addon" ] || [ -n "$(find native/src native/binding.gyp -newer "$addon" 2>/dev/null | head -1)" ]; then
+  say "building the native addon (missing, or older than native/src)"
+  npm run build:native || [ "$(id -u)" != 0 ]
 fi

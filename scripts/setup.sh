@@ -12,8 +12,10 @@ if [ "$(id -u)" != 0 ]; then
 fi
 # nbdkit, libnbd-bin (nbdinfo, nbdcopy), qemu-utils (qemu-img, qemu-io), fio:
 #   real NBD clients for the tests and the benchmark's peer server.
-# libibverbs-dev, librdmacm-dev, python3, make, g++: the native addon's build.
-PKGS="nbdkit libnbd-bin qemu-utils fio libibverbs-dev librdmacm-dev python3 make g++"
+# libibverbs-dev, librdmacm-dev, python3, make, g++: the native addon's build (python3 also
+#   receives the daemon's sd_notify datagrams in a test).
+# systemd: systemd-analyze verify of packaging/*.service (a container may lack it).
+PKGS="nbdkit libnbd-bin qemu-utils fio libibverbs-dev librdmacm-dev python3 make g++ systemd"
 apt-get update -qq
 # shellcheck disable=SC2086
 apt-get install -y -qq --no-install-recommends $PKGS >/dev/null

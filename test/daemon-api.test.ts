@@ -86,7 +86,7 @@ t.test('REST: bad bodies get 400s naming the field; OpenAPI; metrics', async (t)
   t.equal(garbage.status, 400, 'malformed JSON');
   const notFound = await request({ method: 'DELETE', path: '/targets/ghost' });
   t.equal(notFound.status, 404);
-  t.match(JSON.parse(notFound.body).message, /target ghost: no such target/);
+  t.match(JSON.parse(notFound.body).message, /^ghost: no such target, device, export or stable name \(attached: /);
   const ok = await request({ method: 'PATCH', path: '/targets/test-a', body: JSON.stringify({ reconnect_delay: 2 }) });
   t.equal(ok.status, 200);
   t.equal(JSON.parse(ok.body).timers.reconnect_delay, 2);
@@ -212,11 +212,13 @@ t.test('kill -9, restart: same export names, identity checked, no acknowledged w
       state: 'running',
       address: `test-target,name=a,luns=2,lun_size=16777216,block_size=512,image_dir=${imageDir}`,
       luns: [
-        { export: 'test-a-lun0', device: null },
-        { export: 'test-a-lun1', device: null },
+        { export: 'test-a-lun0', device: null, by_id: list[0].luns[0].by_id },
+        { export: 'test-a-lun1', device: null, by_id: list[0].luns[1].by_id },
       ],
     },
   ]);
+  t.match(list[0].luns[0].by_id, /^srp-nbd-naa\.[0-9a-f]{32}$/, 'stable names from the identity');
+  t.not(list[0].luns[0].by_id, list[0].luns[1].by_id);
   const st = JSON.parse((await cli(['status', 'test-a', '--json'])).stdout);
   t.same(
     st.timers,

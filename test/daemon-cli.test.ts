@@ -115,8 +115,8 @@ t.test('CLI round trip: attach, list, status, set, reconnect, detach (text and -
 
   const list = await cli(['list']);
   t.equal(list.code, 0);
-  t.match(list.stdout, /^TARGET\s+STATUS\s+STATE\s+EXPORT\s+DEVICE\s+ADDRESS/);
-  t.match(list.stdout, /test-a\s+attached\s+running\s+test-a-lun0\s+-\s+test-target,name=a/);
+  t.match(list.stdout, /^TARGET\s+STATUS\s+STATE\s+EXPORT\s+DEVICE\s+BY-ID\s+ADDRESS/);
+  t.match(list.stdout, /test-a\s+attached\s+running\s+test-a-lun0\s+-\s+-\s+test-target,name=a/);
   const listJson = JSON.parse((await cli(['list', '--json'])).stdout);
   t.same(listJson.map((r: { id: string }) => r.id).sort(), ['test-a', 'test-b', 'test-c']);
 
@@ -162,7 +162,7 @@ t.test('CLI round trip: attach, list, status, set, reconnect, detach (text and -
   t.match(rsNope.stderr, /^srp-nbd rescan: target nope: no such target/);
   const nope = await cli(['status', 'nope']);
   t.equal(nope.code, 1);
-  t.match(nope.stderr, /^srp-nbd status: target nope: no such target/);
+  t.match(nope.stderr, /^srp-nbd status: nope: no such target, device, export or stable name \(attached: test-a \(/);
 
   const det = await cli(['detach', 'test-b', 'test-c']);
   t.equal(det.code, 0, det.stderr);

@@ -164,6 +164,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("pollRef", Napi::Function::New(env, PollRef, "pollRef"));
   exports.Set("pollCount", Napi::Function::New(env, PollCount, "pollCount"));
   InitSys(env, exports);
+  InitProc(env, exports);
   InitRdma(env, exports);
   napi_add_env_cleanup_hook(env, Cleanup, nullptr);
   return exports;

@@ -27,6 +27,7 @@ bool ArgBool(const Napi::CallbackInfo& info, size_t i, bool dflt);
 int SetNonBlocking(int fd);
 
 void InitSys(Napi::Env env, Napi::Object exports);
+void InitProc(Napi::Env env, Napi::Object exports);
 void InitRdma(Napi::Env env, Napi::Object exports);
 
 }  // namespace srpnbd

@@ -9,9 +9,11 @@
  */
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { TARGET_OPTIONS, targetSpecSchema, zodIssues } from '../daemon/config.js';
-import { ApiError, ControlClient } from '../daemon/client.js';
+import { ApiError, ControlClient, UnreachableError } from '../daemon/client.js';
 import { describeMembership } from '../daemon/md.js';
-import type { TargetSummary, TargetView } from '../daemon/daemon.js';
+import type { DetachResult, TargetSummary, TargetView } from '../daemon/daemon.js';
+import { describeMemory, type MemoryReport } from '../daemon/memory.js';
+import { BY_ID_DIR } from '../daemon/names.js';
 import { normalizeAddressLine } from '../daemon/address.js';
 import { timersPatchSchema } from '../daemon/routes.js';
 import { UsageError } from './serve.js';
@@ -192,36 +194,51 @@ function readStdin(): Promise<string> {
 
 /* ------------------------------------------------------------------ detach / reconnect */
 
-export const DETACH_USAGE = `usage: srp-nbd detach [options] TARGET...
+export const DETACH_USAGE = `usage: srp-nbd detach [options] NAME...
+       srp-nbd detach [options] --all
 
 Removes the targets' exports and kernel devices (the only way a /dev/nbdN goes away), logs out.
+NAME is a target id, a device (/dev/nbdN or nbdN), an export name or a stable name
+(/dev/disk/by-id/srp-nbd-…); a device or an export detaches its whole target (every LUN).
+Prints each target detached with its devices.
+
+  --all           every target
 ${CONNECTION_USAGE}`;
 
 export async function detach(argv: string[]): Promise<number> {
   const { values, positionals } = parseArgs({
     args: argv,
     allowPositionals: true,
-    options: CONNECTION_OPTIONS,
+    options: { ...CONNECTION_OPTIONS, all: { type: 'boolean', default: false } },
     strict: true,
   });
   if (values.help) {
     print(DETACH_USAGE);
     return 0;
   }
-  if (positionals.length === 0) throw new UsageError('detach: missing TARGET');
+  if (values.all && positionals.length > 0) throw new UsageError('detach: give NAMEs or --all, not both');
+  if (!values.all && positionals.length === 0) throw new UsageError('detach: missing NAME (or --all)');
   const c = client(values);
+  const names = values.all ? (await call(() => c.call<TargetSummary[]>('listTargets'))).map((t) => t.id) : positionals;
   let failed = 0;
-  for (const id of positionals) {
+  const results: DetachResult[] = [];
+  for (const name of names) {
     try {
-      await call(() => c.call('detach', { params: { id } }));
-      if (!values.json) print(`${id}: detached`);
+      const r = await call(() => c.call<DetachResult>('detach', { params: { id: name } }));
+      results.push(r);
+      if (!values.json) {
+        const what = r.devices.length > 0 ? ` (${r.devices.join(', ')})` : '';
+        print(`${r.detached}: detached${what}${r.detached !== name ? ` [${name}]` : ''}`);
+      }
     } catch (e) {
-      if (positionals.length === 1) throw e;
+      if (names.length === 1 && !values.all) throw e;
       failed++;
       process.stderr.write(`srp-nbd detach: ${(e as Error).message}\n`);
     }
   }
-  if (values.json) print(JSON.stringify({ detached: positionals.length - failed, failed }));
+  if (values.json) {
+    print(JSON.stringify({ detached: results, devices: results.flatMap((r) => r.devices), failed }, null, 2));
+  } else if (values.all && names.length === 0) print('no targets attached');
   return failed > 0 ? 1 : 0;
 }
 
@@ -312,16 +329,13 @@ export async function list(argv: string[]): Promise<number> {
     print(JSON.stringify(rows, null, 2));
     return 0;
   }
-  const table: string[][] = [['TARGET', 'STATUS', 'STATE', 'EXPORT', 'DEVICE', 'ADDRESS']];
+  const table: string[][] = [['TARGET', 'STATUS', 'STATE', 'EXPORT', 'DEVICE', 'BY-ID', 'ADDRESS']];
   for (const r of rows) {
-    const luns = r.luns.length > 0 ? r.luns : [{ export: '-', device: null }];
-    luns.forEach((l, i) =>
-      table.push(
-        i === 0
-          ? [r.id, r.status, r.state ?? '-', l.export, l.device ?? '-', r.address]
-          : ['', '', '', l.export, l.device ?? '-', ''],
-      ),
-    );
+    const luns = r.luns.length > 0 ? r.luns : [{ export: '-', device: null, by_id: null }];
+    luns.forEach((l, i) => {
+      const lun = [l.export, l.device ?? '-', (l.device && l.by_id) ?? '-'];
+      table.push(i === 0 ? [r.id, r.status, r.state ?? '-', ...lun, r.address] : ['', '', '', ...lun, '']);
+    });
   }
   print(formatTable(table));
   return 0;
@@ -339,10 +353,12 @@ export function formatTable(rows: string[][]): string {
     .join('\n');
 }
 
-export const STATUS_USAGE = `usage: srp-nbd status [options] [TARGET]
+export const STATUS_USAGE = `usage: srp-nbd status [options] [NAME]
 
 State, timers, reconnect counters, credits, I/O gate, time in each state and, per LUN, export,
-device, md membership, identity and I/O counts. Without TARGET: every target.
+device, stable name, md membership, identity and I/O counts. NAME is a target id, a device
+(/dev/nbdN or nbdN), an export name or a stable name (/dev/disk/by-id/srp-nbd-…): the status of
+its target. Without NAME: every target.
 ${CONNECTION_USAGE}`;
 
 export async function status(argv: string[]): Promise<number> {
@@ -356,7 +372,7 @@ export async function status(argv: string[]): Promise<number> {
     print(STATUS_USAGE);
     return 0;
   }
-  if (positionals.length > 1) throw new UsageError('status: give at most one TARGET');
+  if (positionals.length > 1) throw new UsageError('status: give at most one NAME');
   const c = client(values);
   const ids =
     positionals.length === 1
@@ -367,6 +383,10 @@ export async function status(argv: string[]): Promise<number> {
   if (values.json) {
     print(JSON.stringify(positionals.length === 1 ? views[0] : views, null, 2));
     return 0;
+  }
+  if (positionals.length === 0) {
+    const h = await call(() => c.call<{ memory: MemoryReport | null }>('health'));
+    if (h.memory) print(`daemon  memory: ${describeMemory(h.memory)}\n`);
   }
   if (views.length === 0) print('no targets attached');
   print(views.map(formatStatus).join('\n\n'));
@@ -425,6 +445,7 @@ function formatStatus(v: TargetView): string {
         `              read-only (${l.read_only_reason ?? 'no'}; WP ${l.write_protect ? 'on' : 'off'}${kernel})`,
       );
     }
+    if (l.device) lines.push(`              by-id ${BY_ID_DIR}/${l.by_id}`);
     for (const m of l.md) lines.push(`              md: ${describeMembership(m)}`);
     lines.push(
       `              ${
@@ -491,4 +512,62 @@ export async function set(argv: string[]): Promise<number> {
       : `${view.id}: reconnect_delay=${t.reconnect_delay} reconnect_delay_max=${t.reconnect_delay_max} fast_io_fail_tmo=${t.fast_io_fail_tmo} dev_loss_tmo=${t.dev_loss_tmo}`,
   );
   return 0;
+}
+
+/* ------------------------------------------------------------------ wait-online */
+
+export const WAIT_ONLINE_USAGE = `usage: srp-nbd wait-online [options] [--timeout S]
+
+Waits until the daemon answers and none of its targets is still connecting: exit 0 when every
+target is attached, 1 when one has failed or at the timeout (default 90 s), naming them. For
+units that need the devices (packaging/srp-nbd-wait-online.service), like
+systemd-networkd-wait-online.
+
+  --timeout S     give up after S seconds (default 90)
+${CONNECTION_USAGE}`;
+
+export async function waitOnline(argv: string[]): Promise<number> {
+  const { values, positionals } = parseArgs({
+    args: argv,
+    allowPositionals: true,
+    options: { ...CONNECTION_OPTIONS, timeout: { type: 'string', default: '90' } },
+    strict: true,
+  });
+  if (values.help) {
+    print(WAIT_ONLINE_USAGE);
+    return 0;
+  }
+  if (positionals.length > 0) throw new UsageError(`wait-online: unexpected argument '${positionals[0]}'`);
+  const timeout = Number(values.timeout);
+  if (values.timeout.trim() === '' || !Number.isFinite(timeout) || timeout < 0)
+    throw new UsageError(`wait-online: --timeout: expected seconds, got '${values.timeout}'`);
+  const c = client(values);
+  const deadline = Date.now() + timeout * 1000;
+  let rows: TargetSummary[] | undefined;
+  let lastError = '';
+  for (;;) {
+    try {
+      rows = await c.call<TargetSummary[]>('listTargets');
+      if (!rows.some((r) => r.status === 'connecting')) break;
+    } catch (e) {
+      // the daemon may still be starting; a refusal (403) will not change
+      if (!(e instanceof UnreachableError) || /permission denied/.test(e.message)) throw e;
+      lastError = e.message;
+    }
+    if (Date.now() >= deadline) break;
+    await new Promise((r) => setTimeout(r, Math.min(250, Math.max(0, deadline - Date.now()))));
+  }
+  if (rows === undefined) throw new UnreachableError(`timed out after ${timeout} s: ${lastError}`);
+  const notAttached = rows.filter((r) => r.status !== 'attached');
+  if (values.json) print(JSON.stringify({ online: notAttached.length === 0, targets: rows }, null, 2));
+  if (notAttached.length === 0) {
+    if (!values.json) print(`online: ${rows.length} target${rows.length === 1 ? '' : 's'} attached`);
+    return 0;
+  }
+  process.stderr.write(
+    `srp-nbd wait-online: ${Date.now() >= deadline ? `timed out after ${timeout} s: ` : ''}not attached: ${notAttached
+      .map((r) => `${r.id} (${r.status}${r.error ? `: ${r.error}` : ''})`)
+      .join(', ')}\n`,
+  );
+  return 1;
 }

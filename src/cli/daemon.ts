@@ -1,10 +1,10 @@
 /**
  * `srp-nbd daemon`: loads the configuration, re-attaches the persisted set, serves the control API
  * and the NBD exports until SIGTERM/SIGINT (SIGHUP, SIGUSR1 and SIGUSR2 are
- * logged and ignored: src/cli/signals.ts). Ready (systemd Type=notify) once the persisted targets
- * had their first attach attempt and the control socket accepts requests.
+ * logged and ignored: src/cli/signals.ts). Ready (systemd Type=notify: src/daemon/systemd.ts) once
+ * the control socket accepts requests and every persisted target is attached or had its first
+ * attempt, at most `ready_timeout` after the start.
  */
-import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { parseArgs } from 'node:util';
@@ -12,6 +12,8 @@ import { removeStaleSocket, startApi } from '../daemon/api.js';
 import { ConfigError, type DaemonConfig, loadConfig, parseConfig } from '../daemon/config.js';
 import { Daemon } from '../daemon/daemon.js';
 import { acquireInstanceLock, type InstanceLock } from '../daemon/instance-lock.js';
+import { applyIoFlusher, lockMappings, memoryReport } from '../daemon/memory.js';
+import { describeTargets, settledWithin, STATUS_INTERVAL_MS, SystemdNotifier } from '../daemon/systemd.js';
 import { tryLoadNative } from '../native/native.js';
 import { createLogger } from '../util/log.js';
 import { UsageError } from './serve.js';
@@ -67,8 +69,11 @@ export async function daemon(argv: string[]): Promise<number> {
   }
   const logger = createLogger(cfg.log_level, 'srp-nbd');
   signals.setLogger(logger);
+  const memory = memoryReport(cfg.memory);
+  applyIoFlusher(memory, tryLoadNative(), logger); // first: threads created later inherit it
   warnAboutExposure(cfg, values.config, logger);
   const locks = takeInstanceLocks(cfg, logger);
+  const systemd = new SystemdNotifier(process.env.NOTIFY_SOCKET, tryLoadNative(), logger);
   let d: Daemon | undefined;
   let api;
   try {
@@ -76,13 +81,25 @@ export async function daemon(argv: string[]): Promise<number> {
     await removeStaleSocket(cfg.control_socket);
     await removeStaleSocket(cfg.nbd_socket);
     d = new Daemon({ config: cfg, logger });
-    await d.start();
+    await d.start({ waitForTargets: false });
+    systemd.status(`starting: ${describeTargets(d.list())}`);
     api = await startApi(d, logger);
   } catch (e) {
     await d?.close();
     for (const l of locks) l.release();
     throw e;
   }
+  // Ready once every target is attached or its first attempt failed, at most ready_timeout later;
+  // a SIGTERM meanwhile stops the daemon without waiting.
+  const timedOut = await settledWithin(Promise.race([d.settled, signals.stop]), cfg.ready_timeout * 1000);
+  if (timedOut) {
+    logger.warn(
+      { ready_timeout: cfg.ready_timeout, targets: describeTargets(d.list()) },
+      'ready_timeout reached: reporting ready while targets are still connecting',
+    );
+  }
+  lockMappings(memory, tryLoadNative(), logger); // start-up done: its code is mapped
+  d.memory = memory;
   logger.info(
     {
       control: cfg.control_socket,
@@ -90,11 +107,19 @@ export async function daemon(argv: string[]): Promise<number> {
       state: d.store.file,
       tcp: api.tcpPort ?? null,
       targets: d.list().length,
+      systemd: systemd.enabled,
     },
     'srp-nbd daemon ready',
   );
-  notifyReady(logger);
+  systemd.ready(d.list(), timedOut);
+  const daemonRef = d;
+  const statusTimer = systemd.enabled
+    ? setInterval(() => systemd.status(`running: ${describeTargets(daemonRef.list())}`), STATUS_INTERVAL_MS)
+    : undefined;
+  statusTimer?.unref();
   const signal = await signals.stop;
+  clearInterval(statusTimer);
+  systemd.stopping();
   logger.info({ signal }, 'stopping: exports closed, kernel devices kept for the next start');
   await api.close();
   await d.close();
@@ -154,11 +179,4 @@ function takeInstanceLocks(cfg: DaemonConfig, logger: ReturnType<typeof createLo
     throw e;
   }
   return locks;
-}
-
-/** systemd Type=notify: `systemd-notify --ready` for our pid when NOTIFY_SOCKET is set (unit has NotifyAccess=all). */
-function notifyReady(logger: ReturnType<typeof createLogger>): void {
-  if (!process.env.NOTIFY_SOCKET) return;
-  const p = spawn('systemd-notify', ['--ready', `--pid=${process.pid}`], { stdio: 'ignore' });
-  p.on('error', (e) => logger.warn({ err: e.message }, 'systemd-notify not available: readiness not reported'));
 }

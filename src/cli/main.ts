@@ -11,7 +11,9 @@ commands:
   set        change a target's timers at runtime
   reconnect  reconnect a target now (also from lost)
   rescan     follow LUN changes now: capacity, write protect, new and vanished LUNs
+  wait-online  wait until every target is attached (for units ordered after the devices)
   discover   log in to a target and list its LUNs (local, no daemon)
+  udev-info  udev properties of an srp-nbd device (for packaging/60-srp-nbd.rules)
   serve      serve a RAM disk, a file or the test target over NBD, without the daemon
 
 Run 'srp-nbd <command> --help' for a command's options.
@@ -29,7 +31,9 @@ const COMMANDS: Record<string, () => Promise<Handler>> = {
   set: async () => (await import('./control.js')).set,
   reconnect: async () => (await import('./control.js')).reconnect,
   rescan: async () => (await import('./control.js')).rescan,
+  'wait-online': async () => (await import('./control.js')).waitOnline,
   discover: async () => (await import('./discover.js')).discover,
+  'udev-info': async () => (await import('./udev-info.js')).udevInfo,
   serve: async () => (await import('./serve.js')).serve,
 };
 
@@ -55,6 +59,14 @@ export async function main(argv: string[]): Promise<number> {
       (err.name === 'UsageError' || (err as { code?: string }).code?.startsWith('ERR_PARSE_ARGS'));
     // "the daemon cannot be reached" is not about the command: mdadm-style `srp-nbd: …`
     const prefix = err instanceof Error && err.name === 'UnreachableError' ? 'srp-nbd' : `srp-nbd ${cmd}`;
+    if ((err as { code?: string }).code === 'ERR_MODULE_NOT_FOUND') {
+      // a checkout built without its node modules (or with stale ones): say how to install
+      const what = /Cannot find (?:package|module) '([^']+)'/.exec((err as Error).message)?.[1] ?? 'a module';
+      process.stderr.write(
+        `srp-nbd: ${what} is not installed: run \`npm ci\` and \`npm run build\` in the repository (or \`npm test\` / \`npm run demo\`, which do both)\n`,
+      );
+      return 1;
+    }
     process.stderr.write(`${prefix}: ${err instanceof Error ? err.message : String(err)}\n`);
     return usage ? 2 : 1;
   }

@@ -28,10 +28,8 @@ const HANDLERS: Record<RouteName, Handler> = {
   listTargets: (d) => d.list(),
   getTarget: (d, p) => d.status(p.id!),
   attach: (d, _p, body) => d.attach(body as TargetSpec),
-  detach: async (d, p) => {
-    await d.detach(p.id!);
-    return { detached: p.id };
-  },
+  detach: (d, p) => d.detach(p.id!),
+  getLun: (d, p) => d.lun(p.name!),
   setTimers: (d, p, body) => d.setTimers(p.id!, body as TimersPatch),
   reconnect: (d, p) => d.reconnect(p.id!),
   rescan: (d, p) => d.rescan(p.id!),

@@ -262,6 +262,32 @@ export const configSchema = z
       .default('info')
       .describe('pino log level (logs go to stderr as JSON lines).'),
     tcp: tcpListenerSchema.optional(),
+    ready_timeout: z
+      .number()
+      .min(0)
+      .max(3600)
+      .default(90)
+      .describe(
+        "Seconds the start may wait for the persisted and configured targets (each attached or its first attempt failed) before the daemon reports ready anyway (systemd READY=1, the `srp-nbd daemon ready` log line); keep it below the unit's TimeoutStartSec (120).",
+      ),
+    memory: z
+      .object({
+        lock: z
+          .boolean()
+          .default(true)
+          .describe(
+            "Lock the daemon's file-backed mappings (node, its libraries, the addon) in memory with mlock once it is up, so that memory pressure cannot evict the code that serves the devices (mlockall is not used: V8 aborts under it; docs/operations.md#memory-pressure).",
+          ),
+        io_flusher: z
+          .boolean()
+          .default(true)
+          .describe(
+            "Mark the daemon an I/O flusher (prctl PR_SET_IO_FLUSHER, Linux 5.6+, CAP_SYS_RESOURCE): the kernel's allocations for it do not wait on writeback to its own devices.",
+          ),
+      })
+      .strict()
+      .default({})
+      .describe('Protections against memory pressure; what was applied is shown by `srp-nbd status` and GET /health.'),
     test_targets: z
       .object({
         enabled: z

@@ -24,6 +24,7 @@ import { samToLun } from '../initiator/scsi-cdb.js';
 import { reportLuns } from '../initiator/scsi-disk.js';
 import {
   describeIdentity,
+  designatorString,
   identityFromJSON,
   identityToJSON,
   logicalUnitKey,
@@ -58,6 +59,8 @@ import {
 import { limitDeviceIo } from './device-limits.js';
 import { type MdMembership, mdMemberships, MdReaddPolicy } from './md.js';
 import { IO_OPS, type LunChange, MeteredBackend, renderMetrics, type TargetMetrics } from './metrics.js';
+import type { MemoryReport } from './memory.js';
+import { BY_ID_DIR, byIdName, type Resolved, resolveName, UnknownNameError } from './names.js';
 import { type PersistedLun, type PersistedTarget, StateStore } from './state.js';
 import { createTestFabric } from './test-target.js';
 
@@ -205,6 +208,8 @@ export class Daemon {
   private netlink: Promise<NbdKernel> | undefined;
   private readonly startedAt = Date.now();
   private closing = false;
+  /** The memory protections applied (memory.ts), set by the daemon command. */
+  memory: MemoryReport | null = null;
 
   constructor(private readonly opts: DaemonOptions) {
     this.log = opts.logger;
@@ -217,10 +222,16 @@ export class Daemon {
   }
 
   /**
-   * Listens on the NBD socket, re-attaches the persisted set (first attempt awaited; unreachable
-   * targets keep retrying in the background), then attaches config targets not yet known.
+   * Resolves when every target of the start (persisted and configured) is attached or its first
+   * attempt failed (unreachable targets keep retrying in the background); set by start().
    */
-  async start(): Promise<void> {
+  settled: Promise<void> = Promise.resolve();
+
+  /**
+   * Listens on the NBD socket, re-attaches the persisted set, then attaches config targets not
+   * yet known; with `waitForTargets` (the default) it returns once they are `settled`.
+   */
+  async start(opts: { waitForTargets?: boolean } = {}): Promise<void> {
     const cfg = this.opts.config;
     const persisted = this.store.load(); // a damaged state file stops the start: never guess
     fs.mkdirSync(path.dirname(cfg.nbd_socket), { recursive: true, mode: 0o755 });
@@ -275,8 +286,8 @@ export class Daemon {
       rt.log.info('attaching target from the configuration');
       firsts.push(this.connectWithRetry(rt));
     }
-    await Promise.all(firsts);
-    this.persist();
+    this.settled = Promise.all(firsts).then(() => this.persist());
+    if (opts.waitForTargets !== false) await this.settled;
   }
 
   /** Stops serving; kernel devices are left configured (the next start takes them back with RECONFIGURE). */
@@ -359,8 +370,12 @@ export class Daemon {
     return this.view(rt);
   }
 
-  /** Detaches a target (DELETE /targets/:id): the only way its exports and devices go away. */
-  async detach(id: string): Promise<void> {
+  /**
+   * Detaches a target (DELETE /targets/:name): the only way its exports and devices go away.
+   * `name` is anything resolveName accepts (a device or an export names its whole target).
+   */
+  async detach(name: string): Promise<DetachResult> {
+    const id = this.resolve(name).target;
     const bad = this.unusable.get(id);
     if (bad) {
       this.save(this.snapshot({ without: id }));
@@ -369,9 +384,10 @@ export class Daemon {
         { target: id, address: bad.persisted.address },
         'target detached (it was not attached: its entry is dropped)',
       );
-      return;
+      return { detached: id, exports: [], devices: [] };
     }
     const rt = this.get(id);
+    const { exports, devices } = this.namesOf(rt);
     // persist, then commit: when the state cannot be saved nothing changes
     this.save(this.snapshot({ without: id }));
     if (this.targets.get(id) === rt) this.targets.delete(id);
@@ -380,7 +396,77 @@ export class Daemon {
     rt.md.cancel();
     await rt.connecting?.catch(() => undefined); // it stops at its next step and undoes its own work
     await this.teardown(rt, true);
-    rt.log.info('target detached');
+    rt.log.info({ devices }, 'target detached');
+    return { detached: id, exports, devices };
+  }
+
+  /** Resolves a target id, /dev/nbdN, nbdN, export name or stable name; 404 listing what exists. */
+  resolve(name: string): Resolved {
+    // LUNs already exported count before the attach completes: udev asks (udev-info) while the
+    // kernel device is being connected
+    const named = this.list().map((t) => {
+      const live = this.targets.get(t.id)?.luns ?? [];
+      if (live.length === 0) return t;
+      return {
+        ...t,
+        luns: live.map((l) => ({ export: l.exportName, device: l.device, by_id: byIdName(l.identity, l.exportName) })),
+      };
+    });
+    try {
+      return resolveName(name, named);
+    } catch (e) {
+      if (e instanceof UnknownNameError) throw new DaemonError(e.message, 404);
+      throw e;
+    }
+  }
+
+  /** One LUN by any of its names (GET /luns/:name): what `udev-info` and scripts need. */
+  lun(name: string): LunView {
+    const r = this.resolve(name);
+    if (r.export === undefined) {
+      const exports =
+        this.list()
+          .find((t) => t.id === r.target)
+          ?.luns.map((l) => l.export) ?? [];
+      throw new DaemonError(
+        `${name} is a target, not a LUN: give a device, an export or a stable name (${exports.join(', ') || 'it has no LUNs'})`,
+        404,
+      );
+    }
+    const rt = this.targets.get(r.target);
+    const l = rt?.luns.find((x) => x.exportName === r.export);
+    if (!rt || !l)
+      throw new DaemonError(
+        `${name}: LUN ${r.export} of target ${r.target} is not attached now (${rt?.status ?? 'failed'})`,
+        409,
+      );
+    const byId = byIdName(l.identity, l.exportName);
+    return {
+      target: rt.id,
+      lun: l.number,
+      export: l.exportName,
+      device: l.device,
+      by_id: byId,
+      by_id_path: `${BY_ID_DIR}/${byId}`,
+      uri: `nbd+unix:///${l.exportName}?socket=${this.opts.config.nbd_socket}`,
+      size: l.backend.size,
+      block_size: l.backend.blockSize.minimum,
+      identity: describeIdentity(l.identity),
+      vendor: l.identity.vendor ?? null,
+      product: l.identity.product ?? null,
+      revision: l.identity.revision ?? null,
+      serial: l.identity.serial ?? null,
+      designators: l.identity.designators.map((d) => designatorString(d)),
+    };
+  }
+
+  /** The exports and kernel devices a target has now. */
+  private namesOf(rt: TargetRuntime): { exports: string[]; devices: string[] } {
+    const luns = this.summary(rt).luns;
+    return {
+      exports: luns.map((l) => l.export),
+      devices: luns.map((l) => l.device).filter((d): d is string => d !== null),
+    };
   }
 
   list(): TargetSummary[] {
@@ -389,14 +475,15 @@ export class Daemon {
       status: 'failed' as const,
       state: null,
       address: p.address,
-      luns: p.luns.map((l) => ({ export: l.export, device: l.device })),
+      luns: p.luns.map((l) => ({ export: l.export, device: l.device, by_id: persistedById(l) })),
       error,
     }));
     return [...[...this.targets.values()].map((rt) => this.summary(rt)), ...bad];
   }
 
-  async status(id: string): Promise<TargetView> {
-    const rt = this.get(id);
+  /** GET /targets/:name: `name` is anything resolveName accepts. */
+  async status(name: string): Promise<TargetView> {
+    const rt = this.get(this.resolve(name).target);
     await this.refreshMd([rt]);
     return this.view(rt);
   }
@@ -473,12 +560,13 @@ export class Daemon {
     return this.targets.get(id)?.fabric;
   }
 
-  health(): { status: 'ok'; version: string; uptime_s: number; targets: number } {
+  health(): { status: 'ok'; version: string; uptime_s: number; targets: number; memory: MemoryReport | null } {
     return {
       status: 'ok',
       version: VERSION,
       uptime_s: Math.round((Date.now() - this.startedAt) / 1000),
       targets: this.targets.size,
+      memory: this.memory,
     };
   }
 
@@ -1264,8 +1352,8 @@ export class Daemon {
       address: rt.addressText,
       luns:
         rt.status === 'attached'
-          ? rt.luns.map((l) => ({ export: l.exportName, device: l.device }))
-          : rt.persisted.map((l) => ({ export: l.export, device: l.device })),
+          ? rt.luns.map((l) => ({ export: l.exportName, device: l.device, by_id: byIdName(l.identity, l.exportName) }))
+          : rt.persisted.map((l) => ({ export: l.export, device: l.device, by_id: persistedById(l) })),
       ...(rt.error !== undefined ? { error: rt.error } : {}),
     };
   }
@@ -1328,6 +1416,7 @@ export class Daemon {
         export: l.exportName,
         uri: `nbd+unix:///${l.exportName}?socket=${this.opts.config.nbd_socket}`,
         device: l.device,
+        by_id: byIdName(l.identity, l.exportName),
         md: l.md,
         ...(l.deviceNote ? { device_note: l.deviceNote } : {}),
         size: l.backend.size,
@@ -1411,8 +1500,44 @@ export interface TargetSummary {
   status: TargetStatus;
   state: RportState | null;
   address: string;
-  luns: { export: string; device: string | null }[];
+  /** by_id: the LUN's stable name (names.ts), linked as /dev/disk/by-id/<by_id> while it has a device. */
+  luns: { export: string; device: string | null; by_id: string | null }[];
   error?: string;
+}
+
+/** DELETE /targets/:name. */
+export interface DetachResult {
+  detached: string;
+  exports: string[];
+  devices: string[];
+}
+
+/** GET /luns/:name. */
+export interface LunView {
+  target: string;
+  lun: number;
+  export: string;
+  device: string | null;
+  by_id: string;
+  by_id_path: string;
+  uri: string;
+  size: number;
+  block_size: number;
+  identity: string;
+  vendor: string | null;
+  product: string | null;
+  revision: string | null;
+  serial: string | null;
+  designators: string[];
+}
+
+/** The stable name of a persisted LUN, null when its recorded identity cannot be read. */
+function persistedById(l: PersistedLun): string | null {
+  try {
+    return byIdName(identityFromJSON(l.identity), l.export);
+  } catch {
+    return null;
+  }
 }
 
 /** GET /targets/:id. */
@@ -1463,6 +1588,7 @@ export interface TargetView extends TargetSummary {
     export: string;
     uri: string;
     device: string | null;
+    by_id: string;
     /** md arrays holding the device (/sys/block/nbdN/holders) and its state in each. */
     md: MdMembership[];
     device_note?: string;

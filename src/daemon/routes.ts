@@ -55,7 +55,7 @@ export const ROUTES = {
     url: '/targets/:id',
     status: 200,
     summary:
-      'One target in detail: state, timers, options, reconnect counters, credits, I/O gate, session counters, time in each state, LUNs with identity, export URI, device and I/O counts.',
+      'One target (:id is a target id, /dev/nbdN, nbdN, an export name or a /dev/disk/by-id/srp-nbd-… name) in detail: state, timers, options, reconnect counters, credits, I/O gate, session counters, time in each state, LUNs with identity, export URI, device and I/O counts.',
   },
   attach: {
     method: 'POST',
@@ -69,7 +69,15 @@ export const ROUTES = {
     method: 'DELETE',
     url: '/targets/:id',
     status: 200,
-    summary: 'Detach a target: remove its exports and kernel devices, log out, forget it.',
+    summary:
+      'Detach a target (:id as for GET; a device or an export names its whole target): remove its exports and kernel devices, log out, forget it. Answers { detached: <id>, exports, devices }.',
+  },
+  getLun: {
+    method: 'GET',
+    url: '/luns/:name',
+    status: 200,
+    summary:
+      'One LUN by /dev/nbdN, nbdN, export name or /dev/disk/by-id/srp-nbd-… name: target, export, device, stable name (by_id), size, identity.',
   },
   setTimers: {
     method: 'PATCH',
@@ -148,10 +156,15 @@ export function openApiDocument(version: string): JsonSchema {
           content: { 'application/json': { schema: errorSchema } },
         },
         401: { description: 'TCP listener: missing or wrong bearer token' },
-        404: { description: 'No such target', content: { 'application/json': { schema: errorSchema } } },
+        404: {
+          description: 'No such target or LUN (the message lists what exists)',
+          content: { 'application/json': { schema: errorSchema } },
+        },
       },
     };
-    if (r.url.includes(':id')) op.parameters = [{ name: 'id', in: 'path', required: true, schema: { type: 'string' } }];
+    const params = [...r.url.matchAll(/:([a-z]+)/g)].map((m) => m[1]!);
+    if (params.length > 0)
+      op.parameters = params.map((name) => ({ name, in: 'path', required: true, schema: { type: 'string' } }));
     if (r.body) op.requestBody = { required: true, content: { 'application/json': { schema: toJsonSchema(r.body) } } };
     (paths[p] ??= {})[r.method.toLowerCase()] = op;
   }

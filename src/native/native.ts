@@ -192,6 +192,17 @@ export interface NativeBinding {
    */
   flockExclusive(fd: number): boolean;
 
+  /* the process itself (native/src/proc.cc) */
+  /** prctl(option, value, 0, 0, 0): its result; throws (errno) on failure. */
+  prctlSet(option: number, value: number): number;
+  /** mlockall(flags): MCL_CURRENT 1, MCL_FUTURE 2, MCL_ONFAULT 4. */
+  mlockall(flags: number): void;
+  munlockall(): void;
+  /** mlock(address, length). */
+  mlock(address: bigint, length: bigint): void;
+  /** One datagram to a unix socket (path, or '@name' in the abstract namespace): sd_notify. */
+  unixDgramSend(path: string, message: Buffer): number;
+
   /* verbs: devices */
   /** Names of the RDMA devices; throws ENOSYS when the kernel has no RDMA support. */
   getDeviceList(): string[];
