@@ -384,10 +384,11 @@ daemon_start() {
   node "$SRP_NBD_CLI" daemon "$@" >>"$OUT_DIR/daemon.log" 2>&1 &
   DAEMON_PID=$!
 }
-# daemon_config: a minimal daemon config with its state under /tmp; prints its path
+# daemon_config: a minimal daemon config with its state under /tmp; prints its path.
+# DAEMON_CONFIG_EXTRA: more top-level members, e.g. '"memory": { "lock": false }'
 daemon_config() {
   mkdir -p /tmp/srpnbd/state
-  echo '{ "state_dir": "/tmp/srpnbd/state" }' > /tmp/srpnbd/config.json
+  echo "{ \"state_dir\": \"/tmp/srpnbd/state\"${DAEMON_CONFIG_EXTRA:+, $DAEMON_CONFIG_EXTRA} }" > /tmp/srpnbd/config.json
   echo /tmp/srpnbd/config.json
 }
 # daemon_up: start the daemon on a fresh daemon_config (path in DAEMON_CONFIG) and wait until
