@@ -157,6 +157,14 @@ t.test('CLI round trip: attach, list, status, set, reconnect, detach (text and -
   t.match(roView.lun_details[0], { read_only: true, read_only_reason: 'option' });
   t.equal((await cli(['attach', 'test-target,name=x', '--read-only', 'maybe'])).code, 2, 'on or off');
   t.equal((await cli(['detach', 'test-ro'])).code, 0);
+  for (const cmd of ['reconnect', 'rescan']) {
+    const none = await cli([cmd]);
+    t.equal(none.code, 2, `${cmd} without a TARGET is a usage error`);
+    t.match(none.stderr, new RegExp(`${cmd}: give exactly one TARGET`));
+    const help = await cli([cmd, '--help']);
+    t.equal(help.code, 0);
+    t.match(help.stdout, new RegExp(`^usage: srp-nbd ${cmd} \\[options\\] TARGET`));
+  }
   const rsNope = await cli(['rescan', 'nope']);
   t.equal(rsNope.code, 1);
   t.match(rsNope.stderr, /^srp-nbd rescan: target nope: no such target/);

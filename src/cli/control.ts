@@ -248,7 +248,16 @@ Reconnects now: cuts the back-off short, and brings a lost target (dev_loss_tmo 
 mismatch fixed) back to blocked and running. The device is the same.
 ${CONNECTION_USAGE}`;
 
-export async function reconnect(argv: string[]): Promise<number> {
+/**
+ * `srp-nbd CMD [options] TARGET` for a command that only names a target: the target's view after
+ * the route `route` ran on it, or undefined when --help printed `usage`.
+ */
+async function onOneTarget(
+  argv: string[],
+  cmd: string,
+  usage: string,
+  route: 'reconnect' | 'rescan',
+): Promise<{ view: TargetView; json: boolean } | undefined> {
   const { values, positionals } = parseArgs({
     args: argv,
     allowPositionals: true,
@@ -256,13 +265,20 @@ export async function reconnect(argv: string[]): Promise<number> {
     strict: true,
   });
   if (values.help) {
-    print(RECONNECT_USAGE);
-    return 0;
+    print(usage);
+    return undefined;
   }
-  if (positionals.length !== 1) throw new UsageError('reconnect: give exactly one TARGET');
-  const view = await call(() => client(values).call<TargetView>('reconnect', { params: { id: positionals[0]! } }));
+  if (positionals.length !== 1) throw new UsageError(`${cmd}: give exactly one TARGET`);
+  const view = await call(() => client(values).call<TargetView>(route, { params: { id: positionals[0]! } }));
+  return { view, json: values.json === true };
+}
+
+export async function reconnect(argv: string[]): Promise<number> {
+  const r = await onOneTarget(argv, 'reconnect', RECONNECT_USAGE, 'reconnect');
+  if (!r) return 0;
+  const { view } = r;
   print(
-    values.json
+    r.json
       ? JSON.stringify(view, null, 2)
       : `${view.id}: reconnect requested (state ${view.state ?? view.status}, phase ${view.reconnect.phase})`,
   );
@@ -279,20 +295,11 @@ REPORTED LUNS DATA HAS CHANGED.
 ${CONNECTION_USAGE}`;
 
 export async function rescan(argv: string[]): Promise<number> {
-  const { values, positionals } = parseArgs({
-    args: argv,
-    allowPositionals: true,
-    options: CONNECTION_OPTIONS,
-    strict: true,
-  });
-  if (values.help) {
-    print(RESCAN_USAGE);
-    return 0;
-  }
-  if (positionals.length !== 1) throw new UsageError('rescan: give exactly one TARGET');
-  const view = await call(() => client(values).call<TargetView>('rescan', { params: { id: positionals[0]! } }));
+  const r = await onOneTarget(argv, 'rescan', RESCAN_USAGE, 'rescan');
+  if (!r) return 0;
+  const { view } = r;
   print(
-    values.json
+    r.json
       ? JSON.stringify(view, null, 2)
       : [
           `${view.id}: rescanned`,
