@@ -21,7 +21,7 @@ import { LunBackend } from '../fsm/lun-backend.js';
 import { RPORT_STATES, type RportState } from '../fsm/rport.js';
 import { formatTmo, type TmoParams, validateTmo } from '../fsm/timers.js';
 import { samToLun } from '../initiator/scsi-cdb.js';
-import { reportLuns } from '../initiator/scsi-disk.js';
+import { reportLuns, type ScsiDisk } from '../initiator/scsi-disk.js';
 import {
   describeIdentity,
   designatorString,
@@ -91,8 +91,6 @@ interface LunRuntime {
   identity: LunIdentity;
   lunBackend: LunBackend;
   backend: MeteredBackend;
-  /** the largest transfer of one SCSI command to this LUN (Block Limits VPD, max_sect) */
-  maxTransferBytes: number;
   /** the kernel device's max_sectors_kb as the daemon set it (device-limits.ts) */
   deviceMaxIoKb?: number;
   attachment?: NbdAttachment;
@@ -751,27 +749,10 @@ export class Daemon {
         );
       }
       const exportName = before?.export ?? `${rt.id}-lun${number}`;
-      const lunBackend = new LunBackend(
-        port,
-        disk,
-        `${rt.id} LUN ${number}: ${describeIdentity(identity)}`,
-        o.read_only,
-      );
-      if (lunBackend.readOnly)
-        rt.log.info({ lun: number, reason: lunBackend.readOnlyReason }, 'LUN exported read-only');
-      luns.push({
-        sam,
-        number,
-        exportName,
-        backendId: before?.backendId ?? `srp-nbd:${exportName}`,
-        device: before?.device ?? null,
-        identity,
-        lunBackend,
-        backend: new MeteredBackend(lunBackend),
-        maxTransferBytes: disk.limits.maxTransferBlocks * disk.geometry.blockSize,
-        md: [],
-        state: 'attached',
-      });
+      const l = this.newLun(rt, port, disk, sam, exportName, before);
+      if (l.lunBackend.readOnly)
+        rt.log.info({ lun: number, reason: l.lunBackend.readOnlyReason }, 'LUN exported read-only');
+      luns.push(l);
     }
     for (const p of rt.persisted) {
       if (!sams.some((s) => hex16(s) === p.lun))
@@ -929,12 +910,40 @@ export class Daemon {
     }
   }
 
+  /** A LUN's runtime over its probed disk: a new export, or the persisted one it continues (`before`). */
+  private newLun(
+    rt: TargetRuntime,
+    port: SrpPort,
+    disk: ScsiDisk,
+    sam: bigint,
+    exportName: string,
+    before?: PersistedLun,
+  ): LunRuntime {
+    const number = lunNumber(sam);
+    const identity = disk.probeResult!.identity;
+    const description = `${rt.id} LUN ${number}: ${describeIdentity(identity)}`;
+    const lunBackend = new LunBackend(port, disk, description, rt.options.read_only);
+    return {
+      sam,
+      number,
+      exportName,
+      backendId: before?.backendId ?? `srp-nbd:${exportName}`,
+      device: before?.device ?? null,
+      identity,
+      lunBackend,
+      backend: new MeteredBackend(lunBackend),
+      md: [],
+      state: 'attached',
+    };
+  }
+
   /** The device's largest request from the LUN's limits; a refusal is logged, never fatal. */
   private async limitDeviceIo(rt: TargetRuntime, l: LunRuntime): Promise<void> {
     if (!l.attachment) return;
     try {
       const bs = l.backend.blockSize.minimum;
-      l.deviceMaxIoKb = await limitDeviceIo(l.attachment.device, l.maxTransferBytes, bs, this.opts.sysfs);
+      const maxTransfer = l.lunBackend.maxTransferBytes;
+      l.deviceMaxIoKb = await limitDeviceIo(l.attachment.device, maxTransfer, bs, this.opts.sysfs);
       rt.log.info({ device: l.attachment.device, max_sectors_kb: l.deviceMaxIoKb }, 'device request size set');
     } catch (e) {
       rt.log.warn({ device: l.attachment.device, err: (e as Error).message }, 'cannot set the device request size');
@@ -1116,25 +1125,7 @@ export class Daemon {
       const disk = await port.addLun(sam);
       this.stillWanted(rt);
       const identity = disk.probeResult!.identity;
-      const lunBackend = new LunBackend(
-        port,
-        disk,
-        `${rt.id} LUN ${number}: ${describeIdentity(identity)}`,
-        rt.options.read_only,
-      );
-      const l: LunRuntime = {
-        sam,
-        number,
-        exportName,
-        backendId: `srp-nbd:${exportName}`,
-        device: null,
-        identity,
-        lunBackend,
-        backend: new MeteredBackend(lunBackend),
-        maxTransferBytes: disk.limits.maxTransferBlocks * disk.geometry.blockSize,
-        md: [],
-        state: 'attached',
-      };
+      const l = this.newLun(rt, port, disk, sam, exportName);
       this.nbd.addExport(exportName, l.backend);
       rt.luns.push(l);
       this.countLunChange(rt, 'added');

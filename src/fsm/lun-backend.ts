@@ -56,6 +56,11 @@ export class LunBackend implements Backend {
     this.canTrim = disk.limits.trim !== 'none';
   }
 
+  /** The largest transfer of one SCSI command to this LUN (Block Limits VPD, max_sect). */
+  get maxTransferBytes(): number {
+    return this.disk.limits.maxTransferBlocks * this.disk.geometry.blockSize;
+  }
+
   /** The disk's size as last adopted (grows with the LUN; a shrink is never adopted). */
   get size(): number {
     return this.disk.geometry.sizeBytes;
