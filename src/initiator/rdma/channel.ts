@@ -61,6 +61,7 @@ import {
 } from '../../native/native.js';
 import * as R from '../../native/rdma-constants.js';
 import { encodeRdmaAddress, formatRdmaAddress } from '../../native/sockaddr.js';
+import { batchNow } from '../../util/clock.js';
 import {
   rcRetryBoundMs,
   resolveTransportOptions,
@@ -134,7 +135,7 @@ export class RdmaChannelTransport extends Emitter<RdmaChannelEvents> implements 
   private freeSlots: number[] = [];
   /** Send slots posted and not yet completed, in posting order (a ring of sendQueueDepth). */
   private readonly posted: Int32Array;
-  /** performance.now() when each entry of `posted` was posted (one clock read per list). */
+  /** When each entry of `posted` was posted (batchNow(): one clock read per batch at most). */
   private readonly postedAt: Float64Array;
   /** A send not completed after this many ms is overdue: the path is dead. */
   private readonly overdueMs: number;
@@ -602,7 +603,7 @@ export class RdmaChannelTransport extends Emitter<RdmaChannelEvents> implements 
     this.queuedSends = 0;
     if (n === 0 || this.stateValue !== 'connected') return;
     const depth = this.posted.length;
-    const now = this.o.keepaliveIntervalMs ? performance.now() : 0;
+    const now = this.o.keepaliveIntervalMs ? batchNow() : 0;
     for (let i = 0; i < n; i++) {
       const at = (this.postedHead + this.postedCount) % depth;
       this.posted[at] = this.sendWrs.readUInt32LE(i * R.SEND_WR_LEN);
