@@ -6,12 +6,11 @@
  * the target are followed (rescan, REPORTED LUNS DATA HAS CHANGED); srp_nbd_lun_changes_total.
  */
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { pino } from 'pino';
 import t from 'tap';
-import { parseConfig } from '../src/daemon/config.js';
-import { Daemon, DaemonError } from '../src/daemon/daemon.js';
+import { inProcessDaemons, type InProcessDaemons } from './helpers/in-process-daemon.js';
+import { DaemonError } from '../src/daemon/daemon.js';
 import { lunToSam } from '../src/initiator/scsi-cdb.js';
 import {
   ASC_TARGET_OPERATING_CONDITIONS_CHANGED,
@@ -27,29 +26,7 @@ import { TEST_INITIATOR_PORT_ID, TEST_TARGET_PORT_ID, TestFabric } from '../src/
 
 const MiB = 1024 * 1024;
 
-function setup(t: { teardown: (fn: () => Promise<void>) => void }): { dir: string; make: () => Daemon } {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'srp-nbd-lunchg-'));
-  const config = parseConfig({
-    control_socket: path.join(dir, 'control.sock'),
-    nbd_socket: path.join(dir, 'nbd.sock'),
-    state_dir: path.join(dir, 'state'),
-    test_targets: { enabled: true },
-    defaults: { device: 'none' },
-  });
-  const made: Daemon[] = [];
-  t.teardown(async () => {
-    for (const d of made) await d.close();
-    fs.rmSync(dir, { recursive: true, force: true });
-  });
-  return {
-    dir,
-    make: () => {
-      const d = new Daemon({ config, logger: pino({ level: 'silent' }) });
-      made.push(d);
-      return d;
-    },
-  };
-}
+const setup = (t: Parameters<typeof inProcessDaemons>[0]): InProcessDaemons => inProcessDaemons(t, 'srp-nbd-lunchg-');
 
 /** Counts the WRITE(16)s that reach the test target (its RAM LUNs keep no command log here). */
 function countWrites(fabric: TestFabric): () => number {

@@ -3,13 +3,9 @@
  * with its HELP and TYPE text, in order, and a sample of each, so a change to the exposition shows
  * up here as a diff. renderMetrics() alone for what needs a kernel device in an md array.
  */
-import * as fs from 'node:fs';
-import * as os from 'node:os';
-import * as path from 'node:path';
-import { pino } from 'pino';
 import t from 'tap';
-import { parseConfig } from '../src/daemon/config.js';
-import { Daemon, VERSION } from '../src/daemon/daemon.js';
+import { inProcessDaemons } from './helpers/in-process-daemon.js';
+import { VERSION } from '../src/daemon/daemon.js';
 import { Histogram, IO_OPS, type IoOp, type OpStats, renderMetrics } from '../src/daemon/metrics.js';
 import { RPORT_STATES, type RportState } from '../src/fsm/rport.js';
 
@@ -69,19 +65,7 @@ const FAMILIES: [name: string, type: string, help: string][] = [
 ];
 
 t.test('every metric family with its HELP and TYPE, and the samples of a test target', async (t) => {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'srp-nbd-metrics-'));
-  const config = parseConfig({
-    control_socket: path.join(dir, 'control.sock'),
-    nbd_socket: path.join(dir, 'nbd.sock'),
-    state_dir: path.join(dir, 'state'),
-    test_targets: { enabled: true },
-    defaults: { device: 'none' },
-  });
-  const d = new Daemon({ config, logger: pino({ level: 'silent' }), sysfs: path.join(dir, 'sys') });
-  t.teardown(async () => {
-    await d.close();
-    fs.rmSync(dir, { recursive: true, force: true });
-  });
+  const d = inProcessDaemons(t, 'srp-nbd-metrics-').make();
   await d.start();
   const alone: Record<string, string> = {
     srp_nbd_info: `srp_nbd_info{version="${VERSION}"} 1\n`,

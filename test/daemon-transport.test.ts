@@ -4,12 +4,8 @@
  * addressing, are refused with 503 and a message saying what is missing, while the daemon keeps
  * serving test targets.
  */
-import * as fs from 'node:fs';
-import * as os from 'node:os';
-import * as path from 'node:path';
-import { pino } from 'pino';
 import t from 'tap';
-import { parseConfig } from '../src/daemon/config.js';
+import { inProcessDaemons } from './helpers/in-process-daemon.js';
 import { Daemon, DaemonError, type DaemonOptions } from '../src/daemon/daemon.js';
 import { createRdmaConnector } from '../src/initiator/rdma/index.js';
 import type { LoopbackTargetEnd } from '../src/initiator/loopback.js';
@@ -18,21 +14,8 @@ import { RamScsiLun } from '../src/testing/scsi-lun.js';
 import { SrpTestTarget } from '../src/testing/srp-target.js';
 
 /** A daemon whose directory and sockets go away with the test. */
-function daemon(t: { teardown: (fn: () => Promise<void>) => void }, loadRdma?: DaemonOptions['loadRdma']): Daemon {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'srp-nbd-transport-'));
-  const config = parseConfig({
-    control_socket: path.join(dir, 'control.sock'),
-    nbd_socket: path.join(dir, 'nbd.sock'),
-    state_dir: path.join(dir, 'state'),
-    test_targets: { enabled: true },
-    defaults: { device: 'none' },
-  });
-  const d = new Daemon({ config, logger: pino({ level: 'silent' }), ...(loadRdma ? { loadRdma } : {}) });
-  t.teardown(async () => {
-    await d.close();
-    fs.rmSync(dir, { recursive: true, force: true });
-  });
-  return d;
+function daemon(t: Parameters<typeof inProcessDaemons>[0], loadRdma?: DaemonOptions['loadRdma']): Daemon {
+  return inProcessDaemons(t, 'srp-nbd-transport-').make(loadRdma ? { loadRdma } : {});
 }
 
 const RDMA_CM = 'id_ext=0002c90300aabbcc,ioc_guid=0002c90300aabbcc,dest=192.0.2.2:5000';

@@ -20,6 +20,18 @@ import { SrpTestTarget } from '../src/testing/srp-target.js';
 
 const logger = pino({ level: 'silent' });
 
+/** An RDMA connector over the mock binding `m` to DEST (keep-alive off, small queues). */
+function mockConnector(m: MockRdmaBinding, dest: string): ReturnType<typeof createRdmaConnector> {
+  return createRdmaConnector(parseTargetAddress(dest), {
+    ackTimeout: 14,
+    retryCount: 6,
+    keepaliveIntervalMs: 0,
+    logger,
+    binding: m.asBinding(),
+    transport: { sendQueueDepth: 16, recvQueueDepth: 16 },
+  });
+}
+
 t.test('classes: SRP_LOGIN_REJ reasons, CM reject reasons, other errors', async (t) => {
   const rej = (reason: number) => classifyLoginFailure(new SrpLoginRejectedError(reason, 0));
   const cm = (reason: number) =>
@@ -60,14 +72,7 @@ async function setup(t: Test, reconnectDelay = 0.1) {
     last = end;
     target.accept(end as unknown as LoopbackTargetEnd);
   };
-  const made = await createRdmaConnector(parseTargetAddress('id_ext=1,ioc_guid=2,dest=192.0.2.9:5000'), {
-    ackTimeout: 14,
-    retryCount: 6,
-    keepaliveIntervalMs: 0,
-    logger,
-    binding: m.asBinding(),
-    transport: { sendQueueDepth: 16, recvQueueDepth: 16 },
-  });
+  const made = await mockConnector(m, 'id_ext=1,ioc_guid=2,dest=192.0.2.9:5000');
   const port = await SrpPort.connect({
     name: 't',
     connector: made.connector,
@@ -153,14 +158,7 @@ t.test('the first login retries a stale connection too', async (t) => {
   const m = new MockRdmaBinding();
   m.onConnect = (end) => target.accept(end as unknown as LoopbackTargetEnd);
   m.cmRejects = [R.IB_CM_REJ_STALE_CONN];
-  const made = await createRdmaConnector(parseTargetAddress('id_ext=1,ioc_guid=2,dest=192.0.2.10:5000'), {
-    ackTimeout: 14,
-    retryCount: 6,
-    keepaliveIntervalMs: 0,
-    logger,
-    binding: m.asBinding(),
-    transport: { sendQueueDepth: 16, recvQueueDepth: 16 },
-  });
+  const made = await mockConnector(m, 'id_ext=1,ioc_guid=2,dest=192.0.2.10:5000');
   const port = await SrpPort.connect({
     name: 'first',
     connector: made.connector,
