@@ -1,0 +1,397 @@
+// Multipath in the daemon, in process (mock RDMA binding, two in-process SRP targets exposing the
+// same RAM LUs, mock kernel NBD): grouping by LU identity, selectors, re-issue of a command whose
+// channel died, hold and EIO, path fail/reinstate, detach of one path, restart regrouping, metrics.
+import t from 'tap';
+import { DaemonError, type PathsResult } from '../src/daemon/daemon.js';
+import { Daemon } from '../src/daemon/daemon.js';
+import { parseConfig, targetSpecSchema } from '../src/daemon/config.js';
+import type { Backend } from '../src/nbd/backend.js';
+import { lunToSam } from '../src/initiator/scsi-cdb.js';
+import { SRP_LOGIN_REJ_UNABLE_ESTABLISH_CHANNEL } from '../src/initiator/srp-constants.js';
+import { RamScsiLun } from '../src/testing/scsi-lun.js';
+import { SrpTestTarget } from '../src/testing/srp-target.js';
+import { rdmaDaemon, type RdmaDaemonFixture } from './helpers/rdma-daemon.js';
+
+const DEST0 = '192.0.2.2:5000';
+const DEST1 = '192.0.2.3:5000';
+const ADDR0 = `id_ext=0002c90300aabbcc,ioc_guid=0002c90300aabbcc,dest=${DEST0}`;
+const ADDR1 = `id_ext=0002c90300aabbcc,ioc_guid=0002c90300aabbcc,dest=${DEST1}`;
+
+/** Two target ports (as LIO's two srpt ports) exposing the same RAM LUs. */
+function twoPorts(luns = 1, serial = 'mp'): { t0: SrpTestTarget; t1: SrpTestTarget; disks: RamScsiLun[] } {
+  const disks = Array.from({ length: luns }, (_, i) => new RamScsiLun({ blocks: 4096, serial: `${serial}-l${i}` }));
+  const list = (): [bigint, RamScsiLun][] => disks.map((d, i) => [lunToSam(i), d]);
+  return { t0: new SrpTestTarget({ luns: list() }), t1: new SrpTestTarget({ luns: list() }), disks };
+}
+
+async function fixture(
+  tt: Parameters<typeof rdmaDaemon>[0],
+  defaults: Record<string, unknown> = {},
+  luns = 1,
+): Promise<RdmaDaemonFixture & { t0: SrpTestTarget; t1: SrpTestTarget; disks: RamScsiLun[] }> {
+  const p = twoPorts(luns);
+  const f = await rdmaDaemon(
+    tt,
+    new Map([
+      [DEST0, p.t0],
+      [DEST1, p.t1],
+    ]),
+    defaults,
+  );
+  return { ...f, ...p };
+}
+
+function backend(d: Daemon, name: string): Backend {
+  const b = d.nbd.lookup(name)?.backend;
+  if (!b) throw new Error(`no export ${name}`);
+  return b;
+}
+
+const pathOf = (r: PathsResult, target: string) => r.paths!.find((p) => p.target === target)!;
+
+async function io(b: Backend, n: number): Promise<void> {
+  for (let i = 0; i < n; i++) {
+    const data = Buffer.alloc(4096, i + 1);
+    await b.write(i * 4096, data, false);
+    const back = Buffer.alloc(4096);
+    await b.read(i * 4096, back);
+    if (!back.equals(data)) throw new Error(`block ${i} read back differs`);
+  }
+}
+
+t.test('two targets reaching one LU: one device, the second LUN is a path of it', async (t) => {
+  const f = await fixture(t);
+  await f.d.attach({ address: ADDR0, id: 'p0' });
+  const v1 = await f.d.attach({ address: ADDR1, id: 'p1' });
+  t.equal(f.kernel.describe(), '/dev/nbd0=p0-lun0', 'one device, under the first path name');
+  t.same(v1.lun_details, [], 'p1 exports nothing of its own');
+  t.same(
+    v1.path_luns.map((p) => [p.lun, p.export, p.device, p.owner]),
+    [[0, 'p0-lun0', '/dev/nbd0', 'p0']],
+  );
+  t.same(
+    f.d.list().map((x) => [x.id, x.luns.map((l) => [l.export, l.path_of ?? null])]),
+    [
+      ['p0', [['p0-lun0', null]]],
+      ['p1', [['p0-lun0', 'p0']]],
+    ],
+    'list marks the path',
+  );
+  const r = f.d.paths('p0');
+  t.equal(r.device, '/dev/nbd0');
+  t.equal(r.export, 'p0-lun0');
+  t.same(
+    r.paths!.map((p) => [p.target, p.state, p.role]),
+    [
+      ['p0', 'running', 'active'],
+      ['p1', 'running', 'standby'],
+    ],
+    'failover: one active path',
+  );
+  t.same(f.d.paths('/dev/nbd0').paths, r.paths, 'the device names the same LU');
+  t.same(f.d.paths('p1').export, 'p0-lun0', "the path's target names it too");
+  const s0 = await f.d.status('p0');
+  t.equal(s0.lun_details[0]!.paths.length, 2, 'status carries the paths');
+  for (const k of ['target', 'address', 'state', 'role', 'commands', 'errors', 'in_flight', 'last_failure'])
+    t.ok(k in s0.lun_details[0]!.paths[0]!, `path field ${k}`);
+});
+
+t.test('multipath off on either target keeps refusing the duplicate', async (t) => {
+  const f = await fixture(t);
+  await f.d.attach({ address: ADDR0, id: 'p0' });
+  const err = (await f.d
+    .attach({ address: ADDR1, id: 'p1', multipath: false })
+    .catch((e: unknown) => e)) as DaemonError;
+  t.type(err, DaemonError);
+  t.equal(err.status, 409);
+  t.match(err.message, /already attached as target p0 LUN 0 \(\/dev\/nbd0\).*multipath is off/);
+  await f.d.detach('p0');
+  await f.d.attach({ address: ADDR0, id: 'q0', multipath: false });
+  const err2 = (await f.d.attach({ address: ADDR1, id: 'q1' }).catch((e: unknown) => e)) as DaemonError;
+  t.equal(err2.status, 409, 'off on the first target refuses too');
+  t.equal(f.kernel.describe(), '/dev/nbd0=q0-lun0');
+});
+
+t.test('a LUN with another identity is not a path: it gets its own device', async (t) => {
+  const other = new SrpTestTarget({ luns: [[lunToSam(0), new RamScsiLun({ blocks: 4096, serial: 'other' })]] });
+  const p = twoPorts(1);
+  const f = await rdmaDaemon(
+    t,
+    new Map([
+      [DEST0, p.t0],
+      [DEST1, other],
+    ]),
+  );
+  await f.d.attach({ address: ADDR0, id: 'p0' });
+  await f.d.attach({ address: ADDR1, id: 'p1' });
+  t.equal(f.kernel.describe(), '/dev/nbd0=p0-lun0 /dev/nbd1=p1-lun0');
+  t.equal(f.d.paths('p0').paths!.length, 1);
+});
+
+t.test('selectors: failover uses one path, round-robin both, queue-length both under load', async (t) => {
+  for (const [selector, expectBoth] of [
+    ['failover', false],
+    ['round-robin', true],
+    ['queue-length', true],
+  ] as const) {
+    const f = await fixture(t, { path_selector: selector });
+    await f.d.attach({ address: ADDR0, id: 'p0' });
+    await f.d.attach({ address: ADDR1, id: 'p1' });
+    const b = backend(f.d, 'p0-lun0');
+    if (selector === 'queue-length') {
+      // concurrent requests: the path with fewer in flight gets the next one
+      await Promise.all(Array.from({ length: 16 }, (_, i) => b.write(i * 4096, Buffer.alloc(4096, i), false)));
+    } else {
+      await io(b, 8);
+    }
+    const r = f.d.paths('p0');
+    const c0 = pathOf(r, 'p0').commands;
+    const c1 = pathOf(r, 'p1').commands;
+    if (expectBoth) {
+      t.ok(c0 > 0 && c1 > 0, `${selector}: both paths carry commands (${c0}, ${c1})`);
+      if (selector === 'round-robin') t.equal(c0, c1, 'round-robin: evenly');
+      t.same(
+        r.paths!.map((p) => p.role),
+        ['active', 'active'],
+      );
+    } else {
+      t.equal(c1, 0, 'failover: the standby path carries nothing');
+      t.equal(c0, 16, 'failover: the active path carries every request');
+    }
+  }
+});
+
+t.test('path_priority chooses the active path', async (t) => {
+  const f = await fixture(t);
+  await f.d.attach({ address: ADDR0, id: 'p0', path_priority: 0 });
+  await f.d.attach({ address: ADDR1, id: 'p1', path_priority: 5 });
+  await io(backend(f.d, 'p0-lun0'), 2);
+  const r = f.d.paths('p0');
+  t.same(
+    r.paths!.map((p) => [p.target, p.role, p.commands]),
+    [
+      ['p0', 'standby', 0],
+      ['p1', 'active', 4],
+    ],
+  );
+});
+
+t.test('a write in flight on a path whose channel dies is re-issued on the other path, once', async (t) => {
+  const f = await fixture(t, {
+    reconnect_delay: 60,
+    reconnect_delay_max: 60,
+    fast_io_fail_tmo: 120,
+    dev_loss_tmo: 300,
+  });
+  await f.d.attach({ address: ADDR0, id: 'p0' });
+  await f.d.attach({ address: ADDR1, id: 'p1' });
+  const b = backend(f.d, 'p0-lun0');
+  // the target port 0 takes the commands but never answers; then its channel dies
+  f.t0.blackHole = true;
+  const data = Buffer.alloc(8192, 0x5a);
+  const w = b.write(0, data, false);
+  await new Promise((r) => setTimeout(r, 50));
+  t.equal(f.d.paths('p0').paths![0]!.in_flight, 1, 'in flight on p0');
+  f.t0.dropChannels();
+  await w;
+  const back = Buffer.alloc(8192);
+  await b.read(0, back);
+  t.ok(back.equals(data), 'the data is on the LU');
+  const r = f.d.paths('p0');
+  t.equal(pathOf(r, 'p0').errors, 1, 'one transport failure on p0');
+  t.not(pathOf(r, 'p0').last_failure, null, 'with its reason');
+  t.equal(pathOf(r, 'p0').state, 'blocked', 'p0 reconnects on its own');
+  t.equal(pathOf(r, 'p1').commands, 2, 'the write (once) and the read completed on p1');
+  t.equal(pathOf(r, 'p1').role, 'active');
+  t.equal(r.io!.reissued_total, 1, 'one re-issue');
+});
+
+t.test('every path down: I/O is held, then fails with EIO once every path is in fail-fast', async (t) => {
+  const f = await fixture(t, { reconnect_delay: 1, fast_io_fail_tmo: 2, dev_loss_tmo: 30 });
+  await f.d.attach({ address: ADDR0, id: 'p0' });
+  await f.d.attach({ address: ADDR1, id: 'p1' });
+  const b = backend(f.d, 'p0-lun0');
+  f.t0.rejectLogin = SRP_LOGIN_REJ_UNABLE_ESTABLISH_CHANNEL;
+  f.t1.rejectLogin = SRP_LOGIN_REJ_UNABLE_ESTABLISH_CHANNEL;
+  f.t0.dropChannels();
+  f.t1.dropChannels();
+  await new Promise((r) => setTimeout(r, 100));
+  let settled: string | undefined;
+  const started = Date.now();
+  const p = Promise.resolve(b.read(0, Buffer.alloc(4096))).then(
+    () => (settled = 'ok'),
+    (e: unknown) => (settled = (e as { code?: string }).code ?? String(e)),
+  );
+  await new Promise((r) => setTimeout(r, 500));
+  t.equal(settled, undefined, 'held while the paths are blocked');
+  t.equal(f.d.paths('p0').io!.held, 1);
+  await p;
+  t.equal(settled, 'EIO', 'EIO after fast_io_fail_tmo');
+  t.ok(Date.now() - started >= 1400, `not before the timer (${Date.now() - started} ms)`);
+  // a path comes back: I/O runs again
+  f.t1.rejectLogin = undefined;
+  f.d.reconnect('p1');
+  for (let i = 0; i < 100 && f.d.paths('p0').paths![1]!.state !== 'running'; i++)
+    await new Promise((r) => setTimeout(r, 50));
+  await io(b, 1);
+  t.pass('I/O runs over the path that returned');
+});
+
+t.test('operator fail and reinstate; the last running path needs force', async (t) => {
+  const f = await fixture(t);
+  await f.d.attach({ address: ADDR0, id: 'p0' });
+  await f.d.attach({ address: ADDR1, id: 'p1' });
+  const b = backend(f.d, 'p0-lun0');
+  let r = f.d.pathControl('p0', 'p0', 'fail');
+  t.same(
+    r.paths!.map((p) => p.role),
+    ['failed', 'active'],
+  );
+  t.equal(pathOf(r, 'p0').last_failure?.reason, 'failed by the operator');
+  await io(b, 2);
+  r = f.d.paths('p0');
+  t.same([pathOf(r, 'p0').commands, pathOf(r, 'p1').commands], [0, 4], 'no I/O on the failed path');
+  const last = (() => {
+    try {
+      f.d.pathControl('p0', '1', 'fail');
+    } catch (e) {
+      return e as DaemonError;
+    }
+  })();
+  t.equal(last?.status, 409, 'the last running path is refused');
+  t.match(last?.message, /last running path.*force/);
+  r = f.d.pathControl('/dev/nbd0', '0', 'reinstate');
+  t.same(
+    r.paths!.map((p) => p.role),
+    ['active', 'standby'],
+    'reinstated: failback immediate makes it active again',
+  );
+  t.throws(
+    () => f.d.pathControl('p0', 'nope', 'fail'),
+    /no path nope \(paths by index and target: p0-lun0: 0=p0 1=p1\)/,
+  );
+  t.throws(() => f.d.pathControl('p0', '7', 'fail'), /no path 7/);
+  t.throws(() => f.d.paths('nosuch'), /nosuch: no such target/);
+});
+
+t.test('failback manual: the active path stays until the operator acts', async (t) => {
+  const f = await fixture(t, { failback: 'manual' });
+  await f.d.attach({ address: ADDR0, id: 'p0' });
+  await f.d.attach({ address: ADDR1, id: 'p1' });
+  const b = backend(f.d, 'p0-lun0');
+  f.d.pathControl('p0', 'p0', 'fail');
+  await io(b, 1);
+  // p0 comes back (reinstated) but the failback is manual: the reinstate itself is the decision
+  f.d.pathControl('p0', 'p0', 'reinstate');
+  t.equal(pathOf(f.d.paths('p0'), 'p0').role, 'active', 'the operator reinstated it: chosen again');
+  // a path that returns on its own does not take the I/O back
+  f.t0.dropChannels();
+  await io(b, 1);
+  t.equal(pathOf(f.d.paths('p0'), 'p1').role, 'active', 'p1 took over');
+  for (let i = 0; i < 100 && pathOf(f.d.paths('p0'), 'p0').state !== 'running'; i++)
+    await new Promise((r) => setTimeout(r, 50));
+  t.equal(pathOf(f.d.paths('p0'), 'p0').state, 'running', 'p0 is back');
+  await io(b, 1);
+  t.equal(pathOf(f.d.paths('p0'), 'p1').role, 'active', 'manual: p1 stays active');
+});
+
+t.test('detaching one path keeps the device; detaching the first hands export and device over', async (t) => {
+  const f = await fixture(t);
+  await f.d.attach({ address: ADDR0, id: 'p0' });
+  await f.d.attach({ address: ADDR1, id: 'p1' });
+  const b = backend(f.d, 'p0-lun0');
+  await io(b, 1);
+  const res = await f.d.detach('p0');
+  t.same(res.devices, [], 'no device removed');
+  t.same(res.exports, [], 'no export removed');
+  t.equal(f.kernel.describe(), '/dev/nbd0=p0-lun0', 'the device stays');
+  t.equal(backend(f.d, 'p0-lun0'), b, 'the same export');
+  await io(b, 2);
+  const r = f.d.paths('/dev/nbd0');
+  t.same(
+    r.paths!.map((p) => [p.target, p.role]),
+    [['p1', 'active']],
+  );
+  t.equal(r.owner, 'p1');
+  t.same(
+    f.d.list().map((x) => [x.id, x.luns.map((l) => [l.export, l.device])]),
+    [['p1', [['p0-lun0', '/dev/nbd0']]]],
+  );
+  // the last path goes: the device goes
+  const last = await f.d.detach('p1');
+  t.same(last.devices, ['/dev/nbd0']);
+  t.equal(f.kernel.describe(), '');
+});
+
+t.test('a daemon restart regroups the paths onto the same device', async (t) => {
+  const p = twoPorts(2);
+  const f = await rdmaDaemon(
+    t,
+    new Map([
+      [DEST0, p.t0],
+      [DEST1, p.t1],
+    ]),
+  );
+  await f.d.attach({ address: ADDR0, id: 'p0' });
+  await f.d.attach({ address: ADDR1, id: 'p1' });
+  t.equal(f.kernel.describe(), '/dev/nbd0=p0-lun0 /dev/nbd1=p0-lun1');
+  await f.d.close();
+  // a new daemon on the same state (and kernel): same devices, both paths grouped
+  const d2 = new Daemon({
+    config: parseConfig({
+      control_socket: `${f.dir}/control2.sock`,
+      nbd_socket: `${f.dir}/nbd2.sock`,
+      state_dir: `${f.dir}/state`,
+      defaults: { reconnect_delay: 1, keepalive_interval: 0 },
+    }),
+    logger: (await import('pino')).pino({ level: 'silent' }),
+    nbdKernel: () => Promise.resolve(f.kernel),
+    sysfs: `${f.dir}/sys`,
+    loadRdma: () =>
+      import('../src/initiator/rdma/index.js').then((mod) => ({
+        createRdmaConnector: (addr, opts) =>
+          mod.createRdmaConnector(addr, {
+            ...opts,
+            binding: f.m.asBinding(),
+            transport: { ...opts.transport, sendQueueDepth: 32, recvQueueDepth: 32 },
+          }),
+      })),
+  });
+  await d2.start();
+  t.teardown(() => d2.close());
+  t.equal(f.kernel.describe(), '/dev/nbd0=p0-lun0 /dev/nbd1=p0-lun1', 'the same devices');
+  for (const dev of ['/dev/nbd0', '/dev/nbd1'])
+    t.same(
+      d2
+        .paths(dev)
+        .paths!.map((x) => x.target)
+        .sort(),
+      ['p0', 'p1'],
+      `${dev}: both paths`,
+    );
+});
+
+t.test('metrics: per path lines that follow the I/O', async (t) => {
+  const f = await fixture(t, { path_selector: 'round-robin' });
+  await f.d.attach({ address: ADDR0, id: 'p0' });
+  await f.d.attach({ address: ADDR1, id: 'p1' });
+  const before = await f.d.metrics();
+  t.match(before, /srp_nbd_path_commands_total\{lu="p0-lun0",target="p1"\} 0/);
+  t.match(before, /srp_nbd_path_state\{lu="p0-lun0",target="p0",state="running"\} 1/);
+  await io(backend(f.d, 'p0-lun0'), 2);
+  const after = await f.d.metrics();
+  t.match(after, /srp_nbd_path_commands_total\{lu="p0-lun0",target="p1"\} 2/);
+  t.match(after, /srp_nbd_path_commands_total\{lu="p0-lun0",target="p0"\} 2/);
+  t.match(after, /srp_nbd_path_errors_total\{lu="p0-lun0",target="p0"\} 0/);
+  t.match(after, /srp_nbd_path_active\{lu="p0-lun0",target="p1"\} 1/);
+});
+
+t.test('bad input: selector and failback values', async (t) => {
+  const bad = targetSpecSchema.safeParse({ address: ADDR0, path_selector: 'random' });
+  t.notOk(bad.success, 'an unknown selector is refused');
+  t.match(JSON.stringify(bad.error?.issues), /failover.*round-robin.*queue-length/, 'naming the choices');
+  t.throws(() => parseConfig({ defaults: { failback: 'later' } }), /failback/);
+  t.throws(() => parseConfig({ defaults: { failback: 0 } }), /failback/);
+  t.equal(parseConfig({ defaults: { failback: 30 } }).defaults.failback, 30);
+  t.equal(parseConfig({}).defaults.multipath, true, 'multipath on by default');
+});
