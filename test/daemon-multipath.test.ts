@@ -1,7 +1,11 @@
 // Multipath in the daemon, in process (mock RDMA binding, two in-process SRP targets exposing the
 // same RAM LUs, mock kernel NBD): grouping by LU identity, selectors, re-issue of a command whose
 // channel died, hold and EIO, path fail/reinstate, detach of one path, restart regrouping, metrics.
+import { execFile } from 'node:child_process';
 import t from 'tap';
+import { pino } from 'pino';
+import { startApi } from '../src/daemon/api.js';
+import { ApiError, ControlClient } from '../src/daemon/client.js';
 import { DaemonError, type PathsResult } from '../src/daemon/daemon.js';
 import { Daemon } from '../src/daemon/daemon.js';
 import { parseConfig, targetSpecSchema } from '../src/daemon/config.js';
@@ -45,6 +49,21 @@ function backend(d: Daemon, name: string): Backend {
   const b = d.nbd.lookup(name)?.backend;
   if (!b) throw new Error(`no export ${name}`);
   return b;
+}
+
+const bin = new URL('../../bin/srp-nbd.js', import.meta.url).pathname;
+
+/** The srp-nbd CLI as a child process against the fixture's control socket. */
+function cli(f: RdmaDaemonFixture, args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    const c = execFile(
+      process.execPath,
+      [bin, ...args, '--socket', f.d.config.control_socket],
+      { timeout: 60_000, env: { ...process.env, NODE_OPTIONS: '' } },
+      (err, stdout, stderr) => resolve({ code: err ? ((err as { code?: number }).code ?? 1) : 0, stdout, stderr }),
+    );
+    c.stdin!.end();
+  });
 }
 
 const pathOf = (r: PathsResult, target: string) => r.paths!.find((p) => p.target === target)!;
@@ -394,4 +413,117 @@ t.test('bad input: selector and failback values', async (t) => {
   t.throws(() => parseConfig({ defaults: { failback: 0 } }), /failback/);
   t.equal(parseConfig({ defaults: { failback: 30 } }).defaults.failback, 30);
   t.equal(parseConfig({}).defaults.multipath, true, 'multipath on by default');
+});
+
+t.test('CLI and REST: several addresses in one attach, path list, fail, reinstate, bad input', async (t) => {
+  const f = await fixture(t);
+  const api = await startApi(f.d, pino({ level: 'silent' }));
+  t.teardown(() => api.close());
+  const att = await cli(f, ['attach', ADDR0, ADDR1]);
+  t.equal(att.code, 0, att.stderr);
+  t.match(
+    att.stdout,
+    /attached \(0 LUNs, 1 path of an attached LU, state running\)\n\s+LUN 0: a path of srp-0002c90300aabbcc-192\.0\.2\.2-5000-lun0\s+\/dev\/nbd0/,
+    'the second address is a path',
+  );
+  t.equal(f.kernel.describe(), '/dev/nbd0=srp-0002c90300aabbcc-192.0.2.2-5000-lun0', 'one device');
+  const [id0, id1] = f.d.list().map((x) => x.id) as [string, string];
+
+  const ls = await cli(f, ['path', id0, '--json']);
+  t.equal(ls.code, 0, ls.stderr);
+  const r = JSON.parse(ls.stdout) as PathsResult;
+  t.equal(r.device, '/dev/nbd0');
+  t.equal(r.export, `${id0}-lun0`);
+  t.same(
+    r.paths!.map((p) => [p.target, p.state, p.role, p.last_failure]),
+    [
+      [id0, 'running', 'active', null],
+      [id1, 'running', 'standby', null],
+    ],
+  );
+  t.match(r.paths![1]!.address, /dest=192\.0\.2\.3:5000/);
+  const table = await cli(f, ['path', '/dev/nbd0']);
+  t.match(table.stdout, /selector failover, failback immediate/);
+  t.match(table.stdout, new RegExp(`1\\s+${id1}\\s+running\\s+standby`));
+
+  const fail = await cli(f, ['path', id0, 'fail', id0]);
+  t.equal(fail.code, 0, fail.stderr);
+  t.same(
+    f.d.paths(id0).paths!.map((p) => p.role),
+    ['failed', 'active'],
+  );
+  const lastOne = await cli(f, ['path', id0, 'fail', '1']);
+  t.equal(lastOne.code, 1, 'the last running path: refused');
+  t.match(lastOne.stderr, /last running path.*--force/);
+  const back = await cli(f, ['path', id0, 'reinstate', id0]);
+  t.equal(back.code, 0, back.stderr);
+  t.equal(f.d.paths(id0).paths![0]!.role, 'active');
+
+  for (const [args, code, msg] of [
+    [['path', id0, 'fail', 'nosuch'], 1, /no path nosuch/],
+    [['path', 'nosuch'], 1, /nosuch: no such target/],
+    [['path', id0, 'drop', id1], 2, /unknown action 'drop'/],
+    [['path', id0, 'fail'], 2, /fail needs a PATH/],
+    [
+      ['attach', '--path-selector', 'random', ADDR0],
+      2,
+      /--path-selector: Invalid enum value.*'failover' \| 'round-robin' \| 'queue-length'/,
+    ],
+    [['attach', '--failback', 'later', ADDR0], 2, /--failback/],
+  ] as const) {
+    const res = await cli(f, [...args]);
+    t.equal(res.code, code, `${args.join(' ')}: exit ${code}`);
+    t.match(res.stderr, msg);
+  }
+
+  // REST
+  const c = new ControlClient({ socket: f.d.config.control_socket });
+  const viaRest = await c.call<PathsResult>('listPaths', { params: { id: id1 } });
+  t.equal(viaRest.export, `${id0}-lun0`, 'the path target names the LU');
+  const forced = await c.call<PathsResult>('failPath', { params: { id: id0, path: id1 }, body: { force: false } });
+  t.same(
+    forced.paths!.map((p) => p.role),
+    ['active', 'failed'],
+  );
+  const e = (await c.call('failPath', { params: { id: id0, path: id0 } }).catch((x: unknown) => x)) as ApiError;
+  t.equal(e.status, 409);
+  const all = await c.call<PathsResult>('failPath', { params: { id: id0, path: id0 }, body: { force: true } });
+  t.same(
+    all.paths!.map((p) => p.role),
+    ['failed', 'failed'],
+  );
+  await t.rejects(
+    Promise.resolve(backend(f.d, `${id0}-lun0`).read(0, Buffer.alloc(512))),
+    { code: 'EIO' },
+    'every path failed: EIO',
+  );
+  await c.call('reinstatePath', { params: { id: id0, path: '1' } });
+  await io(backend(f.d, `${id0}-lun0`), 1);
+  const bad = (await c
+    .call('failPath', { params: { id: id0, path: id1 }, body: { force: 'yes' } })
+    .catch((x: unknown) => x)) as ApiError;
+  t.equal(bad.status, 400, 'a bad body is a 400');
+  const st = await cli(f, ['status', '--json']);
+  const views = JSON.parse(st.stdout) as { lun_details: { paths: unknown[] }[]; path_luns: { paths: unknown[] }[] }[];
+  t.equal(views[0]!.lun_details[0]!.paths.length, 2, 'status --json: the LU entry carries its paths');
+  t.equal(views[1]!.path_luns[0]!.paths.length, 2, 'and so does the path entry');
+  const list = await cli(f, ['list']);
+  t.match(list.stdout, new RegExp(`${id0}-lun0 \\(path of ${id0}\\)`), 'list marks the path');
+});
+
+t.test('a path whose LUN is another disk after a re-login is not used (lost, with the reason)', async (t) => {
+  const f = await fixture(t, { path_selector: 'round-robin' });
+  await f.d.attach({ address: ADDR0, id: 'p0' });
+  await f.d.attach({ address: ADDR1, id: 'p1' });
+  f.t1.luns.set(lunToSam(0), new RamScsiLun({ blocks: 4096, serial: 'another-disk' }));
+  f.t1.dropChannels();
+  for (let i = 0; i < 100 && pathOf(f.d.paths('p0'), 'p1').state !== 'lost'; i++)
+    await new Promise((r) => setTimeout(r, 50));
+  const p1 = pathOf(f.d.paths('p0'), 'p1');
+  t.equal(p1.state, 'lost', 'the path is lost');
+  t.equal(p1.role, 'standby');
+  t.match(p1.last_failure?.reason, /identity|serial/i, 'with the reason');
+  await io(backend(f.d, 'p0-lun0'), 3);
+  t.equal(pathOf(f.d.paths('p0'), 'p1').commands, 0, 'no I/O to the other disk');
+  t.equal(pathOf(f.d.paths('p0'), 'p0').commands, 6);
 });

@@ -170,9 +170,11 @@ export async function attach(argv: string[]): Promise<number> {
       results.push(view);
       if (!values.json) {
         print(
-          `${view.id}: attached (${view.lun_details.length} LUN${view.lun_details.length === 1 ? '' : 's'}, state ${view.state ?? view.status})`,
+          `${view.id}: attached (${view.lun_details.length} LUN${view.lun_details.length === 1 ? '' : 's'}${pathsNote(view)}, state ${view.state ?? view.status})`,
         );
         for (const l of view.lun_details) print(`  ${l.export}  ${l.device ?? '-'}  ${l.uri}`);
+        for (const l of view.path_luns ?? [])
+          print(`  LUN ${l.lun}: a path of ${l.export}  ${l.device ?? '-'}  (held by ${l.owner})`);
       }
     } catch (e) {
       if (bodies.length === 1) throw e;
@@ -182,6 +184,12 @@ export async function attach(argv: string[]): Promise<number> {
   }
   if (values.json) print(JSON.stringify(bodies.length === 1 ? results[0] : results, null, 2));
   return failed > 0 ? 1 : 0;
+}
+
+/** ", 1 path of an attached LU" for a target whose LUNs joined LUs exported through another target. */
+function pathsNote(view: TargetView): string {
+  const n = view.path_luns?.length ?? 0;
+  return n === 0 ? '' : `, ${n} path${n === 1 ? '' : 's'} of ${n === 1 ? 'an attached LU' : 'attached LUs'}`;
 }
 
 function readStdin(): Promise<string> {

@@ -978,6 +978,7 @@ export class Daemon {
     rt.luns = rt.luns.filter((x) => x !== l);
     l.sam = pl.sam;
     l.number = pl.number;
+    l.lunBackend.moveTo(next.port!, pl.disk);
     next.luns.push(l);
     g.owner = next;
     next.persisted = this.persistedLuns(next);

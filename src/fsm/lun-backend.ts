@@ -50,20 +50,34 @@ export class LunBackend implements Backend {
   multipath: MultipathGate<ScsiDisk> | undefined;
 
   constructor(
-    private readonly port: SrpPort,
-    readonly disk: ScsiDisk,
+    private port: SrpPort,
+    private diskNow: ScsiDisk,
     readonly description: string,
     /** The per-target option `read_only`. */
     private readonly forceReadOnly = false,
   ) {
-    const g = disk.geometry;
+    const g = diskNow.geometry;
     this.blockSize = {
       minimum: g.blockSize,
       preferred: Math.max(4096, g.physicalBlockSize),
       maximum: C.NBD_MAX_REQUEST_SIZE,
     };
-    this.canTrim = disk.limits.trim !== 'none';
+    this.canTrim = diskNow.limits.trim !== 'none';
     this.submit = (op) => this.port.gate.submit(() => op(this.disk));
+  }
+
+  /** The disk whose geometry, limits and WP bit the export follows (the LU's owning path's). */
+  get disk(): ScsiDisk {
+    return this.diskNow;
+  }
+
+  /**
+   * The LU's export continues on another path's port and disk (its first path was detached): the
+   * geometry, limits and WP bit are read from there from now on.
+   */
+  moveTo(port: SrpPort, disk: ScsiDisk): void {
+    this.port = port;
+    this.diskNow = disk;
   }
 
   /** From now on every request goes through `gate` (the LU has several paths). */

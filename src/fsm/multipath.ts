@@ -150,7 +150,8 @@ export class MultipathGate<D> {
         p.epoch++;
       } else {
         p.runningSince = undefined;
-        if (a.from === 'running') p.counters.lastFailure = failureOf(rport, `path ${a.to}`, this.now());
+        // the path stopped running, or went on to fail-fast or lost (an identity mismatch says why)
+        p.counters.lastFailure = failureOf(rport, `path ${a.to}`, this.now());
       }
       this.onPathsChanged();
     });
