@@ -2,6 +2,8 @@
 // same RAM LUs, mock kernel NBD): grouping by LU identity, selectors, re-issue of a command whose
 // channel died, hold and EIO, path fail/reinstate, detach of one path, restart regrouping, metrics.
 import { execFile } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
 import t from 'tap';
 import { pino } from 'pino';
 import { startApi } from '../src/daemon/api.js';
@@ -526,4 +528,68 @@ t.test('a path whose LUN is another disk after a re-login is not used (lost, wit
   await io(backend(f.d, 'p0-lun0'), 3);
   t.equal(pathOf(f.d.paths('p0'), 'p1').commands, 0, 'no I/O to the other disk');
   t.equal(pathOf(f.d.paths('p0'), 'p0').commands, 6);
+});
+
+t.test('md re-add follows the LU: every path failed I/O, then one (not the first) returns', async (t) => {
+  const f = await fixture(t, { reconnect_delay: 1, fast_io_fail_tmo: 1, dev_loss_tmo: 30 });
+  await f.d.attach({ address: ADDR0, id: 'p0' });
+  await f.d.attach({ address: ADDR1, id: 'p1' });
+  // /dev/nbd0 in md0, as Linux lays it out in sysfs (the daemon's sysfs root is the fixture's)
+  const sys = path.join(f.dir, 'sys');
+  const md = path.join(sys, 'block', 'md0', 'md');
+  const member = path.join(md, 'dev-nbd0');
+  fs.mkdirSync(member, { recursive: true });
+  for (const [k, v] of Object.entries({ array_state: 'clean', level: 'raid1', degraded: '0' }))
+    fs.writeFileSync(path.join(md, k), `${v}\n`);
+  fs.mkdirSync(path.join(sys, 'block', 'nbd0', 'holders'), { recursive: true });
+  fs.writeFileSync(path.join(sys, 'block', 'nbd0', 'holders', 'md0'), '');
+  fs.writeFileSync(path.join(member, 'state'), 'in_sync\n');
+  fs.writeFileSync(path.join(member, 'slot'), '0\n');
+
+  f.t0.rejectLogin = SRP_LOGIN_REJ_UNABLE_ESTABLISH_CHANNEL;
+  f.t1.rejectLogin = SRP_LOGIN_REJ_UNABLE_ESTABLISH_CHANNEL;
+  f.t0.dropChannels();
+  await new Promise((r) => setTimeout(r, 300));
+  t.equal(f.d.paths('p0').paths![0]!.state, 'blocked');
+  f.t1.dropChannels();
+  const until = async (what: () => boolean) => {
+    for (let i = 0; i < 100 && !what(); i++) await new Promise((r) => setTimeout(r, 50));
+  };
+  await until(() => f.d.paths('p0').paths!.every((p) => p.state === 'fail-fast'));
+  t.same(
+    f.d.paths('p0').paths!.map((p) => p.state),
+    ['fail-fast', 'fail-fast'],
+    'the LU failed I/O',
+  );
+  // md fails the member on the EIO and releases its slot
+  fs.writeFileSync(path.join(member, 'state'), 'faulty\n');
+  fs.writeFileSync(path.join(member, 'slot'), 'none\n');
+  // the second path returns (the first stays down): the LU is back, its device is re-added
+  f.t1.rejectLogin = undefined;
+  f.d.reconnect('p1');
+  await until(() => fs.readFileSync(path.join(member, 'state'), 'utf8').trim() === 're-add');
+  t.equal(fs.readFileSync(path.join(member, 'state'), 'utf8').trim(), 're-add', 'md told to re-add /dev/nbd0');
+  t.equal((await f.d.status('p0')).md_readd.readds_total, 1, "counted by the device's target");
+});
+
+t.test('config file targets that reach one LU are grouped at start', async (t) => {
+  const p = twoPorts(1);
+  const f = await rdmaDaemon(
+    t,
+    new Map([
+      [DEST0, p.t0],
+      [DEST1, p.t1],
+    ]),
+    {},
+    {
+      targets: [
+        { id: 'c0', address: ADDR0, path_priority: 1 },
+        { id: 'c1', address: ADDR1, path_priority: 2 },
+      ],
+    },
+  );
+  t.equal(f.kernel.describe().split(' ').length, 1, 'one device');
+  const r = f.d.paths('/dev/nbd0');
+  t.same(r.paths!.map((x) => x.target).sort(), ['c0', 'c1']);
+  t.equal(pathOf(r, 'c1').role, 'active', 'the higher priority path is active');
 });

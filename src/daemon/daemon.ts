@@ -1400,6 +1400,8 @@ export class Daemon {
   /** Follows the rport for statistics and the operator's log lines. */
   private follow(rt: TargetRuntime, port: SrpPort): void {
     rt.stats.stateSince = Date.now();
+    rt.mdUp = true; // just logged in: running
+    rt.mdFailed = false;
     port.rport.subscribe((a) => {
       const s = rt.stats;
       switch (a.type) {
