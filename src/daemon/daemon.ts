@@ -8,6 +8,12 @@
  * re-attached under the same export names and devices, each LUN's identity checked against the
  * recorded one (a different disk is never exported under the old name).
  *
+ * Multipath (docs/multipath.md): one target is one path. A LUN whose logical unit (logicalUnitKey)
+ * is already exported through another target joins that LU as a path (a LuGroup: the owner's
+ * LunRuntime holds the export and device, a MultipathGate spreads the I/O over the paths' rports)
+ * when both targets allow multipath; otherwise it is refused. A detached owner hands the export and
+ * device to the next path; the last path takes them away.
+ *
  * Every operation the API offers is a method here, throwing DaemonError with an HTTP status and a
  * message naming the target; the REST layer (api.ts) only maps requests to these methods. What md
  * should do about a device is decided by each target's MdReaddPolicy (md.ts), told of attach and
@@ -823,7 +829,8 @@ export class Daemon {
     for (const l of luns) {
       this.nbd.addExport(l.exportName, l.backend);
       const key = logicalUnitKey(l.identity);
-      if (key !== undefined && !this.lus.has(key)) {
+      const held = key === undefined ? undefined : this.lus.get(key);
+      if (key !== undefined && (!held || held.owner.removed)) {
         l.lu = { key, owner: rt, lun: l, paths: [rt] };
         this.lus.set(key, l.lu);
       }
