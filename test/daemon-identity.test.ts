@@ -95,34 +95,39 @@ t.test('other reject reasons: code, name and a hint', async (t) => {
   t.match(err.message, `(initiator port id 0x0000000000000000${GUID} from 192.0.2.1 to ${DEST})`);
 });
 
-t.test('the same LU attached a second time (another src=, another id) is refused, naming who has it', async (t) => {
-  const target = lioLikeTarget('d', 2);
-  const f = await rdmaDaemon(t, new Map([[DEST, target]]));
-  await f.d.attach({ address: ADDR, id: 'first' });
-  const err = (await f.d
-    .attach({ address: `${ADDR},src=192.0.2.1`, id: 'second' })
-    .catch((e: unknown) => e)) as DaemonError;
-  t.type(err, DaemonError);
-  t.equal(err.status, 409);
-  t.match(
-    err.message,
-    /^target second: LUN 0 \(.*serial "d-l0".*\) is already attached as target first LUN 0 \(\/dev\/nbd0\)/,
-  );
-  t.match(err.message, /LUN 1 \(.*serial "d-l1".*\) is already attached as target first LUN 1 \(\/dev\/nbd1\)/);
-  t.equal(f.kernel.describe(), '/dev/nbd0=first-lun0 /dev/nbd1=first-lun1', 'no second device');
-  t.same(
-    f.d.list().map((x) => x.id),
-    ['first'],
-  );
-  // another LU behind another target is fine; after detach the LU can be attached again
-  await f.d.detach('first');
-  const again = await f.d.attach({ address: `${ADDR},src=192.0.2.1`, id: 'second' });
-  t.equal(again.status, 'attached');
-});
+t.test(
+  'multipath off: the same LU attached a second time (another src=, another id) is refused, naming who has it',
+  async (t) => {
+    const target = lioLikeTarget('d', 2);
+    const f = await rdmaDaemon(t, new Map([[DEST, target]]));
+    await f.d.attach({ address: ADDR, id: 'first' });
+    const err = (await f.d
+      .attach({ address: `${ADDR},src=192.0.2.1`, id: 'second', multipath: false })
+      .catch((e: unknown) => e)) as DaemonError;
+    t.type(err, DaemonError);
+    t.equal(err.status, 409);
+    t.match(
+      err.message,
+      /^target second: LUN 0 \(.*serial "d-l0".*\) is already attached as target first LUN 0 \(\/dev\/nbd0\)/,
+    );
+    t.match(err.message, /LUN 1 \(.*serial "d-l1".*\) is already attached as target first LUN 1 \(\/dev\/nbd1\)/);
+    t.equal(f.kernel.describe(), '/dev/nbd0=first-lun0 /dev/nbd1=first-lun1', 'no second device');
+    t.same(
+      f.d.list().map((x) => x.id),
+      ['first'],
+    );
+    // another LU behind another target is fine; after detach the LU can be attached again
+    await f.d.detach('first');
+    const again = await f.d.attach({ address: `${ADDR},src=192.0.2.1`, id: 'second' });
+    t.equal(again.status, 'attached');
+  },
+);
 
-t.test('a duplicate on device=none names the export', async (t) => {
+t.test('multipath off: a duplicate on device=none names the export', async (t) => {
   const f = await rdmaDaemon(t, new Map([[DEST, lioLikeTarget('e', 1)]]), { device: 'none' });
   await f.d.attach({ address: ADDR, id: 'one' });
-  const err = (await f.d.attach({ address: `${ADDR},initiator_ext=1`, id: 'two' }).catch((e: unknown) => e)) as Error;
+  const err = (await f.d
+    .attach({ address: `${ADDR},initiator_ext=1`, id: 'two', multipath: false })
+    .catch((e: unknown) => e)) as Error;
   t.match(err.message, /already attached as target one LUN 0 \(export one-lun0\)/);
 });

@@ -54,6 +54,16 @@ const FAMILIES: [name: string, type: string, help: string][] = [
     "Seconds from the path's return to the last md re-add (absent before the first).",
   ],
   ['srp_nbd_md_member_faulty', 'gauge', '1 while md has the device marked faulty in the array.'],
+  ['srp_nbd_path_state', 'gauge', 'rport state of a path of a multipath LU (1 for the current state).'],
+  ['srp_nbd_path_active', 'gauge', '1 while the path carries I/O (role active), 0 standby or failed by the operator.'],
+  ['srp_nbd_path_commands_total', 'counter', 'Block requests completed on the path.'],
+  [
+    'srp_nbd_path_errors_total',
+    'counter',
+    'Transport failures of block requests on the path (each re-issued on another path or held).',
+  ],
+  ['srp_nbd_path_bytes_total', 'counter', 'Bytes of block requests completed on the path.'],
+  ['srp_nbd_path_in_flight', 'gauge', 'Block requests in flight on the path.'],
   ['srp_nbd_lun_ops_total', 'counter', 'Block requests completed, per export and operation.'],
   ['srp_nbd_lun_bytes_total', 'counter', 'Bytes transferred, per export and operation.'],
   ['srp_nbd_lun_errors_total', 'counter', 'Block requests that failed, per export and operation.'],
@@ -83,6 +93,7 @@ t.test('every metric family with its HELP and TYPE, and the samples of a test ta
   for (const [name] of FAMILIES) {
     if (name === 'srp_nbd_md_member_faulty') continue; // only for a kernel device in an md array
     if (name === 'srp_nbd_md_readd_last_seconds') continue; // only after a re-add
+    if (name.startsWith('srp_nbd_path_')) continue; // only for an LU with several paths (daemon-multipath.test)
     const ofFamily = (l: string): boolean => [`${name}{`, `${name} `, `${name}_`].some((p) => l.startsWith(p));
     t.ok(samples.some(ofFamily), `a sample of ${name}`);
   }

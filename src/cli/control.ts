@@ -1,6 +1,6 @@
 /**
  * CLI commands that talk to the daemon over the control socket with the shared route table:
- * attach, detach, list, status, set, reconnect, rescan (discover, local, is in discover.ts).
+ * attach, detach, list, status, path, set, reconnect, rescan (discover, local, is in discover.ts).
  *
  * Exit status like mdadm/nvme-cli: 0 ok, 1 the operation failed (daemon unreachable, no such
  * target, login failed, ...), 2 usage error (bad option or value, also when the daemon refuses a
@@ -11,7 +11,7 @@ import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { TARGET_OPTIONS, targetSpecSchema, zodIssues } from '../daemon/config.js';
 import { ApiError, ControlClient, UnreachableError } from '../daemon/client.js';
 import { describeMembership } from '../daemon/md.js';
-import type { DetachResult, TargetSummary, TargetView } from '../daemon/daemon.js';
+import type { DetachResult, LuPathsView, PathsResult, PathView, TargetSummary, TargetView } from '../daemon/daemon.js';
 import { describeMemory, type MemoryReport } from '../daemon/memory.js';
 import { BY_ID_DIR } from '../daemon/names.js';
 import { normalizeAddressLine } from '../daemon/address.js';
@@ -86,11 +86,13 @@ function optionValue(key: keyof typeof TARGET_OPTIONS, text: string): unknown {
   if (
     key === 'device' ||
     key === 'initiator_id' ||
+    key === 'path_selector' ||
     key === 'reconnect_delay' ||
     key === 'fast_io_fail_tmo' ||
     key === 'dev_loss_tmo'
   )
     return text;
+  if (key === 'failback' && !/^\d+(\.\d*)?$/.test(text.trim())) return text;
   const n = Number(text);
   if (text.trim() === '' || !Number.isFinite(n)) throw new UsageError(`${flag(key)}: expected a number, got '${text}'`);
   return n;
@@ -168,9 +170,11 @@ export async function attach(argv: string[]): Promise<number> {
       results.push(view);
       if (!values.json) {
         print(
-          `${view.id}: attached (${view.lun_details.length} LUN${view.lun_details.length === 1 ? '' : 's'}, state ${view.state ?? view.status})`,
+          `${view.id}: attached (${view.lun_details.length} LUN${view.lun_details.length === 1 ? '' : 's'}${pathsNote(view)}, state ${view.state ?? view.status})`,
         );
         for (const l of view.lun_details) print(`  ${l.export}  ${l.device ?? '-'}  ${l.uri}`);
+        for (const l of view.path_luns ?? [])
+          print(`  LUN ${l.lun}: a path of ${l.export}  ${l.device ?? '-'}  (held by ${l.owner})`);
       }
     } catch (e) {
       if (bodies.length === 1) throw e;
@@ -180,6 +184,12 @@ export async function attach(argv: string[]): Promise<number> {
   }
   if (values.json) print(JSON.stringify(bodies.length === 1 ? results[0] : results, null, 2));
   return failed > 0 ? 1 : 0;
+}
+
+/** ", 1 path of an attached LU" for a target whose LUNs joined LUs exported through another target. */
+function pathsNote(view: TargetView): string {
+  const n = view.path_luns?.length ?? 0;
+  return n === 0 ? '' : `, ${n} path${n === 1 ? '' : 's'} of ${n === 1 ? 'an attached LU' : 'attached LUs'}`;
 }
 
 function readStdin(): Promise<string> {
@@ -340,7 +350,9 @@ export async function list(argv: string[]): Promise<number> {
   for (const r of rows) {
     const luns = r.luns.length > 0 ? r.luns : [{ export: '-', device: null, by_id: null }];
     luns.forEach((l, i) => {
-      const lun = [l.export, l.device ?? '-', (l.device && l.by_id) ?? '-'];
+      // a LUN that is another path of an LU: the LU's export and device, marked with their target
+      const pathOf = 'path_of' in l && l.path_of ? ` (path of ${l.path_of})` : '';
+      const lun = [l.export + pathOf, l.device ?? '-', (l.device && l.by_id) ?? '-'];
       table.push(i === 0 ? [r.id, r.status, r.state ?? '-', ...lun, r.address] : ['', '', '', ...lun, '']);
     });
   }
@@ -463,8 +475,91 @@ function formatStatus(v: TargetView): string {
       }`,
     );
     if (l.device_note) lines.push(`              ${l.device_note}`);
+    if (l.paths.length > 1) for (const p of l.paths) lines.push(`              path ${formatPath(p)}`);
+  }
+  for (const pl of v.path_luns ?? []) {
+    lines.push(`  LUN ${pl.lun}       path of ${pl.export} (device ${pl.device ?? '-'}, target ${pl.owner})`);
+    for (const p of pl.paths) lines.push(`              path ${formatPath(p)}`);
   }
   return lines.join('\n');
+}
+
+function formatPath(p: PathView): string {
+  const failure = p.last_failure ? `; last failure ${p.last_failure.at}: ${p.last_failure.reason}` : '';
+  return `${p.target}  ${p.state ?? '-'}  ${p.role}  prio ${p.priority}  ${p.commands} commands, ${p.errors} errors, ${p.in_flight} in flight${failure}`;
+}
+
+/* ------------------------------------------------------------------ path */
+
+export const PATH_USAGE = `usage: srp-nbd path [options] NAME
+       srp-nbd path [options] NAME fail PATH [--force]
+       srp-nbd path [options] NAME reinstate PATH
+
+Lists the paths of the LU(s) behind NAME (a target id, /dev/nbdN, an export name or a stable
+name): per path its target, state, role (active, standby, or failed by the operator), priority,
+commands, transport errors, requests in flight and last failure. \`fail\` takes a path out of use
+(it stays logged in; no I/O goes to it), \`reinstate\` gives it back; PATH is the path's target id
+or its index in the list. Failing the last running path of an LU needs --force (its I/O is then
+held while another path is blocked, else fails with EIO).
+${CONNECTION_USAGE}  --force         fail: also the last running path
+`;
+
+export async function path(argv: string[]): Promise<number> {
+  const { values, positionals } = parseArgs({
+    args: argv,
+    allowPositionals: true,
+    options: { ...CONNECTION_OPTIONS, force: { type: 'boolean', default: false } },
+    strict: true,
+  });
+  if (values.help) {
+    print(PATH_USAGE);
+    return 0;
+  }
+  const [name, action, which, ...extra] = positionals;
+  if (name === undefined) throw new UsageError('path: missing NAME (see srp-nbd path --help)');
+  if (extra.length > 0) throw new UsageError(`path: unexpected argument '${extra[0]}'`);
+  if (values.force && action !== 'fail') throw new UsageError('path: --force goes with fail');
+  const c = client(values);
+  let r: PathsResult;
+  if (action === undefined) {
+    r = await call(() => c.call<PathsResult>('listPaths', { params: { id: name } }));
+  } else if (action === 'fail' || action === 'reinstate') {
+    if (which === undefined) throw new UsageError(`path: ${action} needs a PATH (a target id or an index)`);
+    const route = action === 'fail' ? 'failPath' : 'reinstatePath';
+    const body = values.force ? { force: true } : undefined;
+    r = await call(() => c.call<PathsResult>(route, { params: { id: name, path: which }, body }));
+  } else {
+    throw new UsageError(`path: unknown action '${action}' (fail or reinstate)`);
+  }
+  if (values.json) {
+    print(JSON.stringify(r, null, 2));
+    return 0;
+  }
+  print(r.lus.map(formatLu).join('\n\n'));
+  return 0;
+}
+
+function formatLu(lu: LuPathsView): string {
+  const fb = lu.selector === 'failover' ? `, failback ${lu.failback}` : '';
+  const rows = [['#', 'TARGET', 'STATE', 'ROLE', 'PRIO', 'COMMANDS', 'ERRORS', 'IN-FLIGHT', 'LAST FAILURE']];
+  lu.paths.forEach((p, i) =>
+    rows.push([
+      String(i),
+      p.target,
+      p.state ?? '-',
+      p.role,
+      String(p.priority),
+      String(p.commands),
+      String(p.errors),
+      String(p.in_flight),
+      p.last_failure ? `${p.last_failure.at} ${p.last_failure.reason}` : '-',
+    ]),
+  );
+  return [
+    `${lu.export}  device ${lu.device ?? '-'}  ${lu.identity}`,
+    `selector ${lu.selector}${fb}; export and device held by ${lu.owner}`,
+    formatTable(rows),
+  ].join('\n');
 }
 
 /* ------------------------------------------------------------------ set */

@@ -8,6 +8,7 @@ commands:
   detach     detach a target: remove its exports and devices
   list       list attached targets (table; --json)
   status     state, timers, credits and counters of one or every target (--json)
+  path       list, fail and reinstate the paths of an LU (multipath)
   set        change a target's timers at runtime
   reconnect  reconnect a target now (also from lost)
   rescan     follow LUN changes now: capacity, write protect, new and vanished LUNs
@@ -28,6 +29,7 @@ const COMMANDS: Record<string, () => Promise<Handler>> = {
   detach: async () => (await import('./control.js')).detach,
   list: async () => (await import('./control.js')).list,
   status: async () => (await import('./control.js')).status,
+  path: async () => (await import('./control.js')).path,
   set: async () => (await import('./control.js')).set,
   reconnect: async () => (await import('./control.js')).reconnect,
   rescan: async () => (await import('./control.js')).rescan,

@@ -33,6 +33,9 @@ const HANDLERS: Record<RouteName, Handler> = {
   setTimers: (d, p, body) => d.setTimers(p.id!, body as TimersPatch),
   reconnect: (d, p) => d.reconnect(p.id!),
   rescan: (d, p) => d.rescan(p.id!),
+  listPaths: (d, p) => d.paths(p.id!),
+  failPath: (d, p, body) => d.pathControl(p.id!, p.path!, 'fail', (body as { force?: boolean } | undefined)?.force),
+  reinstatePath: (d, p) => d.pathControl(p.id!, p.path!, 'reinstate'),
   metrics: (d) => d.metrics(),
   openapi: () => openApiDocument(VERSION),
 };

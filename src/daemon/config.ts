@@ -22,6 +22,7 @@ import {
   tmoField,
   validateTmo,
 } from '../fsm/timers.js';
+import { type Failback, PATH_SELECTORS, type PathSelector } from '../fsm/multipath.js';
 import { ACK_TIMEOUT, RETRY_COUNT } from '../initiator/rdma/options.js';
 import { parseAnyAddress } from './address.js';
 import { addTargetConflicts, addTargetTuning } from './add-target-options.js';
@@ -118,6 +119,26 @@ export const TARGET_OPTIONS = {
     schema: z.boolean(),
     default: false,
     doc: 'Export every LUN of the target read-only (NBD_FLAG_READ_ONLY, a read-only /dev/nbdN; writes, trims and write-zeroes fail with EPERM before reaching the target). A LUN that reports the WP bit (MODE SENSE) is read-only whatever this says.',
+  },
+  multipath: {
+    schema: z.boolean(),
+    default: true,
+    doc: "A LUN whose logical unit (its designators and serial, as the identity check reads them) is already attached through another target becomes another path of that LU's device (docs/multipath.md) instead of being refused. false on either target keeps refusing it (409).",
+  },
+  path_selector: {
+    schema: z.enum(PATH_SELECTORS),
+    default: 'failover' as PathSelector,
+    doc: 'How an LU with several paths spreads its I/O: "failover" (one active path, the highest path_priority, then the first attached; the others logged in and ready), "round-robin" (every running path in turn) or "queue-length" (the running path with the fewest requests in flight). Taken from the target that created the LU.',
+  },
+  failback: {
+    schema: z.union([z.enum(['immediate', 'manual']), z.number().int().min(1).max(86400)]),
+    default: 'immediate' as Failback,
+    doc: 'failover selector: when the preferred path takes the I/O back after it returns: "immediate", "manual" (the active path stays until it fails or the operator fails or reinstates a path), or N seconds of the preferred path running without a break. Taken from the target that created the LU.',
+  },
+  path_priority: {
+    schema: z.number().int().min(-1000).max(1000),
+    default: 0,
+    doc: "The target's paths' priority for the failover selector: the running path with the highest priority is the preferred one (ties: the first attached).",
   },
   dead_conn_timeout: {
     schema: z.number().int().min(1).max(3600),

@@ -8,6 +8,12 @@
  * re-attached under the same export names and devices, each LUN's identity checked against the
  * recorded one (a different disk is never exported under the old name).
  *
+ * Multipath (docs/multipath.md): one target is one path. A LUN whose logical unit (logicalUnitKey)
+ * is already exported through another target joins that LU as a path (a LuGroup: the owner's
+ * LunRuntime holds the export and device, a MultipathGate spreads the I/O over the paths' rports)
+ * when both targets allow multipath; otherwise it is refused. A detached owner hands the export and
+ * device to the next path; the last path takes them away.
+ *
  * Every operation the API offers is a method here, throwing DaemonError with an HTTP status and a
  * message naming the target; the REST layer (api.ts) only maps requests to these methods. What md
  * should do about a device is decided by each target's MdReaddPolicy (md.ts), told of attach and
@@ -18,7 +24,10 @@ import * as path from 'node:path';
 import type { Logger } from 'pino';
 import { type ChannelConnector, type LunEvent, SrpPort, type SrpPortOptions } from '../fsm/srp-port.js';
 import { LunBackend } from '../fsm/lun-backend.js';
-import { RPORT_STATES, type RportState } from '../fsm/rport.js';
+import { MultipathGate, type PathRole } from '../fsm/multipath.js';
+import { defaultIsTransportError } from '../fsm/io-gate.js';
+import { TransportError } from '../initiator/scsi-executor.js';
+import { type Rport, RPORT_STATES, type RportState } from '../fsm/rport.js';
 import { formatTmo, type TmoParams, validateTmo } from '../fsm/timers.js';
 import { samToLun } from '../initiator/scsi-cdb.js';
 import { reportLuns, type ScsiDisk } from '../initiator/scsi-disk.js';
@@ -100,6 +109,35 @@ interface LunRuntime {
   state: 'attached' | 'removed';
   /** A capacity change that was not followed (the LUN shrank). */
   capacityNote?: string;
+  /** The LU this LUN's export is the device of (LUNs with a logical unit key). */
+  lu?: LuGroup;
+}
+
+/**
+ * A LUN of a target that is another path to an LU exported through another target's LUN: no
+ * export or device of its own; its disk is a path of the LU's multipath gate.
+ */
+interface PathLun {
+  sam: bigint;
+  number: number;
+  identity: LunIdentity;
+  disk: ScsiDisk;
+  lu: LuGroup;
+}
+
+/**
+ * One logical unit (logicalUnitKey: designators + serial) and its paths. The export, backend and
+ * device live in `lun`, a LunRuntime of `owner` (the first path; handed to the next path when
+ * the owner is detached). The multipath gate exists once a second path joined (or the operator
+ * failed the only one).
+ */
+interface LuGroup {
+  key: string;
+  owner: TargetRuntime;
+  lun: LunRuntime;
+  /** Every target with a path to the LU, the owner included, in attach order. */
+  paths: TargetRuntime[];
+  gate?: MultipathGate<ScsiDisk>;
 }
 
 interface TargetStats {
@@ -130,6 +168,8 @@ interface TargetRuntime {
   port?: SrpPort;
   closeTransport?: () => void;
   luns: LunRuntime[];
+  /** LUNs that are further paths of LUs exported through another target (multipath). */
+  pathLuns: PathLun[];
   /** LUNs as persisted: the export names, devices and identities a (re-)attach must reproduce. */
   persisted: PersistedLun[];
   stats: TargetStats;
@@ -142,6 +182,10 @@ interface TargetRuntime {
   md: MdReaddPolicy;
   /** LUN changes followed (rescan, unit attentions), one after the other. */
   lunWork: Promise<unknown>;
+  /** The LU behind the target's devices was running at the last path state change (md policy). */
+  mdUp: boolean;
+  /** ... and it failed I/O (no path running or blocked) since it stopped running. */
+  mdFailed: boolean;
   /** LUN changes seen, by kind (srp_nbd_lun_changes_total). */
   lunChanges: Partial<Record<LunChange, number>>;
   /** The in-process test target behind a test address (tests reach its LUNs through testFabric()). */
@@ -196,6 +240,8 @@ export class Daemon {
   readonly nbd: NbdServer;
   readonly store: StateStore;
   private readonly targets = new Map<string, TargetRuntime>();
+  /** Exported LUs by logicalUnitKey: where a further path to one of them joins. */
+  private readonly lus = new Map<string, LuGroup>();
   /**
    * Persisted targets the daemon cannot run (an address that no longer parses, a test target
    * while test targets are disabled): kept in state.json as they are, listed as failed, dropped
@@ -404,7 +450,7 @@ export class Daemon {
     // kernel device is being connected
     const named = this.list().map((t) => {
       const live = this.targets.get(t.id)?.luns ?? [];
-      if (live.length === 0) return t;
+      if (live.length === 0) return { ...t, luns: t.luns.filter((l) => l.path_of === undefined) };
       return {
         ...t,
         luns: live.map((l) => ({ export: l.exportName, device: l.device, by_id: byIdName(l.identity, l.exportName) })),
@@ -460,7 +506,9 @@ export class Daemon {
 
   /** The exports and kernel devices a target has now. */
   private namesOf(rt: TargetRuntime): { exports: string[]; devices: string[] } {
-    const luns = this.summary(rt).luns;
+    // LUs with another path keep their export and device
+    const stays = new Set(rt.luns.filter((l) => l.lu && l.lu.paths.length > 1).map((l) => l.exportName));
+    const luns = this.summary(rt).luns.filter((l) => l.path_of === undefined && !stays.has(l.export));
     return {
       exports: luns.map((l) => l.export),
       devices: luns.map((l) => l.device).filter((d): d is string => d !== null),
@@ -589,6 +637,7 @@ export class Daemon {
       attachedAt,
       status: 'connecting',
       luns: [],
+      pathLuns: [],
       persisted,
       stats: {
         stateSince: Date.now(),
@@ -601,12 +650,14 @@ export class Daemon {
       removed: false,
       lunWork: Promise.resolve(),
       lunChanges: {},
+      mdUp: true,
+      mdFailed: false,
       md: new MdReaddPolicy(
         {
           log,
           readdEnabled: () => rt.options.md_readd,
           active: () => !rt.removed && !this.closing,
-          running: () => rt.port?.state === 'running',
+          running: () => this.luRunning(rt),
           *devices() {
             for (const l of rt.luns) if (l.device) yield { device: l.device, connected: l.attachment !== undefined };
           },
@@ -729,30 +780,28 @@ export class Daemon {
     // are handed out in LUN order: the lowest LUN gets the lowest free /dev/nbdN (or N of /dev/nbdN)
     const sams = sortLuns(await reportLuns(port.executor));
     this.stillWanted(rt);
-    const luns: LunRuntime[] = [];
+    const found: FoundLun[] = [];
     const mismatches: string[] = [];
     for (const sam of sams) {
       const disk = await port.addLun(sam);
       this.stillWanted(rt);
       const identity = disk.probeResult!.identity;
       const number = lunNumber(sam);
-      const before = rt.persisted.find((p) => p.lun === hex16(sam));
-      if (before) {
-        const cmp = sameIdentity(identityFromJSON(before.identity), identity);
+      const own = rt.persisted.find((p) => p.lun === hex16(sam));
+      // a fresh path to an LU persisted by a target not connected yet continues that LU's export
+      const before = own ?? this.persistedPathOf(rt, identity);
+      if (own) {
+        const cmp = sameIdentity(identityFromJSON(own.identity), identity);
         if (!cmp.same) {
-          mismatches.push(`LUN ${number} (export ${before.export}): ${cmp.differences.join('; ')}`);
+          mismatches.push(`LUN ${number} (export ${own.export}): ${cmp.differences.join('; ')}`);
           continue;
         }
         rt.log.info(
-          { lun: number, export: before.export, identity: describeIdentity(identity) },
+          { lun: number, export: own.export, identity: describeIdentity(identity) },
           'identity check passed: same LUN as before',
         );
       }
-      const exportName = before?.export ?? `${rt.id}-lun${number}`;
-      const l = this.newLun(rt, port, disk, sam, exportName, before);
-      if (l.lunBackend.readOnly)
-        rt.log.info({ lun: number, reason: l.lunBackend.readOnlyReason }, 'LUN exported read-only');
-      luns.push(l);
+      found.push({ sam, number, disk, identity, before });
     }
     for (const p of rt.persisted) {
       if (!sams.some((s) => hex16(s) === p.lun))
@@ -763,8 +812,29 @@ export class Daemon {
       throw new IdentityCheckError(`target ${rt.id}: identity check failed: ${mismatches.join('; ')}`);
     }
     // synchronously from here to rt.luns: a concurrent attach of the same LU sees this one
-    this.refuseDuplicateLus(rt, luns);
-    for (const l of luns) this.nbd.addExport(l.exportName, l.backend);
+    const joins = this.groupLus(rt, found);
+    const luns: LunRuntime[] = [];
+    for (const f of found) {
+      const g = joins.get(f);
+      if (g) {
+        rt.pathLuns.push(this.joinLu(rt, port, g, f));
+        continue;
+      }
+      const exportName = f.before?.export ?? `${rt.id}-lun${f.number}`;
+      const l = this.newLun(rt, port, f.disk, f.sam, exportName, f.before);
+      if (l.lunBackend.readOnly)
+        rt.log.info({ lun: f.number, reason: l.lunBackend.readOnlyReason }, 'LUN exported read-only');
+      luns.push(l);
+    }
+    for (const l of luns) {
+      this.nbd.addExport(l.exportName, l.backend);
+      const key = logicalUnitKey(l.identity);
+      const held = key === undefined ? undefined : this.lus.get(key);
+      if (key !== undefined && (!held || held.owner.removed)) {
+        l.lu = { key, owner: rt, lun: l, paths: [rt] };
+        this.lus.set(key, l.lu);
+      }
+    }
     rt.luns = luns;
     await this.attachDevices(rt);
     rt.status = 'attached';
@@ -783,8 +853,8 @@ export class Daemon {
    * target and the device that have it. Targets not connected at the moment count with their
    * persisted LUNs.
    */
-  private refuseDuplicateLus(rt: TargetRuntime, luns: LunRuntime[]): void {
-    const mine = new Map<string, LunRuntime>();
+  private refuseDuplicateLus(rt: TargetRuntime, luns: readonly FoundLun[]): void {
+    const mine = new Map<string, FoundLun>();
     for (const l of luns) {
       const key = logicalUnitKey(l.identity);
       if (key !== undefined) mine.set(key, l);
@@ -793,6 +863,8 @@ export class Daemon {
     const clashes: string[] = [];
     for (const other of this.targets.values()) {
       if (other === rt || other.removed) continue;
+      // both allow multipath: a live LU was joined as a path (groupLus); a persisted one is continued
+      if (rt.options.multipath && other.options.multipath) continue;
       const theirs =
         other.luns.length > 0
           ? other.luns.map((l) => ({
@@ -820,9 +892,107 @@ export class Daemon {
     if (clashes.length > 0) {
       rt.log.error({ clashes }, 'duplicate attach refused: the same logical unit would get two devices');
       throw new DuplicateLuError(
-        `target ${rt.id}: ${clashes.join('; ')}: one logical unit is never attached twice (use that device, or detach it first)`,
+        `target ${rt.id}: ${clashes.join('; ')}: one logical unit is never attached twice without multipath (multipath is off on one of the targets; use that device, or detach it first)`,
       );
     }
+  }
+
+  /**
+   * Which of the LUNs found are further paths of LUs already exported (both targets allow
+   * multipath): those join the LU; the others are checked by refuseDuplicateLus and exported.
+   */
+  private groupLus(rt: TargetRuntime, found: readonly FoundLun[]): Map<FoundLun, LuGroup> {
+    const joins = new Map<FoundLun, LuGroup>();
+    const own: FoundLun[] = [];
+    for (const f of found) {
+      const key = logicalUnitKey(f.identity);
+      const g = key === undefined ? undefined : this.lus.get(key);
+      if (g && g.owner !== rt && !g.owner.removed && g.owner.port && rt.options.multipath && g.owner.options.multipath)
+        joins.set(f, g);
+      else own.push(f);
+    }
+    this.refuseDuplicateLus(rt, own);
+    return joins;
+  }
+
+  /** The persisted LUN of another target (not connected now) with the same LU, when both allow multipath. */
+  private persistedPathOf(rt: TargetRuntime, identity: LunIdentity): PersistedLun | undefined {
+    const key = logicalUnitKey(identity);
+    if (key === undefined || !rt.options.multipath || this.lus.has(key)) return undefined;
+    for (const other of this.targets.values()) {
+      if (other === rt || other.removed || !other.options.multipath || other.luns.length > 0) continue;
+      for (const p of other.persisted) {
+        try {
+          if (logicalUnitKey(identityFromJSON(p.identity)) === key) return p;
+        } catch {
+          // an unreadable identity matches nothing
+        }
+      }
+    }
+    return undefined;
+  }
+
+  /** The LU's multipath gate, created when a second path joins (the owner's LUN is the first path). */
+  private ensureGate(g: LuGroup): MultipathGate<ScsiDisk> {
+    if (g.gate) return g.gate;
+    const o = g.owner.options;
+    const gate = new MultipathGate<ScsiDisk>({
+      selector: o.path_selector,
+      failback: o.failback,
+      queueDepth: o.max_hold_queue,
+      isTransportError: srpTransportError,
+    });
+    gate.addPath(g.owner.id, g.owner.port!.rport, g.lun.lunBackend.disk, o.path_priority);
+    g.lun.lunBackend.useMultipath(gate);
+    g.gate = gate;
+    return gate;
+  }
+
+  /** Adds `rt`'s LUN as a path of the LU `g` (its identity matched the LU's key). */
+  private joinLu(rt: TargetRuntime, port: SrpPort, g: LuGroup, f: FoundLun): PathLun {
+    const gate = this.ensureGate(g);
+    gate.addPath(rt.id, port.rport, f.disk, rt.options.path_priority);
+    g.paths.push(rt);
+    const o = g.owner.options;
+    if (rt.options.path_selector !== o.path_selector || rt.options.failback !== o.failback)
+      rt.log.warn(
+        { selector: o.path_selector, failback: o.failback },
+        `path_selector/failback of this target differ from the LU's: the LU keeps those of ${g.owner.id}, which created it`,
+      );
+    rt.log.info(
+      { lun: f.number, export: g.lun.exportName, device: g.lun.device, paths: g.paths.map((p) => p.id) },
+      'LUN is another path of an attached LU: added as a path (multipath)',
+    );
+    return { sam: f.sam, number: f.number, identity: f.identity, disk: f.disk, lu: g };
+  }
+
+  /** `rt` stops being a path of `g` (detach, teardown). */
+  private leaveLu(rt: TargetRuntime, g: LuGroup): void {
+    g.gate?.removePath(rt.id);
+    g.paths = g.paths.filter((p) => p !== rt);
+  }
+
+  /**
+   * The owner of `l`'s LU is going away while other paths remain: the export, backend and device
+   * move to the next path's target, which stops holding the LU as a mere path.
+   */
+  private handOver(rt: TargetRuntime, l: LunRuntime): void {
+    const g = l.lu!;
+    this.leaveLu(rt, g);
+    const next = g.paths[0]!;
+    const pl = next.pathLuns.find((p) => p.lu === g)!;
+    next.pathLuns = next.pathLuns.filter((p) => p !== pl);
+    rt.luns = rt.luns.filter((x) => x !== l);
+    l.sam = pl.sam;
+    l.number = pl.number;
+    l.lunBackend.moveTo(next.port!, pl.disk);
+    next.luns.push(l);
+    g.owner = next;
+    next.persisted = this.persistedLuns(next);
+    next.log.info(
+      { lun: l.number, export: l.exportName, device: l.device, from: rt.id },
+      "the LU's first path was detached: its export and device continue on this target",
+    );
   }
 
   private async rdmaConnector(
@@ -1114,7 +1284,20 @@ export class Daemon {
         'the target no longer reports this LUN: its I/O fails with EIO; the device stays until detach',
       );
     }
-    const added = [...sams].filter((sam) => !rt.luns.some((l) => l.sam === sam)).sort((a, b) => (a < b ? -1 : 1));
+    for (const pl of [...rt.pathLuns]) {
+      if (sams.has(pl.sam)) continue;
+      this.leaveLu(rt, pl.lu);
+      rt.pathLuns = rt.pathLuns.filter((x) => x !== pl);
+      port.removeLun(pl.sam);
+      this.countLunChange(rt, 'removed');
+      changed = true;
+      rt.log.warn(
+        { lun: pl.number, export: pl.lu.lun.exportName },
+        'the target no longer reports this LUN: path removed',
+      );
+    }
+    const known = (sam: bigint) => rt.luns.some((l) => l.sam === sam) || rt.pathLuns.some((l) => l.sam === sam);
+    const added = [...sams].filter((sam) => !known(sam)).sort((a, b) => (a < b ? -1 : 1));
     for (const sam of added) {
       const number = lunNumber(sam);
       const exportName = `${rt.id}-lun${number}`;
@@ -1164,6 +1347,10 @@ export class Daemon {
   /** Undoes connect(): exports, devices (only when `removeDevices`), the port, the transport. */
   private async teardown(rt: TargetRuntime, removeDevices: boolean): Promise<void> {
     rt.md.cancel();
+    for (const pl of rt.pathLuns) this.leaveLu(rt, pl.lu);
+    rt.pathLuns = [];
+    // an LU with other paths keeps its export and device: they move to the next path's target
+    if (removeDevices) for (const l of [...rt.luns]) if (l.lu && l.lu.paths.length > 1) this.handOver(rt, l);
     for (const l of rt.luns) {
       const attachment = l.attachment;
       if (!attachment) continue;
@@ -1188,7 +1375,11 @@ export class Daemon {
     // fast_io_fail_tmo. Devices kept (daemon stop) keep the port until their connections have
     // answered what they hold.
     if (removeDevices) await this.closePort(rt);
-    for (const l of rt.luns) await this.nbd.removeExport(l.exportName);
+    for (const l of rt.luns) {
+      await this.nbd.removeExport(l.exportName);
+      if (l.lu && this.lus.get(l.lu.key) === l.lu) this.lus.delete(l.lu.key);
+      l.lu?.gate?.dispose();
+    }
     rt.luns = [];
     await this.closePort(rt);
   }
@@ -1216,6 +1407,8 @@ export class Daemon {
   /** Follows the rport for statistics and the operator's log lines. */
   private follow(rt: TargetRuntime, port: SrpPort): void {
     rt.stats.stateSince = Date.now();
+    rt.mdUp = true; // just logged in: running
+    rt.mdFailed = false;
     port.rport.subscribe((a) => {
       const s = rt.stats;
       switch (a.type) {
@@ -1224,8 +1417,8 @@ export class Daemon {
           s.timeInState[a.from] += (now - s.stateSince) / 1000;
           s.stateSince = now;
           if (a.to === 'running' && (a.from === 'blocked' || a.from === 'fail-fast')) s.reconnects++;
-          if (a.from === 'running' && a.to !== 'running') rt.md.onPathDown();
-          if (a.to === 'running') rt.md.onPathReturned(a.from);
+          this.followMd(rt);
+          for (const pl of rt.pathLuns) this.followMd(pl.lu.owner);
           if (a.cause === 'fast-io-fail-tmo' || a.cause === 'dev-loss-tmo') {
             const secs = a.cause === 'fast-io-fail-tmo' ? rt.options.fast_io_fail_tmo : rt.options.dev_loss_tmo;
             rt.log.warn(
@@ -1247,6 +1440,38 @@ export class Daemon {
     });
   }
 
+  /** The rports behind the devices of `rt` (its own and every other path of its LUs). */
+  private rportsOf(rt: TargetRuntime): Rport[] {
+    const rports = new Set<Rport>();
+    if (rt.port) rports.add(rt.port.rport);
+    for (const l of rt.luns) for (const p of l.lu?.gate?.pathList ?? []) if (!p.operatorFailed) rports.add(p.rport);
+    return [...rports];
+  }
+
+  /** Some path of the target's devices runs: their I/O reaches the LU. */
+  private luRunning(rt: TargetRuntime): boolean {
+    return this.rportsOf(rt).some((r) => r.state === 'running');
+  }
+
+  /**
+   * Tells the target's md policy when its devices' LU stops running (every path down) and comes
+   * back: from fail-fast when I/O failed meanwhile (no path was running or blocked), as a single
+   * path's own rport would say.
+   */
+  private followMd(rt: TargetRuntime): void {
+    const rports = this.rportsOf(rt);
+    const up = rports.some((r) => r.state === 'running');
+    if (rt.mdUp && !up) {
+      rt.mdUp = false;
+      rt.mdFailed = false;
+      rt.md.onPathDown();
+    } else if (!rt.mdUp && up) {
+      rt.mdUp = true;
+      rt.md.onPathReturned(rt.mdFailed ? 'fail-fast' : 'blocked');
+    }
+    if (!up && !rports.some((r) => r.state === 'blocked')) rt.mdFailed = true;
+  }
+
   private get(id: string): TargetRuntime {
     const rt = this.targets.get(id);
     const bad = this.unusable.get(id);
@@ -1257,7 +1482,7 @@ export class Daemon {
 
   /** The LUNs a restart must find again (not those the target stopped reporting). */
   private persistedLuns(rt: TargetRuntime): PersistedLun[] {
-    return rt.luns
+    const owned = rt.luns
       .filter((l) => l.state === 'attached')
       .map((l) => ({
         lun: hex16(l.sam),
@@ -1266,6 +1491,16 @@ export class Daemon {
         backendId: l.backendId,
         identity: identityToJSON(l.identity) as PersistedLun['identity'],
       }));
+    // a path records the LU's export and device: whichever path connects first after a restart
+    // exports the LU under them, the others join it
+    const paths = rt.pathLuns.map((pl) => ({
+      lun: hex16(pl.sam),
+      export: pl.lu.lun.exportName,
+      device: pl.lu.lun.device,
+      backendId: pl.lu.lun.backendId,
+      identity: identityToJSON(pl.identity) as PersistedLun['identity'],
+    }));
+    return [...owned, ...paths];
   }
 
   /** What state.json should hold, with a change not yet applied (persist, then commit). */
@@ -1343,7 +1578,19 @@ export class Daemon {
       address: rt.addressText,
       luns:
         rt.status === 'attached'
-          ? rt.luns.map((l) => ({ export: l.exportName, device: l.device, by_id: byIdName(l.identity, l.exportName) }))
+          ? [
+              ...rt.luns.map((l) => ({
+                export: l.exportName,
+                device: l.device,
+                by_id: byIdName(l.identity, l.exportName),
+              })),
+              ...rt.pathLuns.map((pl) => ({
+                export: pl.lu.lun.exportName,
+                device: pl.lu.lun.device,
+                by_id: byIdName(pl.lu.lun.identity, pl.lu.lun.exportName),
+                path_of: pl.lu.owner.id,
+              })),
+            ]
           : rt.persisted.map((l) => ({ export: l.export, device: l.device, by_id: persistedById(l) })),
       ...(rt.error !== undefined ? { error: rt.error } : {}),
     };
@@ -1402,6 +1649,13 @@ export class Daemon {
           }
         : null,
       time_in_state_s: Object.fromEntries(Object.entries(times).map(([k, v]) => [k, Math.round(v * 1000) / 1000])),
+      path_luns: rt.pathLuns.map((pl) => ({
+        lun: pl.number,
+        export: pl.lu.lun.exportName,
+        device: pl.lu.lun.device,
+        owner: pl.lu.owner.id,
+        paths: this.pathViews(pl.lu),
+      })),
       lun_details: rt.luns.map((l) => ({
         lun: l.number,
         export: l.exportName,
@@ -1420,6 +1674,7 @@ export class Daemon {
         write_protect: l.lunBackend.writeProtected,
         kernel_read_only: l.device ? kernelReadOnly(l.device, this.opts.sysfs) : null,
         identity: describeIdentity(l.identity),
+        paths: this.pathViews(l.lu ?? this.soloLu(rt, l)),
         io: Object.fromEntries(
           IO_OPS.map((op) => {
             const s = l.backend.stats[op];
@@ -1428,6 +1683,152 @@ export class Daemon {
         ),
       })),
     };
+  }
+
+  /** The paths of an LU as status and `srp-nbd path` show them. */
+  private pathViews(g: LuGroup): PathView[] {
+    const gate = g.gate;
+    if (!gate) {
+      const rt = g.owner;
+      const stats = Object.values(g.lun.backend.stats);
+      return [
+        {
+          target: rt.id,
+          address: rt.addressText,
+          lun: g.lun.number,
+          state: rt.port?.state ?? null,
+          role: 'active',
+          priority: rt.options.path_priority,
+          commands: stats.reduce((n, s) => n + s.ops, 0),
+          errors: rt.port?.gate.stats.retried ?? 0,
+          bytes: stats.reduce((n, s) => n + s.bytes, 0),
+          in_flight: rt.port?.gate.stats.inFlight ?? 0,
+          last_failure: null,
+        },
+      ];
+    }
+    return gate.pathList.map((p) => {
+      const rt = this.targets.get(p.id);
+      const lun = rt === g.owner ? g.lun.number : rt?.pathLuns.find((x) => x.lu === g)?.number;
+      return {
+        target: p.id,
+        address: rt?.addressText ?? '',
+        lun: lun ?? null,
+        state: p.rport.state,
+        role: gate.roleOf(p),
+        priority: p.priority,
+        commands: p.counters.commands,
+        errors: p.counters.errors,
+        bytes: p.counters.bytes,
+        in_flight: p.counters.inFlight,
+        last_failure: p.counters.lastFailure,
+      };
+    });
+  }
+
+  private luView(g: LuGroup): LuPathsView {
+    const o = g.owner.options;
+    const s = g.gate?.stats;
+    return {
+      export: g.lun.exportName,
+      device: g.lun.device,
+      by_id: byIdName(g.lun.identity, g.lun.exportName),
+      identity: describeIdentity(g.lun.identity),
+      owner: g.owner.id,
+      selector: o.path_selector,
+      failback: o.failback,
+      multipath: g.gate !== undefined,
+      io: s
+        ? {
+            in_flight: s.inFlight,
+            held: s.held,
+            waiting: s.waiting,
+            released_total: s.released,
+            reissued_total: s.retried,
+            failed_eio_total: s.failedEio,
+          }
+        : null,
+      paths: this.pathViews(g),
+    };
+  }
+
+  /** The LUs behind a name: a LUN's (device, export, stable name), or every LU a target reaches. */
+  private lusOf(name: string): LuGroup[] {
+    const r = this.resolve(name);
+    const rt = this.get(r.target);
+    const lus: LuGroup[] = [];
+    const add = (g: LuGroup | undefined) => {
+      if (g && !lus.includes(g)) lus.push(g);
+    };
+    for (const l of rt.luns) if (r.export === undefined || l.exportName === r.export) add(l.lu ?? this.soloLu(rt, l));
+    if (r.export === undefined) for (const pl of rt.pathLuns) add(pl.lu);
+    if (lus.length === 0)
+      throw new DaemonError(`${name}: target ${rt.id} has no LUN attached now (${rt.status}): no paths to show`, 409);
+    return lus;
+  }
+
+  /** A LUN without a logical unit key is an LU of its own, with one path and no grouping. */
+  private soloLu(rt: TargetRuntime, l: LunRuntime): LuGroup {
+    return { key: '', owner: rt, lun: l, paths: [rt] };
+  }
+
+  /** GET /targets/:id/paths: the paths of the LU(s) behind a name; one LU's fields also at the top. */
+  paths(name: string): PathsResult {
+    const lus = this.lusOf(name).map((g) => this.luView(g));
+    return { ...(lus.length === 1 ? lus[0] : {}), lus };
+  }
+
+  /**
+   * POST /targets/:id/paths/:path/fail|reinstate: the operator takes a path out of use (it stays
+   * logged in and probed; no I/O is sent to it) or gives it back. `path` is the path's target id
+   * or its index in the paths list. Failing the last path that could carry I/O is refused unless
+   * `force` (then the LU's I/O is held while another path is blocked, else it fails with EIO:
+   * docs/multipath.md). Not persisted: a restart starts with every path in use.
+   */
+  pathControl(name: string, pathName: string, action: 'fail' | 'reinstate', force = false): PathsResult {
+    const lus = this.lusOf(name);
+    const picked: [LuGroup, string][] = [];
+    for (const g of lus) {
+      const views = this.pathViews(g);
+      const v = /^\d+$/.test(pathName) ? views[Number(pathName)] : views.find((p) => p.target === pathName);
+      if (v) picked.push([g, v.target]);
+    }
+    if (picked.length === 0) {
+      const known = lus.map(
+        (g) =>
+          `${g.lun.exportName}: ${this.pathViews(g)
+            .map((p, i) => `${i}=${p.target}`)
+            .join(' ')}`,
+      );
+      throw new DaemonError(`${name}: no path ${pathName} (paths by index and target: ${known.join('; ')})`, 404);
+    }
+    if (action === 'fail' && !force) {
+      for (const [g, id] of picked) {
+        const others = (g.gate?.pathList ?? []).filter(
+          (p) => p.id !== id && !p.operatorFailed && p.rport.state === 'running',
+        );
+        if (others.length === 0)
+          throw new DaemonError(
+            `${g.lun.exportName}: path ${id} is the last running path of the LU: failing it stops its I/O (held or EIO); give force (--force) to do it anyway`,
+            409,
+          );
+      }
+    }
+    for (const [g, id] of picked) {
+      if (g.key === '')
+        throw new DaemonError(
+          `${g.lun.exportName}: the LU has no identity key: it cannot be failed or reinstated as a path`,
+          409,
+        );
+      const gate = this.ensureGate(g);
+      gate.setOperatorFailed(id, action === 'fail');
+      this.followMd(g.owner);
+      this.log.warn(
+        { lu: g.lun.exportName, path: id },
+        action === 'fail' ? 'path failed by the operator' : 'path reinstated by the operator',
+      );
+    }
+    return this.paths(name);
   }
 
   /** The initiator port id of the target's last login, as the target saw it ("0x" + 32 hex), if known. */
@@ -1439,7 +1840,25 @@ export class Daemon {
   /** Prometheus exposition text (GET /metrics). */
   async metrics(): Promise<string> {
     await this.refreshMd(this.targets.values());
-    return renderMetrics({ version: VERSION, targets: [...this.targets.values()].map((rt) => this.metricsOf(rt)) });
+    const paths = [...this.lus.values()].flatMap((g) =>
+      g.gate
+        ? this.pathViews(g).map((p) => ({
+            lu: g.lun.exportName,
+            target: p.target,
+            state: p.state ?? undefined,
+            role: p.role,
+            commands: p.commands,
+            errors: p.errors,
+            bytes: p.bytes,
+            inFlight: p.in_flight,
+          }))
+        : [],
+    );
+    return renderMetrics({
+      version: VERSION,
+      targets: [...this.targets.values()].map((rt) => this.metricsOf(rt)),
+      paths,
+    });
   }
 
   /** One target as GET /metrics reports it. */
@@ -1472,6 +1891,21 @@ export class Daemon {
   }
 }
 
+/** A LUN found at login, before it is exported or joins an LU as a path. */
+interface FoundLun {
+  sam: bigint;
+  number: number;
+  disk: ScsiDisk;
+  identity: LunIdentity;
+  /** The persisted LUN it continues (its own, or a not yet connected path's of the same LU). */
+  before?: PersistedLun;
+}
+
+/** As the port's gate: a command aborted on a working channel (ABORT TASK succeeded) is a command error. */
+function srpTransportError(e: unknown): boolean {
+  return defaultIsTransportError(e) && !(e instanceof TransportError && e.code === 'aborted');
+}
+
 /** A LUN behind the new login is not the one recorded: the target stays unexported. */
 export class IdentityCheckError extends Error {
   override readonly name = 'IdentityCheckError';
@@ -1491,8 +1925,11 @@ export interface TargetSummary {
   status: TargetStatus;
   state: RportState | null;
   address: string;
-  /** by_id: the LUN's stable name (names.ts), linked as /dev/disk/by-id/<by_id> while it has a device. */
-  luns: { export: string; device: string | null; by_id: string | null }[];
+  /**
+   * by_id: the LUN's stable name (names.ts), linked as /dev/disk/by-id/<by_id> while it has a
+   * device. path_of: the LUN is another path of an LU whose export and device are that target's.
+   */
+  luns: { export: string; device: string | null; by_id: string | null; path_of?: string }[];
   error?: string;
 }
 
@@ -1599,9 +2036,60 @@ export interface TargetView extends TargetSummary {
     /** /sys/block/nbdN/ro: fixed when the device was connected (netlink cannot change it later). */
     kernel_read_only: boolean | null;
     identity: string;
+    /** The LU's paths (one entry for an LU reached through this target only). */
+    paths: PathView[];
     io: Record<string, { ops: number; bytes: number; errors: number }>;
   }[];
+  /** LUNs of this target that are further paths of an LU exported through another target (`owner`). */
+  path_luns: { lun: number; export: string; device: string | null; owner: string; paths: PathView[] }[];
 }
+
+/** One path of an LU (status, `srp-nbd path`). */
+export interface PathView {
+  /** the path's target id */
+  target: string;
+  address: string;
+  /** the LU's LUN number behind that target */
+  lun: number | null;
+  /** the path's rport state (running, blocked, fail-fast, lost, detached) */
+  state: RportState | null;
+  /** active: carries I/O; standby: ready or not running; failed: failed by the operator */
+  role: PathRole;
+  priority: number;
+  /** block requests completed on the path (for an LU with one path: the export's) */
+  commands: number;
+  /** transport failures on the path (for an LU with one path: requests replayed after one) */
+  errors: number;
+  bytes: number;
+  in_flight: number;
+  last_failure: { reason: string; at: string } | null;
+}
+
+/** An LU and its paths (GET /targets/:id/paths). */
+export interface LuPathsView {
+  export: string;
+  device: string | null;
+  by_id: string;
+  identity: string;
+  /** the target holding the export and device */
+  owner: string;
+  selector: string;
+  failback: string | number;
+  /** whether the LU's I/O goes through the multipath gate (a second path joined, or the operator failed one) */
+  multipath: boolean;
+  io: {
+    in_flight: number;
+    held: number;
+    waiting: number;
+    released_total: number;
+    reissued_total: number;
+    failed_eio_total: number;
+  } | null;
+  paths: PathView[];
+}
+
+/** GET /targets/:id/paths: every LU behind the name, and when there is one, its fields at the top. */
+export type PathsResult = Partial<LuPathsView> & { lus: LuPathsView[] };
 
 function pathCheckOf(o: TargetOptions): NonNullable<TargetView['path_check']> {
   const rc = rcRetryBoundMs(o.ack_timeout, o.retry_count);

@@ -209,6 +209,20 @@ export type LunChange = (typeof LUN_CHANGES)[number];
 export interface DaemonMetrics {
   version: string;
   targets: TargetMetrics[];
+  /** The paths of every LU with several paths (multipath); an LU with one path has only target metrics. */
+  paths?: PathMetrics[];
+}
+
+/** One path of a multipath LU: `lu` is the LU's export name, `target` the path's target id. */
+export interface PathMetrics {
+  lu: string;
+  target: string;
+  state: string | undefined;
+  role: string;
+  commands: number;
+  errors: number;
+  bytes: number;
+  inFlight: number;
 }
 
 /** Every metric family of GET /metrics, in the order rendered: name, type, HELP text. */
@@ -256,6 +270,16 @@ const FAMILIES: readonly [name: string, type: 'counter' | 'gauge' | 'histogram',
     "Seconds from the path's return to the last md re-add (absent before the first).",
   ],
   ['srp_nbd_md_member_faulty', 'gauge', '1 while md has the device marked faulty in the array.'],
+  ['srp_nbd_path_state', 'gauge', 'rport state of a path of a multipath LU (1 for the current state).'],
+  ['srp_nbd_path_active', 'gauge', '1 while the path carries I/O (role active), 0 standby or failed by the operator.'],
+  ['srp_nbd_path_commands_total', 'counter', 'Block requests completed on the path.'],
+  [
+    'srp_nbd_path_errors_total',
+    'counter',
+    'Transport failures of block requests on the path (each re-issued on another path or held).',
+  ],
+  ['srp_nbd_path_bytes_total', 'counter', 'Bytes of block requests completed on the path.'],
+  ['srp_nbd_path_in_flight', 'gauge', 'Block requests in flight on the path.'],
   ['srp_nbd_lun_ops_total', 'counter', 'Block requests completed, per export and operation.'],
   ['srp_nbd_lun_bytes_total', 'counter', 'Bytes transferred, per export and operation.'],
   ['srp_nbd_lun_errors_total', 'counter', 'Block requests that failed, per export and operation.'],
@@ -314,6 +338,15 @@ export function renderMetrics(d: DaemonMetrics): string {
         e.histogram('srp_nbd_lun_latency_seconds', lab, s.latency);
       }
     }
+  }
+  for (const p of d.paths ?? []) {
+    const lab = { lu: p.lu, target: p.target };
+    for (const s of RPORT_STATES) e.sample('srp_nbd_path_state', '', { ...lab, state: s }, p.state === s ? 1 : 0);
+    e.sample('srp_nbd_path_active', '', lab, p.role === 'active' ? 1 : 0);
+    e.sample('srp_nbd_path_commands_total', '', lab, p.commands);
+    e.sample('srp_nbd_path_errors_total', '', lab, p.errors);
+    e.sample('srp_nbd_path_bytes_total', '', lab, p.bytes);
+    e.sample('srp_nbd_path_in_flight', '', lab, p.inFlight);
   }
   return e.render();
 }

@@ -26,6 +26,17 @@ export const timersPatchSchema = z
   });
 export type TimersPatch = z.output<typeof timersPatchSchema>;
 
+/** POST /targets/:id/paths/:path/fail|reinstate body (optional). */
+export const pathControlSchema = z
+  .object({
+    force: z
+      .boolean()
+      .optional()
+      .describe('fail: also the last running path of the LU (its I/O is then held or fails with EIO)'),
+  })
+  .strict()
+  .optional();
+
 export interface RouteDef {
   method: 'GET' | 'POST' | 'PATCH' | 'DELETE';
   url: string;
@@ -99,6 +110,28 @@ export const ROUTES = {
     status: 200,
     summary:
       "Follow LUN changes now: re-read every LUN's capacity (a grown LUN's export and /dev/nbdN are resized) and WP bit, and REPORT LUNS (new LUNs exported, vanished ones fail I/O with EIO until detach).",
+  },
+  listPaths: {
+    method: 'GET',
+    url: '/targets/:id/paths',
+    status: 200,
+    summary:
+      'The paths of the LU(s) behind :id (a target id, /dev/nbdN, an export or a stable name): per LU its export, device, selector, failback and paths (target, address, state, role, commands, errors, in_flight, last_failure); with one LU its fields are also at the top level.',
+  },
+  failPath: {
+    method: 'POST',
+    url: '/targets/:id/paths/:path/fail',
+    status: 200,
+    body: pathControlSchema,
+    summary:
+      'Fail a path (:path is its target id or its index in the paths list): it stays logged in but carries no I/O. Failing the last running path of an LU is refused (409) unless { "force": true }.',
+  },
+  reinstatePath: {
+    method: 'POST',
+    url: '/targets/:id/paths/:path/reinstate',
+    status: 200,
+    body: pathControlSchema,
+    summary: 'Give a path failed by the operator back to the LU (the failover selector chooses its active path again).',
   },
   metrics: {
     method: 'GET',

@@ -21,6 +21,7 @@
 import type { ScsiDisk } from '../initiator/scsi-disk.js';
 import { type Backend, BackendError, type BlockSizeConstraints } from '../nbd/backend.js';
 import * as C from '../nbd/nbd-constants.js';
+import type { MultipathGate } from './multipath.js';
 import type { SrpPort } from './srp-port.js';
 
 const nothing = (): void => undefined;
@@ -40,20 +41,49 @@ export class LunBackend implements Backend {
   /** The target no longer reports the LUN: every request fails with EIO. */
   gone = false;
 
+  /**
+   * Where requests go: the port's I/O gate (one path), or, once a second path to the LU joined,
+   * the LU's multipath gate (multipath.ts), which picks a path per request. Ops already admitted
+   * by the port's gate finish there.
+   */
+  private submit: <T>(op: (disk: ScsiDisk) => Promise<T>, bytes: number) => Promise<T>;
+  multipath: MultipathGate<ScsiDisk> | undefined;
+
   constructor(
-    private readonly port: SrpPort,
-    private readonly disk: ScsiDisk,
+    private port: SrpPort,
+    private diskNow: ScsiDisk,
     readonly description: string,
     /** The per-target option `read_only`. */
     private readonly forceReadOnly = false,
   ) {
-    const g = disk.geometry;
+    const g = diskNow.geometry;
     this.blockSize = {
       minimum: g.blockSize,
       preferred: Math.max(4096, g.physicalBlockSize),
       maximum: C.NBD_MAX_REQUEST_SIZE,
     };
-    this.canTrim = disk.limits.trim !== 'none';
+    this.canTrim = diskNow.limits.trim !== 'none';
+    this.submit = (op) => this.port.gate.submit(() => op(this.disk));
+  }
+
+  /** The disk whose geometry, limits and WP bit the export follows (the LU's owning path's). */
+  get disk(): ScsiDisk {
+    return this.diskNow;
+  }
+
+  /**
+   * The LU's export continues on another path's port and disk (its first path was detached): the
+   * geometry, limits and WP bit are read from there from now on.
+   */
+  moveTo(port: SrpPort, disk: ScsiDisk): void {
+    this.port = port;
+    this.diskNow = disk;
+  }
+
+  /** From now on every request goes through `gate` (the LU has several paths). */
+  useMultipath(gate: MultipathGate<ScsiDisk>): void {
+    this.multipath = gate;
+    this.submit = (op, bytes) => gate.submit(op, bytes);
   }
 
   /** The largest transfer of one SCSI command to this LUN (Block Limits VPD, max_sect). */
@@ -97,22 +127,22 @@ export class LunBackend implements Backend {
     // resolves only when the target transferred every byte asked for (a residual or a short
     // transfer is EIO, and an error reply carries no data), and the session zeroes what a target
     // claims to have written into a slot but did not.
-    return this.port.gate.submit(() => this.disk.read(offset, dst.length, dst)).then(nothing);
+    return this.submit((disk) => disk.read(offset, dst.length, dst), dst.length).then(nothing);
   }
 
   write(offset: number, data: Buffer, fua: boolean): Promise<void> {
-    return this.refused(true) ?? this.port.gate.submit(() => this.disk.write(offset, data, { fua }));
+    return this.refused(true) ?? this.submit((disk) => disk.write(offset, data, { fua }), data.length);
   }
 
   flush(): Promise<void> {
-    return this.refused(false) ?? this.port.gate.submit(() => this.disk.flush());
+    return this.refused(false) ?? this.submit((disk) => disk.flush(), 0);
   }
 
   trim(offset: number, length: number): Promise<void> {
-    return this.refused(true) ?? this.port.gate.submit(() => this.disk.trim(offset, length));
+    return this.refused(true) ?? this.submit((disk) => disk.trim(offset, length), 0);
   }
 
   writeZeroes(offset: number, length: number, fua: boolean, noHole: boolean): Promise<void> {
-    return this.refused(true) ?? this.port.gate.submit(() => this.disk.writeZeroes(offset, length, { fua, noHole }));
+    return this.refused(true) ?? this.submit((disk) => disk.writeZeroes(offset, length, { fua, noHole }), 0);
   }
 }
