@@ -135,6 +135,8 @@ export function measure(ev: EventName, d: EventData): Record<string, number | st
     v.md_failures = d.rows.md_failures !== undefined ? Number(d.rows.md_failures) : null;
     v.md_members = d.rows.md_members ?? null;
     v.failed_writes = fault === undefined ? null : failedWrites(d.writes, fault);
+    const stalls = d.writes.filter((w) => fault !== undefined && w.end >= fault).map((w) => w.end - w.start);
+    v.longest_write_s = stalls.length ? round2(Math.max(...stalls)) : null;
   }
   v.device = d.rows.device ?? null;
   return v;
@@ -253,6 +255,7 @@ export const ROWS: RowSpec[] = [
   { label: 'target rebuilt, other disk → writes on it', ev: 'rebuild', key: 'writes_on_other', target: '0' },
   { label: 'daemon / initiator killed → md member failures', ev: 'kill', key: 'md_failures', target: '0' },
   { label: 'daemon / initiator killed → writes failed on md', ev: 'kill', key: 'failed_writes', target: '0' },
+  { label: 'daemon / initiator killed → longest md write', ev: 'kill', key: 'longest_write_s', target: '—', unit: 's' },
 ];
 
 export function cell(o: Outcome | undefined, key: string, unit?: 's'): string {

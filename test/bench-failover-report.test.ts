@@ -96,5 +96,6 @@ t.test('measure: the rebuilt target and the kill rows', async (t) => {
     md_failures: 1,
     md_members: 'sda:faulty',
     failed_writes: 1,
+    longest_write_s: 0.1,
   });
 });
