@@ -10,7 +10,9 @@
 #   kill       md RAID1 over the device and a loop device: srp-nbd: kill -9 of the daemon (restarted
 #              at once); ib_srp: the SCSI host removed (the rport's sysfs delete), the closest
 #              analogue of losing the initiator. What does md see?
-# Measured in the guest from event marks (guest uptime, the clock of /proc/uptime), the probe
+# "back" is marked once the path delivers again (after link_up / unblackhole returned: under TCG
+# each tc or ip command takes a few hundred ms, and until the second netem qdisc is gone the
+# target's answers are still dropped). Measured in the guest from event marks (guest uptime, the clock of /proc/uptime), the probe
 # writer's log (bench/failover-probe.c: 4 KiB O_DIRECT writes every PROBE_MS, each timed), the
 # daemon's log (state changes, ms) and, for ib_srp, the rport's sysfs state read every 20 ms.
 # Files: $OUT_DIR/failover/events.tsv (marks), rows.tsv (values read in the guest), probe-*.log,
@@ -82,11 +84,11 @@ event() {
     linkdown)
       mark "$who" "$ev" fault; link_down 0
       nap "$LINK_DOWN"
-      mark "$who" "$ev" back; link_up 0 ;;
+      link_up 0; mark "$who" "$ev" back ;;
     blackhole)
       mark "$who" "$ev" fault; blackhole 0
       nap "$HOLE"
-      mark "$who" "$ev" back; unblackhole 0 ;;
+      unblackhole 0; mark "$who" "$ev" back ;;
     restart)
       mark "$who" "$ev" fault; srpt_remove_target 0 || fail "$name-remove" "srpt_remove_target"
       mark "$who" "$ev" removed; nap "$RESTART"
