@@ -71,7 +71,7 @@ t.test('status over RDMA: path_check states the dead-path bound; last_error the 
   await d.start();
   const v = await d.attach({ address: RDMA_CM, reconnect_delay: 0.2 });
   t.equal(v.state, 'running');
-  t.same(v.path_check, { bound_ms: 1469.8, rc_retry_ms: 469.8, keepalive_interval_s: 1 }, 'defaults 14/6, 1 s');
+  t.same(v.path_check, { bound_ms: 719.8, rc_retry_ms: 469.8, keepalive_interval_s: 0.25 }, 'defaults 14/6, 0.25 s');
   t.equal(v.last_error, null);
   t.equal(v.timers.reconnect_delay, 0.2, 'a sub-second reconnect_delay');
   lastEnd!.close(); // the target drops the connection

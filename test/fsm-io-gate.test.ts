@@ -232,9 +232,10 @@ t.test('short outage: every op succeeds exactly once, replayed in submission ord
     'the export never went away',
   );
   const firstDone = Math.min(...h.okOps().map((op) => h.outcomes.get(op)![0]!.at));
-  // Attempt 1 failed at 1002 ms; blocked: attempt 2 one reconnect_delay (1000 ms) later, login 2 ms, write 1 ms.
-  t.equal(firstDone, 1002 + 1000 + 2 + 1, 'first completion as the blocked cadence predicts');
-  t.equal(firstDone - returnedAt, 5, 'link return to first completed I/O');
+  // Attempt 1 started at 1000 ms (failed at 1002); blocked: attempt 2 one reconnect_delay after
+  // attempt 1 started, login 2 ms, write 1 ms.
+  t.equal(firstDone, 1000 + 1000 + 2 + 1, 'first completion as the blocked cadence predicts');
+  t.equal(firstDone - returnedAt, 3, 'link return to first completed I/O');
   t.same(h.misfires, []);
 });
 

@@ -379,6 +379,26 @@ t.test('sub-second reconnect_delay: the blocked cadence follows it', async (t) =
   t.same(at, [250, 500, 750, 1000]);
 });
 
+t.test('blocked: the cadence counts from the start of the attempt before, however long it took', async (t) => {
+  const { s, r, actions } = make();
+  const at: number[] = [];
+  r.subscribe((a) => {
+    if (a.type === 'reconnect') at.push(s.now());
+  });
+  r.handle({ type: 'failure-detected' });
+  s.advance(1000); // attempt 1 at 1000
+  s.advance(700);
+  r.handle({ type: 'reconnect-failed', attempt: 1 }); // failed after 700 ms: attempt 2 at 2000
+  t.match(actions.at(-1), { type: 'reconnect-scheduled', attempt: 2, delayMs: 300 });
+  s.advance(300);
+  s.advance(1500);
+  r.handle({ type: 'reconnect-failed', attempt: 2 }); // took 1.5 s (its login deadline): attempt 3 at once
+  t.match(actions.at(-1), { type: 'reconnect-scheduled', attempt: 3, delayMs: 0 });
+  s.advance(0);
+  t.same(at, [1000, 2000, 3500]);
+  t.equal(r.state, 'blocked');
+});
+
 t.test('a hard reject moves blocked to fail-fast at once, with the reason', async (t) => {
   const { s, r, actions } = make();
   r.handle({ type: 'failure-detected', reason: 'link down' });
@@ -517,14 +537,19 @@ t.test('randomized event sequences keep the invariants', async (t) => {
     const r = new Rport({ scheduler: s, tmo, random: rnd, name: `seed${seed}` });
     const errors: string[] = [];
     let lastScheduled: { attempt: number; delayMs: number; at: number } | undefined;
+    // the blocked cadence counts from the start of the attempt before (none yet: a whole reconnect_delay)
+    let attemptAt: number | undefined;
     r.subscribe((a) => {
       if (a.type === 'state-changed' && !LEGAL.has(`${a.from}>${a.to}`)) errors.push(`illegal move ${a.from}>${a.to}`);
+      if (a.type === 'state-changed' && a.to === 'blocked') attemptAt = undefined;
+      if (a.type === 'reconnect') attemptAt = s.now();
       if (a.type === 'reconnect-scheduled') {
         const base = (tmo.reconnectDelay as number) * 1000;
         const cap = tmo.reconnectDelayMax * 1000;
-        if (r.state === 'blocked' && a.delayMs !== base)
-          errors.push(`blocked: attempt ${a.attempt} delay ${a.delayMs}, not reconnect_delay ${base}`);
-        if (r.state === 'fail-fast' && a.delayMs !== base && (a.delayMs > cap || a.delayMs < Math.floor(base * 1.6)))
+        const cadence = attemptAt === undefined ? base : Math.max(0, base - (s.now() - attemptAt));
+        if (r.state === 'blocked' && a.delayMs !== cadence)
+          errors.push(`blocked: attempt ${a.attempt} delay ${a.delayMs}, not the reconnect_delay cadence ${cadence}`);
+        if (r.state === 'fail-fast' && a.delayMs !== cadence && (a.delayMs > cap || a.delayMs < Math.floor(base * 1.6)))
           errors.push(`fail-fast: attempt ${a.attempt} delay ${a.delayMs} outside [1.6 x ${base}, ${cap}]`);
         lastScheduled = { ...a, at: s.now() };
       }

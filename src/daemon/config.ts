@@ -92,8 +92,8 @@ export const TARGET_OPTIONS = {
   },
   keepalive_interval: {
     schema: z.number().min(0).max(3600),
-    default: 1,
-    doc: 'RDMA transport: seconds between keep-alive ticks: a probe (a zero-length RDMA WRITE) when none is in flight, and a check that no send has waited for its completion beyond the RC retry bound, idle or under load. A dead path is noticed within (retry_count + 1) × 4.096 µs × 2^ack_timeout + keepalive_interval (status: path_check). 0 disables both.',
+    default: 0.25,
+    doc: 'RDMA transport: seconds between keep-alive ticks: a probe (a zero-length RDMA WRITE) when none is in flight, and a check that no send has waited for its completion beyond the RC retry bound, idle or under load. A dead path is noticed within (retry_count + 1) × 4.096 µs × 2^ack_timeout + keepalive_interval (status: path_check; 719.8 ms with the defaults). Cost when idle: one zero-length RDMA WRITE per tick per channel. 0 disables both.',
   },
   max_hold_queue: {
     schema: z.number().int().min(1).max(65536),

@@ -228,6 +228,8 @@ export class Rport {
   private st: RportState = 'running';
   private ph: ReconnectPhase = 'none';
   private attemptNo = 0;
+  /** When the current (or last) attempt started (scheduler clock): the blocked cadence counts from it. */
+  private attemptStartedAt = 0;
   private failed = 0;
   /** Failed attempts since the port went fail-fast in this outage: the back-off step. */
   private failedInFailFast = 0;
@@ -509,14 +511,15 @@ export class Rport {
 
   private startAttempt(): void {
     this.attemptNo++;
+    this.attemptStartedAt = this.scheduler.now();
     this.ph = 'connecting';
     this.emit({ type: 'reconnect', attempt: this.attemptNo });
   }
 
   /**
    * Arm the reconnect timer for the next attempt, or go idle if reconnect_delay is off: every
-   * reconnect_delay while blocked (and for the first attempt of fail-fast), with back-off after
-   * each failure in fail-fast.
+   * reconnect_delay while blocked, counted from the start of the attempt before (and for the first
+   * attempt of fail-fast), with back-off after each failure in fail-fast.
    */
   private scheduleNextAttempt(): void {
     if (this.params.reconnectDelay === 'off') {
@@ -524,10 +527,13 @@ export class Rport {
       return;
     }
     const next = this.attemptNo + 1;
+    // The cadence counts from the start of the attempt that failed: one that took its whole
+    // reconnect_delay (a login into a black hole, abandoned at its deadline) is followed at once.
+    const sinceAttempt = this.attemptNo > 0 ? this.scheduler.now() - this.attemptStartedAt : 0;
     const delayMs =
       this.st === 'fail-fast' && this.failedInFailFast > 0
         ? backoffDelayMs(this.failedInFailFast, this.params, this.jitter, this.random)
-        : Math.round(this.params.reconnectDelay * 1000);
+        : Math.max(0, Math.round(this.params.reconnectDelay * 1000 - sinceAttempt));
     this.ph = 'waiting';
     this.armTimer('reconnect', delayMs);
     this.emit({ type: 'reconnect-scheduled', attempt: next, delayMs });

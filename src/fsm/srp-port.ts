@@ -13,7 +13,7 @@ import type { Logger } from 'pino';
 import { type ProbeResult, ScsiDisk, type ScsiDiskEvent } from '../initiator/scsi-disk.js';
 import { type ScsiCommand, type ScsiExecutor, type ScsiResult, TransportError } from '../initiator/scsi-executor.js';
 import { type LunIdentity, describeIdentity, sameIdentity } from '../initiator/lun-identity.js';
-import { SrpSession, type SrpSessionOptions } from '../initiator/srp-session.js';
+import { DEFAULT_LOGIN_TIMEOUT_MS, SrpSession, type SrpSessionOptions } from '../initiator/srp-session.js';
 import type { ChannelTransport, LoginContext } from '../initiator/transport.js';
 import { classifyLoginFailure, STALE_CONNECTION_RETRIES } from '../initiator/login-failure.js';
 import { HardReconnectError, RportDriver } from './driver.js';
@@ -58,6 +58,9 @@ export interface LunRefresh {
   writeProtected: boolean;
   writeProtectChanged: boolean;
 }
+
+/** A reconnect attempt's login waits at least this long for the target's answer (see attemptLoginTimeoutMs). */
+export const RECONNECT_LOGIN_MIN_MS = 1000;
 
 export interface SrpPortOptions {
   /** Name in logs and the REST view, e.g. the target's id_ext or address. */
@@ -241,9 +244,12 @@ export class SrpPort {
   }
 
   /** Opens a channel and logs in; the session is not used for I/O until installed. */
-  private async login(signal: AbortSignal): Promise<SrpSession> {
+  private async login(signal: AbortSignal, loginTimeoutMs?: number): Promise<SrpSession> {
     const transport = await this.opts.connector.open(signal);
-    const session = await SrpSession.login(transport, this.opts.session);
+    const session = await SrpSession.login(
+      transport,
+      loginTimeoutMs === undefined ? this.opts.session : { ...this.opts.session, loginTimeoutMs },
+    );
     if (signal.aborted) {
       await session.close().catch(() => undefined);
       throw new Error('reconnect attempt aborted');
@@ -279,9 +285,10 @@ export class SrpPort {
     this.session = undefined;
     this.dropCandidate();
     if (old) await old.close().catch(() => undefined);
-    this.log.info({ attempt, via: this.opts.connector.description }, 'reconnect attempt');
+    const loginTimeoutMs = this.attemptLoginTimeoutMs();
+    this.log.info({ attempt, via: this.opts.connector.description, loginTimeoutMs }, 'reconnect attempt');
     try {
-      this.candidate = await this.loginRetryingStale(signal);
+      this.candidate = await this.loginRetryingStale(signal, loginTimeoutMs);
     } catch (err) {
       if (signal.aborted) throw err;
       const f = classifyLoginFailure(err);
@@ -292,11 +299,25 @@ export class SrpPort {
     }
   }
 
+  /**
+   * How long a reconnect attempt's login waits for the target's answer: reconnect_delay (at least
+   * RECONNECT_LOGIN_MIN_MS, at most the session's login timeout). A login sent into a black hole is
+   * not answered even once the path delivers again (the CM resends its REQ only after seconds), so
+   * it is abandoned at this deadline and the next attempt, with a new connection, follows at once
+   * on the reconnect_delay cadence.
+   */
+  private attemptLoginTimeoutMs(): number {
+    const max = this.opts.session.loginTimeoutMs ?? DEFAULT_LOGIN_TIMEOUT_MS;
+    const delay = this.rport.tmo.reconnectDelay;
+    if (delay === 'off') return max;
+    return Math.min(max, Math.max(RECONNECT_LOGIN_MIN_MS, Math.round(delay * 1000)));
+  }
+
   /** login(), again at once with a new connection after a stale-connection reject (bounded). */
-  private async loginRetryingStale(signal: AbortSignal): Promise<SrpSession> {
+  private async loginRetryingStale(signal: AbortSignal, loginTimeoutMs?: number): Promise<SrpSession> {
     for (let stale = 0; ; stale++) {
       try {
-        return await this.login(signal);
+        return await this.login(signal, loginTimeoutMs);
       } catch (err) {
         const f = classifyLoginFailure(err);
         if (signal.aborted || f.kind !== 'stale-connection' || stale >= STALE_CONNECTION_RETRIES) throw err;

@@ -113,6 +113,9 @@ const realTimers: SrpTimers = {
   clearTimeout: (h) => clearTimeout(h as NodeJS.Timeout),
 };
 
+/** How long a login waits for the target's answer (CM REQ -> REP/REJ) unless told otherwise. */
+export const DEFAULT_LOGIN_TIMEOUT_MS = 5000;
+
 export interface SrpSessionOptions {
   /** 16 bytes: initiator port identifier (ib_srp: initiator_ext || port GUID). */
   initiatorPortId: Buffer;
@@ -146,7 +149,7 @@ export interface SrpSessionOptions {
    * Larger transfers register memory per command. Bound: queueSize × this per session.
    */
   maxSlotDataBytes?: number;
-  /** Login (CM REQ -> REP/REJ) timeout, default 5000 ms. */
+  /** Login (CM REQ -> REP/REJ) timeout, default DEFAULT_LOGIN_TIMEOUT_MS (5000 ms). */
   loginTimeoutMs?: number;
   /** Timeout of commands that do not set their own; 0 disables (default 30000 ms). */
   commandTimeoutMs?: number;
@@ -479,7 +482,7 @@ export class SrpSession extends Emitter<SrpSessionEvents> implements ScsiExecuto
       maxImmData: options.maxImmData ?? 8192,
       cmdSgEntries: options.cmdSgEntries ?? SRP_DEF_SG_TABLESIZE,
       queueSize: options.queueSize ?? SRP_DEFAULT_CMD_SQ_SIZE,
-      loginTimeoutMs: options.loginTimeoutMs ?? 5000,
+      loginTimeoutMs: options.loginTimeoutMs ?? DEFAULT_LOGIN_TIMEOUT_MS,
       commandTimeoutMs: options.commandTimeoutMs ?? 30000,
       tmTimeoutMs: options.tmTimeoutMs ?? SRP_ABORT_TIMEOUT_MS,
       closeTimeoutMs: options.closeTimeoutMs ?? 5000,

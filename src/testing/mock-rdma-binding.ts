@@ -7,7 +7,7 @@
  *
  * Faults: resolveFailures (ADDR_ERROR before success), cmRejects (CM REJ reasons for the next connects), portDown() (PORT_ERR), blackHole (nothing
  * is delivered or completed until the retry budget: a RETRY_EXC_ERR completion after
- * blackHoleDetectMs, never if that is Infinity), disconnectFromTarget(), failPolls() (a poll fails as the addon reports it).
+ * blackHoleDetectMs, never if that is Infinity; a connect sent meanwhile is never answered), disconnectFromTarget(), failPolls() (a poll fails as the addon reports it).
  */
 import { TransportError } from '../initiator/scsi-executor.js';
 import {
@@ -343,6 +343,8 @@ export class MockRdmaBinding implements Partial<NativeBinding> {
     const req = Buffer.from(param.privateData ?? Buffer.alloc(0));
     const cmReject = this.cmRejects.shift();
     this.later(async () => {
+      // a black hole loses the REQ: no answer (a real CM resends it only seconds later)
+      if (this.blackHole) return;
       if (cmReject !== undefined) {
         end.stateValue = 'closed';
         this.cmEvent(h, R.RDMA_CM_EVENT_REJECTED, cmReject);

@@ -1,7 +1,7 @@
 #!/bin/bash
 # The daemon against a silent black hole in the guest (issue 7 scenario 3): netem drops 100 %
 # of path 0's packets with the link up (no PORT_ERR, no CM event). The keep-alive probe
-# (keepalive_interval 1 s; ACK timeout 14 x retry 6 = ~0.5 s) must notice, the port blocks,
+# (keepalive_interval 0.25 s; ACK timeout 14 x retry 6 = ~0.5 s) must notice, the port blocks,
 # fails fast at fast_io_fail_tmo (5 s) and comes back to running, on the same /dev/nbd0, once
 # the path delivers again.
 # Run: test/vm/boot.sh test/vm/scenarios/daemon-blackhole.sh
