@@ -427,3 +427,34 @@ t.test('signalling: at QD1 a command costs one completion; a probe completes the
   t.ok(performance.now() - t0 < 500, `closed in ${(performance.now() - t0).toFixed(0)} ms (drain timeout 1000)`);
   t.same(m.rdmaObjectCounts().qps, 0);
 });
+
+t.test('signalling: unsignalled sends are never overdue on a live path, and a black hole still is', async (t) => {
+  const hold = setInterval(() => undefined, 1000); // keep-alive timers are unref'd
+  t.teardown(() => clearInterval(hold));
+  const target = newTarget();
+  const m = fabric(target);
+  m.blackHoleDetectMs = Infinity; // a device that never reports: only the overdue check notices
+  // ack_timeout 10, retry_count 6: RC retry bound 29.4 ms; a keep-alive tick every 20 ms
+  const tr = transport(m.asBinding(), { ackTimeout: 10, retryCount: 6, keepaliveIntervalMs: 20 });
+  const session = await SrpSession.login(tr, { ...ids, queueSize: 8 });
+  const lost = new Promise<TransportError>((r) => session.on('disconnect', r));
+  let gone = false;
+  void lost.then(() => (gone = true));
+  const disk = new ScsiDisk(session, { lun: 0n });
+  await disk.probe();
+  const signalled = tr.stats.signalledSends;
+  await disk.read(0, 4096);
+  t.equal(tr.stats.signalledSends, signalled, 'the read went unsignalled');
+  await new Promise((r) => setTimeout(r, 150)); // five times the bound, seven ticks
+  t.notOk(gone, 'an uncovered send is not taken for a dead path');
+  t.ok(tr.stats.probes > 0, 'the keep-alive probes covered it meanwhile');
+  m.blackHole = true;
+  const t0 = performance.now();
+  const cmd = session.execute({ lun: 0n, cdb: Buffer.alloc(6) }); // TEST UNIT READY, sent unsignalled
+  const e = await lost;
+  const ms = performance.now() - t0;
+  t.match(e.message, /path dead: a send waited \d+ ms/);
+  t.ok(ms < 29.4 + 20 + 150, `noticed after ${ms.toFixed(0)} ms (bound + interval 49.4 ms, plus slack)`);
+  await t.rejects(cmd, { code: 'disconnected' });
+  m.blackHole = false;
+});
