@@ -137,7 +137,7 @@ t.test('SRP session over the RDMA transport (mock fabric): login, verified I/O, 
   t.equal(m.pollCount(), 0, 'no poller left');
 });
 
-t.test('posting: IUs queued in one event go out as one list, only its last work request signalled', async (t) => {
+t.test('posting: IUs queued in one event go out as one list, at most its last work request signalled', async (t) => {
   const target = newTarget();
   const m = fabric(target);
   const tr = transport(m.asBinding(), { sendQueueDepth: 64, recvQueueDepth: 64 });
@@ -392,4 +392,69 @@ t.test('200 connect/disconnect cycles leak nothing (mock fabric)', async (t) => 
   }
   t.same(m.rdmaObjectCounts(), { channels: 0, ids: 0, qps: 0, pds: 0, compChannels: 0, cqs: 0, mrs: 0 });
   t.equal(m.pollCount(), 0);
+});
+
+t.test('signalling: at QD1 a command costs one completion; a probe completes the unsignalled sends', async (t) => {
+  const target = newTarget();
+  const m = fabric(target);
+  const tr = transport(m.asBinding(), { sendQueueDepth: 16, recvQueueDepth: 16 });
+  const session = await SrpSession.login(tr, { ...ids, queueSize: 8 });
+  const disk = new ScsiDisk(session, { lun: 0n });
+  await disk.probe();
+  const data = randomBytes(4096);
+  await disk.write(0, data);
+  const before = { ...tr.stats };
+  for (let i = 0; i < 40; i++) t.same(await disk.read(0, 4096), data, `read ${i}`);
+  const sends = tr.stats.sends - before.sends;
+  const recvs = tr.stats.recvs - before.recvs;
+  const sendCompletions = tr.stats.completions - before.completions - recvs;
+  t.equal(sends, 40);
+  t.equal(recvs, 40, 'one response each');
+  t.equal(tr.stats.signalledSends - before.signalledSends, sendCompletions, 'only signalled sends complete');
+  t.ok(sendCompletions <= 5, `a signalled send every 8 (half the send queue): ${sendCompletions} for 40 commands`);
+  // 40 sends through a 16-deep send queue: the budget held, and the uncovered tail is completed by a probe
+  const free = () => (tr as unknown as { freeSlots: number[] }).freeSlots.length;
+  t.ok(free() < 16, `sends still uncovered (${16 - free()} slots)`);
+  await tr.probe();
+  t.equal(free(), 16, 'the probe completed every send posted before it');
+  // close drains without waiting for its timeout: a signalled work request covers what is left
+  await disk.read(0, 4096);
+  t.ok(free() < 16);
+  const t0 = performance.now();
+  const gone = new Promise<TransportError>((r) => tr.on('disconnect', r));
+  await session.close();
+  await gone;
+  t.ok(performance.now() - t0 < 500, `closed in ${(performance.now() - t0).toFixed(0)} ms (drain timeout 1000)`);
+  t.same(m.rdmaObjectCounts().qps, 0);
+});
+
+t.test('signalling: unsignalled sends are never overdue on a live path, and a black hole still is', async (t) => {
+  const hold = setInterval(() => undefined, 1000); // keep-alive timers are unref'd
+  t.teardown(() => clearInterval(hold));
+  const target = newTarget();
+  const m = fabric(target);
+  m.blackHoleDetectMs = Infinity; // a device that never reports: only the overdue check notices
+  // ack_timeout 10, retry_count 6: RC retry bound 29.4 ms; a keep-alive tick every 20 ms
+  const tr = transport(m.asBinding(), { ackTimeout: 10, retryCount: 6, keepaliveIntervalMs: 20 });
+  const session = await SrpSession.login(tr, { ...ids, queueSize: 8 });
+  const lost = new Promise<TransportError>((r) => session.on('disconnect', r));
+  let gone = false;
+  void lost.then(() => (gone = true));
+  const disk = new ScsiDisk(session, { lun: 0n });
+  await disk.probe();
+  const signalled = tr.stats.signalledSends;
+  await disk.read(0, 4096);
+  t.equal(tr.stats.signalledSends, signalled, 'the read went unsignalled');
+  await new Promise((r) => setTimeout(r, 150)); // five times the bound, seven ticks
+  t.notOk(gone, 'an uncovered send is not taken for a dead path');
+  t.ok(tr.stats.probes > 0, 'the keep-alive probes covered it meanwhile');
+  m.blackHole = true;
+  const t0 = performance.now();
+  const cmd = session.execute({ lun: 0n, cdb: Buffer.alloc(6) }); // TEST UNIT READY, sent unsignalled
+  const e = await lost;
+  const ms = performance.now() - t0;
+  t.match(e.message, /path dead: a send waited \d+ ms/);
+  t.ok(ms < 29.4 + 20 + 150, `noticed after ${ms.toFixed(0)} ms (bound + interval 49.4 ms, plus slack)`);
+  await t.rejects(cmd, { code: 'disconnected' });
+  m.blackHole = false;
 });

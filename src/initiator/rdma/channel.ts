@@ -13,16 +13,21 @@
  * Posting: send() copies the IU into a send slot and queues a work request; the queue goes out as
  * one chained list (postSendList) in a microtask, so every IU queued by one event (an NBD read of
  * 32 requests, a completion batch of 32 responses) costs one ibv_post_send, which is one doorbell
- * system call on rxe. Only the last work request of a list is signalled: a QP completes its sends
- * in order, so that completion frees the slots of the whole list (send completions per list, not
- * per IU). Receive buffers consumed by one poll batch are reposted as one list as well.
+ * system call on rxe. Sends are signalled sparingly: a QP completes its sends in order, so one
+ * signalled completion frees the slots of every send posted before it. A list's last work request
+ * is signalled only once SIGNAL_EVERY sends wait uncovered or the send queue is half full; the rest
+ * go unsignalled, so at low depth a command costs one completion (its response), not two events.
+ * Sends left uncovered are covered by the next keep-alive probe (a signalled work request, which
+ * completes only after every send before it; on close too). A failed send always completes, with
+ * an error. Receive buffers consumed by one poll batch are reposted as one list as well.
  *
  * Failure detection: QP async events (PORT_ERR, QP_FATAL, DEVICE_FATAL), CM
  * DISCONNECTED / DEVICE_REMOVAL, failed work completions, and the keep-alive for a silent black hole:
  * probe() (a zero-length RDMA WRITE, which fails after (retryCount + 1) × 4.096 µs × 2^ackTimeout)
- * while idle, and under load a check of the oldest posted send: each posted list is stamped with
- * one clock read, and a send (or probe) still not completed after that RC retry bound is a dead
- * path, whatever the device reports or fails to report. retryCount is
+ * at every tick, and a check of the oldest send covered by a signalled work request: each
+ * signalled list stamps the sends it covers with one clock read, and a send (or probe) still not
+ * completed that long after its covering work request was posted, beyond the RC retry bound, is a
+ * dead path, whatever the device reports or fails to report. retryCount is
  * kept ≤ 6 because 7 means "retry forever" on rxe; the ACK timeout is set with rdma_set_option.
  * librdmacm does not move the QP to error on DISCONNECTED, so we call rdma_disconnect ourselves.
  * Address resolution uses a short timeout with retries (100 ms: it waits the whole timeout when no
@@ -81,6 +86,8 @@ const silent: SrpLogger = { debug() {}, info() {}, warn() {}, error() {} };
 const WR_SPACE = 0x10_0000;
 const WR_RECV = WR_SPACE;
 const WR_PROBE = 2 * WR_SPACE;
+/** A list's last send is signalled once this many sends are posted without a signalled one behind them. */
+const SIGNAL_EVERY = 16;
 /** completions read per cqPoll() */
 const POLL_BATCH = 64;
 /** connect() without a timeout gives up after this long */
@@ -115,6 +122,8 @@ interface Probe {
   resolve: (ms: number) => void;
   reject: (e: Error) => void;
   t0: number;
+  /** sendsPosted when it was posted: its completion completes every send before it */
+  covers: number;
 }
 
 /* ------------------------------------------------------------ transport */
@@ -135,8 +144,16 @@ export class RdmaChannelTransport extends Emitter<RdmaChannelEvents> implements 
   private freeSlots: number[] = [];
   /** Send slots posted and not yet completed, in posting order (a ring of sendQueueDepth). */
   private readonly posted: Int32Array;
-  /** When each entry of `posted` was posted (batchNow(): one clock read per batch at most). */
+  /**
+   * When the signalled work request covering each entry of `posted` was posted (batchNow(): one
+   * clock read per list at most); unset for the `uncovered` entries at the ring's tail.
+   */
   private readonly postedAt: Float64Array;
+  /** Entries at the tail of `posted` no signalled work request covers yet (they cannot complete). */
+  private uncovered = 0;
+  /** Sends posted and completed since connect (a probe completes the sends posted before it). */
+  private sendsPosted = 0;
+  private sendsCompleted = 0;
   /** A send not completed after this many ms is overdue: the path is dead. */
   private readonly overdueMs: number;
   private postedHead = 0;
@@ -166,6 +183,8 @@ export class RdmaChannelTransport extends Emitter<RdmaChannelEvents> implements 
     sends: 0,
     /** ibv_post_send calls for IUs (one per list); sends / sendPosts is the batching achieved */
     sendPosts: 0,
+    /** sends posted signalled (each costs a completion) */
+    signalledSends: 0,
     recvs: 0,
     recvPosts: 0,
     completions: 0,
@@ -238,6 +257,7 @@ export class RdmaChannelTransport extends Emitter<RdmaChannelEvents> implements 
       this.maxRegion = Math.min(this.o.maxRegionSize, Number(attr.maxMrSize));
       this.freeSlots = Array.from({ length: this.o.sendQueueDepth }, (_, i) => this.o.sendQueueDepth - 1 - i);
       this.postedHead = this.postedCount = this.queuedSends = this.queuedRecvs = 0;
+      this.uncovered = this.sendsPosted = this.sendsCompleted = 0;
       this.sendBase = Number(res.sendPool!.addr);
       this.recvBase = Number(res.recvPool!.addr);
       for (let i = 0; i < this.o.recvQueueDepth; i++) this.queueRecv(i);
@@ -499,8 +519,11 @@ export class RdmaChannelTransport extends Emitter<RdmaChannelEvents> implements 
     if (wrId >= WR_PROBE) {
       const p = this.probes.get(wrId);
       this.probes.delete(wrId);
-      if (status === R.IBV_WC_SUCCESS) p?.resolve(performance.now() - p.t0);
-      else {
+      if (status === R.IBV_WC_SUCCESS) {
+        if (p) this.completeSendsUpTo(p.covers);
+        p?.resolve(performance.now() - p.t0);
+        if (this.drainWaiter && this.freeSlots.length === this.o.sendQueueDepth) this.drainWaiter();
+      } else {
         const e = new TransportError(`keep-alive probe failed: ${R.describeWcStatus(status)}`, 'disconnected');
         p?.reject(e);
         this.lost(e.message);
@@ -535,14 +558,23 @@ export class RdmaChannelTransport extends Emitter<RdmaChannelEvents> implements 
    * QP completes its sends in order. Their slots are free again.
    */
   private completeSends(slot: number): void {
-    const depth = this.posted.length;
-    while (this.postedCount > 0) {
-      const s = this.posted[this.postedHead];
-      this.postedHead = (this.postedHead + 1) % depth;
-      this.postedCount--;
-      this.freeSlots.push(s);
-      if (s === slot) return;
-    }
+    while (this.postedCount > 0) if (this.completeOldestSend() === slot) return;
+  }
+
+  /** A probe completed: every send posted before it (`covers` sends since connect) is done. */
+  private completeSendsUpTo(covers: number): void {
+    while (this.postedCount > 0 && this.sendsCompleted < covers) this.completeOldestSend();
+  }
+
+  /** Frees the oldest posted send's slot; returns the slot. */
+  private completeOldestSend(): number {
+    const s = this.posted[this.postedHead]!;
+    this.postedHead = (this.postedHead + 1) % this.posted.length;
+    this.postedCount--;
+    this.sendsCompleted++;
+    if (this.uncovered > this.postedCount) this.uncovered = this.postedCount; // a failed send completed
+    this.freeSlots.push(s);
+    return s;
   }
 
   private queueRecv(slot: number): void {
@@ -594,8 +626,10 @@ export class RdmaChannelTransport extends Emitter<RdmaChannelEvents> implements 
   }
 
   /**
-   * Posts the IUs queued since the last flush as one list, the last one signalled. A failed post
-   * loses the channel: the session sees 'disconnect' and its commands fail as transport errors.
+   * Posts the IUs queued since the last flush as one list; its last work request is signalled once
+   * SIGNAL_EVERY sends wait uncovered or the send queue is half full (or closing), else none is. A
+   * failed post loses the channel: the session sees 'disconnect' and its commands fail as
+   * transport errors.
    */
   private flushSends(): void {
     this.flushQueued = false;
@@ -603,14 +637,17 @@ export class RdmaChannelTransport extends Emitter<RdmaChannelEvents> implements 
     this.queuedSends = 0;
     if (n === 0 || this.stateValue !== 'connected') return;
     const depth = this.posted.length;
-    const now = this.o.keepaliveIntervalMs ? batchNow() : 0;
     for (let i = 0; i < n; i++) {
-      const at = (this.postedHead + this.postedCount) % depth;
-      this.posted[at] = this.sendWrs.readUInt32LE(i * R.SEND_WR_LEN);
-      this.postedAt[at] = now;
+      this.posted[(this.postedHead + this.postedCount) % depth] = this.sendWrs.readUInt32LE(i * R.SEND_WR_LEN);
       this.postedCount++;
     }
-    setSendWrFlags(this.sendWrs, n - 1, R.IBV_SEND_SIGNALED);
+    this.sendsPosted += n;
+    this.uncovered += n;
+    if (this.uncovered >= SIGNAL_EVERY || this.postedCount * 2 >= depth || this.closing) {
+      setSendWrFlags(this.sendWrs, n - 1, R.IBV_SEND_SIGNALED);
+      this.stats.signalledSends++;
+      this.cover(this.o.keepaliveIntervalMs ? batchNow() : 0);
+    }
     try {
       this.b.postSendList(this.res.cmId, this.sendWrs, n);
       this.stats.sendPosts++;
@@ -619,17 +656,33 @@ export class RdmaChannelTransport extends Emitter<RdmaChannelEvents> implements 
     }
   }
 
+  /** A signalled work request posted at `now` covers the uncovered sends before it: stamps them. */
+  private cover(now: number): void {
+    const depth = this.posted.length;
+    for (let i = this.postedCount - this.uncovered; i < this.postedCount; i++) {
+      this.postedAt[(this.postedHead + i) % depth] = now;
+    }
+    this.uncovered = 0;
+  }
+
   /**
-   * Keep-alive: a zero-length RDMA WRITE (no SGE, remote address 0, rkey 0). Resolves with the round
-   * trip in ms; when the path is a black hole it fails after the QP's retries and the channel is lost.
+   * Keep-alive: a zero-length RDMA WRITE (no SGE, remote address 0, rkey 0), signalled, so it also
+   * completes every send posted unsignalled before it. Resolves with the round trip in ms; when
+   * the path is a black hole it fails after the QP's retries and the channel is lost.
    */
   probe(): Promise<number> {
     if (this.stateValue !== 'connected' || this.closing) {
       return Promise.reject(new TransportError(`probe on a ${this.stateValue} channel`, 'disconnected'));
     }
+    return this.postProbe();
+  }
+
+  private postProbe(): Promise<number> {
     const wrId = WR_PROBE + (this.probeSeq = (this.probeSeq + 1) % WR_SPACE);
     return new Promise((resolve, reject) => {
-      this.probes.set(wrId, { resolve, reject, t0: performance.now() });
+      const t0 = performance.now();
+      this.probes.set(wrId, { resolve, reject, t0, covers: this.sendsPosted });
+      if (this.uncovered > 0) this.cover(t0);
       try {
         writeSendWr(this.probeWr, 0, wrId, R.IBV_WR_RDMA_WRITE, R.IBV_SEND_SIGNALED, 0, 0, 0);
         this.b.postSendList(this.res.cmId, this.probeWr, 1);
@@ -671,14 +724,16 @@ export class RdmaChannelTransport extends Emitter<RdmaChannelEvents> implements 
 
   /**
    * Under load as when idle: the oldest send not completed (or the probe) waited longer than the
-   * RC retry bound. Completions already in the CQ are taken first, so a late timer tick (a busy
-   * event loop) is not taken for a dead path. Declares the channel lost and returns true if so.
+   * RC retry bound since the signalled work request covering it was posted (an uncovered send
+   * cannot complete yet: the next probe covers it). Completions already in the CQ are taken first,
+   * so a late timer tick (a busy event loop) is not taken for a dead path. Declares the channel
+   * lost and returns true if so.
    */
   private overdue(): boolean {
     this.pollAll();
     if (this.stateValue !== 'connected') return true;
     const now = performance.now();
-    let oldest = this.postedCount > 0 ? this.postedAt[this.postedHead]! : now;
+    let oldest = this.postedCount > this.uncovered ? this.postedAt[this.postedHead]! : now;
     for (const p of this.probes.values()) oldest = Math.min(oldest, p.t0);
     const waited = now - oldest;
     if (waited <= this.overdueMs) return false;
@@ -731,6 +786,8 @@ export class RdmaChannelTransport extends Emitter<RdmaChannelEvents> implements 
     if (this.freeSlots.length === this.o.sendQueueDepth) disconnect();
     else {
       this.drainWaiter = disconnect;
+      // sends posted unsignalled complete with a signalled work request behind them
+      if (this.uncovered > 0) this.postProbe().catch(() => undefined);
       const t = setTimeout(disconnect, CLOSE_DRAIN_MS);
       t.unref?.();
     }
