@@ -260,6 +260,45 @@ srpt_sessions() {
   local tp; tp=$(srpt_port_name "$1") || return 1
   cat "$CFG/srpt/$tp/$tp"/acls/*/info 2>/dev/null | sed -n 's/.*InitiatorName: *//p'
 }
+# srpt_add_shared_lun SIZE [PATH...]: ONE ramdisk backstore of SIZE MiB (512-byte blocks), unit
+# serial "srpnbd-shared" (LIO HBA rd_mcp_9), exported as LUN 0 through the target port of every PATH (default: every
+# path setup_net built) with the "default" ACLs of each path: the paths reach the same logical
+# unit (same VPD 80h serial and 83h NAA; only the target port designators differ), as an array's
+# two target ports do for multipath. Give each path no other target. Sets TARGET_LUNS[P]=1 and
+# LIO_PORT_CMDS[P] (the port's in_cmds counter file, see lio_port_cmds).
+declare -a LIO_PORT_CMDS
+srpt_add_shared_lun() {
+  local size=$1 p tp tpg bsdir=$CFG/core/rd_mcp_9/shared; shift
+  local paths=("$@"); [ ${#paths[@]} -gt 0 ] || for ((p=0; p<${NPATHS:-1}; p++)); do paths+=("$p"); done
+  mkdir -p "$bsdir" || return 1
+  echo "rd_pages=$((${size%M} * 256))" > "$bsdir/control" || return 1
+  echo srpnbd-shared > "$bsdir/wwn/vpd_unit_serial" || return 1
+  echo 1 > "$bsdir/enable" || return 1
+  for p in "${paths[@]}"; do
+    tp=$(srpt_port_name "$p") || return 1
+    tpg=$CFG/srpt/$tp/$tp
+    mkdir -p "$tpg/lun/lun_0" || return 1
+    ln -s "$bsdir" "$tpg/lun/lun_0/shared" || return 1
+    _srpt_acls "$tpg" 1 "${TGT_IP[p]}" "${INI_IP[p]}" || return 1
+    echo 1 > "$tpg/enable" || return 1
+    TARGET_LUNS[p]=1
+    LIO_PORT_CMDS[p]=$tpg/lun/lun_0/statistics/scsi_tgt_port/in_cmds
+  done
+}
+# lio_port_cmds VAR P: VAR = SCSI commands LIO received for LUN 0 through path P's target port
+# (builtins only: usable in samplers). Side-neutral: counts what any initiator sent on that path.
+lio_port_cmds() { sysfs_read "$1" "${LIO_PORT_CMDS[$2]}" 0; }
+# lio_sampler_start [INTERVAL=0.1]: log "uptime cmds(path 0) cmds(path 1)" every INTERVAL to
+# /tmp/lio-cmds.log (which path carries I/O, and when it switched); lio_sampler_stop ends it
+lio_sampler_start() {
+  local iv=${1:-0.1}
+  : > /tmp/lio-cmds.log; rm -f /tmp/lio-cmds.log.stop
+  ( while [ ! -e /tmp/lio-cmds.log.stop ]; do
+      uptime_to t; lio_port_cmds a 0; lio_port_cmds b 1
+      echo "$t $a $b" >> /tmp/lio-cmds.log; nap "$iv"
+    done ) &
+}
+lio_sampler_stop() { touch /tmp/lio-cmds.log.stop; }
 # setup_bench [NPATHS=1] [LUNSPEC...]: net + rxe + ib_srpt with one target per path
 # (default LUNs: ram:64:512 ram:64:4096), nbd and raid1 loaded. die()s on failure.
 setup_bench() {
@@ -446,4 +485,46 @@ kib_srp_disks() {
     h=$(readlink -f "$d/device" | grep -o 'host[0-9]*' | head -1)
     [ "$(cat "/sys/class/scsi_host/$h/proc_name" 2>/dev/null)" = ib_srp ] && basename "$d"
   done
+}
+
+# ---- dm-multipath (kernel baseline) ---------------------------------------------------------
+# mpath_start CONF_TEXT: multipathd in the guest with CONF_TEXT as /etc/multipath.conf. The guest's
+# root is an overlay whose upper layer is the guest's tmpfs, so the file never reaches the host's
+# /etc (refused if / is not that overlay). Loads dm_multipath, dm_round_robin and scsi_dh_alua,
+# starts systemd-udevd if none runs and replays the block devices' add events (multipathd uses
+# only devices udev has initialized, and 60-multipath.rules marks the paths), then multipathd in the foreground of a background job, its log in $OUT_DIR/multipathd.log.
+mpath_start() {
+  awk '$2 == "/" && $3 == "overlay" {f=1} END {exit !f}' /proc/mounts ||
+    { log "mpath_start: / is not the guest's overlay: refusing to write /etc/multipath.conf"; return 1; }
+  printf '%s\n' "$1" > /etc/multipath.conf || return 1
+  modprobe dm_multipath && modprobe dm_round_robin || return 1
+  modprobe scsi_dh_alua 2>/dev/null
+  if ! pgrep -x systemd-udevd >/dev/null; then
+    /lib/systemd/systemd-udevd --daemon --resolve-names=never || return 1
+  fi
+  wait_for 10 udevadm control --ping || return 1
+  udevadm trigger --action=add --subsystem-match=block && udevadm settle -t 30   # disks seen before udevd
+  multipathd -d -v2 >>"$OUT_DIR/multipathd.log" 2>&1 &
+  MPATHD_PID=$!
+  wait_for 30 multipathd show daemon
+}
+mpath_stop() { [ -n "${MPATHD_PID:-}" ] && kill "$MPATHD_PID" 2>/dev/null; MPATHD_PID=; }
+# mpath_map: name of the (first) multipath map
+mpath_map() { dmsetup ls --target multipath 2>/dev/null | awk '$1 != "No" && $2 ~ /^\(/ {print $1; exit}'; }  # "name (254, 0)"
+# mpath_active MAP N: MAP exists and N of its paths are active ("A" in dmsetup status)
+mpath_active() {
+  [ "$(dmsetup status "$1" 2>/dev/null | awk '{for (i=1;i<NF;i++) if ($i ~ /^[0-9]+:[0-9]+$/ && $(i+1) == "A") n++} END {print n+0}')" -ge "$2" ]
+}
+# sd_writes VAR sdX: VAR = completed writes of /sys/block/sdX (builtins only)
+sd_writes() { local a b c d e; { read -r a b c d e _ <"/sys/block/$2/stat"; } 2>/dev/null || e=0; printf -v "$1" '%s' "$e"; }
+# kib_srp_path sdX: the path (0, 1, ...) an ib_srp disk logged in over (its host's local IB device)
+kib_srp_path() {
+  local h dev; h=$(readlink -f "/sys/block/$1/device" | grep -o 'host[0-9]*' | head -n1)
+  dev=$(cat "/sys/class/scsi_host/$h/local_ib_device" 2>/dev/null) || return 1
+  dev=${dev#rxe}; echo $((dev / 2))
+}
+# kib_srp_rport sdX: the srp_remote_ports sysfs dir of an ib_srp disk
+kib_srp_rport() {
+  local h; h=$(readlink -f "/sys/block/$1/device" | grep -o 'host[0-9]*' | head -n1)
+  echo "/sys/class/srp_remote_ports/port-${h#host}:1"
 }

@@ -27,10 +27,12 @@ T0=$(date +%s)
 # soft-RoCE user space and tools (rdma-core, ibverbs-*, rdmacm-utils, perftest), the NBD
 # client, md, fio, LIO's targetcli (the scenarios write configfs directly), sg3-utils,
 # iproute2 (ip, tc, rdma), e2fsprogs; nbdkit and strace for bench-e2e (the kernel-NBD
-# yardstick and system-call counts).
+# yardstick and system-call counts); multipath-tools for the multipath scenario's kernel
+# baseline (ib_srp + dm-multipath; its udev rules act on sd* disks only, and the guest
+# writes its /etc/multipath.conf in its own tmpfs overlay, never on the host).
 PKGS="qemu-system-x86 rdma-core ibverbs-providers ibverbs-utils rdmacm-utils perftest
   nbd-client mdadm busybox-static kmod cpio fio targetcli-fb iproute2 sg3-utils
-  procps util-linux e2fsprogs gzip nbdkit strace"
+  procps util-linux e2fsprogs gzip nbdkit strace multipath-tools"
 if [ "${SKIP_APT:-0}" != 1 ]; then
   missing=""
   for p in $PKGS; do
