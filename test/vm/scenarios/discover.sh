@@ -12,7 +12,7 @@
 #                  /dev/nbd1 = LUN 1, /dev/nbd2 = LUN 2, whatever order REPORT LUNS used
 #   initiator-id   `status` shows ib_srp's initiator port id: initiator_ext (0) ‖ the port GUID of
 #                  the initiator's rxe0 (the interface id of its GID 0)
-#   duplicate-refused  a second attach of the same LUs (initiator_ext=1, another id) exits != 0
+#   duplicate-refused  with `--multipath off`, a second attach of the same LUs (initiator_ext=1, another id) exits != 0
 #                  naming the target and /dev/nbd0 that have LUN 0; no further device appears
 #   login-reject   with an ACL lacking our initiator, discover exits 1 naming ib_srpt's reject
 #                  reason, the initiator port id it saw and the targetcli command to add the ACL
@@ -76,7 +76,7 @@ else fail lun-order "sizes '$got' (want nbd0=64M nbd1=32M nbd2=16M), status '$ma
 id=$(jq -r .initiator_port_id /tmp/st.json 2>/dev/null)
 if [ "$id" = "$WANT_ID" ]; then pass initiator-id "$id"; else fail initiator-id "status says '$id', want $WANT_ID"; fi
 
-srp_nbd attach "$ADDR,initiator_ext=1" --id dup >/tmp/dup.out 2>&1; rc=$?
+srp_nbd attach "$ADDR,initiator_ext=1" --id dup --multipath off >/tmp/dup.out 2>&1; rc=$?
 cat /tmp/dup.out
 if [ $rc != 0 ] && grep -q "already attached as target lo LUN 0 (/dev/nbd0)" /tmp/dup.out && ! nbd_connected nbd3; then
   pass duplicate-refused "exit $rc: $(head -c 200 /tmp/dup.out | tr '\n' ' ')"
