@@ -298,7 +298,9 @@ export class MockRdmaBinding implements Partial<NativeBinding> {
         this.cmEvent(h, R.RDMA_CM_EVENT_ADDR_ERROR, -110);
         return;
       }
-      this.ids.get(h)!.ctx = 1;
+      const id = this.ids.get(h);
+      if (!id) return; // destroyed meanwhile: a destroyed id gets no events, as with rdma_destroy_id
+      id.ctx = 1;
       this.cmEvent(h, R.RDMA_CM_EVENT_ADDR_RESOLVED);
     }, 1);
   }
