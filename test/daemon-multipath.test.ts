@@ -513,6 +513,62 @@ t.test('CLI and REST: several addresses in one attach, path list, fail, reinstat
   t.match(list.stdout, new RegExp(`${id0}-lun0 \\(path of ${id0}\\)`), 'list marks the path');
 });
 
+t.test('REST: POST /targets with an array attaches the paths in order; errors name the entry', async (t) => {
+  const f = await fixture(t);
+  const api = await startApi(f.d, pino({ level: 'silent' }));
+  t.teardown(() => api.close());
+  const c = new ControlClient({ socket: f.d.config.control_socket });
+  const bad = (await c
+    .call('attach', {
+      body: [
+        { address: ADDR0, id: 'a' },
+        { address: ADDR1, path_selector: 'random' },
+      ],
+    })
+    .catch((x: unknown) => x)) as ApiError;
+  t.equal(bad.status, 400, 'a bad entry: 400 before anything is attached');
+  t.match(bad.message, /\[1\]\.path_selector: Invalid enum value/);
+  const none = (await c.call('attach', { body: {} }).catch((x: unknown) => x)) as ApiError;
+  t.match(none.message, /body: address: required/, 'a single body still gets field errors');
+  t.same(f.d.list(), []);
+
+  const views = await c.call<{ id: string; luns: { device: string | null }[] }[]>('attach', {
+    body: [
+      { address: ADDR0, id: 'a' },
+      { address: ADDR1, id: 'b' },
+    ],
+  });
+  t.same(
+    views.map((v) => v.id),
+    ['a', 'b'],
+  );
+  t.equal(f.kernel.describe(), '/dev/nbd0=a-lun0', 'one device for the two paths');
+  t.same(
+    f.d.paths('a').paths!.map((p) => [p.target, p.state]),
+    [
+      ['a', 'running'],
+      ['b', 'running'],
+    ],
+  );
+
+  await c.call('detach', { params: { id: 'b' } });
+  const clash = (await c
+    .call('attach', {
+      body: [
+        { address: ADDR1, id: 'c' },
+        { address: ADDR1, id: 'd' },
+      ],
+    })
+    .catch((x: unknown) => x)) as ApiError;
+  t.equal(clash.status, 409, "the failing entry's status");
+  t.match(clash.message, /^targets\[1\] \(id_ext=.*\): .*already attached.*still attached: c\)$/);
+  t.same(
+    f.d.paths('a').paths!.map((p) => p.target),
+    ['a', 'c'],
+    'the entries before the failure stay attached, as paths',
+  );
+});
+
 t.test('a path whose LUN is another disk after a re-login is not used (lost, with the reason)', async (t) => {
   const f = await fixture(t, { path_selector: 'round-robin' });
   await f.d.attach({ address: ADDR0, id: 'p0' });

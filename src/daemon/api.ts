@@ -17,7 +17,7 @@ import type { Logger } from 'pino';
 import { boundedField, rateLimitedWarn, urlForLog } from '../util/log.js';
 import { type NativeBinding, type PeerCred, tryLoadNative } from '../native/native.js';
 import { CONTROL_SOCKET_MODE, type TargetSpec, zodIssues } from './config.js';
-import { type Daemon, DaemonError, VERSION } from './daemon.js';
+import { type Daemon, DaemonError, type TargetView, VERSION } from './daemon.js';
 import { openApiDocument, type RouteDef, type RouteName, ROUTES, type TimersPatch } from './routes.js';
 
 type Handler = (d: Daemon, params: Record<string, string>, body: unknown) => unknown;
@@ -27,7 +27,8 @@ const HANDLERS: Record<RouteName, Handler> = {
   health: (d) => d.health(),
   listTargets: (d) => d.list(),
   getTarget: (d, p) => d.status(p.id!),
-  attach: (d, _p, body) => d.attach(body as TargetSpec),
+  attach: (d, _p, body) =>
+    Array.isArray(body) ? attachInOrder(d, body as TargetSpec[]) : d.attach(body as TargetSpec),
   detach: (d, p) => d.detach(p.id!),
   getLun: (d, p) => d.lun(p.name!),
   setTimers: (d, p, body) => d.setTimers(p.id!, body as TimersPatch),
@@ -39,6 +40,30 @@ const HANDLERS: Record<RouteName, Handler> = {
   metrics: (d) => d.metrics(),
   openapi: () => openApiDocument(VERSION),
 };
+
+/**
+ * POST /targets with an array: each target attached in order (the paths of one LU group as they
+ * come). The first failure stops it, with that error's status, naming the entry and what stays
+ * attached.
+ */
+async function attachInOrder(d: Daemon, specs: TargetSpec[]): Promise<unknown[]> {
+  const done: TargetView[] = [];
+  for (const [i, spec] of specs.entries()) {
+    try {
+      done.push(await d.attach(spec));
+    } catch (e) {
+      const attached = done.length > 0 ? done.map((v) => v.id).join(', ') : 'none';
+      const status = e instanceof DaemonError ? e.status : ((e as { statusCode?: number }).statusCode ?? 500);
+      const details = e instanceof DaemonError ? e.details : undefined;
+      throw new DaemonError(
+        `targets[${i}] (${spec.address}): ${(e as Error).message} (attached before it, still attached: ${attached})`,
+        status,
+        details,
+      );
+    }
+  }
+  return done;
+}
 
 const REASONS: Record<number, string> = {
   400: 'Bad Request',
@@ -132,7 +157,8 @@ export function buildApp(daemon: Daemon, logger: Logger, opts: { token?: string 
       handler: async (req: FastifyRequest, reply: FastifyReply) => {
         let body: unknown;
         if (r.body) {
-          const parsed = r.body.safeParse(req.body ?? undefined);
+          const raw = req.body ?? undefined;
+          const parsed = (r.bodyFor?.(raw) ?? r.body).safeParse(raw);
           if (!parsed.success) {
             const issues = zodIssues(parsed.error);
             return reply.code(400).send({

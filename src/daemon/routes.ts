@@ -11,6 +11,10 @@ import { reconnectDelayField, tmoField } from '../fsm/timers.js';
 import { TARGET_OPTIONS, targetSpecSchema } from './config.js';
 import { type JsonSchema, toJsonSchema } from './json-schema.js';
 
+/** The most targets one POST /targets array may carry. */
+export const MAX_TARGETS_PER_ATTACH = 16;
+const targetSpecsSchema = z.array(targetSpecSchema).min(1).max(MAX_TARGETS_PER_ATTACH);
+
 /** PATCH /targets/:id body: any of the four timers; the combination is checked with validateTmo. */
 export const timersPatchSchema = z
   .object({
@@ -42,6 +46,11 @@ export interface RouteDef {
   url: string;
   summary: string;
   body?: z.ZodTypeAny;
+  /**
+   * The schema a given body is validated with when `body` is a union of shapes (so a bad body's
+   * errors name its fields, not "Invalid input"); default `body`.
+   */
+  bodyFor?: (raw: unknown) => z.ZodTypeAny;
   /** Success status. */
   status: number;
   /** Response content type (default JSON). */
@@ -72,9 +81,10 @@ export const ROUTES = {
     method: 'POST',
     url: '/targets',
     status: 201,
-    body: targetSpecSchema,
+    body: z.union([targetSpecSchema, targetSpecsSchema]),
+    bodyFor: (raw) => (Array.isArray(raw) ? targetSpecsSchema : targetSpecSchema),
     summary:
-      'Attach a target: log in, export every LUN as <id>-lun<N> (and /dev/nbdN per `device`), persist. 409 if the id or address is attached, 502 if the login fails, 503 if its transport is not available.',
+      'Attach a target: log in, export every LUN as <id>-lun<N> (and /dev/nbdN per `device`), persist; a LUN that reaches an attached LU becomes a path of its device (multipath). 409 if the id or address is attached, 502 if the login fails, 503 if its transport is not available. A JSON array of targets (several addresses, e.g. the paths of one LU) attaches them in order and answers an array; the first failure stops it with that error, naming the entry and the targets already attached (they stay).',
   },
   detach: {
     method: 'DELETE',
