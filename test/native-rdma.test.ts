@@ -13,7 +13,8 @@ import { ScsiDisk } from '../src/initiator/scsi-disk.js';
 import { TransportError } from '../src/initiator/scsi-executor.js';
 import { SrpLoginRejectedError, SrpSession } from '../src/initiator/srp-session.js';
 import type { LoopbackTargetEnd } from '../src/initiator/loopback.js';
-import { MockRdmaBinding } from '../src/testing/mock-rdma-binding.js';
+import { MockRdmaBinding, type MockTargetEnd } from '../src/testing/mock-rdma-binding.js';
+import { encodeCredReq } from '../src/initiator/srp-iu.js';
 import { tryLoadNative, readWc, type NativeBinding } from '../src/native/native.js';
 import * as R from '../src/native/rdma-constants.js';
 import { encodeSockaddrIb, encodeSockaddrIp } from '../src/native/sockaddr.js';
@@ -392,6 +393,33 @@ t.test('200 connect/disconnect cycles leak nothing (mock fabric)', async (t) => 
   }
   t.same(m.rdmaObjectCounts(), { channels: 0, ids: 0, qps: 0, pds: 0, compChannels: 0, cqs: 0, mrs: 0 });
   t.equal(m.pollCount(), 0);
+});
+
+t.test('a receive and the loss of the channel in one poll: the loss wins, nothing is reposted', async (t) => {
+  const target = newTarget();
+  const m = new MockRdmaBinding();
+  let end: MockTargetEnd | undefined;
+  m.onConnect = (e) => {
+    end = e;
+    target.accept(e as unknown as LoopbackTargetEnd);
+  };
+  const b = m.asBinding();
+  const tr = transport(b);
+  const session = await SrpSession.login(tr, ids);
+  const disk = new ScsiDisk(session, { lun: 0n });
+  await disk.probe();
+  const lost = new Promise<TransportError>((r) => tr.on('disconnect', r));
+  const posts = tr.stats.recvPosts;
+  // both completions wait in the CQ for one completion event: a received IU (its receive is
+  // queued for reposting), then the QP in error (the flushed receives end the channel)
+  const e = end as unknown as { fabric: MockRdmaBinding; idHandle: number };
+  e.fabric.deliverToInitiator(e.idHandle, encodeCredReq({ solNot: 0, tag: 7n, reqLimDelta: 0 }));
+  b.qpModify((tr as unknown as { res: { cmId: number } }).res.cmId, { state: R.IBV_QPS_ERR });
+  const why = await lost;
+  t.match(why.message, /receive failed/);
+  t.equal(tr.state, 'closed');
+  t.equal(tr.stats.recvPosts, posts, 'the queued receive was not posted on the released QP');
+  t.same(m.rdmaObjectCounts().qps, 0);
 });
 
 t.test('signalling: at QD1 a command costs one completion; a probe completes the unsignalled sends', async (t) => {

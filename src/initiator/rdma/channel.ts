@@ -592,6 +592,9 @@ export class RdmaChannelTransport extends Emitter<RdmaChannelEvents> implements 
   private flushRecvs(): void {
     const n = this.queuedRecvs;
     this.queuedRecvs = 0;
+    // A completion later in the same poll may have lost the channel: its QP and id are gone, and
+    // the receives queued before it have nothing left to be posted on.
+    if (this.stateValue === 'closed') return;
     try {
       this.b.postRecvList(this.res.cmId, this.recvWrs, n);
       this.stats.recvPosts++;
