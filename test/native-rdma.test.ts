@@ -422,6 +422,27 @@ t.test('a receive and the loss of the channel in one poll: the loss wins, nothin
   t.same(m.rdmaObjectCounts().qps, 0);
 });
 
+t.test('a completion handler that throws costs the channel, not the process', async (t) => {
+  const target = newTarget();
+  const m = fabric(target);
+  const b = m.asBinding();
+  const tr = transport(b);
+  const session = await SrpSession.login(tr, ids);
+  const disk = new ScsiDisk(session, { lun: 0n });
+  await disk.probe();
+  const lost = new Promise<TransportError>((r) => tr.on('disconnect', r));
+  // an unexpected failure inside the completion handler (here: re-arming the CQ)
+  b.cqReqNotify = () => {
+    throw Object.assign(new Error('ibv_req_notify_cq failed: Bad file descriptor'), { code: 'EBADF' });
+  };
+  const read = disk.read(0, 4096).catch((e: unknown) => e);
+  const why = await lost;
+  t.match(why.message, /internal error in the completion handler: ibv_req_notify_cq failed/);
+  t.equal(tr.state, 'closed');
+  await read;
+  t.same(m.rdmaObjectCounts().qps, 0, 'the channel is released');
+});
+
 t.test('signalling: at QD1 a command costs one completion; a probe completes the unsignalled sends', async (t) => {
   const target = newTarget();
   const m = fabric(target);

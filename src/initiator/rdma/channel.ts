@@ -209,15 +209,29 @@ export class RdmaChannelTransport extends Emitter<RdmaChannelEvents> implements 
     this.recvWrs = Buffer.alloc(Math.min(this.o.recvQueueDepth, R.MAX_WR_LIST) * R.RECV_WR_LEN);
     this.log = options.logger ?? silent;
     this.res = new VerbsResources(b, this.log, {
-      cmEvents: () => this.drainCm(),
-      completions: () => this.onCompletionEvent(),
-      asyncEvent: (ev) => this.onAsync(ev),
+      cmEvents: () => this.guarded('CM event', () => this.drainCm()),
+      completions: () => this.guarded('completion', () => this.onCompletionEvent()),
+      asyncEvent: (ev) => this.guarded('device event', () => this.onAsync(ev)),
       pollFailed: (fd, err) => this.onPollFailed(fd, err),
     });
   }
 
   get state(): ChannelState {
     return this.stateValue;
+  }
+
+  /**
+   * Runs one event handler. A handler that throws is a bug, but one that must cost this channel
+   * (a path failure the rport recovers from), never the daemon and every export with it: the
+   * error is logged and the channel is lost.
+   */
+  private guarded(what: string, handler: () => void): void {
+    try {
+      handler();
+    } catch (err) {
+      this.log.error({ err, device: this.device }, `rdma: ${what} handler failed: losing the channel`);
+      this.lost(`internal error in the ${what} handler: ${(err as Error).message}`, err as Error);
+    }
   }
   get maxRegionSize(): number {
     return this.maxRegion;
