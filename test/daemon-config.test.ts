@@ -194,6 +194,13 @@ t.test(`${OPTIONS_DOC} is generated from the schemas and up to date (npm run doc
   }
 });
 
+interface BodySchema {
+  type?: string;
+  properties?: Record<string, unknown>;
+  anyOf?: BodySchema[];
+  items?: BodySchema;
+}
+
 t.test('OpenAPI document: every route, bodies from the shared zod schemas', async (t) => {
   const doc = openApiDocument('test') as {
     paths: Record<
@@ -202,18 +209,18 @@ t.test('OpenAPI document: every route, bodies from the shared zod schemas', asyn
         string,
         {
           operationId: string;
-          requestBody?: { content: Record<string, { schema: { properties: Record<string, unknown> } }> };
+          requestBody?: { content: Record<string, { schema: BodySchema }> };
         }
       >
     >;
   };
   const ops = Object.values(doc.paths).flatMap((p) => Object.values(p).map((o) => o.operationId));
   t.same(ops.sort(), Object.keys(ROUTES).sort());
-  const attach = doc.paths['/targets']!.post!;
-  t.ok(
-    attach.requestBody!.content['application/json']!.schema.properties.dev_loss_tmo,
-    'attach body has the per-target options',
-  );
+  const attach = doc.paths['/targets']!.post!.requestBody!.content['application/json']!.schema;
+  const [one, many] = attach.anyOf!;
+  t.ok(one!.properties!.dev_loss_tmo, 'attach body: a target, with the per-target options');
+  t.equal(many!.type, 'array', 'or an array of targets');
+  t.same(many!.items, one, 'of the same shape');
   t.ok(doc.paths['/targets/{id}']!.patch, 'PATCH with the path parameter');
 });
 
