@@ -11,7 +11,7 @@ import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { TARGET_OPTIONS, targetSpecSchema, zodIssues } from '../daemon/config.js';
 import { ApiError, ControlClient, UnreachableError } from '../daemon/client.js';
 import { describeMembership } from '../daemon/md.js';
-import type { DetachResult, LuPathsView, PathsResult, PathView, TargetSummary, TargetView } from '../daemon/daemon.js';
+import type { DetachResult, LuPathsView, PathsResult, PathView, TargetSummary, TargetView } from '../daemon/views.js';
 import { describeMemory, type MemoryReport } from '../daemon/memory.js';
 import { BY_ID_DIR } from '../daemon/names.js';
 import { normalizeAddressLine } from '../daemon/address.js';

@@ -17,7 +17,8 @@ import type { Logger } from 'pino';
 import { boundedField, rateLimitedWarn, urlForLog } from '../util/log.js';
 import { type NativeBinding, type PeerCred, tryLoadNative } from '../native/native.js';
 import { CONTROL_SOCKET_MODE, type TargetSpec, zodIssues } from './config.js';
-import { type Daemon, DaemonError, type TargetView, VERSION } from './daemon.js';
+import { type Daemon, DaemonError, VERSION } from './daemon.js';
+import type { TargetView } from './views.js';
 import { openApiDocument, type RouteDef, type RouteName, ROUTES, type TimersPatch } from './routes.js';
 
 type Handler = (d: Daemon, params: Record<string, string>, body: unknown) => unknown;

@@ -24,10 +24,10 @@ import * as path from 'node:path';
 import type { Logger } from 'pino';
 import { type ChannelConnector, type LunEvent, SrpPort, type SrpPortOptions } from '../fsm/srp-port.js';
 import { LunBackend } from '../fsm/lun-backend.js';
-import { MultipathGate, type PathRole } from '../fsm/multipath.js';
+import { MultipathGate } from '../fsm/multipath.js';
 import { defaultIsTransportError } from '../fsm/io-gate.js';
 import { TransportError } from '../initiator/scsi-executor.js';
-import { type Rport, RPORT_STATES, type RportState } from '../fsm/rport.js';
+import type { Rport } from '../fsm/rport.js';
 import { formatTmo, type TmoParams, validateTmo } from '../fsm/timers.js';
 import { samToLun } from '../initiator/scsi-cdb.js';
 import { reportLuns, type ScsiDisk } from '../initiator/scsi-disk.js';
@@ -40,9 +40,7 @@ import {
   type LunIdentity,
   sameIdentity,
 } from '../initiator/lun-identity.js';
-import { formatPortId } from '../initiator/login-reject.js';
 import type { SrpTargetAddress } from '../initiator/target-address.js';
-import { rcRetryBoundMs } from '../initiator/rdma/options.js';
 import { tryLoadNative } from '../native/native.js';
 import {
   attach as nbdAttach,
@@ -55,7 +53,7 @@ import {
 import { NbdServer } from '../nbd/server.js';
 import { TEST_INITIATOR_PORT_ID, TEST_TARGET_PORT_ID, type TestFabric } from '../testing/test-fabric.js';
 import { type AnyAddress, deriveTargetId, formatAnyAddress, parseAnyAddress } from './address.js';
-import { addTargetConflicts, type AddTargetTuning, addTargetTuning, applyTuning } from './add-target-options.js';
+import { addTargetConflicts, addTargetTuning, applyTuning } from './add-target-options.js';
 import {
   type DaemonConfig,
   overridesOf,
@@ -66,12 +64,36 @@ import {
   tmoOf,
 } from './config.js';
 import { limitDeviceIo } from './device-limits.js';
-import { type MdMembership, mdMemberships, MdReaddPolicy } from './md.js';
-import { IO_OPS, type LunChange, MeteredBackend, renderMetrics, type TargetMetrics } from './metrics.js';
+import { mdMemberships, MdReaddPolicy } from './md.js';
+import { type LunChange, MeteredBackend, renderMetrics } from './metrics.js';
 import type { MemoryReport } from './memory.js';
 import { BY_ID_DIR, byIdName, type Resolved, resolveName, UnknownNameError } from './names.js';
 import { type PersistedLun, type PersistedTarget, StateStore } from './state.js';
+import {
+  emptyTimes,
+  type FoundLun,
+  type LuGroup,
+  type LunRuntime,
+  type PathLun,
+  type TargetRuntime,
+} from './runtime.js';
 import { createTestFabric } from './test-target.js';
+import {
+  type DetachResult,
+  type LunView,
+  type PathsResult,
+  luView,
+  metricsOf,
+  pathViews,
+  persistedById,
+  soloLu,
+  type TargetLookup,
+  targetSummary,
+  type TargetSummary,
+  targetView,
+  type TargetView,
+  timersOf,
+} from './views.js';
 
 export const VERSION = '0.1.0';
 
@@ -85,112 +107,6 @@ export class DaemonError extends Error {
     super(message);
     this.name = 'DaemonError';
   }
-}
-
-/** Lifecycle of a target inside the daemon (the rport state says how its path is). */
-export type TargetStatus = 'connecting' | 'attached' | 'failed';
-
-interface LunRuntime {
-  sam: bigint;
-  number: number;
-  exportName: string;
-  backendId: string;
-  device: string | null;
-  deviceNote?: string;
-  identity: LunIdentity;
-  lunBackend: LunBackend;
-  backend: MeteredBackend;
-  /** the kernel device's max_sectors_kb as the daemon set it (device-limits.ts) */
-  deviceMaxIoKb?: number;
-  attachment?: NbdAttachment;
-  /** md membership of the device as last read (refreshed asynchronously by status and metrics). */
-  md: MdMembership[];
-  /** 'removed': the target no longer reports the LUN; its export fails I/O with EIO until detach. */
-  state: 'attached' | 'removed';
-  /** A capacity change that was not followed (the LUN shrank). */
-  capacityNote?: string;
-  /** The LU this LUN's export is the device of (LUNs with a logical unit key). */
-  lu?: LuGroup;
-}
-
-/**
- * A LUN of a target that is another path to an LU exported through another target's LUN: no
- * export or device of its own; its disk is a path of the LU's multipath gate.
- */
-interface PathLun {
-  sam: bigint;
-  number: number;
-  identity: LunIdentity;
-  disk: ScsiDisk;
-  lu: LuGroup;
-}
-
-/**
- * One logical unit (logicalUnitKey: designators + serial) and its paths. The export, backend and
- * device live in `lun`, a LunRuntime of `owner` (the first path; handed to the next path when
- * the owner is detached). The multipath gate exists once a second path joined (or the operator
- * failed the only one).
- */
-interface LuGroup {
-  key: string;
-  owner: TargetRuntime;
-  lun: LunRuntime;
-  /** Every target with a path to the LU, the owner included, in attach order. */
-  paths: TargetRuntime[];
-  gate?: MultipathGate<ScsiDisk>;
-}
-
-interface TargetStats {
-  stateSince: number;
-  timeInState: Record<RportState, number>;
-  reconnectAttempts: number;
-  reconnects: number;
-  failedReconnectsTotal: number;
-}
-
-interface TargetRuntime {
-  id: string;
-  address: AnyAddress;
-  addressText: string;
-  overrides: TargetOverrides;
-  /** the options in force: defaults, overrides, then the address's tuning (queue_size, retry_count) */
-  options: TargetOptions;
-  /** the add_target tuning options of the address (add-target-options.ts) */
-  tuning: AddTargetTuning;
-  attachedAt: string;
-  status: TargetStatus;
-  error?: string;
-  connectorDescription?: string;
-  /** the connector of the last connect (its loginContext() is what the target saw) */
-  connector?: ChannelConnector;
-  /** the initiator port id of a connector that does not report one (the test target's) */
-  fixedInitiatorPortId?: Buffer;
-  port?: SrpPort;
-  closeTransport?: () => void;
-  luns: LunRuntime[];
-  /** LUNs that are further paths of LUs exported through another target (multipath). */
-  pathLuns: PathLun[];
-  /** LUNs as persisted: the export names, devices and identities a (re-)attach must reproduce. */
-  persisted: PersistedLun[];
-  stats: TargetStats;
-  restoreTimer?: NodeJS.Timeout;
-  restoreAttempt: number;
-  removed: boolean;
-  /** The connect in flight (attach, restore or reconnect): never two at once. */
-  connecting?: Promise<void>;
-  /** When to re-add the target's devices to md arrays that failed them (told of attach and path changes). */
-  md: MdReaddPolicy;
-  /** LUN changes followed (rescan, unit attentions), one after the other. */
-  lunWork: Promise<unknown>;
-  /** The LU behind the target's devices was running at the last path state change (md policy). */
-  mdUp: boolean;
-  /** ... and it failed I/O (no path running or blocked) since it stopped running. */
-  mdFailed: boolean;
-  /** LUN changes seen, by kind (srp_nbd_lun_changes_total). */
-  lunChanges: Partial<Record<LunChange, number>>;
-  /** The in-process test target behind a test address (tests reach its LUNs through testFabric()). */
-  fabric?: TestFabric;
-  log: Logger;
 }
 
 /**
@@ -232,8 +148,6 @@ export interface NbdKernel {
 /** How long NBD_CMD_DISCONNECT may wait for the kernel before the device's connection is closed under it. */
 const DISCONNECT_GRACE_MS = 1000;
 
-const emptyTimes = (): Record<RportState, number> =>
-  Object.fromEntries(RPORT_STATES.map((s) => [s, 0])) as Record<RportState, number>;
 const hex16 = (n: bigint): string => n.toString(16).padStart(16, '0');
 
 export class Daemon {
@@ -508,7 +422,7 @@ export class Daemon {
   private namesOf(rt: TargetRuntime): { exports: string[]; devices: string[] } {
     // LUs with another path keep their export and device
     const stays = new Set(rt.luns.filter((l) => l.lu && l.lu.paths.length > 1).map((l) => l.exportName));
-    const luns = this.summary(rt).luns.filter((l) => l.path_of === undefined && !stays.has(l.export));
+    const luns = targetSummary(rt).luns.filter((l) => l.path_of === undefined && !stays.has(l.export));
     return {
       exports: luns.map((l) => l.export),
       devices: luns.map((l) => l.device).filter((d): d is string => d !== null),
@@ -524,7 +438,7 @@ export class Daemon {
       luns: p.luns.map((l) => ({ export: l.export, device: l.device, by_id: persistedById(l) })),
       error,
     }));
-    return [...[...this.targets.values()].map((rt) => this.summary(rt)), ...bad];
+    return [...[...this.targets.values()].map((rt) => targetSummary(rt)), ...bad];
   }
 
   /** GET /targets/:name: `name` is anything resolveName accepts. */
@@ -1570,187 +1484,12 @@ export class Daemon {
 
   /* ------------------------------------------------------------------ views */
 
-  private summary(rt: TargetRuntime): TargetSummary {
-    return {
-      id: rt.id,
-      status: rt.status,
-      state: rt.port?.state ?? null,
-      address: rt.addressText,
-      luns:
-        rt.status === 'attached'
-          ? [
-              ...rt.luns.map((l) => ({
-                export: l.exportName,
-                device: l.device,
-                by_id: byIdName(l.identity, l.exportName),
-              })),
-              ...rt.pathLuns.map((pl) => ({
-                export: pl.lu.lun.exportName,
-                device: pl.lu.lun.device,
-                by_id: byIdName(pl.lu.lun.identity, pl.lu.lun.exportName),
-                path_of: pl.lu.owner.id,
-              })),
-            ]
-          : rt.persisted.map((l) => ({ export: l.export, device: l.device, by_id: persistedById(l) })),
-      ...(rt.error !== undefined ? { error: rt.error } : {}),
-    };
-  }
-
+  /** A target as GET /targets/:id shows it. */
   private view(rt: TargetRuntime): TargetView {
-    const port = rt.port;
-    const c = port?.sessionCounters;
-    const times = this.secondsInState(rt);
-    const g = port?.gate.stats;
-    return {
-      ...this.summary(rt),
-      transport: rt.address.kind === 'test' ? 'test-target' : rt.address.addr.transport,
-      via: rt.connectorDescription ?? null,
-      initiator_port_id: this.initiatorPortIdOf(rt),
-      attached_at: rt.attachedAt,
-      timers: timersOf(rt.options),
-      options: { ...rt.options },
-      reconnect: {
-        phase: port?.rport.phase ?? 'none',
-        attempt: port?.rport.attempt ?? rt.restoreAttempt,
-        failed_reconnects: port?.rport.failedReconnects ?? 0,
-        attempts_total: rt.stats.reconnectAttempts,
-        reconnects_total: rt.stats.reconnects,
-        failed_reconnects_total: rt.stats.failedReconnectsTotal,
-        logins_total: port?.logins ?? 0,
-        last_failure: port?.rport.lastFailure?.message ?? null,
-      },
-      path_check: rt.address.kind === 'test' ? null : pathCheckOf(rt.options),
-      md_readd: { readds_total: rt.md.readds, last_readd_ms: rt.md.lastReaddMs ?? null },
-      last_error: port?.rport.lastError ?? rt.error ?? null,
-      credits: c ? { req_lim: c.reqLim, granted_total: c.creditsGranted, zero_req_lim_total: c.zeroReqLim } : null,
-      io: g
-        ? {
-            in_flight: g.inFlight,
-            held: g.held,
-            waiting: g.waiting,
-            released_total: g.released,
-            replayed_total: g.retried,
-            failed_eio_total: g.failedEio,
-          }
-        : null,
-      session: c
-        ? {
-            commands_completed: c.commandsCompleted,
-            commands_failed: c.commandsFailed,
-            command_timeouts: c.commandTimeouts,
-            aborts_sent: c.abortsSent,
-            lun_resets: c.lunResets,
-            bytes_in: c.bytesIn,
-            bytes_out: c.bytesOut,
-            immediate_data_commands: c.immediateDataCommands,
-            memory_registrations: c.memoryRegistrations,
-            per_command_registrations: c.perCommandRegistrations,
-            slot_regions: c.slotRegions,
-          }
-        : null,
-      time_in_state_s: Object.fromEntries(Object.entries(times).map(([k, v]) => [k, Math.round(v * 1000) / 1000])),
-      path_luns: rt.pathLuns.map((pl) => ({
-        lun: pl.number,
-        export: pl.lu.lun.exportName,
-        device: pl.lu.lun.device,
-        owner: pl.lu.owner.id,
-        paths: this.pathViews(pl.lu),
-      })),
-      lun_details: rt.luns.map((l) => ({
-        lun: l.number,
-        export: l.exportName,
-        uri: `nbd+unix:///${l.exportName}?socket=${this.opts.config.nbd_socket}`,
-        device: l.device,
-        by_id: byIdName(l.identity, l.exportName),
-        md: l.md,
-        ...(l.deviceNote ? { device_note: l.deviceNote } : {}),
-        size: l.backend.size,
-        block_size: l.backend.blockSize.minimum,
-        max_io_bytes: l.deviceMaxIoKb !== undefined ? l.deviceMaxIoKb * 1024 : null,
-        state: l.state,
-        ...(l.capacityNote ? { capacity_note: l.capacityNote } : {}),
-        read_only: l.lunBackend.readOnly,
-        read_only_reason: l.lunBackend.readOnlyReason,
-        write_protect: l.lunBackend.writeProtected,
-        kernel_read_only: l.device ? kernelReadOnly(l.device, this.opts.sysfs) : null,
-        identity: describeIdentity(l.identity),
-        paths: this.pathViews(l.lu ?? this.soloLu(rt, l)),
-        io: Object.fromEntries(
-          IO_OPS.map((op) => {
-            const s = l.backend.stats[op];
-            return [op, { ops: s.ops, bytes: s.bytes, errors: s.errors }];
-          }),
-        ),
-      })),
-    };
+    return targetView(rt, { nbdSocket: this.opts.config.nbd_socket, sysfs: this.opts.sysfs, target: this.lookup });
   }
 
-  /** The paths of an LU as status and `srp-nbd path` show them. */
-  private pathViews(g: LuGroup): PathView[] {
-    const gate = g.gate;
-    if (!gate) {
-      const rt = g.owner;
-      const stats = Object.values(g.lun.backend.stats);
-      return [
-        {
-          target: rt.id,
-          address: rt.addressText,
-          lun: g.lun.number,
-          state: rt.port?.state ?? null,
-          role: 'active',
-          priority: rt.options.path_priority,
-          commands: stats.reduce((n, s) => n + s.ops, 0),
-          errors: rt.port?.gate.stats.retried ?? 0,
-          bytes: stats.reduce((n, s) => n + s.bytes, 0),
-          in_flight: rt.port?.gate.stats.inFlight ?? 0,
-          last_failure: null,
-        },
-      ];
-    }
-    return gate.pathList.map((p) => {
-      const rt = this.targets.get(p.id);
-      const lun = rt === g.owner ? g.lun.number : rt?.pathLuns.find((x) => x.lu === g)?.number;
-      return {
-        target: p.id,
-        address: rt?.addressText ?? '',
-        lun: lun ?? null,
-        state: p.rport.state,
-        role: gate.roleOf(p),
-        priority: p.priority,
-        commands: p.counters.commands,
-        errors: p.counters.errors,
-        bytes: p.counters.bytes,
-        in_flight: p.counters.inFlight,
-        last_failure: p.counters.lastFailure,
-      };
-    });
-  }
-
-  private luView(g: LuGroup): LuPathsView {
-    const o = g.owner.options;
-    const s = g.gate?.stats;
-    return {
-      export: g.lun.exportName,
-      device: g.lun.device,
-      by_id: byIdName(g.lun.identity, g.lun.exportName),
-      identity: describeIdentity(g.lun.identity),
-      owner: g.owner.id,
-      selector: o.path_selector,
-      failback: o.failback,
-      multipath: g.gate !== undefined,
-      io: s
-        ? {
-            in_flight: s.inFlight,
-            held: s.held,
-            waiting: s.waiting,
-            released_total: s.released,
-            reissued_total: s.retried,
-            failed_eio_total: s.failedEio,
-          }
-        : null,
-      paths: this.pathViews(g),
-    };
-  }
+  private readonly lookup: TargetLookup = (id) => this.targets.get(id);
 
   /** The LUs behind a name: a LUN's (device, export, stable name), or every LU a target reaches. */
   private lusOf(name: string): LuGroup[] {
@@ -1760,21 +1499,16 @@ export class Daemon {
     const add = (g: LuGroup | undefined) => {
       if (g && !lus.includes(g)) lus.push(g);
     };
-    for (const l of rt.luns) if (r.export === undefined || l.exportName === r.export) add(l.lu ?? this.soloLu(rt, l));
+    for (const l of rt.luns) if (r.export === undefined || l.exportName === r.export) add(l.lu ?? soloLu(rt, l));
     if (r.export === undefined) for (const pl of rt.pathLuns) add(pl.lu);
     if (lus.length === 0)
       throw new DaemonError(`${name}: target ${rt.id} has no LUN attached now (${rt.status}): no paths to show`, 409);
     return lus;
   }
 
-  /** A LUN without a logical unit key is an LU of its own, with one path and no grouping. */
-  private soloLu(rt: TargetRuntime, l: LunRuntime): LuGroup {
-    return { key: '', owner: rt, lun: l, paths: [rt] };
-  }
-
   /** GET /targets/:id/paths: the paths of the LU(s) behind a name; one LU's fields also at the top. */
   paths(name: string): PathsResult {
-    const lus = this.lusOf(name).map((g) => this.luView(g));
+    const lus = this.lusOf(name).map((g) => luView(g, this.lookup));
     return { ...(lus.length === 1 ? lus[0] : {}), lus };
   }
 
@@ -1789,14 +1523,14 @@ export class Daemon {
     const lus = this.lusOf(name);
     const picked: [LuGroup, string][] = [];
     for (const g of lus) {
-      const views = this.pathViews(g);
+      const views = pathViews(g, this.lookup);
       const v = /^\d+$/.test(pathName) ? views[Number(pathName)] : views.find((p) => p.target === pathName);
       if (v) picked.push([g, v.target]);
     }
     if (picked.length === 0) {
       const known = lus.map(
         (g) =>
-          `${g.lun.exportName}: ${this.pathViews(g)
+          `${g.lun.exportName}: ${pathViews(g, this.lookup)
             .map((p, i) => `${i}=${p.target}`)
             .join(' ')}`,
       );
@@ -1831,18 +1565,12 @@ export class Daemon {
     return this.paths(name);
   }
 
-  /** The initiator port id of the target's last login, as the target saw it ("0x" + 32 hex), if known. */
-  private initiatorPortIdOf(rt: TargetRuntime): string | null {
-    const id = rt.connector?.loginContext?.()?.initiatorPortId ?? rt.fixedInitiatorPortId;
-    return id ? formatPortId(id) : null;
-  }
-
   /** Prometheus exposition text (GET /metrics). */
   async metrics(): Promise<string> {
     await this.refreshMd(this.targets.values());
     const paths = [...this.lus.values()].flatMap((g) =>
       g.gate
-        ? this.pathViews(g).map((p) => ({
+        ? pathViews(g, this.lookup).map((p) => ({
             lu: g.lun.exportName,
             target: p.target,
             state: p.state ?? undefined,
@@ -1856,49 +1584,10 @@ export class Daemon {
     );
     return renderMetrics({
       version: VERSION,
-      targets: [...this.targets.values()].map((rt) => this.metricsOf(rt)),
+      targets: [...this.targets.values()].map((rt) => metricsOf(rt)),
       paths,
     });
   }
-
-  /** One target as GET /metrics reports it. */
-  private metricsOf(rt: TargetRuntime): TargetMetrics {
-    const port = rt.port;
-    return {
-      id: rt.id,
-      attached: rt.status === 'attached',
-      state: port?.state,
-      secondsInState: this.secondsInState(rt),
-      reconnectAttempts: rt.stats.reconnectAttempts,
-      reconnects: rt.stats.reconnects,
-      failedReconnects: port?.rport.failedReconnects ?? 0,
-      failedReconnectsTotal: rt.stats.failedReconnectsTotal,
-      logins: port?.logins ?? 0,
-      session: port?.sessionCounters,
-      io: port?.gate.stats,
-      mdReadds: rt.md.readds,
-      lunChanges: rt.lunChanges,
-      mdReaddLastSeconds: rt.md.lastReaddMs === undefined ? undefined : rt.md.lastReaddMs / 1000,
-      luns: rt.luns.map((l) => ({ export: l.exportName, md: l.md, stats: l.backend.stats })),
-    };
-  }
-
-  /** Seconds spent in each rport state, the current stretch included. */
-  private secondsInState(rt: TargetRuntime): Record<RportState, number> {
-    const times = { ...rt.stats.timeInState };
-    if (rt.port) times[rt.port.state] += (Date.now() - rt.stats.stateSince) / 1000;
-    return times;
-  }
-}
-
-/** A LUN found at login, before it is exported or joins an LU as a path. */
-interface FoundLun {
-  sam: bigint;
-  number: number;
-  disk: ScsiDisk;
-  identity: LunIdentity;
-  /** The persisted LUN it continues (its own, or a not yet connected path's of the same LU). */
-  before?: PersistedLun;
 }
 
 /** As the port's gate: a command aborted on a working channel (ABORT TASK succeeded) is a command error. */
@@ -1919,197 +1608,6 @@ export class DuplicateLuError extends DaemonError {
   }
 }
 
-/** Row of GET /targets. */
-export interface TargetSummary {
-  id: string;
-  status: TargetStatus;
-  state: RportState | null;
-  address: string;
-  /**
-   * by_id: the LUN's stable name (names.ts), linked as /dev/disk/by-id/<by_id> while it has a
-   * device. path_of: the LUN is another path of an LU whose export and device are that target's.
-   */
-  luns: { export: string; device: string | null; by_id: string | null; path_of?: string }[];
-  error?: string;
-}
-
-/** DELETE /targets/:name. */
-export interface DetachResult {
-  detached: string;
-  exports: string[];
-  devices: string[];
-}
-
-/** GET /luns/:name. */
-export interface LunView {
-  target: string;
-  lun: number;
-  export: string;
-  device: string | null;
-  by_id: string;
-  by_id_path: string;
-  uri: string;
-  size: number;
-  block_size: number;
-  identity: string;
-  vendor: string | null;
-  product: string | null;
-  revision: string | null;
-  serial: string | null;
-  designators: string[];
-}
-
-/** The stable name of a persisted LUN, null when its recorded identity cannot be read. */
-function persistedById(l: PersistedLun): string | null {
-  try {
-    return byIdName(identityFromJSON(l.identity), l.export);
-  } catch {
-    return null;
-  }
-}
-
-/** GET /targets/:id. */
-export interface TargetView extends TargetSummary {
-  transport: string;
-  via: string | null;
-  /** the initiator port id of the last login as the target saw it ("0x" + 32 hex digits); null before one */
-  initiator_port_id: string | null;
-  attached_at: string;
-  timers: Record<'reconnect_delay' | 'reconnect_delay_max' | 'fast_io_fail_tmo' | 'dev_loss_tmo', number | 'off'>;
-  options: TargetOptions;
-  reconnect: {
-    phase: string;
-    attempt: number;
-    failed_reconnects: number;
-    attempts_total: number;
-    reconnects_total: number;
-    failed_reconnects_total: number;
-    logins_total: number;
-    last_failure: string | null;
-  };
-  /**
-   * How soon a dead path (black hole) is noticed at the latest, idle or under load: the RC retry
-   * bound (retry_count + 1) × 4.096 µs × 2^ack_timeout plus the keep-alive interval; bound_ms is
-   * null with keep-alive off. null for the test target.
-   */
-  path_check: { bound_ms: number | null; rc_retry_ms: number; keepalive_interval_s: number } | null;
-  /**
-   * The last transport failure, failed reconnect or login reject (explained for an operator), kept
-   * after the port runs again; else the last attach or connect failure; null when none.
-   */
-  last_error: string | null;
-  /** md re-adds (option md_readd): how many, and ms from the path's return to the last one. */
-  md_readd: { readds_total: number; last_readd_ms: number | null };
-  credits: { req_lim: number; granted_total: number; zero_req_lim_total: number } | null;
-  io: {
-    in_flight: number;
-    held: number;
-    waiting: number;
-    released_total: number;
-    replayed_total: number;
-    failed_eio_total: number;
-  } | null;
-  session: Record<string, number> | null;
-  time_in_state_s: Record<string, number>;
-  lun_details: {
-    lun: number;
-    export: string;
-    uri: string;
-    device: string | null;
-    by_id: string;
-    /** md arrays holding the device (/sys/block/nbdN/holders) and its state in each. */
-    md: MdMembership[];
-    device_note?: string;
-    /** 'removed': the target stopped reporting the LUN; I/O fails with EIO until detach. */
-    state: 'attached' | 'removed';
-    /** A capacity change not followed (the LUN shrank). */
-    capacity_note?: string;
-    size: number;
-    block_size: number;
-    /** the kernel device's largest request as set at attach (max_sectors_kb × 1024); null if not set */
-    max_io_bytes: number | null;
-    /** Writes refused with EPERM (NBD_FLAG_READ_ONLY at export), and why. */
-    read_only: boolean;
-    read_only_reason: 'option' | 'write_protect' | null;
-    /** The LU's WP bit as last read (MODE SENSE). */
-    write_protect: boolean;
-    /** /sys/block/nbdN/ro: fixed when the device was connected (netlink cannot change it later). */
-    kernel_read_only: boolean | null;
-    identity: string;
-    /** The LU's paths (one entry for an LU reached through this target only). */
-    paths: PathView[];
-    io: Record<string, { ops: number; bytes: number; errors: number }>;
-  }[];
-  /** LUNs of this target that are further paths of an LU exported through another target (`owner`). */
-  path_luns: { lun: number; export: string; device: string | null; owner: string; paths: PathView[] }[];
-}
-
-/** One path of an LU (status, `srp-nbd path`). */
-export interface PathView {
-  /** the path's target id */
-  target: string;
-  address: string;
-  /** the LU's LUN number behind that target */
-  lun: number | null;
-  /** the path's rport state (running, blocked, fail-fast, lost, detached) */
-  state: RportState | null;
-  /** active: carries I/O; standby: ready or not running; failed: failed by the operator */
-  role: PathRole;
-  priority: number;
-  /** block requests completed on the path (for an LU with one path: the export's) */
-  commands: number;
-  /** transport failures on the path (for an LU with one path: requests replayed after one) */
-  errors: number;
-  bytes: number;
-  in_flight: number;
-  last_failure: { reason: string; at: string } | null;
-}
-
-/** An LU and its paths (GET /targets/:id/paths). */
-export interface LuPathsView {
-  export: string;
-  device: string | null;
-  by_id: string;
-  identity: string;
-  /** the target holding the export and device */
-  owner: string;
-  selector: string;
-  failback: string | number;
-  /** whether the LU's I/O goes through the multipath gate (a second path joined, or the operator failed one) */
-  multipath: boolean;
-  io: {
-    in_flight: number;
-    held: number;
-    waiting: number;
-    released_total: number;
-    reissued_total: number;
-    failed_eio_total: number;
-  } | null;
-  paths: PathView[];
-}
-
-/** GET /targets/:id/paths: every LU behind the name, and when there is one, its fields at the top. */
-export type PathsResult = Partial<LuPathsView> & { lus: LuPathsView[] };
-
-function pathCheckOf(o: TargetOptions): NonNullable<TargetView['path_check']> {
-  const rc = rcRetryBoundMs(o.ack_timeout, o.retry_count);
-  const round = (ms: number) => Math.round(ms * 10) / 10;
-  return {
-    bound_ms: o.keepalive_interval > 0 ? round(rc + o.keepalive_interval * 1000) : null,
-    rc_retry_ms: round(rc),
-    keepalive_interval_s: o.keepalive_interval,
-  };
-}
-
-function timersOf(o: TargetOptions): TargetView['timers'] {
-  return {
-    reconnect_delay: o.reconnect_delay,
-    reconnect_delay_max: o.reconnect_delay_max,
-    fast_io_fail_tmo: o.fast_io_fail_tmo,
-    dev_loss_tmo: o.dev_loss_tmo,
-  };
-}
-
 function definedOnly<T extends object>(o: T): Partial<T> {
   return Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) as Partial<T>;
 }
@@ -2117,15 +1615,6 @@ function definedOnly<T extends object>(o: T): Partial<T> {
 /** SAM LUNs sorted by LUN number (then by their 8 bytes, for LUNs of other address methods). */
 export function sortLuns(sams: readonly bigint[]): bigint[] {
   return [...sams].sort((a, b) => lunNumber(a) - lunNumber(b) || (a < b ? -1 : a > b ? 1 : 0));
-}
-
-/** /sys/block/nbdN/ro of a device, null when it cannot be read. */
-function kernelReadOnly(device: string, sysfs = '/sys'): boolean | null {
-  try {
-    return fs.readFileSync(path.join(sysfs, 'block', path.basename(device), 'ro'), 'utf8').trim() === '1';
-  } catch {
-    return null;
-  }
 }
 
 function lunNumber(sam: bigint): number {

@@ -10,7 +10,7 @@
  */
 import type { Logger } from 'pino';
 import type { NativeBinding } from '../native/native.js';
-import type { TargetSummary } from './daemon.js';
+import type { TargetSummary } from './views.js';
 
 /** How often the daemon refreshes STATUS= (sent only when it changed). */
 export const STATUS_INTERVAL_MS = 2000;
