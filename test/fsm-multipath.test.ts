@@ -1,7 +1,7 @@
 // The multipath gate over real rport FSMs on a virtual clock: selection, failback (immediate,
 // manual, N seconds), re-issue of transport failures only, hold and EIO, the replay bound.
 import t from 'tap';
-import { EioError } from '../src/fsm/io-gate.js';
+import { EioError } from '../src/fsm/gate.js';
 import { MultipathGate, type Failback, type PathSelector } from '../src/fsm/multipath.js';
 import { Rport } from '../src/fsm/rport.js';
 import { settle, VirtualScheduler } from '../src/fsm/scheduler.js';

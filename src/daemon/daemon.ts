@@ -25,7 +25,7 @@ import type { Logger } from 'pino';
 import { type ChannelConnector, type LunEvent, SrpPort, type SrpPortOptions } from '../fsm/srp-port.js';
 import { LunBackend } from '../fsm/lun-backend.js';
 import { MultipathGate } from '../fsm/multipath.js';
-import { defaultIsTransportError } from '../fsm/io-gate.js';
+import { defaultIsTransportError } from '../fsm/gate.js';
 import { TransportError } from '../initiator/scsi-executor.js';
 import type { Rport } from '../fsm/rport.js';
 import { formatTmo, type TmoParams, validateTmo } from '../fsm/timers.js';

@@ -8,7 +8,7 @@
  * credits, the I/O gate, md re-adds and time in each state, per LUN md membership and the
  * MeteredBackend counts.
  */
-import type { IoGateStats } from '../fsm/io-gate.js';
+import type { GateStats } from '../fsm/gate.js';
 import { RPORT_STATES, type RportState } from '../fsm/rport.js';
 import type { SrpSessionCounters } from '../initiator/srp-session.js';
 import type { Backend, BlockSizeConstraints, MaybePromise } from '../nbd/backend.js';
@@ -192,7 +192,7 @@ export interface TargetMetrics {
       >
     | undefined;
   /** The port's I/O gate; undefined without a port. */
-  io: Pick<IoGateStats, 'inFlight' | 'held' | 'retried' | 'failedEio'> | undefined;
+  io: Pick<GateStats, 'inFlight' | 'held' | 'retried' | 'failedEio'> | undefined;
   mdReadds: number;
   /** LUN changes followed while attached, by kind. */
   lunChanges: Partial<Record<LunChange, number>>;

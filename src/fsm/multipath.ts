@@ -25,8 +25,8 @@
  * running for N seconds without a break). Evaluated at every dispatch and every state change of a
  * path, against the injected clock, so no timer is needed.
  */
-import { defaultIsTransportError, EioError } from './io-gate.js';
-import { chkready, type FailReason, type Rport, type RportState } from './rport.js';
+import { EioError, Gate, type GateEntry, type GateOptions } from './gate.js';
+import { chkready, type FailReason, type IoVerdict, type Rport, type RportState } from './rport.js';
 
 export const PATH_SELECTORS = ['failover', 'round-robin', 'queue-length'] as const;
 export type PathSelector = (typeof PATH_SELECTORS)[number];
@@ -36,14 +36,10 @@ export type Failback = 'immediate' | 'manual' | number;
 /** What a path is for the LU: carrying I/O (active), ready (standby), or failed by the operator. */
 export type PathRole = 'active' | 'standby' | 'failed';
 
-export interface MultipathOptions {
+/** maxDispatches counts the dispatches of one op over all paths. */
+export interface MultipathOptions extends GateOptions {
   selector?: PathSelector;
   failback?: Failback;
-  /** Max ops admitted at once (in flight + held); default 256. */
-  queueDepth?: number;
-  isTransportError?: (e: unknown) => boolean;
-  /** Dispatches of one op over all paths before it fails with EIO (default 5). */
-  maxDispatches?: number;
   /** Milliseconds clock (tests inject a virtual one); default Date.now. */
   now?: () => number;
 }
@@ -75,56 +71,24 @@ export interface MultipathPath<D> {
   unsubscribe: () => void;
 }
 
-export interface MultipathStats {
-  inFlight: number;
-  held: number;
-  waiting: number;
-  released: number;
-  /** Dispatches of an op that had already been dispatched (re-issued on another path or channel). */
-  retried: number;
-  failedEio: number;
-}
-
-interface Entry<D> {
-  seq: number;
+interface Entry<D> extends GateEntry {
   op: (disk: D) => Promise<unknown>;
   bytes: number;
-  resolve: (v: unknown) => void;
-  reject: (e: unknown) => void;
-  where: 'waiting' | 'held' | 'inflight' | 'done';
-  dispatches: number;
 }
 
-export class MultipathGate<D> {
+export class MultipathGate<D> extends Gate<Entry<D>> {
   selector: PathSelector;
   failback: Failback;
-  private readonly depth: number;
-  private readonly isTransportError: (e: unknown) => boolean;
-  private readonly maxDispatches: number;
   private readonly now: () => number;
   private readonly paths: MultipathPath<D>[] = [];
   private nextOrder = 0;
-  private seq = 0;
-  private admitted = 0;
-  private inFlight = 0;
-  private held: Entry<D>[] = [];
-  private waiting: Entry<D>[] = [];
-  private roomWaiters: (() => void)[] = [];
   private rr = 0;
   private active: MultipathPath<D> | undefined;
-  private released = 0;
-  private retried = 0;
-  private failedEio = 0;
-  private disposed = false;
 
   constructor(opts: MultipathOptions = {}) {
+    super(opts);
     this.selector = opts.selector ?? 'failover';
     this.failback = opts.failback ?? 'immediate';
-    this.depth = opts.queueDepth ?? 256;
-    if (!Number.isInteger(this.depth) || this.depth < 1)
-      throw new RangeError(`queueDepth ${this.depth} must be an integer >= 1`);
-    this.isTransportError = opts.isTransportError ?? defaultIsTransportError;
-    this.maxDispatches = opts.maxDispatches ?? 5;
     this.now = opts.now ?? Date.now;
   }
 
@@ -195,7 +159,7 @@ export class MultipathGate<D> {
   }
 
   /** go while a usable path runs; queue while one is blocked; fail otherwise (no path could ever carry it). */
-  verdict(): 'go' | 'queue' | 'fail' {
+  verdict(): IoVerdict {
     let queue = false;
     for (const p of this.paths) {
       if (p.operatorFailed) continue;
@@ -266,64 +230,33 @@ export class MultipathGate<D> {
   }
 
   dispose(): void {
-    this.disposed = true;
     for (const p of this.paths) p.unsubscribe();
     this.paths.length = 0;
     this.failAll('detached', 'multipath gate disposed');
   }
 
-  get stats(): MultipathStats {
-    return {
-      inFlight: this.inFlight,
-      held: this.held.length,
-      waiting: this.waiting.length,
-      released: this.released,
-      retried: this.retried,
-      failedEio: this.failedEio,
-    };
-  }
-
   /** Submit one op (`bytes` counts toward the path that completes it). See IoGate.submit. */
   submit<T>(op: (disk: D) => Promise<T>, bytes = 0): Promise<T> {
-    return new Promise<T>((resolve, reject) => {
-      const e: Entry<D> = {
-        seq: this.seq++,
+    return new Promise<T>((resolve, reject) =>
+      this.enter({
+        seq: 0,
         op: op as (disk: D) => Promise<unknown>,
         bytes,
         resolve: resolve as (v: unknown) => void,
         reject,
         where: 'waiting',
         dispatches: 0,
-      };
-      if (this.disposed || this.verdict() === 'fail') return this.failEio(e);
-      if (this.admitted < this.depth && this.waiting.length === 0) this.admit(e);
-      else this.waiting.push(e);
-    });
-  }
-
-  waitForRoom(): Promise<void> {
-    if (this.hasRoom()) return Promise.resolve();
-    return new Promise((resolve) => this.roomWaiters.push(resolve));
-  }
-
-  private hasRoom(): boolean {
-    return this.admitted + this.waiting.length < this.depth;
+      }),
+    );
   }
 
   /** A path changed state (or was added, removed, failed, reinstated): release, keep holding, or fail. */
   private onPathsChanged(): void {
     if (this.selector === 'failover') this.activePath();
     switch (this.verdict()) {
-      case 'go': {
-        const replay = this.held;
-        this.held = [];
-        for (const e of replay) {
-          this.released++;
-          this.dispatch(e);
-        }
-        this.pump();
+      case 'go':
+        this.releaseHeld();
         break;
-      }
       case 'fail':
         this.failAll();
         break;
@@ -332,36 +265,10 @@ export class MultipathGate<D> {
     }
   }
 
-  private failAll(reason?: FailReason, message?: string): void {
-    const victims = [...this.held, ...this.waiting];
-    this.held = [];
-    this.waiting = [];
-    for (const e of victims) {
-      if (e.where === 'held') this.admitted--;
-      this.failEio(e, reason, message);
-    }
-    this.pump();
-  }
-
-  private admit(e: Entry<D>): void {
-    this.admitted++;
-    if (this.verdict() === 'go') this.dispatch(e);
-    else this.hold(e);
-  }
-
-  private hold(e: Entry<D>): void {
-    e.where = 'held';
-    let i = this.held.length;
-    while (i > 0 && this.held[i - 1]!.seq > e.seq) i--;
-    this.held.splice(i, 0, e);
-  }
-
-  private dispatch(e: Entry<D>, exclude?: MultipathPath<D>): void {
+  protected dispatch(e: Entry<D>, exclude?: MultipathPath<D>): void {
     const p = this.select(exclude);
     if (!p) return this.hold(e);
-    e.where = 'inflight';
-    if (e.dispatches++ > 0) this.retried++;
-    this.inFlight++;
+    this.started(e);
     p.counters.inFlight++;
     const epoch = p.epoch;
     let promise: Promise<unknown>;
@@ -372,14 +279,14 @@ export class MultipathGate<D> {
     }
     promise.then(
       (v) => {
-        this.inFlight--;
+        this.ended();
         p.counters.inFlight--;
         p.counters.commands++;
         p.counters.bytes += e.bytes;
         this.finish(e, () => e.resolve(v));
       },
       (err: unknown) => {
-        this.inFlight--;
+        this.ended();
         p.counters.inFlight--;
         this.onOpError(e, p, epoch, err);
       },
@@ -396,12 +303,8 @@ export class MultipathGate<D> {
     p.counters.lastFailure = { reason, at: new Date(this.now()).toISOString() };
     // the channel the op ran on died: the path's FSM takes it from here (once per channel)
     if (epoch === p.epoch && p.rport.state === 'running') p.rport.handle({ type: 'failure-detected', reason });
-    if (e.dispatches >= this.maxDispatches) {
-      this.admitted--;
-      this.failEio(e, 'replay-limit', `I/O failed on ${e.dispatches} channels in a row: giving up on it`, err);
-      this.pump();
-      return;
-    }
+    if (e.dispatches >= this.maxDispatches)
+      return this.giveUp(e, 'replay-limit', `I/O failed on ${e.dispatches} channels in a row: giving up on it`, err);
     switch (this.verdict()) {
       case 'go':
         this.dispatch(e, p);
@@ -410,37 +313,17 @@ export class MultipathGate<D> {
         this.hold(e);
         return;
       case 'fail':
-        this.admitted--;
-        this.failEio(e, undefined, undefined, err);
-        this.pump();
+        this.giveUp(e, undefined, undefined, err);
         return;
     }
   }
 
-  private finish(e: Entry<D>, deliver: () => void): void {
-    e.where = 'done';
-    this.admitted--;
-    deliver();
-    this.pump();
-  }
-
-  private failEio(e: Entry<D>, reason?: FailReason, message?: string, cause?: unknown): void {
+  protected failEio(e: Entry<D>, reason?: FailReason, message?: string, cause?: unknown): void {
     const last = this.paths.map((p) => p.rport.lastFailure).find((f) => f !== undefined);
     const states = this.paths.map((p) => `${p.id} ${p.operatorFailed ? 'failed by the operator' : p.rport.state}`);
     const r = reason ?? last?.reason ?? 'detached';
     const m = message ?? `no path can carry I/O (${states.join(', ') || 'no paths'})`;
-    e.where = 'done';
-    this.failedEio++;
-    e.reject(new EioError(r, m, cause === undefined ? undefined : { cause }));
-  }
-
-  private pump(): void {
-    while (this.waiting.length > 0 && this.admitted < this.depth) {
-      const e = this.waiting.shift()!;
-      if (this.verdict() === 'fail') this.failEio(e);
-      else this.admit(e);
-    }
-    while (this.roomWaiters.length > 0 && this.hasRoom()) this.roomWaiters.shift()!();
+    this.rejectEio(e, new EioError(r, m, cause === undefined ? undefined : { cause }));
   }
 }
 
