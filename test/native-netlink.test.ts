@@ -21,6 +21,7 @@ import {
   encodeStatus,
   parseNlError,
   parseNlMessages,
+  NBD_SOCKET_SNDBUF,
   reattach,
   type NetlinkBinding,
   type NlAttr,
@@ -220,8 +221,17 @@ class MockKernel implements NetlinkBinding {
     this.queues.set(fd, []);
     return fd;
   }
+  /** SOL_SOCKET options set, in order (they go to `real` too, on the real socketpair's fds) */
+  sockopts: { fd: number; name: number; value: number }[] = [];
+  /** SO_SNDBUFFORCE fails with EPERM, as without CAP_NET_ADMIN */
+  noForce = false;
   setsockoptInt(fd: number, level: number, name: number, value: number): void {
     if (level === C.SOL_NETLINK && name === C.NETLINK_ADD_MEMBERSHIP) this.members.set(fd, value);
+    if (level !== C.SOL_SOCKET) return;
+    if (this.noForce && name === C.SO_SNDBUFFORCE)
+      throw Object.assign(new Error('setsockopt: Operation not permitted'), { code: 'EPERM' });
+    this.real?.setsockoptInt(fd, level, name, value);
+    this.sockopts.push({ fd, name, value });
   }
   socketPair(): [number, number] {
     return this.real ? this.real.socketPair() : [this.nextFd++, this.nextFd++];
@@ -555,6 +565,11 @@ t.test(
     t.ok(flags & NC.NBD_FLAG_HAS_FLAGS && flags & NC.NBD_FLAG_SEND_FLUSH);
     const fd = c.attrs.nested(C.NBD_ATTR_SOCKETS)!.nested(C.NBD_SOCK_ITEM)!.u32(C.NBD_SOCK_FD)!;
     t.same(k.kept, [fd], 'attach closes its copy of the kernel end');
+    // both ends' send buffers sized for whole large requests and replies (the real setsockopt took them)
+    t.equal(k.sockopts.length, 2);
+    t.equal(k.sockopts[0]!.fd, fd, 'the kernel end first');
+    t.not(k.sockopts[1]!.fd, fd, 'then ours');
+    for (const o of k.sockopts) t.same([o.name, o.value], [C.SO_SNDBUFFORCE, NBD_SOCKET_SNDBUF]);
 
     // play the kernel: one READ on the kernel end gets the data back
     const ks = new net.Socket({ fd, readable: true, writable: true });
@@ -583,10 +598,26 @@ t.test(
     new net.Socket({ fd: fd2 }).destroy();
     await again.connection.closed;
 
+    // without CAP_NET_ADMIN the buffers are sized as far as net.core.wmem_max allows
+    k.noForce = true;
+    k.sockopts.length = 0;
+    const capped = await reattach(nl, k, { server, exportName: 'lun0', index: 4 });
+    t.same(
+      k.sockopts.map((o) => [o.name, o.value]),
+      [
+        [C.SO_SNDBUF, NBD_SOCKET_SNDBUF],
+        [C.SO_SNDBUF, NBD_SOCKET_SNDBUF],
+      ],
+    );
+    const fd3 = k.sent.at(-1)!.attrs.nested(C.NBD_ATTR_SOCKETS)!.nested(C.NBD_SOCK_ITEM)!.u32(C.NBD_SOCK_FD)!;
+    new net.Socket({ fd: fd3 }).destroy();
+    await capped.connection.closed;
+    k.noForce = false;
+
     // a refused CONNECT closes both ends and the served connection
     k.answer = () => ({ errno: 16 });
     await t.rejects(attach(nl, k, { server, exportName: 'lun0', index: 4 }), { code: 'EBUSY' });
-    t.equal(k.kept.length, 3, 'the refused kernel end was closed too (kept only by the mock)');
+    t.equal(k.kept.length, 4, 'the refused kernel end was closed too (kept only by the mock)');
     real!.close(k.kept.at(-1)!);
     nl.close();
     await server.close();

@@ -46,6 +46,11 @@ export const NBD_CMD_STATUS = 5;
 export const NBD_CFLAG_DESTROY_ON_DISCONNECT = 1 << 0;
 export const NBD_CFLAG_DISCONNECT_ON_CLOSE = 1 << 1;
 
+/* asm-generic/socket.h (x86-64, arm64) */
+export const SOL_SOCKET = 1;
+export const SO_SNDBUF = 7;
+export const SO_SNDBUFFORCE = 32;
+
 /* linux/netlink.h */
 export const NETLINK_GENERIC = 16;
 export const SOL_NETLINK = 270;

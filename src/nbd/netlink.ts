@@ -662,6 +662,25 @@ function blockSizeFor(b: Backend, want?: number): number {
   return bs;
 }
 
+/**
+ * The send buffer of each end of a device's socketpair (the kernel doubles it for its accounting).
+ * On an AF_UNIX stream the sender's buffer bounds the bytes queued for the reader: at the default
+ * (net.core.wmem_default, 208 KiB) a 1 MiB WRITE's payload reaches us, and a 1 MiB READ's reply
+ * reaches the kernel, in many pieces, each a wake-up and a system call on both sides. 2 MiB holds
+ * several requests of the largest size the daemon gives a device (max_sectors_kb: 512 KiB,
+ * device-limits.ts) with their headers, so one read takes a request whole.
+ */
+export const NBD_SOCKET_SNDBUF = 2 << 20;
+
+/** Sets a socket's send buffer beyond net.core.wmem_max when allowed (CAP_NET_ADMIN), else up to it. */
+function sizeSendBuffer(b: NetlinkBinding, fd: number, bytes: number): void {
+  try {
+    b.setsockoptInt(fd, C.SOL_SOCKET, C.SO_SNDBUFFORCE, bytes);
+  } catch {
+    b.setsockoptInt(fd, C.SOL_SOCKET, C.SO_SNDBUF, bytes);
+  }
+}
+
 /** Makes a socketpair and serves our end in transmission-only mode; the caller hands the other to the kernel. */
 function servePair(
   b: NetlinkBinding,
@@ -671,6 +690,8 @@ function servePair(
   const [kernelFd, ourFd] = b.socketPair();
   let sock: Socket | undefined;
   try {
+    sizeSendBuffer(b, kernelFd, NBD_SOCKET_SNDBUF);
+    sizeSendBuffer(b, ourFd, NBD_SOCKET_SNDBUF);
     const connection = server.serveTransmission((sink) => (sock = socketFromFd(ourFd, sink)), exportName);
     return { kernelFd, connection, socket: () => sock };
   } catch (err) {
