@@ -507,3 +507,40 @@ t.test('signalling: unsignalled sends are never overdue on a live path, and a bl
   await t.rejects(cmd, { code: 'disconnected' });
   m.blackHole = false;
 });
+
+t.test('busy polling: each post polls the CQ for busyPollUs first; a miss waits for the event', async (t) => {
+  for (const busyPollUs of [0, 250]) {
+    const target = newTarget();
+    const m = fabric(target);
+    const tr = transport(m.asBinding(), { busyPollUs });
+    const session = await SrpSession.login(tr, { ...ids, queueSize: 8 });
+    const disk = new ScsiDisk(session, { lun: 0n });
+    await disk.probe();
+    const data = randomBytes(4096);
+    await disk.write(0, data);
+    const posts = tr.stats.sendPosts;
+    const polls = m.busyPolls.length;
+    for (let i = 0; i < 10; i++) t.same(await disk.read(0, 4096), data, `busy_poll ${busyPollUs}: read ${i}`);
+    const spun = m.busyPolls.slice(polls);
+    if (busyPollUs === 0) {
+      t.same(spun, [], 'off: never spins');
+      t.equal(tr.stats.busyPollHits + tr.stats.busyPollMisses, 0);
+    } else {
+      t.ok(
+        spun.every((us) => us === busyPollUs),
+        'with the budget asked for',
+      );
+      // the mock answers only on a later turn of the event loop: every spin misses, the event
+      // completes the read, and after each miss the next 1, 2, 4 … posts skip their spin
+      t.equal(tr.stats.busyPollMisses, m.busyPolls.length);
+      t.equal(tr.stats.busyPollHits, 0);
+      t.ok(
+        spun.length >= 2 && spun.length < tr.stats.sendPosts - posts,
+        `${spun.length} spins for ${tr.stats.sendPosts - posts} posts`,
+      );
+    }
+    await session.close();
+  }
+  t.throws(() => transport(fabric(newTarget()).asBinding(), { busyPollUs: 10_001 }), RangeError);
+  t.throws(() => transport(fabric(newTarget()).asBinding(), { busyPollUs: -1 }), RangeError);
+});

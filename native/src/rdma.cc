@@ -14,6 +14,7 @@
 #include <net/if.h>
 
 #include <cstring>
+#include <ctime>
 #include <map>
 #include <vector>
 
@@ -519,29 +520,54 @@ Napi::Value CqGetEvent(const Napi::CallbackInfo& info) {
   return Num(env, static_cast<double>(reinterpret_cast<uintptr_t>(ctx)));
 }
 
-// cqPoll(cq, out, max) -> n. Each completion is a 32-byte little-endian record in out:
+// Busy polling checks the clock once per this many empty polls (in a guest the clock may be a
+// system call and an emulated device read; an empty ibv_poll_cq is a few memory reads).
+constexpr int SPIN_CLOCK_EVERY = 64;
+
+int64_t MonotonicNs() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<int64_t>(ts.tv_sec) * 1000000000 + ts.tv_nsec;
+}
+
+// cqPoll(cq, out, max, spinUs = 0) -> n. Each completion is a 32-byte little-endian record in out:
 // wr_id u64 | status u32 | opcode u32 | byte_len u32 | qp_num u32 | vendor_err u32 | wc_flags u32
+// With spinUs > 0 an empty CQ is polled again until a completion arrives or spinUs have passed
+// (busy polling: the caller decides when it is worth a CPU).
 constexpr size_t WC_RECORD = 32;
+
+void PutWc(uint8_t* r, const ibv_wc& wc) {
+  uint32_t f[6] = {wc.status, wc.opcode, wc.byte_len, wc.qp_num, wc.vendor_err, wc.wc_flags};
+  memcpy(r, &wc.wr_id, 8);
+  memcpy(r + 8, f, sizeof f);
+}
+
 Napi::Value CqPoll(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   auto* cq = Get<ibv_cq>(info, 0, Kind::Cq);
   auto out = ArgBuffer(info, 1, "out");
   size_t max = ArgU32(info, 2, "max");
+  uint32_t spinUs = info.Length() > 3 && !info[3].IsUndefined() ? ArgU32(info, 3, "spinUs") : 0;
   if (max * WC_RECORD > out.Length()) max = out.Length() / WC_RECORD;
   ibv_wc wc[32];
   size_t total = 0;
-  while (total < max) {
-    int want = static_cast<int>(std::min<size_t>(32, max - total));
-    int n = ibv_poll_cq(cq, want, wc);
-    if (n < 0) ThrowErrno(env, EIO, "ibv_poll_cq");
-    for (int i = 0; i < n; i++) {
-      uint8_t* r = out.Data() + (total + i) * WC_RECORD;
-      uint32_t f[6] = {wc[i].status, wc[i].opcode, wc[i].byte_len, wc[i].qp_num, wc[i].vendor_err, wc[i].wc_flags};
-      memcpy(r, &wc[i].wr_id, 8);
-      memcpy(r + 8, f, sizeof f);
+  int64_t deadline = 0;
+  for (int polls = 0;; polls++) {
+    while (total < max) {
+      int want = static_cast<int>(std::min<size_t>(32, max - total));
+      int n = ibv_poll_cq(cq, want, wc);
+      if (n < 0) ThrowErrno(env, EIO, "ibv_poll_cq");
+      for (int i = 0; i < n; i++) PutWc(out.Data() + (total + i) * WC_RECORD, wc[i]);
+      total += n;
+      if (n < want) break;
     }
-    total += n;
-    if (n < want) break;
+    if (total > 0 || spinUs == 0 || max == 0) break;
+    if (polls % SPIN_CLOCK_EVERY != 0) continue;
+    int64_t now = MonotonicNs();
+    if (deadline == 0)
+      deadline = now + static_cast<int64_t>(spinUs) * 1000;
+    else if (now >= deadline)
+      break;
   }
   return Num(env, static_cast<double>(total));
 }

@@ -23,7 +23,7 @@ import {
   validateTmo,
 } from '../fsm/timers.js';
 import { type Failback, PATH_SELECTORS, type PathSelector } from '../fsm/multipath.js';
-import { ACK_TIMEOUT, RETRY_COUNT } from '../initiator/rdma/options.js';
+import { ACK_TIMEOUT, BUSY_POLL_MAX_US, RETRY_COUNT } from '../initiator/rdma/options.js';
 import { parseAnyAddress } from './address.js';
 import { addTargetConflicts, addTargetTuning } from './add-target-options.js';
 
@@ -94,6 +94,11 @@ export const TARGET_OPTIONS = {
     schema: z.number().min(0).max(3600),
     default: 0.25,
     doc: 'RDMA transport: seconds between keep-alive ticks: a probe (a zero-length RDMA WRITE) when none is in flight, and a check that no send has waited for its completion beyond the RC retry bound, idle or under load. A dead path is noticed within (retry_count + 1) × 4.096 µs × 2^ack_timeout + keepalive_interval (status: path_check; 719.8 ms with the defaults). Cost when idle: one zero-length RDMA WRITE per tick per channel. 0 disables both.',
+  },
+  busy_poll: {
+    schema: z.number().int().min(0).max(BUSY_POLL_MAX_US),
+    default: 0,
+    doc: "RDMA transport: microseconds to busy-poll the completion queue after posting commands before sleeping until the completion event, as the kernel's net.core.busy_poll does for sockets. A response within the budget costs no wake-up: lower latency at low queue depth for up to that much CPU per post (after a miss the next 1, 2, 4 … 32 posts do not spin). Pays where a core is free to spin; on an overcommitted host the spin can starve the target (docs/performance.md). 0 = off.",
   },
   max_hold_queue: {
     schema: z.number().int().min(1).max(65536),

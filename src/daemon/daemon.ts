@@ -934,7 +934,10 @@ export class Daemon {
         keepaliveIntervalMs: rt.options.keepalive_interval * 1000,
         initiatorId: rt.options.initiator_id,
         logger: rt.log,
-        ...(rt.tuning.compVector !== undefined ? { transport: { compVector: rt.tuning.compVector } } : {}),
+        transport: {
+          busyPollUs: rt.options.busy_poll,
+          ...(rt.tuning.compVector !== undefined ? { compVector: rt.tuning.compVector } : {}),
+        },
       });
     } catch (e) {
       throw new DaemonError(`target ${rt.id}: RDMA transport not available: ${(e as Error).message}`, 503);

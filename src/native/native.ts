@@ -251,7 +251,8 @@ export interface NativeBinding {
   /** The cq handle of the next completion event (acknowledged), or 0. */
   cqGetEvent(compChannel: number): number;
   /** Polls up to max completions into out as WC_RECORD_LEN-byte records; returns how many. */
-  cqPoll(cq: number, out: Buffer, max: number): number;
+  /** spinUs > 0: poll an empty CQ again until a completion arrives or spinUs have passed */
+  cqPoll(cq: number, out: Buffer, max: number, spinUs?: number): number;
   /** Registers buf (kept alive until mrDereg). */
   mrReg(pd: number, buf: Buffer, access: number): MrInfo;
   mrDereg(mr: number): void;

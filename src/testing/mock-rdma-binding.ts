@@ -459,7 +459,10 @@ export class MockRdmaBinding implements Partial<NativeBinding> {
   cqGetEvent(ch: number): number {
     return this.compChannels.get(ch)?.events.shift() ?? 0;
   }
-  cqPoll(h: number, out: Buffer, max: number): number {
+  /** The spinUs of every busy poll asked for (cqPoll with spinUs > 0); the mock polls once, it cannot spin. */
+  readonly busyPolls: number[] = [];
+  cqPoll(h: number, out: Buffer, max: number, spinUs = 0): number {
+    if (spinUs > 0) this.busyPolls.push(spinUs);
     const cq = this.cqs.get(h);
     if (!cq) return 0;
     let n = 0;

@@ -13,6 +13,9 @@ export const ACK_TIMEOUT = { min: 0, max: 31, default: 14 } as const;
 /** Transport retry count: at most 6, since rxe takes 7 as "retry forever" (a dead path would never be noticed). */
 export const RETRY_COUNT = { min: 0, max: MAX_FINITE_RETRY_COUNT, default: MAX_FINITE_RETRY_COUNT } as const;
 
+/** The longest busy poll one post may buy, in µs. */
+export const BUSY_POLL_MAX_US = 10_000;
+
 /** IBA's unit of the local ACK timeout: 4.096 µs, in ms. */
 const ACK_TIMEOUT_UNIT_MS = 4.096e-3;
 
@@ -68,6 +71,11 @@ export interface RdmaTransportOptions {
   initiatorPortId?: (local: RdmaLocalPort) => Buffer;
   /** Completion vector of the channel's CQ (ib_srp comp_vector), default 0. */
   compVector?: number;
+  /**
+   * Busy polling: after posting IUs, poll the CQ for up to this many µs for the first completion
+   * instead of sleeping until the completion event (0 = off, the default; at most BUSY_POLL_MAX_US).
+   */
+  busyPollUs?: number;
   logger?: SrpLogger;
 }
 
@@ -117,9 +125,12 @@ export function resolveTransportOptions(options: RdmaTransportOptions): Resolved
     keepaliveIntervalMs: options.keepaliveIntervalMs ?? 0,
     initiatorPortId: options.initiatorPortId,
     compVector: options.compVector ?? 0,
+    busyPollUs: options.busyPollUs ?? 0,
   };
   if (!Number.isInteger(o.compVector) || o.compVector < 0)
     throw new RangeError(`compVector ${o.compVector} must be an integer >= 0`);
+  if (!Number.isInteger(o.busyPollUs) || o.busyPollUs < 0 || o.busyPollUs > BUSY_POLL_MAX_US)
+    throw new RangeError(`busyPollUs ${o.busyPollUs} must be an integer 0..${BUSY_POLL_MAX_US}`);
   if (!(o.keepaliveIntervalMs >= 0)) throw new RangeError(`keepaliveIntervalMs ${o.keepaliveIntervalMs} must be >= 0`);
   return o;
 }
