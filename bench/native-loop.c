@@ -20,11 +20,12 @@
  *     flight and blocks in epoll only when none is (so it spins only while it has I/O to do);
  *   - every request of one socket read posted as one chained ibv_post_send, every reply of one
  *     CQ poll written with one writev, READ data straight from the slot.
- * The kernel gets the other end of a socketpair through the NBD ioctls (a second thread blocks in
- * NBD_DO_IT and sleeps there); the device's max_sectors_kb is set to the slot size (512 KiB, like ib_srp and the
- * daemon), so every NBD request is one SRP command.
+ * The kernel gets the other end of a socketpair through the NBD ioctls (a child process, forked
+ * before any RDMA resource exists, blocks in NBD_DO_IT and sleeps there); the device's
+ * max_sectors_kb is set to the slot size (512 KiB, like ib_srp and the daemon), so every NBD
+ * request is one SRP command.
  *
- *   cc -O2 -Wall -o native-loop bench/native-loop.c -lrdmacm -libverbs -lpthread
+ *   cc -O2 -Wall -o native-loop bench/native-loop.c -lrdmacm -libverbs
  *   native-loop [--poll] SRC_IP DST_IP CM_PORT SERVICE_GUID INITIATOR_EXT /dev/nbdN
  *     SERVICE_GUID: ib_srpt's srpt_service_guid (id_ext and ioc_guid); INITIATOR_EXT: the upper
  *     half of the initiator port id (give each initiator of the same port its own).
@@ -39,7 +40,6 @@
 #include <infiniband/verbs.h>
 #include <linux/nbd.h>
 #include <netdb.h>
-#include <pthread.h>
 #include <rdma/rdma_cma.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -51,6 +51,7 @@
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 /* SRP, as named in include/scsi/srp.h (and drivers/infiniband/ulp/srp/ib_srp.h). */
@@ -447,38 +448,48 @@ static void read_capacity(void) {
   }
 }
 
-static const char *nbd_dev;
-static int kernel_end;
-
-/* The kernel's side: configure the device, give it the socket, block in NBD_DO_IT until disconnect. */
-static void *nbd_thread(void *arg) {
-  (void)arg;
-  int fd = open(nbd_dev, O_RDWR);
-  if (fd < 0) die("%s: %s", nbd_dev, strerror(errno));
-  if (ioctl(fd, NBD_SET_BLKSIZE, (unsigned long)block_size) || ioctl(fd, NBD_SET_SIZE_BLOCKS, (unsigned long)blocks) ||
+/*
+ * The kernel's side, a child process forked before any RDMA resource exists: waits for the LUN's
+ * geometry on a pipe, configures the device, gives it the socket and blocks in NBD_DO_IT until
+ * the disconnect. A process of its own, not a thread, so that nothing (strace -f attaching to the
+ * server, a signal) interrupts NBD_DO_IT: the driver shuts the socket down when it is interrupted.
+ */
+static void nbd_child(const char *dev, int sock, int geometry) {
+  uint64_t g[2]; /* block size, blocks */
+  ssize_t r = read(geometry, g, sizeof g);
+  if (r == 0) _exit(0); /* the server failed before it had a device to offer */
+  if (r != sizeof g) die("geometry pipe: %s", strerror(errno));
+  int fd = open(dev, O_RDWR);
+  if (fd < 0) die("%s: %s", dev, strerror(errno));
+  if (ioctl(fd, NBD_SET_BLKSIZE, (unsigned long)g[0]) || ioctl(fd, NBD_SET_SIZE_BLOCKS, (unsigned long)g[1]) ||
       ioctl(fd, NBD_SET_FLAGS, (unsigned long)(NBD_FLAG_HAS_FLAGS | NBD_FLAG_SEND_FLUSH)) ||
-      ioctl(fd, NBD_SET_SOCK, (unsigned long)kernel_end))
-    die("NBD ioctl on %s: %s", nbd_dev, strerror(errno));
+      ioctl(fd, NBD_SET_SOCK, (unsigned long)sock))
+    die("NBD ioctl on %s: %s", dev, strerror(errno));
   char attr[256];
-  snprintf(attr, sizeof attr, "/sys/block/%s/queue/max_sectors_kb", strrchr(nbd_dev, '/') + 1);
+  snprintf(attr, sizeof attr, "/sys/block/%s/queue/max_sectors_kb", strrchr(dev, '/') + 1);
   FILE *f = fopen(attr, "w");
   if (!f || fprintf(f, "%u\n", MAX_SECTORS_KB) < 0 || fclose(f)) die("%s: %s", attr, strerror(errno));
   ioctl(fd, NBD_DO_IT); /* returns on disconnect */
   ioctl(fd, NBD_CLEAR_QUE);
   ioctl(fd, NBD_CLEAR_SOCK);
-  return NULL;
+  _exit(0);
 }
 
-/* Hands a socketpair's other end to the kernel's NBD driver; returns ours. */
-static int start_nbd(const char *dev) {
-  int sv[2];
+/* Forks the kernel's side; returns our end of the socketpair, *geometry the pipe to send the size on. */
+static int start_nbd(const char *dev, pid_t *child, int *geometry) {
+  int sv[2], pp[2];
   if (strncmp(dev, "/dev/nbd", 8)) die("%s: not an NBD device", dev);
-  if (socketpair(AF_UNIX, SOCK_STREAM, 0, sv)) die("socketpair");
-  nbd_dev = dev;
-  kernel_end = sv[1];
-  pthread_t t;
-  if (pthread_create(&t, NULL, nbd_thread, NULL)) die("pthread_create");
-  pthread_detach(t);
+  if (socketpair(AF_UNIX, SOCK_STREAM, 0, sv) || pipe(pp)) die("socketpair/pipe: %s", strerror(errno));
+  *child = fork();
+  if (*child < 0) die("fork: %s", strerror(errno));
+  if (*child == 0) {
+    close(sv[0]);
+    close(pp[1]);
+    nbd_child(dev, sv[1], pp[0]);
+  }
+  close(sv[1]);
+  close(pp[0]);
+  *geometry = pp[1];
   return sv[0];
 }
 
@@ -489,9 +500,14 @@ int main(int argc, char **argv) {
     return 2;
   }
   signal(SIGPIPE, SIG_IGN);
+  pid_t child;
+  int geometry;
+  nbd_fd = start_nbd(argv[6], &child, &geometry);
   login(argv[1], argv[2], argv[3], strtoull(argv[4], NULL, 0), strtoull(argv[5], NULL, 0));
   read_capacity();
-  nbd_fd = start_nbd(argv[6]);
+  uint64_t g[2] = {block_size, blocks};
+  if (write(geometry, g, sizeof g) != sizeof g) die("geometry pipe: %s", strerror(errno));
+  close(geometry);
   printf("ready %llu %u\n", (unsigned long long)(blocks * block_size), block_size);
   fflush(stdout);
 
@@ -515,7 +531,10 @@ int main(int argc, char **argv) {
         cq_ready = 1;
       } else if (in_have < sizeof in_buf) {
         ssize_t r = read(nbd_fd, in_buf + in_have, sizeof in_buf - in_have);
-        if (r == 0) goto out;
+        if (r == 0) {
+          fprintf(stderr, "native-loop: the kernel closed the NBD connection\n");
+          goto out;
+        }
         if (r < 0 && errno != EINTR && errno != EAGAIN) die("NBD socket: %s", strerror(errno));
         if (r > 0) in_have += (size_t)r;
       }
@@ -528,6 +547,7 @@ int main(int argc, char **argv) {
   }
 out:
   close(nbd_fd);
+  waitpid(child, NULL, 0);
   rdma_disconnect(cm);
   return 0;
 }

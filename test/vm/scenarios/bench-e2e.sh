@@ -46,7 +46,7 @@ KIB_DEV=/dev/$(kib_srp_disks | head -n1)
 # the native loop: initiator_ext 2 (the daemon's is 0, ib_srp's 1: a port id of its own, or the
 # target would end one of the others' channels at its single-channel login)
 NATIVE_LOOP=/tmp/native-loop
-cc -O2 -Wall -o $NATIVE_LOOP "$REPO_ROOT/bench/native-loop.c" -lrdmacm -libverbs -lpthread || die "cc native-loop"
+cc -O2 -Wall -o $NATIVE_LOOP "$REPO_ROOT/bench/native-loop.c" -lrdmacm -libverbs || die "cc native-loop"
 # shellcheck disable=SC2086
 "$NATIVE_LOOP" $NATIVE_LOOP_ARGS "${INI_IP[0]}" "${TGT_IP[0]}" "$CM_PORT" "$SRPT_GUID" 2 /dev/nbd2 >/tmp/native-loop.out \
   2>"$OUT_DIR/native-loop.log" &
