@@ -153,6 +153,15 @@ export function parseStraceSummary(text: string): { total: number; top: [string,
   return { total: rows.reduce((s, r) => s + r[1], 0), top: rows };
 }
 
+/** fio's I/O count in the strace pass; 0 when its JSON is missing or unreadable (fio failed). */
+function straceIos(file: string, workload: string): number {
+  try {
+    return fioResult(file, workload).ios;
+  } catch {
+    return 0;
+  }
+}
+
 export function buildRows(dir: string): Row[] {
   const tsv = fs.readFileSync(path.join(dir, 'runs.tsv'), 'utf8').trim().split('\n').filter(Boolean);
   const workloads = [...new Set(tsv.map((l) => l.split('\t')[0]!))];
@@ -189,11 +198,12 @@ export function buildRows(dir: string): Row[] {
       let syscallsPerIo: number | null = null;
       let topSyscalls: string[] = [];
       const st = path.join(dir, `${w}-${i}.strace`);
-      if (fs.existsSync(st)) {
+      const stIos = fs.existsSync(st) ? straceIos(path.join(dir, `${w}-${i}-strace.json`), w) : 0;
+      // a strace pass whose fio did no I/O (it failed) counts nothing
+      if (stIos > 0) {
         const s = parseStraceSummary(fs.readFileSync(st, 'utf8'));
-        const ios = fioResult(path.join(dir, `${w}-${i}-strace.json`), w).ios;
-        syscallsPerIo = s.total / Math.max(1, ios);
-        topSyscalls = s.top.slice(0, 5).map(([n, c]) => `${n} ${(c / Math.max(1, ios)).toFixed(2)}`);
+        syscallsPerIo = s.total / stIos;
+        topSyscalls = s.top.slice(0, 5).map(([n, c]) => `${n} ${(c / stIos).toFixed(2)}`);
       }
       cells[i] = {
         rates,

@@ -250,6 +250,12 @@ t.test(
     t.match(table, /\| native user µs\/IO \| native system µs\/IO \| native busy \(vCPUs\) \|/);
     t.match(table, /\| randread-4k-qd1 \| 3300 \| 2000 \| 1250 \| 900 \| 3799 \(avg 3364\) \| – \|/, 'QD1 latency row');
 
+    // a strace pass whose fio failed (no I/O, or no JSON at all) gives no figure, not calls over one I/O
+    fs.writeFileSync(path.join(dir, `${w}-native-loop-strace.json`), fioJson('read', 0, 0, 0));
+    t.equal(buildRows(dir)[0]!.cells['native-loop'].syscallsPerIo, null, 'fio did no I/O');
+    fs.writeFileSync(path.join(dir, `${w}-native-loop-strace.json`), 'fio: /dev/nbd2: zero sized block device?\n');
+    t.equal(buildRows(dir)[0]!.cells['native-loop'].syscallsPerIo, null, 'fio wrote no JSON');
+
     // a run without the column keeps the three-column table
     const old = { ...row!, nativeRatio: null, nativePairedRange: null };
     t.notMatch(markdownTable([old], []), /native/);
