@@ -11,7 +11,11 @@ import * as path from 'node:path';
 import type { HostRow } from './e2e-host.js';
 import { median } from './proc-stats.js';
 
-export const INITIATORS = ['srp-nbd', 'ib_srp', 'nbdkit'] as const;
+/**
+ * native-loop is bench/native-loop.c, a C prototype of the daemon's steady-state data loop (a
+ * measuring instrument, not a product path); runs of older bench versions lack it.
+ */
+export const INITIATORS = ['srp-nbd', 'native-loop', 'ib_srp', 'nbdkit'] as const;
 type Initiator = (typeof INITIATORS)[number];
 
 /** Targets of the data-path work: srp-nbd / ib_srp on the same LUN, same boot. */
@@ -32,7 +36,7 @@ export interface Cell {
   median: number;
   /** Median of the runs' mean I/O latency (fio lat_ns: submission to completion), µs. */
   latUs: number;
-  /** Median CPU µs per I/O of the serving process (srp-nbd daemon, nbdkit); null for ib_srp. */
+  /** Median CPU µs per I/O of the serving process (srp-nbd daemon, native loop, nbdkit); null for ib_srp. */
   cpuUsPerIo: number | null;
   /** The same split into user and system (kernel) time; null without a process or in older runs. */
   userUsPerIo: number | null;
@@ -55,6 +59,9 @@ export interface Row {
   cells: Record<Initiator, Cell>;
   ratio: number;
   pairedRange: [number, number];
+  /** The native loop's ratio to ib_srp the same way; null when the run had no native-loop column. */
+  nativeRatio: number | null;
+  nativePairedRange: [number, number] | null;
   target: number;
 }
 
@@ -146,6 +153,15 @@ export function parseStraceSummary(text: string): { total: number; top: [string,
   return { total: rows.reduce((s, r) => s + r[1], 0), top: rows };
 }
 
+/** fio's I/O count in the strace pass; 0 when its JSON is missing or unreadable (fio failed). */
+function straceIos(file: string, workload: string): number {
+  try {
+    return fioResult(file, workload).ios;
+  } catch {
+    return 0;
+  }
+}
+
 export function buildRows(dir: string): Row[] {
   const tsv = fs.readFileSync(path.join(dir, 'runs.tsv'), 'utf8').trim().split('\n').filter(Boolean);
   const workloads = [...new Set(tsv.map((l) => l.split('\t')[0]!))];
@@ -182,15 +198,16 @@ export function buildRows(dir: string): Row[] {
       let syscallsPerIo: number | null = null;
       let topSyscalls: string[] = [];
       const st = path.join(dir, `${w}-${i}.strace`);
-      if (fs.existsSync(st)) {
+      const stIos = fs.existsSync(st) ? straceIos(path.join(dir, `${w}-${i}-strace.json`), w) : 0;
+      // a strace pass whose fio did no I/O (it failed) counts nothing
+      if (stIos > 0) {
         const s = parseStraceSummary(fs.readFileSync(st, 'utf8'));
-        const ios = fioResult(path.join(dir, `${w}-${i}-strace.json`), w).ios;
-        syscallsPerIo = s.total / Math.max(1, ios);
-        topSyscalls = s.top.slice(0, 5).map(([n, c]) => `${n} ${(c / Math.max(1, ios)).toFixed(2)}`);
+        syscallsPerIo = s.total / stIos;
+        topSyscalls = s.top.slice(0, 5).map(([n, c]) => `${n} ${(c / stIos).toFixed(2)}`);
       }
       cells[i] = {
         rates,
-        median: median(rates),
+        median: rates.length ? median(rates) : NaN,
         latUs: lat.length ? median(lat) : NaN,
         cpuUsPerIo: med(cpu),
         userUsPerIo: med(user),
@@ -201,15 +218,21 @@ export function buildRows(dir: string): Row[] {
         topSyscalls,
       };
     }
-    const ours = cells['srp-nbd'];
     const kernel = cells.ib_srp;
-    const paired = ours.rates.map((r, k) => r / kernel.rates[k]!);
+    const vsKernel = (c: Cell): { ratio: number; range: [number, number] } => {
+      const paired = c.rates.map((r, k) => r / kernel.rates[k]!);
+      return { ratio: c.median / kernel.median, range: [Math.min(...paired), Math.max(...paired)] };
+    };
+    const ours = vsKernel(cells['srp-nbd']);
+    const native = cells['native-loop'].rates.length ? vsKernel(cells['native-loop']) : null;
     rows.push({
       workload: w,
       unit: w.includes('-1m-') ? 'MiB/s' : 'IOPS',
       cells,
-      ratio: ours.median / kernel.median,
-      pairedRange: [Math.min(...paired), Math.max(...paired)],
+      ratio: ours.ratio,
+      pairedRange: ours.range,
+      nativeRatio: native?.ratio ?? null,
+      nativePairedRange: native?.range ?? null,
       target: TARGETS[w] ?? 1,
     });
   }
@@ -219,6 +242,20 @@ export function buildRows(dir: string): Row[] {
 const n0 = (x: number | null): string => (x === null || !Number.isFinite(x) ? '–' : x.toFixed(0));
 const n1 = (x: number | null): string => (x === null ? '–' : x.toFixed(1));
 
+/** A table column: its header and the cell of a row; columns of the native loop only when it ran. */
+type Column<T> = [header: string, cell: (r: T) => string];
+function table<T>(columns: Column<T>[], items: T[]): string[] {
+  return [
+    `| ${columns.map((c) => c[0]).join(' | ')} |`,
+    `|${columns.map(() => '---').join('|')}|`,
+    ...items.map((r) => `| ${columns.map((c) => c[1](r)).join(' | ')} |`),
+  ];
+}
+const times = (a: number | null, b: number | null): string => (a !== null && b ? (a / b).toFixed(1) + 'x' : '–');
+const ratioCell = (ratio: number, range: [number, number]): string =>
+  `**${ratio.toFixed(2)}** (${range[0].toFixed(2)}–${range[1].toFixed(2)})`;
+const meets = (ratio: number | null, target: number): string => (ratio !== null && ratio >= target ? '≥' : '<');
+
 export function markdownTable(
   rows: Row[],
   host: HostRow[],
@@ -226,37 +263,70 @@ export function markdownTable(
   session: SessionCounters | null = null,
 ): string {
   const out: string[] = [];
+  const native = rows.some((r) => r.nativeRatio !== null);
+  const nat = <T>(cols: Column<T>[]): Column<T>[] => (native ? cols : []);
+  const S = (r: Row) => r.cells['srp-nbd'];
+  const N = (r: Row) => r.cells['native-loop'];
+  const K = (r: Row) => r.cells.nbdkit;
   out.push(
-    '| workload | srp-nbd | ib_srp | nbdkit + nbd-client | srp-nbd / ib_srp (paired runs) | target | daemon µs CPU/IO | nbdkit µs CPU/IO | daemon / nbdkit CPU | daemon syscalls/IO | nbdkit syscalls/IO |',
+    ...table<Row>(
+      [
+        ['workload', (r) => r.workload],
+        ['srp-nbd', (r) => `${n0(S(r).median)} ${r.unit}`],
+        ...nat<Row>([['native loop (C prototype)', (r) => n0(N(r).median)]]),
+        ['ib_srp', (r) => n0(r.cells.ib_srp.median)],
+        ['nbdkit + nbd-client', (r) => n0(K(r).median)],
+        ['srp-nbd / ib_srp (paired runs)', (r) => ratioCell(r.ratio, r.pairedRange)],
+        ...nat<Row>([
+          [
+            'native / ib_srp (paired runs)',
+            (r) => (r.nativeRatio === null ? '–' : ratioCell(r.nativeRatio, r.nativePairedRange!)),
+          ],
+        ]),
+        native
+          ? [
+              'target (srp-nbd; native)',
+              (r) =>
+                `${meets(r.ratio, r.target)} ${r.target.toFixed(1)}; ${meets(r.nativeRatio, r.target)} ${r.target.toFixed(1)}`,
+            ]
+          : ['target', (r) => `${meets(r.ratio, r.target)} ${r.target.toFixed(1)}`],
+        ['daemon µs CPU/IO', (r) => n0(S(r).cpuUsPerIo)],
+        ...nat<Row>([['native µs CPU/IO', (r) => n0(N(r).cpuUsPerIo)]]),
+        ['nbdkit µs CPU/IO', (r) => n0(K(r).cpuUsPerIo)],
+        ['daemon / nbdkit CPU', (r) => times(S(r).cpuUsPerIo, K(r).cpuUsPerIo)],
+        ...nat<Row>([['native / nbdkit CPU', (r) => times(N(r).cpuUsPerIo, K(r).cpuUsPerIo)]]),
+        ['daemon syscalls/IO', (r) => n1(S(r).syscallsPerIo)],
+        ...nat<Row>([['native syscalls/IO', (r) => n1(N(r).syscallsPerIo)]]),
+        ['nbdkit syscalls/IO', (r) => n1(K(r).syscallsPerIo)],
+      ],
+      rows,
+    ),
   );
-  out.push('|---|---|---|---|---|---|---|---|---|---|---|');
-  for (const r of rows) {
-    const c = r.cells;
-    const cpuRatio =
-      c['srp-nbd'].cpuUsPerIo !== null && c.nbdkit.cpuUsPerIo ? c['srp-nbd'].cpuUsPerIo / c.nbdkit.cpuUsPerIo : null;
-    out.push(
-      `| ${r.workload} | ${n0(c['srp-nbd'].median)} ${r.unit} | ${n0(c.ib_srp.median)} | ${n0(c.nbdkit.median)} | ` +
-        `**${r.ratio.toFixed(2)}** (${r.pairedRange[0].toFixed(2)}–${r.pairedRange[1].toFixed(2)}) | ${r.ratio >= r.target ? '≥' : '<'} ${r.target.toFixed(1)} | ` +
-        `${n0(c['srp-nbd'].cpuUsPerIo)} | ${n0(c.nbdkit.cpuUsPerIo)} | ${cpuRatio === null ? '–' : cpuRatio.toFixed(1) + 'x'} | ` +
-        `${n1(c['srp-nbd'].syscallsPerIo)} | ${n1(c.nbdkit.syscallsPerIo)} |`,
-    );
-  }
   if (rows.some((r) => r.cells.ib_srp.guestUsPerIo !== null)) {
+    const busy = (x: number | null) => (x === null ? '–' : x.toFixed(2));
     out.push('');
     out.push(
-      '| where the CPU goes | daemon user µs/IO | daemon system µs/IO | daemon busy (vCPUs) | guest µs/IO srp-nbd | guest µs/IO ib_srp | guest µs/IO nbdkit | srp-nbd / ib_srp guest CPU |',
+      ...table<Row>(
+        [
+          ['where the CPU goes', (r) => r.workload],
+          ['daemon user µs/IO', (r) => n0(S(r).userUsPerIo)],
+          ['daemon system µs/IO', (r) => n0(S(r).sysUsPerIo)],
+          ['daemon busy (vCPUs)', (r) => busy(S(r).busy)],
+          ...nat<Row>([
+            ['native user µs/IO', (r) => n0(N(r).userUsPerIo)],
+            ['native system µs/IO', (r) => n0(N(r).sysUsPerIo)],
+            ['native busy (vCPUs)', (r) => busy(N(r).busy)],
+          ]),
+          ['guest µs/IO srp-nbd', (r) => n0(S(r).guestUsPerIo)],
+          ...nat<Row>([['guest µs/IO native', (r) => n0(N(r).guestUsPerIo)]]),
+          ['guest µs/IO ib_srp', (r) => n0(r.cells.ib_srp.guestUsPerIo)],
+          ['guest µs/IO nbdkit', (r) => n0(K(r).guestUsPerIo)],
+          ['srp-nbd / ib_srp guest CPU', (r) => times(S(r).guestUsPerIo, r.cells.ib_srp.guestUsPerIo)],
+          ...nat<Row>([['native / ib_srp guest CPU', (r) => times(N(r).guestUsPerIo, r.cells.ib_srp.guestUsPerIo)]]),
+        ],
+        rows,
+      ),
     );
-    out.push('|---|---|---|---|---|---|---|---|');
-    for (const r of rows) {
-      const c = r.cells;
-      const g = c['srp-nbd'].guestUsPerIo;
-      const k = c.ib_srp.guestUsPerIo;
-      out.push(
-        `| ${r.workload} | ${n0(c['srp-nbd'].userUsPerIo)} | ${n0(c['srp-nbd'].sysUsPerIo)} | ` +
-          `${c['srp-nbd'].busy === null ? '–' : c['srp-nbd'].busy.toFixed(2)} | ${n0(g)} | ${n0(k)} | ` +
-          `${n0(c.nbdkit.guestUsPerIo)} | ${g !== null && k ? (g / k).toFixed(1) + 'x' : '–'} |`,
-      );
-    }
   }
   if (session) {
     out.push('');
@@ -268,16 +338,21 @@ export function markdownTable(
   }
   const qd1 = rows.find((r) => r.workload === 'randread-4k-qd1');
   if (qd1 && (verbs.events || verbs.polling)) {
-    const c = qd1.cells;
     const v = (x: VerbsLatency | undefined) => (x ? `${n0(x.typicalUs)} (avg ${n0(x.avgUs)})` : '–');
     out.push('');
     out.push(
-      '| latency at QD1, µs | srp-nbd 4K read | ib_srp 4K read | nbdkit 4K read | verbs floor, one way, events | verbs floor, one way, polling |',
-    );
-    out.push('|---|---|---|---|---|---|');
-    out.push(
-      `| randread-4k-qd1 | ${n0(c['srp-nbd'].latUs)} | ${n0(c.ib_srp.latUs)} | ${n0(c.nbdkit.latUs)} | ` +
-        `${v(verbs.events)} | ${v(verbs.polling)} |`,
+      ...table<Row>(
+        [
+          ['latency at QD1, µs', (r) => r.workload],
+          ['srp-nbd 4K read', (r) => n0(S(r).latUs)],
+          ...nat<Row>([['native loop 4K read', (r) => n0(N(r).latUs)]]),
+          ['ib_srp 4K read', (r) => n0(r.cells.ib_srp.latUs)],
+          ['nbdkit 4K read', (r) => n0(K(r).latUs)],
+          ['verbs floor, one way, events', () => v(verbs.events)],
+          ['verbs floor, one way, polling', () => v(verbs.polling)],
+        ],
+        [qd1],
+      ),
     );
   }
   if (host.length) {
@@ -312,8 +387,13 @@ function main(): void {
   const table = markdownTable(rows, host, verbs, session);
   console.log(table);
   for (const r of rows) {
-    const top = r.cells['srp-nbd'].topSyscalls.join(', ');
-    if (top) console.log(`${r.workload}: daemon syscalls per I/O: ${top}`);
+    for (const [who, i] of [
+      ['daemon', 'srp-nbd'],
+      ['native loop', 'native-loop'],
+    ] as const) {
+      const top = r.cells[i].topSyscalls.join(', ');
+      if (top) console.log(`${r.workload}: ${who} syscalls per I/O: ${top}`);
+    }
   }
   const when = new Date().toISOString();
   fs.mkdirSync(path.dirname(outFile), { recursive: true });

@@ -200,3 +200,64 @@ t.test('session counters from the saved status: registrations once per slot, per
     /52000 commands, 70 memory registrations \(64 command slots registered once, 6 commands/,
   );
 });
+
+t.test(
+  'the native loop column: its rate, ratio to ib_srp, CPU and system calls per I/O beside the daemon',
+  async (t) => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'e2e-report-'));
+    t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+    const w = 'randread-4k-qd1';
+    // initiator, rep, IOPS, mean latency ns, process CPU s, user s, system s, guest CPU s (8 s runs, ios = IOPS * 8)
+    const runs: [string, number, number, number, string, string, string, string][] = [
+      ['srp-nbd', 0, 300, 3300e3, '1.200', '0.700', '0.500', '6.000'],
+      ['native-loop', 0, 500, 2000e3, '0.800', '0.200', '0.600', '4.000'],
+      ['ib_srp', 0, 1000, 1000e3, '-', '-', '-', '4.000'],
+      ['nbdkit', 0, 1200, 800e3, '0.400', '0.100', '0.300', '3.000'],
+      ['srp-nbd', 1, 320, 3100e3, '1.280', '0.800', '0.480', '6.400'],
+      ['native-loop', 1, 600, 1700e3, '0.960', '0.300', '0.660', '4.800'],
+      ['ib_srp', 1, 800, 1250e3, '-', '-', '-', '3.200'],
+      ['nbdkit', 1, 1100, 900e3, '0.440', '0.110', '0.330', '3.300'],
+    ];
+    const tsv: string[] = [];
+    for (const [i, r, iops, lat, cpu, u, k, g] of runs) {
+      fs.writeFileSync(path.join(dir, `${w}-${i}-${r}.json`), fioJson('read', iops, iops * 8, iops * 4096, lat));
+      tsv.push(`${w}\t${i}\t${r}\trun\t${cpu}\t8.0\t${u}\t${k}\t${g}`);
+    }
+    fs.writeFileSync(path.join(dir, `${w}-native-loop.strace`), STRACE);
+    fs.writeFileSync(path.join(dir, `${w}-native-loop-strace.json`), fioJson('read', 500, 7000, 0));
+    tsv.push(`${w}\tnative-loop\t-\tstrace\t-\t-`);
+    fs.writeFileSync(path.join(dir, 'runs.tsv'), tsv.join('\n') + '\n');
+    fs.writeFileSync(path.join(dir, 'verbs-events.txt'), SEND_LAT);
+
+    const [row] = buildRows(dir);
+    const n = row!.cells['native-loop'];
+    t.same(n.rates, [500, 600]);
+    t.equal(n.median, 600);
+    t.equal(row!.nativeRatio, 0.6, 'median 600 over ib_srp median 1000');
+    t.same(row!.nativePairedRange, [0.5, 0.75], 'each run over the ib_srp run of the same round');
+    t.equal(row!.ratio, 0.32, 'the daemon ratio is unchanged by the extra column');
+    t.equal(n.cpuUsPerIo, 200, '0.8 s over 4,000 I/Os and 0.96 s over 4,800: 200 µs both');
+    t.equal(n.sysUsPerIo, 150, '0.6 s over 4,000 I/Os (the upper median of 150 and 137.5)');
+    t.equal(n.syscallsPerIo, 2, '14,000 calls over 7,000 I/Os');
+    t.equal(n.latUs, 2000, 'upper median of 2000 and 1700 µs');
+
+    const table = markdownTable([row!], [], readVerbsFloor(dir));
+    t.match(table, /\| workload \| srp-nbd \| native loop \(C prototype\) \| ib_srp \| nbdkit \+ nbd-client \|/);
+    t.match(
+      table,
+      /\| randread-4k-qd1 \| 320 IOPS \| 600 \| 1000 \| 1200 \| \*\*0\.32\*\* \(0\.30–0\.40\) \| \*\*0\.60\*\* \(0\.50–0\.75\) \| < 0\.7; < 0\.7 \| 500 \| 200 \| 50 \| 10\.0x \| 4\.0x \| – \| 2\.0 \| – \|/,
+    );
+    t.match(table, /\| native user µs\/IO \| native system µs\/IO \| native busy \(vCPUs\) \|/);
+    t.match(table, /\| randread-4k-qd1 \| 3300 \| 2000 \| 1250 \| 900 \| 3799 \(avg 3364\) \| – \|/, 'QD1 latency row');
+
+    // a strace pass whose fio failed (no I/O, or no JSON at all) gives no figure, not calls over one I/O
+    fs.writeFileSync(path.join(dir, `${w}-native-loop-strace.json`), fioJson('read', 0, 0, 0));
+    t.equal(buildRows(dir)[0]!.cells['native-loop'].syscallsPerIo, null, 'fio did no I/O');
+    fs.writeFileSync(path.join(dir, `${w}-native-loop-strace.json`), 'fio: /dev/nbd2: zero sized block device?\n');
+    t.equal(buildRows(dir)[0]!.cells['native-loop'].syscallsPerIo, null, 'fio wrote no JSON');
+
+    // a run without the column keeps the three-column table
+    const old = { ...row!, nativeRatio: null, nativePairedRange: null };
+    t.notMatch(markdownTable([old], []), /native/);
+  },
+);
