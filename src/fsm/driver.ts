@@ -41,6 +41,18 @@ export class HardReconnectError extends Error {
   }
 }
 
+/**
+ * A reconnect attempt the target refused with a transient reject (its port not enabled yet, nothing
+ * listening, no ACL yet: a target being rebuilt): it is reachable, so it is reported as an answered
+ * reconnect-failed, which a blocked port retries after ANSWERED_RETRY_MS rather than reconnect_delay.
+ */
+export class AnsweredReconnectError extends Error {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = 'AnsweredReconnectError';
+  }
+}
+
 /** Subscribes to `rport` and drives reconnect attempts and identity checks. dispose() unsubscribes and aborts. */
 export class RportDriver {
   private controller: AbortController | undefined;
@@ -69,6 +81,7 @@ export class RportDriver {
             attempt: a.attempt,
             reason: errorText(e),
             ...(e instanceof HardReconnectError ? { hard: true } : {}),
+            ...(e instanceof AnsweredReconnectError ? { answered: true } : {}),
           }),
         );
         break;

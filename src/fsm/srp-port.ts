@@ -16,7 +16,7 @@ import { type LunIdentity, describeIdentity, sameIdentity } from '../initiator/l
 import { DEFAULT_LOGIN_TIMEOUT_MS, SrpSession, type SrpSessionOptions } from '../initiator/srp-session.js';
 import type { ChannelTransport, LoginContext } from '../initiator/transport.js';
 import { classifyLoginFailure, STALE_CONNECTION_RETRIES } from '../initiator/login-failure.js';
-import { HardReconnectError, RportDriver } from './driver.js';
+import { AnsweredReconnectError, HardReconnectError, RportDriver } from './driver.js';
 import { IdentityMismatchError } from './identity.js';
 import { IoGate, defaultIsTransportError } from './io-gate.js';
 import { Rport, type RportAction } from './rport.js';
@@ -278,7 +278,8 @@ export class SrpPort {
    * Reconnect attempt: the old session is closed (its commands settled) before a new login. How a
    * failed login goes on depends on its class (src/initiator/login-failure.ts): a stale connection
    * is retried at once with a new connection (bounded), a hard reject fails the attempt as hard,
-   * anything else waits for the next attempt on the cadence.
+   * another reject is an answered failure (the next attempt soon), anything else (no answer) waits
+   * for the next attempt on the cadence.
    */
   private async reconnect(attempt: number, signal: AbortSignal): Promise<void> {
     const old = this.session;
@@ -294,6 +295,7 @@ export class SrpPort {
       const f = classifyLoginFailure(err);
       this.log.warn({ attempt, kind: f.kind }, `login failed: ${f.message}`);
       if (!f.retryable) throw new HardReconnectError(f.message, { cause: err });
+      if (f.answered) throw new AnsweredReconnectError(f.message, { cause: err });
       if (f.message !== (err as Error).message) throw new Error(f.message, { cause: err });
       throw err;
     }
