@@ -42,14 +42,16 @@ export class HardReconnectError extends Error {
 }
 
 /**
- * A reconnect attempt the target refused with a transient reject (its port not enabled yet, nothing
- * listening, no ACL yet: a target being rebuilt): it is reachable, so it is reported as an answered
- * reconnect-failed, which a blocked port retries after ANSWERED_RETRY_MS rather than reconnect_delay.
+ * A reconnect attempt whose failure calls for the next one soon: the target refused it with a
+ * transient reject (its port not enabled yet, nothing listening, no ACL yet: a target being
+ * rebuilt, reachable), or its login got no answer before its deadline (a black hole: the next
+ * login must go out as soon as the path may deliver again). Reported as reconnect-failed with
+ * retrySoon, which a blocked port follows RETRY_SOON_MS after the attempt's start.
  */
-export class AnsweredReconnectError extends Error {
+export class RetrySoonError extends Error {
   constructor(message: string, options?: { cause?: unknown }) {
     super(message, options);
-    this.name = 'AnsweredReconnectError';
+    this.name = 'RetrySoonError';
   }
 }
 
@@ -81,7 +83,7 @@ export class RportDriver {
             attempt: a.attempt,
             reason: errorText(e),
             ...(e instanceof HardReconnectError ? { hard: true } : {}),
-            ...(e instanceof AnsweredReconnectError ? { answered: true } : {}),
+            ...(e instanceof RetrySoonError ? { retrySoon: true } : {}),
           }),
         );
         break;
