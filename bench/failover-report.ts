@@ -142,14 +142,18 @@ export function measure(ev: EventName, d: EventData): Record<string, number | st
     v.md_failures = d.rows.md_failures !== undefined ? Number(d.rows.md_failures) : null;
     v.md_members = d.rows.md_members ?? null;
     v.failed_writes = fault === undefined ? null : failedWrites(d.writes, fault);
-    // back in the array: md's first state of the member after the path's return that is not faulty
+    // from the link set up ("up"; the daemon may re-add the member before link_up returns):
+    // back in the array = md's first state of the member after it was faulty that is not faulty
+    const up = d.marks.up ?? back;
     const member = d.watches.state ?? [];
-    const readded = member.find(([t, s]) => back !== undefined && t >= back && s !== 'gone' && !/faulty/.test(s));
-    v.md_readded_s = since(readded?.[0], back);
-    v.md_synced_s = since(
-      (d.watches.degraded ?? []).find(([t, s]) => back !== undefined && t >= back && s === '0')?.[0],
-      back,
-    );
+    const failedAt = member.find(([t, s]) => fault !== undefined && t >= fault && /faulty/.test(s))?.[0];
+    const readded =
+      failedAt === undefined ? undefined : member.find(([t, s]) => t > failedAt && s !== 'gone' && !/faulty/.test(s));
+    v.md_readded_s = since(readded?.[0], up);
+    const degraded = d.watches.degraded ?? [];
+    const degradedAt = degraded.find(([t, s]) => fault !== undefined && t >= fault && s !== '0')?.[0];
+    const whole = degradedAt === undefined ? undefined : degraded.find(([t, s]) => t > degradedAt && s === '0');
+    v.md_synced_s = since(whole?.[0], up);
   }
   if (ev === 'kill') {
     v.md_failures = d.rows.md_failures !== undefined ? Number(d.rows.md_failures) : null;

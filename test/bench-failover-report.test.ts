@@ -93,25 +93,26 @@ t.test('mdreadd: md failed the member, back in md and in sync, from md watchers'
     'failover/events.tsv': tsv([
       ['clock', '-', '-', 10, 1_010_000],
       ['srp-nbd', 'mdreadd', 'fault', 20],
-      ['srp-nbd', 'mdreadd', 'back', 28],
+      ['srp-nbd', 'mdreadd', 'up', 28],
+      ['srp-nbd', 'mdreadd', 'back', 28.5],
     ]),
     'failover/rows.tsv': tsv([
       ['srp-nbd', 'mdreadd', 'md_failures', '1'],
       ['srp-nbd', 'mdreadd', 'md_members', 'nbd0:in_sync ram0:in_sync '],
     ]),
     'failover/probe-srp-nbd-mdreadd.log': '19.0 19.1 0\n20.0 25.3 0\n28.1 28.2 0\n',
-    // faulty at 25.3; a state read while the path is still down after "back" does not count
+    // faulty at 25.3, re-added (spare) at 28.4, before link_up returned ("back"), in sync at 30.5
     'failover/watch-srp-nbd-mdreadd-state.log':
-      '18.000 in_sync\n25.300 faulty\n28.100 faulty,blocked\n28.900 gone\n29.200 in_sync\n',
+      '18.000 in_sync\n25.300 faulty,blocked\n25.400 faulty\n28.400 spare\n28.900 gone\n30.500 in_sync\n',
     'failover/watch-srp-nbd-mdreadd-degraded.log': '18.000 0\n25.300 1\n30.500 0\n',
   });
   const res = buildResults(dir);
   t.match(res['srp-nbd'].mdreadd, {
     status: 'measured',
-    values: { md_failures: 1, md_readded_s: 1.2, md_synced_s: 2.5, failed_writes: 0 },
+    values: { md_failures: 1, md_readded_s: 0.4, md_synced_s: 2.5, failed_writes: 0 },
   });
   const table = markdownTable(res);
-  t.match(table, /\| link up → member back in md \(re-added\) \| 1\.20 s \|/);
+  t.match(table, /\| link up → member back in md \(re-added\) \| 0\.40 s \|/);
   t.match(table, /\| link up → md in sync again \| 2\.50 s \|/);
   // the member never failed: no re-add time
   fs.writeFileSync(path.join(dir, 'boot1/failover/watch-srp-nbd-mdreadd-state.log'), '18.000 in_sync\n');

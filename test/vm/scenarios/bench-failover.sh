@@ -10,7 +10,8 @@
 #   mdreadd    (srp-nbd only) md RAID1 over the device and a RAM disk, md's writes probed, path 0
 #              down for LINK_DOWN s (> fast_io_fail_tmo: md fails the member), up again: md's view
 #              of the member (md/dev-nbd0/state, md/degraded) watched every 20 ms until it is back
-#              and in sync. ib_srp has no analogue: it never re-adds a member md failed.
+#              and in sync, timed from "up" (the link set up: the daemon may re-add the member
+#              before link_up returns). ib_srp has no analogue: it never re-adds a member md failed.
 #   kill       md RAID1 over the device and a loop device: srp-nbd: kill -9 of the daemon (restarted
 #              at once); ib_srp: the SCSI host removed (the rport's sysfs delete), the closest
 #              analogue of losing the initiator. What does md see?
@@ -162,7 +163,7 @@ if [ -n "$PHASES_SRP" ]; then
         probe_start /dev/md0 srp-nbd-mdreadd; nap 2
         mark srp-nbd mdreadd fault; link_down 0
         nap "$LINK_DOWN"
-        link_up 0; mark srp-nbd mdreadd back
+        mark srp-nbd mdreadd up; link_up 0; mark srp-nbd mdreadd back
         md_whole() { [ "$(md_degraded /dev/md0)" = 0 ] && [ "$(sysfs_get /sys/block/md0/md/sync_action)" = idle ]; }
         wait_for 60 md_whole || note srp-nbd-mdreadd "md0 not whole 60 s after the path's return"
         nap 1; probe_stop srp-nbd-mdreadd
