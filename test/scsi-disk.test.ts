@@ -95,18 +95,6 @@ const thin = {
   lbprz: true,
 };
 
-t.test('probe: after the VPD page list, the other reads go out together', async (t) => {
-  const { disk, exec } = rig({ serial: 'par', provisioning: thin });
-  const p = await disk.probe();
-  t.equal(p.serial, 'par', 'the results still land where they belong');
-  t.equal(p.designators.length, 3);
-  t.equal(p.capacity.blockLength, 512);
-  t.equal(p.writeProtect.source, 'mode-sense');
-  // TEST UNIT READY, INQUIRY, VPD 0x00 one by one; then VPD 0x80, 0x83, 0xb0, 0xb2, READ CAPACITY,
-  // MODE SENSE (caching), MODE SENSE (WP) at once
-  t.equal(exec.maxInflight, 7, `7 commands in flight at once (${exec.maxInflight})`);
-});
-
 t.test('probe a thin 512-byte LUN', async (t) => {
   const { disk, lun } = rig({
     blockSize: 512,
@@ -263,7 +251,6 @@ t.test('requests are split by MAXIMUM TRANSFER LENGTH, granularity and the trans
   t.equal(p.limits.maxTransferBlocks, 12, '16 rounded down to the 6-block granularity');
   const data = randomBytes(512 * 100);
   lun.clearLog();
-  exec.maxInflight = 0; // the probe's reads go out together; this counts the write's chunks
   await disk.write(512 * 3, data);
   const w = lun.logOf('WRITE_16');
   t.same(

@@ -530,25 +530,20 @@ export class ScsiDisk {
 
     const vpdPages = (await this.optionalVpd(VPD_SUPPORTED_PAGES, (b) => parseSupportedVpdPages(b).pages)) ?? [];
     const has = (p: number): boolean => vpdPages.includes(p);
-    // The rest depends only on the page list: issued together, one round trip instead of seven
-    // (the identity check after a reconnect runs this probe while the held I/O waits).
-    const [serial, designators, blockLimits, provisioning, capacity, cache, writeProtect] = await Promise.all([
-      has(VPD_UNIT_SERIAL_NUMBER)
-        ? this.optionalVpd(VPD_UNIT_SERIAL_NUMBER, (b) => parseUnitSerialNumber(b).serial)
-        : undefined,
-      has(VPD_DEVICE_IDENTIFICATION)
-        ? this.optionalVpd(VPD_DEVICE_IDENTIFICATION, (b) => parseDeviceIdentification(b).designators).then(
-            (d) => d ?? [],
-          )
-        : [],
-      has(VPD_BLOCK_LIMITS) ? this.optionalVpd(VPD_BLOCK_LIMITS, parseBlockLimits) : undefined,
-      has(VPD_LOGICAL_BLOCK_PROVISIONING)
-        ? this.optionalVpd(VPD_LOGICAL_BLOCK_PROVISIONING, parseLogicalBlockProvisioning)
-        : undefined,
-      this.readCapacity(),
-      this.readCache(),
-      this.readWriteProtect(),
-    ]);
+    const serial = has(VPD_UNIT_SERIAL_NUMBER)
+      ? await this.optionalVpd(VPD_UNIT_SERIAL_NUMBER, (b) => parseUnitSerialNumber(b).serial)
+      : undefined;
+    const designators = has(VPD_DEVICE_IDENTIFICATION)
+      ? ((await this.optionalVpd(VPD_DEVICE_IDENTIFICATION, (b) => parseDeviceIdentification(b).designators)) ?? [])
+      : [];
+    const blockLimits = has(VPD_BLOCK_LIMITS) ? await this.optionalVpd(VPD_BLOCK_LIMITS, parseBlockLimits) : undefined;
+    const provisioning = has(VPD_LOGICAL_BLOCK_PROVISIONING)
+      ? await this.optionalVpd(VPD_LOGICAL_BLOCK_PROVISIONING, parseLogicalBlockProvisioning)
+      : undefined;
+
+    const capacity = await this.readCapacity();
+    const cache = await this.readCache();
+    const writeProtect = await this.readWriteProtect();
     const geometry = this.geometryFrom(capacity);
     const limits = this.limitsFrom(geometry, capacity, cache, blockLimits, provisioning);
     const identity = lunIdentity({
