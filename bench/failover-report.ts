@@ -14,7 +14,7 @@ import * as path from 'node:path';
 
 export const WHO = ['srp-nbd', 'ib_srp'] as const;
 export type Who = (typeof WHO)[number];
-export const EVENTS = ['linkdown', 'blackhole', 'restart', 'rebuild', 'kill'] as const;
+export const EVENTS = ['linkdown', 'blackhole', 'restart', 'rebuild', 'mdreadd', 'kill'] as const;
 export type EventName = (typeof EVENTS)[number];
 
 /** One probe write: start, end (uptime s), errno (0: completed). */
@@ -31,17 +31,24 @@ export interface EventData {
   /** uptime of each state change seen (daemon log for srp-nbd, sysfs rport state for ib_srp) */
   states: [number, string][];
   rows: Record<string, string>;
+  /** other watchers of the event (watch-WHO-EVENT-NAME.log) by NAME, e.g. md's member state */
+  watches: Record<string, [number, string][]>;
   boot: number;
 }
 
 export interface Outcome {
-  /** measured, or why not */
-  status: 'measured' | 'kernel crashed' | 'not measured';
+  /** measured, or why not ('not applicable': the initiator has no such behaviour, see NOT_APPLICABLE) */
+  status: 'measured' | 'kernel crashed' | 'not measured' | 'not applicable';
   detail?: string;
   values: Record<string, number | string | null>;
 }
 
 export type Results = Record<Who, Partial<Record<EventName, Outcome>>>;
+
+/** Events an initiator is not put through, and why. */
+export const NOT_APPLICABLE: Partial<Record<Who, Partial<Record<EventName, string>>>> = {
+  ib_srp: { mdreadd: 'ib_srp never re-adds a member md failed: it stays faulty until `mdadm --re-add`' },
+};
 
 export function parseTsv(text: string): string[][] {
   return text
@@ -131,6 +138,23 @@ export function measure(ev: EventName, d: EventData): Record<string, number | st
     v.writes_on_other = d.rows.writes_on_other !== undefined ? Number(d.rows.writes_on_other) : null;
     v.failed_writes = fault === undefined ? null : failedWrites(d.writes, fault, d.marks.restore);
   }
+  if (ev === 'mdreadd') {
+    v.md_failures = d.rows.md_failures !== undefined ? Number(d.rows.md_failures) : null;
+    v.md_members = d.rows.md_members ?? null;
+    v.failed_writes = fault === undefined ? null : failedWrites(d.writes, fault);
+    // from the link set up ("up"; the daemon may re-add the member before link_up returns):
+    // back in the array = md's first state of the member after it was faulty that is not faulty
+    const up = d.marks.up ?? back;
+    const member = d.watches.state ?? [];
+    const failedAt = member.find(([t, s]) => fault !== undefined && t >= fault && /faulty/.test(s))?.[0];
+    const readded =
+      failedAt === undefined ? undefined : member.find(([t, s]) => t > failedAt && s !== 'gone' && !/faulty/.test(s));
+    v.md_readded_s = since(readded?.[0], up);
+    const degraded = d.watches.degraded ?? [];
+    const degradedAt = degraded.find(([t, s]) => fault !== undefined && t >= fault && s !== '0')?.[0];
+    const whole = degradedAt === undefined ? undefined : degraded.find(([t, s]) => t > degradedAt && s === '0');
+    v.md_synced_s = since(whole?.[0], up);
+  }
   if (ev === 'kill') {
     v.md_failures = d.rows.md_failures !== undefined ? Number(d.rows.md_failures) : null;
     v.md_members = d.rows.md_members ?? null;
@@ -150,7 +174,7 @@ export function readBoot(dir: string, boot: number): Map<string, EventData> {
   const get = (who: string, ev: string) => {
     const k = `${who}/${ev}`;
     let d = out.get(k);
-    if (!d) out.set(k, (d = { marks: {}, writes: [], states: [], rows: {}, boot }));
+    if (!d) out.set(k, (d = { marks: {}, writes: [], states: [], rows: {}, watches: {}, boot }));
     return d;
   };
   let offset: number | undefined;
@@ -162,10 +186,15 @@ export function readBoot(dir: string, boot: number): Map<string, EventData> {
     get(who!, ev!).rows[field!] = value ?? '';
   const srpStates = offset === undefined ? [] : daemonStates(read(path.join(dir, 'daemon.log')), offset);
   const kibStates = watchStates(read(path.join(fo, 'watch-ib_srp.log')));
+  const files = fs.existsSync(fo) ? fs.readdirSync(fo) : [];
   for (const [k, d] of out) {
     const [who, ev] = k.split('/') as [string, string];
     d.writes = parseWrites(read(path.join(fo, `probe-${who}-${ev}.log`)));
     d.states = who === 'srp-nbd' ? srpStates : kibStates;
+    const prefix = `watch-${who}-${ev}-`;
+    for (const f of files)
+      if (f.startsWith(prefix) && f.endsWith('.log'))
+        d.watches[f.slice(prefix.length, -'.log'.length)] = watchStates(read(path.join(fo, f)));
   }
   return out;
 }
@@ -211,13 +240,16 @@ export function buildResults(dir: string): Results {
     }
   }
   for (const who of WHO)
-    for (const ev of EVENTS)
+    for (const ev of EVENTS) {
+      const na = NOT_APPLICABLE[who]?.[ev];
+      if (!res[who][ev] && na !== undefined) res[who][ev] = { status: 'not applicable', detail: na, values: {} };
       if (!res[who][ev])
         res[who][ev] = {
           status: 'not measured',
           detail: who === 'ib_srp' && crashedIn ? `the kernel crashed in ${crashedIn}` : 'not run',
           values: {},
         };
+    }
   return res;
 }
 
@@ -253,6 +285,20 @@ export const ROWS: RowSpec[] = [
     unit: 's',
   },
   { label: 'target rebuilt, other disk → writes on it', ev: 'rebuild', key: 'writes_on_other', target: '0' },
+  {
+    label: 'link down past fast_io_fail_tmo under md: md failed the member',
+    ev: 'mdreadd',
+    key: 'md_failures',
+    target: '1',
+  },
+  {
+    label: 'link up → member back in md (re-added)',
+    ev: 'mdreadd',
+    key: 'md_readded_s',
+    target: '< 2 s',
+    unit: 's',
+  },
+  { label: 'link up → md in sync again', ev: 'mdreadd', key: 'md_synced_s', target: '—', unit: 's' },
   { label: 'daemon / initiator killed → md member failures', ev: 'kill', key: 'md_failures', target: '0' },
   { label: 'daemon / initiator killed → writes failed on md', ev: 'kill', key: 'failed_writes', target: '0' },
   { label: 'daemon / initiator killed → longest md write', ev: 'kill', key: 'longest_write_s', target: '—', unit: 's' },
@@ -266,6 +312,7 @@ export function cell(o: Outcome | undefined, key: string, unit?: 's'): string {
   if (o.status === 'kernel crashed')
     return v === null || v === undefined ? 'kernel crashed' : `${shown} (then the kernel crashed)`;
   if (o.status === 'not measured') return `not measured (${o.detail})`;
+  if (o.status === 'not applicable') return `— (${o.detail})`;
   return shown;
 }
 

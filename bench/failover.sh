@@ -18,7 +18,7 @@ gcc -O2 -Wall -o "$out/failover-probe" bench/failover-probe.c
 vars=("PROBE_BIN=$out/failover-probe")
 for v in LINK_DOWN HOLE RESTART WATCH FIOF PROBE_MS; do [ -n "${!v:-}" ] && vars+=("$v=${!v}"); done
 test/vm/setup.sh >/dev/null
-srp=${PHASES_SRP-linkdown blackhole restart rebuild kill}
+srp=${PHASES_SRP-linkdown blackhole restart rebuild mdreadd kill}
 kib=${PHASES_KIB-restart rebuild blackhole linkdown kill}
 boots=${FAILOVER_BOOTS:-3}
 for ((b = 1; b <= boots; b++)); do

@@ -77,17 +77,53 @@ t.test('rows from marks and logs; a crash is the row, later rows from the next b
   });
   t.match(res.ib_srp.kill, { status: 'not measured', detail: 'the kernel crashed in linkdown' });
   t.match(res['srp-nbd'].kill, { status: 'not measured', detail: 'not run' });
+  t.match(res.ib_srp.mdreadd, { status: 'not applicable', detail: /never re-adds/ });
   const table = markdownTable(res);
   t.match(table, /\| link down → path failed \| 0\.20 s \| 0\.30 s \(then the kernel crashed\) \| < 0\.5 s \|/);
   t.match(table, /\| link up → first completed I\/O \| 0\.90 s \| kernel crashed \| < 1 s \|/);
   t.match(table, /\| black hole → noticed \| not measured \(not run\) \| not noticed in 4\.0 s \|/);
   t.match(table, /- ib_srp linkdown: kernel crashed \(boot 1: list_add double add\)/);
+  t.match(table, /\| link up → member back in md \(re-added\) \| not measured \(not run\) \| — \(ib_srp never re-adds/);
+});
+
+t.test('mdreadd: md failed the member, back in md and in sync, from md watchers', async (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'failover-report-'));
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  boot(path.join(dir, 'boot1'), {
+    'failover/events.tsv': tsv([
+      ['clock', '-', '-', 10, 1_010_000],
+      ['srp-nbd', 'mdreadd', 'fault', 20],
+      ['srp-nbd', 'mdreadd', 'up', 28],
+      ['srp-nbd', 'mdreadd', 'back', 28.5],
+    ]),
+    'failover/rows.tsv': tsv([
+      ['srp-nbd', 'mdreadd', 'md_failures', '1'],
+      ['srp-nbd', 'mdreadd', 'md_members', 'nbd0:in_sync ram0:in_sync '],
+    ]),
+    'failover/probe-srp-nbd-mdreadd.log': '19.0 19.1 0\n20.0 25.3 0\n28.1 28.2 0\n',
+    // faulty at 25.3, re-added (spare) at 28.4, before link_up returned ("back"), in sync at 30.5
+    'failover/watch-srp-nbd-mdreadd-state.log':
+      '18.000 in_sync\n25.300 faulty,blocked\n25.400 faulty\n28.400 spare\n28.900 gone\n30.500 in_sync\n',
+    'failover/watch-srp-nbd-mdreadd-degraded.log': '18.000 0\n25.300 1\n30.500 0\n',
+  });
+  const res = buildResults(dir);
+  t.match(res['srp-nbd'].mdreadd, {
+    status: 'measured',
+    values: { md_failures: 1, md_readded_s: 0.4, md_synced_s: 2.5, failed_writes: 0 },
+  });
+  const table = markdownTable(res);
+  t.match(table, /\| link up → member back in md \(re-added\) \| 0\.40 s \|/);
+  t.match(table, /\| link up → md in sync again \| 2\.50 s \|/);
+  // the member never failed: no re-add time
+  fs.writeFileSync(path.join(dir, 'boot1/failover/watch-srp-nbd-mdreadd-state.log'), '18.000 in_sync\n');
+  fs.writeFileSync(path.join(dir, 'boot1/failover/watch-srp-nbd-mdreadd-degraded.log'), '18.000 0\n');
+  t.match(buildResults(dir)['srp-nbd'].mdreadd, { values: { md_readded_s: null, md_synced_s: null } });
 });
 
 t.test('measure: the rebuilt target and the kill rows', async (t) => {
   const writes = parseWrites('1.0 1.1 0\n2.0 2.1 5\n3.0 3.1 0\n');
   t.same(writes[1], { start: 2, end: 2.1, errno: 5 });
-  const base = { writes, states: [] as [number, string][], boot: 1 };
+  const base = { writes, states: [] as [number, string][], watches: {}, boot: 1 };
   t.match(measure('rebuild', { ...base, marks: { fault: 1.5, restore: 2.5 }, rows: { writes_on_other: '0' } }), {
     writes_on_other: 0,
     failed_writes: 1,

@@ -3,7 +3,12 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import t from 'tap';
-import { DEVICE_MAX_IO_BYTES, deviceMaxSectorsKb, limitDeviceIo } from '../src/daemon/device-limits.js';
+import {
+  DEVICE_MAX_IO_BYTES,
+  deviceMaxSectorsKb,
+  limitDeviceIo,
+  setDeviceIoTimeout,
+} from '../src/daemon/device-limits.js';
 import { lioLikeTarget, rdmaDaemon } from './helpers/rdma-daemon.js';
 
 const DEST = '192.0.2.2:5000';
@@ -15,6 +20,7 @@ function fakeQueue(sysfs: string, name: string, hwKb = 32768): string {
   fs.mkdirSync(q, { recursive: true });
   fs.writeFileSync(path.join(q, 'max_hw_sectors_kb'), `${hwKb}\n`);
   fs.writeFileSync(path.join(q, 'max_sectors_kb'), '128\n');
+  fs.writeFileSync(path.join(q, 'io_timeout'), '30000\n');
   return q;
 }
 
@@ -62,4 +68,25 @@ t.test('a device whose limit cannot be set still attaches (logged, status null)'
   const v = await f.d.attach({ address: ADDR, id: 'x' });
   t.equal(v.lun_details[0]!.device, '/dev/nbd0');
   t.equal(v.lun_details[0]!.max_io_bytes, null);
+});
+
+t.test('setDeviceIoTimeout writes io_timeout in ms; bad values and a missing device are errors', async (t) => {
+  const sysfs = t.testdir({});
+  const q = fakeQueue(sysfs, 'nbd2');
+  await setDeviceIoTimeout('/dev/nbd2', 5, sysfs);
+  t.equal(fs.readFileSync(path.join(q, 'io_timeout'), 'utf8'), '5000');
+  await t.rejects(setDeviceIoTimeout('/dev/nbd2', 0, sysfs), RangeError);
+  await t.rejects(setDeviceIoTimeout('/dev/nbd2', 1.5, sysfs), RangeError);
+  await t.rejects(setDeviceIoTimeout('/dev/nbd9', 5, sysfs), { code: 'ENOENT' });
+});
+
+t.test('attach: each device gets the nbd_io_timeout request timer (default 5 s)', async (t) => {
+  const f = await rdmaDaemon(t, new Map([[DEST, lioLikeTarget('m', 1)]]));
+  const sysfs = path.join(f.dir, 'sys');
+  const q0 = fakeQueue(sysfs, 'nbd0');
+  await f.d.attach({ address: ADDR, id: 'm' });
+  t.equal(fs.readFileSync(path.join(q0, 'io_timeout'), 'utf8'), '5000', 'the default, not nbd 30 s');
+  await f.d.detach('m');
+  await f.d.attach({ address: ADDR, id: 'm2', nbd_io_timeout: 12 });
+  t.equal(fs.readFileSync(path.join(q0, 'io_timeout'), 'utf8'), '12000', 'the option');
 });

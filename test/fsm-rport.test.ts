@@ -1,5 +1,6 @@
 import t from 'tap';
 import {
+  RETRY_SOON_MS,
   chkready,
   EVENT_TABLE,
   Rport,
@@ -398,6 +399,43 @@ t.test('blocked: the cadence counts from the start of the attempt before, howeve
   t.same(at, [1000, 2000, 3500]);
   t.equal(r.state, 'blocked');
 });
+
+t.test(
+  'blocked: a retrySoon failure is followed RETRY_SOON_MS after its start; another waits the cadence',
+  async (t) => {
+    const { s, r, actions } = make();
+    const at: number[] = [];
+    r.subscribe((a) => {
+      if (a.type === 'reconnect') at.push(s.now());
+    });
+    r.handle({ type: 'failure-detected' });
+    s.advance(1000); // attempt 1 at 1000
+    s.advance(40);
+    r.handle({ type: 'reconnect-failed', attempt: 1, reason: 'port not enabled', retrySoon: true });
+    t.match(actions.at(-1), { type: 'reconnect-scheduled', attempt: 2, delayMs: RETRY_SOON_MS - 40 });
+    s.advance(RETRY_SOON_MS - 40); // attempt 2 at 1250
+    s.advance(30);
+    r.handle({ type: 'reconnect-failed', attempt: 2, retrySoon: true });
+    s.advance(RETRY_SOON_MS - 30); // attempt 3 at 1500
+    s.advance(100);
+    r.handle({ type: 'reconnect-failed', attempt: 3, reason: 'ENETUNREACH' }); // not retrySoon: the full period
+    t.match(actions.at(-1), { type: 'reconnect-scheduled', attempt: 4, delayMs: 900 });
+    s.advance(900); // attempt 4 at 2500
+    t.same(at, [1000, 1000 + RETRY_SOON_MS, 1000 + 2 * RETRY_SOON_MS, 2500]);
+    t.equal(r.state, 'blocked');
+    // In fail-fast the back-off stands, retrySoon or not.
+    s.advance(2500); // fast_io_fail_tmo at 5000: fail-fast (attempt 4 still connecting)
+    t.equal(r.state, 'fail-fast');
+    r.handle({ type: 'reconnect-failed', attempt: 4, retrySoon: true });
+    t.match(actions.at(-1), { type: 'reconnect-scheduled', attempt: 5, delayMs: 2000 });
+    // Never longer than reconnect_delay: a shorter reconnect_delay is the period.
+    const m = make({ reconnectDelay: 0.1 });
+    m.r.handle({ type: 'failure-detected' });
+    m.s.advance(100);
+    m.r.handle({ type: 'reconnect-failed', attempt: 1, retrySoon: true });
+    t.match(m.actions.at(-1), { type: 'reconnect-scheduled', attempt: 2, delayMs: 100 });
+  },
+);
 
 t.test('a hard reject moves blocked to fail-fast at once, with the reason', async (t) => {
   const { s, r, actions } = make();

@@ -4,6 +4,7 @@
 // new connection (bounded), a port redirect (not expressible through RDMA/CM) retries on the cadence.
 import t, { type Test } from 'tap';
 import pino from 'pino';
+import { RETRY_SOON_MS } from '../src/fsm/rport.js';
 import { SrpPort } from '../src/fsm/srp-port.js';
 import { CmRejectedError, classifyLoginFailure, STALE_CONNECTION_RETRIES } from '../src/initiator/login-failure.js';
 import { createRdmaConnector } from '../src/initiator/rdma/index.js';
@@ -57,6 +58,16 @@ t.test('classes: SRP_LOGIN_REJ reasons, CM reject reasons, other errors', async 
   t.match(cm(R.IB_CM_REJ_INVALID_SERVICE_ID), { kind: 'transient' }, 'nothing listening: a target being rebuilt');
   t.match(classifyLoginFailure(new TransportError('no answer', 'timeout')), { kind: 'transient' });
   t.match(classifyLoginFailure('odd'), { kind: 'transient', message: 'odd' });
+  // answered: the target sent a reject (reachable, not ready); a timeout or local error is no answer
+  t.equal(rej(C.SRP_LOGIN_REJ_INSUFFICIENT_RESOURCES).answered, true, 'SRP_LOGIN_REJ: answered');
+  t.equal(cm(R.IB_CM_REJ_INVALID_SERVICE_ID).answered, true, 'CM reject: answered');
+  t.equal(cm(R.IB_CM_REJ_STALE_CONN).answered, true, 'stale connection: answered');
+  t.equal(classifyLoginFailure(new TransportError('no answer', 'timeout')).answered, false, 'timeout: no answer');
+  t.equal(classifyLoginFailure(new Error('rdma_resolve_addr failed: ENETUNREACH')).answered, false, 'unreachable');
+  // noAnswer: nothing came back before the deadline (maybe a black hole); not a reject, not a local error
+  t.equal(classifyLoginFailure(new TransportError('no answer', 'timeout')).noAnswer, true, 'timeout: noAnswer');
+  t.equal(classifyLoginFailure(new Error('ENETUNREACH')).noAnswer, false, 'unreachable: not noAnswer');
+  t.equal(rej(C.SRP_LOGIN_REJ_INSUFFICIENT_RESOURCES).noAnswer, false, 'a reject is an answer');
 });
 
 /** A port over the RDMA connector on the mock binding; `drop()` makes the target drop the channel. */
@@ -106,6 +117,22 @@ t.test('transient reject (port not enabled): blocked, retried every reconnect_de
   const t0 = Date.now();
   t.ok(await until(() => port.state === 'running'), 'running once the target accepts');
   t.ok(Date.now() - t0 < 1000, `within one reconnect_delay (+ slack): ${Date.now() - t0} ms`);
+});
+
+t.test('transient reject while blocked: the next attempt RETRY_SOON_MS later, not reconnect_delay', async (t) => {
+  const { target, port, until, drop } = await setup(t, 1);
+  target.rejectLogin = C.SRP_LOGIN_REJ_INSUFFICIENT_RESOURCES;
+  drop();
+  t.ok(await until(() => port.rport.failedReconnects >= 1), 'the first attempt (1 s after the failure) rejected');
+  const t0 = Date.now();
+  t.ok(await until(() => port.rport.failedReconnects >= 3), 'two more rejected attempts');
+  const took = Date.now() - t0;
+  t.ok(took >= 2 * RETRY_SOON_MS - 50 && took < 1000, `two attempts in ${took} ms, not 2 x reconnect_delay`);
+  t.equal(port.state, 'blocked');
+  target.rejectLogin = undefined;
+  const t1 = Date.now();
+  t.ok(await until(() => port.state === 'running'), 'running once the target accepts');
+  t.ok(Date.now() - t1 < RETRY_SOON_MS + 400, `within RETRY_SOON_MS + a login: ${Date.now() - t1} ms`);
 });
 
 t.test('hard reject (IU too large): fail-fast at once with the reason, back when accepted', async (t) => {

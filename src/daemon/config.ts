@@ -150,6 +150,11 @@ export const TARGET_OPTIONS = {
     default: 30,
     doc: 'Kernel NBD DEAD_CONN_TIMEOUT in seconds: how long the kernel holds I/O for a /dev/nbdN whose server died (e.g. a daemon restart) before failing it.',
   },
+  nbd_io_timeout: {
+    schema: z.number().int().min(1).max(3600),
+    default: 5,
+    doc: 'The kernel request timer of each /dev/nbdN (/sys/block/nbdN/queue/io_timeout) in seconds, set after CONNECT and RECONFIGURE. srp-nbd connects with NBD TIMEOUT 0, so the timer never fails a request: when it fires, the kernel resends a request that was sent on a socket since replaced (the daemon was restarted), else logs "Possible stuck request" and re-arms it. It bounds how long a request in flight when the daemon died waits after the restart; a request held longer than this during a path outage logs one kernel info line per period.',
+  },
 } as const;
 
 type OptionKey = keyof typeof TARGET_OPTIONS;

@@ -63,7 +63,7 @@ import {
   type TargetSpec,
   tmoOf,
 } from './config.js';
-import { limitDeviceIo } from './device-limits.js';
+import { limitDeviceIo, setDeviceIoTimeout } from './device-limits.js';
 import { mdMemberships, MdReaddPolicy } from './md.js';
 import { type LunChange, MeteredBackend, renderMetrics } from './metrics.js';
 import type { MemoryReport } from './memory.js';
@@ -1024,7 +1024,7 @@ export class Daemon {
     };
   }
 
-  /** The device's largest request from the LUN's limits; a refusal is logged, never fatal. */
+  /** The device's largest request from the LUN's limits and its request timer; a refusal is logged, never fatal. */
   private async limitDeviceIo(rt: TargetRuntime, l: LunRuntime): Promise<void> {
     if (!l.attachment) return;
     try {
@@ -1034,6 +1034,11 @@ export class Daemon {
       rt.log.info({ device: l.attachment.device, max_sectors_kb: l.deviceMaxIoKb }, 'device request size set');
     } catch (e) {
       rt.log.warn({ device: l.attachment.device, err: (e as Error).message }, 'cannot set the device request size');
+    }
+    try {
+      await setDeviceIoTimeout(l.attachment.device, rt.options.nbd_io_timeout, this.opts.sysfs);
+    } catch (e) {
+      rt.log.warn({ device: l.attachment.device, err: (e as Error).message }, 'cannot set the device io_timeout');
     }
   }
 

@@ -4,6 +4,7 @@
  * daemon sets the device's limit from the LUN's: the largest transfer of one SCSI command (the
  * target's Block Limits VPD page, the max_sect option), at most DEVICE_MAX_IO_BYTES (ib_srp's
  * default max_sect, 1024 sectors) and at most what the device allows (max_hw_sectors_kb).
+ * Its request timer too (setDeviceIoTimeout, option nbd_io_timeout).
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -32,4 +33,18 @@ export async function limitDeviceIo(
   const kb = deviceMaxSectorsKb(maxTransferBytes, Number.isFinite(hw) ? hw : 0, blockSize);
   await fs.promises.writeFile(path.join(queue, 'max_sectors_kb'), String(kb));
   return kb;
+}
+
+/**
+ * Writes /sys/block/nbdN/queue/io_timeout (milliseconds) for `device`: the block layer's request
+ * timer. srp-nbd connects its devices with NBD TIMEOUT 0, and then Linux's nbd_xmit_timeout()
+ * never fails a request: it requeues one whose socket was replaced since it was sent (a daemon
+ * restart's RECONFIGURE), so it is resent on the new socket, and otherwise logs "Possible stuck
+ * request" (dev_info, once per request and period) and re-arms the timer. Without this the timer
+ * is nbd's 30 s, and a write in flight when the daemon died waited that long.
+ */
+export async function setDeviceIoTimeout(device: string, seconds: number, sysfs = '/sys'): Promise<void> {
+  if (!Number.isInteger(seconds) || seconds < 1) throw new RangeError(`io_timeout ${seconds} s: a whole number >= 1`);
+  const file = path.join(sysfs, 'block', path.basename(device), 'queue', 'io_timeout');
+  await fs.promises.writeFile(file, String(seconds * 1000));
 }

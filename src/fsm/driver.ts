@@ -41,6 +41,20 @@ export class HardReconnectError extends Error {
   }
 }
 
+/**
+ * A reconnect attempt whose failure calls for the next one soon: the target refused it with a
+ * transient reject (its port not enabled yet, nothing listening, no ACL yet: a target being
+ * rebuilt, reachable), or its login got no answer before its deadline (a black hole: the next
+ * login must go out as soon as the path may deliver again). Reported as reconnect-failed with
+ * retrySoon, which a blocked port follows RETRY_SOON_MS after the attempt's start.
+ */
+export class RetrySoonError extends Error {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = 'RetrySoonError';
+  }
+}
+
 /** Subscribes to `rport` and drives reconnect attempts and identity checks. dispose() unsubscribes and aborts. */
 export class RportDriver {
   private controller: AbortController | undefined;
@@ -69,6 +83,7 @@ export class RportDriver {
             attempt: a.attempt,
             reason: errorText(e),
             ...(e instanceof HardReconnectError ? { hard: true } : {}),
+            ...(e instanceof RetrySoonError ? { retrySoon: true } : {}),
           }),
         );
         break;

@@ -16,7 +16,9 @@
  * Reconnect cadence: while blocked an attempt every reconnect_delay (no growth: the outage may
  * still end before fast_io_fail_tmo); in fail-fast the delay doubles per failed attempt from
  * 2 x reconnect_delay, with ±jitter, up to reconnect_delay_max. A sign that the path is back
- * ('path-up') starts an attempt at once.
+ * ('path-up') starts an attempt at once. A blocked attempt the target answered with a transient
+ * reject (it is being rebuilt), or whose login got no answer (a black hole), is followed
+ * RETRY_SOON_MS after its start.
  *
  * Pure and deterministic: no I/O. Time comes from the injected Scheduler, randomness (back-off
  * jitter) from the injected random(). Events go in through handle(); actions come out to
@@ -26,6 +28,18 @@
  */
 import type { Scheduler, TimerHandle } from './scheduler.js';
 import { assertValidTmo, backoffDelayMs, DEFAULT_TMO, formatTmo, type TmoParams } from './timers.js';
+
+/**
+ * While blocked, the period of attempts after one that failed with retrySoon: the target answered
+ * with a transient reject (LIO while its port is disabled: SRP_LOGIN_REJ 0x00010001; nothing
+ * listening; no ACL yet), or the login got no answer within its deadline, which the owner then
+ * shortens to this period (a black hole; SrpPort.attemptLoginTimeoutMs). Either way the attempt
+ * after the target or the path comes back should not wait a whole reconnect_delay: a reject or an
+ * unanswered REQ costs the target at most one CM exchange (a login is answered in ~50 ms under
+ * TCG), and a blocked port's outage lasts at most fast_io_fail_tmo. Never longer than
+ * reconnect_delay.
+ */
+export const RETRY_SOON_MS = 250;
 
 /** State names exactly as in /sys/class/srp_remote_ports/*\/state (plus our terminal "detached"). */
 export const RPORT_STATES = ['running', 'blocked', 'fail-fast', 'lost', 'detached'] as const;
@@ -91,9 +105,12 @@ export type RportEvent =
   /**
    * The owner's reconnect attempt `attempt` failed (including a failed identity check for a reason
    * other than a mismatch). `hard`: retrying on the blocked cadence will not help (e.g. the target
-   * refused our IU size): go to fail-fast at once; reconnecting goes on with back-off.
+   * refused our IU size): go to fail-fast at once; reconnecting goes on with back-off. `retrySoon`:
+   * the target refused the login with a transient reject (reachable, not ready yet) or did not
+   * answer it (a black hole): while blocked the next attempt starts RETRY_SOON_MS after this
+   * one's start instead of reconnect_delay.
    */
-  | { type: 'reconnect-failed'; attempt: number; reason?: string; hard?: boolean }
+  | { type: 'reconnect-failed'; attempt: number; reason?: string; hard?: boolean; retrySoon?: boolean }
   /** The LUN behind the new channel of attempt `attempt` is the same one: release I/O. */
   | { type: 'identity-verified'; attempt: number }
   /** The LUN behind the new channel of attempt `attempt` is a different one: never send it I/O. */
@@ -393,7 +410,7 @@ export class Rport {
           );
         }
         if (this.st === 'fail-fast') this.failedInFailFast++;
-        this.scheduleNextAttempt();
+        this.scheduleNextAttempt(ev.retrySoon === true);
         return done();
 
       case 'identity-verified':
@@ -519,9 +536,10 @@ export class Rport {
   /**
    * Arm the reconnect timer for the next attempt, or go idle if reconnect_delay is off: every
    * reconnect_delay while blocked, counted from the start of the attempt before (and for the first
-   * attempt of fail-fast), with back-off after each failure in fail-fast.
+   * attempt of fail-fast), with back-off after each failure in fail-fast. While blocked, after an
+   * attempt that failed with `retrySoon`, the period is RETRY_SOON_MS.
    */
-  private scheduleNextAttempt(): void {
+  private scheduleNextAttempt(retrySoon = false): void {
     if (this.params.reconnectDelay === 'off') {
       this.ph = 'idle';
       return;
@@ -530,10 +548,14 @@ export class Rport {
     // The cadence counts from the start of the attempt that failed: one that took its whole
     // reconnect_delay (a login into a black hole, abandoned at its deadline) is followed at once.
     const sinceAttempt = this.attemptNo > 0 ? this.scheduler.now() - this.attemptStartedAt : 0;
+    const periodMs =
+      retrySoon && this.st === 'blocked'
+        ? Math.min(RETRY_SOON_MS, this.params.reconnectDelay * 1000)
+        : this.params.reconnectDelay * 1000;
     const delayMs =
       this.st === 'fail-fast' && this.failedInFailFast > 0
         ? backoffDelayMs(this.failedInFailFast, this.params, this.jitter, this.random)
-        : Math.max(0, Math.round(this.params.reconnectDelay * 1000 - sinceAttempt));
+        : Math.max(0, Math.round(periodMs - sinceAttempt));
     this.ph = 'waiting';
     this.armTimer('reconnect', delayMs);
     this.emit({ type: 'reconnect-scheduled', attempt: next, delayMs });

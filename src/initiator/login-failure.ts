@@ -56,6 +56,17 @@ export interface LoginFailure {
   kind: LoginFailureKind;
   /** Retry on the cadence (transient, redirect, stale connection after its retries) or not (hard). */
   retryable: boolean;
+  /**
+   * The target answered the login (an SRP_LOGIN_REJ or a CM reject): it is reachable, only not
+   * ready (LIO rebuilding: port not enabled, nothing listening, no ACL yet). A blocked port retries
+   * such a login sooner than a whole reconnect_delay (RETRY_SOON_MS in src/fsm/rport.ts).
+   */
+  answered: boolean;
+  /**
+   * Nothing came back before the login's deadline (TransportError 'timeout'): the path may be a
+   * black hole. A blocked port's next attempt follows at once, with a short deadline.
+   */
+  noAnswer: boolean;
   /** What the failure means for the operator (status last_error). */
   message: string;
 }
@@ -71,23 +82,39 @@ export function classifyLoginFailure(err: unknown): LoginFailure {
   const text = err instanceof Error ? err.message : String(err);
   if (err instanceof SrpLoginRejectedError) {
     if (HARD_SRP_REJECTS.has(err.reason >>> 0)) {
-      return { kind: 'hard', retryable: false, message: `${text}; retrying will not help until the target changes` };
+      return {
+        kind: 'hard',
+        retryable: false,
+        answered: true,
+        noAnswer: false,
+        message: `${text}; retrying will not help until the target changes`,
+      };
     }
-    return { kind: 'transient', retryable: true, message: text };
+    return { kind: 'transient', retryable: true, answered: true, noAnswer: false, message: text };
   }
   if (err instanceof CmRejectedError) {
     switch (err.kind) {
       case 'stale-connection':
-        return { kind: 'stale-connection', retryable: true, message: `${text}: stale connection` };
+        return {
+          kind: 'stale-connection',
+          retryable: true,
+          answered: true,
+          noAnswer: false,
+          message: `${text}: stale connection`,
+        };
       case 'redirect':
         return {
           kind: 'redirect',
           retryable: true,
+          answered: true,
+          noAnswer: false,
           message: `${text}: the target redirects to another port, which RDMA/CM cannot follow; retrying here`,
         };
       default:
-        return { kind: 'transient', retryable: true, message: text };
+        return { kind: 'transient', retryable: true, answered: true, noAnswer: false, message: text };
     }
   }
-  return { kind: 'transient', retryable: true, message: text };
+  // No answer from the target: a timeout, an unreachable address, a local failure.
+  const noAnswer = err instanceof TransportError && err.code === 'timeout';
+  return { kind: 'transient', retryable: true, answered: false, noAnswer, message: text };
 }

@@ -7,6 +7,11 @@
 #              teardown and the rebuild, ~1 s each under TCG, a ~3 s restart)
 #   rebuild    LIO's target torn down and built with a different backstore (another disk, another
 #              unit serial) under the same LUN number: do writes reach the other disk?
+#   mdreadd    (srp-nbd only) md RAID1 over the device and a RAM disk, md's writes probed, path 0
+#              down for LINK_DOWN s (> fast_io_fail_tmo: md fails the member), up again: md's view
+#              of the member (md/dev-nbd0/state, md/degraded) watched every 20 ms until it is back
+#              and in sync, timed from "up" (the link set up: the daemon may re-add the member
+#              before link_up returns). ib_srp has no analogue: it never re-adds a member md failed.
 #   kill       md RAID1 over the device and a loop device: srp-nbd: kill -9 of the daemon (restarted
 #              at once); ib_srp: the SCSI host removed (the rport's sysfs delete), the closest
 #              analogue of losing the initiator. What does md see?
@@ -26,7 +31,7 @@
 # vm-timeout: 1200
 . "$(dirname "$0")/../guest-lib.sh"
 PROBE=${PROBE_BIN:?PROBE_BIN: the compiled bench/failover-probe.c}
-PHASES_SRP=${PHASES_SRP-linkdown blackhole restart rebuild kill}
+PHASES_SRP=${PHASES_SRP-linkdown blackhole restart rebuild mdreadd kill}
 PHASES_KIB=${PHASES_KIB-restart rebuild blackhole linkdown kill}
 LINK_DOWN=${LINK_DOWN:-8}; HOLE=${HOLE:-4}; RESTART=${RESTART:-1}; WATCH=${WATCH:-10}; FIOF=${FIOF:-5}
 PROBE_MS=${PROBE_MS:-20}
@@ -114,6 +119,7 @@ event() {
   nap 2
   probe_stop "$name"
   [ "$ev" = rebuild ] || row "$who" "$ev" device "$($DEVNAME_FN)"
+  row "$who" "$ev" stuck_lines "$(dmesg | grep -c 'Possible stuck request')"
   dmesg > "$FO/dmesg-$name.txt"
   log "bench-failover: $name measured"
 }
@@ -145,6 +151,28 @@ if [ -n "$PHASES_SRP" ]; then
         row srp-nbd kill md_members "$m"
         row srp-nbd kill md_failures "$(dmesg | grep -c 'md/raid1:md0: Disk failure')"
         row srp-nbd kill device "$(srp_devname)"
+        row srp-nbd kill stuck_lines "$(dmesg | grep -c 'Possible stuck request')"
+        dmesg > "$FO/dmesg-srp-nbd-kill.txt"
+        mdadm --stop /dev/md0 >/dev/null 2>&1 ;;
+      mdreadd)
+        md_raid1 /dev/md0 /dev/nbd0 "$MD2_SRP" || { fail srp-md "mdadm --create"; continue; }
+        wait_for 10 test -b /dev/md0
+        dmesg -c >/dev/null
+        watch_start /sys/block/md0/md/dev-nbd0/state srp-nbd-mdreadd-state
+        watch_start /sys/block/md0/md/degraded srp-nbd-mdreadd-degraded
+        probe_start /dev/md0 srp-nbd-mdreadd; nap 2
+        mark srp-nbd mdreadd fault; link_down 0
+        nap "$LINK_DOWN"
+        mark srp-nbd mdreadd up; link_up 0; mark srp-nbd mdreadd back
+        md_whole() { [ "$(md_degraded /dev/md0)" = 0 ] && [ "$(sysfs_get /sys/block/md0/md/sync_action)" = idle ]; }
+        wait_for 60 md_whole || note srp-nbd-mdreadd "md0 not whole 60 s after the path's return"
+        nap 1; probe_stop srp-nbd-mdreadd
+        watch_stop srp-nbd-mdreadd-state; watch_stop srp-nbd-mdreadd-degraded
+        md_dev_states m md0
+        row srp-nbd mdreadd md_members "$m"
+        row srp-nbd mdreadd md_failures "$(dmesg | grep -c 'md/raid1:md0: Disk failure')"
+        row srp-nbd mdreadd device "$(srp_devname)"
+        dmesg > "$FO/dmesg-srp-nbd-mdreadd.txt"
         mdadm --stop /dev/md0 >/dev/null 2>&1 ;;
       *) event srp-nbd "$ev" /dev/nbd0 srp_running ;;
     esac
