@@ -58,16 +58,14 @@ t.test('classes: SRP_LOGIN_REJ reasons, CM reject reasons, other errors', async 
   t.match(cm(R.IB_CM_REJ_INVALID_SERVICE_ID), { kind: 'transient' }, 'nothing listening: a target being rebuilt');
   t.match(classifyLoginFailure(new TransportError('no answer', 'timeout')), { kind: 'transient' });
   t.match(classifyLoginFailure('odd'), { kind: 'transient', message: 'odd' });
-  // answered: the target sent a reject (reachable, not ready); a timeout or local error is no answer
-  t.equal(rej(C.SRP_LOGIN_REJ_INSUFFICIENT_RESOURCES).answered, true, 'SRP_LOGIN_REJ: answered');
-  t.equal(cm(R.IB_CM_REJ_INVALID_SERVICE_ID).answered, true, 'CM reject: answered');
-  t.equal(cm(R.IB_CM_REJ_STALE_CONN).answered, true, 'stale connection: answered');
-  t.equal(classifyLoginFailure(new TransportError('no answer', 'timeout')).answered, false, 'timeout: no answer');
-  t.equal(classifyLoginFailure(new Error('rdma_resolve_addr failed: ENETUNREACH')).answered, false, 'unreachable');
-  // noAnswer: nothing came back before the deadline (maybe a black hole); not a reject, not a local error
-  t.equal(classifyLoginFailure(new TransportError('no answer', 'timeout')).noAnswer, true, 'timeout: noAnswer');
-  t.equal(classifyLoginFailure(new Error('ENETUNREACH')).noAnswer, false, 'unreachable: not noAnswer');
-  t.equal(rej(C.SRP_LOGIN_REJ_INSUFFICIENT_RESOURCES).noAnswer, false, 'a reject is an answer');
+  // what came back: the target's reject (reachable, not ready), nothing before the deadline (maybe a
+  // black hole), or a local failure
+  t.equal(rej(C.SRP_LOGIN_REJ_INSUFFICIENT_RESOURCES).answer, 'rejected', 'SRP_LOGIN_REJ: answered');
+  t.equal(cm(R.IB_CM_REJ_INVALID_SERVICE_ID).answer, 'rejected', 'CM reject: answered');
+  t.equal(cm(R.IB_CM_REJ_STALE_CONN).answer, 'rejected', 'stale connection: answered');
+  t.equal(classifyLoginFailure(new TransportError('no answer', 'timeout')).answer, 'none', 'timeout: no answer');
+  t.equal(classifyLoginFailure(new Error('rdma_resolve_addr failed: ENETUNREACH')).answer, 'local', 'unreachable');
+  t.equal(classifyLoginFailure(new Error('ENETUNREACH')).answer, 'local', 'unreachable: not a missing answer');
 });
 
 /** A port over the RDMA connector on the mock binding; `drop()` makes the target drop the channel. */

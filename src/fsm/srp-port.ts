@@ -298,10 +298,10 @@ export class SrpPort {
     } catch (err) {
       if (signal.aborted) throw err;
       const f = classifyLoginFailure(err);
-      this.lastLoginUnanswered = f.noAnswer;
+      this.lastLoginUnanswered = f.answer === 'none';
       this.log.warn({ attempt, kind: f.kind }, `login failed: ${f.message}`);
       if (!f.retryable) throw new HardReconnectError(f.message, { cause: err });
-      if (f.answered || f.noAnswer) throw new RetrySoonError(f.message, { cause: err });
+      if (f.answer !== 'local') throw new RetrySoonError(f.message, { cause: err });
       if (f.message !== (err as Error).message) throw new Error(f.message, { cause: err });
       throw err;
     }

@@ -52,21 +52,22 @@ export class CmRejectedError extends TransportError {
 
 export type LoginFailureKind = 'transient' | 'stale-connection' | 'redirect' | 'hard';
 
+/** What came back for a login that failed (LoginFailure.answer). */
+export type LoginAnswer = 'rejected' | 'none' | 'local';
+
 export interface LoginFailure {
   kind: LoginFailureKind;
   /** Retry on the cadence (transient, redirect, stale connection after its retries) or not (hard). */
   retryable: boolean;
   /**
-   * The target answered the login (an SRP_LOGIN_REJ or a CM reject): it is reachable, only not
-   * ready (LIO rebuilding: port not enabled, nothing listening, no ACL yet). A blocked port retries
-   * such a login sooner than a whole reconnect_delay (RETRY_SOON_MS in src/fsm/rport.ts).
+   * What came back for the login: `rejected`, the target answered (an SRP_LOGIN_REJ or a CM
+   * reject): reachable, only not ready (LIO rebuilding: port not enabled, nothing listening, no ACL
+   * yet); `none`, nothing before the login's deadline (TransportError 'timeout'): the path may be a
+   * black hole; `local`, it failed here (an unreachable address: the link is down). A blocked port
+   * tries again sooner than a whole reconnect_delay after `rejected` and `none` (RETRY_SOON_MS in
+   * src/fsm/rport.ts).
    */
-  answered: boolean;
-  /**
-   * Nothing came back before the login's deadline (TransportError 'timeout'): the path may be a
-   * black hole. A blocked port's next attempt follows at once, with a short deadline.
-   */
-  noAnswer: boolean;
+  answer: LoginAnswer;
   /** What the failure means for the operator (status last_error). */
   message: string;
 }
@@ -85,12 +86,11 @@ export function classifyLoginFailure(err: unknown): LoginFailure {
       return {
         kind: 'hard',
         retryable: false,
-        answered: true,
-        noAnswer: false,
+        answer: 'rejected',
         message: `${text}; retrying will not help until the target changes`,
       };
     }
-    return { kind: 'transient', retryable: true, answered: true, noAnswer: false, message: text };
+    return { kind: 'transient', retryable: true, answer: 'rejected', message: text };
   }
   if (err instanceof CmRejectedError) {
     switch (err.kind) {
@@ -98,23 +98,21 @@ export function classifyLoginFailure(err: unknown): LoginFailure {
         return {
           kind: 'stale-connection',
           retryable: true,
-          answered: true,
-          noAnswer: false,
+          answer: 'rejected',
           message: `${text}: stale connection`,
         };
       case 'redirect':
         return {
           kind: 'redirect',
           retryable: true,
-          answered: true,
-          noAnswer: false,
+          answer: 'rejected',
           message: `${text}: the target redirects to another port, which RDMA/CM cannot follow; retrying here`,
         };
       default:
-        return { kind: 'transient', retryable: true, answered: true, noAnswer: false, message: text };
+        return { kind: 'transient', retryable: true, answer: 'rejected', message: text };
     }
   }
   // No answer from the target: a timeout, an unreachable address, a local failure.
-  const noAnswer = err instanceof TransportError && err.code === 'timeout';
-  return { kind: 'transient', retryable: true, answered: false, noAnswer, message: text };
+  const answer = err instanceof TransportError && err.code === 'timeout' ? 'none' : 'local';
+  return { kind: 'transient', retryable: true, answer, message: text };
 }
