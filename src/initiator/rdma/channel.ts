@@ -520,16 +520,24 @@ export class RdmaChannelTransport extends Emitter<RdmaChannelEvents> implements 
     this.pollAll(); // completions that arrived between the last poll and re-arming
   }
 
-  private pollAll(): void {
+  /**
+   * Reads and handles completions until the CQ is empty, then reposts the receives they freed.
+   * With spinUs the first poll waits up to that long for a completion (busyPoll). Returns how many
+   * completions the first poll found.
+   */
+  private pollAll(spinUs = 0): number {
     const res = this.res;
+    let first = -1;
     while (res.cq) {
-      const n = this.b.cqPoll(res.cq, this.wcBuf, POLL_BATCH);
+      const n = this.b.cqPoll(res.cq, this.wcBuf, POLL_BATCH, first < 0 ? spinUs : 0);
+      if (first < 0) first = n;
       if (n === 0) break;
       this.stats.pollBatches++;
       for (let i = 0; i < n && res.cq; i++) this.onWc(i);
       if (n < POLL_BATCH) break;
     }
     if (this.queuedRecvs) this.flushRecvs();
+    return Math.max(first, 0);
   }
 
   /** One completion record of wcBuf (layout: cqPoll in native/src/rdma.cc), read in place. */
@@ -692,14 +700,12 @@ export class RdmaChannelTransport extends Emitter<RdmaChannelEvents> implements 
    * again, so CPU is spent only while responses keep coming within the budget.
    */
   private busyPoll(): void {
-    const res = this.res;
-    if (!res.cq) return;
+    if (!this.res.cq) return;
     if (this.busyPollSkip > 0) {
       this.busyPollSkip--;
       return;
     }
-    const n = this.b.cqPoll(res.cq, this.wcBuf, POLL_BATCH, this.o.busyPollUs);
-    if (n === 0) {
+    if (this.pollAll(this.o.busyPollUs) === 0) {
       // the target answers slower than the budget (large I/O, a busy target): spin less often
       this.stats.busyPollMisses++;
       this.busyPollBackoff = Math.min(BUSY_POLL_MAX_SKIP, this.busyPollBackoff * 2 || 1);
@@ -708,10 +714,6 @@ export class RdmaChannelTransport extends Emitter<RdmaChannelEvents> implements 
     }
     this.busyPollBackoff = 0;
     this.stats.busyPollHits++;
-    this.stats.pollBatches++;
-    for (let i = 0; i < n && res.cq; i++) this.onWc(i);
-    if (n === POLL_BATCH) this.pollAll();
-    else if (this.queuedRecvs) this.flushRecvs();
   }
 
   /** A signalled work request posted at `now` covers the uncovered sends before it: stamps them. */
