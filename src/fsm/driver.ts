@@ -44,8 +44,7 @@ export class HardReconnectError extends Error {
 /**
  * A reconnect attempt whose failure calls for the next one soon: the target refused it with a
  * transient reject (its port not enabled yet, nothing listening, no ACL yet: a target being
- * rebuilt, reachable), or its login got no answer before its deadline (a black hole: the next
- * login must go out as soon as the path may deliver again). Reported as reconnect-failed with
+ * rebuilt, reachable). Reported as reconnect-failed with
  * retrySoon, which a blocked port follows RETRY_SOON_MS after the attempt's start.
  */
 export class RetrySoonError extends Error {

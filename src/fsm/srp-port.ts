@@ -20,7 +20,7 @@ import { HardReconnectError, RetrySoonError, RportDriver } from './driver.js';
 import { IdentityMismatchError } from './identity.js';
 import { defaultIsTransportError } from './gate.js';
 import { IoGate } from './io-gate.js';
-import { RETRY_SOON_MS, Rport, type RportAction } from './rport.js';
+import { Rport, type RportAction } from './rport.js';
 import { RealScheduler, type Scheduler } from './scheduler.js';
 import type { TmoParams } from './timers.js';
 
@@ -100,8 +100,6 @@ export class SrpPort {
   private session: SrpSession | undefined;
   /** Logged in by the current reconnect attempt, identity not verified yet: never used for I/O. */
   private candidate: SrpSession | undefined;
-  /** The last reconnect attempt's login of this outage got no answer (a black hole, maybe). */
-  private lastLoginUnanswered = false;
   private readonly luns = new Map<bigint, LunEntry>();
   private readonly driver: RportDriver;
   private readonly log: Logger;
@@ -281,27 +279,24 @@ export class SrpPort {
    * Reconnect attempt: the old session is closed (its commands settled) before a new login. How a
    * failed login goes on depends on its class (src/initiator/login-failure.ts): a stale connection
    * is retried at once with a new connection (bounded), a hard reject fails the attempt as hard,
-   * another reject or no answer at all asks for the next attempt soon (RetrySoonError), anything
-   * else (an unreachable address: the link is down) waits for the next attempt on the cadence.
+   * another reject asks for the next attempt soon (RetrySoonError), anything else (no answer, an
+   * unreachable address) waits for the next attempt on the cadence.
    */
   private async reconnect(attempt: number, signal: AbortSignal): Promise<void> {
     const old = this.session;
     this.session = undefined;
     this.dropCandidate();
     if (old) await old.close().catch(() => undefined);
-    if (attempt === 1) this.lastLoginUnanswered = false; // a new outage
-    const loginTimeoutMs = this.attemptLoginTimeoutMs(this.lastLoginUnanswered);
+    const loginTimeoutMs = this.attemptLoginTimeoutMs();
     this.log.info({ attempt, via: this.opts.connector.description, loginTimeoutMs }, 'reconnect attempt');
     try {
       this.candidate = await this.loginRetryingStale(signal, loginTimeoutMs);
-      this.lastLoginUnanswered = false;
     } catch (err) {
       if (signal.aborted) throw err;
       const f = classifyLoginFailure(err);
-      this.lastLoginUnanswered = f.answer === 'none';
       this.log.warn({ attempt, kind: f.kind }, `login failed: ${f.message}`);
       if (!f.retryable) throw new HardReconnectError(f.message, { cause: err });
-      if (f.answer !== 'local') throw new RetrySoonError(f.message, { cause: err });
+      if (f.answer === 'rejected') throw new RetrySoonError(f.message, { cause: err });
       if (f.message !== (err as Error).message) throw new Error(f.message, { cause: err });
       throw err;
     }
@@ -312,18 +307,15 @@ export class SrpPort {
    * RECONNECT_LOGIN_MIN_MS, at most the session's login timeout). A login sent into a black hole is
    * not answered even once the path delivers again (the CM resends its REQ only after seconds), so
    * it is abandoned at this deadline and the next attempt, with a new connection, follows at once.
-   * While blocked, once a login of this outage went unanswered (`afterNoAnswer`), the deadline is
-   * RETRY_SOON_MS: a target that can answer does so in tens of ms (~50 ms under TCG), and each
-   * abandoned login is replaced by a new one at once, so one goes out within RETRY_SOON_MS of the
-   * path delivering again. The first attempt of an outage and those in fail-fast keep the long
-   * deadline, so a target slower than RETRY_SOON_MS is still reached.
+   * Never shorter: under TCG a healthy target's answer took 0.2 s, and a login abandoned just before
+   * it comes costs the target a channel set up and torn down (a 0.25 s deadline after an unanswered
+   * login left a target unanswering for minutes in one md-raid1 run).
    */
-  private attemptLoginTimeoutMs(afterNoAnswer: boolean): number {
+  private attemptLoginTimeoutMs(): number {
     const max = this.opts.session.loginTimeoutMs ?? DEFAULT_LOGIN_TIMEOUT_MS;
     const delay = this.rport.tmo.reconnectDelay;
     if (delay === 'off') return max;
-    const full = Math.min(max, Math.max(RECONNECT_LOGIN_MIN_MS, Math.round(delay * 1000)));
-    return afterNoAnswer && this.rport.state === 'blocked' ? Math.min(full, RETRY_SOON_MS) : full;
+    return Math.min(max, Math.max(RECONNECT_LOGIN_MIN_MS, Math.round(delay * 1000)));
   }
 
   /** login(), again at once with a new connection after a stale-connection reject (bounded). */

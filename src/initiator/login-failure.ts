@@ -64,8 +64,8 @@ export interface LoginFailure {
    * reject): reachable, only not ready (LIO rebuilding: port not enabled, nothing listening, no ACL
    * yet); `none`, nothing before the login's deadline (TransportError 'timeout'): the path may be a
    * black hole; `local`, it failed here (an unreachable address: the link is down). A blocked port
-   * tries again sooner than a whole reconnect_delay after `rejected` and `none` (RETRY_SOON_MS in
-   * src/fsm/rport.ts).
+   * tries again sooner than a whole reconnect_delay after `rejected` (RETRY_SOON_MS in
+   * src/fsm/rport.ts); `none` and `local` wait the cadence.
    */
   answer: LoginAnswer;
   /** What the failure means for the operator (status last_error). */
