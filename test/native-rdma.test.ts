@@ -11,6 +11,7 @@ import {
 } from '../src/initiator/rdma/index.js';
 import { ScsiDisk } from '../src/initiator/scsi-disk.js';
 import { TransportError } from '../src/initiator/scsi-executor.js';
+import { classifyLoginFailure } from '../src/initiator/login-failure.js';
 import { SrpLoginRejectedError, SrpSession } from '../src/initiator/srp-session.js';
 import type { LoopbackTargetEnd } from '../src/initiator/loopback.js';
 import { MockRdmaBinding, type MockTargetEnd } from '../src/testing/mock-rdma-binding.js';
@@ -244,6 +245,24 @@ t.test('failures: login reject, no listener, PORT_ERR, black hole probe, target 
   t.match((await lost).message, /disconnected \(RDMA_CM_EVENT_DISCONNECTED\)/);
   t.same(m.rdmaObjectCounts(), { channels: 0, ids: 0, qps: 0, pds: 0, compChannels: 0, cqs: 0, mrs: 0 });
   t.equal(m.pollCount(), 0);
+});
+
+t.test('a login through a port that is not ACTIVE is not sent (no CM MAD through a downed port)', async (t) => {
+  const m = fabric(newTarget());
+  m.portDown();
+  // the address still resolves (a cached neighbour), but the REQ would go out through the downed port
+  await t.rejects(transport(m.asBinding()).connect(Buffer.alloc(56)), {
+    code: 'disconnected',
+    message: /local port mock0\/1 is not active: login to .* not sent/,
+  });
+  t.equal(m.connectParams.length, 0, 'no rdma_connect');
+  t.equal(m.madsWhilePortDown, 0, 'no REQ, and no REJ from destroying the id');
+  t.same(m.rdmaObjectCounts(), { channels: 0, ids: 0, qps: 0, pds: 0, compChannels: 0, cqs: 0, mrs: 0 });
+  t.equal(classifyLoginFailure(new TransportError('x', 'disconnected')).answer, 'local');
+  m.portUp();
+  const session = await SrpSession.login(transport(m.asBinding()), ids);
+  t.equal(m.connectParams.length, 1, 'the port is ACTIVE again: the login goes out');
+  await session.close();
 });
 
 /** What each creating call of the binding is undone by. */

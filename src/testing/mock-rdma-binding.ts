@@ -243,7 +243,7 @@ export class MockRdmaBinding implements Partial<NativeBinding> {
   }
   /** port state as portQuery() reports it */
   portState: number = R.IBV_PORT_ACTIVE;
-  /** CM MADs (DREQ from rdma_disconnect or from destroying a connected id) sent while the port was down */
+  /** CM MADs sent while the port was down: a REQ (rdma_connect), a DREQ (rdma_disconnect, destroying a connected id), a REJ (destroying a connecting id) */
   madsWhilePortDown = 0;
   /** The port goes down: PORT_ERR on the async fd. */
   portDown(): void {
@@ -276,7 +276,7 @@ export class MockRdmaBinding implements Partial<NativeBinding> {
   cmDestroyId(h: number): void {
     const id = this.ids.get(h);
     if (!id) throw Object.assign(new Error('stale cm id'), { code: 'EBADF' });
-    if (id.connected && this.portState !== R.IBV_PORT_ACTIVE) this.madsWhilePortDown++;
+    if ((id.connected || id.param) && this.portState !== R.IBV_PORT_ACTIVE) this.madsWhilePortDown++;
     if (id.peer) id.peer.gone_(new TransportError('cm id destroyed', 'disconnected'));
     this.ids.delete(h);
   }
@@ -338,6 +338,7 @@ export class MockRdmaBinding implements Partial<NativeBinding> {
   cmConnect(h: number, param: ConnParam): void {
     const id = this.ids.get(h)!;
     id.param = param;
+    if (this.portState !== R.IBV_PORT_ACTIVE) this.madsWhilePortDown++;
     this.connectParams.push(param);
     const end = new MockTargetEnd(this, h, id.dst ?? '');
     id.peer = end;

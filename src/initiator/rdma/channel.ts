@@ -286,6 +286,14 @@ export class RdmaChannelTransport extends Emitter<RdmaChannelEvents> implements 
       this.flushRecvs();
       this.b.cqReqNotify(res.cq);
       this.b.cmSetOption(res.cmId, R.RDMA_OPTION_ID, R.RDMA_OPTION_ID_ACK_TIMEOUT, Buffer.from([this.o.ackTimeout]));
+      // The REQ is a CM MAD; sent through a port that is not ACTIVE it breaks the device's CM on rxe
+      // (see ParkedIds). The address may still resolve from a cached neighbour: stop here instead.
+      if (res.portDown()) {
+        throw new TransportError(
+          `local port ${this.device}/${this.port} is not active: login to ${dst} not sent`,
+          'disconnected',
+        );
+      }
       res.connect({
         privateData: loginReq,
         responderResources: Math.min(attr.maxQpRdAtom, MAX_RDMA_READ_DEPTH),
