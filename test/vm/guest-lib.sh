@@ -163,6 +163,19 @@ unblackhole() {
   tc qdisc del dev "$(tgt_dev "$1")" root 2>/dev/null
   return 0
 }
+# rxe_counters: every rxe device's packet and error counters on one line. send_err counts packets
+# the device failed to send (e.g. a CM MAD while its netdev was down: on 6.1 that breaks the GSI
+# QP's receive side, so the device gets no CM message again until it is recreated).
+rxe_counters() {
+  local d c
+  for d in /sys/class/infiniband/rxe*; do
+    c=$d/ports/1/hw_counters
+    printf '%s sent=%s rcvd=%s send_err=%s retry_exceeded=%s; ' "${d##*/}" "$(cat "$c/sent_pkts" 2>/dev/null)" \
+      "$(cat "$c/rcvd_pkts" 2>/dev/null)" "$(cat "$c/send_err" 2>/dev/null)" "$(cat "$c/retry_exceeded_err" 2>/dev/null)"
+  done
+}
+# srpt_login_reqs: how many SRP_LOGIN_REQs ib_srpt has logged since boot (all ports)
+srpt_login_reqs() { dmesg | grep -c 'ib_srpt Received SRP_LOGIN_REQ'; }
 # tx_packets DEV: packets sent by DEV (to prove traffic crossed a veth)
 tx_packets() { cat "/sys/class/net/$1/statistics/tx_packets"; }
 

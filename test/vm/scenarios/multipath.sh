@@ -211,6 +211,7 @@ part_srp_nbd() {
   note srp-nbd-stall-bound "path_check.bound_ms $bound + margin $margin s (longest gap with no fault $base s + 0.5 s re-issue)"
   uptime_to td0
   faults
+  note srp-nbd-rxe "after the faults: $(rxe_counters)"
   workload_stop /dev/nbd0
   monitor_stop nbd0
   workload_summary; probe_stats /dev/nbd0 "$td0"; analyse
@@ -229,7 +230,7 @@ part_srp_nbd() {
   check srp-nbd-same-device test "/dev/nbd0 $(majmin /dev/nbd0)" = "$names"
   # failback immediate: path 0 carries the I/O again after it returned
   if [ -n "$FB_LONG" ] && [ "$FB_LONG" != - ]; then pass srp-nbd-failback-lio "path 0's port busy again $FB_LONG s after it returned"
-  else fail srp-nbd-failback-lio "path 0's port carried no I/O in the $SETTLE s after the long outage"; fi
+  else fail srp-nbd-failback-lio "path 0's port carried no I/O in the $SETTLE s after the long outage (ib_srpt logged $(srpt_login_reqs) login requests since boot; $(rxe_counters))"; fi
   ( fio_verify /dev/nbd0 8M ) & local fv=$!
   path_json; c0=$(path_commands p0); c1=$(path_commands p1); nap 3
   path_json; r0=$(path_commands p0); r1=$(path_commands p1)
@@ -253,6 +254,7 @@ part_srp_nbd() {
     srp_nbd detach p1; srp_nbd detach p0
   else fail srp-nbd-rr-attach "round-robin attach"; fi
   daemon_stop
+  dmesg > "$OUT_DIR/multipath-srp-nbd-dmesg"
 }
 
 # ---- kernel: ib_srp on both paths + dm-multipath ---------------------------------------------------
