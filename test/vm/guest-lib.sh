@@ -174,8 +174,11 @@ rxe_counters() {
       "$(cat "$c/rcvd_pkts" 2>/dev/null)" "$(cat "$c/send_err" 2>/dev/null)" "$(cat "$c/retry_exceeded_err" 2>/dev/null)"
   done
 }
-# srpt_login_reqs: how many SRP_LOGIN_REQs ib_srpt has logged since boot (all ports)
-srpt_login_reqs() { dmesg | grep -c 'ib_srpt Received SRP_LOGIN_REQ'; }
+# srpt_login_reqs [SINCE]: how many SRP_LOGIN_REQs ib_srpt logged (all ports) since uptime SINCE
+# (default: boot). None while the daemon keeps trying means the REQs never reached the target.
+srpt_login_reqs() {
+  dmesg | awk -v s="${1:-0}" '/ib_srpt Received SRP_LOGIN_REQ/ { t = $0; sub(/^\[ */, "", t); sub(/\].*/, "", t); if (t + 0 >= s) n++ } END { print n + 0 }'
+}
 # tx_packets DEV: packets sent by DEV (to prove traffic crossed a veth)
 tx_packets() { cat "/sys/class/net/$1/statistics/tx_packets"; }
 

@@ -230,7 +230,7 @@ part_srp_nbd() {
   check srp-nbd-same-device test "/dev/nbd0 $(majmin /dev/nbd0)" = "$names"
   # failback immediate: path 0 carries the I/O again after it returned
   if [ -n "$FB_LONG" ] && [ "$FB_LONG" != - ]; then pass srp-nbd-failback-lio "path 0's port busy again $FB_LONG s after it returned"
-  else fail srp-nbd-failback-lio "path 0's port carried no I/O in the $SETTLE s after the long outage (ib_srpt logged $(srpt_login_reqs) login requests since boot; $(rxe_counters))"; fi
+  else fail srp-nbd-failback-lio "path 0's port carried no I/O in the $SETTLE s after the long outage (ib_srpt logged $(srpt_login_reqs "$(awk '$2 == "up" {t = $1} END {print t}' "$EVENTS")") login requests since path 0 came back; $(rxe_counters); GSI QPs: $(rdma resource show qp lqpn 1 2>&1 | tr -s ' \n' ' '))"; fi
   ( fio_verify /dev/nbd0 8M ) & local fv=$!
   path_json; c0=$(path_commands p0); c1=$(path_commands p1); nap 3
   path_json; r0=$(path_commands p0); r1=$(path_commands p1)
