@@ -471,6 +471,23 @@ t.test('path-up starts an attempt at once while waiting; never from lost', async
   t.equal(r.state, 'lost');
 });
 
+t.test('path-up in fail-fast restarts the back-off: a failed attempt after it waits 2 x reconnect_delay', async (t) => {
+  const { s, r, actions } = make({ fastIoFailTmo: 2, reconnectDelay: 1, reconnectDelayMax: 30 });
+  r.handle({ type: 'failure-detected' });
+  r.handle({ type: 'fast-io-fail-tmo' });
+  t.equal(r.state, 'fail-fast');
+  for (let i = 0; i < 4; i++) {
+    s.advance(60_000); // whatever the delay, the timer has fired
+    t.equal(r.phase, 'connecting');
+    r.handle({ type: 'reconnect-failed', attempt: r.attempt, reason: 'no answer' });
+  }
+  t.match(actions.at(-1), { type: 'reconnect-scheduled', delayMs: 16_000 }, 'back-off grown to 16 s');
+  r.handle({ type: 'path-up', reason: 'PORT_ACTIVE' });
+  t.equal(r.phase, 'connecting', 'path-up: an attempt at once');
+  r.handle({ type: 'reconnect-failed', attempt: r.attempt, reason: 'no answer' });
+  t.match(actions.at(-1), { type: 'reconnect-scheduled', delayMs: 2000 }, 'then 2 x reconnect_delay, not 32 s');
+});
+
 t.test('successful reconnect: verify identity, then running with timers cancelled', async (t) => {
   const { s, r, actions, misfires } = make();
   r.handle({ type: 'failure-detected' });

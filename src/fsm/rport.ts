@@ -16,7 +16,7 @@
  * Reconnect cadence: while blocked an attempt every reconnect_delay (no growth: the outage may
  * still end before fast_io_fail_tmo); in fail-fast the delay doubles per failed attempt from
  * 2 x reconnect_delay, with ±jitter, up to reconnect_delay_max. A sign that the path is back
- * ('path-up') starts an attempt at once. A blocked attempt the target answered with a transient
+ * ('path-up') starts an attempt at once and restarts the back-off. A blocked attempt the target answered with a transient
  * reject (it is being rebuilt) is followed RETRY_SOON_MS after its start.
  *
  * Pure and deterministic: no I/O. Time comes from the injected Scheduler, randomness (back-off
@@ -437,6 +437,10 @@ export class Rport {
         return done();
 
       case 'path-up':
+        // The back-off of fail-fast starts over: an attempt that fails right after the path came
+        // back (the target not answering yet) is followed 2 x reconnect_delay later, not after the
+        // long delay the outage had grown to.
+        this.failedInFailFast = 0;
         // Also when reconnect_delay is off ('idle'): the path coming back is what it waits for.
         if (this.ph === 'waiting' || this.ph === 'idle') {
           this.cancelTimer('reconnect');
