@@ -2,8 +2,13 @@
 #   . "$(dirname "$0")/../guest-lib.sh"        (from test/vm/scenarios/)
 #
 # Topology built by setup_net/setup_rxe (everything inside the guest, -nic none):
-#   path 0:  veth0 192.0.2.1    rxe0  (initiator side) <==> veth1 192.0.2.2    rxe1  (target side)
-#   path 1:  veth2 198.51.100.1 rxe2  (initiator side) <==> veth3 198.51.100.2 rxe3  (target side)
+#   path 0:  veth0 192.0.2.1    rxe0  (initiator side) <-> wi0 [br0] wt0 <-> veth1 192.0.2.2    rxe1  (target side)
+#   path 1:  veth2 198.51.100.1 rxe2  (initiator side) <-> wi1 [br1] wt1 <-> veth3 198.51.100.2 rxe3  (target side)
+# Each end is a veth pair whose other end (wiP, wtP) is a port of the path's bridge: the
+# "wire". link_down takes the wire's ports down, so both ends lose carrier (a cable pull)
+# while veth0/veth1 themselves stay up, routes and all. (Taking an rxe netdev itself down makes
+# any CM MAD the device sends meanwhile fail its route lookup; on 6.1 that breaks the device's
+# GSI QP receive side for good: docs/initiator.md.)
 # Both ends of every pair live in the init network namespace (6.1's rxe listens on UDP
 # 4791 in init_net only). As all addresses are local, policy routing sends locally
 # generated traffic for the peer out of the veth instead of through lo, so it really
@@ -99,8 +104,10 @@ ini_dev() { echo "veth$((2*$1))"; }       # path -> initiator-side netdev
 tgt_dev() { echo "veth$((2*$1+1))"; }     # path -> target-side netdev
 ini_rxe() { echo "rxe$((2*$1))"; }
 tgt_rxe() { echo "rxe$((2*$1+1))"; }
+ini_wire() { echo "wi$1"; }             # path -> the wire's port facing the initiator
+tgt_wire() { echo "wt$1"; }             # path -> the wire's port facing the target
 
-# _path_routes P: (re)install path P's policy routes; `ip link set down` deletes them
+# _path_routes P: (re)install path P's policy routes (`ip link set vethN down` would delete them)
 _path_routes() {
   local p=$1 a b
   a=$(ini_dev "$p"); b=$(tgt_dev "$p")
@@ -115,12 +122,19 @@ setup_net() {
   for c in all default; do sysctl -qw net.ipv4.conf.$c.accept_local=1 net.ipv4.conf.$c.rp_filter=0; done
   for ((p=0; p<n; p++)); do
     a=$(ini_dev $p); b=$(tgt_dev $p)
-    ip link add "$a" type veth peer name "$b" || return 1
+    ip link add "$a" type veth peer name "$(ini_wire $p)" || return 1
+    ip link add "$b" type veth peer name "$(tgt_wire $p)" || return 1
+    ip link add "br$p" type bridge stp_state 0 forward_delay 0 || return 1
+    # the bridge is only the wire: no ARP answers (it would claim every local address), no IPv6
+    ip link set "br$p" arp off; sysctl -qw net.ipv6.conf.br$p.disable_ipv6=1 2>/dev/null
+    ip link set "$(ini_wire $p)" master "br$p"; ip link set "$(tgt_wire $p)" master "br$p"
+    ip link set "br$p" up; ip link set "$(ini_wire $p)" up; ip link set "$(tgt_wire $p)" up
     sysctl -qw net.ipv4.conf.$a.accept_local=1 net.ipv4.conf.$a.rp_filter=0 \
                net.ipv4.conf.$b.accept_local=1 net.ipv4.conf.$b.rp_filter=0
     ip addr add "${INI_IP[p]}/24" dev "$a"
     ip addr add "${TGT_IP[p]}/24" dev "$b"
     ip link set "$a" up; ip link set "$b" up
+    wait_for 5 _link_has_carrier "$a" && wait_for 5 _link_has_carrier "$b" || return 1
     _path_routes $p || return 1
     ip rule add pref $((10+2*p)) iif lo to "${TGT_IP[p]}/32" lookup $((100+2*p))
     ip rule add pref $((11+2*p)) iif lo to "${INI_IP[p]}/32" lookup $((101+2*p))
@@ -144,12 +158,13 @@ port_active() { [ "$(port_state "$1")" = ACTIVE ]; }
 port_inactive() { ! port_active "$1"; }
 
 # ---- faults ------------------------------------------------------------------------------
-# link_down P / link_up P: carrier loss on path P (both ends lose carrier: it is a veth pair)
-link_down() { ip link set "$(ini_dev "$1")" down; }
+# link_down P / link_up P: carrier loss on path P: the wire's two bridge ports go down, so both
+# ends (initiator and target netdev) lose carrier and their rxe ports go DOWN; the netdevs stay
+# up. link_up waits until both ends have carrier again.
+link_down() { ip link set "$(ini_wire "$1")" down; ip link set "$(tgt_wire "$1")" down; }
 link_up() {
-  ip link set "$(ini_dev "$1")" up || return 1
-  wait_for 5 _link_has_carrier "$(ini_dev "$1")"
-  _path_routes "$1"
+  ip link set "$(ini_wire "$1")" up && ip link set "$(tgt_wire "$1")" up || return 1
+  wait_for 5 _link_has_carrier "$(ini_dev "$1")" && wait_for 5 _link_has_carrier "$(tgt_dev "$1")"
 }
 _link_has_carrier() { [ "$(cat /sys/class/net/$1/carrier 2>/dev/null)" = 1 ]; }
 # blackhole P / unblackhole P: silent loss of every packet both ways, links stay up

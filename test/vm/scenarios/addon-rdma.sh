@@ -7,7 +7,7 @@
 #   cycles     CYCLES (default 1000) login/logout cycles; RDMA objects, pollers and fds
 #              counted before and after (no leak), target sessions gone afterwards
 #   (then nbd-attach and nbd-errors, below, before the link flap)
-#   port-err   `ip link set veth0 down` -> IBV_EVENT_PORT_ERR -> channel lost, within 1 s; its QP
+#   port-err   link_down 0 (carrier loss) -> IBV_EVENT_PORT_ERR -> channel lost, within 1 s; its QP
 #              and memory released, its cm id parked (no DREQ through the downed port)
 #   relogin    same process, after link up: a fresh channel logs in again (link-up -> login
 #              time), I/O on it, the parked id torn down on PORT_ACTIVE, nothing left
@@ -105,7 +105,7 @@ try {
     const asyncSeen = [];
     tr3.on('asyncEvent', (e) => asyncSeen.push(e.name));
     t0 = performance.now();
-    execFileSync('ip', ['link', 'set', env.INI_DEV, 'down']);
+    execFileSync('bash', ['-c', `. ${env.GUEST_LIB}; link_down 0`]);
     const reason = await Promise.race([lost, new Promise((r) => setTimeout(() => r(undefined), 10000))]);
     const dt = (performance.now() - t0) / 1000;
     time('port-err', dt, reason ? reason.message : 'no disconnect within 10 s');
@@ -236,7 +236,7 @@ grep -vE '^(RESULT|TIME) ' /tmp/driver-nbd.log | tail -n 20
 report_lines /tmp/driver-nbd.log
 rm -f /tmp/porterr-lost /tmp/link-up
 REPO_ROOT=$REPO_ROOT SRPT_GUID=$SRPT_GUID TGT_IP=${TGT_IP[0]} INI_IP=${INI_IP[0]} CM_PORT=$CM_PORT \
-  INI_DEV=$(ini_dev 0) PHASE=porterr timeout 300 node $DRIVER >/tmp/driver-porterr.log 2>&1 &
+  INI_DEV=$(ini_dev 0) GUEST_LIB="$GUEST_LIB_DIR/guest-lib.sh" PHASE=porterr timeout 300 node $DRIVER >/tmp/driver-porterr.log 2>&1 &
 DRV=$!
 if wait_for 60 test -f /tmp/porterr-lost; then
   nap 1

@@ -63,7 +63,7 @@ say "== 1. path 0 goes down for $FLAP s (shorter than fast_io_fail_tmo) while fi
 FIO=$!
 sleep 2
 TD_MS=$(epoch_ms); uptime_to TD; link_down 0
-say "path 0 down (ip link set down)"
+say "path 0 down (link_down: carrier loss)"
 sleep "$FLAP"
 link_up 0; uptime_to TU
 say "path 0 up after $FLAP s; srp-nbd reconnects and replays the held I/O"
