@@ -265,6 +265,30 @@ t.test('a login through a port that is not ACTIVE is not sent (no CM MAD through
   await session.close();
 });
 
+t.test('port state from the async events: ibv_query_port once per port, never on a failure', async (t) => {
+  // on rxe ibv_query_port waits for the RTNL lock, which link changes hold for seconds
+  const m = fabric(newTarget());
+  let queries = 0;
+  const query = m.portQuery.bind(m);
+  m.portQuery = () => {
+    queries++;
+    return query();
+  };
+  let session = await SrpSession.login(transport(m.asBinding()), ids);
+  t.equal(queries, 1, 'the first login asks once');
+  const lost = new Promise<TransportError>((r) => session.on('disconnect', r));
+  m.portDown();
+  t.match((await lost).message, /PORT_ERR/);
+  t.equal(parkedCmIds(m.asBinding()), 1, 'the port is known to be down: the id is parked');
+  m.portUp();
+  await new Promise((r) => setTimeout(r, 10));
+  t.equal(parkedCmIds(m.asBinding()), 0);
+  session = await SrpSession.login(transport(m.asBinding()), ids);
+  await session.close();
+  t.equal(queries, 1, 'loss, parking and the next login asked nothing');
+  t.equal(m.madsWhilePortDown, 0);
+});
+
 /** What each creating call of the binding is undone by. */
 const UNDO: Record<string, string> = {
   cmCreateChannel: 'cmDestroyChannel',

@@ -1,8 +1,13 @@
 /**
  * Device async events (ibv_get_async_event): one poller per device context, shared by every
- * channel and connector that uses the device.
+ * channel and connector that uses the device. The hub also remembers each port's state from its
+ * PORT_ACTIVE / PORT_ERR events, so that a channel can ask whether its port is up without
+ * ibv_query_port: on rxe that call takes the RTNL lock (ib_get_eth_speed), which link changes
+ * hold for seconds under load, and it would block the event loop and every path's I/O just when
+ * a path fails.
  */
 import { UV_READABLE, type AsyncEvent, type NativeBinding, type NativeError } from '../../native/native.js';
+import * as R from '../../native/rdma-constants.js';
 
 export type AsyncListener = (ev: AsyncEvent) => void;
 /** The device's async fd can no longer be polled: no more events come until a new subscription restarts it. */
@@ -18,11 +23,34 @@ export class AsyncEventHub {
   private static readonly hubs = new Map<NativeBinding, Map<number, AsyncEventHub>>();
   private readonly listeners = new Set<Subscriber>();
   private poller = 0;
+  /** port number -> ACTIVE, from the last PORT_ACTIVE / PORT_ERR seen (or the seed) */
+  private readonly ports = new Map<number, boolean>();
   private constructor(
     private readonly b: NativeBinding,
     private readonly ctx: number,
     private readonly fd: number,
   ) {}
+
+  private static hub(b: NativeBinding, ctx: number, asyncFd: number): AsyncEventHub {
+    let m = this.hubs.get(b);
+    if (!m) this.hubs.set(b, (m = new Map()));
+    let hub = m.get(ctx);
+    if (!hub) m.set(ctx, (hub = new AsyncEventHub(b, ctx, asyncFd)));
+    return hub;
+  }
+
+  /**
+   * Whether port `port` of the device is ACTIVE, from its async events; `seed()` answers the first
+   * time (ibv_query_port, once per port and process). With no subscriber (no poller) the queued
+   * events are read first, so the answer is never older than the last event the device reported.
+   */
+  static portActive(b: NativeBinding, ctx: number, asyncFd: number, port: number, seed: () => boolean): boolean {
+    const hub = this.hub(b, ctx, asyncFd);
+    if (!hub.poller && hub.listeners.size === 0) hub.drain();
+    let active = hub.ports.get(port);
+    if (active === undefined) hub.ports.set(port, (active = seed()));
+    return active;
+  }
 
   static subscribe(
     b: NativeBinding,
@@ -31,10 +59,9 @@ export class AsyncEventHub {
     fn: AsyncListener,
     onError?: AsyncErrorListener,
   ): () => void {
-    let m = this.hubs.get(b);
-    if (!m) this.hubs.set(b, (m = new Map()));
-    let hub = m.get(ctx);
-    if (!hub) m.set(ctx, (hub = new AsyncEventHub(b, ctx, asyncFd)));
+    const hub = this.hub(b, ctx, asyncFd);
+    // what the device reported while nobody listened: only the port states matter now
+    if (!hub.poller && hub.listeners.size === 0) hub.drain();
     const sub: Subscriber = { event: fn, error: onError };
     hub.listeners.add(sub);
     if (!hub.poller) {
@@ -61,6 +88,8 @@ export class AsyncEventHub {
         return;
       }
       if (!ev) return;
+      if (ev.type === R.IBV_EVENT_PORT_ACTIVE) this.ports.set(ev.portNum, true);
+      else if (ev.type === R.IBV_EVENT_PORT_ERR) this.ports.set(ev.portNum, false);
       for (const s of [...this.listeners]) s.event(ev);
     }
   }

@@ -280,15 +280,21 @@ export class VerbsResources {
     verbsCall(() => this.b.cmConnect(this.cmId, param), 'rdma_connect');
   }
 
-  /** The channel's port is not ACTIVE (a CM MAD sent now would fail: see ParkedIds). */
+  /**
+   * The channel's port is not ACTIVE (a CM MAD sent now would fail: see ParkedIds), as the device's
+   * async events tell it (AsyncEventHub.portActive: no ibv_query_port after the first time).
+   */
   portDown(): boolean {
     const d = this.device;
     if (!d || !d.ctx || !d.port) return false;
-    try {
-      return this.b.portQuery(d.ctx, d.port).state !== R.IBV_PORT_ACTIVE;
-    } catch {
-      return false;
-    }
+    const query = (): boolean => {
+      try {
+        return this.b.portQuery(d.ctx, d.port).state === R.IBV_PORT_ACTIVE;
+      } catch {
+        return true;
+      }
+    };
+    return !AsyncEventHub.portActive(this.b, d.ctx, d.attr.asyncFd, d.port, query);
   }
 
   /* ---------------------------------------------------------- memory the peer accesses */
