@@ -67,6 +67,7 @@ import {
 import * as R from '../../native/rdma-constants.js';
 import { encodeRdmaAddress, formatRdmaAddress } from '../../native/sockaddr.js';
 import { batchNow } from '../../util/clock.js';
+import { microtaskRunner } from '../../util/microtask.js';
 import {
   rcRetryBoundMs,
   resolveTransportOptions,
@@ -167,7 +168,8 @@ export class RdmaChannelTransport extends Emitter<RdmaChannelEvents> implements 
   /** Busy polling: posts still to go without a spin, and the skip after the next miss (doubling). */
   private busyPollSkip = 0;
   private busyPollBackoff = 0;
-  private readonly flushSendsFn = () => this.flushSends();
+  /** Queues flushSends() as a microtask (one per batch of sends). */
+  private readonly flushSendsSoon = microtaskRunner(() => this.flushSends());
   /** Receive slots consumed by a poll batch, reposted as one list. */
   private readonly recvWrs: Buffer;
   private queuedRecvs = 0;
@@ -662,7 +664,7 @@ export class RdmaChannelTransport extends Emitter<RdmaChannelEvents> implements 
     this.stats.sends++;
     if (!this.flushQueued) {
       this.flushQueued = true;
-      queueMicrotask(this.flushSendsFn);
+      this.flushSendsSoon();
     }
   }
 
