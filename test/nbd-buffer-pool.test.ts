@@ -17,6 +17,15 @@ t.test('a 4K read reply is pooled and reused after release', async (t) => {
   t.equal(b.buffer, a.buffer, 'the same ArrayBuffer again');
   t.equal(b.length, 4100);
   t.equal(pool.idleBytes, 0);
+  pool.release(b);
+  const c = pool.acquire(4100);
+  t.equal(c, b, 'the same length again: the very Buffer released, no new view');
+  pool.release(c.subarray(100));
+  t.equal(pool.idleBytes, 8192, 'a view at an offset releases its whole ArrayBuffer');
+  const d = pool.acquire(8192);
+  t.equal(d.buffer, a.buffer);
+  t.equal(d.byteOffset, 0, 'handed out from the start');
+  t.equal(d.length, 8192);
 });
 
 t.test('below 4 KiB: Node slab buffers, never taken into the pool', async (t) => {

@@ -177,11 +177,15 @@ export abstract class Gate<E extends GateEntry> {
     this.pump();
   }
 
-  /** An admitted entry is done: deliver its result, make room. */
-  protected finish(e: E, deliver: () => void): void {
+  /**
+   * An admitted entry is done: deliver its result (resolve with `value` when `ok`, else reject
+   * with it), make room. A flag rather than a callback: this runs once per request.
+   */
+  protected finish(e: E, ok: boolean, value: unknown): void {
     e.where = 'done';
     this.admitted--;
-    deliver();
+    if (ok) e.resolve(value);
+    else e.reject(value);
     this.pump();
   }
 

@@ -24,6 +24,13 @@ interface Entry extends GateEntry {
   epoch: number;
 }
 
+let capturedResolve: ((v: unknown) => void) | undefined;
+let capturedReject: ((e: unknown) => void) | undefined;
+function capture(resolve: (v: never) => void, reject: (e: unknown) => void): void {
+  capturedResolve = resolve as (v: unknown) => void;
+  capturedReject = reject;
+}
+
 export class IoGate extends Gate<Entry> {
   private epoch = 0;
   private readonly unsubscribe: () => void;
@@ -52,17 +59,24 @@ export class IoGate extends Gate<Entry> {
    * fail-fast, lost or detached.
    */
   submit<T>(op: () => Promise<T>): Promise<T> {
-    return new Promise<T>((resolve, reject) =>
-      this.enter({
-        seq: 0,
-        op,
-        resolve: resolve as (v: unknown) => void,
-        reject,
-        epoch: -1,
-        where: 'waiting',
-        dispatches: 0,
-      }),
-    );
+    // The settle functions are captured by a shared executor: no closure per request.
+    const promise = new Promise<T>(capture);
+    const e: Entry = {
+      seq: 0,
+      op,
+      resolve: capturedResolve!,
+      reject: capturedReject!,
+      epoch: -1,
+      where: 'waiting',
+      dispatches: 0,
+    };
+    capturedResolve = capturedReject = undefined;
+    try {
+      this.enter(e);
+    } catch (err) {
+      e.reject(err); // as when enter() ran inside the promise's executor
+    }
+    return promise;
   }
 
   private onAction(a: RportAction): void {
@@ -92,7 +106,7 @@ export class IoGate extends Gate<Entry> {
     p.then(
       (v) => {
         this.ended();
-        this.finish(e, () => e.resolve(v));
+        this.finish(e, true, v);
       },
       (err: unknown) => {
         this.ended();
@@ -102,7 +116,7 @@ export class IoGate extends Gate<Entry> {
   }
 
   private onOpError(e: Entry, err: unknown): void {
-    if (!this.isTransportError(err)) return this.finish(e, () => e.reject(err));
+    if (!this.isTransportError(err)) return this.finish(e, false, err);
     if (e.dispatches >= this.maxDispatches) {
       const current = e.epoch === this.epoch && this.verdict() === 'go';
       this.giveUp(e, 'replay-limit', `I/O failed on ${e.dispatches} channels in a row: giving up on it`, err);

@@ -24,8 +24,6 @@ import * as C from '../nbd/nbd-constants.js';
 import type { MultipathGate } from './multipath.js';
 import type { SrpPort } from './srp-port.js';
 
-const nothing = (): void => undefined;
-
 /** Why an export is read-only: the per-target option, or the LU's WP bit. */
 export type ReadOnlyReason = 'option' | 'write_protect';
 
@@ -127,7 +125,9 @@ export class LunBackend implements Backend {
     // resolves only when the target transferred every byte asked for (a residual or a short
     // transfer is EIO, and an error reply carries no data), and the session zeroes what a target
     // claims to have written into a slot but did not.
-    return this.submit((disk) => disk.read(offset, dst.length, dst), dst.length).then(nothing);
+    // Resolves with dst itself (ScsiDisk.read's value), not with nothing: the NBD server and
+    // MeteredBackend ignore the value, and a then() to drop it would cost a promise per read.
+    return this.submit((disk) => disk.read(offset, dst.length, dst), dst.length) as Promise<unknown> as Promise<void>;
   }
 
   write(offset: number, data: Buffer, fua: boolean): Promise<void> {

@@ -283,7 +283,7 @@ export class MultipathGate<D> extends Gate<Entry<D>> {
         p.counters.inFlight--;
         p.counters.commands++;
         p.counters.bytes += e.bytes;
-        this.finish(e, () => e.resolve(v));
+        this.finish(e, true, v);
       },
       (err: unknown) => {
         this.ended();
@@ -296,7 +296,7 @@ export class MultipathGate<D> extends Gate<Entry<D>> {
   private onOpError(e: Entry<D>, p: MultipathPath<D>, epoch: number, err: unknown): void {
     if (!this.isTransportError(err)) {
       p.counters.commands++; // a SCSI status came back: the command completed, with an error
-      return this.finish(e, () => e.reject(err));
+      return this.finish(e, false, err);
     }
     p.counters.errors++;
     const reason = err instanceof Error ? err.message : String(err);

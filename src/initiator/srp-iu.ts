@@ -532,11 +532,23 @@ export function copySmall(src: Buffer, dst: Buffer, at: number, start = 0, end =
   for (let i = start; i < end; i++) dst[at + i - start] = src[i]!;
 }
 
+/**
+ * Stores a u32 big-endian with plain byte stores: Buffer#writeUInt32BE checks its arguments on
+ * every call, which on the data path (encodeCmdInPlace, once per command, after its own bounds
+ * check) costs as much as the store. The value is taken modulo 2^32.
+ */
+function put32be(b: Buffer, at: number, v: number): void {
+  b[at] = v >>> 24;
+  b[at + 1] = v >>> 16;
+  b[at + 2] = v >>> 8;
+  b[at + 3] = v;
+}
+
 function writeDirectParts(b: Buffer, at: number, d: SrpDirectBufParts): void {
-  b.writeUInt32BE(d.vaHi, at);
-  b.writeUInt32BE(d.vaLo, at + 4);
-  b.writeUInt32BE(d.key, at + 8);
-  b.writeUInt32BE(d.len, at + 12);
+  put32be(b, at, d.vaHi);
+  put32be(b, at + 4, d.vaLo);
+  put32be(b, at + 8, d.key);
+  put32be(b, at + 12, d.len);
 }
 
 /**
@@ -554,19 +566,19 @@ export function encodeCmdInPlace(b: Buffer, f: SrpCmdFields, immDataOffset: numb
   const addCdb = addCdbLenFor(cdbLen);
   let at = SRP_CMD_LEN + addCdb;
   // every byte of the header written (reserved ones as 0): the buffer is reused
-  b.writeUInt32BE(SRP_CMD * 0x1000000, 0); // opcode, sol_not 0, reserved
-  b.writeUInt32BE(((f.outFmt << 4) | f.inFmt) << 16, 4); // buf_fmt; descriptor counts 0: no indirect ones
-  b.writeUInt32BE(f.tagHi, 8);
-  b.writeUInt32BE(f.tagLo, 12);
-  b.writeUInt32BE(0, 16);
-  b.writeUInt32BE(f.lunHi, 20);
-  b.writeUInt32BE(f.lunLo, 24);
-  b.writeUInt32BE(((f.taskAttr & 0x7) << 16) | addCdb, 28);
+  put32be(b, 0, SRP_CMD * 0x1000000); // opcode, sol_not 0, reserved
+  put32be(b, 4, ((f.outFmt << 4) | f.inFmt) << 16); // buf_fmt; descriptor counts 0: no indirect ones
+  put32be(b, 8, f.tagHi);
+  put32be(b, 12, f.tagLo);
+  put32be(b, 16, 0);
+  put32be(b, 20, f.lunHi);
+  put32be(b, 24, f.lunLo);
+  put32be(b, 28, ((f.taskAttr & 0x7) << 16) | addCdb);
   copySmall(f.cdb, b, 32);
   for (let i = 32 + cdbLen; i < at; i++) b[i] = 0; // CDB padding
   if (f.outFmt === SRP_DATA_DESC_IMM) {
     const data = f.immData!;
-    b.writeUInt32BE(data.length, at);
+    put32be(b, at, data.length);
     at += SRP_IMM_BUF_LEN;
     for (let i = at; i < immDataOffset; i++) b[i] = 0;
     data.copy(b, immDataOffset);

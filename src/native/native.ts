@@ -292,10 +292,28 @@ export interface WorkCompletion {
 
 const U32 = 0x1_0000_0000;
 
+/**
+ * Stores a u32 little-endian with plain byte stores (the value taken modulo 2^32). The work request
+ * writers below run for every IU sent and received; Buffer#writeUInt32LE checks its arguments on
+ * each call, which there cost as much as the stores. Each writer checks its record's bounds once.
+ */
+function put32le(buf: Buffer, off: number, v: number): void {
+  buf[off] = v;
+  buf[off + 1] = v >>> 8;
+  buf[off + 2] = v >>> 16;
+  buf[off + 3] = v >>> 24;
+}
+
 /** Writes a u64 given as a Number (addresses and wr_ids stay below 2^53) little-endian at off. */
 function writeU64(buf: Buffer, value: number, off: number): void {
-  buf.writeUInt32LE(value % U32, off);
-  buf.writeUInt32LE(Math.floor(value / U32), off + 4);
+  put32le(buf, off, value % U32);
+  put32le(buf, off + 4, Math.floor(value / U32));
+}
+
+function checkRecord(buf: Buffer, o: number, len: number): void {
+  if (!(o >= 0 && o + len <= buf.length)) {
+    throw new RangeError(`work request record at ${o} (${len} bytes) is outside a buffer of ${buf.length}`);
+  }
 }
 
 /** Reads a u64 written by writeU64 (or the addon) as a Number. */
@@ -321,29 +339,32 @@ export function writeSendWr(
   rkey = 0,
 ): void {
   const o = i * SEND_WR_LEN;
+  checkRecord(buf, o, SEND_WR_LEN);
   writeU64(buf, wrId, o);
   writeU64(buf, addr, o + 8);
   writeU64(buf, remoteAddr, o + 16);
-  buf.writeUInt32LE(length, o + 24);
-  buf.writeUInt32LE(lkey, o + 28);
-  buf.writeUInt32LE(rkey, o + 32);
-  buf.writeUInt32LE(opcode, o + 36);
-  buf.writeUInt32LE(flags, o + 40);
-  buf.writeUInt32LE(0, o + 44);
+  put32le(buf, o + 24, length);
+  put32le(buf, o + 28, lkey);
+  put32le(buf, o + 32, rkey);
+  put32le(buf, o + 36, opcode);
+  put32le(buf, o + 40, flags);
+  put32le(buf, o + 44, 0);
 }
 
 /** Sets the send flags of record i of a postSendList() buffer. */
 export function setSendWrFlags(buf: Buffer, i: number, flags: number): void {
-  buf.writeUInt32LE(flags, i * SEND_WR_LEN + 40);
+  checkRecord(buf, i * SEND_WR_LEN, SEND_WR_LEN);
+  put32le(buf, i * SEND_WR_LEN + 40, flags);
 }
 
 /** Fills receive work request record i of a postRecvList() buffer. */
 export function writeRecvWr(buf: Buffer, i: number, wrId: number, addr: number, length: number, lkey: number): void {
   const o = i * RECV_WR_LEN;
+  checkRecord(buf, o, RECV_WR_LEN);
   writeU64(buf, wrId, o);
   writeU64(buf, addr, o + 8);
-  buf.writeUInt32LE(length, o + 16);
-  buf.writeUInt32LE(lkey, o + 20);
+  put32le(buf, o + 16, length);
+  put32le(buf, o + 20, lkey);
 }
 
 /** One decoded send work request record (tests and the mock binding). */

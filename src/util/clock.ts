@@ -9,16 +9,18 @@
  * no vDSO fast path (a TCG guest, some hypervisors) each read is a system call. A batch's requests
  * share one reading instead; the error is the time spent within the batch's own processing.
  */
+import { microtaskRunner } from './microtask.js';
+
 let cached = -1;
-const expire = (): void => {
+const expireSoon = microtaskRunner(() => {
   cached = -1;
-};
+});
 
 /** Milliseconds (performance.now()), read at most once per batch of synchronous work. */
 export function batchNow(): number {
   if (cached < 0) {
     cached = performance.now();
-    queueMicrotask(expire);
+    expireSoon();
   }
   return cached;
 }

@@ -67,6 +67,7 @@ import {
 import * as R from '../../native/rdma-constants.js';
 import { encodeRdmaAddress, formatRdmaAddress } from '../../native/sockaddr.js';
 import { batchNow } from '../../util/clock.js';
+import { microtaskRunner } from '../../util/microtask.js';
 import {
   rcRetryBoundMs,
   resolveTransportOptions,
@@ -167,7 +168,10 @@ export class RdmaChannelTransport extends Emitter<RdmaChannelEvents> implements 
   /** Busy polling: posts still to go without a spin, and the skip after the next miss (doubling). */
   private busyPollSkip = 0;
   private busyPollBackoff = 0;
-  private readonly flushSendsFn = () => this.flushSends();
+  /** Queues flushSends() as a microtask (one per batch of sends). */
+  private readonly flushSendsSoon = microtaskRunner(() => this.flushSends());
+  /** Per receive slot, the view its last IU was delivered in (recvView); reset at connect. */
+  private recvViews: (Buffer | undefined)[] = [];
   /** Receive slots consumed by a poll batch, reposted as one list. */
   private readonly recvWrs: Buffer;
   private queuedRecvs = 0;
@@ -282,6 +286,7 @@ export class RdmaChannelTransport extends Emitter<RdmaChannelEvents> implements 
       this.uncovered = this.sendsPosted = this.sendsCompleted = 0;
       this.sendBase = Number(res.sendPool!.addr);
       this.recvBase = Number(res.recvPool!.addr);
+      this.recvViews = new Array<Buffer | undefined>(this.o.recvQueueDepth).fill(undefined);
       for (let i = 0; i < this.o.recvQueueDepth; i++) this.queueRecv(i);
       this.flushRecvs();
       this.b.cqReqNotify(res.cq);
@@ -582,7 +587,7 @@ export class RdmaChannelTransport extends Emitter<RdmaChannelEvents> implements 
       const off = slot * this.o.recvIuLen;
       this.stats.recvs++;
       if (this.stateValue === 'connected' || this.stateValue === 'connecting') {
-        this.emit('iu', this.res.recvPool!.buf.subarray(off, off + this.wcBuf.readUInt32LE(o + 16)));
+        this.emit('iu', this.recvView(slot, off, this.wcBuf.readUInt32LE(o + 16)));
       }
       if (this.stateValue === 'connected' && !this.closing) this.queueRecv(slot);
       return;
@@ -613,6 +618,17 @@ export class RdmaChannelTransport extends Emitter<RdmaChannelEvents> implements 
     if (this.uncovered > this.postedCount) this.uncovered = this.postedCount; // a failed send completed
     this.freeSlots.push(s);
     return s;
+  }
+
+  /**
+   * The received IU of a receive slot: a view of the receive pool, kept per slot and made again
+   * only when the length differs (responses of a kind have one length), so a completion allocates
+   * no Buffer. The view is the slot's memory either way: it is the IU until the slot is reposted.
+   */
+  private recvView(slot: number, off: number, len: number): Buffer {
+    const v = this.recvViews[slot];
+    if (v !== undefined && v.length === len) return v;
+    return (this.recvViews[slot] = this.res.recvPool!.buf.subarray(off, off + len));
   }
 
   private queueRecv(slot: number): void {
@@ -662,7 +678,7 @@ export class RdmaChannelTransport extends Emitter<RdmaChannelEvents> implements 
     this.stats.sends++;
     if (!this.flushQueued) {
       this.flushQueued = true;
-      queueMicrotask(this.flushSendsFn);
+      this.flushSendsSoon();
     }
   }
 
