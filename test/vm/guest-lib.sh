@@ -134,6 +134,11 @@ setup_net() {
     ip addr add "${INI_IP[p]}/24" dev "$a"
     ip addr add "${TGT_IP[p]}/24" dev "$b"
     ip link set "$a" up; ip link set "$b" up
+    # Static neighbours: with ARP, a carrier loss flushes the entries and rxe's next packets wait
+    # on an unresolved one for the 3 s ARP gives up after; rxe's QP destroy waits for them
+    # (docs/failover.md, "Soft-RoCE: a QP destroyed while its link is down").
+    ip neigh replace "${TGT_IP[p]}" lladdr "$(cat /sys/class/net/$b/address)" dev "$a" nud permanent
+    ip neigh replace "${INI_IP[p]}" lladdr "$(cat /sys/class/net/$a/address)" dev "$b" nud permanent
     wait_for 5 _link_has_carrier "$a" && wait_for 5 _link_has_carrier "$b" || return 1
     _path_routes $p || return 1
     ip rule add pref $((10+2*p)) iif lo to "${TGT_IP[p]}/32" lookup $((100+2*p))
