@@ -165,10 +165,12 @@ port_inactive() { ! port_active "$1"; }
 # ---- faults ------------------------------------------------------------------------------
 # link_down P / link_up P: carrier loss on path P: the wire's two bridge ports go down, so both
 # ends (initiator and target netdev) lose carrier and their rxe ports go DOWN; the netdevs stay
-# up. link_up waits until both ends have carrier again.
+# up. link_up brings the target's side back first (a re-plugged cable gives both ends carrier
+# at once; two commands a TCG moment apart would let the initiator's PORT_ACTIVE, and the login
+# it starts, come while the target's end is still down) and waits until both have carrier.
 link_down() { ip link set "$(ini_wire "$1")" down; ip link set "$(tgt_wire "$1")" down; }
 link_up() {
-  ip link set "$(ini_wire "$1")" up && ip link set "$(tgt_wire "$1")" up || return 1
+  ip link set "$(tgt_wire "$1")" up && ip link set "$(ini_wire "$1")" up || return 1
   wait_for 5 _link_has_carrier "$(ini_dev "$1")" && wait_for 5 _link_has_carrier "$(tgt_dev "$1")"
 }
 _link_has_carrier() { [ "$(cat /sys/class/net/$1/carrier 2>/dev/null)" = 1 ]; }
