@@ -4,7 +4,6 @@
  * after it come from the next boot.
  */
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import t from 'tap';
 import { buildResults, markdownTable, measure, parseWrites } from '../bench/failover-report.js';
@@ -21,8 +20,7 @@ const tsv = (rows: (string | number)[][]) => rows.map((r) => r.join('\t')).join(
 const dlog = (uptime: number, msg: string) => JSON.stringify({ level: 30, time: (uptime + 1000) * 1000, msg }) + '\n';
 
 t.test('rows from marks and logs; a crash is the row, later rows from the next boot', async (t) => {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'failover-report-'));
-  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const dir = t.testdir({});
   boot(path.join(dir, 'boot1'), {
     'failover/events.tsv': tsv([
       ['clock', '-', '-', 10, 1_010_000],
@@ -87,8 +85,7 @@ t.test('rows from marks and logs; a crash is the row, later rows from the next b
 });
 
 t.test('mdreadd: md failed the member, back in md and in sync, from md watchers', async (t) => {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'failover-report-'));
-  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const dir = t.testdir({});
   boot(path.join(dir, 'boot1'), {
     'failover/events.tsv': tsv([
       ['clock', '-', '-', 10, 1_010_000],

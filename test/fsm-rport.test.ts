@@ -84,12 +84,17 @@ function make(tmo: Partial<TmoParams> = {}, random: () => number = () => 0.5) {
   const r = new Rport({ scheduler: s, tmo: { ...TMO, ...tmo }, random, name: 'port-1:1' });
   const actions: RportAction[] = [];
   r.subscribe((a) => actions.push(a));
+  /** virtual time at which each reconnect attempt started */
+  const at: number[] = [];
+  r.subscribe((a) => {
+    if (a.type === 'reconnect') at.push(s.now());
+  });
   const misfires: string[] = [];
   s.onFire = (label) => {
     const name = label?.split(':').pop() as TimerName;
     if (!TIMER_OWNERS[name].includes(r.state)) misfires.push(`${name} fired in ${r.state}`);
   };
-  return { s, r, actions, misfires };
+  return { s, r, actions, at, misfires };
 }
 
 /** Bring a fresh rport into `state` with reconnect phase `phase` (blocked/fail-fast only). */
@@ -367,13 +372,9 @@ t.test('fail-fast back-off: ±jitter from the injected random source; blocked ha
 });
 
 t.test('sub-second reconnect_delay: the blocked cadence follows it', async (t) => {
-  const { s, r } = make({ reconnectDelay: 0.25 });
-  const at: number[] = [];
+  const { s, r, at } = make({ reconnectDelay: 0.25 });
   r.subscribe((a) => {
-    if (a.type === 'reconnect') {
-      at.push(s.now());
-      r.handle({ type: 'reconnect-failed', attempt: a.attempt });
-    }
+    if (a.type === 'reconnect') r.handle({ type: 'reconnect-failed', attempt: a.attempt });
   });
   r.handle({ type: 'failure-detected' });
   s.advance(1000);
@@ -381,11 +382,7 @@ t.test('sub-second reconnect_delay: the blocked cadence follows it', async (t) =
 });
 
 t.test('blocked: the cadence counts from the start of the attempt before, however long it took', async (t) => {
-  const { s, r, actions } = make();
-  const at: number[] = [];
-  r.subscribe((a) => {
-    if (a.type === 'reconnect') at.push(s.now());
-  });
+  const { s, r, actions, at } = make();
   r.handle({ type: 'failure-detected' });
   s.advance(1000); // attempt 1 at 1000
   s.advance(700);
@@ -403,11 +400,7 @@ t.test('blocked: the cadence counts from the start of the attempt before, howeve
 t.test(
   'blocked: a retrySoon failure is followed RETRY_SOON_MS after its start; another waits the cadence',
   async (t) => {
-    const { s, r, actions } = make();
-    const at: number[] = [];
-    r.subscribe((a) => {
-      if (a.type === 'reconnect') at.push(s.now());
-    });
+    const { s, r, actions, at } = make();
     r.handle({ type: 'failure-detected' });
     s.advance(1000); // attempt 1 at 1000
     s.advance(40);
