@@ -46,7 +46,7 @@ export class AsyncEventHub {
    */
   static portActive(b: NativeBinding, ctx: number, asyncFd: number, port: number, seed: () => boolean): boolean {
     const hub = this.hub(b, ctx, asyncFd);
-    if (!hub.poller && hub.listeners.size === 0) hub.drain();
+    hub.catchUp();
     let active = hub.ports.get(port);
     if (active === undefined) hub.ports.set(port, (active = seed()));
     return active;
@@ -60,8 +60,7 @@ export class AsyncEventHub {
     onError?: AsyncErrorListener,
   ): () => void {
     const hub = this.hub(b, ctx, asyncFd);
-    // what the device reported while nobody listened: only the port states matter now
-    if (!hub.poller && hub.listeners.size === 0) hub.drain();
+    hub.catchUp();
     const sub: Subscriber = { event: fn, error: onError };
     hub.listeners.add(sub);
     if (!hub.poller) {
@@ -77,6 +76,11 @@ export class AsyncEventHub {
         h.poller = 0;
       }
     };
+  }
+
+  /** Reads what the device reported while nobody listened (only the port states matter then). */
+  private catchUp(): void {
+    if (!this.poller && this.listeners.size === 0) this.drain();
   }
 
   private drain(): void {
