@@ -16,8 +16,9 @@
  * Reconnect cadence: while blocked an attempt every reconnect_delay (no growth: the outage may
  * still end before fast_io_fail_tmo); in fail-fast the delay doubles per failed attempt from
  * 2 x reconnect_delay, with ±jitter, up to reconnect_delay_max. A sign that the path is back
- * ('path-up') starts an attempt at once and restarts the back-off. A blocked attempt the target answered with a transient
- * reject (it is being rebuilt) is followed RETRY_SOON_MS after its start.
+ * ('path-up') starts an attempt at once and restarts the back-off. A blocked attempt the target
+ * answered with a transient reject (it is being rebuilt) is followed RETRY_SOON_MS after its
+ * start.
  *
  * Pure and deterministic: no I/O. Time comes from the injected Scheduler, randomness (back-off
  * jitter) from the injected random(). Events go in through handle(); actions come out to
