@@ -74,6 +74,13 @@ t.test('status over RDMA: path_check states the dead-path bound; last_error the 
   t.same(v.path_check, { bound_ms: 719.8, rc_retry_ms: 469.8, keepalive_interval_s: 0.25 }, 'defaults 14/6, 0.25 s');
   t.equal(v.last_error, null);
   t.equal(v.timers.reconnect_delay, 0.2, 'a sub-second reconnect_delay');
+  const lw = v.reconnect.login_wait!;
+  t.ok(
+    lw.slowest_answer_ms !== null && lw.slowest_answer_ms >= 0,
+    `the attach's answer is timed (${lw.slowest_answer_ms} ms)`,
+  );
+  t.equal(lw.next_wait_ms, 250, 'a fast target: the next login waits the 250 ms floor for its answer');
+  m.answerDelayMs = 120; // the target now answers in 120 ms
   lastEnd!.close(); // the target drops the connection
   let st = await d.status(v.id);
   for (let i = 0; i < 200 && st.last_error === null; i++) {
@@ -87,4 +94,9 @@ t.test('status over RDMA: path_check states the dead-path bound; last_error the 
   }
   t.equal(st.state, 'running', 'reconnected');
   t.match(st.last_error, /disconnected/, 'last_error is kept after the port runs again');
+  t.ok(
+    st.reconnect.login_wait!.slowest_answer_ms! >= 115,
+    `the slower answer is learnt (${st.reconnect.login_wait!.slowest_answer_ms} ms)`,
+  );
+  t.equal(st.reconnect.login_wait!.next_wait_ms, 3 * st.reconnect.login_wait!.slowest_answer_ms!, '3 x the slowest');
 });

@@ -423,6 +423,11 @@ function formatStatus(v: TargetView): string {
     `  timers      reconnect_delay=${t.reconnect_delay} reconnect_delay_max=${t.reconnect_delay_max} fast_io_fail_tmo=${t.fast_io_fail_tmo} dev_loss_tmo=${t.dev_loss_tmo}`,
     `  reconnects  ${r.reconnects_total} ok, ${r.failed_reconnects_total} failed (${r.failed_reconnects} in this outage), ${r.attempts_total} attempts, ${r.logins_total} logins${r.last_failure ? `; last failure: ${r.last_failure}` : ''}`,
   ];
+  const lw = r.login_wait;
+  if (lw)
+    lines.push(
+      `  login_wait  a reconnect login waits ${lw.next_wait_ms} ms for its answer (${lw.slowest_answer_ms !== null ? `the target's slowest recent answer: ${lw.slowest_answer_ms} ms` : 'no answer timed yet'})`,
+    );
   const pc = v.path_check;
   if (pc)
     lines.push(

@@ -96,6 +96,11 @@ export interface TargetView extends TargetSummary {
     failed_reconnects_total: number;
     logins_total: number;
     last_failure: string | null;
+    /**
+     * A reconnect login's wait for the target's answer: 3 × the slowest of its last 8 answers
+     * (slowest_answer_ms, null before the first), at least 250 ms, at most the attempt's deadline.
+     */
+    login_wait: { slowest_answer_ms: number | null; next_wait_ms: number } | null;
   };
   /**
    * How soon a dead path (black hole) is noticed at the latest, idle or under load: the RC retry
@@ -280,6 +285,9 @@ export function targetView(rt: TargetRuntime, ctx: ViewContext): TargetView {
       failed_reconnects_total: rt.stats.failedReconnectsTotal,
       logins_total: port?.logins ?? 0,
       last_failure: port?.rport.lastFailure?.message ?? null,
+      login_wait: port
+        ? { slowest_answer_ms: port.loginWait.slowestAnswerMs, next_wait_ms: port.loginWait.nextWaitMs }
+        : null,
     },
     path_check: rt.address.kind === 'test' ? null : pathCheckOf(rt.options),
     md_readd: { readds_total: rt.md.readds, last_readd_ms: rt.md.lastReaddMs ?? null },

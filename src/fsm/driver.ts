@@ -44,8 +44,9 @@ export class HardReconnectError extends Error {
 /**
  * A reconnect attempt whose failure calls for the next one soon: the target refused it with a
  * transient reject (its port not enabled yet, nothing listening, no ACL yet: a target being
- * rebuilt, reachable). Reported as reconnect-failed with
- * retrySoon, which a blocked port follows RETRY_SOON_MS after the attempt's start.
+ * rebuilt, reachable), or its login went unanswered within a wait that the target's answer times
+ * made shorter than the attempt's deadline (src/fsm/login-answer-wait.ts). Reported as
+ * reconnect-failed with retrySoon, which a blocked port follows RETRY_SOON_MS after the attempt's start.
  */
 export class RetrySoonError extends Error {
   constructor(message: string, options?: { cause?: unknown }) {

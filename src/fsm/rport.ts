@@ -17,8 +17,8 @@
  * still end before fast_io_fail_tmo); in fail-fast the delay doubles per failed attempt from
  * 2 x reconnect_delay, with ±jitter, up to reconnect_delay_max. A sign that the path is back
  * ('path-up') starts an attempt at once and restarts the back-off. A blocked attempt the target
- * answered with a transient reject (it is being rebuilt) is followed RETRY_SOON_MS after its
- * start.
+ * answered with a transient reject (it is being rebuilt), or one whose short wait for an answer
+ * ran out (SrpPort), is followed RETRY_SOON_MS after its start.
  *
  * Pure and deterministic: no I/O. Time comes from the injected Scheduler, randomness (back-off
  * jitter) from the injected random(). Events go in through handle(); actions come out to
@@ -34,8 +34,9 @@ import { assertValidTmo, backoffDelayMs, DEFAULT_TMO, formatTmo, type TmoParams 
  * with a transient reject (LIO while its port is disabled: SRP_LOGIN_REJ 0x00010001; nothing
  * listening; no ACL yet). The attempt after the target comes back should not wait a whole
  * reconnect_delay: a reject costs the target one CM exchange, and a blocked port's outage lasts
- * at most fast_io_fail_tmo. Never longer than reconnect_delay. (A login that got no answer is not
- * retried sooner: its deadline stays reconnect_delay, SrpPort.attemptLoginTimeoutMs.)
+ * at most fast_io_fail_tmo. Never longer than reconnect_delay. The same period follows a login
+ * that got no answer within a wait the target's answer times made shorter than reconnect_delay
+ * (src/fsm/login-answer-wait.ts): the path may be back, and the next attempt is the one that can tell.
  */
 export const RETRY_SOON_MS = 250;
 
@@ -104,9 +105,9 @@ export type RportEvent =
    * The owner's reconnect attempt `attempt` failed (including a failed identity check for a reason
    * other than a mismatch). `hard`: retrying on the blocked cadence will not help (e.g. the target
    * refused our IU size): go to fail-fast at once; reconnecting goes on with back-off. `retrySoon`:
-   * the target refused the login with a transient reject (reachable, not ready yet): while
-   * blocked the next attempt starts RETRY_SOON_MS after this one's start instead of
-   * reconnect_delay.
+   * the target refused the login with a transient reject (reachable, not ready yet), or it went
+   * unanswered within a short wait (SrpPort): while blocked the next attempt starts RETRY_SOON_MS
+   * after this one's start instead of reconnect_delay.
    */
   | { type: 'reconnect-failed'; attempt: number; reason?: string; hard?: boolean; retrySoon?: boolean }
   /** The LUN behind the new channel of attempt `attempt` is the same one: release I/O. */

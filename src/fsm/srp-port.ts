@@ -20,6 +20,7 @@ import { HardReconnectError, RetrySoonError, RportDriver } from './driver.js';
 import { IdentityMismatchError } from './identity.js';
 import { defaultIsTransportError } from './gate.js';
 import { IoGate } from './io-gate.js';
+import { LoginAnswerWait } from './login-answer-wait.js';
 import { Rport, type RportAction } from './rport.js';
 import { RealScheduler, type Scheduler } from './scheduler.js';
 import type { TmoParams } from './timers.js';
@@ -63,6 +64,12 @@ export interface LunRefresh {
 /** A reconnect attempt's login waits at least this long for the target's answer (see attemptLoginTimeoutMs). */
 export const RECONNECT_LOGIN_MIN_MS = 1000;
 
+/** A reconnect attempt's deadlines (ms): the whole login, and the wait for the answer once sent. */
+interface LoginDeadline {
+  loginMs: number;
+  answerMs: number;
+}
+
 export interface SrpPortOptions {
   /** Name in logs and the REST view, e.g. the target's id_ext or address. */
   name: string;
@@ -104,6 +111,8 @@ export class SrpPort {
   private readonly driver: RportDriver;
   private readonly log: Logger;
   private readonly offPathUp: (() => void) | undefined;
+  /** The target's recent login answer times: how long a reconnect attempt waits for an answer. */
+  private readonly answerWait = new LoginAnswerWait();
 
   private constructor(private readonly opts: SrpPortOptions) {
     this.log = opts.logger.child({ port: opts.name });
@@ -146,6 +155,18 @@ export class SrpPort {
 
   get state(): Rport['state'] {
     return this.rport.state;
+  }
+
+  /**
+   * The wait for a reconnect login's answer (src/fsm/login-answer-wait.ts): the slowest of the
+   * target's recent answers, ms (null before the first), and what the next attempt would wait.
+   */
+  get loginWait(): { slowestAnswerMs: number | null; nextWaitMs: number } {
+    const slowest = this.answerWait.slowestMs;
+    return {
+      slowestAnswerMs: slowest === undefined ? null : Math.round(slowest),
+      nextWaitMs: this.answerWait.nextMs(this.attemptLoginTimeoutMs()),
+    };
   }
 
   /** The current session's counters, if any. */
@@ -244,13 +265,29 @@ export class SrpPort {
     return s.execute(cmd);
   }
 
-  /** Opens a channel and logs in; the session is not used for I/O until installed. */
-  private async login(signal: AbortSignal, loginTimeoutMs?: number): Promise<SrpSession> {
+  /**
+   * Opens a channel and logs in; the session is not used for I/O until installed. What came back
+   * (an answer and how fast, or none) is learnt for later attempts' waits (LoginAnswerWait).
+   */
+  private async login(signal: AbortSignal, deadline?: LoginDeadline): Promise<SrpSession> {
     const transport = await this.opts.connector.open(signal);
-    const session = await SrpSession.login(
-      transport,
-      loginTimeoutMs === undefined ? this.opts.session : { ...this.opts.session, loginTimeoutMs },
-    );
+    let session: SrpSession;
+    try {
+      session = await SrpSession.login(
+        transport,
+        deadline === undefined
+          ? this.opts.session
+          : { ...this.opts.session, loginTimeoutMs: deadline.loginMs, loginAnswerTimeoutMs: deadline.answerMs },
+      );
+    } catch (err) {
+      const answer = classifyLoginFailure(err).answer;
+      if (transport.loginAnswerMs !== undefined) this.answerWait.answered(transport.loginAnswerMs);
+      else if (answer === 'rejected') this.answerWait.answeredUntimed();
+      else if (answer === 'none') this.answerWait.noAnswer();
+      throw err;
+    }
+    if (session.loginAnswerMs !== undefined) this.answerWait.answered(session.loginAnswerMs);
+    else this.answerWait.answeredUntimed();
     if (signal.aborted) {
       await session.close().catch(() => undefined);
       throw new Error('reconnect attempt aborted');
@@ -279,7 +316,8 @@ export class SrpPort {
    * Reconnect attempt: the old session is closed (its commands settled) before a new login. How a
    * failed login goes on depends on its class (src/initiator/login-failure.ts): a stale connection
    * is retried at once with a new connection (bounded), a hard reject fails the attempt as hard,
-   * another reject asks for the next attempt soon (RetrySoonError), anything else (no answer, an
+   * another reject, or no answer within a wait shorter than the attempt's deadline, asks for the
+   * next attempt soon (RetrySoonError), anything else (no answer within the whole deadline, an
    * unreachable address) waits for the next attempt on the cadence.
    */
   private async reconnect(attempt: number, signal: AbortSignal): Promise<void> {
@@ -287,28 +325,36 @@ export class SrpPort {
     this.session = undefined;
     this.dropCandidate();
     if (old) await old.close().catch(() => undefined);
-    const loginTimeoutMs = this.attemptLoginTimeoutMs();
-    this.log.info({ attempt, via: this.opts.connector.description, loginTimeoutMs }, 'reconnect attempt');
+    const loginMs = this.attemptLoginTimeoutMs();
+    const deadline = { loginMs, answerMs: this.answerWait.nextMs(loginMs) };
+    this.log.info(
+      { attempt, via: this.opts.connector.description, loginTimeoutMs: loginMs, answerTimeoutMs: deadline.answerMs },
+      'reconnect attempt',
+    );
     try {
-      this.candidate = await this.loginRetryingStale(signal, loginTimeoutMs);
+      this.candidate = await this.loginRetryingStale(signal, deadline);
     } catch (err) {
       if (signal.aborted) throw err;
       const f = classifyLoginFailure(err);
       this.log.warn({ attempt, kind: f.kind }, `login failed: ${f.message}`);
       if (!f.retryable) throw new HardReconnectError(f.message, { cause: err });
-      if (f.answer === 'rejected') throw new RetrySoonError(f.message, { cause: err });
+      // Reachable but not ready; or unanswered within a wait the target's answers allowed to be
+      // short (a black hole may be over already): either way, the next attempt soon.
+      if (f.answer === 'rejected' || (f.answer === 'none' && deadline.answerMs < deadline.loginMs))
+        throw new RetrySoonError(f.message, { cause: err });
       if (f.message !== (err as Error).message) throw new Error(f.message, { cause: err });
       throw err;
     }
   }
 
   /**
-   * How long a reconnect attempt's login waits for the target's answer: reconnect_delay (at least
-   * RECONNECT_LOGIN_MIN_MS, at most the session's login timeout). A login sent into a black hole is
-   * not answered even once the path delivers again (the CM resends its REQ only after seconds), so
-   * it is abandoned at this deadline and the next attempt, with a new connection, follows at once.
-   * Never shorter: under TCG a login took up to 0.66 s to connect (median 60-76 ms), and a login
-   * abandoned just before its answer comes costs the target a channel set up and torn down.
+   * A reconnect attempt's whole deadline: reconnect_delay (at least RECONNECT_LOGIN_MIN_MS, at most
+   * the session's login timeout). A login sent into a black hole is not answered even once the path
+   * delivers again (the CM resends its REQ only after seconds), so it is abandoned and the next
+   * attempt, with a new connection, follows at once. Within this deadline the wait for the answer
+   * once the request is sent follows the target's recent answer times (src/fsm/login-answer-wait.ts):
+   * under TCG a whole connect took 57-661 ms (median 60-76 ms), and the wait never drops below what
+   * this target has needed.
    */
   private attemptLoginTimeoutMs(): number {
     const max = this.opts.session.loginTimeoutMs ?? DEFAULT_LOGIN_TIMEOUT_MS;
@@ -318,10 +364,10 @@ export class SrpPort {
   }
 
   /** login(), again at once with a new connection after a stale-connection reject (bounded). */
-  private async loginRetryingStale(signal: AbortSignal, loginTimeoutMs?: number): Promise<SrpSession> {
+  private async loginRetryingStale(signal: AbortSignal, deadline?: LoginDeadline): Promise<SrpSession> {
     for (let stale = 0; ; stale++) {
       try {
-        return await this.login(signal, loginTimeoutMs);
+        return await this.login(signal, deadline);
       } catch (err) {
         const f = classifyLoginFailure(err);
         if (signal.aborted || f.kind !== 'stale-connection' || stale >= STALE_CONNECTION_RETRIES) throw err;

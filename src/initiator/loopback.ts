@@ -23,6 +23,7 @@ import {
   type ChannelState,
   type ChannelTransport,
   type ConnectAnswer,
+  type ConnectOptions,
   type LoginForm,
   type MemoryRegion,
   type TargetChannelTransport,
@@ -427,19 +428,23 @@ export class LoopbackInitiatorEnd extends LoopbackEnd implements ChannelTranspor
     this.loginForm = opts.loginForm ?? 'ib-cm';
     this.maxRegionSize = opts.maxRegionSize ?? 16 << 20;
   }
-  connect(loginReq: Buffer, opts: { timeoutMs?: number } = {}): Promise<Buffer> {
+  /** Login request sent → its answer, ms (nothing is resolved first here: the request goes at once). */
+  loginAnswerMs: number | undefined;
+  connect(loginReq: Buffer, opts: ConnectOptions = {}): Promise<Buffer> {
     const link = this.link;
     if (link.state !== 'idle') return Promise.reject(new TransportError(`connect in state ${link.state}`, 'closed'));
     link.state = 'connecting';
     const req = Buffer.from(loginReq);
     return new Promise<Buffer>((resolve, reject) => {
-      const timeoutMs = opts.timeoutMs ?? 5000;
+      const timeoutMs = Math.min(opts.timeoutMs ?? 5000, opts.answerTimeoutMs ?? Infinity);
+      const sent = performance.now();
       let done = false;
       const finish = (err: TransportError | undefined, rsp?: Buffer) => {
         if (done) return;
         done = true;
         clearTimeout(timer);
         link.pending.delete(onLoss);
+        if (rsp) this.loginAnswerMs = performance.now() - sent;
         if (err) reject(err);
         else resolve(rsp!);
       };

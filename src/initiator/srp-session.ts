@@ -92,7 +92,13 @@ import {
 } from './srp-iu.js';
 import { TransportError, type ScsiCommand, type ScsiExecutor, type ScsiResult } from './scsi-executor.js';
 import { explainLoginReject } from './login-reject.js';
-import { Emitter, type ChannelTransport, type LoginContext, type MemoryRegion } from './transport.js';
+import {
+  Emitter,
+  type ChannelTransport,
+  type ConnectOptions,
+  type LoginContext,
+  type MemoryRegion,
+} from './transport.js';
 
 /** pino-compatible subset. */
 export interface SrpLogger {
@@ -151,6 +157,11 @@ export interface SrpSessionOptions {
   maxSlotDataBytes?: number;
   /** Login (CM REQ -> REP/REJ) timeout, default DEFAULT_LOGIN_TIMEOUT_MS (5000 ms). */
   loginTimeoutMs?: number;
+  /**
+   * Optional, at most loginTimeoutMs: how long the login waits for the target's answer once its
+   * request is sent (ConnectOptions.answerTimeoutMs). A reconnect attempt sets it (SrpPort).
+   */
+  loginAnswerTimeoutMs?: number;
   /** Timeout of commands that do not set their own; 0 disables (default 30000 ms). */
   commandTimeoutMs?: number;
   /** How long a task management function may take (default SRP_ABORT_TIMEOUT_MS). */
@@ -388,7 +399,10 @@ export class SrpSession extends Emitter<SrpSessionEvents> implements ScsiExecuto
   private stateValue: SrpSessionState = 'logging-in';
   private readonly log: SrpLogger;
   private readonly timers: SrpTimers;
-  private readonly opts: Required<Omit<SrpSessionOptions, 'logger' | 'timers' | 'maxItIuLen' | 'maxItIuSize'>> & {
+  private readonly opts: Required<
+    Omit<SrpSessionOptions, 'logger' | 'timers' | 'maxItIuLen' | 'maxItIuSize' | 'loginAnswerTimeoutMs'>
+  > & {
+    loginAnswerTimeoutMs?: number;
     maxItIuSize?: number;
     maxItIuLen?: number;
   };
@@ -488,6 +502,7 @@ export class SrpSession extends Emitter<SrpSessionEvents> implements ScsiExecuto
       closeTimeoutMs: options.closeTimeoutMs ?? 5000,
       slotDataBytes: options.slotDataBytes ?? DEFAULT_SLOT_DATA_BYTES,
       maxSlotDataBytes: options.maxSlotDataBytes ?? DEFAULT_MAX_SLOT_DATA_BYTES,
+      ...(options.loginAnswerTimeoutMs !== undefined ? { loginAnswerTimeoutMs: options.loginAnswerTimeoutMs } : {}),
       ...(options.maxItIuLen !== undefined ? { maxItIuLen: options.maxItIuLen } : {}),
       ...(options.maxItIuSize !== undefined ? { maxItIuSize: options.maxItIuSize } : {}),
     };
@@ -538,7 +553,9 @@ export class SrpSession extends Emitter<SrpSessionEvents> implements ScsiExecuto
       targetPortId: this.opts.targetPortId,
     };
     const iu = t.loginForm === 'rdma-cm' ? encodeLoginReqRdma(req) : encodeLoginReq(req);
-    const answer = await t.connect(iu, { timeoutMs: this.opts.loginTimeoutMs }).catch((err: unknown) => {
+    const connectOpts: ConnectOptions = { timeoutMs: this.opts.loginTimeoutMs };
+    if (this.opts.loginAnswerTimeoutMs !== undefined) connectOpts.answerTimeoutMs = this.opts.loginAnswerTimeoutMs;
+    const answer = await t.connect(iu, connectOpts).catch((err: unknown) => {
       this.stateValue = 'closed';
       throw err;
     });
@@ -611,6 +628,11 @@ export class SrpSession extends Emitter<SrpSessionEvents> implements ScsiExecuto
   get loginResult(): SrpLoginResult {
     return { ...this.login };
   }
+  /** How long the target took to answer this session's login, ms, if the transport measures it. */
+  get loginAnswerMs(): number | undefined {
+    return this.transport.loginAnswerMs;
+  }
+
   get counters(): SrpSessionCounters {
     return { ...this.c, reqLim: this.reqLim, inFlight: this.inFlight, queued: this.waitQueue.length };
   }

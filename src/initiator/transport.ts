@@ -66,6 +66,17 @@ export class Emitter<E extends { [K in keyof E]: unknown[] }> {
   }
 }
 
+/** connect()'s deadlines. */
+export interface ConnectOptions {
+  /** The whole connect (address and route resolution, resources, the login's answer); default 5000 ms. */
+  timeoutMs?: number;
+  /**
+   * Optional, at most timeoutMs: how long to wait for the target's answer once the login request is
+   * sent. A login unanswered by then fails with a TransportError 'timeout' (no answer).
+   */
+  answerTimeoutMs?: number;
+}
+
 /** Initiator side of one channel. */
 export interface ChannelTransport {
   readonly state: ChannelState;
@@ -79,7 +90,7 @@ export interface ChannelTransport {
    * Rejects with TransportError ('timeout' when nothing answers within timeoutMs, 'disconnected'
    * when refused or lost).
    */
-  connect(loginReq: Buffer, opts?: { timeoutMs?: number }): Promise<Buffer>;
+  connect(loginReq: Buffer, opts?: ConnectOptions): Promise<Buffer>;
   /** Posts one IU. The bytes are taken at call time. Throws TransportError when not connected. */
   send(iu: Buffer): void;
   /** Makes buf reachable by the peer's RDMA until deregistered. The caller keeps buf alive. */
@@ -93,6 +104,12 @@ export interface ChannelTransport {
    * local address), known once connect() has resolved the local port; for login errors and status.
    */
   loginContext?(): LoginContext | undefined;
+  /**
+   * Optional: how long the target took to answer the login (from the request's send to its accept
+   * or reject, in ms) once it has; undefined before an answer. Reconnect attempts size their wait
+   * for an answer from it (src/fsm/login-deadline.ts).
+   */
+  readonly loginAnswerMs?: number | undefined;
   on<K extends keyof ChannelEvents>(ev: K, fn: (...args: ChannelEvents[K]) => void): this;
   off<K extends keyof ChannelEvents>(ev: K, fn: (...args: ChannelEvents[K]) => void): this;
 }

@@ -7,7 +7,8 @@
  *
  * Faults: resolveFailures (ADDR_ERROR before success), cmRejects (CM REJ reasons for the next connects), portDown() (PORT_ERR), blackHole (nothing
  * is delivered or completed until the retry budget: a RETRY_EXC_ERR completion after
- * blackHoleDetectMs, never if that is Infinity; a connect sent meanwhile is never answered), disconnectFromTarget(), failPolls() (a poll fails as the addon reports it).
+ * blackHoleDetectMs, never if that is Infinity; a connect sent meanwhile is never answered), answerDelayMs (a slow target: its
+ * login answers come that much later), disconnectFromTarget(), failPolls() (a poll fails as the addon reports it).
  */
 import { TransportError } from '../initiator/scsi-executor.js';
 import {
@@ -141,6 +142,8 @@ export class MockRdmaBinding implements Partial<NativeBinding> {
   resolveFailures = 0;
   blackHole = false;
   blackHoleDetectMs = 50;
+  /** The target answers a login (accept or reject) this long after the REQ: a slow target. */
+  answerDelayMs = 0;
   /** CM reject reasons (enum ib_cm_rej_reason) for the next connects, first first: RDMA_CM_EVENT_REJECTED without private data. */
   cmRejects: number[] = [];
   readonly connectParams: ConnParam[] = [];
@@ -348,6 +351,10 @@ export class MockRdmaBinding implements Partial<NativeBinding> {
     this.later(async () => {
       // a black hole loses the REQ: no answer (a real CM resends it only seconds later)
       if (this.blackHole) return;
+      if (this.answerDelayMs > 0) {
+        await new Promise((r) => setTimeout(r, this.answerDelayMs));
+        if (!this.ids.has(h)) return; // given up meanwhile: its REP meets a destroyed id
+      }
       if (cmReject !== undefined) {
         end.stateValue = 'closed';
         this.cmEvent(h, R.RDMA_CM_EVENT_REJECTED, cmReject);

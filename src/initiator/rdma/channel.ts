@@ -50,6 +50,7 @@ import {
   type ChannelEvents,
   type ChannelState,
   type ChannelTransport,
+  type ConnectOptions,
   type LoginContext,
   type LoginForm,
   type MemoryRegion,
@@ -182,6 +183,8 @@ export class RdmaChannelTransport extends Emitter<RdmaChannelEvents> implements 
   private readonly wcBuf = Buffer.alloc(POLL_BATCH * R.WC_RECORD_LEN);
   private cmWaiter: ((ev: CmEvent) => void) | undefined;
   private login: LoginContext | undefined;
+  /** Login request sent → the target's answer (accept or reject), ms; see ChannelTransport.loginAnswerMs. */
+  private answerMs: number | undefined;
   private probeSeq = 0;
   private readonly probes = new Map<number, Probe>();
   private closing = false;
@@ -266,7 +269,7 @@ export class RdmaChannelTransport extends Emitter<RdmaChannelEvents> implements 
 
   /* ---------------------------------------------------------- connect */
 
-  async connect(loginReq: Buffer, opts: { timeoutMs?: number } = {}): Promise<Buffer> {
+  async connect(loginReq: Buffer, opts: ConnectOptions = {}): Promise<Buffer> {
     if (this.stateValue !== 'idle') throw new TransportError(`connect in state ${this.stateValue}`, 'closed');
     this.stateValue = 'connecting';
     const t0 = Date.now();
@@ -306,7 +309,15 @@ export class RdmaChannelTransport extends Emitter<RdmaChannelEvents> implements 
         retryCount: this.o.retryCount,
         rnrRetryCount: this.o.rnrRetryCount,
       });
-      const ev = await this.nextCmEvent(deadline, `no answer to the login request from ${dst}`);
+      const sent = Date.now();
+      const wait = opts.answerTimeoutMs;
+      const ev =
+        wait !== undefined && sent + wait < deadline
+          ? await this.nextCmEvent(sent + wait, `no answer to the login request from ${dst}`, `within ${wait} ms`)
+          : await this.nextCmEvent(deadline, `no answer to the login request from ${dst}`);
+      if (ev.event === R.RDMA_CM_EVENT_ESTABLISHED || ev.event === R.RDMA_CM_EVENT_REJECTED) {
+        this.answerMs = Date.now() - sent;
+      }
       switch (ev.event) {
         case R.RDMA_CM_EVENT_ESTABLISHED: {
           const rsp = Buffer.from(ev.privateData ?? Buffer.alloc(0));
@@ -381,6 +392,10 @@ export class RdmaChannelTransport extends Emitter<RdmaChannelEvents> implements 
     }
   }
 
+  get loginAnswerMs(): number | undefined {
+    return this.answerMs;
+  }
+
   /**
    * What the target saw of this channel's login (once the address is resolved): the initiator port
    * id sent and the local address it came from. For login reject messages and status.
@@ -432,12 +447,12 @@ export class RdmaChannelTransport extends Emitter<RdmaChannelEvents> implements 
 
   /* ---------------------------------------------------------- CM events */
 
-  private nextCmEvent(deadline: number, what: string): Promise<CmEvent> {
+  private nextCmEvent(deadline: number, what: string, by = 'before the connect timeout'): Promise<CmEvent> {
     return new Promise((resolve, reject) => {
       const timer = setTimeout(
         () => {
           this.cmWaiter = undefined;
-          reject(new TransportError(`${what} before the connect timeout`, 'timeout'));
+          reject(new TransportError(`${what} ${by}`, 'timeout'));
         },
         Math.max(0, deadline - Date.now()),
       );
