@@ -13,9 +13,11 @@
 #include <arpa/inet.h>
 #include <net/if.h>
 
+#include <condition_variable>
 #include <cstring>
 #include <ctime>
 #include <map>
+#include <mutex>
 #include <vector>
 
 namespace srpnbd {
@@ -39,6 +41,7 @@ struct Obj {
   Kind kind;
   void* ptr;
   Napi::Reference<Napi::Buffer<uint8_t>> buf;  // MR: keeps the registered memory alive
+  bool busy = false;                           // a worker thread destroys its QP (QpDestroyWorker)
 };
 
 std::map<uint32_t, Obj> objs;
@@ -47,7 +50,7 @@ uint32_t nextHandle = 1;
 
 uint32_t Put(Kind k, void* p) {
   uint32_t h = nextHandle++;
-  objs[h] = Obj{k, p, {}};
+  objs[h] = Obj{k, p, {}, false};
   return h;
 }
 
@@ -60,8 +63,19 @@ T* Get(const Napi::CallbackInfo& info, size_t i, Kind k) {
     e.Set("code", Napi::String::New(info.Env(), "EBADF"));
     throw e;
   }
+  if (it->second.busy) {
+    Napi::Error e = Napi::Error::New(info.Env(), std::string(KindName(k)) + " handle " + std::to_string(h) +
+                                                     " is busy: a worker thread is destroying its QP");
+    e.Set("code", Napi::String::New(info.Env(), "EBUSY"));
+    throw e;
+  }
   return static_cast<T*>(it->second.ptr);
 }
+
+// QP destroys running on worker threads (QpDestroyWorker); Cleanup waits for them.
+std::mutex inflightMu;
+std::condition_variable inflightCv;
+int inflight = 0;
 
 uint32_t CtxHandle(ibv_context* c) {
   if (!c) return 0;
@@ -374,6 +388,73 @@ Napi::Value CmDestroyQp(const Napi::CallbackInfo& info) {
   auto* id = Get<rdma_cm_id>(info, 0, Kind::Id);
   if (id->qp) rdma_destroy_qp(id);
   return info.Env().Undefined();
+}
+
+// cmDestroyQpAsync(id) -> Promise<void>: the QP destroy (rdma_destroy_qp) on a libuv worker
+// thread, for a destroy that can block for seconds (rxe: packets waiting on an unresolved
+// neighbour). Until it settles the id and the CQs the QP uses are busy: any call with their
+// handles is an EBUSY error, so nothing on the main thread posts to the QP, polls its CQs or
+// destroys them meanwhile. ibv_destroy_qp is called as rdma_destroy_qp does (our CQs are the
+// caller's, librdmacm created none), so that its failure is reported: the QP then stays with the
+// id (a later cmDestroyId, or the exit cleanup, tries again). An id without a QP resolves at once.
+class QpDestroyWorker : public Napi::AsyncWorker {
+ public:
+  QpDestroyWorker(Napi::Env env, rdma_cm_id* id, std::vector<uint32_t> handles)
+      : Napi::AsyncWorker(env, "srp-nbd:cmDestroyQp"), deferred_(Napi::Promise::Deferred::New(env)), id_(id),
+        handles_(std::move(handles)) {}
+  Napi::Promise Promise() const { return deferred_.Promise(); }
+
+  void Execute() override {
+    int rc = ibv_destroy_qp(id_->qp);  // an errno value, as verbs calls return
+    if (rc == 0) id_->qp = nullptr;
+    else err_ = rc > 0 ? rc : (errno ? errno : EIO);
+    std::lock_guard<std::mutex> g(inflightMu);
+    inflight--;
+    inflightCv.notify_all();
+  }
+  void OnOK() override {
+    Unbusy();
+    if (err_ != 0) deferred_.Reject(ErrnoError(Env(), err_, "ibv_destroy_qp").Value());
+    else deferred_.Resolve(Env().Undefined());
+  }
+  void OnError(const Napi::Error& e) override {
+    Unbusy();
+    deferred_.Reject(e.Value());
+  }
+
+ private:
+  void Unbusy() {
+    for (uint32_t h : handles_) {
+      auto it = objs.find(h);
+      if (it != objs.end()) it->second.busy = false;
+    }
+  }
+  Napi::Promise::Deferred deferred_;
+  rdma_cm_id* id_;
+  std::vector<uint32_t> handles_;
+  int err_ = 0;
+};
+
+Napi::Value CmDestroyQpAsync(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  auto* id = Get<rdma_cm_id>(info, 0, Kind::Id);
+  if (!id->qp) {
+    auto d = Napi::Promise::Deferred::New(env);
+    d.Resolve(env.Undefined());
+    return d.Promise();
+  }
+  std::vector<uint32_t> handles{ArgU32(info, 0, "id")};
+  for (auto& [h, o] : objs)
+    if (o.kind == Kind::Cq && (o.ptr == id->qp->send_cq || o.ptr == id->qp->recv_cq)) handles.push_back(h);
+  for (uint32_t h : handles) objs[h].busy = true;
+  auto* w = new QpDestroyWorker(env, id, std::move(handles));
+  Napi::Promise p = w->Promise();
+  {
+    std::lock_guard<std::mutex> g(inflightMu);
+    inflight++;
+  }
+  w->Queue();  // deletes itself after OnOK/OnError
+  return p;
 }
 
 ibv_qp* QpOf(const Napi::CallbackInfo& info, size_t i) {
@@ -728,7 +809,8 @@ Napi::Value ObjectCounts(const Napi::CallbackInfo& info) {
   uint32_t qps = 0;
   for (auto& [h, o] : objs) {
     n[static_cast<int>(o.kind)]++;
-    if (o.kind == Kind::Id && static_cast<rdma_cm_id*>(o.ptr)->qp) qps++;
+    // a busy id's QP is still being destroyed (and its qp field is the worker's to write)
+    if (o.kind == Kind::Id && (o.busy || static_cast<rdma_cm_id*>(o.ptr)->qp)) qps++;
   }
   Napi::Object r = Napi::Object::New(env);
   r.Set("channels", Num(env, n[0]));
@@ -741,8 +823,14 @@ Napi::Value ObjectCounts(const Napi::CallbackInfo& info) {
   return r;
 }
 
-// At environment teardown: release whatever JS left open, dependents first.
+// At environment teardown: release whatever JS left open, dependents first. QP destroys still
+// running on worker threads are waited for first (their promises are never settled now): then
+// no object is in use by another thread, and a QP they destroyed is no longer the id's.
 void Cleanup(void*) {
+  {
+    std::unique_lock<std::mutex> g(inflightMu);
+    inflightCv.wait(g, [] { return inflight == 0; });
+  }
   for (auto& [h, o] : objs)
     if (o.kind == Kind::Id && static_cast<rdma_cm_id*>(o.ptr)->qp) rdma_destroy_qp(static_cast<rdma_cm_id*>(o.ptr));
   const Kind order[] = {Kind::Mr, Kind::Cq, Kind::CompChannel, Kind::Pd, Kind::Id, Kind::Channel};
@@ -772,7 +860,8 @@ void InitRdma(Napi::Env env, Napi::Object exports) {
     {"cmCreateId", CmCreateId}, {"cmDestroyId", CmDestroyId}, {"cmResolveAddr", CmResolveAddr},
     {"cmResolveRoute", CmResolveRoute}, {"cmSetOption", CmSetOption}, {"cmGetEvent", CmGetEvent},
     {"cmConnect", CmConnect}, {"cmDisconnect", CmDisconnect}, {"cmIdInfo", CmIdInfo},
-    {"cmCreateQp", CmCreateQp}, {"cmDestroyQp", CmDestroyQp}, {"qpQuery", QpQuery}, {"qpModify", QpModify},
+    {"cmCreateQp", CmCreateQp}, {"cmDestroyQp", CmDestroyQp},
+    {"cmDestroyQpAsync", CmDestroyQpAsync}, {"qpQuery", QpQuery}, {"qpModify", QpModify},
     {"pdAlloc", PdAlloc}, {"pdDealloc", PdDealloc}, {"compChannelCreate", CompChannelCreate},
     {"compChannelDestroy", CompChannelDestroy}, {"cqCreate", CqCreate}, {"cqDestroy", CqDestroy},
     {"cqReqNotify", CqReqNotify}, {"cqGetEvent", CqGetEvent}, {"cqPoll", CqPoll}, {"mrReg", MrReg},

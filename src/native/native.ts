@@ -233,6 +233,13 @@ export interface NativeBinding {
   cmIdInfo(id: number): CmIdInfo;
   cmCreateQp(id: number, init: QpInit): QpCaps;
   cmDestroyQp(id: number): void;
+  /**
+   * rdma_destroy_qp on a worker thread (it can block for seconds: docs/failover.md, "Soft-RoCE: a
+   * QP destroyed while its link is down"). Until the promise settles, any call with the id or a CQ
+   * of the QP is an EBUSY error. Rejected with the ibv_destroy_qp error (the QP then stays with
+   * the id); an id without a QP resolves at once.
+   */
+  cmDestroyQpAsync(id: number): Promise<void>;
   qpQuery(id: number): QpAttr;
   qpModify(
     id: number,
