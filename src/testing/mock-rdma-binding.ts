@@ -9,6 +9,10 @@
  * is delivered or completed until the retry budget: a RETRY_EXC_ERR completion after
  * blackHoleDetectMs, never if that is Infinity; a connect sent meanwhile is never answered), answerDelayMs (a slow target: its
  * login answers come that much later), disconnectFromTarget(), failPolls() (a poll fails as the addon reports it).
+ *
+ * cmDestroyQpAsync settles on a later turn of the event loop, as the addon's worker thread does;
+ * holdQpDestroys keeps it pending until settleQpDestroys(), qpDestroyError makes it fail. Meanwhile
+ * the id and the QP's CQ are busy: calls with them fail with EBUSY and are counted in busyCalls.
  */
 import { TransportError } from '../initiator/scsi-executor.js';
 import {
@@ -277,6 +281,7 @@ export class MockRdmaBinding implements Partial<NativeBinding> {
     return h;
   }
   cmDestroyId(h: number): void {
+    this.notBusy('cmDestroyId', h);
     const id = this.ids.get(h);
     if (!id) throw Object.assign(new Error('stale cm id'), { code: 'EBADF' });
     if ((id.connected || id.param) && this.portState !== R.IBV_PORT_ACTIVE) this.madsWhilePortDown++;
@@ -318,6 +323,7 @@ export class MockRdmaBinding implements Partial<NativeBinding> {
     return this.channels.get(channel)?.events.shift() ?? null;
   }
   cmIdInfo(h: number): CmIdInfo {
+    this.notBusy('cmIdInfo', h);
     const id = this.ids.get(h)!;
     return {
       context: id.ctx,
@@ -335,8 +341,51 @@ export class MockRdmaBinding implements Partial<NativeBinding> {
     return { qpNum: id.qp.qpNum, maxSendWr: init.maxSendWr ?? 64, maxRecvWr: init.maxRecvWr ?? 64, maxInlineData: 0 };
   }
   cmDestroyQp(h: number): void {
+    this.notBusy('cmDestroyQp', h);
     const id = this.ids.get(h);
     if (id) delete id.qp;
+  }
+
+  /** cmDestroyQpAsync calls wait for settleQpDestroys() instead of settling on their own. */
+  holdQpDestroys = false;
+  /** The errno code the next async QP destroys fail with (the QP stays, as with the addon). */
+  qpDestroyError: string | undefined;
+  /** Calls refused because their id or CQ was busy (an async QP destroy in progress). */
+  readonly busyCalls: string[] = [];
+  private readonly busy = new Set<number>();
+  private readonly heldQpDestroys: (() => void)[] = [];
+  cmDestroyQpAsync(h: number): Promise<void> {
+    this.notBusy('cmDestroyQpAsync', h);
+    const id = this.ids.get(h);
+    if (!id) throw Object.assign(new Error('stale cm id'), { code: 'EBADF' });
+    const qp = id.qp;
+    if (!qp) return Promise.resolve();
+    const handles = [h, qp.cq];
+    for (const b of handles) this.busy.add(b);
+    return new Promise<void>((resolve, reject) => {
+      const settle = (): void => {
+        for (const b of handles) this.busy.delete(b);
+        const code = this.qpDestroyError;
+        if (code) return reject(Object.assign(new Error(`ibv_destroy_qp failed (${code})`), { code }));
+        delete id.qp;
+        resolve();
+      };
+      if (this.holdQpDestroys) this.heldQpDestroys.push(settle);
+      else setImmediate(settle);
+    });
+  }
+  /** Async QP destroys held (holdQpDestroys) and not settled yet. */
+  get pendingQpDestroys(): number {
+    return this.heldQpDestroys.length;
+  }
+  /** Settles the held async QP destroys (they complete, or fail with qpDestroyError). */
+  settleQpDestroys(): void {
+    for (const settle of this.heldQpDestroys.splice(0)) settle();
+  }
+  private notBusy(call: string, h: number): void {
+    if (!this.busy.has(h)) return;
+    this.busyCalls.push(call);
+    throw Object.assign(new Error(`${call}: handle ${h} is busy: its QP is being destroyed`), { code: 'EBUSY' });
   }
   cmConnect(h: number, param: ConnParam): void {
     const id = this.ids.get(h)!;
@@ -384,6 +433,7 @@ export class MockRdmaBinding implements Partial<NativeBinding> {
     });
   }
   cmDisconnect(h: number): void {
+    this.notBusy('cmDisconnect', h);
     const id = this.ids.get(h);
     if (!id) throw Object.assign(new Error('stale cm id'), { code: 'EBADF' });
     if (!id.connected) throw Object.assign(new Error('not connected'), { code: 'EINVAL' });
@@ -416,6 +466,7 @@ export class MockRdmaBinding implements Partial<NativeBinding> {
     };
   }
   qpModify(h: number, attr: { state?: number }): void {
+    this.notBusy('qpModify', h);
     const id = this.ids.get(h)!;
     if (attr.state === R.IBV_QPS_ERR) this.qpError(id);
   }
@@ -458,9 +509,13 @@ export class MockRdmaBinding implements Partial<NativeBinding> {
     return h;
   }
   cqDestroy(h: number): void {
+    this.notBusy('cqDestroy', h);
+    for (const id of this.ids.values())
+      if (id.qp?.cq === h) throw Object.assign(new Error('cq in use by a QP'), { code: 'EBUSY' });
     this.cqs.delete(h);
   }
   cqReqNotify(h: number): void {
+    this.notBusy('cqReqNotify', h);
     const cq = this.cqs.get(h)!;
     cq.armed = true;
   }
@@ -470,6 +525,7 @@ export class MockRdmaBinding implements Partial<NativeBinding> {
   /** The spinUs of every busy poll asked for (cqPoll with spinUs > 0); the mock polls once, it cannot spin. */
   readonly busyPolls: number[] = [];
   cqPoll(h: number, out: Buffer, max: number, spinUs = 0): number {
+    this.notBusy('cqPoll', h);
     if (spinUs > 0) this.busyPolls.push(spinUs);
     const cq = this.cqs.get(h);
     if (!cq) return 0;
@@ -547,6 +603,7 @@ export class MockRdmaBinding implements Partial<NativeBinding> {
     lkey: number,
     flags: number = R.IBV_SEND_SIGNALED,
   ): void {
+    this.notBusy('postSend', h);
     const signaled = (flags & R.IBV_SEND_SIGNALED) !== 0;
     const id = this.ids.get(h);
     const qp = id?.qp;
@@ -587,6 +644,7 @@ export class MockRdmaBinding implements Partial<NativeBinding> {
     });
   }
   postRecv(h: number, wrId: number, addr: bigint, length: number, lkey: number): void {
+    this.notBusy('postRecv', h);
     const qp = this.ids.get(h)?.qp;
     if (!qp) throw Object.assign(new Error('no qp'), { code: 'EBADF' });
     if (qp.state === R.IBV_QPS_ERR) {
