@@ -86,6 +86,7 @@ t.test('real addon on this host', { skip: real ? false : 'native addon not built
   t.same(b.rdmaObjectCounts(), { channels: 0, ids: 0, qps: 0, pds: 0, compChannels: 0, cqs: 0, mrs: 0 });
   t.equal(b.pollCount(), 0);
   t.throws(() => b.cmDestroyId(12345), { code: 'EBADF' }, 'a stale handle is an error, not a crash');
+  t.throws(() => b.cmDestroyQpAsync(12345), { code: 'EBADF' }, 'also for the QP destroy on a worker thread');
   t.throws(() => b.postSend(1, 0, 0, 0n, 0, 0, 0, 0n, 0), { code: 'EBADF' });
   t.throws(() => b.mrReg(1, Buffer.alloc(1), 1), { code: 'EBADF' });
   t.throws(() => (b.cmCreateId as unknown as (x: string) => number)('x'), TypeError);
@@ -220,6 +221,7 @@ t.test('failures: login reject, no listener, PORT_ERR, black hole probe, target 
   const e1 = await lost;
   t.match(e1.message, /link down: IBV_EVENT_PORT_ERR on mock0 port 1/);
   t.ok(Date.now() - t0 < 1000, 'PORT_ERR noticed at once');
+  await tr.released(); // the QP is destroyed in the background, the rest after it
   t.equal(m.rdmaObjectCounts().qps, 0);
   t.equal(m.madsWhilePortDown, 0, 'no DREQ through the downed port');
   t.equal(parkedCmIds(m.asBinding()), 1, 'the cm id waits for the port');
@@ -243,6 +245,7 @@ t.test('failures: login reject, no listener, PORT_ERR, black hole probe, target 
   lost = new Promise<TransportError>((r) => session.on('disconnect', r));
   m.disconnectFromTarget([...(m as unknown as { ids: Map<number, unknown> }).ids.keys()][0]!);
   t.match((await lost).message, /disconnected \(RDMA_CM_EVENT_DISCONNECTED\)/);
+  await tr.released();
   t.same(m.rdmaObjectCounts(), { channels: 0, ids: 0, qps: 0, pds: 0, compChannels: 0, cqs: 0, mrs: 0 });
   t.equal(m.pollCount(), 0);
 });
@@ -274,11 +277,13 @@ t.test('port state from the async events: ibv_query_port once per port, never on
     queries++;
     return query();
   };
-  let session = await SrpSession.login(transport(m.asBinding()), ids);
+  const tr = transport(m.asBinding());
+  let session = await SrpSession.login(tr, ids);
   t.equal(queries, 1, 'the first login asks once');
   const lost = new Promise<TransportError>((r) => session.on('disconnect', r));
   m.portDown();
   t.match((await lost).message, /PORT_ERR/);
+  await tr.released();
   t.equal(parkedCmIds(m.asBinding()), 1, 'the port is known to be down: the id is parked');
   m.portUp();
   await new Promise((r) => setTimeout(r, 10));
@@ -402,6 +407,7 @@ t.test('a failed poll: no completions or CM events is a loss, no device events o
     );
     t.match(e.cause, { code: 'EBADF', syscall: 'uv_poll' }, "the addon's error is the cause");
     t.match(c.errors, [{ code: 'EBADF', syscall: 'uv_poll' }], "and goes out on 'error'");
+    await c.tr.released();
     t.same(m.rdmaObjectCounts(), none);
     t.equal(m.pollCount(), 0, 'the failed poller is released with the rest');
   }
@@ -420,10 +426,102 @@ t.test('a failed poll: no completions or CM events is a loss, no device events o
   m.portDown();
   t.match(await a.lost, { message: /PORT_ERR/ }, 'the next channel on the device polls its events again, for both');
   t.match(await b.lost, { message: /PORT_ERR/ });
+  await Promise.all([a.tr.released(), b.tr.released()]);
+  t.equal(parkedCmIds(m.asBinding()), 2, 'both ids wait for the port');
   m.portUp();
   await new Promise((r) => setTimeout(r, 10));
   t.same(m.rdmaObjectCounts(), none);
   t.equal(m.pollCount(), 0);
+});
+
+t.test("a lost channel's QP is destroyed in the background: the rest waits, the event loop does not", async (t) => {
+  const m = fabric(newTarget());
+  m.holdQpDestroys = true;
+  const tr = transport(m.asBinding());
+  const session = await SrpSession.login(tr, ids);
+  const other = transport(m.asBinding());
+  const otherSession = await SrpSession.login(other, { ...ids, initiatorPortId: Buffer.alloc(16, 3) });
+  const otherDisk = new ScsiDisk(otherSession, { lun: 0n });
+  await otherDisk.probe();
+  const region = tr.registerBuffer(Buffer.alloc(4096));
+  const before = m.rdmaObjectCounts();
+  const polls = m.pollCount();
+  const lost = new Promise<TransportError>((r) => session.on('disconnect', r));
+  m.disconnectFromTarget([...(m as unknown as { ids: Map<number, unknown> }).ids.keys()][0]!);
+  t.match((await lost).message, /RDMA_CM_EVENT_DISCONNECTED/, 'the loss is reported at once');
+  t.equal(m.pendingQpDestroys, 1, 'the QP destroy is under way');
+  tr.deregisterBuffer(region); // the caller lets go meanwhile: deregistered after the QP, not now
+  t.same(m.rdmaObjectCounts(), before, 'nothing the QP can reach is released before it is gone');
+  t.equal(m.pollCount(), polls - 2, "the channel's CM and completion pollers are stopped first");
+
+  // the event loop is free: timers run, the other channel's I/O completes
+  await new Promise((r) => setTimeout(r, 20));
+  const data = randomBytes(8192);
+  await otherDisk.write(0, data);
+  t.same(await otherDisk.read(0, data.length), data, 'I/O on another channel while the destroy is pending');
+  let released = false;
+  void tr.released().then(() => (released = true));
+  await new Promise((r) => setImmediate(r));
+  t.notOk(released, 'the teardown waits for the destroy');
+  t.equal(m.pendingQpDestroys, 1);
+
+  m.settleQpDestroys();
+  await tr.released();
+  t.same(
+    m.rdmaObjectCounts(),
+    { channels: 1, ids: 1, qps: 1, pds: 1, compChannels: 1, cqs: 1, mrs: before.mrs - 34 },
+    "then everything of the lost channel is released (its 33 pool and IU regions and the caller's)",
+  );
+  t.equal(tr.registeredRegions, 0);
+  t.same(m.busyCalls, [], 'nothing used the id or the CQ while the QP was destroyed');
+  await otherSession.close();
+  t.same(m.rdmaObjectCounts(), { channels: 0, ids: 0, qps: 0, pds: 0, compChannels: 0, cqs: 0, mrs: 0 });
+  t.equal(m.pollCount(), 0);
+});
+
+t.test('a failed background QP destroy is logged, and the rest is released as far as it can be', async (t) => {
+  const m = fabric(newTarget());
+  m.qpDestroyError = 'EIO';
+  const warns: { what?: string; err?: { code?: string } }[] = [];
+  const logger = { debug() {}, info() {}, error() {}, warn: (o: object) => warns.push(o) };
+  const tr = transport(m.asBinding(), { logger });
+  const session = await SrpSession.login(tr, ids);
+  const lost = new Promise<TransportError>((r) => session.on('disconnect', r));
+  m.disconnectFromTarget([...(m as unknown as { ids: Map<number, unknown> }).ids.keys()][0]!);
+  await lost;
+  await tr.released();
+  t.match(
+    warns.filter((w) => w.what),
+    [
+      { what: 'rdma_destroy_qp', err: { code: 'EIO' } },
+      { what: 'ibv_destroy_cq', err: { code: 'EBUSY' } },
+      { what: 'ibv_destroy_comp_channel', err: { code: 'EBUSY' } },
+    ],
+    'the failure is logged; what the QP still holds fails and is logged too',
+  );
+  t.same(
+    m.rdmaObjectCounts(),
+    { channels: 0, ids: 0, qps: 0, pds: 0, compChannels: 1, cqs: 1, mrs: 0 },
+    'the memory, the PD, the cm id (with its QP) and the event channel are released',
+  );
+  t.equal(m.pollCount(), 0);
+});
+
+t.test('a QP destroyed in the background while the port comes back: the id is not parked', async (t) => {
+  const m = fabric(newTarget());
+  m.holdQpDestroys = true;
+  const tr = transport(m.asBinding());
+  const session = await SrpSession.login(tr, ids);
+  const lost = new Promise<TransportError>((r) => session.on('disconnect', r));
+  m.portDown();
+  await lost;
+  m.portUp();
+  await new Promise((r) => setTimeout(r, 10));
+  m.settleQpDestroys();
+  await tr.released();
+  t.equal(parkedCmIds(m.asBinding()), 0, 'the port is active when the id is released: destroyed at once');
+  t.same(m.rdmaObjectCounts(), { channels: 0, ids: 0, qps: 0, pds: 0, compChannels: 0, cqs: 0, mrs: 0 });
+  t.equal(m.madsWhilePortDown, 0);
 });
 
 t.test('200 connect/disconnect cycles leak nothing (mock fabric)', async (t) => {
@@ -462,6 +560,7 @@ t.test('a receive and the loss of the channel in one poll: the loss wins, nothin
   t.match(why.message, /receive failed/);
   t.equal(tr.state, 'closed');
   t.equal(tr.stats.recvPosts, posts, 'the queued receive was not posted on the released QP');
+  await tr.released();
   t.same(m.rdmaObjectCounts().qps, 0);
 });
 
@@ -483,6 +582,7 @@ t.test('a completion handler that throws costs the channel, not the process', as
   t.match(why.message, /internal error in the completion handler: ibv_req_notify_cq failed/);
   t.equal(tr.state, 'closed');
   await read;
+  await tr.released();
   t.same(m.rdmaObjectCounts().qps, 0, 'the channel is released');
 });
 

@@ -189,6 +189,7 @@ export class RdmaChannelTransport extends Emitter<RdmaChannelEvents> implements 
   private readonly probes = new Map<number, Probe>();
   private closing = false;
   private disconnectedFired = false;
+  private releasing: Promise<void> = Promise.resolve();
   private drainWaiter: (() => void) | undefined;
   /** counters for status and tests */
   readonly stats = {
@@ -916,7 +917,8 @@ export class RdmaChannelTransport extends Emitter<RdmaChannelEvents> implements 
         /* already disconnected */
       }
     }
-    this.release();
+    // the QP destroy can block for seconds (rxe): on a worker thread, the other channels go on
+    this.release(true);
     this.stateValue = 'closed';
     this.fireDisconnect(new TransportError(reason, 'disconnected', cause ? { cause } : undefined));
   }
@@ -929,14 +931,27 @@ export class RdmaChannelTransport extends Emitter<RdmaChannelEvents> implements 
     this.emit('disconnect', reason);
   }
 
-  /** Stops the channel's timers and waits, and frees its resources (VerbsResources.free); safe to call again. */
-  private release(): void {
+  /**
+   * Stops the channel's timers and waits, and frees its resources (VerbsResources.free, or with
+   * inBackground VerbsResources.freeAsync: the QP destroyed on a worker thread, see released());
+   * safe to call again.
+   */
+  private release(inBackground = false): void {
     if (this.keepaliveTimer) {
       clearInterval(this.keepaliveTimer);
       this.keepaliveTimer = undefined;
     }
     clearTimeout(this.probeCheck);
     this.cmWaiter = undefined;
-    this.res.free();
+    if (inBackground) {
+      this.releasing = this.res
+        .freeAsync()
+        .catch((err: unknown) => this.log.error({ err, device: this.device }, 'rdma: releasing a lost channel failed'));
+    } else this.res.free();
+  }
+
+  /** Resolves once the channel's resources are released (a lost channel's are, in the background). */
+  released(): Promise<void> {
+    return this.releasing;
   }
 }

@@ -10,7 +10,8 @@
  * IU pools, the caller's buffer pools, then the table of per-command regions); the QP last. free()
  * so destroys the QP first (nothing can reach memory being deregistered), the registered memory,
  * the CQ, the completion channel, the PD, and the cm id and event channel last, unless they are
- * parked: see ParkedIds.
+ * parked: see ParkedIds. freeAsync() does the same with the QP destroyed on a worker thread: the
+ * channel's pollers are stopped first, the rest waits for the destroy.
  *
  * A handle is 0 (a pool undefined) until its step ran and again after free(). What the channel
  * learned about its device (device, qpNum) stays after free() for logs and the connector.
@@ -129,9 +130,16 @@ interface Step {
   /** the undoing call, for the log line when it fails */
   what: string;
   undo: () => void;
+  /** the same on a worker thread (freeAsync): the QP destroy */
+  undoAsync?: () => Promise<void>;
   /** the cm id and its event channel: handed to ParkedIds instead when the id is parked */
   keptWhenParked?: boolean;
+  /** stops a poller: freeAsync does these first (no event handler runs while the QP is destroyed) */
+  poller?: boolean;
 }
+
+/** A QP destroy that took this long is logged at info level (ms). */
+const SLOW_QP_DESTROY_MS = 100;
 
 /** Send work requests beyond the IU slots (keep-alive probes are posted outside them). */
 const EXTRA_SEND_WRS = 8;
@@ -158,6 +166,8 @@ export class VerbsResources {
   private connectSent = false;
   private readonly steps: Step[] = [];
   private cmIdStep: Step | undefined;
+  /** freeAsync is running: deregister() leaves the regions to it (after the QP is gone) */
+  private freeing = false;
 
   constructor(
     private readonly b: NativeBinding,
@@ -179,7 +189,7 @@ export class VerbsResources {
       if (err) this.on.pollFailed('rdma_cm event channel', err);
       else this.on.cmEvents();
     });
-    this.steps.push({ what: 'stop the rdma_cm event poller', undo: () => b.pollStop(poller) });
+    this.steps.push({ what: 'stop the rdma_cm event poller', undo: () => b.pollStop(poller), poller: true });
   }
 
   /** rdma_create_id on the event channel (RDMA_PS_TCP: a reliable connection). */
@@ -231,7 +241,7 @@ export class VerbsResources {
       if (err) this.on.pollFailed('completion channel', err);
       else this.on.completions();
     });
-    this.steps.push({ what: 'stop the completion poller', undo: () => b.pollStop(poller) });
+    this.steps.push({ what: 'stop the completion poller', undo: () => b.pollStop(poller), poller: true });
 
     const depth = o.sendQueueDepth + o.recvQueueDepth + EXTRA_CQES;
     const cq = (this.cq = verbsCall(
@@ -264,7 +274,11 @@ export class VerbsResources {
     );
     this.qpNum = caps.qpNum;
     const id = this.cmId;
-    this.steps.push({ what: 'rdma_destroy_qp', undo: () => b.cmDestroyQp(id) });
+    this.steps.push({
+      what: 'rdma_destroy_qp',
+      undo: () => b.cmDestroyQp(id),
+      undoAsync: () => b.cmDestroyQpAsync(id),
+    });
   }
 
   private registerIuPool(size: number): IuPool {
@@ -320,6 +334,7 @@ export class VerbsResources {
   }
 
   deregister(region: MemoryRegion): void {
+    if (this.freeing) return; // deregistered by freeAsync once the QP is gone
     const u = this.userRegions.get(region.rkey);
     if (!u) return; // pool view, or already released with the connection
     this.userRegions.delete(region.rkey);
@@ -345,19 +360,68 @@ export class VerbsResources {
    */
   free(): void {
     const d = this.device;
-    const park = this.cmId !== 0 && this.connectSent && d !== undefined && this.portDown();
-    if (park) {
-      try {
-        this.b.qpModify(this.cmId, { state: R.IBV_QPS_ERR });
-      } catch {
-        /* no QP */
-      }
-    }
+    const id = this.cmId;
+    const channel = this.eventChannel;
+    const park = id !== 0 && this.connectSent && d !== undefined && this.portDown();
+    if (park) this.flushQp(id);
     for (let step = this.steps.pop(); step; step = this.steps.pop()) {
       if (park && step.keptWhenParked) continue;
       this.attempt(step.what, step.undo);
     }
-    if (park) ParkedIds.park(this.b, d.ctx, d.port, d.attr.asyncFd, this.cmId, this.eventChannel, this.log);
+    if (park) ParkedIds.park(this.b, d.ctx, d.port, d.attr.asyncFd, id, channel, this.log);
+    this.forget();
+  }
+
+  /**
+   * free() for a lost channel, without blocking the event loop on the QP destroy: on soft-RoCE
+   * (rxe) rdma_destroy_qp of a channel lost to a carrier loss waits for packets queued on an
+   * unresolved neighbour entry, seconds during which every other channel's I/O would wait
+   * (docs/failover.md, "Soft-RoCE: a QP destroyed while its link is down"). The handles read 0 at
+   * once and the channel's pollers are stopped, so nothing on this thread uses the QP, its CQ or
+   * the id meanwhile (the addon refuses them with EBUSY as well); the QP is destroyed on a worker
+   * thread, and what depends on it (registered memory, CQ, completion channel, PD, the cm id) is
+   * released in the usual order once that settled. A failed destroy is logged and the rest still
+   * released (what the kernel still holds fails and is logged too). Whether the id is parked is
+   * decided then, by the port's state at that time. Resolves when everything was released.
+   */
+  async freeAsync(): Promise<void> {
+    const d = this.device;
+    const id = this.cmId;
+    const channel = this.eventChannel;
+    const parkable = id !== 0 && this.connectSent && d !== undefined;
+    if (parkable && this.portDown()) this.flushQp(id);
+    const steps = this.steps.splice(0).reverse();
+    this.forget();
+    this.freeing = true;
+    try {
+      for (const step of steps) if (step.poller) this.attempt(step.what, step.undo);
+      let park: boolean | undefined;
+      for (const step of steps) {
+        if (step.poller) continue;
+        if (step.keptWhenParked) {
+          park ??= parkable && this.portDown();
+          if (park) continue;
+        }
+        if (step.undoAsync) await this.attemptAsync(step.what, step.undoAsync);
+        else this.attempt(step.what, step.undo);
+      }
+      if (park) ParkedIds.park(this.b, d!.ctx, d!.port, d!.attr.asyncFd, id, channel, this.log);
+    } finally {
+      this.freeing = false;
+    }
+  }
+
+  /** Moves the QP to ERR: what was posted is flushed (a parked id keeps no live QP). */
+  private flushQp(id: number): void {
+    try {
+      this.b.qpModify(id, { state: R.IBV_QPS_ERR });
+    } catch {
+      /* no QP */
+    }
+  }
+
+  /** Handles back to 0 (released, or being released by freeAsync). */
+  private forget(): void {
     this.cmIdStep = undefined;
     this.eventChannel = this.cmId = this.pd = this.compChannel = this.cq = 0;
     this.sendPool = this.recvPool = undefined;
@@ -370,5 +434,19 @@ export class VerbsResources {
     } catch (err) {
       this.log.warn({ err, what }, 'rdma: release failed');
     }
+  }
+
+  private async attemptAsync(what: string, fn: () => Promise<void>): Promise<void> {
+    const t0 = performance.now();
+    try {
+      await fn();
+    } catch (err) {
+      this.log.warn({ err, what }, 'rdma: release failed');
+      return;
+    }
+    const ms = Math.round(performance.now() - t0);
+    const fields = { what, ms, qpNum: this.qpNum };
+    if (ms >= SLOW_QP_DESTROY_MS) this.log.info(fields, 'rdma: slow release, done on a worker thread');
+    else this.log.debug(fields, 'rdma: released on a worker thread');
   }
 }
