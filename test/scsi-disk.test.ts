@@ -96,7 +96,7 @@ const thin = {
 };
 
 t.test('probe a thin 512-byte LUN', async (t) => {
-  const { disk, lun } = rig({
+  const { disk, lun, exec } = rig({
     blockSize: 512,
     blocks: 4096,
     vendor: 'LIO-ORG',
@@ -155,18 +155,30 @@ t.test('probe a thin 512-byte LUN', async (t) => {
     [
       'TEST_UNIT_READY',
       'INQUIRY',
-      'INQUIRY',
-      'INQUIRY',
-      'INQUIRY',
-      'INQUIRY',
+      // once it is known to be a disk, together: the VPD page list, capacity, cache, WP ...
       'INQUIRY',
       'READ_CAPACITY_16',
       'MODE_SENSE_10',
       'MODE_SENSE',
+      // ... then the pages it lists, together
+      'INQUIRY',
+      'INQUIRY',
+      'INQUIRY',
+      'INQUIRY',
     ],
   );
+  t.equal(exec.maxInflight, 4, 'the independent reads were in flight together: 4 round trips, not 10');
+  t.same(
+    lun.log.slice(6).map((e) => e.cdb[2]),
+    [0x80, 0x83, 0xb0, 0xb2],
+    'serial, device identification, block limits, provisioning',
+  );
   t.same(p.writeProtect, { writeProtected: false, source: 'mode-sense' });
-  t.same(lun.log.at(-1)!.cdb, Buffer.from('1a003f000400', 'hex'), 'WP read as sd: MODE SENSE(6), page 3Fh, 4 bytes');
+  t.same(
+    lun.logOf('MODE_SENSE')[0]!.cdb,
+    Buffer.from('1a003f000400', 'hex'),
+    'WP read as sd: MODE SENSE(6), page 3Fh, 4 bytes',
+  );
 });
 
 t.test('the WP bit: MODE SENSE(6), then page 0, then MODE SENSE(10), else assumed off (sd)', async (t) => {
@@ -251,6 +263,7 @@ t.test('requests are split by MAXIMUM TRANSFER LENGTH, granularity and the trans
   t.equal(p.limits.maxTransferBlocks, 12, '16 rounded down to the 6-block granularity');
   const data = randomBytes(512 * 100);
   lun.clearLog();
+  exec.maxInflight = 0; // the probe's own reads went out together
   await disk.write(512 * 3, data);
   const w = lun.logOf('WRITE_16');
   t.same(

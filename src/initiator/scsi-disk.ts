@@ -528,22 +528,30 @@ export class ScsiDisk {
       );
     }
 
-    const vpdPages = (await this.optionalVpd(VPD_SUPPORTED_PAGES, (b) => parseSupportedVpdPages(b).pages)) ?? [];
+    // Once the LU is known to be a disk, the rest is independent reads: they go out together
+    // (each is a round trip to the target; a reconnect's identity check waits for all of them).
+    const [vpdList, capacity, cache, writeProtect] = await Promise.all([
+      this.optionalVpd(VPD_SUPPORTED_PAGES, (b) => parseSupportedVpdPages(b).pages),
+      this.readCapacity(),
+      this.readCache(),
+      this.readWriteProtect(),
+    ]);
+    const vpdPages = vpdList ?? [];
     const has = (p: number): boolean => vpdPages.includes(p);
-    const serial = has(VPD_UNIT_SERIAL_NUMBER)
-      ? await this.optionalVpd(VPD_UNIT_SERIAL_NUMBER, (b) => parseUnitSerialNumber(b).serial)
-      : undefined;
-    const designators = has(VPD_DEVICE_IDENTIFICATION)
-      ? ((await this.optionalVpd(VPD_DEVICE_IDENTIFICATION, (b) => parseDeviceIdentification(b).designators)) ?? [])
-      : [];
-    const blockLimits = has(VPD_BLOCK_LIMITS) ? await this.optionalVpd(VPD_BLOCK_LIMITS, parseBlockLimits) : undefined;
-    const provisioning = has(VPD_LOGICAL_BLOCK_PROVISIONING)
-      ? await this.optionalVpd(VPD_LOGICAL_BLOCK_PROVISIONING, parseLogicalBlockProvisioning)
-      : undefined;
-
-    const capacity = await this.readCapacity();
-    const cache = await this.readCache();
-    const writeProtect = await this.readWriteProtect();
+    const [serial, designators, blockLimits, provisioning] = await Promise.all([
+      has(VPD_UNIT_SERIAL_NUMBER)
+        ? this.optionalVpd(VPD_UNIT_SERIAL_NUMBER, (b) => parseUnitSerialNumber(b).serial)
+        : undefined,
+      has(VPD_DEVICE_IDENTIFICATION)
+        ? this.optionalVpd(VPD_DEVICE_IDENTIFICATION, (b) => parseDeviceIdentification(b).designators).then(
+            (d) => d ?? [],
+          )
+        : [],
+      has(VPD_BLOCK_LIMITS) ? this.optionalVpd(VPD_BLOCK_LIMITS, parseBlockLimits) : undefined,
+      has(VPD_LOGICAL_BLOCK_PROVISIONING)
+        ? this.optionalVpd(VPD_LOGICAL_BLOCK_PROVISIONING, parseLogicalBlockProvisioning)
+        : undefined,
+    ]);
     const geometry = this.geometryFrom(capacity);
     const limits = this.limitsFrom(geometry, capacity, cache, blockLimits, provisioning);
     const identity = lunIdentity({
@@ -659,11 +667,6 @@ export class ScsiDisk {
   }
 
   /**
-   * Read a VPD page, asking again with the full length when the first answer was cut short.
-   * ILLEGAL REQUEST (page not supported after all) yields undefined; malformed data too (the
-   * page is then treated as absent, which only costs features, never correctness).
-   */
-  /**
    * MODE SENSE(10) for the caching page: whether writes may sit in a volatile cache (WCE) and
    * whether the FUA bit is supported (DPOFUA). Unreadable: assume a write cache without FUA, the
    * safe guess (every FUA write is followed by SYNCHRONIZE CACHE).
@@ -717,6 +720,11 @@ export class ScsiDisk {
     return { writeProtected: false, source: 'assumed' };
   }
 
+  /**
+   * Read a VPD page, asking again with the full length when the first answer was cut short.
+   * ILLEGAL REQUEST (page not supported after all) yields undefined; malformed data too (the
+   * page is then treated as absent, which only costs features, never correctness).
+   */
   private async optionalVpd<T>(page: number, parse: (b: Buffer) => T): Promise<T | undefined> {
     let alloc = 255;
     for (let attempt = 0; attempt < 2; attempt++) {
