@@ -164,11 +164,18 @@ t.test(
         `^srp-nbd: cannot reach the daemon at ${controlSock}: permission denied \\(root only\\): refused uid 65534 \\(pid \\d+\\)\\n$`,
       ),
     );
-    const logged = d
-      .log()
-      .split('\n')
-      .filter((l) => l.includes('control connection refused'))
-      .map((l) => JSON.parse(l) as { uid: number; gid: number; pid: number; msg: string });
+    // the daemon logs on its own time: the CLI may have exited before the line reached the log
+    const refusedLines = () =>
+      d
+        .log()
+        .split('\n')
+        .filter((l) => l.includes('control connection refused'))
+        .map((l) => JSON.parse(l) as { uid: number; gid: number; pid: number; msg: string });
+    let logged = refusedLines();
+    for (let i = 0; i < 100 && logged.length === 0; i++) {
+      await new Promise((r) => setTimeout(r, 20));
+      logged = refusedLines();
+    }
     t.equal(logged.length, 1, 'one log line for the refused connection');
     t.match(logged[0], {
       uid: NOBODY,
