@@ -213,3 +213,102 @@ t.test('a throwing listener is reported, delivery goes on', async (t) => {
   t.equal(errs.length, 1);
   t.match(errs[0]!.message, /listener bug/);
 });
+
+t.test('a posted RDMA WRITE lands before a later SEND and sends no completion back', async (t) => {
+  const pair = await connected();
+  const mem = Buffer.alloc(8192);
+  const mr = pair.initiator.registerBuffer(mem);
+  const seen: string[] = [];
+  pair.initiator.on('iu', () => seen.push(mem.toString('latin1', 100, 104)));
+  const errors: TransportError[] = [];
+  for (let i = 0; i < 3; i++) {
+    pair.target.postRdmaWrite(mr.va + 100n, mr.rkey, Buffer.from(`ab${i}d`), (e) => errors.push(e));
+    pair.target.send(Buffer.from([0xc1]));
+  }
+  await sleep(5);
+  t.same(seen, ['ab0d', 'ab1d', 'ab2d'], 'each WRITE visible when the response after it is seen');
+  t.equal(pair.stats.rdmaWrites, 3);
+  // a completion travelling back would still be on its way (and fail with the channel)
+  pair.faults.delayMs.toTarget = 1000;
+  pair.target.postRdmaWrite(mr.va, mr.rkey, Buffer.from('q'), (e) => errors.push(e));
+  await sleep(5);
+  t.equal(mem[0], 0x71, 'written');
+  pair.disconnect('later');
+  t.same(errors, [], 'a WRITE that ran is over: nothing reported');
+});
+
+t.test('a posted RDMA WRITE reports an access error, and a loss before it ran', async (t) => {
+  const bad = await connected();
+  const mr = bad.initiator.registerBuffer(Buffer.alloc(16));
+  const codes: string[] = [];
+  bad.target.on('disconnect', (r) => codes.push(`disconnect:${r.code}`));
+  bad.target.postRdmaWrite(mr.va + 10n, mr.rkey, Buffer.alloc(8), (e) => codes.push(`write:${e.code}`));
+  await sleep(5);
+  t.same(codes, ['disconnect:protocol', 'write:protocol'], 'a remote access error kills the channel');
+  t.equal(bad.stats.accessErrors, 1);
+
+  const lost = await connected();
+  const mr2 = lost.initiator.registerBuffer(Buffer.alloc(16));
+  const errs: string[] = [];
+  lost.target.postRdmaWrite(mr2.va, mr2.rkey, Buffer.alloc(8), (e) => errs.push(e.message));
+  lost.disconnect('link down');
+  await sleep(5);
+  t.same(errs, ['link down'], 'a WRITE still on the wire fails with the channel');
+  lost.target.postRdmaWrite(mr2.va, mr2.rkey, Buffer.alloc(8), (e) => errs.push(e.code));
+  t.equal(errs.length, 1, 'on a closed channel it fails later, not during the call');
+  await sleep(1);
+  t.same(errs, ['link down', 'disconnected']);
+
+  const bh = await connected();
+  const mr3 = bh.initiator.registerBuffer(Buffer.alloc(16));
+  const bhErrs: string[] = [];
+  bh.faults.blackHole = true;
+  bh.target.postRdmaWrite(mr3.va, mr3.rkey, Buffer.alloc(8), (e) => bhErrs.push(e.message));
+  await sleep(5);
+  t.same(bhErrs, [], 'a black hole swallows it silently');
+  bh.disconnect('gone');
+  t.same(bhErrs, ['gone'], 'until the channel is declared lost');
+});
+
+t.test('postRdmaWrite goes through an rdmaWrite replaced on the instance', async (t) => {
+  const pair = await connected();
+  const mem = Buffer.alloc(64);
+  const mr = pair.initiator.registerBuffer(mem);
+  const rdmaWrite = pair.target.rdmaWrite.bind(pair.target);
+  let calls = 0;
+  pair.target.rdmaWrite = (va, rkey, data) => {
+    calls++;
+    return rdmaWrite(va, rkey, data.subarray(0, 2));
+  };
+  pair.target.postRdmaWrite(mr.va, mr.rkey, Buffer.from('wxyz'), () => t.fail('no error'));
+  await sleep(5);
+  t.equal(calls, 1);
+  t.same(mem.subarray(0, 4), Buffer.from([0x77, 0x78, 0, 0]), 'what the replacement wrote');
+});
+
+t.test('listeners: the ones there were when an event began are called, each once', async (t) => {
+  const pair = await connected();
+  const calls: string[] = [];
+  const late = (): void => void calls.push('late');
+  const second = (): void => void calls.push('second');
+  const first = (): void => {
+    calls.push('first');
+    pair.target.on('iu', late);
+    pair.target.off('iu', second);
+  };
+  pair.target.on('iu', first);
+  pair.target.on('iu', first); // once only
+  pair.target.on('iu', second);
+  pair.initiator.send(Buffer.from([1]));
+  await sleep(5);
+  t.same(calls, ['first', 'second'], 'added during the event: not called; removed during it: still called');
+  calls.length = 0;
+  pair.initiator.send(Buffer.from([2]));
+  await sleep(5);
+  t.same(calls, ['first', 'late']);
+  pair.target.off('iu', first).off('iu', late).off('iu', late);
+  calls.length = 0;
+  pair.initiator.send(Buffer.from([3]));
+  await sleep(5);
+  t.same(calls, []);
+});

@@ -89,6 +89,8 @@ interface RdmaItem {
   result: Buffer | undefined;
   resolve: (v: Buffer | undefined) => void;
   reject: (e: TransportError) => void;
+  /** a posted WRITE (postRdmaWrite): no completion comes back, only a failure is reported */
+  onError: ((e: TransportError) => void) | undefined;
 }
 type Item =
   IuItem | RdmaItem | { kind: 'fn'; run: () => void; subjectToBlackHole: boolean } | { kind: 'close'; by: Direction };
@@ -116,6 +118,10 @@ class Wire {
     this.items.push(item);
     this.dues.push(due);
     this.arm();
+  }
+  /** Calls fn for every item not delivered yet, in order. */
+  forEachPending(fn: (item: Item) => void): void {
+    for (let i = this.head; i < this.items.length; i++) fn(this.items[i]!);
   }
   clear(): void {
     this.epoch++;
@@ -175,6 +181,8 @@ interface Region {
   vaNum: number;
 }
 
+const noop = (): void => {};
+
 /** Promise executor handing out resolve/reject without a closure per RDMA operation. */
 let capturedResolve: ((v: Buffer | undefined) => void) | undefined;
 let capturedReject: ((e: TransportError) => void) | undefined;
@@ -204,8 +212,15 @@ class Link {
   readonly pending = new Set<(e: TransportError) => void>();
   /** RDMA operations not completed yet */
   readonly pendingRdma = new Set<RdmaItem>();
-  /** wire buffers free for the next IU */
-  private readonly freeIus: IuItem[] = [];
+  /**
+   * Wire buffers free for the next IU, one list per direction: the IUs of one direction mostly
+   * have one length (SRP_CMD one way, SRP_RSP the other), so a buffer's view of it is reused.
+   */
+  private readonly freeIus: Record<Direction, IuItem[]> = { toTarget: [], toInitiator: [] };
+  /** posted WRITE records free for the next one */
+  private readonly freePosted: RdmaItem[] = [];
+  /** posted WRITEs a black hole swallowed: they fail when the channel ends */
+  private readonly swallowedPosted: RdmaItem[] = [];
   initiator!: LoopbackInitiatorEnd;
   target!: LoopbackTargetEnd;
 
@@ -224,7 +239,7 @@ class Link {
     const len = iu.length;
     let item: IuItem;
     if (len <= WIRE_BUFFER_BYTES) {
-      const free = this.freeIus.pop();
+      const free = this.freeIus[dir].pop();
       if (free) {
         item = free;
         if (item.view.length !== len) item.view = item.buf.subarray(0, len);
@@ -244,20 +259,21 @@ class Link {
       this.stats.sent[dir]++;
       if (this.faults.drop?.(dir, item.view)) {
         this.stats.dropped++;
-        this.recycle(item);
+        this.recycle(dir, item);
         return;
       }
     }
     this.wire(dir).push(item, this.faults.delayMs[dir]);
   }
-  private recycle(item: IuItem): void {
-    if (item.buf.length === WIRE_BUFFER_BYTES) this.freeIus.push(item);
+  private recycle(dir: Direction, item: IuItem): void {
+    if (item.buf.length === WIRE_BUFFER_BYTES) this.freeIus[dir].push(item);
   }
   private deliver(dir: Direction, item: Item): void {
     if (this.state === 'closed') return;
     if (this.faults.blackHole && (item.kind !== 'fn' || item.subjectToBlackHole)) {
       this.stats.blackHoled++;
-      if (item.kind === 'iu') this.recycle(item);
+      if (item.kind === 'iu') this.recycle(dir, item);
+      else if (item.kind === 'rdma' && item.onError) this.swallowedPosted.push(item);
       return;
     }
     switch (item.kind) {
@@ -265,7 +281,7 @@ class Link {
         this.stats.delivered[dir]++;
         (dir === 'toTarget' ? this.target : this.initiator).deliverIu(item.view);
         // like a reposted receive buffer: the listeners have had it
-        this.recycle(item);
+        this.recycle(dir, item);
         return;
       case 'rdma':
         if (item.done) {
@@ -307,10 +323,54 @@ class Link {
       result: undefined,
       resolve: capturedResolve!,
       reject: capturedReject!,
+      onError: undefined,
     };
     this.pendingRdma.add(item);
     this.push('toInitiator', item);
     return promise;
+  }
+
+  /**
+   * A target's RDMA WRITE whose completion nobody waits for: it travels and moves its data as
+   * rdma() does, but no completion comes back; onError hears of an access error or of the
+   * channel's loss before it was executed (where rdma()'s promise would reject).
+   */
+  postWrite(va: bigint, rkey: number, data: Buffer, onError: (e: TransportError) => void): void {
+    if (this.state !== 'connected') {
+      const err = new TransportError(`RDMA on a ${this.state} channel`, 'disconnected');
+      queueMicrotask(() => onError(err));
+      return;
+    }
+    let item = this.freePosted.pop();
+    if (item) {
+      item.va = va;
+      item.rkey = rkey;
+      item.length = data.length;
+      item.data = data;
+      item.onError = onError;
+    } else {
+      item = {
+        kind: 'rdma',
+        done: false,
+        write: true,
+        va,
+        rkey,
+        length: data.length,
+        data,
+        result: undefined,
+        resolve: noop,
+        reject: noop,
+        onError,
+      };
+    }
+    this.push('toInitiator', item);
+  }
+
+  /** A posted WRITE is over (executed or failed): its record serves the next one. */
+  private releasePosted(item: RdmaItem): void {
+    item.data = undefined;
+    item.onError = undefined;
+    this.freePosted.push(item);
   }
 
   /** The operation reaches the initiator side: the data moves (once), the completion goes back. */
@@ -320,6 +380,12 @@ class Link {
     if (!r || start < 0 || item.length < 0 || start + item.length > r.buf.length) {
       const op = item.write ? 'WRITE' : 'READ';
       const what = `RDMA ${op} va=0x${item.va.toString(16)} rkey=0x${item.rkey.toString(16)} len=${item.length}`;
+      const onError = item.onError;
+      if (onError) {
+        this.releasePosted(item);
+        onError(this.accessError(what));
+        return;
+      }
       this.pendingRdma.delete(item);
       item.reject(this.accessError(what));
       return;
@@ -328,6 +394,10 @@ class Link {
       this.stats.rdmaWrites++;
       item.data!.copy(r.buf, start, 0, item.length);
       item.data = undefined;
+      if (item.onError) {
+        this.releasePosted(item);
+        return;
+      }
     } else {
       this.stats.rdmaReads++;
       const result = Buffer.allocUnsafe(item.length);
@@ -370,12 +440,18 @@ class Link {
   teardown(reason: TransportError, closedBy: Direction | undefined): void {
     if (this.state === 'closed') return;
     this.state = 'closed';
+    // posted WRITEs not executed yet fail as rdma()'s promises do
+    const posted = this.swallowedPosted.splice(0);
+    this.toInitiator.forEachPending((i) => {
+      if (i.kind === 'rdma' && i.onError) posted.push(i);
+    });
     this.toTarget.clear();
     this.toInitiator.clear();
     for (const rej of [...this.pending]) rej(reason);
     this.pending.clear();
     for (const op of [...this.pendingRdma]) op.reject(reason);
     this.pendingRdma.clear();
+    for (const op of posted) op.onError!(reason);
     const mine = new TransportError('channel closed', 'closed');
     this.initiator.fireDisconnect(closedBy === 'toTarget' ? mine : reason);
     this.target.fireDisconnect(closedBy === 'toInitiator' ? mine : reason);
@@ -546,6 +622,19 @@ export class LoopbackTargetEnd extends LoopbackEnd implements TargetChannelTrans
   /** The source is read when the WRITE reaches the initiator side: keep it unchanged until the promise settles. */
   rdmaWrite(va: bigint, rkey: number, data: Buffer): Promise<void> {
     return this.link.rdma(true, va, rkey, data.length, data) as Promise<unknown> as Promise<void>;
+  }
+  /**
+   * An RDMA WRITE without a completion to wait for (TargetChannelTransport.postRdmaWrite): no
+   * promise, no completion travelling back. The source is read when the WRITE reaches the
+   * initiator side, before any IU sent after it. An rdmaWrite replaced on the instance (fault
+   * injection) still sees every WRITE.
+   */
+  postRdmaWrite(va: bigint, rkey: number, data: Buffer, onError: (err: TransportError) => void): void {
+    if (this.rdmaWrite !== LoopbackTargetEnd.prototype.rdmaWrite) {
+      this.rdmaWrite(va, rkey, data).catch(onError);
+      return;
+    }
+    this.link.postWrite(va, rkey, data, onError);
   }
 }
 

@@ -37,27 +37,34 @@ export interface ChannelEvents {
   error: [err: Error];
 }
 
-/** Minimal typed event emitter (no dependency on node:events typing of the day). */
+/**
+ * Minimal typed event emitter (no dependency on node:events typing of the day). Each event's
+ * listeners are kept as an array replaced, never changed, by on() and off(): an emit() calls the
+ * listeners there were when it began (a listener added meanwhile is not called, one removed
+ * meanwhile still is) without copying them per event.
+ */
 export class Emitter<E extends { [K in keyof E]: unknown[] }> {
   // eslint-disable-next-line @typescript-eslint/no-unsafe-function-type
-  private readonly handlers = new Map<keyof E, Set<Function>>();
+  private readonly handlers = new Map<keyof E, readonly Function[]>();
   on<K extends keyof E>(ev: K, fn: (...args: E[K]) => void): this {
-    let s = this.handlers.get(ev);
-    if (!s) this.handlers.set(ev, (s = new Set()));
-    s.add(fn);
+    const list = this.handlers.get(ev);
+    if (!list) this.handlers.set(ev, [fn]);
+    else if (!list.includes(fn)) this.handlers.set(ev, [...list, fn]);
     return this;
   }
   off<K extends keyof E>(ev: K, fn: (...args: E[K]) => void): this {
-    this.handlers.get(ev)?.delete(fn);
+    const list = this.handlers.get(ev);
+    const i = list ? list.indexOf(fn) : -1;
+    if (i >= 0) this.handlers.set(ev, [...list!.slice(0, i), ...list!.slice(i + 1)]);
     return this;
   }
   /** Calls every listener; a throwing listener is reported on 'error' (or rethrown if it is the error listener). */
   protected emit<K extends keyof E>(ev: K, ...args: E[K]): void {
-    const s = this.handlers.get(ev);
-    if (!s) return;
-    for (const fn of [...s]) {
+    const list = this.handlers.get(ev);
+    if (!list) return;
+    for (let i = 0; i < list.length; i++) {
       try {
-        (fn as (...a: E[K]) => void)(...args);
+        (list[i] as (...a: E[K]) => void)(...args);
       } catch (err) {
         if (ev === 'error') throw err;
         this.emit('error' as K, ...([err instanceof Error ? err : new Error(String(err))] as unknown as E[K]));
@@ -138,6 +145,12 @@ export interface TargetChannelTransport {
   rdmaRead(va: bigint, rkey: number, length: number): Promise<Buffer>;
   /** RDMA WRITE into initiator memory (data-in); ordered before any later send() on this channel. */
   rdmaWrite(va: bigint, rkey: number, data: Buffer): Promise<void>;
+  /**
+   * Optional: an RDMA WRITE whose completion the caller does not wait for (data-in followed by the
+   * SRP_RSP, as ib_srpt chains them): ordered like rdmaWrite(), `data` read no later than the
+   * next send() is delivered; onError hears of a failure where rdmaWrite() would reject.
+   */
+  postRdmaWrite?(va: bigint, rkey: number, data: Buffer, onError: (err: TransportError) => void): void;
   close(): void;
   on<K extends keyof ChannelEvents>(ev: K, fn: (...args: ChannelEvents[K]) => void): this;
   off<K extends keyof ChannelEvents>(ev: K, fn: (...args: ChannelEvents[K]) => void): this;

@@ -192,6 +192,8 @@ class Task {
   dataOut: Buffer | undefined = undefined;
   /** room for data-out (immediate data, or several RDMA READs), grown when needed */
   private outBuf: Buffer | undefined = undefined;
+  /** the last view of outBuf handed out (kept while the length repeats) */
+  private outView: Buffer | undefined = undefined;
   /** data-in descriptors and their total length (the allocation length) */
   inDescs: readonly SrpDirectBuf[] = NO_DESCS;
   allocationLength = 0;
@@ -208,10 +210,12 @@ class Task {
   }
   /** A buffer of len bytes for data-out (valid until the record is reused). */
   outSpace(len: number): Buffer {
-    if (!this.outBuf || this.outBuf.length < len) this.outBuf = Buffer.allocUnsafe(Math.max(len, 8192));
-    if (!this.dataOut || this.dataOut.buffer !== this.outBuf.buffer || this.dataOut.length !== len) {
-      this.dataOut = this.outBuf.subarray(0, len);
+    if (!this.outBuf || this.outBuf.length < len) {
+      this.outBuf = Buffer.allocUnsafe(Math.max(len, 8192));
+      this.outView = undefined;
     }
+    if (!this.outView || this.outView.length !== len) this.outView = this.outBuf.subarray(0, len);
+    this.dataOut = this.outView;
     return this.dataOut;
   }
 }
@@ -521,8 +525,30 @@ export class SrpTestTarget {
       dataInResCnt?: number;
     } = {},
   ): void {
-    let sense = opts.sense;
-    const respLen = opts.responseData?.length ?? 0;
+    this.sendRspFields(
+      ch,
+      tagHi,
+      tagLo,
+      status,
+      opts.sense,
+      opts.responseData,
+      opts.flags ?? 0,
+      opts.dataInResCnt ?? 0,
+    );
+  }
+
+  /** sendRsp() with its options as arguments (a command's response: no options object). */
+  private sendRspFields(
+    ch: SrpTargetChannel,
+    tagHi: number,
+    tagLo: number,
+    status: number,
+    sense: Buffer | undefined,
+    responseData: Buffer | undefined,
+    flags: number,
+    dataInResCnt: number,
+  ): void {
+    const respLen = responseData?.length ?? 0;
     if (sense && SRP_RSP_LEN + respLen + sense.length > ch.maxTiIuLen) {
       sense = sense.subarray(0, ch.maxTiIuLen - SRP_RSP_LEN - respLen);
     }
@@ -530,10 +556,10 @@ export class SrpTestTarget {
     f.reqLimDelta = this.delta(ch);
     f.tagHi = tagHi;
     f.tagLo = tagLo;
-    f.flags = opts.flags ?? 0;
+    f.flags = flags;
     f.status = status;
-    f.dataInResCnt = opts.dataInResCnt ?? 0;
-    f.responseData = opts.responseData;
+    f.dataInResCnt = dataInResCnt;
+    f.responseData = responseData;
     f.sense = sense;
     const len = encodeRspInPlace(ch.rspBuf, f);
     f.responseData = undefined;
@@ -743,7 +769,8 @@ export class SrpTestTarget {
         if (off >= data.length) break;
         const n = Math.min(d.len, data.length - off);
         const piece = off === 0 && n === data.length ? data : data.subarray(off, off + n);
-        ch.end.rdmaWrite(d.va, d.key, piece).catch(this.rdmaWriteFailed);
+        if (ch.end.postRdmaWrite) ch.end.postRdmaWrite(d.va, d.key, piece, this.rdmaWriteFailed);
+        else ch.end.rdmaWrite(d.va, d.key, piece).catch(this.rdmaWriteFailed);
         off += n;
       }
       if (data.length < allocationLength) {
@@ -773,7 +800,7 @@ export class SrpTestTarget {
   private respond(ch: SrpTargetChannel, task: Task, reply: Reply, flags: number, resid: number): void {
     if (!task.aborted && ch.open) {
       if (task.pending) ch.tasks.delete(task.key);
-      this.sendRsp(ch, task.tagHi, task.tagLo, reply.status, { sense: reply.sense, flags, dataInResCnt: resid });
+      this.sendRspFields(ch, task.tagHi, task.tagLo, reply.status, reply.sense, undefined, flags, resid);
     }
     ch.releaseTask(task);
   }
