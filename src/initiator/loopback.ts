@@ -103,9 +103,11 @@ const WIRE_BUFFER_BYTES = 9 * 1024;
  * nothing delayed is due at once (due 0), so the clock is only read when delays are in play.
  */
 class Wire {
-  private readonly items: Item[] = [];
+  /** items[head, tail) are on the wire; the arrays keep their room when the wire runs empty */
+  private readonly items: (Item | undefined)[] = [];
   private readonly dues: number[] = [];
   private head = 0;
+  private tail = 0;
   private timer: NodeJS.Timeout | NodeJS.Immediate | undefined;
   private lastDue = 0;
   /** bumped by clear(): a delivery that cleared the wire ends the current fire() */
@@ -115,19 +117,20 @@ class Wire {
   push(item: Item, delayMs: number): void {
     const due = delayMs === 0 && this.lastDue === 0 ? 0 : Math.max(Date.now() + delayMs, this.lastDue);
     this.lastDue = due;
-    this.items.push(item);
-    this.dues.push(due);
+    this.items[this.tail] = item;
+    this.dues[this.tail] = due;
+    this.tail++;
     this.arm();
   }
   /** Calls fn for every item not delivered yet, in order. */
   forEachPending(fn: (item: Item) => void): void {
-    for (let i = this.head; i < this.items.length; i++) fn(this.items[i]!);
+    for (let i = this.head; i < this.tail; i++) fn(this.items[i]!);
   }
   clear(): void {
     this.epoch++;
     this.items.length = 0;
     this.dues.length = 0;
-    this.head = 0;
+    this.head = this.tail = 0;
     this.lastDue = 0;
     this.disarm();
   }
@@ -139,7 +142,7 @@ class Wire {
     }
   }
   private arm(): void {
-    if (this.timer || this.head === this.items.length) return;
+    if (this.timer || this.head === this.tail) return;
     const due = this.dues[this.head]!;
     const wait = due === 0 ? 0 : due - Date.now();
     this.timer = wait > 0 ? setTimeout(this.fireFn, wait) : setImmediate(this.fireFn);
@@ -149,26 +152,27 @@ class Wire {
     let now = 0;
     const epoch = this.epoch;
     // what is due now; items pushed meanwhile wait for the next turn
-    const end = this.items.length;
+    const end = this.tail;
     while (this.head < end) {
       const due = this.dues[this.head]!;
       if (due !== 0 && due > (now ||= Date.now())) break;
       const item = this.items[this.head]!;
-      this.items[this.head] = undefined as unknown as Item;
+      this.items[this.head] = undefined;
       this.head++;
       this.deliver(item);
       if (this.epoch !== epoch) return; // cleared (the channel ended)
     }
-    if (this.head === this.items.length) {
-      this.items.length = 0;
-      this.dues.length = 0;
-      this.head = 0;
+    if (this.head === this.tail) {
+      this.head = this.tail = 0;
       this.lastDue = 0;
-    } else if (this.head > 1024 && this.head * 2 > this.items.length) {
+    } else if (this.head > 1024 && this.head * 2 > this.tail) {
       // a wire that never runs empty (steady traffic with a delay): drop the delivered prefix
-      this.items.splice(0, this.head);
-      this.dues.splice(0, this.head);
+      const n = this.tail - this.head;
+      this.items.copyWithin(0, this.head, this.tail);
+      this.dues.copyWithin(0, this.head, this.tail);
+      this.items.fill(undefined, n, this.tail);
       this.head = 0;
+      this.tail = n;
     }
     this.arm();
   }
@@ -251,7 +255,7 @@ class Link {
       const buf = Buffer.allocUnsafe(len);
       item = { kind: 'iu', buf, view: buf };
     }
-    iu.copy(item.buf, 0);
+    item.buf.set(iu, 0); // as iu.copy(item.buf), without Buffer#copy's argument checks
     this.push(dir, item);
   }
   push(dir: Direction, item: Item): void {
@@ -392,7 +396,8 @@ class Link {
     }
     if (item.write) {
       this.stats.rdmaWrites++;
-      item.data!.copy(r.buf, start, 0, item.length);
+      const data = item.data!;
+      r.buf.set(data.length === item.length ? data : data.subarray(0, item.length), start);
       item.data = undefined;
       if (item.onError) {
         this.releasePosted(item);

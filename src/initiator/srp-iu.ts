@@ -852,20 +852,28 @@ export function encodeRspInPlace(b: Buffer, f: SrpRspFields): number {
   const senseLen = f.sense?.length ?? 0;
   const total = SRP_RSP_LEN + respLen + senseLen;
   if (total > b.length) throw new RangeError(`encode: ${total} bytes do not fit in ${b.length}`);
-  // every byte of the header written (reserved ones as 0): the buffer is reused
-  b.writeUInt32BE(SRP_RSP * 0x1000000 + (f.solNot & 0xff) * 0x10000, 0);
-  b.writeInt32BE(f.reqLimDelta, 4);
-  b.writeUInt32BE(f.tagHi, 8);
-  b.writeUInt32BE(f.tagLo, 12);
+  // every byte of the header written (reserved ones as 0): the buffer is reused; the values are
+  // checked as writeInt32BE/writeUInt32BE would, then stored with plain byte stores (put32be)
+  const delta = f.reqLimDelta;
+  if (!Number.isInteger(delta) || delta < -0x80000000 || delta > 0x7fffffff)
+    throw new RangeError(`req_lim_delta out of range: ${delta}`);
+  const dataOutResCnt = u32(f.dataOutResCnt, 'data_out_res_cnt');
+  const dataInResCnt = u32(f.dataInResCnt, 'data_in_res_cnt');
+  const tagHi = u32(f.tagHi, 'tag');
+  const tagLo = u32(f.tagLo, 'tag');
+  put32be(b, 0, SRP_RSP * 0x1000000 + (f.solNot & 0xff) * 0x10000);
+  put32be(b, 4, delta);
+  put32be(b, 8, tagHi);
+  put32be(b, 12, tagLo);
   const flags =
     (f.flags & ~(SRP_RSP_FLAG_RSPVALID | SRP_RSP_FLAG_SNSVALID)) |
     (f.responseData ? SRP_RSP_FLAG_RSPVALID : 0) |
     (f.sense ? SRP_RSP_FLAG_SNSVALID : 0);
-  b.writeUInt32BE(((flags & 0xff) << 8) | (f.status & 0xff), 16);
-  b.writeUInt32BE(u32(f.dataOutResCnt, 'data_out_res_cnt'), 20);
-  b.writeUInt32BE(u32(f.dataInResCnt, 'data_in_res_cnt'), 24);
-  b.writeUInt32BE(senseLen, 28);
-  b.writeUInt32BE(respLen, 32);
+  put32be(b, 16, ((flags & 0xff) << 8) | (f.status & 0xff));
+  put32be(b, 20, dataOutResCnt);
+  put32be(b, 24, dataInResCnt);
+  put32be(b, 28, senseLen);
+  put32be(b, 32, respLen);
   f.responseData?.copy(b, SRP_RSP_LEN);
   f.sense?.copy(b, SRP_RSP_LEN + respLen);
   return total;
