@@ -11,7 +11,7 @@ import {
 } from '../src/initiator/srp-session.js';
 import { SrpTestTarget, type SrpTestTargetOptions } from '../src/testing/srp-target.js';
 import { RamScsiLun } from '../src/testing/scsi-lun.js';
-import { TransportError, type ScsiResult } from '../src/initiator/scsi-executor.js';
+import { TransportError, type ScsiResult, type ScsiTargetLun } from '../src/initiator/scsi-executor.js';
 import {
   SrpLoginRejReason,
   SRP_LOGIN_REJ_CHANNEL_LIMIT_REACHED,
@@ -839,5 +839,45 @@ t.test('command timeouts: one sweep timer per session, none per command', async 
   const ms = Date.now() - start;
   t.ok(ms >= 80 && ms < 400, `timed out after ${ms} ms (80 ms asked)`);
   target.commandHook = undefined;
+  await session.close();
+});
+
+t.test('immediate data: a LUN that reads it after execute() returns gets its own copy', async (t) => {
+  const seen: Buffer[] = [];
+  const pending: (() => void)[] = [];
+  const late: ScsiTargetLun = {
+    // no readsDataOutOnlyDuringExecute: dataOut is read after the receive buffer was reused
+    execute: (cdb, dataOut) =>
+      cdb[0] === 0x8a
+        ? new Promise((resolve) =>
+            pending.push(() => {
+              seen.push(Buffer.from(dataOut!));
+              resolve({ status: 0 });
+            }),
+          )
+        : { status: 0 },
+  };
+  const ram = new RamScsiLun({ blockSize: 512, blocks: 64, serial: 'RAM' });
+  t.equal(ram.readsDataOutOnlyDuringExecute, true, 'the RAM LUN takes a view');
+  const target = new SrpTestTarget({
+    luns: [
+      [LUN0, late],
+      [LUN1, ram],
+    ],
+  });
+  const pair = createLoopbackPair();
+  target.accept(pair.target);
+  const session = await SrpSession.login(pair.initiator, { initiatorPortId, targetPortId });
+  const a = pattern(512, 1);
+  const b = pattern(512, 2);
+  const writes = [write(session, LUN0, 0, a, 512), write(session, LUN0, 1, b, 512)];
+  await until(() => pending.length === 2);
+  // more IUs through the same receive buffers while the two wait
+  await Promise.all([0, 1, 2, 3].map((i) => write(session, LUN1, i, pattern(512, 10 + i), 512)));
+  pending.forEach((run) => run());
+  await Promise.all(writes);
+  t.same(seen, [a, b], 'each write saw its own data');
+  t.equal(target.stats.immediateDataCommands, 6);
+  for (let i = 0; i < 4; i++) t.same(ram.peek(i, 1), pattern(512, 10 + i), `RAM LUN block ${i} from a view`);
   await session.close();
 });

@@ -24,6 +24,10 @@ import * as C from '../nbd/nbd-constants.js';
 import type { MultipathGate } from './multipath.js';
 import type { SrpPort } from './srp-port.js';
 
+/** ScsiDisk.write()'s flags, one object each rather than one per write (never changed). */
+const FUA: { readonly fua: boolean } = Object.freeze({ fua: true });
+const NO_FUA: { readonly fua: boolean } = Object.freeze({ fua: false });
+
 /** Why an export is read-only: the per-target option, or the LU's WP bit. */
 export type ReadOnlyReason = 'option' | 'write_protect';
 
@@ -131,7 +135,8 @@ export class LunBackend implements Backend {
   }
 
   write(offset: number, data: Buffer, fua: boolean): Promise<void> {
-    return this.refused(true) ?? this.submit((disk) => disk.write(offset, data, { fua }), data.length);
+    const flags = fua ? FUA : NO_FUA;
+    return this.refused(true) ?? this.submit((disk) => disk.write(offset, data, flags), data.length);
   }
 
   flush(): Promise<void> {

@@ -62,6 +62,11 @@ export class TransportError extends Error {
  * (the target truncates and reports an overflow residual) or less (underflow).
  */
 export interface ScsiTargetLun {
+  /**
+   * True when execute() reads dataOut only during the call, even when it answers with a promise:
+   * the target may then hand it a view of the received IU (immediate data) instead of a copy.
+   */
+  readonly readsDataOutOnlyDuringExecute?: boolean;
   execute(
     cdb: Buffer,
     dataOut: Buffer | undefined,

@@ -434,6 +434,9 @@ export class SrpSession extends Emitter<SrpSessionEvents> implements ScsiExecuto
   };
   private readonly rsp = new SrpRspReader();
   private readonly lunCache = new Map<bigint, LunParts>();
+  /** the LUN lunParts() was last asked for, and its parts */
+  private lastLun: bigint | undefined = undefined;
+  private lastLunParts: LunParts | undefined = undefined;
   private readonly lunScratch = Buffer.alloc(8);
   /** the command timeout sweep: armed while commands with a deadline are pending */
   private sweepTimer: unknown = undefined;
@@ -748,6 +751,8 @@ export class SrpSession extends Emitter<SrpSessionEvents> implements ScsiExecuto
 
   /** The 32-bit halves of a LUN (RangeError as writeBigUInt64BE for a LUN outside 64 bits). */
   private lunParts(lun: bigint): LunParts {
+    // most commands go to the LUN of the one before: no map lookup for them
+    if (lun === this.lastLun) return this.lastLunParts!;
     let lp = this.lunCache.get(lun);
     if (lp === undefined) {
       this.lunScratch.writeBigUInt64BE(lun);
@@ -755,6 +760,8 @@ export class SrpSession extends Emitter<SrpSessionEvents> implements ScsiExecuto
       if (this.lunCache.size >= 64) this.lunCache.clear();
       this.lunCache.set(lun, lp);
     }
+    this.lastLun = lun;
+    this.lastLunParts = lp;
     return lp;
   }
 

@@ -244,6 +244,8 @@ function padAscii(s: string, len: number): Buffer {
 /* ------------------------------------------------------------------------------------------ */
 
 export class RamScsiLun implements ScsiTargetLun {
+  /** execute() copies what it keeps of dataOut before it returns (a delayed fault ignores it). */
+  readonly readsDataOutOnlyDuringExecute = true;
   readonly blockSize: number;
   blocks: number;
   vendor: string;

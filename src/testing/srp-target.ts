@@ -190,6 +190,8 @@ class Task {
   private readonly cdbBuf = Buffer.alloc(16 + SRP_MAX_ADD_CDB_LEN);
   /** data-out: immediate data or what RDMA READ fetched */
   dataOut: Buffer | undefined = undefined;
+  /** dataOut is a view of the receive buffer (valid only until the IU's handler returns) */
+  dataOutInIu = false;
   /** room for data-out (immediate data, or several RDMA READs), grown when needed */
   private outBuf: Buffer | undefined = undefined;
   /** the last view of outBuf handed out (kept while the length repeats) */
@@ -273,6 +275,7 @@ export class SrpTargetChannel {
   /** @internal The command is over (answered, aborted or lost): its record may serve another. */
   releaseTask(t: Task): void {
     t.dataOut = undefined;
+    t.dataOutInIu = false;
     t.inDescs = NO_DESCS;
     this.freeTasks.push(t);
   }
@@ -345,6 +348,10 @@ export class SrpTestTarget {
   };
   /** LUNs and initiator addresses by their 64-bit value as a Number */
   private readonly lunCache = new Map<number, bigint>();
+  /** the last command's LUN (halves and value): the next one mostly has the same */
+  private lastLunHi = -1;
+  private lastLunLo = -1;
+  private lastLun = 0n;
   private readonly vaCache = new Map<number, bigint>();
 
   constructor(opts: SrpTestTargetOptions) {
@@ -598,7 +605,12 @@ export class SrpTestTarget {
     task.tagHi = r.tagHi;
     task.tagLo = r.tagLo;
     task.key = keyOf(r.tagHi, r.tagLo);
-    task.lun = this.bigOf(this.lunCache, r.lunHi, r.lunLo);
+    if (r.lunHi !== this.lastLunHi || r.lunLo !== this.lastLunLo) {
+      this.lastLun = this.bigOf(this.lunCache, r.lunHi, r.lunLo);
+      this.lastLunHi = r.lunHi;
+      this.lastLunLo = r.lunLo;
+    }
+    task.lun = this.lastLun;
     task.setCdb(iu, r.cdbOffset, r.cdbLen);
     if (ch.tasks.size + 1 > this.stats.maxOutstanding) this.stats.maxOutstanding = ch.tasks.size + 1;
 
@@ -609,10 +621,7 @@ export class SrpTestTarget {
         : undefined;
     let fetchOut: SrpDataDesc | undefined;
     let fetchInTable: SrpDirectBuf | undefined;
-    if (r.outFmt === SRP_DATA_DESC_IMM) {
-      this.stats.immediateDataCommands++;
-      iu.copy(task.outSpace(r.immLen), 0, r.immOffset, r.immOffset + r.immLen);
-    } else if (r.outFmt === SRP_DATA_DESC_DIRECT) {
+    if (r.outFmt === SRP_DATA_DESC_DIRECT) {
       const d = r.out;
       fetchOut = { format: 'direct', buf: { va: this.bigOf(this.vaCache, d.vaHi, d.vaLo), key: d.key, len: d.len } };
     } else if (r.outFmt === SRP_DATA_DESC_INDIRECT) {
@@ -635,6 +644,17 @@ export class SrpTestTarget {
     } else {
       task.inDescs = NO_DESCS;
       task.allocationLength = 0;
+    }
+    if (r.outFmt === SRP_DATA_DESC_IMM) {
+      this.stats.immediateDataCommands++;
+      if (fetchInTable === undefined) {
+        // the command runs before this returns: a view of the receive buffer, which run() copies
+        // for a LUN that may read dataOut after execute() returns
+        task.dataOut = iu.subarray(r.immOffset, r.immOffset + r.immLen);
+        task.dataOutInIu = true;
+      } else {
+        iu.copy(task.outSpace(r.immLen), 0, r.immOffset, r.immOffset + r.immLen);
+      }
     }
     if (fetchOut || fetchInTable) {
       this.pend(ch, task);
@@ -715,6 +735,7 @@ export class SrpTestTarget {
   private run(ch: SrpTargetChannel, task: Task): void {
     const hooked = this.commandHook?.(task.lun, task.cdb);
     if (hooked === 'stall') {
+      this.dataOutOwn(task);
       this.pend(ch, task); // never answered (until aborted); the record is not reused
       return;
     }
@@ -725,12 +746,18 @@ export class SrpTestTarget {
       const lun = this.luns.get(task.lun);
       if (!lun) reply = { status: CHECK_CONDITION, sense: senseLunNotSupported() };
       else {
+        if (lun.readsDataOutOnlyDuringExecute !== true) this.dataOutOwn(task);
         try {
           reply = lun.execute(task.cdb, task.dataOut, task.allocationLength);
         } catch (err) {
           reply = this.lunThrew(err);
         }
       }
+    }
+    if (task.dataOutInIu) {
+      // the LUN is done with it: the record keeps no view of the receive buffer
+      task.dataOut = undefined;
+      task.dataOutInIu = false;
     }
     if (reply instanceof Promise) {
       this.pend(ch, task);
@@ -741,6 +768,14 @@ export class SrpTestTarget {
       return;
     }
     this.answer(ch, task, reply);
+  }
+
+  /** Data-out in the task's own buffer, not in the receive buffer (which is reused after the IU). */
+  private dataOutOwn(task: Task): void {
+    if (!task.dataOutInIu) return;
+    const view = task.dataOut!;
+    view.copy(task.outSpace(view.length), 0);
+    task.dataOutInIu = false;
   }
 
   /** A LUN bug must not leave the initiator waiting: HARDWARE ERROR, INTERNAL TARGET FAILURE. */
