@@ -544,6 +544,11 @@ function put32be(b: Buffer, at: number, v: number): void {
   b[at + 3] = v;
 }
 
+/** Loads a u32 big-endian with plain byte loads; the caller has checked that [at, at + 4) is in b. */
+function get32be(b: Buffer, at: number): number {
+  return ((b[at]! << 24) | (b[at + 1]! << 16) | (b[at + 2]! << 8) | b[at + 3]!) >>> 0;
+}
+
 function writeDirectParts(b: Buffer, at: number, d: SrpDirectBufParts): void {
   put32be(b, at, d.vaHi);
   put32be(b, at + 4, d.vaLo);
@@ -690,10 +695,12 @@ export class SrpCmdReader {
 
   /** Reads the whole of b as one SRP_CMD; throws SrpDecodeError when decodeCmd() would. */
   read(b: Buffer, ctx: SrpCodecContext = {}): this {
-    const name = nameOfSrpOpcode(SRP_CMD);
-    if (b.length < 1) throw new SrpDecodeError(`${name}: empty IU`, undefined);
-    if (b[0] !== SRP_CMD) throw new SrpDecodeError(`expected ${name}, got ${nameOfSrpOpcode(b[0]!)}`, b[0]);
+    if (b.length < 1) throw new SrpDecodeError(`${nameOfSrpOpcode(SRP_CMD)}: empty IU`, undefined);
+    if (b[0] !== SRP_CMD) {
+      throw new SrpDecodeError(`expected ${nameOfSrpOpcode(SRP_CMD)}, got ${nameOfSrpOpcode(b[0]!)}`, b[0]);
+    }
     if (b.length < SRP_CMD_LEN) {
+      const name = nameOfSrpOpcode(SRP_CMD);
       throw new SrpDecodeError(`${name}: ${b.length} bytes, needs at least ${SRP_CMD_LEN}`, SRP_CMD);
     }
     const addCdb = b[31]! & 0xfc;
@@ -707,11 +714,12 @@ export class SrpCmdReader {
     let at = SRP_CMD_LEN + addCdb;
     at += this.readDesc(b, at, this.outFmt, this.outCnt, 'data-out', ctx, this.out);
     this.readDesc(b, at, this.inFmt, this.inCnt, 'data-in', ctx, this.in);
+    // within the SRP_CMD_LEN bytes checked above: plain loads (get32be)
     this.solNot = b[1]!;
-    this.tagHi = b.readUInt32BE(8);
-    this.tagLo = b.readUInt32BE(12);
-    this.lunHi = b.readUInt32BE(20);
-    this.lunLo = b.readUInt32BE(24);
+    this.tagHi = get32be(b, 8);
+    this.tagLo = get32be(b, 12);
+    this.lunHi = get32be(b, 20);
+    this.lunLo = get32be(b, 24);
     this.taskAttr = b[29]! & 0x7;
     this.cdbLen = 16 + addCdb;
     return this;
@@ -748,12 +756,12 @@ export class SrpCmdReader {
       throw new SrpDecodeError(`SRP_CMD: ${dir} descriptor needs ${len} bytes at ${at}, IU is ${b.length}`, SRP_CMD);
     }
     if (fmt === SRP_DATA_DESC_DIRECT) {
-      d.vaHi = b.readUInt32BE(at);
-      d.vaLo = b.readUInt32BE(at + 4);
-      d.key = b.readUInt32BE(at + 8);
-      d.len = b.readUInt32BE(at + 12);
+      d.vaHi = get32be(b, at);
+      d.vaLo = get32be(b, at + 4);
+      d.key = get32be(b, at + 8);
+      d.len = get32be(b, at + 12);
     } else if (fmt === SRP_DATA_DESC_IMM) {
-      const dataLen = b.readUInt32BE(at);
+      const dataLen = get32be(b, at);
       const off = ctx.immDataOffset;
       if (off === undefined || off === 0) {
         throw new SrpDecodeError('SRP_CMD: immediate data not negotiated on this channel', SRP_CMD);

@@ -542,9 +542,10 @@ export class RamScsiLun implements ScsiTargetLun {
       case WRITE_16: {
         this.needCdb(cdb, 16);
         // the LBA as two 32-bit halves: no bigint per command unless it is logged or out of range
-        const lbaHi = cdb.readUInt32BE(2);
-        const lbaLo = cdb.readUInt32BE(6);
-        const n = cdb.readUInt32BE(10);
+        // (plain loads: the CDB's 16 bytes were checked just above)
+        const lbaHi = u32At(cdb, 2);
+        const lbaLo = u32At(cdb, 6);
+        const n = u32At(cdb, 10);
         if (entry !== this.scratchEntry) {
           entry.lba = (BigInt(lbaHi) << 32n) | BigInt(lbaLo);
           entry.blocks = n;
@@ -813,6 +814,11 @@ export class RamScsiLun implements ScsiTargetLun {
     }
     return { status: SAM_STAT_GOOD };
   }
+}
+
+/** A big-endian u32 of b at [at, at + 4), which the caller has checked is inside b. */
+function u32At(b: Buffer, at: number): number {
+  return ((b[at]! << 24) | (b[at + 1]! << 16) | (b[at + 2]! << 8) | b[at + 3]!) >>> 0;
 }
 
 function invalidField(byte: number): CheckCondition {
