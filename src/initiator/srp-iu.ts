@@ -586,7 +586,7 @@ export function encodeCmdInPlace(b: Buffer, f: SrpCmdFields, immDataOffset: numb
     put32be(b, at, data.length);
     at += SRP_IMM_BUF_LEN;
     for (let i = at; i < immDataOffset; i++) b[i] = 0;
-    data.copy(b, immDataOffset);
+    b.set(data, immDataOffset); // as data.copy(b, immDataOffset), without Buffer#copy's argument checks
   } else if (f.outFmt === SRP_DATA_DESC_DIRECT) {
     writeDirectParts(b, at, f.out);
     at += SRP_DIRECT_BUF_LEN;

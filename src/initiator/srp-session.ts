@@ -1403,7 +1403,7 @@ export class SrpSession extends Emitter<SrpSessionEvents> implements ScsiExecuto
       } else {
         // landed in the slot's buffer: one copy into the caller's
         const dst = p.cmd.dataIn ?? Buffer.allocUnsafe(got);
-        slot.dataIn(got).copy(dst, 0);
+        dst.set(slot.dataIn(got), 0); // got <= dst.length (execute() checked cmd.dataIn's length)
         result.dataIn = got === dst.length ? dst : dst.subarray(0, got);
       }
       this.c.bytesIn += got;

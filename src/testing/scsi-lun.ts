@@ -565,7 +565,8 @@ export class RamScsiLun implements ScsiTargetLun {
         }
         this.checkWritable();
         if (!dataOut || dataOut.length < len) throw invalidField(10);
-        dataOut.copy(this.data, start * this.blockSize, 0, len);
+        // TypedArray#set: Buffer#copy's argument checks are the cost of a small copy
+        this.data.set(dataOut.length === len ? dataOut : dataOut.subarray(0, len), start * this.blockSize);
         this.mapped.fill(1, start, start + n);
         return { status: SAM_STAT_GOOD };
       }
