@@ -222,6 +222,8 @@ export interface InjectedFault {
 }
 
 type Reply = { status: number; sense?: Buffer; dataIn?: Buffer };
+/** A WRITE(16)'s answer: one object for all (frozen: nobody may change it). */
+const GOOD_WRITE: Reply = Object.freeze({ status: SAM_STAT_GOOD });
 
 class CheckCondition {
   constructor(
@@ -568,7 +570,7 @@ export class RamScsiLun implements ScsiTargetLun {
         // TypedArray#set: Buffer#copy's argument checks are the cost of a small copy
         this.data.set(dataOut.length === len ? dataOut : dataOut.subarray(0, len), start * this.blockSize);
         this.mapped.fill(1, start, start + n);
-        return { status: SAM_STAT_GOOD };
+        return GOOD_WRITE;
       }
       case SYNCHRONIZE_CACHE: {
         this.needCdb(cdb, 10);

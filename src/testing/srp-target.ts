@@ -175,7 +175,7 @@ const NO_DESCS: readonly SrpDirectBuf[] = [];
 class Task {
   tagHi = 0;
   tagLo = 0;
-  /** key in SrpTargetChannel.tasks (keyOf the tag) */
+  /** key in SrpTargetChannel.tasks (keyOf the tag), set when the task starts waiting (pend()) */
   key: number | string = 0;
   lun = 0n;
   aborted = false;
@@ -604,7 +604,6 @@ export class SrpTestTarget {
     const task = ch.takeTask();
     task.tagHi = r.tagHi;
     task.tagLo = r.tagLo;
-    task.key = keyOf(r.tagHi, r.tagLo);
     if (r.lunHi !== this.lastLunHi || r.lunLo !== this.lastLunLo) {
       this.lastLun = this.bigOf(this.lunCache, r.lunHi, r.lunLo);
       this.lastLunHi = r.lunHi;
@@ -673,6 +672,7 @@ export class SrpTestTarget {
   private pend(ch: SrpTargetChannel, task: Task): void {
     if (task.pending) return;
     task.pending = true;
+    task.key = keyOf(task.tagHi, task.tagLo); // only a task that waits needs its key
     ch.tasks.set(task.key, task);
   }
 
