@@ -13,7 +13,7 @@ import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
 import t from 'tap';
-import { removeStaleSocket } from '../src/daemon/api.js';
+import { removeStaleSocket } from '../src/daemon/stale-socket.js';
 import { API_LIMITS } from '../src/daemon/api.js';
 import {
   bin,

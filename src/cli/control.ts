@@ -16,7 +16,7 @@ import { describeMemory, type MemoryReport } from '../daemon/memory.js';
 import { BY_ID_DIR } from '../daemon/names.js';
 import { normalizeAddressLine } from '../daemon/address.js';
 import { timersPatchSchema } from '../daemon/routes.js';
-import { UsageError } from './serve.js';
+import { UsageError } from './usage-error.js';
 
 const CONNECTION_OPTIONS = {
   socket: { type: 'string' },

@@ -8,15 +8,16 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { parseArgs } from 'node:util';
-import { removeStaleSocket, startApi } from '../daemon/api.js';
+import { startApi } from '../daemon/api.js';
 import { ConfigError, type DaemonConfig, loadConfig, parseConfig } from '../daemon/config.js';
 import { Daemon } from '../daemon/daemon.js';
 import { acquireInstanceLock, type InstanceLock } from '../daemon/instance-lock.js';
 import { applyIoFlusher, lockMappings, memoryReport } from '../daemon/memory.js';
+import { removeStaleSocket } from '../daemon/stale-socket.js';
 import { describeTargets, settledWithin, STATUS_INTERVAL_MS, SystemdNotifier } from '../daemon/systemd.js';
 import { tryLoadNative } from '../native/native.js';
 import { createLogger } from '../util/log.js';
-import { UsageError } from './serve.js';
+import { UsageError } from './usage-error.js';
 import { handleSignals } from './signals.js';
 
 export const DAEMON_USAGE = `usage: srp-nbd daemon [--config FILE] [--socket PATH] [--nbd-socket PATH] [--state-dir DIR] [--log-level LEVEL] [--check]

@@ -18,7 +18,7 @@ import type { SrpTargetAddress } from '../initiator/target-address.js';
 import { TEST_INITIATOR_PORT_ID, TEST_TARGET_PORT_ID } from '../testing/test-fabric.js';
 import { createLogger, silentLogger } from '../util/log.js';
 import { formatTable } from './control.js';
-import { UsageError } from './serve.js';
+import { UsageError } from './usage-error.js';
 
 export const DISCOVER_USAGE = `usage: srp-nbd discover [--json] [ADDRESS]
 

@@ -12,6 +12,7 @@ import { startTestTarget } from '../testing/test-fabric.js';
 import { createLogger } from '../util/log.js';
 import { parseSize } from '../util/size.js';
 import { handleSignals } from './signals.js';
+import { UsageError } from './usage-error.js';
 
 export const SERVE_USAGE = `usage: srp-nbd serve (--memory SIZE | --file PATH | --test-target) [--unix PATH] [--tcp [HOST:]PORT]
                      [--name NAME] [--read-only] [--block-size N] [--log-level LEVEL]
@@ -147,9 +148,4 @@ function sizeArg(option: string, text: string): number {
   } catch (err) {
     throw new UsageError(`${option}: ${(err as Error).message}`);
   }
-}
-
-/** A command-line mistake: printed with the usage hint, exit status 2. */
-export class UsageError extends Error {
-  override readonly name = 'UsageError';
 }

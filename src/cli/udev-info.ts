@@ -15,7 +15,7 @@ import * as fs from 'node:fs';
 import { parseArgs } from 'node:util';
 import { ApiError, ControlClient, UnreachableError } from '../daemon/client.js';
 import type { LunView } from '../daemon/views.js';
-import { UsageError } from './serve.js';
+import { UsageError } from './usage-error.js';
 
 export const UDEV_INFO_USAGE = `usage: srp-nbd udev-info [--socket PATH] [--sysfs DIR] [--wait S] nbdN
 

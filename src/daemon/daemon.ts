@@ -51,7 +51,7 @@ import {
   reattach as nbdReattach,
 } from '../nbd/netlink.js';
 import { NbdServer } from '../nbd/server.js';
-import { TEST_INITIATOR_PORT_ID, TEST_TARGET_PORT_ID, type TestFabric } from '../testing/test-fabric.js';
+import type { TestFabric } from '../testing/test-fabric.js';
 import { type AnyAddress, deriveTargetId, formatAnyAddress, parseAnyAddress } from './address.js';
 import { addTargetConflicts, addTargetTuning, applyTuning } from './add-target-options.js';
 import {
@@ -77,7 +77,6 @@ import {
   type PathLun,
   type TargetRuntime,
 } from './runtime.js';
-import { createTestFabric } from './test-target.js';
 import {
   type DetachResult,
   type LunView,
@@ -650,6 +649,11 @@ export class Daemon {
     let connector: ChannelConnector;
     let ids: { initiatorPortId: Buffer; targetPortId: Buffer };
     if (rt.address.kind === 'test') {
+      // loaded only for a test target: the daemon of a real fabric never loads the test target's code
+      const [{ createTestFabric }, { TEST_INITIATOR_PORT_ID, TEST_TARGET_PORT_ID }] = await Promise.all([
+        import('./test-target.js'),
+        import('../testing/test-fabric.js'),
+      ]);
       const { fabric, close } = await createTestFabric(rt.address.spec, this.config.state_dir);
       rt.closeTransport = close;
       rt.fabric = fabric;
